@@ -1,0 +1,1 @@
+"""worker: the pushrec application (Celery tasks, shopper state in Redis, rules, policy)."""

@@ -1,0 +1,233 @@
+"""pushrec's configuration: the only module that reads the environment.
+
+`Settings.load()` reads `PUSHREC_*` environment variables and, when `PUSHREC_CONFIG`
+names one, a TOML file (environment wins over the file). It validates everything once
+at start-up; a bad value stops the process with a message naming the variable.
+The object is then passed down; nothing else in pushrec looks at `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "PUSHREC_"
+CONFIG_ENV = "PUSHREC_CONFIG"
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+class SettingsError(Exception):
+    """The configuration is invalid; the message says which setting and why."""
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "pushrec"
+
+
+def redact_url(url: str | None) -> str | None:
+    """`url` with any password replaced by `***` (for logs and reprs)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of pushrec. Field `foo` is set by `PUSHREC_FOO` or `foo = …` in the TOML file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    # --- connections -----------------------------------------------------------------
+    redis_url: str | None = Field(
+        default=None,
+        description="State store. Unset: start an embedded redis-server under state_dir.",
+    )
+    broker_url: str | None = Field(
+        default=None, description="Celery broker; defaults to redis_url (Redis or amqp://)."
+    )
+    key_prefix: str = Field(default="pushrec", description="Prefix of every Redis key.")
+    state_dir: Path = Field(
+        default_factory=_default_state_dir,
+        description="Embedded Redis data, index store and reports.",
+    )
+
+    # --- queues and task execution ---------------------------------------------------
+    queue_activity: str = "activity"
+    queue_push: str = "push"
+    queue_maintenance: str = "maintenance"
+    visibility_timeout_s: int = Field(
+        default=300, ge=30, description="Unacked task redelivered after this (broker)."
+    )
+    task_time_limit_s: int = Field(default=120, ge=5, description="Hard limit per task.")
+    task_max_retries: int = Field(default=5, ge=0, le=20)
+    task_retry_backoff_max_s: int = Field(default=30, ge=1)
+
+    # --- event contract limits -------------------------------------------------------
+    batch_max_events: int = Field(default=500, ge=1, le=10_000)
+    batch_max_items: int = Field(default=500, ge=1, le=10_000)
+    props_max_keys: int = Field(default=32, ge=0)
+    props_max_bytes: int = Field(default=2048, ge=0)
+    future_skew_s: int = Field(default=86_400, ge=0, description="Accepted clock skew ahead.")
+
+    # --- shopper state ---------------------------------------------------------------
+    recent_items_max: int = Field(default=50, ge=1, le=10_000)
+    dedup_window_s: int = Field(
+        default=7 * 86_400, ge=60, description="Duplicate event_ids within this are ignored."
+    )
+    dedup_max_per_user: int = Field(default=10_000, ge=100)
+    user_ttl_s: int = Field(
+        default=400 * 86_400, ge=86_400, description="A shopper's keys expire after inactivity."
+    )
+    trending_bucket_s: int = Field(default=3600, ge=60)
+    trending_buckets_kept: int = Field(default=48, ge=1)
+    interaction_log_maxlen: int = Field(default=5_000_000, ge=1000)
+    rejected_log_maxlen: int = Field(default=100_000, ge=100)
+    item_changes_max: int = Field(default=100, ge=1)
+
+    # --- index -----------------------------------------------------------------------
+    index_store: Path | None = Field(default=None, description="Default: <state_dir>/index.")
+
+    # --- push gateways ---------------------------------------------------------------
+    fcm_url: str = "https://fcm.googleapis.com"
+    fcm_credentials: Path | None = None
+    fcm_project_id: str | None = None
+    apns_url: str = "https://api.push.apple.com"
+    apns_key_file: Path | None = None
+    apns_key_id: str | None = None
+    apns_team_id: str | None = None
+    apns_topic: str | None = None
+    vapid_private_key: Path | None = None
+    vapid_subject: str | None = None
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="Comma-separated whsec_ secrets; the first signs."
+    )
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    ca_bundle: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_ENV)
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @field_validator("webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _hosts_from_csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        # Braces would break the Redis Cluster hash tags that follow the prefix.
+        if not _PREFIX_RE.match(value):
+            raise ValueError("use 1-64 of A-Z a-z 0-9 _ . : - (no braces)")
+        return value
+
+    @field_validator("queue_activity", "queue_push", "queue_maintenance")
+    @classmethod
+    def _check_queue(cls, value: str) -> str:
+        if not _QUEUE_RE.match(value):
+            raise ValueError("use 1-128 of A-Z a-z 0-9 _ . -")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value and urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value or None
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        if self.task_time_limit_s >= self.visibility_timeout_s:
+            raise ValueError(
+                "task_time_limit_s must be below visibility_timeout_s, or a running task "
+                "would be handed to a second worker"
+            )
+        queues = {self.queue_activity, self.queue_push, self.queue_maintenance}
+        if len(queues) != 3:
+            raise ValueError("queue_activity, queue_push and queue_maintenance must differ")
+        return self
+
+    # --- derived values --------------------------------------------------------------
+    @property
+    def index_store_dir(self) -> Path:
+        return self.index_store or self.state_dir / "index"
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        if self.webhook_secret is None:
+            return []
+        return _split_csv(self.webhook_secret.get_secret_value())  # type: ignore[no-any-return]
+
+    def with_redis(self, url: str) -> Settings:
+        """A copy pointing at `url` (used once an embedded server is up)."""
+        return self.model_copy(update={"redis_url": url})
+
+    @property
+    def effective_broker_url(self) -> str:
+        url = self.broker_url or self.redis_url
+        if url is None:
+            raise SettingsError("no Redis URL yet: start the embedded server first")
+        return url
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name in {"redis_url", "broker_url"} and isinstance(value, str):
+                yield name, redact_url(value)
+            else:
+                yield name, value
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Read and validate; raise `SettingsError` with one line per problem."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            lines = []
+            for err in exc.errors():
+                field = ".".join(str(p) for p in err["loc"]) or "settings"
+                where = f"{ENV_PREFIX}{field.upper()}" if err["loc"] else "settings"
+                lines.append(f"{where}: {err['msg']}")
+            raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from exc
+        except (OSError, ValueError) as exc:  # unreadable or malformed TOML file
+            raise SettingsError(f"cannot read {CONFIG_ENV} file: {exc}") from exc
