@@ -75,7 +75,12 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(
         default=None, description="Celery broker; defaults to redis_url (Redis or amqp://)."
     )
-    key_prefix: str = Field(default="pushrec", description="Prefix of every Redis key.")
+    key_prefix: str = Field(default="pushrec", description="Prefix of every state key.")
+    broker_key_prefix: str = Field(
+        default="",
+        description="Prefix of Celery's keys in a Redis broker; keep '' so producers in "
+        "other languages find the queues under their plain names.",
+    )
     state_dir: Path = Field(
         default_factory=_default_state_dir,
         description="Embedded Redis data, index store and reports.",
@@ -86,7 +91,7 @@ class Settings(BaseSettings):
     queue_push: str = "push"
     queue_maintenance: str = "maintenance"
     visibility_timeout_s: int = Field(
-        default=300, ge=30, description="Unacked task redelivered after this (broker)."
+        default=300, ge=10, description="Unacked task redelivered after this (broker)."
     )
     task_time_limit_s: int = Field(default=120, ge=5, description="Hard limit per task.")
     task_max_retries: int = Field(default=5, ge=0, le=20)
@@ -225,9 +230,9 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             lines = []
             for err in exc.errors():
-                field = ".".join(str(p) for p in err["loc"]) or "settings"
-                where = f"{ENV_PREFIX}{field.upper()}" if err["loc"] else "settings"
-                lines.append(f"{where}: {err['msg']}")
+                field = ".".join(str(p) for p in err["loc"])
+                where = f"{field} ({ENV_PREFIX}{field.upper()})" if field else "settings"
+                lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
             raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from exc
         except (OSError, ValueError) as exc:  # unreadable or malformed TOML file
             raise SettingsError(f"cannot read {CONFIG_ENV} file: {exc}") from exc

@@ -11,7 +11,9 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-_COMMAND_MODULES: tuple[ModuleType, ...] = ()
+from worker.cli import serve, user
+
+_COMMAND_MODULES: tuple[ModuleType, ...] = (serve, user)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,7 @@ import json
 import sys
 from typing import Any, NoReturn
 
+from worker.embedded import EmbeddedRedis, EmbeddedRedisError
 from worker.settings import Settings, SettingsError
 
 
@@ -24,3 +25,16 @@ def load_settings() -> Settings:
 
 def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def load_settings_with_redis() -> tuple[Settings, EmbeddedRedis | None]:
+    """Settings with a Redis URL: the configured one, else an embedded server's
+    (started, or joined if one already serves the state directory)."""
+    settings = load_settings()
+    if settings.redis_url is not None:
+        return settings, None
+    try:
+        server = EmbeddedRedis.start(settings.state_dir)
+    except EmbeddedRedisError as exc:
+        fail(str(exc))
+    return settings.with_redis(server.url), server

@@ -1,0 +1,133 @@
+"""Fixtures for worker tests: settings on the test Redis, a runtime, real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from worker.client import PushrecClient
+from worker.runtime import Runtime
+from worker.settings import Settings
+
+
+@pytest.fixture
+def settings(redis_url: str, key_prefix: str, tmp_path: Path) -> Settings:
+    return Settings.load(
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        broker_key_prefix=f"{key_prefix}:",
+        state_dir=tmp_path / "state",
+        queue_activity=f"{key_prefix}.activity",
+        queue_push=f"{key_prefix}.push",
+        queue_maintenance=f"{key_prefix}.maintenance",
+    )
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    rt = Runtime.open(settings)
+    yield rt
+    rt.close()
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHREC_")}
+    env.update(
+        PUSHREC_REDIS_URL=str(settings.redis_url),
+        PUSHREC_KEY_PREFIX=settings.key_prefix,
+        PUSHREC_BROKER_KEY_PREFIX=settings.broker_key_prefix,
+        PUSHREC_STATE_DIR=str(settings.state_dir),
+        PUSHREC_QUEUE_ACTIVITY=settings.queue_activity,
+        PUSHREC_QUEUE_PUSH=settings.queue_push,
+        PUSHREC_QUEUE_MAINTENANCE=settings.queue_maintenance,
+        PUSHREC_VISIBILITY_TIMEOUT_S=str(settings.visibility_timeout_s),
+        PUSHREC_TASK_TIME_LIMIT_S=str(settings.task_time_limit_s),
+    )
+    return env
+
+
+class WorkerProcess:
+    """A real `pushrec worker` subprocess; its log is kept for failure messages."""
+
+    def __init__(self, settings: Settings, log_path: Path, name: str, concurrency: int) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "worker", "worker", f"--concurrency={concurrency}",
+             f"--name={name}@%h", "--loglevel=INFO"],
+            env=worker_env(settings),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self._wait_ready()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while " ready." not in self.log():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"worker did not start:\n{self.log()[-3000:]}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as an OOM kill or power loss would."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+
+@pytest.fixture
+def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(name: str = "w1", concurrency: int = 2) -> WorkerProcess:
+        worker = WorkerProcess(settings, tmp_path / f"{name}.log", name, concurrency)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[PushrecClient]:
+    with PushrecClient(
+        str(settings.redis_url),
+        result_backend=settings.redis_url,
+        broker_key_prefix=settings.broker_key_prefix,
+        queues={
+            "activity": settings.queue_activity,
+            "push": settings.queue_push,
+            "maintenance": settings.queue_maintenance,
+        },
+    ) as producer:
+        yield producer
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

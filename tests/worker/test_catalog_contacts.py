@@ -1,0 +1,145 @@
+"""Catalog history, devices, preferences and erasure on a real Redis."""
+
+from __future__ import annotations
+
+from worker import ingest
+from worker.catalog import ItemChange
+from worker.runtime import Runtime
+from worker.userview import user_view
+
+NOW = 1_795_856_400.0
+
+
+def test_price_and_stock_changes_are_kept_with_their_time(runtime: Runtime) -> None:
+    ingest.upsert_items(
+        runtime,
+        [{"item_id": "i1", "title": "Mug", "price": 10.0, "stock": 0, "ts": NOW - 300}],
+        NOW,
+    )
+    summary, changes = ingest.upsert_items(
+        runtime, [{"item_id": "i1", "price": 7.5, "stock": 4, "ts": NOW - 100}], NOW
+    )
+    assert summary == {"upserted": 1, "rejected": 0, "changes": 2}
+    assert changes == [
+        ItemChange("i1", "price", 10.0, 7.5, NOW - 100),
+        ItemChange("i1", "stock", 0.0, 4.0, NOW - 100),
+    ]
+    assert runtime.catalog.get("i1")["title"] == "Mug"  # untouched by the partial update
+    assert [c["field"] for c in runtime.catalog.changes("i1")] == ["stock", "price"]
+
+
+def test_an_older_upsert_does_not_override_a_newer_one(runtime: Runtime) -> None:
+    ingest.upsert_items(runtime, [{"item_id": "i1", "price": 5.0, "ts": NOW - 10}], NOW)
+    _, changes = ingest.upsert_items(
+        runtime, [{"item_id": "i1", "price": 9.0, "ts": NOW - 20}], NOW
+    )
+    assert changes == []
+    assert runtime.catalog.get("i1")["price"] == "5.0"
+    assert runtime.metrics.snapshot()["items.stale"] == 1
+
+
+def test_bad_items_are_rejected_and_good_ones_kept(runtime: Runtime) -> None:
+    summary, _ = ingest.upsert_items(
+        runtime,
+        [{"item_id": "ok", "price": 1.0}, {"price": 2.0}, {"item_id": "x", "stock": "many"}],
+        NOW,
+    )
+    assert summary == {"upserted": 1, "rejected": 2, "changes": 0}
+    stored = runtime.catalog.get("ok")
+    assert (stored["price"], float(stored["updated_at"])) == ("1.0", NOW)
+    assert runtime.catalog.get("x") == {}
+
+
+def test_a_token_registered_by_another_user_moves_to_them(runtime: Runtime) -> None:
+    first = ingest.register_device(
+        runtime, {"user_id": "a", "channel": "fcm", "token": "tok-1"}, NOW
+    )
+    again = ingest.register_device(
+        runtime, {"user_id": "a", "channel": "fcm", "token": "tok-1"}, NOW
+    )
+    assert first == again == {"device_id": first["device_id"], "moved": False}
+    moved = ingest.register_device(
+        runtime, {"user_id": "b", "channel": "fcm", "token": "tok-1"}, NOW
+    )
+    assert moved["moved"] is True
+    assert runtime.contacts.devices("a") == {}
+    assert list(runtime.contacts.devices("b")) == [first["device_id"]]
+
+
+def test_device_views_never_show_the_token(runtime: Runtime) -> None:
+    ingest.register_device(
+        runtime, {"user_id": "a", "channel": "fcm", "token": "secret-token"}, NOW
+    )
+    shown = user_view(runtime.redis, runtime.keys, runtime.contacts, "a", NOW)
+    assert "secret-token" not in str(shown)
+    bad = ingest.register_device(
+        runtime, {"user_id": "a", "channel": "apns", "token": "other-secret"}, NOW
+    )
+    assert "hex" in bad["rejected"]
+    assert "other-secret" not in str(runtime.rejected.recent(5))
+
+
+def test_unregister_removes_the_device(runtime: Runtime) -> None:
+    ingest.register_device(
+        runtime, {"user_id": "a", "channel": "webhook", "token": "https://h.example/x"}, NOW
+    )
+    assert ingest.unregister_device(
+        runtime, {"user_id": "a", "channel": "webhook", "token": "https://h.example/x"}
+    ) == {"removed": True}
+    assert runtime.contacts.devices("a") == {}
+
+
+def test_a_late_consent_grant_does_not_override_a_newer_withdrawal(runtime: Runtime) -> None:
+    ingest.set_preferences(
+        runtime, {"user_id": "a", "consent": {"marketing": {"*": False}}, "ts": NOW - 10}, NOW
+    )
+    ingest.set_preferences(
+        runtime,
+        {
+            "user_id": "a",
+            "consent": {"marketing": {"*": True}},
+            "timezone": "Asia/Tokyo",
+            "ts": NOW - 60,
+        },
+        NOW,
+    )
+    assert runtime.contacts.preferences("a") == {
+        "consent:marketing:*": "0",
+        "timezone": "Asia/Tokyo",
+    }
+    ingest.set_preferences(
+        runtime, {"user_id": "a", "quiet_hours": {"start": "22:00", "end": "08:00"}}, NOW
+    )
+    assert runtime.contacts.preferences("a")["quiet_hours"] == "22:00-08:00"
+    ingest.set_preferences(runtime, {"user_id": "a", "quiet_hours": None}, NOW + 1)
+    assert "quiet_hours" not in runtime.contacts.preferences("a")
+
+
+def test_forget_user_erases_every_key_and_log_entry_of_that_shopper(runtime: Runtime) -> None:
+    ingest.track_batch(
+        runtime,
+        [
+            {
+                "event_id": "e1",
+                "user_id": "gone",
+                "type": "add_to_cart",
+                "item_id": "i",
+                "ts": NOW - 5,
+            },
+            {"event_id": "e2", "user_id": "stays", "type": "view", "item_id": "i", "ts": NOW - 5},
+            {"event_id": "e3", "user_id": "gone", "type": "teleport", "ts": NOW - 5},
+        ],
+        NOW,
+        "d1",
+    )
+    ingest.register_device(runtime, {"user_id": "gone", "channel": "fcm", "token": "t"}, NOW)
+    ingest.set_preferences(runtime, {"user_id": "gone", "timezone": "UTC"}, NOW)
+
+    report = ingest.erase_user(runtime, "gone")
+    assert report["log_entries_removed"] == {"interactions": 1, "rejected": 1}
+    assert report["devices_released"] == 1
+    assert runtime.keys.user("gone").devices in report["keys_removed"]  # type: ignore[operator]
+    leftover = [k for k in runtime.redis.scan_iter(match=f"{runtime.keys.prefix}*") if "gone" in k]
+    assert leftover == []
+    assert user_view(runtime.redis, runtime.keys, runtime.contacts, "stays", NOW)["exists"]
+    assert ingest.erase_user(runtime, "gone")["keys_removed"] == []

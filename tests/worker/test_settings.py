@@ -1,0 +1,78 @@
+"""Settings: environment and TOML, validated once, secrets hidden."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.settings import Settings, SettingsError
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("PUSHREC_"):
+            monkeypatch.delenv(name)
+
+
+def test_environment_sets_fields_and_broker_defaults_to_redis(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PUSHREC_REDIS_URL", "redis://:hunter2@cache:6379/2")
+    monkeypatch.setenv("PUSHREC_RECENT_ITEMS_MAX", "10")
+    monkeypatch.setenv("PUSHREC_WEBHOOK_ALLOWED_HOSTS", "a.example, b.example")
+    settings = Settings.load()
+    assert settings.recent_items_max == 10
+    assert settings.effective_broker_url == "redis://:hunter2@cache:6379/2"
+    assert settings.webhook_allowed_hosts == ["a.example", "b.example"]
+
+
+def test_repr_hides_passwords_and_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUSHREC_REDIS_URL", "redis://user:hunter2@cache:6379/2")
+    monkeypatch.setenv("PUSHREC_WEBHOOK_SECRET", "whsec_abc,whsec_def")
+    settings = Settings.load()
+    shown = repr(settings) + str(settings)
+    assert "hunter2" not in shown and "whsec_abc" not in shown
+    assert "user:***@cache" in shown
+    assert settings.webhook_secrets == ["whsec_abc", "whsec_def"]
+
+
+def test_toml_file_is_read_and_environment_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "pushrec.toml"
+    config.write_text('key_prefix = "shop1"\nrecent_items_max = 7\n')
+    monkeypatch.setenv("PUSHREC_CONFIG", str(config))
+    monkeypatch.setenv("PUSHREC_RECENT_ITEMS_MAX", "9")
+    settings = Settings.load()
+    assert (settings.key_prefix, settings.recent_items_max) == ("shop1", 9)
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"PUSHREC_REDIS_URL": "http://x"}, "PUSHREC_REDIS_URL"),
+        ({"PUSHREC_KEY_PREFIX": "a{b}"}, "PUSHREC_KEY_PREFIX"),
+        ({"PUSHREC_RECENT_ITEMS_MAX": "lots"}, "PUSHREC_RECENT_ITEMS_MAX"),
+        ({"PUSHREC_TASK_TIME_LIMIT_S": "400"}, "below visibility_timeout_s"),
+        ({"PUSHREC_QUEUE_PUSH": "activity"}, "must differ"),
+    ],
+)
+def test_invalid_values_stop_with_the_variable_named(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], words: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=words):
+        Settings.load()
+
+
+def test_unknown_key_in_toml_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "pushrec.toml"
+    config.write_text("recent_item_max = 7\n")
+    monkeypatch.setenv("PUSHREC_CONFIG", str(config))
+    with pytest.raises(SettingsError, match="recent_item_max"):
+        Settings.load()

@@ -1,0 +1,151 @@
+"""Shopper state on a real Redis: what each event changes, once."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from worker import ingest
+from worker.events import Limits, parse_event
+from worker.runtime import Runtime
+from worker.state import APPLIED, DUPLICATE, RESUMED
+from worker.userview import user_view
+
+NOW = 1_795_856_400.0
+
+
+def ev(
+    event_id: str, type_: str, item: str | None = "sku-1", ts: float = NOW - 600, **kw: Any
+) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "event_id": event_id,
+        "user_id": kw.pop("user", "u1"),
+        "type": type_,
+        "ts": ts,
+    }
+    if item is not None:
+        raw["item_id"] = item
+    raw.update(kw)
+    return raw
+
+
+def apply(rt: Runtime, *raws: dict[str, Any], delivery: str | None = None) -> list[int]:
+    events = [parse_event(r, Limits(), NOW) for r in raws]
+    return rt.state.apply_events(events, NOW, delivery or uuid.uuid4().hex).statuses
+
+
+def view(rt: Runtime, user: str = "u1") -> dict[str, Any]:
+    return user_view(rt.redis, rt.keys, rt.contacts, user, NOW)
+
+
+def test_cart_purchase_and_rfm_follow_the_events(runtime: Runtime) -> None:
+    ingest.upsert_items(runtime, [{"item_id": "sku-1", "category": "mugs", "price": 4.0}], NOW)
+    apply(
+        runtime,
+        ev("e1", "view"),
+        ev("e2", "add_to_cart", quantity=3),
+        ev("e3", "remove_from_cart", quantity=1),
+        ev("e4", "add_to_cart", item="sku-2", ts=NOW - 500),
+    )
+    state = view(runtime)
+    assert {c["item_id"]: c["quantity"] for c in state["cart"]} == {"sku-1": 2, "sku-2": 1}
+
+    apply(runtime, ev("e5", "purchase", quantity=2, ts=NOW - 100))
+    state = view(runtime)
+    assert [c["item_id"] for c in state["cart"]] == ["sku-2"]
+    assert state["purchases"] == [{"item_id": "sku-1", "last_at": NOW - 100, "count": 1}]
+    # monetary falls back to the catalog price when the event has none: 2 x 4.0
+    assert state["rfm"] == {"recency_days": 100 / 86_400, "frequency": 1, "monetary": 8.0}
+    assert state["profile"]["events"] == 5
+    assert state["profile"]["last_seen"] == NOW - 100
+    assert [r["type"] for r in state["recent"]][:2] == ["purchase", "add_to_cart"]
+    assert list(state["category_affinity"]) == ["mugs"]
+
+
+def test_recent_items_are_capped(runtime: Runtime) -> None:
+    cap = runtime.settings.recent_items_max
+    apply(
+        runtime, *[ev(f"e{i}", "view", item=f"sku-{i}", ts=NOW - 1000 + i) for i in range(cap + 5)]
+    )
+    recent = view(runtime)["recent"]
+    assert len(recent) == cap
+    assert recent[0]["item_id"] == f"sku-{cap + 4}"
+
+
+def test_duplicate_event_ids_are_applied_once(runtime: Runtime) -> None:
+    statuses = apply(runtime, ev("e1", "add_to_cart"), ev("e1", "add_to_cart"))
+    assert statuses == [APPLIED, DUPLICATE]
+    assert apply(runtime, ev("e1", "add_to_cart")) == [DUPLICATE]
+    assert view(runtime)["cart"][0]["quantity"] == 1
+    assert runtime.redis.xlen(runtime.keys.interaction_log) == 1
+    assert runtime.metrics.snapshot()["events.duplicate"] == 2
+
+
+def test_every_valid_event_reaches_the_interaction_log(runtime: Runtime) -> None:
+    apply(
+        runtime,
+        ev("e1", "view", user="a"),
+        ev("e2", "search", item=None, query="red mug", user="b"),
+    )
+    rows = runtime.redis.xrange(runtime.keys.interaction_log)
+    logged = [fields for _, fields in rows]  # type: ignore[union-attr]
+    assert [(r["event_id"], r["user_id"], r["type"], r["item_id"]) for r in logged] == [
+        ("e1", "a", "view", "sku-1"),
+        ("e2", "b", "search", ""),
+    ]
+
+
+def test_trending_counts_recent_item_activity(runtime: Runtime) -> None:
+    ingest.upsert_items(runtime, [{"item_id": "hot", "category": "c"}], NOW)
+    apply(
+        runtime,
+        ev("e1", "view", item="hot", ts=NOW - 60),
+        ev("e2", "purchase", item="hot", ts=NOW - 30),
+        ev("e3", "view", item="cool", ts=NOW - 30),
+        ev("e4", "view", item="old", ts=NOW - 90 * 86_400),  # far outside the kept buckets
+    )
+    assert runtime.state.trending_items(NOW, hours=24, count=5) == [("hot", 6.0), ("cool", 1.0)]
+
+
+def test_event_applied_before_a_crash_has_its_side_effects_redone(runtime: Runtime) -> None:
+    raw = ev("e1", "view")
+    # Step 1 alone, as if the worker died before the log/trending pipeline ran.
+    event = parse_event(raw, Limits(), NOW)
+    pipe = runtime.redis.pipeline()
+    runtime.state._queue_state_update(pipe, event, None, NOW, "delivery-1")
+    assert pipe.execute() == [APPLIED]
+    assert runtime.redis.xlen(runtime.keys.interaction_log) == 0
+
+    # A copy of the event in another message is a duplicate; the redelivery finishes it.
+    assert apply(runtime, raw, delivery="delivery-2") == [DUPLICATE]
+    assert runtime.redis.xlen(runtime.keys.interaction_log) == 0
+    assert apply(runtime, raw, delivery="delivery-1") == [RESUMED]
+    assert runtime.redis.xlen(runtime.keys.interaction_log) == 1
+    assert view(runtime)["profile"]["events"] == 1  # state itself was not applied twice
+    assert apply(runtime, raw, delivery="delivery-1") == [DUPLICATE]
+
+
+def test_bad_events_are_rejected_and_the_rest_of_the_batch_applied(runtime: Runtime) -> None:
+    batch = [ev("e1", "view"), {"event_id": "e2"}, "junk", ev("e3", "add_to_cart")]
+    summary = ingest.track_batch(runtime, batch, NOW, "d")
+    assert summary == {"applied": 2, "duplicates": 0, "rejected": 2}
+    kept = runtime.rejected.recent(10)
+    assert {r["code"] for r in kept} == {"missing_field", "not_an_object"}
+    assert json.loads(next(r for r in kept if r["code"] == "not_an_object")["payload"]) == "junk"
+    metrics = runtime.metrics.snapshot()
+    assert metrics["pushrec.track_batch.rejected"] == 2
+    assert metrics["events.applied"] == 2
+
+
+def test_entries_beyond_the_batch_limit_are_kept_not_dropped(runtime: Runtime) -> None:
+    limit = runtime.limits.batch_max_events
+    batch = [ev(f"e{i}", "view", ts=NOW - 1000 + i) for i in range(limit + 3)]
+    summary = ingest.track_batch(runtime, batch, NOW, "d")
+    assert summary == {"applied": limit, "duplicates": 0, "rejected": 3}
+    overflow = runtime.rejected.recent(10)
+    assert [json.loads(r["payload"])["event_id"] for r in overflow] == [
+        f"e{limit + 2}",
+        f"e{limit + 1}",
+        f"e{limit}",
+    ]

@@ -1,0 +1,119 @@
+"""The Celery application: JSON only, three queues, settings for idempotent tasks."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_process_shutdown
+from kombu import Exchange, Queue
+
+from worker import contract
+from worker.runtime import Runtime
+from worker.settings import Settings
+
+
+class PushrecApp(Celery):
+    """A Celery app that carries pushrec's settings and opens one `Runtime` per process."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__("pushrec", set_as_current=False)
+        self.settings = settings
+        self._runtime: Runtime | None = None
+        self._runtime_pid = 0
+
+    def runtime(self) -> Runtime:
+        """This process's runtime, opened on first use; a forked child opens its own."""
+        if self._runtime is None or self._runtime_pid != os.getpid():
+            self._runtime = Runtime.open(self.settings)
+            self._runtime_pid = os.getpid()
+        return self._runtime
+
+    def close_runtime(self) -> None:
+        if self._runtime is not None and self._runtime_pid == os.getpid():
+            self._runtime.close()
+        self._runtime = None
+
+
+def queue_for(settings: Settings, task_name: str) -> str:
+    """The configured queue name of a contract task."""
+    logical = contract.TASK_QUEUES[task_name]
+    return {
+        contract.ACTIVITY: settings.queue_activity,
+        contract.PUSH: settings.queue_push,
+        contract.MAINTENANCE: settings.queue_maintenance,
+    }[logical]
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    transport = {
+        "visibility_timeout": settings.visibility_timeout_s,
+        "global_keyprefix": settings.broker_key_prefix,
+        # kombu sweeps for messages whose worker died every interval x throttle seconds
+        # (default 10 x 10): sweep every few seconds so recovery takes about one timeout.
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
+        "unacked_restore_throttle": 1,
+    }
+    return {
+        "broker_url": settings.effective_broker_url,
+        "result_backend": settings.redis_url,
+        # JSON only: a pickle payload from the network is code execution.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Every task is idempotent (event ids, message ids), so we prefer "at least once":
+        # ack after the task ran; a worker killed mid-task gets its message redelivered.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # A failure that survived its finite retries is acked (and recorded), not looped.
+        "task_acks_on_failure_or_timeout": True,
+        # One message in hand per process: a slow task never hides others from idle workers.
+        "worker_prefetch_multiplier": 1,
+        # Redis has no real acks: an unacked message is redelivered after the visibility
+        # timeout. Celery reads it from the broker and the result-backend options, so both
+        # carry the same value, and the hard time limit stays below it (checked in Settings)
+        # so a running task is never handed to a second worker.
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "task_time_limit": settings.task_time_limit_s,
+        "task_soft_time_limit": max(1, settings.task_time_limit_s - 10),
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "broker_connection_retry_on_startup": True,
+        "task_ignore_result": True,
+        "result_expires": 86_400,
+        "task_default_queue": settings.queue_activity,
+        # Each queue has its own exchange and routing key: a shared default binding would
+        # copy every message into all three queues.
+        "task_queues": [
+            Queue(name, Exchange(name, type="direct"), routing_key=name)
+            for name in (settings.queue_activity, settings.queue_push, settings.queue_maintenance)
+        ],
+        "task_routes": {
+            name: {"queue": queue_for(settings, name)} for name in contract.TASK_QUEUES
+        },
+        "enable_utc": True,
+        "timezone": "UTC",
+        "worker_hijack_root_logger": False,
+    }
+
+
+def create_app(settings: Settings) -> PushrecApp:
+    """The worker's app with every contract task registered."""
+    from worker.tasks import register_tasks  # tasks import app types; avoid a cycle
+
+    app = PushrecApp(settings)
+    app.conf.update(celery_config(settings))
+    register_tasks(app)
+
+    @worker_process_init.connect(weak=False)
+    def _open(**_: object) -> None:
+        app.close_runtime()  # drop anything inherited from the parent before the fork
+        app.runtime()
+
+    @worker_process_shutdown.connect(weak=False)
+    def _close(**_: object) -> None:
+        app.close_runtime()
+
+    return app

@@ -1,0 +1,85 @@
+"""The item catalog: upserts with price and stock history."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+
+from worker.events import Item
+from worker.keys import Keys
+from worker.metrics import Metrics
+from worker.scripts import Scripts
+
+
+@dataclass(frozen=True)
+class ItemChange:
+    """A price or stock change, as later rules (price drop, back in stock) need it."""
+
+    item_id: str
+    field: str
+    old: float
+    new: float
+    ts: float
+
+
+class Catalog:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        scripts: Scripts,
+        metrics: Metrics,
+        changes_max: int,
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._scripts = scripts
+        self._metrics = metrics
+        self._changes_max = changes_max
+
+    def upsert(self, items: Sequence[Item], now: float) -> list[ItemChange]:
+        """Store `items`; an upsert older (by `ts`) than the stored one is ignored.
+
+        Returns the price and stock changes, oldest item first.
+        """
+        if not items:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for item in items:
+            args: list[str | float | int] = [
+                item.ts if item.ts is not None else now,
+                self._changes_max,
+            ]
+            for name, value in item.catalog_fields().items():
+                args += [name, value]
+            keys = self._keys.item(item.item_id)
+            self._scripts.upsert_item(keys=[keys.item, keys.changes], args=args, client=pipe)
+        results = pipe.execute()
+
+        changes: list[ItemChange] = []
+        applied = stale = 0
+        follow_up = self._client.pipeline(transaction=False)
+        for item, (status, changes_json) in zip(items, results, strict=True):
+            if int(status) == 0:
+                stale += 1
+                continue
+            applied += 1
+            follow_up.sadd(self._keys.catalog, item.item_id)
+            changes += [ItemChange(item_id=item.item_id, **c) for c in json.loads(changes_json)]
+        self._metrics.add(
+            {"items.upserted": applied, "items.stale": stale, "items.changes": len(changes)},
+            pipe=follow_up,
+        )
+        follow_up.execute()
+        return changes
+
+    def get(self, item_id: str) -> dict[str, str]:
+        fields: dict[str, str] = self._client.hgetall(self._keys.item(item_id).item)  # type: ignore[assignment]
+        return fields
+
+    def changes(self, item_id: str, count: int = 20) -> list[dict[str, float | str]]:
+        rows = self._client.lrange(self._keys.item(item_id).changes, 0, count - 1)
+        return [json.loads(row) for row in rows]

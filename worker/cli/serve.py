@@ -1,0 +1,64 @@
+"""`pushrec worker`: run a Celery worker on pushrec's queues."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+from worker.cli.common import load_settings_with_redis
+from worker.settings import redact_url
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "worker",
+        help="run a worker (embedded Redis unless PUSHREC_REDIS_URL is set)",
+        description="Consume pushrec's queues. With no PUSHREC_REDIS_URL an embedded "
+        "redis-server is started under PUSHREC_STATE_DIR and stopped on exit.",
+    )
+    parser.add_argument(
+        "--queues", help="comma-separated queue names (default: all three of pushrec's)"
+    )
+    parser.add_argument("--concurrency", "-c", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    parser.add_argument("--name", help="node name (default: pushrec.<pid>@<host>)")
+    parser.add_argument("--loglevel", default="INFO")
+    parser.set_defaults(handler=run_worker)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from worker.app import create_app
+
+    settings, server = load_settings_with_redis()
+    logging.basicConfig(
+        level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    queues = args.queues or ",".join(
+        [settings.queue_activity, settings.queue_push, settings.queue_maintenance]
+    )
+    logging.getLogger("pushrec").info(
+        "redis %s%s, queues %s",
+        redact_url(settings.redis_url),
+        " (embedded)" if server else "",
+        queues,
+    )
+    app = create_app(settings)
+    argv = [
+        "worker",
+        f"--queues={queues}",
+        f"--concurrency={args.concurrency}",
+        f"--pool={args.pool}",
+        f"--hostname={args.name or f'pushrec.{os.getpid()}@%h'}",
+        f"--loglevel={args.loglevel}",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    try:
+        app.worker_main(argv)
+    finally:
+        if server is not None:
+            server.stop()
+    return 0

@@ -1,0 +1,59 @@
+"""`pushrec user show|forget` and `pushrec rejected`, `pushrec metrics`: inspect state."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from worker.cli.common import load_settings_with_redis, print_json
+
+
+def register(subparsers: Any) -> None:
+    user = subparsers.add_parser("user", help="inspect or erase one shopper")
+    actions = user.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser("show", help="print a shopper's state as JSON")
+    show.add_argument("user_id")
+    show.set_defaults(handler=show_user)
+    forget = actions.add_parser("forget", help="erase a shopper now (right to erasure)")
+    forget.add_argument("user_id")
+    forget.set_defaults(handler=forget_user)
+
+    rejected = subparsers.add_parser("rejected", help="print the latest rejected input")
+    rejected.add_argument("--count", type=int, default=20)
+    rejected.set_defaults(handler=show_rejected)
+
+    metrics = subparsers.add_parser("metrics", help="print the counters as JSON")
+    metrics.set_defaults(handler=show_metrics)
+
+
+def _runtime() -> Any:
+    from worker.runtime import Runtime
+
+    settings, _server = load_settings_with_redis()
+    return Runtime.open(settings)
+
+
+def show_user(args: argparse.Namespace) -> int:
+    from worker.userview import user_view
+
+    rt = _runtime()
+    print_json(user_view(rt.redis, rt.keys, rt.contacts, args.user_id, time.time()))
+    return 0
+
+
+def forget_user(args: argparse.Namespace) -> int:
+    from worker.ingest import erase_user
+
+    print_json(erase_user(_runtime(), args.user_id))
+    return 0
+
+
+def show_rejected(args: argparse.Namespace) -> int:
+    print_json(_runtime().rejected.recent(args.count))
+    return 0
+
+
+def show_metrics(args: argparse.Namespace) -> int:
+    print_json(_runtime().metrics.snapshot())
+    return 0

@@ -1,0 +1,116 @@
+"""Where and how a shopper may be reached: devices and contact preferences."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from worker.events import DeviceRegistration, DeviceRemoval, Preferences
+from worker.keys import Keys
+from worker.scripts import Scripts
+
+MAX_DEVICES_PER_USER = 20
+
+
+def device_id(channel: str, address: str) -> str:
+    """Stable id of a device: the same token registered twice is one device."""
+    return hashlib.sha256(f"{channel}\n{address}".encode()).hexdigest()[:24]
+
+
+def fingerprint(secret: str) -> str:
+    """A short hash to show in logs and views instead of a token or endpoint."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class DeviceOutcome:
+    device_id: str
+    moved_from: str | None = None  # the user who held this device before, if another
+
+
+class Contacts:
+    def __init__(self, client: redis.Redis, keys: Keys, scripts: Scripts, ttl_s: int) -> None:
+        self._client = client
+        self._keys = keys
+        self._scripts = scripts
+        self._ttl_s = ttl_s
+
+    def register(self, reg: DeviceRegistration, now: float) -> DeviceOutcome:
+        """Add or refresh a device; a token moves away from any user who held it before."""
+        did = device_id(reg.channel, reg.address)
+        record: dict[str, Any] = {
+            "channel": reg.channel,
+            "registered_at": reg.ts if reg.ts is not None else now,
+            "active": True,
+        }
+        if reg.subscription is not None:
+            record["subscription"] = reg.subscription.model_dump(by_alias=True, exclude_none=True)
+        else:
+            record["token"] = reg.token
+        previous: str | None = self._client.getset(  # type: ignore[assignment]
+            self._keys.device_owner(did), reg.user_id
+        )
+        moved_from = previous if previous and previous != reg.user_id else None
+        if moved_from is not None:
+            self._client.hdel(self._keys.user(moved_from).devices, did)
+        devices_key = self._keys.user(reg.user_id).devices
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hset(devices_key, did, json.dumps(record, separators=(",", ":")))
+        pipe.expire(devices_key, self._ttl_s)
+        pipe.expire(self._keys.device_owner(did), self._ttl_s)
+        pipe.execute()
+        self._evict_oldest(devices_key)
+        return DeviceOutcome(device_id=did, moved_from=str(moved_from) if moved_from else None)
+
+    def _evict_oldest(self, devices_key: str) -> None:
+        devices: dict[str, str] = self._client.hgetall(devices_key)  # type: ignore[assignment]
+        if len(devices) <= MAX_DEVICES_PER_USER:
+            return
+        by_age = sorted(
+            devices.items(),
+            key=lambda kv: json.loads(kv[1])["registered_at"],
+        )
+        stale = [did for did, _ in by_age[: len(by_age) - MAX_DEVICES_PER_USER]]
+        self._client.hdel(devices_key, *stale)
+
+    def unregister(self, removal: DeviceRemoval) -> bool:
+        did = device_id(removal.channel, removal.address)
+        removed = int(self._client.hdel(self._keys.user(removal.user_id).devices, did))
+        owner_key = self._keys.device_owner(did)
+        if self._client.get(owner_key) == removal.user_id:
+            self._client.delete(owner_key)
+        return removed > 0
+
+    def devices(self, user_id: str) -> dict[str, dict[str, Any]]:
+        raw: dict[str, str] = self._client.hgetall(self._keys.user(user_id).devices)  # type: ignore[assignment]
+        return {did: json.loads(record) for did, record in raw.items()}
+
+    def set_preferences(self, prefs: Preferences, now: float) -> int:
+        """Apply a partial update; returns how many fields changed (older ones are ignored)."""
+        fields: list[str] = []
+        for purpose, by_channel in (prefs.consent or {}).items():
+            for channel, granted in by_channel.items():
+                fields += [f"consent:{purpose}:{channel}", "1" if granted else "0"]
+        for name in ("timezone", "locale"):
+            value = getattr(prefs, name)
+            if value is not None:
+                fields += [name, value]
+        if "quiet_hours" in prefs.model_fields_set:
+            quiet = prefs.quiet_hours
+            fields += ["quiet_hours", f"{quiet.start}-{quiet.end}" if quiet else ""]
+        if not fields:
+            return 0
+        ts = prefs.ts if prefs.ts is not None else now
+        changed = self._scripts.set_preferences(
+            keys=[self._keys.user(prefs.user_id).preferences],
+            args=[ts, self._ttl_s, *fields],
+        )
+        return int(changed)
+
+    def preferences(self, user_id: str) -> dict[str, str]:
+        raw: dict[str, str] = self._client.hgetall(self._keys.user(user_id).preferences)  # type: ignore[assignment]
+        return {k: v for k, v in raw.items() if not k.endswith("@ts")}

@@ -1,0 +1,50 @@
+"""The public task contract shared by the worker and every producer.
+
+Task names, their default queues and the event schema version are public and versioned
+(README, "Task contract"). Producers in any language send these names with JSON kwargs.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+SCHEMA_VERSION: Final = 1
+
+TRACK: Final = "pushrec.track"
+TRACK_BATCH: Final = "pushrec.track_batch"
+UPSERT_ITEMS: Final = "pushrec.upsert_items"
+REGISTER_DEVICE: Final = "pushrec.register_device"
+UNREGISTER_DEVICE: Final = "pushrec.unregister_device"
+SET_PREFERENCES: Final = "pushrec.set_preferences"
+FORGET_USER: Final = "pushrec.forget_user"
+NOOP: Final = "pushrec.noop"
+
+# Which logical queue each task goes to; queue names themselves are settings.
+ACTIVITY: Final = "activity"
+PUSH: Final = "push"
+MAINTENANCE: Final = "maintenance"
+
+TASK_QUEUES: Final[dict[str, str]] = {
+    TRACK: ACTIVITY,
+    TRACK_BATCH: ACTIVITY,
+    UPSERT_ITEMS: ACTIVITY,
+    REGISTER_DEVICE: ACTIVITY,
+    UNREGISTER_DEVICE: ACTIVITY,
+    SET_PREFERENCES: ACTIVITY,
+    FORGET_USER: MAINTENANCE,
+    NOOP: ACTIVITY,
+}
+
+EVENT_TYPES: Final = (
+    "view",
+    "search",
+    "add_to_cart",
+    "remove_from_cart",
+    "purchase",
+    "push_open",
+    "push_click",
+)
+ITEM_EVENT_TYPES: Final = frozenset({"view", "add_to_cart", "remove_from_cart", "purchase"})
+PUSH_EVENT_TYPES: Final = frozenset({"push_open", "push_click"})
+CHANNELS: Final = ("fcm", "apns", "webpush", "webhook")
+PURPOSES: Final = ("marketing", "transactional")

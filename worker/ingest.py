@@ -1,0 +1,149 @@
+"""What each contract task does with its JSON input, without Celery.
+
+Every function takes the raw kwargs a task received, rejects what violates the
+contract (recorded, never raised), applies the rest, and returns a JSON-able summary.
+Redis errors propagate: the task wrapper retries them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from worker import contract
+from worker.catalog import ItemChange
+from worker.contacts import fingerprint
+from worker.erasure import forget_user
+from worker.events import (
+    Event,
+    InvalidInput,
+    Item,
+    parse_device,
+    parse_device_removal,
+    parse_event,
+    parse_item,
+    parse_preferences,
+    parse_user_id,
+)
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def _split_batch(rt: Runtime, task: str, raw: Any, max_len: int, what: str) -> list[Any]:
+    """The entries of a batch to process; a non-list is rejected whole, entries beyond
+    `max_len` are rejected one by one (kept for replay), never silently dropped."""
+    if not isinstance(raw, list):
+        rt.rejected.record(
+            task, "not_a_list", f"{what} must be a JSON array, got {type(raw).__name__}", raw
+        )
+        return []
+    for position, entry in enumerate(raw[max_len:], start=max_len):
+        rt.rejected.record(
+            task, "oversize_batch", f"{what}[{position}]: beyond the {max_len} per call", entry
+        )
+    return raw[:max_len]
+
+
+def track(
+    rt: Runtime, raw_events: list[Any], now: float, task: str, delivery_id: str
+) -> dict[str, int]:
+    """Validate and apply activity events; one bad event never stops the others."""
+    events: list[Event] = []
+    rejected = 0
+    for raw in raw_events:
+        try:
+            events.append(parse_event(raw, rt.limits, now))
+        except InvalidInput as exc:
+            rt.rejected.record(task, exc.code, exc.reason, raw)
+            rejected += 1
+    result = rt.state.apply_events(events, now, delivery_id)
+    return {"applied": result.applied, "duplicates": result.duplicates, "rejected": rejected}
+
+
+def track_one(rt: Runtime, event: Any, now: float, delivery_id: str) -> dict[str, int]:
+    return track(rt, [event], now, contract.TRACK, delivery_id)
+
+
+def track_batch(rt: Runtime, events: Any, now: float, delivery_id: str) -> dict[str, int]:
+    entries = _split_batch(rt, contract.TRACK_BATCH, events, rt.limits.batch_max_events, "events")
+    summary = track(rt, entries, now, contract.TRACK_BATCH, delivery_id)
+    summary["rejected"] += max(0, len(events) - len(entries)) if isinstance(events, list) else 1
+    return summary
+
+
+def upsert_items(rt: Runtime, items: Any, now: float) -> tuple[dict[str, int], list[ItemChange]]:
+    entries = _split_batch(rt, contract.UPSERT_ITEMS, items, rt.limits.batch_max_items, "items")
+    valid: list[Item] = []
+    for raw in entries:
+        try:
+            valid.append(parse_item(raw, rt.limits, now))
+        except InvalidInput as exc:
+            rt.rejected.record(contract.UPSERT_ITEMS, exc.code, exc.reason, raw)
+    changes = rt.catalog.upsert(valid, now)
+    total = len(items) if isinstance(items, list) else 1
+    return {
+        "upserted": len(valid),
+        "rejected": total - len(valid),
+        "changes": len(changes),
+    }, changes
+
+
+def register_device(rt: Runtime, payload: dict[str, Any], now: float) -> dict[str, Any]:
+    try:
+        reg = parse_device(payload)
+    except InvalidInput as exc:
+        rt.rejected.record(contract.REGISTER_DEVICE, exc.code, exc.reason, redact_device(payload))
+        return {"rejected": exc.reason}
+    outcome = rt.contacts.register(reg, now)
+    rt.metrics.add({"devices.registered": 1, "devices.moved": int(bool(outcome.moved_from))})
+    return {"device_id": outcome.device_id, "moved": outcome.moved_from is not None}
+
+
+def unregister_device(rt: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
+    try:
+        removal = parse_device_removal(payload)
+    except InvalidInput as exc:
+        rt.rejected.record(contract.UNREGISTER_DEVICE, exc.code, exc.reason, redact_device(payload))
+        return {"rejected": exc.reason}
+    removed = rt.contacts.unregister(removal)
+    rt.metrics.add({"devices.unregistered": int(removed)})
+    return {"removed": removed}
+
+
+def set_preferences(rt: Runtime, payload: dict[str, Any], now: float) -> dict[str, Any]:
+    try:
+        prefs = parse_preferences(payload)
+    except InvalidInput as exc:
+        rt.rejected.record(contract.SET_PREFERENCES, exc.code, exc.reason, payload)
+        return {"rejected": exc.reason}
+    changed = rt.contacts.set_preferences(prefs, now)
+    rt.metrics.add({"preferences.updated": 1})
+    return {"changed": changed}
+
+
+def erase_user(rt: Runtime, user_id: Any) -> dict[str, object]:
+    try:
+        uid = parse_user_id(user_id)
+    except InvalidInput as exc:
+        rt.rejected.record(contract.FORGET_USER, exc.code, exc.reason, {"user_id": user_id})
+        return {"rejected": exc.reason}
+    report = forget_user(rt.redis, rt.keys, rt.contacts, uid)
+    rt.metrics.add({"users.forgotten": 1})
+    log.info(
+        "forgot user %s: %d keys, %s log entries",
+        fingerprint(uid),
+        len(report.keys_removed),
+        report.log_entries_removed,
+    )
+    return report.as_dict()
+
+
+def redact_device(payload: dict[str, Any]) -> dict[str, Any]:
+    """A device payload safe to keep: tokens and endpoints replaced by fingerprints."""
+    out = dict(payload)
+    if isinstance(out.get("token"), str):
+        out["token"] = f"sha256:{fingerprint(out['token'])}"
+    if isinstance(out.get("subscription"), dict):
+        out["subscription"] = "<redacted>"
+    return out

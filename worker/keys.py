@@ -1,0 +1,165 @@
+"""Every Redis key pushrec uses, in one place.
+
+All of one shopper's keys carry the hash tag `{u:<user_id>}` and all of one item's keys
+`{i:<item_id>}`, so a Lua script that touches one shopper (or one item) touches one
+Redis Cluster slot. Global keys (logs, trending counters, metrics) are written in
+separate, idempotent steps, never inside a per-shopper script.
+
+The prefix (`Settings.key_prefix`) leads every key; tests give each test its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class UserKeys:
+    """The keys of one shopper; `all()` lists every one of them (used to erase a shopper)."""
+
+    base: str
+
+    @property
+    def profile(self) -> str:
+        """hash: first_seen, last_seen, events, orders, monetary, last_purchase, …"""
+        return f"{self.base}:profile"
+
+    @property
+    def recent(self) -> str:
+        """list, newest first: JSON {ts, type, item_id | query}; capped."""
+        return f"{self.base}:recent"
+
+    @property
+    def cart(self) -> str:
+        """hash: item_id -> quantity in cart."""
+        return f"{self.base}:cart"
+
+    @property
+    def cart_added(self) -> str:
+        """zset: item_id -> ts it was last added to the cart."""
+        return f"{self.base}:cart_added"
+
+    @property
+    def purchased(self) -> str:
+        """zset: item_id -> ts of its last purchase."""
+        return f"{self.base}:purchased"
+
+    @property
+    def purchase_counts(self) -> str:
+        """hash: item_id -> number of purchase events."""
+        return f"{self.base}:purchase_counts"
+
+    @property
+    def affinity(self) -> str:
+        """zset: category -> time-decayed interest (see state.decayed_weight)."""
+        return f"{self.base}:affinity"
+
+    @property
+    def seen_events(self) -> str:
+        """zset: event_id -> time applied (the dedup window)."""
+        return f"{self.base}:seen"
+
+    @property
+    def pending_events(self) -> str:
+        """hash: event_id -> delivery that applied it, while its global side effects are
+        unconfirmed."""
+        return f"{self.base}:pending"
+
+    @property
+    def devices(self) -> str:
+        """hash: device_id -> JSON device record."""
+        return f"{self.base}:devices"
+
+    @property
+    def preferences(self) -> str:
+        """hash: consent, timezone, locale, quiet hours, each with an `@ts` field."""
+        return f"{self.base}:prefs"
+
+    def all(self) -> list[str]:
+        return [
+            self.profile,
+            self.recent,
+            self.cart,
+            self.cart_added,
+            self.purchased,
+            self.purchase_counts,
+            self.affinity,
+            self.seen_events,
+            self.pending_events,
+            self.devices,
+            self.preferences,
+        ]
+
+    def event_state(self) -> list[str]:
+        """The KEYS of the apply-event script, in its order."""
+        return [
+            self.profile,
+            self.recent,
+            self.cart,
+            self.cart_added,
+            self.purchased,
+            self.purchase_counts,
+            self.affinity,
+            self.seen_events,
+            self.pending_events,
+        ]
+
+
+@dataclass(frozen=True)
+class ItemKeys:
+    base: str
+
+    @property
+    def item(self) -> str:
+        """hash: title, category, brand, price, stock, url, image, updated_at."""
+        return f"{self.base}:item"
+
+    @property
+    def changes(self) -> str:
+        """list, newest first: JSON {ts, field, old, new} for price and stock changes."""
+        return f"{self.base}:changes"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix."""
+
+    prefix: str
+
+    def user(self, user_id: str) -> UserKeys:
+        return UserKeys(f"{self.prefix}:{{u:{user_id}}}")
+
+    def item(self, item_id: str) -> ItemKeys:
+        return ItemKeys(f"{self.prefix}:{{i:{item_id}}}")
+
+    def device_owner(self, device_id: str) -> str:
+        """string: user_id that last registered this device (a token moves between users)."""
+        return f"{self.prefix}:device:{device_id}"
+
+    @property
+    def catalog(self) -> str:
+        """set: every known item_id."""
+        return f"{self.prefix}:catalog"
+
+    @property
+    def interaction_log(self) -> str:
+        """stream: every valid event (read by the index build job); capped."""
+        return f"{self.prefix}:log:interactions"
+
+    @property
+    def rejected_log(self) -> str:
+        """stream: rejected input with its reason, for inspection; capped."""
+        return f"{self.prefix}:log:rejected"
+
+    @property
+    def metrics(self) -> str:
+        """hash: counter name -> value."""
+        return f"{self.prefix}:metrics"
+
+    def trending_items(self, bucket: int) -> str:
+        """zset: item_id -> weighted activity in time bucket `bucket`."""
+        return f"{self.prefix}:trend:item:{bucket}"
+
+    def trending_categories(self, bucket: int) -> str:
+        """zset: category -> weighted activity in time bucket `bucket`."""
+        return f"{self.prefix}:trend:cat:{bucket}"

@@ -1,0 +1,62 @@
+"""Rejected input: counted, logged with its reason, kept in a capped stream to inspect."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import redis
+
+from worker.keys import Keys
+from worker.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+PAYLOAD_MAX_CHARS = 4096
+
+
+class RejectedLog:
+    def __init__(self, client: redis.Redis, keys: Keys, metrics: Metrics, maxlen: int) -> None:
+        self._client = client
+        self._key = keys.rejected_log
+        self._metrics = metrics
+        self._maxlen = maxlen
+
+    def record(
+        self,
+        task: str,
+        code: str,
+        reason: str,
+        payload: Any,
+        pipe: redis.client.Pipeline | None = None,
+    ) -> None:
+        """Keep `payload` (truncated) with its reason and count it under `<task>.rejected`."""
+        try:
+            text = json.dumps(payload, default=repr, ensure_ascii=False)
+        except (TypeError, ValueError):  # e.g. circular structures
+            text = repr(payload)
+        log.warning("rejected %s input (%s): %s", task, code, reason)
+        target = pipe if pipe is not None else self._client.pipeline(transaction=False)
+        target.xadd(
+            self._key,
+            {
+                "task": task,
+                "code": code,
+                "reason": reason,
+                "payload": text[:PAYLOAD_MAX_CHARS],
+                "at": f"{time.time():.3f}",
+            },
+            maxlen=self._maxlen,
+            approximate=True,
+        )
+        self._metrics.add({f"{task}.rejected": 1, f"{task}.rejected.{code}": 1}, pipe=target)
+        if pipe is None:
+            target.execute()
+
+    def recent(self, count: int = 20) -> list[dict[str, str]]:
+        rows: list[tuple[str, dict[str, str]]] = self._client.xrevrange(  # type: ignore[assignment]
+            self._key, count=count
+        )
+        return [{"id": rid, **fields} for rid, fields in rows]

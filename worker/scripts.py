@@ -1,0 +1,28 @@
+"""The Lua scripts of `worker/lua/`, registered once per Redis client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+
+import redis
+from redis.commands.core import Script
+
+
+def _source(name: str) -> str:
+    return resources.files("worker").joinpath("lua", f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True)
+class Scripts:
+    apply_event: Script
+    upsert_item: Script
+    set_preferences: Script
+
+    @classmethod
+    def register(cls, client: redis.Redis) -> Scripts:
+        return cls(
+            apply_event=client.register_script(_source("apply_event")),
+            upsert_item=client.register_script(_source("upsert_item")),
+            set_preferences=client.register_script(_source("set_preferences")),
+        )

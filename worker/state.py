@@ -1,0 +1,220 @@
+"""Live shopper state: applying activity events to Redis.
+
+One event is applied in two steps:
+
+1. `apply_event.lua` updates the shopper's keys atomically (one hash slot) and decides
+   once, by `event_id`, whether the event is new. It leaves the id in a "pending" set.
+2. A pipeline appends the event to the interaction log, bumps the trending counters and
+   clears "pending". These keys live in other slots, so they cannot join the script.
+
+If a worker dies between the two steps, the redelivered task finds the event pending and
+redoes step 2 only; the interaction log may then hold the event twice, which its reader
+removes by `event_id`. A batch costs three round trips whatever its size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from worker.events import Event
+from worker.keys import Keys
+from worker.metrics import Metrics
+from worker.scripts import Scripts
+from worker.settings import Settings
+
+# How much each event type says about a shopper's interest (category affinity, trending).
+INTEREST_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "search": 0.0,
+    "add_to_cart": 3.0,
+    "remove_from_cart": -1.0,
+    "purchase": 5.0,
+    "push_open": 0.0,
+    "push_click": 2.0,
+}
+AFFINITY_HALF_LIFE_S = 30 * 86_400
+_AFFINITY_EPOCH = 1_577_836_800.0  # 2020-01-01; keeps 2**x finite for a century either side
+
+APPLIED, DUPLICATE, RESUMED = 1, 0, 2
+
+
+def decayed_weight(weight: float, ts: float) -> float:
+    """`weight` scaled so that sums decay with AFFINITY_HALF_LIFE_S.
+
+    Adding `weight * 2**((ts - epoch) / half_life)` to a sum and comparing sums equals
+    comparing exponentially decayed sums at any common time, without rewriting old
+    scores. Divide by `decayed_weight(1, now)` to read a sum as of `now`.
+    """
+    return weight * math.pow(2.0, (ts - _AFFINITY_EPOCH) / AFFINITY_HALF_LIFE_S)
+
+
+@dataclass
+class ApplyResult:
+    """What `apply_events` did with each event, by position."""
+
+    statuses: list[int] = field(default_factory=list)
+
+    @property
+    def applied(self) -> int:
+        return sum(1 for s in self.statuses if s == APPLIED)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(1 for s in self.statuses if s == DUPLICATE)
+
+
+class StateStore:
+    """Reads and writes shopper state. Holds no per-shopper data itself."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        settings: Settings,
+        scripts: Scripts,
+        metrics: Metrics,
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._settings = settings
+        self._scripts = scripts
+        self._metrics = metrics
+
+    def apply_events(self, events: Sequence[Event], now: float, delivery_id: str) -> ApplyResult:
+        """Apply valid `events` (in order); duplicates of earlier event_ids change nothing.
+
+        `delivery_id` identifies the message carrying the events (the Celery task id):
+        a retry or redelivery of that message finishes what a crash interrupted.
+        """
+        if not events:
+            return ApplyResult()
+        catalog = self._catalog_facts({e.item_id for e in events if e.item_id})
+        # A repeat inside the batch would find its first copy "pending" and redo its
+        # side effects; it is a plain duplicate, decided here.
+        first: dict[str, int] = {}
+        pipe = self._client.pipeline(transaction=False)
+        for position, event in enumerate(events):
+            if first.setdefault(event.event_id, position) == position:
+                facts = catalog.get(event.item_id or "")
+                self._queue_state_update(pipe, event, facts, now, delivery_id)
+        sent = iter(int(s) for s in pipe.execute())
+        statuses = [
+            next(sent) if first[e.event_id] == position else DUPLICATE
+            for position, e in enumerate(events)
+        ]
+
+        side_effects = self._client.pipeline(transaction=False)
+        for event, status in zip(events, statuses, strict=True):
+            if status != DUPLICATE:
+                category = catalog.get(event.item_id or "", ("", ""))[0]
+                self._queue_side_effects(side_effects, event, category, now)
+        counts = Counter(
+            {APPLIED: "events.applied", DUPLICATE: "events.duplicate", RESUMED: "events.resumed"}[s]
+            for s in statuses
+        )
+        self._metrics.add(counts, pipe=side_effects)
+        side_effects.execute()
+        return ApplyResult(statuses)
+
+    def _catalog_facts(self, item_ids: set[str]) -> dict[str, tuple[str, str]]:
+        """item_id -> (category, price) from the catalog; '' where unknown."""
+        ordered = sorted(item_ids)
+        pipe = self._client.pipeline(transaction=False)
+        for item_id in ordered:
+            pipe.hmget(self._keys.item(item_id).item, ["category", "price"])
+        rows = pipe.execute() if ordered else []
+        return {
+            item_id: (row[0] or "", row[1] or "")
+            for item_id, row in zip(ordered, rows, strict=True)
+        }
+
+    def _queue_state_update(
+        self,
+        pipe: redis.client.Pipeline,
+        event: Event,
+        catalog: tuple[str, str] | None,
+        now: float,
+        delivery_id: str,
+    ) -> None:
+        s = self._settings
+        category, catalog_price = catalog or ("", "")
+        price = event.price if event.price is not None else catalog_price
+        recent: dict[str, object] = {"ts": event.ts, "type": event.type}
+        if event.item_id:
+            recent["item_id"] = event.item_id
+        if event.query:
+            recent["query"] = event.query
+        if event.push_id:
+            recent["push_id"] = event.push_id
+        affinity = decayed_weight(INTEREST_WEIGHTS[event.type], event.ts) if category else 0.0
+        self._scripts.apply_event(
+            keys=self._keys.user(event.user_id).event_state(),
+            args=[
+                event.event_id,
+                event.type,
+                event.item_id or "",
+                repr(event.ts),
+                event.quantity,
+                "" if price == "" else repr(float(price)),
+                category,
+                repr(affinity),
+                repr(now),
+                s.recent_items_max,
+                s.dedup_window_s,
+                s.dedup_max_per_user,
+                s.user_ttl_s,
+                json.dumps(recent, separators=(",", ":")),
+                delivery_id,
+            ],
+            client=pipe,
+        )
+
+    def _queue_side_effects(
+        self, pipe: redis.client.Pipeline, event: Event, category: str, now: float
+    ) -> None:
+        s = self._settings
+        entry: dict[Any, Any] = {  # redis-py's stream field types are over-narrow
+            "event_id": event.event_id,
+            "user_id": event.user_id,
+            "item_id": event.item_id or "",
+            "type": event.type,
+            "ts": repr(event.ts),
+            "quantity": str(event.quantity),
+            "price": "" if event.price is None else repr(event.price),
+        }
+        pipe.xadd(
+            self._keys.interaction_log, entry, maxlen=s.interaction_log_maxlen, approximate=True
+        )
+        weight = INTEREST_WEIGHTS[event.type]
+        bucket = int(event.ts // s.trending_bucket_s)
+        expires_at = (bucket + 1 + s.trending_buckets_kept) * s.trending_bucket_s
+        if event.item_id and weight > 0 and expires_at > now:
+            for key, member in (
+                (self._keys.trending_items(bucket), event.item_id),
+                (self._keys.trending_categories(bucket), category),
+            ):
+                if member:
+                    pipe.zincrby(key, weight, member)
+                    pipe.expireat(key, int(expires_at))
+        pipe.hdel(self._keys.user(event.user_id).pending_events, event.event_id)
+
+    def trending_items(self, now: float, hours: int, count: int) -> list[tuple[str, float]]:
+        """The `count` items with most weighted activity over the last `hours` buckets."""
+        s = self._settings
+        last = int(now // s.trending_bucket_s)
+        n = max(1, min(s.trending_buckets_kept, hours * 3600 // s.trending_bucket_s))
+        totals: Counter[str] = Counter()  # float scores: Counter's int typing is nominal
+        pipe = self._client.pipeline(transaction=False)
+        for bucket in range(last - n + 1, last + 1):
+            pipe.zrevrange(self._keys.trending_items(bucket), 0, 4 * count, withscores=True)
+        for rows in pipe.execute():
+            for member, score in rows:
+                totals[member] += score
+        return [(item, float(score)) for item, score in totals.most_common(count)]

@@ -1,0 +1,132 @@
+"""Thin Celery tasks: check the call's shape, hand the JSON to `ingest`, retry outages.
+
+A call that breaks the contract (positional args, unknown or missing kwargs) is rejected
+and recorded like any bad input: never retried. A Redis outage is retried a finite
+number of times with capped, jittered backoff; every write is idempotent, so a retry
+after a partial success changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from celery import Task
+
+from worker import contract, ingest
+from worker.app import PushrecApp
+from worker.runtime import Runtime
+
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
+
+
+class PushrecTask(Task):  # type: ignore[type-arg]
+    app: PushrecApp
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.app.runtime()
+
+    def backoff_s(self) -> float:
+        """Full jitter over a capped exponential (retries 0, 1, 2, … -> up to 1, 2, 4 … s)."""
+        cap = self.app.settings.task_retry_backoff_max_s
+        return random.uniform(0, min(cap, 2.0 ** int(self.request.retries or 0)))
+
+
+def _call_shape(
+    task: PushrecTask,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    required: set[str],
+    optional: frozenset[str] | set[str] = frozenset(),
+) -> str | None:
+    """Why this call does not fit the contract, or None if it does."""
+    if args:
+        return f"{task.name} takes JSON kwargs only, got {len(args)} positional args"
+    problems = []
+    if missing := required - kwargs.keys():
+        problems.append(f"missing kwargs {sorted(missing)}")
+    if unknown := kwargs.keys() - required - optional:
+        problems.append(f"unknown kwargs {sorted(unknown)[:5]}")
+    return f"{task.name}: {'; '.join(problems)}" if problems else None
+
+
+def _run(task: PushrecTask, body: Callable[[Runtime], Any]) -> Any:
+    try:
+        return body(task.runtime)
+    except _TRANSIENT as exc:
+        raise task.retry(
+            exc=exc, countdown=task.backoff_s(), max_retries=task.app.settings.task_max_retries
+        ) from exc
+
+
+def _delivery(task: PushrecTask) -> str:
+    """The message's task id: kept by Celery across retries and broker redeliveries."""
+    return str(task.request.id)
+
+
+def _shape_rejected(task: PushrecTask, reason: str, payload: Any) -> dict[str, str]:
+    _run(task, lambda rt: rt.rejected.record(task.name, "bad_call", reason, payload))
+    return {"rejected": reason}
+
+
+_DEVICE_FIELDS = {"user_id", "channel"}
+_DEVICE_OPTIONAL = {"token", "subscription", "ts"}
+_PREFERENCE_OPTIONAL = {"consent", "timezone", "locale", "quiet_hours", "ts"}
+
+
+def register_tasks(app: PushrecApp) -> None:
+    """Register every contract task on `app` under its public name."""
+
+    @app.task(name=contract.TRACK, bind=True, base=PushrecTask)
+    def track(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
+        if reason := _call_shape(self, args, kwargs, {"event"}):
+            return _shape_rejected(self, reason, {"args": args, "kwargs": kwargs})
+        return _run(
+            self, lambda rt: ingest.track_one(rt, kwargs["event"], time.time(), _delivery(self))
+        )
+
+    @app.task(name=contract.TRACK_BATCH, bind=True, base=PushrecTask)
+    def track_batch(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
+        if reason := _call_shape(self, args, kwargs, {"events"}):
+            return _shape_rejected(self, reason, {"args": args, "kwargs": kwargs})
+        return _run(
+            self, lambda rt: ingest.track_batch(rt, kwargs["events"], time.time(), _delivery(self))
+        )
+
+    @app.task(name=contract.UPSERT_ITEMS, bind=True, base=PushrecTask)
+    def upsert_items(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
+        if reason := _call_shape(self, args, kwargs, {"items"}):
+            return _shape_rejected(self, reason, {"args": args, "kwargs": kwargs})
+        return _run(self, lambda rt: ingest.upsert_items(rt, kwargs["items"], time.time())[0])
+
+    @app.task(name=contract.REGISTER_DEVICE, bind=True, base=PushrecTask)
+    def register_device(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
+        if reason := _call_shape(self, args, kwargs, _DEVICE_FIELDS, _DEVICE_OPTIONAL):
+            return _shape_rejected(self, reason, {"kwargs": ingest.redact_device(kwargs)})
+        return _run(self, lambda rt: ingest.register_device(rt, kwargs, time.time()))
+
+    @app.task(name=contract.UNREGISTER_DEVICE, bind=True, base=PushrecTask)
+    def unregister_device(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
+        if reason := _call_shape(self, args, kwargs, _DEVICE_FIELDS, {"token", "endpoint"}):
+            return _shape_rejected(self, reason, {"kwargs": ingest.redact_device(kwargs)})
+        return _run(self, lambda rt: ingest.unregister_device(rt, kwargs))
+
+    @app.task(name=contract.SET_PREFERENCES, bind=True, base=PushrecTask)
+    def set_preferences(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
+        if reason := _call_shape(self, args, kwargs, {"user_id"}, _PREFERENCE_OPTIONAL):
+            return _shape_rejected(self, reason, {"args": args, "kwargs": kwargs})
+        return _run(self, lambda rt: ingest.set_preferences(rt, kwargs, time.time()))
+
+    @app.task(name=contract.FORGET_USER, bind=True, base=PushrecTask, ignore_result=False)
+    def forget_user(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
+        if reason := _call_shape(self, args, kwargs, {"user_id"}):
+            return _shape_rejected(self, reason, {"args": args, "kwargs": kwargs})
+        return _run(self, lambda rt: ingest.erase_user(rt, kwargs["user_id"]))
+
+    @app.task(name=contract.NOOP, bind=True, base=PushrecTask)
+    def noop(self: PushrecTask, *args: Any, **kwargs: Any) -> None:
+        """Does nothing: the throughput ceiling of the broker and pool (bench/ingest.py)."""

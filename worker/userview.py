@@ -1,0 +1,73 @@
+"""A shopper's state as one JSON-able document (`pushrec user show`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from worker.contacts import Contacts, fingerprint
+from worker.keys import Keys
+from worker.state import decayed_weight
+
+
+def _num(value: str | None) -> float | None:
+    return float(value) if value is not None else None
+
+
+def user_view(
+    client: redis.Redis, keys: Keys, contacts: Contacts, user_id: str, now: float
+) -> dict[str, Any]:
+    """Everything pushrec holds about `user_id`; device tokens shown only as fingerprints."""
+    k = keys.user(user_id)
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(k.profile)
+    pipe.lrange(k.recent, 0, -1)
+    pipe.hgetall(k.cart)
+    pipe.zrange(k.cart_added, 0, -1, withscores=True)
+    pipe.zrevrange(k.purchased, 0, 49, withscores=True)
+    pipe.hgetall(k.purchase_counts)
+    pipe.zrevrange(k.affinity, 0, 19, withscores=True)
+    profile, recent, cart, cart_added, purchased, counts, affinity = pipe.execute()
+    added = dict(cart_added)
+    last_purchase = _num(profile.get("last_purchase"))
+    scale = decayed_weight(1.0, now)
+    return {
+        "user_id": user_id,
+        "exists": bool(profile),
+        "profile": {
+            "first_seen": _num(profile.get("first_seen")),
+            "last_seen": _num(profile.get("last_seen")),
+            "last_event": profile.get("last_event"),
+            "events": int(profile.get("events", 0)),
+        },
+        "rfm": {
+            "recency_days": None if last_purchase is None else (now - last_purchase) / 86_400,
+            "frequency": int(profile.get("orders", 0)),
+            "monetary": round(float(profile.get("monetary", 0.0)), 2),
+        },
+        "recent": [json.loads(row) for row in recent],
+        "cart": [
+            {"item_id": item, "quantity": int(qty), "added_at": added.get(item)}
+            for item, qty in sorted(cart.items())
+        ],
+        "purchases": [
+            {"item_id": item, "last_at": ts, "count": int(counts.get(item, 1))}
+            for item, ts in purchased
+        ],
+        "category_affinity": {cat: round(score / scale, 4) for cat, score in affinity},
+        "devices": [
+            {
+                "device_id": did,
+                "channel": record["channel"],
+                "active": record.get("active", True),
+                "registered_at": record.get("registered_at"),
+                "address": fingerprint(
+                    record.get("token") or record.get("subscription", {}).get("endpoint", "")
+                ),
+            }
+            for did, record in contacts.devices(user_id).items()
+        ],
+        "preferences": contacts.preferences(user_id),
+    }
