@@ -30,14 +30,14 @@ from worker.scripts import Scripts
 from worker.settings import Settings
 
 # How much each event type says about a shopper's interest (category affinity, trending).
-INTEREST_WEIGHTS: dict[str, float] = {
-    "view": 1.0,
-    "search": 0.0,
-    "add_to_cart": 3.0,
-    "remove_from_cart": -1.0,
-    "purchase": 5.0,
-    "push_open": 0.0,
-    "push_click": 2.0,
+INTEREST_WEIGHTS: dict[str, int] = {
+    "view": 1,
+    "search": 0,
+    "add_to_cart": 3,
+    "remove_from_cart": -1,
+    "purchase": 5,
+    "push_open": 0,
+    "push_click": 2,
 }
 AFFINITY_HALF_LIFE_S = 30 * 86_400
 _AFFINITY_EPOCH = 1_577_836_800.0  # 2020-01-01; keeps 2**x finite for a century either side
@@ -111,10 +111,15 @@ class StateStore:
         ]
 
         side_effects = self._client.pipeline(transaction=False)
-        for event, status in zip(events, statuses, strict=True):
-            if status != DUPLICATE:
-                category = catalog.get(event.item_id or "", ("", ""))[0]
-                self._queue_side_effects(side_effects, event, category, now)
+        self._queue_side_effects(
+            side_effects,
+            [
+                (event, catalog.get(event.item_id or "", ("", ""))[0])
+                for event, status in zip(events, statuses, strict=True)
+                if status != DUPLICATE
+            ],
+            now,
+        )
         counts = Counter(
             {APPLIED: "events.applied", DUPLICATE: "events.duplicate", RESUMED: "events.resumed"}[s]
             for s in statuses
@@ -177,33 +182,52 @@ class StateStore:
         )
 
     def _queue_side_effects(
-        self, pipe: redis.client.Pipeline, event: Event, category: str, now: float
+        self, pipe: redis.client.Pipeline, applied: list[tuple[Event, str]], now: float
     ) -> None:
+        """Log each event (in order), add its weight to the trending buckets it falls in,
+        and clear its pending mark; counters and marks are summed per batch to keep the
+        command count, which dominates the cost, low."""
         s = self._settings
-        entry: dict[Any, Any] = {  # redis-py's stream field types are over-narrow
-            "event_id": event.event_id,
-            "user_id": event.user_id,
-            "item_id": event.item_id or "",
-            "type": event.type,
-            "ts": repr(event.ts),
-            "quantity": str(event.quantity),
-            "price": "" if event.price is None else repr(event.price),
-        }
-        pipe.xadd(
-            self._keys.interaction_log, entry, maxlen=s.interaction_log_maxlen, approximate=True
-        )
-        weight = INTEREST_WEIGHTS[event.type]
-        bucket = int(event.ts // s.trending_bucket_s)
-        expires_at = (bucket + 1 + s.trending_buckets_kept) * s.trending_bucket_s
-        if event.item_id and weight > 0 and expires_at > now:
+        trending: Counter[tuple[str, str]] = Counter()
+        expiry: dict[str, int] = {}
+        pending: dict[str, list[str]] = {}
+        for event, category in applied:
+            entry: dict[Any, Any] = {  # redis-py's stream field types are over-narrow
+                "event_id": event.event_id,
+                "user_id": event.user_id,
+                "item_id": event.item_id or "",
+                "type": event.type,
+                "ts": repr(event.ts),
+                "quantity": str(event.quantity),
+                "price": "" if event.price is None else repr(event.price),
+            }
+            pipe.xadd(
+                self._keys.interaction_log,
+                entry,
+                maxlen=s.interaction_log_maxlen,
+                approximate=True,
+            )
+            pending.setdefault(self._keys.user(event.user_id).pending_events, []).append(
+                event.event_id
+            )
+            weight = INTEREST_WEIGHTS[event.type]
+            bucket = int(event.ts // s.trending_bucket_s)
+            expires_at = (bucket + 1 + s.trending_buckets_kept) * s.trending_bucket_s
+            if not event.item_id or weight <= 0 or expires_at <= now:
+                continue
             for key, member in (
                 (self._keys.trending_items(bucket), event.item_id),
                 (self._keys.trending_categories(bucket), category),
             ):
                 if member:
-                    pipe.zincrby(key, weight, member)
-                    pipe.expireat(key, int(expires_at))
-        pipe.hdel(self._keys.user(event.user_id).pending_events, event.event_id)
+                    trending[key, member] += weight
+                    expiry[key] = int(expires_at)
+        for (key, member), weight in trending.items():
+            pipe.zincrby(key, weight, member)
+        for key, expires_at in expiry.items():
+            pipe.expireat(key, expires_at)
+        for key, event_ids in pending.items():
+            pipe.hdel(key, *event_ids)
 
     def trending_items(self, now: float, hours: int, count: int) -> list[tuple[str, float]]:
         """The `count` items with most weighted activity over the last `hours` buckets."""
