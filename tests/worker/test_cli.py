@@ -1,0 +1,61 @@
+"""The `pushrec` command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from tests.worker.conftest import worker_env
+from worker import ingest
+from worker.runtime import Runtime
+from worker.settings import Settings
+
+NOW = 1_795_856_400.0
+
+
+def pushrec(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_user_show_prints_the_shoppers_state(settings: Settings, runtime: Runtime) -> None:
+    ingest.track_one(
+        runtime,
+        {"event_id": "e1", "user_id": "u7", "type": "add_to_cart", "item_id": "i1", "ts": NOW},
+        NOW,
+        "d",
+    )
+    done = pushrec("user", "show", "u7", env=worker_env(settings))
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["user_id"] == "u7" and shown["cart"][0]["item_id"] == "i1"
+
+
+def test_bad_setting_exits_2_naming_the_variable(settings: Settings) -> None:
+    env = {**worker_env(settings), "PUSHREC_RECENT_ITEMS_MAX": "zero"}
+    done = pushrec("metrics", env=env)
+    assert done.returncode == 2
+    assert "PUSHREC_RECENT_ITEMS_MAX" in done.stderr
+
+
+def test_without_a_redis_url_an_embedded_server_serves_and_stops(
+    tmp_path: Path, settings: Settings
+) -> None:
+    env = {k: v for k, v in worker_env(settings).items() if k != "PUSHREC_REDIS_URL"}
+    env["PUSHREC_STATE_DIR"] = str(tmp_path)
+    done = pushrec("metrics", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {}
+    assert (tmp_path / "redis" / "appendonlydir").is_dir()  # AOF on
+    # the server it started has stopped with the command
+    leftovers = [
+        proc.pid
+        for proc in psutil.process_iter(["cmdline"])
+        if any(str(tmp_path) in part for part in proc.info["cmdline"] or [])
+    ]
+    assert leftovers == []
