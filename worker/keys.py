@@ -75,6 +75,31 @@ class UserKeys:
         """hash: consent, timezone, locale, quiet hours, each with an `@ts` field."""
         return f"{self.base}:prefs"
 
+    @property
+    def contacts(self) -> str:
+        """zset: "<purpose>:<rule>:<message_id>" -> time sent (caps; last 7 days)."""
+        return f"{self.base}:contacts"
+
+    @property
+    def rule_last_sent(self) -> str:
+        """hash: rule -> time a message of it was last sent (cooldown)."""
+        return f"{self.base}:rule_last"
+
+    @property
+    def pushed_items(self) -> str:
+        """zset: item_id -> time it was last pushed (no repeats)."""
+        return f"{self.base}:pushed_items"
+
+    @property
+    def purchase_first(self) -> str:
+        """hash: item_id -> ts of its first purchase (replenish intervals)."""
+        return f"{self.base}:purchase_first"
+
+    @property
+    def decisions(self) -> str:
+        """list, newest first: JSON decision records (audit); capped."""
+        return f"{self.base}:decisions"
+
     def all(self) -> list[str]:
         return [
             self.profile,
@@ -88,6 +113,11 @@ class UserKeys:
             self.pending_events,
             self.devices,
             self.preferences,
+            self.contacts,
+            self.rule_last_sent,
+            self.pushed_items,
+            self.purchase_first,
+            self.decisions,
         ]
 
     def event_state(self) -> list[str]:
@@ -102,6 +132,7 @@ class UserKeys:
             self.affinity,
             self.seen_events,
             self.pending_events,
+            self.purchase_first,
         ]
 
 
@@ -150,6 +181,22 @@ class Keys:
     def rejected_log(self) -> str:
         """stream: rejected input with its reason, for inspection; capped."""
         return f"{self.prefix}:log:rejected"
+
+    # Delayed jobs: three keys in one slot ({delayed}) so one Lua script claims atomically.
+    @property
+    def delayed_due(self) -> str:
+        """zset: job_id -> due time."""
+        return f"{self.prefix}:{{delayed}}:due"
+
+    @property
+    def delayed_inflight(self) -> str:
+        """zset: job_id -> lease expiry of a claimed job not yet acknowledged."""
+        return f"{self.prefix}:{{delayed}}:inflight"
+
+    @property
+    def delayed_jobs(self) -> str:
+        """hash: job_id -> JSON {task, kwargs}."""
+        return f"{self.prefix}:{{delayed}}:jobs"
 
     @property
     def metrics(self) -> str:

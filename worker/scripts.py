@@ -18,6 +18,9 @@ class Scripts:
     apply_event: Script
     upsert_item: Script
     set_preferences: Script
+    delayed_claim: Script
+    delayed_ack: Script
+    contact_reserve: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:
@@ -25,4 +28,7 @@ class Scripts:
             apply_event=client.register_script(_source("apply_event")),
             upsert_item=client.register_script(_source("upsert_item")),
             set_preferences=client.register_script(_source("set_preferences")),
+            delayed_claim=client.register_script(_source("delayed_claim")),
+            delayed_ack=client.register_script(_source("delayed_ack")),
+            contact_reserve=client.register_script(_source("contact_reserve")),
         )

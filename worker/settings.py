@@ -23,6 +23,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from worker.rules import DEFAULT_RULES, Rule
+
 ENV_PREFIX = "PUSHREC_"
 CONFIG_ENV = "PUSHREC_CONFIG"
 
@@ -119,6 +121,25 @@ class Settings(BaseSettings):
     rejected_log_maxlen: int = Field(default=100_000, ge=100)
     item_changes_max: int = Field(default=100, ge=1)
 
+    # --- rules and contact policy ----------------------------------------------------
+    rules: tuple[Rule, ...] = Field(
+        default=DEFAULT_RULES, description="[[rules]] tables in the TOML file (worker/rules.py)"
+    )
+    trigger_max_age_s: int = Field(
+        default=3600, ge=0, description="Older events update state but fire no rule."
+    )
+    cap_marketing_per_day: int = Field(default=2, ge=0, description="Rolling 24 h.")
+    cap_marketing_per_week: int = Field(default=5, ge=0, description="Rolling 7 days.")
+    cap_total_per_day: int = Field(default=8, ge=0, description="All purposes, rolling 24 h.")
+    no_repeat_days: int = Field(default=7, ge=0, description="Same item to same shopper.")
+    consent_default_marketing: bool = Field(
+        default=False, description="Consent assumed for marketing when none was recorded."
+    )
+    consent_default_transactional: bool = True
+    attribution_window_s: int = Field(default=7 * 86_400, ge=0)
+    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+    decisions_kept: int = Field(default=20, ge=1, le=1000, description="Per shopper, for audit.")
+
     # --- index -----------------------------------------------------------------------
     index_store: Path | None = Field(default=None, description="Default: <state_dir>/index.")
 
@@ -180,6 +201,14 @@ class Settings(BaseSettings):
         if value and urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value or None
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_rules(cls, value: tuple[Rule, ...]) -> tuple[Rule, ...]:
+        names = [rule.name for rule in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rule names must be unique, got {names}")
+        return value
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:

@@ -158,6 +158,8 @@ class StateStore:
             recent["query"] = event.query
         if event.push_id:
             recent["push_id"] = event.push_id
+        if category:
+            recent["category"] = category
         affinity = decayed_weight(INTEREST_WEIGHTS[event.type], event.ts) if category else 0.0
         self._scripts.apply_event(
             keys=self._keys.user(event.user_id).event_state(),

@@ -1,6 +1,6 @@
 -- Apply one activity event to one shopper's state, atomically and at most once.
 -- KEYS: profile, recent, cart, cart_added, purchased, purchase_counts, affinity,
---       seen, pending                          (all in the shopper's hash slot)
+--       seen, pending, purchase_first          (all in the shopper's hash slot)
 -- ARGV: event_id, type, item_id|'', ts, quantity, price|'', category|'',
 --       affinity_increment, now, recent_max, dedup_window_s, dedup_max, user_ttl_s,
 --       recent_entry_json
@@ -11,6 +11,7 @@
 -- that applied an event finishes it.
 local profile, recent, cart, cart_added, purchased, purchase_counts, affinity, seen, pending =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local purchase_first = KEYS[10]
 local event_id, etype, item = ARGV[1], ARGV[2], ARGV[3]
 local ts, qty = tonumber(ARGV[4]), tonumber(ARGV[5])
 local price, category, affinity_inc = ARGV[6], ARGV[7], tonumber(ARGV[8])
@@ -46,6 +47,8 @@ elseif etype == 'remove_from_cart' then
   end
 elseif etype == 'purchase' then
   redis.call('HINCRBY', purchase_counts, item, 1)
+  local first = tonumber(redis.call('HGET', purchase_first, item) or '-1')
+  if first < 0 or ts < first then redis.call('HSET', purchase_first, item, ts) end
   redis.call('ZADD', purchased, 'GT', ts, item)
   redis.call('HDEL', cart, item)
   redis.call('ZREM', cart_added, item)

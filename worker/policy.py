@@ -1,0 +1,188 @@
+"""The contact policy: whether, when and on which channels a shopper may be contacted.
+
+Steps run in a fixed order and each one is recorded (the audit trail):
+consent -> caps (rule cooldown, marketing per day and week, total per day) -> quiet
+hours (marketing waits for their end, never dropped, never early) -> no repeats (items
+pushed to this shopper within `no_repeat_days` are removed) -> holdout (a fixed share of
+shoppers never gets the rule, so its lift can be measured).
+
+`decide` only reads; `reserve` is the atomic check-and-record made at send time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import redis
+
+from worker.keys import Keys
+from worker.quiet_hours import next_allowed
+from worker.rules import Rule
+from worker.scripts import Scripts
+from worker.settings import Settings
+
+Action = Literal["send", "defer", "suppress", "held_out"]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    verdict: Literal["pass", "fail", "defer", "held_out"]
+    detail: str = ""
+
+
+@dataclass
+class Verdict:
+    action: Action
+    channels: list[str] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
+    defer_until: float | None = None
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str:
+        last = self.steps[-1] if self.steps else None
+        return f"{last.name}: {last.detail}" if last else ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "channels": self.channels,
+            "defer_until": self.defer_until,
+            "steps": [
+                {"step": s.name, "verdict": s.verdict, "detail": s.detail} for s in self.steps
+            ],
+        }
+
+
+def holdout_bucket(rule_name: str, user_id: str) -> float:
+    """A stable number in [0, 100) per (rule, shopper): the holdout cell is fixed."""
+    digest = hashlib.sha256(f"{rule_name}\n{user_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 10_000 / 100
+
+
+class ContactPolicy:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, scripts: Scripts, settings: Settings
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._scripts = scripts
+        self._settings = settings
+
+    def consented_channels(
+        self, rule: Rule, device_channels: Sequence[str], prefs: dict[str, str]
+    ) -> list[str]:
+        """The rule's channels, in its order, that the shopper has a device for and
+        consented to for the rule's purpose (a channel's own answer beats `*`)."""
+        default = (
+            self._settings.consent_default_marketing
+            if rule.purpose == "marketing"
+            else self._settings.consent_default_transactional
+        )
+        everywhere = prefs.get(f"consent:{rule.purpose}:*")
+        allowed: list[str] = []
+        for channel in rule.channels:
+            if channel not in device_channels:
+                continue
+            answer = prefs.get(f"consent:{rule.purpose}:{channel}", everywhere)
+            if (answer == "1") if answer is not None else default:
+                allowed.append(channel)
+        return allowed
+
+    def _limits(self, rule: Rule, user_id: str, message_id: str, now: float, *, dry: bool) -> str:
+        s = self._settings
+        k = self._keys.user(user_id)
+        result = self._scripts.contact_reserve(
+            keys=[k.contacts, k.rule_last_sent],
+            args=[
+                now, rule.purpose, rule.name, message_id, s.cap_marketing_per_day,
+                s.cap_marketing_per_week, s.cap_total_per_day, rule.cooldown_s, s.user_ttl_s,
+                "1" if dry else "0",
+            ],
+        )  # fmt: skip
+        return str(result)
+
+    def recently_pushed(self, user_id: str, now: float) -> set[str]:
+        since = now - self._settings.no_repeat_days * 86_400
+        items = self._client.zrangebyscore(self._keys.user(user_id).pushed_items, since, "+inf")
+        return set(items)  # type: ignore[arg-type]
+
+    def decide(
+        self,
+        rule: Rule,
+        user_id: str,
+        message_id: str,
+        items: Sequence[str],
+        device_channels: Sequence[str],
+        prefs: dict[str, str],
+        now: float,
+        *,
+        item_rule: bool = False,
+    ) -> Verdict:
+        """Run every step; `items` are the candidates in order. `item_rule` marks rules
+        about specific items the shopper asked for (cart, price drop, restock), which
+        the no-repeat step leaves alone."""
+        verdict = Verdict(action="send")
+        steps = verdict.steps
+
+        channels = self.consented_channels(rule, device_channels, prefs)
+        if not channels:
+            detail = "no device" if not device_channels else f"no consent for {rule.purpose}"
+            steps.append(Step("consent", "fail", detail))
+            verdict.action = "suppress"
+            return verdict
+        steps.append(Step("consent", "pass", ",".join(channels)))
+        verdict.channels = channels
+
+        limit = self._limits(rule, user_id, message_id, now, dry=True)
+        if limit not in {"ok", "already"}:
+            steps.append(Step("caps", "fail", limit))
+            verdict.action = "suppress"
+            return verdict
+        steps.append(Step("caps", "pass"))
+
+        window = prefs.get("quiet_hours")
+        if rule.purpose == "marketing" and window:
+            until = next_allowed(now, prefs.get("timezone", "UTC"), window)
+            if until is not None:
+                steps.append(Step("quiet_hours", "defer", f"until {until:.0f}"))
+                verdict.action = "defer"
+                verdict.defer_until = until
+                return verdict
+        steps.append(Step("quiet_hours", "pass"))
+
+        fresh = list(items)
+        if not item_rule:
+            pushed = self.recently_pushed(user_id, now)
+            fresh = [item for item in items if item not in pushed]
+        if not fresh:
+            steps.append(Step("no_repeat", "fail", "every candidate was pushed recently"))
+            verdict.action = "suppress"
+            return verdict
+        steps.append(Step("no_repeat", "pass", f"{len(items) - len(fresh)} removed"))
+        verdict.items = fresh
+
+        bucket = holdout_bucket(rule.name, user_id)
+        if bucket < rule.holdout_pct:
+            steps.append(Step("holdout", "held_out", f"cell {bucket:.2f} < {rule.holdout_pct}%"))
+            verdict.action = "held_out"
+            return verdict
+        steps.append(Step("holdout", "pass"))
+        return verdict
+
+    def reserve(self, rule: Rule, user_id: str, message_id: str, now: float) -> str:
+        """At send time: check the caps again and record the contact atomically.
+        Returns 'ok', 'already' (recorded by an earlier attempt) or the limit hit."""
+        return self._limits(rule, user_id, message_id, now, dry=False)
+
+    def record_items(self, user_id: str, items: Sequence[str], now: float) -> None:
+        key = self._keys.user(user_id).pushed_items
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zadd(key, {item: now for item in items})
+        pipe.zremrangebyscore(key, "-inf", now - max(1, self._settings.no_repeat_days) * 86_400)
+        pipe.expire(key, self._settings.user_ttl_s)
+        pipe.execute()
