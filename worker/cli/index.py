@@ -31,6 +31,7 @@ def register(subparsers: Any) -> None:
     build.add_argument("--until", help="use only events with ts < TS (epoch or ISO-8601)")
     build.add_argument("--publish", action="store_true", help="make it current (quality gate)")
     build.add_argument("--force", action="store_true", help="publish despite the quality gate")
+    build.add_argument("--rejected", type=Path, help="write rejected event rows here (CSV)")
     build.add_argument(
         "--max-drop", type=float, default=0.05, help="gate: allowed relative recall@10 drop"
     )
@@ -44,6 +45,7 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--items", type=Path)
     ev.add_argument("--json", type=Path, help="write figures as JSON here")
     ev.add_argument("--dump-recs", type=Path, help="write served top-20 as user_id,rank,item_id")
+    ev.add_argument("--rejected", type=Path, help="write rejected event rows here (CSV)")
     ev.add_argument(
         "--no-tune", action="store_true", help="use the default (shipped) hyperparameters"
     )
@@ -58,19 +60,23 @@ def register(subparsers: Any) -> None:
     convert.set_defaults(handler=cmd_data_convert)
 
 
-def _read_log(path: Path, until: float | None = None) -> indexing.EventLog:
+def _read_log(
+    path: Path, until: float | None = None, rejected: Path | None = None
+) -> indexing.EventLog:
     try:
         log, report = indexing.read_events_csv(path, until=until)
     except indexing.InputError as exc:
         fail(str(exc))
     print(f"events {path}: {json.dumps(report.as_dict())}", file=sys.stderr)
     if report.rejected_total:
-        kept = path.with_name(path.name + ".rejected.csv")
-        try:
-            report.write_rejected(kept)
-            print(f"rejected rows written to {kept}", file=sys.stderr)
-        except OSError as exc:
-            print(f"could not write rejected rows: {exc}", file=sys.stderr)
+        for row in report.kept[:5]:
+            print(f"  rejected line {row.line}: {row.reason}: {row.row}", file=sys.stderr)
+        if rejected is not None:
+            try:
+                report.write_rejected(rejected)
+                print(f"rejected rows written to {rejected}", file=sys.stderr)
+            except OSError as exc:
+                print(f"could not write rejected rows: {exc}", file=sys.stderr)
     return log
 
 
@@ -97,7 +103,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         except ValueError:
             fail(f"--until: not a timestamp: {args.until!r}")
     store = _store(args.out)
-    log = _read_log(args.events, until)
+    log = _read_log(args.events, until, args.rejected)
     catalog = _read_items(args.items)
     params = indexing.ModelParams()
     evaluation: dict[str, Any] = {}
@@ -163,7 +169,7 @@ def _table(metrics: dict[str, dict[str, float]]) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    log = _read_log(args.events)
+    log = _read_log(args.events, rejected=args.rejected)
     _read_items(args.items)  # validated and reported; cold items play no part offline
     tune_report: dict[str, object] = {}
     started = time.perf_counter()
