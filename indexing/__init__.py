@@ -15,7 +15,7 @@ What the build job does: `read_events` / `read_events_csv` -> `train_model` ->
 """
 
 from indexing.artifact import load_index, save_model
-from indexing.blend import Blend, BlendWeights, shopper_histories
+from indexing.blend import Blend, BlendWeights, recent_item_weights, shopper_histories
 from indexing.build import BuildParams, IndexSpec, build_index
 from indexing.errors import (
     ArtifactError,
@@ -101,6 +101,7 @@ __all__ = [
     "read_items",
     "read_items_csv",
     "read_manifest",
+    "recent_item_weights",
     "save_model",
     "shopper_histories",
     "split_time",

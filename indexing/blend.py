@@ -16,7 +16,7 @@ every shopper. The weights were chosen on a validation split (see docs/indexing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -28,7 +28,7 @@ from indexing.factors import FoldIn
 from indexing.knn import knn_scores
 from indexing.matrix import Weighting, event_weights
 
-__all__ = ["Blend", "BlendWeights", "shopper_histories"]
+__all__ = ["Blend", "BlendWeights", "recent_item_weights", "shopper_histories"]
 
 
 @dataclass(frozen=True)
@@ -129,3 +129,31 @@ def shopper_histories(
             wsum[chunk].astype(np.float32),
         )
     return out
+
+
+def recent_item_weights(
+    events: Iterable[tuple[str, str, float]],
+    now: float,
+    weighting: Weighting,
+    max_items: int = 50,
+) -> tuple[list[str], list[float]]:
+    """The live-path twin of `shopper_histories` for one shopper.
+
+    events: (item_id, type, ts epoch seconds) of the shopper, any order. Returns the
+    `max_items` most recently touched item ids (most recent first) and, for each, the sum
+    of ``type_weight * 0.5 ** (age_days / half_life_days)`` seen from `now` — the
+    `weights` that `LoadedIndex.recommend` / `fold_in` / `score` expect. Items whose
+    weight sums to <= 0 are left out.
+    """
+    total: dict[str, float] = {}
+    last: dict[str, float] = {}
+    hl = weighting.half_life_days
+    for item_id, type_name, ts in events:
+        w = float(weighting.type_weights.get(type_name, 0.0))
+        if hl:
+            w *= 2.0 ** (-max(now - ts, 0.0) / 86_400.0 / hl)
+        total[item_id] = total.get(item_id, 0.0) + w
+        last[item_id] = max(last.get(item_id, -np.inf), ts)
+    order = sorted(total, key=lambda i: (-last[i], i))
+    kept = [i for i in order if total[i] > 0][:max_items]
+    return kept, [total[i] for i in kept]

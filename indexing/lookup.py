@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from indexing.blend import Blend, BlendWeights
 from indexing.errors import UnknownItemError
+from indexing.matrix import Weighting
 from indexing.neighbours import Neighbours
 
 __all__ = ["FULL_SCORE_MAX_ITEMS", "LoadedIndex", "Scored"]
@@ -147,6 +148,20 @@ class LoadedIndex:
         return out
 
     # --- shoppers -----------------------------------------------------------------------
+    @property
+    def history_weighting(self) -> Weighting:
+        """How to weight a shopper's recent events for this version (type weights and the
+        history half-life it was tuned with); see `recent_item_weights`."""
+        params = self.manifest["params"]
+        return Weighting(
+            dict(params["weighting"]["type_weights"]), params["history_half_life_days"]
+        )
+
+    @property
+    def history_items(self) -> int:
+        """How many recent items the served model was evaluated with (pass at most these)."""
+        return int(self.manifest["params"]["history_items"])
+
     def fold_in(
         self, item_ids: Sequence[str], weights: Sequence[float] | None = None
     ) -> npt.NDArray[np.float32]:

@@ -117,3 +117,21 @@ def test_empty_history_recommends_popular_items(index: LoadedIndex) -> None:
 
 def test_index_file_is_memory_mapped(index: LoadedIndex) -> None:
     assert isinstance(index.factors, np.memmap)
+
+
+def test_recent_item_weights_match_the_offline_histories(index: LoadedIndex) -> None:
+    from indexing import recent_item_weights, shopper_histories
+
+    events = [("b0-1", "view", 100.0), ("b0-2", "purchase", 200.0), ("b0-1", "purchase", 50.0)]
+    weighting = index.history_weighting
+    ids, weights = recent_item_weights(events, now=200.0 + 86_400.0, weighting=weighting)
+    assert ids == ["b0-2", "b0-1"]
+    rows = [
+        {"event_id": str(n), "user_id": "u", "item_id": i, "type": t, "ts": ts}
+        for n, (i, t, ts) in enumerate(events)
+    ]
+    log, _ = read_events(rows)
+    hist = shopper_histories(log, weighting, 200.0 + 86_400.0)[0]
+    assert [log.item_ids[r] for r in hist[0]] == ids
+    assert np.allclose(hist[1], weights, rtol=1e-5)
+    assert index.history_items == 50
