@@ -21,6 +21,7 @@ from indexing.baselines import (
     AlsRanker,
     ItemKnnRanker,
     PopularityRanker,
+    Ranker,
     popularity,
     top_k,
 )
@@ -115,14 +116,23 @@ def served_rankings(
     warm_rows = np.flatnonzero(~model.cold)
     histories = shopper_histories(task.train, weighting, task.split_ts, params.history_items)
     scorer: Blend = model.blend()
-    users = task.users
-    scores = np.full((users.shape[0], len(task.train.item_ids)), -np.inf, dtype=np.float32)
-    for r, user in enumerate(users.tolist()):
-        codes, weights = histories[user]
-        rows = row_of[codes]
-        ok = rows >= 0
-        scores[r, row_code[warm_rows]] = scorer.score(rows[ok], weights[ok], warm_rows, blend)
-    return top_k(scores, users, task.train_items, task.warm, _DEPTH)
+    out: dict[int, list[int]] = {}
+    n_items = len(task.train.item_ids)
+    for chunk in _chunks(task.users, n_items):
+        scores = np.full((chunk.shape[0], n_items), -np.inf, dtype=np.float32)
+        for r, user in enumerate(chunk.tolist()):
+            codes, weights = histories[user]
+            rows = row_of[codes]
+            ok = rows >= 0
+            scores[r, row_code[warm_rows]] = scorer.score(rows[ok], weights[ok], warm_rows, blend)
+        out.update(top_k(scores, chunk, task.train_items, task.warm, _DEPTH))
+    return out
+
+
+def _chunks(users: npt.NDArray[np.int64], n_items: int) -> list[npt.NDArray[np.int64]]:
+    """Split users so one dense (chunk, n_items) float32 score block stays under ~64 MB."""
+    size = max(1, (1 << 24) // max(n_items, 1))
+    return [users[i : i + size] for i in range(0, users.shape[0], size)]
 
 
 def _baseline_rankings(
@@ -132,29 +142,28 @@ def _baseline_rankings(
     raw = interaction_matrix(tr, Weighting(), as_of=task.split_ts)
     out: dict[str, dict[int, list[int]]] = {}
 
-    def run(name: str, make: Callable[[], npt.NDArray[np.float32]]) -> None:
+    def run(name: str, ranker: Callable[[], Ranker]) -> None:
         started = time.perf_counter()
-        out[name] = top_k(make(), users, task.train_items, task.warm, _DEPTH)
+        model = ranker()
+        ranked: dict[int, list[int]] = {}
+        for chunk in _chunks(users, n_items):
+            ranked.update(top_k(model.scores(chunk), chunk, task.train_items, task.warm, _DEPTH))
+        out[name] = ranked
         timings[name] = time.perf_counter() - started
 
+    recent_since = task.split_ts - baselines.recent_days * _DAY
     run(
         "popularity_all",
-        lambda: PopularityRanker(popularity(tr.users, tr.items, tr.ts, n_items)).scores(users),
+        lambda: PopularityRanker(popularity(tr.users, tr.items, tr.ts, n_items)),
     )
     run(
         f"popularity_recent_{baselines.recent_days:g}d",
         lambda: PopularityRanker(
-            popularity(
-                tr.users,
-                tr.items,
-                tr.ts,
-                n_items,
-                since=task.split_ts - baselines.recent_days * _DAY,
-            )
-        ).scores(users),
+            popularity(tr.users, tr.items, tr.ts, n_items, since=recent_since)
+        ),
     )
-    run("item_knn", lambda: ItemKnnRanker(raw, baselines.knn_top_m).scores(users))
-    run("als", lambda: AlsRanker(train_als(raw, baselines.als)).scores(users))
+    run("item_knn", lambda: ItemKnnRanker(raw, baselines.knn_top_m))
+    run("als", lambda: AlsRanker(train_als(raw, baselines.als)))
     return out
 
 
@@ -231,8 +240,11 @@ def tune(
     def recall(r: Mapping[int, list[int]]) -> float:
         return evaluate_rankings(r, task.truth, n_warm, (10,))["recall@10"]
 
-    def ranked(scores: npt.NDArray[np.float32]) -> dict[int, list[int]]:
-        return top_k(scores, users, task.train_items, task.warm, 10)
+    def ranked(ranker: Ranker) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for chunk in _chunks(users, n_items):
+            out.update(top_k(ranker.scores(chunk), chunk, task.train_items, task.warm, 10))
+        return out
 
     report: dict[str, object] = {
         "validation_split_ts": task.split_ts,
@@ -243,17 +255,17 @@ def tune(
             ranked(
                 PopularityRanker(
                     popularity(tr.users, tr.items, tr.ts, n_items, since=task.split_ts - d * _DAY)
-                ).scores(users)
+                )
             )
         )
         for d in grid.recent_days
     }
     raw = interaction_matrix(tr, Weighting(), as_of=task.split_ts)
-    knn_scores = {m: recall(ranked(ItemKnnRanker(raw, m).scores(users))) for m in grid.knn_top_m}
+    knn_scores = {m: recall(ranked(ItemKnnRanker(raw, m))) for m in grid.knn_top_m}
     als_scores: dict[AlsParams, float] = {}
     for f, reg, a in itertools.product(grid.factors, grid.regularization, grid.alpha):
         p = AlsParams(factors=f, regularization=reg, alpha=a, iterations=grid.iterations, seed=seed)
-        als_scores[p] = recall(ranked(AlsRanker(train_als(raw, p)).scores(users)))
+        als_scores[p] = recall(ranked(AlsRanker(train_als(raw, p))))
     best_days = max(pop_scores, key=lambda d: pop_scores[d])
     best_m = max(knn_scores, key=lambda m: knn_scores[m])
     ranked_als = sorted(als_scores, key=lambda p: -als_scores[p])

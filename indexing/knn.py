@@ -13,13 +13,15 @@ import scipy.sparse as sp
 
 __all__ = ["item_similarity", "knn_scores"]
 
-_BLOCK = 2048
+_BLOCK = 4096
 
 
 def item_similarity(user_items: sp.csr_matrix, top_m: int = 100) -> sp.csr_matrix:
-    """CSR float32 (n_items, n_items): cosine co-occurrence, top `top_m` per row, ties by id.
+    """CSR float32 (n_items, n_items): cosine co-occurrence, top `top_m` per row (ties: lower
+    column first), zero diagonal.
 
-    user_items: any users x items matrix; only its pattern (nonzero cells) is used.
+    user_items: any users x items matrix; only its pattern (nonzero cells) is used. Works in
+    sparse blocks of rows, so memory follows the co-occurrence count, not n_items².
     """
     x = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
     x.data[:] = 1.0
@@ -28,37 +30,32 @@ def item_similarity(user_items: sp.csr_matrix, top_m: int = 100) -> sp.csr_matri
     inv = np.zeros_like(counts)
     np.divide(1.0, np.sqrt(counts), out=inv, where=counts > 0)
     n = x.shape[1]
-    rows: list[npt.NDArray[np.int64]] = []
-    cols: list[npt.NDArray[np.int64]] = []
+    indptr = [0]
+    cols: list[npt.NDArray[np.int32]] = []
     vals: list[npt.NDArray[np.float32]] = []
     for start in range(0, n, _BLOCK):
         stop = min(start + _BLOCK, n)
-        co = (xt[start:stop] @ x).toarray()
-        co *= inv[start:stop, None]
-        co *= inv[None, :]
-        co[np.arange(stop - start), np.arange(start, stop)] = 0.0
-        m = min(top_m, n - 1) if n > 1 else 0
-        if m <= 0:
-            continue
-        # stable order: by score desc, then item id asc
-        part = np.argpartition(-co, m - 1, axis=1)[:, :m] if m < n else np.argsort(-co, axis=1)
+        co = sp.csr_matrix(xt[start:stop] @ x)
+        co.sort_indices()
         for r in range(stop - start):
-            cand = part[r]
-            s = co[r, cand]
-            keep = s > 0
-            cand, s = cand[keep], s[keep]
-            order = np.lexsort((cand, -s))
-            rows.append(np.full(order.shape[0], start + r, dtype=np.int64))
-            cols.append(cand[order].astype(np.int64))
-            vals.append(s[order].astype(np.float32))
-    if rows:
+            lo, hi = co.indptr[r], co.indptr[r + 1]
+            c = co.indices[lo:hi]
+            v = co.data[lo:hi] * inv[start + r] * inv[c]
+            keep = (c != start + r) & (v > 0)
+            c, v = c[keep], v[keep]
+            # full sort, not argpartition: ties at the cut must go to the lower column
+            order = np.lexsort((c, -v))[:top_m]
+            cols.append(c[order].astype(np.int32))
+            vals.append(v[order].astype(np.float32))
+            indptr.append(indptr[-1] + order.shape[0])
+    if cols:
         sim = sp.csr_matrix(
-            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+            (np.concatenate(vals), np.concatenate(cols), np.asarray(indptr, dtype=np.int64)),
+            shape=(n, n),
         )
     else:
         sim = sp.csr_matrix((n, n), dtype=np.float32)
-    sim.sort_indices()
-    return sp.csr_matrix(sim, dtype=np.float32)
+    return sim
 
 
 def knn_scores(

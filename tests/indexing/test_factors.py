@@ -79,3 +79,21 @@ def test_item_knn_neighbours_are_in_block_and_truncated() -> None:
     assert sim.diagonal().sum() == 0
     rows, cols = sim.nonzero()
     assert all(block_of(ids[r]) == block_of(ids[c]) for r, c in zip(rows, cols, strict=True))
+
+
+def test_item_knn_equals_dense_cosine_top_m() -> None:
+    rng = np.random.default_rng(4)
+    x = sp.csr_matrix((rng.random((60, 25)) < 0.2).astype(np.float32))
+    b = x.toarray()
+    counts = b.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dense = (b.T @ b) / np.sqrt(np.outer(counts, counts))
+    dense = np.nan_to_num(dense)
+    np.fill_diagonal(dense, 0.0)
+    sim = item_similarity(x, top_m=4)
+    for i in range(25):
+        row = sim.getrow(i)
+        expected = sorted(((-v, j) for j, v in enumerate(dense[i]) if v > 0))[:4]
+        got = sorted(zip((-row.data).tolist(), row.indices.tolist(), strict=True))
+        assert [j for _, j in got] == [j for _, j in expected]
+        assert np.allclose([v for v, _ in got], [v for v, _ in expected], atol=1e-6)
