@@ -1,4 +1,112 @@
 """indexing: interactions -> matrix-factorisation item embeddings -> evaluation -> FAISS
-index -> versioned artifacts. A library: imports nothing of `worker` or `push`."""
+index -> versioned artifacts. A library: imports nothing of `worker` or `push`.
 
-__all__: list[str] = []
+What a worker process does::
+
+    from indexing import configure_threads, current_version, load_index
+    configure_threads()                      # once, after fork
+    index = load_index(store)                # verified; ArtifactError keeps the old one
+    index.similar(["85123A"], k=10, exclude=purchased)
+    index.recommend(recent_ids, recent_weights, k=10, exclude=purchased)
+    current_version(store)                   # cheap poll for a newer build
+
+What the build job does: `read_events` / `read_events_csv` -> `train_model` ->
+`evaluate_models` -> `save_model` -> `publish` (quality gate).
+"""
+
+from indexing.artifact import load_index, save_model
+from indexing.blend import Blend, BlendWeights, recent_item_weights, shopper_histories
+from indexing.build import BuildParams, IndexSpec, build_index
+from indexing.errors import (
+    ArtifactError,
+    ArtifactNotFoundError,
+    BadRowsError,
+    ChecksumError,
+    EmptyDataError,
+    IndexingError,
+    InputError,
+    ManifestError,
+    QualityGateError,
+    UnknownItemError,
+)
+from indexing.evaluate import DiscoveryTask, discovery_task, evaluate_rankings, split_time
+from indexing.events import (
+    EVENT_FIELDS,
+    EVENT_TYPES,
+    EventLog,
+    ReadReport,
+    parse_ts,
+    read_events,
+    read_events_csv,
+)
+from indexing.experiment import BaselineParams, EvalResult, TuneGrid, evaluate_models, tune
+from indexing.factors import AlsParams, FoldIn, train_als
+from indexing.items import Item, read_items, read_items_csv
+from indexing.lookup import LoadedIndex, Scored
+from indexing.matrix import DEFAULT_TYPE_WEIGHTS, Weighting, event_weights
+from indexing.model import ModelParams, TrainedModel, train_model
+from indexing.neighbours import ExactNeighbours, FaissNeighbours, Neighbours, configure_threads
+from indexing.online_retail import convert_online_retail
+from indexing.store import current_version, list_versions, publish, read_manifest, verify_artifact
+
+__all__ = [
+    "DEFAULT_TYPE_WEIGHTS",
+    "EVENT_FIELDS",
+    "EVENT_TYPES",
+    "AlsParams",
+    "ArtifactError",
+    "ArtifactNotFoundError",
+    "BadRowsError",
+    "BaselineParams",
+    "Blend",
+    "BlendWeights",
+    "BuildParams",
+    "ChecksumError",
+    "DiscoveryTask",
+    "EmptyDataError",
+    "EvalResult",
+    "EventLog",
+    "ExactNeighbours",
+    "FaissNeighbours",
+    "FoldIn",
+    "IndexSpec",
+    "IndexingError",
+    "InputError",
+    "Item",
+    "LoadedIndex",
+    "ManifestError",
+    "ModelParams",
+    "Neighbours",
+    "QualityGateError",
+    "ReadReport",
+    "Scored",
+    "TrainedModel",
+    "TuneGrid",
+    "UnknownItemError",
+    "Weighting",
+    "build_index",
+    "configure_threads",
+    "convert_online_retail",
+    "current_version",
+    "discovery_task",
+    "evaluate_models",
+    "evaluate_rankings",
+    "event_weights",
+    "list_versions",
+    "load_index",
+    "parse_ts",
+    "publish",
+    "read_events",
+    "read_events_csv",
+    "read_items",
+    "read_items_csv",
+    "read_manifest",
+    "recent_item_weights",
+    "save_model",
+    "shopper_histories",
+    "split_time",
+    "train_als",
+    "train_model",
+    "tune",
+    "verify_artifact",
+]

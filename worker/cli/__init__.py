@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from worker.cli import serve, user
+from worker.cli import index, serve, user
 
-_COMMAND_MODULES: tuple[ModuleType, ...] = (serve, user)
+_COMMAND_MODULES: tuple[ModuleType, ...] = (serve, user, index)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,102 @@
+"""Baseline rankers the served model must beat: popularity (all time and a recent window),
+item-KNN, and plain ALS with its trained user factors.
+
+A ranker answers `scores(users) -> float32 (len(users), n_items)`; higher is better.
+`top_k` turns scores into rankings that exclude each user's train items and cold items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from indexing.factors import Factors
+from indexing.knn import item_similarity
+
+__all__ = ["AlsRanker", "ItemKnnRanker", "PopularityRanker", "Ranker", "popularity", "top_k"]
+
+_DAY = 86_400.0
+
+
+class Ranker(Protocol):
+    def scores(self, users: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]: ...
+
+
+def popularity(
+    users: npt.NDArray[np.int32],
+    items: npt.NDArray[np.int32],
+    ts: npt.NDArray[np.float64],
+    n_items: int,
+    *,
+    since: float | None = None,
+) -> npt.NDArray[np.float32]:
+    """Float32 (n_items,): distinct users per item among events with ts >= `since`."""
+    keep = np.ones(ts.shape[0], dtype=bool) if since is None else ts >= since
+    pairs = np.unique(users[keep].astype(np.int64) * n_items + items[keep])
+    return np.bincount(pairs % n_items, minlength=n_items).astype(np.float32)
+
+
+class PopularityRanker:
+    """Everyone gets the same list: items by distinct buyers/viewers (ties by lower id)."""
+
+    def __init__(self, counts: npt.NDArray[np.float32]):
+        # a tiny id-decreasing tie-breaker keeps the order deterministic
+        n = counts.shape[0]
+        self._row = (counts.astype(np.float64) - np.arange(n) / (n + 1.0)).astype(np.float32)
+
+    def scores(self, users: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        return np.broadcast_to(self._row, (users.shape[0], self._row.shape[0])).copy()
+
+
+class ItemKnnRanker:
+    """Sum of cosine co-occurrence similarities to the user's train items."""
+
+    def __init__(self, user_items: sp.csr_matrix, top_m: int = 100):
+        self._x = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
+        self._x.data[:] = 1.0
+        self.similarity = item_similarity(user_items, top_m)
+
+    def scores(self, users: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        out = (self._x[users] @ self.similarity).toarray()
+        return np.asarray(out, dtype=np.float32)
+
+
+class AlsRanker:
+    """Dot product of the trained user factors with the item factors."""
+
+    def __init__(self, factors: Factors):
+        self._f = factors
+
+    def scores(self, users: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        return np.asarray(self._f.users[users] @ self._f.items.T, dtype=np.float32)
+
+
+def top_k(
+    scores: npt.NDArray[np.float32],
+    users: npt.NDArray[np.int64],
+    exclude: Mapping[int, frozenset[int]],
+    allowed: npt.NDArray[np.bool_],
+    k: int,
+) -> dict[int, list[int]]:
+    """Per user, the `k` best item codes by score (ties: lower code first), skipping the
+    user's `exclude` items and items where `allowed` (bool (n_items,)) is false."""
+    out: dict[int, list[int]] = {}
+    ids = np.arange(scores.shape[1])
+    for row, user in enumerate(users.tolist()):
+        s = scores[row].astype(np.float64, copy=True)
+        s[~allowed] = -np.inf
+        seen = exclude.get(user)
+        if seen:
+            s[list(seen)] = -np.inf
+        m = min(k, int(np.isfinite(s).sum()))
+        if m == 0:
+            out[user] = []
+            continue
+        cand = np.argpartition(-s, m - 1)[:m]
+        order = np.lexsort((ids[cand], -s[cand]))
+        out[user] = cand[order].tolist()
+    return out

@@ -1,0 +1,159 @@
+"""The served scoring: a blend of MF fold-in, item-KNN and recent popularity.
+
+For a shopper given by recent items (rows) with raw weights (type weight x time decay, as
+in `indexing.matrix`), each candidate item c gets::
+
+    score(c) = w_mf * mf(c) / max|mf| + w_knn * knn(c) / max knn + w_pop * pop(c)
+
+with mf(c) = u · y_c (u the unit fold-in vector, y_c the raw ALS item factors),
+knn(c) = Σ_j w_j sim(j, c) and pop(c) = log1p(recent buyers of c) / log1p(max). The
+maxima are over the candidates, so the three terms are on comparable [-1, 1] scales for
+every shopper. The weights were chosen on a validation split (see docs/indexing.md).
+
+`Blend` is pure numpy over arrays the artifact carries; the worker calls `Blend.score`
+(or `LoadedIndex.recommend`) per event. The offline evaluation calls the very same method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from indexing.events import EventLog
+from indexing.factors import FoldIn
+from indexing.knn import knn_scores
+from indexing.matrix import Weighting, event_weights
+
+__all__ = ["Blend", "BlendWeights", "recent_item_weights", "shopper_histories"]
+
+
+@dataclass(frozen=True)
+class BlendWeights:
+    """Weights of the three normalised signals; (1, 0, 0) is MF alone."""
+
+    mf: float = 1.0
+    knn: float = 0.3
+    pop: float = 1.0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class Blend:
+    """Scores candidate items for one shopper from their recent items.
+
+    item_factors: float32 (n_items, d) raw ALS factors; fold_in: a `FoldIn` over them;
+    similarity: CSR float32 (n_items, n_items) top-M item-KNN; recent_popularity: float32
+    (n_items,) distinct recent buyers.
+    """
+
+    def __init__(
+        self,
+        item_factors: npt.NDArray[np.float32],
+        fold_in: FoldIn,
+        similarity: sp.csr_matrix,
+        recent_popularity: npt.NDArray[np.float32],
+        weights: BlendWeights,
+    ):
+        self.item_factors = item_factors
+        self.fold_in = fold_in
+        self.similarity = similarity
+        top = float(np.log1p(recent_popularity.max())) if recent_popularity.size else 0.0
+        pop = np.log1p(recent_popularity.astype(np.float64))
+        self.popularity = (pop / top if top > 0 else pop).astype(np.float32)
+        self.weights = weights
+
+    def score(
+        self,
+        rows: npt.NDArray[np.intp],
+        weights: npt.NDArray[np.floating],
+        candidates: npt.NDArray[np.intp],
+        blend: BlendWeights | None = None,
+    ) -> npt.NDArray[np.float32]:
+        """Float32 (len(candidates),): blended scores of `candidates` (item rows).
+
+        rows / weights: the shopper's recent item rows (int (n,)) and raw weights (n,).
+        An empty history scores by popularity only.
+        """
+        bw = blend or self.weights
+        cand = np.asarray(candidates, dtype=np.intp)
+        total = np.zeros(cand.shape[0], dtype=np.float64)
+        if bw.pop:
+            total += bw.pop * self.popularity[cand]
+        if rows.shape[0] == 0:
+            return total.astype(np.float32)
+        if bw.mf:
+            u = self.fold_in(rows, weights)
+            mf = self.item_factors[cand] @ u
+            top = float(np.abs(mf).max()) if mf.size else 0.0
+            if top > 0:
+                total += bw.mf * (mf / top)
+        if bw.knn:
+            knn = knn_scores(self.similarity, rows, weights)[cand]
+            top = float(knn.max()) if knn.size else 0.0
+            if top > 0:
+                total += bw.knn * (knn / top)
+        return total.astype(np.float32)
+
+
+def shopper_histories(
+    log: EventLog, weighting: Weighting, as_of: float, max_items: int = 50
+) -> Mapping[int, tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]]:
+    """Per user code: their `max_items` most recently touched item rows and summed weights.
+
+    The same view of a shopper the worker keeps live (recent items with weights), rebuilt
+    from a log for offline evaluation. Rows are ordered most recent first.
+    """
+    w = event_weights(log, weighting, as_of).astype(np.float64)
+    n_items = len(log.item_ids)
+    key = log.users.astype(np.int64) * n_items + log.items
+    uniq, inv = np.unique(key, return_inverse=True)
+    wsum = np.bincount(inv, weights=w, minlength=uniq.shape[0])
+    last = np.full(uniq.shape[0], -np.inf)
+    np.maximum.at(last, inv, log.ts)
+    users = uniq // n_items
+    items = uniq % n_items
+    order = np.lexsort((items, -last, users))
+    out: dict[int, tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]] = {}
+    bounds = np.flatnonzero(np.diff(users[order])) + 1
+    for chunk in np.split(order, bounds):
+        if chunk.size == 0:
+            continue
+        chunk = chunk[:max_items]
+        out[int(users[chunk[0]])] = (
+            items[chunk].astype(np.intp),
+            wsum[chunk].astype(np.float32),
+        )
+    return out
+
+
+def recent_item_weights(
+    events: Iterable[tuple[str, str, float]],
+    now: float,
+    weighting: Weighting,
+    max_items: int = 50,
+) -> tuple[list[str], list[float]]:
+    """The live-path twin of `shopper_histories` for one shopper.
+
+    events: (item_id, type, ts epoch seconds) of the shopper, any order. Returns the
+    `max_items` most recently touched item ids (most recent first) and, for each, the sum
+    of ``type_weight * 0.5 ** (age_days / half_life_days)`` seen from `now` — the
+    `weights` that `LoadedIndex.recommend` / `fold_in` / `score` expect. Items whose
+    weight sums to <= 0 are left out.
+    """
+    total: dict[str, float] = {}
+    last: dict[str, float] = {}
+    hl = weighting.half_life_days
+    for item_id, type_name, ts in events:
+        w = float(weighting.type_weights.get(type_name, 0.0))
+        if hl:
+            w *= 2.0 ** (-max(now - ts, 0.0) / 86_400.0 / hl)
+        total[item_id] = total.get(item_id, 0.0) + w
+        last[item_id] = max(last.get(item_id, -np.inf), ts)
+    order = sorted(total, key=lambda i: (-last[i], i))
+    kept = [i for i in order if total[i] > 0][:max_items]
+    return kept, [total[i] for i in kept]

@@ -1,0 +1,248 @@
+"""Versioned, self-checking artifacts in a store folder.
+
+Layout::
+
+    <store>/
+      current                 text: the published version name (replaced atomically)
+      <version>/              one complete build, never modified after the rename
+        manifest.json         format, created, parameters, dimension, metric, counts,
+                              evaluation figures, index recall, sha256 + size per file
+        index.faiss           FAISS index (row i = item_ids[i])
+        item_ids.npy          <U (n,) item ids
+        *.npy                 arrays named in the manifest (vectors, norms, ...)
+      .tmp-<version>-<pid>/   a build being written; renamed into place when complete
+
+Readers call `verify_artifact` (manifest + every file's size and sha256) before using a
+version; any mismatch raises an `ArtifactError` subclass and the caller keeps its old index.
+`publish` flips `current` after the quality gate; a version is only readable once renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from indexing.errors import (
+    ArtifactNotFoundError,
+    ChecksumError,
+    ManifestError,
+    QualityGateError,
+)
+
+__all__ = [
+    "CURRENT_FILE",
+    "FORMAT_VERSION",
+    "INDEX_FILE",
+    "MANIFEST_FILE",
+    "GateDecision",
+    "current_version",
+    "list_versions",
+    "publish",
+    "read_manifest",
+    "verify_artifact",
+    "write_artifact",
+]
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+INDEX_FILE = "index.faiss"
+CURRENT_FILE = "current"
+_CHUNK = 1 << 20
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _new_version(store: Path) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    name, n = stamp, 1
+    while (store / name).exists():
+        n += 1
+        name = f"{stamp}-{n}"
+    return name
+
+
+def write_artifact(
+    store: Path,
+    index: faiss.Index,
+    arrays: Mapping[str, npt.NDArray[Any]],
+    manifest: Mapping[str, Any],
+) -> str:
+    """Write a complete version folder and return its name (not yet published).
+
+    arrays: name -> array, each saved as `<name>.npy` (no pickles: object arrays are
+    refused by numpy's `allow_pickle=False` on load). manifest: caller fields (parameters,
+    counts, evaluation, index); this function adds format_version, version, created, files.
+    The folder appears under its final name only once every file is written and synced.
+    """
+    store.mkdir(parents=True, exist_ok=True)
+    version = _new_version(store)
+    tmp = store / f".tmp-{version}-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        files: dict[str, dict[str, object]] = {}
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        for name, array in arrays.items():
+            if array.dtype == object:
+                raise ValueError(f"array {name!r} has dtype object; store fixed-width types")
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+        for path in sorted(tmp.iterdir()):
+            files[path.name] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+        full = dict(manifest)
+        full.update(
+            format_version=FORMAT_VERSION,
+            version=version,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            files=files,
+            arrays=sorted(arrays),
+        )
+        (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
+        for path in tmp.iterdir():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, store / version)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return version
+
+
+def list_versions(store: Path) -> list[str]:
+    """Complete version folders in the store, oldest first."""
+    if not store.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in store.iterdir()
+        if p.is_dir() and (p / MANIFEST_FILE).exists() and not p.name.startswith(".")
+    )
+
+
+def current_version(store: Path) -> str:
+    """The published version name (cheap: one small file read).
+
+    Raises `ArtifactNotFoundError` when nothing is published.
+    """
+    try:
+        name = (store / CURRENT_FILE).read_text(encoding="utf-8").strip()
+    except FileNotFoundError as exc:
+        raise ArtifactNotFoundError(f"no published version in {store}") from exc
+    except OSError as exc:
+        raise ArtifactNotFoundError(f"cannot read {store / CURRENT_FILE}: {exc}") from exc
+    if not name or "/" in name or name.startswith("."):
+        raise ArtifactNotFoundError(f"{store / CURRENT_FILE} holds no valid version name")
+    return name
+
+
+def read_manifest(store: Path, version: str) -> dict[str, Any]:
+    """The parsed manifest of `version`, format-checked but without file checksums."""
+    folder = store / version
+    if not folder.is_dir():
+        raise ArtifactNotFoundError(f"no version {version!r} in {store}")
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{folder} has no {MANIFEST_FILE}") from exc
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"unreadable manifest in {folder}: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"manifest of {folder} is not an object")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ManifestError(
+            f"{folder}: format_version {manifest.get('format_version')!r}, "
+            f"this code reads {FORMAT_VERSION}"
+        )
+    if manifest.get("version") != version:
+        raise ManifestError(f"{folder}: manifest names version {manifest.get('version')!r}")
+    if not isinstance(manifest.get("files"), dict) or INDEX_FILE not in manifest["files"]:
+        raise ManifestError(f"{folder}: manifest lists no {INDEX_FILE}")
+    return manifest
+
+
+def verify_artifact(store: Path, version: str, *, checksums: bool = True) -> dict[str, Any]:
+    """Read the manifest and check every listed file's size (and sha256 unless
+    `checksums=False`); also refuse unlisted files. Returns the manifest.
+
+    Raises `ArtifactNotFoundError`, `ManifestError` or `ChecksumError`.
+    """
+    manifest = read_manifest(store, version)
+    folder = store / version
+    listed: dict[str, dict[str, Any]] = manifest["files"]
+    present = {p.name for p in folder.iterdir()} - {MANIFEST_FILE}
+    extra = present - set(listed)
+    if extra:
+        raise ManifestError(f"{folder}: files not in the manifest: {sorted(extra)}")
+    for name, meta in listed.items():
+        path = folder / name
+        if not path.is_file():
+            raise ChecksumError(f"{folder}: {name} is missing")
+        if path.stat().st_size != meta.get("bytes"):
+            raise ChecksumError(
+                f"{folder}: {name} has {path.stat().st_size} bytes, manifest says "
+                f"{meta.get('bytes')} (truncated or replaced)"
+            )
+        if checksums and _sha256(path) != meta.get("sha256"):
+            raise ChecksumError(f"{folder}: {name} sha256 differs from the manifest (corrupt)")
+    return manifest
+
+
+class GateDecision(dict[str, Any]):
+    """What `publish` decided: version, previous, recall values, forced (a plain dict)."""
+
+
+def _gate_recall(manifest: Mapping[str, Any]) -> float | None:
+    value = manifest.get("evaluation", {}).get("served", {}).get("recall@10")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def publish(
+    store: Path, version: str, *, force: bool = False, max_drop: float = 0.05
+) -> GateDecision:
+    """Verify `version` and make it current, unless its evaluation recall@10 is more than
+    `max_drop` (relative) below the current version's. `force=True` skips the gate.
+
+    The pointer is written to a temp file and renamed over `current` (atomic on POSIX).
+    Raises `QualityGateError` when refused, `ArtifactError`s when the build is unreadable.
+    """
+    manifest = verify_artifact(store, version)
+    new = _gate_recall(manifest)
+    previous: str | None
+    try:
+        previous = current_version(store)
+    except ArtifactNotFoundError:
+        previous = None
+    old: float | None = None
+    if previous is not None and previous != version:
+        try:
+            old = _gate_recall(read_manifest(store, previous))
+        except (ArtifactNotFoundError, ManifestError):
+            old = None
+    if not force and old is not None and (new is None or new < old * (1.0 - max_drop)):
+        raise QualityGateError(
+            f"{version}: recall@10 {new} is more than {max_drop:.0%} below the current "
+            f"{previous} ({old}); not published (use force to override)"
+        )
+    tmp = store / f".{CURRENT_FILE}.{os.getpid()}.{time.monotonic_ns()}"
+    tmp.write_text(version + "\n", encoding="utf-8")
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, store / CURRENT_FILE)
+    return GateDecision(
+        version=version, previous=previous, recall=new, previous_recall=old, forced=force
+    )

@@ -1,0 +1,85 @@
+"""`pushrec index build|info`, `pushrec eval`, `pushrec data convert` end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.indexing.conftest import planted_rows, write_csv
+from worker.cli import main
+
+
+@pytest.fixture
+def events(tmp_path: Path) -> Path:
+    rows = planted_rows(per_user=8)
+    rows.append({**rows[0], "event_id": "bad", "type": "teleport"})
+    return write_csv(tmp_path / "events.csv", rows)
+
+
+def test_eval_writes_table_json_and_recs(
+    tmp_path: Path, events: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, recs = tmp_path / "eval.json", tmp_path / "recs.csv"
+    code = main(
+        [
+            "eval",
+            "--events",
+            str(events),
+            "--json",
+            str(out),
+            "--dump-recs",
+            str(recs),
+            "--rejected",
+            str(tmp_path / "rej.csv"),
+            "--no-tune",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr()
+    assert "served_blend" in printed.out and "recall@10" in printed.out
+    assert '"unknown_type": 1' in printed.err  # the bad row is reported
+    assert "unknown_type" in (tmp_path / "rej.csv").read_text()
+    payload = json.loads(out.read_text())
+    names = set(payload["metrics"])
+    assert {"popularity_all", "item_knn", "als", "served_blend"} <= names
+    assert any(n.startswith("popularity_recent") for n in names)
+    for metrics in payload["metrics"].values():
+        assert {"recall@10", "ndcg@10", "hr@10", "coverage@10", "recall@20"} <= set(metrics)
+    with open(recs, encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and set(rows[0]) == {"user_id", "rank", "item_id"}
+    first_user = [r for r in rows if r["user_id"] == rows[0]["user_id"]]
+    assert [int(r["rank"]) for r in first_user] == list(range(1, len(first_user) + 1))
+
+
+def test_index_build_publish_and_info(
+    tmp_path: Path, events: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "store"
+    assert main(["index", "build", "--events", str(events), "--out", str(store), "--publish"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built["published"]["version"] == built["version"]
+    assert main(["index", "info", "--store", str(store)]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest["version"] == built["version"] and manifest["index"]["kind"] == "flat"
+    assert "served" in manifest["evaluation"]
+
+
+def test_index_info_without_a_build_exits_2(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["index", "info", "--store", str(tmp_path / "empty")])
+    assert exc.value.code == 2
+
+
+def test_data_convert_online_retail_slice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.indexing.test_online_retail import HEADER, LINES
+
+    src = tmp_path / "raw.csv"
+    src.write_text(HEADER + "\n".join(LINES) + "\n")
+    assert main(["data", "convert", "online-retail", str(src), str(tmp_path / "out")]) == 0
+    assert json.loads(capsys.readouterr().out)["events"] == 3

@@ -1,0 +1,99 @@
+"""MF and item-KNN on planted blocks: an item's neighbours are the items of its block."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from indexing import AlsParams, FoldIn, Weighting, read_events, train_als
+from indexing.factors import confidence
+from indexing.knn import item_similarity
+from indexing.matrix import interaction_matrix
+from tests.indexing.conftest import ITEMS_PER_BLOCK, block_of, planted_rows
+
+PARAMS = AlsParams(factors=8, regularization=0.1, alpha=2.0, iterations=10, seed=3)
+
+
+def _matrix() -> tuple[sp.csr_matrix, tuple[str, ...]]:
+    log, _ = read_events(planted_rows())
+    return interaction_matrix(log, Weighting()), log.item_ids
+
+
+def _block_precision(vectors: np.ndarray, item_ids: tuple[str, ...], k: int) -> float:
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    hits = 0
+    for row, item in enumerate(item_ids):
+        top = np.argsort(-sims[row])[:k]
+        hits += sum(block_of(item_ids[t]) == block_of(item) for t in top)
+    return hits / (k * len(item_ids))
+
+
+def test_als_neighbours_recover_the_planted_blocks() -> None:
+    raw, ids = _matrix()
+    factors = train_als(raw, PARAMS)
+    assert factors.items.dtype == np.float32 and factors.items.flags.c_contiguous
+    assert _block_precision(factors.items, ids, ITEMS_PER_BLOCK - 1) > 0.95
+
+
+def test_als_is_deterministic_for_a_seed() -> None:
+    raw, _ = _matrix()
+    a, b = train_als(raw, PARAMS), train_als(raw, PARAMS)
+    assert np.array_equal(a.items, b.items) and np.array_equal(a.users, b.users)
+
+
+def test_fold_in_equals_the_als_user_step() -> None:
+    raw, _ = _matrix()
+    factors = train_als(raw, PARAMS)
+    user = 5
+    row = raw.getrow(user)
+    fold = FoldIn(factors.items, PARAMS.regularization, PARAMS.alpha)
+    u = fold(row.indices.astype(np.intp), row.data)
+    # the same normal equations solved densely
+    c = confidence(raw, PARAMS.alpha).getrow(user)
+    y = factors.items.astype(np.float64)
+    cu = np.ones(y.shape[0])
+    cu[c.indices] = c.data
+    p = np.zeros(y.shape[0])
+    p[c.indices] = 1.0
+    a = y.T @ (cu[:, None] * y) + PARAMS.regularization * np.eye(y.shape[1])
+    expected = np.linalg.solve(a, y.T @ (cu * p))
+    assert np.allclose(u, expected, rtol=1e-4, atol=1e-5)
+    # and points at the user's block
+    scores = factors.items @ u
+    assert np.all(np.isin(np.argsort(-scores)[:6] // ITEMS_PER_BLOCK, [block_of("b0-0")]))
+
+
+def test_fold_in_with_nothing_known_gives_zeros() -> None:
+    fold = FoldIn(np.eye(4, dtype=np.float32), 0.1, 1.0)
+    assert not fold(np.array([], dtype=np.intp), np.array([])).any()
+    assert not fold(np.array([1]), np.array([0.0])).any()
+
+
+def test_item_knn_neighbours_are_in_block_and_truncated() -> None:
+    raw, ids = _matrix()
+    sim = item_similarity(raw, top_m=5)
+    assert sim.shape == (len(ids), len(ids))
+    assert np.diff(sim.indptr).max() <= 5
+    assert sim.diagonal().sum() == 0
+    rows, cols = sim.nonzero()
+    assert all(block_of(ids[r]) == block_of(ids[c]) for r, c in zip(rows, cols, strict=True))
+
+
+def test_item_knn_equals_dense_cosine_top_m() -> None:
+    rng = np.random.default_rng(4)
+    x = sp.csr_matrix((rng.random((60, 25)) < 0.2).astype(np.float32))
+    b = x.toarray()
+    counts = b.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dense = (b.T @ b) / np.sqrt(np.outer(counts, counts))
+    dense = np.nan_to_num(dense)
+    np.fill_diagonal(dense, 0.0)
+    sim = item_similarity(x, top_m=4)
+    for i in range(25):
+        row = sim.getrow(i)
+        expected = sorted(((-v, j) for j, v in enumerate(dense[i]) if v > 0))[:4]
+        got = sorted(zip((-row.data).tolist(), row.indices.tolist(), strict=True))
+        assert [j for _, j in got] == [j for _, j in expected]
+        assert np.allclose([v for v, _ in got], [v for v, _ in expected], atol=1e-6)

@@ -1,0 +1,137 @@
+"""Lookups on a loaded artifact of planted blocks: answers stay inside the block."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from indexing import (
+    BuildParams,
+    Item,
+    LoadedIndex,
+    ModelParams,
+    UnknownItemError,
+    configure_threads,
+    load_index,
+    read_events,
+    save_model,
+    train_model,
+)
+from indexing.factors import AlsParams
+from tests.indexing.conftest import BLOCKS, ITEMS_PER_BLOCK, block_of, planted_rows
+
+PARAMS = ModelParams(als=AlsParams(factors=8, iterations=10))
+
+
+@pytest.fixture(scope="module", params=["flat", "hnsw"])
+def index(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> LoadedIndex:
+    configure_threads()
+    log, _ = read_events(planted_rows())
+    catalog = {
+        "new-0": Item("new-0", category="cat0"),  # cold, has a category
+        "new-1": Item("new-1"),  # cold, nothing known: no vector
+        **{f"b0-{j}": Item(f"b0-{j}", category="cat0") for j in range(ITEMS_PER_BLOCK)},
+    }
+    model = train_model(log, PARAMS, catalog=catalog)
+    store = tmp_path_factory.mktemp("store")
+    exact_max = 10**6 if request.param == "flat" else 0
+    version, spec = save_model(store, model, build=BuildParams(exact_max_items=exact_max))
+    assert spec.kind == request.param
+    return load_index(store, version)
+
+
+def test_similar_items_share_the_block(index: LoadedIndex) -> None:
+    queries = [f"b{b}-0" for b in range(BLOCKS)]
+    answers = index.similar(queries, k=5)
+    for query, answer in zip(queries, answers, strict=True):
+        assert len(answer) == 5 and query not in [i for i, _ in answer]
+        assert all(block_of(i) == block_of(query) for i, _ in answer if not i.startswith("new"))
+        assert [s for _, s in answer] == sorted((s for _, s in answer), reverse=True)
+
+
+def test_unknown_ids_answer_empty_or_raise(index: LoadedIndex) -> None:
+    assert index.similar(["nope", "b1-1"], k=3)[0] == []
+    assert "nope" not in index and "b1-1" in index
+    with pytest.raises(UnknownItemError):
+        index.vector("nope")
+
+
+def test_exclusion_and_blocking_take_effect_without_rebuild(index: LoadedIndex) -> None:
+    first = [i for i, _ in index.similar(["b2-0"], k=3)[0]]
+    again = [i for i, _ in index.similar(["b2-0"], k=3, exclude=[first[0]])[0]]
+    assert first[0] not in again and len(again) == 3
+    index.block([first[1]])
+    try:
+        assert first[1] not in [i for i, _ in index.similar(["b2-0"], k=5)[0]]
+        recs = index.recommend(["b2-0", "b2-3"], [5.0, 5.0], k=10)
+        assert first[1] not in [i for i, _ in recs]
+    finally:
+        index.unblock([first[1]])
+    assert first[1] in [i for i, _ in index.similar(["b2-0"], k=5)[0]]
+
+
+def test_vector_search_and_item_vector(index: LoadedIndex) -> None:
+    v = index.vector("b3-2")
+    assert v.dtype == np.float32 and v.shape == (8,)
+    assert np.linalg.norm(v) == pytest.approx(1.0, abs=1e-5)
+    answer = index.search(v[None, :], k=1)[0]
+    assert answer[0][0] == "b3-2"
+
+
+def test_fold_in_is_a_unit_vector_near_the_shoppers_block(index: LoadedIndex) -> None:
+    u = index.fold_in(["b1-0", "b1-1", "unknown"], [5.0, 1.0, 3.0])
+    assert np.linalg.norm(u) == pytest.approx(1.0, abs=1e-5)
+    top = index.search(u, k=5)[0]
+    assert all(block_of(i) == 1 for i, _ in top if not i.startswith("new"))
+    assert not index.fold_in(["unknown"]).any()
+    started = time.perf_counter()
+    for _ in range(200):
+        index.fold_in(["b1-0", "b1-1"], [5.0, 1.0])
+    assert time.perf_counter() - started < 5.0  # a sanity bound, not a benchmark
+
+
+def test_recommend_excludes_history_and_prefers_the_block(index: LoadedIndex) -> None:
+    history = ["b0-1", "b0-2", "b0-3"]
+    recs = index.recommend(history, [5.0, 5.0, 1.0], k=5, exclude=["b0-4"])
+    ids = [i for i, _ in recs]
+    assert len(ids) == 5 and not set(ids) & {*history, "b0-4"}
+    assert sum(i.startswith("b0-") for i in ids) >= 4
+    scores = index.score(history, [5.0, 5.0, 1.0], [ids[0], "b3-0", "nope"])
+    assert scores[0] > scores[1] and np.isnan(scores[2])
+
+
+def test_cold_start_item_gets_its_category_mean_and_is_flagged(index: LoadedIndex) -> None:
+    assert index.is_cold("new-0") and not index.is_cold("b0-0")
+    assert "new-1" not in index  # no category, no brand: nothing to derive a vector from
+    neighbours = [i for i, _ in index.similar(["new-0"], k=5)[0]]
+    assert all(i.startswith("b0-") for i in neighbours)
+    assert index.manifest["counts"]["cold_items"] == 1
+
+
+def test_empty_history_recommends_popular_items(index: LoadedIndex) -> None:
+    recs = index.recommend([], k=3)
+    assert len(recs) == 3
+
+
+def test_index_file_is_memory_mapped(index: LoadedIndex) -> None:
+    assert isinstance(index.factors, np.memmap)
+
+
+def test_recent_item_weights_match_the_offline_histories(index: LoadedIndex) -> None:
+    from indexing import recent_item_weights, shopper_histories
+
+    events = [("b0-1", "view", 100.0), ("b0-2", "purchase", 200.0), ("b0-1", "purchase", 50.0)]
+    weighting = index.history_weighting
+    ids, weights = recent_item_weights(events, now=200.0 + 86_400.0, weighting=weighting)
+    assert ids == ["b0-2", "b0-1"]
+    rows = [
+        {"event_id": str(n), "user_id": "u", "item_id": i, "type": t, "ts": ts}
+        for n, (i, t, ts) in enumerate(events)
+    ]
+    log, _ = read_events(rows)
+    hist = shopper_histories(log, weighting, 200.0 + 86_400.0)[0]
+    assert [log.item_ids[r] for r in hist[0]] == ids
+    assert np.allclose(hist[1], weights, rtol=1e-5)
+    assert index.history_items == 50

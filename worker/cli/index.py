@@ -1,0 +1,220 @@
+"""`pushrec index build|info`, `pushrec eval` and `pushrec data convert online-retail`.
+
+Thin wrappers over the `indexing` library: parse arguments, call it, print JSON or a
+table, map its errors to exit codes (0 ok, 1 refused by the quality gate, 2 bad input or
+unreadable artifact).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import indexing
+from worker.cli.common import fail, load_settings, print_json
+
+_METRICS = ("recall", "ndcg", "hr", "coverage")
+
+
+def register(subparsers: Any) -> None:
+    index = subparsers.add_parser("index", help="build and inspect FAISS index artifacts")
+    index_sub = index.add_subparsers(dest="index_command", required=True, metavar="ACTION")
+    build = index_sub.add_parser("build", help="train, evaluate and write a new index version")
+    build.add_argument("--events", type=Path, required=True, help="interactions CSV (.gz ok)")
+    build.add_argument("--items", type=Path, help="items CSV (cold-start attributes)")
+    build.add_argument("--out", type=Path, help="index store (default: settings index_store)")
+    build.add_argument("--until", help="use only events with ts < TS (epoch or ISO-8601)")
+    build.add_argument("--publish", action="store_true", help="make it current (quality gate)")
+    build.add_argument("--force", action="store_true", help="publish despite the quality gate")
+    build.add_argument("--rejected", type=Path, help="write rejected event rows here (CSV)")
+    build.add_argument(
+        "--max-drop", type=float, default=0.05, help="gate: allowed relative recall@10 drop"
+    )
+    build.set_defaults(handler=cmd_index_build)
+    info = index_sub.add_parser("info", help="print the current manifest as JSON")
+    info.add_argument("--store", type=Path, help="index store (default: settings index_store)")
+    info.set_defaults(handler=cmd_index_info)
+
+    ev = subparsers.add_parser("eval", help="offline evaluation: served model vs baselines")
+    ev.add_argument("--events", type=Path, required=True)
+    ev.add_argument("--items", type=Path)
+    ev.add_argument("--json", type=Path, help="write figures as JSON here")
+    ev.add_argument("--dump-recs", type=Path, help="write served top-20 as user_id,rank,item_id")
+    ev.add_argument("--rejected", type=Path, help="write rejected event rows here (CSV)")
+    ev.add_argument(
+        "--no-tune", action="store_true", help="use the default (shipped) hyperparameters"
+    )
+    ev.set_defaults(handler=cmd_eval)
+
+    data = subparsers.add_parser("data", help="data set adapters")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    convert = data_sub.add_parser("convert", help="convert a public data set to canonical CSVs")
+    convert.add_argument("dataset", choices=["online-retail"])
+    convert.add_argument("src", type=Path)
+    convert.add_argument("out_dir", type=Path)
+    convert.set_defaults(handler=cmd_data_convert)
+
+
+def _read_log(
+    path: Path, until: float | None = None, rejected: Path | None = None
+) -> indexing.EventLog:
+    try:
+        log, report = indexing.read_events_csv(path, until=until)
+    except indexing.InputError as exc:
+        fail(str(exc))
+    print(f"events {path}: {json.dumps(report.as_dict())}", file=sys.stderr)
+    if report.rejected_total:
+        for row in report.kept[:5]:
+            print(f"  rejected line {row.line}: {row.reason}: {row.row}", file=sys.stderr)
+        if rejected is not None:
+            try:
+                report.write_rejected(rejected)
+                print(f"rejected rows written to {rejected}", file=sys.stderr)
+            except OSError as exc:
+                print(f"could not write rejected rows: {exc}", file=sys.stderr)
+    return log
+
+
+def _read_items(path: Path | None) -> dict[str, indexing.Item]:
+    if path is None:
+        return {}
+    try:
+        items, report = indexing.read_items_csv(path)
+    except indexing.InputError as exc:
+        fail(str(exc))
+    print(f"items {path}: {json.dumps(report.as_dict())}", file=sys.stderr)
+    return items
+
+
+def _store(arg: Path | None) -> Path:
+    return arg if arg is not None else load_settings().index_store_dir
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    until = None
+    if args.until:
+        try:
+            until = indexing.parse_ts(args.until)
+        except ValueError:
+            fail(f"--until: not a timestamp: {args.until!r}")
+    store = _store(args.out)
+    log = _read_log(args.events, until, args.rejected)
+    catalog = _read_items(args.items)
+    params = indexing.ModelParams()
+    evaluation: dict[str, Any] = {}
+    started = time.perf_counter()
+    try:
+        result = indexing.evaluate_models(log, params, indexing.BaselineParams())
+        evaluation = result.as_dict()
+        evaluation["served"] = result.metrics["served_blend"]
+    except indexing.EmptyDataError as exc:
+        print(f"evaluation skipped: {exc}", file=sys.stderr)
+    eval_s = time.perf_counter() - started
+    started = time.perf_counter()
+    try:
+        model = indexing.train_model(log, params, catalog=catalog)
+    except indexing.EmptyDataError as exc:
+        fail(str(exc))
+    train_s = time.perf_counter() - started
+    version, spec = indexing.save_model(
+        store,
+        model,
+        evaluation=evaluation,
+        extra={"timings_s": {"evaluation": eval_s, "training": train_s}},
+    )
+    out: dict[str, Any] = {
+        "store": str(store),
+        "version": version,
+        "counts": model.counts,
+        "index": spec.as_dict(),
+        "served_recall@10": evaluation.get("served", {}).get("recall@10"),
+    }
+    if args.publish:
+        try:
+            out["published"] = dict(
+                indexing.publish(store, version, force=args.force, max_drop=args.max_drop)
+            )
+        except indexing.QualityGateError as exc:
+            out["published"] = None
+            print_json(out)
+            print(f"pushrec: {exc}", file=sys.stderr)
+            return 1
+    print_json(out)
+    return 0
+
+
+def cmd_index_info(args: argparse.Namespace) -> int:
+    store = _store(args.store)
+    try:
+        version = indexing.current_version(store)
+        manifest = indexing.verify_artifact(store, version, checksums=False)
+    except indexing.ArtifactError as exc:
+        fail(str(exc))
+    print_json(manifest)
+    return 0
+
+
+def _table(metrics: dict[str, dict[str, float]]) -> str:
+    cols = [f"{m}@{k}" for k in (10, 20) for m in _METRICS]
+    width = max(len(n) for n in metrics) + 2
+    lines = ["model".ljust(width) + " ".join(c.rjust(12) for c in cols)]
+    for name, m in metrics.items():
+        lines.append(name.ljust(width) + " ".join(f"{m[c]:12.4f}" for c in cols))
+    return "\n".join(lines)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    log = _read_log(args.events, rejected=args.rejected)
+    _read_items(args.items)  # validated and reported; cold items play no part offline
+    tune_report: dict[str, object] = {}
+    started = time.perf_counter()
+    try:
+        if args.no_tune:
+            params, baselines = indexing.ModelParams(), indexing.BaselineParams()
+        else:
+            task = indexing.discovery_task(log)
+            params, baselines, tune_report = indexing.tune(task.train)
+        tune_s = time.perf_counter() - started
+        result = indexing.evaluate_models(log, params, baselines)
+    except indexing.EmptyDataError as exc:
+        fail(str(exc))
+    print(_table(result.metrics))
+    name, best = result.best_baseline()
+    served = result.metrics["served_blend"]["recall@10"]
+    print(
+        f"\nserved recall@10 {served:.4f} = {served / best:.3f} x best baseline "
+        f"({name}, {best:.4f}); test users {result.counts['test_users']}"
+    )
+    if args.json:
+        payload = result.as_dict()
+        payload.update(
+            params=params.as_dict(),
+            baseline_params=baselines.as_dict(),
+            tuning=tune_report,
+            tune_seconds=tune_s,
+        )
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    if args.dump_recs:
+        args.dump_recs.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.dump_recs, "w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["user_id", "rank", "item_id"])
+            for user in sorted(result.served_recs):
+                for rank, item in enumerate(result.served_recs[user], start=1):
+                    writer.writerow([user, rank, item])
+    return 0
+
+
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    try:
+        report = indexing.convert_online_retail(args.src, args.out_dir)
+    except indexing.InputError as exc:
+        fail(str(exc))
+    print_json({"out_dir": str(args.out_dir), **report.as_dict()})
+    return 0
