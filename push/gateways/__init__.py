@@ -1,0 +1,24 @@
+"""The HTTP gateways: each module has pure builders (message -> `HttpRequest`), a pure
+response mapper (status, headers, body -> `DeliveryResult`) and a sender class."""
+
+from push.gateways.fcm import FcmGateway, build_fcm_request, map_fcm_response
+from push.gateways.google_oauth import ServiceAccountTokens
+from push.gateways.webhook import (
+    WebhookGateway,
+    build_webhook_request,
+    map_webhook_response,
+    sign_webhook,
+    verify_webhook,
+)
+
+__all__ = [
+    "FcmGateway",
+    "ServiceAccountTokens",
+    "WebhookGateway",
+    "build_fcm_request",
+    "build_webhook_request",
+    "map_fcm_response",
+    "map_webhook_response",
+    "sign_webhook",
+    "verify_webhook",
+]

@@ -1,0 +1,37 @@
+"""Local gateway servers shared by the push tests (one per module, reset per test)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from push.testing import FcmServer, WebhookReceiver, serve_app
+
+
+@pytest.fixture(scope="module")
+def fcm_server() -> Iterator[FcmServer]:
+    server = FcmServer("pushrec-test")
+    with serve_app(server):
+        yield server
+
+
+@pytest.fixture
+def fcm(fcm_server: FcmServer) -> FcmServer:
+    fcm_server.script.reset()
+    fcm_server.received.clear()
+    return fcm_server
+
+
+@pytest.fixture(scope="module")
+def receiver_server() -> Iterator[WebhookReceiver]:
+    server = WebhookReceiver()
+    with serve_app(server):
+        yield server
+
+
+@pytest.fixture
+def receiver(receiver_server: WebhookReceiver) -> WebhookReceiver:
+    receiver_server.script.reset()
+    receiver_server.received.clear()
+    return receiver_server
