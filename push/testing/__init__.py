@@ -8,10 +8,12 @@ process with ``python -m push.testing`` (admin JSON at ``/_admin/*`` on each).
 """
 
 from push.testing._server import GatewayServer, Script, Scripted, serve_app
+from push.testing.apns import ApnsServer
 from push.testing.fcm import FcmServer
 from push.testing.webhook import WebhookReceiver, new_webhook_secret
 
 __all__ = [
+    "ApnsServer",
     "FcmServer",
     "GatewayServer",
     "Script",

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from push.testing import FcmServer, WebhookReceiver, serve_app
+from push.testing import ApnsServer, FcmServer, WebhookReceiver, serve_app
 
 
 @pytest.fixture(scope="module")
@@ -35,3 +35,17 @@ def receiver(receiver_server: WebhookReceiver) -> WebhookReceiver:
     receiver_server.script.reset()
     receiver_server.received.clear()
     return receiver_server
+
+
+@pytest.fixture(scope="module")
+def apns_server() -> Iterator[ApnsServer]:
+    server = ApnsServer("com.example.shop")
+    with serve_app(server):
+        yield server
+
+
+@pytest.fixture
+def apns(apns_server: ApnsServer) -> ApnsServer:
+    apns_server.script.reset()
+    apns_server.received.clear()
+    return apns_server
