@@ -11,6 +11,7 @@ from push.testing._server import GatewayServer, Script, Scripted, serve_app
 from push.testing.apns import ApnsServer
 from push.testing.fcm import FcmServer
 from push.testing.webhook import WebhookReceiver, new_webhook_secret
+from push.testing.webpush import WebPushService
 
 __all__ = [
     "ApnsServer",
@@ -18,6 +19,7 @@ __all__ = [
     "GatewayServer",
     "Script",
     "Scripted",
+    "WebPushService",
     "WebhookReceiver",
     "new_webhook_secret",
     "serve_app",

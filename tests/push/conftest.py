@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from push.testing import ApnsServer, FcmServer, WebhookReceiver, serve_app
+from push.testing import ApnsServer, FcmServer, WebhookReceiver, WebPushService, serve_app
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +49,17 @@ def apns(apns_server: ApnsServer) -> ApnsServer:
     apns_server.script.reset()
     apns_server.received.clear()
     return apns_server
+
+
+@pytest.fixture(scope="module")
+def webpush_server() -> Iterator[WebPushService]:
+    server = WebPushService()
+    with serve_app(server):
+        yield server
+
+
+@pytest.fixture
+def webpush(webpush_server: WebPushService) -> WebPushService:
+    webpush_server.script.reset()
+    webpush_server.received.clear()
+    return webpush_server
