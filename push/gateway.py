@@ -18,7 +18,7 @@ from push.messages import Channel, Message
 from push.redact import fingerprint
 from push.result import DeliveryResult
 
-__all__ = ["Gateway", "Router", "send_many", "send_one"]
+__all__ = ["Gateway", "RoutedSender", "Router", "Sender", "send_many", "send_one"]
 
 log = logging.getLogger("push.gateway")
 
@@ -46,7 +46,19 @@ class Gateway(Protocol):
     async def send(self, message: Message) -> DeliveryResult: ...
 
 
-async def send_one(gateway: Gateway, message: Message) -> DeliveryResult:
+class Sender(Protocol):
+    """Anything that sends one message: a `Gateway`, a `Router`, a `Deliverer`."""
+
+    async def send(self, message: Message) -> DeliveryResult: ...
+
+
+class RoutedSender(Sender, Protocol):
+    """A `Sender` that also names the breaker/rate-limit key of a message."""
+
+    def route_key(self, message: Message) -> str: ...
+
+
+async def send_one(gateway: Sender, message: Message) -> DeliveryResult:
     """`gateway.send(message)`, with composition errors turned into `failed` results."""
     try:
         return await gateway.send(message)
@@ -75,6 +87,10 @@ class Router:
     def gateway(self, channel: Channel) -> Gateway:
         return self._gateways[channel]
 
+    def route_key(self, message: Message) -> str:
+        gateway = self._gateways.get(message.device.channel)
+        return gateway.route_key(message) if gateway else f"{message.device.channel}:none"
+
     async def send(self, message: Message) -> DeliveryResult:
         channel = message.device.channel
         gateway = self._gateways.get(channel)
@@ -84,12 +100,8 @@ class Router:
         return await send_one(gateway, message)
 
 
-class _Sender(Protocol):
-    async def send(self, message: Message) -> DeliveryResult: ...
-
-
 async def send_many(
-    sender: _Sender, messages: Sequence[Message], concurrency: int = 64
+    sender: Sender, messages: Sequence[Message], concurrency: int = 64
 ) -> list[DeliveryResult]:
     """Send all `messages` with at most `concurrency` in flight; results in input order.
 

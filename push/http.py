@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from push.redact import install_log_redaction
 from push.result import DeliveryResult
 
 __all__ = [
@@ -66,6 +67,7 @@ def make_client(
     HTTP/2 with prior knowledge on ``http://`` URLs too (local gateways; APNs over
     cleartext for tests) and never falls back to HTTP/1.1. Redirects are never followed.
     """
+    install_log_redaction()
     return httpx.AsyncClient(
         http1=not h2c,
         http2=http2 or h2c,

@@ -29,6 +29,7 @@ import httpx
 
 from push.errors import UnsafeDestinationError
 from push.http import ssl_context
+from push.redact import install_log_redaction
 
 __all__ = ["GuardedNetworkBackend", "check_destination", "forbidden_address", "guarded_client"]
 
@@ -170,6 +171,7 @@ def guarded_client(
     HTTP/1.1 by default (webhook receivers are ordinary web servers); ``http2=True``
     negotiates HTTP/2 by ALPN where the receiver offers it.
     """
+    install_log_redaction()
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=32)
     transport = _GuardedTransport(
         allowed_hosts=allowed_hosts, context=ssl_context(ca_bundle), http2=http2, limits=limits

@@ -165,8 +165,8 @@ class MemoryRateLimitStore:
     async def acquire(self, key: str, *, rate: float, burst: float, now: float) -> float:
         tokens, at = self._buckets.get(key, (burst, now))
         tokens = min(burst, tokens + max(0.0, now - at) * rate)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
+        if tokens >= 1.0 - 1e-9:  # tolerate float error in the refill
+            self._buckets[key] = (max(0.0, tokens - 1.0), now)
             return 0.0
         self._buckets[key] = (tokens, now)
         return (1.0 - tokens) / rate
