@@ -56,26 +56,27 @@ def ssl_context(ca_bundle: Path | str | None = None) -> ssl.SSLContext:
 def make_client(
     *,
     ca_bundle: Path | str | None = None,
-    h2c: bool = False,
-    http2: bool = True,
+    h2c: bool = True,
     max_connections: int = 100,
     timeout: httpx.Timeout = DEFAULT_TIMEOUT,
 ) -> httpx.AsyncClient:
-    """An `httpx.AsyncClient` for the gateways.
+    """The process's `httpx.AsyncClient` for FCM, APNs and Web Push.
 
-    ``http2=True`` negotiates HTTP/2 by ALPN on ``https://`` URLs. ``h2c=True`` speaks
-    HTTP/2 with prior knowledge on ``http://`` URLs too (local gateways; APNs over
-    cleartext for tests) and never falls back to HTTP/1.1. Redirects are never followed.
+    ``https://`` URLs negotiate HTTP/2 by ALPN (falling back to HTTP/1.1 only if the
+    server offers nothing else). ``http://`` URLs — local gateways only — speak HTTP/2
+    with prior knowledge (h2c) when `h2c`, else HTTP/1.1. Redirects are never followed;
+    timeouts are bounded; proxies from the environment are ignored. The caller closes it.
     """
     install_log_redaction()
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=20)
+    mounts: dict[str, httpx.AsyncBaseTransport | None] = {
+        "https://": httpx.AsyncHTTPTransport(
+            verify=ssl_context(ca_bundle), http2=True, limits=limits
+        ),
+        "http://": httpx.AsyncHTTPTransport(http1=not h2c, http2=True, limits=limits),
+    }
     return httpx.AsyncClient(
-        http1=not h2c,
-        http2=http2 or h2c,
-        verify=ssl_context(ca_bundle),
-        timeout=timeout,
-        follow_redirects=False,
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
-        trust_env=False,
+        mounts=mounts, timeout=timeout, follow_redirects=False, trust_env=False
     )
 
 

@@ -10,12 +10,18 @@ prefix them and let them expire (TTLs are given).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 __all__ = [
     "BreakerStore",
+    "FileTokenCache",
     "MemoryBreakerStore",
     "MemoryRateLimitStore",
     "MemoryTokenCache",
@@ -85,6 +91,58 @@ class RateLimitStore(Protocol):
         """Atomically refill, then take one token: 0.0 when taken, otherwise the seconds
         until one will be available (nothing taken)."""
         ...
+
+
+class FileTokenCache:
+    """A `TokenCache` in a directory, shared by the processes of one machine (the CLI:
+    each ``pushrec send`` is a new process, and APNs refuses a new provider token more
+    often than every 20 minutes). `add` is create-exclusive via a hard link, `discard`
+    compares before unlinking; entries hold their own expiry. Files are 0600."""
+
+    def __init__(self, directory: Path | str) -> None:
+        self._dir = Path(directory)
+
+    def _path(self, key: str) -> Path:
+        return self._dir / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+
+    def _read(self, path: Path) -> tuple[str, float] | None:
+        try:
+            entry = json.loads(path.read_text())
+            return str(entry["token"]), float(entry["expires"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    async def get(self, key: str) -> str | None:
+        entry = self._read(self._path(key))
+        if entry is None or entry[1] <= time.time():
+            return None
+        return entry[0]
+
+    async def add(self, key: str, token: str, ttl_s: float) -> str:
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self._path(key)
+        for _ in range(2):
+            current = await self.get(key)
+            if current is not None:
+                return current
+            path.unlink(missing_ok=True)  # expired or unreadable
+            fd, tmp = tempfile.mkstemp(dir=self._dir, suffix=".tmp")
+            with os.fdopen(fd, "w") as handle:
+                json.dump({"token": token, "expires": time.time() + ttl_s}, handle)
+            try:
+                os.link(tmp, path)  # fails if another process won the race
+                return token
+            except FileExistsError:
+                continue
+            finally:
+                os.unlink(tmp)
+        return await self.get(key) or token
+
+    async def discard(self, key: str, token: str) -> None:
+        path = self._path(key)
+        entry = self._read(path)
+        if entry is not None and entry[0] == token:
+            path.unlink(missing_ok=True)
 
 
 # --- in-memory implementations (one process; asyncio-safe: no awaits inside updates) ---

@@ -6,7 +6,7 @@ headers ``apns-topic``, ``apns-push-type``, ``apns-priority`` (10 now / 5 power-
 the message id) and ``apns-id`` (a UUID derived from the message id, so retries of one
 message carry one id). The JSON body has ``aps`` plus our custom keys; at most 4096
 bytes. A ``https://`` base negotiates HTTP/2 by ALPN; an ``http://`` base (local tests)
-needs a client created with ``make_client(h2c=True)`` (HTTP/2 prior knowledge).
+is spoken as HTTP/2 with prior knowledge by `push.http.make_client`.
 """
 
 from __future__ import annotations

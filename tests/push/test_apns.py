@@ -88,7 +88,7 @@ def test_reason_mapping(status: int, body: bytes, outcome: Outcome) -> None:
 
 
 async def _send(server: ApnsServer, messages: list[Message], tokens: ProviderTokens) -> list:  # type: ignore[type-arg]
-    async with make_client(h2c=True) as client:
+    async with make_client() as client:
         gateway = ApnsGateway(client, tokens, topic=TOPIC, base_url=server.base_url)
         return list(await asyncio.gather(*(gateway.send(m) for m in messages)))
 
@@ -172,7 +172,7 @@ def test_scripted_503_then_200(apns: ApnsServer) -> None:
     tokens = ProviderTokens(_key(apns))
 
     async def go() -> list:  # type: ignore[type-arg]
-        async with make_client(h2c=True) as client:
+        async with make_client() as client:
             gateway = ApnsGateway(client, tokens, topic=TOPIC, base_url=apns.base_url)
             return [await gateway.send(message(Channel.APNS, token)) for _ in range(2)]
 

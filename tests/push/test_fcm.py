@@ -110,7 +110,7 @@ def test_error_mapping_matrix(
 
 async def _send_all(server: FcmServer, messages: list, tokens: ServiceAccountTokens | None = None):  # type: ignore[no-untyped-def, type-arg]
     tokens = tokens or ServiceAccountTokens(server.service_account())
-    async with make_client(h2c=True) as client:
+    async with make_client() as client:
         gateway = FcmGateway(client, tokens, base_url=server.base_url)
         return [await gateway.send(m) for m in messages]
 
@@ -167,7 +167,7 @@ def test_malformed_token_is_device_invalid_but_payload_bug_is_failure(fcm: FcmSe
 def test_wrong_project_is_credentials_failure(fcm: FcmServer) -> None:
     async def go():  # type: ignore[no-untyped-def]
         tokens = ServiceAccountTokens(fcm.service_account())
-        async with make_client(h2c=True) as client:
+        async with make_client() as client:
             gateway = FcmGateway(client, tokens, project_id="other", base_url=fcm.base_url)
             return await gateway.send(message(Channel.FCM, fcm_token()))
 
@@ -188,7 +188,7 @@ def test_unreachable_gateway_is_retry() -> None:
 
     async def go():  # type: ignore[no-untyped-def]
         tokens = ServiceAccountTokens(server.service_account())
-        async with make_client(h2c=True) as client:
+        async with make_client() as client:
             return await FcmGateway(client, tokens, base_url=server.base_url).send(
                 message(Channel.FCM, fcm_token())
             )

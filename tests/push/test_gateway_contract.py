@@ -69,7 +69,7 @@ def case(
 
         @asynccontextmanager
         async def open_fcm() -> AsyncIterator[Gateway]:
-            async with make_client(h2c=True) as client:
+            async with make_client() as client:
                 yield FcmGateway(client, ServiceAccountTokens(account), base_url=fcm.base_url)
 
         return Case(
@@ -86,7 +86,7 @@ def case(
         @asynccontextmanager
         async def open_apns() -> AsyncIterator[Gateway]:
             tokens = ProviderTokens(ApnsKey.from_pem(pem, key_id=kid, team_id=team))
-            async with make_client(h2c=True) as client:
+            async with make_client() as client:
                 yield ApnsGateway(client, tokens, topic=apns.topic, base_url=apns.base_url)
 
         return Case(
@@ -106,7 +106,7 @@ def case(
 
         @asynccontextmanager
         async def open_webpush() -> AsyncIterator[Gateway]:
-            async with make_client(h2c=True) as client:
+            async with make_client() as client:
                 yield WebPushGateway(client, vapid)
 
         return Case(

@@ -117,7 +117,7 @@ def test_status_mapping(status: int, outcome: Outcome) -> None:
 
 
 async def _send(messages: list[Message], vapid: VapidKey) -> list:  # type: ignore[type-arg]
-    async with make_client(h2c=True) as client:
+    async with make_client() as client:
         gateway = WebPushGateway(client, vapid)
         return [await gateway.send(m) for m in messages]
 

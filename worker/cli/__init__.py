@@ -11,7 +11,9 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-_COMMAND_MODULES: tuple[ModuleType, ...] = ()
+from worker.cli import send
+
+_COMMAND_MODULES: tuple[ModuleType, ...] = (send,)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
