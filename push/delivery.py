@@ -1,0 +1,246 @@
+"""The delivery policy, declared once: circuit breaker, rate limit and retry schedule
+around any gateway.
+
+`Deliverer.send(message, attempt)` returns the gateway's `DeliveryResult`, except that
+
+* an open breaker or an exhausted rate limit answers ``retry`` without a request;
+* every ``retry`` carries `retry_after`: the gateway's Retry-After when it gave one
+  (capped at `RetryPolicy.max_retry_after_s`), else capped exponential backoff with full
+  jitter (``uniform(0, min(cap, base * 2**attempt))``);
+* a ``retry`` at the last allowed attempt becomes ``failed`` with reason
+  ``retries_exhausted:<last reason>``: retries are finite.
+
+The caller (the worker) re-queues a ``retry`` after `retry_after` seconds with
+``attempt + 1``. Breaker and rate-limit state live in pluggable stores
+(`push.stores`), shared by all processes when backed by Redis.
+
+Breaker: per route key (`Gateway.route_key`). A ``credentials`` result trips it at once
+for `auth_open_s`; `failure_threshold` transient gateway failures (5xx, timeouts,
+network errors; not 429) within `window_s` trip it for `open_s`. After that one caller
+wins `claim_probe` and sends a half-open probe; its success closes the breaker, its
+failure re-opens it. Others get ``retry`` meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+
+from push.gateway import RoutedSender, send_one
+from push.messages import Channel, Message
+from push.result import DeliveryResult, Outcome
+from push.stores import (
+    BreakerStore,
+    MemoryBreakerStore,
+    MemoryRateLimitStore,
+    RateLimitStore,
+)
+
+__all__ = ["CircuitBreaker", "Deliverer", "RateLimit", "RateLimiter", "RetryPolicy"]
+
+log = logging.getLogger("push.delivery")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and when to retry. ``max_attempts`` counts the first attempt."""
+
+    max_attempts: int = 8
+    base_s: float = 2.0
+    cap_s: float = 600.0
+    max_retry_after_s: float = 3600.0
+
+    def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Full jitter: uniform between 0 and the capped exponential bound."""
+        bound = min(self.cap_s, self.base_s * 2 ** max(0, attempt))
+        return (rng or random).uniform(0.0, bound)
+
+    def decide(
+        self, result: DeliveryResult, attempt: int, rng: random.Random | None = None
+    ) -> DeliveryResult:
+        """`result` with `retry_after` filled in, or turned into ``failed`` when this
+        was the last attempt. Non-retry results pass through unchanged."""
+        if result.outcome is not Outcome.RETRY:
+            return result
+        if attempt + 1 >= self.max_attempts:
+            return replace(
+                result,
+                outcome=Outcome.FAILED,
+                reason=f"retries_exhausted:{result.reason}",
+                retry_after=None,
+            )
+        if result.retry_after is not None:
+            return result.with_retry_after(min(result.retry_after, self.max_retry_after_s))
+        return result.with_retry_after(self.backoff(attempt, rng))
+
+
+def _is_gateway_failure(result: DeliveryResult) -> bool:
+    """5xx, timeouts and network errors count towards opening the breaker; 429 does not
+    (Retry-After handles it) and nor do the breaker's or limiter's own retries."""
+    if result.outcome is not Outcome.RETRY:
+        return False
+    if result.reason.endswith((":breaker_open", ":rate_limited")):
+        return False
+    return result.status is None or result.status >= 500
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        store: BreakerStore | None = None,
+        *,
+        failure_threshold: int = 5,
+        window_s: float = 30.0,
+        open_s: float = 30.0,
+        auth_open_s: float = 300.0,
+        probe_ttl_s: float = 15.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store or MemoryBreakerStore()
+        self.failure_threshold = failure_threshold
+        self.window_s = window_s
+        self.open_s = open_s
+        self.auth_open_s = auth_open_s
+        self.probe_ttl_s = probe_ttl_s
+        self._clock = clock
+
+    async def before(self, key: str) -> tuple[float, bool]:
+        """``(wait_s, is_probe)``: wait 0 means go ahead (as the probe if `is_probe`)."""
+        open_until = await self.store.open_until(key)
+        if not open_until:
+            return 0.0, False
+        now = self._clock()
+        if now < open_until:
+            return open_until - now, False
+        if await self.store.claim_probe(key, ttl_s=self.probe_ttl_s):
+            return 0.0, True
+        return self.probe_ttl_s, False
+
+    async def after(self, key: str, result: DeliveryResult, *, probe: bool) -> None:
+        now = self._clock()
+        if result.outcome is Outcome.CREDENTIALS:
+            log.error("breaker %s opened: credentials rejected (%s)", key, result.reason)
+            await self.store.trip(key, now + self.auth_open_s)
+        elif _is_gateway_failure(result):
+            if probe:
+                await self.store.trip(key, now + self.open_s)
+                return
+            failures = await self.store.add_failure(key, window_s=self.window_s)
+            if failures >= self.failure_threshold:
+                log.warning("breaker %s opened after %d failures", key, failures)
+                await self.store.trip(key, now + self.open_s)
+        elif probe:
+            log.info("breaker %s closed after a successful probe", key)
+            await self.store.reset(key)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """`rate` messages per second sustained, bursts of up to `burst`."""
+
+    rate: float
+    burst: float
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        limits: Mapping[Channel, RateLimit],
+        store: RateLimitStore | None = None,
+        *,
+        max_wait_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.limits = dict(limits)
+        self.store = store or MemoryRateLimitStore()
+        self.max_wait_s = max_wait_s
+        self._clock = clock
+        self._sleep = sleep
+
+    async def acquire(self, channel: Channel, key: str) -> float:
+        """0.0 once a token is taken (after waiting up to `max_wait_s` in total), else
+        the seconds the caller should come back after."""
+        limit = self.limits.get(channel)
+        if limit is None:
+            return 0.0
+        waited = 0.0
+        while True:
+            wait = await self.store.acquire(
+                key, rate=limit.rate, burst=limit.burst, now=self._clock()
+            )
+            if wait <= 0.0:
+                return 0.0
+            wait = max(wait, 0.001)  # never spin on float rounding
+            if waited + wait > self.max_wait_s:
+                return wait
+            await self._sleep(wait)
+            waited += wait
+
+
+class Deliverer:
+    """A gateway (or `Router`) wrapped in breaker, rate limit and retry policy."""
+
+    def __init__(
+        self,
+        sender: RoutedSender,
+        *,
+        breaker: CircuitBreaker | None = None,
+        limiter: RateLimiter | None = None,
+        retry: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.sender = sender
+        self.breaker = breaker or CircuitBreaker()
+        self.limiter = limiter
+        self.retry = retry or RetryPolicy()
+        self._rng = rng
+
+    def route_key(self, message: Message) -> str:
+        return self.sender.route_key(message)
+
+    async def send(self, message: Message, attempt: int = 0) -> DeliveryResult:
+        """One attempt (0-based `attempt`) under the policy; see the module docstring."""
+        channel = str(message.device.channel)
+        key = self.sender.route_key(message)
+        wait, probe = await self.breaker.before(key)
+        if wait > 0:
+            result = DeliveryResult.retry(
+                message.id, channel, f"{channel}:breaker_open", retry_after=wait
+            )
+            return self.retry.decide(result, attempt, self._rng)
+        if self.limiter is not None:
+            wait = await self.limiter.acquire(message.device.channel, key)
+            if wait > 0:
+                result = DeliveryResult.retry(
+                    message.id, channel, f"{channel}:rate_limited", retry_after=wait
+                )
+                return self.retry.decide(result, attempt, self._rng)
+        result = await send_one(self.sender, message)
+        await self.breaker.after(key, result, probe=probe)
+        return self.retry.decide(result, attempt, self._rng)
+
+    async def send_until_settled(
+        self,
+        message: Message,
+        *,
+        max_wait_s: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> tuple[DeliveryResult, int]:
+        """Retry in-process while the total wait stays under `max_wait_s` (the CLI and
+        tests; the worker re-queues instead). Returns the last result and attempts made."""
+        waited = 0.0
+        attempt = 0
+        while True:
+            result = await self.send(message, attempt)
+            attempt += 1
+            if not result.retryable or result.retry_after is None:
+                return result, attempt
+            if waited + result.retry_after > max_wait_s:
+                return result, attempt
+            await sleep(result.retry_after)
+            waited += result.retry_after

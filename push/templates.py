@@ -1,0 +1,168 @@
+"""Message text from templates: Jinja2's immutable sandbox, plain data only, per locale.
+
+A `TemplateSet` holds, per template name, a dict of locale -> fields (``title``, ``body``,
+any other text field), each a Jinja2 source. Rendering picks the most specific locale
+available along the fallback chain (``pt_BR`` -> ``pt`` -> the default locale), formats
+money, numbers and dates for the *requested* locale with Babel, and refuses context
+values that are not plain data. A template that reaches for Python internals raises
+`TemplateSecurityError`; nothing is sent.
+
+Filters (formatting for the requested locale, exposed as ``locale`` in templates):
+``{{ price|money("EUR") }}``, ``{{ n|number }}``, ``{{ r|percent }}``,
+``{{ day|date("medium") }}``, ``{{ when|datetime("short") }}`` (ISO strings accepted).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import jinja2
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date, format_datetime
+from babel.numbers import format_currency, format_decimal, format_percent
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from push.errors import TemplateError, TemplateSecurityError
+
+__all__ = ["TemplateSet", "locale_chain", "normalize_locale"]
+
+_PLAIN = (str, int, float, bool, Decimal, dt.date, dt.datetime, type(None))
+
+
+def normalize_locale(locale: str) -> str:
+    """``"pt-br"`` -> ``"pt_BR"``; unknown or malformed locales -> ``"en"``."""
+    try:
+        return str(Locale.parse(locale.replace("-", "_")))
+    except (UnknownLocaleError, ValueError, TypeError):
+        return "en"
+
+
+def locale_chain(locale: str, default: str = "en") -> list[str]:
+    """Most specific first: ``"pt_BR"`` -> ``["pt_BR", "pt", "en"]``."""
+    chain: list[str] = []
+    parts = normalize_locale(locale).split("_")
+    for n in range(len(parts), 0, -1):
+        candidate = "_".join(parts[:n])
+        if candidate not in chain:
+            chain.append(candidate)
+    if default not in chain:
+        chain.append(default)
+    return chain
+
+
+def _check_plain(value: Any, path: str = "context") -> None:
+    if isinstance(value, _PLAIN):
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TemplateError(f"{path} has a non-string key")
+            _check_plain(item, f"{path}.{key}")
+        return
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{path}[{i}]")
+        return
+    raise TemplateError(f"{path} is a {type(value).__name__}; templates take plain data only")
+
+
+class TemplateSet:
+    """Compiled templates, safe to share between tasks (rendering has no side effects)."""
+
+    def __init__(
+        self,
+        templates: Mapping[str, Mapping[str, Mapping[str, str]]],
+        *,
+        default_locale: str = "en",
+    ) -> None:
+        self._env = ImmutableSandboxedEnvironment(
+            undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False
+        )
+        self._env.filters.update(_FILTERS)
+        self._default = normalize_locale(default_locale)
+        self._compiled: dict[str, dict[str, dict[str, jinja2.Template]]] = {}
+        for name, locales in templates.items():
+            self._compiled[name] = {}
+            for locale, fields in locales.items():
+                key = normalize_locale(locale) if locale != self._default else locale
+                try:
+                    self._compiled[name][key] = {
+                        field: self._env.from_string(source) for field, source in fields.items()
+                    }
+                except jinja2.TemplateSyntaxError as exc:
+                    raise TemplateError(f"template {name}/{locale}: {exc}") from exc
+
+    def names(self) -> list[str]:
+        return sorted(self._compiled)
+
+    def render(self, name: str, locale: str, context: Mapping[str, Any]) -> dict[str, str]:
+        """Every field of template `name` rendered for `locale`.
+
+        Raises `TemplateError` (unknown template, undefined variable, non-plain context)
+        or `TemplateSecurityError` (sandbox violation).
+        """
+        if name not in self._compiled:
+            raise TemplateError(f"no template named {name!r}")
+        _check_plain(dict(context))
+        variants = self._compiled[name]
+        chosen = next((loc for loc in locale_chain(locale, self._default) if loc in variants), None)
+        if chosen is None:
+            raise TemplateError(f"template {name!r} has no variant for {locale!r} or its fallbacks")
+        values = {**context, "locale": normalize_locale(locale)}
+        out: dict[str, str] = {}
+        for field, template in variants[chosen].items():
+            try:
+                out[field] = template.render(values).strip()
+            except SecurityError as exc:
+                raise TemplateSecurityError(
+                    f"template {name}/{chosen} field {field}: {exc}"
+                ) from exc
+            except jinja2.TemplateError as exc:
+                raise TemplateError(f"template {name}/{chosen} field {field}: {exc}") from exc
+            except (TypeError, ValueError, ArithmeticError) as exc:
+                raise TemplateError(f"template {name}/{chosen} field {field}: {exc}") from exc
+        return out
+
+
+def _locale_of(context: Any) -> str:
+    return str(context.get("locale", "en"))
+
+
+@jinja2.pass_context
+def _money(context: Any, amount: Any, currency: str) -> str:
+    return str(format_currency(Decimal(str(amount)), currency, locale=_locale_of(context)))
+
+
+@jinja2.pass_context
+def _number(context: Any, value: Any) -> str:
+    return str(format_decimal(value, locale=_locale_of(context)))
+
+
+@jinja2.pass_context
+def _percent(context: Any, value: Any) -> str:
+    return str(format_percent(value, locale=_locale_of(context)))
+
+
+@jinja2.pass_context
+def _date(context: Any, value: dt.date | str, format: str = "medium") -> str:
+    day = dt.date.fromisoformat(value) if isinstance(value, str) else value
+    return str(format_date(day, format=format, locale=_locale_of(context)))
+
+
+@jinja2.pass_context
+def _datetime(context: Any, value: dt.datetime | str, format: str = "medium") -> str:
+    when = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+    return str(format_datetime(when, format=format, locale=_locale_of(context)))
+
+
+_FILTERS = {
+    "money": _money,
+    "number": _number,
+    "percent": _percent,
+    "date": _date,
+    "datetime": _datetime,
+}

@@ -1,0 +1,5 @@
+import sys
+
+from push.testing.serve import main
+
+sys.exit(main())

@@ -1,0 +1,171 @@
+"""Delivery policy: retry schedule, circuit breaker, rate limit (fake gateway, fake clock)
+and one end-to-end retry against the local FCM server."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from push.delivery import CircuitBreaker, Deliverer, RateLimit, RateLimiter, RetryPolicy
+from push.fake import RecordingGateway
+from push.gateway import send_many
+from push.messages import Channel
+from push.result import DeliveryResult, Outcome
+from tests.push.helpers import fcm_token, message
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _msg():  # type: ignore[no-untyped-def]
+    return message(Channel.FCM, fcm_token())
+
+
+def test_retry_after_is_honoured_and_capped() -> None:
+    policy = RetryPolicy(max_retry_after_s=100)
+    result = DeliveryResult.retry("m", "fcm", "fcm:QUOTA_EXCEEDED", retry_after=30, status=429)
+    assert policy.decide(result, 0).retry_after == 30
+    long = DeliveryResult.retry("m", "fcm", "x", retry_after=10_000, status=429)
+    assert policy.decide(long, 0).retry_after == 100
+
+
+def test_backoff_is_full_jitter_below_the_capped_bound() -> None:
+    policy = RetryPolicy(base_s=2, cap_s=60)
+    rng = random.Random(7)
+    for attempt, bound in [(0, 2), (1, 4), (3, 16), (10, 60)]:
+        delays = [policy.backoff(attempt, rng) for _ in range(200)]
+        assert all(0 <= d <= bound for d in delays)
+        assert max(delays) > bound * 0.8  # spread over the whole range
+
+
+def test_retries_are_finite() -> None:
+    policy = RetryPolicy(max_attempts=3)
+    result = DeliveryResult.retry("m", "fcm", "fcm:UNAVAILABLE", status=503)
+    assert policy.decide(result, 1).outcome is Outcome.RETRY
+    final = policy.decide(result, 2)
+    assert final.outcome is Outcome.FAILED
+    assert final.reason == "retries_exhausted:fcm:UNAVAILABLE"
+
+
+def test_permanent_results_are_never_retried() -> None:
+    policy = RetryPolicy()
+    for result in (
+        DeliveryResult.failed("m", "fcm", "fcm:INVALID_ARGUMENT"),
+        DeliveryResult.device_invalid("m", "fcm", "fcm:UNREGISTERED"),
+    ):
+        assert policy.decide(result, 0) == result
+
+
+def test_burst_of_5xx_opens_breaker_then_probe_closes_it() -> None:
+    clock = Clock()
+    gateway = RecordingGateway(latency_s=0.01)
+    deliverer = Deliverer(
+        gateway, breaker=CircuitBreaker(failure_threshold=3, open_s=30, clock=clock)
+    )
+
+    async def go() -> None:
+        gateway.script(Outcome.RETRY, Outcome.RETRY, Outcome.RETRY)
+        for _ in range(3):
+            assert (await deliverer.send(_msg())).reason == "fcm:fake_unavailable"
+        blocked = await deliverer.send(_msg())
+        assert blocked.reason == "fcm:breaker_open"
+        assert blocked.retry_after == pytest.approx(30)
+        assert len(gateway.sent) == 3  # no request while open
+        clock.now += 31
+        probe, other = await asyncio.gather(deliverer.send(_msg()), deliverer.send(_msg()))
+        assert probe.delivered
+        assert other.reason == "fcm:breaker_open"  # only one half-open probe
+        assert (await deliverer.send(_msg())).delivered  # closed again
+
+    asyncio.run(go())
+
+
+def test_failed_probe_reopens_the_breaker() -> None:
+    clock = Clock()
+    gateway = RecordingGateway()
+    breaker = CircuitBreaker(failure_threshold=1, open_s=10, clock=clock)
+    deliverer = Deliverer(gateway, breaker=breaker)
+
+    async def go() -> None:
+        gateway.script(Outcome.RETRY, Outcome.RETRY)
+        await deliverer.send(_msg())
+        clock.now += 11
+        assert (await deliverer.send(_msg())).reason == "fcm:fake_unavailable"  # the probe
+        assert (await deliverer.send(_msg())).reason == "fcm:breaker_open"
+
+    asyncio.run(go())
+
+
+def test_credentials_failure_opens_breaker_at_once() -> None:
+    clock = Clock()
+    gateway = RecordingGateway()
+    deliverer = Deliverer(gateway, breaker=CircuitBreaker(auth_open_s=300, clock=clock))
+
+    async def go() -> None:
+        gateway.script(Outcome.CREDENTIALS)
+        assert (await deliverer.send(_msg())).outcome is Outcome.CREDENTIALS
+        blocked = await deliverer.send(_msg())
+        assert blocked.reason == "fcm:breaker_open" and blocked.retry_after == pytest.approx(300)
+
+    asyncio.run(go())
+
+
+def test_rate_limit_lets_a_burst_through_then_defers() -> None:
+    clock = Clock()
+    limiter = RateLimiter({Channel.FCM: RateLimit(rate=2, burst=3)}, max_wait_s=0, clock=clock)
+    gateway = RecordingGateway()
+    deliverer = Deliverer(gateway, limiter=limiter)
+
+    async def go() -> None:
+        results = [await deliverer.send(_msg()) for _ in range(4)]
+        assert [r.delivered for r in results] == [True, True, True, False]
+        assert results[3].reason == "fcm:rate_limited"
+        assert results[3].retry_after == pytest.approx(0.5)
+        clock.now += 0.5
+        assert (await deliverer.send(_msg())).delivered
+
+    asyncio.run(go())
+
+
+def test_rate_limit_waits_briefly_in_process() -> None:
+    clock = Clock()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.now += seconds
+
+    limiter = RateLimiter(
+        {Channel.FCM: RateLimit(rate=10, burst=1)}, max_wait_s=1, clock=clock, sleep=sleep
+    )
+
+    async def go() -> list[float]:
+        return [await limiter.acquire(Channel.FCM, "k") for _ in range(3)]
+
+    assert asyncio.run(go()) == [0.0, 0.0, 0.0]
+    assert slept == [pytest.approx(0.1), pytest.approx(0.1)]
+
+
+def test_send_many_keeps_order_and_isolates_failures() -> None:
+    gateway = RecordingGateway()
+    gateway.script(Outcome.DELIVERED, Outcome.FAILED, Outcome.DELIVERED)
+    messages = [_msg() for _ in range(50)]
+    results = asyncio.run(send_many(Deliverer(gateway), messages, concurrency=8))
+    assert [r.message_id for r in results] == [m.id for m in messages]
+    assert sum(not r.delivered for r in results) == 1
+
+
+def test_send_until_settled_retries_inline() -> None:
+    gateway = RecordingGateway()
+    gateway.script(
+        lambda m: DeliveryResult.retry(m.id, "fcm", "fcm:UNAVAILABLE", retry_after=0.0, status=503)
+    )
+    result, attempts = asyncio.run(Deliverer(gateway).send_until_settled(_msg()))
+    assert result.delivered and attempts == 2

@@ -1,0 +1,165 @@
+"""Web Push: RFC 8291 encryption, RFC 8292 VAPID, and sends to the local push service
+that decrypts with the subscriber's keys."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+
+import http_ece
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from push.errors import PayloadTooLargeError
+from push.gateways.vapid import VapidKey
+from push.gateways.webpush import WebPushGateway, build_webpush_request, map_webpush_response
+from push.http import make_client
+from push.messages import Channel, Device, Message, WebPushSubscription
+from push.result import Outcome
+from push.testing import Scripted, WebPushService
+
+SUBJECT = "mailto:ops@shop.example"
+
+
+def _subscriber() -> tuple[WebPushSubscription, ec.EllipticCurvePrivateKey, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    auth = os.urandom(16)
+    raw = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    b64 = lambda b: base64.urlsafe_b64encode(b).decode().rstrip("=")  # noqa: E731
+    sub = WebPushSubscription("https://push.example/send/abc", b64(raw), b64(auth))
+    return sub, key, auth
+
+
+def _message(sub: WebPushSubscription | dict, **overrides: object) -> Message:  # type: ignore[type-arg]
+    subscription = (
+        sub if isinstance(sub, WebPushSubscription) else WebPushSubscription.from_json(sub)
+    )
+    fields: dict[str, object] = {
+        "id": "m" + os.urandom(6).hex(),
+        "device": Device(Channel.WEBPUSH, subscription=subscription),
+        "title": "Back in stock",
+        "body": "Your size is here",
+        "link": "https://shop.example/p/1",
+    }
+    fields.update(overrides)
+    return Message(**fields)  # type: ignore[arg-type]
+
+
+def test_request_decrypts_with_subscriber_keys_and_carries_vapid() -> None:
+    sub, key, auth = _subscriber()
+    vapid = VapidKey.generate(SUBJECT)
+    msg = _message(sub)
+    req = build_webpush_request(msg, vapid=vapid, now=1_700_000_000)
+    assert req.headers["content-encoding"] == "aes128gcm"
+    assert req.headers["ttl"] == "86400"
+    assert req.headers["topic"] == msg.id
+    plaintext = http_ece.decrypt(req.body, private_key=key, auth_secret=auth, version="aes128gcm")
+    assert json.loads(plaintext)["title"] == "Back in stock"
+    scheme, params = req.headers["authorization"].split(" ", 1)
+    assert scheme == "vapid"
+    t, k = (p.split("=", 1)[1] for p in params.split(", "))
+    assert k == vapid.public_key_b64
+    claims = jwt.decode(
+        t,
+        vapid.private_key.public_key(),
+        algorithms=["ES256"],
+        audience="https://push.example",
+        options={"verify_exp": False},
+    )
+    assert claims["sub"] == SUBJECT
+    assert claims["exp"] - 1_700_000_000 <= 24 * 3600
+
+
+def test_every_message_gets_a_fresh_key_and_salt() -> None:
+    sub, _, _ = _subscriber()
+    vapid = VapidKey.generate(SUBJECT)
+    msg = _message(sub)
+    first, second = (build_webpush_request(msg, vapid=vapid, now=0).body for _ in range(2))
+    assert first[:16] != second[:16]  # salt
+    assert first[21:86] != second[21:86]  # sender's ephemeral public key
+
+
+def test_plaintext_limit_is_3993_bytes_after_shortening() -> None:
+    sub, key, auth = _subscriber()
+    msg = _message(sub, body="ü" * 5000)
+    req = build_webpush_request(msg, vapid=VapidKey.generate(SUBJECT), now=0)
+    assert len(req.body) <= 4096
+    plaintext = http_ece.decrypt(req.body, private_key=key, auth_secret=auth, version="aes128gcm")
+    assert len(plaintext) <= 3993
+    with pytest.raises(PayloadTooLargeError):
+        build_webpush_request(
+            _message(sub, data={"blob": "x" * 4000}), vapid=VapidKey.generate(SUBJECT), now=0
+        )
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (201, Outcome.DELIVERED),
+        (404, Outcome.DEVICE_INVALID),
+        (410, Outcome.DEVICE_INVALID),
+        (403, Outcome.DEVICE_INVALID),
+        (401, Outcome.CREDENTIALS),
+        (413, Outcome.FAILED),
+        (429, Outcome.RETRY),
+        (503, Outcome.RETRY),
+    ],
+)
+def test_status_mapping(status: int, outcome: Outcome) -> None:
+    sub, _, _ = _subscriber()
+    assert map_webpush_response(_message(sub), status, {}).outcome is outcome
+
+
+async def _send(messages: list[Message], vapid: VapidKey) -> list:  # type: ignore[type-arg]
+    async with make_client() as client:
+        gateway = WebPushGateway(client, vapid)
+        return [await gateway.send(m) for m in messages]
+
+
+def test_push_service_decrypts_and_records(webpush: WebPushService) -> None:
+    vapid = VapidKey.generate(SUBJECT)
+    msg = _message(webpush.subscribe(vapid.public_key_b64), coupon="7KQ2-M9XD")
+    [result] = asyncio.run(_send([msg], vapid))
+    assert result.outcome is Outcome.DELIVERED, result
+    assert result.gateway_id and "/m/" in result.gateway_id
+    [record] = webpush.received
+    assert record["payload"]["coupon"] == "7KQ2-M9XD"
+    assert record["payload"]["link"].endswith("pr_mid=" + msg.id)
+    assert record["headers"]["topic"] == msg.id
+
+
+def test_gone_subscription_is_device_invalid(webpush: WebPushService) -> None:
+    subscription = webpush.subscribe()
+    webpush.script.unregister(subscription["endpoint"].rsplit("/", 1)[1])
+    [result] = asyncio.run(_send([_message(subscription)], VapidKey.generate(SUBJECT)))
+    assert result.outcome is Outcome.DEVICE_INVALID and result.status == 410
+
+
+def test_subscription_bound_to_another_key_is_403(webpush: WebPushService) -> None:
+    other = VapidKey.generate(SUBJECT)
+    [result] = asyncio.run(
+        _send([_message(webpush.subscribe(other.public_key_b64))], VapidKey.generate(SUBJECT))
+    )
+    assert result.status == 403
+
+
+def test_429_with_retry_after(webpush: WebPushService) -> None:
+    subscription = webpush.subscribe()
+    path = "/" + subscription["endpoint"].split("/", 3)[3]
+    webpush.script.push(Scripted(429, retry_after="12"), key=path)
+    [result] = asyncio.run(_send([_message(subscription)], VapidKey.generate(SUBJECT)))
+    assert result.outcome is Outcome.RETRY and result.retry_after == 12.0
+
+
+def test_vapid_jwt_is_reused_per_origin() -> None:
+    vapid = VapidKey.generate(SUBJECT)
+    a = vapid.authorization("https://push.example/x", now=1000)
+    assert vapid.authorization("https://push.example/y", now=2000) == a
+    assert vapid.authorization("https://other.example/y", now=2000) != a
+    assert vapid.authorization("https://push.example/y", now=1000 + 12 * 3600) != a
