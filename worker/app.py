@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import task_prerun, worker_process_init, worker_process_shutdown
 from kombu import Exchange, Queue
 
 from worker import contract
@@ -26,9 +26,13 @@ class PushrecApp(Celery):
     def runtime(self) -> Runtime:
         """This process's runtime, opened on first use; a forked child opens its own."""
         if self._runtime is None or self._runtime_pid != os.getpid():
-            self._runtime = Runtime.open(self.settings)
+            self._runtime = Runtime.open(self.settings, enqueue=self.enqueue)
             self._runtime_pid = os.getpid()
         return self._runtime
+
+    def enqueue(self, task_name: str, kwargs: dict[str, Any]) -> None:
+        """Send one of pushrec's tasks to its configured queue."""
+        self.send_task(task_name, kwargs=kwargs, queue=queue_for(self.settings, task_name))
 
     def close_runtime(self) -> None:
         if self._runtime is not None and self._runtime_pid == os.getpid():
@@ -115,5 +119,12 @@ def create_app(settings: Settings) -> PushrecApp:
     @worker_process_shutdown.connect(weak=False)
     def _close(**_: object) -> None:
         app.close_runtime()
+
+    @task_prerun.connect(weak=False)
+    def _between_tasks(**_: object) -> None:
+        # A newer index loaded in the background is swapped in here, never mid-task.
+        runtime = app._runtime
+        if runtime is not None and runtime.has_index:
+            runtime.index.between_tasks()
 
     return app

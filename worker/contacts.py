@@ -85,6 +85,18 @@ class Contacts:
             self._client.delete(owner_key)
         return removed > 0
 
+    def deactivate(
+        self, user_id: str, device_id: str, invalid_since: float | None, reason: str
+    ) -> bool:
+        """Mark a device inactive after its gateway said it is gone. With `invalid_since`
+        (APNs 410's timestamp), a device registered again after that time stays active.
+        Returns True if it was deactivated."""
+        done = self._scripts.deactivate_device(
+            keys=[self._keys.user(user_id).devices],
+            args=[device_id, "" if invalid_since is None else repr(invalid_since), reason],
+        )
+        return bool(done)
+
     def devices(self, user_id: str) -> dict[str, dict[str, Any]]:
         raw: dict[str, str] = self._client.hgetall(self._keys.user(user_id).devices)  # type: ignore[assignment]
         return {did: json.loads(record) for did, record in raw.items()}

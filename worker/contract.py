@@ -18,6 +18,9 @@ UNREGISTER_DEVICE: Final = "pushrec.unregister_device"
 SET_PREFERENCES: Final = "pushrec.set_preferences"
 FORGET_USER: Final = "pushrec.forget_user"
 NOOP: Final = "pushrec.noop"
+# Internal tasks (pushrec sends these to itself; not for producers).
+FIRE: Final = "pushrec.fire"
+DELIVER: Final = "pushrec.deliver"
 
 # Which logical queue each task goes to; queue names themselves are settings.
 ACTIVITY: Final = "activity"
@@ -33,6 +36,8 @@ TASK_QUEUES: Final[dict[str, str]] = {
     SET_PREFERENCES: ACTIVITY,
     FORGET_USER: MAINTENANCE,
     NOOP: ACTIVITY,
+    FIRE: ACTIVITY,
+    DELIVER: PUSH,
 }
 
 EVENT_TYPES: Final = (

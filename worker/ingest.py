@@ -26,6 +26,7 @@ from worker.events import (
     parse_user_id,
 )
 from worker.runtime import Runtime
+from worker.triggers import Trigger
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,28 @@ def track(
             rt.rejected.record(task, exc.code, exc.reason, raw)
             rejected += 1
     result = rt.state.apply_events(events, now, delivery_id)
+    fresh = result.newly_applied
+    rt.audit.attribute(fresh)
+    schedule(rt, rt.triggers.for_events(fresh, now), now)
     return {"applied": result.applied, "duplicates": result.duplicates, "rejected": rejected}
+
+
+_DIRECT_MAX = 50  # larger fan-outs go through the delayed set, drained by the scheduler
+
+
+def schedule(rt: Runtime, triggers: list[Trigger], now: float) -> None:
+    """Queue rule firings: due ones straight to the activity queue, the rest (and big
+    fan-outs) parked in the delayed set until due."""
+    direct = len(triggers) <= _DIRECT_MAX
+    pipe = rt.redis.pipeline(transaction=False)
+    for trigger in triggers:
+        job = trigger.job()
+        if direct and trigger.due <= now:
+            rt.enqueue(job.task, job.kwargs)
+        else:
+            rt.delayed.schedule(job, trigger.due, pipe=pipe)
+    pipe.execute()
+    rt.metrics.add({"rules.triggered": len(triggers)})
 
 
 def track_one(rt: Runtime, event: Any, now: float, delivery_id: str) -> dict[str, int]:
@@ -81,6 +103,7 @@ def upsert_items(rt: Runtime, items: Any, now: float) -> tuple[dict[str, int], l
         except InvalidInput as exc:
             rt.rejected.record(contract.UPSERT_ITEMS, exc.code, exc.reason, raw)
     changes = rt.catalog.upsert(valid, now)
+    schedule(rt, rt.triggers.for_item_changes(changes, now), now)
     total = len(items) if isinstance(items, list) else 1
     return {
         "upserted": len(valid),

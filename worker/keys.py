@@ -100,6 +100,12 @@ class UserKeys:
         """list, newest first: JSON decision records (audit); capped."""
         return f"{self.base}:decisions"
 
+    @property
+    def attribution(self) -> str:
+        """hash: item_id -> JSON {message_id, rule, cell, at} of the last message (or holdout
+        decision) about it, for purchases that carry no push_id."""
+        return f"{self.base}:attribution"
+
     def all(self) -> list[str]:
         return [
             self.profile,
@@ -118,6 +124,7 @@ class UserKeys:
             self.pushed_items,
             self.purchase_first,
             self.decisions,
+            self.attribution,
         ]
 
     def event_state(self) -> list[str]:
@@ -152,6 +159,31 @@ class ItemKeys:
 
 
 @dataclass(frozen=True)
+class MessageKeys:
+    base: str
+
+    @property
+    def record(self) -> str:
+        """string: the MessageRecord JSON; created once (SET NX), the send ledger."""
+        return f"{self.base}:record"
+
+    @property
+    def state(self) -> str:
+        """hash: state, updated_at, dev:<device_id> -> sending|sent|invalid|failed|retry."""
+        return f"{self.base}:state"
+
+    @property
+    def attempts(self) -> str:
+        """list: JSON delivery attempts, oldest first; capped."""
+        return f"{self.base}:attempts"
+
+    @property
+    def outcome(self) -> str:
+        """hash: opened, clicked, converted -> time (attribution, each counted once)."""
+        return f"{self.base}:outcome"
+
+
+@dataclass(frozen=True)
 class Keys:
     """Key names under one prefix."""
 
@@ -162,6 +194,27 @@ class Keys:
 
     def item(self, item_id: str) -> ItemKeys:
         return ItemKeys(f"{self.prefix}:{{i:{item_id}}}")
+
+    def message(self, message_id: str) -> MessageKeys:
+        return MessageKeys(f"{self.prefix}:{{m:{message_id}}}")
+
+    def rule_stats(self, rule: str) -> str:
+        """hash: decided, sent, delivered, held_out, opened, clicked, converted, … of a rule."""
+        return f"{self.prefix}:stats:{rule}"
+
+    def interested(self, item_id: str) -> str:
+        """zset: user_id -> last time they viewed or carted the item (catalog rule fan-out)."""
+        return f"{self.prefix}:{{i:{item_id}}}:interested"
+
+    @property
+    def scheduler_lock(self) -> str:
+        """string: owner of the scheduler lead (expires unless renewed)."""
+        return f"{self.prefix}:scheduler:leader"
+
+    @property
+    def index_version(self) -> str:
+        """string: the index artifact version workers should serve."""
+        return f"{self.prefix}:index:current"
 
     def device_owner(self, device_id: str) -> str:
         """string: user_id that last registered this device (a token moves between users)."""

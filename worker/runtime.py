@@ -6,21 +6,32 @@ at process shutdown; tasks receive it, never build their own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from worker.audit import Audit
 from worker.catalog import Catalog
 from worker.contacts import Contacts
+from worker.delayed import DelayedJobs
 from worker.events import Limits
+from worker.firing import Firer
+from worker.gateways import gateway_config
+from worker.index_holder import IndexHolder
 from worker.keys import Keys
 from worker.metrics import Metrics
+from worker.outbox import Outbox
+from worker.policy import ContactPolicy
 from worker.rejections import RejectedLog
 from worker.scripts import Scripts
+from worker.sending import PushRuntime, Sender
 from worker.settings import Settings
 from worker.state import StateStore
+from worker.triggers import Triggers
 
 
 def connect_redis(url: str) -> redis.Redis:
@@ -39,20 +50,39 @@ def connect_redis(url: str) -> redis.Redis:
     )
 
 
+Enqueue = Callable[[str, dict[str, Any]], None]
+
+
+def _no_enqueue(task: str, kwargs: dict[str, Any]) -> None:
+    raise RuntimeError(f"this runtime cannot send tasks ({task})")
+
+
 @dataclass
 class Runtime:
     settings: Settings
     redis: redis.Redis
     keys: Keys
+    scripts: Scripts
     metrics: Metrics
     rejected: RejectedLog
     state: StateStore
     catalog: Catalog
     contacts: Contacts
     limits: Limits
+    policy: ContactPolicy
+    outbox: Outbox
+    audit: Audit
+    delayed: DelayedJobs
+    triggers: Triggers
+    enqueue: Enqueue = _no_enqueue
+    _index: IndexHolder | None = field(default=None, repr=False)
+    _push: PushRuntime | None = field(default=None, repr=False)
+    _firer: Firer | None = field(default=None, repr=False)
+    _sender: Sender | None = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, settings: Settings) -> Runtime:
+    def open(cls, settings: Settings, enqueue: Enqueue = _no_enqueue) -> Runtime:
+        """Connect to Redis and build the stores; gateways and index open on first use."""
         if settings.redis_url is None:
             raise ValueError("Runtime.open needs settings with a redis_url")
         client = connect_redis(settings.redis_url)
@@ -63,13 +93,59 @@ class Runtime:
             settings=settings,
             redis=client,
             keys=keys,
+            scripts=scripts,
             metrics=metrics,
             rejected=RejectedLog(client, keys, metrics, settings.rejected_log_maxlen),
             state=StateStore(client, keys, settings, scripts, metrics),
             catalog=Catalog(client, keys, scripts, metrics, settings.item_changes_max),
             contacts=Contacts(client, keys, scripts, settings.user_ttl_s),
             limits=Limits.from_settings(settings),
+            policy=ContactPolicy(client, keys, scripts, settings),
+            outbox=Outbox(client, keys),
+            audit=Audit(
+                client,
+                keys,
+                settings.decisions_kept,
+                settings.attribution_window_s,
+                settings.user_ttl_s,
+            ),
+            delayed=DelayedJobs(client, keys, scripts),
+            triggers=Triggers(client, keys, settings.rules, settings.trigger_max_age_s),
+            enqueue=enqueue,
         )
 
+    @property
+    def has_index(self) -> bool:
+        return self._index is not None
+
+    @property
+    def index(self) -> IndexHolder:
+        """The process's index holder (loads the published artifact on first use)."""
+        if self._index is None:
+            self._index = IndexHolder(self.settings.index_store_dir, self.redis, self.keys)
+            self._index.load_now()
+        return self._index
+
+    def firer(self) -> Firer:
+        """Rule firing (compiled templates, the index), built on first use."""
+        if self._firer is None:
+            self._firer = Firer(
+                self.redis, self.keys, self.settings, self.state, self.contacts, self.policy,
+                self.outbox, self.audit, self.delayed, self.index, self.enqueue,
+            )  # fmt: skip
+        return self._firer
+
+    def sender(self) -> Sender:
+        """Delivery (HTTP clients, gateways), opened on first use: push workers only."""
+        if self._sender is None:
+            self._push = PushRuntime(self.settings, gateway_config(self.settings))
+            self._sender = Sender(
+                self.redis, self.keys, self.settings, self.contacts, self.policy, self.outbox,
+                self.audit, self.delayed, self._push,
+            )  # fmt: skip
+        return self._sender
+
     def close(self) -> None:
+        if self._push is not None:
+            self._push.close()
         self.redis.close()

@@ -21,6 +21,7 @@ class Scripts:
     delayed_claim: Script
     delayed_ack: Script
     contact_reserve: Script
+    deactivate_device: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:
@@ -31,4 +32,5 @@ class Scripts:
             delayed_claim=client.register_script(_source("delayed_claim")),
             delayed_ack=client.register_script(_source("delayed_ack")),
             contact_reserve=client.register_script(_source("contact_reserve")),
+            deactivate_device=client.register_script(_source("deactivate_device")),
         )

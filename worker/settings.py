@@ -140,6 +140,16 @@ class Settings(BaseSettings):
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
     decisions_kept: int = Field(default=20, ge=1, le=1000, description="Per shopper, for audit.")
 
+    push_rate_per_s: float = Field(
+        default=500.0, gt=0, description="Sustained sends per second per gateway credential."
+    )
+    push_rate_burst: float = Field(default=1000.0, ge=1)
+    push_max_attempts: int = Field(default=8, ge=1, le=50, description="Per device, then failed.")
+
+    scheduler_poll_s: float = Field(
+        default=1.0, gt=0, le=60, description="How often due delayed jobs are moved."
+    )
+
     # --- index -----------------------------------------------------------------------
     index_store: Path | None = Field(default=None, description="Default: <state_dir>/index.")
 

@@ -60,6 +60,12 @@ class ApplyResult:
     """What `apply_events` did with each event, by position."""
 
     statuses: list[int] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def newly_applied(self) -> list[Event]:
+        """The events this call applied for the first time (rules fire on these)."""
+        return [e for e, s in zip(self.events, self.statuses, strict=True) if s == APPLIED]
 
     @property
     def applied(self) -> int:
@@ -86,6 +92,9 @@ class StateStore:
         self._settings = settings
         self._scripts = scripts
         self._metrics = metrics
+        # item -> interested shoppers is kept as long as the longest rule looks back
+        days = max((rule.interest_days for rule in settings.rules), default=14)
+        self._interest_ttl_s = days * 86_400
 
     def apply_events(self, events: Sequence[Event], now: float, delivery_id: str) -> ApplyResult:
         """Apply valid `events` (in order); duplicates of earlier event_ids change nothing.
@@ -126,7 +135,7 @@ class StateStore:
         )
         self._metrics.add(counts, pipe=side_effects)
         side_effects.execute()
-        return ApplyResult(statuses)
+        return ApplyResult(statuses, list(events))
 
     def _catalog_facts(self, item_ids: set[str]) -> dict[str, tuple[str, str]]:
         """item_id -> (category, price) from the catalog; '' where unknown."""
@@ -212,6 +221,10 @@ class StateStore:
             pending.setdefault(self._keys.user(event.user_id).pending_events, []).append(
                 event.event_id
             )
+            if event.item_id and event.type in {"view", "add_to_cart"}:
+                interested = self._keys.interested(event.item_id)
+                pipe.zadd(interested, {event.user_id: event.ts}, gt=True)
+                pipe.expire(interested, self._interest_ttl_s)
             weight = INTEREST_WEIGHTS[event.type]
             bucket = int(event.ts // s.trending_bucket_s)
             expires_at = (bucket + 1 + s.trending_buckets_kept) * s.trending_bucket_s

@@ -18,6 +18,7 @@ from celery import Task
 
 from worker import contract, ingest
 from worker.app import PushrecApp
+from worker.firing import FireJob
 from worker.runtime import Runtime
 
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
@@ -126,6 +127,20 @@ def register_tasks(app: PushrecApp) -> None:
         if reason := _call_shape(self, args, kwargs, {"user_id"}):
             return _shape_rejected(self, reason, {"args": args, "kwargs": kwargs})
         return _run(self, lambda rt: ingest.erase_user(rt, kwargs["user_id"]))
+
+    @app.task(name=contract.FIRE, bind=True, base=PushrecTask)
+    def fire(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
+        """Internal: evaluate one rule for one shopper (from triggers and the scheduler)."""
+        job = FireJob.from_kwargs(kwargs)
+        return _run(self, lambda rt: rt.firer().fire(job, time.time()))
+
+    @app.task(name=contract.DELIVER, bind=True, base=PushrecTask)
+    def deliver(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
+        """Internal: send a queued message to the shopper's devices (push queue)."""
+        mid = str(kwargs["message_id"])
+        attempt = int(kwargs.get("attempt", 0))
+        only = kwargs.get("devices")
+        return _run(self, lambda rt: rt.sender().deliver(mid, time.time(), attempt, only))
 
     @app.task(name=contract.NOOP, bind=True, base=PushrecTask)
     def noop(self: PushrecTask, *args: Any, **kwargs: Any) -> None:

@@ -37,8 +37,9 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
     rt.close()
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
+def worker_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHREC_")}
+    env.update(extra or {})
     env.update(
         PUSHREC_REDIS_URL=str(settings.redis_url),
         PUSHREC_KEY_PREFIX=settings.key_prefix,
@@ -56,13 +57,29 @@ def worker_env(settings: Settings) -> dict[str, str]:
 class WorkerProcess:
     """A real `pushrec worker` subprocess; its log is kept for failure messages."""
 
-    def __init__(self, settings: Settings, log_path: Path, name: str, concurrency: int) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log_path: Path,
+        name: str,
+        concurrency: int,
+        *,
+        env: dict[str, str] | None = None,
+        command: tuple[str, ...] = (),
+        ready: str = " ready.",
+    ) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
+        self._ready = ready
+        args = command or (
+            "worker",
+            f"--concurrency={concurrency}",
+            f"--name={name}@%h",
+            "--loglevel=INFO",
+        )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "worker", f"--concurrency={concurrency}",
-             f"--name={name}@%h", "--loglevel=INFO"],
-            env=worker_env(settings),
+            [sys.executable, "-m", "worker", *args],
+            env=worker_env(settings, env),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -74,7 +91,7 @@ class WorkerProcess:
 
     def _wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
-        while " ready." not in self.log():
+        while self._ready not in self.log():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"worker did not start:\n{self.log()[-3000:]}")

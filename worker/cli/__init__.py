@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from worker.cli import index, send, serve, user
+from worker.cli import index, schedule, send, serve, user
 
-_COMMAND_MODULES: tuple[ModuleType, ...] = (serve, user, index, send)
+_COMMAND_MODULES: tuple[ModuleType, ...] = (serve, schedule, user, index, send)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,162 @@
+"""Pieces for end-to-end tests of the real-time path: local gateways, a small planted
+index, a catalog, rule configs, and a worker + scheduler pair reading them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from indexing import ModelParams, publish, read_events, save_model, train_model
+from tests.indexing.conftest import BLOCKS, ITEMS_PER_BLOCK, planted_rows
+from tests.worker.conftest import WorkerProcess
+from worker import ingest
+from worker.runtime import Runtime
+from worker.settings import Settings
+
+
+def build_planted_index(store: Path, seed: int = 0) -> str:
+    """Train on planted blocks (users of block b touch only items b<b>-*) and publish."""
+    log, _ = read_events(planted_rows(seed))
+    version, _ = save_model(store, train_model(log, ModelParams()))
+    publish(store, version, force=True)
+    return version
+
+
+def planted_catalog() -> list[dict[str, Any]]:
+    return [
+        {
+            "item_id": f"b{b}-{j}",
+            "title": f"Item {j} of block {b}",
+            "category": f"block{b}",
+            "price": 10.0 + j,
+            "stock": 5,
+            "url": f"https://shop.example/p/b{b}-{j}",
+        }
+        for b in range(BLOCKS)
+        for j in range(ITEMS_PER_BLOCK)
+    ]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def write_config(path: Path, rules: list[Mapping[str, Any]], **top: Any) -> Path:
+    """A PUSHREC_CONFIG file: top-level settings, then one [[rules]] table per rule."""
+    lines = [f"{key} = {_toml_value(value)}" for key, value in top.items()]
+    for rule in rules:
+        lines.append("\n[[rules]]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in rule.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def rule(name: str, kind: str, **fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "name": name,
+        "kind": kind,
+        "cooldown_s": 0,
+        "holdout_pct": 0,
+        "title": "{{ items[0].title }}",
+        "body": "{{ items | map(attribute='item_id') | join(',') }}",
+    }
+    base.update(fields)
+    return base
+
+
+class Gateways:
+    """The four local gateways' admin endpoints, seen from the test."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+        self.env: dict[str, str] = state["env"]
+        self.targets: dict[str, str] = state["targets"]
+        self._http = httpx.Client(timeout=10)
+
+    def received(self, channel: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self._http.get(
+            f"{self.state['admin'][channel]}/_admin/received"
+        ).json()
+        return rows
+
+    def accepted(self, channel: str) -> list[dict[str, Any]]:
+        """Messages the gateway took (its `kind: message` records)."""
+        return [r for r in self.received(channel) if r.get("kind") == "message"]
+
+    def script(self, channel: str, responses: list[dict[str, Any]], key: str | None = None) -> None:
+        body: dict[str, Any] = {"responses": responses}
+        if key is not None:
+            body["key"] = key
+        self._http.post(
+            f"{self.state['admin'][channel]}/_admin/script", json=body
+        ).raise_for_status()
+
+    def unregister(self, channel: str, *tokens: str) -> None:
+        self._http.post(
+            f"{self.state['admin'][channel]}/_admin/unregister", json={"tokens": list(tokens)}
+        ).raise_for_status()
+
+    def reset(self) -> None:
+        for url in self.state["admin"].values():
+            self._http.post(f"{url}/_admin/reset").raise_for_status()
+
+    def close(self) -> None:
+        self._http.close()
+
+
+@contextmanager
+def realtime_processes(
+    settings: Settings, tmp_path: Path, env: dict[str, str], workers: int = 1
+) -> Iterator[list[WorkerProcess]]:
+    """`workers` worker processes on every queue, and one scheduler."""
+    started: list[WorkerProcess] = []
+    try:
+        for n in range(workers):
+            started.append(
+                WorkerProcess(settings, tmp_path / f"worker{n}.log", f"rt{n}", 2, env=env)
+            )
+        started.append(
+            WorkerProcess(
+                settings,
+                tmp_path / "scheduler.log",
+                "scheduler",
+                1,
+                env=env,
+                command=("scheduler", "--loglevel=INFO"),
+                ready="is the leader",
+            )
+        )
+        yield started
+    finally:
+        for process in started:
+            process.stop()
+
+
+def seed_shop(rt: Runtime, now: float) -> None:
+    ingest.upsert_items(rt, planted_catalog(), now)
+
+
+def register(rt: Runtime, user: str, channel: str, target: str, now: float, **prefs: Any) -> None:
+    if channel == "webpush":
+        subscription = json.loads(Path(target).read_text())
+        ingest.register_device(
+            rt, {"user_id": user, "channel": channel, "subscription": subscription}, now
+        )
+    else:
+        ingest.register_device(rt, {"user_id": user, "channel": channel, "token": target}, now)
+    ingest.set_preferences(
+        rt,
+        {"user_id": user, "consent": {"marketing": {"*": True}}, "timezone": "UTC", **prefs},
+        now,
+    )

@@ -1,0 +1,128 @@
+"""The audit trail and attribution: why each shopper was (or was not) contacted, and
+what came of it.
+
+Every rule firing leaves a decision record on the shopper (rule, trigger, candidates
+with scores and reasons, each policy step's verdict, the message id). Opens, clicks and
+purchases are attributed to a message by `push_id`, or, for a purchase without one, to
+the last message (or holdout decision) about that item within the attribution window.
+Counts per rule and holdout cell live in one hash per rule, so lift can be read off
+(`pushrec stats`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from worker.events import Event
+from worker.keys import Keys
+
+# Counters of a rule's hash, in the order `pushrec stats` shows them.
+STAT_FIELDS = (
+    "fired",
+    "suppressed",
+    "deferred",
+    "held_out",
+    "queued",
+    "delivered",
+    "failed",
+    "opened",
+    "clicked",
+    "converted",
+    "held_out_converted",
+)
+
+
+class Audit:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, kept: int, window_s: int, ttl_s: int
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._kept = kept
+        self._window_s = window_s
+        self._ttl_s = ttl_s
+
+    def count(self, rule: str, field: str, n: int = 1) -> None:
+        self._client.hincrby(self._keys.rule_stats(rule), field, n)
+
+    def record_decision(self, user_id: str, decision: dict[str, Any]) -> None:
+        key = self._keys.user(user_id).decisions
+        pipe = self._client.pipeline(transaction=False)
+        pipe.lpush(key, json.dumps(decision, separators=(",", ":"), default=str))
+        pipe.ltrim(key, 0, self._kept - 1)
+        pipe.expire(key, self._ttl_s)
+        pipe.execute()
+
+    def decisions(self, user_id: str) -> list[dict[str, Any]]:
+        rows = self._client.lrange(self._keys.user(user_id).decisions, 0, -1)
+        return [json.loads(row) for row in rows]
+
+    def remember_items(
+        self, user_id: str, items: Sequence[str], message_id: str, rule: str, cell: str, now: float
+    ) -> None:
+        """Note which message (cell `treated` or `holdout`) last concerned each item."""
+        if not items:
+            return
+        key = self._keys.user(user_id).attribution
+        entry = json.dumps({"message_id": message_id, "rule": rule, "cell": cell, "at": now})
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hset(key, mapping=dict.fromkeys(items, entry))
+        pipe.expire(key, self._ttl_s)
+        pipe.execute()
+
+    def attribute(self, events: Sequence[Event]) -> None:
+        """Credit opens, clicks and conversions to the messages they came from; each
+        outcome counts once per message."""
+        for event in events:
+            if event.push_id is not None and event.type in {"push_open", "push_click", "purchase"}:
+                outcome = {"push_open": "opened", "push_click": "clicked"}.get(
+                    event.type, "converted"
+                )
+                record = self._client.get(self._keys.message(event.push_id).record)
+                if record:
+                    rule = json.loads(record)["rule"]
+                    self._credit(event.push_id, rule, outcome, event.ts)
+            elif event.type == "purchase" and event.item_id:
+                self._attribute_purchase(event)
+
+    def _attribute_purchase(self, event: Event) -> None:
+        assert event.item_id is not None
+        raw = self._client.hget(self._keys.user(event.user_id).attribution, event.item_id)
+        if not raw:
+            return
+        entry = json.loads(raw)
+        if not 0 <= event.ts - entry["at"] <= self._window_s:
+            return
+        outcome = "held_out_converted" if entry["cell"] == "holdout" else "converted"
+        self._credit(entry["message_id"], entry["rule"], outcome, event.ts)
+
+    def _credit(self, message_id: str, rule: str, outcome: str, ts: float) -> None:
+        key = self._keys.message(message_id).outcome
+        if self._client.hsetnx(key, outcome, ts):
+            self._client.expire(key, self._ttl_s)
+            self.count(rule, outcome)
+
+    def stats(self, rules: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Per rule: the counters, open/click/conversion rates and lift over holdout."""
+        out: dict[str, dict[str, Any]] = {}
+        for rule in rules:
+            raw: dict[str, str] = self._client.hgetall(self._keys.rule_stats(rule))  # type: ignore[assignment]
+            counts = {name: int(raw.get(name, 0)) for name in STAT_FIELDS}
+            delivered, held = counts["delivered"], counts["held_out"]
+            treated_rate = counts["converted"] / delivered if delivered else None
+            holdout_rate = counts["held_out_converted"] / held if held else None
+            out[rule] = {
+                **counts,
+                "open_rate": counts["opened"] / delivered if delivered else None,
+                "click_rate": counts["clicked"] / delivered if delivered else None,
+                "conversion_rate": treated_rate,
+                "holdout_conversion_rate": holdout_rate,
+                "lift": (treated_rate / holdout_rate - 1)
+                if treated_rate is not None and holdout_rate
+                else None,
+            }
+        return out

@@ -1,0 +1,83 @@
+"""`pushrec scheduler` (leader-elected periodic jobs) and `pushrec run` (everything)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from worker.cli.common import load_settings_with_redis
+
+
+def register(subparsers: Any) -> None:
+    scheduler = subparsers.add_parser(
+        "scheduler",
+        help="move due delayed jobs to the queues and run periodic jobs (one leader)",
+    )
+    scheduler.add_argument("--loglevel", default="INFO")
+    scheduler.set_defaults(handler=run_scheduler)
+
+    run = subparsers.add_parser(
+        "run",
+        help="a worker and a scheduler together (embedded Redis unless PUSHREC_REDIS_URL)",
+    )
+    run.add_argument("--concurrency", "-c", type=int, default=os.cpu_count() or 1)
+    run.add_argument("--loglevel", default="INFO")
+    run.set_defaults(handler=run_all)
+
+
+def run_scheduler(args: argparse.Namespace) -> int:
+    from worker.app import create_app
+    from worker.scheduler import LeaderLock, Scheduler, drain_due
+
+    settings, server = load_settings_with_redis()
+    logging.basicConfig(
+        level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings)
+    rt = app.runtime()
+    scheduler = Scheduler(
+        LeaderLock(rt.redis, rt.keys.scheduler_lock),
+        jobs=[
+            (
+                lambda: drain_due(rt.delayed, app.enqueue),
+                {"trigger": "interval", "seconds": settings.scheduler_poll_s},
+            ),
+        ],
+    )
+    signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
+    try:
+        scheduler.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rt.close()
+        if server is not None:
+            server.stop()
+    return 0
+
+
+def run_all(args: argparse.Namespace) -> int:
+    """The scheduler as a child process, the worker in this one; both share the Redis."""
+    from worker.cli.serve import run_worker
+
+    settings, server = load_settings_with_redis()
+    env = {**os.environ, "PUSHREC_REDIS_URL": str(settings.redis_url)}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "worker", "scheduler", f"--loglevel={args.loglevel}"], env=env
+    )
+    try:
+        worker_args = argparse.Namespace(
+            queues=None, concurrency=args.concurrency, pool="prefork", name=None,
+            loglevel=args.loglevel,
+        )  # fmt: skip
+        return run_worker(worker_args)
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
+        if server is not None:
+            server.stop()

@@ -1,0 +1,101 @@
+"""The index a worker process serves, swapped for a newer version between tasks.
+
+Each process loads the published artifact once, after the fork, with FAISS on one
+thread. Between tasks it checks (at most every few seconds, one Redis GET) which
+version should serve; a new version loads on a background thread, so no task waits for
+it, and replaces the old one at the next task boundary. An artifact that fails to load
+is refused (logged, counted, remembered) and the old index keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+from indexing import ArtifactError, LoadedIndex, configure_threads, current_version, load_index
+from worker.keys import Keys
+
+log = logging.getLogger(__name__)
+
+
+class IndexHolder:
+    """Not thread-safe beyond its own loader thread; one per worker process."""
+
+    def __init__(
+        self, store: Path, client: redis.Redis, keys: Keys, check_every_s: float = 5.0
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._keys = keys
+        self._check_every_s = check_every_s
+        self._index: LoadedIndex | None = None
+        self._ready: LoadedIndex | None = None
+        self._loader: threading.Thread | None = None
+        self._refused: set[str] = set()
+        self._last_check = float("-inf")
+        configure_threads()
+
+    @property
+    def index(self) -> LoadedIndex | None:
+        """The index to use for the current task (None until one was ever published)."""
+        return self._index
+
+    @property
+    def version(self) -> str | None:
+        return self._index.version if self._index is not None else None
+
+    def wanted_version(self) -> str | None:
+        """The Redis pointer if set, else the store's `CURRENT` file."""
+        pointer = self._client.get(self._keys.index_version)
+        if pointer:
+            return str(pointer)
+        try:
+            return current_version(self._store)
+        except ArtifactError:
+            return None
+
+    def load_now(self) -> None:
+        """Load the wanted version synchronously (process start)."""
+        wanted = self.wanted_version()
+        if wanted is not None and wanted != self.version:
+            self._load(wanted)
+            self._swap()
+
+    def between_tasks(self, now: float | None = None) -> None:
+        """Swap in a finished load; start loading a newer version if one is wanted."""
+        self._swap()
+        now = time.monotonic() if now is None else now
+        if now - self._last_check < self._check_every_s:
+            return
+        self._last_check = now
+        if self._loader is not None and self._loader.is_alive():
+            return
+        wanted = self.wanted_version()
+        if wanted is None or wanted == self.version or wanted in self._refused:
+            return
+        self._loader = threading.Thread(
+            target=self._load, args=(wanted,), name="index-loader", daemon=True
+        )
+        self._loader.start()
+
+    def wait_loaded(self, timeout: float = 60.0) -> None:
+        """Block until a background load finishes, then swap (tests, start-up)."""
+        if self._loader is not None:
+            self._loader.join(timeout)
+        self._swap()
+
+    def _swap(self) -> None:
+        if self._ready is not None:
+            old, self._index, self._ready = self._index, self._ready, None
+            log.info("serving index %s (was %s)", self._index.version, old and old.version)
+
+    def _load(self, version: str) -> None:
+        try:
+            self._ready = load_index(self._store, version)
+        except (ArtifactError, OSError) as exc:
+            self._refused.add(version)
+            log.error("refused index %s, keeping %s: %s", version, self.version, exc)

@@ -1,0 +1,113 @@
+"""Messages pushrec decided to send: one record per message id, created once.
+
+The message id is derived from (rule, shopper, trigger), so a redelivered task or a
+duplicate trigger finds the record already there (`SET NX`) and sends nothing new.
+Each device a message goes to has its own ledger entry: `sending` before the gateway
+call, then `sent`, `invalid`, `failed` or `retry`. A worker that dies mid-send leaves
+`sending`; the redelivered task sends again and the collapse id (from the message id)
+makes the device replace, not repeat, the notification.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from worker.keys import Keys
+
+MESSAGE_TTL_S = 30 * 86_400
+_ATTEMPTS_KEPT = 50
+
+
+def message_id(rule: str, user_id: str, trigger_id: str) -> str:
+    """Stable id of the message a rule sends a shopper for one trigger (<= 64 chars)."""
+    digest = hashlib.sha256(f"{rule}\n{user_id}\n{trigger_id}".encode()).hexdigest()
+    return f"m{digest[:31]}"
+
+
+@dataclass
+class MessageRecord:
+    """What was decided; the push worker builds one gateway message per device from it."""
+
+    id: str
+    rule: str
+    user_id: str
+    trigger_id: str
+    items: list[str]
+    title: str
+    body: str
+    purpose: str
+    channels: list[str]
+    created_at: float
+    link: str | None = None
+    image: str | None = None
+    coupon: str | None = None
+    locale: str = "en"
+    ttl_s: int = 86_400
+    data: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> MessageRecord:
+        return cls(**json.loads(text))
+
+
+class Outbox:
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self._client = client
+        self._keys = keys
+
+    def create(self, record: MessageRecord) -> bool:
+        """Store `record` unless its id exists; True if this call created it."""
+        k = self._keys.message(record.id)
+        created = bool(self._client.set(k.record, record.to_json(), nx=True, ex=MESSAGE_TTL_S))
+        if created:
+            self._client.hset(k.state, mapping={"state": "queued", "updated_at": time.time()})
+            self._client.expire(k.state, MESSAGE_TTL_S)
+        return created
+
+    def get(self, mid: str) -> MessageRecord | None:
+        raw = self._client.get(self._keys.message(mid).record)
+        return MessageRecord.from_json(raw) if raw else None  # type: ignore[arg-type]
+
+    def state(self, mid: str) -> dict[str, str]:
+        state: dict[str, str] = self._client.hgetall(self._keys.message(mid).state)  # type: ignore[assignment]
+        return state
+
+    def set_state(self, mid: str, state: str, reason: str = "") -> None:
+        self._client.hset(
+            self._keys.message(mid).state,
+            mapping={"state": state, "updated_at": str(time.time()), "reason": reason},
+        )
+
+    def claim_device(self, mid: str, device_id: str) -> bool:
+        """Mark a device `sending` unless it already settled (sent, invalid, failed).
+        True if this attempt should send."""
+        key = self._keys.message(mid).state
+        current = self._client.hget(key, f"dev:{device_id}")
+        if current in {"sent", "invalid", "failed"}:
+            return False
+        self._client.hset(key, f"dev:{device_id}", "sending")
+        return True
+
+    def settle_device(self, mid: str, device_id: str, status: str) -> None:
+        self._client.hset(self._keys.message(mid).state, f"dev:{device_id}", status)
+
+    def add_attempt(self, mid: str, attempt: dict[str, Any]) -> None:
+        key = self._keys.message(mid).attempts
+        pipe = self._client.pipeline(transaction=False)
+        pipe.rpush(key, json.dumps(attempt, separators=(",", ":")))
+        pipe.ltrim(key, -_ATTEMPTS_KEPT, -1)
+        pipe.expire(key, MESSAGE_TTL_S)
+        pipe.execute()
+
+    def attempts(self, mid: str) -> list[dict[str, Any]]:
+        rows = self._client.lrange(self._keys.message(mid).attempts, 0, -1)
+        return [json.loads(row) for row in rows]

@@ -1,0 +1,150 @@
+"""Which items to put in a message: the shopper's state and the index, filtered.
+
+Candidates come from the served model (`LoadedIndex.recommend`, the scoring that won the
+offline evaluation, fed with the shopper's recent events weighted by type and recency),
+plus the FAISS neighbours of the rule's trigger items. They are merged, filtered
+(already bought, in the cart unless the rule is about the cart, out of stock, blocked),
+diversified (at most a share from one category) and each one carries its reason. With
+no index, or a shopper the index knows nothing about, trending items fill in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from indexing import LoadedIndex, recent_item_weights
+
+
+@dataclass(frozen=True)
+class Candidate:
+    item_id: str
+    score: float
+    reason: str
+    source: str  # trigger | model | neighbour | trending
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "item_id": self.item_id,
+            "score": round(self.score, 5),
+            "reason": self.reason,
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True)
+class ShopperView:
+    """What recommendation needs of a shopper: recent events, owned and cart items."""
+
+    recent: Sequence[Mapping[str, Any]]  # newest first: {item_id, type, ts}
+    purchased: frozenset[str]
+    cart: frozenset[str]
+
+
+def _reason_for(
+    index: LoadedIndex | None, item_id: str, history: Sequence[str], titles: Mapping[str, str]
+) -> str:
+    """ "because you viewed X": X is the history item closest to `item_id`."""
+    if index is None or not history or item_id not in index:
+        return "popular right now"
+    known = [h for h in history if h in index]
+    if not known:
+        return "popular right now"
+    target = index.vector(item_id)
+    best = max(known, key=lambda h: float(np.dot(index.vector(h), target)))
+    return f"because you looked at {titles.get(best) or best}"
+
+
+def recommend(
+    index: LoadedIndex | None,
+    shopper: ShopperView,
+    *,
+    k: int,
+    now: float,
+    trigger_items: Sequence[str] = (),
+    include_trigger_items: bool = False,
+    allow_cart: bool = False,
+    unavailable: frozenset[str] = frozenset(),
+    categories: Mapping[str, str] | None = None,
+    titles: Mapping[str, str] | None = None,
+    trending: Sequence[tuple[str, float]] = (),
+    max_category_share: float = 0.67,
+) -> list[Candidate]:
+    """Up to `k` items for a shopper, best first.
+
+    `include_trigger_items` puts the rule's own items first (the cart, the item whose
+    price dropped); otherwise trigger items seed neighbours but are not offered.
+    `unavailable` holds out-of-stock or blocked ids. `categories` and `titles` come from
+    the catalog (missing entries are fine).
+    """
+    categories = categories or {}
+    titles = titles or {}
+    banned = set(shopper.purchased) | set(unavailable)
+    if not allow_cart:
+        banned |= shopper.cart
+    chosen: list[Candidate] = []
+
+    if include_trigger_items:
+        for item in trigger_items:
+            if item not in unavailable:
+                chosen.append(Candidate(item, math.inf, "you showed interest in it", "trigger"))
+    seen = {c.item_id for c in chosen} | set(trigger_items)
+
+    pool: list[Candidate] = []
+    history: list[str] = []
+    if index is not None:
+        events = [
+            (r["item_id"], r["type"], float(r["ts"])) for r in shopper.recent if r.get("item_id")
+        ]
+        history, weights = recent_item_weights(
+            events, now, index.history_weighting, index.history_items
+        )
+        over = 4 * k + len(banned)
+        if history:
+            for item, score in index.recommend(history, weights, k=over, exclude=banned | seen):
+                pool.append(Candidate(item, score, "", "model"))
+        for similar in index.similar(list(trigger_items), k=over, exclude=banned | seen):
+            for item, score in similar:
+                pool.append(Candidate(item, score, "", "neighbour"))
+    for item, score in trending:
+        pool.append(Candidate(item, score, "popular right now", "trending"))
+
+    per_category: dict[str, int] = {}
+    cap = max(1, math.floor(max_category_share * k))
+    for c in chosen:
+        cat = categories.get(c.item_id, "")
+        per_category[cat] = per_category.get(cat, 0) + 1
+    for cand in _merge(pool):
+        if len(chosen) >= k:
+            break
+        if cand.item_id in banned or cand.item_id in seen:
+            continue
+        cat = categories.get(cand.item_id, "")
+        if cat and per_category.get(cat, 0) >= cap:
+            continue
+        seen.add(cand.item_id)
+        per_category[cat] = per_category.get(cat, 0) + 1
+        reason = cand.reason or _reason_for(
+            index, cand.item_id, list(trigger_items) + history, titles
+        )
+        chosen.append(Candidate(cand.item_id, cand.score, reason, cand.source))
+    return chosen[:k]
+
+
+def _merge(pool: Sequence[Candidate]) -> list[Candidate]:
+    """One entry per item, keeping the source order's priority: model scores first, then
+    neighbours (ranked by similarity), then trending."""
+    order = {"model": 0, "neighbour": 1, "trending": 2}
+    best: dict[str, Candidate] = {}
+    for cand in pool:
+        current = best.get(cand.item_id)
+        if current is None or (order[cand.source], -cand.score) < (
+            order[current.source],
+            -current.score,
+        ):
+            best[cand.item_id] = cand
+    return sorted(best.values(), key=lambda c: (order[c.source], -c.score, c.item_id))

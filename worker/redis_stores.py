@@ -1,0 +1,96 @@
+"""push/'s shared-state Protocols on Redis, so every sending process shares one circuit
+breaker, one rate limit and one APNs provider token per credential."""
+
+from __future__ import annotations
+
+import math
+
+import redis.asyncio as aioredis
+
+_TAKE_TOKEN = """
+-- KEYS: bucket hash {tokens, ts}   ARGV: rate, burst, now
+local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens') or burst)
+local ts = tonumber(redis.call('HGET', KEYS[1], 'ts') or now)
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return tostring(wait)
+"""
+
+_DISCARD_IF_SAME = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisTokenCache:
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self._client = client
+        self._prefix = f"{prefix}:push:token:"
+        self._discard = client.register_script(_DISCARD_IF_SAME)
+
+    async def get(self, key: str) -> str | None:
+        value = await self._client.get(self._prefix + key)
+        return str(value) if value is not None else None
+
+    async def add(self, key: str, token: str, ttl_s: float) -> str:
+        full = self._prefix + key
+        await self._client.set(full, token, nx=True, px=max(1, int(ttl_s * 1000)))
+        stored = await self._client.get(full)
+        return str(stored) if stored is not None else token
+
+    async def discard(self, key: str, token: str) -> None:
+        await self._discard(keys=[self._prefix + key], args=[token])
+
+
+class RedisBreakerStore:
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self._client = client
+        self._prefix = f"{prefix}:push:breaker:"
+
+    def _keys(self, key: str) -> tuple[str, str, str]:
+        base = self._prefix + key
+        return f"{base}:open", f"{base}:failures", f"{base}:probe"
+
+    async def open_until(self, key: str) -> float:
+        value = await self._client.get(self._keys(key)[0])
+        return float(value) if value is not None else 0.0
+
+    async def add_failure(self, key: str, *, window_s: float) -> int:
+        failures = self._keys(key)[1]
+        pipe = self._client.pipeline(transaction=True)
+        pipe.incr(failures)
+        pipe.pexpire(failures, max(1, int(window_s * 1000)), nx=True)
+        count, _ = await pipe.execute()
+        return int(count)
+
+    async def trip(self, key: str, until: float) -> None:
+        open_key, failures, _ = self._keys(key)
+        pipe = self._client.pipeline(transaction=True)
+        # kept a minute past `until`, so the half-open probe still finds it
+        pipe.set(open_key, repr(until), pxat=int((until + 60) * 1000))
+        pipe.delete(failures)
+        await pipe.execute()
+
+    async def claim_probe(self, key: str, *, ttl_s: float) -> bool:
+        return bool(
+            await self._client.set(self._keys(key)[2], "1", nx=True, px=max(1, int(ttl_s * 1000)))
+        )
+
+    async def reset(self, key: str) -> None:
+        await self._client.delete(*self._keys(key))
+
+
+class RedisRateLimitStore:
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self._prefix = f"{prefix}:push:bucket:"
+        self._take = client.register_script(_TAKE_TOKEN)
+
+    async def acquire(self, key: str, *, rate: float, burst: float, now: float) -> float:
+        if rate <= 0 or math.isinf(rate):
+            return 0.0
+        wait = await self._take(keys=[self._prefix + key], args=[rate, burst, now])
+        return float(wait)

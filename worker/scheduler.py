@@ -1,0 +1,120 @@
+"""The scheduler process: moves due delayed jobs to Celery and runs periodic jobs.
+
+Several scheduler processes may run (one per machine, for availability); a Redis lock
+makes one of them the leader, and only the leader runs periodic jobs (APScheduler 3 has
+no locking of its own: two schedulers would both fire every job). Claiming due delayed
+jobs is atomic anyway (a Lua claim), so a brief overlap at hand-over fires nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from worker.delayed import DelayedJobs
+
+log = logging.getLogger(__name__)
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class LeaderLock:
+    """A Redis lease held by one process at a time; renewed while the holder lives."""
+
+    def __init__(self, client: redis.Redis, key: str, ttl_s: float = 15.0) -> None:
+        self._client = client
+        self._key = key
+        self._ttl_ms = int(ttl_s * 1000)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    def acquire(self) -> bool:
+        return bool(self._client.set(self._key, self.owner, nx=True, px=self._ttl_ms))
+
+    def renew(self) -> bool:
+        return bool(self._renew(keys=[self._key], args=[self.owner, self._ttl_ms]))
+
+    def release(self) -> None:
+        self._release(keys=[self._key], args=[self.owner])
+
+
+def drain_due(
+    delayed: DelayedJobs, enqueue: Callable[[str, dict[str, Any]], None], batch: int = 500
+) -> int:
+    """Enqueue every due delayed job; returns how many. A crash between enqueue and ack
+    re-runs the job after its lease (handlers are idempotent)."""
+    moved = 0
+    while True:
+        claimed = delayed.claim_due(time.time(), limit=batch)
+        for item in claimed:
+            enqueue(item.job.task, item.job.kwargs)
+            delayed.ack(item)
+        moved += len(claimed)
+        if len(claimed) < batch:
+            return moved
+
+
+class Scheduler:
+    """Leader election around an APScheduler `BackgroundScheduler`."""
+
+    def __init__(
+        self,
+        lock: LeaderLock,
+        jobs: list[tuple[Callable[[], Any], dict[str, Any]]],
+        poll_s: float = 1.0,
+    ) -> None:
+        self._lock = lock
+        self._jobs = jobs  # (function, APScheduler add_job trigger kwargs)
+        self._poll_s = poll_s
+        self._stop = threading.Event()
+        self._scheduler: BackgroundScheduler | None = None
+
+    def _lead(self) -> None:
+        scheduler = BackgroundScheduler(timezone="UTC")
+        for func, trigger in self._jobs:
+            scheduler.add_job(func, max_instances=1, coalesce=True, **trigger)
+        scheduler.start()
+        self._scheduler = scheduler
+        log.info("scheduler %s is the leader", self._lock.owner)
+
+    def _follow(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None
+            log.warning("scheduler %s lost the lead", self._lock.owner)
+
+    def run(self) -> None:
+        """Until `stop()`: lead while holding the lock, wait for it otherwise."""
+        try:
+            while not self._stop.is_set():
+                leading = self._scheduler is not None
+                holds = self._lock.renew() if leading else self._lock.acquire()
+                if holds and not leading:
+                    self._lead()
+                elif not holds and leading:
+                    self._follow()
+                self._stop.wait(self._poll_s)
+        finally:
+            self._follow()
+            self._lock.release()
+
+    def stop(self) -> None:
+        self._stop.set()
