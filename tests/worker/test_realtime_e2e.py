@@ -3,8 +3,10 @@ the local gateways of push/testing checking the wire format, a planted FAISS ind
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ from tests.worker.realtime import (
     seed_shop,
     write_config,
 )
+from worker import ingest
+from worker.client import PushrecClient
 from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.userview import user_view
@@ -43,38 +47,54 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
         gw.close()
 
 
-@pytest.fixture
-def shop(
-    settings: Settings, tmp_path: Path, gateways: Gateways
-) -> Iterator[tuple[Runtime, dict[str, str]]]:
-    """Settings for workers (rules file, gateways, a published planted index) and a runtime
-    in the test process with the same settings."""
-    gateways.reset()
-    store = tmp_path / "index"
-    build_planted_index(store)
-    config = write_config(
-        tmp_path / "pushrec.toml", RULES, cap_marketing_per_day=100, cap_total_per_day=100
-    )
-    env = {**gateways.env, "PUSHREC_CONFIG": str(config), "PUSHREC_INDEX_STORE": str(store)}
-    import os
+Shop = tuple[Runtime, dict[str, str]]
 
+
+@pytest.fixture
+def make_shop(settings: Settings, tmp_path: Path, gateways: Gateways) -> Iterator[Any]:
+    """Build a shop: rules file, gateways, a published planted index, the catalog.
+    Returns a runtime in the test process (same settings as the workers) and the
+    workers' environment."""
+    opened: list[Runtime] = []
+
+    def make(rules: list[dict[str, Any]] = RULES, **top: Any) -> Shop:
+        gateways.reset()
+        store = tmp_path / "index"
+        build_planted_index(store)
+        top = {"cap_marketing_per_day": 100, "cap_total_per_day": 100, **top}
+        config = write_config(tmp_path / "pushrec.toml", rules, **top)
+        env = {**gateways.env, "PUSHREC_CONFIG": str(config), "PUSHREC_INDEX_STORE": str(store)}
+        overrides = settings.model_dump(include=CONNECTION_FIELDS)
+        with patched_environ(env):
+            full = Settings.load(**overrides)
+        rt = Runtime.open(full)
+        opened.append(rt)
+        seed_shop(rt, time.time())
+        return rt, env
+
+    yield make
+    for rt in opened:
+        rt.close()
+
+
+@contextmanager
+def patched_environ(env: dict[str, str]) -> Iterator[None]:
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        full = Settings.load(**settings.model_dump(include={
-            "redis_url", "key_prefix", "broker_key_prefix", "state_dir",
-            "queue_activity", "queue_push", "queue_maintenance",
-        }))  # fmt: skip
+        yield
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    rt = Runtime.open(full)
-    seed_shop(rt, time.time())
-    yield rt, env
-    rt.close()
+
+
+CONNECTION_FIELDS = {
+    "redis_url", "key_prefix", "broker_key_prefix", "state_dir",
+    "queue_activity", "queue_push", "queue_maintenance",
+}  # fmt: skip
 
 
 def event(eid: str, user: str, type_: str, item: str, **kw: Any) -> dict[str, Any]:
@@ -102,19 +122,15 @@ def fcm_messages(
 
 
 def test_cart_left_alone_sends_exactly_one_push_with_relevant_items(
-    shop: tuple[Runtime, dict[str, str]], settings: Settings, tmp_path: Path, gateways: Gateways
+    make_shop: Any, settings: Settings, tmp_path: Path, gateways: Gateways, client: PushrecClient
 ) -> None:
-    rt, env = shop
+    rt, env = make_shop()
     token = gateways.targets["fcm"]
     register(rt, "u0-1", "fcm", token, time.time())
     with realtime_processes(settings, tmp_path, env) as procs:
-        from worker.client import PushrecClient
-
-        with PushrecClient(str(settings.redis_url), broker_key_prefix=settings.broker_key_prefix,
-                           queues={"activity": settings.queue_activity}) as client:  # fmt: skip
-            client.track(event("c1", "u0-1", "add_to_cart", "b0-3"))
-            client.track(event("c1", "u0-1", "add_to_cart", "b0-3"))  # duplicate
-            client.track(event("v1", "u0-1", "view", "b0-4"))
+        client.track(event("c1", "u0-1", "add_to_cart", "b0-3"))
+        client.track(event("c1", "u0-1", "add_to_cart", "b0-3"))  # duplicate
+        client.track(event("v1", "u0-1", "view", "b0-4"))
         wait_for(
             lambda: len(fcm_messages(gateways, token, "cart")) >= 1, timeout=30, what="cart push"
         )
@@ -128,3 +144,156 @@ def test_cart_left_alone_sends_exactly_one_push_with_relevant_items(
         assert view["user_id"] == "u0-1"
         for proc in procs:
             assert "Traceback" not in proc.log(), proc.log()[-3000:]
+
+
+def decisions(rt: Runtime, user: str) -> list[dict[str, Any]]:
+    return rt.audit.decisions(user)
+
+
+def test_purchase_within_the_delay_cancels_the_cart_push(
+    make_shop: Any, settings: Settings, tmp_path: Path, gateways: Gateways, client: PushrecClient
+) -> None:
+    rt, env = make_shop()
+    token = gateways.targets["fcm"]
+    register(rt, "u1-1", "fcm", token, time.time())
+    with realtime_processes(settings, tmp_path, env):
+        client.track(event("a1", "u1-1", "add_to_cart", "b1-2"))
+        client.track(event("p1", "u1-1", "purchase", "b1-2"))
+        wait_for(
+            lambda: any(d["rule"] == "cart" for d in decisions(rt, "u1-1")),
+            timeout=30,
+            what="cart decision",
+        )
+        cart = next(d for d in decisions(rt, "u1-1") if d["rule"] == "cart")
+        assert cart["action"] == "suppress"
+        assert "purchase or cart removal" in cart["reason"]
+        assert fcm_messages(gateways, token, "cart") == []
+        # the purchase itself invites a cross-sell, of other items than the one bought
+        wait_for(lambda: len(fcm_messages(gateways, token, "cross_sell")) == 1, what="cross-sell")
+        items = fcm_messages(gateways, token, "cross_sell")[0]["data"]["items"].split(",")
+        assert "b1-2" not in items and items[0].startswith("b1-")
+
+
+def test_holdout_shoppers_get_nothing_and_are_recorded(
+    make_shop: Any, settings: Settings, tmp_path: Path, gateways: Gateways, client: PushrecClient
+) -> None:
+    rt, env = make_shop([rule("cross_sell", "post_purchase", holdout_pct=100)])
+    token = gateways.targets["fcm"]
+    register(rt, "u2-1", "fcm", token, time.time())
+    with realtime_processes(settings, tmp_path, env):
+        client.track(event("p1", "u2-1", "purchase", "b2-2"))
+        wait_for(lambda: bool(decisions(rt, "u2-1")), what="decision")
+        [decision] = decisions(rt, "u2-1")
+        assert decision["action"] == "held_out"
+        assert decision["policy"]["steps"][-1]["step"] == "holdout"
+        # a later purchase of a held-out recommendation counts for the holdout cell
+        held_item = decision["candidates"][0]["item_id"]
+        client.track(event("p2", "u2-1", "purchase", held_item))
+        wait_for(
+            lambda: rt.audit.stats(["cross_sell"])["cross_sell"]["held_out_converted"] == 1,
+            what="holdout conversion",
+        )
+    assert gateways.accepted("fcm") == []
+
+
+def test_quiet_hours_defer_the_push_to_their_end(
+    make_shop: Any, settings: Settings, tmp_path: Path, gateways: Gateways, client: PushrecClient
+) -> None:
+    rt, env = make_shop()
+    token = gateways.targets["fcm"]
+    now = time.gmtime()
+    start = f"{now.tm_hour:02d}:00"
+    end = f"{(now.tm_hour + 2) % 24:02d}:00"
+    register(rt, "u3-1", "fcm", token, time.time(), quiet_hours={"start": start, "end": end})
+    with realtime_processes(settings, tmp_path, env):
+        client.track(event("p1", "u3-1", "purchase", "b3-1"))
+        wait_for(lambda: bool(decisions(rt, "u3-1")), what="decision")
+        decision = decisions(rt, "u3-1")[0]
+        assert decision["action"] == "defer"
+        due = rt.delayed.due_at(f"defer:{decision['message_id']}")
+        assert due is not None and due > time.time() + 3600 - 1  # at the window's end, not before
+        time.sleep(2)
+    assert fcm_messages(gateways, token) == []
+
+
+def test_price_drop_and_restock_reach_interested_shoppers_only(
+    make_shop: Any, settings: Settings, tmp_path: Path, gateways: Gateways, client: PushrecClient
+) -> None:
+    rt, env = make_shop()
+    fcm, webhook = gateways.targets["fcm"], gateways.targets["webhook"]
+    register(rt, "watcher", "fcm", fcm, time.time())
+    register(rt, "bystander", "webhook", webhook, time.time())
+    ingest.upsert_items(rt, [{"item_id": "b0-9", "stock": 0}], time.time())
+    with realtime_processes(settings, tmp_path, env):
+        client.track(event("v1", "watcher", "view", "b0-5"))
+        client.track(event("v2", "watcher", "view", "b0-9"))
+        client.track(event("v3", "bystander", "view", "b1-1"))
+        wait_for(lambda: rt.metrics.snapshot().get("events.applied", 0) == 3, what="views")
+        client.upsert_items([{"item_id": "b0-5", "price": 12.0}])  # 15 -> 12: -20%
+        client.upsert_items([{"item_id": "b0-9", "stock": 3}])  # back in stock
+        wait_for(lambda: len(fcm_messages(gateways, fcm)) == 2, what="price drop and restock")
+        rules_sent = sorted(m["data"]["rule"] for m in fcm_messages(gateways, fcm))
+        assert rules_sent == ["cheaper", "restock"]
+        cheaper = next(m for m in fcm_messages(gateways, fcm) if m["data"]["rule"] == "cheaper")
+        assert cheaper["data"]["items"].split(",")[0] == "b0-5"
+        client.upsert_items([{"item_id": "b0-5", "price": 11.5}])  # -4%: below the threshold
+        time.sleep(2)
+    assert len(fcm_messages(gateways, fcm)) == 2
+    assert gateways.accepted("webhook") == []
+
+
+def test_gateway_410_deactivates_the_device(
+    make_shop: Any, settings: Settings, tmp_path: Path, gateways: Gateways, client: PushrecClient
+) -> None:
+    rt, env = make_shop()
+    token = gateways.targets["apns"]
+    register(rt, "u0-7", "apns", token, time.time() - 60)
+    gateways.unregister("apns", token)
+    with realtime_processes(settings, tmp_path, env):
+        client.track(event("p1", "u0-7", "purchase", "b0-1"))
+        wait_for(
+            lambda: (
+                not user_view(rt.redis, rt.keys, rt.contacts, "u0-7", time.time())["devices"][0][
+                    "active"
+                ]
+            ),
+            what="device deactivated",
+        )
+    mid = decisions(rt, "u0-7")[0]["message_id"]
+    attempts = rt.outbox.attempts(mid)
+    assert attempts[-1]["outcome"] == "device_invalid" and attempts[-1]["status"] == 410
+    assert rt.outbox.state(mid)["state"] == "failed"
+
+
+def test_redelivered_deliver_task_sends_once(
+    make_shop: Any, settings: Settings, tmp_path: Path, gateways: Gateways, client: PushrecClient
+) -> None:
+    rt, env = make_shop()
+    token = gateways.targets["fcm"]
+    register(rt, "u1-5", "fcm", token, time.time())
+    with realtime_processes(settings, tmp_path, env):
+        client.track(event("p1", "u1-5", "purchase", "b1-5"))
+        wait_for(lambda: len(fcm_messages(gateways, token)) == 1, what="push")
+        mid = decisions(rt, "u1-5")[0]["message_id"]
+        client.send("pushrec.deliver", message_id=mid)  # as if the broker redelivered it
+        client.send("pushrec.fire", **{"rule": "cross_sell", "user_id": "u1-5", "trigger_id": "p1",
+                                        "trigger_ts": time.time(), "items": ["b1-5"]})  # fmt: skip
+        time.sleep(2)
+    assert len(fcm_messages(gateways, token)) == 1
+
+
+def test_caps_hold_when_many_triggers_race(
+    make_shop: Any, settings: Settings, tmp_path: Path, gateways: Gateways, client: PushrecClient
+) -> None:
+    rt, env = make_shop(cap_marketing_per_day=2)
+    token = gateways.targets["fcm"]
+    register(rt, "u2-9", "fcm", token, time.time())
+    with realtime_processes(settings, tmp_path, env, workers=2):
+        client.track_batch([event(f"p{n}", "u2-9", "purchase", f"b2-{n}") for n in range(10)])
+        wait_for(lambda: len(decisions(rt, "u2-9")) == 10, what="all decisions")
+        wait_for(
+            lambda: rt.redis.llen(f"{settings.broker_key_prefix}{settings.queue_push}") == 0,
+            what="push queue drained",
+        )
+        time.sleep(1)
+    assert len(fcm_messages(gateways, token)) == 2
