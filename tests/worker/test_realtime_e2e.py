@@ -297,3 +297,43 @@ def test_caps_hold_when_many_triggers_race(
         )
         time.sleep(1)
     assert len(fcm_messages(gateways, token)) == 2
+
+
+def test_index_swap_mid_stream_causes_no_error(
+    make_shop: Any, settings: Settings, tmp_path: Path, gateways: Gateways, client: PushrecClient
+) -> None:
+    rt, env = make_shop()
+    token = gateways.targets["fcm"]
+    store = Path(env["PUSHREC_INDEX_STORE"])
+    users = [f"u{b}-{n}" for b in range(4) for n in range(10, 14)]
+    for user in users:  # one device each (a token registered again moves to its new owner)
+        register(rt, user, "fcm", f"{token}-{user}", time.time())
+    with realtime_processes(settings, tmp_path, env, workers=2) as procs:
+        for n, user in enumerate(users[:8]):
+            client.track(event(f"a{n}", user, "purchase", f"b{user[1]}-{n % 12}"))
+        new_version = build_planted_index(store, seed=1)  # publishes the CURRENT file
+        rt.redis.set(rt.keys.index_version, new_version)
+        for n, user in enumerate(users[8:], start=8):
+            client.track(event(f"a{n}", user, "purchase", f"b{user[1]}-{n % 12}"))
+            time.sleep(0.4)
+        wait_for(lambda: len(gateways.accepted("fcm")) == len(users), timeout=60, what="pushes")
+        wait_for(lambda: all(new_version in p.log() for p in procs[:2]), what="swap logged")
+        for proc in procs:
+            assert "Traceback" not in proc.log() and " ERROR " not in proc.log(), proc.log()[-3000:]
+
+
+def test_a_corrupt_index_is_refused_and_the_old_one_keeps_serving(
+    make_shop: Any, settings: Settings, tmp_path: Path
+) -> None:
+    rt, env = make_shop()
+    store = Path(env["PUSHREC_INDEX_STORE"])
+    holder = rt.index
+    good = holder.version
+    assert good is not None
+    bad = build_planted_index(store, seed=2)
+    (store / bad / "factors.npy").write_bytes(b"\x93NUMPY garbage")
+    rt.redis.set(rt.keys.index_version, bad)
+    holder.between_tasks(now=1e12)
+    holder.wait_loaded()
+    assert holder.version == good
+    assert holder.index is not None and len(holder.index) > 0
