@@ -47,7 +47,14 @@ from indexing.matrix import DEFAULT_TYPE_WEIGHTS, Weighting, event_weights
 from indexing.model import ModelParams, TrainedModel, train_model
 from indexing.neighbours import ExactNeighbours, FaissNeighbours, Neighbours, configure_threads
 from indexing.online_retail import convert_online_retail
-from indexing.store import current_version, list_versions, publish, read_manifest, verify_artifact
+from indexing.store import (
+    current_version,
+    list_versions,
+    prune_versions,
+    publish,
+    read_manifest,
+    verify_artifact,
+)
 
 __all__ = [
     "DEFAULT_TYPE_WEIGHTS",
@@ -95,6 +102,7 @@ __all__ = [
     "list_versions",
     "load_index",
     "parse_ts",
+    "prune_versions",
     "publish",
     "read_events",
     "read_events_csv",

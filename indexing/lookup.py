@@ -57,6 +57,11 @@ class LoadedIndex:
         self._row = {item_id: row for row, item_id in enumerate(self.item_ids)}
         self.factors = factors
         self.norms = norms
+        # a plain ndarray view of the (possibly memory-mapped) factors: np.memmap indexing
+        # costs microseconds per call on the hot path; the view shares the same pages
+        self._factors = np.asarray(factors)
+        safe = np.where(norms > 0, norms, 1.0).astype(np.float32)
+        self._inv_norms = (1.0 / safe).astype(np.float32)
         self.cold = cold
         self.blend = blend
         self.neighbours = neighbours
@@ -130,21 +135,29 @@ class LoadedIndex:
     ) -> list[Scored]:
         """Per item of `item_ids`, its k most similar items (never itself), skipping
         `exclude` and blocked items. An unknown id answers an empty list."""
+        get = self._row.get
         out: list[Scored] = [[] for _ in item_ids]
-        known = [(pos, self._row[i]) for pos, i in enumerate(item_ids) if i in self._row]
-        if not known:
+        positions: list[int] = []
+        q_rows: list[int] = []
+        for pos, item_id in enumerate(item_ids):
+            row = get(item_id)
+            if row is not None:
+                positions.append(pos)
+                q_rows.append(row)
+        if not q_rows:
             return out
-        ex = set(self.rows(exclude).tolist())
-        q_rows = np.array([r for _, r in known], dtype=np.intp)
-        queries = np.asarray(self.factors[q_rows], dtype=np.float32)
-        norms = self.norms[q_rows][:, None]
-        queries = np.divide(queries, norms, out=queries, where=norms > 0)
-        # each query also excludes itself: fetch one more and drop it
-        scores, rows = self.neighbours.search(queries, k + 1, ex)
-        for (pos, own), srow, rrow in zip(known, scores, rows, strict=True):
-            keep = (rrow >= 0) & (rrow != own)
-            ids = self._ids[rrow[keep]][:k].tolist()
-            out[pos] = list(zip(ids, srow[keep][:k].tolist(), strict=True))
+        ex = set(self.rows(exclude).tolist()) if exclude else ()
+        # search with the raw factor and rescale the scores: scaling a query by a positive
+        # number changes neither the exact nor the HNSW ranking, and saves a copy
+        scores, rows = self.neighbours.search(self._factors[q_rows], k + 1, ex)
+        scores *= self._inv_norms[q_rows, None]
+        ids = self.item_ids
+        for pos, own, srow, rrow in zip(
+            positions, q_rows, scores.tolist(), rows.tolist(), strict=True
+        ):
+            out[pos] = [
+                (ids[r], s) for r, s in zip(rrow, srow, strict=True) if r >= 0 and r != own
+            ][:k]
         return out
 
     # --- shoppers -----------------------------------------------------------------------
