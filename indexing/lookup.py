@@ -204,12 +204,21 @@ class LoadedIndex:
         blend: BlendWeights | None = None,
     ) -> list[float]:
         """The served score of each of `candidates` for a shopper whose recent items are
-        `item_ids` with raw `weights`; NaN for an unknown candidate."""
+        `item_ids` with raw `weights`; NaN for an unknown candidate.
+
+        Each signal is normalised by its maximum over candidates plus recent items (the recent
+        items are scored, then left out of the answer). `recommend` normalises over the whole
+        catalog (up to `FULL_SCORE_MAX_ITEMS`) or over its candidate set plus recent items, so
+        the two agree exactly when those maxima agree — typically they sit on or next to
+        the shopper's own items.
+        """
         rows, w = self._known(item_ids, weights)
         cand = [self._row.get(c) for c in candidates]
         known = np.array([c for c in cand if c is not None], dtype=np.intp)
-        scores = iter(self.blend.score(rows, w, known, blend).tolist())
-        return [next(scores) if c is not None else float("nan") for c in cand]
+        scored = np.concatenate([known, rows])
+        values = self.blend.score(rows, w, scored, blend)[: known.shape[0]]
+        it = iter(values.tolist())
+        return [next(it) if c is not None else float("nan") for c in cand]
 
     def recommend(
         self,
@@ -224,7 +233,9 @@ class LoadedIndex:
         Never returns the shopper's own recent items, `exclude` or blocked items. Catalogs
         up to `FULL_SCORE_MAX_ITEMS` are scored in full; larger ones score the union of the
         fold-in vector's 200 nearest items, the KNN neighbours of the recent items and the
-        200 most popular recent items.
+        200 most popular recent items. Excluded items are dropped *after* scoring, because
+        `Blend.score` normalises each signal by its maximum over the scored set — exactly
+        as the offline evaluation scores every warm item, the shopper's own included.
         """
         rows, w = self._known(item_ids, weights)
         banned = set(rows.tolist()) | set(self.rows(exclude).tolist()) | self._blocked
@@ -242,12 +253,14 @@ class LoadedIndex:
                     sim.indices[sim.indptr[r] : sim.indptr[r + 1]].astype(np.intp)
                     for r in rows.tolist()
                 )
+            parts.append(rows)
             cand = np.unique(np.concatenate(parts))
+        s = self.blend.score(rows, w, cand, blend).astype(np.float64)
         if banned:
-            cand = cand[~np.isin(cand, np.fromiter(banned, dtype=np.intp, count=len(banned)))]
+            keep = ~np.isin(cand, np.fromiter(banned, dtype=np.intp, count=len(banned)))
+            cand, s = cand[keep], s[keep]
         if cand.shape[0] == 0:
             return []
-        s = self.blend.score(rows, w, cand, blend).astype(np.float64)
         m = min(k, cand.shape[0])
         top = np.argpartition(-s, m - 1)[:m]
         top = top[np.lexsort((cand[top], -s[top]))]

@@ -33,6 +33,11 @@ def register(subparsers: Any) -> None:
     build.add_argument("--force", action="store_true", help="publish despite the quality gate")
     build.add_argument("--rejected", type=Path, help="write rejected event rows here (CSV)")
     build.add_argument(
+        "--params",
+        type=Path,
+        help="model parameters as JSON (the `params` of `pushrec eval --json`, or bare)",
+    )
+    build.add_argument(
         "--max-drop", type=float, default=0.05, help="gate: allowed relative recall@10 drop"
     )
     build.set_defaults(handler=cmd_index_build)
@@ -91,6 +96,16 @@ def _read_items(path: Path | None) -> dict[str, indexing.Item]:
     return items
 
 
+def _read_params(path: Path | None) -> indexing.ModelParams:
+    if path is None:
+        return indexing.ModelParams()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return indexing.ModelParams.from_dict(data.get("params", data))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        fail(f"--params {path}: {exc!r}")
+
+
 def _store(arg: Path | None) -> Path:
     return arg if arg is not None else load_settings().index_store_dir
 
@@ -105,7 +120,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     store = _store(args.out)
     log = _read_log(args.events, until, args.rejected)
     catalog = _read_items(args.items)
-    params = indexing.ModelParams()
+    params = _read_params(args.params)
     evaluation: dict[str, Any] = {}
     started = time.perf_counter()
     try:
