@@ -128,3 +128,17 @@ def test_index_build_until_and_params_file(
     manifest = json.loads((store / built["version"] / "manifest.json").read_text())
     assert manifest["params"]["knn_top_m"] == 7
     assert 0 < manifest["counts"]["events"] < 1280  # only events before --until
+
+
+def test_index_build_refused_by_the_gate_exits_1_and_keeps_current(
+    tmp_path: Path, events: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "store"
+    assert main(["index", "build", "--events", str(events), "--out", str(store), "--publish"]) == 0
+    first = json.loads(capsys.readouterr().out)["version"]
+    # a negative allowed drop demands a better score than the current one: equal is refused
+    argv = ["index", "build", "--events", str(events), "--out", str(store), "--publish"]
+    assert main([*argv, "--max-drop", "-0.5"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["published"] is None and "not published" in captured.err
+    assert (store / "current").read_text().strip() == first

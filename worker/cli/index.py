@@ -121,45 +121,26 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     log = _read_log(args.events, until, args.rejected)
     catalog = _read_items(args.items)
     params = _read_params(args.params)
-    evaluation: dict[str, Any] = {}
-    started = time.perf_counter()
     try:
-        result = indexing.evaluate_models(log, params, indexing.BaselineParams())
-        evaluation = result.as_dict()
-        evaluation["served"] = result.metrics["served_blend"]
-    except indexing.EmptyDataError as exc:
-        print(f"evaluation skipped: {exc}", file=sys.stderr)
-    eval_s = time.perf_counter() - started
-    started = time.perf_counter()
-    try:
-        model = indexing.train_model(log, params, catalog=catalog)
+        result = indexing.build_version(
+            log,
+            store,
+            catalog=catalog,
+            params=params,
+            publish_it=args.publish,
+            force=args.force,
+            max_drop=args.max_drop,
+        )
     except indexing.EmptyDataError as exc:
         fail(str(exc))
-    train_s = time.perf_counter() - started
-    version, spec = indexing.save_model(
-        store,
-        model,
-        evaluation=evaluation,
-        extra={"timings_s": {"evaluation": eval_s, "training": train_s}},
-    )
-    out: dict[str, Any] = {
-        "store": str(store),
-        "version": version,
-        "counts": model.counts,
-        "index": spec.as_dict(),
-        "served_recall@10": evaluation.get("served", {}).get("recall@10"),
-    }
-    if args.publish:
-        try:
-            out["published"] = dict(
-                indexing.publish(store, version, force=args.force, max_drop=args.max_drop)
-            )
-        except indexing.QualityGateError as exc:
-            out["published"] = None
-            print_json(out)
-            print(f"pushrec: {exc}", file=sys.stderr)
-            return 1
-    print_json(out)
+    except indexing.ArtifactError as exc:
+        fail(f"built but not publishable: {exc}")
+    for note in result.notes:
+        print(note, file=sys.stderr)
+    print_json(result.as_dict())
+    if result.refused:
+        print(f"pushrec: {result.refused}", file=sys.stderr)
+        return 1
     return 0
 
 
