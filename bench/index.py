@@ -107,12 +107,20 @@ def _rss_child(store: str, version: str, queries: int) -> None:
     for row in rng.integers(0, len(index), size=queries).tolist():
         index.similar([index.item_ids[row]], k=10)
     after_queries = proc.memory_info().rss
+    full = proc.memory_full_info()
+    shared_files = sum(
+        m.rss
+        for m in proc.memory_maps()
+        if m.path.startswith(store) and m.path.endswith((".faiss", ".npy"))
+    )
     print(
         json.dumps(
             {
                 "rss_start_mb": before / 2**20,
                 "rss_after_load_mb": after_load / 2**20,
                 "rss_after_queries_mb": after_queries / 2**20,
+                "uss_after_queries_mb": full.uss / 2**20,
+                "mapped_artifact_resident_mb": shared_files / 2**20,
             }
         )
     )

@@ -10,8 +10,9 @@ What a worker process does::
     index.recommend(recent_ids, recent_weights, k=10, exclude=purchased)
     current_version(store)                   # cheap poll for a newer build
 
-What the build job does: `read_events` / `read_events_csv` -> `train_model` ->
-`evaluate_models` -> `save_model` -> `publish` (quality gate).
+What the build job does: `read_events(stream rows)` or `read_events_csv(path)`, then
+`build_version(log, store, catalog=..., publish_it=True)` (= `evaluate_models` ->
+`train_model` -> `save_model` -> `publish` through the quality gate).
 """
 
 from indexing.artifact import load_index, save_model
@@ -47,7 +48,15 @@ from indexing.matrix import DEFAULT_TYPE_WEIGHTS, Weighting, event_weights
 from indexing.model import ModelParams, TrainedModel, train_model
 from indexing.neighbours import ExactNeighbours, FaissNeighbours, Neighbours, configure_threads
 from indexing.online_retail import convert_online_retail
-from indexing.store import current_version, list_versions, publish, read_manifest, verify_artifact
+from indexing.pipeline import BuildResult, build_version
+from indexing.store import (
+    current_version,
+    list_versions,
+    prune_versions,
+    publish,
+    read_manifest,
+    verify_artifact,
+)
 
 __all__ = [
     "DEFAULT_TYPE_WEIGHTS",
@@ -61,6 +70,7 @@ __all__ = [
     "Blend",
     "BlendWeights",
     "BuildParams",
+    "BuildResult",
     "ChecksumError",
     "DiscoveryTask",
     "EmptyDataError",
@@ -85,6 +95,7 @@ __all__ = [
     "UnknownItemError",
     "Weighting",
     "build_index",
+    "build_version",
     "configure_threads",
     "convert_online_retail",
     "current_version",
@@ -95,6 +106,7 @@ __all__ = [
     "list_versions",
     "load_index",
     "parse_ts",
+    "prune_versions",
     "publish",
     "read_events",
     "read_events_csv",

@@ -122,7 +122,12 @@ def load_index(
         index = faiss.read_index(str(folder / INDEX_FILE), flag)
     except RuntimeError as exc:
         raise ChecksumError(f"{folder}: FAISS cannot read {INDEX_FILE}: {exc}") from exc
-    n, d = int(manifest["counts"]["items"]), int(manifest["dim"])
+    try:
+        n, d = int(manifest["counts"]["items"]), int(manifest["dim"])
+        params = ModelParams.from_dict(manifest["params"])
+        ef_search = manifest["index"].get("ef_search")
+    except (KeyError, TypeError, ValueError, AttributeError, AssertionError) as exc:
+        raise ManifestError(f"{folder}: manifest fields missing or malformed: {exc!r}") from exc
     shapes = {
         "index.ntotal": (int(index.ntotal), n),
         "index.d": (int(index.d), d),
@@ -137,7 +142,6 @@ def load_index(
     wrong = {k: v for k, v in shapes.items() if v[0] != v[1]}
     if wrong:
         raise ManifestError(f"{folder}: shapes disagree with the manifest: {wrong}")
-    params = ModelParams.from_dict(manifest["params"])
     try:
         sim = sp.csr_matrix((arr["knn_data"], arr["knn_indices"], arr["knn_indptr"]), shape=(n, n))
     except ValueError as exc:
@@ -145,7 +149,6 @@ def load_index(
     factors: npt.NDArray[np.float32] = arr["factors"]
     fold = FoldIn(factors, params.als.regularization, params.als.alpha, gram=arr["gram"])
     blend = Blend(factors, fold, sim, arr["popularity"], params.blend)
-    spec = manifest["index"]
     return LoadedIndex(
         version=version,
         manifest=manifest,
@@ -154,5 +157,5 @@ def load_index(
         norms=arr["norms"],
         cold=arr["cold"].astype(bool),
         blend=blend,
-        neighbours=FaissNeighbours(index, spec.get("ef_search")),
+        neighbours=FaissNeighbours(index, ef_search),
     )

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from indexing.events import EventLog
 from indexing.factors import FoldIn
-from indexing.knn import knn_scores
+from indexing.knn import knn_scores_at
 from indexing.matrix import Weighting, event_weights
 
 __all__ = ["Blend", "BlendWeights", "recent_item_weights", "shopper_histories"]
@@ -93,7 +93,7 @@ class Blend:
             if top > 0:
                 total += bw.mf * (mf / top)
         if bw.knn:
-            knn = knn_scores(self.similarity, rows, weights)[cand]
+            knn = knn_scores_at(self.similarity, rows, weights, cand)
             top = float(knn.max()) if knn.size else 0.0
             if top > 0:
                 total += bw.knn * (knn / top)

@@ -213,7 +213,9 @@ def read_events(
 
     rows: mappings with the `EVENT_FIELDS` keys (str or bytes values, or numbers for ts /
     quantity / price), e.g. `csv.DictReader` rows or entries of the worker's Redis stream.
-    until: keep only events with ts < until (others are counted as `after_until`).
+    until: keep only events with ts < until (others are counted as `after_until`);
+    min_ts: likewise drop events with ts < min_ts (`before_min_ts`), e.g. a training window.
+    report: an existing report to add to (reading several sources into one account).
     Rows with a missing id, an unknown type, a bad ts or quantity are rejected with a reason;
     an event without an item (a search) is counted as `no_item`. Raises `EmptyDataError` when
     no event is accepted.

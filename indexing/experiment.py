@@ -98,17 +98,14 @@ def served_rankings(
     model: TrainedModel,
     *,
     blend: BlendWeights | None = None,
-    history_half_life_days: float | str | None = "model",
+    history: Weighting | None = None,
 ) -> dict[int, list[int]]:
-    """Top-`_DEPTH` item codes per test user from `Blend.score` over all warm items."""
+    """Top-`_DEPTH` item codes per test user from `Blend.score` over all warm items.
+
+    blend / history: override the model's blend weights / shopper-history weighting (tuning).
+    """
     params = model.params
-    hl = (
-        params.history_half_life_days
-        if history_half_life_days == "model"
-        else history_half_life_days
-    )
-    assert hl is None or isinstance(hl, float | int)
-    weighting = replace(params.weighting, half_life_days=hl)
+    weighting = history or params.history_weighting
     code_of = {item_id: code for code, item_id in enumerate(task.train.item_ids)}
     row_code = np.array([code_of[i] for i in model.item_ids], dtype=np.int64)
     row_of = np.full(len(task.train.item_ids), -1, dtype=np.intp)
@@ -286,7 +283,8 @@ def tune(
             grid.history_half_life_days, grid.blend_knn, grid.blend_pop
         ):
             bw = BlendWeights(mf=1.0, knn=wk, pop=wp)
-            score = recall(served_rankings(task, model, blend=bw, history_half_life_days=hl))
+            history = Weighting(base.weighting.type_weights, hl)
+            score = recall(served_rankings(task, model, blend=bw, history=history))
             candidate = replace(base, blend=bw, history_half_life_days=hl)
             blend_log.append({**candidate.as_dict(), "recall@10": score})
             if best is None or score > best[0]:

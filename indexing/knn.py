@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-__all__ = ["item_similarity", "knn_scores"]
+__all__ = ["item_similarity", "knn_scores", "knn_scores_at"]
 
 _BLOCK = 4096
 
@@ -67,4 +67,35 @@ def knn_scores(
     for r, w in zip(np.asarray(rows).tolist(), np.asarray(weights).tolist(), strict=True):
         lo, hi = indptr[r], indptr[r + 1]
         out[indices[lo:hi]] += np.float32(w) * data[lo:hi]
+    return out
+
+
+def knn_scores_at(
+    sim: sp.csr_matrix,
+    rows: npt.NDArray[np.intp],
+    weights: npt.NDArray[np.floating],
+    candidates: npt.NDArray[np.intp],
+) -> npt.NDArray[np.float64]:
+    """`knn_scores(sim, rows, weights)[candidates]` without an (n_items,) temporary.
+
+    Cost follows the neighbour lists of `rows` (at most M each), not the catalog size.
+    """
+    indptr, indices, data = sim.indptr, sim.indices, sim.data
+    cols: list[npt.NDArray[np.int32]] = []
+    vals: list[npt.NDArray[np.float64]] = []
+    for r, w in zip(np.asarray(rows).tolist(), np.asarray(weights).tolist(), strict=True):
+        lo, hi = indptr[r], indptr[r + 1]
+        cols.append(indices[lo:hi])
+        vals.append(w * data[lo:hi].astype(np.float64))
+    out = np.zeros(np.asarray(candidates).shape[0], dtype=np.float64)
+    if not cols:
+        return out
+    col = np.concatenate(cols)
+    if col.shape[0] == 0:
+        return out
+    uniq, inv = np.unique(col, return_inverse=True)
+    sums = np.bincount(inv, weights=np.concatenate(vals), minlength=uniq.shape[0])
+    pos = np.minimum(np.searchsorted(uniq, candidates), uniq.shape[0] - 1)
+    hit = uniq[pos] == candidates
+    out[hit] = sums[pos[hit]]
     return out

@@ -57,6 +57,11 @@ class LoadedIndex:
         self._row = {item_id: row for row, item_id in enumerate(self.item_ids)}
         self.factors = factors
         self.norms = norms
+        # a plain ndarray view of the (possibly memory-mapped) factors: np.memmap indexing
+        # costs microseconds per call on the hot path; the view shares the same pages
+        self._factors = np.asarray(factors)
+        safe = np.where(norms > 0, norms, 1.0).astype(np.float32)
+        self._inv_norms = (1.0 / safe).astype(np.float32)
         self.cold = cold
         self.blend = blend
         self.neighbours = neighbours
@@ -130,21 +135,29 @@ class LoadedIndex:
     ) -> list[Scored]:
         """Per item of `item_ids`, its k most similar items (never itself), skipping
         `exclude` and blocked items. An unknown id answers an empty list."""
+        get = self._row.get
         out: list[Scored] = [[] for _ in item_ids]
-        known = [(pos, self._row[i]) for pos, i in enumerate(item_ids) if i in self._row]
-        if not known:
+        positions: list[int] = []
+        q_rows: list[int] = []
+        for pos, item_id in enumerate(item_ids):
+            row = get(item_id)
+            if row is not None:
+                positions.append(pos)
+                q_rows.append(row)
+        if not q_rows:
             return out
-        ex = set(self.rows(exclude).tolist())
-        q_rows = np.array([r for _, r in known], dtype=np.intp)
-        queries = np.asarray(self.factors[q_rows], dtype=np.float32)
-        norms = self.norms[q_rows][:, None]
-        queries = np.divide(queries, norms, out=queries, where=norms > 0)
-        # each query also excludes itself: fetch one more and drop it
-        scores, rows = self.neighbours.search(queries, k + 1, ex)
-        for (pos, own), srow, rrow in zip(known, scores, rows, strict=True):
-            keep = (rrow >= 0) & (rrow != own)
-            ids = self._ids[rrow[keep]][:k].tolist()
-            out[pos] = list(zip(ids, srow[keep][:k].tolist(), strict=True))
+        ex = set(self.rows(exclude).tolist()) if exclude else ()
+        # search with the raw factor and rescale the scores: scaling a query by a positive
+        # number changes neither the exact nor the HNSW ranking, and saves a copy
+        scores, rows = self.neighbours.search(self._factors[q_rows], k + 1, ex)
+        scores *= self._inv_norms[q_rows, None]
+        ids = self.item_ids
+        for pos, own, srow, rrow in zip(
+            positions, q_rows, scores.tolist(), rows.tolist(), strict=True
+        ):
+            out[pos] = [
+                (ids[r], s) for r, s in zip(rrow, srow, strict=True) if r >= 0 and r != own
+            ][:k]
         return out
 
     # --- shoppers -----------------------------------------------------------------------
@@ -191,12 +204,21 @@ class LoadedIndex:
         blend: BlendWeights | None = None,
     ) -> list[float]:
         """The served score of each of `candidates` for a shopper whose recent items are
-        `item_ids` with raw `weights`; NaN for an unknown candidate."""
+        `item_ids` with raw `weights`; NaN for an unknown candidate.
+
+        Each signal is normalised by its maximum over candidates plus recent items (the recent
+        items are scored, then left out of the answer). `recommend` normalises over the whole
+        catalog (up to `FULL_SCORE_MAX_ITEMS`) or over its candidate set plus recent items, so
+        the two agree exactly when those maxima agree — typically they sit on or next to
+        the shopper's own items.
+        """
         rows, w = self._known(item_ids, weights)
         cand = [self._row.get(c) for c in candidates]
         known = np.array([c for c in cand if c is not None], dtype=np.intp)
-        scores = iter(self.blend.score(rows, w, known, blend).tolist())
-        return [next(scores) if c is not None else float("nan") for c in cand]
+        scored = np.concatenate([known, rows])
+        values = self.blend.score(rows, w, scored, blend)[: known.shape[0]]
+        it = iter(values.tolist())
+        return [next(it) if c is not None else float("nan") for c in cand]
 
     def recommend(
         self,
@@ -211,7 +233,9 @@ class LoadedIndex:
         Never returns the shopper's own recent items, `exclude` or blocked items. Catalogs
         up to `FULL_SCORE_MAX_ITEMS` are scored in full; larger ones score the union of the
         fold-in vector's 200 nearest items, the KNN neighbours of the recent items and the
-        200 most popular recent items.
+        200 most popular recent items. Excluded items are dropped *after* scoring, because
+        `Blend.score` normalises each signal by its maximum over the scored set — exactly
+        as the offline evaluation scores every warm item, the shopper's own included.
         """
         rows, w = self._known(item_ids, weights)
         banned = set(rows.tolist()) | set(self.rows(exclude).tolist()) | self._blocked
@@ -229,12 +253,14 @@ class LoadedIndex:
                     sim.indices[sim.indptr[r] : sim.indptr[r + 1]].astype(np.intp)
                     for r in rows.tolist()
                 )
+            parts.append(rows)
             cand = np.unique(np.concatenate(parts))
+        s = self.blend.score(rows, w, cand, blend).astype(np.float64)
         if banned:
-            cand = cand[~np.isin(cand, np.fromiter(banned, dtype=np.intp, count=len(banned)))]
+            keep = ~np.isin(cand, np.fromiter(banned, dtype=np.intp, count=len(banned)))
+            cand, s = cand[keep], s[keep]
         if cand.shape[0] == 0:
             return []
-        s = self.blend.score(rows, w, cand, blend).astype(np.float64)
         m = min(k, cand.shape[0])
         top = np.argpartition(-s, m - 1)[:m]
         top = top[np.lexsort((cand[top], -s[top]))]

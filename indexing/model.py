@@ -59,10 +59,12 @@ class ModelParams:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> ModelParams:
-        als = data.get("als", {})
-        weighting = data.get("weighting", {})
-        blend = data.get("blend", {})
-        assert isinstance(als, dict) and isinstance(weighting, dict) and isinstance(blend, dict)
+        """Inverse of `as_dict`; raises TypeError / ValueError / KeyError when malformed."""
+        als = data["als"]
+        weighting = data["weighting"]
+        blend = data["blend"]
+        if not (isinstance(als, dict) and isinstance(weighting, dict) and isinstance(blend, dict)):
+            raise TypeError("params.als, params.weighting and params.blend must be objects")
         return cls(
             als=AlsParams(**als),
             weighting=Weighting(**weighting),

@@ -87,7 +87,8 @@ class FaissNeighbours:
         self.ef_search = int(ef_search or (index.hnsw.efSearch if self._hnsw else 0))
         if self._hnsw:
             index.hnsw.efSearch = self.ef_search
-        n = int(index.ntotal)
+        n = self._count = int(index.ntotal)
+        self._dim = int(index.d)
         self._allowed = np.full((n + 7) // 8, 0xFF, dtype=np.uint8)
         self._blocked: set[int] = set()
         self._selector: faiss.IDSelector | None = None
@@ -95,7 +96,7 @@ class FaissNeighbours:
 
     @property
     def count(self) -> int:
-        return int(self.index.ntotal)
+        return self._count
 
     def _refresh(self) -> None:
         if not self._blocked:
@@ -121,25 +122,28 @@ class FaissNeighbours:
     def search(
         self, queries: npt.NDArray[np.float32], k: int, exclude: Collection[int] = ()
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        fetch = min(k + len(exclude), self.count)
-        q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.index.d)
-        if self._hnsw:
+        fetch = min(k + len(exclude), self._count)
+        q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self._dim)
+        if self._selector is None and (not self._hnsw or fetch <= self.ef_search):
+            # the hot path: no per-call parameter object (efSearch is set on the index)
+            scores, rows = self.index.search(q, fetch)
+        elif self._hnsw:
             params: Any = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
             params.efSearch = max(self.ef_search, fetch)
             if self._selector is not None:
                 params.sel = self._selector
             scores, rows = self.index.search(q, fetch, params=params)
-        elif self._selector is not None:
+        else:
             flat_params: Any = faiss.SearchParameters()
             flat_params.sel = self._selector
             scores, rows = self.index.search(q, fetch, params=flat_params)
-        else:
-            scores, rows = self.index.search(q, fetch)
         if fetch < k:
             pad = k - fetch
             rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-        return _finish(scores, rows.astype(np.int64), k, exclude)
+        if not exclude and fetch == k:
+            return scores, rows
+        return _finish(scores, rows, k, exclude)
 
 
 class ExactNeighbours:

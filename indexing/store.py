@@ -48,6 +48,7 @@ __all__ = [
     "GateDecision",
     "current_version",
     "list_versions",
+    "prune_versions",
     "publish",
     "read_manifest",
     "verify_artifact",
@@ -117,10 +118,33 @@ def write_artifact(
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
         os.replace(tmp, store / version)
+        _fsync_dir(store)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return version
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def prune_versions(store: Path, keep: int = 3) -> list[str]:
+    """Delete all but the `keep` newest versions, never the current one; return the
+    deleted names. Folders of builds still being written (`.tmp-*`) are left alone."""
+    try:
+        current: str | None = current_version(store)
+    except ArtifactNotFoundError:
+        current = None
+    versions = list_versions(store)
+    doomed = [v for v in versions[: max(len(versions) - keep, 0)] if v != current]
+    for name in doomed:
+        shutil.rmtree(store / name)
+    return doomed
 
 
 def list_versions(store: Path) -> list[str]:
@@ -243,6 +267,7 @@ def publish(
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, store / CURRENT_FILE)
+    _fsync_dir(store)
     return GateDecision(
         version=version, previous=previous, recall=new, previous_recall=old, forced=force
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from indexing import ModelParams
 from tests.indexing.conftest import planted_rows, write_csv
 from worker.cli import main
 
@@ -83,3 +84,61 @@ def test_data_convert_online_retail_slice(
     src.write_text(HEADER + "\n".join(LINES) + "\n")
     assert main(["data", "convert", "online-retail", str(src), str(tmp_path / "out")]) == 0
     assert json.loads(capsys.readouterr().out)["events"] == 3
+
+
+def test_index_build_until_and_params_file(
+    tmp_path: Path, events: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params = tmp_path / "eval.json"
+    params.write_text(json.dumps({"params": {**ModelParams().as_dict(), "knn_top_m": 7}}))
+    store = tmp_path / "store"
+    with pytest.raises(SystemExit) as exc:  # no event before --until: refused, nothing written
+        main(
+            [
+                "index",
+                "build",
+                "--events",
+                str(events),
+                "--out",
+                str(store),
+                "--until",
+                "1700000000",
+                "--params",
+                str(params),
+            ]
+        )
+    assert exc.value.code == 2 and not store.exists()
+    assert "no usable events" in capsys.readouterr().err
+    code = main(
+        [
+            "index",
+            "build",
+            "--events",
+            str(events),
+            "--out",
+            str(store),
+            "--until",
+            "2023-12-15T00:00:00Z",
+            "--params",
+            str(params),
+        ]
+    )
+    assert code == 0
+    built = json.loads(capsys.readouterr().out)
+    manifest = json.loads((store / built["version"] / "manifest.json").read_text())
+    assert manifest["params"]["knn_top_m"] == 7
+    assert 0 < manifest["counts"]["events"] < 1280  # only events before --until
+
+
+def test_index_build_refused_by_the_gate_exits_1_and_keeps_current(
+    tmp_path: Path, events: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "store"
+    assert main(["index", "build", "--events", str(events), "--out", str(store), "--publish"]) == 0
+    first = json.loads(capsys.readouterr().out)["version"]
+    # a negative allowed drop demands a better score than the current one: equal is refused
+    argv = ["index", "build", "--events", str(events), "--out", str(store), "--publish"]
+    assert main([*argv, "--max-drop", "-0.5"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["published"] is None and "not published" in captured.err
+    assert (store / "current").read_text().strip() == first

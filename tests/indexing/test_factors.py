@@ -97,3 +97,16 @@ def test_item_knn_equals_dense_cosine_top_m() -> None:
         got = sorted(zip((-row.data).tolist(), row.indices.tolist(), strict=True))
         assert [j for _, j in got] == [j for _, j in expected]
         assert np.allclose([v for v, _ in got], [v for v, _ in expected], atol=1e-6)
+
+
+def test_knn_scores_at_candidates_equal_the_dense_sum() -> None:
+    from indexing.knn import knn_scores, knn_scores_at
+
+    raw, _ = _matrix()
+    sim = item_similarity(raw, top_m=5)
+    rows = np.array([0, 3, 7], dtype=np.intp)
+    weights = np.array([1.0, 2.5, 0.5])
+    cand = np.array([1, 2, 5, 9, 40, 47], dtype=np.intp)
+    dense = knn_scores(sim, rows, weights)[cand]
+    assert np.allclose(knn_scores_at(sim, rows, weights, cand), dense, rtol=1e-6)
+    assert not knn_scores_at(sim, rows[:0], weights[:0], cand).any()

@@ -135,3 +135,28 @@ def test_recent_item_weights_match_the_offline_histories(index: LoadedIndex) -> 
     assert [log.item_ids[r] for r in hist[0]] == ids
     assert np.allclose(hist[1], weights, rtol=1e-5)
     assert index.history_items == 50
+
+
+def test_served_path_answers_what_the_evaluation_measured(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """`LoadedIndex.recommend` on a saved model == the evaluation's ranking of that model."""
+    from indexing import discovery_task, shopper_histories
+    from indexing.experiment import served_rankings
+
+    log, _ = read_events(planted_rows(per_user=8))
+    task = discovery_task(log)
+    model = train_model(task.train, PARAMS, as_of=task.split_ts)
+    store = tmp_path_factory.mktemp("served")
+    version, _ = save_model(store, model)
+    index = load_index(store, version)
+    evaluated = served_rankings(task, model)
+    histories = shopper_histories(
+        task.train, PARAMS.history_weighting, task.split_ts, PARAMS.history_items
+    )
+    assert evaluated
+    for user, ranking in evaluated.items():
+        codes, weights = histories[user]
+        ids = [task.train.item_ids[c] for c in codes.tolist()]
+        served = index.recommend(ids, weights.tolist(), k=len(ranking))
+        assert [i for i, _ in served] == [task.train.item_ids[c] for c in ranking]

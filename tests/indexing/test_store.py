@@ -131,3 +131,23 @@ def test_missing_store_or_version_is_not_found(tmp_path: Path) -> None:
         load_index(tmp_path / "nowhere")
     with pytest.raises(ArtifactNotFoundError):
         load_index(tmp_path, "20990101T000000Z")
+
+
+def test_manifest_with_malformed_params_is_refused(tmp_path: Path, model: TrainedModel) -> None:
+    version = _save(tmp_path, model, 0.3)
+    manifest_path = tmp_path / version / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["params"]["als"] = "fast"
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="malformed"):
+        load_index(tmp_path, version)
+
+
+def test_prune_keeps_newest_and_current(tmp_path: Path, model: TrainedModel) -> None:
+    from indexing import prune_versions
+
+    versions = [_save(tmp_path, model, 0.3) for _ in range(4)]
+    publish(tmp_path, versions[0])
+    deleted = prune_versions(tmp_path, keep=2)
+    assert deleted == [versions[1]]
+    assert list_versions(tmp_path) == [versions[0], *versions[2:]]

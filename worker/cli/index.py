@@ -33,6 +33,11 @@ def register(subparsers: Any) -> None:
     build.add_argument("--force", action="store_true", help="publish despite the quality gate")
     build.add_argument("--rejected", type=Path, help="write rejected event rows here (CSV)")
     build.add_argument(
+        "--params",
+        type=Path,
+        help="model parameters as JSON (the `params` of `pushrec eval --json`, or bare)",
+    )
+    build.add_argument(
         "--max-drop", type=float, default=0.05, help="gate: allowed relative recall@10 drop"
     )
     build.set_defaults(handler=cmd_index_build)
@@ -91,6 +96,16 @@ def _read_items(path: Path | None) -> dict[str, indexing.Item]:
     return items
 
 
+def _read_params(path: Path | None) -> indexing.ModelParams:
+    if path is None:
+        return indexing.ModelParams()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return indexing.ModelParams.from_dict(data.get("params", data))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        fail(f"--params {path}: {exc!r}")
+
+
 def _store(arg: Path | None) -> Path:
     return arg if arg is not None else load_settings().index_store_dir
 
@@ -105,46 +120,27 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     store = _store(args.out)
     log = _read_log(args.events, until, args.rejected)
     catalog = _read_items(args.items)
-    params = indexing.ModelParams()
-    evaluation: dict[str, Any] = {}
-    started = time.perf_counter()
+    params = _read_params(args.params)
     try:
-        result = indexing.evaluate_models(log, params, indexing.BaselineParams())
-        evaluation = result.as_dict()
-        evaluation["served"] = result.metrics["served_blend"]
-    except indexing.EmptyDataError as exc:
-        print(f"evaluation skipped: {exc}", file=sys.stderr)
-    eval_s = time.perf_counter() - started
-    started = time.perf_counter()
-    try:
-        model = indexing.train_model(log, params, catalog=catalog)
+        result = indexing.build_version(
+            log,
+            store,
+            catalog=catalog,
+            params=params,
+            publish_it=args.publish,
+            force=args.force,
+            max_drop=args.max_drop,
+        )
     except indexing.EmptyDataError as exc:
         fail(str(exc))
-    train_s = time.perf_counter() - started
-    version, spec = indexing.save_model(
-        store,
-        model,
-        evaluation=evaluation,
-        extra={"timings_s": {"evaluation": eval_s, "training": train_s}},
-    )
-    out: dict[str, Any] = {
-        "store": str(store),
-        "version": version,
-        "counts": model.counts,
-        "index": spec.as_dict(),
-        "served_recall@10": evaluation.get("served", {}).get("recall@10"),
-    }
-    if args.publish:
-        try:
-            out["published"] = dict(
-                indexing.publish(store, version, force=args.force, max_drop=args.max_drop)
-            )
-        except indexing.QualityGateError as exc:
-            out["published"] = None
-            print_json(out)
-            print(f"pushrec: {exc}", file=sys.stderr)
-            return 1
-    print_json(out)
+    except indexing.ArtifactError as exc:
+        fail(f"built but not publishable: {exc}")
+    for note in result.notes:
+        print(note, file=sys.stderr)
+    print_json(result.as_dict())
+    if result.refused:
+        print(f"pushrec: {result.refused}", file=sys.stderr)
+        return 1
     return 0
 
 
