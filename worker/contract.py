@@ -21,6 +21,7 @@ NOOP: Final = "pushrec.noop"
 # Internal tasks (pushrec sends these to itself; not for producers).
 FIRE: Final = "pushrec.fire"
 DELIVER: Final = "pushrec.deliver"
+REBUILD_INDEX: Final = "pushrec.rebuild_index"
 
 # Which logical queue each task goes to; queue names themselves are settings.
 ACTIVITY: Final = "activity"
@@ -38,6 +39,7 @@ TASK_QUEUES: Final[dict[str, str]] = {
     NOOP: ACTIVITY,
     FIRE: ACTIVITY,
     DELIVER: PUSH,
+    REBUILD_INDEX: MAINTENANCE,
 }
 
 EVENT_TYPES: Final = (

@@ -152,6 +152,10 @@ class Settings(BaseSettings):
 
     # --- index -----------------------------------------------------------------------
     index_store: Path | None = Field(default=None, description="Default: <state_dir>/index.")
+    index_rebuild_cron: str | None = Field(
+        default="30 3 * * *",
+        description="When the scheduler rebuilds the index (crontab, UTC); empty = never.",
+    )
 
     # --- push gateways ---------------------------------------------------------------
     fcm_url: str = "https://fcm.googleapis.com"
@@ -211,6 +215,16 @@ class Settings(BaseSettings):
         if value and urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value or None
+
+    @field_validator("index_rebuild_cron")
+    @classmethod
+    def _crontab(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from apscheduler.triggers.cron import CronTrigger
+
+        CronTrigger.from_crontab(value, timezone="UTC")  # raises ValueError with the reason
+        return value
 
     @field_validator("rules")
     @classmethod

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from celery import Task
 
-from worker import contract, ingest
+from worker import contract, ingest, rebuild
 from worker.app import PushrecApp
 from worker.firing import FireJob
 from worker.runtime import Runtime
@@ -141,6 +141,14 @@ def register_tasks(app: PushrecApp) -> None:
         attempt = int(kwargs.get("attempt", 0))
         only = kwargs.get("devices")
         return _run(self, lambda rt: rt.sender().deliver(mid, time.time(), attempt, only))
+
+    @app.task(name=contract.REBUILD_INDEX, bind=True, base=PushrecTask, ignore_result=False)
+    def rebuild_index(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
+        """Internal: build an index from the interaction log and publish it (maintenance)."""
+        force = bool(kwargs.get("force", False))
+        return _run(
+            self, lambda rt: rebuild.rebuild_index(rt.redis, rt.keys, rt.settings, force=force)
+        )
 
     @app.task(name=contract.NOOP, bind=True, base=PushrecTask)
     def noop(self: PushrecTask, *args: Any, **kwargs: Any) -> None:

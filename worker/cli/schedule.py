@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from worker.cli.common import load_settings_with_redis
@@ -31,7 +32,10 @@ def register(subparsers: Any) -> None:
 
 
 def run_scheduler(args: argparse.Namespace) -> int:
+    from apscheduler.triggers.cron import CronTrigger
+
     from worker.app import create_app
+    from worker.contract import REBUILD_INDEX
     from worker.scheduler import LeaderLock, Scheduler, drain_due
 
     settings, server = load_settings_with_redis()
@@ -40,15 +44,20 @@ def run_scheduler(args: argparse.Namespace) -> int:
     )
     app = create_app(settings)
     rt = app.runtime()
-    scheduler = Scheduler(
-        LeaderLock(rt.redis, rt.keys.scheduler_lock),
-        jobs=[
+    jobs: list[tuple[Callable[[], Any], dict[str, Any]]] = [
+        (
+            lambda: drain_due(rt.delayed, app.enqueue),
+            {"trigger": "interval", "seconds": settings.scheduler_poll_s},
+        )
+    ]
+    if settings.index_rebuild_cron:
+        jobs.append(
             (
-                lambda: drain_due(rt.delayed, app.enqueue),
-                {"trigger": "interval", "seconds": settings.scheduler_poll_s},
-            ),
-        ],
-    )
+                lambda: app.enqueue(REBUILD_INDEX, {}),
+                {"trigger": CronTrigger.from_crontab(settings.index_rebuild_cron, timezone="UTC")},
+            )
+        )
+    scheduler = Scheduler(LeaderLock(rt.redis, rt.keys.scheduler_lock), jobs)
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
     try:
         scheduler.run()
