@@ -106,6 +106,11 @@ class Audit:
             self._client.expire(key, self._ttl_s)
             self.count(rule, outcome)
 
+    def outcomes(self, message_id: str) -> dict[str, str]:
+        """opened / clicked / converted -> time, as attributed to this message."""
+        out: dict[str, str] = self._client.hgetall(self._keys.message(message_id).outcome)  # type: ignore[assignment]
+        return out
+
     def stats(self, rules: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Per rule: the counters, open/click/conversion rates and lift over holdout."""
         out: dict[str, dict[str, Any]] = {}

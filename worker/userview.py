@@ -7,13 +7,31 @@ from typing import Any
 
 import redis
 
+from worker.audit import Audit
 from worker.contacts import Contacts, fingerprint
 from worker.keys import Keys
+from worker.outbox import Outbox
 from worker.state import decayed_weight
 
 
 def _num(value: str | None) -> float | None:
     return float(value) if value is not None else None
+
+
+def decisions_view(audit: Audit, outbox: Outbox, user_id: str) -> list[dict[str, Any]]:
+    """The shopper's last decisions, newest first, each with its message's delivery
+    state and attempts when one was queued."""
+    out = []
+    for decision in audit.decisions(user_id):
+        mid = decision.get("message_id")
+        if decision.get("action") == "queued" and mid:
+            decision["delivery"] = {
+                "state": outbox.state(mid),
+                "attempts": outbox.attempts(mid),
+                "outcome": audit.outcomes(mid),
+            }
+        out.append(decision)
+    return out
 
 
 def user_view(

@@ -26,6 +26,11 @@ def register(subparsers: Any) -> None:
     metrics = subparsers.add_parser("metrics", help="print the counters as JSON")
     metrics.set_defaults(handler=show_metrics)
 
+    stats = subparsers.add_parser(
+        "stats", help="per rule: sent, delivered, opens, clicks, conversions, lift over holdout"
+    )
+    stats.set_defaults(handler=show_stats)
+
 
 def _runtime() -> Any:
     from worker.runtime import Runtime
@@ -35,10 +40,12 @@ def _runtime() -> Any:
 
 
 def show_user(args: argparse.Namespace) -> int:
-    from worker.userview import user_view
+    from worker.userview import decisions_view, user_view
 
     rt = _runtime()
-    print_json(user_view(rt.redis, rt.keys, rt.contacts, args.user_id, time.time()))
+    view = user_view(rt.redis, rt.keys, rt.contacts, args.user_id, time.time())
+    view["decisions"] = decisions_view(rt.audit, rt.outbox, args.user_id)
+    print_json(view)
     return 0
 
 
@@ -51,6 +58,12 @@ def forget_user(args: argparse.Namespace) -> int:
 
 def show_rejected(args: argparse.Namespace) -> int:
     print_json(_runtime().rejected.recent(args.count))
+    return 0
+
+
+def show_stats(args: argparse.Namespace) -> int:
+    rt = _runtime()
+    print_json(rt.audit.stats([rule.name for rule in rt.settings.rules]))
     return 0
 
 

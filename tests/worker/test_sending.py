@@ -1,0 +1,155 @@
+"""Send-time re-checks and device handling, in-process against the local gateways."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from push.testing.serve import local_gateways
+from tests.worker.realtime import Gateways, build_planted_index, planted_catalog, register
+from worker import ingest
+from worker.firing import FireJob
+from worker.runtime import Runtime
+from worker.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+    with local_gateways(tmp_path_factory.mktemp("gw")) as state:
+        gw = Gateways(state)
+        yield gw
+        gw.close()
+
+
+@pytest.fixture
+def shop(
+    settings: Settings, gateways: Gateways, tmp_path: Path
+) -> Iterator[tuple[Runtime, list[tuple[str, dict[str, Any]]]]]:
+    """A runtime whose `enqueue` records instead of sending (the test runs the tasks),
+    with a published planted index."""
+    gateways.reset()
+    build_planted_index(tmp_path / "index")
+    env = gateways.env
+    full = settings.model_copy(
+        update={
+            "fcm_url": env["PUSHREC_FCM_URL"],
+            "fcm_credentials": Path(env["PUSHREC_FCM_CREDENTIALS"]),
+            "fcm_project_id": env["PUSHREC_FCM_PROJECT_ID"],
+            "cap_marketing_per_day": 100,
+            "cap_total_per_day": 100,
+            "index_store": tmp_path / "index",
+        }
+    )
+    queued: list[tuple[str, dict[str, Any]]] = []
+    rt = Runtime.open(full, enqueue=lambda task, kwargs: queued.append((task, kwargs)))
+    ingest.upsert_items(rt, planted_catalog(), time.time())
+    yield rt, queued
+    rt.close()
+
+
+def fire_post_purchase(rt: Runtime, user: str, item: str) -> str:
+    now = time.time()
+    ingest.track_one(
+        rt,
+        {"event_id": f"p-{user}", "user_id": user, "type": "purchase", "item_id": item, "ts": now},
+        now,
+        "d",
+    )
+    job = FireJob(
+        rule="post_purchase",
+        user_id=user,
+        trigger_id=f"p-{user}",
+        trigger_ts=now,
+        items=(item,),
+        extra={},
+    )
+    decision = rt.firer().fire(job, now)
+    assert decision["action"] in {"queued", "held_out"}, decision
+    return str(decision["message_id"])
+
+
+def test_consent_withdrawn_after_the_trigger_suppresses_at_send_time(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways
+) -> None:
+    rt, _ = shop
+    user = next(u for u in (f"c{n}" for n in range(100)) if not _held_out(u))
+    register(rt, user, "fcm", gateways.targets["fcm"], time.time())
+    mid = fire_post_purchase(rt, user, "b0-1")
+    ingest.set_preferences(
+        rt, {"user_id": user, "consent": {"marketing": {"*": False}}}, time.time() + 1
+    )
+
+    outcome = rt.sender().deliver(mid, time.time() + 2)
+
+    assert outcome == {"action": "suppressed", "reason": "consent withdrawn or no active device"}
+    assert rt.outbox.state(mid)["state"] == "suppressed"
+    assert gateways.accepted("fcm") == []
+
+
+def test_item_bought_in_the_meantime_suppresses_an_item_rule(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways
+) -> None:
+    rt, queued = shop
+    user = "buyer"
+    register(rt, user, "fcm", gateways.targets["fcm"], time.time())
+    now = time.time()
+    ingest.track_one(
+        rt,
+        {"event_id": "v", "user_id": user, "type": "view", "item_id": "b2-2", "ts": now},
+        now,
+        "d",
+    )
+    ingest.upsert_items(rt, [{"item_id": "b2-2", "price": 1.0}], now)  # price drop fans out
+    [(_, kwargs)] = [q for q in queued if q[0] == "pushrec.fire"]
+    decision = rt.firer().fire(FireJob.from_kwargs(kwargs), now)
+    assert decision["action"] == "queued", decision
+    ingest.track_one(
+        rt,
+        {"event_id": "b", "user_id": user, "type": "purchase", "item_id": "b2-2", "ts": now + 1},
+        now + 1,
+        "d",
+    )
+
+    outcome = rt.sender().deliver(decision["message_id"], now + 2)
+
+    assert outcome["reason"] == "bought in the meantime"
+    assert gateways.accepted("fcm") == []
+
+
+def test_gateway_503_is_retried_later_from_the_delayed_set_and_sent_once(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways
+) -> None:
+    rt, _ = shop
+    user = next(u for u in (f"r{n}" for n in range(100)) if not _held_out(u))
+    register(rt, user, "fcm", gateways.targets["fcm"], time.time())
+    mid = fire_post_purchase(rt, user, "b3-1")
+    gateways.script("fcm", [{"status": 503, "retry_after": "7"}])
+
+    first = rt.sender().deliver(mid, time.time())
+    assert first["action"] == "retrying" and first["retry_after"] == pytest.approx(7, abs=1)
+    assert rt.delayed.due_at(f"deliver:{mid}") is not None
+    [claimed] = rt.delayed.claim_due(time.time() + 8)
+    second = rt.sender().deliver(
+        claimed.job.kwargs["message_id"],
+        time.time(),
+        claimed.job.kwargs["attempt"],
+        claimed.job.kwargs["devices"],
+    )
+    assert second["action"] == "sent"
+    again = rt.sender().deliver(mid, time.time())
+    assert again["action"] == "settled"
+    assert len(gateways.accepted("fcm")) == 1
+
+    report = ingest.erase_user(rt, user)  # erasure takes the shopper's messages too
+    assert rt.keys.message(mid).record in report["keys_removed"]  # type: ignore[operator]
+    assert rt.outbox.get(mid) is None
+
+
+def _held_out(user: str) -> bool:
+    from worker.policy import holdout_bucket
+
+    return holdout_bucket("post_purchase", user) < 10
