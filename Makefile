@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make run    start pushrec (embedded Redis, no servers to install)
+#   make run    start pushrec: worker + scheduler (embedded Redis, nothing to install)
 #   make test   run the test suite (starts its own redis-server when none answers)
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(BIN)/pushrec worker
+	$(BIN)/pushrec run
 
 test: install
 	$(BIN)/pytest -q

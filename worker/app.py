@@ -60,8 +60,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "unacked_restore_throttle": 1,
     }
     return {
-        "broker_url": settings.effective_broker_url,
-        "result_backend": settings.redis_url,
+        "broker_url": contract.celery_url(settings.effective_broker_url),
+        "result_backend": contract.celery_url(settings.redis_url or ""),
         # JSON only: a pickle payload from the network is code execution.
         "task_serializer": "json",
         "result_serializer": "json",

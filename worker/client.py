@@ -42,8 +42,8 @@ class PushrecClient:
         self._app = Celery("pushrec-client", set_as_current=False)
         options = {"global_keyprefix": broker_key_prefix} if broker_key_prefix else {}
         self._app.conf.update(
-            broker_url=broker_url,
-            result_backend=result_backend,
+            broker_url=contract.celery_url(broker_url),
+            result_backend=contract.celery_url(result_backend) if result_backend else None,
             task_serializer="json",
             accept_content=["json"],
             result_accept_content=["json"],

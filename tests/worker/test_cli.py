@@ -59,3 +59,64 @@ def test_without_a_redis_url_an_embedded_server_serves_and_stops(
         if any(str(tmp_path) in part for part in proc.info["cmdline"] or [])
     ]
     assert leftovers == []
+
+
+def test_pushrec_run_serves_events_on_an_embedded_redis_and_cleans_up(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """The README's main command: worker + scheduler, nothing installed by hand."""
+    import os
+    import signal
+    import time
+
+    from tests.worker.conftest import wait_for
+    from worker.client import PushrecClient
+    from worker.embedded import socket_url
+
+    env = {
+        k: v
+        for k, v in worker_env(settings).items()
+        if not k.startswith("PUSHREC_QUEUE") and k != "PUSHREC_REDIS_URL"
+    }
+    env["PUSHREC_STATE_DIR"] = str(tmp_path)
+    env["PUSHREC_BROKER_KEY_PREFIX"] = ""
+    log = (tmp_path / "run.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "run", "--concurrency=1"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for(
+            lambda: b" ready." in (tmp_path / "run.log").read_bytes(),
+            timeout=60,
+            what="worker ready",
+        )
+        with PushrecClient(socket_url(tmp_path)) as client:
+            client.track(
+                {
+                    "event_id": "e1",
+                    "user_id": "u1",
+                    "type": "view",
+                    "item_id": "i1",
+                    "ts": time.time(),
+                }
+            )
+        wait_for(
+            lambda: (
+                json.loads(pushrec("metrics", env=env).stdout or "{}").get("events.applied") == 1
+            ),
+            what="event applied",
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+        log.close()
+    leftovers = [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if any(str(tmp_path) in part for part in p.info["cmdline"] or [])
+    ]
+    assert leftovers == []
