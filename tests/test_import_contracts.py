@@ -40,3 +40,11 @@ def test_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("import worker.tasks\nfrom push.gateway import x\nfrom . import y\n")
     assert _imported_top_levels(module) == {"worker", "push"}
+
+
+def test_the_worker_contract_and_indexing_agree_on_event_types() -> None:
+    # `worker.contract` stays free of numpy/faiss for producers, so it cannot import them.
+    from indexing import EVENT_TYPES
+    from worker.contract import EVENT_TYPES as CONTRACT_TYPES
+
+    assert tuple(CONTRACT_TYPES) == tuple(EVENT_TYPES)

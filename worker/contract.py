@@ -42,6 +42,7 @@ TASK_QUEUES: Final[dict[str, str]] = {
     REBUILD_INDEX: MAINTENANCE,
 }
 
+
 def celery_url(url: str) -> str:
     """A Redis URL as Celery and kombu spell it: they take `redis+socket:///path` for a
     unix socket where redis-py takes `unix:///path`. Other URLs pass unchanged."""

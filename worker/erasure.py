@@ -34,7 +34,8 @@ class ErasureReport:
 
 def forget_user(client: redis.Redis, keys: Keys, contacts: Contacts, user_id: str) -> ErasureReport:
     """Delete the shopper's keys and the messages decided for them, release their devices,
-    and strip their entries from the interaction and rejected logs. Safe to repeat; the report says what this call removed."""
+    and strip their entries from the interaction and rejected logs. Safe to repeat; the
+    report says what this call removed."""
     report = ErasureReport(user_id=user_id)
     for raw in client.lrange(keys.user(user_id).decisions, 0, -1):
         mid = json.loads(raw).get("message_id")

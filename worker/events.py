@@ -10,10 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -29,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from indexing import parse_ts as _parse_ts
 from worker.contract import ITEM_EVENT_TYPES, PUSH_EVENT_TYPES, SCHEMA_VERSION
 from worker.settings import Settings
 
@@ -88,31 +87,12 @@ Scalar = str | int | float | bool | None
 
 
 def parse_ts(value: Any) -> float:
-    """Epoch seconds from epoch seconds (number or digit string) or ISO-8601.
-
-    A naive ISO timestamp is taken as UTC. Raises ValueError with the reason.
-    """
-    if isinstance(value, bool):
-        raise ValueError("ts must be ISO-8601 or epoch seconds, not a boolean")
-    if isinstance(value, int | float):
-        ts = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            ts = float(text)
-        except ValueError:
-            try:
-                parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            except ValueError:
-                raise ValueError(f"ts {value[:40]!r} is neither ISO-8601 nor epoch") from None
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            ts = parsed.timestamp()
-    else:
-        raise ValueError("ts must be ISO-8601 or epoch seconds")
-    if not math.isfinite(ts):
-        raise ValueError("ts is not finite")
-    return ts
+    """Epoch seconds from epoch seconds (number or digit string) or ISO-8601 (naive = UTC),
+    as `indexing` reads them. Raises ValueError with the reason."""
+    try:
+        return _parse_ts(value)
+    except ValueError as exc:
+        raise ValueError(f"ts {str(value)[:40]!r} is neither ISO-8601 nor epoch ({exc})") from None
 
 
 def _check_ts(ts: float, now: float, limits: Limits) -> None:
