@@ -50,7 +50,7 @@ class Catalog:
         pipe = self._client.pipeline(transaction=False)
         for item in items:
             args: list[str | float | int] = [
-                item.ts if item.ts is not None else now,
+                repr(item.ts if item.ts is not None else now),
                 self._changes_max,
             ]
             for name, value in item.catalog_fields().items():
@@ -68,7 +68,12 @@ class Catalog:
                 continue
             applied += 1
             follow_up.sadd(self._keys.catalog, item.item_id)
-            changes += [ItemChange(item_id=item.item_id, **c) for c in json.loads(changes_json)]
+            changes += [
+                ItemChange(
+                    item.item_id, c["field"], float(c["old"]), float(c["new"]), float(c["ts"])
+                )
+                for c in json.loads(changes_json)
+            ]
         self._metrics.add(
             {"items.upserted": applied, "items.stale": stale, "items.changes": len(changes)},
             pipe=follow_up,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
+
 from worker import contract
 from worker.catalog import ItemChange
 from worker.contacts import fingerprint
@@ -59,28 +61,28 @@ def track(
             rt.rejected.record(task, exc.code, exc.reason, raw)
             rejected += 1
     result = rt.state.apply_events(events, now, delivery_id)
-    fresh = result.newly_applied
-    rt.audit.attribute(fresh)
-    schedule(rt, rt.triggers.for_events(fresh, now), now)
+    rt.audit.attribute(result.fresh)
+    pipe = rt.redis.pipeline(transaction=False)
+    schedule(rt, rt.triggers.for_events(result.fresh, now), now, pipe)
+    rt.state.confirm(result, pipe)  # last: a crash before it redoes the reactions
+    pipe.execute()
     return {"applied": result.applied, "duplicates": result.duplicates, "rejected": rejected}
 
 
 _DIRECT_MAX = 50  # larger fan-outs go through the delayed set, drained by the scheduler
 
 
-def schedule(rt: Runtime, triggers: list[Trigger], now: float) -> None:
+def schedule(rt: Runtime, triggers: list[Trigger], now: float, pipe: redis.client.Pipeline) -> None:
     """Queue rule firings: due ones straight to the activity queue, the rest (and big
-    fan-outs) parked in the delayed set until due."""
+    fan-outs) parked in the delayed set until due (in `pipe`, which the caller runs)."""
     direct = len(triggers) <= _DIRECT_MAX
-    pipe = rt.redis.pipeline(transaction=False)
     for trigger in triggers:
         job = trigger.job()
         if direct and trigger.due <= now:
             rt.enqueue(job.task, job.kwargs)
         else:
             rt.delayed.schedule(job, trigger.due, pipe=pipe)
-    pipe.execute()
-    rt.metrics.add({"rules.triggered": len(triggers)})
+    rt.metrics.add({"rules.triggered": len(triggers)}, pipe=pipe)
 
 
 def track_one(rt: Runtime, event: Any, now: float, delivery_id: str) -> dict[str, int]:
@@ -103,7 +105,9 @@ def upsert_items(rt: Runtime, items: Any, now: float) -> tuple[dict[str, int], l
         except InvalidInput as exc:
             rt.rejected.record(contract.UPSERT_ITEMS, exc.code, exc.reason, raw)
     changes = rt.catalog.upsert(valid, now)
-    schedule(rt, rt.triggers.for_item_changes(changes, now), now)
+    pipe = rt.redis.pipeline(transaction=False)
+    schedule(rt, rt.triggers.for_item_changes(changes, now), now, pipe)
+    pipe.execute()
     total = len(items) if isinstance(items, list) else 1
     return {
         "upserted": len(valid),

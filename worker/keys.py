@@ -207,6 +207,12 @@ class Keys:
         return f"{self.prefix}:{{i:{item_id}}}:interested"
 
     @property
+    def outbox_queued(self) -> str:
+        """zset: message_id -> time queued, until its delivery settles or is parked
+        (the scheduler re-sends deliveries whose task was lost)."""
+        return f"{self.prefix}:outbox:queued"
+
+    @property
     def scheduler_lock(self) -> str:
         """string: owner of the scheduler lead (expires unless renewed)."""
         return f"{self.prefix}:scheduler:leader"

@@ -21,6 +21,9 @@ import redis
 from worker.keys import Keys
 
 MESSAGE_TTL_S = 30 * 86_400
+# States in which a message no longer waits for a deliver task: settled, or parked as a
+# retry in the delayed set.
+_OFF_THE_QUEUE = frozenset({"sent", "suppressed", "failed", "retrying"})
 _ATTEMPTS_KEPT = 50
 
 
@@ -71,6 +74,7 @@ class Outbox:
         if created:
             self._client.hset(k.state, mapping={"state": "queued", "updated_at": time.time()})
             self._client.expire(k.state, MESSAGE_TTL_S)
+            self._client.zadd(self._keys.outbox_queued, {record.id: record.created_at})
         return created
 
     def get(self, mid: str) -> MessageRecord | None:
@@ -86,6 +90,20 @@ class Outbox:
             self._keys.message(mid).state,
             mapping={"state": state, "updated_at": str(time.time()), "reason": reason},
         )
+        if state in _OFF_THE_QUEUE:
+            self._client.zrem(self._keys.outbox_queued, mid)
+
+    def stuck(self, now: float, older_than_s: float, limit: int = 1000) -> list[str]:
+        """Messages queued more than `older_than_s` ago whose delivery never started or
+        never finished (a lost task, a killed worker); each is returned at most once per
+        `older_than_s`."""
+        key = self._keys.outbox_queued
+        mids: list[str] = self._client.zrangebyscore(  # type: ignore[assignment]
+            key, "-inf", now - older_than_s, start=0, num=limit
+        )
+        if mids:
+            self._client.zadd(key, dict.fromkeys(mids, now), xx=True)
+        return mids
 
     def claim_device(self, mid: str, device_id: str) -> bool:
         """Mark a device `sending` unless it already settled (sent, invalid, failed).

@@ -19,7 +19,9 @@ from typing import Any
 import redis
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from worker.contract import DELIVER
 from worker.delayed import DelayedJobs
+from worker.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,17 @@ def drain_due(
         moved += len(claimed)
         if len(claimed) < batch:
             return moved
+
+
+def resend_stuck(
+    outbox: Outbox, enqueue: Callable[[str, dict[str, Any]], None], older_than_s: float = 300
+) -> int:
+    """Enqueue delivery again for messages whose deliver task was lost (delivery is
+    idempotent per device, so a slow rather than lost task costs only a check)."""
+    mids = outbox.stuck(time.time(), older_than_s)
+    for mid in mids:
+        enqueue(DELIVER, {"message_id": mid})
+    return len(mids)
 
 
 class Scheduler:

@@ -63,9 +63,10 @@ class ApplyResult:
     events: list[Event] = field(default_factory=list)
 
     @property
-    def newly_applied(self) -> list[Event]:
-        """The events this call applied for the first time (rules fire on these)."""
-        return [e for e, s in zip(self.events, self.statuses, strict=True) if s == APPLIED]
+    def fresh(self) -> list[Event]:
+        """Events whose reactions (rules, attribution) this call must make: the newly
+        applied ones and those a crashed delivery applied without confirming."""
+        return [e for e, s in zip(self.events, self.statuses, strict=True) if s != DUPLICATE]
 
     @property
     def applied(self) -> int:
@@ -196,12 +197,11 @@ class StateStore:
         self, pipe: redis.client.Pipeline, applied: list[tuple[Event, str]], now: float
     ) -> None:
         """Log each event (in order), add its weight to the trending buckets it falls in,
-        and clear its pending mark; counters and marks are summed per batch to keep the
-        command count, which dominates the cost, low."""
+        counters are summed per batch to keep the command count, which dominates the cost,
+        low. The pending marks are cleared later, by `confirm`."""
         s = self._settings
         trending: Counter[tuple[str, str]] = Counter()
         expiry: dict[str, int] = {}
-        pending: dict[str, list[str]] = {}
         for event, category in applied:
             entry: dict[Any, Any] = {  # redis-py's stream field types are over-narrow
                 "event_id": event.event_id,
@@ -217,9 +217,6 @@ class StateStore:
                 entry,
                 maxlen=s.interaction_log_maxlen,
                 approximate=True,
-            )
-            pending.setdefault(self._keys.user(event.user_id).pending_events, []).append(
-                event.event_id
             )
             if event.item_id and event.type in {"view", "add_to_cart"}:
                 interested = self._keys.interested(event.item_id)
@@ -241,6 +238,15 @@ class StateStore:
             pipe.zincrby(key, weight, member)
         for key, expires_at in expiry.items():
             pipe.expireat(key, expires_at)
+
+    def confirm(self, result: ApplyResult, pipe: redis.client.Pipeline) -> None:
+        """Clear the pending marks of `result`'s fresh events, in `pipe` after whatever
+        the caller's reactions queued there: until then a redelivery redoes them."""
+        pending: dict[str, list[str]] = {}
+        for event in result.fresh:
+            pending.setdefault(self._keys.user(event.user_id).pending_events, []).append(
+                event.event_id
+            )
         for key, event_ids in pending.items():
             pipe.hdel(key, *event_ids)
 

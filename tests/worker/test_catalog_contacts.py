@@ -143,3 +143,12 @@ def test_forget_user_erases_every_key_and_log_entry_of_that_shopper(runtime: Run
     assert leftover == []
     assert user_view(runtime.redis, runtime.keys, runtime.contacts, "stays", NOW)["exists"]
     assert ingest.erase_user(runtime, "gone")["keys_removed"] == []
+
+
+def test_a_redelivered_upsert_reports_its_changes_again_for_the_fan_out(runtime: Runtime) -> None:
+    ts = NOW - 0.123456  # fractional epoch seconds survive the round trip exactly
+    ingest.upsert_items(runtime, [{"item_id": "i1", "price": 10.0, "ts": NOW - 60}], NOW)
+    _, changes = ingest.upsert_items(runtime, [{"item_id": "i1", "price": 8.0, "ts": ts}], NOW)
+    _, again = ingest.upsert_items(runtime, [{"item_id": "i1", "price": 8.0, "ts": ts}], NOW)
+    assert changes == again == [ItemChange("i1", "price", 10.0, 8.0, ts)]
+    assert len(runtime.catalog.changes("i1")) == 1  # recorded once

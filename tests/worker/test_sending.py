@@ -153,3 +153,20 @@ def _held_out(user: str) -> bool:
     from worker.policy import holdout_bucket
 
     return holdout_bucket("post_purchase", user) < 10
+
+
+def test_a_message_whose_deliver_task_was_lost_is_sent_again_by_the_sweeper(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways
+) -> None:
+    from worker.scheduler import resend_stuck
+
+    rt, queued = shop
+    user = next(u for u in (f"l{n}" for n in range(100)) if not _held_out(u))
+    register(rt, user, "fcm", gateways.targets["fcm"], time.time())
+    mid = fire_post_purchase(rt, user, "b1-1")
+    queued.clear()  # the deliver task was lost with the broker message
+    assert resend_stuck(rt.outbox, lambda t, k: queued.append((t, k)), older_than_s=0) == 1
+    [(task, kwargs)] = queued
+    assert (task, kwargs) == ("pushrec.deliver", {"message_id": mid})
+    assert rt.sender().deliver(mid, time.time())["action"] == "sent"
+    assert rt.outbox.stuck(time.time() + 1000, 0) == []  # settled: off the sweep

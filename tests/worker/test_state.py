@@ -32,7 +32,11 @@ def ev(
 
 def apply(rt: Runtime, *raws: dict[str, Any], delivery: str | None = None) -> list[int]:
     events = [parse_event(r, Limits(), NOW) for r in raws]
-    return rt.state.apply_events(events, NOW, delivery or uuid.uuid4().hex).statuses
+    result = rt.state.apply_events(events, NOW, delivery or uuid.uuid4().hex)
+    pipe = rt.redis.pipeline()
+    rt.state.confirm(result, pipe)
+    pipe.execute()
+    return result.statuses
 
 
 def view(rt: Runtime, user: str = "u1") -> dict[str, Any]:

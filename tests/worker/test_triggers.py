@@ -21,7 +21,7 @@ def rules(*extra: Rule) -> tuple[Rule, ...]:
 
 def apply(rt: Runtime, *raws: dict[str, Any]) -> list[Any]:
     events = [parse_event(r, Limits(), NOW) for r in raws]
-    return rt.state.apply_events(events, NOW, "d").newly_applied
+    return rt.state.apply_events(events, NOW, "d").fresh
 
 
 def ev(eid: str, type_: str, item: str, ts: float, user: str = "u1") -> dict[str, Any]:

@@ -36,7 +36,7 @@ def run_scheduler(args: argparse.Namespace) -> int:
 
     from worker.app import create_app
     from worker.contract import REBUILD_INDEX
-    from worker.scheduler import LeaderLock, Scheduler, drain_due
+    from worker.scheduler import LeaderLock, Scheduler, drain_due, resend_stuck
 
     settings, server = load_settings_with_redis()
     logging.basicConfig(
@@ -50,6 +50,9 @@ def run_scheduler(args: argparse.Namespace) -> int:
             {"trigger": "interval", "seconds": settings.scheduler_poll_s},
         )
     ]
+    jobs.append(
+        (lambda: resend_stuck(rt.outbox, app.enqueue), {"trigger": "interval", "seconds": 60})
+    )
     if settings.index_rebuild_cron:
         jobs.append(
             (
