@@ -165,3 +165,75 @@ def test_worker_killed_mid_stream_loses_no_event(
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_redis_restart_mid_stream_loses_no_event_and_applies_none_twice(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A private redis-server with AOF (fsync always) is restarted under a running worker."""
+    import socket
+    import subprocess
+
+    from worker.embedded import find_redis_server
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = tmp_path / "redis"
+    data.mkdir()
+    args = [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+            "--appendonly", "yes", "--appendfsync", "always", "--save", ""]  # fmt: skip
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        import redis as redis_lib
+
+        wait_for(lambda: _pings(redis_lib, port), what="redis up")
+        return proc
+
+    server = start()
+    own = settings.model_copy(
+        update={
+            "redis_url": f"redis://127.0.0.1:{port}/0",
+            "visibility_timeout_s": 10,
+            "task_time_limit_s": 8,
+        }
+    )
+    worker = WorkerProcess(own, tmp_path / "w.log", "w1", concurrency=2)
+    rt = Runtime.open(own)
+    producer = PushrecClient(
+        str(own.redis_url),
+        broker_key_prefix=own.broker_key_prefix,
+        queues={"activity": own.queue_activity},
+    )
+    try:
+        n = 400
+        for i in range(n // 2):
+            producer.track(event(f"r{i}", item=f"sku-{i}"))
+        server.terminate()  # SIGTERM: redis writes the AOF and exits
+        server.wait(timeout=10)
+        server = start()
+        for i in range(n // 2, n):
+            producer.track(event(f"r{i}", item=f"sku-{i}"))
+        wait_for(
+            lambda: counter(rt, "events.applied") == n,
+            timeout=90,
+            what="all events after the restart",
+        )
+        time.sleep(1)
+        assert counter(rt, "events.applied") == n
+        state = user_view(rt.redis, rt.keys, rt.contacts, "u1", time.time())
+        assert state["profile"]["events"] == n
+    finally:
+        producer.close()
+        rt.close()
+        worker.stop()
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _pings(redis_lib: Any, port: int) -> bool:
+    try:
+        return bool(redis_lib.Redis(port=port, socket_connect_timeout=0.2).ping())
+    except redis_lib.RedisError:
+        return False
