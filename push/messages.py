@@ -167,6 +167,9 @@ class Message:
 
 def tracked_link(link: str, message_id: str) -> str:
     """`link` with ``pr_mid=<message_id>`` set (replacing any earlier value)."""
+    if "#" not in link and f"{TRACKING_PARAM}=" not in link:
+        # Fast path (the common case): append; message ids are URL-safe by construction.
+        return f"{link}{'&' if '?' in link else '?'}{TRACKING_PARAM}={message_id}"
     parts = urlsplit(link)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
     query = [(k, v) for k, v in query if k != TRACKING_PARAM] + [(TRACKING_PARAM, message_id)]
