@@ -11,8 +11,12 @@ import pytest
 from push.delivery import CircuitBreaker, Deliverer, RateLimit, RateLimiter, RetryPolicy
 from push.fake import RecordingGateway
 from push.gateway import send_many
+from push.gateways.fcm import FcmGateway
+from push.gateways.google_oauth import ServiceAccountTokens
+from push.http import make_client
 from push.messages import Channel
 from push.result import DeliveryResult, Outcome
+from push.testing import FcmServer, Scripted
 from tests.push.helpers import fcm_token, message
 
 
@@ -168,4 +172,32 @@ def test_send_until_settled_retries_inline() -> None:
         lambda m: DeliveryResult.retry(m.id, "fcm", "fcm:UNAVAILABLE", retry_after=0.0, status=503)
     )
     result, attempts = asyncio.run(Deliverer(gateway).send_until_settled(_msg()))
+    assert result.delivered and attempts == 2
+
+
+def test_fcm_permission_denied_opens_the_breaker_end_to_end(fcm: FcmServer) -> None:
+    async def go() -> list[DeliveryResult]:
+        tokens = ServiceAccountTokens(fcm.service_account())
+        async with make_client() as client:
+            gateway = FcmGateway(client, tokens, project_id="not-ours", base_url=fcm.base_url)
+            deliverer = Deliverer(gateway)
+            return [await deliverer.send(_msg()) for _ in range(3)]
+
+    first, second, third = asyncio.run(go())
+    assert first.outcome is Outcome.CREDENTIALS
+    assert second.reason == third.reason == "fcm:breaker_open"
+    assert len([r for r in fcm.received if r["kind"] != "token"]) == 0  # 403s are not recorded
+
+
+def test_503_then_200_through_the_policy_end_to_end(fcm: FcmServer) -> None:
+    token = fcm_token()
+    fcm.script.push(Scripted(503, retry_after="0"), key=token)
+
+    async def go() -> tuple[DeliveryResult, int]:
+        tokens = ServiceAccountTokens(fcm.service_account())
+        async with make_client() as client:
+            deliverer = Deliverer(FcmGateway(client, tokens, base_url=fcm.base_url))
+            return await deliverer.send_until_settled(message(Channel.FCM, token))
+
+    result, attempts = asyncio.run(go())
     assert result.delivered and attempts == 2
