@@ -6,8 +6,8 @@ the client's CPU (`time.process_time`) is all ours. For each injected latency an
 gateway, every variant sends `--messages` messages with `--concurrency` in flight:
 
 * ``bare``  a plain client (httpx h2c for FCM/APNs), ``client.post`` in a loop;
-* ``ours``  `Deliverer(router)` + `send_many`: building, signing, sending, mapping the
-  answer, breaker bookkeeping;
+* ``ours``  `Deliverer(router)` + `send_many`: building, signing (Web Push: encrypting
+  with a fresh key per message), sending, mapping the answer, breaker bookkeeping;
 * webhooks compare plain HTTP/1.1 clients (receivers are ordinary web servers): httpx
   and aiohttp bare loops, and ours (aiohttp, chosen by these figures).
 
@@ -54,15 +54,17 @@ from push.gateways.apns import build_apns_request
 from push.gateways.apns_auth import ApnsKey, ProviderTokens
 from push.gateways.fcm import build_fcm_request
 from push.gateways.google_oauth import ServiceAccountTokens
+from push.gateways.vapid import VapidKey
 from push.gateways.webhook import build_webhook_request, decode_secret
-from push.messages import Channel, Device, Message
+from push.gateways.webpush import build_webpush_request
+from push.messages import Channel, Device, Message, WebPushSubscription
 from push.stores import MemoryTokenCache
 
 
-def _message(channel: Channel, token: str, i: int) -> Message:
+def _message(channel: Channel, device: Device, i: int) -> Message:
     return Message(
         id=f"bench{i}-{uuid.uuid4().hex[:12]}",
-        device=Device(channel, token),
+        device=device,
         title="Still thinking about the trail shoes?",
         body="They are back in your size, 15% off until Sunday with code SPRING-2026.",
         link="https://shop.example/p/123?utm_source=push",
@@ -148,6 +150,8 @@ def _config(env: dict[str, str]) -> GatewayConfig:
         apns_key_id=env["PUSHREC_APNS_KEY_ID"],
         apns_team_id=env["PUSHREC_APNS_TEAM_ID"],
         apns_topic=env["PUSHREC_APNS_TOPIC"],
+        vapid_private_key=Path(env["PUSHREC_VAPID_PRIVATE_KEY"]),
+        vapid_subject=env["PUSHREC_VAPID_SUBJECT"],
         webhook_secrets=(env["PUSHREC_WEBHOOK_SECRET"],),
         webhook_allowed_hosts=("127.0.0.1",),
         max_connections=100,
@@ -170,10 +174,15 @@ async def run_suite(
     project = json.loads(Path(env["PUSHREC_FCM_CREDENTIALS"]).read_text())["project_id"]
     hook_url = state["targets"]["webhook"]
     hook_keys = [decode_secret(env["PUSHREC_WEBHOOK_SECRET"])]
+    subscription = WebPushSubscription.from_json(
+        json.loads(Path(state["targets"]["webpush"]).read_text())
+    )
+    vapid = VapidKey.from_file(env["PUSHREC_VAPID_PRIVATE_KEY"], env["PUSHREC_VAPID_SUBJECT"])
     devices = {
-        Channel.APNS: "0" * 64,
-        Channel.FCM: "bench-" + "x" * 40,
-        Channel.WEBHOOK: hook_url,
+        Channel.APNS: Device(Channel.APNS, "0" * 64),
+        Channel.FCM: Device(Channel.FCM, "bench-" + "x" * 40),
+        Channel.WEBPUSH: Device(Channel.WEBPUSH, subscription=subscription),
+        Channel.WEBHOOK: Device(Channel.WEBHOOK, hook_url),
     }
 
     def messages(channel: Channel) -> list[Message]:
@@ -199,6 +208,8 @@ async def run_suite(
                     now=now,
                     base_url=env["PUSHREC_FCM_URL"],
                 )
+            elif channel is Channel.WEBPUSH:
+                r = build_webpush_request(m, vapid=vapid, now=now)
             else:
                 r = build_webhook_request(m, secrets=hook_keys, now=now)
             out.append((r.url, r.headers, r.body))
@@ -209,6 +220,8 @@ async def run_suite(
         "apns/ours": (Channel.APNS, "ours"),
         "fcm/bare-httpx-h2": (Channel.FCM, "httpx-h2"),
         "fcm/ours": (Channel.FCM, "ours"),
+        "webpush/bare-httpx-h2": (Channel.WEBPUSH, "httpx-h2"),
+        "webpush/ours": (Channel.WEBPUSH, "ours"),
         "webhook/bare-httpx-h1": (Channel.WEBHOOK, "httpx-h1"),
         "webhook/bare-aiohttp-h1": (Channel.WEBHOOK, "aiohttp"),
         "webhook/ours-aiohttp": (Channel.WEBHOOK, "ours"),
@@ -259,6 +272,7 @@ async def run_suite(
             yardsticks = {
                 "apns/ours": "apns/bare-httpx-h2",
                 "fcm/ours": "fcm/bare-httpx-h2",
+                "webpush/ours": "webpush/bare-httpx-h2",
                 "webhook/ours-aiohttp": "webhook/bare-aiohttp-h1",
             }
             for ours_name, bare_name in yardsticks.items():

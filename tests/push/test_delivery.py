@@ -201,3 +201,17 @@ def test_503_then_200_through_the_policy_end_to_end(fcm: FcmServer) -> None:
 
     result, attempts = asyncio.run(go())
     assert result.delivered and attempts == 2
+
+
+def test_an_unexpected_error_fails_one_message_not_the_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def boom(message: object) -> DeliveryResult:
+        raise RuntimeError("bug")
+
+    gateway = RecordingGateway()
+    gateway.script(Outcome.DELIVERED, boom, Outcome.DELIVERED)
+    results = asyncio.run(send_many(gateway, [_msg() for _ in range(3)], concurrency=1))
+    assert [r.outcome for r in results] == [Outcome.DELIVERED, Outcome.FAILED, Outcome.DELIVERED]
+    assert results[1].reason == "fcm:internal:RuntimeError"
+    assert "unexpected error" in caplog.text
