@@ -215,3 +215,17 @@ def test_an_unexpected_error_fails_one_message_not_the_batch(
     assert [r.outcome for r in results] == [Outcome.DELIVERED, Outcome.FAILED, Outcome.DELIVERED]
     assert results[1].reason == "fcm:internal:RuntimeError"
     assert "unexpected error" in caplog.text
+
+
+def test_results_round_trip_through_json() -> None:
+    import datetime as dt
+    import json
+
+    result = DeliveryResult.device_invalid(
+        "m1",
+        "apns",
+        "apns:Unregistered",
+        invalid_since=dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
+        status=410,
+    )
+    assert DeliveryResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
