@@ -164,3 +164,38 @@ def test_coupon_forgives_confusable_letters() -> None:
 
 def test_coupons_are_unique() -> None:
     assert len({new_coupon() for _ in range(2000)}) == 2000
+
+
+def test_message_round_trips_through_json_for_every_channel() -> None:
+    import json
+
+    from push.testing import WebPushService
+
+    service = WebPushService()
+    service.base_url = "https://push.example"
+    devices = [
+        Device(Channel.FCM, "t" * 30),
+        Device(Channel.APNS, "ab" * 32),
+        Device(Channel.WEBHOOK, "https://hooks.example/x"),
+        Device(Channel.WEBPUSH, subscription=WebPushSubscription.from_json(service.subscribe())),
+    ]
+    for device in devices:
+        msg = Message(id="m1", device=device, title="t", body="b", data={"k": "v"}, coupon="AB")
+        assert Message.from_dict(json.loads(json.dumps(msg.to_dict()))) == msg
+    with pytest.raises(InvalidMessageError):
+        Message.from_dict({"id": "m1", "device": {"channel": "pigeon"}, "title": "", "body": ""})
+
+
+def test_apns_provider_token_header_is_alg_and_kid_only() -> None:
+    import jwt
+
+    from push.gateways.apns_auth import ApnsKey
+    from push.testing import ApnsServer
+
+    pem, kid, team = ApnsServer().signing_key()
+    token = ApnsKey.from_pem(pem, key_id=kid, team_id=team).mint(1_700_000_000)
+    assert jwt.get_unverified_header(token) == {"alg": "ES256", "kid": kid}
+    assert jwt.decode(token, options={"verify_signature": False}) == {
+        "iss": team,
+        "iat": 1_700_000_000,
+    }
