@@ -44,7 +44,7 @@ from push.stores import (
     RateLimitStore,
     TokenCache,
 )
-from push.templates import TemplateSet
+from push.templates import TemplateSet, compose
 
 __all__ = [
     "BreakerStore",
@@ -84,6 +84,7 @@ __all__ = [
     "TokenCache",
     "UnsafeDestinationError",
     "WebPushSubscription",
+    "compose",
     "fingerprint",
     "format_coupon",
     "make_client",

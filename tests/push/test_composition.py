@@ -199,3 +199,23 @@ def test_apns_provider_token_header_is_alg_and_kid_only() -> None:
         "iss": team,
         "iat": 1_700_000_000,
     }
+
+
+def test_compose_renders_a_message_in_the_shoppers_locale() -> None:
+    from push.templates import compose
+
+    msg = compose(
+        TemplateSet(TEMPLATES),
+        "cart",
+        id="m42",
+        device=Device(Channel.FCM, "t" * 30),
+        locale="de-DE",
+        context={"name": "Ana", "item": "Schuh", "price": 80},
+        coupon="7KQ2-M9XD",
+    )
+    assert (msg.title, msg.body, msg.locale, msg.coupon) == (
+        "Ana, noch Schuh?",
+        "Jetzt 80,00\xa0€",
+        "de-DE",
+        "7KQ2-M9XD",
+    )
