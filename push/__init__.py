@@ -6,7 +6,9 @@ wrapped in a `Deliverer` for breaker, rate limit and retry policy) and acts on t
 `DeliveryResult`. See docs/push.md.
 """
 
+from push.config import GatewayConfig, open_gateways
 from push.coupons import format_coupon, new_coupon, validate_coupon
+from push.delivery import CircuitBreaker, Deliverer, RateLimit, RateLimiter, RetryPolicy
 from push.errors import (
     CompositionError,
     ConfigError,
@@ -19,7 +21,8 @@ from push.errors import (
     TemplateSecurityError,
     UnsafeDestinationError,
 )
-from push.gateway import Gateway, Router, send_many, send_one
+from push.fake import RecordingGateway
+from push.gateway import Gateway, RoutedSender, Router, Sender, send_many, send_one
 from push.http import make_client
 from push.messages import (
     Channel,
@@ -32,34 +35,61 @@ from push.messages import (
 )
 from push.redact import fingerprint
 from push.result import DeliveryResult, Outcome
-from push.templates import TemplateSet
+from push.stores import (
+    BreakerStore,
+    FileTokenCache,
+    MemoryBreakerStore,
+    MemoryRateLimitStore,
+    MemoryTokenCache,
+    RateLimitStore,
+    TokenCache,
+)
+from push.templates import TemplateSet, compose
 
 __all__ = [
+    "BreakerStore",
     "Channel",
+    "CircuitBreaker",
     "CompositionError",
     "ConfigError",
     "CouponError",
     "CredentialsError",
+    "Deliverer",
     "DeliveryResult",
     "Device",
+    "FileTokenCache",
     "Gateway",
+    "GatewayConfig",
     "InvalidMessageError",
+    "MemoryBreakerStore",
+    "MemoryRateLimitStore",
+    "MemoryTokenCache",
     "Message",
     "Outcome",
     "PayloadTooLargeError",
     "Priority",
     "Purpose",
     "PushError",
+    "RateLimit",
+    "RateLimitStore",
+    "RateLimiter",
+    "RecordingGateway",
+    "RetryPolicy",
+    "RoutedSender",
     "Router",
+    "Sender",
     "TemplateError",
     "TemplateSecurityError",
     "TemplateSet",
+    "TokenCache",
     "UnsafeDestinationError",
     "WebPushSubscription",
+    "compose",
     "fingerprint",
     "format_coupon",
     "make_client",
     "new_coupon",
+    "open_gateways",
     "send_many",
     "send_one",
     "tracked_link",

@@ -21,6 +21,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 from push.errors import ConfigError
@@ -33,7 +34,7 @@ from push.gateways.vapid import VapidKey
 from push.gateways.webhook import WebhookGateway
 from push.gateways.webpush import WebPushGateway
 from push.http import make_client
-from push.ssrf import guarded_client
+from push.ssrf import guarded_session
 from push.stores import TokenCache
 
 __all__ = ["GatewayConfig", "build_gateways", "load_subscription_file", "open_gateways"]
@@ -70,7 +71,7 @@ def build_gateways(
     config: GatewayConfig,
     *,
     client: httpx.AsyncClient,
-    webhook_client: httpx.AsyncClient,
+    webhook_session: aiohttp.ClientSession,
     token_cache: TokenCache | None = None,
 ) -> list[Gateway]:
     """The configured gateways over the given clients (see `open_gateways`)."""
@@ -98,7 +99,7 @@ def build_gateways(
     if config.webhook_secrets:
         gateways.append(
             WebhookGateway(
-                webhook_client,
+                webhook_session,
                 list(config.webhook_secrets),
                 allowed_hosts=config.webhook_allowed_hosts,
             )
@@ -112,24 +113,24 @@ async def open_gateways(
 ) -> AsyncIterator[Router]:
     """A `Router` over every configured gateway; its HTTP clients close on exit.
 
-    One `httpx.AsyncClient` (HTTP/2) serves FCM, APNs and Web Push; webhooks get their
-    own SSRF-guarded HTTP/1.1 client. `token_cache` shares APNs provider tokens between
-    processes (in-memory when None).
+    One `httpx.AsyncClient` (HTTP/2) serves FCM, APNs and Web Push; webhooks get an
+    SSRF-guarded `aiohttp.ClientSession` (HTTP/1.1; see bench/push.py for why).
+    `token_cache` shares APNs provider tokens between processes (in-memory when None).
     """
     async with AsyncExitStack() as stack:
         client = await stack.enter_async_context(
             make_client(ca_bundle=config.ca_bundle, max_connections=config.max_connections)
         )
-        webhook_client = await stack.enter_async_context(
-            guarded_client(
+        webhook_session = await stack.enter_async_context(
+            guarded_session(
                 config.webhook_allowed_hosts,
-                ca_bundle=str(config.ca_bundle) if config.ca_bundle else None,
+                ca_bundle=config.ca_bundle,
                 max_connections=config.max_connections,
             )
         )
         yield Router(
             build_gateways(
-                config, client=client, webhook_client=webhook_client, token_cache=token_cache
+                config, client=client, webhook_session=webhook_session, token_cache=token_cache
             )
         )
 

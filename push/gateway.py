@@ -106,7 +106,8 @@ async def send_many(
     """Send all `messages` with at most `concurrency` in flight; results in input order.
 
     `sender` is a `Gateway`, a `Router` or a `push.delivery.Deliverer`. Composition
-    errors become `failed` results; nothing raised by one message affects another.
+    errors become `failed` results; so does any unexpected exception (logged with its
+    traceback, reason ``<channel>:internal:<type>``): one message never sinks the batch.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
@@ -123,6 +124,12 @@ async def send_many(
                 results[index] = await sender.send(message)
             except (CompositionError, UnsafeDestinationError) as exc:
                 reason = f"{message.device.channel}:{type(exc).__name__}"
+                results[index] = DeliveryResult.failed(
+                    message.id, str(message.device.channel), reason
+                )
+            except Exception as exc:  # a bug must not sink the other messages of the batch
+                log.exception("unexpected error sending message %s", message.id)
+                reason = f"{message.device.channel}:internal:{type(exc).__name__}"
                 results[index] = DeliveryResult.failed(
                     message.id, str(message.device.channel), reason
                 )

@@ -32,6 +32,9 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=10.0, write=10.0, pool=10.0)
 """Bounded everywhere: a stuck gateway costs at most ~25 s of one slot."""
 
 
+_DEFAULT_HEADERS = {"user-agent": "pushrec-push/0.1"}
+
+
 @dataclass(frozen=True, slots=True)
 class HttpRequest:
     """What a pure builder produces: everything needed to send, nothing sent."""
@@ -42,7 +45,17 @@ class HttpRequest:
     body: bytes = b""
 
     def to_httpx(self, client: httpx.AsyncClient) -> httpx.Request:
-        return client.build_request(self.method, self.url, headers=self.headers, content=self.body)
+        """An `httpx.Request` for ``client.send()`` carrying the client's timeouts.
+
+        Client default headers and cookies are not merged in (cheaper per request), so
+        the builders set every header the service needs."""
+        return httpx.Request(
+            self.method,
+            self.url,
+            headers={**_DEFAULT_HEADERS, **self.headers},
+            content=self.body,
+            extensions={"timeout": client.timeout.as_dict()},
+        )
 
 
 def ssl_context(ca_bundle: Path | str | None = None) -> ssl.SSLContext:

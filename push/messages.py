@@ -152,6 +152,57 @@ class Message:
             if url is not None and urlsplit(url).scheme not in {"https", "http"}:
                 raise InvalidMessageError("image and link must be absolute http(s) URLs")
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (messages cross task boundaries as JSON); see `from_dict`."""
+        device: dict[str, Any] = {"channel": self.device.channel.value}
+        if self.device.subscription is not None:
+            device["subscription"] = self.device.subscription.to_json()
+        else:
+            device["token"] = self.device.token
+        return {
+            "id": self.id,
+            "device": device,
+            "title": self.title,
+            "body": self.body,
+            "image": self.image,
+            "link": self.link,
+            "data": dict(self.data),
+            "coupon": self.coupon,
+            "locale": self.locale,
+            "purpose": self.purpose.value,
+            "ttl": self.ttl,
+            "priority": self.priority.value,
+        }
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Any]) -> Message:
+        """Parse `to_dict` output; raises `InvalidMessageError` when malformed."""
+        try:
+            raw_device = value["device"]
+            channel = Channel(raw_device["channel"])
+            subscription = raw_device.get("subscription")
+            device = Device(
+                channel,
+                token=str(raw_device.get("token", "")),
+                subscription=WebPushSubscription.from_json(subscription) if subscription else None,
+            )
+            return cls(
+                id=str(value["id"]),
+                device=device,
+                title=str(value["title"]),
+                body=str(value["body"]),
+                image=value.get("image"),
+                link=value.get("link"),
+                data=dict(value.get("data") or {}),
+                coupon=value.get("coupon"),
+                locale=str(value.get("locale", "en")),
+                purpose=Purpose(value.get("purpose", Purpose.MARKETING.value)),
+                ttl=int(value.get("ttl", 86_400)),
+                priority=Priority(value.get("priority", Priority.NORMAL.value)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidMessageError(f"malformed message: {exc!r}") from exc
+
     @property
     def tracked_link(self) -> str | None:
         return tracked_link(self.link, self.id) if self.link else None
@@ -167,6 +218,9 @@ class Message:
 
 def tracked_link(link: str, message_id: str) -> str:
     """`link` with ``pr_mid=<message_id>`` set (replacing any earlier value)."""
+    if "#" not in link and f"{TRACKING_PARAM}=" not in link:
+        # Fast path (the common case): append; message ids are URL-safe by construction.
+        return f"{link}{'&' if '?' in link else '?'}{TRACKING_PARAM}={message_id}"
     parts = urlsplit(link)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
     query = [(k, v) for k, v in query if k != TRACKING_PARAM] + [(TRACKING_PARAM, message_id)]

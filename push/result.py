@@ -72,6 +72,23 @@ class DeliveryResult:
             "status": self.status,
         }
 
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> DeliveryResult:
+        """Inverse of `to_dict` (results cross task boundaries as JSON)."""
+        since = value.get("invalid_since")
+        retry_after = value.get("retry_after")
+        status = value.get("status")
+        return cls(
+            outcome=Outcome(value["outcome"]),
+            message_id=str(value["message_id"]),
+            channel=str(value["channel"]),
+            gateway_id=value.get("gateway_id"),
+            retry_after=None if retry_after is None else float(retry_after),
+            invalid_since=datetime.fromisoformat(since) if since else None,
+            reason=str(value.get("reason", "")),
+            status=None if status is None else int(status),
+        )
+
     # --- constructors ----------------------------------------------------------------
     @classmethod
     def ok(

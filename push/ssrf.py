@@ -9,8 +9,8 @@ A destination is acceptable when:
   reserved or unspecified; IPv4-mapped IPv6 addresses are judged by their IPv4 part.
 
 The check runs twice: before the request (`check_destination`, a clear error) and again
-at connect time inside the transport (`guarded_client`), on the very addresses the
-socket connects to, so a DNS answer that changes in between (rebinding) is caught.
+at connect time in the client's resolver (`guarded_session`), on the very addresses
+the socket connects to, so a DNS answer that changes in between (rebinding) is caught.
 Redirects are never followed; timeouts are bounded.
 """
 
@@ -19,19 +19,25 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-import ssl
 from collections.abc import Collection, Iterable
-from typing import Any
+from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpcore
-import httpx
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
 
 from push.errors import UnsafeDestinationError
 from push.http import ssl_context
-from push.redact import install_log_redaction
 
-__all__ = ["GuardedNetworkBackend", "check_destination", "forbidden_address", "guarded_client"]
+__all__ = [
+    "WEBHOOK_TIMEOUT",
+    "GuardedResolver",
+    "UnsafeAddressError",
+    "check_destination",
+    "forbidden_address",
+    "guarded_session",
+]
 
 _METADATA = {
     ipaddress.ip_address("169.254.169.254"),
@@ -40,7 +46,8 @@ _METADATA = {
     ipaddress.ip_address("168.63.129.16"),
 }
 
-WEBHOOK_TIMEOUT = httpx.Timeout(connect=5.0, read=15.0, write=10.0, pool=10.0)
+WEBHOOK_TIMEOUT = aiohttp.ClientTimeout(total=30.0, connect=5.0, sock_read=15.0)
+"""Standard Webhooks suggests 15-30 s for the receiver to answer."""
 
 
 def forbidden_address(address: str) -> str | None:
@@ -96,86 +103,60 @@ async def check_destination(url: str, allowed_hosts: Collection[str]) -> None:
             raise UnsafeDestinationError(f"webhook host resolves to a {why}")
 
 
-class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
-    """Connects only to addresses `forbidden_address` accepts (unless allowlisted)."""
+class UnsafeAddressError(OSError):
+    """Raised inside the connector (aiohttp wraps it as `ClientConnectorError.os_error`)."""
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver with the guard applied to every answer (connect-time check).
+
+    aiohttp never asks the resolver about IP literals; `check_destination` covers them
+    before each request."""
 
     def __init__(self, allowed_hosts: Iterable[str]) -> None:
         self._allowed = frozenset(allowed_hosts)
-        self._inner = httpcore.AnyIOBackend()
+        self._inner = ThreadedResolver()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
         if _allowed(host, self._allowed):
-            return await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        try:
-            addresses = await _resolve(host, port)
-        except UnsafeDestinationError as exc:
-            raise httpcore.ConnectError(f"unsafe destination: {exc}") from exc
-        for address in addresses:
-            why = forbidden_address(address)
+            return results
+        for result in results:
+            why = forbidden_address(result["host"])
             if why:
-                raise httpcore.ConnectError(f"unsafe destination: {why}")
-        # Connect to the address just checked, not to a fresh resolution of the name;
-        # TLS still verifies the certificate against the host name (SNI from the URL).
-        return await self._inner.connect_tcp(
-            addresses[0], port, timeout, local_address, socket_options
-        )
+                raise UnsafeAddressError(f"unsafe destination: {host} resolves to a {why}")
+        return results
 
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("unsafe destination: unix sockets are not allowed")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+    async def close(self) -> None:
+        await self._inner.close()
 
 
-class _GuardedTransport(httpx.AsyncHTTPTransport):
-    def __init__(
-        self,
-        *,
-        allowed_hosts: Iterable[str],
-        context: ssl.SSLContext,
-        http2: bool,
-        limits: httpx.Limits,
-    ) -> None:
-        super().__init__(verify=context, http1=True, http2=http2, limits=limits)
-        # httpx does not expose httpcore's network backend; swap the pool it built for an
-        # identical one that connects through the guard (httpx is pinned < 1).
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=http2,
-            network_backend=GuardedNetworkBackend(allowed_hosts),
-        )
-
-
-def guarded_client(
+def guarded_session(
     allowed_hosts: Iterable[str] = (),
     *,
-    ca_bundle: str | None = None,
-    http2: bool = False,
+    ca_bundle: Path | str | None = None,
     max_connections: int = 100,
-) -> httpx.AsyncClient:
-    """An `httpx.AsyncClient` for webhooks: guarded connects, no redirects, bounded timeouts.
+    timeout: aiohttp.ClientTimeout = WEBHOOK_TIMEOUT,
+) -> aiohttp.ClientSession:
+    """The webhook client: an `aiohttp.ClientSession` whose connects pass the guard.
 
-    HTTP/1.1 by default (webhook receivers are ordinary web servers); ``http2=True``
-    negotiates HTTP/2 by ALPN where the receiver offers it.
+    HTTP/1.1 with keep-alive; chosen over httpx for webhooks by bench/push.py (httpx's
+    HTTP/1.1 pool degrades sharply at 64 requests in flight). Create it inside a running
+    event loop; the caller closes it (``await session.close()``). Pass
+    ``allow_redirects=False`` on every request (`WebhookGateway` does).
     """
-    install_log_redaction()
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=32)
-    transport = _GuardedTransport(
-        allowed_hosts=allowed_hosts, context=ssl_context(ca_bundle), http2=http2, limits=limits
+    connector = aiohttp.TCPConnector(
+        resolver=GuardedResolver(allowed_hosts),
+        ssl=ssl_context(ca_bundle),
+        limit=max_connections,
+        keepalive_timeout=4.0,  # below common 5 s server idle timeouts: no stale reuse
     )
-    return httpx.AsyncClient(
-        transport=transport, timeout=WEBHOOK_TIMEOUT, follow_redirects=False, trust_env=False
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        trust_env=False,
+        auto_decompress=False,
+        headers={"user-agent": "pushrec-push/0.1"},
     )

@@ -84,7 +84,8 @@ class RateLimitStore(Protocol):
     """Token buckets per route key.
 
     Redis: one Lua script over a hash {tokens, ts}: refill by elapsed x rate up to burst,
-    take one if available, write back, PEXPIRE to the time a full refill takes.
+    take one if at least ``1 - 1e-4`` is there (Unix times near 2e9 lose precision),
+    write back, PEXPIRE to the time a full refill takes.
     """
 
     async def acquire(self, key: str, *, rate: float, burst: float, now: float) -> float:
@@ -223,7 +224,7 @@ class MemoryRateLimitStore:
     async def acquire(self, key: str, *, rate: float, burst: float, now: float) -> float:
         tokens, at = self._buckets.get(key, (burst, now))
         tokens = min(burst, tokens + max(0.0, now - at) * rate)
-        if tokens >= 1.0 - 1e-9:  # tolerate float error in the refill
+        if tokens >= 1.0 - 1e-4:  # tolerate float error (Unix times near 2e9 s)
             self._buckets[key] = (max(0.0, tokens - 1.0), now)
             return 0.0
         self._buckets[key] = (tokens, now)

@@ -27,8 +27,9 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from push.errors import TemplateError, TemplateSecurityError
+from push.messages import Device, Message
 
-__all__ = ["TemplateSet", "locale_chain", "normalize_locale"]
+__all__ = ["TemplateSet", "compose", "locale_chain", "normalize_locale"]
 
 _PLAIN = (str, int, float, bool, Decimal, dt.date, dt.datetime, type(None))
 
@@ -166,3 +167,30 @@ _FILTERS = {
     "date": _date,
     "datetime": _datetime,
 }
+
+
+def compose(
+    templates: TemplateSet,
+    name: str,
+    *,
+    id: str,
+    device: Device,
+    locale: str,
+    context: Mapping[str, Any],
+    **fields: Any,
+) -> Message:
+    """A `Message` whose ``title`` and ``body`` come from template `name` rendered for
+    `locale`; other `Message` fields (link, image, data, coupon, purpose, ttl, priority)
+    pass through `fields`. Template errors raise before any message exists."""
+    rendered = templates.render(name, locale, context)
+    missing = {"title", "body"} - rendered.keys()
+    if missing:
+        raise TemplateError(f"template {name!r} lacks {sorted(missing)}")
+    return Message(
+        id=id,
+        device=device,
+        title=rendered["title"],
+        body=rendered["body"],
+        locale=locale,
+        **fields,
+    )

@@ -69,7 +69,7 @@ class ApnsKey:
             {"iss": self.team_id, "iat": int(now)},
             self.private_key,
             algorithm="ES256",
-            headers={"kid": self.key_id},
+            headers={"kid": self.key_id, "typ": None},  # Apple's header: alg and kid only
         )
 
 

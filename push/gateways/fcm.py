@@ -162,6 +162,10 @@ def map_fcm_response(
         ):
             return DeliveryResult.device_invalid(mid, ch, "fcm:INVALID_TOKEN", status=status)
         return DeliveryResult.failed(mid, ch, reason, status=status)
+    if status == 401 and code != "THIRD_PARTY_AUTH_ERROR":
+        # Our access token was refused (expired early, revoked): the sender drops it and
+        # the next attempt mints a new one; if minting fails, that is `credentials`.
+        return DeliveryResult.retry(mid, ch, "fcm:UNAUTHENTICATED", retry_after=1.0, status=status)
     if code in {"QUOTA_EXCEEDED", "UNAVAILABLE", "INTERNAL"} or status == 429 or status >= 500:
         return DeliveryResult.retry(mid, ch, reason, retry_after=retry_after, status=status)
     if code == "THIRD_PARTY_AUTH_ERROR" or status in {401, 403}:

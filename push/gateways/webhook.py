@@ -21,15 +21,15 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 
 from push.errors import ConfigError, InvalidMessageError, UnsafeDestinationError
-from push.http import HttpRequest, parse_retry_after, transport_failure
+from push.http import HttpRequest, parse_retry_after
 from push.messages import Channel, Message
 from push.payload import LIMITS, compact_json, fit_payload
 from push.redact import fingerprint, safe_url
 from push.result import DeliveryResult
-from push.ssrf import check_destination
+from push.ssrf import UnsafeAddressError, check_destination
 
 __all__ = [
     "WebhookGateway",
@@ -165,7 +165,7 @@ def map_webhook_response(
 
 
 class WebhookGateway:
-    """Posts signed webhooks through a guarded client (`push.ssrf.guarded_client`).
+    """Posts signed webhooks through a guarded session (`push.ssrf.guarded_session`).
 
     `secrets` are ``whsec_`` strings; the first is current, the rest are being rotated out
     (all of them sign). `allowed_hosts` may be plain http and private (trusted receivers).
@@ -175,12 +175,12 @@ class WebhookGateway:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        session: aiohttp.ClientSession,
         secrets: Sequence[str],
         *,
         allowed_hosts: Collection[str] = (),
     ) -> None:
-        self._client = client
+        self._session = session
         self._keys = [decode_secret(s) for s in secrets]
         if not self._keys:
             raise ConfigError("no webhook secret configured")
@@ -200,13 +200,22 @@ class WebhookGateway:
             return DeliveryResult.failed(message.id, "webhook", "webhook:unsafe_destination")
         request = build_webhook_request(message, secrets=self._keys, now=time.time())
         try:
-            response = await self._client.send(request.to_httpx(self._client))
-        except httpx.HTTPError as exc:
-            if "unsafe destination" in str(exc):
+            async with self._session.post(
+                request.url, data=request.body, headers=request.headers, allow_redirects=False
+            ) as response:
+                await response.read()
+                status, headers = response.status, response.headers
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, UnsafeAddressError):
                 log.warning("webhook %s refused at connect", safe_url(message.device.token))
                 return DeliveryResult.failed(message.id, "webhook", "webhook:unsafe_destination")
-            return transport_failure(exc, message.id, "webhook")
-        result = map_webhook_response(message, response.status_code, response.headers)
+            return DeliveryResult.retry(message.id, "webhook", "webhook:network:connect")
+        except TimeoutError:
+            return DeliveryResult.retry(message.id, "webhook", "webhook:timeout")
+        except aiohttp.ClientError as exc:
+            reason = f"webhook:network:{type(exc).__name__}"
+            return DeliveryResult.retry(message.id, "webhook", reason)
+        result = map_webhook_response(message, status, headers)
         if not result.delivered:
             log.info("webhook %s -> %s", safe_url(message.device.token), result.reason)
         return result

@@ -151,11 +151,15 @@ class WebPushGateway:
         self._client = client
         self._vapid = vapid
         self.credential_key = vapid.credential_key
+        self._route_keys: dict[str, str] = {}  # push service origin -> key (a handful)
 
     def route_key(self, message: Message) -> str:
         """Per VAPID key and push service (FCM, Mozilla, Apple... fail independently)."""
-        endpoint = message.device.address
-        return f"webpush:{self.credential_key}:{fingerprint(origin_of(endpoint))}"
+        origin = origin_of(message.device.address)
+        key = self._route_keys.get(origin)
+        if key is None:
+            key = self._route_keys[origin] = f"webpush:{self.credential_key}:{fingerprint(origin)}"
+        return key
 
     async def send(self, message: Message) -> DeliveryResult:
         request = build_webpush_request(message, vapid=self._vapid, now=time.time())

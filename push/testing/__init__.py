@@ -10,6 +10,7 @@ process with ``python -m push.testing`` (admin JSON at ``/_admin/*`` on each).
 from push.testing._server import GatewayServer, Script, Scripted, serve_app
 from push.testing.apns import ApnsServer
 from push.testing.fcm import FcmServer
+from push.testing.tls import TestCertificates, make_certificates
 from push.testing.webhook import WebhookReceiver, new_webhook_secret
 from push.testing.webpush import WebPushService
 
@@ -19,8 +20,10 @@ __all__ = [
     "GatewayServer",
     "Script",
     "Scripted",
+    "TestCertificates",
     "WebPushService",
     "WebhookReceiver",
+    "make_certificates",
     "new_webhook_secret",
     "serve_app",
 ]

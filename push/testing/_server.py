@@ -205,11 +205,29 @@ def serve_app(
     """Serve `app` on 127.0.0.1 from a background thread; yield its base URL.
 
     HTTP/1.1 and HTTP/2 (cleartext with prior knowledge, or TLS with ALPN when a
-    certificate is given) on one port. Stops and joins the thread on exit.
+    certificate is given) on one port; a free port unless `port` is given (retried if
+    another process takes it first). Stops and joins the thread on exit.
     """
+    for attempt in range(5):
+        chosen = port or _free_port()
+        try:
+            stop, thread = _start(app, chosen, certfile, keyfile)
+            break
+        except RuntimeError:
+            if port or attempt == 4:
+                raise
+    try:
+        yield app.base_url
+    finally:
+        stop()
+        thread.join(10)
+
+
+def _start(
+    app: GatewayServer, port: int, certfile: str | None, keyfile: str | None
+) -> tuple[Callable[[], None], threading.Thread]:
     config = Config()
-    chosen = port or _free_port()
-    config.bind = [f"127.0.0.1:{chosen}"]
+    config.bind = [f"127.0.0.1:{port}"]
     config.keep_alive_max_requests = 1_000_000_000
     config.accesslog = None
     config.errorlog = None
@@ -218,7 +236,7 @@ def serve_app(
         config.certfile = certfile
         config.keyfile = keyfile
     scheme = "https" if certfile else "http"
-    app.base_url = f"{scheme}://127.0.0.1:{chosen}"
+    app.base_url = f"{scheme}://127.0.0.1:{port}"
     started = threading.Event()
     failure: list[BaseException] = []
     loop = asyncio.new_event_loop()
@@ -245,13 +263,14 @@ def serve_app(
     thread.start()
     started.wait(10)
     if failure:
-        raise RuntimeError(f"{app.name} server failed to start") from failure[0]
-    _wait_listening(chosen)
-    try:
-        yield app.base_url
-    finally:
-        loop.call_soon_threadsafe(stop.set)
         thread.join(10)
+        raise RuntimeError(f"{app.name} server failed to start on port {port}") from failure[0]
+    _wait_listening(port)
+
+    def request_stop() -> None:
+        loop.call_soon_threadsafe(stop.set)
+
+    return request_stop, thread
 
 
 def _wait_listening(port: int, timeout: float = 10.0) -> None:

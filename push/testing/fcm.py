@@ -103,6 +103,10 @@ class FcmServer(GatewayServer):
             "token_uri": f"{self.base_url}/token",
         }
 
+    def revoke_access_tokens(self) -> None:
+        """Forget every access token issued so far (the next sends get 401)."""
+        self._tokens.clear()
+
     def _issue_token(self, request: Request) -> Response:
         form = parse_qs(request.body.decode())
         grant = form.get("grant_type", [""])[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +17,8 @@ from push.http import make_client
 from push.messages import Channel, Message, Priority
 from push.result import Outcome
 from push.stores import MemoryTokenCache
-from push.testing import ApnsServer, Scripted
+from push.testing import ApnsServer, Scripted, serve_app
+from push.testing.tls import make_certificates
 from tests.push.helpers import apns_token, message
 
 TOPIC = "com.example.shop"
@@ -183,3 +185,19 @@ def test_scripted_503_then_200(apns: ApnsServer) -> None:
 def test_server_refuses_http11(apns: ApnsServer) -> None:
     response = httpx.post(f"{apns.base_url}/3/device/{apns_token()}", content=b"{}")
     assert response.status_code == 505
+
+
+def test_https_base_negotiates_http2_by_alpn_and_trusts_the_ca_bundle(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path)
+    server = ApnsServer(TOPIC)
+    with serve_app(server, certfile=str(certs.cert_file), keyfile=str(certs.key_file)) as base:
+        assert base.startswith("https://")
+        tokens = ProviderTokens(_key(server))
+
+        async def go(ca: Path | None) -> Outcome:
+            async with make_client(ca_bundle=ca) as client:
+                gateway = ApnsGateway(client, tokens, topic=TOPIC, base_url=base)
+                return (await gateway.send(message(Channel.APNS, apns_token()))).outcome
+
+        assert asyncio.run(go(certs.ca_file)) is Outcome.DELIVERED  # 505 if not HTTP/2
+        assert asyncio.run(go(None)) is Outcome.RETRY  # unknown CA: TLS fails, transient

@@ -112,3 +112,23 @@ def test_gateways_serve_runs_in_a_subprocess(tmp_path: Path) -> None:
         if process.stdout is not None:
             process.stdout.close()
     assert code == 0
+
+
+def test_send_refuses_an_internal_webhook_url(
+    env: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "send",
+            "--channel",
+            "webhook",
+            "--to",
+            "https://169.254.169.254/x",
+            "--title",
+            "t",
+            "--body",
+            "b",
+        ]
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1 and out["reason"] == "webhook:unsafe_destination"

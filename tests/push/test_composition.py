@@ -164,3 +164,58 @@ def test_coupon_forgives_confusable_letters() -> None:
 
 def test_coupons_are_unique() -> None:
     assert len({new_coupon() for _ in range(2000)}) == 2000
+
+
+def test_message_round_trips_through_json_for_every_channel() -> None:
+    import json
+
+    from push.testing import WebPushService
+
+    service = WebPushService()
+    service.base_url = "https://push.example"
+    devices = [
+        Device(Channel.FCM, "t" * 30),
+        Device(Channel.APNS, "ab" * 32),
+        Device(Channel.WEBHOOK, "https://hooks.example/x"),
+        Device(Channel.WEBPUSH, subscription=WebPushSubscription.from_json(service.subscribe())),
+    ]
+    for device in devices:
+        msg = Message(id="m1", device=device, title="t", body="b", data={"k": "v"}, coupon="AB")
+        assert Message.from_dict(json.loads(json.dumps(msg.to_dict()))) == msg
+    with pytest.raises(InvalidMessageError):
+        Message.from_dict({"id": "m1", "device": {"channel": "pigeon"}, "title": "", "body": ""})
+
+
+def test_apns_provider_token_header_is_alg_and_kid_only() -> None:
+    import jwt
+
+    from push.gateways.apns_auth import ApnsKey
+    from push.testing import ApnsServer
+
+    pem, kid, team = ApnsServer().signing_key()
+    token = ApnsKey.from_pem(pem, key_id=kid, team_id=team).mint(1_700_000_000)
+    assert jwt.get_unverified_header(token) == {"alg": "ES256", "kid": kid}
+    assert jwt.decode(token, options={"verify_signature": False}) == {
+        "iss": team,
+        "iat": 1_700_000_000,
+    }
+
+
+def test_compose_renders_a_message_in_the_shoppers_locale() -> None:
+    from push.templates import compose
+
+    msg = compose(
+        TemplateSet(TEMPLATES),
+        "cart",
+        id="m42",
+        device=Device(Channel.FCM, "t" * 30),
+        locale="de-DE",
+        context={"name": "Ana", "item": "Schuh", "price": 80},
+        coupon="7KQ2-M9XD",
+    )
+    assert (msg.title, msg.body, msg.locale, msg.coupon) == (
+        "Ana, noch Schuh?",
+        "Jetzt 80,00\xa0€",
+        "de-DE",
+        "7KQ2-M9XD",
+    )

@@ -11,8 +11,12 @@ import pytest
 from push.delivery import CircuitBreaker, Deliverer, RateLimit, RateLimiter, RetryPolicy
 from push.fake import RecordingGateway
 from push.gateway import send_many
+from push.gateways.fcm import FcmGateway
+from push.gateways.google_oauth import ServiceAccountTokens
+from push.http import make_client
 from push.messages import Channel
 from push.result import DeliveryResult, Outcome
+from push.testing import FcmServer, Scripted
 from tests.push.helpers import fcm_token, message
 
 
@@ -169,3 +173,59 @@ def test_send_until_settled_retries_inline() -> None:
     )
     result, attempts = asyncio.run(Deliverer(gateway).send_until_settled(_msg()))
     assert result.delivered and attempts == 2
+
+
+def test_fcm_permission_denied_opens_the_breaker_end_to_end(fcm: FcmServer) -> None:
+    async def go() -> list[DeliveryResult]:
+        tokens = ServiceAccountTokens(fcm.service_account())
+        async with make_client() as client:
+            gateway = FcmGateway(client, tokens, project_id="not-ours", base_url=fcm.base_url)
+            deliverer = Deliverer(gateway)
+            return [await deliverer.send(_msg()) for _ in range(3)]
+
+    first, second, third = asyncio.run(go())
+    assert first.outcome is Outcome.CREDENTIALS
+    assert second.reason == third.reason == "fcm:breaker_open"
+    assert len([r for r in fcm.received if r["kind"] != "token"]) == 0  # 403s are not recorded
+
+
+def test_503_then_200_through_the_policy_end_to_end(fcm: FcmServer) -> None:
+    token = fcm_token()
+    fcm.script.push(Scripted(503, retry_after="0"), key=token)
+
+    async def go() -> tuple[DeliveryResult, int]:
+        tokens = ServiceAccountTokens(fcm.service_account())
+        async with make_client() as client:
+            deliverer = Deliverer(FcmGateway(client, tokens, base_url=fcm.base_url))
+            return await deliverer.send_until_settled(message(Channel.FCM, token))
+
+    result, attempts = asyncio.run(go())
+    assert result.delivered and attempts == 2
+
+
+def test_an_unexpected_error_fails_one_message_not_the_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def boom(message: object) -> DeliveryResult:
+        raise RuntimeError("bug")
+
+    gateway = RecordingGateway()
+    gateway.script(Outcome.DELIVERED, boom, Outcome.DELIVERED)
+    results = asyncio.run(send_many(gateway, [_msg() for _ in range(3)], concurrency=1))
+    assert [r.outcome for r in results] == [Outcome.DELIVERED, Outcome.FAILED, Outcome.DELIVERED]
+    assert results[1].reason == "fcm:internal:RuntimeError"
+    assert "unexpected error" in caplog.text
+
+
+def test_results_round_trip_through_json() -> None:
+    import datetime as dt
+    import json
+
+    result = DeliveryResult.device_invalid(
+        "m1",
+        "apns",
+        "apns:Unregistered",
+        invalid_since=dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
+        status=410,
+    )
+    assert DeliveryResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result

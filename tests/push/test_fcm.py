@@ -95,7 +95,7 @@ def _error(status: int, code: str | None, message: str = "x", field: str | None 
         (503, _error(503, "UNAVAILABLE"), {}, Outcome.RETRY, None),
         (500, _error(500, "INTERNAL"), {}, Outcome.RETRY, None),
         (401, _error(401, "THIRD_PARTY_AUTH_ERROR"), {}, Outcome.CREDENTIALS, None),
-        (401, _error(401, None), {}, Outcome.CREDENTIALS, None),
+        (401, _error(401, None), {}, Outcome.RETRY, 1.0),
         (502, b"<html>bad gateway</html>", {}, Outcome.RETRY, None),
     ],
 )
@@ -196,3 +196,19 @@ def test_unreachable_gateway_is_retry() -> None:
     result = asyncio.run(go())
     assert result.outcome is Outcome.RETRY
     assert result.reason == "fcm:token_endpoint"
+
+
+def test_refused_access_token_is_reminted_on_the_next_attempt(fcm: FcmServer) -> None:
+    async def go() -> list[Outcome]:
+        tokens = ServiceAccountTokens(fcm.service_account())
+        async with make_client() as client:
+            gateway = FcmGateway(client, tokens, base_url=fcm.base_url)
+            first = await gateway.send(message(Channel.FCM, fcm_token()))
+            fcm.revoke_access_tokens()
+            second = await gateway.send(message(Channel.FCM, fcm_token()))
+            third = await gateway.send(message(Channel.FCM, fcm_token()))
+            return [first.outcome, second.outcome, third.outcome]
+
+    before = fcm.tokens_issued
+    assert asyncio.run(go()) == [Outcome.DELIVERED, Outcome.RETRY, Outcome.DELIVERED]
+    assert fcm.tokens_issued - before == 2

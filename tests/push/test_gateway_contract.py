@@ -25,7 +25,7 @@ from push.gateways.webpush import WebPushGateway
 from push.http import make_client
 from push.messages import Channel, Device, Message, WebPushSubscription
 from push.result import Outcome
-from push.ssrf import guarded_client
+from push.ssrf import guarded_session
 from push.testing import ApnsServer, FcmServer, WebhookReceiver, WebPushService
 from tests.push.helpers import apns_token, fcm_token, message
 
@@ -119,8 +119,8 @@ def case(
 
     @asynccontextmanager
     async def open_webhook() -> AsyncIterator[Gateway]:
-        async with guarded_client(["127.0.0.1"]) as client:
-            yield WebhookGateway(client, receiver.secrets, allowed_hosts=["127.0.0.1"])
+        async with guarded_session(["127.0.0.1"]) as session:
+            yield WebhookGateway(session, receiver.secrets, allowed_hosts=["127.0.0.1"])
 
     def gone_message() -> Message:
         receiver.script.push(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
+import aiohttp
 import pytest
 
 from push.errors import UnsafeDestinationError
@@ -18,7 +18,7 @@ from push.gateways.webhook import (
 )
 from push.messages import Channel
 from push.result import Outcome
-from push.ssrf import check_destination, forbidden_address, guarded_client
+from push.ssrf import UnsafeAddressError, check_destination, forbidden_address, guarded_session
 from push.testing import Scripted, WebhookReceiver, new_webhook_secret
 from tests.push.helpers import message
 
@@ -73,18 +73,20 @@ def test_ssrf_guard_refuses(url: str) -> None:
         asyncio.run(check_destination(url, allowed_hosts=()))
 
 
-def test_guarded_transport_refuses_at_connect_time() -> None:
+def test_guarded_session_refuses_at_connect_time() -> None:
+    # No pre-check here: the resolver itself must refuse a name that resolves inward.
     async def go() -> None:
-        async with guarded_client(()) as client:
-            await client.get("http://localhost:9/")
+        async with guarded_session(()) as session, session.get("http://localhost:9/"):
+            pass
 
-    with pytest.raises(httpx.ConnectError, match="unsafe destination"):
+    with pytest.raises(aiohttp.ClientConnectorError) as caught:
         asyncio.run(go())
+    assert isinstance(caught.value.os_error, UnsafeAddressError)
 
 
 async def _send(receiver: WebhookReceiver, url: str, *, allowed: tuple[str, ...] = ("127.0.0.1",)):  # type: ignore[no-untyped-def]
-    async with guarded_client(allowed) as client:
-        gateway = WebhookGateway(client, receiver.secrets, allowed_hosts=allowed)
+    async with guarded_session(allowed) as session:
+        gateway = WebhookGateway(session, receiver.secrets, allowed_hosts=allowed)
         return await gateway.send(message(Channel.WEBHOOK, url, data={"sku": "42"}))
 
 
@@ -99,8 +101,8 @@ def test_webhook_delivered_and_verified(receiver: WebhookReceiver) -> None:
 
 def test_wrong_secret_is_rejected_by_the_receiver(receiver: WebhookReceiver) -> None:
     async def go():  # type: ignore[no-untyped-def]
-        async with guarded_client(["127.0.0.1"]) as client:
-            gateway = WebhookGateway(client, [new_webhook_secret()], allowed_hosts=["127.0.0.1"])
+        async with guarded_session(["127.0.0.1"]) as session:
+            gateway = WebhookGateway(session, [new_webhook_secret()], allowed_hosts=["127.0.0.1"])
             return await gateway.send(message(Channel.WEBHOOK, receiver.base_url + "/in"))
 
     result = asyncio.run(go())

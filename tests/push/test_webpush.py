@@ -16,7 +16,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from push.errors import PayloadTooLargeError
 from push.gateways.vapid import VapidKey
-from push.gateways.webpush import WebPushGateway, build_webpush_request, map_webpush_response
+from push.gateways.webpush import (
+    WebPushGateway,
+    build_webpush_request,
+    encrypt,
+    map_webpush_response,
+)
 from push.http import make_client
 from push.messages import Channel, Device, Message, WebPushSubscription
 from push.result import Outcome
@@ -163,3 +168,28 @@ def test_vapid_jwt_is_reused_per_origin() -> None:
     assert vapid.authorization("https://push.example/y", now=2000) == a
     assert vapid.authorization("https://other.example/y", now=2000) != a
     assert vapid.authorization("https://push.example/y", now=1000 + 12 * 3600) != a
+
+
+def test_encryption_matches_the_rfc_8291_appendix_a_example() -> None:
+    def unb64(value: str) -> bytes:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+    sender = ec.derive_private_key(
+        int.from_bytes(unb64("yfWPiYE-n46HLnH0KqZOF1fJJU3MYrct3AELtAQ-oRw"), "big"), ec.SECP256R1()
+    )
+    subscription = WebPushSubscription(
+        "https://push.example/x",
+        "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4",
+        "BTBZMqHH6r4Tts7J_aSIgg",
+    )
+    body = encrypt(
+        b"When I grow up, I want to be a watermelon",
+        subscription,
+        server_key=sender,
+        salt=unb64("DGv6ra1nlYgDCS1FRnbzlw"),
+    )
+    assert body == unb64(
+        "DGv6ra1nlYgDCS1FRnbzlwAAEABBBP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27mlmlMoZIIgDll6e3vCYLocInm"
+        "YWAmS6TlzAC8wEqKK6PBru3jl7A_yl95bQpu6cVPTpK4Mqgkf1CXztLVBSt2Ks3oZwbuwXPXLWyouBWLVWGNWQ"
+        "exSgSxsj_Qulcy4a-fN"
+    )
