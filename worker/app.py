@@ -71,8 +71,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # ack after the task ran; a worker killed mid-task gets its message redelivered.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        # A failure that survived its finite retries is acked (and recorded), not looped.
-        "task_acks_on_failure_or_timeout": True,
+        # Tasks raise only when Redis stayed away through their in-task retries (bad input
+        # and bugs are recorded and return): such a message stays unacked and comes back
+        # after the visibility timeout.
+        "task_acks_on_failure_or_timeout": False,
         # One message in hand per process: a slow task never hides others from idle workers.
         "worker_prefetch_multiplier": 1,
         # Redis has no real acks: an unacked message is redelivered after the visibility
@@ -83,7 +85,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": transport,
         "task_time_limit": settings.task_time_limit_s,
         "task_soft_time_limit": max(1, settings.task_time_limit_s - 10),
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Left running on a lost broker connection: cancelling them makes kombu 5.7's
+        # Redis channel crash the worker on reconnect (celery/celery#9250, seen here in
+        # tests/worker/test_worker_integration.py); an ack that fails is redelivered anyway.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_connection_retry_on_startup": True,
         "task_ignore_result": True,
         "result_expires": 86_400,

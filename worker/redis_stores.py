@@ -14,10 +14,13 @@ local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens') or burst)
 local ts = tonumber(redis.call('HGET', KEYS[1], 'ts') or now)
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
 local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+-- 1e-4: tolerate float error in elapsed time at epoch magnitudes (as push.stores does)
+if tokens >= 1 - 1e-4 then tokens = math.max(0, tokens - 1) else wait = (1 - tokens) / rate end
+-- %.17g: Lua's tostring keeps 14 digits, too few for epoch seconds
+local function exact(x) return string.format('%.17g', x) end
+redis.call('HSET', KEYS[1], 'tokens', exact(tokens), 'ts', exact(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return tostring(wait)
+return exact(wait)
 """
 
 _DISCARD_IF_SAME = """

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from worker.audit import Audit
@@ -35,9 +35,11 @@ from worker.triggers import Triggers
 
 
 def connect_redis(url: str) -> redis.Redis:
-    """A pooled client that rides out short outages (a Redis restart) with a few retries.
+    """A pooled client that does not retry by itself.
 
-    Retried commands are safe here: every write pushrec makes is idempotent by id.
+    Retries happen at the task level, where every write is decided once (event ids,
+    message ids); a client-level retry would re-send a whole pipeline whose first send
+    may have been applied, counting its counters twice (seen in the Redis restart test).
     """
     return redis.Redis.from_url(
         url,
@@ -45,8 +47,7 @@ def connect_redis(url: str) -> redis.Redis:
         socket_timeout=10,
         socket_connect_timeout=5,
         health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=5),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        retry=Retry(NoBackoff(), retries=0),
     )
 
 

@@ -1,13 +1,18 @@
-"""Thin Celery tasks: check the call's shape, hand the JSON to `ingest`, retry outages.
+"""Thin Celery tasks: check the call's shape, hand the JSON to `ingest`, ride out outages.
 
 A call that breaks the contract (positional args, unknown or missing kwargs) is rejected
-and recorded like any bad input: never retried. A Redis outage is retried a finite
-number of times with capped, jittered backoff; every write is idempotent, so a retry
-after a partial success changes nothing twice.
+and recorded like any bad input: never retried. A Redis outage is retried in the task a
+finite number of times with capped, jittered backoff; if Redis is still away, the task
+fails *without acking* its message, so the broker hands it out again after the
+visibility timeout: nothing is lost, and every write is idempotent, so nothing is
+applied twice. (No `task.retry()`: it would publish a new message to the broker that is
+down, and park it as an ETA task in worker memory.) Any other error is a bug: the call
+is kept in the rejected stream for replay and the message acked, never looped.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -21,7 +26,15 @@ from worker.app import PushrecApp
 from worker.firing import FireJob
 from worker.runtime import Runtime
 
-_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
+log = logging.getLogger(__name__)
+
+# NoScriptError: a restarted Redis has lost its script cache; the retry reloads it.
+_TRANSIENT = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.NoScriptError,
+)
 
 
 class PushrecTask(Task):  # type: ignore[type-arg]
@@ -31,10 +44,10 @@ class PushrecTask(Task):  # type: ignore[type-arg]
     def runtime(self) -> Runtime:
         return self.app.runtime()
 
-    def backoff_s(self) -> float:
-        """Full jitter over a capped exponential (retries 0, 1, 2, … -> up to 1, 2, 4 … s)."""
+    def backoff_s(self, attempt: int) -> float:
+        """Full jitter over a capped exponential (attempts 0, 1, 2, … -> up to 1, 2, 4 … s)."""
         cap = self.app.settings.task_retry_backoff_max_s
-        return random.uniform(0, min(cap, 2.0 ** int(self.request.retries or 0)))
+        return random.uniform(0, min(cap, 2.0**attempt))
 
 
 def _call_shape(
@@ -56,12 +69,31 @@ def _call_shape(
 
 
 def _run(task: PushrecTask, body: Callable[[Runtime], Any]) -> Any:
+    attempts = task.app.settings.task_max_retries
+    for attempt in range(attempts + 1):
+        try:
+            return body(task.runtime)
+        except _TRANSIENT as exc:
+            if attempt == attempts:
+                log.error("%s %s: Redis still unavailable, left for redelivery: %s",
+                          task.name, task.request.id, exc)  # fmt: skip
+                raise
+            time.sleep(task.backoff_s(attempt))
+        except Exception as exc:
+            return _keep_failed(task, exc)
+    raise AssertionError("unreachable")
+
+
+def _keep_failed(task: PushrecTask, exc: Exception) -> dict[str, str]:
+    """A bug: keep the call in the rejected stream to replay, ack it, never loop."""
+    log.exception("%s %s failed", task.name, task.request.id)
+    reason = f"{type(exc).__name__}: {exc}"
+    payload = {"task_id": task.request.id, "kwargs": task.request.kwargs}
     try:
-        return body(task.runtime)
-    except _TRANSIENT as exc:
-        raise task.retry(
-            exc=exc, countdown=task.backoff_s(), max_retries=task.app.settings.task_max_retries
-        ) from exc
+        task.runtime.rejected.record(task.name, "task_error", reason, payload)
+    except _TRANSIENT:  # Redis went away as well: redelivery will meet the bug again
+        raise exc from None
+    return {"error": reason}
 
 
 def _delivery(task: PushrecTask) -> str:
