@@ -102,7 +102,10 @@ async def bare_httpx(requests: Prepared, concurrency: int, *, http2: bool) -> di
         async def one(index: int) -> None:
             nonlocal ok
             url, headers, body = requests[index % len(requests)]
-            response = await client.post(url, content=body, headers=headers)
+            try:
+                response = await client.post(url, content=body, headers=headers)
+            except httpx.HTTPError:  # e.g. a kept-alive connection the server closed
+                return
             ok += response.status_code < 300
 
         await _pool(min(200, len(requests)), concurrency, one)  # warm-up
@@ -120,9 +123,12 @@ async def bare_aiohttp(requests: Prepared, concurrency: int) -> dict[str, float]
         async def one(index: int) -> None:
             nonlocal ok
             url, headers, body = requests[index % len(requests)]
-            async with session.post(url, data=body, headers=headers) as response:
-                await response.read()
-                ok += response.status < 300
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    ok += response.status < 300
+            except aiohttp.ClientError:
+                return
 
         await _pool(min(200, len(requests)), concurrency, one)
         ok = 0
@@ -294,11 +300,20 @@ async def run_suite(
 
 
 def _table(results: dict[str, Any], args: argparse.Namespace) -> str:
-    head = ("latency", "variant", "msgs/s", "client CPU ms/msg", "server CPU ms/msg", "vs bare")
+    head = (
+        "latency",
+        "variant",
+        "msgs/s",
+        "client CPU ms/msg",
+        "server CPU ms/msg",
+        "vs bare",
+        "ok",
+    )
     lines = [
         f"{args.messages} messages, {args.concurrency} in flight, median of {args.repeats} runs;"
         " 'vs bare' = median of per-repeat throughput ratios (CPU ratio in brackets)",
-        f"{head[0]:>8}  {head[1]:<24}{head[2]:>9}{head[3]:>19}{head[4]:>19}{head[5]:>16}",
+        f"{head[0]:>8}  {head[1]:<24}{head[2]:>9}{head[3]:>19}{head[4]:>19}{head[5]:>16}"
+        f"{head[6]:>7}",
     ]
     for latency, summary in results.items():
         for name, s in summary.items():
@@ -307,6 +322,7 @@ def _table(results: dict[str, Any], args: argparse.Namespace) -> str:
             lines.append(
                 f"{latency.removeprefix('latency_'):>8}  {name:<24}{s['msgs_per_s']:>9.0f}"
                 f"{s['cpu_ms_per_msg']:>19.3f}{s['server_cpu_ms_per_msg']:>19.3f}{shown:>16}"
+                f"{s['ok']:>7.0f}"
             )
     return "\n".join(lines)
 
