@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from push.errors import InvalidMessageError
+from push.errors import ConfigError, InvalidMessageError
 from push.gateways.apns_auth import ProviderTokens
 from push.http import HttpRequest, parse_retry_after, transport_failure
 from push.messages import Channel, Message
@@ -171,7 +171,7 @@ class ApnsGateway:
         base_url: str = APNS_URL,
     ) -> None:
         if not topic:
-            raise InvalidMessageError("APNs topic (the app's bundle id) is required")
+            raise ConfigError("APNs topic (the app's bundle id) is required")
         self._client = client
         self._tokens = tokens
         self.topic = topic

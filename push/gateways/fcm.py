@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from push.errors import CredentialsError, InvalidMessageError
+from push.errors import ConfigError, CredentialsError, InvalidMessageError
 from push.gateways.google_oauth import ServiceAccountTokens
 from push.http import HttpRequest, parse_retry_after, transport_failure
 from push.messages import Channel, Message, web_push_topic
@@ -193,7 +193,7 @@ class FcmGateway:
     ) -> None:
         project = project_id or tokens.project_id
         if not project:
-            raise InvalidMessageError("FCM project id is neither set nor in the credentials")
+            raise ConfigError("FCM project id is neither set nor in the credentials")
         self._client = client
         self._tokens = tokens
         self.project_id = project

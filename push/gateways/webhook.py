@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 EVENT_TYPE = "push.message"
+CHECK_TTL_S = 60.0
 log = logging.getLogger("push.webhook")
 
 
@@ -186,15 +187,29 @@ class WebhookGateway:
             raise ConfigError("no webhook secret configured")
         self._allowed = frozenset(allowed_hosts)
         self.credential_key = "webhook:" + fingerprint(self._keys[0])
+        self._checked: dict[str, float] = {}  # origin -> pre-check valid until (monotonic)
 
     def route_key(self, message: Message) -> str:
         """Breakers and rate limits are per receiving host: one bad receiver stops alone."""
         host = urlsplit(message.device.token).hostname or ""
         return f"webhook:{fingerprint(host)}"
 
+    async def _check(self, url: str) -> None:
+        """The SSRF pre-check, remembered per origin for `CHECK_TTL_S` when it passes
+        (the resolver re-checks every new connection anyway)."""
+        origin = url.split("/", 3)[:3]
+        key = "/".join(origin)
+        now = time.monotonic()
+        if self._checked.get(key, 0.0) > now:
+            return
+        await check_destination(url, self._allowed)
+        if len(self._checked) > 10_000:
+            self._checked.clear()
+        self._checked[key] = now + CHECK_TTL_S
+
     async def send(self, message: Message) -> DeliveryResult:
         try:
-            await check_destination(message.device.token, self._allowed)
+            await self._check(message.device.token)
         except UnsafeDestinationError as exc:
             log.warning("webhook %s refused: %s", safe_url(message.device.token), exc)
             return DeliveryResult.failed(message.id, "webhook", "webhook:unsafe_destination")

@@ -148,3 +148,27 @@ def test_webhook_body_is_compact_json(receiver: WebhookReceiver) -> None:
     request = build_webhook_request(msg, secrets=[decode_secret(receiver.secrets[0])], now=0)
     assert json.loads(request.body)["data"]["title"] == "Grüße €"
     assert b'", "' not in request.body and b'": ' not in request.body
+
+
+def test_pre_check_is_remembered_per_origin_but_not_across_origins(
+    receiver: WebhookReceiver,
+) -> None:
+    async def go() -> list[Outcome]:
+        async with guarded_session(["127.0.0.1"]) as session:
+            gateway = WebhookGateway(session, receiver.secrets, allowed_hosts=["127.0.0.1"])
+            outcomes = []
+            for url in (
+                receiver.base_url + "/a",
+                receiver.base_url + "/b",
+                "https://10.0.0.1/a",
+                "https://10.0.0.1/a",
+            ):
+                outcomes.append((await gateway.send(message(Channel.WEBHOOK, url))).outcome)
+            return outcomes
+
+    assert asyncio.run(go()) == [
+        Outcome.DELIVERED,
+        Outcome.DELIVERED,
+        Outcome.FAILED,
+        Outcome.FAILED,
+    ]
