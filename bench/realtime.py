@@ -181,22 +181,13 @@ class Case:
     def start(self, layout: list[tuple[list[str], int]], tag: str) -> None:
         for n, (queues, concurrency) in enumerate(layout):
             log = (self.tmp / f"{self.prefix}-{tag}-{n}.log").open("wb")
+            argv = [
+                sys.executable, "-m", "worker", "worker", "--loglevel=WARNING",
+                f"--concurrency={concurrency}", f"--name={self.prefix}-{tag}{n}@%h",
+                "--queues=" + ",".join(self.queues[q] for q in queues),
+            ]  # fmt: skip
             self.nodes.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "worker",
-                        "worker",
-                        "--loglevel=WARNING",
-                        f"--concurrency={concurrency}",
-                        f"--name={self.prefix}-{tag}{n}@%h",
-                        "--queues=" + ",".join(self.queues[q] for q in queues),
-                    ],
-                    env=self.env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )  # fmt: skip
+                subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
             )
 
     def check_nodes(self) -> None:
@@ -344,7 +335,7 @@ def measure_saturation(case: Case, shop: Shop, layout: Any, args: argparse.Names
     }
 
 
-def measure_noop(case: Case, layout: Any, args: argparse.Namespace) -> dict:
+def measure_noop(case: Case, shop: Shop, layout: Any, args: argparse.Namespace) -> dict:
     total = args.noop
     for _ in range(total):
         case.client.send(contract.NOOP)
@@ -365,6 +356,9 @@ def measure_noop(case: Case, layout: Any, args: argparse.Namespace) -> dict:
     return {"tasks": total, "tasks_per_s": 0.8 * total / (marks[0.9] - marks[0.1])}
 
 
+MEASURES = {"latency": measure_latency, "saturation": measure_saturation, "noop": measure_noop}
+
+
 # --- driver ----------------------------------------------------------------------------
 def parse_layout(spec: str) -> list[tuple[list[str], int]]:
     """'activity+maintenance:2/push:1' -> [(['activity', 'maintenance'], 2), (['push'], 1)]"""
@@ -373,15 +367,6 @@ def parse_layout(spec: str) -> list[tuple[list[str], int]]:
         queues, _, concurrency = node.partition(":")
         nodes.append((queues.split("+"), int(concurrency or 1)))
     return nodes
-
-
-def run_case(url: str, shop: Shop, gateway: dict, config: Path, tmp: Path, fn: Any) -> dict:
-    case = Case(url, shop, gateway, config, tmp)
-    try:
-        result: dict = fn(case)
-        return result
-    finally:
-        case.close()
 
 
 def uptime() -> str:
@@ -425,31 +410,12 @@ def main() -> None:
                 for spec in layouts:
                     layout = parse_layout(spec)
                     row = results[spec]
-                    row["latency"].append(
-                        run_case(
-                            url,
-                            shop,
-                            gateway,
-                            config,
-                            tmp,
-                            lambda c: measure_latency(c, shop, layout, args),
-                        )  # fmt: skip
-                    )
-                    row["saturation"].append(
-                        run_case(
-                            url,
-                            shop,
-                            gateway,
-                            config,
-                            tmp,
-                            lambda c: measure_saturation(c, shop, layout, args),
-                        )  # fmt: skip
-                    )
-                    row["noop"].append(
-                        run_case(
-                            url, shop, gateway, config, tmp, lambda c: measure_noop(c, layout, args)
-                        )  # fmt: skip
-                    )
+                    for kind, measure in MEASURES.items():
+                        case = Case(url, shop, gateway, config, tmp)
+                        try:
+                            row[kind].append(measure(case, shop, layout, args))
+                        finally:
+                            case.close()
                     lat, sat, noop = (row[k][-1] for k in ("latency", "saturation", "noop"))
                     print(
                         f"run {run + 1} {spec:36s} p50 {lat['p50_ms']:6.1f} ms "
