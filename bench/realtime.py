@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -117,7 +118,9 @@ def local_gateway(state_dir: Path) -> Iterator[dict[str, Any]]:
         line = process.stdout.readline()
         if not line:
             raise RuntimeError("local gateways did not start")
-        yield json.loads(line)
+        state = json.loads(line)
+        state["pid"] = process.pid
+        yield state
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -154,6 +157,7 @@ class Case:
         self.rt = Runtime.open(settings)
         self.client = PushrecClient(url, broker_key_prefix=f"{self.prefix}:", queues=self.queues)
         self.admin = gateway["admin"]["fcm"]
+        self.others = {"gateway": gateway["pid"], "redis": redis_pid(url)}
         self.http = httpx.Client(timeout=60)
         self.http.post(f"{self.admin}/_admin/reset").raise_for_status()
         self.nodes: list[subprocess.Popen[bytes]] = []
@@ -190,6 +194,24 @@ class Case:
                 subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
             )
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by the worker nodes (with their pool children), the
+        gateway process and redis-server."""
+        out = {"workers": 0.0}
+        for node in self.nodes:
+            try:
+                proc = psutil.Process(node.pid)
+                for p in [proc, *proc.children(recursive=True)]:
+                    t = p.cpu_times()
+                    out["workers"] += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        for name, pid in self.others.items():
+            if pid is not None:
+                t = psutil.Process(pid).cpu_times()
+                out[name] = t.user + t.system
+        return out
+
     def check_nodes(self) -> None:
         for node in self.nodes:
             if node.poll() is not None:
@@ -213,11 +235,22 @@ class Case:
     def queue_len(self, queue: str) -> int:
         return int(self.rt.redis.llen(f"{self.prefix}:{self.queues[queue]}"))  # type: ignore[arg-type]
 
-    def wait(self, progress: Callable[[], int], total: int, stall_s: float = 30) -> int:
-        """Poll until `progress()` reaches `total` or stops moving for `stall_s`."""
+    def wait(
+        self,
+        progress: Callable[[], int],
+        total: int,
+        stall_s: float = 30,
+        cpu_marks: dict[float, dict[str, float]] | None = None,
+    ) -> int:
+        """Poll until `progress()` reaches `total` or stops moving for `stall_s`; with
+        `cpu_marks`, sample `cpu()` as progress passes 10% and 90% of `total`."""
         last, moved = -1, time.monotonic()
         while (done := progress()) < total:
             self.check_nodes()
+            if cpu_marks is not None:
+                for share in (0.1, 0.9):
+                    if share not in cpu_marks and done >= share * total:
+                        cpu_marks[share] = self.cpu()
             if done != last:
                 last, moved = done, time.monotonic()
             elif time.monotonic() - moved > stall_s:
@@ -240,6 +273,25 @@ class Case:
         self.http.close()
         self.rt.close()
         delete_prefix(self.url, self.prefix)
+
+
+def redis_pid(url: str) -> int | None:
+    """The pid of the redis-server listening on `url`'s port, if it runs here."""
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "redis-server" in (proc.info["name"] or "") and (
+            port in cmdline or any(arg.endswith(f":{port}") for arg in cmdline)
+        ):
+            return int(proc.pid)
+    return None
+
+
+def cpu_ms_per_unit(marks: dict[float, dict[str, float]], units: float) -> dict[str, float]:
+    """Milliseconds of CPU per unit of work between the 10% and 90% samples."""
+    if 0.1 not in marks or 0.9 not in marks:
+        return {}
+    return {k: 1000 * (marks[0.9][k] - marks[0.1][k]) / units for k in marks[0.9]}
 
 
 def purchase(user: str, item: str, n: int) -> dict[str, Any]:
@@ -270,6 +322,7 @@ def measure_latency(case: Case, shop: Shop, layout: Any, args: argparse.Namespac
 
     sent: dict[str, float] = {}
     lag: list[float] = []
+    cpu0 = case.cpu()
     t0 = time.perf_counter() + 0.05
     for n, (user, _, item) in enumerate(steady):
         due = t0 + n / args.rate
@@ -282,6 +335,7 @@ def measure_latency(case: Case, shop: Shop, layout: Any, args: argparse.Namespac
         case.client.track(event)
     send_s = time.perf_counter() - t0
     case.wait(case.delivered, len(warm) + total, stall_s=15)
+    cpu = cpu_ms_per_unit({0.1: cpu0, 0.9: case.cpu()}, total)
     case.stop()
     received = case.receipts()
     latencies = [1000 * (received[t] - s) for t, s in sent.items() if t in received]
@@ -295,6 +349,7 @@ def measure_latency(case: Case, shop: Shop, layout: Any, args: argparse.Namespac
         "p99_ms": _pct(latencies, 0.99),
         "max_ms": max(latencies),
         "pacer_lag_p99_ms": 1000 * _pct(lag, 0.99),
+        "cpu_ms_per_event": cpu,
         "rule_stats": case.stats(),
     }
 
@@ -318,7 +373,8 @@ def measure_saturation(case: Case, shop: Shop, layout: Any, args: argparse.Names
         case.client.track(event)
     case.start(layout, "sat")
     started = time.perf_counter()
-    done = case.wait(case.delivered, total)
+    marks: dict[float, dict[str, float]] = {}
+    done = case.wait(case.delivered, total, cpu_marks=marks)
     elapsed = time.perf_counter() - started
     case.stop()
     received = case.receipts()
@@ -331,6 +387,7 @@ def measure_saturation(case: Case, shop: Shop, layout: Any, args: argparse.Names
         "events_per_s": _between(stamps, total),
         "wall_s_incl_startup": elapsed,
         "done_by_stats": done,
+        "cpu_ms_per_event": cpu_ms_per_unit(marks, 0.8 * total),
         "rule_stats": case.stats(),
     }
 
@@ -342,6 +399,7 @@ def measure_noop(case: Case, shop: Shop, layout: Any, args: argparse.Namespace) 
     # the same nodes and concurrency, each consuming the queue the no-ops are on
     case.start([(["activity"], concurrency) for _, concurrency in layout], "noop")
     marks: dict[float, float] = {}
+    cpu: dict[float, dict[str, float]] = {}
     deadline = time.monotonic() + 600
     while len(marks) < 3:
         case.check_nodes()
@@ -351,9 +409,14 @@ def measure_noop(case: Case, shop: Shop, layout: Any, args: argparse.Namespace) 
         for share in (0.1, 0.9, 1.0):
             if share not in marks and done >= share * total:
                 marks[share] = time.perf_counter()
+                cpu[share] = case.cpu()
         time.sleep(0.01)
     case.stop()
-    return {"tasks": total, "tasks_per_s": 0.8 * total / (marks[0.9] - marks[0.1])}
+    return {
+        "tasks": total,
+        "tasks_per_s": 0.8 * total / (marks[0.9] - marks[0.1]),
+        "cpu_ms_per_task": cpu_ms_per_unit(cpu, 0.8 * total),
+    }
 
 
 MEASURES = {"latency": measure_latency, "saturation": measure_saturation, "noop": measure_noop}
@@ -453,6 +516,12 @@ def main() -> None:
             f"{s['latency_max_ms']:7.1f} {s['delivered']:>11s} {s['saturation_events_per_s']:9.0f} "
             f"{s['noop_tasks_per_s']:7.0f} {s['saturation_vs_noop']:6.2f}"
         )
+    print("\nCPU ms per unit between the 10% and 90% marks (medians):")
+    for spec, s in summary.items():
+        print(
+            f"{spec:36s} saturation/event {s['saturation_cpu_ms_per_event']}  "
+            f"noop/task {s['noop_cpu_ms_per_task']}"
+        )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"\nload: {load[0]} .. {load[-1]}\nwrote {args.json}")
@@ -472,6 +541,9 @@ def summarise(row: dict[str, list[dict]]) -> dict[str, Any]:
         "saturation_events_per_s": sat_rate,
         "noop_tasks_per_s": noop_rate,
         "saturation_vs_noop": sat_rate / noop_rate,
+        "saturation_cpu_ms_per_event": _median_dict([r["cpu_ms_per_event"] for r in sat]),
+        "noop_cpu_ms_per_task": _median_dict([r["cpu_ms_per_task"] for r in noop]),
+        "latency_cpu_ms_per_event": _median_dict([r["cpu_ms_per_event"] for r in lat]),
         "runs": {
             "p99_ms": [round(r["p99_ms"], 1) for r in lat],
             "saturation_events_per_s": [round(r["events_per_s"], 1) for r in sat],
@@ -479,6 +551,11 @@ def summarise(row: dict[str, list[dict]]) -> dict[str, Any]:
         },
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def _median_dict(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = set().union(*rows) if rows else set()
+    return {k: round(statistics.median(r[k] for r in rows if k in r), 3) for k in sorted(keys)}
 
 
 if __name__ == "__main__":
