@@ -445,6 +445,7 @@ def main() -> None:
     parser.add_argument("--saturation", type=int, default=4000, help="events pre-filled")
     parser.add_argument("--noop", type=int, default=10_000, help="no-op tasks pre-filled")
     parser.add_argument("--history", type=int, default=5, help="past purchases per shopper")
+    parser.add_argument("--cases", default="latency,saturation,noop", help="which to run")
     parser.add_argument("--layouts", default=DEFAULT_LAYOUTS, help="comma-separated layouts")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "realtime.json")
     args = parser.parse_args()
@@ -473,19 +474,15 @@ def main() -> None:
                 for spec in layouts:
                     layout = parse_layout(spec)
                     row = results[spec]
-                    for kind, measure in MEASURES.items():
+                    for kind in args.cases.split(","):
+                        measure = MEASURES[kind]
                         case = Case(url, shop, gateway, config, tmp)
                         try:
                             row[kind].append(measure(case, shop, layout, args))
                         finally:
                             case.close()
-                    lat, sat, noop = (row[k][-1] for k in ("latency", "saturation", "noop"))
-                    print(
-                        f"run {run + 1} {spec:36s} p50 {lat['p50_ms']:6.1f} ms "
-                        f"p99 {lat['p99_ms']:6.1f} ms max {lat['max_ms']:6.1f} ms "
-                        f"({lat['delivered']}/{lat['events']})  "
-                        f"sat {sat['events_per_s']:5.0f} ev/s  noop {noop['tasks_per_s']:5.0f}/s"
-                    )
+                    last = {k: v[-1] for k, v in row.items() if v}
+                    print(f"run {run + 1} {spec:36s} {json.dumps(last, default=str)[:400]}")
                 load.append(uptime())
 
     summary = {spec: summarise(row) for spec, row in results.items()}
@@ -508,49 +505,57 @@ def main() -> None:
     print()
     print(
         f"{'layout (nodes: queues:concurrency)':36s} {'p50 ms':>7s} {'p99 ms':>7s} "
-        f"{'max ms':>7s} {'delivered':>11s} {'sat ev/s':>9s} {'noop/s':>7s} {'ratio':>6s}"
+        f"{'max ms':>7s} {'delivered':>14s} {'sat ev/s':>9s} {'noop/s':>7s} {'ratio':>6s}"
     )
+    nan = float("nan")
     for spec, s in summary.items():
         print(
-            f"{spec:36s} {s['latency_p50_ms']:7.1f} {s['latency_p99_ms']:7.1f} "
-            f"{s['latency_max_ms']:7.1f} {s['delivered']:>11s} {s['saturation_events_per_s']:9.0f} "
-            f"{s['noop_tasks_per_s']:7.0f} {s['saturation_vs_noop']:6.2f}"
+            f"{spec:36s} {s.get('latency_p50_ms', nan):7.1f} {s.get('latency_p99_ms', nan):7.1f} "
+            f"{s.get('latency_max_ms', nan):7.1f} {s.get('delivered', '-'):>14s} "
+            f"{s.get('saturation_events_per_s', nan):9.0f} {s.get('noop_tasks_per_s', nan):7.0f} "
+            f"{s.get('saturation_vs_noop', nan):6.2f}"
         )
-    print("\nCPU ms per unit between the 10% and 90% marks (medians):")
+    print("\nCPU ms per unit of work (medians; saturation and noop between the 10% and 90% marks):")
     for spec, s in summary.items():
-        print(
-            f"{spec:36s} saturation/event {s['saturation_cpu_ms_per_event']}  "
-            f"noop/task {s['noop_cpu_ms_per_task']}"
-        )
+        for key in (
+            "latency_cpu_ms_per_event",
+            "saturation_cpu_ms_per_event",
+            "noop_cpu_ms_per_task",
+        ):
+            if key in s:
+                print(f"{spec:36s} {key:28s} {s[key]}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"\nload: {load[0]} .. {load[-1]}\nwrote {args.json}")
 
 
 def summarise(row: dict[str, list[dict]]) -> dict[str, Any]:
+    """Medians over the runs of each case that ran."""
     med = statistics.median
     lat, sat, noop = row["latency"], row["saturation"], row["noop"]
-    sat_rate = med(r["events_per_s"] for r in sat)
-    noop_rate = med(r["tasks_per_s"] for r in noop)
-    return {
-        "latency_p50_ms": med(r["p50_ms"] for r in lat),
-        "latency_p99_ms": med(r["p99_ms"] for r in lat),
-        "latency_max_ms": med(r["max_ms"] for r in lat),
-        "delivered": "/".join(str(r["delivered"]) for r in lat) + f" of {lat[0]['events']}",
-        "achieved_rate": med(r["achieved_rate"] for r in lat),
-        "saturation_events_per_s": sat_rate,
-        "noop_tasks_per_s": noop_rate,
-        "saturation_vs_noop": sat_rate / noop_rate,
-        "saturation_cpu_ms_per_event": _median_dict([r["cpu_ms_per_event"] for r in sat]),
-        "noop_cpu_ms_per_task": _median_dict([r["cpu_ms_per_task"] for r in noop]),
-        "latency_cpu_ms_per_event": _median_dict([r["cpu_ms_per_event"] for r in lat]),
-        "runs": {
-            "p99_ms": [round(r["p99_ms"], 1) for r in lat],
-            "saturation_events_per_s": [round(r["events_per_s"], 1) for r in sat],
-            "noop_tasks_per_s": [round(r["tasks_per_s"], 1) for r in noop],
-        },
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    out: dict[str, Any] = {"runs": {}}
+    if lat:
+        out |= {
+            "latency_p50_ms": med(r["p50_ms"] for r in lat),
+            "latency_p99_ms": med(r["p99_ms"] for r in lat),
+            "latency_max_ms": med(r["max_ms"] for r in lat),
+            "delivered": "/".join(str(r["delivered"]) for r in lat) + f" of {lat[0]['events']}",
+            "achieved_rate": med(r["achieved_rate"] for r in lat),
+            "latency_cpu_ms_per_event": _median_dict([r["cpu_ms_per_event"] for r in lat]),
+        }
+        out["runs"]["p99_ms"] = [round(r["p99_ms"], 1) for r in lat]
+    if sat:
+        out["saturation_events_per_s"] = med(r["events_per_s"] for r in sat)
+        out["saturation_cpu_ms_per_event"] = _median_dict([r["cpu_ms_per_event"] for r in sat])
+        out["runs"]["saturation_events_per_s"] = [round(r["events_per_s"], 1) for r in sat]
+    if noop:
+        out["noop_tasks_per_s"] = med(r["tasks_per_s"] for r in noop)
+        out["noop_cpu_ms_per_task"] = _median_dict([r["cpu_ms_per_task"] for r in noop])
+        out["runs"]["noop_tasks_per_s"] = [round(r["tasks_per_s"], 1) for r in noop]
+    if sat and noop:
+        out["saturation_vs_noop"] = out["saturation_events_per_s"] / out["noop_tasks_per_s"]
+    out["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return out
 
 
 def _median_dict(rows: list[dict[str, float]]) -> dict[str, float]:
