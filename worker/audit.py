@@ -76,29 +76,32 @@ class Audit:
 
     def attribute(self, events: Sequence[Event]) -> None:
         """Credit opens, clicks and conversions to the messages they came from; each
-        outcome counts once per message."""
+        outcome counts once per message. One pipelined read for the whole batch."""
+        lookups: list[tuple[Event, str]] = []
+        pipe = self._client.pipeline(transaction=False)
         for event in events:
             if event.push_id is not None and event.type in {"push_open", "push_click", "purchase"}:
+                pipe.get(self._keys.message(event.push_id).record)
+                lookups.append((event, "push_id"))
+            elif event.type == "purchase" and event.item_id:
+                pipe.hget(self._keys.user(event.user_id).attribution, event.item_id)
+                lookups.append((event, "item"))
+        if not lookups:
+            return
+        for (event, how), raw in zip(lookups, pipe.execute(), strict=True):
+            if not raw:
+                continue
+            if how == "push_id":
+                assert event.push_id is not None
                 outcome = {"push_open": "opened", "push_click": "clicked"}.get(
                     event.type, "converted"
                 )
-                record = self._client.get(self._keys.message(event.push_id).record)
-                if record:
-                    rule = json.loads(record)["rule"]
-                    self._credit(event.push_id, rule, outcome, event.ts)
-            elif event.type == "purchase" and event.item_id:
-                self._attribute_purchase(event)
-
-    def _attribute_purchase(self, event: Event) -> None:
-        assert event.item_id is not None
-        raw = self._client.hget(self._keys.user(event.user_id).attribution, event.item_id)
-        if not raw:
-            return
-        entry = json.loads(raw)
-        if not 0 <= event.ts - entry["at"] <= self._window_s:
-            return
-        outcome = "held_out_converted" if entry["cell"] == "holdout" else "converted"
-        self._credit(entry["message_id"], entry["rule"], outcome, event.ts)
+                self._credit(event.push_id, json.loads(raw)["rule"], outcome, event.ts)
+                continue
+            entry = json.loads(raw)
+            if 0 <= event.ts - entry["at"] <= self._window_s:
+                outcome = "held_out_converted" if entry["cell"] == "holdout" else "converted"
+                self._credit(entry["message_id"], entry["rule"], outcome, event.ts)
 
     def _credit(self, message_id: str, rule: str, outcome: str, ts: float) -> None:
         key = self._keys.message(message_id).outcome

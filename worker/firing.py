@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from indexing import LoadedIndex
 from push import TemplateSet, new_coupon
 from push.errors import PushError
 from worker.audit import Audit
@@ -171,7 +172,7 @@ class Firer:
 
         index = self._index.index if self._index is not None else None
         trending = [] if index is not None else self._state.trending_items(now, 24, 4 * rule.items)
-        candidates = self._pick(rule, shopper, own_items, index, trending, now)
+        candidates, facts = self._pick(rule, shopper, own_items, index, trending, now)
         decision["candidates"] = [c.as_dict() for c in candidates]
         if not candidates:
             return self._finish(job.user_id, rule, decision, "suppress", "no items to offer")
@@ -190,43 +191,26 @@ class Firer:
             item_rule=rule.kind in ITEM_KINDS,
         )
         decision["policy"] = verdict.as_dict()
-        return self._act(rule, job, mid, verdict, candidates, prefs, decision, now)
+        return self._act(rule, job, mid, verdict, candidates, facts, prefs, decision, now)
 
     def _pick(
         self,
         rule: Rule,
         shopper: ShopperView,
         own_items: list[str],
-        index: Any,
+        index: LoadedIndex | None,
         trending: list[tuple[str, float]],
         now: float,
-    ) -> list[Candidate]:
-        item_rule = rule.kind in ITEM_KINDS
-        first = recommend(
-            index,
-            shopper,
-            k=4 * rule.items,
-            now=now,
-            trigger_items=own_items,
-            include_trigger_items=item_rule,
-            allow_cart=rule.kind == "cart_abandoned",
-            trending=trending,
-        )
-        facts = self.catalog([c.item_id for c in first])
-        unavailable = frozenset(
-            i for i in (c.item_id for c in first) if i not in facts or facts[i].get("stock") == "0"
-        )
+    ) -> tuple[list[Candidate], Mapping[str, Mapping[str, str]]]:
         return recommend(
             index,
             shopper,
             k=rule.items,
             now=now,
+            catalog=self.catalog,
             trigger_items=own_items,
-            include_trigger_items=item_rule,
+            include_trigger_items=rule.kind in ITEM_KINDS,
             allow_cart=rule.kind == "cart_abandoned",
-            unavailable=unavailable,
-            categories={i: f.get("category", "") for i, f in facts.items()},
-            titles={i: f.get("title", "") for i, f in facts.items()},
             trending=trending,
         )
 
@@ -237,6 +221,7 @@ class Firer:
         mid: str,
         verdict: Verdict,
         candidates: list[Candidate],
+        facts: Mapping[str, Mapping[str, str]],
         prefs: dict[str, str],
         decision: dict[str, Any],
         now: float,
@@ -261,7 +246,7 @@ class Firer:
             return self._finish(job.user_id, rule, decision, "held_out", verdict.reason)
 
         try:
-            record = self._compose(rule, job, mid, items, verdict.channels, prefs, now)
+            record = self._compose(rule, job, mid, items, facts, verdict.channels, prefs, now)
         except PushError as exc:  # a template bug: nothing is sent, the reason is kept
             return self._finish(job.user_id, rule, decision, "suppress", f"compose: {exc}")
         created = self._outbox.create(record)
@@ -280,11 +265,11 @@ class Firer:
         job: FireJob,
         mid: str,
         items: list[str],
+        facts: Mapping[str, Mapping[str, str]],
         channels: list[str],
         prefs: dict[str, str],
         now: float,
     ) -> MessageRecord:
-        facts = self.catalog(list(dict.fromkeys([*items, *job.items])))
         item_views = [_item_view(i, facts.get(i, {})) for i in items]
         trigger = _item_view(job.items[0], facts.get(job.items[0], {})) if job.items else {}
         if "old" in job.extra:

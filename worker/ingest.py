@@ -27,6 +27,7 @@ from worker.events import (
     parse_preferences,
     parse_user_id,
 )
+from worker.firing import FireJob
 from worker.runtime import Runtime
 from worker.triggers import Trigger
 
@@ -69,17 +70,18 @@ def track(
     return {"applied": result.applied, "duplicates": result.duplicates, "rejected": rejected}
 
 
-_DIRECT_MAX = 50  # larger fan-outs go through the delayed set, drained by the scheduler
+_INLINE_MAX = 50  # larger fan-outs go through the delayed set, drained by the scheduler
 
 
 def schedule(rt: Runtime, triggers: list[Trigger], now: float, pipe: redis.client.Pipeline) -> None:
-    """Queue rule firings: due ones straight to the activity queue, the rest (and big
-    fan-outs) parked in the delayed set until due (in `pipe`, which the caller runs)."""
-    direct = len(triggers) <= _DIRECT_MAX
+    """React to triggers: fire the due ones here and now (a queue hop would cost a task
+    and its wait; firing is idempotent by message id), park the rest, and big fan-outs,
+    in the delayed set until due (in `pipe`, which the caller runs)."""
+    inline = len(triggers) <= _INLINE_MAX
     for trigger in triggers:
         job = trigger.job()
-        if direct and trigger.due <= now:
-            rt.enqueue(job.task, job.kwargs)
+        if inline and trigger.due <= now:
+            rt.firer().fire(FireJob.from_kwargs(job.kwargs), now)
         else:
             rt.delayed.schedule(job, trigger.due, pipe=pipe)
     rt.metrics.add({"rules.triggered": len(triggers)}, pipe=pipe)

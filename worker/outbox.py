@@ -19,8 +19,12 @@ from typing import Any
 import redis
 
 from worker.keys import Keys
+from worker.scripts import Scripts
 
 MESSAGE_TTL_S = 30 * 86_400
+# A device left `sending` longer than this by another task was abandoned by a dead worker
+# (one send attempt is bounded far below it by the HTTP timeouts).
+SEND_LEASE_S = 120
 # States in which a message no longer waits for a deliver task: settled, or parked as a
 # retry in the delayed set.
 _OFF_THE_QUEUE = frozenset({"sent", "suppressed", "failed", "retrying"})
@@ -63,9 +67,10 @@ class MessageRecord:
 
 
 class Outbox:
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, scripts: Scripts) -> None:
         self._client = client
         self._keys = keys
+        self._scripts = scripts
 
     def create(self, record: MessageRecord) -> bool:
         """Store `record` unless its id exists; True if this call created it."""
@@ -105,15 +110,14 @@ class Outbox:
             self._client.zadd(key, dict.fromkeys(mids, now), xx=True)
         return mids
 
-    def claim_device(self, mid: str, device_id: str) -> bool:
-        """Mark a device `sending` unless it already settled (sent, invalid, failed).
-        True if this attempt should send."""
-        key = self._keys.message(mid).state
-        current = self._client.hget(key, f"dev:{device_id}")
-        if current in {"sent", "invalid", "failed"}:
-            return False
-        self._client.hset(key, f"dev:{device_id}", "sending")
-        return True
+    def claim_device(self, mid: str, device_id: str, owner: str, now: float) -> bool:
+        """Atomically mark a device `sending` by `owner` (the task id) unless it settled,
+        or another live delivery is sending it. True if this attempt should send."""
+        claimed = self._scripts.claim_device(
+            keys=[self._keys.message(mid).state],
+            args=[f"dev:{device_id}", owner, repr(now), SEND_LEASE_S],
+        )
+        return bool(claimed)
 
     def settle_device(self, mid: str, device_id: str, status: str) -> None:
         self._client.hset(self._keys.message(mid).state, f"dev:{device_id}", status)

@@ -11,7 +11,7 @@ no index, or a shopper the index knows nothing about, trending items fill in.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,40 +59,33 @@ def _reason_for(
     return f"because you looked at {titles.get(best) or best}"
 
 
+Catalog = Callable[[Sequence[str]], Mapping[str, Mapping[str, str]]]
+
+
 def recommend(
     index: LoadedIndex | None,
     shopper: ShopperView,
     *,
     k: int,
     now: float,
+    catalog: Catalog,
     trigger_items: Sequence[str] = (),
     include_trigger_items: bool = False,
     allow_cart: bool = False,
-    unavailable: frozenset[str] = frozenset(),
-    categories: Mapping[str, str] | None = None,
-    titles: Mapping[str, str] | None = None,
     trending: Sequence[tuple[str, float]] = (),
     max_category_share: float = 0.67,
-) -> list[Candidate]:
-    """Up to `k` items for a shopper, best first.
+) -> tuple[list[Candidate], Mapping[str, Mapping[str, str]]]:
+    """Up to `k` items for a shopper, best first, and the catalog entries read for them.
 
     `include_trigger_items` puts the rule's own items first (the cart, the item whose
     price dropped); otherwise trigger items seed neighbours but are not offered.
-    `unavailable` holds out-of-stock or blocked ids. `categories` and `titles` come from
-    the catalog (missing entries are fine).
+    `catalog(ids)` returns the known items' fields, read once for the whole candidate
+    pool; items it does not know or that are out of stock (`stock == "0"`) are skipped.
     """
-    categories = categories or {}
-    titles = titles or {}
-    banned = set(shopper.purchased) | set(unavailable)
+    banned = set(shopper.purchased)
     if not allow_cart:
         banned |= shopper.cart
-    chosen: list[Candidate] = []
-
-    if include_trigger_items:
-        for item in trigger_items:
-            if item not in unavailable:
-                chosen.append(Candidate(item, math.inf, "you showed interest in it", "trigger"))
-    seen = {c.item_id for c in chosen} | set(trigger_items)
+    seen = set(trigger_items)
 
     pool: list[Candidate] = []
     history: list[str] = []
@@ -113,15 +106,27 @@ def recommend(
     for item, score in trending:
         pool.append(Candidate(item, score, "popular right now", "trending"))
 
+    merged = _merge(pool)
+    facts = catalog(list(dict.fromkeys([*trigger_items, *(c.item_id for c in merged)])))
+    unavailable = {i for i in (*trigger_items, *(c.item_id for c in merged))
+                   if i not in facts or facts[i].get("stock") == "0"}  # fmt: skip
+    categories = {i: f.get("category", "") for i, f in facts.items()}
+    titles = {i: f.get("title", "") for i, f in facts.items()}
+    chosen: list[Candidate] = []
+    if include_trigger_items:
+        for item in trigger_items:
+            if item not in unavailable:
+                chosen.append(Candidate(item, math.inf, "you showed interest in it", "trigger"))
+
     per_category: dict[str, int] = {}
     cap = max(1, math.floor(max_category_share * k))
     for c in chosen:
         cat = categories.get(c.item_id, "")
         per_category[cat] = per_category.get(cat, 0) + 1
-    for cand in _merge(pool):
+    for cand in merged:
         if len(chosen) >= k:
             break
-        if cand.item_id in banned or cand.item_id in seen:
+        if cand.item_id in banned or cand.item_id in seen or cand.item_id in unavailable:
             continue
         cat = categories.get(cand.item_id, "")
         if cat and per_category.get(cat, 0) >= cap:
@@ -132,7 +137,7 @@ def recommend(
             index, cand.item_id, list(trigger_items) + history, titles
         )
         chosen.append(Candidate(cand.item_id, cand.score, reason, cand.source))
-    return chosen[:k]
+    return chosen[:k], facts
 
 
 def _merge(pool: Sequence[Candidate]) -> list[Candidate]:

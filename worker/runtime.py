@@ -102,7 +102,7 @@ class Runtime:
             contacts=Contacts(client, keys, scripts, settings.user_ttl_s),
             limits=Limits.from_settings(settings),
             policy=ContactPolicy(client, keys, scripts, settings),
-            outbox=Outbox(client, keys),
+            outbox=Outbox(client, keys, scripts),
             audit=Audit(
                 client,
                 keys,

@@ -22,6 +22,7 @@ class Scripts:
     delayed_ack: Script
     contact_reserve: Script
     deactivate_device: Script
+    claim_device: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:
@@ -33,4 +34,5 @@ class Scripts:
             delayed_ack=client.register_script(_source("delayed_ack")),
             contact_reserve=client.register_script(_source("contact_reserve")),
             deactivate_device=client.register_script(_source("deactivate_device")),
+            claim_device=client.register_script(_source("claim_device")),
         )

@@ -107,8 +107,14 @@ class Sender:
         self._push = push
 
     def deliver(
-        self, mid: str, now: float, attempt: int = 0, only: list[str] | None = None
+        self,
+        mid: str,
+        now: float,
+        attempt: int = 0,
+        only: list[str] | None = None,
+        owner: str = "",
     ) -> dict[str, Any]:
+        """Send message `mid`; `owner` (the task id) claims each device send atomically."""
         record = self._outbox.get(mid)
         if record is None:
             return {"action": "missing", "message_id": mid}
@@ -129,7 +135,7 @@ class Sender:
         sends = [
             (device_id, self._message(record, device))
             for device_id, device in targets.items()
-            if self._outbox.claim_device(mid, device_id)
+            if self._outbox.claim_device(mid, device_id, owner or f"local-{id(self):x}", now)
         ]
         results = self._push.run(self._send_all([m for _, m in sends], attempt))
         return self._settle(record, sends, results, attempt, now)

@@ -172,7 +172,10 @@ def register_tasks(app: PushrecApp) -> None:
         mid = str(kwargs["message_id"])
         attempt = int(kwargs.get("attempt", 0))
         only = kwargs.get("devices")
-        return _run(self, lambda rt: rt.sender().deliver(mid, time.time(), attempt, only))
+        return _run(
+            self,
+            lambda rt: rt.sender().deliver(mid, time.time(), attempt, only, _delivery(self)),
+        )
 
     @app.task(name=contract.REBUILD_INDEX, bind=True, base=PushrecTask, ignore_result=False)
     def rebuild_index(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:

@@ -226,9 +226,19 @@ def test_redis_restart_mid_stream_loses_no_event_and_applies_none_twice(
             time.sleep(0.2)
         if counter(rt, "events.applied") < n:  # say where the missing events are
             raw = redis_lib_client(own)
-            print("applied", counter(rt, "events.applied"), "queue", raw.llen(f"{own.broker_key_prefix}{own.queue_activity}"),
-                  "unacked", raw.hlen(f"{own.broker_key_prefix}unacked"), raw.zrange(f"{own.broker_key_prefix}unacked_index", 0, -1, withscores=True), time.time(),
-                  "keys", sorted(raw.keys(f"{own.broker_key_prefix}*"))[:20], rt.rejected.recent(5))
+            print(
+                "applied",
+                counter(rt, "events.applied"),
+                "queue",
+                raw.llen(f"{own.broker_key_prefix}{own.queue_activity}"),
+                "unacked",
+                raw.hlen(f"{own.broker_key_prefix}unacked"),
+                raw.zrange(f"{own.broker_key_prefix}unacked_index", 0, -1, withscores=True),
+                time.time(),
+                "keys",
+                sorted(raw.keys(f"{own.broker_key_prefix}*"))[:20],
+                rt.rejected.recent(5),
+            )
         time.sleep(1)
         assert counter(rt, "events.applied") == n
         state = user_view(rt.redis, rt.keys, rt.contacts, "u1", time.time())

@@ -25,28 +25,9 @@ from push.stores import FileTokenCache
 from push.testing.serve import add_arguments as add_serve_arguments
 from push.testing.serve import serve_forever
 from worker.cli.common import fail, load_settings, print_json
-from worker.settings import Settings
+from worker.gateways import gateway_config
 
-__all__ = ["config_from_settings", "register"]
-
-
-def config_from_settings(settings: Settings) -> GatewayConfig:
-    """The push library's view of pushrec's settings."""
-    return GatewayConfig(
-        fcm_url=settings.fcm_url,
-        fcm_credentials=settings.fcm_credentials,
-        fcm_project_id=settings.fcm_project_id,
-        apns_url=settings.apns_url,
-        apns_key_file=settings.apns_key_file,
-        apns_key_id=settings.apns_key_id,
-        apns_team_id=settings.apns_team_id,
-        apns_topic=settings.apns_topic,
-        vapid_private_key=settings.vapid_private_key,
-        vapid_subject=settings.vapid_subject,
-        webhook_secrets=tuple(settings.webhook_secrets),
-        webhook_allowed_hosts=tuple(settings.webhook_allowed_hosts),
-        ca_bundle=settings.ca_bundle,
-    )
+__all__ = ["register"]
 
 
 def register(subparsers: Any) -> None:
@@ -125,7 +106,7 @@ async def _deliver(
 def _send(args: argparse.Namespace) -> int:
     settings = load_settings()
     try:
-        config = config_from_settings(settings)
+        config = gateway_config(settings)
         message = _message(args)
         cache_dir = settings.state_dir / "push-token-cache"
         result, attempts = asyncio.run(_deliver(config, message, args.max_wait, cache_dir))

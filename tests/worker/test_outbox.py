@@ -1,0 +1,41 @@
+"""The outbox ledger: one record per message id, one live send per device."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from worker.outbox import SEND_LEASE_S, MessageRecord, message_id
+from worker.runtime import Runtime
+
+NOW = 1_795_856_400.0
+
+
+def record(mid: str) -> MessageRecord:
+    return MessageRecord(
+        id=mid, rule="r", user_id="u", trigger_id="t", items=["a"], title="t",
+        body="b", purpose="marketing", channels=["fcm"], created_at=NOW,
+    )  # fmt: skip
+
+
+def test_message_ids_are_stable_and_created_once(runtime: Runtime) -> None:
+    mid = message_id("cart", "u1", "e1")
+    assert mid == message_id("cart", "u1", "e1") != message_id("cart", "u1", "e2")
+    assert len(mid) <= 64
+    assert runtime.outbox.create(record(mid)) is True
+    assert runtime.outbox.create(record(mid)) is False
+
+
+def test_two_deliveries_of_one_message_never_both_send_to_a_device(runtime: Runtime) -> None:
+    mid = message_id("r", "u", "t")
+    runtime.outbox.create(record(mid))
+    with ThreadPoolExecutor(8) as pool:
+        claims = list(
+            pool.map(lambda n: runtime.outbox.claim_device(mid, "d1", f"task{n}", NOW), range(16))
+        )
+    assert claims.count(True) == 1
+    winner = f"task{claims.index(True)}"
+    assert runtime.outbox.claim_device(mid, "d1", winner, NOW + 1)  # its own redelivery
+    assert not runtime.outbox.claim_device(mid, "d1", "other", NOW + 1)
+    assert runtime.outbox.claim_device(mid, "d1", "other", NOW + SEND_LEASE_S + 1)  # owner died
+    runtime.outbox.settle_device(mid, "d1", "sent")
+    assert not runtime.outbox.claim_device(mid, "d1", "late", NOW + 10 * SEND_LEASE_S)
