@@ -46,33 +46,47 @@ class Audit:
         self._window_s = window_s
         self._ttl_s = ttl_s
 
-    def count(self, rule: str, field: str, n: int = 1) -> None:
-        self._client.hincrby(self._keys.rule_stats(rule), field, n)
+    def count(
+        self, rule: str, field: str, n: int = 1, pipe: redis.client.Pipeline | None = None
+    ) -> None:
+        (pipe or self._client).hincrby(self._keys.rule_stats(rule), field, n)
 
-    def record_decision(self, user_id: str, decision: dict[str, Any]) -> None:
+    def record_decision(
+        self, user_id: str, decision: dict[str, Any], pipe: redis.client.Pipeline | None = None
+    ) -> None:
+        """Keep `decision` on the shopper (in `pipe` when given; the caller runs it)."""
         key = self._keys.user(user_id).decisions
-        pipe = self._client.pipeline(transaction=False)
-        pipe.lpush(key, json.dumps(decision, separators=(",", ":"), default=str))
-        pipe.ltrim(key, 0, self._kept - 1)
-        pipe.expire(key, self._ttl_s)
-        pipe.execute()
+        target = pipe if pipe is not None else self._client.pipeline(transaction=False)
+        target.lpush(key, json.dumps(decision, separators=(",", ":"), default=str))
+        target.ltrim(key, 0, self._kept - 1)
+        target.expire(key, self._ttl_s)
+        if pipe is None:
+            target.execute()
 
     def decisions(self, user_id: str) -> list[dict[str, Any]]:
         rows = self._client.lrange(self._keys.user(user_id).decisions, 0, -1)
         return [json.loads(row) for row in rows]
 
     def remember_items(
-        self, user_id: str, items: Sequence[str], message_id: str, rule: str, cell: str, now: float
+        self,
+        user_id: str,
+        items: Sequence[str],
+        message_id: str,
+        rule: str,
+        cell: str,
+        now: float,
+        pipe: redis.client.Pipeline | None = None,
     ) -> None:
         """Note which message (cell `treated` or `holdout`) last concerned each item."""
         if not items:
             return
         key = self._keys.user(user_id).attribution
         entry = json.dumps({"message_id": message_id, "rule": rule, "cell": cell, "at": now})
-        pipe = self._client.pipeline(transaction=False)
-        pipe.hset(key, mapping=dict.fromkeys(items, entry))
-        pipe.expire(key, self._ttl_s)
-        pipe.execute()
+        target = pipe if pipe is not None else self._client.pipeline(transaction=False)
+        target.hset(key, mapping=dict.fromkeys(items, entry))
+        target.expire(key, self._ttl_s)
+        if pipe is None:
+            target.execute()
 
     def attribute(self, events: Sequence[Event]) -> None:
         """Credit opens, clicks and conversions to the messages they came from; each

@@ -98,8 +98,7 @@ class Contacts:
         return bool(done)
 
     def devices(self, user_id: str) -> dict[str, dict[str, Any]]:
-        raw: dict[str, str] = self._client.hgetall(self._keys.user(user_id).devices)  # type: ignore[assignment]
-        return {did: json.loads(record) for did, record in raw.items()}
+        return parse_devices(self._client.hgetall(self._keys.user(user_id).devices))  # type: ignore[arg-type]
 
     def set_preferences(self, prefs: Preferences, now: float) -> int:
         """Apply a partial update; returns how many fields changed (older ones are ignored)."""
@@ -124,5 +123,14 @@ class Contacts:
         return int(changed)
 
     def preferences(self, user_id: str) -> dict[str, str]:
-        raw: dict[str, str] = self._client.hgetall(self._keys.user(user_id).preferences)  # type: ignore[assignment]
-        return {k: v for k, v in raw.items() if not k.endswith("@ts")}
+        return parse_preferences(self._client.hgetall(self._keys.user(user_id).preferences))  # type: ignore[arg-type]
+
+
+def parse_devices(raw: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The devices hash (as read, e.g. in a caller's pipeline) as device_id -> record."""
+    return {did: json.loads(record) for did, record in raw.items()}
+
+
+def parse_preferences(raw: dict[str, str]) -> dict[str, str]:
+    """The preferences hash without its per-field timestamps."""
+    return {k: v for k, v in raw.items() if not k.endswith("@ts")}

@@ -21,7 +21,7 @@ from indexing import LoadedIndex
 from push import TemplateSet, new_coupon
 from push.errors import PushError
 from worker.audit import Audit
-from worker.contacts import Contacts
+from worker.contacts import Contacts, parse_devices, parse_preferences
 from worker.contract import DELIVER, FIRE
 from worker.delayed import DelayedJobs, Job
 from worker.index_holder import IndexHolder
@@ -72,6 +72,15 @@ def rule_templates(rules: Sequence[Rule]) -> TemplateSet:
     return TemplateSet(templates, default_locale="en")
 
 
+@dataclass(frozen=True)
+class _Shopper:
+    view: ShopperView
+    cart_added: dict[str, float]  # item -> time added to the cart
+    purchased_at: dict[str, float]  # item -> time of its last purchase
+    devices: dict[str, dict[str, Any]]
+    prefs: dict[str, str]
+
+
 class Firer:
     def __init__(
         self,
@@ -101,21 +110,24 @@ class Firer:
         self._templates = rule_templates(settings.rules)
 
     # --- reading the shopper ----------------------------------------------------------
-    def _shopper(self, user_id: str) -> tuple[ShopperView, dict[str, float], dict[str, float]]:
-        """The shopper's view for recommendation, cart item -> time added, and purchased
-        item -> time of last purchase."""
+    def _shopper(self, user_id: str) -> _Shopper:
+        """Everything firing reads of one shopper, in one round trip."""
         k = self._keys.user(user_id)
         pipe = self._client.pipeline(transaction=False)
         pipe.lrange(k.recent, 0, -1)
         pipe.zrange(k.purchased, 0, -1, withscores=True)
         pipe.zrange(k.cart_added, 0, -1, withscores=True)
-        recent_raw, purchased, cart = pipe.execute()
+        pipe.hgetall(k.devices)
+        pipe.hgetall(k.preferences)
+        recent_raw, purchased, cart, devices, prefs = pipe.execute()
         view = ShopperView(
             recent=[json.loads(r) for r in recent_raw],
             purchased=frozenset(i for i, _ in purchased),
             cart=frozenset(i for i, _ in cart),
         )
-        return view, dict(cart), dict(purchased)
+        return _Shopper(
+            view, dict(cart), dict(purchased), parse_devices(devices), parse_preferences(prefs)
+        )
 
     def catalog(self, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         pipe = self._client.pipeline(transaction=False)
@@ -163,10 +175,12 @@ class Firer:
             "trigger": {"id": job.trigger_id, "ts": job.trigger_ts, "items": list(job.items)},
             "message_id": mid,
         }
-        self._audit.count(rule.name, "fired")
 
-        shopper, cart_added, purchased_at = self._shopper(job.user_id)
-        own_items, why_not = self._still_holds(rule, job, shopper, cart_added, purchased_at)
+        now_state = self._shopper(job.user_id)
+        shopper = now_state.view
+        own_items, why_not = self._still_holds(
+            rule, job, shopper, now_state.cart_added, now_state.purchased_at
+        )
         if why_not:
             return self._finish(job.user_id, rule, decision, "suppress", f"condition: {why_not}")
 
@@ -177,9 +191,8 @@ class Firer:
         if not candidates:
             return self._finish(job.user_id, rule, decision, "suppress", "no items to offer")
 
-        devices = self._contacts.devices(job.user_id)
-        active = [d["channel"] for d in devices.values() if d.get("active", True)]
-        prefs = self._contacts.preferences(job.user_id)
+        active = [d["channel"] for d in now_state.devices.values() if d.get("active", True)]
+        prefs = now_state.prefs
         verdict = self._policy.decide(
             rule,
             job.user_id,
@@ -242,8 +255,8 @@ class Firer:
             self._delayed.schedule(Job(f"defer:{mid}", FIRE, kwargs), verdict.defer_until)
             return self._finish(job.user_id, rule, decision, "defer", verdict.reason)
         if verdict.action == "held_out":
-            self._audit.remember_items(job.user_id, items, mid, rule.name, "holdout", now)
-            return self._finish(job.user_id, rule, decision, "held_out", verdict.reason)
+            remember = (items, "holdout", now)
+            return self._finish(job.user_id, rule, decision, "held_out", verdict.reason, remember)
 
         try:
             record = self._compose(rule, job, mid, items, facts, verdict.channels, prefs, now)
@@ -253,10 +266,8 @@ class Firer:
         if created or self._outbox.state(mid).get("state") == "queued":
             self._enqueue(DELIVER, {"message_id": mid})
         if created:
-            self._audit.remember_items(job.user_id, items, mid, rule.name, "treated", now)
-            self._audit.count(rule.name, "queued")
             decision["message"] = {"title": record.title, "body": record.body, "items": items}
-            return self._finish(job.user_id, rule, decision, "queued", "", count=False)
+            return self._finish(job.user_id, rule, decision, "queued", "", (items, "treated", now))
         return {"action": "duplicate", "message_id": mid}
 
     def _compose(
@@ -316,15 +327,22 @@ class Firer:
         decision: dict[str, Any],
         action: str,
         reason: str,
-        *,
-        count: bool = True,
+        remember: tuple[list[str], str, float] | None = None,
     ) -> dict[str, Any]:
+        """Record the decision, count it, and note its items for attribution (`remember`:
+        items, holdout cell, time): one round trip."""
         decision["action"] = action
         decision["reason"] = reason
-        if count:
-            field = {"suppress": "suppressed", "defer": "deferred", "held_out": "held_out"}[action]
-            self._audit.count(rule.name, field)
-        self._audit.record_decision(user_id, decision)
+        field = {"suppress": "suppressed", "defer": "deferred"}.get(action, action)
+        writes = self._client.pipeline(transaction=False)
+        self._audit.count(rule.name, "fired", pipe=writes)
+        self._audit.count(rule.name, field, pipe=writes)
+        self._audit.record_decision(user_id, decision, pipe=writes)
+        if remember is not None:
+            items, cell, now = remember
+            mid = str(decision["message_id"])
+            self._audit.remember_items(user_id, items, mid, rule.name, cell, now, pipe=writes)
+        writes.execute()
         return decision
 
 

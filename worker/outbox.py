@@ -77,10 +77,21 @@ class Outbox:
         k = self._keys.message(record.id)
         created = bool(self._client.set(k.record, record.to_json(), nx=True, ex=MESSAGE_TTL_S))
         if created:
-            self._client.hset(k.state, mapping={"state": "queued", "updated_at": time.time()})
-            self._client.expire(k.state, MESSAGE_TTL_S)
-            self._client.zadd(self._keys.outbox_queued, {record.id: record.created_at})
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hset(k.state, mapping={"state": "queued", "updated_at": time.time()})
+            pipe.expire(k.state, MESSAGE_TTL_S)
+            pipe.zadd(self._keys.outbox_queued, {record.id: record.created_at})
+            pipe.execute()
         return created
+
+    def load(self, mid: str) -> tuple[MessageRecord | None, dict[str, str]]:
+        """The record and its state hash, in one round trip."""
+        k = self._keys.message(mid)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.get(k.record)
+        pipe.hgetall(k.state)
+        raw, state = pipe.execute()
+        return (MessageRecord.from_json(raw) if raw else None), state
 
     def get(self, mid: str) -> MessageRecord | None:
         raw = self._client.get(self._keys.message(mid).record)

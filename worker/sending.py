@@ -26,7 +26,7 @@ from push.config import GatewayConfig, open_gateways
 from push.delivery import CircuitBreaker, Deliverer, RateLimit, RateLimiter, RetryPolicy
 from push.messages import Channel, Priority
 from worker.audit import Audit
-from worker.contacts import Contacts
+from worker.contacts import Contacts, parse_devices, parse_preferences
 from worker.contract import DELIVER
 from worker.delayed import DelayedJobs, Job
 from worker.firing import ITEM_KINDS
@@ -115,13 +115,10 @@ class Sender:
         owner: str = "",
     ) -> dict[str, Any]:
         """Send message `mid`; `owner` (the task id) claims each device send atomically."""
-        record = self._outbox.get(mid)
+        record, state = self._outbox.load(mid)
         if record is None:
             return {"action": "missing", "message_id": mid}
-        if (
-            self._outbox.state(mid).get("state") in {"sent", "suppressed", "failed"}
-            and only is None
-        ):
+        if state.get("state") in {"sent", "suppressed", "failed"} and only is None:
             return {"action": "settled", "message_id": mid}
         targets, why_not = self._recheck(record, now, attempt)
         if why_not:
@@ -152,24 +149,26 @@ class Sender:
         rule = enabled_rule(self._settings.rules, record.rule)
         if rule is None:
             return {}, f"rule {record.rule} disabled"
-        devices = {
-            d: r for d, r in self._contacts.devices(record.user_id).items() if r.get("active", True)
-        }
-        prefs = self._contacts.preferences(record.user_id)
+        k = self._keys.user(record.user_id)
+        pipe = self._client.pipeline(transaction=False)  # every read, one round trip
+        pipe.hgetall(k.devices)
+        pipe.hgetall(k.preferences)
+        pipe.zrangebyscore(k.purchased, record.created_at, "+inf")
+        for item in record.items:
+            pipe.hget(self._keys.item(item).item, "stock")
+        raw_devices, raw_prefs, bought, *stock = pipe.execute()
+        devices = {d: r for d, r in parse_devices(raw_devices).items() if r.get("active", True)}
         channels = self._policy.consented_channels(
-            rule, [r["channel"] for r in devices.values()], prefs
+            rule, [r["channel"] for r in devices.values()], parse_preferences(raw_prefs)
         )
         if not channels:
             return {}, "consent withdrawn or no active device"
-        bought = self._client.zrangebyscore(
-            self._keys.user(record.user_id).purchased, record.created_at, "+inf"
-        )
         bought_since = set(bought)
         left = [i for i in record.items if i not in bought_since]
         if not left or (rule.kind in ITEM_KINDS and record.items[0] in bought_since):
             return {}, "bought in the meantime"
-        stock = [self._client.hget(self._keys.item(i).item, "stock") for i in left]
-        if all(s == "0" for s in stock):
+        in_stock = dict(zip(record.items, stock, strict=True))
+        if all(in_stock[i] == "0" for i in left):
             return {}, "out of stock"
         if attempt == 0:
             limit = self._policy.reserve(rule, record.user_id, record.id, now)
