@@ -203,6 +203,11 @@ class Message:
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidMessageError(f"malformed message: {exc!r}") from exc
 
+    def optional_fields(self) -> dict[str, str]:
+        """image, link (with the tracking parameter) and coupon, where set."""
+        fields = {"image": self.image, "link": self.tracked_link, "coupon": self.coupon}
+        return {key: value for key, value in fields.items() if value}
+
     @property
     def tracked_link(self) -> str | None:
         return tracked_link(self.link, self.id) if self.link else None

@@ -109,13 +109,7 @@ def build_webhook_body(message: Message, *, title: str, body: str, now: float) -
         "ttl": message.ttl,
         "data": dict(message.data),
     }
-    for key, value in (
-        ("image", message.image),
-        ("link", message.tracked_link),
-        ("coupon", message.coupon),
-    ):
-        if value:
-            data[key] = value
+    data.update(message.optional_fields())
     stamp = datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z")
     return {"type": EVENT_TYPE, "timestamp": stamp, "data": data}
 

@@ -77,13 +77,7 @@ def build_webpush_payload(message: Message, *, title: str, body: str) -> dict[st
         "pr_mid": message.id,
         "data": dict(message.data),
     }
-    for key, value in (
-        ("image", message.image),
-        ("link", message.tracked_link),
-        ("coupon", message.coupon),
-    ):
-        if value:
-            payload[key] = value
+    payload.update(message.optional_fields())
     return payload
 
 
