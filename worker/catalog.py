@@ -81,6 +81,16 @@ class Catalog:
         follow_up.execute()
         return changes
 
+    def get_many(self, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The known items among `item_ids` (one round trip); unknown ones are absent."""
+        pipe = self._client.pipeline(transaction=False)
+        for item_id in item_ids:
+            pipe.hgetall(self._keys.item(item_id).item)
+        return {i: f for i, f in zip(item_ids, pipe.execute(), strict=True) if f}
+
+    def all_ids(self) -> list[str]:
+        return sorted(str(item_id) for item_id in self._client.smembers(self._keys.catalog))
+
     def get(self, item_id: str) -> dict[str, str]:
         fields: dict[str, str] = self._client.hgetall(self._keys.item(item_id).item)  # type: ignore[assignment]
         return fields

@@ -21,11 +21,6 @@ def device_id(channel: str, address: str) -> str:
     return hashlib.sha256(f"{channel}\n{address}".encode()).hexdigest()[:24]
 
 
-def fingerprint(secret: str) -> str:
-    """A short hash to show in logs and views instead of a token or endpoint."""
-    return hashlib.sha256(secret.encode()).hexdigest()[:12]
-
-
 @dataclass(frozen=True)
 class DeviceOutcome:
     device_id: str

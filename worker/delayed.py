@@ -76,6 +76,3 @@ class DelayedJobs:
     def due_at(self, job_id: str) -> float | None:
         score = self._client.zscore(self._keys.delayed_due, job_id)
         return float(score) if score is not None else None
-
-    def pending(self) -> int:
-        return int(self._client.zcard(self._keys.delayed_due))

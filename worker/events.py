@@ -420,12 +420,3 @@ def parse_user_id(raw: Any) -> str:
         return _User.model_validate({"user_id": raw}).user_id
     except ValidationError as exc:
         raise _reason(exc, "forget_user") from None
-
-
-def parse_batch(raw: Any, max_len: int, what: str) -> list[Any]:
-    """The list of a batch task, or InvalidInput for the whole call."""
-    if not isinstance(raw, list):
-        raise InvalidInput("not_a_list", f"{what} must be a JSON array, got {type(raw).__name__}")
-    if len(raw) > max_len:
-        raise InvalidInput("oversize_batch", f"{what} has {len(raw)} entries, at most {max_len}")
-    return raw

@@ -21,6 +21,7 @@ from indexing import LoadedIndex
 from push import TemplateSet, new_coupon
 from push.errors import PushError
 from worker.audit import Audit
+from worker.catalog import Catalog
 from worker.contacts import Contacts, parse_devices, parse_preferences
 from worker.contract import DELIVER, FIRE
 from worker.delayed import DelayedJobs, Job
@@ -88,6 +89,7 @@ class Firer:
         keys: Keys,
         settings: Settings,
         state: StateStore,
+        catalog: Catalog,
         contacts: Contacts,
         policy: ContactPolicy,
         outbox: Outbox,
@@ -100,6 +102,7 @@ class Firer:
         self._keys = keys
         self._settings = settings
         self._state = state
+        self._catalog = catalog
         self._contacts = contacts
         self._policy = policy
         self._outbox = outbox
@@ -128,12 +131,6 @@ class Firer:
         return _Shopper(
             view, dict(cart), dict(purchased), parse_devices(devices), parse_preferences(prefs)
         )
-
-    def catalog(self, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:
-        pipe = self._client.pipeline(transaction=False)
-        for item_id in item_ids:
-            pipe.hgetall(self._keys.item(item_id).item)
-        return {i: f for i, f in zip(item_ids, pipe.execute(), strict=True) if f}
 
     # --- the condition, re-checked when the rule fires ------------------------------
     def _still_holds(
@@ -220,7 +217,7 @@ class Firer:
             shopper,
             k=rule.items,
             now=now,
-            catalog=self.catalog,
+            catalog=self._catalog.get_many,
             trigger_items=own_items,
             include_trigger_items=rule.kind in ITEM_KINDS,
             allow_cart=rule.kind == "cart_abandoned",

@@ -12,9 +12,9 @@ from typing import Any
 
 import redis
 
+from push import fingerprint
 from worker import contract
 from worker.catalog import ItemChange
-from worker.contacts import fingerprint
 from worker.erasure import forget_user
 from worker.events import (
     Event,
@@ -34,19 +34,21 @@ from worker.triggers import Trigger
 log = logging.getLogger(__name__)
 
 
-def _split_batch(rt: Runtime, task: str, raw: Any, max_len: int, what: str) -> list[Any]:
-    """The entries of a batch to process; a non-list is rejected whole, entries beyond
-    `max_len` are rejected one by one (kept for replay), never silently dropped."""
+def _split_batch(
+    rt: Runtime, task: str, raw: Any, max_len: int, what: str
+) -> tuple[list[Any], int]:
+    """The entries of a batch to process and how many were rejected: a non-list is
+    rejected whole, entries beyond `max_len` one by one (kept for replay), never dropped."""
     if not isinstance(raw, list):
         rt.rejected.record(
             task, "not_a_list", f"{what} must be a JSON array, got {type(raw).__name__}", raw
         )
-        return []
+        return [], 1
     for position, entry in enumerate(raw[max_len:], start=max_len):
         rt.rejected.record(
             task, "oversize_batch", f"{what}[{position}]: beyond the {max_len} per call", entry
         )
-    return raw[:max_len]
+    return raw[:max_len], max(0, len(raw) - max_len)
 
 
 def track(
@@ -92,14 +94,18 @@ def track_one(rt: Runtime, event: Any, now: float, delivery_id: str) -> dict[str
 
 
 def track_batch(rt: Runtime, events: Any, now: float, delivery_id: str) -> dict[str, int]:
-    entries = _split_batch(rt, contract.TRACK_BATCH, events, rt.limits.batch_max_events, "events")
+    entries, overflow = _split_batch(
+        rt, contract.TRACK_BATCH, events, rt.limits.batch_max_events, "events"
+    )
     summary = track(rt, entries, now, contract.TRACK_BATCH, delivery_id)
-    summary["rejected"] += max(0, len(events) - len(entries)) if isinstance(events, list) else 1
+    summary["rejected"] += overflow
     return summary
 
 
 def upsert_items(rt: Runtime, items: Any, now: float) -> tuple[dict[str, int], list[ItemChange]]:
-    entries = _split_batch(rt, contract.UPSERT_ITEMS, items, rt.limits.batch_max_items, "items")
+    entries, overflow = _split_batch(
+        rt, contract.UPSERT_ITEMS, items, rt.limits.batch_max_items, "items"
+    )
     valid: list[Item] = []
     for raw in entries:
         try:
@@ -110,10 +116,9 @@ def upsert_items(rt: Runtime, items: Any, now: float) -> tuple[dict[str, int], l
     pipe = rt.redis.pipeline(transaction=False)
     schedule(rt, rt.triggers.for_item_changes(changes, now), now, pipe)
     pipe.execute()
-    total = len(items) if isinstance(items, list) else 1
     return {
         "upserted": len(valid),
-        "rejected": total - len(valid),
+        "rejected": overflow + len(entries) - len(valid),
         "changes": len(changes),
     }, changes
 
@@ -172,7 +177,7 @@ def redact_device(payload: dict[str, Any]) -> dict[str, Any]:
     """A device payload safe to keep: tokens and endpoints replaced by fingerprints."""
     out = dict(payload)
     if isinstance(out.get("token"), str):
-        out["token"] = f"sha256:{fingerprint(out['token'])}"
+        out["token"] = fingerprint(out["token"])
     if isinstance(out.get("subscription"), dict):
         out["subscription"] = "<redacted>"
     return out

@@ -107,22 +107,14 @@ class UserKeys:
         return f"{self.base}:attribution"
 
     def all(self) -> list[str]:
+        """Every key of the shopper (what erasure deletes)."""
         return [
-            self.profile,
-            self.recent,
-            self.cart,
-            self.cart_added,
-            self.purchased,
-            self.purchase_counts,
-            self.affinity,
-            self.seen_events,
-            self.pending_events,
+            *self.event_state(),
             self.devices,
             self.preferences,
             self.contacts,
             self.rule_last_sent,
             self.pushed_items,
-            self.purchase_first,
             self.decisions,
             self.attribution,
         ]

@@ -16,6 +16,7 @@ import redis
 
 from indexing import Item, read_events
 from indexing.pipeline import build_version
+from worker.catalog import Catalog
 from worker.keys import Keys
 from worker.settings import Settings
 
@@ -38,15 +39,10 @@ def stream_rows(client: redis.Redis, key: str) -> Iterator[dict[str, str]]:
         start = "(" + rows[-1][0]
 
 
-def catalog_items(client: redis.Redis, keys: Keys) -> dict[str, Item]:
+def catalog_items(catalog: Catalog) -> dict[str, Item]:
     """The catalog as `indexing` items (cold-start vectors come from their attributes)."""
-    ids = sorted(str(item_id) for item_id in client.smembers(keys.catalog))
-    pipe = client.pipeline(transaction=False)
-    for item_id in ids:
-        pipe.hgetall(keys.item(item_id).item)
-    out: dict[str, Item] = {}
-    for item_id, fields in zip(ids, pipe.execute(), strict=True):
-        out[item_id] = Item(
+    return {
+        item_id: Item(
             item_id=item_id,
             title=fields.get("title", ""),
             category=fields.get("category", ""),
@@ -54,18 +50,19 @@ def catalog_items(client: redis.Redis, keys: Keys) -> dict[str, Item]:
             price=float(fields["price"]) if fields.get("price") else None,
             stock=int(fields["stock"]) if fields.get("stock") else None,
         )
-    return out
+        for item_id, fields in catalog.get_many(catalog.all_ids()).items()
+    }
 
 
 def rebuild_index(
-    client: redis.Redis, keys: Keys, settings: Settings, *, force: bool = False
+    client: redis.Redis, keys: Keys, settings: Settings, catalog: Catalog, *, force: bool = False
 ) -> dict[str, Any]:
     """Build from the live interaction log and publish through the gate; flip the pointer."""
     events, report = read_events(stream_rows(client, keys.interaction_log))
     result = build_version(
         events,
         settings.index_store_dir,
-        catalog=catalog_items(client, keys),
+        catalog=catalog_items(catalog),
         publish_it=True,
         force=force,
     )

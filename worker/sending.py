@@ -206,6 +206,8 @@ class Sender:
         now: float,
     ) -> dict[str, Any]:
         mid = record.id
+        # Whether an earlier attempt already delivered (to another device): count once.
+        was_sent = self._outbox.state(mid).get("state") == "sent"
         retry: list[str] = []
         retry_after = 0.0
         delivered = 0
@@ -230,7 +232,7 @@ class Sender:
             else:
                 self._outbox.settle_device(mid, device_id, "failed")
         if delivered:
-            if self._outbox.state(mid).get("state") != "sent":
+            if not was_sent:
                 self._audit.count(record.rule, "delivered")
                 self._policy.record_items(record.user_id, record.items, now)
             self._outbox.set_state(mid, "sent")
@@ -243,7 +245,7 @@ class Sender:
             self._delayed.schedule(job, now + retry_after)
             if not delivered:
                 self._outbox.set_state(mid, "retrying")
-        elif not delivered and self._outbox.state(mid).get("state") != "sent":
+        elif not delivered and not was_sent:
             self._outbox.set_state(mid, "failed", "no device took it")
             self._audit.count(record.rule, "failed")
         return {

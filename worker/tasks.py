@@ -182,7 +182,10 @@ def register_tasks(app: PushrecApp) -> None:
         """Internal: build an index from the interaction log and publish it (maintenance)."""
         force = bool(kwargs.get("force", False))
         return _run(
-            self, lambda rt: rebuild.rebuild_index(rt.redis, rt.keys, rt.settings, force=force)
+            self,
+            lambda rt: rebuild.rebuild_index(
+                rt.redis, rt.keys, rt.settings, rt.catalog, force=force
+            ),
         )
 
     @app.task(name=contract.NOOP, bind=True, base=PushrecTask)

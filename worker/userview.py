@@ -7,8 +7,9 @@ from typing import Any
 
 import redis
 
+from push import fingerprint
 from worker.audit import Audit
-from worker.contacts import Contacts, fingerprint
+from worker.contacts import Contacts
 from worker.keys import Keys
 from worker.outbox import Outbox
 from worker.state import decayed_weight

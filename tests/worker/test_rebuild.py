@@ -33,7 +33,7 @@ def test_rebuild_from_the_interaction_log_publishes_and_workers_follow(
             batch = [{k: v for k, v in e.items() if v not in (None, "")} for e in batch]
             assert ingest.track_batch(rt, batch, time.time(), f"d{start}")["rejected"] == 0
 
-        result = rebuild_index(rt.redis, rt.keys, settings, force=True)
+        result = rebuild_index(rt.redis, rt.keys, settings, rt.catalog, force=True)
 
         assert result["refused"] is None
         assert rt.redis.get(rt.keys.index_version) == result["version"]
