@@ -15,8 +15,12 @@ Per worker layout (`--layouts`, nodes separated by '/', each `queues:concurrency
 - latency: warm the workers up, then send `--rate` purchase events/s for `--seconds`,
   paced by absolute deadlines; latency = gateway receipt time (its `at`, time.time() in
   the gateway process) - the event's send stamp taken just before `apply_async`.
-- saturation: pre-fill the activity queue with `--saturation` events, start the workers,
-  and take events/s between 10% and 90% of the pushes by their gateway receipt times.
+- saturation: pre-fill the activity queue with `--saturation` events, one `pushrec.track`
+  task each, start the workers, and take events/s between 10% and 90% of the pushes by
+  their gateway receipt times.
+- saturation_batched: the same with `--saturation-batched` events sent as
+  `pushrec.track_batch` calls of `--batch` events (fired together, delivered in shared
+  deliver tasks).
 - noop: pre-fill `--noop` no-op tasks, start the same nodes on that queue, take tasks/s
   between 10% and 90% drained (as bench/ingest.py).
 
@@ -123,16 +127,27 @@ def _between(stamps: list[float], total: int) -> float:
     return 0.8 * total / (hi - lo)
 
 
-def measure_saturation(case: Case, shop: Shop, layout: Any, args: argparse.Namespace) -> dict:
-    total = args.saturation
+def measure_saturation(
+    case: Case, shop: Shop, layout: Any, args: argparse.Namespace, batch: int = 1
+) -> dict:
+    """`batch` 1: one `pushrec.track` per event; above 1: `pushrec.track_batch` calls of
+    `batch` events (how a busy shop's backend sends them)."""
+    total = args.saturation if batch == 1 else args.saturation_batched
     shoppers = shop.shoppers("x", total, args.history)
     tokens = case.seed(shop, shoppers)
     by_user = {user: token for token, user in tokens.items()}
     now = time.time()
+    events = []
     for n, (user, _, item) in enumerate(shoppers):
         event = purchase(user, item, n)
         event["ts"] = now
-        case.client.track(event)
+        events.append(event)
+    if batch == 1:
+        for event in events:
+            case.client.track(event)
+    else:
+        for start in range(0, total, batch):
+            case.client.track_batch(events[start : start + batch])
     case.start(layout, "sat")
     started = time.perf_counter()
     marks: dict[float, dict[str, float]] = {}
@@ -145,6 +160,7 @@ def measure_saturation(case: Case, shop: Shop, layout: Any, args: argparse.Names
         raise RuntimeError(f"saturation: {len(stamps)} of {total} pushes: {case.stats()}")
     return {
         "events": total,
+        "events_per_call": batch,
         "delivered": len(stamps),
         "events_per_s": _between(stamps, total),
         "wall_s_incl_startup": elapsed,
@@ -181,7 +197,18 @@ def measure_noop(case: Case, shop: Shop, layout: Any, args: argparse.Namespace) 
     }
 
 
-MEASURES = {"latency": measure_latency, "saturation": measure_saturation, "noop": measure_noop}
+def measure_saturation_batched(
+    case: Case, shop: Shop, layout: Any, args: argparse.Namespace
+) -> dict:
+    return measure_saturation(case, shop, layout, args, batch=args.batch)
+
+
+MEASURES = {
+    "latency": measure_latency,
+    "saturation": measure_saturation,
+    "saturation_batched": measure_saturation_batched,
+    "noop": measure_noop,
+}
 
 
 # --- driver ----------------------------------------------------------------------------
@@ -205,9 +232,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=25.0, help="latency case length")
     parser.add_argument("--warmup", type=int, default=40, help="events before the steady run")
     parser.add_argument("--saturation", type=int, default=4000, help="events pre-filled")
+    parser.add_argument(
+        "--saturation-batched", type=int, default=20_000, help="events pre-filled in batches"
+    )
+    parser.add_argument("--batch", type=int, default=100, help="events per track_batch call")
     parser.add_argument("--noop", type=int, default=10_000, help="no-op tasks pre-filled")
     parser.add_argument("--history", type=int, default=5, help="past purchases per shopper")
-    parser.add_argument("--cases", default="latency,saturation,noop", help="which to run")
+    parser.add_argument(
+        "--cases", default="latency,saturation,saturation_batched,noop", help="which to run"
+    )
     parser.add_argument("--layouts", default=DEFAULT_LAYOUTS, help="comma-separated layouts")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "realtime.json")
     args = parser.parse_args()
@@ -217,7 +250,7 @@ def main() -> None:
     load = [uptime()]
 
     results: dict[str, dict[str, list[dict]]] = {
-        spec: {"latency": [], "saturation": [], "noop": []} for spec in layouts
+        spec: {kind: [] for kind in MEASURES} for spec in layouts
     }
     with redis_server() as url, tempfile.TemporaryDirectory(prefix="pushrec-rt-") as tmp_name:
         tmp = Path(tmp_name)
@@ -262,12 +295,18 @@ def main() -> None:
         },
         "results": summary,
         "raw": results,
-        "targets": {"p99_ms_at_200_per_s": 30, "saturation_vs_noop": 0.5},
+        "targets": {
+            "p99_ms_at_200_per_s": 30,
+            "saturation_vs_noop": 0.5,
+            "note": "saturation_vs_noop: one track task per event; batched_vs_noop: "
+            "events in track_batch calls of batch_events_per_call, against no-op tasks/s",
+        },
     }
     print()
     print(
         f"{'layout (nodes: queues:concurrency)':36s} {'p50 ms':>7s} {'p99 ms':>7s} "
-        f"{'max ms':>7s} {'delivered':>14s} {'sat ev/s':>9s} {'noop/s':>7s} {'ratio':>6s}"
+        f"{'max ms':>7s} {'delivered':>14s} {'sat ev/s':>9s} {'noop/s':>7s} {'ratio':>6s} "
+        f"{'batched ev/s':>12s} {'ratio':>6s}"
     )
     nan = float("nan")
     for spec, s in summary.items():
@@ -275,13 +314,15 @@ def main() -> None:
             f"{spec:36s} {s.get('latency_p50_ms', nan):7.1f} {s.get('latency_p99_ms', nan):7.1f} "
             f"{s.get('latency_max_ms', nan):7.1f} {s.get('delivered', '-'):>14s} "
             f"{s.get('saturation_events_per_s', nan):9.0f} {s.get('noop_tasks_per_s', nan):7.0f} "
-            f"{s.get('saturation_vs_noop', nan):6.2f}"
+            f"{s.get('saturation_vs_noop', nan):6.2f} "
+            f"{s.get('batched_events_per_s', nan):12.0f} {s.get('batched_vs_noop', nan):6.2f}"
         )
     print("\nCPU ms per unit of work (medians; saturation and noop between the 10% and 90% marks):")
     for spec, s in summary.items():
         for key in (
             "latency_cpu_ms_per_event",
             "saturation_cpu_ms_per_event",
+            "batched_cpu_ms_per_event",
             "noop_cpu_ms_per_task",
         ):
             if key in s:
@@ -295,6 +336,7 @@ def summarise(row: dict[str, list[dict]]) -> dict[str, Any]:
     """Medians over the runs of each case that ran."""
     med = statistics.median
     lat, sat, noop = row["latency"], row["saturation"], row["noop"]
+    batched = row["saturation_batched"]
     out: dict[str, Any] = {"runs": {}}
     if lat:
         out |= {
@@ -314,8 +356,15 @@ def summarise(row: dict[str, list[dict]]) -> dict[str, Any]:
         out["noop_tasks_per_s"] = med(r["tasks_per_s"] for r in noop)
         out["noop_cpu_ms_per_task"] = _median_dict([r["cpu_ms_per_task"] for r in noop])
         out["runs"]["noop_tasks_per_s"] = [round(r["tasks_per_s"], 1) for r in noop]
+    if batched:
+        out["batched_events_per_call"] = batched[0]["events_per_call"]
+        out["batched_events_per_s"] = med(r["events_per_s"] for r in batched)
+        out["batched_cpu_ms_per_event"] = _median_dict([r["cpu_ms_per_event"] for r in batched])
+        out["runs"]["batched_events_per_s"] = [round(r["events_per_s"], 1) for r in batched]
     if sat and noop:
         out["saturation_vs_noop"] = out["saturation_events_per_s"] / out["noop_tasks_per_s"]
+    if batched and noop:
+        out["batched_vs_noop"] = out["batched_events_per_s"] / out["noop_tasks_per_s"]
     out["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     return out
 

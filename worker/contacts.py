@@ -81,16 +81,21 @@ class Contacts:
         return removed > 0
 
     def deactivate(
-        self, user_id: str, device_id: str, invalid_since: float | None, reason: str
-    ) -> bool:
-        """Mark a device inactive after its gateway said it is gone. With `invalid_since`
-        (APNs 410's timestamp), a device registered again after that time stays active.
-        Returns True if it was deactivated."""
-        done = self._scripts.deactivate_device(
+        self,
+        user_id: str,
+        device_id: str,
+        invalid_since: float | None,
+        reason: str,
+        pipe: redis.client.Pipeline,
+    ) -> None:
+        """Mark a device inactive after its gateway said it is gone (in `pipe`). With
+        `invalid_since` (APNs 410's timestamp), a device registered again after that
+        time stays active. The reply is 1 if it was deactivated."""
+        self._scripts.deactivate_device(
             keys=[self._keys.user(user_id).devices],
             args=[device_id, "" if invalid_since is None else repr(invalid_since), reason],
+            client=pipe,
         )
-        return bool(done)
 
     def devices(self, user_id: str) -> dict[str, dict[str, Any]]:
         return parse_devices(self._client.hgetall(self._keys.user(user_id).devices))  # type: ignore[arg-type]

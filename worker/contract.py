@@ -22,6 +22,9 @@ NOOP: Final = "pushrec.noop"
 FIRE: Final = "pushrec.fire"
 DELIVER: Final = "pushrec.deliver"
 REBUILD_INDEX: Final = "pushrec.rebuild_index"
+# Jobs per internal fire task and messages per deliver task: fan-outs and batches of
+# events travel in shared tasks (`{"jobs": [...]}`, `{"message_ids": [...]}`).
+INTERNAL_BATCH: Final = 100
 
 # Which logical queue each task goes to; queue names themselves are settings.
 ACTIVITY: Final = "activity"

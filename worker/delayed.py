@@ -11,6 +11,7 @@ handlers are idempotent, so the rare second run changes nothing.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,8 +71,16 @@ class DelayedJobs:
         pairs = zip(flat[::2], flat[1::2], strict=True)
         return [Claimed(Job.from_payload(i, p), p) for i, p in pairs]
 
-    def ack(self, claimed: Claimed) -> None:
-        self._scripts.delayed_ack(keys=self._key_list(), args=[claimed.job.job_id, claimed.payload])
+    def ack_many(self, claimed: Sequence[Claimed]) -> None:
+        """Acknowledge claimed jobs (one round trip); a job scheduled again since its
+        claim stays pending."""
+        pipe = self._client.pipeline(transaction=False)
+        for c in claimed:
+            self._scripts.delayed_ack(
+                keys=self._key_list(), args=[c.job.job_id, c.payload], client=pipe
+            )
+        if claimed:
+            pipe.execute()
 
     def due_at(self, job_id: str) -> float | None:
         score = self._client.zscore(self._keys.delayed_due, job_id)

@@ -17,19 +17,18 @@ from typing import Any
 
 import redis
 
-from indexing import LoadedIndex
 from push import TemplateSet, new_coupon
 from push.errors import PushError
 from worker.audit import Audit
 from worker.catalog import Catalog
-from worker.contacts import Contacts, parse_devices, parse_preferences
-from worker.contract import DELIVER, FIRE
+from worker.contacts import parse_devices, parse_preferences
+from worker.contract import DELIVER, FIRE, INTERNAL_BATCH
 from worker.delayed import DelayedJobs, Job
 from worker.index_holder import IndexHolder
 from worker.keys import Keys
 from worker.outbox import MessageRecord, Outbox, message_id
-from worker.policy import ContactPolicy, Verdict
-from worker.recommend import Candidate, ShopperView, recommend
+from worker.policy import ContactPolicy, PolicyReads
+from worker.recommend import Candidate, Pool, ShopperView, candidate_pool, choose
 from worker.rules import Rule, enabled_rule
 from worker.settings import Settings
 from worker.state import StateStore
@@ -61,6 +60,17 @@ class FireJob:
             extra={str(k): str(v) for k, v in dict(kwargs.get("extra", {})).items()},
         )
 
+    def kwargs(self) -> dict[str, Any]:
+        """The `pushrec.fire` kwargs of this job (`from_kwargs` reads them back)."""
+        return {
+            "rule": self.rule,
+            "user_id": self.user_id,
+            "trigger_id": self.trigger_id,
+            "trigger_ts": self.trigger_ts,
+            "items": list(self.items),
+            "extra": dict(self.extra),
+        }
+
 
 def rule_templates(rules: Sequence[Rule]) -> TemplateSet:
     """One template per rule (title, body, link) in its default locale."""
@@ -80,6 +90,24 @@ class _Shopper:
     purchased_at: dict[str, float]  # item -> time of its last purchase
     devices: dict[str, dict[str, Any]]
     prefs: dict[str, str]
+    policy: PolicyReads
+
+    REPLIES = 5 + PolicyReads.REPLIES
+
+
+@dataclass
+class _Firing:
+    """One job on its way through `fire_many`."""
+
+    job: FireJob
+    rule: Rule
+    mid: str
+    decision: dict[str, Any]
+    action: str = ""  # set once decided: suppress, defer, held_out, queued
+    reason: str = ""
+    remember: tuple[list[str], str] | None = None  # (items, holdout cell) for attribution
+    record: MessageRecord | None = None
+    defer_until: float | None = None
 
 
 class Firer:
@@ -90,7 +118,6 @@ class Firer:
         settings: Settings,
         state: StateStore,
         catalog: Catalog,
-        contacts: Contacts,
         policy: ContactPolicy,
         outbox: Outbox,
         audit: Audit,
@@ -103,7 +130,6 @@ class Firer:
         self._settings = settings
         self._state = state
         self._catalog = catalog
-        self._contacts = contacts
         self._policy = policy
         self._outbox = outbox
         self._audit = audit
@@ -112,41 +138,49 @@ class Firer:
         self._enqueue = enqueue
         self._templates = rule_templates(settings.rules)
 
-    # --- reading the shopper ----------------------------------------------------------
-    def _shopper(self, user_id: str) -> _Shopper:
-        """Everything firing reads of one shopper, in one round trip."""
-        k = self._keys.user(user_id)
+    # --- reading the shoppers -----------------------------------------------------------
+    def _read(self, firings: Sequence[_Firing], now: float) -> list[_Shopper]:
+        """Everything firing reads of each shopper, for the whole batch in one round trip."""
         pipe = self._client.pipeline(transaction=False)
-        pipe.lrange(k.recent, 0, -1)
-        pipe.zrange(k.purchased, 0, -1, withscores=True)
-        pipe.zrange(k.cart_added, 0, -1, withscores=True)
-        pipe.hgetall(k.devices)
-        pipe.hgetall(k.preferences)
-        recent_raw, purchased, cart, devices, prefs = pipe.execute()
-        view = ShopperView(
-            recent=[json.loads(r) for r in recent_raw],
-            purchased=frozenset(i for i, _ in purchased),
-            cart=frozenset(i for i, _ in cart),
-        )
-        return _Shopper(
-            view, dict(cart), dict(purchased), parse_devices(devices), parse_preferences(prefs)
-        )
+        for f in firings:
+            k = self._keys.user(f.job.user_id)
+            pipe.lrange(k.recent, 0, -1)
+            pipe.zrange(k.purchased, 0, -1, withscores=True)
+            pipe.zrange(k.cart_added, 0, -1, withscores=True)
+            pipe.hgetall(k.devices)
+            pipe.hgetall(k.preferences)
+            self._policy.queue_reads(pipe, f.rule, f.job.user_id, f.mid, now)
+        replies = pipe.execute() if firings else []
+        shoppers = []
+        for n in range(len(firings)):
+            at = n * _Shopper.REPLIES
+            recent_raw, purchased, cart, devices, prefs = replies[at : at + 5]
+            view = ShopperView(
+                recent=[json.loads(r) for r in recent_raw],
+                purchased=frozenset(i for i, _ in purchased),
+                cart=frozenset(i for i, _ in cart),
+            )
+            policy = PolicyReads.from_replies(replies[at + 5 : at + _Shopper.REPLIES])
+            shoppers.append(
+                _Shopper(
+                    view,
+                    dict(cart),
+                    dict(purchased),
+                    parse_devices(devices),
+                    parse_preferences(prefs),
+                    policy,
+                )
+            )
+        return shoppers
 
     # --- the condition, re-checked when the rule fires ------------------------------
-    def _still_holds(
-        self,
-        rule: Rule,
-        job: FireJob,
-        shopper: ShopperView,
-        cart_added: dict[str, float],
-        purchased_at: dict[str, float],
-    ) -> tuple[list[str], str]:
+    def _still_holds(self, rule: Rule, job: FireJob, shopper: _Shopper) -> tuple[list[str], str]:
         """(the rule's own items now, '') or ([], why the rule no longer applies)."""
-        after = [r for r in shopper.recent if float(r["ts"]) > job.trigger_ts]
+        after = [r for r in shopper.view.recent if float(r["ts"]) > job.trigger_ts]
         if rule.kind == "cart_abandoned":
             if any(r["type"] in {"purchase", "remove_from_cart"} for r in after):
                 return [], "purchase or cart removal since the trigger"
-            cart = sorted(shopper.cart, key=lambda i: -cart_added.get(i, 0.0))
+            cart = sorted(shopper.view.cart, key=lambda i: -shopper.cart_added.get(i, 0.0))
             return (cart, "") if cart else ([], "cart is empty")
         if rule.kind == "browse_abandoned":
             if any(r["type"] in {"add_to_cart", "purchase"} for r in after):
@@ -154,7 +188,7 @@ class Firer:
             return list(job.items), ""
         if rule.kind in {"price_drop", "back_in_stock", "replenish"}:
             item = job.items[0]
-            bought_at = purchased_at.get(item)
+            bought_at = shopper.purchased_at.get(item)
             if bought_at is not None and bought_at > job.trigger_ts:
                 return [], "bought since"
             return [item], ""
@@ -162,110 +196,174 @@ class Firer:
 
     # --- firing -----------------------------------------------------------------------
     def fire(self, job: FireJob, now: float) -> dict[str, Any]:
-        rule = enabled_rule(self._settings.rules, job.rule)
-        if rule is None:
-            return {"action": "dropped", "reason": f"no enabled rule {job.rule!r}"}
-        mid = message_id(rule.name, job.user_id, job.trigger_id)
-        decision: dict[str, Any] = {
-            "at": now,
-            "rule": rule.name,
-            "trigger": {"id": job.trigger_id, "ts": job.trigger_ts, "items": list(job.items)},
-            "message_id": mid,
-        }
+        return self.fire_many([job], now)[0]
 
-        now_state = self._shopper(job.user_id)
-        shopper = now_state.view
-        own_items, why_not = self._still_holds(
-            rule, job, shopper, now_state.cart_added, now_state.purchased_at
-        )
-        if why_not:
-            return self._finish(job.user_id, rule, decision, "suppress", f"condition: {why_not}")
+    def fire_many(self, jobs: Sequence[FireJob], now: float) -> list[dict[str, Any]]:
+        """Fire each job's rule for its shopper: a batch of events or a fan-out costs
+        one round trip per stage (read, catalog, create, write), not one per job, and
+        its messages go to the push queue in shared deliver tasks."""
+        results: list[dict[str, Any]] = []
+        firings: list[_Firing] = []
+        for job in jobs:
+            rule = enabled_rule(self._settings.rules, job.rule)
+            if rule is None:
+                results.append({"action": "dropped", "reason": f"no enabled rule {job.rule!r}"})
+                continue
+            mid = message_id(rule.name, job.user_id, job.trigger_id)
+            decision: dict[str, Any] = {
+                "at": now,
+                "rule": rule.name,
+                "trigger": {"id": job.trigger_id, "ts": job.trigger_ts, "items": list(job.items)},
+                "message_id": mid,
+            }
+            firings.append(_Firing(job, rule, mid, decision))
+            results.append(decision)
 
-        index = self._index.index if self._index is not None else None
-        trending = [] if index is not None else self._state.trending_items(now, 24, 4 * rule.items)
-        candidates, facts = self._pick(rule, shopper, own_items, index, trending, now)
-        decision["candidates"] = [c.as_dict() for c in candidates]
-        if not candidates:
-            return self._finish(job.user_id, rule, decision, "suppress", "no items to offer")
-
-        active = [d["channel"] for d in now_state.devices.values() if d.get("active", True)]
-        prefs = now_state.prefs
-        verdict = self._policy.decide(
-            rule,
-            job.user_id,
-            mid,
-            [c.item_id for c in candidates],
-            active,
-            prefs,
-            now,
-            item_rule=rule.kind in ITEM_KINDS,
-        )
-        decision["policy"] = verdict.as_dict()
-        return self._act(rule, job, mid, verdict, candidates, facts, prefs, decision, now)
+        shoppers = self._read(firings, now)
+        picks = self._pick(firings, shoppers, now)
+        for f, shopper, (candidates, facts) in zip(firings, shoppers, picks, strict=True):
+            if f.action:  # the condition no longer holds
+                continue
+            f.decision["candidates"] = [c.as_dict() for c in candidates]
+            if not candidates:
+                f.action, f.reason = "suppress", "no items to offer"
+                continue
+            self._decide(f, shopper, candidates, facts, now)
+        self._write(firings, now)
+        return results
 
     def _pick(
-        self,
-        rule: Rule,
-        shopper: ShopperView,
-        own_items: list[str],
-        index: LoadedIndex | None,
-        trending: list[tuple[str, float]],
-        now: float,
-    ) -> tuple[list[Candidate], Mapping[str, Mapping[str, str]]]:
-        return recommend(
-            index,
-            shopper,
-            k=rule.items,
-            now=now,
-            catalog=self._catalog.get_many,
-            trigger_items=own_items,
-            include_trigger_items=rule.kind in ITEM_KINDS,
-            allow_cart=rule.kind == "cart_abandoned",
-            trending=trending,
-        )
+        self, firings: Sequence[_Firing], shoppers: Sequence[_Shopper], now: float
+    ) -> list[tuple[list[Candidate], Mapping[str, Mapping[str, str]]]]:
+        """Each firing's items: candidate pools from the index, then one catalog read for
+        every pool. A firing whose condition no longer holds is marked and gets none."""
+        index = self._index.index if self._index is not None else None
+        trending: list[tuple[str, float]] = []
+        if index is None and firings:
+            most = max(f.rule.items for f in firings)
+            trending = self._state.trending_items(now, 24, 4 * most)
+        pools: list[Pool | None] = []
+        for f, shopper in zip(firings, shoppers, strict=True):
+            own_items, why_not = self._still_holds(f.rule, f.job, shopper)
+            if why_not:
+                f.action, f.reason = "suppress", f"condition: {why_not}"
+                pools.append(None)
+                continue
+            pools.append(
+                candidate_pool(
+                    index,
+                    shopper.view,
+                    k=f.rule.items,
+                    now=now,
+                    trigger_items=own_items,
+                    allow_cart=f.rule.kind == "cart_abandoned",
+                    trending=trending[: 4 * f.rule.items],
+                )
+            )
+        wanted = list(dict.fromkeys(i for p in pools if p is not None for i in p.item_ids()))
+        facts = self._catalog.get_many(wanted) if wanted else {}
+        picks: list[tuple[list[Candidate], Mapping[str, Mapping[str, str]]]] = []
+        for f, pool in zip(firings, pools, strict=True):
+            if pool is None:
+                picks.append(([], {}))
+                continue
+            chosen = choose(
+                index,
+                pool,
+                facts,
+                k=f.rule.items,
+                include_trigger_items=f.rule.kind in ITEM_KINDS,
+            )
+            picks.append((chosen, facts))
+        return picks
 
-    def _act(
+    def _decide(
         self,
-        rule: Rule,
-        job: FireJob,
-        mid: str,
-        verdict: Verdict,
+        f: _Firing,
+        shopper: _Shopper,
         candidates: list[Candidate],
         facts: Mapping[str, Mapping[str, str]],
-        prefs: dict[str, str],
-        decision: dict[str, Any],
         now: float,
-    ) -> dict[str, Any]:
+    ) -> None:
+        """Run the contact policy and settle what this firing does."""
+        active = [d["channel"] for d in shopper.devices.values() if d.get("active", True)]
+        verdict = self._policy.decide(
+            f.rule,
+            f.job.user_id,
+            [c.item_id for c in candidates],
+            active,
+            shopper.prefs,
+            now,
+            shopper.policy,
+            item_rule=f.rule.kind in ITEM_KINDS,
+        )
+        f.decision["policy"] = verdict.as_dict()
         items = [c.item_id for c in candidates if c.item_id in set(verdict.items)]
+        f.reason = verdict.reason
         if verdict.action == "suppress":
-            return self._finish(job.user_id, rule, decision, "suppress", verdict.reason)
-        if verdict.action == "defer":
-            assert verdict.defer_until is not None
-            kwargs = {
-                "rule": job.rule,
-                "user_id": job.user_id,
-                "trigger_id": job.trigger_id,
-                "trigger_ts": job.trigger_ts,
-                "items": list(job.items),
-                "extra": dict(job.extra),
-            }
-            self._delayed.schedule(Job(f"defer:{mid}", FIRE, kwargs), verdict.defer_until)
-            return self._finish(job.user_id, rule, decision, "defer", verdict.reason)
-        if verdict.action == "held_out":
-            remember = (items, "holdout", now)
-            return self._finish(job.user_id, rule, decision, "held_out", verdict.reason, remember)
+            f.action = "suppress"
+        elif verdict.action == "defer":
+            f.action, f.defer_until = "defer", verdict.defer_until
+        elif verdict.action == "held_out":
+            f.action, f.remember = "held_out", (items, "holdout")
+        else:
+            try:
+                f.record = self._compose(
+                    f.rule, f.job, f.mid, items, facts, verdict.channels, shopper.prefs, now
+                )
+            except PushError as exc:  # a template bug: nothing is sent, the reason is kept
+                f.action, f.reason = "suppress", f"compose: {exc}"
+                return
+            f.action, f.reason, f.remember = "queued", "", (items, "treated")
 
-        try:
-            record = self._compose(rule, job, mid, items, facts, verdict.channels, prefs, now)
-        except PushError as exc:  # a template bug: nothing is sent, the reason is kept
-            return self._finish(job.user_id, rule, decision, "suppress", f"compose: {exc}")
-        created = self._outbox.create(record)
-        if created or self._outbox.state(mid).get("state") == "queued":
-            self._enqueue(DELIVER, {"message_id": mid})
-        if created:
-            decision["message"] = {"title": record.title, "body": record.body, "items": items}
-            return self._finish(job.user_id, rule, decision, "queued", "", (items, "treated", now))
-        return {"action": "duplicate", "message_id": mid}
+    def _write(self, firings: Sequence[_Firing], now: float) -> None:
+        """Create the messages (once per id), then record every decision, count it, note
+        its items for attribution, park deferrals, and queue the deliveries."""
+        sends = [f for f in firings if f.record is not None]
+        existing = self._outbox.create_many([f.record for f in sends if f.record is not None])
+        deliver: list[str] = []
+        writes = self._client.pipeline(transaction=False)
+        for f, (created, state) in zip(sends, existing, strict=True):
+            assert f.record is not None
+            # '' : the record was written by an earlier try that crashed before the rest
+            if created or state == "":
+                self._outbox.mark_queued(f.record, writes)
+                deliver.append(f.mid)
+                f.decision["message"] = {
+                    "title": f.record.title,
+                    "body": f.record.body,
+                    "items": f.record.items,
+                }
+            else:
+                f.action = "duplicate"
+                if state == "queued":  # its deliver task may have been lost with the crash
+                    deliver.append(f.mid)
+        for f in firings:
+            if f.action == "duplicate":
+                f.decision["action"] = "duplicate"
+                continue
+            self._record(f, now, writes)
+        writes.execute()
+        for start in range(0, len(deliver), INTERNAL_BATCH):
+            self._enqueue(DELIVER, {"message_ids": deliver[start : start + INTERNAL_BATCH]})
+
+    def _record(self, f: _Firing, now: float, writes: redis.client.Pipeline) -> None:
+        f.decision["action"] = f.action
+        f.decision["reason"] = f.reason
+        field = {"suppress": "suppressed", "defer": "deferred"}.get(f.action, f.action)
+        self._audit.count(f.rule.name, "fired", pipe=writes)
+        self._audit.count(f.rule.name, field, pipe=writes)
+        self._audit.record_decision(f.job.user_id, f.decision, pipe=writes)
+        if f.remember is not None:
+            items, cell = f.remember
+            self._audit.remember_items(
+                f.job.user_id, items, f.mid, f.rule.name, cell, now, pipe=writes
+            )
+        if f.action == "defer":
+            assert f.defer_until is not None
+            self._delayed.schedule(
+                Job(f"defer:{f.mid}", FIRE, f.job.kwargs()), f.defer_until, pipe=writes
+            )
 
     def _compose(
         self,
@@ -316,31 +414,6 @@ class Firer:
             ttl_s=rule.ttl_s,
             data={"rule": rule.name, "items": ",".join(items)},
         )
-
-    def _finish(
-        self,
-        user_id: str,
-        rule: Rule,
-        decision: dict[str, Any],
-        action: str,
-        reason: str,
-        remember: tuple[list[str], str, float] | None = None,
-    ) -> dict[str, Any]:
-        """Record the decision, count it, and note its items for attribution (`remember`:
-        items, holdout cell, time): one round trip."""
-        decision["action"] = action
-        decision["reason"] = reason
-        field = {"suppress": "suppressed", "defer": "deferred"}.get(action, action)
-        writes = self._client.pipeline(transaction=False)
-        self._audit.count(rule.name, "fired", pipe=writes)
-        self._audit.count(rule.name, field, pipe=writes)
-        self._audit.record_decision(user_id, decision, pipe=writes)
-        if remember is not None:
-            items, cell, now = remember
-            mid = str(decision["message_id"])
-            self._audit.remember_items(user_id, items, mid, rule.name, cell, now, pipe=writes)
-        writes.execute()
-        return decision
 
 
 def _item_view(item_id: str, fields: Mapping[str, str]) -> dict[str, Any]:

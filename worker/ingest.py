@@ -27,7 +27,6 @@ from worker.events import (
     parse_preferences,
     parse_user_id,
 )
-from worker.firing import FireJob
 from worker.runtime import Runtime
 from worker.triggers import Trigger
 
@@ -72,7 +71,7 @@ def track(
     return {"applied": result.applied, "duplicates": result.duplicates, "rejected": rejected}
 
 
-_INLINE_MAX = 50  # larger fan-outs go through the delayed set, drained by the scheduler
+_INLINE_MAX = 200  # larger fan-outs go through the delayed set, drained by the scheduler
 
 
 def schedule(rt: Runtime, triggers: list[Trigger], now: float, pipe: redis.client.Pipeline) -> None:
@@ -80,12 +79,14 @@ def schedule(rt: Runtime, triggers: list[Trigger], now: float, pipe: redis.clien
     and its wait; firing is idempotent by message id), park the rest, and big fan-outs,
     in the delayed set until due (in `pipe`, which the caller runs)."""
     inline = len(triggers) <= _INLINE_MAX
+    due_now = []
     for trigger in triggers:
-        job = trigger.job()
         if inline and trigger.due <= now:
-            rt.firer().fire(FireJob.from_kwargs(job.kwargs), now)
+            due_now.append(trigger.fire_job())
         else:
-            rt.delayed.schedule(job, trigger.due, pipe=pipe)
+            rt.delayed.schedule(trigger.job(), trigger.due, pipe=pipe)
+    if due_now:
+        rt.firer().fire_many(due_now, now)
     rt.metrics.add({"rules.triggered": len(triggers)}, pipe=pipe)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,6 +30,11 @@ SEND_LEASE_S = 120
 # retry in the delayed set.
 _OFF_THE_QUEUE = frozenset({"sent", "suppressed", "failed", "retrying"})
 _ATTEMPTS_KEPT = 50
+
+
+def in_pairs(replies: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
+    """(reply 0, reply 1), (reply 2, reply 3), …: two queued commands per entry."""
+    return zip(replies[::2], replies[1::2], strict=True)
 
 
 def message_id(rule: str, user_id: str, trigger_id: str) -> str:
@@ -72,26 +78,37 @@ class Outbox:
         self._keys = keys
         self._scripts = scripts
 
-    def create(self, record: MessageRecord) -> bool:
-        """Store `record` unless its id exists; True if this call created it."""
-        k = self._keys.message(record.id)
-        created = bool(self._client.set(k.record, record.to_json(), nx=True, ex=MESSAGE_TTL_S))
-        if created:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.hset(k.state, mapping={"state": "queued", "updated_at": time.time()})
-            pipe.expire(k.state, MESSAGE_TTL_S)
-            pipe.zadd(self._keys.outbox_queued, {record.id: record.created_at})
-            pipe.execute()
-        return created
-
-    def load(self, mid: str) -> tuple[MessageRecord | None, dict[str, str]]:
-        """The record and its state hash, in one round trip."""
-        k = self._keys.message(mid)
+    def create_many(self, records: Sequence[MessageRecord]) -> list[tuple[bool, str]]:
+        """Store each record unless its id exists (one round trip). Per record: (created
+        by this call, the state of a message that existed: '' if it was never marked
+        queued, which a crash before `mark_queued` leaves)."""
         pipe = self._client.pipeline(transaction=False)
-        pipe.get(k.record)
-        pipe.hgetall(k.state)
-        raw, state = pipe.execute()
-        return (MessageRecord.from_json(raw) if raw else None), state
+        for record in records:
+            k = self._keys.message(record.id)
+            pipe.set(k.record, record.to_json(), nx=True, ex=MESSAGE_TTL_S)
+            pipe.hget(k.state, "state")
+        replies = pipe.execute()
+        return [(bool(created), state or "") for created, state in in_pairs(replies)]
+
+    def mark_queued(self, record: MessageRecord, pipe: redis.client.Pipeline) -> None:
+        """The message waits for its deliver task (in `pipe`): the scheduler re-sends
+        deliveries that stay queued too long."""
+        k = self._keys.message(record.id)
+        pipe.hset(k.state, mapping={"state": "queued", "updated_at": time.time()})
+        pipe.expire(k.state, MESSAGE_TTL_S)
+        pipe.zadd(self._keys.outbox_queued, {record.id: record.created_at})
+
+    def load_many(self, mids: Sequence[str]) -> list[tuple[MessageRecord | None, dict[str, str]]]:
+        """Each message's record and state hash, in one round trip."""
+        pipe = self._client.pipeline(transaction=False)
+        for mid in mids:
+            k = self._keys.message(mid)
+            pipe.get(k.record)
+            pipe.hgetall(k.state)
+        return [
+            ((MessageRecord.from_json(raw) if raw else None), state)
+            for raw, state in in_pairs(pipe.execute())
+        ]
 
     def get(self, mid: str) -> MessageRecord | None:
         raw = self._client.get(self._keys.message(mid).record)
@@ -101,13 +118,15 @@ class Outbox:
         state: dict[str, str] = self._client.hgetall(self._keys.message(mid).state)  # type: ignore[assignment]
         return state
 
-    def set_state(self, mid: str, state: str, reason: str = "") -> None:
-        self._client.hset(
+    def set_state(
+        self, mid: str, state: str, pipe: redis.client.Pipeline, reason: str = ""
+    ) -> None:
+        pipe.hset(
             self._keys.message(mid).state,
             mapping={"state": state, "updated_at": str(time.time()), "reason": reason},
         )
         if state in _OFF_THE_QUEUE:
-            self._client.zrem(self._keys.outbox_queued, mid)
+            pipe.zrem(self._keys.outbox_queued, mid)
 
     def stuck(self, now: float, older_than_s: float, limit: int = 1000) -> list[str]:
         """Messages queued more than `older_than_s` ago whose delivery never started or
@@ -121,25 +140,36 @@ class Outbox:
             self._client.zadd(key, dict.fromkeys(mids, now), xx=True)
         return mids
 
-    def claim_device(self, mid: str, device_id: str, owner: str, now: float) -> bool:
-        """Atomically mark a device `sending` by `owner` (the task id) unless it settled,
-        or another live delivery is sending it. True if this attempt should send."""
-        claimed = self._scripts.claim_device(
-            keys=[self._keys.message(mid).state],
-            args=[f"dev:{device_id}", owner, repr(now), SEND_LEASE_S],
-        )
-        return bool(claimed)
-
-    def settle_device(self, mid: str, device_id: str, status: str) -> None:
-        self._client.hset(self._keys.message(mid).state, f"dev:{device_id}", status)
-
-    def add_attempt(self, mid: str, attempt: dict[str, Any]) -> None:
-        key = self._keys.message(mid).attempts
+    def claim_devices(self, sends: Sequence[tuple[str, str]], owner: str, now: float) -> list[bool]:
+        """Atomically mark each (message id, device id) `sending` by `owner` (the task
+        id) unless it settled or another live delivery is sending it (one round trip).
+        True where this attempt should send."""
         pipe = self._client.pipeline(transaction=False)
-        pipe.rpush(key, json.dumps(attempt, separators=(",", ":")))
+        for mid, device_id in sends:
+            self._scripts.claim_device(
+                keys=[self._keys.message(mid).state],
+                args=[f"dev:{device_id}", owner, repr(now), SEND_LEASE_S],
+                client=pipe,
+            )
+        return [bool(claimed) for claimed in pipe.execute()] if sends else []
+
+    def settle_device(
+        self, mid: str, device_id: str, status: str, pipe: redis.client.Pipeline
+    ) -> None:
+        pipe.hset(self._keys.message(mid).state, f"dev:{device_id}", status)
+
+    def first_delivery(self, mid: str, now: float, pipe: redis.client.Pipeline) -> None:
+        """Note the first time any device took the message; the reply (1 the first
+        time, else 0) lets the caller count each message delivered once."""
+        pipe.hsetnx(self._keys.message(mid).state, "delivered_at", repr(now))
+
+    def add_attempts(
+        self, mid: str, attempts: Sequence[dict[str, Any]], pipe: redis.client.Pipeline
+    ) -> None:
+        key = self._keys.message(mid).attempts
+        pipe.rpush(key, *(json.dumps(a, separators=(",", ":")) for a in attempts))
         pipe.ltrim(key, -_ATTEMPTS_KEPT, -1)
         pipe.expire(key, MESSAGE_TTL_S)
-        pipe.execute()
 
     def attempts(self, mid: str) -> list[dict[str, Any]]:
         rows = self._client.lrange(self._keys.message(mid).attempts, 0, -1)

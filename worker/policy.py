@@ -6,7 +6,9 @@ hours (marketing waits for their end, never dropped, never early) -> no repeats 
 pushed to this shopper within `no_repeat_days` are removed) -> holdout (a fixed share of
 shoppers never gets the rule, so its lift can be measured).
 
-`decide` only reads; `reserve` is the atomic check-and-record made at send time.
+`decide` is pure: its Redis reads (the caps, checked dry, and the items pushed lately)
+are queued by `queue_reads` into the caller's pipeline, so firing a batch reads every
+shopper in one round trip. `reserve` is the atomic check-and-record made at send time.
 """
 
 from __future__ import annotations
@@ -58,6 +60,21 @@ class Verdict:
         }
 
 
+@dataclass(frozen=True)
+class PolicyReads:
+    """What `decide` needs from Redis for one (rule, shopper, message)."""
+
+    limit: str  # the caps checked dry: 'ok', 'already' or the limit hit
+    pushed: frozenset[str]  # items pushed to the shopper within `no_repeat_days`
+
+    REPLIES = 2  # how many pipeline replies `queue_reads` queues
+
+    @classmethod
+    def from_replies(cls, replies: Sequence[Any]) -> PolicyReads:
+        limit, pushed = replies
+        return cls(limit=str(limit), pushed=frozenset(pushed))
+
+
 def holdout_bucket(rule_name: str, user_id: str) -> float:
     """A stable number in [0, 100) per (rule, shopper): the holdout cell is fixed."""
     digest = hashlib.sha256(f"{rule_name}\n{user_id}".encode()).digest()
@@ -93,37 +110,56 @@ class ContactPolicy:
                 allowed.append(channel)
         return allowed
 
-    def _limits(self, rule: Rule, user_id: str, message_id: str, now: float, *, dry: bool) -> str:
+    def _limits(
+        self,
+        rule: Rule,
+        user_id: str,
+        message_id: str,
+        now: float,
+        *,
+        dry: bool,
+        pipe: redis.client.Pipeline | None = None,
+    ) -> Any:
         s = self._settings
         k = self._keys.user(user_id)
-        result = self._scripts.contact_reserve(
+        return self._scripts.contact_reserve(
             keys=[k.contacts, k.rule_last_sent],
             args=[
                 now, rule.purpose, rule.name, message_id, s.cap_marketing_per_day,
                 s.cap_marketing_per_week, s.cap_total_per_day, rule.cooldown_s, s.user_ttl_s,
                 "1" if dry else "0",
             ],
+            client=pipe,
         )  # fmt: skip
-        return str(result)
 
-    def recently_pushed(self, user_id: str, now: float) -> set[str]:
+    def queue_reads(
+        self, pipe: redis.client.Pipeline, rule: Rule, user_id: str, message_id: str, now: float
+    ) -> None:
+        """Queue in `pipe` the `PolicyReads.REPLIES` reads `decide` needs."""
+        self._limits(rule, user_id, message_id, now, dry=True, pipe=pipe)
         since = now - self._settings.no_repeat_days * 86_400
-        items = self._client.zrangebyscore(self._keys.user(user_id).pushed_items, since, "+inf")
-        return set(items)  # type: ignore[arg-type]
+        pipe.zrangebyscore(self._keys.user(user_id).pushed_items, since, "+inf")
+
+    def read(self, rule: Rule, user_id: str, message_id: str, now: float) -> PolicyReads:
+        """`queue_reads` for one shopper, run now."""
+        pipe = self._client.pipeline(transaction=False)
+        self.queue_reads(pipe, rule, user_id, message_id, now)
+        return PolicyReads.from_replies(pipe.execute())
 
     def decide(
         self,
         rule: Rule,
         user_id: str,
-        message_id: str,
         items: Sequence[str],
         device_channels: Sequence[str],
         prefs: dict[str, str],
         now: float,
+        reads: PolicyReads,
         *,
         item_rule: bool = False,
     ) -> Verdict:
-        """Run every step; `items` are the candidates in order. `item_rule` marks rules
+        """Run every step; `items` are the candidates in order, `reads` what
+        `queue_reads` read for this shopper and message. `item_rule` marks rules
         about specific items the shopper asked for (cart, price drop, restock), which
         the no-repeat step leaves alone."""
         verdict = Verdict(action="send")
@@ -138,7 +174,7 @@ class ContactPolicy:
         steps.append(Step("consent", "pass", ",".join(channels)))
         verdict.channels = channels
 
-        limit = self._limits(rule, user_id, message_id, now, dry=True)
+        limit = reads.limit
         if limit not in {"ok", "already"}:
             steps.append(Step("caps", "fail", limit))
             verdict.action = "suppress"
@@ -157,8 +193,7 @@ class ContactPolicy:
 
         fresh = list(items)
         if not item_rule:
-            pushed = self.recently_pushed(user_id, now)
-            fresh = [item for item in items if item not in pushed]
+            fresh = [item for item in items if item not in reads.pushed]
         if not fresh:
             steps.append(Step("no_repeat", "fail", "every candidate was pushed recently"))
             verdict.action = "suppress"
@@ -177,12 +212,27 @@ class ContactPolicy:
     def reserve(self, rule: Rule, user_id: str, message_id: str, now: float) -> str:
         """At send time: check the caps again and record the contact atomically.
         Returns 'ok', 'already' (recorded by an earlier attempt) or the limit hit."""
-        return self._limits(rule, user_id, message_id, now, dry=False)
+        return str(self._limits(rule, user_id, message_id, now, dry=False))
 
-    def record_items(self, user_id: str, items: Sequence[str], now: float) -> None:
+    def queue_reserve(
+        self, pipe: redis.client.Pipeline, rule: Rule, user_id: str, message_id: str, now: float
+    ) -> None:
+        """`reserve`, queued in `pipe`: its reply is the same string."""
+        self._limits(rule, user_id, message_id, now, dry=False, pipe=pipe)
+
+    def record_items(
+        self,
+        user_id: str,
+        items: Sequence[str],
+        now: float,
+        pipe: redis.client.Pipeline | None = None,
+    ) -> None:
+        """Note the items just pushed to the shopper, for the no-repeat step (in `pipe`
+        when given; the caller runs it)."""
         key = self._keys.user(user_id).pushed_items
-        pipe = self._client.pipeline(transaction=False)
-        pipe.zadd(key, {item: now for item in items})
-        pipe.zremrangebyscore(key, "-inf", now - max(1, self._settings.no_repeat_days) * 86_400)
-        pipe.expire(key, self._settings.user_ttl_s)
-        pipe.execute()
+        target = pipe if pipe is not None else self._client.pipeline(transaction=False)
+        target.zadd(key, {item: now for item in items})
+        target.zremrangebyscore(key, "-inf", now - max(1, self._settings.no_repeat_days) * 86_400)
+        target.expire(key, self._settings.user_ttl_s)
+        if pipe is None:
+            target.execute()

@@ -11,7 +11,7 @@ no index, or a shopper the index knows nothing about, trending items fill in.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,34 +59,36 @@ def _reason_for(
     return f"because you looked at {titles.get(best) or best}"
 
 
-Catalog = Callable[[Sequence[str]], Mapping[str, Mapping[str, str]]]
+@dataclass(frozen=True)
+class Pool:
+    """The merged candidates for one shopper before the catalog is consulted."""
+
+    candidates: list[Candidate]
+    history: list[str]  # the shopper's recent items the model used, most weighted first
+    banned: frozenset[str]  # bought, and the cart unless the rule is about it
+    trigger_items: tuple[str, ...]
+
+    def item_ids(self) -> list[str]:
+        """Every item whose catalog entry `choose` needs, trigger items first."""
+        return list(dict.fromkeys([*self.trigger_items, *(c.item_id for c in self.candidates)]))
 
 
-def recommend(
+def candidate_pool(
     index: LoadedIndex | None,
     shopper: ShopperView,
     *,
     k: int,
     now: float,
-    catalog: Catalog,
     trigger_items: Sequence[str] = (),
-    include_trigger_items: bool = False,
     allow_cart: bool = False,
     trending: Sequence[tuple[str, float]] = (),
-    max_category_share: float = 0.67,
-) -> tuple[list[Candidate], Mapping[str, Mapping[str, str]]]:
-    """Up to `k` items for a shopper, best first, and the catalog entries read for them.
-
-    `include_trigger_items` puts the rule's own items first (the cart, the item whose
-    price dropped); otherwise trigger items seed neighbours but are not offered.
-    `catalog(ids)` returns the known items' fields, read once for the whole candidate
-    pool; items it does not know or that are out of stock (`stock == "0"`) are skipped.
-    """
+) -> Pool:
+    """The served model's items for the shopper's recent events, the FAISS neighbours of
+    the trigger items and `trending`, merged: enough to fill `k` after filtering."""
     banned = set(shopper.purchased)
     if not allow_cart:
         banned |= shopper.cart
-    seen = set(trigger_items)
-
+    exclude = banned | set(trigger_items)
     pool: list[Candidate] = []
     history: list[str] = []
     if index is not None:
@@ -98,18 +100,32 @@ def recommend(
         )
         over = 4 * k + len(banned)
         if history:
-            for item, score in index.recommend(history, weights, k=over, exclude=banned | seen):
+            for item, score in index.recommend(history, weights, k=over, exclude=exclude):
                 pool.append(Candidate(item, score, "", "model"))
-        for similar in index.similar(list(trigger_items), k=over, exclude=banned | seen):
+        for similar in index.similar(list(trigger_items), k=over, exclude=exclude):
             for item, score in similar:
                 pool.append(Candidate(item, score, "", "neighbour"))
     for item, score in trending:
         pool.append(Candidate(item, score, "popular right now", "trending"))
+    return Pool(_merge(pool), history, frozenset(banned), tuple(trigger_items))
 
-    merged = _merge(pool)
-    facts = catalog(list(dict.fromkeys([*trigger_items, *(c.item_id for c in merged)])))
-    unavailable = {i for i in (*trigger_items, *(c.item_id for c in merged))
-                   if i not in facts or facts[i].get("stock") == "0"}  # fmt: skip
+
+def choose(
+    index: LoadedIndex | None,
+    pool: Pool,
+    facts: Mapping[str, Mapping[str, str]],
+    *,
+    k: int,
+    include_trigger_items: bool = False,
+    max_category_share: float = 0.67,
+) -> list[Candidate]:
+    """Up to `k` items of `pool`, best first, each with its reason. `facts` are the
+    catalog entries of `pool.item_ids()`: items it does not know or that are out of
+    stock (`stock == "0"`) are skipped. `include_trigger_items` puts the rule's own items
+    first (the cart, the item whose price dropped); otherwise trigger items only seed
+    neighbours."""
+    trigger_items = pool.trigger_items
+    unavailable = {i for i in pool.item_ids() if i not in facts or facts[i].get("stock") == "0"}
     categories = {i: f.get("category", "") for i, f in facts.items()}
     titles = {i: f.get("title", "") for i, f in facts.items()}
     chosen: list[Candidate] = []
@@ -118,15 +134,16 @@ def recommend(
             if item not in unavailable:
                 chosen.append(Candidate(item, math.inf, "you showed interest in it", "trigger"))
 
+    seen = set(trigger_items)
     per_category: dict[str, int] = {}
     cap = max(1, math.floor(max_category_share * k))
     for c in chosen:
         cat = categories.get(c.item_id, "")
         per_category[cat] = per_category.get(cat, 0) + 1
-    for cand in merged:
+    for cand in pool.candidates:
         if len(chosen) >= k:
             break
-        if cand.item_id in banned or cand.item_id in seen or cand.item_id in unavailable:
+        if cand.item_id in pool.banned or cand.item_id in seen or cand.item_id in unavailable:
             continue
         cat = categories.get(cand.item_id, "")
         if cat and per_category.get(cat, 0) >= cap:
@@ -134,10 +151,10 @@ def recommend(
         seen.add(cand.item_id)
         per_category[cat] = per_category.get(cat, 0) + 1
         reason = cand.reason or _reason_for(
-            index, cand.item_id, list(trigger_items) + history, titles
+            index, cand.item_id, [*trigger_items, *pool.history], titles
         )
         chosen.append(Candidate(cand.item_id, cand.score, reason, cand.source))
-    return chosen[:k], facts
+    return chosen[:k]
 
 
 def _merge(pool: Sequence[Candidate]) -> list[Candidate]:

@@ -131,8 +131,7 @@ class Runtime:
         """Rule firing (compiled templates, the index), built on first use."""
         if self._firer is None:
             self._firer = Firer(
-                self.redis, self.keys, self.settings, self.state, self.catalog, self.contacts,
-                self.policy,
+                self.redis, self.keys, self.settings, self.state, self.catalog, self.policy,
                 self.outbox, self.audit, self.delayed, self.index, self.enqueue,
             )  # fmt: skip
         return self._firer

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from worker.contract import DELIVER
+from worker.contract import DELIVER, FIRE, INTERNAL_BATCH
 from worker.delayed import DelayedJobs
 from worker.outbox import Outbox
 
@@ -61,14 +61,19 @@ class LeaderLock:
 def drain_due(
     delayed: DelayedJobs, enqueue: Callable[[str, dict[str, Any]], None], batch: int = 500
 ) -> int:
-    """Enqueue every due delayed job; returns how many. A crash between enqueue and ack
-    re-runs the job after its lease (handlers are idempotent)."""
+    """Enqueue every due delayed job; returns how many. Due rule firings travel together,
+    `INTERNAL_BATCH` per fire task (a price-drop fan-out is thousands of them). A crash
+    between enqueue and ack re-runs the jobs after their lease (handlers are idempotent)."""
     moved = 0
     while True:
         claimed = delayed.claim_due(time.time(), limit=batch)
+        fires = [c.job.kwargs for c in claimed if c.job.task == FIRE]
+        for start in range(0, len(fires), INTERNAL_BATCH):
+            enqueue(FIRE, {"jobs": fires[start : start + INTERNAL_BATCH]})
         for item in claimed:
-            enqueue(item.job.task, item.job.kwargs)
-            delayed.ack(item)
+            if item.job.task != FIRE:
+                enqueue(item.job.task, item.job.kwargs)
+        delayed.ack_many(claimed)
         moved += len(claimed)
         if len(claimed) < batch:
             return moved
@@ -80,8 +85,8 @@ def resend_stuck(
     """Enqueue delivery again for messages whose deliver task was lost (delivery is
     idempotent per device, so a slow rather than lost task costs only a check)."""
     mids = outbox.stuck(time.time(), older_than_s)
-    for mid in mids:
-        enqueue(DELIVER, {"message_id": mid})
+    for start in range(0, len(mids), INTERNAL_BATCH):
+        enqueue(DELIVER, {"message_ids": mids[start : start + INTERNAL_BATCH]})
     return len(mids)
 
 

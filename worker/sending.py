@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
@@ -34,7 +35,7 @@ from worker.keys import Keys
 from worker.outbox import MessageRecord, Outbox
 from worker.policy import ContactPolicy
 from worker.redis_stores import RedisBreakerStore, RedisRateLimitStore, RedisTokenCache
-from worker.rules import enabled_rule
+from worker.rules import Rule, enabled_rule
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,47 @@ def _push_device(record: dict[str, Any]) -> Device:
     return Device(channel, token=record["token"])
 
 
+@dataclass(frozen=True)
+class DeliveryRequest:
+    """One message to deliver: a first attempt to every device, or a retry (`attempt`
+    > 0) to the devices named in `only`."""
+
+    message_id: str
+    attempt: int = 0
+    only: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> list[DeliveryRequest]:
+        """The requests of a `pushrec.deliver` call: `message_ids` (first attempts), or
+        one `message_id` with its `attempt` and `devices` (a parked retry)."""
+        if "message_ids" in kwargs:
+            return [cls(str(mid)) for mid in kwargs["message_ids"]]
+        only = kwargs.get("devices")
+        return [
+            cls(
+                str(kwargs["message_id"]),
+                int(kwargs.get("attempt", 0)),
+                tuple(str(d) for d in only) if only is not None else None,
+            )
+        ]
+
+    def retry_kwargs(self, devices: list[str]) -> dict[str, Any]:
+        return {"message_id": self.message_id, "attempt": self.attempt + 1, "devices": devices}
+
+
+@dataclass
+class _Delivery:
+    """One request on its way through `deliver_many`."""
+
+    request: DeliveryRequest
+    record: MessageRecord
+    state: dict[str, str]  # as loaded
+    rule: Rule | None
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)  # device id -> device
+    sends: list[tuple[str, Message]] = field(default_factory=list)
+    result: dict[str, Any] = field(default_factory=dict)
+
+
 class Sender:
     def __init__(
         self,
@@ -115,71 +157,124 @@ class Sender:
         owner: str = "",
     ) -> dict[str, Any]:
         """Send message `mid`; `owner` (the task id) claims each device send atomically."""
-        record, state = self._outbox.load(mid)
-        if record is None:
-            return {"action": "missing", "message_id": mid}
-        if state.get("state") in {"sent", "suppressed", "failed"} and only is None:
-            return {"action": "settled", "message_id": mid}
-        targets, why_not = self._recheck(record, now, attempt)
-        if why_not:
-            self._outbox.set_state(mid, "suppressed", why_not)
-            self._audit.count(record.rule, "suppressed")
-            self._outbox.add_attempt(mid, {"at": now, "attempt": attempt, "suppressed": why_not})
-            return {"action": "suppressed", "reason": why_not}
-        if only is not None:
-            targets = {d: r for d, r in targets.items() if d in only}
+        request = DeliveryRequest(mid, attempt, tuple(only) if only is not None else None)
+        return self.deliver_many([request], now, owner)[0]
 
-        sends = [
-            (device_id, self._message(record, device))
-            for device_id, device in targets.items()
-            if self._outbox.claim_device(mid, device_id, owner or f"local-{id(self):x}", now)
-        ]
-        results = self._push.run(self._send_all([m for _, m in sends], attempt))
-        return self._settle(record, sends, results, attempt, now)
+    def deliver_many(
+        self, requests: Sequence[DeliveryRequest], now: float, owner: str = ""
+    ) -> list[dict[str, Any]]:
+        """Deliver each request; one round trip per stage for the whole batch (load,
+        re-check, reserve caps, claim devices, settle) and every send concurrent over
+        the process's gateway connections. `owner` (the task id) claims each device send
+        atomically."""
+        owner = owner or f"local-{id(self):x}"
+        results: dict[str, dict[str, Any]] = {}
+        live: list[_Delivery] = []
+        loaded = self._outbox.load_many([r.message_id for r in requests])
+        for request, (record, state) in zip(requests, loaded, strict=True):
+            mid = request.message_id
+            if record is None:
+                results[mid] = {"action": "missing", "message_id": mid}
+            elif state.get("state") in {"sent", "suppressed", "failed"} and request.only is None:
+                results[mid] = {"action": "settled", "message_id": mid}
+            else:
+                rule = enabled_rule(self._settings.rules, record.rule)
+                live.append(_Delivery(request, record, state, rule))
 
-    async def _send_all(self, messages: list[Message], attempt: int) -> list[DeliveryResult]:
-        return list(
-            await asyncio.gather(*(self._push.deliverer.send(m, attempt) for m in messages))
-        )
+        suppressed = self._recheck(live, now)
+        live = [d for d in live if d not in suppressed]
+        self._claim(live, owner, now)
+        messages = [(m, d.request.attempt) for d in live for _, m in d.sends]
+        outcomes = iter(self._push.run(self._send_all(messages)) if messages else [])
+        per_delivery = [[next(outcomes) for _ in d.sends] for d in live]
+        self._settle(live, per_delivery, suppressed, now)
+        for d in [*live, *suppressed]:
+            results[d.record.id] = d.result
+        return [results[r.message_id] for r in requests]
 
-    def _recheck(
-        self, record: MessageRecord, now: float, attempt: int
-    ) -> tuple[dict[str, dict[str, Any]], str]:
-        """Devices to send to, or why the message must not go out any more."""
-        rule = enabled_rule(self._settings.rules, record.rule)
-        if rule is None:
-            return {}, f"rule {record.rule} disabled"
-        k = self._keys.user(record.user_id)
+    async def _send_all(self, messages: list[tuple[Message, int]]) -> list[DeliveryResult]:
+        send = self._push.deliverer.send
+        return list(await asyncio.gather(*(send(m, attempt) for m, attempt in messages)))
+
+    def _recheck(self, live: Sequence[_Delivery], now: float) -> list[_Delivery]:
+        """Set each delivery's target devices, or its result if the message must not go
+        out any more (returned): rule disabled, consent withdrawn, items bought or sold
+        out, or a cap reached by another message (reserved atomically here)."""
         pipe = self._client.pipeline(transaction=False)  # every read, one round trip
-        pipe.hgetall(k.devices)
-        pipe.hgetall(k.preferences)
-        pipe.zrangebyscore(k.purchased, record.created_at, "+inf")
-        for item in record.items:
-            pipe.hget(self._keys.item(item).item, "stock")
-        raw_devices, raw_prefs, bought, *stock = pipe.execute()
-        devices = {d: r for d, r in parse_devices(raw_devices).items() if r.get("active", True)}
+        for d in live:
+            k = self._keys.user(d.record.user_id)
+            pipe.hgetall(k.devices)
+            pipe.hgetall(k.preferences)
+            pipe.zrangebyscore(k.purchased, d.record.created_at, "+inf")
+            for item in d.record.items:
+                pipe.hget(self._keys.item(item).item, "stock")
+        replies = iter(pipe.execute() if live else [])
+        suppressed: list[_Delivery] = []
+        first_tries: list[_Delivery] = []
+        for d in live:
+            raw_devices, raw_prefs, bought = next(replies), next(replies), next(replies)
+            stock = [next(replies) for _ in d.record.items]
+            why_not = self._why_not(d, raw_devices, raw_prefs, set(bought), stock)
+            if why_not:
+                d.result = {"action": "suppressed", "reason": why_not}
+                suppressed.append(d)
+            elif d.request.attempt == 0:
+                first_tries.append(d)
+        if first_tries:
+            reserve = self._client.pipeline(transaction=False)
+            for d in first_tries:
+                assert d.rule is not None
+                self._policy.queue_reserve(reserve, d.rule, d.record.user_id, d.record.id, now)
+            for d, limit in zip(first_tries, reserve.execute(), strict=True):
+                if limit not in {"ok", "already"}:
+                    why_not = f"cap reached at send time: {limit}"
+                    d.result = {"action": "suppressed", "reason": why_not}
+                    suppressed.append(d)
+        return suppressed
+
+    def _why_not(
+        self,
+        d: _Delivery,
+        raw_devices: dict[str, str],
+        raw_prefs: dict[str, str],
+        bought_since: set[str],
+        stock: list[str | None],
+    ) -> str:
+        """Why the message must not go out now ('' if it may); sets `d.targets`, the
+        consented active devices in the rule's channel order."""
+        rule, record = d.rule, d.record
+        if rule is None:
+            return f"rule {record.rule} disabled"
+        devices = {i: r for i, r in parse_devices(raw_devices).items() if r.get("active", True)}
         channels = self._policy.consented_channels(
             rule, [r["channel"] for r in devices.values()], parse_preferences(raw_prefs)
         )
         if not channels:
-            return {}, "consent withdrawn or no active device"
-        bought_since = set(bought)
+            return "consent withdrawn or no active device"
         left = [i for i in record.items if i not in bought_since]
         if not left or (rule.kind in ITEM_KINDS and record.items[0] in bought_since):
-            return {}, "bought in the meantime"
+            return "bought in the meantime"
         in_stock = dict(zip(record.items, stock, strict=True))
         if all(in_stock[i] == "0" for i in left):
-            return {}, "out of stock"
-        if attempt == 0:
-            limit = self._policy.reserve(rule, record.user_id, record.id, now)
-            if limit not in {"ok", "already"}:
-                return {}, f"cap reached at send time: {limit}"
+            return "out of stock"
         order = {c: n for n, c in enumerate(rule.channels)}
         ranked = sorted(
-            ((d, r) for d, r in devices.items() if r["channel"] in channels),
+            ((i, r) for i, r in devices.items() if r["channel"] in channels),
             key=lambda kv: (order[kv[1]["channel"]], kv[0]),
         )
-        return dict(ranked), ""
+        only = d.request.only
+        d.targets = {i: r for i, r in ranked if only is None or i in only}
+        return ""
+
+    def _claim(self, live: Sequence[_Delivery], owner: str, now: float) -> None:
+        """Claim every target device (one round trip); set each delivery's sends."""
+        wanted = [(d, device_id) for d in live for device_id in d.targets]
+        claimed = self._outbox.claim_devices(
+            [(d.record.id, device_id) for d, device_id in wanted], owner, now
+        )
+        for (d, device_id), ok in zip(wanted, claimed, strict=True):
+            if ok:
+                d.sends.append((device_id, self._message(d.record, d.targets[device_id])))
 
     def _message(self, record: MessageRecord, device: dict[str, Any]) -> Message:
         return Message(
@@ -199,59 +294,98 @@ class Sender:
 
     def _settle(
         self,
-        record: MessageRecord,
-        sends: list[tuple[str, Message]],
-        results: list[DeliveryResult],
-        attempt: int,
+        live: Sequence[_Delivery],
+        outcomes: Sequence[Sequence[DeliveryResult]],
+        suppressed: Sequence[_Delivery],
         now: float,
-    ) -> dict[str, Any]:
-        mid = record.id
-        # Whether an earlier attempt already delivered (to another device): count once.
-        was_sent = self._outbox.state(mid).get("state") == "sent"
+    ) -> None:
+        """Record every attempt and act on each device's result, for the whole batch in
+        one round trip; then count the messages delivered for the first time."""
+        pipe = self._client.pipeline(transaction=False)
+        for d in suppressed:
+            mid, why_not = d.record.id, d.result["reason"]
+            self._outbox.set_state(mid, "suppressed", pipe, why_not)
+            self._audit.count(d.record.rule, "suppressed", pipe=pipe)
+            attempt = {"at": now, "attempt": d.request.attempt, "suppressed": why_not}
+            self._outbox.add_attempts(mid, [attempt], pipe)
+        first_sent: list[tuple[_Delivery, int]] = []  # (delivery, its HSETNX reply's index)
+        for d, results in zip(live, outcomes, strict=True):
+            at = self._settle_one(d, results, now, pipe)
+            if at is not None:
+                first_sent.append((d, at))
+        replies = pipe.execute()
+        counts = self._client.pipeline(transaction=False)
+        for d, at in first_sent:
+            if replies[at]:  # the first delivery of this message: count it once
+                self._audit.count(d.record.rule, "delivered", pipe=counts)
+                self._policy.record_items(d.record.user_id, d.record.items, now, counts)
+        if len(counts):
+            counts.execute()
+
+    def _settle_one(
+        self,
+        d: _Delivery,
+        results: Sequence[DeliveryResult],
+        now: float,
+        pipe: redis.client.Pipeline,
+    ) -> int | None:
+        """Queue one delivery's writes in `pipe`; returns the index of its first-delivery
+        reply if a device took the message."""
+        record, mid, attempt = d.record, d.record.id, d.request.attempt
+        if not d.sends:
+            # every device settled, or another live delivery is sending them
+            d.result = {"action": "nothing_to_send", "message_id": mid}
+            if not d.targets and d.state.get("state") != "sent":
+                self._outbox.set_state(mid, "failed", pipe, "no device to send to")
+                self._audit.count(record.rule, "failed", pipe=pipe)
+            return None
         retry: list[str] = []
         retry_after = 0.0
         delivered = 0
-        for (device_id, _), result in zip(sends, results, strict=True):
-            self._outbox.add_attempt(
-                mid, {"at": now, "attempt": attempt, "device_id": device_id, **result.to_dict()}
-            )
+        self._outbox.add_attempts(
+            mid,
+            [
+                {"at": now, "attempt": attempt, "device_id": device_id, **result.to_dict()}
+                for (device_id, _), result in zip(d.sends, results, strict=True)
+            ],
+            pipe,
+        )
+        for (device_id, _), result in zip(d.sends, results, strict=True):
             if result.outcome is Outcome.DELIVERED:
                 delivered += 1
-                self._outbox.settle_device(mid, device_id, "sent")
+                status = "sent"
             elif (
                 result.outcome in {Outcome.RETRY, Outcome.CREDENTIALS}
                 and result.retry_after is not None
             ):
                 retry.append(device_id)
                 retry_after = max(retry_after, result.retry_after)
-                self._outbox.settle_device(mid, device_id, "retry")
+                status = "retry"
             elif result.outcome is Outcome.DEVICE_INVALID:
                 since = result.invalid_since.timestamp() if result.invalid_since else None
-                self._contacts.deactivate(record.user_id, device_id, since, result.reason)
-                self._outbox.settle_device(mid, device_id, "invalid")
+                self._contacts.deactivate(record.user_id, device_id, since, result.reason, pipe)
+                status = "invalid"
             else:
-                self._outbox.settle_device(mid, device_id, "failed")
+                status = "failed"
+            self._outbox.settle_device(mid, device_id, status, pipe)
+        first_at = None
         if delivered:
-            if not was_sent:
-                self._audit.count(record.rule, "delivered")
-                self._policy.record_items(record.user_id, record.items, now)
-            self._outbox.set_state(mid, "sent")
+            self._outbox.set_state(mid, "sent", pipe)
+            first_at = len(pipe)
+            self._outbox.first_delivery(mid, now, pipe)
         if retry:
-            job = Job(
-                f"deliver:{mid}",
-                DELIVER,
-                {"message_id": mid, "attempt": attempt + 1, "devices": retry},
-            )
-            self._delayed.schedule(job, now + retry_after)
+            job = Job(f"deliver:{mid}", DELIVER, d.request.retry_kwargs(retry))
+            self._delayed.schedule(job, now + retry_after, pipe=pipe)
             if not delivered:
-                self._outbox.set_state(mid, "retrying")
-        elif not delivered and not was_sent:
-            self._outbox.set_state(mid, "failed", "no device took it")
-            self._audit.count(record.rule, "failed")
-        return {
+                self._outbox.set_state(mid, "retrying", pipe)
+        elif not delivered and d.state.get("state") != "sent":
+            self._outbox.set_state(mid, "failed", pipe, "no device took it")
+            self._audit.count(record.rule, "failed", pipe=pipe)
+        d.result = {
             "action": "sent" if delivered else ("retrying" if retry else "failed"),
             "message_id": mid,
             "delivered": delivered,
             "retry_devices": len(retry),
             "retry_after": retry_after if retry else None,
         }
+        return first_at

@@ -25,6 +25,7 @@ from worker import contract, ingest, rebuild
 from worker.app import PushrecApp
 from worker.firing import FireJob
 from worker.runtime import Runtime
+from worker.sending import DeliveryRequest
 
 log = logging.getLogger(__name__)
 
@@ -162,19 +163,17 @@ def register_tasks(app: PushrecApp) -> None:
 
     @app.task(name=contract.FIRE, bind=True, base=PushrecTask)
     def fire(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
-        """Internal: evaluate one rule for one shopper (from triggers and the scheduler)."""
-        job = FireJob.from_kwargs(kwargs)
-        return _run(self, lambda rt: rt.firer().fire(job, time.time()))
+        """Internal: evaluate rules for shoppers (from the scheduler): one job's kwargs,
+        or `jobs`, a list of them (a fan-out)."""
+        jobs = [FireJob.from_kwargs(j) for j in kwargs.get("jobs", [kwargs])]
+        return _run(self, lambda rt: rt.firer().fire_many(jobs, time.time()))
 
     @app.task(name=contract.DELIVER, bind=True, base=PushrecTask)
     def deliver(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
-        """Internal: send a queued message to the shopper's devices (push queue)."""
-        mid = str(kwargs["message_id"])
-        attempt = int(kwargs.get("attempt", 0))
-        only = kwargs.get("devices")
+        """Internal: send queued messages to their shoppers' devices (push queue)."""
+        requests = DeliveryRequest.from_kwargs(kwargs)
         return _run(
-            self,
-            lambda rt: rt.sender().deliver(mid, time.time(), attempt, only, _delivery(self)),
+            self, lambda rt: rt.sender().deliver_many(requests, time.time(), _delivery(self))
         )
 
     @app.task(name=contract.REBUILD_INDEX, bind=True, base=PushrecTask, ignore_result=False)

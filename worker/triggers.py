@@ -18,6 +18,7 @@ from worker.catalog import ItemChange
 from worker.contract import FIRE
 from worker.delayed import Job
 from worker.events import Event
+from worker.firing import FireJob
 from worker.keys import Keys
 from worker.rules import EVENT_KINDS, Rule, rules_of_kind
 
@@ -35,24 +36,24 @@ class Trigger:
     debounce: bool = False
     extra: tuple[tuple[str, str], ...] = ()
 
+    def fire_job(self) -> FireJob:
+        return FireJob(
+            rule=self.rule,
+            user_id=self.user_id,
+            trigger_id=self.trigger_id,
+            trigger_ts=self.trigger_ts,
+            items=self.items,
+            extra=dict(self.extra),
+        )
+
     def job(self) -> Job:
+        """The delayed job firing this trigger: a debounced rule keeps one per shopper."""
         job_id = (
             f"{self.rule}:{self.user_id}"
             if self.debounce
             else f"{self.rule}:{self.user_id}:{self.trigger_id}"
         )
-        return Job(
-            job_id=job_id,
-            task=FIRE,
-            kwargs={
-                "rule": self.rule,
-                "user_id": self.user_id,
-                "trigger_id": self.trigger_id,
-                "trigger_ts": self.trigger_ts,
-                "items": list(self.items),
-                "extra": dict(self.extra),
-            },
-        )
+        return Job(job_id=job_id, task=FIRE, kwargs=self.fire_job().kwargs())
 
 
 class Triggers:

@@ -12,19 +12,21 @@ NOW = time.time()
 
 
 def queued(rt: Runtime, mid: str, user: str, items: list[str]) -> None:
-    rt.outbox.create(
-        MessageRecord(
-            id=mid,
-            rule="r",
-            user_id=user,
-            trigger_id="t",
-            items=items,
-            title="t",
-            body="b",
-            purpose="marketing",
-            channels=["fcm"],
-            created_at=NOW,
-        )
+    rt.outbox.create_many(
+        [
+            MessageRecord(
+                id=mid,
+                rule="r",
+                user_id=user,
+                trigger_id="t",
+                items=items,
+                title="t",
+                body="b",
+                purpose="marketing",
+                channels=["fcm"],
+                created_at=NOW,
+            )
+        ]
     )
     rt.audit.remember_items(user, items, mid, "r", "treated", NOW)
 

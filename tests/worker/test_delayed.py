@@ -21,7 +21,7 @@ def test_jobs_are_claimed_only_when_due(runtime: Runtime) -> None:
     delayed.schedule(Job("b", "pushrec.fire", {"n": 2}), NOW - 1)
     [claimed] = delayed.claim_due(NOW)
     assert claimed.job.job_id == "b"
-    delayed.ack(claimed)
+    delayed.ack_many([claimed])
     assert [c.job.kwargs for c in delayed.claim_due(NOW + 60)] == [{"n": 1}]
 
 
@@ -50,7 +50,7 @@ def test_a_claim_never_acknowledged_comes_back_after_its_lease(runtime: Runtime)
     assert len(delayed.claim_due(NOW, lease_s=30)) == 1  # poller dies here
     assert delayed.claim_due(NOW + 10) == []
     [again] = delayed.claim_due(NOW + 31)
-    delayed.ack(again)
+    delayed.ack_many([again])
     assert delayed.claim_due(NOW + 1000) == []
 
 
@@ -59,6 +59,6 @@ def test_ack_keeps_a_job_rescheduled_while_in_flight(runtime: Runtime) -> None:
     delayed.schedule(Job("cart:u1", "pushrec.fire", {"trigger": "e1"}), NOW)
     [claimed] = delayed.claim_due(NOW)
     delayed.schedule(Job("cart:u1", "pushrec.fire", {"trigger": "e2"}), NOW + 30)
-    delayed.ack(claimed)
+    delayed.ack_many([claimed])
     [later] = delayed.claim_due(NOW + 30)
     assert later.job.kwargs == {"trigger": "e2"}

@@ -21,21 +21,32 @@ def test_message_ids_are_stable_and_created_once(runtime: Runtime) -> None:
     mid = message_id("cart", "u1", "e1")
     assert mid == message_id("cart", "u1", "e1") != message_id("cart", "u1", "e2")
     assert len(mid) <= 64
-    assert runtime.outbox.create(record(mid)) is True
-    assert runtime.outbox.create(record(mid)) is False
+    assert runtime.outbox.create_many([record(mid)]) == [(True, "")]
+    pipe = runtime.redis.pipeline()
+    runtime.outbox.mark_queued(record(mid), pipe)
+    pipe.execute()
+    assert runtime.outbox.create_many([record(mid), record("m2")]) == [
+        (False, "queued"),
+        (True, ""),
+    ]
 
 
 def test_two_deliveries_of_one_message_never_both_send_to_a_device(runtime: Runtime) -> None:
     mid = message_id("r", "u", "t")
-    runtime.outbox.create(record(mid))
+    runtime.outbox.create_many([record(mid)])
+
+    def claim(owner: str, now: float) -> bool:
+        [claimed] = runtime.outbox.claim_devices([(mid, "d1")], owner, now)
+        return claimed
+
     with ThreadPoolExecutor(8) as pool:
-        claims = list(
-            pool.map(lambda n: runtime.outbox.claim_device(mid, "d1", f"task{n}", NOW), range(16))
-        )
+        claims = list(pool.map(lambda n: claim(f"task{n}", NOW), range(16)))
     assert claims.count(True) == 1
     winner = f"task{claims.index(True)}"
-    assert runtime.outbox.claim_device(mid, "d1", winner, NOW + 1)  # its own redelivery
-    assert not runtime.outbox.claim_device(mid, "d1", "other", NOW + 1)
-    assert runtime.outbox.claim_device(mid, "d1", "other", NOW + SEND_LEASE_S + 1)  # owner died
-    runtime.outbox.settle_device(mid, "d1", "sent")
-    assert not runtime.outbox.claim_device(mid, "d1", "late", NOW + 10 * SEND_LEASE_S)
+    assert claim(winner, NOW + 1)  # its own redelivery
+    assert not claim("other", NOW + 1)
+    assert claim("other", NOW + SEND_LEASE_S + 1)  # owner died
+    pipe = runtime.redis.pipeline()
+    runtime.outbox.settle_device(mid, "d1", "sent", pipe)
+    pipe.execute()
+    assert not claim("late", NOW + 10 * SEND_LEASE_S)

@@ -32,7 +32,8 @@ def decide(
     now: float = NOON_BERLIN,
     msg: str = "m1",
 ):  # type: ignore[no-untyped-def]
-    return policy.decide(rule, user, msg, ["i1", "i2"], ["fcm", "webhook"], prefs, now)
+    reads = policy.read(rule, user, msg, now)
+    return policy.decide(rule, user, ["i1", "i2"], ["fcm", "webhook"], prefs, now, reads)
 
 
 def test_no_consent_means_no_marketing(policy: ContactPolicy) -> None:

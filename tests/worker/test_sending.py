@@ -13,7 +13,9 @@ from push.testing.serve import local_gateways
 from tests.worker.realtime import Gateways, build_planted_index, planted_catalog, register
 from worker import ingest
 from worker.firing import FireJob
+from worker.policy import holdout_bucket
 from worker.runtime import Runtime
+from worker.sending import DeliveryRequest
 from worker.settings import Settings
 
 
@@ -106,7 +108,7 @@ def test_item_bought_in_the_meantime_suppresses_an_item_rule(
     ingest.upsert_items(rt, [{"item_id": "b2-2", "price": 1.0}], now)  # price drop fans out
     [decision] = rt.audit.decisions(user)  # fired at once, its delivery queued
     assert decision["action"] == "queued", decision
-    assert ("pushrec.deliver", {"message_id": decision["message_id"]}) in queued
+    assert ("pushrec.deliver", {"message_ids": [decision["message_id"]]}) in queued
     ingest.track_one(
         rt,
         {"event_id": "b", "user_id": user, "type": "purchase", "item_id": "b2-2", "ts": now + 1},
@@ -133,11 +135,8 @@ def test_gateway_503_is_retried_later_from_the_delayed_set_and_sent_once(
     assert first["action"] == "retrying" and first["retry_after"] == pytest.approx(7, abs=1)
     assert rt.delayed.due_at(f"deliver:{mid}") is not None
     [claimed] = rt.delayed.claim_due(time.time() + 8)
-    second = rt.sender().deliver(
-        claimed.job.kwargs["message_id"],
-        time.time(),
-        claimed.job.kwargs["attempt"],
-        claimed.job.kwargs["devices"],
+    [second] = rt.sender().deliver_many(
+        DeliveryRequest.from_kwargs(claimed.job.kwargs), time.time()
     )
     assert second["action"] == "sent"
     again = rt.sender().deliver(mid, time.time())
@@ -149,10 +148,11 @@ def test_gateway_503_is_retried_later_from_the_delayed_set_and_sent_once(
     assert rt.outbox.get(mid) is None
 
 
-def _held_out(user: str) -> bool:
-    from worker.policy import holdout_bucket
+def _held_out(user: str, rule: str = "post_purchase") -> bool:
+    from worker.rules import DEFAULT_RULES
 
-    return holdout_bucket("post_purchase", user) < 10
+    [pct] = [r.holdout_pct for r in DEFAULT_RULES if r.name == rule]
+    return holdout_bucket(rule, user) < pct
 
 
 def test_a_message_whose_deliver_task_was_lost_is_sent_again_by_the_sweeper(
@@ -167,6 +167,50 @@ def test_a_message_whose_deliver_task_was_lost_is_sent_again_by_the_sweeper(
     queued.clear()  # the deliver task was lost with the broker message
     assert resend_stuck(rt.outbox, lambda t, k: queued.append((t, k)), older_than_s=0) == 1
     [(task, kwargs)] = queued
-    assert (task, kwargs) == ("pushrec.deliver", {"message_id": mid})
+    assert (task, kwargs) == ("pushrec.deliver", {"message_ids": [mid]})
     assert rt.sender().deliver(mid, time.time())["action"] == "sent"
     assert rt.outbox.stuck(time.time() + 1000, 0) == []  # settled: off the sweep
+
+
+def test_a_batch_of_events_fires_together_and_one_deliver_task_settles_each_message(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways
+) -> None:
+    """A price drop fans out to three shoppers: fired together, one deliver task for the
+    three messages, whose results are per message: sent, suppressed at send time, and a
+    device the gateway no longer knows."""
+    rt, queued = shop
+    users = [u for u in (f"batch{n}" for n in range(100)) if not _held_out(u, "price_drop")][:3]
+    sent_to, withdrawn, gone = users
+    now = time.time()
+    tokens = {u: f"fcm-token-{u}-{'x' * 20}" for u in users}
+    for user in users:
+        register(rt, user, "fcm", tokens[user], now)
+    gateways.unregister("fcm", tokens[gone])
+    views = [
+        {"event_id": f"v-{u}", "user_id": u, "type": "view", "item_id": "b2-2", "ts": now}
+        for u in users
+    ]
+    ingest.track_batch(rt, views, now, "d")
+    ingest.upsert_items(rt, [{"item_id": "b2-2", "price": 1.0}], now)
+    [kwargs] = [k for task, k in queued if task == "pushrec.deliver"]
+    mids = kwargs["message_ids"]
+    assert len(mids) == 3 and len(set(mids)) == 3
+    ingest.set_preferences(
+        rt, {"user_id": withdrawn, "consent": {"marketing": {"*": False}}}, now + 1
+    )
+
+    outcomes = rt.sender().deliver_many(DeliveryRequest.from_kwargs(kwargs), now + 2)
+
+    owners = [record.user_id for mid in mids if (record := rt.outbox.get(mid))]
+    actions = {user: o["action"] for user, o in zip(owners, outcomes, strict=True)}
+    assert actions == {sent_to: "sent", withdrawn: "suppressed", gone: "failed"}
+    assert [r["message"]["token"] for r in gateways.accepted("fcm")] == [tokens[sent_to]]
+    assert rt.contacts.devices(gone) and not any(
+        d.get("active", True) for d in rt.contacts.devices(gone).values()
+    )
+    stats = rt.audit.stats(["price_drop"])["price_drop"]
+    assert (stats["delivered"], stats["suppressed"], stats["failed"]) == (1, 1, 1)
+
+    again = rt.sender().deliver_many(DeliveryRequest.from_kwargs(kwargs), now + 3)
+    assert [o["action"] for o in again] == ["settled"] * 3
+    assert rt.audit.stats(["price_drop"])["price_drop"]["delivered"] == 1
