@@ -98,9 +98,14 @@ class CircuitBreaker:
         open_s: float = 30.0,
         auth_open_s: float = 300.0,
         probe_ttl_s: float = 15.0,
+        closed_recheck_s: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store or MemoryBreakerStore()
+        # A closed breaker is re-read from the (shared) store at most this often: a trip
+        # by another process is seen within it, and a send costs no store read.
+        self.closed_recheck_s = closed_recheck_s
+        self._closed_seen: dict[str, float] = {}  # key -> when the store last said closed
         self.failure_threshold = failure_threshold
         self.window_s = window_s
         self.open_s = open_s
@@ -110,10 +115,14 @@ class CircuitBreaker:
 
     async def before(self, key: str) -> tuple[float, bool]:
         """``(wait_s, is_probe)``: wait 0 means go ahead (as the probe if `is_probe`)."""
+        now = self._clock()
+        seen = self._closed_seen.get(key)
+        if seen is not None and now - seen < self.closed_recheck_s:
+            return 0.0, False
         open_until = await self.store.open_until(key)
         if not open_until:
+            self._closed_seen[key] = now
             return 0.0, False
-        now = self._clock()
         if now < open_until:
             return open_until - now, False
         if await self.store.claim_probe(key, ttl_s=self.probe_ttl_s):
@@ -122,6 +131,8 @@ class CircuitBreaker:
 
     async def after(self, key: str, result: DeliveryResult, *, probe: bool) -> None:
         now = self._clock()
+        if result.outcome is Outcome.CREDENTIALS or _is_gateway_failure(result):
+            self._closed_seen.pop(key, None)  # the next send asks the store again
         if result.outcome is Outcome.CREDENTIALS:
             log.error("breaker %s opened: credentials rejected (%s)", key, result.reason)
             await self.store.trip(key, now + self.auth_open_s)

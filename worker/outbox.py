@@ -146,10 +146,11 @@ class Outbox:
         True where this attempt should send."""
         pipe = self._client.pipeline(transaction=False)
         for mid, device_id in sends:
-            self._scripts.claim_device(
-                keys=[self._keys.message(mid).state],
-                args=[f"dev:{device_id}", owner, repr(now), SEND_LEASE_S],
-                client=pipe,
+            self._scripts.queue(
+                pipe,
+                self._scripts.claim_device,
+                [self._keys.message(mid).state],
+                [f"dev:{device_id}", owner, repr(now), SEND_LEASE_S],
             )
         return [bool(claimed) for claimed in pipe.execute()] if sends else []
 

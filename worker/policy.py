@@ -111,32 +111,23 @@ class ContactPolicy:
         return allowed
 
     def _limits(
-        self,
-        rule: Rule,
-        user_id: str,
-        message_id: str,
-        now: float,
-        *,
-        dry: bool,
-        pipe: redis.client.Pipeline | None = None,
-    ) -> Any:
+        self, rule: Rule, user_id: str, message_id: str, now: float, *, dry: bool
+    ) -> tuple[list[str], list[str | int | float]]:
+        """The keys and args of the `contact_reserve` script."""
         s = self._settings
         k = self._keys.user(user_id)
-        return self._scripts.contact_reserve(
-            keys=[k.contacts, k.rule_last_sent],
-            args=[
-                now, rule.purpose, rule.name, message_id, s.cap_marketing_per_day,
-                s.cap_marketing_per_week, s.cap_total_per_day, rule.cooldown_s, s.user_ttl_s,
-                "1" if dry else "0",
-            ],
-            client=pipe,
-        )  # fmt: skip
+        return [k.contacts, k.rule_last_sent], [
+            now, rule.purpose, rule.name, message_id, s.cap_marketing_per_day,
+            s.cap_marketing_per_week, s.cap_total_per_day, rule.cooldown_s, s.user_ttl_s,
+            "1" if dry else "0",
+        ]  # fmt: skip
 
     def queue_reads(
         self, pipe: redis.client.Pipeline, rule: Rule, user_id: str, message_id: str, now: float
     ) -> None:
         """Queue in `pipe` the `PolicyReads.REPLIES` reads `decide` needs."""
-        self._limits(rule, user_id, message_id, now, dry=True, pipe=pipe)
+        keys, args = self._limits(rule, user_id, message_id, now, dry=True)
+        self._scripts.queue(pipe, self._scripts.contact_reserve, keys, args)
         since = now - self._settings.no_repeat_days * 86_400
         pipe.zrangebyscore(self._keys.user(user_id).pushed_items, since, "+inf")
 
@@ -212,13 +203,15 @@ class ContactPolicy:
     def reserve(self, rule: Rule, user_id: str, message_id: str, now: float) -> str:
         """At send time: check the caps again and record the contact atomically.
         Returns 'ok', 'already' (recorded by an earlier attempt) or the limit hit."""
-        return str(self._limits(rule, user_id, message_id, now, dry=False))
+        keys, args = self._limits(rule, user_id, message_id, now, dry=False)
+        return str(self._scripts.contact_reserve(keys=keys, args=args))
 
     def queue_reserve(
         self, pipe: redis.client.Pipeline, rule: Rule, user_id: str, message_id: str, now: float
     ) -> None:
         """`reserve`, queued in `pipe`: its reply is the same string."""
-        self._limits(rule, user_id, message_id, now, dry=False, pipe=pipe)
+        keys, args = self._limits(rule, user_id, message_id, now, dry=False)
+        self._scripts.queue(pipe, self._scripts.contact_reserve, keys, args)
 
     def record_items(
         self,

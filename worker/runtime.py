@@ -6,6 +6,7 @@ at process shutdown; tasks receive it, never build their own.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +90,10 @@ class Runtime:
         client = connect_redis(settings.redis_url)
         keys = Keys(settings.key_prefix)
         scripts = Scripts.register(client)
+        # Redis may be down while a worker starts: the first task then meets NoScriptError
+        # and loads them (tasks._run).
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+            scripts.load(client)
         metrics = Metrics(client, keys)
         return cls(
             settings=settings,

@@ -1,8 +1,16 @@
-"""The Lua scripts of `worker/lua/`, registered once per Redis client."""
+"""The Lua scripts of `worker/lua/`, registered once per Redis client.
+
+Hot pipelines queue scripts by SHA alone (`Scripts.queue`): redis-py's own way
+(`script(..., client=pipe)`) asks Redis whether the scripts exist before every such
+pipeline, one more round trip each time. Instead the scripts are loaded when a runtime
+opens (`load`); a Redis that lost them (restarted, flushed) answers NoScriptError,
+which the task wrapper retries after loading them again (`tasks._run`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from importlib import resources
 
 import redis
@@ -36,3 +44,20 @@ class Scripts:
             deactivate_device=client.register_script(_source("deactivate_device")),
             claim_device=client.register_script(_source("claim_device")),
         )
+
+    def load(self, client: redis.Redis) -> None:
+        """Load every script into Redis: at start, and after a restart lost them."""
+        for f in fields(self):
+            script: Script = getattr(self, f.name)
+            client.script_load(script.script)
+
+    @staticmethod
+    def queue(
+        pipe: redis.client.Pipeline,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[str | int | float],
+    ) -> None:
+        """Queue `script` in `pipe` by SHA, without the existence check (module doc).
+        Only in pipelines that are safe to run again whole after a NoScriptError."""
+        pipe.evalsha(script.sha, len(keys), *keys, *args)

@@ -171,9 +171,11 @@ class StateStore:
         if category:
             recent["category"] = category
         affinity = decayed_weight(INTEREST_WEIGHTS[event.type], event.ts) if category else 0.0
-        self._scripts.apply_event(
-            keys=self._keys.user(event.user_id).event_state(),
-            args=[
+        self._scripts.queue(
+            pipe,
+            self._scripts.apply_event,
+            self._keys.user(event.user_id).event_state(),
+            [
                 event.event_id,
                 event.type,
                 event.item_id or "",
@@ -190,7 +192,6 @@ class StateStore:
                 json.dumps(recent, separators=(",", ":")),
                 delivery_id,
             ],
-            client=pipe,
         )
 
     def _queue_side_effects(

@@ -12,6 +12,7 @@ is kept in the rejected stream for replay and the message acked, never looped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -29,7 +30,7 @@ from worker.sending import DeliveryRequest
 
 log = logging.getLogger(__name__)
 
-# NoScriptError: a restarted Redis has lost its script cache; the retry reloads it.
+# NoScriptError: a restarted Redis has lost its script cache; the retry loads it again.
 _TRANSIENT = (
     redis.ConnectionError,
     redis.TimeoutError,
@@ -79,10 +80,20 @@ def _run(task: PushrecTask, body: Callable[[Runtime], Any]) -> Any:
                 log.error("%s %s: Redis still unavailable, left for redelivery: %s",
                           task.name, task.request.id, exc)  # fmt: skip
                 raise
-            time.sleep(task.backoff_s(attempt))
+            if isinstance(exc, redis.exceptions.NoScriptError):
+                _reload_scripts(task)  # Redis is back, without our scripts: no need to wait
+            else:
+                time.sleep(task.backoff_s(attempt))
         except Exception as exc:
             return _keep_failed(task, exc)
     raise AssertionError("unreachable")
+
+
+def _reload_scripts(task: PushrecTask) -> None:
+    """Redis lost its scripts (restarted or flushed): load them before the retry."""
+    rt = task.runtime
+    with contextlib.suppress(*_TRANSIENT):  # still away: the next attempt comes back here
+        rt.scripts.load(rt.redis)
 
 
 def _keep_failed(task: PushrecTask, exc: Exception) -> dict[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -66,16 +67,35 @@ class Triggers:
         self._max_age_s = max_age_s
 
     def for_events(self, events: Sequence[Event], now: float) -> list[Trigger]:
-        """Triggers of freshly applied events (older events update state only)."""
+        """Triggers of freshly applied events (older events update state only). The
+        shopper state some rules look at is read for the whole batch in one round trip."""
+        pairs = [
+            (rule, event)
+            for event in events
+            if event.ts >= now - self._max_age_s and event.item_id is not None
+            for kind in EVENT_KINDS.get(event.type, ())
+            for rule in rules_of_kind(self._rules, kind)
+        ]
+        pipe = self._client.pipeline(transaction=False)
+        for rule, event in pairs:
+            k = self._keys.user(event.user_id)
+            if rule.kind == "browse_abandoned":
+                pipe.lrange(k.recent, 0, -1)
+            elif rule.kind == "replenish":
+                assert event.item_id is not None
+                pipe.hget(k.purchase_counts, event.item_id)
+                pipe.hget(k.purchase_first, event.item_id)
+        replies = iter(pipe.execute() if len(pipe) else [])
         out: list[Trigger] = []
-        for event in events:
-            if event.ts < now - self._max_age_s or event.item_id is None:
-                continue
-            for kind in EVENT_KINDS.get(event.type, ()):
-                for rule in rules_of_kind(self._rules, kind):
-                    trigger = self._for_event(rule, event, now)
-                    if trigger is not None:
-                        out.append(trigger)
+        for rule, event in pairs:
+            if rule.kind == "browse_abandoned":
+                trigger = self._browse(rule, event, [json.loads(r) for r in next(replies)], now)
+            elif rule.kind == "replenish":
+                trigger = self._replenish(rule, event, next(replies), next(replies), now)
+            else:
+                trigger = self._for_event(rule, event, now)
+            if trigger is not None:
+                out.append(trigger)
         return out
 
     def _for_event(self, rule: Rule, event: Event, now: float) -> Trigger | None:
@@ -90,16 +110,11 @@ class Triggers:
                 due=now + rule.delay_s,
                 debounce=rule.kind == "cart_abandoned",  # one reminder, moved by each change
             )
-        if rule.kind == "browse_abandoned":
-            return self._browse(rule, event, now)
-        if rule.kind == "replenish":
-            return self._replenish(rule, event, now)
         return None
 
-    def _browse(self, rule: Rule, event: Event, now: float) -> Trigger | None:
-        recent = [
-            json.loads(r) for r in self._client.lrange(self._keys.user(event.user_id).recent, 0, -1)
-        ]
+    def _browse(
+        self, rule: Rule, event: Event, recent: list[dict[str, Any]], now: float
+    ) -> Trigger | None:
         since = event.ts - rule.window_s
         window = [r for r in recent if r["ts"] >= since]
         if any(r["type"] in {"add_to_cart", "purchase"} for r in window):
@@ -125,13 +140,10 @@ class Triggers:
             extra=(("category", category),),
         )
 
-    def _replenish(self, rule: Rule, event: Event, now: float) -> Trigger | None:
+    def _replenish(
+        self, rule: Rule, event: Event, count: str | None, first: str | None, now: float
+    ) -> Trigger | None:
         assert event.item_id is not None
-        k = self._keys.user(event.user_id)
-        pipe = self._client.pipeline(transaction=False)
-        pipe.hget(k.purchase_counts, event.item_id)
-        pipe.hget(k.purchase_first, event.item_id)
-        count, first = pipe.execute()
         if not count or int(count) < rule.min_purchases or first is None:
             return None
         interval = (event.ts - float(first)) / (int(count) - 1)
@@ -149,28 +161,32 @@ class Triggers:
         )
 
     def for_item_changes(self, changes: Sequence[ItemChange], now: float) -> list[Trigger]:
-        """Price drops and restocks, fanned out to shoppers who recently showed interest."""
+        """Price drops and restocks, fanned out to shoppers who recently showed interest
+        (read for every change in one round trip)."""
+        pairs = [
+            (change, rule)
+            for change in changes
+            for rule in self._rules
+            if rule.enabled and _matches(rule, change)
+        ]
+        pipe = self._client.pipeline(transaction=False)
+        for change, rule in pairs:
+            since = now - rule.interest_days * 86_400
+            pipe.zrangebyscore(self._keys.interested(change.item_id), since, "+inf")
         out: list[Trigger] = []
-        for change in changes:
-            for rule in self._rules:
-                if not rule.enabled or not _matches(rule, change):
-                    continue
-                since = now - rule.interest_days * 86_400
-                users = self._client.zrangebyscore(
-                    self._keys.interested(change.item_id), since, "+inf"
-                )
-                for user_id in users:
-                    out.append(
-                        Trigger(
-                            rule=rule.name,
-                            user_id=str(user_id),
-                            trigger_id=f"{change.item_id}@{change.ts:.0f}",
-                            trigger_ts=change.ts,
-                            items=(change.item_id,),
-                            due=now + rule.delay_s,
-                            extra=(("old", repr(change.old)), ("new", repr(change.new))),
-                        )
+        for (change, rule), users in zip(pairs, pipe.execute() if pairs else [], strict=True):
+            for user_id in users:
+                out.append(
+                    Trigger(
+                        rule=rule.name,
+                        user_id=str(user_id),
+                        trigger_id=f"{change.item_id}@{change.ts:.0f}",
+                        trigger_ts=change.ts,
+                        items=(change.item_id,),
+                        due=now + rule.delay_s,
+                        extra=(("old", repr(change.old)), ("new", repr(change.new))),
                     )
+                )
         return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -142,34 +143,65 @@ def test_forget_user_through_the_queue_reports_what_it_removed(
     assert runtime.keys.user("leaver").cart in report["keys_removed"]
 
 
-def test_worker_killed_mid_stream_loses_no_event(
-    settings: Settings, client: PushrecClient, runtime: Runtime, tmp_path: Path
-) -> None:
+def _kill_a_worker_mid_stream(
+    settings: Settings, runtime: Runtime, tmp_path: Path, broker_url: str | None
+) -> tuple[int, list[str]]:
+    """Send 300 events (a batch of 150, then 150 one by one), SIGKILL the whole worker
+    node while it works through them, start another. Returns (events in the shopper's
+    profile, event ids missing from the interaction log)."""
     # A short visibility timeout so the broker hands the dead worker's unacked
     # messages to the next worker within seconds rather than minutes.
-    quick = settings.model_copy(update={"visibility_timeout_s": 10, "task_time_limit_s": 8})
-    first = WorkerProcess(quick, tmp_path / "w1.log", "w1", concurrency=1)
+    quick = settings.model_copy(
+        update={"visibility_timeout_s": 10, "task_time_limit_s": 8, "broker_url": broker_url}
+    )
+    env = {"PUSHREC_BROKER_URL": broker_url} if broker_url else {}
+    producer = PushrecClient(
+        quick.effective_broker_url,
+        broker_key_prefix=quick.broker_key_prefix,
+        queues={"activity": quick.queue_activity},
+    )
+    first = WorkerProcess(quick, tmp_path / "w1.log", "w1", concurrency=1, env=env)
     second: WorkerProcess | None = None
+    n = 300
     try:
-        n = 300
-        client.track_batch([event(f"k{i}", item=f"sku-{i}") for i in range(n // 2)])
+        producer.track_batch([event(f"k{i}", item=f"sku-{i}") for i in range(n // 2)])
         for i in range(n // 2, n):
-            client.track(event(f"k{i}", item=f"sku-{i}"))
+            producer.track(event(f"k{i}", item=f"sku-{i}"))
         wait_for(lambda: _profile_events(runtime) > 0, what="some progress")
-        first.kill()  # SIGKILL the whole worker: whatever it held is unacked
+        first.kill()  # SIGKILL the whole node: whatever it held is unacked
         assert _profile_events(runtime) < n
-        second = WorkerProcess(quick, tmp_path / "w2.log", "w2", concurrency=2)
-        wait_for(
-            lambda: _profile_events(runtime) == n, timeout=90, what="all events after the kill"
-        )
+        second = WorkerProcess(quick, tmp_path / "w2.log", "w2", concurrency=2, env=env)
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: _profile_events(runtime) == n, timeout=40, what="every event")
         time.sleep(1)
-        assert _profile_events(runtime) == n  # none applied twice
-        logged = [f["event_id"] for _, f in runtime.redis.xrange(runtime.keys.interaction_log)]  # type: ignore[union-attr]
-        assert set(logged) == {f"k{i}" for i in range(n)}
+        logged = {f["event_id"] for _, f in runtime.redis.xrange(runtime.keys.interaction_log)}  # type: ignore[union-attr]
+        return _profile_events(runtime), sorted({f"k{i}" for i in range(n)} - logged)
     finally:
+        producer.close()
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_worker_killed_mid_stream_applies_nothing_twice_and_loses_at_most_the_gap(
+    settings: Settings, runtime: Runtime, tmp_path: Path
+) -> None:
+    """Redis as the broker: kombu pops a message (BRPOP) and records it as unacked in a
+    second command, so a node killed between the two loses that one message (README,
+    "Operations and failure behaviour"). Everything else comes back; nothing twice."""
+    in_profile, missing = _kill_a_worker_mid_stream(settings, runtime, tmp_path, None)
+    assert len(missing) <= 1, f"{len(missing)} events lost: {missing[:10]}"
+    assert in_profile == 300 - len(missing)  # none applied twice
+
+
+def test_worker_killed_mid_stream_with_rabbitmq_as_broker_loses_no_event(
+    settings: Settings, runtime: Runtime, tmp_path: Path
+) -> None:
+    if not _rabbitmq_answers():
+        pytest.skip(f"no RabbitMQ at {RABBITMQ_URL} (set PUSHREC_TEST_AMQP_URL)")
+    in_profile, missing = _kill_a_worker_mid_stream(settings, runtime, tmp_path, RABBITMQ_URL)
+    assert missing == []
+    assert in_profile == 300
 
 
 RABBITMQ_URL = os.environ.get("PUSHREC_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
