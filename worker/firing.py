@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from indexing import LoadedIndex
 from push import TemplateSet, new_coupon
 from push.errors import PushError
 from worker.audit import Audit
@@ -260,22 +261,46 @@ class Firer:
                     trending=trending[: 4 * f.rule.items],
                 )
             )
-        wanted = list(dict.fromkeys(i for p in pools if p is not None for i in p.item_ids()))
-        facts = self._catalog.get_many(wanted) if wanted else {}
-        picks: list[tuple[list[Candidate], Mapping[str, Mapping[str, str]]]] = []
-        for f, pool in zip(firings, pools, strict=True):
-            if pool is None:
-                picks.append(([], {}))
-                continue
-            chosen = choose(
-                index,
-                pool,
-                facts,
-                k=f.rule.items,
-                include_trigger_items=f.rule.kind in ITEM_KINDS,
+        chosen, facts = self._choose(firings, pools, index)
+        return [(c, facts) for c in chosen]
+
+    def _choose(
+        self, firings: Sequence[_Firing], pools: Sequence[Pool | None], index: LoadedIndex | None
+    ) -> tuple[list[list[Candidate]], dict[str, Mapping[str, str]]]:
+        """Each pool's items, and the catalog entries read for them. Most candidates pass
+        the filters, so the catalog is read for the head of every pool first (one round
+        trip), and again, for a head twice as long, only for pools whose head could not
+        fill the message."""
+        facts: dict[str, Mapping[str, str]] = {}
+        read: set[str] = set()
+        heads = {  # firing -> (its pool, how many of its candidates to look at)
+            n: (pool, 2 * f.rule.items + 2)
+            for n, (f, pool) in enumerate(zip(firings, pools, strict=True))
+            if pool is not None
+        }
+        chosen: list[list[Candidate]] = [[] for _ in firings]
+        while heads:
+            wanted = list(
+                dict.fromkeys(
+                    i
+                    for pool, size in heads.values()
+                    for i in pool.head(size).item_ids()
+                    if i not in read
+                )
             )
-            picks.append((chosen, facts))
-        return picks
+            facts.update(self._catalog.get_many(wanted) if wanted else {})
+            read.update(wanted)
+            for n, (pool, size) in list(heads.items()):
+                rule = firings[n].rule
+                chosen[n] = choose(
+                    index, pool.head(size), facts, k=rule.items,
+                    include_trigger_items=rule.kind in ITEM_KINDS,
+                )  # fmt: skip
+                if len(chosen[n]) < rule.items and size < len(pool.candidates):
+                    heads[n] = (pool, 2 * size)
+                else:
+                    del heads[n]
+        return chosen, facts
 
     def _decide(
         self,

@@ -68,6 +68,10 @@ class Pool:
     banned: frozenset[str]  # bought, and the cart unless the rule is about it
     trigger_items: tuple[str, ...]
 
+    def head(self, n: int) -> Pool:
+        """The pool with only its `n` best candidates."""
+        return Pool(self.candidates[:n], self.history, self.banned, self.trigger_items)
+
     def item_ids(self) -> list[str]:
         """Every item whose catalog entry `choose` needs, trigger items first."""
         return list(dict.fromkeys([*self.trigger_items, *(c.item_id for c in self.candidates)]))

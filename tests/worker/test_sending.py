@@ -214,3 +214,19 @@ def test_a_batch_of_events_fires_together_and_one_deliver_task_settles_each_mess
     again = rt.sender().deliver_many(DeliveryRequest.from_kwargs(kwargs), now + 3)
     assert [o["action"] for o in again] == ["settled"] * 3
     assert rt.audit.stats(["price_drop"])["price_drop"]["delivered"] == 1
+
+
+def test_when_the_best_candidates_are_sold_out_firing_reads_further_down_the_pool(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways
+) -> None:
+    rt, _ = shop
+    user = next(u for u in (f"s{n}" for n in range(100)) if not _held_out(u))
+    register(rt, user, "fcm", gateways.targets["fcm"], time.time())
+    sold_out = [i["item_id"] for i in planted_catalog() if i["category"] == "block0"]
+    ingest.upsert_items(
+        rt, [{"item_id": i, "stock": 0} for i in sold_out if i != "b0-1"], time.time()
+    )
+    mid = fire_post_purchase(rt, user, "b0-1")
+    [decision] = [d for d in rt.audit.decisions(user) if d["message_id"] == mid]
+    chosen = [c["item_id"] for c in decision["candidates"]]
+    assert len(chosen) == 3 and not set(chosen) & set(sold_out)
