@@ -1,10 +1,12 @@
-"""Firing a rule for one shopper: re-check, recommend, apply the policy, queue a message.
+"""Firing rules for shoppers: re-check, recommend, apply the policy, queue the messages.
 
-`Firer.fire(job)` is what the `pushrec.fire` task does. It re-checks the rule's
-condition against the shopper's state now (a purchase within the delay cancels the cart
-reminder), picks the items, runs the contact policy and acts on its verdict: queue the
-message (created once per id), park the job until quiet hours end, or record why
-nothing was sent. Every outcome leaves a decision record on the shopper.
+`Firer.fire_many(jobs)` is what a track task does with the triggers due at once, and
+what the `pushrec.fire` task does with the scheduler's due jobs. For each job it
+re-checks the rule's condition against the shopper's state now (a purchase within the
+delay cancels the cart reminder), picks the items, runs the contact policy and acts on
+its verdict: queue the message (created once per id), park the job until quiet hours
+end, or record why nothing was sent. Every outcome leaves a decision record on the
+shopper. The whole batch shares one round trip per stage.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import redis
 
@@ -93,8 +95,6 @@ class _Shopper:
     prefs: dict[str, str]
     policy: PolicyReads
 
-    REPLIES = 5 + PolicyReads.REPLIES
-
 
 @dataclass
 class _Firing:
@@ -151,17 +151,16 @@ class Firer:
             pipe.hgetall(k.devices)
             pipe.hgetall(k.preferences)
             self._policy.queue_reads(pipe, f.rule, f.job.user_id, f.mid, now)
-        replies = pipe.execute() if firings else []
+        replies = iter(pipe.execute() if firings else [])
         shoppers = []
-        for n in range(len(firings)):
-            at = n * _Shopper.REPLIES
-            recent_raw, purchased, cart, devices, prefs = replies[at : at + 5]
+        for _ in firings:
+            recent_raw, purchased, cart = next(replies), next(replies), next(replies)
+            devices, prefs = next(replies), next(replies)
             view = ShopperView(
                 recent=[json.loads(r) for r in recent_raw],
                 purchased=frozenset(i for i, _ in purchased),
                 cart=frozenset(i for i, _ in cart),
             )
-            policy = PolicyReads.from_replies(replies[at + 5 : at + _Shopper.REPLIES])
             shoppers.append(
                 _Shopper(
                     view,
@@ -169,7 +168,7 @@ class Firer:
                     dict(purchased),
                     parse_devices(devices),
                     parse_preferences(prefs),
-                    policy,
+                    PolicyReads.from_replies(replies),
                 )
             )
         return shoppers
@@ -196,21 +195,25 @@ class Firer:
         return list(job.items), ""
 
     # --- firing -----------------------------------------------------------------------
-    def fire(self, job: FireJob, now: float) -> dict[str, Any]:
-        return self.fire_many([job], now)[0]
-
     def fire_many(self, jobs: Sequence[FireJob], now: float) -> list[dict[str, Any]]:
-        """Fire each job's rule for its shopper: a batch of events or a fan-out costs
-        one round trip per stage (read, catalog, create, write), not one per job, and
-        its messages go to the push queue in shared deliver tasks."""
+        """Fire each job's rule for its shopper, returning each one's decision. A batch
+        of events or a fan-out costs one round trip per stage (read, catalog, create,
+        write), not one per job, and its messages go to the push queue in shared deliver
+        tasks. A job that fails with an unexpected error is recorded as `error` and
+        changes nothing for the others."""
         results: list[dict[str, Any]] = []
         firings: list[_Firing] = []
+        seen: set[str] = set()
         for job in jobs:
             rule = enabled_rule(self._settings.rules, job.rule)
             if rule is None:
                 results.append({"action": "dropped", "reason": f"no enabled rule {job.rule!r}"})
                 continue
             mid = message_id(rule.name, job.user_id, job.trigger_id)
+            if mid in seen:  # one trigger twice in the batch: one message
+                results.append({"action": "duplicate", "message_id": mid})
+                continue
+            seen.add(mid)
             decision: dict[str, Any] = {
                 "at": now,
                 "rule": rule.name,
@@ -221,48 +224,50 @@ class Firer:
             results.append(decision)
 
         shoppers = self._read(firings, now)
-        picks = self._pick(firings, shoppers, now)
-        for f, shopper, (candidates, facts) in zip(firings, shoppers, picks, strict=True):
-            if f.action:  # the condition no longer holds
+        index = self._index.index if self._index is not None else None
+        pools = self._pools(firings, shoppers, index, now)
+        chosen, facts = self._choose(firings, pools, index)
+        for f, shopper, candidates in zip(firings, shoppers, chosen, strict=True):
+            if f.action:  # settled: the condition no longer holds, or an error
                 continue
             f.decision["candidates"] = [c.as_dict() for c in candidates]
             if not candidates:
                 f.action, f.reason = "suppress", "no items to offer"
                 continue
-            self._decide(f, shopper, candidates, facts, now)
+            _isolated(f, self._decide, f, shopper, candidates, facts, now)
         self._write(firings, now)
         return results
 
-    def _pick(
-        self, firings: Sequence[_Firing], shoppers: Sequence[_Shopper], now: float
-    ) -> list[tuple[list[Candidate], Mapping[str, Mapping[str, str]]]]:
-        """Each firing's items: candidate pools from the index, then one catalog read for
-        every pool. A firing whose condition no longer holds is marked and gets none."""
-        index = self._index.index if self._index is not None else None
+    def _pools(
+        self,
+        firings: Sequence[_Firing],
+        shoppers: Sequence[_Shopper],
+        index: LoadedIndex | None,
+        now: float,
+    ) -> list[Pool | None]:
+        """Each firing's candidate pool, or None once it is settled: its condition no
+        longer holds (re-checked against the shopper's state now), or an error."""
         trending: list[tuple[str, float]] = []
         if index is None and firings:
             most = max(f.rule.items for f in firings)
             trending = self._state.trending_items(now, 24, 4 * most)
-        pools: list[Pool | None] = []
-        for f, shopper in zip(firings, shoppers, strict=True):
+
+        def pool(f: _Firing, shopper: _Shopper) -> Pool | None:
             own_items, why_not = self._still_holds(f.rule, f.job, shopper)
             if why_not:
                 f.action, f.reason = "suppress", f"condition: {why_not}"
-                pools.append(None)
-                continue
-            pools.append(
-                candidate_pool(
-                    index,
-                    shopper.view,
-                    k=f.rule.items,
-                    now=now,
-                    trigger_items=own_items,
-                    allow_cart=f.rule.kind == "cart_abandoned",
-                    trending=trending[: 4 * f.rule.items],
-                )
+                return None
+            return candidate_pool(
+                index,
+                shopper.view,
+                k=f.rule.items,
+                now=now,
+                trigger_items=own_items,
+                allow_cart=f.rule.kind == "cart_abandoned",
+                trending=trending[: 4 * f.rule.items],
             )
-        chosen, facts = self._choose(firings, pools, index)
-        return [(c, facts) for c in chosen]
+
+        return [_isolated(f, pool, f, s) for f, s in zip(firings, shoppers, strict=True)]
 
     def _choose(
         self, firings: Sequence[_Firing], pools: Sequence[Pool | None], index: LoadedIndex | None
@@ -348,10 +353,9 @@ class Firer:
         existing = self._outbox.create_many([f.record for f in sends if f.record is not None])
         deliver: list[str] = []
         writes = self._client.pipeline(transaction=False)
-        for f, (created, state) in zip(sends, existing, strict=True):
+        for f, (created, before) in zip(sends, existing, strict=True):
             assert f.record is not None
-            # '' : the record was written by an earlier try that crashed before the rest
-            if created or state == "":
+            if created:
                 self._outbox.mark_queued(f.record, writes)
                 deliver.append(f.mid)
                 f.decision["message"] = {
@@ -361,7 +365,8 @@ class Firer:
                 }
             else:
                 f.action = "duplicate"
-                if state == "queued":  # its deliver task may have been lost with the crash
+                if before == "queued":  # its deliver task may have been lost with a crash
+                    self._outbox.mark_queued(f.record, writes)
                     deliver.append(f.mid)
         for f in firings:
             if f.action == "duplicate":
@@ -375,7 +380,9 @@ class Firer:
     def _record(self, f: _Firing, now: float, writes: redis.client.Pipeline) -> None:
         f.decision["action"] = f.action
         f.decision["reason"] = f.reason
-        field = {"suppress": "suppressed", "defer": "deferred"}.get(f.action, f.action)
+        field = {"suppress": "suppressed", "defer": "deferred", "error": "failed"}.get(
+            f.action, f.action
+        )
         self._audit.count(f.rule.name, "fired", pipe=writes)
         self._audit.count(f.rule.name, field, pipe=writes)
         self._audit.record_decision(f.job.user_id, f.decision, pipe=writes)
@@ -439,6 +446,21 @@ class Firer:
             ttl_s=rule.ttl_s,
             data={"rule": rule.name, "items": ",".join(items)},
         )
+
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def _isolated(f: _Firing, step: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T | None:
+    """Run one firing's own step; a bug in it settles that firing as `error` (logged,
+    recorded and counted as failed) instead of failing the whole batch."""
+    try:
+        return step(*args, **kwargs)
+    except Exception as exc:
+        log.exception("rule %s for shopper %s failed", f.rule.name, f.job.user_id)
+        f.action, f.reason = "error", f"{type(exc).__name__}: {exc}"
+        return None
 
 
 def _item_view(item_id: str, fields: Mapping[str, str]) -> dict[str, Any]:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,6 +22,8 @@ import redis
 
 from worker.keys import Keys
 from worker.scripts import Scripts
+
+log = logging.getLogger(__name__)
 
 MESSAGE_TTL_S = 30 * 86_400
 # A device left `sending` longer than this by another task was abandoned by a dead worker
@@ -30,11 +33,6 @@ SEND_LEASE_S = 120
 # retry in the delayed set.
 _OFF_THE_QUEUE = frozenset({"sent", "suppressed", "failed", "retrying"})
 _ATTEMPTS_KEPT = 50
-
-
-def in_pairs(replies: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
-    """(reply 0, reply 1), (reply 2, reply 3), …: two queued commands per entry."""
-    return zip(replies[::2], replies[1::2], strict=True)
 
 
 def message_id(rule: str, user_id: str, trigger_id: str) -> str:
@@ -79,23 +77,28 @@ class Outbox:
         self._scripts = scripts
 
     def create_many(self, records: Sequence[MessageRecord]) -> list[tuple[bool, str]]:
-        """Store each record unless its id exists (one round trip). Per record: (created
-        by this call, the state of a message that existed: '' if it was never marked
-        queued, which a crash before `mark_queued` leaves)."""
+        """Store each record, in state `queued`, unless its id exists (one round trip).
+        Per record: (created by this call, the state the message had before: '' if new).
+        A record whose state was never written (a try that crashed in between) counts as
+        created by this call."""
         pipe = self._client.pipeline(transaction=False)
         for record in records:
             k = self._keys.message(record.id)
             pipe.set(k.record, record.to_json(), nx=True, ex=MESSAGE_TTL_S)
             pipe.hget(k.state, "state")
-        replies = pipe.execute()
-        return [(bool(created), state or "") for created, state in in_pairs(replies)]
+            pipe.hsetnx(k.state, "state", "queued")
+            pipe.expire(k.state, MESSAGE_TTL_S)
+        replies = iter(pipe.execute() if records else [])
+        out = []
+        for _ in records:
+            created, before, state_new = next(replies), next(replies), next(replies)
+            next(replies)
+            out.append((bool(created) or bool(state_new), before or ""))
+        return out
 
     def mark_queued(self, record: MessageRecord, pipe: redis.client.Pipeline) -> None:
-        """The message waits for its deliver task (in `pipe`): the scheduler re-sends
-        deliveries that stay queued too long."""
-        k = self._keys.message(record.id)
-        pipe.hset(k.state, mapping={"state": "queued", "updated_at": time.time()})
-        pipe.expire(k.state, MESSAGE_TTL_S)
+        """List the message among those waiting for their deliver task (in `pipe`): the
+        scheduler re-sends deliveries that stay queued too long."""
         pipe.zadd(self._keys.outbox_queued, {record.id: record.created_at})
 
     def load_many(self, mids: Sequence[str]) -> list[tuple[MessageRecord | None, dict[str, str]]]:
@@ -105,10 +108,12 @@ class Outbox:
             k = self._keys.message(mid)
             pipe.get(k.record)
             pipe.hgetall(k.state)
-        return [
-            ((MessageRecord.from_json(raw) if raw else None), state)
-            for raw, state in in_pairs(pipe.execute())
-        ]
+        replies = iter(pipe.execute() if mids else [])
+        out: list[tuple[MessageRecord | None, dict[str, str]]] = []
+        for mid in mids:
+            raw, state = next(replies), next(replies)
+            out.append((_parse_record(mid, raw) if raw else None, state))
+        return out
 
     def get(self, mid: str) -> MessageRecord | None:
         raw = self._client.get(self._keys.message(mid).record)
@@ -175,3 +180,13 @@ class Outbox:
     def attempts(self, mid: str) -> list[dict[str, Any]]:
         rows = self._client.lrange(self._keys.message(mid).attempts, 0, -1)
         return [json.loads(row) for row in rows]
+
+
+def _parse_record(mid: str, raw: str) -> MessageRecord | None:
+    """The record, or None (logged) if it cannot be read: one bad record must not stop
+    the rest of a batch."""
+    try:
+        return MessageRecord.from_json(raw)
+    except (ValueError, TypeError):
+        log.exception("message %s: unreadable record", mid)
+        return None

@@ -14,7 +14,7 @@ shopper in one round trip. `reserve` is the atomic check-and-record made at send
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -67,11 +67,10 @@ class PolicyReads:
     limit: str  # the caps checked dry: 'ok', 'already' or the limit hit
     pushed: frozenset[str]  # items pushed to the shopper within `no_repeat_days`
 
-    REPLIES = 2  # how many pipeline replies `queue_reads` queues
-
     @classmethod
-    def from_replies(cls, replies: Sequence[Any]) -> PolicyReads:
-        limit, pushed = replies
+    def from_replies(cls, replies: Iterator[Any]) -> PolicyReads:
+        """Take the replies of `queue_reads` off a pipeline's replies."""
+        limit, pushed = next(replies), next(replies)
         return cls(limit=str(limit), pushed=frozenset(pushed))
 
 
@@ -125,7 +124,7 @@ class ContactPolicy:
     def queue_reads(
         self, pipe: redis.client.Pipeline, rule: Rule, user_id: str, message_id: str, now: float
     ) -> None:
-        """Queue in `pipe` the `PolicyReads.REPLIES` reads `decide` needs."""
+        """Queue in `pipe` the reads `decide` needs (`PolicyReads.from_replies`)."""
         keys, args = self._limits(rule, user_id, message_id, now, dry=True)
         self._scripts.queue(pipe, self._scripts.contact_reserve, keys, args)
         since = now - self._settings.no_repeat_days * 86_400
@@ -135,7 +134,7 @@ class ContactPolicy:
         """`queue_reads` for one shopper, run now."""
         pipe = self._client.pipeline(transaction=False)
         self.queue_reads(pipe, rule, user_id, message_id, now)
-        return PolicyReads.from_replies(pipe.execute())
+        return PolicyReads.from_replies(iter(pipe.execute()))
 
     def decide(
         self,

@@ -1,20 +1,23 @@
-"""The push worker: deliver a queued message to every active device of its shopper.
+"""The push worker: deliver queued messages to every active device of their shoppers.
 
-`Sender.deliver` is what the `pushrec.deliver` task does. At send time it checks again
-what may have changed since the rule fired (consent withdrawn, items bought or sold out,
-a cap reached by another message: the caps are recorded atomically here), then sends to
-each active, consented device in the rule's channel order through `push/`, under the
-circuit breaker, rate limit and retry policy whose state lives in Redis. Each device's
-result is acted on: delivered; retry later (parked in the delayed set, never held by a
-worker); device invalid (deactivated, for APNs only if not re-registered since the
-gateway's timestamp); failed. Every attempt is recorded on the message.
+`Sender.deliver_many` is what the `pushrec.deliver` task does with its messages (up to
+100: the messages of a batch of events or a fan-out travel together). At send time it
+checks again what may have changed since the rule fired (consent withdrawn, items bought
+or sold out, a cap reached by another message: the caps are recorded atomically here),
+then sends to each active, consented device in the rule's channel order through `push/`,
+under the circuit breaker, rate limit and retry policy whose state lives in Redis; the
+sends of a batch run concurrently. Each device's result is acted on: delivered; retry
+later (parked in the delayed set, never held by a worker); device invalid (deactivated,
+for APNs only if not re-registered since the gateway's timestamp); failed. Every attempt
+is recorded on the message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -122,6 +125,7 @@ class _Delivery:
     rule: Rule | None
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)  # device id -> device
     sends: list[tuple[str, Message]] = field(default_factory=list)
+    broken: list[tuple[str, str]] = field(default_factory=list)  # (device id, why) unsendable
     result: dict[str, Any] = field(default_factory=dict)
 
 
@@ -148,18 +152,6 @@ class Sender:
         self._delayed = delayed
         self._push = push
 
-    def deliver(
-        self,
-        mid: str,
-        now: float,
-        attempt: int = 0,
-        only: list[str] | None = None,
-        owner: str = "",
-    ) -> dict[str, Any]:
-        """Send message `mid`; `owner` (the task id) claims each device send atomically."""
-        request = DeliveryRequest(mid, attempt, tuple(only) if only is not None else None)
-        return self.deliver_many([request], now, owner)[0]
-
     def deliver_many(
         self, requests: Sequence[DeliveryRequest], now: float, owner: str = ""
     ) -> list[dict[str, Any]]:
@@ -170,8 +162,9 @@ class Sender:
         owner = owner or f"local-{id(self):x}"
         results: dict[str, dict[str, Any]] = {}
         live: list[_Delivery] = []
-        loaded = self._outbox.load_many([r.message_id for r in requests])
-        for request, (record, state) in zip(requests, loaded, strict=True):
+        unique = list({r.message_id: r for r in reversed(requests)}.values())[::-1]
+        loaded = self._outbox.load_many([r.message_id for r in unique])
+        for request, (record, state) in zip(unique, loaded, strict=True):
             mid = request.message_id
             if record is None:
                 results[mid] = {"action": "missing", "message_id": mid}
@@ -182,7 +175,8 @@ class Sender:
                 live.append(_Delivery(request, record, state, rule))
 
         suppressed = self._recheck(live, now)
-        live = [d for d in live if d not in suppressed]
+        gone = {id(d) for d in suppressed}
+        live = [d for d in live if id(d) not in gone]
         self._claim(live, owner, now)
         messages = [(m, d.request.attempt) for d in live for _, m in d.sends]
         outcomes = iter(self._push.run(self._send_all(messages)) if messages else [])
@@ -273,8 +267,13 @@ class Sender:
             [(d.record.id, device_id) for d, device_id in wanted], owner, now
         )
         for (d, device_id), ok in zip(wanted, claimed, strict=True):
-            if ok:
+            if not ok:
+                continue
+            try:
                 d.sends.append((device_id, self._message(d.record, d.targets[device_id])))
+            except Exception as exc:  # a corrupt device record: that device fails alone
+                log.exception("message %s to device %s", d.record.id, device_id)
+                d.broken.append((device_id, f"{type(exc).__name__}: {exc}"))
 
     def _message(self, record: MessageRecord, device: dict[str, Any]) -> Message:
         return Message(
@@ -300,27 +299,36 @@ class Sender:
         now: float,
     ) -> None:
         """Record every attempt and act on each device's result, for the whole batch in
-        one round trip; then count the messages delivered for the first time."""
-        pipe = self._client.pipeline(transaction=False)
-        for d in suppressed:
-            mid, why_not = d.record.id, d.result["reason"]
-            self._outbox.set_state(mid, "suppressed", pipe, why_not)
-            self._audit.count(d.record.rule, "suppressed", pipe=pipe)
-            attempt = {"at": now, "attempt": d.request.attempt, "suppressed": why_not}
-            self._outbox.add_attempts(mid, [attempt], pipe)
-        first_sent: list[tuple[_Delivery, int]] = []  # (delivery, its HSETNX reply's index)
-        for d, results in zip(live, outcomes, strict=True):
-            at = self._settle_one(d, results, now, pipe)
-            if at is not None:
-                first_sent.append((d, at))
-        replies = pipe.execute()
-        counts = self._client.pipeline(transaction=False)
-        for d, at in first_sent:
-            if replies[at]:  # the first delivery of this message: count it once
-                self._audit.count(d.record.rule, "delivered", pipe=counts)
-                self._policy.record_items(d.record.user_id, d.record.items, now, counts)
-        if len(counts):
-            counts.execute()
+        one round trip; then count the messages delivered for the first time. The sends
+        went out already, so a Redis error here is retried here, not by the task (which
+        would send again)."""
+
+        def writes() -> tuple[list[Any], list[tuple[_Delivery, int]]]:
+            pipe = self._client.pipeline(transaction=False)
+            for d in suppressed:
+                mid, why_not = d.record.id, d.result["reason"]
+                self._outbox.set_state(mid, "suppressed", pipe, why_not)
+                self._audit.count(d.record.rule, "suppressed", pipe=pipe)
+                attempt = {"at": now, "attempt": d.request.attempt, "suppressed": why_not}
+                self._outbox.add_attempts(mid, [attempt], pipe)
+            first_sent: list[tuple[_Delivery, int]] = []  # (delivery, its HSETNX reply)
+            for d, results in zip(live, outcomes, strict=True):
+                at = self._settle_one(d, results, now, pipe)
+                if at is not None:
+                    first_sent.append((d, at))
+            return pipe.execute(), first_sent
+
+        def counts(replies: list[Any], first_sent: list[tuple[_Delivery, int]]) -> None:
+            pipe = self._client.pipeline(transaction=False)
+            for d, at in first_sent:
+                if replies[at]:  # the first delivery of this message: count it once
+                    self._audit.count(d.record.rule, "delivered", pipe=pipe)
+                    self._policy.record_items(d.record.user_id, d.record.items, now, pipe)
+            if len(pipe):
+                pipe.execute()
+
+        replies, first_sent = _patiently(writes)
+        _patiently(lambda: counts(replies, first_sent))
 
     def _settle_one(
         self,
@@ -332,7 +340,7 @@ class Sender:
         """Queue one delivery's writes in `pipe`; returns the index of its first-delivery
         reply if a device took the message."""
         record, mid, attempt = d.record, d.record.id, d.request.attempt
-        if not d.sends:
+        if not d.sends and not d.broken:
             # every device settled, or another live delivery is sending them
             d.result = {"action": "nothing_to_send", "message_id": mid}
             if not d.targets and d.state.get("state") != "sent":
@@ -347,9 +355,15 @@ class Sender:
             [
                 {"at": now, "attempt": attempt, "device_id": device_id, **result.to_dict()}
                 for (device_id, _), result in zip(d.sends, results, strict=True)
+            ]
+            + [
+                {"at": now, "attempt": attempt, "device_id": device_id, "error": why}
+                for device_id, why in d.broken
             ],
             pipe,
         )
+        for device_id, _ in d.broken:
+            self._outbox.settle_device(mid, device_id, "failed", pipe)
         for (device_id, _), result in zip(d.sends, results, strict=True):
             if result.outcome is Outcome.DELIVERED:
                 delivered += 1
@@ -389,3 +403,17 @@ class Sender:
             "retry_after": retry_after if retry else None,
         }
         return first_at
+
+
+def _patiently(run: Callable[[], T], tries: int = 3) -> T:
+    """`run` again after a short wait if Redis drops the connection: for the writes that
+    record sends already made (a lost reply may count something twice; a task retry
+    would send twice)."""
+    for attempt in range(tries):
+        try:
+            return run()
+        except (redis.ConnectionError, redis.TimeoutError):
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")

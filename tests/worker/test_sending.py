@@ -69,7 +69,7 @@ def fire_post_purchase(rt: Runtime, user: str, item: str) -> str:
         items=(item,),
         extra={},
     )
-    decision = rt.firer().fire(job, now)
+    [decision] = rt.firer().fire_many([job], now)
     assert decision["action"] in {"queued", "held_out"}, decision
     return str(decision["message_id"])
 
@@ -85,7 +85,7 @@ def test_consent_withdrawn_after_the_trigger_suppresses_at_send_time(
         rt, {"user_id": user, "consent": {"marketing": {"*": False}}}, time.time() + 1
     )
 
-    outcome = rt.sender().deliver(mid, time.time() + 2)
+    outcome = rt.sender().deliver_many([DeliveryRequest(mid)], time.time() + 2)[0]
 
     assert outcome == {"action": "suppressed", "reason": "consent withdrawn or no active device"}
     assert rt.outbox.state(mid)["state"] == "suppressed"
@@ -116,7 +116,7 @@ def test_item_bought_in_the_meantime_suppresses_an_item_rule(
         "d",
     )
 
-    outcome = rt.sender().deliver(decision["message_id"], now + 2)
+    outcome = rt.sender().deliver_many([DeliveryRequest(decision["message_id"])], now + 2)[0]
 
     assert outcome["reason"] == "bought in the meantime"
     assert gateways.accepted("fcm") == []
@@ -131,7 +131,7 @@ def test_gateway_503_is_retried_later_from_the_delayed_set_and_sent_once(
     mid = fire_post_purchase(rt, user, "b3-1")
     gateways.script("fcm", [{"status": 503, "retry_after": "7"}])
 
-    first = rt.sender().deliver(mid, time.time())
+    first = rt.sender().deliver_many([DeliveryRequest(mid)], time.time())[0]
     assert first["action"] == "retrying" and first["retry_after"] == pytest.approx(7, abs=1)
     assert rt.delayed.due_at(f"deliver:{mid}") is not None
     [claimed] = rt.delayed.claim_due(time.time() + 8)
@@ -139,7 +139,7 @@ def test_gateway_503_is_retried_later_from_the_delayed_set_and_sent_once(
         DeliveryRequest.from_kwargs(claimed.job.kwargs), time.time()
     )
     assert second["action"] == "sent"
-    again = rt.sender().deliver(mid, time.time())
+    again = rt.sender().deliver_many([DeliveryRequest(mid)], time.time())[0]
     assert again["action"] == "settled"
     assert len(gateways.accepted("fcm")) == 1
 
@@ -168,7 +168,7 @@ def test_a_message_whose_deliver_task_was_lost_is_sent_again_by_the_sweeper(
     assert resend_stuck(rt.outbox, lambda t, k: queued.append((t, k)), older_than_s=0) == 1
     [(task, kwargs)] = queued
     assert (task, kwargs) == ("pushrec.deliver", {"message_ids": [mid]})
-    assert rt.sender().deliver(mid, time.time())["action"] == "sent"
+    assert rt.sender().deliver_many([DeliveryRequest(mid)], time.time())[0]["action"] == "sent"
     assert rt.outbox.stuck(time.time() + 1000, 0) == []  # settled: off the sweep
 
 
@@ -230,3 +230,28 @@ def test_when_the_best_candidates_are_sold_out_firing_reads_further_down_the_poo
     [decision] = [d for d in rt.audit.decisions(user) if d["message_id"] == mid]
     chosen = [c["item_id"] for c in decision["candidates"]]
     assert len(chosen) == 3 and not set(chosen) & set(sold_out)
+
+
+def test_one_failing_job_or_a_repeated_one_leaves_the_rest_of_the_batch_alone(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways
+) -> None:
+    rt, queued = shop
+    users = [u for u in (f"j{n}" for n in range(100)) if not _held_out(u)][:2]
+    now = time.time()
+    for user in users:
+        register(rt, user, "fcm", f"fcm-token-{user}-{'x' * 20}", now)
+    good = FireJob("post_purchase", users[0], "t-good", now, ("b0-1",), {})
+    broken = FireJob("price_drop", users[1], "t-broken", now, (), {})  # an item rule, no item
+
+    results = rt.firer().fire_many([good, broken, good], now)
+
+    assert [r["action"] for r in results] == ["queued", "error", "duplicate"]
+    assert "IndexError" in results[1]["reason"]
+    [kwargs] = [k for task, k in queued if task == "pushrec.deliver"]
+    assert kwargs["message_ids"] == [results[0]["message_id"]]
+    assert rt.audit.stats(["price_drop"])["price_drop"]["failed"] == 1
+
+    mid = results[0]["message_id"]
+    requests = [DeliveryRequest(mid), DeliveryRequest(mid)]
+    assert [o["action"] for o in rt.sender().deliver_many(requests, now + 1)] == ["sent"] * 2
+    assert len(gateways.accepted("fcm")) == 1

@@ -188,9 +188,12 @@ def test_worker_killed_mid_stream_applies_nothing_twice_and_loses_at_most_the_ga
 ) -> None:
     """Redis as the broker: kombu pops a message (BRPOP) and records it as unacked in a
     second command, so a node killed between the two loses that one message (README,
-    "Operations and failure behaviour"). Everything else comes back; nothing twice."""
+    "Operations and failure behaviour"). Everything else comes back; nothing twice.
+    The timeout is not an error by itself: what is missing is checked instead."""
     in_profile, missing = _kill_a_worker_mid_stream(settings, runtime, tmp_path, None)
-    assert len(missing) <= 1, f"{len(missing)} events lost: {missing[:10]}"
+    batch = {f"k{i}" for i in range(150)}  # the first message; each other holds one event
+    one_message = set(missing) == batch or (len(missing) == 1 and missing[0] not in batch)
+    assert not missing or one_message, f"{len(missing)} events lost: {missing[:10]}"
     assert in_profile == 300 - len(missing)  # none applied twice
 
 
