@@ -156,6 +156,7 @@ def measure_saturation(
     case.stop()
     received = case.receipts()
     stamps = [received[by_user[user]] for user, _, _ in shoppers if by_user[user] in received]
+    missing = [(u, f"e{n}") for n, (u, _, _) in enumerate(shoppers) if by_user[u] not in received]
     if len(stamps) < 0.9 * total:
         raise RuntimeError(f"saturation: {len(stamps)} of {total} pushes: {case.stats()}")
     return {
@@ -167,6 +168,7 @@ def measure_saturation(
         "done_by_stats": done,
         "cpu_ms_per_event": cpu_ms_per_unit(marks, 0.8 * total),
         "rule_stats": case.stats(),
+        "undelivered": case.undelivered(missing),
     }
 
 

@@ -26,6 +26,7 @@ from tests.redis_server import delete_prefix
 from tests.worker.realtime import register
 from worker import contract, ingest
 from worker.client import PushrecClient
+from worker.outbox import message_id
 from worker.runtime import Runtime
 from worker.settings import Settings
 
@@ -200,6 +201,19 @@ class Case:
     def stats(self) -> dict[str, int]:
         raw = self.rt.redis.hgetall(self.rt.keys.rule_stats(RULE))
         return {k: int(v) for k, v in raw.items()}  # type: ignore[union-attr]
+
+    def undelivered(self, events: list[tuple[str, str]]) -> dict[str, int]:
+        """Why the messages of these (user, event id) triggers are not delivered: their
+        outbox state and last attempt's outcome, counted."""
+        reasons: dict[str, int] = defaultdict(int)
+        for user, event_id in events:
+            mid = message_id(RULE, user, event_id)
+            state = self.rt.outbox.state(mid)
+            attempts = self.rt.outbox.attempts(mid)
+            last = attempts[-1] if attempts else {}
+            why = last.get("reason") or last.get("outcome") or last.get("error") or "no attempt"
+            reasons[f"{state.get('state', 'no message')}: {why}"] += 1
+        return dict(reasons)
 
     def delivered(self) -> int:
         return int(self.rt.redis.hget(self.rt.keys.rule_stats(RULE), "delivered") or 0)  # type: ignore[arg-type]

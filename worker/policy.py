@@ -8,7 +8,8 @@ shoppers never gets the rule, so its lift can be measured).
 
 `decide` is pure: its Redis reads (the caps, checked dry, and the items pushed lately)
 are queued by `queue_reads` into the caller's pipeline, so firing a batch reads every
-shopper in one round trip. `reserve` is the atomic check-and-record made at send time.
+shopper in one round trip. `queue_reserve` is the atomic check-and-record made at send
+time.
 """
 
 from __future__ import annotations
@@ -81,10 +82,7 @@ def holdout_bucket(rule_name: str, user_id: str) -> float:
 
 
 class ContactPolicy:
-    def __init__(
-        self, client: redis.Redis, keys: Keys, scripts: Scripts, settings: Settings
-    ) -> None:
-        self._client = client
+    def __init__(self, keys: Keys, scripts: Scripts, settings: Settings) -> None:
         self._keys = keys
         self._scripts = scripts
         self._settings = settings
@@ -129,12 +127,6 @@ class ContactPolicy:
         self._scripts.queue(pipe, self._scripts.contact_reserve, keys, args)
         since = now - self._settings.no_repeat_days * 86_400
         pipe.zrangebyscore(self._keys.user(user_id).pushed_items, since, "+inf")
-
-    def read(self, rule: Rule, user_id: str, message_id: str, now: float) -> PolicyReads:
-        """`queue_reads` for one shopper, run now."""
-        pipe = self._client.pipeline(transaction=False)
-        self.queue_reads(pipe, rule, user_id, message_id, now)
-        return PolicyReads.from_replies(iter(pipe.execute()))
 
     def decide(
         self,
@@ -199,32 +191,20 @@ class ContactPolicy:
         steps.append(Step("holdout", "pass"))
         return verdict
 
-    def reserve(self, rule: Rule, user_id: str, message_id: str, now: float) -> str:
-        """At send time: check the caps again and record the contact atomically.
-        Returns 'ok', 'already' (recorded by an earlier attempt) or the limit hit."""
-        keys, args = self._limits(rule, user_id, message_id, now, dry=False)
-        return str(self._scripts.contact_reserve(keys=keys, args=args))
-
     def queue_reserve(
         self, pipe: redis.client.Pipeline, rule: Rule, user_id: str, message_id: str, now: float
     ) -> None:
-        """`reserve`, queued in `pipe`: its reply is the same string."""
+        """At send time: check the caps again and record the contact atomically (queued
+        in `pipe`). The reply is 'ok', 'already' (recorded by an earlier attempt) or the
+        limit hit."""
         keys, args = self._limits(rule, user_id, message_id, now, dry=False)
         self._scripts.queue(pipe, self._scripts.contact_reserve, keys, args)
 
     def record_items(
-        self,
-        user_id: str,
-        items: Sequence[str],
-        now: float,
-        pipe: redis.client.Pipeline | None = None,
+        self, user_id: str, items: Sequence[str], now: float, pipe: redis.client.Pipeline
     ) -> None:
-        """Note the items just pushed to the shopper, for the no-repeat step (in `pipe`
-        when given; the caller runs it)."""
+        """Note the items just pushed to the shopper (in `pipe`), for the no-repeat step."""
         key = self._keys.user(user_id).pushed_items
-        target = pipe if pipe is not None else self._client.pipeline(transaction=False)
-        target.zadd(key, {item: now for item in items})
-        target.zremrangebyscore(key, "-inf", now - max(1, self._settings.no_repeat_days) * 86_400)
-        target.expire(key, self._settings.user_ttl_s)
-        if pipe is None:
-            target.execute()
+        pipe.zadd(key, {item: now for item in items})
+        pipe.zremrangebyscore(key, "-inf", now - max(1, self._settings.no_repeat_days) * 86_400)
+        pipe.expire(key, self._settings.user_ttl_s)

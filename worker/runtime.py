@@ -106,7 +106,7 @@ class Runtime:
             catalog=Catalog(client, keys, scripts, metrics, settings.item_changes_max),
             contacts=Contacts(client, keys, scripts, settings.user_ttl_s),
             limits=Limits.from_settings(settings),
-            policy=ContactPolicy(client, keys, scripts, settings),
+            policy=ContactPolicy(keys, scripts, settings),
             outbox=Outbox(client, keys, scripts),
             audit=Audit(
                 client,

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from worker.policy import ContactPolicy, holdout_bucket
+from worker.policy import ContactPolicy, PolicyReads, Verdict, holdout_bucket
 from worker.rules import Rule
 from worker.runtime import Runtime
 from worker.scripts import Scripts
@@ -17,33 +17,50 @@ RULE = Rule(name="r", kind="post_purchase", title="t", body="b", cooldown_s=0)
 CONSENT = {"consent:marketing:*": "1", "timezone": "Europe/Berlin"}
 
 
+class Policy:
+    """The contact policy on the test's Redis, one call (and round trip) at a time."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.redis = runtime.redis
+        self.policy = ContactPolicy(runtime.keys, Scripts.register(runtime.redis), runtime.settings)
+
+    def decide(
+        self,
+        prefs: dict[str, str],
+        rule: Rule = RULE,
+        user: str = "u1",
+        now: float = NOON_BERLIN,
+        msg: str = "m1",
+    ) -> Verdict:
+        pipe = self.redis.pipeline()
+        self.policy.queue_reads(pipe, rule, user, msg, now)
+        reads = PolicyReads.from_replies(iter(pipe.execute()))
+        return self.policy.decide(rule, user, ["i1", "i2"], ["fcm", "webhook"], prefs, now, reads)
+
+    def reserve(self, rule: Rule, user: str, msg: str, now: float) -> str:
+        pipe = self.redis.pipeline()
+        self.policy.queue_reserve(pipe, rule, user, msg, now)
+        return str(pipe.execute()[0])
+
+    def record_items(self, user: str, items: list[str], now: float) -> None:
+        pipe = self.redis.pipeline()
+        self.policy.record_items(user, items, now, pipe)
+        pipe.execute()
+
+
 @pytest.fixture
-def policy(runtime: Runtime) -> ContactPolicy:
-    return ContactPolicy(
-        runtime.redis, runtime.keys, Scripts.register(runtime.redis), runtime.settings
-    )
+def policy(runtime: Runtime) -> Policy:
+    return Policy(runtime)
 
 
-def decide(
-    policy: ContactPolicy,
-    prefs: dict[str, str],
-    rule: Rule = RULE,
-    user: str = "u1",
-    now: float = NOON_BERLIN,
-    msg: str = "m1",
-):  # type: ignore[no-untyped-def]
-    reads = policy.read(rule, user, msg, now)
-    return policy.decide(rule, user, ["i1", "i2"], ["fcm", "webhook"], prefs, now, reads)
-
-
-def test_no_consent_means_no_marketing(policy: ContactPolicy) -> None:
-    verdict = decide(policy, {})
+def test_no_consent_means_no_marketing(policy: Policy) -> None:
+    verdict = policy.decide({})
     assert verdict.action == "suppress"
     assert verdict.steps[0].name == "consent" and "no consent" in verdict.steps[0].detail
 
 
-def test_channel_specific_consent_overrides_the_wildcard(policy: ContactPolicy) -> None:
-    verdict = decide(policy, {**CONSENT, "consent:marketing:webhook": "0"})
+def test_channel_specific_consent_overrides_the_wildcard(policy: Policy) -> None:
+    verdict = policy.decide({**CONSENT, "consent:marketing:webhook": "0"})
     assert verdict.action == "send"
     assert verdict.channels == ["fcm"]
     assert [s.name for s in verdict.steps] == [
@@ -55,16 +72,14 @@ def test_channel_specific_consent_overrides_the_wildcard(policy: ContactPolicy) 
     ]
 
 
-def test_quiet_hours_defer_marketing_to_their_local_end(policy: ContactPolicy) -> None:
+def test_quiet_hours_defer_marketing_to_their_local_end(policy: Policy) -> None:
     late = datetime(2026, 6, 10, 21, 30, tzinfo=UTC).timestamp()  # 23:30 in Berlin
-    verdict = decide(policy, {**CONSENT, "quiet_hours": "22:00-08:00"}, now=late)
+    verdict = policy.decide({**CONSENT, "quiet_hours": "22:00-08:00"}, now=late)
     assert verdict.action == "defer"
     assert verdict.defer_until == datetime(2026, 6, 11, 6, 0, tzinfo=UTC).timestamp()
 
 
-def test_daily_marketing_cap_holds_under_concurrent_sends(
-    policy: ContactPolicy, runtime: Runtime
-) -> None:
+def test_daily_marketing_cap_holds_under_concurrent_sends(policy: Policy, runtime: Runtime) -> None:
     cap = runtime.settings.cap_marketing_per_day
     with ThreadPoolExecutor(8) as pool:
         results = list(
@@ -72,10 +87,10 @@ def test_daily_marketing_cap_holds_under_concurrent_sends(
         )
     assert results.count("ok") == cap
     assert set(results) == {"ok", "cap_day"}
-    assert decide(policy, CONSENT, msg="m-next").reason == "caps: cap_day"
+    assert policy.decide(CONSENT, msg="m-next").reason == "caps: cap_day"
 
 
-def test_rule_cooldown_blocks_a_second_message_of_that_rule(policy: ContactPolicy) -> None:
+def test_rule_cooldown_blocks_a_second_message_of_that_rule(policy: Policy) -> None:
     rule = Rule(name="slow", kind="post_purchase", title="t", body="b", cooldown_s=3600)
     assert policy.reserve(rule, "u1", "m1", NOON_BERLIN) == "ok"
     assert policy.reserve(rule, "u1", "m1", NOON_BERLIN + 5) == "already"
@@ -83,20 +98,20 @@ def test_rule_cooldown_blocks_a_second_message_of_that_rule(policy: ContactPolic
     assert policy.reserve(rule, "u1", "m3", NOON_BERLIN + 3601) == "ok"
 
 
-def test_items_pushed_recently_are_not_pushed_again(policy: ContactPolicy) -> None:
+def test_items_pushed_recently_are_not_pushed_again(policy: Policy) -> None:
     policy.record_items("u1", ["i1"], NOON_BERLIN - 3600)
-    verdict = decide(policy, CONSENT)
+    verdict = policy.decide(CONSENT)
     assert verdict.items == ["i2"]
     policy.record_items("u1", ["i2"], NOON_BERLIN - 60)
-    assert decide(policy, CONSENT).reason == "no_repeat: every candidate was pushed recently"
+    assert policy.decide(CONSENT).reason == "no_repeat: every candidate was pushed recently"
 
 
-def test_holdout_is_deterministic_and_near_its_share(policy: ContactPolicy) -> None:
+def test_holdout_is_deterministic_and_near_its_share(policy: Policy) -> None:
     rule = Rule(name="h", kind="post_purchase", title="t", body="b", holdout_pct=10)
     held = [
         u
         for u in range(4000)
-        if decide(policy, CONSENT, rule=rule, user=str(u), msg=f"m{u}").action == "held_out"
+        if policy.decide(CONSENT, rule=rule, user=str(u), msg=f"m{u}").action == "held_out"
     ]
     assert 0.08 < len(held) / 4000 < 0.12
     assert all(holdout_bucket("h", str(u)) < 10 for u in held)

@@ -78,8 +78,7 @@ def test_consent_withdrawn_after_the_trigger_suppresses_at_send_time(
     shop: tuple[Runtime, list[Any]], gateways: Gateways
 ) -> None:
     rt, _ = shop
-    user = next(u for u in (f"c{n}" for n in range(100)) if not _held_out(u))
-    register(rt, user, "fcm", gateways.targets["fcm"], time.time())
+    user = shopper(rt, gateways, "c")
     mid = fire_post_purchase(rt, user, "b0-1")
     ingest.set_preferences(
         rt, {"user_id": user, "consent": {"marketing": {"*": False}}}, time.time() + 1
@@ -126,8 +125,7 @@ def test_gateway_503_is_retried_later_from_the_delayed_set_and_sent_once(
     shop: tuple[Runtime, list[Any]], gateways: Gateways
 ) -> None:
     rt, _ = shop
-    user = next(u for u in (f"r{n}" for n in range(100)) if not _held_out(u))
-    register(rt, user, "fcm", gateways.targets["fcm"], time.time())
+    user = shopper(rt, gateways, "r")
     mid = fire_post_purchase(rt, user, "b3-1")
     gateways.script("fcm", [{"status": 503, "retry_after": "7"}])
 
@@ -148,6 +146,13 @@ def test_gateway_503_is_retried_later_from_the_delayed_set_and_sent_once(
     assert rt.outbox.get(mid) is None
 
 
+def shopper(rt: Runtime, gateways: Gateways, prefix: str) -> str:
+    """A shopper with an FCM device, outside the post-purchase holdout."""
+    user = next(u for u in (f"{prefix}{n}" for n in range(100)) if not _held_out(u))
+    register(rt, user, "fcm", gateways.targets["fcm"], time.time())
+    return user
+
+
 def _held_out(user: str, rule: str = "post_purchase") -> bool:
     from worker.rules import DEFAULT_RULES
 
@@ -161,8 +166,7 @@ def test_a_message_whose_deliver_task_was_lost_is_sent_again_by_the_sweeper(
     from worker.scheduler import resend_stuck
 
     rt, queued = shop
-    user = next(u for u in (f"l{n}" for n in range(100)) if not _held_out(u))
-    register(rt, user, "fcm", gateways.targets["fcm"], time.time())
+    user = shopper(rt, gateways, "l")
     mid = fire_post_purchase(rt, user, "b1-1")
     queued.clear()  # the deliver task was lost with the broker message
     assert resend_stuck(rt.outbox, lambda t, k: queued.append((t, k)), older_than_s=0) == 1
@@ -220,8 +224,7 @@ def test_when_the_best_candidates_are_sold_out_firing_reads_further_down_the_poo
     shop: tuple[Runtime, list[Any]], gateways: Gateways
 ) -> None:
     rt, _ = shop
-    user = next(u for u in (f"s{n}" for n in range(100)) if not _held_out(u))
-    register(rt, user, "fcm", gateways.targets["fcm"], time.time())
+    user = shopper(rt, gateways, "s")
     sold_out = [i["item_id"] for i in planted_catalog() if i["category"] == "block0"]
     ingest.upsert_items(
         rt, [{"item_id": i, "stock": 0} for i in sold_out if i != "b0-1"], time.time()
