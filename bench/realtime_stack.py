@@ -166,6 +166,13 @@ class Case:
             self.nodes.append(
                 subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
             )
+        # The scheduler, as in production: it re-sends the deliveries parked for a retry
+        # (a gateway timeout under load), so every event ends in a push.
+        log = (self.tmp / f"{self.prefix}-{tag}-scheduler.log").open("wb")
+        argv = [sys.executable, "-m", "worker", "scheduler", "--loglevel=WARNING"]
+        self.nodes.append(
+            subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        )
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds used so far by the worker nodes (with their pool children), the
