@@ -84,7 +84,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
         "task_time_limit": settings.task_time_limit_s,
-        "task_soft_time_limit": max(1, settings.task_time_limit_s - 10),
+        # The soft limit leaves the task a moment to stop cleanly before the hard kill:
+        # 10 s, or a fifth of a short limit (the in-task Redis retries need the rest).
+        "task_soft_time_limit": settings.task_time_limit_s
+        - max(1, min(10, settings.task_time_limit_s // 5)),
         # Left running on a lost broker connection: cancelling them makes kombu 5.7's
         # Redis channel crash the worker on reconnect (celery/celery#9250, seen here in
         # tests/worker/test_worker_integration.py); an ack that fails is redelivered anyway.
