@@ -12,7 +12,7 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -362,6 +362,17 @@ def _require_object(raw: Any, what: str) -> dict[str, Any]:
     return raw
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validated(model: type[M], data: dict[str, Any], what: str) -> M:
+    """`data` as `model`, or InvalidInput naming the first problem."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _reason(exc, what) from None
+
+
 def parse_event(raw: Any, limits: Limits, now: float) -> Event:
     data = _require_object(raw, "event")
     version = data.get("v", SCHEMA_VERSION)
@@ -371,52 +382,33 @@ def parse_event(raw: Any, limits: Limits, now: float) -> Event:
             f"event schema version {str(version)[:16]!r} is not supported (this worker: "
             f"{SCHEMA_VERSION})",
         )
-    try:
-        event = Event.model_validate(data)
-    except ValidationError as exc:
-        raise _reason(exc, "event") from None
+    event = _validated(Event, data, "event")
     _check_ts(event.ts, now, limits)
     _check_props(event.props, limits)
     return event
 
 
 def parse_item(raw: Any, limits: Limits, now: float) -> Item:
-    data = _require_object(raw, "item")
-    try:
-        item = Item.model_validate(data)
-    except ValidationError as exc:
-        raise _reason(exc, "item") from None
+    item = _validated(Item, _require_object(raw, "item"), "item")
     if item.ts is not None:
         _check_ts(item.ts, now, limits)
     return item
 
 
 def parse_device(raw: Any) -> DeviceRegistration:
-    try:
-        return DeviceRegistration.model_validate(_require_object(raw, "device"))
-    except ValidationError as exc:
-        raise _reason(exc, "device") from None
+    return _validated(DeviceRegistration, _require_object(raw, "device"), "device")
 
 
 def parse_device_removal(raw: Any) -> DeviceRemoval:
-    try:
-        return DeviceRemoval.model_validate(_require_object(raw, "device"))
-    except ValidationError as exc:
-        raise _reason(exc, "device") from None
+    return _validated(DeviceRemoval, _require_object(raw, "device"), "device")
 
 
 def parse_preferences(raw: Any) -> Preferences:
-    try:
-        return Preferences.model_validate(_require_object(raw, "preferences"))
-    except ValidationError as exc:
-        raise _reason(exc, "preferences") from None
+    return _validated(Preferences, _require_object(raw, "preferences"), "preferences")
 
 
 def parse_user_id(raw: Any) -> str:
     class _User(_Strict):
         user_id: Id
 
-    try:
-        return _User.model_validate({"user_id": raw}).user_id
-    except ValidationError as exc:
-        raise _reason(exc, "forget_user") from None
+    return _validated(_User, {"user_id": raw}, "forget_user").user_id

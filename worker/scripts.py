@@ -46,10 +46,12 @@ class Scripts:
         )
 
     def load(self, client: redis.Redis) -> None:
-        """Load every script into Redis: at start, and after a restart lost them."""
+        """Load every script into Redis (one round trip): at start, and after a restart
+        lost them."""
+        pipe = client.pipeline(transaction=False)
         for f in fields(self):
-            script: Script = getattr(self, f.name)
-            client.script_load(script.script)
+            pipe.script_load(getattr(self, f.name).script)
+        pipe.execute()
 
     @staticmethod
     def queue(

@@ -120,6 +120,11 @@ class GatewayServer:
     def record(self, **entry: Any) -> None:
         self.received.append({"at": time.time(), **entry})
 
+    def reset(self) -> None:
+        """Forget scripts, records and unregistered tokens."""
+        self.script.reset()
+        self.received.clear()
+
     async def handle(self, request: Request) -> Response:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -186,8 +191,7 @@ class GatewayServer:
             self.script.unregister(*payload.get("tokens", []))
             return Response.json(200, {"ok": True})
         if action == "reset":
-            self.script.reset()
-            self.received.clear()
+            self.reset()
             return Response.json(200, {"ok": True})
         return Response.json(404, {"error": "unknown admin action"})
 

@@ -18,8 +18,7 @@ def fcm_server() -> Iterator[FcmServer]:
 
 @pytest.fixture
 def fcm(fcm_server: FcmServer) -> FcmServer:
-    fcm_server.script.reset()
-    fcm_server.received.clear()
+    fcm_server.reset()
     return fcm_server
 
 
@@ -32,8 +31,7 @@ def receiver_server() -> Iterator[WebhookReceiver]:
 
 @pytest.fixture
 def receiver(receiver_server: WebhookReceiver) -> WebhookReceiver:
-    receiver_server.script.reset()
-    receiver_server.received.clear()
+    receiver_server.reset()
     return receiver_server
 
 
@@ -46,8 +44,7 @@ def apns_server() -> Iterator[ApnsServer]:
 
 @pytest.fixture
 def apns(apns_server: ApnsServer) -> ApnsServer:
-    apns_server.script.reset()
-    apns_server.received.clear()
+    apns_server.reset()
     return apns_server
 
 
@@ -60,6 +57,5 @@ def webpush_server() -> Iterator[WebPushService]:
 
 @pytest.fixture
 def webpush(webpush_server: WebPushService) -> WebPushService:
-    webpush_server.script.reset()
-    webpush_server.received.clear()
+    webpush_server.reset()
     return webpush_server

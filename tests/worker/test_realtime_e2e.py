@@ -146,10 +146,6 @@ def test_cart_left_alone_sends_exactly_one_push_with_relevant_items(
             assert "Traceback" not in proc.log(), proc.log()[-3000:]
 
 
-def decisions(rt: Runtime, user: str) -> list[dict[str, Any]]:
-    return rt.audit.decisions(user)
-
-
 def test_purchase_within_the_delay_cancels_the_cart_push(
     make_shop: Any, settings: Settings, tmp_path: Path, gateways: Gateways, client: PushrecClient
 ) -> None:
@@ -160,11 +156,11 @@ def test_purchase_within_the_delay_cancels_the_cart_push(
         client.track(event("a1", "u1-1", "add_to_cart", "b1-2"))
         client.track(event("p1", "u1-1", "purchase", "b1-2"))
         wait_for(
-            lambda: any(d["rule"] == "cart" for d in decisions(rt, "u1-1")),
+            lambda: any(d["rule"] == "cart" for d in rt.audit.decisions("u1-1")),
             timeout=30,
             what="cart decision",
         )
-        cart = next(d for d in decisions(rt, "u1-1") if d["rule"] == "cart")
+        cart = next(d for d in rt.audit.decisions("u1-1") if d["rule"] == "cart")
         assert cart["action"] == "suppress"
         assert "purchase or cart removal" in cart["reason"]
         assert fcm_messages(gateways, token, "cart") == []
@@ -182,8 +178,8 @@ def test_holdout_shoppers_get_nothing_and_are_recorded(
     register(rt, "u2-1", "fcm", token, time.time())
     with realtime_processes(settings, tmp_path, env):
         client.track(event("p1", "u2-1", "purchase", "b2-2"))
-        wait_for(lambda: bool(decisions(rt, "u2-1")), what="decision")
-        [decision] = decisions(rt, "u2-1")
+        wait_for(lambda: bool(rt.audit.decisions("u2-1")), what="decision")
+        [decision] = rt.audit.decisions("u2-1")
         assert decision["action"] == "held_out"
         assert decision["policy"]["steps"][-1]["step"] == "holdout"
         # a later purchase of a held-out recommendation counts for the holdout cell
@@ -207,8 +203,8 @@ def test_quiet_hours_defer_the_push_to_their_end(
     register(rt, "u3-1", "fcm", token, time.time(), quiet_hours={"start": start, "end": end})
     with realtime_processes(settings, tmp_path, env):
         client.track(event("p1", "u3-1", "purchase", "b3-1"))
-        wait_for(lambda: bool(decisions(rt, "u3-1")), what="decision")
-        decision = decisions(rt, "u3-1")[0]
+        wait_for(lambda: bool(rt.audit.decisions("u3-1")), what="decision")
+        decision = rt.audit.decisions("u3-1")[0]
         assert decision["action"] == "defer"
         due = rt.delayed.due_at(f"defer:{decision['message_id']}")
         assert due is not None and due > time.time() + 3600 - 1  # at the window's end, not before
@@ -259,7 +255,7 @@ def test_gateway_410_deactivates_the_device(
             ),
             what="device deactivated",
         )
-    mid = decisions(rt, "u0-7")[0]["message_id"]
+    mid = rt.audit.decisions("u0-7")[0]["message_id"]
     attempts = rt.outbox.attempts(mid)
     assert attempts[-1]["outcome"] == "device_invalid" and attempts[-1]["status"] == 410
     assert rt.outbox.state(mid)["state"] == "failed"
@@ -274,7 +270,7 @@ def test_redelivered_deliver_task_sends_once(
     with realtime_processes(settings, tmp_path, env):
         client.track(event("p1", "u1-5", "purchase", "b1-5"))
         wait_for(lambda: len(fcm_messages(gateways, token)) == 1, what="push")
-        mid = decisions(rt, "u1-5")[0]["message_id"]
+        mid = rt.audit.decisions("u1-5")[0]["message_id"]
         client.send("pushrec.deliver", message_id=mid)  # as if the broker redelivered it
         client.send("pushrec.fire", **{"rule": "cross_sell", "user_id": "u1-5", "trigger_id": "p1",
                                         "trigger_ts": time.time(), "items": ["b1-5"]})  # fmt: skip
@@ -290,7 +286,7 @@ def test_caps_hold_when_many_triggers_race(
     register(rt, "u2-9", "fcm", token, time.time())
     with realtime_processes(settings, tmp_path, env, workers=2):
         client.track_batch([event(f"p{n}", "u2-9", "purchase", f"b2-{n}") for n in range(10)])
-        wait_for(lambda: len(decisions(rt, "u2-9")) == 10, what="all decisions")
+        wait_for(lambda: len(rt.audit.decisions("u2-9")) == 10, what="all decisions")
         wait_for(
             lambda: rt.redis.llen(f"{settings.broker_key_prefix}{settings.queue_push}") == 0,
             what="push queue drained",

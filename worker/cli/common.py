@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Any, NoReturn
 
@@ -21,6 +22,12 @@ def load_settings() -> Settings:
         return Settings.load()
     except SettingsError as exc:
         fail(str(exc))
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def print_json(value: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from worker.cli.common import load_settings_with_redis
+from worker.cli.common import configure_logging, load_settings_with_redis
 
 
 def register(subparsers: Any) -> None:
@@ -39,9 +38,7 @@ def run_scheduler(args: argparse.Namespace) -> int:
     from worker.scheduler import LeaderLock, Scheduler, drain_due, resend_stuck
 
     settings, server = load_settings_with_redis()
-    logging.basicConfig(
-        level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.loglevel)
     app = create_app(settings)
     rt = app.runtime()
     jobs: list[tuple[Callable[[], Any], dict[str, Any]]] = [

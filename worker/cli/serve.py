@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Any
 
-from worker.cli.common import load_settings_with_redis
+from worker.cli.common import configure_logging, load_settings_with_redis
 from worker.settings import redact_url
 
 
@@ -32,9 +32,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from worker.app import create_app
 
     settings, server = load_settings_with_redis()
-    logging.basicConfig(
-        level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.loglevel)
     queues = args.queues or ",".join(
         [settings.queue_activity, settings.queue_push, settings.queue_maintenance]
     )
