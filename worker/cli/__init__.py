@@ -16,14 +16,18 @@ from worker.cli import index, schedule, send, serve, user
 _COMMAND_MODULES: tuple[ModuleType, ...] = (serve, schedule, user, index, send)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pushrec", description="Real-time push recommender for e-commerce."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in _COMMAND_MODULES:
         module.register(subparsers)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     code: int = args.handler(args)
     return code
 

@@ -28,6 +28,9 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Two INFO lines per second from the scheduler's poll job say nothing an operator needs.
+    quiet = max(logging.WARNING, logging.getLogger().level)
+    logging.getLogger("apscheduler.executors").setLevel(quiet)
 
 
 def print_json(value: Any) -> None:

@@ -1,0 +1,64 @@
+"""docker-compose.yml and its config stay runnable: every command parses with the real
+CLI, every PUSHREC_ variable is a setting, the sample rules load and their templates
+compile. (No Docker here: this checks what pushrec itself would refuse.)"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from worker.cli import build_parser
+from worker.firing import rule_templates
+from worker.settings import CONFIG_ENV, ENV_PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+def _services() -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = yaml.safe_load(COMPOSE.read_text())["services"]
+    return {name: s for name, s in services.items() if s.get("image", "").startswith("pushrec")}
+
+
+def test_compose_runs_the_worker_processes_the_readme_names() -> None:
+    commands = {name: s["command"][0] for name, s in _services().items()}
+    assert commands == {"activity": "worker", "push": "worker", "scheduler": "scheduler"}
+
+
+@pytest.mark.parametrize("name", sorted(_services()))
+def test_compose_command_parses(name: str) -> None:
+    args = build_parser().parse_args(_services()[name]["command"])
+    assert callable(args.handler)
+
+
+def test_compose_queues_cover_every_queue_once() -> None:
+    consumed = []
+    for service in _services().values():
+        args = build_parser().parse_args(service["command"])
+        if args.command == "worker":
+            consumed += args.queues.split(",")
+    assert sorted(consumed) == ["activity", "maintenance", "push"]
+
+
+def test_compose_environment_names_real_settings() -> None:
+    fields = set(Settings.model_fields)
+    for service in _services().values():
+        for var in service["environment"]:
+            assert var == CONFIG_ENV or var[len(ENV_PREFIX) :].lower() in fields, var
+
+
+def test_sample_config_loads_and_its_templates_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    mounts = [v for s in _services().values() for v in s["volumes"] if v.endswith(":ro")]
+    config = {re.sub(r":.*", "", m) for m in mounts}
+    assert config == {"./deploy/pushrec.toml"}
+    for var in [v for v in os.environ if v.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv(CONFIG_ENV, str(ROOT / "deploy" / "pushrec.toml"))
+    settings = Settings.load()
+    assert {r.name for r in settings.rules} == {"cart_abandoned", "post_purchase"}
+    assert rule_templates(settings.rules).names() == ["cart_abandoned", "post_purchase"]
