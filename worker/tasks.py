@@ -5,9 +5,12 @@ and recorded like any bad input: never retried. A Redis outage is retried in the
 finite number of times with capped, jittered backoff; if Redis is still away, the task
 fails *without acking* its message, so the broker hands it out again after the
 visibility timeout: nothing is lost, and every write is idempotent, so nothing is
-applied twice. (No `task.retry()`: it would publish a new message to the broker that is
-down, and park it as an ETA task in worker memory.) Any other error is a bug: the call
-is kept in the rejected stream for replay and the message acked, never looped.
+applied twice. RabbitMQ would keep such a message with this worker until its connection
+closed (taking a prefetch slot meanwhile), so there the task rejects it with requeue and
+any worker takes it again. (No `task.retry()`: it would publish a new message to the
+broker that is down, and park it as an ETA task in worker memory.) Any other error is a
+bug: the call is kept in the rejected stream for replay and the message acked, never
+looped.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from celery import Task
+from celery.exceptions import Reject
 
 from worker import contract, ingest, rebuild
 from worker.app import PushrecApp
@@ -79,7 +83,7 @@ def _run(task: PushrecTask, body: Callable[[Runtime], Any]) -> Any:
             if attempt == attempts:
                 log.error("%s %s: Redis still unavailable, left for redelivery: %s",
                           task.name, task.request.id, exc)  # fmt: skip
-                raise
+                _give_up(task, exc)
             if isinstance(exc, redis.exceptions.NoScriptError):
                 _reload_scripts(task)  # Redis is back, without our scripts: no need to wait
             else:
@@ -104,8 +108,15 @@ def _keep_failed(task: PushrecTask, exc: Exception) -> dict[str, str]:
     try:
         task.runtime.rejected.record(task.name, "task_error", reason, payload)
     except _TRANSIENT:  # Redis went away as well: redelivery will meet the bug again
-        raise exc from None
+        _give_up(task, exc)
     return {"error": reason}
+
+
+def _give_up(task: PushrecTask, exc: Exception) -> NoReturn:
+    """Fail without acking, so the message is delivered again (see the module docstring)."""
+    if task.app.settings.broker_keeps_unacked:
+        raise exc
+    raise Reject(exc, requeue=True) from exc
 
 
 def _delivery(task: PushrecTask) -> str:

@@ -50,6 +50,8 @@ def worker_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[
         PUSHREC_QUEUE_MAINTENANCE=settings.queue_maintenance,
         PUSHREC_VISIBILITY_TIMEOUT_S=str(settings.visibility_timeout_s),
         PUSHREC_TASK_TIME_LIMIT_S=str(settings.task_time_limit_s),
+        PUSHREC_TASK_MAX_RETRIES=str(settings.task_max_retries),
+        PUSHREC_TASK_RETRY_BACKOFF_MAX_S=str(settings.task_retry_backoff_max_s),
     )
     return env
 

@@ -220,11 +220,17 @@ def _rabbitmq_answers() -> bool:
 
 
 def _restart_redis_under_a_worker(
-    settings: Settings, tmp_path: Path, broker_url: str | None
+    settings: Settings,
+    tmp_path: Path,
+    broker_url: str | None,
+    down_s: float = 0.0,
+    **overrides: Any,
 ) -> tuple[int, int, int]:
     """Send 400 events, restart a private redis-server (AOF, fsync always) halfway, keep a
-    worker running (restarted if it dies, as a supervisor would). Returns (sent, events in
-    the shopper's profile, distinct event ids in the interaction log)."""
+    worker running (restarted if it dies, as a supervisor would). With `down_s`, Redis
+    stays away that long and a quarter of the events (which need a broker other than that
+    Redis) is sent meanwhile. Returns (sent, events in the shopper's profile, distinct
+    event ids in the interaction log)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -245,6 +251,7 @@ def _restart_redis_under_a_worker(
             "broker_url": broker_url,
             "visibility_timeout_s": 10,
             "task_time_limit_s": 8,
+            **overrides,
         }
     )
     env = {"PUSHREC_BROKER_URL": broker_url} if broker_url else {}
@@ -261,8 +268,14 @@ def _restart_redis_under_a_worker(
             producer.track(event(f"r{i}", item=f"sku-{i}"))
         server.terminate()  # SIGTERM: redis writes the AOF and exits
         server.wait(timeout=10)
+        resumed = n // 2
+        if down_s:
+            resumed = 3 * n // 4
+            for i in range(n // 2, resumed):
+                producer.track(event(f"r{i}", item=f"sku-{i}"))
+            time.sleep(down_s)
         server = start()
-        for i in range(n // 2, n):
+        for i in range(resumed, n):
             producer.track(event(f"r{i}", item=f"sku-{i}"))
         # kombu 5.7 sometimes crashes a worker whose Redis broker connection drops while it
         # holds unacked messages ("Unrecoverable error: ... 'hostname'"); a supervisor
@@ -294,6 +307,21 @@ def test_redis_restart_with_rabbitmq_as_broker_loses_no_event_and_applies_none_t
     if not _rabbitmq_answers():
         pytest.skip(f"no RabbitMQ at {RABBITMQ_URL} (set PUSHREC_TEST_AMQP_URL)")
     sent, in_profile, logged = _restart_redis_under_a_worker(settings, tmp_path, RABBITMQ_URL)
+    assert in_profile == logged == sent
+
+
+def test_redis_away_longer_than_the_task_retries_with_rabbitmq_loses_no_event(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Tasks that give up on Redis go back to RabbitMQ and are applied once it returns
+    (an unacked message would stay with its worker until the connection closed, and take
+    one of its prefetch slots)."""
+    if not _rabbitmq_answers():
+        pytest.skip(f"no RabbitMQ at {RABBITMQ_URL} (set PUSHREC_TEST_AMQP_URL)")
+    sent, in_profile, logged = _restart_redis_under_a_worker(
+        settings, tmp_path, RABBITMQ_URL, down_s=5.0,
+        task_max_retries=1, task_retry_backoff_max_s=1,
+    )  # fmt: skip
     assert in_profile == logged == sent
 
 
