@@ -10,7 +10,8 @@ Online Retail log; shoppers are real customers (suffixed, one trigger per shoppe
 few of their real purchases as history, each with a distinct FCM token so a gateway
 receipt maps back to the event that caused it.
 
-Per worker layout (`--layouts`, nodes separated by '/', each `queues:concurrency`):
+Per worker layout (`--layouts`, nodes separated by '/', each `queues:concurrency[:pool]`;
+`--gateway-latency-ms` slows the gateway down to a real one's answer time):
 
 - latency: warm the workers up, then send `--rate` purchase events/s for `--seconds`,
   paced by absolute deadlines; latency = gateway receipt time (its `at`, time.time() in
@@ -51,6 +52,7 @@ from realtime_stack import (  # noqa: E402  (bench/ is on the path: run as a scr
     RETAIL,
     RULE,
     Case,
+    Node,
     Shop,
     cpu_ms_per_unit,
     local_gateway,
@@ -214,12 +216,13 @@ MEASURES = {
 
 
 # --- driver ----------------------------------------------------------------------------
-def parse_layout(spec: str) -> list[tuple[list[str], int]]:
-    """'activity+maintenance:2/push:1' -> [(['activity', 'maintenance'], 2), (['push'], 1)]"""
+def parse_layout(spec: str) -> list[Node]:
+    """'activity+maintenance:2/push:16:threads' ->
+    [(['activity', 'maintenance'], 2, 'prefork'), (['push'], 16, 'threads')]"""
     nodes = []
     for node in spec.split("/"):
-        queues, _, concurrency = node.partition(":")
-        nodes.append((queues.split("+"), int(concurrency or 1)))
+        queues, concurrency, pool, *_ = [*node.split(":"), "", ""]
+        nodes.append((queues.split("+"), int(concurrency or 1), pool or "prefork"))
     return nodes
 
 
@@ -243,7 +246,10 @@ def main() -> None:
     parser.add_argument(
         "--cases", default="latency,saturation,saturation_batched,noop", help="which to run"
     )
-    parser.add_argument("--layouts", default=DEFAULT_LAYOUTS, help="comma-separated layouts")
+    parser.add_argument("--layouts", default=DEFAULT_LAYOUTS, help="see the docstring")
+    parser.add_argument(
+        "--gateway-latency-ms", type=float, default=0.0, help="injected per gateway request"
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "realtime.json")
     args = parser.parse_args()
     if not RETAIL.exists():
@@ -273,7 +279,7 @@ def main() -> None:
                     row = results[spec]
                     for kind in args.cases.split(","):
                         measure = MEASURES[kind]
-                        case = Case(url, shop, gateway, config, tmp)
+                        case = Case(url, shop, gateway, config, tmp, args.gateway_latency_ms)
                         try:
                             row[kind].append(measure(case, shop, layout, args))
                         finally:
@@ -292,7 +298,7 @@ def main() -> None:
         "parameters": {k: v for k, v in vars(args).items() if k != "json"},
         "runs": args.runs,
         "layouts": {
-            spec: [{"queues": q, "concurrency": c} for q, c in parse_layout(spec)]
+            spec: [{"queues": q, "concurrency": c, "pool": p} for q, c, p in parse_layout(spec)]
             for spec in layouts
         },
         "results": summary,

@@ -100,9 +100,18 @@ def local_gateway(state_dir: Path) -> Iterator[dict[str, Any]]:
 
 
 # --- one case: its own keys, queues and worker nodes ---------------------------------
+Node = tuple[list[str], int, str]  # queues, concurrency, pool
+
+
 class Case:
     def __init__(
-        self, url: str, shop: Shop, gateway: dict[str, Any], config: Path, tmp: Path
+        self,
+        url: str,
+        shop: Shop,
+        gateway: dict[str, Any],
+        config: Path,
+        tmp: Path,
+        gateway_latency_ms: float = 0.0,
     ) -> None:
         self.prefix = f"rt{uuid.uuid4().hex[:8]}"
         self.url = url
@@ -133,6 +142,10 @@ class Case:
         self.others = {"gateway": gateway["pid"], "redis": redis_pid(url)}
         self.http = httpx.Client(timeout=60)
         self.http.post(f"{self.admin}/_admin/reset").raise_for_status()
+        if gateway_latency_ms:  # a real gateway answers in tens of milliseconds
+            self.http.post(
+                f"{self.admin}/_admin/script", json={"latency_ms": gateway_latency_ms}
+            ).raise_for_status()
         self.nodes: list[subprocess.Popen[bytes]] = []
 
     # shop state, written directly as the tests do (not part of what is measured)
@@ -155,12 +168,13 @@ class Case:
             ingest.track(self.rt, history[start : start + 500], now, contract.TRACK_BATCH, "seed")
         return tokens
 
-    def start(self, layout: list[tuple[list[str], int]], tag: str) -> None:
-        for n, (queues, concurrency) in enumerate(layout):
+    def start(self, layout: list[Node], tag: str) -> None:
+        for n, (queues, concurrency, pool) in enumerate(layout):
             log = (self.tmp / f"{self.prefix}-{tag}-{n}.log").open("wb")
             argv = [
                 sys.executable, "-m", "worker", "worker", "--loglevel=WARNING",
-                f"--concurrency={concurrency}", f"--name={self.prefix}-{tag}{n}@%h",
+                f"--concurrency={concurrency}", f"--pool={pool}",
+                f"--name={self.prefix}-{tag}{n}@%h",
                 "--queues=" + ",".join(self.queues[q] for q in queues),
             ]  # fmt: skip
             self.nodes.append(

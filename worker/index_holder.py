@@ -4,7 +4,9 @@ Each process loads the published artifact once, after the fork, with FAISS on on
 thread. Between tasks it checks (at most every few seconds, one Redis GET) which
 version should serve; a new version loads on a background thread, so no task waits for
 it, and replaces the old one at the next task boundary. An artifact that fails to load
-is refused (logged, counted, remembered) and the old index keeps serving.
+is refused (logged, counted, remembered) and the old index keeps serving. Under
+`--pool threads` the swap happens at one thread's task boundary while other threads may be
+mid-task; each lookup reads the index once, so it sees one version.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class IndexHolder:
-    """Not thread-safe beyond its own loader thread; one per worker process."""
+    """One per worker process; its pool threads may call `between_tasks` concurrently."""
 
     def __init__(
         self, store: Path, client: redis.Redis, keys: Keys, check_every_s: float = 5.0
@@ -37,6 +39,7 @@ class IndexHolder:
         self._loader: threading.Thread | None = None
         self._refused: set[str] = set()
         self._last_check = float("-inf")
+        self._lock = threading.Lock()  # between_tasks from several pool threads
         configure_threads()
 
     @property
@@ -63,30 +66,33 @@ class IndexHolder:
         wanted = self.wanted_version()
         if wanted is not None and wanted != self.version:
             self._load(wanted)
-            self._swap()
+            with self._lock:
+                self._swap()
 
     def between_tasks(self, now: float | None = None) -> None:
         """Swap in a finished load; start loading a newer version if one is wanted."""
-        self._swap()
-        now = time.monotonic() if now is None else now
-        if now - self._last_check < self._check_every_s:
-            return
-        self._last_check = now
-        if self._loader is not None and self._loader.is_alive():
-            return
-        wanted = self.wanted_version()
-        if wanted is None or wanted == self.version or wanted in self._refused:
-            return
-        self._loader = threading.Thread(
-            target=self._load, args=(wanted,), name="index-loader", daemon=True
-        )
-        self._loader.start()
+        with self._lock:
+            self._swap()
+            now = time.monotonic() if now is None else now
+            if now - self._last_check < self._check_every_s:
+                return
+            self._last_check = now
+            if self._loader is not None and self._loader.is_alive():
+                return
+            wanted = self.wanted_version()
+            if wanted is None or wanted == self.version or wanted in self._refused:
+                return
+            self._loader = threading.Thread(
+                target=self._load, args=(wanted,), name="index-loader", daemon=True
+            )
+            self._loader.start()
 
     def wait_loaded(self, timeout: float = 60.0) -> None:
         """Block until a background load finishes, then swap (tests, start-up)."""
         if self._loader is not None:
             self._loader.join(timeout)
-        self._swap()
+        with self._lock:
+            self._swap()
 
     def _swap(self) -> None:
         if self._ready is not None:

@@ -1,12 +1,15 @@
 """The expensive things one worker process opens once: Redis client, scripts, stores.
 
 A `Runtime` is opened in each worker process after the fork (see `app.py`) and closed
-at process shutdown; tasks receive it, never build their own.
+at process shutdown; tasks receive it, never build their own. Under `--pool threads` the
+pool's threads share it: what is built on first use is built once under a lock, and each
+thread sends through its own event loop (a loop runs in one thread at a time).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,9 +81,10 @@ class Runtime:
     triggers: Triggers
     enqueue: Enqueue = _no_enqueue
     _index: IndexHolder | None = field(default=None, repr=False)
-    _push: PushRuntime | None = field(default=None, repr=False)
     _firer: Firer | None = field(default=None, repr=False)
-    _sender: Sender | None = field(default=None, repr=False)
+    _pushes: list[PushRuntime] = field(default_factory=list, repr=False)
+    _thread: threading.local = field(default_factory=threading.local, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def open(cls, settings: Settings, enqueue: Enqueue = _no_enqueue) -> Runtime:
@@ -127,31 +131,41 @@ class Runtime:
     @property
     def index(self) -> IndexHolder:
         """The process's index holder (loads the published artifact on first use)."""
-        if self._index is None:
-            self._index = IndexHolder(self.settings.index_store_dir, self.redis, self.keys)
-            self._index.load_now()
-        return self._index
+        with self._lock:
+            if self._index is None:
+                self._index = IndexHolder(self.settings.index_store_dir, self.redis, self.keys)
+                self._index.load_now()
+            return self._index
 
     def firer(self) -> Firer:
         """Rule firing (compiled templates, the index), built on first use."""
-        if self._firer is None:
-            self._firer = Firer(
-                self.redis, self.keys, self.settings, self.state, self.catalog, self.policy,
-                self.outbox, self.audit, self.delayed, self.index, self.enqueue,
-            )  # fmt: skip
-        return self._firer
+        index = self.index
+        with self._lock:
+            if self._firer is None:
+                self._firer = Firer(
+                    self.redis, self.keys, self.settings, self.state, self.catalog, self.policy,
+                    self.outbox, self.audit, self.delayed, index, self.enqueue,
+                )  # fmt: skip
+            return self._firer
 
     def sender(self) -> Sender:
-        """Delivery (HTTP clients, gateways), opened on first use: push workers only."""
-        if self._sender is None:
-            self._push = PushRuntime(self.settings, gateway_config(self.settings))
-            self._sender = Sender(
+        """Delivery (event loop, HTTP clients, gateways), opened on first use in each
+        thread: push workers only."""
+        sender: Sender | None = getattr(self._thread, "sender", None)
+        if sender is None:
+            push = PushRuntime(self.settings, gateway_config(self.settings))
+            with self._lock:
+                self._pushes.append(push)
+            sender = self._thread.sender = Sender(
                 self.redis, self.keys, self.settings, self.contacts, self.policy, self.outbox,
-                self.audit, self.delayed, self._push,
+                self.audit, self.delayed, push,
             )  # fmt: skip
-        return self._sender
+        return sender
 
     def close(self) -> None:
-        if self._push is not None:
-            self._push.close()
+        """At process shutdown, when no task runs any more."""
+        with self._lock:
+            pushes, self._pushes = self._pushes, []
+        for push in pushes:
+            push.close()
         self.redis.close()

@@ -4,6 +4,7 @@ the JSON admin endpoint and a runner that serves an app on 127.0.0.1 from a thre
 Every gateway server answers, besides its own protocol:
 
 * ``GET  /_admin/received``   what it accepted or rejected, oldest first (JSON list)
+* ``GET  /_admin/stats``      ``{"max_in_flight": n}``: most requests it held at once
 * ``POST /_admin/script``     ``{"responses": [{"status": 503, "retry_after": "2",
   "reason": "..."}], "key": <token or null>, "latency_ms": 50}``
 * ``POST /_admin/unregister`` ``{"tokens": [...]}``: these tokens are gone from now on
@@ -116,6 +117,8 @@ class GatewayServer:
         self.script = Script()
         self.received: deque[dict[str, Any]] = deque(maxlen=record_limit)
         self.base_url = ""
+        self.in_flight = 0
+        self.max_in_flight = 0  # shows whether a client sends concurrently
 
     def record(self, **entry: Any) -> None:
         self.received.append({"at": time.time(), **entry})
@@ -124,6 +127,7 @@ class GatewayServer:
         """Forget scripts, records and unregistered tokens."""
         self.script.reset()
         self.received.clear()
+        self.max_in_flight = 0
 
     async def handle(self, request: Request) -> Response:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -161,9 +165,14 @@ class GatewayServer:
         if request.path.startswith("/_admin/"):
             response = self._admin(request)
         else:
-            if self.script.latency_s:
-                await asyncio.sleep(self.script.latency_s)
-            response = await self.handle(request)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                if self.script.latency_s:
+                    await asyncio.sleep(self.script.latency_s)
+                response = await self.handle(request)
+            finally:
+                self.in_flight -= 1
         await send(
             {
                 "type": "http.response.start",
@@ -177,6 +186,8 @@ class GatewayServer:
         action = request.path.removeprefix("/_admin/")
         if action == "received" and request.method == "GET":
             return Response.json(200, list(self.received))
+        if action == "stats" and request.method == "GET":
+            return Response.json(200, {"max_in_flight": self.max_in_flight})
         if request.method != "POST":
             return Response.json(405, {"error": "method not allowed"})
         payload = request.json() if request.body else {}

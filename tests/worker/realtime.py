@@ -102,6 +102,15 @@ class Gateways:
             f"{self.state['admin'][channel]}/_admin/script", json=body
         ).raise_for_status()
 
+    def slow_down(self, channel: str, latency_ms: float) -> None:
+        self._http.post(
+            f"{self.state['admin'][channel]}/_admin/script", json={"latency_ms": latency_ms}
+        ).raise_for_status()
+
+    def max_in_flight(self, channel: str) -> int:
+        stats = self._http.get(f"{self.state['admin'][channel]}/_admin/stats").json()
+        return int(stats["max_in_flight"])
+
     def unregister(self, channel: str, *tokens: str) -> None:
         self._http.post(
             f"{self.state['admin'][channel]}/_admin/unregister", json={"tokens": list(tokens)}

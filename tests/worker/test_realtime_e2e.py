@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from push.testing.serve import local_gateways
-from tests.worker.conftest import wait_for
+from tests.worker.conftest import WorkerProcess, wait_for
 from tests.worker.realtime import (
     Gateways,
     build_planted_index,
@@ -333,3 +333,38 @@ def test_a_corrupt_index_is_refused_and_the_old_one_keeps_serving(
     holder.wait_loaded()
     assert holder.version == good
     assert holder.index is not None and len(holder.index) > 0
+
+
+def test_a_push_worker_on_threads_sends_concurrently_and_each_message_once(
+    make_shop: Any, settings: Settings, tmp_path: Path, gateways: Gateways, client: PushrecClient
+) -> None:
+    """`--pool threads` for a push node facing a slow gateway: each pool thread sends
+    through its own event loop, so the sends overlap."""
+    rt, env = make_shop([rule("cross_sell", "post_purchase", delay_s=0)])
+    shoppers = {f"u{n % 4}-t{n}": f"threads-test-token-{n:04d}" for n in range(8)}
+    for user, token in shoppers.items():
+        register(rt, user, "fcm", token, time.time())
+    gateways.slow_down("fcm", 400)
+    activity = WorkerProcess(
+        settings, tmp_path / "activity.log", "activity", 2, env=env,
+        command=("worker", "--concurrency=2", "--name=activity@%h", "--loglevel=INFO",
+                 f"--queues={settings.queue_activity}"),
+    )  # fmt: skip
+    push = WorkerProcess(
+        settings, tmp_path / "push.log", "push", 4, env=env,
+        command=("worker", "--pool=threads", "--concurrency=4", "--name=push@%h",
+                 "--loglevel=INFO", f"--queues={settings.queue_push}"),
+    )  # fmt: skip
+    try:
+        for n, user in enumerate(shoppers):
+            client.track(event(f"p{n}", user, "purchase", f"b{n % 4}-1"))
+        wait_for(lambda: len(gateways.accepted("fcm")) >= len(shoppers), timeout=30, what="pushes")
+        time.sleep(1)  # nothing more may follow
+        got = sorted(row["message"]["token"] for row in gateways.accepted("fcm"))
+        assert got == sorted(shoppers.values())
+        assert gateways.max_in_flight("fcm") >= 2
+        for proc in (activity, push):
+            assert "Traceback" not in proc.log(), proc.log()[-3000:]
+    finally:
+        activity.stop()
+        push.stop()
