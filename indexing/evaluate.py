@@ -110,13 +110,14 @@ def evaluate_rankings(
 
     rankings: user code -> ranked item codes (at least max(ks) long when possible; a missing
     user counts as an empty ranking). Keys of the result: `recall@10`, `ndcg@10`, `hr@10`,
-    `coverage@10`, ... and `users`.
+    `coverage@10`, ... and `users`; `recall@10_se` is the standard error of the mean recall
+    over users (what two evaluations on different test users can differ by by chance).
     """
     if not truth:
         raise EmptyDataError("no test users")
     out: Metrics = {"users": float(len(truth))}
     for k in ks:
-        recall = ndcg = hr = 0.0
+        recall = recall_sq = ndcg = hr = 0.0
         shown: set[int] = set()
         for user, items in truth.items():
             top = list(rankings.get(user, ()))[:k]
@@ -126,12 +127,16 @@ def evaluate_rankings(
             hits = sum(gains)
             ideal = min(k, len(relevant))
             recall += hits / ideal
+            recall_sq += (hits / ideal) ** 2
             hr += 1.0 if hits else 0.0
             dcg = sum(g / math.log2(rank + 2) for rank, g in enumerate(gains))
             idcg = sum(1.0 / math.log2(rank + 2) for rank in range(ideal))
             ndcg += dcg / idcg
         n = len(truth)
-        out[f"recall@{k}"] = recall / n
+        mean = recall / n
+        variance = max(0.0, recall_sq / n - mean * mean) * n / max(n - 1, 1)
+        out[f"recall@{k}"] = mean
+        out[f"recall@{k}_se"] = math.sqrt(variance / n)
         out[f"ndcg@{k}"] = ndcg / n
         out[f"hr@{k}"] = hr / n
         out[f"coverage@{k}"] = len(shown) / n_catalog if n_catalog else 0.0

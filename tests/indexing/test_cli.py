@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from indexing import ModelParams
@@ -136,9 +137,15 @@ def test_index_build_refused_by_the_gate_exits_1_and_keeps_current(
     store = tmp_path / "store"
     assert main(["index", "build", "--events", str(events), "--out", str(store), "--publish"]) == 0
     first = json.loads(capsys.readouterr().out)["version"]
-    # a negative allowed drop demands a better score than the current one: equal is refused
-    argv = ["index", "build", "--events", str(events), "--out", str(store), "--publish"]
-    assert main([*argv, "--max-drop", "-0.5"]) == 1
+    # a broken export: item ids shuffled across rows, so the blocks cannot be learnt
+    rows = planted_rows(per_user=8)
+    shuffled = np.random.default_rng(1).permutation([r["item_id"] for r in rows])
+    broken = write_csv(
+        tmp_path / "broken.csv",
+        [{**r, "item_id": str(i)} for r, i in zip(rows, shuffled, strict=True)],
+    )
+    argv = ["index", "build", "--events", str(broken), "--out", str(store), "--publish"]
+    assert main(argv) == 1
     captured = capsys.readouterr()
     assert json.loads(captured.out)["published"] is None and "not published" in captured.err
     assert (store / "current").read_text().strip() == first

@@ -67,6 +67,8 @@ def test_metrics_by_hand() -> None:
     m = evaluate_rankings(rankings, truth, n_catalog=50, ks=(2, 4))
     # K=2: user1 top [10, 99] -> 1 hit / min(2,3)=2 -> 0.5; user2 0 -> recall 0.25
     assert m["recall@2"] == pytest.approx(0.25)
+    # per-user recalls 0.5 and 0: sample sd 0.354, standard error of the mean 0.25
+    assert m["recall@2_se"] == pytest.approx(math.sqrt(0.125 / 2))
     # NDCG@2 user1: dcg = 1/log2(2) = 1; idcg = 1 + 1/log2(3); user2 0
     assert m["ndcg@2"] == pytest.approx((1 / (1 + 1 / math.log2(3))) / 2)
     assert m["hr@2"] == pytest.approx(0.5)

@@ -35,8 +35,9 @@ def model() -> TrainedModel:
     return train_model(log, PARAMS)
 
 
-def _save(store: Path, model: TrainedModel, recall: float) -> str:
-    version, _ = save_model(store, model, evaluation={"served": {"recall@10": recall}})
+def _save(store: Path, model: TrainedModel, recall: float, se: float | None = None) -> str:
+    served = {"recall@10": recall} if se is None else {"recall@10": recall, "recall@10_se": se}
+    version, _ = save_model(store, model, evaluation={"served": served})
     return version
 
 
@@ -124,6 +125,29 @@ def test_quality_gate_refuses_a_worse_build_unless_forced(
     decision = publish(tmp_path, much_worse, force=True)
     assert decision["forced"] and current_version(tmp_path) == much_worse
     assert list_versions(tmp_path) == sorted([first, slightly_worse, much_worse])
+
+
+def test_quality_gate_passes_a_drop_within_chance_and_refuses_one_beyond(
+    tmp_path: Path, model: TrainedModel
+) -> None:
+    first = _save(tmp_path, model, 0.120, se=0.005)
+    publish(tmp_path, first)
+    # 8% lower, but 1.4 standard errors of the difference: two test periods differ so
+    noisy = _save(tmp_path, model, 0.110, se=0.005)
+    assert publish(tmp_path, noisy)["previous"] == first
+    # 27% lower, 4.2 standard errors: a regression
+    worse = _save(tmp_path, model, 0.080, se=0.005)
+    with pytest.raises(QualityGateError, match="standard errors below"):
+        publish(tmp_path, worse)
+    assert current_version(tmp_path) == noisy
+
+
+def test_quality_gate_without_standard_errors_keeps_the_plain_rule(
+    tmp_path: Path, model: TrainedModel
+) -> None:
+    publish(tmp_path, _save(tmp_path, model, 0.120))  # an older manifest: no recall@10_se
+    with pytest.raises(QualityGateError):
+        publish(tmp_path, _save(tmp_path, model, 0.110, se=0.005))
 
 
 def test_missing_store_or_version_is_not_found(tmp_path: Path) -> None:
