@@ -4,11 +4,7 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    # One BLAS/OpenMP thread per process: workers are prefork children (FAISS searches on
-    # one thread, see ARCHITECTURE), and the index build sets its own threads.
-    OMP_NUM_THREADS=1 \
-    OPENBLAS_NUM_THREADS=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -17,8 +13,10 @@ COPY indexing ./indexing
 COPY push ./push
 RUN pip install . && rm -rf /src
 
+# The index folder exists in the image, owned by pushrec, so a named volume mounted
+# there starts with that owner (Docker copies it) and the index build can write it.
 RUN useradd --create-home --uid 10001 pushrec \
-    && mkdir -p /var/lib/pushrec && chown pushrec /var/lib/pushrec
+    && mkdir -p /var/lib/pushrec/index && chown -R pushrec: /var/lib/pushrec
 USER pushrec
 WORKDIR /var/lib/pushrec
 ENV PUSHREC_STATE_DIR=/var/lib/pushrec

@@ -110,8 +110,8 @@ def evaluate_rankings(
 
     rankings: user code -> ranked item codes (at least max(ks) long when possible; a missing
     user counts as an empty ranking). Keys of the result: `recall@10`, `ndcg@10`, `hr@10`,
-    `coverage@10`, ... and `users`; `recall@10_se` is the standard error of the mean recall
-    over users (what two evaluations on different test users can differ by by chance).
+    `coverage@10`, ... and `users`; with two users or more, `recall@10_se` is the standard
+    error of the mean recall over users (the quality gate's yardstick for chance).
     """
     if not truth:
         raise EmptyDataError("no test users")
@@ -134,9 +134,10 @@ def evaluate_rankings(
             ndcg += dcg / idcg
         n = len(truth)
         mean = recall / n
-        variance = max(0.0, recall_sq / n - mean * mean) * n / max(n - 1, 1)
         out[f"recall@{k}"] = mean
-        out[f"recall@{k}_se"] = math.sqrt(variance / n)
+        if n > 1:
+            variance = max(0.0, recall_sq / n - mean * mean) * n / (n - 1)
+            out[f"recall@{k}_se"] = math.sqrt(variance / n)
         out[f"ndcg@{k}"] = ndcg / n
         out[f"hr@{k}"] = hr / n
         out[f"coverage@{k}"] = len(shown) / n_catalog if n_catalog else 0.0

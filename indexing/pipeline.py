@@ -21,7 +21,7 @@ from indexing.events import EventLog
 from indexing.experiment import SERVED, BaselineParams, evaluate_models
 from indexing.items import Item
 from indexing.model import ModelParams, train_model
-from indexing.store import GateDecision, publish
+from indexing.store import DEFAULT_MAX_DROP, GateDecision, publish
 
 __all__ = ["BuildResult", "build_version"]
 
@@ -69,7 +69,7 @@ def build_version(
     build: BuildParams | None = None,
     publish_it: bool = False,
     force: bool = False,
-    max_drop: float = 0.05,
+    max_drop: float = DEFAULT_MAX_DROP,
 ) -> BuildResult:
     """Evaluate, train, index and write one version of `log` into `store`.
 

@@ -44,15 +44,19 @@ from indexing.errors import (
 
 __all__ = [
     "CURRENT_FILE",
+    "DEFAULT_MAX_DROP",
     "FORMAT_VERSION",
+    "GATE_Z",
     "INDEX_FILE",
     "MANIFEST_FILE",
     "GateDecision",
+    "GateFigure",
     "current_version",
     "list_versions",
     "prune_versions",
     "publish",
     "read_manifest",
+    "regression",
     "verify_artifact",
     "write_artifact",
 ]
@@ -232,22 +236,22 @@ class GateDecision(dict[str, Any]):
     """What `publish` decided: version, previous, recall values, forced (a plain dict)."""
 
 
-# How many standard errors a drop must exceed to count as a regression. Two builds are
-# evaluated on different test users (the newer one on a later period), so their recall
-# differs by chance: on Online Retail, weekly rebuilds with the same parameters moved it
-# by 3% (median) and up to 9%, and a plain 5% rule refused 12 of 18 of them in a row while
-# the old index kept serving. Drops of real regressions (2 factors, half the item ids
-# scrambled) were 34-39%, at 7-9 standard errors.
+DEFAULT_MAX_DROP = 0.05
+# How many standard errors of the difference a drop must exceed: two builds are evaluated
+# on different test periods, so their recall differs by chance (bench/gate.py measures
+# how much, and that broken builds stay far beyond this).
 GATE_Z = 2.0
 
 
 @dataclass(frozen=True)
-class _GateFigure:
+class GateFigure:
+    """A version's served recall@10 and its standard error, from its manifest."""
+
     recall: float
     se: float | None  # absent in manifests written before it was recorded
 
     @classmethod
-    def of(cls, manifest: Mapping[str, Any]) -> _GateFigure | None:
+    def of(cls, manifest: Mapping[str, Any]) -> GateFigure | None:
         served = manifest.get("evaluation", {}).get("served", {})
         recall, se = served.get("recall@10"), served.get("recall@10_se")
         if not isinstance(recall, int | float):
@@ -255,14 +259,16 @@ class _GateFigure:
         return cls(float(recall), float(se) if isinstance(se, int | float) else None)
 
 
-def _regression(new: _GateFigure | None, old: _GateFigure, max_drop: float) -> str | None:
+def regression(
+    new: GateFigure | None, old: GateFigure, max_drop: float = DEFAULT_MAX_DROP
+) -> str | None:
     """Why `new` is worse than `old` beyond `max_drop` and beyond chance, or None."""
     if new is None:
         return "has no evaluation figures"
     if new.recall >= old.recall * (1.0 - max_drop):
         return None
-    if new.se is not None and old.se is not None:
-        noise = math.hypot(new.se, old.se)
+    noise = math.hypot(new.se, old.se) if new.se is not None and old.se is not None else 0.0
+    if noise > 0:
         if old.recall - new.recall <= GATE_Z * noise:
             return None
         return (
@@ -273,7 +279,7 @@ def _regression(new: _GateFigure | None, old: _GateFigure, max_drop: float) -> s
 
 
 def publish(
-    store: Path, version: str, *, force: bool = False, max_drop: float = 0.05
+    store: Path, version: str, *, force: bool = False, max_drop: float = DEFAULT_MAX_DROP
 ) -> GateDecision:
     """Verify `version` and make it current, unless its evaluation recall@10 is more than
     `max_drop` (relative) below the current version's and the drop is beyond chance
@@ -283,20 +289,20 @@ def publish(
     Raises `QualityGateError` when refused, `ArtifactError`s when the build is unreadable.
     """
     manifest = verify_artifact(store, version)
-    new_figure = _GateFigure.of(manifest)
+    new_figure = GateFigure.of(manifest)
     previous: str | None
     try:
         previous = current_version(store)
     except ArtifactNotFoundError:
         previous = None
-    old_figure: _GateFigure | None = None
+    old_figure: GateFigure | None = None
     if previous is not None and previous != version:
         try:
-            old_figure = _GateFigure.of(read_manifest(store, previous))
+            old_figure = GateFigure.of(read_manifest(store, previous))
         except (ArtifactNotFoundError, ManifestError):
             old_figure = None
     if not force and old_figure is not None:
-        why = _regression(new_figure, old_figure, max_drop)
+        why = regression(new_figure, old_figure, max_drop)
         if why is not None:
             raise QualityGateError(
                 f"{version}: {why} the current {previous} ({old_figure.recall:.4f}); "

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import task_prerun, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    task_prerun,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 from kombu import Exchange, Queue
 
 from worker import contract
@@ -22,13 +28,18 @@ class PushrecApp(Celery):
         self.settings = settings
         self._runtime: Runtime | None = None
         self._runtime_pid = 0
+        self._runtime_lock = threading.Lock()  # pool threads (--pool threads) share one
 
     def runtime(self) -> Runtime:
         """This process's runtime, opened on first use; a forked child opens its own."""
-        if self._runtime is None or self._runtime_pid != os.getpid():
-            self._runtime = Runtime.open(self.settings, enqueue=self.enqueue)
-            self._runtime_pid = os.getpid()
-        return self._runtime
+        runtime = self._runtime
+        if runtime is not None and self._runtime_pid == os.getpid():
+            return runtime
+        with self._runtime_lock:
+            if self._runtime is None or self._runtime_pid != os.getpid():
+                self._runtime = Runtime.open(self.settings, enqueue=self.enqueue)
+                self._runtime_pid = os.getpid()
+            return self._runtime
 
     def enqueue(self, task_name: str, kwargs: dict[str, Any]) -> None:
         """Send one of pushrec's tasks to its configured queue."""
@@ -71,9 +82,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # ack after the task ran; a worker killed mid-task gets its message redelivered.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        # Tasks raise only when Redis stayed away through their in-task retries (bad input
-        # and bugs are recorded and return): such a message stays unacked and comes back
-        # after the visibility timeout.
+        # Bad input and bugs are recorded and return; a task that gives up on Redis rejects
+        # its message with requeue (tasks.py). A task over its time limit is requeued too.
         "task_acks_on_failure_or_timeout": False,
         # One message in hand per process: a slow task never hides others from idle workers.
         "worker_prefetch_multiplier": 1,
@@ -128,9 +138,14 @@ def create_app(settings: Settings) -> PushrecApp:
     def _close(**_: object) -> None:
         app.close_runtime()
 
+    @worker_shutdown.connect(weak=False)
+    def _close_main(**_: object) -> None:
+        app.close_runtime()  # the threads and solo pools run tasks in the main process
+
     @task_prerun.connect(weak=False)
     def _between_tasks(**_: object) -> None:
-        # A newer index loaded in the background is swapped in here, never mid-task.
+        # A newer index loaded in the background is swapped in here, never in the middle
+        # of this thread's task (other pool threads: index_holder.py).
         runtime = app._runtime
         if runtime is not None and runtime.has_index:
             runtime.index.between_tasks()

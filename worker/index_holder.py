@@ -79,7 +79,10 @@ class IndexHolder:
             self._last_check = now
             if self._loader is not None and self._loader.is_alive():
                 return
-            wanted = self.wanted_version()
+        wanted = self.wanted_version()  # a Redis read: other threads need not wait on it
+        with self._lock:
+            if self._loader is not None and self._loader.is_alive():
+                return
             if wanted is None or wanted == self.version or wanted in self._refused:
                 return
             self._loader = threading.Thread(

@@ -47,7 +47,7 @@ T = TypeVar("T")
 
 
 class PushRuntime:
-    """One event loop per worker process, the gateways over one HTTP/2 client, and a
+    """One event loop per worker thread, the gateways over one HTTP/2 client, and a
     `Deliverer` whose breaker, rate limit and APNs provider tokens are shared in Redis."""
 
     def __init__(self, settings: Settings, config: GatewayConfig) -> None:
@@ -157,7 +157,7 @@ class Sender:
     ) -> list[dict[str, Any]]:
         """Deliver each request; one round trip per stage for the whole batch (load,
         re-check, reserve caps, claim devices, settle) and every send concurrent over
-        the process's gateway connections. `owner` (the task id) claims each device send
+        the thread's gateway connections. `owner` (the task id) claims each device send
         atomically."""
         owner = owner or f"local-{id(self):x}"
         results: dict[str, dict[str, Any]] = {}

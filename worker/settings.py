@@ -268,13 +268,6 @@ class Settings(BaseSettings):
             raise SettingsError("no Redis URL yet: start the embedded server first")
         return url
 
-    @property
-    def broker_keeps_unacked(self) -> bool:
-        """Whether the broker hands an unacked message out again by itself (a Redis
-        broker, after the visibility timeout); RabbitMQ keeps it with its consumer until
-        the connection closes."""
-        return not (self.broker_url or "").startswith(("amqp://", "amqps://", "pyamqp://"))
-
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
             if name in {"redis_url", "broker_url"} and isinstance(value, str):

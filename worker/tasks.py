@@ -5,12 +5,12 @@ and recorded like any bad input: never retried. A Redis outage is retried in the
 finite number of times with capped, jittered backoff; if Redis is still away, the task
 fails *without acking* its message, so the broker hands it out again after the
 visibility timeout: nothing is lost, and every write is idempotent, so nothing is
-applied twice. RabbitMQ would keep such a message with this worker until its connection
-closed (taking a prefetch slot meanwhile), so there the task rejects it with requeue and
-any worker takes it again. (No `task.retry()`: it would publish a new message to the
-broker that is down, and park it as an ETA task in worker memory.) Any other error is a
-bug: the call is kept in the rejected stream for replay and the message acked, never
-looped.
+applied twice. "Without acking" means rejecting with requeue: Celery answers a plain
+failure under late acks with a reject *without* requeue, which a Redis broker that is
+back, or RabbitMQ, takes as "drop the message". (No `task.retry()`: it would publish a new
+message to the broker that is down, and park it as an ETA task in worker memory.) Any
+other error is a bug: the call is kept in the rejected stream for replay and the message
+acked, never looped.
 """
 
 from __future__ import annotations
@@ -113,9 +113,9 @@ def _keep_failed(task: PushrecTask, exc: Exception) -> dict[str, str]:
 
 
 def _give_up(task: PushrecTask, exc: Exception) -> NoReturn:
-    """Fail without acking, so the message is delivered again (see the module docstring)."""
-    if task.app.settings.broker_keeps_unacked:
-        raise exc
+    """Hand the message back to the broker for any worker to take again. (A Redis broker
+    that is down cannot take it back: it stays unacked there and returns after the
+    visibility timeout.)"""
     raise Reject(exc, requeue=True) from exc
 
 

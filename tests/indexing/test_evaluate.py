@@ -82,3 +82,5 @@ def test_metrics_by_hand() -> None:
     assert m["hr@4"] == pytest.approx(0.5)
     assert m["coverage@4"] == pytest.approx(6 / 50)
     assert m["users"] == 2
+    one = evaluate_rankings(rankings, {1: truth[1]}, n_catalog=50, ks=(2,))
+    assert "recall@2_se" not in one  # one user: the spread is unknown, not zero

@@ -150,6 +150,14 @@ def test_quality_gate_without_standard_errors_keeps_the_plain_rule(
         publish(tmp_path, _save(tmp_path, model, 0.110, se=0.005))
 
 
+def test_quality_gate_with_zero_standard_errors_keeps_the_plain_rule(
+    tmp_path: Path, model: TrainedModel
+) -> None:
+    publish(tmp_path, _save(tmp_path, model, 0.120, se=0.0))
+    with pytest.raises(QualityGateError, match="more than 5% below"):
+        publish(tmp_path, _save(tmp_path, model, 0.110, se=0.0))
+
+
 def test_missing_store_or_version_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(ArtifactNotFoundError):
         load_index(tmp_path / "nowhere")

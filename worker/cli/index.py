@@ -38,7 +38,10 @@ def register(subparsers: Any) -> None:
         help="model parameters as JSON (the `params` of `pushrec eval --json`, or bare)",
     )
     build.add_argument(
-        "--max-drop", type=float, default=0.05, help="gate: allowed relative recall@10 drop"
+        "--max-drop",
+        type=float,
+        default=indexing.store.DEFAULT_MAX_DROP,
+        help="gate: allowed relative recall@10 drop",
     )
     build.set_defaults(handler=cmd_index_build)
     info = index_sub.add_parser("info", help="print the current manifest as JSON")
