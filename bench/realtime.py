@@ -179,7 +179,7 @@ def measure_noop(case: Case, shop: Shop, layout: Any, args: argparse.Namespace) 
     for _ in range(total):
         case.client.send(contract.NOOP)
     # the same nodes and concurrency, each consuming the queue the no-ops are on
-    case.start([(["activity"], concurrency) for _, concurrency in layout], "noop")
+    case.start([(["activity"], concurrency, pool) for _, concurrency, pool in layout], "noop")
     marks: dict[float, float] = {}
     cpu: dict[float, dict[str, float]] = {}
     deadline = time.monotonic() + 600
