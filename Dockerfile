@@ -4,7 +4,12 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    # The thread limits the code sets (indexing.configure_threads) hold for the calling
+    # thread only; pool threads, and numpy at import, would start a thread per core.
+    # The nightly index build then runs on one thread too.
+    OMP_NUM_THREADS=1 \
+    OPENBLAS_NUM_THREADS=1
 
 WORKDIR /src
 COPY pyproject.toml README.md ./

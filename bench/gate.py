@@ -67,7 +67,7 @@ def figure(log: indexing.EventLog, params: ModelParams) -> Figure:
     _, best = result.best_baseline()
     return {
         "recall": served["recall@10"],
-        "se": served["recall@10_se"],
+        "se": served.get("recall@10_se", math.nan),
         "lift": served["recall@10"] / best if best else math.nan,
         "test_users": served["users"],
     }

@@ -26,29 +26,33 @@ class PushrecApp(Celery):
     def __init__(self, settings: Settings) -> None:
         super().__init__("pushrec", set_as_current=False)
         self.settings = settings
-        self._runtime: Runtime | None = None
-        self._runtime_pid = 0
+        self._opened: tuple[int, Runtime] | None = None  # (pid, runtime): one read
         self._runtime_lock = threading.Lock()  # pool threads (--pool threads) share one
+
+    @property
+    def _runtime(self) -> Runtime | None:
+        """This process's runtime if open (None in a child until it opens its own)."""
+        opened = self._opened
+        return opened[1] if opened is not None and opened[0] == os.getpid() else None
 
     def runtime(self) -> Runtime:
         """This process's runtime, opened on first use; a forked child opens its own."""
-        runtime = self._runtime
-        if runtime is not None and self._runtime_pid == os.getpid():
+        if (runtime := self._runtime) is not None:
             return runtime
         with self._runtime_lock:
-            if self._runtime is None or self._runtime_pid != os.getpid():
-                self._runtime = Runtime.open(self.settings, enqueue=self.enqueue)
-                self._runtime_pid = os.getpid()
-            return self._runtime
+            if (runtime := self._runtime) is None:
+                runtime = Runtime.open(self.settings, enqueue=self.enqueue)
+                self._opened = (os.getpid(), runtime)
+            return runtime
 
     def enqueue(self, task_name: str, kwargs: dict[str, Any]) -> None:
         """Send one of pushrec's tasks to its configured queue."""
         self.send_task(task_name, kwargs=kwargs, queue=queue_for(self.settings, task_name))
 
     def close_runtime(self) -> None:
-        if self._runtime is not None and self._runtime_pid == os.getpid():
-            self._runtime.close()
-        self._runtime = None
+        if (runtime := self._runtime) is not None:
+            runtime.close()
+        self._opened = None
 
 
 def queue_for(settings: Settings, task_name: str) -> str:

@@ -81,6 +81,9 @@ class IndexHolder:
                 return
         wanted = self.wanted_version()  # a Redis read: other threads need not wait on it
         with self._lock:
+            self._swap()
+            if self._last_check != now:  # another thread checked meanwhile: its answer stands
+                return
             if self._loader is not None and self._loader.is_alive():
                 return
             if wanted is None or wanted == self.version or wanted in self._refused:

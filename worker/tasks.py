@@ -115,8 +115,11 @@ def _keep_failed(task: PushrecTask, exc: Exception) -> dict[str, str]:
 def _give_up(task: PushrecTask, exc: Exception) -> NoReturn:
     """Hand the message back to the broker for any worker to take again. (A Redis broker
     that is down cannot take it back: it stays unacked there and returns after the
-    visibility timeout.)"""
-    raise Reject(exc, requeue=True) from exc
+    visibility timeout.) One more backoff first: RabbitMQ hands a requeued message out
+    again at once, and with no retries configured this would spin. The reason goes as a
+    string: the exception itself may not survive pickling to the pool's parent."""
+    time.sleep(task.backoff_s(task.app.settings.task_max_retries))
+    raise Reject(f"{type(exc).__name__}: {exc}", requeue=True) from exc
 
 
 def _delivery(task: PushrecTask) -> str:
