@@ -39,7 +39,8 @@ class IndexHolder:
         self._loader: threading.Thread | None = None
         self._refused: set[str] = set()
         self._last_check = float("-inf")
-        self._lock = threading.Lock()  # between_tasks from several pool threads
+        self._lock = threading.Lock()  # the swap, from several pool threads
+        self._checking = threading.Lock()  # one thread checks for a new version at a time
         configure_threads()
 
     @property
@@ -70,28 +71,28 @@ class IndexHolder:
                 self._swap()
 
     def between_tasks(self, now: float | None = None) -> None:
-        """Swap in a finished load; start loading a newer version if one is wanted."""
+        """Swap in a finished load; start loading a newer version if one is wanted. While
+        one pool thread checks (a Redis read), the others go on without waiting."""
         with self._lock:
             self._swap()
-            now = time.monotonic() if now is None else now
-            if now - self._last_check < self._check_every_s:
-                return
+        now = time.monotonic() if now is None else now
+        if now - self._last_check < self._check_every_s:
+            return
+        if not self._checking.acquire(blocking=False):
+            return
+        try:
             self._last_check = now
             if self._loader is not None and self._loader.is_alive():
                 return
-        wanted = self.wanted_version()  # a Redis read: other threads need not wait on it
-        with self._lock:
-            self._swap()
-            if self._last_check != now:  # another thread checked meanwhile: its answer stands
-                return
-            if self._loader is not None and self._loader.is_alive():
-                return
+            wanted = self.wanted_version()
             if wanted is None or wanted == self.version or wanted in self._refused:
                 return
             self._loader = threading.Thread(
                 target=self._load, args=(wanted,), name="index-loader", daemon=True
             )
             self._loader.start()
+        finally:
+            self._checking.release()
 
     def wait_loaded(self, timeout: float = 60.0) -> None:
         """Block until a background load finishes, then swap (tests, start-up)."""

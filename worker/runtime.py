@@ -131,14 +131,19 @@ class Runtime:
     @property
     def index(self) -> IndexHolder:
         """The process's index holder (loads the published artifact on first use)."""
+        if self._index is not None:
+            return self._index
         with self._lock:
             if self._index is None:
-                self._index = IndexHolder(self.settings.index_store_dir, self.redis, self.keys)
-                self._index.load_now()
+                index = IndexHolder(self.settings.index_store_dir, self.redis, self.keys)
+                index.load_now()
+                self._index = index  # published once loaded: other threads never see it half-built
             return self._index
 
     def firer(self) -> Firer:
         """Rule firing (compiled templates, the index), built on first use."""
+        if self._firer is not None:
+            return self._firer
         index = self.index
         with self._lock:
             if self._firer is None:

@@ -162,7 +162,10 @@ class Sender:
         owner = owner or f"local-{id(self):x}"
         results: dict[str, dict[str, Any]] = {}
         live: list[_Delivery] = []
-        unique = list({r.message_id: r for r in reversed(requests)}.values())[::-1]
+        first: dict[str, DeliveryRequest] = {}
+        for r in requests:  # a message named twice is delivered once, as first asked
+            first.setdefault(r.message_id, r)
+        unique = list(first.values())
         loaded = self._outbox.load_many([r.message_id for r in unique])
         for request, (record, state) in zip(unique, loaded, strict=True):
             mid = request.message_id

@@ -3,14 +3,13 @@
 A call that breaks the contract (positional args, unknown or missing kwargs) is rejected
 and recorded like any bad input: never retried. A Redis outage is retried in the task a
 finite number of times with capped, jittered backoff; if Redis is still away, the task
-fails *without acking* its message, so the broker hands it out again after the
-visibility timeout: nothing is lost, and every write is idempotent, so nothing is
-applied twice. "Without acking" means rejecting with requeue: Celery answers a plain
-failure under late acks with a reject *without* requeue, which a Redis broker that is
-back, or RabbitMQ, takes as "drop the message". (No `task.retry()`: it would publish a new
-message to the broker that is down, and park it as an ETA task in worker memory.) Any
-other error is a bug: the call is kept in the rejected stream for replay and the message
-acked, never looped.
+rejects its message with requeue, so a worker takes it again later: nothing is lost, and
+every write is idempotent, so nothing is applied twice. (Letting the task fail would not
+do: under late acks Celery answers a failure with a reject *without* requeue, which the
+broker takes as "drop the message". Nor `task.retry()`: it would publish a new message to
+the broker that may be down, and park it as an ETA task in worker memory.) Any other
+error is a bug: the call is kept in the rejected stream for replay and the message acked,
+never looped.
 """
 
 from __future__ import annotations
@@ -113,11 +112,11 @@ def _keep_failed(task: PushrecTask, exc: Exception) -> dict[str, str]:
 
 
 def _give_up(task: PushrecTask, exc: Exception) -> NoReturn:
-    """Hand the message back to the broker for any worker to take again. (A Redis broker
-    that is down cannot take it back: it stays unacked there and returns after the
-    visibility timeout.) One more backoff first: RabbitMQ hands a requeued message out
-    again at once, and with no retries configured this would spin. The reason goes as a
-    string: the exception itself may not survive pickling to the pool's parent."""
+    """Reject the message with requeue (module docstring); a Redis broker that is down
+    itself keeps it unacked and restores it after the visibility timeout. One more backoff
+    first: RabbitMQ hands a requeued message out again at once, and with no retries
+    configured this would spin. The reason goes as a string: the exception itself may not
+    survive pickling to the pool's parent."""
     time.sleep(task.backoff_s(task.app.settings.task_max_retries))
     raise Reject(f"{type(exc).__name__}: {exc}", requeue=True) from exc
 
