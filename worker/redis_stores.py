@@ -65,9 +65,11 @@ class RedisBreakerStore:
     async def add_failure(self, key: str, *, window_s: float) -> int:
         failures = self._keys(key)[1]
         pipe = self._client.pipeline(transaction=True)
+        # The window starts with the first failure: SET NX creates the counter with its
+        # expiry and INCR keeps it (PEXPIRE NX would need Redis 7; the bundled one is 6.2).
+        pipe.set(failures, 0, nx=True, px=max(1, int(window_s * 1000)))
         pipe.incr(failures)
-        pipe.pexpire(failures, max(1, int(window_s * 1000)), nx=True)
-        count, _ = await pipe.execute()
+        _, count = await pipe.execute()
         return int(count)
 
     async def trip(self, key: str, until: float) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from tests.clock import FIXED_NOW
 from worker.delayed import DelayedJobs, Job
 from worker.runtime import Runtime
 from worker.scripts import Scripts
 
-NOW = 1_795_856_400.0
+NOW = FIXED_NOW  # leases and due times are compared with the `now` passed in
 
 
 def jobs(rt: Runtime) -> DelayedJobs:

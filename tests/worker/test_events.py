@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from tests.clock import FIXED_NOW
 from worker.events import (
     InvalidInput,
     Limits,
@@ -16,7 +17,7 @@ from worker.events import (
     parse_ts,
 )
 
-NOW = 1_795_856_400.0  # 2026-11-28T09:00:00Z
+NOW = FIXED_NOW  # scoring and parsing never meet a real clock
 LIMITS = Limits()
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from tests.clock import FIXED_NOW
 from worker.outbox import SEND_LEASE_S, MessageRecord, message_id
 from worker.runtime import Runtime
 
-NOW = 1_795_856_400.0
+NOW = FIXED_NOW  # leases and due times are compared with the `now` passed in
 
 
 def record(mid: str) -> MessageRecord:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from tests.clock import FIXED_NOW
 from worker.recommend import ShopperView, candidate_pool, choose
 
-NOW = 1_795_856_400.0
+NOW = FIXED_NOW  # scoring and parsing never meet a real clock
 
 
 def item(category: str, stock: str = "5") -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.clock import RUN_NOW
 from worker import ingest
 from worker.catalog import ItemChange
 from worker.events import Limits, parse_event
@@ -11,7 +12,7 @@ from worker.rules import Rule
 from worker.runtime import Runtime
 from worker.triggers import Triggers
 
-NOW = 1_795_856_400.0
+NOW = RUN_NOW  # applied events reach the trending buckets, which Redis expires
 DAY = 86_400.0
 
 
