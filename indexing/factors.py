@@ -1,9 +1,10 @@
 """Implicit-feedback matrix factorisation (Hu, Koren & Volinsky ALS) and fold-in.
 
 Training uses `implicit`'s CPU conjugate-gradient ALS: it is the reference and ~3x faster
-than a plain numpy CG ALS on this machine kind (see ARCHITECTURE.md), so we do not keep our
-own. Confidence of a cell with raw weight r (see `indexing.matrix`) is
-``c = 1 + alpha * log1p(r)``; `implicit` gets `c` directly with its own alpha at 1.
+than a plain numpy CG ALS on this machine kind (docs/indexing.md, "Model and served
+scoring"), so we do not keep our own. Confidence of a cell with raw weight r (see
+`indexing.matrix`) is ``c = 1 + alpha * log1p(r)``; `implicit` gets `c` directly with its
+own alpha at 1.
 
 Determinism: explicit seed, float32, C-contiguous input, CPU only, BLAS limited to one
 thread for the duration of the fit (which also silences implicit's OpenBLAS warning). Each

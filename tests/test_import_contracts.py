@@ -1,5 +1,6 @@
-"""The package map of ARCHITECTURE.md, checked mechanically: `indexing` and `push` are
-libraries that import neither `worker` nor each other."""
+"""The package map of the README, checked mechanically: `indexing` and `push` are
+libraries that import neither `worker` nor each other, and `worker`'s sub-packages import
+only down their layers."""
 
 from __future__ import annotations
 

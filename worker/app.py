@@ -18,6 +18,7 @@ from kombu import Exchange, Queue
 from worker import contract
 from worker.runtime import Runtime
 from worker.settings import Settings
+from worker.tasks import register_tasks
 
 
 class PushrecApp(Celery):
@@ -127,8 +128,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def create_app(settings: Settings) -> PushrecApp:
     """The worker's app with every contract task registered."""
-    from worker.tasks import register_tasks  # tasks import app types; avoid a cycle
-
     app = PushrecApp(settings)
     app.conf.update(celery_config(settings))
     register_tasks(app)

@@ -12,6 +12,7 @@ import redis
 from worker.events import DeviceRegistration, DeviceRemoval, Preferences
 from worker.keys import Keys
 from worker.scripts import Scripts
+from worker.snapshot import DeviceRecord, decode_devices, decode_preferences
 
 MAX_DEVICES_PER_USER = 20
 
@@ -97,8 +98,8 @@ class Contacts:
             client=pipe,
         )
 
-    def devices(self, user_id: str) -> dict[str, dict[str, Any]]:
-        return parse_devices(self._client.hgetall(self._keys.user(user_id).devices))  # type: ignore[arg-type]
+    def devices(self, user_id: str) -> dict[str, DeviceRecord]:
+        return decode_devices(self._client.hgetall(self._keys.user(user_id).devices))  # type: ignore[arg-type]
 
     def set_preferences(self, prefs: Preferences, now: float) -> int:
         """Apply a partial update; returns how many fields changed (older ones are ignored)."""
@@ -123,14 +124,4 @@ class Contacts:
         return int(changed)
 
     def preferences(self, user_id: str) -> dict[str, str]:
-        return parse_preferences(self._client.hgetall(self._keys.user(user_id).preferences))  # type: ignore[arg-type]
-
-
-def parse_devices(raw: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """The devices hash (as read, e.g. in a caller's pipeline) as device_id -> record."""
-    return {did: json.loads(record) for did, record in raw.items()}
-
-
-def parse_preferences(raw: dict[str, str]) -> dict[str, str]:
-    """The preferences hash without its per-field timestamps."""
-    return {k: v for k, v in raw.items() if not k.endswith("@ts")}
+        return decode_preferences(self._client.hgetall(self._keys.user(user_id).preferences))  # type: ignore[arg-type]

@@ -6,7 +6,8 @@ Task names, their default queues and the event schema version are public and ver
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 SCHEMA_VERSION: Final = 1
 
@@ -25,6 +26,9 @@ REBUILD_INDEX: Final = "pushrec.rebuild_index"
 # Jobs per internal fire task and messages per deliver task: fan-outs and batches of
 # events travel in shared tasks (`{"jobs": [...]}`, `{"message_ids": [...]}`).
 INTERNAL_BATCH: Final = 100
+
+Enqueue = Callable[[str, dict[str, Any]], None]
+"""Sends one of these tasks, with JSON kwargs, to its queue (`PushrecApp.enqueue`)."""
 
 # Which logical queue each task goes to; queue names themselves are settings.
 ACTIVITY: Final = "activity"

@@ -11,7 +11,6 @@ shopper. The whole batch shares one round trip per stage.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,55 +23,21 @@ from push import TemplateSet, new_coupon
 from push.errors import PushError
 from worker.audit import Audit
 from worker.catalog import Catalog
-from worker.contacts import parse_devices, parse_preferences
-from worker.contract import DELIVER, FIRE, INTERNAL_BATCH
+from worker.contract import DELIVER, FIRE, INTERNAL_BATCH, Enqueue
 from worker.delayed import DelayedJobs, Job
 from worker.index_holder import IndexHolder
+from worker.jobs import FireJob
 from worker.keys import Keys
+from worker.kinds import FIRE_READS, KINDS
 from worker.outbox import MessageRecord, Outbox, message_id
 from worker.policy import ContactPolicy, PolicyReads
 from worker.recommend import Candidate, Pool, ShopperView, candidate_pool, choose
 from worker.rules import Rule, enabled_rule
 from worker.settings import Settings
+from worker.snapshot import Shopper, ShopperReads
 from worker.state import StateStore
 
 log = logging.getLogger(__name__)
-
-ITEM_KINDS = frozenset({"cart_abandoned", "price_drop", "back_in_stock", "replenish"})
-
-Enqueue = Callable[[str, dict[str, Any]], None]
-
-
-@dataclass(frozen=True)
-class FireJob:
-    rule: str
-    user_id: str
-    trigger_id: str
-    trigger_ts: float
-    items: tuple[str, ...]
-    extra: Mapping[str, str]
-
-    @classmethod
-    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> FireJob:
-        return cls(
-            rule=str(kwargs["rule"]),
-            user_id=str(kwargs["user_id"]),
-            trigger_id=str(kwargs["trigger_id"]),
-            trigger_ts=float(kwargs["trigger_ts"]),
-            items=tuple(str(i) for i in kwargs.get("items", ())),
-            extra={str(k): str(v) for k, v in dict(kwargs.get("extra", {})).items()},
-        )
-
-    def kwargs(self) -> dict[str, Any]:
-        """The `pushrec.fire` kwargs of this job (`from_kwargs` reads them back)."""
-        return {
-            "rule": self.rule,
-            "user_id": self.user_id,
-            "trigger_id": self.trigger_id,
-            "trigger_ts": self.trigger_ts,
-            "items": list(self.items),
-            "extra": dict(self.extra),
-        }
 
 
 def rule_templates(rules: Sequence[Rule]) -> TemplateSet:
@@ -86,13 +51,13 @@ def rule_templates(rules: Sequence[Rule]) -> TemplateSet:
     return TemplateSet(templates, default_locale="en")
 
 
+_READS = ShopperReads(FIRE_READS | {"devices", "preferences"})
+
+
 @dataclass(frozen=True)
 class _Shopper:
+    state: Shopper
     view: ShopperView
-    cart_added: dict[str, float]  # item -> time added to the cart
-    purchased_at: dict[str, float]  # item -> time of its last purchase
-    devices: dict[str, dict[str, Any]]
-    prefs: dict[str, str]
     policy: PolicyReads
 
 
@@ -144,55 +109,19 @@ class Firer:
         """Everything firing reads of each shopper, for the whole batch in one round trip."""
         pipe = self._client.pipeline(transaction=False)
         for f in firings:
-            k = self._keys.user(f.job.user_id)
-            pipe.lrange(k.recent, 0, -1)
-            pipe.zrange(k.purchased, 0, -1, withscores=True)
-            pipe.zrange(k.cart_added, 0, -1, withscores=True)
-            pipe.hgetall(k.devices)
-            pipe.hgetall(k.preferences)
+            _READS.queue(pipe, self._keys, f.job.user_id)
             self._policy.queue_reads(pipe, f.rule, f.job.user_id, f.mid, now)
         replies = iter(pipe.execute() if firings else [])
         shoppers = []
-        for _ in firings:
-            recent_raw, purchased, cart = next(replies), next(replies), next(replies)
-            devices, prefs = next(replies), next(replies)
+        for f in firings:
+            state = _READS.parse(f.job.user_id, replies)
             view = ShopperView(
-                recent=[json.loads(r) for r in recent_raw],
-                purchased=frozenset(i for i, _ in purchased),
-                cart=frozenset(i for i, _ in cart),
+                recent=state.recent,
+                purchased=frozenset(state.purchases),
+                cart=frozenset(state.cart_added),
             )
-            shoppers.append(
-                _Shopper(
-                    view,
-                    dict(cart),
-                    dict(purchased),
-                    parse_devices(devices),
-                    parse_preferences(prefs),
-                    PolicyReads.from_replies(replies),
-                )
-            )
+            shoppers.append(_Shopper(state, view, PolicyReads.from_replies(replies)))
         return shoppers
-
-    # --- the condition, re-checked when the rule fires ------------------------------
-    def _still_holds(self, rule: Rule, job: FireJob, shopper: _Shopper) -> tuple[list[str], str]:
-        """(the rule's own items now, '') or ([], why the rule no longer applies)."""
-        after = [r for r in shopper.view.recent if float(r["ts"]) > job.trigger_ts]
-        if rule.kind == "cart_abandoned":
-            if any(r["type"] in {"purchase", "remove_from_cart"} for r in after):
-                return [], "purchase or cart removal since the trigger"
-            cart = sorted(shopper.view.cart, key=lambda i: -shopper.cart_added.get(i, 0.0))
-            return (cart, "") if cart else ([], "cart is empty")
-        if rule.kind == "browse_abandoned":
-            if any(r["type"] in {"add_to_cart", "purchase"} for r in after):
-                return [], "added to cart or bought since"
-            return list(job.items), ""
-        if rule.kind in {"price_drop", "back_in_stock", "replenish"}:
-            item = job.items[0]
-            bought_at = shopper.purchased_at.get(item)
-            if bought_at is not None and bought_at > job.trigger_ts:
-                return [], "bought since"
-            return [item], ""
-        return list(job.items), ""
 
     # --- firing -----------------------------------------------------------------------
     def fire_many(self, jobs: Sequence[FireJob], now: float) -> list[dict[str, Any]]:
@@ -253,7 +182,10 @@ class Firer:
             trending = self._state.trending_items(now, 24, 4 * most)
 
         def pool(f: _Firing, shopper: _Shopper) -> Pool | None:
-            own_items, why_not = self._still_holds(f.rule, f.job, shopper)
+            kind = KINDS[f.rule.kind]
+            own_items, why_not = kind.holds_at_fire(
+                f.rule, f.job.trigger_ts, f.job.items, shopper.state
+            )
             if why_not:
                 f.action, f.reason = "suppress", f"condition: {why_not}"
                 return None
@@ -263,7 +195,7 @@ class Firer:
                 k=f.rule.items,
                 now=now,
                 trigger_items=own_items,
-                allow_cart=f.rule.kind == "cart_abandoned",
+                allow_cart=kind.offers_cart,
                 trending=trending[: 4 * f.rule.items],
             )
 
@@ -299,7 +231,7 @@ class Firer:
                 rule = firings[n].rule
                 chosen[n] = choose(
                     index, pool.head(size), facts, k=rule.items,
-                    include_trigger_items=rule.kind in ITEM_KINDS,
+                    include_trigger_items=KINDS[rule.kind].leads_with_own_items,
                 )  # fmt: skip
                 if len(chosen[n]) < rule.items and size < len(pool.candidates):
                     heads[n] = (pool, 2 * size)
@@ -316,16 +248,16 @@ class Firer:
         now: float,
     ) -> None:
         """Run the contact policy and settle what this firing does."""
-        active = [d["channel"] for d in shopper.devices.values() if d.get("active", True)]
+        active = [d["channel"] for d in shopper.state.active_devices().values()]
         verdict = self._policy.decide(
             f.rule,
             f.job.user_id,
             [c.item_id for c in candidates],
             active,
-            shopper.prefs,
+            shopper.state.preferences,
             now,
             shopper.policy,
-            item_rule=f.rule.kind in ITEM_KINDS,
+            item_rule=KINDS[f.rule.kind].leads_with_own_items,
         )
         f.decision["policy"] = verdict.as_dict()
         items = [c.item_id for c in candidates if c.item_id in set(verdict.items)]
@@ -339,7 +271,14 @@ class Firer:
         else:
             try:
                 f.record = self._compose(
-                    f.rule, f.job, f.mid, items, facts, verdict.channels, shopper.prefs, now
+                    f.rule,
+                    f.job,
+                    f.mid,
+                    items,
+                    facts,
+                    verdict.channels,
+                    shopper.state.preferences,
+                    now,
                 )
             except PushError as exc:  # a template bug: nothing is sent, the reason is kept
                 f.action, f.reason = "suppress", f"compose: {exc}"

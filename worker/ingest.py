@@ -27,8 +27,8 @@ from worker.events import (
     parse_preferences,
     parse_user_id,
 )
+from worker.jobs import Trigger
 from worker.runtime import Runtime
-from worker.triggers import Trigger
 
 log = logging.getLogger(__name__)
 

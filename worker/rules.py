@@ -1,7 +1,7 @@
 """Rules: when to contact whom, declared in the config file.
 
 Each `[[rules]]` table in the TOML file (`PUSHREC_CONFIG`) is one `Rule`. A rule has a
-kind (what triggers it and what it re-checks when it fires), a delay, a cooldown, the
+kind (what triggers it and what it re-checks when it fires: `kinds.py`), a delay, a cooldown, the
 channels to use in order of preference, a purpose, a holdout share, templates and an
 optional coupon. Without any `[[rules]]`, `DEFAULT_RULES` apply.
 
@@ -31,14 +31,6 @@ RuleKind = Literal[
     "replenish",
 ]
 ChannelName = Literal["fcm", "apns", "webpush", "webhook"]
-
-# Which activity triggers a kind; catalog kinds are triggered by item upserts instead.
-EVENT_KINDS: dict[str, tuple[RuleKind, ...]] = {
-    "add_to_cart": ("cart_abandoned",),
-    "view": ("browse_abandoned",),
-    "purchase": ("post_purchase", "replenish"),
-}
-CATALOG_KINDS: tuple[RuleKind, ...] = ("price_drop", "back_in_stock")
 
 
 class CouponSpec(BaseModel):
@@ -87,10 +79,6 @@ class Rule(BaseModel):
 
 def enabled_rule(rules: tuple[Rule, ...], name: str) -> Rule | None:
     return next((r for r in rules if r.name == name and r.enabled), None)
-
-
-def rules_of_kind(rules: tuple[Rule, ...], kind: str) -> list[Rule]:
-    return [r for r in rules if r.kind == kind and r.enabled]
 
 
 DEFAULT_RULES: tuple[Rule, ...] = (

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +17,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from push.gateway import Router
 from worker.audit import Audit
 from worker.catalog import Catalog
 from worker.contacts import Contacts
+from worker.contract import Enqueue
 from worker.delayed import DelayedJobs
 from worker.events import Limits
 from worker.firing import Firer
@@ -55,9 +56,6 @@ def connect_redis(url: str) -> redis.Redis:
     )
 
 
-Enqueue = Callable[[str, dict[str, Any]], None]
-
-
 def _no_enqueue(task: str, kwargs: dict[str, Any]) -> None:
     raise RuntimeError(f"this runtime cannot send tasks ({task})")
 
@@ -80,6 +78,7 @@ class Runtime:
     delayed: DelayedJobs
     triggers: Triggers
     enqueue: Enqueue = _no_enqueue
+    router: Router | None = None  # prebuilt gateways (tests); None: opened from settings
     _index: IndexHolder | None = field(default=None, repr=False)
     _firer: Firer | None = field(default=None, repr=False)
     _pushes: list[PushRuntime] = field(default_factory=list, repr=False)
@@ -87,8 +86,12 @@ class Runtime:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def open(cls, settings: Settings, enqueue: Enqueue = _no_enqueue) -> Runtime:
-        """Connect to Redis and build the stores; gateways and index open on first use."""
+    def open(
+        cls, settings: Settings, enqueue: Enqueue = _no_enqueue, router: Router | None = None
+    ) -> Runtime:
+        """Connect to Redis and build the stores; gateways and index open on first use.
+        `router` replaces the gateways the settings name (httpx's `transport=` habit:
+        unit tests send through `push.fake.RecordingGateway`)."""
         if settings.redis_url is None:
             raise ValueError("Runtime.open needs settings with a redis_url")
         client = connect_redis(settings.redis_url)
@@ -122,6 +125,7 @@ class Runtime:
             delayed=DelayedJobs(client, keys, scripts),
             triggers=Triggers(client, keys, settings.rules, settings.trigger_max_age_s),
             enqueue=enqueue,
+            router=router,
         )
 
     @property
@@ -158,7 +162,7 @@ class Runtime:
         thread: push workers only."""
         sender: Sender | None = getattr(self._thread, "sender", None)
         if sender is None:
-            push = PushRuntime(self.settings, gateway_config(self.settings))
+            push = PushRuntime(self.settings, gateway_config(self.settings), self.router)
             with self._lock:
                 self._pushes.append(push)
             sender = self._thread.sender = Sender(

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from worker.contract import DELIVER, FIRE, INTERNAL_BATCH
+from worker.contract import DELIVER, FIRE, INTERNAL_BATCH, Enqueue
 from worker.delayed import DelayedJobs
 from worker.outbox import Outbox
 
@@ -58,9 +58,7 @@ class LeaderLock:
         self._release(keys=[self._key], args=[self.owner])
 
 
-def drain_due(
-    delayed: DelayedJobs, enqueue: Callable[[str, dict[str, Any]], None], batch: int = 500
-) -> int:
+def drain_due(delayed: DelayedJobs, enqueue: Enqueue, batch: int = 500) -> int:
     """Enqueue every due delayed job; returns how many. Due rule firings travel together,
     `INTERNAL_BATCH` per fire task (a price-drop fan-out is thousands of them). A crash
     between enqueue and ack re-runs the jobs after their lease (handlers are idempotent)."""
@@ -79,9 +77,7 @@ def drain_due(
             return moved
 
 
-def resend_stuck(
-    outbox: Outbox, enqueue: Callable[[str, dict[str, Any]], None], older_than_s: float = 300
-) -> int:
+def resend_stuck(outbox: Outbox, enqueue: Enqueue, older_than_s: float = 300) -> int:
     """Enqueue delivery again for messages whose deliver task was lost (delivery is
     idempotent per device, so a slow rather than lost task costs only a check)."""
     mids = outbox.stuck(time.time(), older_than_s)

@@ -28,18 +28,20 @@ import redis.asyncio as aioredis
 from push import DeliveryResult, Device, Message, Outcome, Purpose, WebPushSubscription
 from push.config import GatewayConfig, open_gateways
 from push.delivery import CircuitBreaker, Deliverer, RateLimit, RateLimiter, RetryPolicy
+from push.gateway import Router
 from push.messages import Channel, Priority
 from worker.audit import Audit
-from worker.contacts import Contacts, parse_devices, parse_preferences
+from worker.contacts import Contacts
 from worker.contract import DELIVER
 from worker.delayed import DelayedJobs, Job
-from worker.firing import ITEM_KINDS
 from worker.keys import Keys
+from worker.kinds import KINDS
 from worker.outbox import MessageRecord, Outbox
 from worker.policy import ContactPolicy
 from worker.redis_stores import RedisBreakerStore, RedisRateLimitStore, RedisTokenCache
 from worker.rules import Rule, enabled_rule
 from worker.settings import Settings
+from worker.snapshot import DeviceRecord, Shopper, ShopperReads
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +50,24 @@ T = TypeVar("T")
 
 class PushRuntime:
     """One event loop per worker thread, the gateways over one HTTP/2 client, and a
-    `Deliverer` whose breaker, rate limit and APNs provider tokens are shared in Redis."""
+    `Deliverer` whose breaker, rate limit and APNs provider tokens are shared in Redis.
+    A prebuilt `router` (tests: `push.fake.RecordingGateway`s) replaces the gateways
+    that `config` would open."""
 
-    def __init__(self, settings: Settings, config: GatewayConfig) -> None:
+    def __init__(
+        self, settings: Settings, config: GatewayConfig, router: Router | None = None
+    ) -> None:
         assert settings.redis_url is not None
         self.loop = asyncio.new_event_loop()
         self._stack = AsyncExitStack()
         self._redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
         prefix = settings.key_prefix
-        router = self.run(
-            self._stack.enter_async_context(
-                open_gateways(config, token_cache=RedisTokenCache(self._redis, prefix))
+        if router is None:
+            router = self.run(
+                self._stack.enter_async_context(
+                    open_gateways(config, token_cache=RedisTokenCache(self._redis, prefix))
+                )
             )
-        )
         limit = RateLimit(rate=settings.push_rate_per_s, burst=settings.push_rate_burst)
         self.deliverer = Deliverer(
             router,
@@ -80,7 +87,10 @@ class PushRuntime:
         self.loop.close()
 
 
-def _push_device(record: dict[str, Any]) -> Device:
+_READS = ShopperReads.of("devices", "preferences", "purchases")
+
+
+def _push_device(record: DeviceRecord) -> Device:
     channel = Channel(record["channel"])
     if channel is Channel.WEBPUSH:
         return Device(channel, subscription=WebPushSubscription.from_json(record["subscription"]))
@@ -123,7 +133,7 @@ class _Delivery:
     record: MessageRecord
     state: dict[str, str]  # as loaded
     rule: Rule | None
-    targets: dict[str, dict[str, Any]] = field(default_factory=dict)  # device id -> device
+    targets: dict[str, DeviceRecord] = field(default_factory=dict)  # device id -> device
     sends: list[tuple[str, Message]] = field(default_factory=list)
     broken: list[tuple[str, str]] = field(default_factory=list)  # (device id, why) unsendable
     result: dict[str, Any] = field(default_factory=dict)
@@ -199,19 +209,16 @@ class Sender:
         out, or a cap reached by another message (reserved atomically here)."""
         pipe = self._client.pipeline(transaction=False)  # every read, one round trip
         for d in live:
-            k = self._keys.user(d.record.user_id)
-            pipe.hgetall(k.devices)
-            pipe.hgetall(k.preferences)
-            pipe.zrangebyscore(k.purchased, d.record.created_at, "+inf")
+            _READS.queue(pipe, self._keys, d.record.user_id)
             for item in d.record.items:
                 pipe.hget(self._keys.item(item).item, "stock")
         replies = iter(pipe.execute() if live else [])
         suppressed: list[_Delivery] = []
         first_tries: list[_Delivery] = []
         for d in live:
-            raw_devices, raw_prefs, bought = next(replies), next(replies), next(replies)
+            shopper = _READS.parse(d.record.user_id, replies)
             stock = [next(replies) for _ in d.record.items]
-            why_not = self._why_not(d, raw_devices, raw_prefs, set(bought), stock)
+            why_not = self._why_not(d, shopper, stock)
             if why_not:
                 d.result = {"action": "suppressed", "reason": why_not}
                 suppressed.append(d)
@@ -232,9 +239,7 @@ class Sender:
     def _why_not(
         self,
         d: _Delivery,
-        raw_devices: dict[str, str],
-        raw_prefs: dict[str, str],
-        bought_since: set[str],
+        shopper: Shopper,
         stock: list[str | None],
     ) -> str:
         """Why the message must not go out now ('' if it may); sets `d.targets`, the
@@ -242,15 +247,16 @@ class Sender:
         rule, record = d.rule, d.record
         if rule is None:
             return f"rule {record.rule} disabled"
-        devices = {i: r for i, r in parse_devices(raw_devices).items() if r.get("active", True)}
+        devices = shopper.active_devices()
         channels = self._policy.consented_channels(
-            rule, [r["channel"] for r in devices.values()], parse_preferences(raw_prefs)
+            rule, [r["channel"] for r in devices.values()], shopper.preferences
         )
         if not channels:
             return "consent withdrawn or no active device"
+        bought_since = shopper.bought_since(record.created_at)
+        if why_not := KINDS[rule.kind].holds_at_send(record.items, bought_since):
+            return why_not
         left = [i for i in record.items if i not in bought_since]
-        if not left or (rule.kind in ITEM_KINDS and record.items[0] in bought_since):
-            return "bought in the meantime"
         in_stock = dict(zip(record.items, stock, strict=True))
         if all(in_stock[i] == "0" for i in left):
             return "out of stock"
@@ -278,7 +284,7 @@ class Sender:
                 log.exception("message %s to device %s", d.record.id, device_id)
                 d.broken.append((device_id, f"{type(exc).__name__}: {exc}"))
 
-    def _message(self, record: MessageRecord, device: dict[str, Any]) -> Message:
+    def _message(self, record: MessageRecord, device: DeviceRecord) -> Message:
         return Message(
             id=record.id,
             device=_push_device(device),

@@ -23,6 +23,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from push.gateways.apns import APNS_URL
+from push.gateways.fcm import FCM_URL
 from worker.rules import DEFAULT_RULES, Rule
 
 ENV_PREFIX = "PUSHREC_"
@@ -157,11 +159,11 @@ class Settings(BaseSettings):
         description="When the scheduler rebuilds the index (crontab, UTC); empty = never.",
     )
 
-    # --- push gateways ---------------------------------------------------------------
-    fcm_url: str = "https://fcm.googleapis.com"
+    # --- push gateways: each named as its `push.config.GatewayConfig` field -------------
+    fcm_url: str = FCM_URL
     fcm_credentials: Path | None = None
     fcm_project_id: str | None = None
-    apns_url: str = "https://api.push.apple.com"
+    apns_url: str = APNS_URL
     apns_key_file: Path | None = None
     apns_key_id: str | None = None
     apns_team_id: str | None = None

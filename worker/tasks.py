@@ -19,17 +19,18 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from dataclasses import dataclass
+from typing import Any, NoReturn, Protocol
 
 import redis
-from celery import Task
+from celery import Celery, Task
 from celery.exceptions import Reject
 
 from worker import contract, ingest, rebuild
-from worker.app import PushrecApp
-from worker.firing import FireJob
+from worker.jobs import FireJob
 from worker.runtime import Runtime
 from worker.sending import DeliveryRequest
+from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,16 @@ _TRANSIENT = (
 )
 
 
+class _App(Protocol):
+    """What a task needs of its app (`app.PushrecApp`, which imports this module)."""
+
+    settings: Settings
+
+    def runtime(self) -> Runtime: ...
+
+
 class PushrecTask(Task):  # type: ignore[type-arg]
-    app: PushrecApp
+    app: _App  # type: ignore[assignment]
 
     @property
     def runtime(self) -> Runtime:
@@ -59,8 +68,8 @@ def _call_shape(
     task: PushrecTask,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    required: set[str],
-    optional: frozenset[str] | set[str] = frozenset(),
+    required: frozenset[str],
+    optional: frozenset[str] = frozenset(),
 ) -> str | None:
     """Why this call does not fit the contract, or None if it does."""
     if args:
@@ -131,86 +140,121 @@ def _shape_rejected(task: PushrecTask, reason: str, payload: Any) -> dict[str, s
     return {"rejected": reason}
 
 
-_DEVICE_FIELDS = {"user_id", "channel"}
-_DEVICE_OPTIONAL = {"token", "subscription", "ts"}
-_PREFERENCE_OPTIONAL = {"consent", "timezone", "locale", "quiet_hours", "ts"}
+def _as_given(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return {"args": args, "kwargs": kwargs}
 
 
-def register_tasks(app: PushrecApp) -> None:
-    """Register every contract task on `app` under its public name."""
+def _redacted_device(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Positional args are dropped: a token in them could not be redacted."""
+    return {"kwargs": ingest.redact_device(kwargs)}
 
-    @app.task(name=contract.TRACK, bind=True, base=PushrecTask)
-    def track(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
-        if reason := _call_shape(self, args, kwargs, {"event"}):
-            return _shape_rejected(self, reason, {"args": args, "kwargs": kwargs})
-        return _run(
-            self, lambda rt: ingest.track_one(rt, kwargs["event"], time.time(), _delivery(self))
-        )
 
-    @app.task(name=contract.TRACK_BATCH, bind=True, base=PushrecTask)
-    def track_batch(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
-        if reason := _call_shape(self, args, kwargs, {"events"}):
-            return _shape_rejected(self, reason, {"args": args, "kwargs": kwargs})
-        return _run(
-            self, lambda rt: ingest.track_batch(rt, kwargs["events"], time.time(), _delivery(self))
-        )
+Body = Callable[["PushrecTask", Runtime, dict[str, Any]], Any]
 
-    @app.task(name=contract.UPSERT_ITEMS, bind=True, base=PushrecTask)
-    def upsert_items(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
-        if reason := _call_shape(self, args, kwargs, {"items"}):
-            return _shape_rejected(self, reason, {"args": args, "kwargs": kwargs})
-        return _run(self, lambda rt: ingest.upsert_items(rt, kwargs["items"], time.time())[0])
 
-    @app.task(name=contract.REGISTER_DEVICE, bind=True, base=PushrecTask)
-    def register_device(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
-        if reason := _call_shape(self, args, kwargs, _DEVICE_FIELDS, _DEVICE_OPTIONAL):
-            return _shape_rejected(self, reason, {"kwargs": ingest.redact_device(kwargs)})
-        return _run(self, lambda rt: ingest.register_device(rt, kwargs, time.time()))
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: its name, the kwargs a caller must and may send (checked before the
+    body runs, for contract tasks), its body, and what a rejected call keeps."""
 
-    @app.task(name=contract.UNREGISTER_DEVICE, bind=True, base=PushrecTask)
-    def unregister_device(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
-        if reason := _call_shape(self, args, kwargs, _DEVICE_FIELDS, {"token", "endpoint"}):
-            return _shape_rejected(self, reason, {"kwargs": ingest.redact_device(kwargs)})
-        return _run(self, lambda rt: ingest.unregister_device(rt, kwargs))
+    name: str
+    body: Body
+    required: frozenset[str] = frozenset()
+    optional: frozenset[str] = frozenset()
+    checked: bool = True  # internal tasks (sent by pushrec itself) parse their own kwargs
+    keep: Callable[[tuple[Any, ...], dict[str, Any]], Any] = _as_given
+    ignore_result: bool = True
 
-    @app.task(name=contract.SET_PREFERENCES, bind=True, base=PushrecTask)
-    def set_preferences(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
-        if reason := _call_shape(self, args, kwargs, {"user_id"}, _PREFERENCE_OPTIONAL):
-            return _shape_rejected(self, reason, {"args": args, "kwargs": kwargs})
-        return _run(self, lambda rt: ingest.set_preferences(rt, kwargs, time.time()))
 
-    @app.task(name=contract.FORGET_USER, bind=True, base=PushrecTask, ignore_result=False)
-    def forget_user(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
-        if reason := _call_shape(self, args, kwargs, {"user_id"}):
-            return _shape_rejected(self, reason, {"args": args, "kwargs": kwargs})
-        return _run(self, lambda rt: ingest.erase_user(rt, kwargs["user_id"]))
+def _fire(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
+    """Internal: evaluate rules for shoppers (from the scheduler): one job's kwargs, or
+    `jobs`, a list of them (a fan-out)."""
+    jobs = [FireJob.from_kwargs(j) for j in kwargs.get("jobs", [kwargs])]
+    return rt.firer().fire_many(jobs, time.time())
 
-    @app.task(name=contract.FIRE, bind=True, base=PushrecTask)
-    def fire(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
-        """Internal: evaluate rules for shoppers (from the scheduler): one job's kwargs,
-        or `jobs`, a list of them (a fan-out)."""
-        jobs = [FireJob.from_kwargs(j) for j in kwargs.get("jobs", [kwargs])]
-        return _run(self, lambda rt: rt.firer().fire_many(jobs, time.time()))
 
-    @app.task(name=contract.DELIVER, bind=True, base=PushrecTask)
-    def deliver(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
-        """Internal: send queued messages to their shoppers' devices (push queue)."""
-        requests = DeliveryRequest.from_kwargs(kwargs)
-        return _run(
-            self, lambda rt: rt.sender().deliver_many(requests, time.time(), _delivery(self))
-        )
+def _deliver(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
+    """Internal: send queued messages to their shoppers' devices (push queue)."""
+    requests = DeliveryRequest.from_kwargs(kwargs)
+    return rt.sender().deliver_many(requests, time.time(), _delivery(task))
 
-    @app.task(name=contract.REBUILD_INDEX, bind=True, base=PushrecTask, ignore_result=False)
-    def rebuild_index(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
-        """Internal: build an index from the interaction log and publish it (maintenance)."""
-        force = bool(kwargs.get("force", False))
-        return _run(
-            self,
-            lambda rt: rebuild.rebuild_index(
-                rt.redis, rt.keys, rt.settings, rt.catalog, force=force
-            ),
-        )
 
-    @app.task(name=contract.NOOP, bind=True, base=PushrecTask)
-    def noop(self: PushrecTask, *args: Any, **kwargs: Any) -> None:
-        """Does nothing: the throughput ceiling of the broker and pool (bench/ingest.py)."""
+def _rebuild(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
+    """Internal: build an index from the interaction log and publish it (maintenance)."""
+    force = bool(kwargs.get("force", False))
+    return rebuild.rebuild_index(rt.redis, rt.keys, rt.settings, rt.catalog, force=force)
+
+
+def _noop(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> None:
+    """Does nothing: the throughput ceiling of the broker and pool (bench/ingest.py)."""
+
+
+_DEVICE = frozenset({"user_id", "channel"})
+_USER = frozenset({"user_id"})
+
+TASKS: tuple[TaskSpec, ...] = (
+    TaskSpec(
+        contract.TRACK,
+        lambda t, rt, kw: ingest.track_one(rt, kw["event"], time.time(), _delivery(t)),
+        required=frozenset({"event"}),
+    ),
+    TaskSpec(
+        contract.TRACK_BATCH,
+        lambda t, rt, kw: ingest.track_batch(rt, kw["events"], time.time(), _delivery(t)),
+        required=frozenset({"events"}),
+    ),
+    TaskSpec(
+        contract.UPSERT_ITEMS,
+        lambda t, rt, kw: ingest.upsert_items(rt, kw["items"], time.time())[0],
+        required=frozenset({"items"}),
+    ),
+    TaskSpec(
+        contract.REGISTER_DEVICE,
+        lambda t, rt, kw: ingest.register_device(rt, kw, time.time()),
+        required=_DEVICE,
+        optional=frozenset({"token", "subscription", "ts"}),
+        keep=_redacted_device,
+    ),
+    TaskSpec(
+        contract.UNREGISTER_DEVICE,
+        lambda t, rt, kw: ingest.unregister_device(rt, kw),
+        required=_DEVICE,
+        optional=frozenset({"token", "endpoint"}),
+        keep=_redacted_device,
+    ),
+    TaskSpec(
+        contract.SET_PREFERENCES,
+        lambda t, rt, kw: ingest.set_preferences(rt, kw, time.time()),
+        required=_USER,
+        optional=frozenset({"consent", "timezone", "locale", "quiet_hours", "ts"}),
+    ),
+    TaskSpec(
+        contract.FORGET_USER,
+        lambda t, rt, kw: ingest.erase_user(rt, kw["user_id"]),
+        required=_USER,
+        ignore_result=False,
+    ),
+    TaskSpec(contract.FIRE, _fire, checked=False),
+    TaskSpec(contract.DELIVER, _deliver, checked=False),
+    TaskSpec(contract.REBUILD_INDEX, _rebuild, checked=False, ignore_result=False),
+    TaskSpec(contract.NOOP, _noop, checked=False),
+)
+
+
+def register_tasks(app: Celery) -> None:
+    """Register every task of `TASKS` on `app` under its name, over one wrapper."""
+    for spec in TASKS:
+        _register(app, spec)
+
+
+def _register(app: Celery, spec: TaskSpec) -> None:
+    def run(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
+        if spec.checked and (
+            reason := _call_shape(self, args, kwargs, spec.required, spec.optional)
+        ):
+            return _shape_rejected(self, reason, spec.keep(args, kwargs))
+        return _run(self, lambda rt: spec.body(self, rt, kwargs))
+
+    run.__name__ = spec.name.rpartition(".")[2]
+    run.__doc__ = spec.body.__doc__
+    app.task(name=spec.name, bind=True, base=PushrecTask, ignore_result=spec.ignore_result)(run)

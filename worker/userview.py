@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import redis
 
 from push import fingerprint
 from worker.audit import Audit
-from worker.contacts import Contacts
 from worker.keys import Keys
 from worker.outbox import Outbox
+from worker.snapshot import ShopperReads
 from worker.state import decayed_weight
 
 
@@ -35,23 +34,19 @@ def decisions_view(audit: Audit, outbox: Outbox, user_id: str) -> list[dict[str,
     return out
 
 
-def user_view(
-    client: redis.Redis, keys: Keys, contacts: Contacts, user_id: str, now: float
-) -> dict[str, Any]:
+_READS = ShopperReads.of(
+    "profile", "recent", "cart", "purchases", "purchase_history", "affinity", "devices",
+    "preferences",
+)  # fmt: skip
+
+
+def user_view(client: redis.Redis, keys: Keys, user_id: str, now: float) -> dict[str, Any]:
     """Everything pushrec holds about `user_id`; device tokens shown only as fingerprints."""
-    k = keys.user(user_id)
-    pipe = client.pipeline(transaction=False)
-    pipe.hgetall(k.profile)
-    pipe.lrange(k.recent, 0, -1)
-    pipe.hgetall(k.cart)
-    pipe.zrange(k.cart_added, 0, -1, withscores=True)
-    pipe.zrevrange(k.purchased, 0, 49, withscores=True)
-    pipe.hgetall(k.purchase_counts)
-    pipe.zrevrange(k.affinity, 0, 19, withscores=True)
-    profile, recent, cart, cart_added, purchased, counts, affinity = pipe.execute()
-    added = dict(cart_added)
+    s = _READS.read(client, keys, user_id)
+    profile = s.profile
     last_purchase = _num(profile.get("last_purchase"))
     scale = decayed_weight(1.0, now)
+    purchases = sorted(s.purchases.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:50]
     return {
         "user_id": user_id,
         "exists": bool(profile),
@@ -66,16 +61,16 @@ def user_view(
             "frequency": int(profile.get("orders", 0)),
             "monetary": round(float(profile.get("monetary", 0.0)), 2),
         },
-        "recent": [json.loads(row) for row in recent],
+        "recent": s.recent,
         "cart": [
-            {"item_id": item, "quantity": int(qty), "added_at": added.get(item)}
-            for item, qty in sorted(cart.items())
+            {"item_id": item, "quantity": qty, "added_at": s.cart_added.get(item)}
+            for item, qty in sorted(s.cart.items())
         ],
         "purchases": [
-            {"item_id": item, "last_at": ts, "count": int(counts.get(item, 1))}
-            for item, ts in purchased
+            {"item_id": item, "last_at": ts, "count": s.purchase_counts.get(item, 1)}
+            for item, ts in purchases
         ],
-        "category_affinity": {cat: round(score / scale, 4) for cat, score in affinity},
+        "category_affinity": {cat: round(score / scale, 4) for cat, score in s.affinity[:20]},
         "devices": [
             {
                 "device_id": did,
@@ -86,7 +81,7 @@ def user_view(
                     record.get("token") or record.get("subscription", {}).get("endpoint", "")
                 ),
             }
-            for did, record in contacts.devices(user_id).items()
+            for did, record in s.devices.items()
         ],
-        "preferences": contacts.preferences(user_id),
+        "preferences": s.preferences,
     }

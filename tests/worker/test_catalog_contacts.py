@@ -71,7 +71,7 @@ def test_device_views_never_show_the_token(runtime: Runtime) -> None:
     ingest.register_device(
         runtime, {"user_id": "a", "channel": "fcm", "token": "secret-token"}, NOW
     )
-    shown = user_view(runtime.redis, runtime.keys, runtime.contacts, "a", NOW)
+    shown = user_view(runtime.redis, runtime.keys, "a", NOW)
     assert "secret-token" not in str(shown)
     bad = ingest.register_device(
         runtime, {"user_id": "a", "channel": "apns", "token": "other-secret"}, NOW
@@ -142,7 +142,7 @@ def test_forget_user_erases_every_key_and_log_entry_of_that_shopper(runtime: Run
     assert runtime.keys.user("gone").devices in report["keys_removed"]  # type: ignore[operator]
     leftover = [k for k in runtime.redis.scan_iter(match=f"{runtime.keys.prefix}*") if "gone" in k]
     assert leftover == []
-    assert user_view(runtime.redis, runtime.keys, runtime.contacts, "stays", NOW)["exists"]
+    assert user_view(runtime.redis, runtime.keys, "stays", NOW)["exists"]
     assert ingest.erase_user(runtime, "gone")["keys_removed"] == []
 
 

@@ -140,7 +140,7 @@ def test_cart_left_alone_sends_exactly_one_push_with_relevant_items(
         assert items[0] == "b0-3"  # the cart item itself first
         assert items[1].startswith("b0-"), items  # then the shopper's block, by the index
         assert len(items) == 3 and sum(i.startswith("b0-") for i in items) == 2  # diversified
-        view = user_view(rt.redis, rt.keys, rt.contacts, "u0-1", time.time())
+        view = user_view(rt.redis, rt.keys, "u0-1", time.time())
         assert view["user_id"] == "u0-1"
         for proc in procs:
             assert "Traceback" not in proc.log(), proc.log()[-3000:]
@@ -248,11 +248,7 @@ def test_gateway_410_deactivates_the_device(
     with realtime_processes(settings, tmp_path, env):
         client.track(event("p1", "u0-7", "purchase", "b0-1"))
         wait_for(
-            lambda: (
-                not user_view(rt.redis, rt.keys, rt.contacts, "u0-7", time.time())["devices"][0][
-                    "active"
-                ]
-            ),
+            lambda: not user_view(rt.redis, rt.keys, "u0-7", time.time())["devices"][0]["active"],
             what="device deactivated",
         )
     mid = rt.audit.decisions("u0-7")[0]["message_id"]

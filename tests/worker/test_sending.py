@@ -12,7 +12,7 @@ import pytest
 from push.testing.serve import local_gateways
 from tests.worker.realtime import Gateways, build_planted_index, planted_catalog, register
 from worker import ingest
-from worker.firing import FireJob
+from worker.jobs import FireJob
 from worker.policy import holdout_bucket
 from worker.runtime import Runtime
 from worker.sending import DeliveryRequest

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
+from push.config import GatewayConfig
+from worker.gateways import LIBRARY_ONLY, gateway_config
 from worker.settings import Settings, SettingsError
 
 
@@ -76,3 +79,23 @@ def test_unknown_key_in_toml_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("PUSHREC_CONFIG", str(config))
     with pytest.raises(SettingsError, match="recent_item_max"):
         Settings.load()
+
+
+def test_every_gateway_field_is_a_setting_mapped_by_its_name(tmp_path: Path) -> None:
+    settings = Settings.load(
+        fcm_url="https://fcm.test",
+        apns_key_file=tmp_path / "key.p8",
+        apns_key_id="K",
+        apns_team_id="T",
+        apns_topic="shop.app",
+        webhook_secret="whsec_a,whsec_b",
+        webhook_allowed_hosts="hooks.test",
+    )
+    config = gateway_config(settings)
+    for field in fields(GatewayConfig):
+        if field.name not in LIBRARY_ONLY:
+            assert field.name in Settings.model_fields or hasattr(Settings, field.name)
+    assert config.fcm_url == "https://fcm.test" and config.apns_topic == "shop.app"
+    assert config.webhook_secrets == ("whsec_a", "whsec_b")
+    assert config.webhook_allowed_hosts == ("hooks.test",)
+    assert gateway_config(Settings.load()).apns_url == GatewayConfig().apns_url

@@ -41,7 +41,7 @@ def apply(rt: Runtime, *raws: dict[str, Any], delivery: str | None = None) -> li
 
 
 def view(rt: Runtime, user: str = "u1") -> dict[str, Any]:
-    return user_view(rt.redis, rt.keys, rt.contacts, user, NOW)
+    return user_view(rt.redis, rt.keys, user, NOW)
 
 
 def test_cart_purchase_and_rfm_follow_the_events(runtime: Runtime) -> None:

@@ -66,7 +66,7 @@ def test_worker_applies_events_once_and_rejects_bad_ones(
         what="events",
     )
     wait_for(lambda: counter(runtime, "preferences.updated") == 1, what="preferences")
-    state = user_view(runtime.redis, runtime.keys, runtime.contacts, "u1", time.time())
+    state = user_view(runtime.redis, runtime.keys, "u1", time.time())
     assert state["cart"][0]["item_id"] == "sku-1" and state["cart"][0]["quantity"] == 1
     assert state["preferences"]["timezone"] == "Europe/Paris"
     assert len(state["devices"]) == 1
@@ -93,7 +93,7 @@ def test_two_worker_processes_on_one_shopper_end_consistent(
         what="all events",
     )
     assert (counter(runtime, "events.applied"), counter(runtime, "events.duplicate")) == (n, n // 4)
-    state = user_view(runtime.redis, runtime.keys, runtime.contacts, "u1", time.time())
+    state = user_view(runtime.redis, runtime.keys, "u1", time.time())
     assert sum(c["quantity"] for c in state["cart"]) == n
     assert state["profile"]["events"] == n
     assert runtime.redis.xlen(runtime.keys.interaction_log) == n
@@ -122,12 +122,7 @@ def test_minimal_protocol2_message_from_a_non_python_producer_is_processed(
             headers={"lang": "js", "task": "pushrec.track", "id": str(uuid.uuid4())},
         )
     wait_for(lambda: counter(runtime, "events.applied") == 1, what="node event")
-    assert (
-        user_view(runtime.redis, runtime.keys, runtime.contacts, "u1", time.time())["rfm"][
-            "frequency"
-        ]
-        == 1
-    )
+    assert user_view(runtime.redis, runtime.keys, "u1", time.time())["rfm"]["frequency"] == 1
 
 
 def test_forget_user_through_the_queue_reports_what_it_removed(

@@ -43,7 +43,7 @@ def show_user(args: argparse.Namespace) -> int:
     from worker.userview import decisions_view, user_view
 
     rt = _runtime()
-    view = user_view(rt.redis, rt.keys, rt.contacts, args.user_id, time.time())
+    view = user_view(rt.redis, rt.keys, args.user_id, time.time())
     view["decisions"] = decisions_view(rt.audit, rt.outbox, args.user_id)
     print_json(view)
     return 0

@@ -1,0 +1,58 @@
+"""The rule-kind table: one entry per kind, each with one trigger source and its checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import get_args
+
+from tests.clock import FIXED_NOW
+from worker.kinds import KINDS
+from worker.rules import Rule, RuleKind
+from worker.snapshot import Shopper
+
+NOW = FIXED_NOW  # the checks are pure
+DOCS = Path(__file__).parents[2] / "docs" / "realtime.md"
+
+
+def rule(kind: str) -> Rule:
+    return Rule(name="r", kind=kind, title="t", body="b")  # type: ignore[arg-type]
+
+
+def test_every_rule_kind_has_one_entry_and_one_trigger_source() -> None:
+    assert set(KINDS) == set(get_args(RuleKind))
+    for kind in KINDS.values():
+        from_events = bool(kind.events) and kind.on_event is not None
+        assert from_events != (kind.on_change is not None), kind.name
+
+
+def test_every_kind_is_documented_in_the_kinds_table() -> None:
+    rows = [line for line in DOCS.read_text().splitlines() if line.startswith("| `")]
+    assert {row.split("`")[1] for row in rows} >= set(KINDS)
+
+
+def test_buying_the_item_cancels_an_item_message_at_send_time_but_not_a_taste_message() -> None:
+    bought = {"a"}
+    assert KINDS["price_drop"].holds_at_send(["a", "b"], bought) == "bought in the meantime"
+    assert KINDS["cart_abandoned"].holds_at_send(["a", "b"], bought) == "bought in the meantime"
+    assert KINDS["post_purchase"].holds_at_send(["a", "b"], bought) == ""
+    assert KINDS["post_purchase"].holds_at_send(["a"], bought) == "bought in the meantime"
+
+
+def test_cart_reminder_offers_the_cart_newest_first_unless_bought_since() -> None:
+    cart = Shopper("u", cart_added={"old": NOW - 500, "new": NOW - 100})
+    holds = KINDS["cart_abandoned"].holds_at_fire
+    assert holds(rule("cart_abandoned"), NOW - 600, ("old",), cart) == (["new", "old"], "")
+    bought = Shopper(
+        "u",
+        recent=[{"ts": NOW - 50, "type": "purchase", "item_id": "new"}],
+        cart_added={"old": NOW - 500},
+    )
+    assert holds(rule("cart_abandoned"), NOW - 600, ("old",), bought)[1].startswith("purchase")
+    assert holds(rule("cart_abandoned"), NOW - 600, (), Shopper("u")) == ([], "cart is empty")
+
+
+def test_an_item_rule_no_longer_holds_once_its_item_was_bought_after_the_trigger() -> None:
+    holds = KINDS["back_in_stock"].holds_at_fire
+    shopper = Shopper("u", purchases={"x": NOW - 10})
+    assert holds(rule("back_in_stock"), NOW - 60, ("x",), shopper) == ([], "bought since")
+    assert holds(rule("back_in_stock"), NOW - 5, ("x",), shopper) == (["x"], "")

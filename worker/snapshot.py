@@ -1,0 +1,181 @@
+"""A shopper as read from Redis: the one reader of a shopper's state.
+
+`ShopperReads` names the parts of a shopper a caller needs. `queue` adds their reads to
+the caller's pipeline, so a batch of shoppers costs one round trip beside whatever else
+the caller reads there (the contact policy's `PolicyReads` works the same way), and
+`parse` builds a `Shopper` from the replies, in the same order. Triggers, firing,
+delivery and the user view read shoppers through it; the writes stay with their owners
+(`state.py` for events, `contacts.py` for devices and preferences).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict
+
+import redis
+
+from worker.keys import Keys
+from worker.rules import ChannelName
+
+Part = Literal[
+    "profile",  # the profile hash: first/last seen, events, orders, monetary, …
+    "recent",  # the capped list of recent events, newest first
+    "cart",  # cart items with their quantity and the time each was last added
+    "purchases",  # item -> time of its last purchase
+    "purchase_history",  # purchase counts and first purchase, of `items` or of every item
+    "affinity",  # category -> time-decayed interest
+    "devices",  # device id -> record
+    "preferences",  # consent, timezone, locale, quiet hours (without their timestamps)
+]
+
+
+class RecentEntry(TypedDict, total=False):
+    """One entry of the recent-events list (written by `lua/apply_event.lua`)."""
+
+    ts: float
+    type: str
+    item_id: str
+    query: str
+    category: str
+
+
+class DeviceRecord(TypedDict, total=False):
+    """One device (written by `contacts.py`); `token` or `subscription` by channel."""
+
+    channel: ChannelName
+    registered_at: float
+    active: bool
+    token: str
+    subscription: dict[str, Any]  # endpoint, keys {p256dh, auth}, expirationTime
+    deactivated_reason: str
+
+
+@dataclass(frozen=True)
+class Shopper:
+    """The parts of one shopper that were read; the others stay empty."""
+
+    user_id: str
+    profile: dict[str, str] = field(default_factory=dict)
+    recent: list[RecentEntry] = field(default_factory=list)
+    cart: dict[str, int] = field(default_factory=dict)  # item -> quantity
+    cart_added: dict[str, float] = field(default_factory=dict)  # item -> time last added
+    purchases: dict[str, float] = field(default_factory=dict)  # item -> last purchase
+    purchase_counts: dict[str, int] = field(default_factory=dict)
+    first_purchases: dict[str, float] = field(default_factory=dict)
+    affinity: list[tuple[str, float]] = field(default_factory=list)  # highest first
+    devices: dict[str, DeviceRecord] = field(default_factory=dict)
+    preferences: dict[str, str] = field(default_factory=dict)
+
+    def active_devices(self) -> dict[str, DeviceRecord]:
+        return {i: d for i, d in self.devices.items() if d.get("active", True)}
+
+    def cart_newest_first(self) -> list[str]:
+        return sorted(self.cart_added, key=lambda i: -self.cart_added[i])
+
+    def bought_since(self, ts: float) -> set[str]:
+        """Items whose last purchase was at or after `ts`."""
+        return {item for item, at in self.purchases.items() if at >= ts}
+
+    def events_after(self, ts: float) -> list[RecentEntry]:
+        return [r for r in self.recent if float(r["ts"]) > ts]
+
+
+@dataclass(frozen=True)
+class ShopperReads:
+    """Which parts of a shopper to read. `items` narrows `purchase_history` to those
+    items (a trigger looks at the item bought, not at every item ever bought)."""
+
+    parts: frozenset[Part]
+    items: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(cls, *parts: Part, items: Sequence[str] | None = None) -> ShopperReads:
+        return cls(frozenset(parts), None if items is None else tuple(items))
+
+    def queue(self, pipe: redis.client.Pipeline, keys: Keys, user_id: str) -> None:
+        """Queue this shopper's reads into `pipe`; `parse` reads their replies."""
+        k = keys.user(user_id)
+        has = self.parts.__contains__
+        if has("profile"):
+            pipe.hgetall(k.profile)
+        if has("recent"):
+            pipe.lrange(k.recent, 0, -1)
+        if has("cart"):
+            pipe.hgetall(k.cart)
+            pipe.zrange(k.cart_added, 0, -1, withscores=True)
+        if has("purchases"):
+            pipe.zrange(k.purchased, 0, -1, withscores=True)
+        if has("purchase_history"):
+            if self.items is None:
+                pipe.hgetall(k.purchase_counts)
+                pipe.hgetall(k.purchase_first)
+            elif self.items:
+                pipe.hmget(k.purchase_counts, list(self.items))
+                pipe.hmget(k.purchase_first, list(self.items))
+        if has("affinity"):
+            pipe.zrevrange(k.affinity, 0, -1, withscores=True)
+        if has("devices"):
+            pipe.hgetall(k.devices)
+        if has("preferences"):
+            pipe.hgetall(k.preferences)
+
+    def parse(self, user_id: str, replies: Iterator[Any]) -> Shopper:
+        """The shopper from the replies of `queue`, taken from `replies` in order."""
+        has = self.parts.__contains__
+        values: dict[str, Any] = {}
+        if has("profile"):
+            values["profile"] = dict(next(replies))
+        if has("recent"):
+            values["recent"] = [json.loads(row) for row in next(replies)]
+        if has("cart"):
+            values["cart"] = {item: int(qty) for item, qty in next(replies).items()}
+            values["cart_added"] = dict(next(replies))
+        if has("purchases"):
+            values["purchases"] = dict(next(replies))
+        if has("purchase_history"):
+            counts, firsts = _history(self.items, replies)
+            values["purchase_counts"], values["first_purchases"] = counts, firsts
+        if has("affinity"):
+            values["affinity"] = [(str(c), float(s)) for c, s in next(replies)]
+        if has("devices"):
+            values["devices"] = decode_devices(next(replies))
+        if has("preferences"):
+            values["preferences"] = decode_preferences(next(replies))
+        return Shopper(user_id, **values)
+
+    def read(self, client: redis.Redis, keys: Keys, user_id: str) -> Shopper:
+        """One shopper in its own round trip (commands and tools, not the hot path)."""
+        pipe = client.pipeline(transaction=False)
+        self.queue(pipe, keys, user_id)
+        return self.parse(user_id, iter(pipe.execute()))
+
+
+def _history(
+    items: tuple[str, ...] | None, replies: Iterator[Any]
+) -> tuple[dict[str, int], dict[str, float]]:
+    if items is None:
+        counts, firsts = next(replies), next(replies)
+        return (
+            {i: int(n) for i, n in counts.items()},
+            {i: float(t) for i, t in firsts.items()},
+        )
+    if not items:
+        return {}, {}
+    counts_l, firsts_l = next(replies), next(replies)
+    return (
+        {i: int(n) for i, n in zip(items, counts_l, strict=True) if n is not None},
+        {i: float(t) for i, t in zip(items, firsts_l, strict=True) if t is not None},
+    )
+
+
+def decode_devices(raw: dict[str, str]) -> dict[str, DeviceRecord]:
+    """The devices hash as read: device_id -> record."""
+    return {did: json.loads(record) for did, record in raw.items()}
+
+
+def decode_preferences(raw: dict[str, str]) -> dict[str, str]:
+    """The preferences hash as read, without its per-field timestamps."""
+    return {k: v for k, v in raw.items() if not k.endswith("@ts")}
