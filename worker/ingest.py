@@ -64,10 +64,8 @@ def track(
             rejected += 1
     result = rt.state.apply_events(events, now, delivery_id)
     rt.audit.attribute(result.fresh)
-    pipe = rt.redis.pipeline(transaction=False)
-    schedule(rt, rt.triggers.for_events(result.fresh, now), now, pipe)
-    rt.state.confirm(result, pipe)  # last: a crash before it redoes the reactions
-    pipe.execute()
+    triggers = rt.triggers.for_events(result.fresh, now)
+    rt.state.react_and_confirm(result, lambda pipe: schedule(rt, triggers, now, pipe))
     return {"applied": result.applied, "duplicates": result.duplicates, "rejected": rejected}
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,7 +199,7 @@ class StateStore:
     ) -> None:
         """Log each event (in order), add its weight to the trending buckets it falls in,
         counters are summed per batch to keep the command count, which dominates the cost,
-        low. The pending marks are cleared later, by `confirm`."""
+        low. The pending marks are cleared later, by `react_and_confirm`."""
         s = self._settings
         trending: Counter[tuple[str, str]] = Counter()
         expiry: dict[str, int] = {}
@@ -240,9 +240,15 @@ class StateStore:
         for key, expires_at in expiry.items():
             pipe.expireat(key, expires_at)
 
-    def confirm(self, result: ApplyResult, pipe: redis.client.Pipeline) -> None:
-        """Clear the pending marks of `result`'s fresh events, in `pipe` after whatever
-        the caller's reactions queued there: until then a redelivery redoes them."""
+    def react_and_confirm(
+        self, result: ApplyResult, react: Callable[[redis.client.Pipeline], None]
+    ) -> None:
+        """Queue the reactions to `result`'s fresh events (`react` fills the pipeline),
+        then clear the events' pending marks, and run both in one round trip. The marks
+        go last: until they are cleared, a redelivery of the task redoes the reactions,
+        so a crash in between loses none of them."""
+        pipe = self._client.pipeline(transaction=False)
+        react(pipe)
         pending: dict[str, list[str]] = {}
         for event in result.fresh:
             pending.setdefault(self._keys.user(event.user_id).pending_events, []).append(
@@ -250,6 +256,7 @@ class StateStore:
             )
         for key, event_ids in pending.items():
             pipe.hdel(key, *event_ids)
+        pipe.execute()
 
     def trending_items(self, now: float, hours: int, count: int) -> list[tuple[str, float]]:
         """The `count` items with most weighted activity over the last `hours` buckets."""
