@@ -24,10 +24,11 @@ import indexing
 from indexing.pipeline import build_version
 from tests.redis_server import delete_prefix
 from tests.worker.realtime import register
-from worker import contract, ingest
+from worker import contract
 from worker.client import PushrecClient
-from worker.outbox import message_id
-from worker.runtime import Runtime
+from worker.delivery.outbox import message_id
+from worker.service import ingest
+from worker.service.runtime import Runtime
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import redis
 
-from worker.embedded import find_redis_server
+from worker.store.embedded import find_redis_server
 
 
 def _answers(url: str) -> bool:

@@ -39,7 +39,7 @@ def test_library_does_not_import_forbidden_packages(package: str) -> None:
 
 def test_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
-    module.write_text("import worker.tasks\nfrom push.gateway import x\nfrom . import y\n")
+    module.write_text("import worker.service.tasks\nfrom push.gateway import x\nfrom . import y\n")
     assert _imported_top_levels(module) == {"worker", "push"}
 
 

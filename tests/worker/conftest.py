@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from worker.client import PushrecClient
-from worker.runtime import Runtime
+from worker.service.runtime import Runtime
 from worker.settings import Settings
 
 

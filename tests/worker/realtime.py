@@ -14,8 +14,8 @@ import httpx
 from indexing import ModelParams, publish, read_events, save_model, train_model
 from tests.indexing.conftest import BLOCKS, ITEMS_PER_BLOCK, planted_rows
 from tests.worker.conftest import WorkerProcess
-from worker import ingest
-from worker.runtime import Runtime
+from worker.service import ingest
+from worker.service.runtime import Runtime
 from worker.settings import Settings
 
 

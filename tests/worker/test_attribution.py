@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from worker import ingest
-from worker.outbox import MessageRecord
-from worker.runtime import Runtime
+from worker.delivery.outbox import MessageRecord
+from worker.service import ingest
+from worker.service.runtime import Runtime
 
 NOW = time.time()
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from tests.clock import RUN_NOW
-from worker import ingest
-from worker.catalog import ItemChange
-from worker.runtime import Runtime
-from worker.userview import user_view
+from worker.service import ingest
+from worker.service.runtime import Runtime
+from worker.service.userview import user_view
+from worker.shoppers.catalog import ItemChange
 
 NOW = RUN_NOW  # applied events reach the trending buckets, which Redis expires
 

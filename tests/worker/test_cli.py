@@ -11,8 +11,8 @@ import psutil
 
 from tests.clock import RUN_NOW
 from tests.worker.conftest import worker_env
-from worker import ingest
-from worker.runtime import Runtime
+from worker.service import ingest
+from worker.service.runtime import Runtime
 from worker.settings import Settings
 
 NOW = RUN_NOW  # the CLI reads the real clock
@@ -74,7 +74,7 @@ def test_pushrec_run_serves_events_on_an_embedded_redis_and_cleans_up(
 
     from tests.worker.conftest import wait_for
     from worker.client import PushrecClient
-    from worker.embedded import socket_url
+    from worker.store.embedded import socket_url
 
     env = {
         k: v

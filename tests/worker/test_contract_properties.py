@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.clock import RUN_NOW
-from worker import ingest
-from worker.events import InvalidInput, Limits, parse_event
-from worker.runtime import Runtime
+from worker.service import ingest
+from worker.service.runtime import Runtime
+from worker.shoppers.inputs import InvalidInput, Limits, parse_event
 
 NOW = RUN_NOW  # applied events reach the trending buckets, which Redis expires
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.clock import FIXED_NOW
-from worker.delayed import DelayedJobs, Job
-from worker.runtime import Runtime
-from worker.scripts import Scripts
+from worker.service.runtime import Runtime
+from worker.store.delayed import DelayedJobs, Job
+from worker.store.scripts import Scripts
 
 NOW = FIXED_NOW  # leases and due times are compared with the `now` passed in
 

@@ -14,11 +14,11 @@ import pytest
 from push import Channel, Outcome, Router
 from push.fake import RecordingGateway
 from tests.worker.realtime import build_planted_index, planted_catalog, register
-from worker import ingest
-from worker.jobs import FireJob
-from worker.policy import holdout_bucket
-from worker.runtime import Runtime
-from worker.sending import DeliveryRequest
+from worker.delivery.sender import DeliveryRequest
+from worker.policy.contact import holdout_bucket
+from worker.policy.jobs import FireJob
+from worker.service import ingest
+from worker.service.runtime import Runtime
 from worker.settings import Settings
 
 

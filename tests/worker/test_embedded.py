@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from worker.embedded import (
+from worker.store.embedded import (
     EmbeddedRedis,
     EmbeddedRedisError,
     find_redis_server,

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.clock import FIXED_NOW
-from worker.events import (
+from worker.shoppers.inputs import (
     InvalidInput,
     Limits,
     parse_device,

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import get_args
 
 from tests.clock import FIXED_NOW
-from worker.kinds import KINDS
+from worker.policy.kinds import KINDS
 from worker.rules import Rule, RuleKind
-from worker.snapshot import Shopper
+from worker.shoppers.snapshot import Shopper
 
 NOW = FIXED_NOW  # the checks are pure
 DOCS = Path(__file__).parents[2] / "docs" / "realtime.md"

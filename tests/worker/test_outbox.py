@@ -5,8 +5,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.clock import FIXED_NOW
-from worker.outbox import SEND_LEASE_S, MessageRecord, message_id
-from worker.runtime import Runtime
+from worker.delivery.outbox import SEND_LEASE_S, MessageRecord, message_id
+from worker.service.runtime import Runtime
 
 NOW = FIXED_NOW  # leases and due times are compared with the `now` passed in
 

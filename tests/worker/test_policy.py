@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from worker.policy import ContactPolicy, PolicyReads, Verdict, holdout_bucket
+from worker.policy.contact import ContactPolicy, PolicyReads, Verdict, holdout_bucket
 from worker.rules import Rule
-from worker.runtime import Runtime
-from worker.scripts import Scripts
+from worker.service.runtime import Runtime
+from worker.store.scripts import Scripts
 
 NOON_BERLIN = datetime(2026, 6, 10, 10, 0, tzinfo=UTC).timestamp()
 RULE = Rule(name="r", kind="post_purchase", title="t", body="b", cooldown_s=0)

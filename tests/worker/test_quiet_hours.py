@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from worker.quiet_hours import next_allowed
+from worker.policy.quiet_hours import next_allowed
 
 
 def at(text: str) -> float:

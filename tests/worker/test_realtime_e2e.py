@@ -23,11 +23,11 @@ from tests.worker.realtime import (
     seed_shop,
     write_config,
 )
-from worker import ingest
 from worker.client import PushrecClient
-from worker.runtime import Runtime
+from worker.service import ingest
+from worker.service.runtime import Runtime
+from worker.service.userview import user_view
 from worker.settings import Settings
-from worker.userview import user_view
 
 pytestmark = pytest.mark.integration
 

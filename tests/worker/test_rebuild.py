@@ -6,10 +6,10 @@ import time
 from pathlib import Path
 
 from tests.indexing.conftest import planted_rows
-from worker import ingest
-from worker.index_holder import IndexHolder
-from worker.rebuild import rebuild_index
-from worker.runtime import Runtime
+from worker.firing.index_holder import IndexHolder
+from worker.service import ingest
+from worker.service.rebuild import rebuild_index
+from worker.service.runtime import Runtime
 from worker.settings import Settings
 
 

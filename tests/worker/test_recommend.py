@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.clock import FIXED_NOW
-from worker.recommend import ShopperView, candidate_pool, choose
+from worker.firing.recommend import ShopperView, candidate_pool, choose
 
 NOW = FIXED_NOW  # scoring and parsing never meet a real clock
 

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from push.testing.contracts import check_breaker_store, check_rate_limit_store, check_token_cache
-from worker.redis_stores import RedisBreakerStore, RedisRateLimitStore, RedisTokenCache
+from worker.delivery.gateway_stores import RedisBreakerStore, RedisRateLimitStore, RedisTokenCache
 
 
 def run_against_redis(

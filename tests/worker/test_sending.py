@@ -11,11 +11,11 @@ import pytest
 
 from push.testing.serve import local_gateways
 from tests.worker.realtime import Gateways, build_planted_index, planted_catalog, register
-from worker import ingest
-from worker.jobs import FireJob
-from worker.policy import holdout_bucket
-from worker.runtime import Runtime
-from worker.sending import DeliveryRequest
+from worker.delivery.sender import DeliveryRequest
+from worker.policy.contact import holdout_bucket
+from worker.policy.jobs import FireJob
+from worker.service import ingest
+from worker.service.runtime import Runtime
 from worker.settings import Settings
 
 
@@ -163,7 +163,7 @@ def _held_out(user: str, rule: str = "post_purchase") -> bool:
 def test_a_message_whose_deliver_task_was_lost_is_sent_again_by_the_sweeper(
     shop: tuple[Runtime, list[Any]], gateways: Gateways
 ) -> None:
-    from worker.scheduler import resend_stuck
+    from worker.service.scheduler import resend_stuck
 
     rt, queued = shop
     user = shopper(rt, gateways, "l")

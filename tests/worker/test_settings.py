@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from push.config import GatewayConfig
-from worker.gateways import LIBRARY_ONLY, gateway_config
+from worker.delivery.gateway_config import LIBRARY_ONLY, gateway_config
 from worker.settings import Settings, SettingsError
 
 

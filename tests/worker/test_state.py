@@ -7,11 +7,11 @@ import uuid
 from typing import Any
 
 from tests.clock import RUN_NOW
-from worker import ingest
-from worker.events import Limits, parse_event
-from worker.runtime import Runtime
-from worker.state import APPLIED, DUPLICATE, RESUMED
-from worker.userview import user_view
+from worker.service import ingest
+from worker.service.runtime import Runtime
+from worker.service.userview import user_view
+from worker.shoppers.inputs import Limits, parse_event
+from worker.shoppers.state import APPLIED, DUPLICATE, RESUMED
 
 NOW = RUN_NOW  # Redis expires trending buckets (EXPIREAT) by its own clock
 

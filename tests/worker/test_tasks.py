@@ -6,9 +6,10 @@ import pytest
 import redis
 from celery.exceptions import Reject
 
-from worker import contract, tasks
-from worker.app import create_app
-from worker.runtime import Runtime
+from worker import contract
+from worker.service import tasks
+from worker.service.app import create_app
+from worker.service.runtime import Runtime
 from worker.settings import Settings
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from tests.clock import RUN_NOW
-from worker import ingest
-from worker.catalog import ItemChange
-from worker.events import Limits, parse_event
+from worker.firing.triggers import Triggers
 from worker.rules import Rule
-from worker.runtime import Runtime
-from worker.triggers import Triggers
+from worker.service import ingest
+from worker.service.runtime import Runtime
+from worker.shoppers.catalog import ItemChange
+from worker.shoppers.inputs import Limits, parse_event
 
 NOW = RUN_NOW  # applied events reach the trending buckets, which Redis expires
 DAY = 86_400.0

@@ -19,10 +19,10 @@ from kombu import Connection
 
 from tests.worker.conftest import WorkerProcess, wait_for
 from worker.client import PushrecClient
-from worker.embedded import find_redis_server
-from worker.runtime import Runtime
+from worker.service.runtime import Runtime
+from worker.service.userview import user_view
 from worker.settings import Settings
-from worker.userview import user_view
+from worker.store.embedded import find_redis_server
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ import logging
 import sys
 from typing import Any, NoReturn
 
-from worker.embedded import EmbeddedRedis, EmbeddedRedisError
 from worker.settings import Settings, SettingsError
+from worker.store.embedded import EmbeddedRedis, EmbeddedRedisError
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -33,9 +33,9 @@ def register(subparsers: Any) -> None:
 def run_scheduler(args: argparse.Namespace) -> int:
     from apscheduler.triggers.cron import CronTrigger
 
-    from worker.app import create_app
     from worker.contract import REBUILD_INDEX
-    from worker.scheduler import LeaderLock, Scheduler, drain_due, resend_stuck
+    from worker.service.app import create_app
+    from worker.service.scheduler import LeaderLock, Scheduler, drain_due, resend_stuck
 
     settings, server = load_settings_with_redis()
     configure_logging(args.loglevel)

@@ -25,7 +25,7 @@ from push.stores import FileTokenCache
 from push.testing.serve import add_arguments as add_serve_arguments
 from push.testing.serve import serve_forever
 from worker.cli.common import fail, load_settings, print_json
-from worker.gateways import gateway_config
+from worker.delivery.gateway_config import gateway_config
 
 __all__ = ["register"]
 

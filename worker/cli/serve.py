@@ -29,7 +29,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from worker.app import create_app
+    from worker.service.app import create_app
 
     settings, server = load_settings_with_redis()
     configure_logging(args.loglevel)

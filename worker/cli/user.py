@@ -33,14 +33,14 @@ def register(subparsers: Any) -> None:
 
 
 def _runtime() -> Any:
-    from worker.runtime import Runtime
+    from worker.service.runtime import Runtime
 
     settings, _server = load_settings_with_redis()
     return Runtime.open(settings)
 
 
 def show_user(args: argparse.Namespace) -> int:
-    from worker.userview import decisions_view, user_view
+    from worker.service.userview import decisions_view, user_view
 
     rt = _runtime()
     view = user_view(rt.redis, rt.keys, args.user_id, time.time())
@@ -50,7 +50,7 @@ def show_user(args: argparse.Namespace) -> int:
 
 
 def forget_user(args: argparse.Namespace) -> int:
-    from worker.ingest import erase_user
+    from worker.service.ingest import erase_user
 
     print_json(erase_user(_runtime(), args.user_id))
     return 0

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import redis
 
-from worker.contacts import Contacts
-from worker.keys import Keys
+from worker.shoppers.contacts import Contacts
+from worker.store.keys import Keys
 
 _SCAN_CHUNK = 5_000
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import redis
 
-from worker.events import Item
-from worker.keys import Keys
-from worker.metrics import Metrics
-from worker.scripts import Scripts
+from worker.shoppers.inputs import Item
+from worker.store.keys import Keys
+from worker.store.metrics import Metrics
+from worker.store.scripts import Scripts
 
 
 @dataclass(frozen=True)

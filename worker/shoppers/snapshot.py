@@ -17,8 +17,8 @@ from typing import Any, Literal, TypedDict
 
 import redis
 
-from worker.keys import Keys
 from worker.rules import ChannelName
+from worker.store.keys import Keys
 
 Part = Literal[
     "profile",  # the profile hash: first/last seen, events, orders, monetary, …

@@ -26,10 +26,11 @@ import redis
 from celery import Celery, Task
 from celery.exceptions import Reject
 
-from worker import contract, ingest, rebuild
-from worker.jobs import FireJob
-from worker.runtime import Runtime
-from worker.sending import DeliveryRequest
+from worker import contract
+from worker.delivery.sender import DeliveryRequest
+from worker.policy.jobs import FireJob
+from worker.service import ingest, rebuild
+from worker.service.runtime import Runtime
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from pathlib import Path
 import redis
 
 from indexing import ArtifactError, LoadedIndex, configure_threads, current_version, load_index
-from worker.keys import Keys
+from worker.store.keys import Keys
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from celery.signals import (
 from kombu import Exchange, Queue
 
 from worker import contract
-from worker.runtime import Runtime
+from worker.service.runtime import Runtime
+from worker.service.tasks import register_tasks
 from worker.settings import Settings
-from worker.tasks import register_tasks
 
 
 class PushrecApp(Celery):

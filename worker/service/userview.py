@@ -7,11 +7,11 @@ from typing import Any
 import redis
 
 from push import fingerprint
-from worker.audit import Audit
-from worker.keys import Keys
-from worker.outbox import Outbox
-from worker.snapshot import ShopperReads
-from worker.state import decayed_weight
+from worker.delivery.outbox import Outbox
+from worker.shoppers.audit import Audit
+from worker.shoppers.snapshot import ShopperReads
+from worker.shoppers.state import decayed_weight
+from worker.store.keys import Keys
 
 
 def _num(value: str | None) -> float | None:

@@ -17,8 +17,8 @@ from typing import Any
 
 import redis
 
-from worker.events import Event
-from worker.keys import Keys
+from worker.shoppers.inputs import Event
+from worker.store.keys import Keys
 
 # Counters of a rule's hash, in the order `pushrec stats` shows them.
 STAT_FIELDS = (

@@ -23,11 +23,11 @@ from typing import Any
 
 import redis
 
-from worker.events import Event
-from worker.keys import Keys
-from worker.metrics import Metrics
-from worker.scripts import Scripts
 from worker.settings import Settings
+from worker.shoppers.inputs import Event
+from worker.store.keys import Keys
+from worker.store.metrics import Metrics
+from worker.store.scripts import Scripts
 
 # How much each event type says about a shopper's interest (category affinity, trending).
 INTEREST_WEIGHTS: dict[str, int] = {

@@ -16,9 +16,9 @@ import redis
 
 from indexing import Item, read_events
 from indexing.pipeline import build_version
-from worker.catalog import Catalog
-from worker.keys import Keys
 from worker.settings import Settings
+from worker.shoppers.catalog import Catalog
+from worker.store.keys import Keys
 
 log = logging.getLogger(__name__)
 

@@ -21,21 +21,21 @@ import redis
 from indexing import LoadedIndex
 from push import TemplateSet, new_coupon
 from push.errors import PushError
-from worker.audit import Audit
-from worker.catalog import Catalog
 from worker.contract import DELIVER, FIRE, INTERNAL_BATCH, Enqueue
-from worker.delayed import DelayedJobs, Job
-from worker.index_holder import IndexHolder
-from worker.jobs import FireJob
-from worker.keys import Keys
-from worker.kinds import FIRE_READS, KINDS
-from worker.outbox import MessageRecord, Outbox, message_id
-from worker.policy import ContactPolicy, PolicyReads
-from worker.recommend import Candidate, Pool, ShopperView, candidate_pool, choose
+from worker.delivery.outbox import MessageRecord, Outbox, message_id
+from worker.firing.index_holder import IndexHolder
+from worker.firing.recommend import Candidate, Pool, ShopperView, candidate_pool, choose
+from worker.policy.contact import ContactPolicy, PolicyReads
+from worker.policy.jobs import FireJob
+from worker.policy.kinds import FIRE_READS, KINDS
 from worker.rules import Rule, enabled_rule
 from worker.settings import Settings
-from worker.snapshot import Shopper, ShopperReads
-from worker.state import StateStore
+from worker.shoppers.audit import Audit
+from worker.shoppers.catalog import Catalog
+from worker.shoppers.snapshot import Shopper, ShopperReads
+from worker.shoppers.state import StateStore
+from worker.store.delayed import DelayedJobs, Job
+from worker.store.keys import Keys
 
 log = logging.getLogger(__name__)
 

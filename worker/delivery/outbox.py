@@ -20,8 +20,8 @@ from typing import Any
 
 import redis
 
-from worker.keys import Keys
-from worker.scripts import Scripts
+from worker.store.keys import Keys
+from worker.store.scripts import Scripts
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import redis
 
-from worker.events import DeviceRegistration, DeviceRemoval, Preferences
-from worker.keys import Keys
-from worker.scripts import Scripts
-from worker.snapshot import DeviceRecord, decode_devices, decode_preferences
+from worker.shoppers.inputs import DeviceRegistration, DeviceRemoval, Preferences
+from worker.shoppers.snapshot import DeviceRecord, decode_devices, decode_preferences
+from worker.store.keys import Keys
+from worker.store.scripts import Scripts
 
 MAX_DEVICES_PER_USER = 20
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import redis
 
-from worker.keys import Keys
-from worker.metrics import Metrics
+from worker.store.keys import Keys
+from worker.store.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

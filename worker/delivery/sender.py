@@ -30,18 +30,18 @@ from push.config import GatewayConfig, open_gateways
 from push.delivery import CircuitBreaker, Deliverer, RateLimit, RateLimiter, RetryPolicy
 from push.gateway import Router
 from push.messages import Channel, Priority
-from worker.audit import Audit
-from worker.contacts import Contacts
 from worker.contract import DELIVER
-from worker.delayed import DelayedJobs, Job
-from worker.keys import Keys
-from worker.kinds import KINDS
-from worker.outbox import MessageRecord, Outbox
-from worker.policy import ContactPolicy
-from worker.redis_stores import RedisBreakerStore, RedisRateLimitStore, RedisTokenCache
+from worker.delivery.gateway_stores import RedisBreakerStore, RedisRateLimitStore, RedisTokenCache
+from worker.delivery.outbox import MessageRecord, Outbox
+from worker.policy.contact import ContactPolicy
+from worker.policy.kinds import KINDS
 from worker.rules import Rule, enabled_rule
 from worker.settings import Settings
-from worker.snapshot import DeviceRecord, Shopper, ShopperReads
+from worker.shoppers.audit import Audit
+from worker.shoppers.contacts import Contacts
+from worker.shoppers.snapshot import DeviceRecord, Shopper, ShopperReads
+from worker.store.delayed import DelayedJobs, Job
+from worker.store.keys import Keys
 
 log = logging.getLogger(__name__)
 

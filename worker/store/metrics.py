@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import redis
 
-from worker.keys import Keys
+from worker.store.keys import Keys
 
 
 class Metrics:

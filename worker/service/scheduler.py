@@ -20,8 +20,8 @@ import redis
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from worker.contract import DELIVER, FIRE, INTERNAL_BATCH, Enqueue
-from worker.delayed import DelayedJobs
-from worker.outbox import Outbox
+from worker.delivery.outbox import Outbox
+from worker.store.delayed import DelayedJobs
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The Lua scripts of `worker/lua/`, registered once per Redis client.
+"""The Lua scripts of `worker/store/lua/`, registered once per Redis client.
 
 Hot pipelines queue scripts by SHA alone (`Scripts.queue`): redis-py's own way
 (`script(..., client=pipe)`) asks Redis whether the scripts exist before every such
@@ -18,7 +18,7 @@ from redis.commands.core import Script
 
 
 def _source(name: str) -> str:
-    return resources.files("worker").joinpath("lua", f"{name}.lua").read_text()
+    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
 
 
 @dataclass(frozen=True)

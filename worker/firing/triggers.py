@@ -13,13 +13,13 @@ from dataclasses import replace
 
 import redis
 
-from worker.catalog import ItemChange
-from worker.events import Event
-from worker.jobs import Trigger
-from worker.keys import Keys
-from worker.kinds import KINDS
+from worker.policy.jobs import Trigger
+from worker.policy.kinds import KINDS
 from worker.rules import Rule
-from worker.snapshot import ShopperReads
+from worker.shoppers.catalog import ItemChange
+from worker.shoppers.inputs import Event
+from worker.shoppers.snapshot import ShopperReads
+from worker.store.keys import Keys
 
 
 class Triggers:

@@ -22,11 +22,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from worker.catalog import ItemChange
-from worker.events import Event
-from worker.jobs import Trigger
+from worker.policy.jobs import Trigger
 from worker.rules import Rule, RuleKind
-from worker.snapshot import Part, Shopper
+from worker.shoppers.catalog import ItemChange
+from worker.shoppers.inputs import Event
+from worker.shoppers.snapshot import Part, Shopper
 
 Holds = tuple[list[str], str]
 """(the rule's own items now, '') or ([], why the rule no longer applies)."""

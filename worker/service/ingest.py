@@ -14,9 +14,11 @@ import redis
 
 from push import fingerprint
 from worker import contract
-from worker.catalog import ItemChange
-from worker.erasure import forget_user
-from worker.events import (
+from worker.policy.jobs import Trigger
+from worker.service.runtime import Runtime
+from worker.shoppers.catalog import ItemChange
+from worker.shoppers.erasure import forget_user
+from worker.shoppers.inputs import (
     Event,
     InvalidInput,
     Item,
@@ -27,8 +29,6 @@ from worker.events import (
     parse_preferences,
     parse_user_id,
 )
-from worker.jobs import Trigger
-from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -18,25 +18,25 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from push.gateway import Router
-from worker.audit import Audit
-from worker.catalog import Catalog
-from worker.contacts import Contacts
 from worker.contract import Enqueue
-from worker.delayed import DelayedJobs
-from worker.events import Limits
-from worker.firing import Firer
-from worker.gateways import gateway_config
-from worker.index_holder import IndexHolder
-from worker.keys import Keys
-from worker.metrics import Metrics
-from worker.outbox import Outbox
-from worker.policy import ContactPolicy
-from worker.rejections import RejectedLog
-from worker.scripts import Scripts
-from worker.sending import PushRuntime, Sender
+from worker.delivery.gateway_config import gateway_config
+from worker.delivery.outbox import Outbox
+from worker.delivery.sender import PushRuntime, Sender
+from worker.firing.firer import Firer
+from worker.firing.index_holder import IndexHolder
+from worker.firing.triggers import Triggers
+from worker.policy.contact import ContactPolicy
 from worker.settings import Settings
-from worker.state import StateStore
-from worker.triggers import Triggers
+from worker.shoppers.audit import Audit
+from worker.shoppers.catalog import Catalog
+from worker.shoppers.contacts import Contacts
+from worker.shoppers.inputs import Limits
+from worker.shoppers.state import StateStore
+from worker.store.delayed import DelayedJobs
+from worker.store.keys import Keys
+from worker.store.metrics import Metrics
+from worker.store.rejections import RejectedLog
+from worker.store.scripts import Scripts
 
 
 def connect_redis(url: str) -> redis.Redis:

@@ -21,11 +21,11 @@ from typing import Any, Literal
 
 import redis
 
-from worker.keys import Keys
-from worker.quiet_hours import next_allowed
+from worker.policy.quiet_hours import next_allowed
 from worker.rules import Rule
-from worker.scripts import Scripts
 from worker.settings import Settings
+from worker.store.keys import Keys
+from worker.store.scripts import Scripts
 
 Action = Literal["send", "defer", "suppress", "held_out"]
 

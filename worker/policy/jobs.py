@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.contract import FIRE
-from worker.delayed import Job
+from worker.store.delayed import Job
 
 
 @dataclass(frozen=True)

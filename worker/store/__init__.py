@@ -1,0 +1,2 @@
+"""Redis plumbing: every key name, the Lua scripts, counters, the rejected-input log, the
+delayed-job set, and the embedded server."""
