@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from worker.cli import build_parser
-from worker.firing.firer import rule_templates
+from worker.firing.compose import rule_templates
 from worker.settings import CONFIG_ENV, ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,15 +7,8 @@ from typing import Any
 import pytest
 
 from tests.clock import FIXED_NOW
-from worker.shoppers.inputs import (
-    InvalidInput,
-    Limits,
-    parse_device,
-    parse_event,
-    parse_item,
-    parse_preferences,
-    parse_ts,
-)
+from worker.shoppers.contact_inputs import parse_device, parse_preferences
+from worker.shoppers.inputs import InvalidInput, Limits, parse_event, parse_item, parse_ts
 
 NOW = FIXED_NOW  # scoring and parsing never meet a real clock
 LIMITS = Limits()

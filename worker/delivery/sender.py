@@ -1,6 +1,6 @@
 """The push worker: deliver queued messages to every active device of their shoppers.
 
-`Sender.deliver_many` is what the `pushrec.deliver` task does with its messages (up to
+`MessageSender.deliver_many` is what the `pushrec.deliver` task does with its messages (up to
 100: the messages of a batch of events or a fan-out travel together). At send time it
 checks again what may have changed since the rule fired (consent withdrawn, items bought
 or sold out, a cap reached by another message: the caps are recorded atomically here),
@@ -17,22 +17,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar
 
 import redis
-import redis.asyncio as aioredis
 
 from push import DeliveryResult, Device, Message, Outcome, Purpose, WebPushSubscription
-from push.config import GatewayConfig, open_gateways
-from push.delivery import CircuitBreaker, Deliverer, RateLimit, RateLimiter, RetryPolicy
-from push.gateway import Router
 from push.messages import Channel, Priority
 from worker.contract import DELIVER
-from worker.delivery.gateway_stores import RedisBreakerStore, RedisRateLimitStore, RedisTokenCache
 from worker.delivery.outbox import MessageRecord, Outbox
+from worker.delivery.push_runtime import PushRuntime
 from worker.policy.contact import ContactPolicy
 from worker.policy.kinds import KINDS
 from worker.rules import Rule, enabled_rule
@@ -48,43 +43,21 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class PushRuntime:
-    """One event loop per worker thread, the gateways over one HTTP/2 client, and a
-    `Deliverer` whose breaker, rate limit and APNs provider tokens are shared in Redis.
-    A prebuilt `router` (tests: `push.fake.RecordingGateway`s) replaces the gateways
-    that `config` would open."""
+DeliveryAction = Literal[
+    "sent", "retrying", "failed", "suppressed", "nothing_to_send", "settled", "missing"
+]
 
-    def __init__(
-        self, settings: Settings, config: GatewayConfig, router: Router | None = None
-    ) -> None:
-        assert settings.redis_url is not None
-        self.loop = asyncio.new_event_loop()
-        self._stack = AsyncExitStack()
-        self._redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
-        prefix = settings.key_prefix
-        if router is None:
-            router = self.run(
-                self._stack.enter_async_context(
-                    open_gateways(config, token_cache=RedisTokenCache(self._redis, prefix))
-                )
-            )
-        limit = RateLimit(rate=settings.push_rate_per_s, burst=settings.push_rate_burst)
-        self.deliverer = Deliverer(
-            router,
-            breaker=CircuitBreaker(RedisBreakerStore(self._redis, prefix)),
-            limiter=RateLimiter(
-                dict.fromkeys(Channel, limit), RedisRateLimitStore(self._redis, prefix)
-            ),
-            retry=RetryPolicy(max_attempts=settings.push_max_attempts),
-        )
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.loop.run_until_complete(coro)
+class DeliveryOutcome(TypedDict, total=False):
+    """What one `deliver_many` request came to. `sent`, `retrying` and `failed` carry the
+    device counts; `suppressed` carries the reason it may no longer go out."""
 
-    def close(self) -> None:
-        self.run(self._stack.aclose())
-        self.run(self._redis.aclose())
-        self.loop.close()
+    action: DeliveryAction
+    message_id: str
+    reason: str
+    delivered: int
+    retry_devices: int
+    retry_after: float | None
 
 
 _READS = ShopperReads.of("devices", "preferences", "purchases")
@@ -136,10 +109,13 @@ class _Delivery:
     targets: dict[str, DeviceRecord] = field(default_factory=dict)  # device id -> device
     sends: list[tuple[str, Message]] = field(default_factory=list)
     broken: list[tuple[str, str]] = field(default_factory=list)  # (device id, why) unsendable
-    result: dict[str, Any] = field(default_factory=dict)
+    result: DeliveryOutcome = field(default_factory=lambda: DeliveryOutcome())
 
 
-class Sender:
+class MessageSender:
+    """Delivers queued messages (the outbox) to their shoppers' devices; push's `Sender` is
+    the one-message seam it sends through."""
+
     def __init__(
         self,
         client: redis.Redis,
@@ -164,13 +140,13 @@ class Sender:
 
     def deliver_many(
         self, requests: Sequence[DeliveryRequest], now: float, owner: str = ""
-    ) -> list[dict[str, Any]]:
+    ) -> list[DeliveryOutcome]:
         """Deliver each request; one round trip per stage for the whole batch (load,
         re-check, reserve caps, claim devices, settle) and every send concurrent over
         the thread's gateway connections. `owner` (the task id) claims each device send
         atomically."""
         owner = owner or f"local-{id(self):x}"
-        results: dict[str, dict[str, Any]] = {}
+        results: dict[str, DeliveryOutcome] = {}
         live: list[_Delivery] = []
         first: dict[str, DeliveryRequest] = {}
         for r in requests:  # a message named twice is delivered once, as first asked

@@ -14,15 +14,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Literal, ParamSpec, TypeVar
 
 import redis
 
 from indexing import LoadedIndex
-from push import TemplateSet, new_coupon
 from push.errors import PushError
 from worker.contract import DELIVER, FIRE, INTERNAL_BATCH, Enqueue
 from worker.delivery.outbox import MessageRecord, Outbox, message_id
+from worker.firing.compose import Composer
 from worker.firing.index_holder import IndexHolder
 from worker.firing.recommend import Candidate, Pool, ShopperView, candidate_pool, choose
 from worker.policy.contact import ContactPolicy, PolicyReads
@@ -30,7 +30,7 @@ from worker.policy.jobs import FireJob
 from worker.policy.kinds import FIRE_READS, KINDS
 from worker.rules import Rule, enabled_rule
 from worker.settings import Settings
-from worker.shoppers.audit import Audit
+from worker.shoppers.audit import Audit, Decision, FireAction
 from worker.shoppers.catalog import Catalog
 from worker.shoppers.snapshot import Shopper, ShopperReads
 from worker.shoppers.state import StateStore
@@ -38,17 +38,6 @@ from worker.store.delayed import DelayedJobs, Job
 from worker.store.keys import Keys
 
 log = logging.getLogger(__name__)
-
-
-def rule_templates(rules: Sequence[Rule]) -> TemplateSet:
-    """One template per rule (title, body, link) in its default locale."""
-    templates: dict[str, dict[str, dict[str, str]]] = {}
-    for rule in rules:
-        fields = {"title": rule.title, "body": rule.body}
-        if rule.link:
-            fields["link"] = rule.link
-        templates[rule.name] = {"en": fields}
-    return TemplateSet(templates, default_locale="en")
 
 
 _READS = ShopperReads(FIRE_READS | {"devices", "preferences"})
@@ -68,8 +57,8 @@ class _Firing:
     job: FireJob
     rule: Rule
     mid: str
-    decision: dict[str, Any]
-    action: str = ""  # set once decided: suppress, defer, held_out, queued
+    decision: Decision
+    action: FireAction | Literal[""] = ""  # "" until decided
     reason: str = ""
     remember: tuple[list[str], str] | None = None  # (items, holdout cell) for attribution
     record: MessageRecord | None = None
@@ -102,7 +91,7 @@ class Firer:
         self._delayed = delayed
         self._index = index
         self._enqueue = enqueue
-        self._templates = rule_templates(settings.rules)
+        self._composer = Composer(settings.rules, settings.currency)
 
     # --- reading the shoppers -----------------------------------------------------------
     def _read(self, firings: Sequence[_Firing], now: float) -> list[_Shopper]:
@@ -124,13 +113,13 @@ class Firer:
         return shoppers
 
     # --- firing -----------------------------------------------------------------------
-    def fire_many(self, jobs: Sequence[FireJob], now: float) -> list[dict[str, Any]]:
+    def fire_many(self, jobs: Sequence[FireJob], now: float) -> list[Decision]:
         """Fire each job's rule for its shopper, returning each one's decision. A batch
         of events or a fan-out costs one round trip per stage (read, catalog, create,
         write), not one per job, and its messages go to the push queue in shared deliver
         tasks. A job that fails with an unexpected error is recorded as `error` and
         changes nothing for the others."""
-        results: list[dict[str, Any]] = []
+        results: list[Decision] = []
         firings: list[_Firing] = []
         seen: set[str] = set()
         for job in jobs:
@@ -143,7 +132,7 @@ class Firer:
                 results.append({"action": "duplicate", "message_id": mid})
                 continue
             seen.add(mid)
-            decision: dict[str, Any] = {
+            decision: Decision = {
                 "at": now,
                 "rule": rule.name,
                 "trigger": {"id": job.trigger_id, "ts": job.trigger_ts, "items": list(job.items)},
@@ -270,16 +259,10 @@ class Firer:
             f.action, f.remember = "held_out", (items, "holdout")
         else:
             try:
-                f.record = self._compose(
-                    f.rule,
-                    f.job,
-                    f.mid,
-                    items,
-                    facts,
-                    verdict.channels,
-                    shopper.state.preferences,
-                    now,
-                )
+                f.record = self._composer.compose(
+                    f.rule, f.job, f.mid, items, facts, verdict.channels,
+                    shopper.state.preferences, now,
+                )  # fmt: skip
             except PushError as exc:  # a template bug: nothing is sent, the reason is kept
                 f.action, f.reason = "suppress", f"compose: {exc}"
                 return
@@ -317,6 +300,7 @@ class Firer:
             self._enqueue(DELIVER, {"message_ids": deliver[start : start + INTERNAL_BATCH]})
 
     def _record(self, f: _Firing, now: float, writes: redis.client.Pipeline) -> None:
+        assert f.action, "every firing is decided before it is recorded"
         f.decision["action"] = f.action
         f.decision["reason"] = f.reason
         field = {"suppress": "suppressed", "defer": "deferred", "error": "failed"}.get(
@@ -336,56 +320,6 @@ class Firer:
                 Job(f"defer:{f.mid}", FIRE, f.job.kwargs()), f.defer_until, pipe=writes
             )
 
-    def _compose(
-        self,
-        rule: Rule,
-        job: FireJob,
-        mid: str,
-        items: list[str],
-        facts: Mapping[str, Mapping[str, str]],
-        channels: list[str],
-        prefs: dict[str, str],
-        now: float,
-    ) -> MessageRecord:
-        item_views = [_item_view(i, facts.get(i, {})) for i in items]
-        trigger = _item_view(job.items[0], facts.get(job.items[0], {})) if job.items else {}
-        if "old" in job.extra:
-            trigger["old_price"] = float(job.extra["old"])
-            trigger["price"] = float(job.extra.get("new", trigger.get("price", 0.0)))
-        coupon = new_coupon() if rule.coupon else None
-        locale = prefs.get("locale", "en")
-        context = {
-            "items": item_views,
-            "trigger": trigger,
-            "reason_item": trigger,
-            "coupon": coupon,
-            "currency": self._settings.currency,
-            "locale": locale,
-            **dict(job.extra),
-        }
-        text = self._templates.render(rule.name, locale, context)
-        link = text.get("link") or (item_views[0].get("url") if item_views else None)
-        return MessageRecord(
-            id=mid,
-            rule=rule.name,
-            user_id=job.user_id,
-            trigger_id=job.trigger_id,
-            items=items,
-            title=text["title"],
-            body=text["body"],
-            purpose=rule.purpose,
-            channels=channels,
-            created_at=now,
-            link=str(link) if link else None,
-            image=str(item_views[0].get("image"))
-            if item_views and item_views[0].get("image")
-            else None,
-            coupon=coupon,
-            locale=locale,
-            ttl_s=rule.ttl_s,
-            data={"rule": rule.name, "items": ",".join(items)},
-        )
-
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -400,13 +334,3 @@ def _isolated(f: _Firing, step: Callable[P, T], *args: P.args, **kwargs: P.kwarg
         log.exception("rule %s for shopper %s failed", f.rule.name, f.job.user_id)
         f.action, f.reason = "error", f"{type(exc).__name__}: {exc}"
         return None
-
-
-def _item_view(item_id: str, fields: Mapping[str, str]) -> dict[str, Any]:
-    view: dict[str, Any] = {"item_id": item_id, "title": fields.get("title") or item_id}
-    for name in ("category", "brand", "url", "image"):
-        if fields.get(name):
-            view[name] = fields[name]
-    if fields.get("price"):
-        view["price"] = float(fields["price"])
-    return view

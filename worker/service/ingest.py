@@ -17,18 +17,9 @@ from worker import contract
 from worker.policy.jobs import Trigger
 from worker.service.runtime import Runtime
 from worker.shoppers.catalog import ItemChange
+from worker.shoppers.contact_inputs import parse_device, parse_device_removal, parse_preferences
 from worker.shoppers.erasure import forget_user
-from worker.shoppers.inputs import (
-    Event,
-    InvalidInput,
-    Item,
-    parse_device,
-    parse_device_removal,
-    parse_event,
-    parse_item,
-    parse_preferences,
-    parse_user_id,
-)
+from worker.shoppers.inputs import Event, InvalidInput, Item, parse_event, parse_item, parse_user_id
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from push.gateway import Router
 from worker.contract import Enqueue
 from worker.delivery.gateway_config import gateway_config
 from worker.delivery.outbox import Outbox
-from worker.delivery.sender import PushRuntime, Sender
+from worker.delivery.push_runtime import PushRuntime
+from worker.delivery.sender import MessageSender
 from worker.firing.firer import Firer
 from worker.firing.index_holder import IndexHolder
 from worker.firing.triggers import Triggers
@@ -157,15 +158,15 @@ class Runtime:
                 )  # fmt: skip
             return self._firer
 
-    def sender(self) -> Sender:
+    def sender(self) -> MessageSender:
         """Delivery (event loop, HTTP clients, gateways), opened on first use in each
         thread: push workers only."""
-        sender: Sender | None = getattr(self._thread, "sender", None)
+        sender: MessageSender | None = getattr(self._thread, "sender", None)
         if sender is None:
             push = PushRuntime(self.settings, gateway_config(self.settings), self.router)
             with self._lock:
                 self._pushes.append(push)
-            sender = self._thread.sender = Sender(
+            sender = self._thread.sender = MessageSender(
                 self.redis, self.keys, self.settings, self.contacts, self.policy, self.outbox,
                 self.audit, self.delayed, push,
             )  # fmt: skip

@@ -8,7 +8,7 @@ import redis
 
 from push import fingerprint
 from worker.delivery.outbox import Outbox
-from worker.shoppers.audit import Audit
+from worker.shoppers.audit import Audit, Decision
 from worker.shoppers.snapshot import ShopperReads
 from worker.shoppers.state import decayed_weight
 from worker.store.keys import Keys
@@ -18,7 +18,7 @@ def _num(value: str | None) -> float | None:
     return float(value) if value is not None else None
 
 
-def decisions_view(audit: Audit, outbox: Outbox, user_id: str) -> list[dict[str, Any]]:
+def decisions_view(audit: Audit, outbox: Outbox, user_id: str) -> list[Decision]:
     """The shopper's last decisions, newest first, each with its message's delivery
     state and attempts when one was queued."""
     out = []

@@ -13,12 +13,45 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import redis
 
 from worker.shoppers.inputs import Event
 from worker.store.keys import Keys
+
+FireAction = Literal["queued", "suppress", "defer", "held_out", "error", "duplicate", "dropped"]
+
+
+class TriggerRecord(TypedDict):
+    id: str
+    ts: float
+    items: list[str]
+
+
+class MessageSummary(TypedDict):
+    title: str
+    body: str
+    items: list[str]
+
+
+class Decision(TypedDict, total=False):
+    """What firing decided for one job: kept on the shopper (newest first) and returned
+    by `Firer.fire_many`. A job whose rule is disabled (`dropped`) or that repeats an
+    earlier one in its batch (`duplicate`) carries only `action` and `reason` or
+    `message_id`."""
+
+    at: float
+    rule: str
+    trigger: TriggerRecord
+    message_id: str
+    candidates: list[dict[str, Any]]  # `recommend.Candidate.as_dict()`, best first
+    policy: dict[str, Any]  # `contact.Verdict.as_dict()`: each step's verdict
+    action: FireAction
+    reason: str
+    message: MessageSummary  # when queued
+    delivery: dict[str, Any]  # added by the user view: state, attempts, outcome
+
 
 # Counters of a rule's hash, in the order `pushrec stats` shows them.
 STAT_FIELDS = (
@@ -52,7 +85,7 @@ class Audit:
         (pipe or self._client).hincrby(self._keys.rule_stats(rule), field, n)
 
     def record_decision(
-        self, user_id: str, decision: dict[str, Any], pipe: redis.client.Pipeline | None = None
+        self, user_id: str, decision: Decision, pipe: redis.client.Pipeline | None = None
     ) -> None:
         """Keep `decision` on the shopper (in `pipe` when given; the caller runs it)."""
         key = self._keys.user(user_id).decisions
@@ -63,7 +96,7 @@ class Audit:
         if pipe is None:
             target.execute()
 
-    def decisions(self, user_id: str) -> list[dict[str, Any]]:
+    def decisions(self, user_id: str) -> list[Decision]:
         rows = self._client.lrange(self._keys.user(user_id).decisions, 0, -1)
         return [json.loads(row) for row in rows]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from worker.shoppers.inputs import DeviceRegistration, DeviceRemoval, Preferences
+from worker.shoppers.contact_inputs import DeviceRegistration, DeviceRemoval, Preferences
 from worker.shoppers.snapshot import DeviceRecord, decode_devices, decode_preferences
 from worker.store.keys import Keys
 from worker.store.scripts import Scripts

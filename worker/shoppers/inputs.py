@@ -1,4 +1,6 @@
-"""Parsing and validation of everything producers send (the public task contract).
+"""Parsing and validation of what producers send about activity and the catalog (the
+public task contract); devices and preferences are in `contact_inputs.py`, on the same
+footing.
 
 Each `parse_*` function takes the JSON value a task received and returns a typed,
 frozen model, or raises `InvalidInput` with a short machine `code` (counted in metrics)
@@ -7,14 +9,11 @@ and a human `reason` (logged and kept in the rejected stream). Nothing here touc
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -33,9 +32,6 @@ from worker.settings import Settings
 
 MIN_TS = 946_684_800.0  # 2000-01-01: older timestamps are a producer bug
 _ID_RE = re.compile(r"^[^\x00-\x1f\x7f{}]+$")  # braces would break Redis hash tags
-_HHMM_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
-_LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")
-_HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
 
 
 class InvalidInput(ValueError):
@@ -115,11 +111,11 @@ def _check_props(props: dict[str, Scalar], limits: Limits) -> None:
         )
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=4096)
 
 
-class Event(_Strict):
+class Event(StrictModel):
     """One shopper activity event. `ts` is epoch seconds (UTC)."""
 
     v: Literal[1] = SCHEMA_VERSION
@@ -149,7 +145,7 @@ class Event(_Strict):
         return self
 
 
-class Item(_Strict):
+class Item(StrictModel):
     """A catalog upsert. Fields left out keep their stored value; `ts` orders updates."""
 
     item_id: Id
@@ -178,161 +174,6 @@ class Item(_Strict):
         return out
 
 
-def _b64url_len(value: str, size: int, name: str) -> str:
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{name} is not base64url") from None
-    if len(raw) != size:
-        raise ValueError(f"{name} must decode to {size} bytes, got {len(raw)}")
-    return value
-
-
-class SubscriptionKeys(_Strict):
-    p256dh: str
-    auth: str
-
-    @field_validator("p256dh")
-    @classmethod
-    def _p256dh(cls, value: str) -> str:
-        _b64url_len(value, 65, "keys.p256dh")
-        if base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))[0] != 4:
-            raise ValueError("keys.p256dh must be an uncompressed P-256 point")
-        return value
-
-    @field_validator("auth")
-    @classmethod
-    def _auth(cls, value: str) -> str:
-        return _b64url_len(value, 16, "keys.auth")
-
-
-class WebPushSubscription(BaseModel):
-    """A browser PushSubscription as JSON (`subscription.toJSON()`)."""
-
-    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="forbid")
-
-    endpoint: Annotated[str, StringConstraints(max_length=2048)]
-    keys: SubscriptionKeys
-    expiration_time: float | None = Field(default=None, alias="expirationTime")
-
-    @field_validator("endpoint")
-    @classmethod
-    def _https(cls, value: str) -> str:
-        if urlsplit(value).scheme != "https" or not urlsplit(value).hostname:
-            raise ValueError("endpoint must be an https URL")
-        return value
-
-
-class DeviceRegistration(_Strict):
-    """A device (or webhook) to reach a shopper on. `token` is the FCM registration token,
-    the APNs device token (hex) or the webhook URL; Web Push uses `subscription`."""
-
-    user_id: Id
-    channel: Literal["fcm", "apns", "webpush", "webhook"]
-    token: str | None = None
-    subscription: WebPushSubscription | None = None
-    ts: Annotated[float, BeforeValidator(parse_ts)] | None = None
-
-    @model_validator(mode="after")
-    def _target_for_channel(self) -> DeviceRegistration:
-        if self.channel == "webpush":
-            if self.subscription is None or self.token is not None:
-                raise ValueError("webpush devices need `subscription` (endpoint + keys), no token")
-            return self
-        if self.token is None or self.subscription is not None:
-            raise ValueError(f"{self.channel} devices need `token`, no subscription")
-        token = self.token
-        if self.channel == "apns" and not (
-            64 <= len(token) <= 200 and len(token) % 2 == 0 and _HEX_RE.match(token)
-        ):
-            raise ValueError("apns token must be the device token in hex (64+ hex digits)")
-        if self.channel == "fcm" and (not token or any(c.isspace() for c in token)):
-            raise ValueError("fcm token must be a non-empty string without whitespace")
-        if self.channel == "webhook":
-            parts = urlsplit(token)
-            if parts.scheme not in {"http", "https"} or not parts.hostname:
-                raise ValueError("webhook token must be an http(s) URL")
-        return self
-
-    @property
-    def address(self) -> str:
-        """What identifies the device at its gateway (token, endpoint or URL)."""
-        if self.subscription is not None:
-            return self.subscription.endpoint
-        assert self.token is not None
-        return self.token
-
-
-class DeviceRemoval(_Strict):
-    user_id: Id
-    channel: Literal["fcm", "apns", "webpush", "webhook"]
-    token: str | None = None
-    endpoint: str | None = None
-
-    @model_validator(mode="after")
-    def _one_address(self) -> DeviceRemoval:
-        if (self.token is None) == (self.endpoint is None):
-            raise ValueError("give exactly one of token (fcm, apns, webhook) or endpoint (webpush)")
-        return self
-
-    @property
-    def address(self) -> str:
-        return self.token if self.token is not None else str(self.endpoint)
-
-
-class QuietHours(_Strict):
-    """Local wall-clock window with no marketing pushes; may wrap midnight (22:00-08:00)."""
-
-    start: str
-    end: str
-
-    @field_validator("start", "end")
-    @classmethod
-    def _hhmm(cls, value: str) -> str:
-        if not _HHMM_RE.match(value):
-            raise ValueError("use HH:MM (24 h)")
-        return value
-
-
-class Preferences(_Strict):
-    """A partial update of a shopper's contact preferences.
-
-    `consent` maps purpose -> channel (or "*" for every channel) -> granted.
-    `quiet_hours: null` clears them. Fields left out are unchanged.
-    """
-
-    user_id: Id
-    consent: (
-        dict[
-            Literal["marketing", "transactional"],
-            dict[Literal["fcm", "apns", "webpush", "webhook", "*"], bool],
-        ]
-        | None
-    ) = None
-    timezone: str | None = None
-    locale: str | None = None
-    quiet_hours: QuietHours | None = None
-    ts: Annotated[float, BeforeValidator(parse_ts)] | None = None
-
-    @field_validator("timezone")
-    @classmethod
-    def _iana(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown IANA timezone {value[:64]!r}") from None
-        return value
-
-    @field_validator("locale")
-    @classmethod
-    def _locale(cls, value: str | None) -> str | None:
-        if value is not None and not _LOCALE_RE.match(value):
-            raise ValueError("locale must look like en, en-GB or pt_BR")
-        return value
-
-
 def _reason(exc: ValidationError, what: str) -> InvalidInput:
     errors = exc.errors(include_url=False)
     first = errors[0]
@@ -354,7 +195,7 @@ def _reason(exc: ValidationError, what: str) -> InvalidInput:
     return InvalidInput(code, f"{where}: {message}{more}")
 
 
-def _require_object(raw: Any, what: str) -> dict[str, Any]:
+def require_object(raw: Any, what: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise InvalidInput(
             "not_an_object", f"{what} must be a JSON object, got {type(raw).__name__}"
@@ -365,7 +206,7 @@ def _require_object(raw: Any, what: str) -> dict[str, Any]:
 M = TypeVar("M", bound=BaseModel)
 
 
-def _validated(model: type[M], data: dict[str, Any], what: str) -> M:
+def validated(model: type[M], data: dict[str, Any], what: str) -> M:
     """`data` as `model`, or InvalidInput naming the first problem."""
     try:
         return model.model_validate(data)
@@ -374,7 +215,7 @@ def _validated(model: type[M], data: dict[str, Any], what: str) -> M:
 
 
 def parse_event(raw: Any, limits: Limits, now: float) -> Event:
-    data = _require_object(raw, "event")
+    data = require_object(raw, "event")
     version = data.get("v", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
         raise InvalidInput(
@@ -382,33 +223,21 @@ def parse_event(raw: Any, limits: Limits, now: float) -> Event:
             f"event schema version {str(version)[:16]!r} is not supported (this worker: "
             f"{SCHEMA_VERSION})",
         )
-    event = _validated(Event, data, "event")
+    event = validated(Event, data, "event")
     _check_ts(event.ts, now, limits)
     _check_props(event.props, limits)
     return event
 
 
 def parse_item(raw: Any, limits: Limits, now: float) -> Item:
-    item = _validated(Item, _require_object(raw, "item"), "item")
+    item = validated(Item, require_object(raw, "item"), "item")
     if item.ts is not None:
         _check_ts(item.ts, now, limits)
     return item
 
 
-def parse_device(raw: Any) -> DeviceRegistration:
-    return _validated(DeviceRegistration, _require_object(raw, "device"), "device")
-
-
-def parse_device_removal(raw: Any) -> DeviceRemoval:
-    return _validated(DeviceRemoval, _require_object(raw, "device"), "device")
-
-
-def parse_preferences(raw: Any) -> Preferences:
-    return _validated(Preferences, _require_object(raw, "preferences"), "preferences")
-
-
 def parse_user_id(raw: Any) -> str:
-    class _User(_Strict):
+    class _User(StrictModel):
         user_id: Id
 
-    return _validated(_User, {"user_id": raw}, "forget_user").user_id
+    return validated(_User, {"user_id": raw}, "forget_user").user_id

@@ -1,0 +1,64 @@
+"""The push library opened once per worker thread, with its shared state in Redis.
+
+A `PushRuntime` owns one event loop (a loop runs in one thread at a time, so each pool
+thread gets its own), the gateways over one HTTP/2 client, and a `Deliverer` whose
+circuit breaker, rate limit and APNs provider tokens live in Redis, so every process and
+host shares them. The sender runs its concurrent sends on `loop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from contextlib import AsyncExitStack
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+
+from push.config import GatewayConfig, open_gateways
+from push.delivery import CircuitBreaker, Deliverer, RateLimit, RateLimiter, RetryPolicy
+from push.gateway import Router
+from push.messages import Channel
+from worker.delivery.gateway_stores import RedisBreakerStore, RedisRateLimitStore, RedisTokenCache
+from worker.settings import Settings
+
+T = TypeVar("T")
+
+
+class PushRuntime:
+    """One event loop per worker thread, the gateways over one HTTP/2 client, and a
+    `Deliverer` whose breaker, rate limit and APNs provider tokens are shared in Redis.
+    A prebuilt `router` (tests: `push.fake.RecordingGateway`s) replaces the gateways
+    that `config` would open."""
+
+    def __init__(
+        self, settings: Settings, config: GatewayConfig, router: Router | None = None
+    ) -> None:
+        assert settings.redis_url is not None
+        self.loop = asyncio.new_event_loop()
+        self._stack = AsyncExitStack()
+        self._redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        prefix = settings.key_prefix
+        if router is None:
+            router = self.run(
+                self._stack.enter_async_context(
+                    open_gateways(config, token_cache=RedisTokenCache(self._redis, prefix))
+                )
+            )
+        limit = RateLimit(rate=settings.push_rate_per_s, burst=settings.push_rate_burst)
+        self.deliverer = Deliverer(
+            router,
+            breaker=CircuitBreaker(RedisBreakerStore(self._redis, prefix)),
+            limiter=RateLimiter(
+                dict.fromkeys(Channel, limit), RedisRateLimitStore(self._redis, prefix)
+            ),
+            retry=RetryPolicy(max_attempts=settings.push_max_attempts),
+        )
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        self.run(self._stack.aclose())
+        self.run(self._redis.aclose())
+        self.loop.close()
