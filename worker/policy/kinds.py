@@ -72,19 +72,32 @@ FIRE_READS: frozenset[Part] = frozenset({"recent", "purchases", "cart"})
 """What `Kind.holds_at_fire` and recommendation read of the shopper when a rule fires."""
 
 
-# --- cart_abandoned -----------------------------------------------------------------
-def _cart_trigger(rule: Rule, event: Event, _: Shopper, now: float) -> Trigger:
-    assert event.item_id is not None
+def _trigger(
+    rule: Rule,
+    event: Event,
+    now: float,
+    items: tuple[str, ...],
+    extra: tuple[tuple[str, str], ...] = (),
+) -> Trigger:
+    """A trigger of `event` about `items`, due `rule.delay_s` from now."""
     return Trigger(
         rule=rule.name,
         user_id=event.user_id,
         trigger_id=event.event_id,
         trigger_ts=event.ts,
-        items=(event.item_id,),
+        items=items,
         due=now + rule.delay_s,
+        extra=extra,
     )
 
 
+def _its_item(rule: Rule, event: Event, _: Shopper, now: float) -> Trigger:
+    """A trigger about the event's own item (cart_abandoned, post_purchase)."""
+    assert event.item_id is not None
+    return _trigger(rule, event, now, (event.item_id,))
+
+
+# --- cart_abandoned -----------------------------------------------------------------
 def _cart_holds(rule: Rule, trigger_ts: float, items: tuple[str, ...], s: Shopper) -> Holds:
     if any(r["type"] in {"purchase", "remove_from_cart"} for r in s.events_after(trigger_ts)):
         return [], "purchase or cart removal since the trigger"
@@ -104,15 +117,7 @@ def _browse_trigger(rule: Rule, event: Event, s: Shopper, now: float) -> Trigger
     viewed = [r["item_id"] for r in window if r["type"] == "view" and r.get("category") == category]
     if len(viewed) < rule.min_views:
         return None
-    return Trigger(
-        rule=rule.name,
-        user_id=event.user_id,
-        trigger_id=event.event_id,
-        trigger_ts=event.ts,
-        items=tuple(dict.fromkeys(viewed)),
-        due=now + rule.delay_s,
-        extra=(("category", category),),
-    )
+    return _trigger(rule, event, now, tuple(dict.fromkeys(viewed)), (("category", category),))
 
 
 def _browse_holds(rule: Rule, trigger_ts: float, items: tuple[str, ...], s: Shopper) -> Holds:
@@ -122,18 +127,6 @@ def _browse_holds(rule: Rule, trigger_ts: float, items: tuple[str, ...], s: Shop
 
 
 # --- post_purchase ------------------------------------------------------------------
-def _purchase_trigger(rule: Rule, event: Event, _: Shopper, now: float) -> Trigger:
-    assert event.item_id is not None
-    return Trigger(
-        rule=rule.name,
-        user_id=event.user_id,
-        trigger_id=event.event_id,
-        trigger_ts=event.ts,
-        items=(event.item_id,),
-        due=now + rule.delay_s,
-    )
-
-
 def _always_holds(rule: Rule, trigger_ts: float, items: tuple[str, ...], s: Shopper) -> Holds:
     return list(items), ""
 
@@ -188,7 +181,7 @@ KINDS: dict[str, Kind] = {
             "cart_abandoned",
             about="cart",
             events=("add_to_cart",),
-            on_event=_cart_trigger,
+            on_event=_its_item,
             debounce=True,
             holds_at_fire=_cart_holds,
         ),
@@ -205,7 +198,7 @@ KINDS: dict[str, Kind] = {
             "post_purchase",
             about="shopper",
             events=("purchase",),
-            on_event=_purchase_trigger,
+            on_event=_its_item,
             holds_at_fire=_always_holds,
         ),
         Kind(
@@ -220,7 +213,3 @@ KINDS: dict[str, Kind] = {
         Kind("back_in_stock", about="item", on_change=_restocked, holds_at_fire=_item_not_bought),
     )
 }
-
-
-def kind_of(rule: Rule) -> Kind:
-    return KINDS[rule.kind]
