@@ -14,7 +14,7 @@ import pytest
 from push import Channel, Outcome, Router
 from push.fake import RecordingGateway
 from tests.worker.realtime import build_planted_index, planted_catalog, register
-from worker.delivery.sender import DeliveryRequest
+from worker.delivery.requests import DeliveryRequest
 from worker.policy.contact import holdout_bucket
 from worker.policy.jobs import FireJob
 from worker.service import ingest

@@ -11,7 +11,7 @@ import pytest
 
 from push.testing.serve import local_gateways
 from tests.worker.realtime import Gateways, build_planted_index, planted_catalog, register
-from worker.delivery.sender import DeliveryRequest
+from worker.delivery.requests import DeliveryRequest
 from worker.policy.contact import holdout_bucket
 from worker.policy.jobs import FireJob
 from worker.service import ingest

@@ -29,7 +29,8 @@ class PushRuntime:
     """One event loop per worker thread, the gateways over one HTTP/2 client, and a
     `Deliverer` whose breaker, rate limit and APNs provider tokens are shared in Redis.
     A prebuilt `router` (tests: `push.fake.RecordingGateway`s) replaces the gateways
-    that `config` would open."""
+    that `config` would open; its owner closes it, `close()` closes only what this
+    runtime opened."""
 
     def __init__(
         self, settings: Settings, config: GatewayConfig, router: Router | None = None

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict, TypeVar
+from typing import Any, TypeVar
 
 import redis
 
@@ -28,13 +28,14 @@ from push.messages import Channel, Priority
 from worker.contract import DELIVER
 from worker.delivery.outbox import MessageRecord, Outbox
 from worker.delivery.push_runtime import PushRuntime
+from worker.delivery.requests import DeliveryOutcome, DeliveryRequest
 from worker.policy.contact import ContactPolicy
 from worker.policy.kinds import KINDS
 from worker.rules import Rule, enabled_rule
 from worker.settings import Settings
 from worker.shoppers.audit import Audit
 from worker.shoppers.contacts import Contacts
-from worker.shoppers.snapshot import DeviceRecord, Shopper, ShopperReads
+from worker.shoppers.snapshot import DeviceRecord, Part, Shopper, ShopperReads
 from worker.store.delayed import DelayedJobs, Job
 from worker.store.keys import Keys
 
@@ -43,24 +44,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-DeliveryAction = Literal[
-    "sent", "retrying", "failed", "suppressed", "nothing_to_send", "settled", "missing"
-]
-
-
-class DeliveryOutcome(TypedDict, total=False):
-    """What one `deliver_many` request came to. `sent`, `retrying` and `failed` carry the
-    device counts; `suppressed` carries the reason it may no longer go out."""
-
-    action: DeliveryAction
-    message_id: str
-    reason: str
-    delivered: int
-    retry_devices: int
-    retry_after: float | None
-
-
-_READS = ShopperReads.of("devices", "preferences", "purchases")
+_READ_PARTS: tuple[Part, ...] = ("devices", "preferences", "purchases")
 
 
 def _push_device(record: DeviceRecord) -> Device:
@@ -68,34 +52,6 @@ def _push_device(record: DeviceRecord) -> Device:
     if channel is Channel.WEBPUSH:
         return Device(channel, subscription=WebPushSubscription.from_json(record["subscription"]))
     return Device(channel, token=record["token"])
-
-
-@dataclass(frozen=True)
-class DeliveryRequest:
-    """One message to deliver: a first attempt to every device, or a retry (`attempt`
-    > 0) to the devices named in `only`."""
-
-    message_id: str
-    attempt: int = 0
-    only: tuple[str, ...] | None = None
-
-    @classmethod
-    def from_kwargs(cls, kwargs: dict[str, Any]) -> list[DeliveryRequest]:
-        """The requests of a `pushrec.deliver` call: `message_ids` (first attempts), or
-        one `message_id` with its `attempt` and `devices` (a parked retry)."""
-        if "message_ids" in kwargs:
-            return [cls(str(mid)) for mid in kwargs["message_ids"]]
-        only = kwargs.get("devices")
-        return [
-            cls(
-                str(kwargs["message_id"]),
-                int(kwargs.get("attempt", 0)),
-                tuple(str(d) for d in only) if only is not None else None,
-            )
-        ]
-
-    def retry_kwargs(self, devices: list[str]) -> dict[str, Any]:
-        return {"message_id": self.message_id, "attempt": self.attempt + 1, "devices": devices}
 
 
 @dataclass
@@ -110,6 +66,12 @@ class _Delivery:
     sends: list[tuple[str, Message]] = field(default_factory=list)
     broken: list[tuple[str, str]] = field(default_factory=list)  # (device id, why) unsendable
     result: DeliveryOutcome = field(default_factory=lambda: DeliveryOutcome())
+
+    @property
+    def reads(self) -> ShopperReads:
+        """The send-time re-check's reads: devices, preferences, and what the shopper
+        bought since the message was made."""
+        return ShopperReads.of(*_READ_PARTS, since=self.record.created_at)
 
 
 class MessageSender:
@@ -185,14 +147,14 @@ class MessageSender:
         out, or a cap reached by another message (reserved atomically here)."""
         pipe = self._client.pipeline(transaction=False)  # every read, one round trip
         for d in live:
-            _READS.queue(pipe, self._keys, d.record.user_id)
+            d.reads.queue(pipe, self._keys, d.record.user_id)
             for item in d.record.items:
                 pipe.hget(self._keys.item(item).item, "stock")
         replies = iter(pipe.execute() if live else [])
         suppressed: list[_Delivery] = []
         first_tries: list[_Delivery] = []
         for d in live:
-            shopper = _READS.parse(d.record.user_id, replies)
+            shopper = d.reads.parse(d.record.user_id, replies)
             stock = [next(replies) for _ in d.record.items]
             why_not = self._why_not(d, shopper, stock)
             if why_not:

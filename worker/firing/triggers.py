@@ -14,7 +14,7 @@ from dataclasses import replace
 import redis
 
 from worker.policy.jobs import Trigger
-from worker.policy.kinds import KINDS
+from worker.policy.kinds import KINDS, change_trigger
 from worker.rules import Rule
 from worker.shoppers.catalog import ItemChange
 from worker.shoppers.inputs import Event
@@ -29,6 +29,10 @@ class Triggers:
         self._client = client
         self._keys = keys
         self._rules = tuple(r for r in rules if r.enabled)
+        # An event's triggers come kind by kind (KINDS order), rules of a kind in the
+        # order they are declared: a purchase fires post_purchase before replenish.
+        order = {name: n for n, name in enumerate(KINDS)}
+        self._by_kind = sorted(self._rules, key=lambda r: order[r.kind])
         self._max_age_s = max_age_s
 
     def for_events(self, events: Sequence[Event], now: float) -> list[Trigger]:
@@ -38,7 +42,7 @@ class Triggers:
             (rule, event, ShopperReads.of(*kind.trigger_reads, items=[event.item_id]))
             for event in events
             if event.ts >= now - self._max_age_s and event.item_id is not None
-            for rule in self._rules
+            for rule in self._by_kind
             if event.type in (kind := KINDS[rule.kind]).events
         ]
         pipe = self._client.pipeline(transaction=False)
@@ -69,17 +73,8 @@ class Triggers:
             pipe.zrangebyscore(self._keys.interested(change.item_id), since, "+inf")
         out: list[Trigger] = []
         for (change, rule), users in zip(pairs, pipe.execute() if pairs else [], strict=True):
+            debounce = KINDS[rule.kind].debounce
             for user_id in users:
-                out.append(
-                    Trigger(
-                        rule=rule.name,
-                        user_id=str(user_id),
-                        trigger_id=f"{change.item_id}@{change.ts:.0f}",
-                        trigger_ts=change.ts,
-                        items=(change.item_id,),
-                        due=now + rule.delay_s,
-                        extra=(("old", repr(change.old)), ("new", repr(change.new))),
-                        debounce=KINDS[rule.kind].debounce,
-                    )
-                )
+                trigger = change_trigger(rule, change, str(user_id), now)
+                out.append(replace(trigger, debounce=debounce))
         return out

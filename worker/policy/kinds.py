@@ -3,9 +3,10 @@
 A kind says what triggers it (activity events, or a catalog change fanned out to the
 shoppers interested in the item), how the trigger is built, whether a pending trigger
 is debounced (one per shopper, moved by each new trigger), what the message is about,
-and what must still hold when the rule fires and when its message is sent. Triggers,
-firing and delivery read the entry; none of them tests a kind by its name. Adding a kind
-is one entry here, its name in `rules.RuleKind`, and its section in docs/realtime.md.
+and what must still hold when the rule fires and when its message is sent (catalog kinds
+share `change_trigger`, one trigger per interested shopper). Triggers, firing and
+delivery read the entry; none of them tests a kind by its name. Adding a kind is one
+entry here, its name in `rules.RuleKind`, and its row in docs/realtime.md.
 
 What a message is about (`Kind.about`):
 
@@ -164,6 +165,20 @@ def _price_dropped(rule: Rule, change: ItemChange) -> bool:
 
 def _restocked(rule: Rule, change: ItemChange) -> bool:
     return change.field == "stock" and change.old <= 0 < change.new
+
+
+def change_trigger(rule: Rule, change: ItemChange, user_id: str, now: float) -> Trigger:
+    """The trigger of a catalog change that `on_change` matched, for one shopper who
+    showed interest in the item: one per change (its time makes the id)."""
+    return Trigger(
+        rule=rule.name,
+        user_id=user_id,
+        trigger_id=f"{change.item_id}@{change.ts:.0f}",
+        trigger_ts=change.ts,
+        items=(change.item_id,),
+        due=now + rule.delay_s,
+        extra=(("old", repr(change.old)), ("new", repr(change.new))),
+    )
 
 
 def _item_not_bought(rule: Rule, trigger_ts: float, items: tuple[str, ...], s: Shopper) -> Holds:

@@ -99,7 +99,7 @@ class Runtime:
         keys = Keys(settings.key_prefix)
         scripts = Scripts.register(client)
         # Redis may be down while a worker starts: the first task then meets NoScriptError
-        # and loads them (tasks._run).
+        # and loads them (service/tasks.py, `_run`).
         with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
             scripts.load(client)
         metrics = Metrics(client, keys)

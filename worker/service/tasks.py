@@ -27,7 +27,7 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 
 from worker import contract
-from worker.delivery.sender import DeliveryRequest
+from worker.delivery.requests import DeliveryRequest
 from worker.policy.jobs import FireJob
 from worker.service import ingest, rebuild
 from worker.service.runtime import Runtime

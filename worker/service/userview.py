@@ -35,8 +35,8 @@ def decisions_view(audit: Audit, outbox: Outbox, user_id: str) -> list[Decision]
 
 
 _READS = ShopperReads.of(
-    "profile", "recent", "cart", "purchases", "purchase_history", "affinity", "devices",
-    "preferences",
+    "profile", "recent", "cart", "cart_quantities", "purchases", "purchase_history",
+    "affinity", "devices", "preferences",
 )  # fmt: skip
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
 from worker.shoppers.contact_inputs import DeviceRegistration, DeviceRemoval, Preferences
-from worker.shoppers.snapshot import DeviceRecord, decode_devices, decode_preferences
+from worker.shoppers.snapshot import DeviceRecord, ShopperReads
 from worker.store.keys import Keys
 from worker.store.scripts import Scripts
 
@@ -38,7 +37,7 @@ class Contacts:
     def register(self, reg: DeviceRegistration, now: float) -> DeviceOutcome:
         """Add or refresh a device; a token moves away from any user who held it before."""
         did = device_id(reg.channel, reg.address)
-        record: dict[str, Any] = {
+        record: DeviceRecord = {
             "channel": reg.channel,
             "registered_at": reg.ts if reg.ts is not None else now,
             "active": True,
@@ -46,7 +45,7 @@ class Contacts:
         if reg.subscription is not None:
             record["subscription"] = reg.subscription.model_dump(by_alias=True, exclude_none=True)
         else:
-            record["token"] = reg.token
+            record["token"] = reg.address
         previous: str | None = self._client.getset(  # type: ignore[assignment]
             self._keys.device_owner(did), reg.user_id
         )
@@ -99,7 +98,7 @@ class Contacts:
         )
 
     def devices(self, user_id: str) -> dict[str, DeviceRecord]:
-        return decode_devices(self._client.hgetall(self._keys.user(user_id).devices))  # type: ignore[arg-type]
+        return ShopperReads.of("devices").read(self._client, self._keys, user_id).devices
 
     def set_preferences(self, prefs: Preferences, now: float) -> int:
         """Apply a partial update; returns how many fields changed (older ones are ignored)."""
@@ -124,4 +123,5 @@ class Contacts:
         return int(changed)
 
     def preferences(self, user_id: str) -> dict[str, str]:
-        return decode_preferences(self._client.hgetall(self._keys.user(user_id).preferences))  # type: ignore[arg-type]
+        reads = ShopperReads.of("preferences")
+        return reads.read(self._client, self._keys, user_id).preferences

@@ -23,8 +23,9 @@ from worker.store.keys import Keys
 Part = Literal[
     "profile",  # the profile hash: first/last seen, events, orders, monetary, …
     "recent",  # the capped list of recent events, newest first
-    "cart",  # cart items with their quantity and the time each was last added
-    "purchases",  # item -> time of its last purchase
+    "cart",  # cart items with the time each was last added
+    "cart_quantities",  # cart items with their quantity
+    "purchases",  # item -> time of its last purchase (since `ShopperReads.since`)
     "purchase_history",  # purchase counts and first purchase, of `items` or of every item
     "affinity",  # category -> time-decayed interest
     "devices",  # device id -> record
@@ -60,8 +61,8 @@ class Shopper:
     user_id: str
     profile: dict[str, str] = field(default_factory=dict)
     recent: list[RecentEntry] = field(default_factory=list)
-    cart: dict[str, int] = field(default_factory=dict)  # item -> quantity
     cart_added: dict[str, float] = field(default_factory=dict)  # item -> time last added
+    cart: dict[str, int] = field(default_factory=dict)  # item -> quantity
     purchases: dict[str, float] = field(default_factory=dict)  # item -> last purchase
     purchase_counts: dict[str, int] = field(default_factory=dict)
     first_purchases: dict[str, float] = field(default_factory=dict)
@@ -86,14 +87,19 @@ class Shopper:
 @dataclass(frozen=True)
 class ShopperReads:
     """Which parts of a shopper to read. `items` narrows `purchase_history` to those
-    items (a trigger looks at the item bought, not at every item ever bought)."""
+    items (a trigger looks at the item bought, not at every item ever bought); `since`
+    narrows `purchases` to those at or after it (delivery asks what was bought since
+    the message was made)."""
 
     parts: frozenset[Part]
     items: tuple[str, ...] | None = None
+    since: float | None = None
 
     @classmethod
-    def of(cls, *parts: Part, items: Sequence[str] | None = None) -> ShopperReads:
-        return cls(frozenset(parts), None if items is None else tuple(items))
+    def of(
+        cls, *parts: Part, items: Sequence[str] | None = None, since: float | None = None
+    ) -> ShopperReads:
+        return cls(frozenset(parts), None if items is None else tuple(items), since)
 
     def queue(self, pipe: redis.client.Pipeline, keys: Keys, user_id: str) -> None:
         """Queue this shopper's reads into `pipe`; `parse` reads their replies."""
@@ -104,10 +110,14 @@ class ShopperReads:
         if has("recent"):
             pipe.lrange(k.recent, 0, -1)
         if has("cart"):
-            pipe.hgetall(k.cart)
             pipe.zrange(k.cart_added, 0, -1, withscores=True)
+        if has("cart_quantities"):
+            pipe.hgetall(k.cart)
         if has("purchases"):
-            pipe.zrange(k.purchased, 0, -1, withscores=True)
+            if self.since is None:
+                pipe.zrange(k.purchased, 0, -1, withscores=True)
+            else:
+                pipe.zrangebyscore(k.purchased, self.since, "+inf", withscores=True)
         if has("purchase_history"):
             if self.items is None:
                 pipe.hgetall(k.purchase_counts)
@@ -131,8 +141,9 @@ class ShopperReads:
         if has("recent"):
             values["recent"] = [json.loads(row) for row in next(replies)]
         if has("cart"):
-            values["cart"] = {item: int(qty) for item, qty in next(replies).items()}
             values["cart_added"] = dict(next(replies))
+        if has("cart_quantities"):
+            values["cart"] = {item: int(qty) for item, qty in next(replies).items()}
         if has("purchases"):
             values["purchases"] = dict(next(replies))
         if has("purchase_history"):

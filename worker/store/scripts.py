@@ -4,7 +4,7 @@ Hot pipelines queue scripts by SHA alone (`Scripts.queue`): redis-py's own way
 (`script(..., client=pipe)`) asks Redis whether the scripts exist before every such
 pipeline, one more round trip each time. Instead the scripts are loaded when a runtime
 opens (`load`); a Redis that lost them (restarted, flushed) answers NoScriptError,
-which the task wrapper retries after loading them again (`tasks._run`).
+which the task wrapper retries after loading them again (`_run` in service/tasks.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,64 @@
+"""The one reader of a shopper's state: each part read as asked, in one round trip."""
+
+from __future__ import annotations
+
+import uuid
+
+from tests.clock import RUN_NOW
+from worker.service import ingest
+from worker.service.runtime import Runtime
+from worker.shoppers.inputs import Limits, parse_event
+from worker.shoppers.snapshot import ShopperReads
+
+NOW = RUN_NOW  # applied events reach the trending buckets, which Redis expires
+
+
+def apply(rt: Runtime, *events: tuple[str, str, str, float]) -> None:
+    raws = [
+        {"event_id": eid, "user_id": "u1", "type": type_, "item_id": item, "ts": ts}
+        for eid, type_, item, ts in events
+    ]
+    result = rt.state.apply_events(
+        [parse_event(r, Limits(), NOW) for r in raws], NOW, uuid.uuid4().hex
+    )
+    rt.state.react_and_confirm(result, lambda pipe: None)
+
+
+def test_each_part_is_read_as_asked_and_the_rest_stays_empty(runtime: Runtime) -> None:
+    ingest.upsert_items(runtime, [{"item_id": "a", "category": "mugs"}], NOW)
+    apply(
+        runtime,
+        ("e1", "add_to_cart", "a", NOW - 300),
+        ("e2", "purchase", "b", NOW - 200),
+        ("e3", "purchase", "b", NOW - 100),
+        ("e4", "purchase", "c", NOW - 50),
+    )
+    reads = ShopperReads.of("cart", "purchase_history", items=["b", "zzz"])
+    shopper = reads.read(runtime.redis, runtime.keys, "u1")
+    assert shopper.cart_added == {"a": NOW - 300} and shopper.cart == {}
+    assert shopper.purchase_counts == {"b": 2} and shopper.first_purchases == {"b": NOW - 200}
+    assert shopper.recent == [] and shopper.purchases == {} and shopper.devices == {}
+
+    since = ShopperReads.of("purchases", since=NOW - 60).read(runtime.redis, runtime.keys, "u1")
+    assert since.purchases == {"c": NOW - 50}
+    everything = ShopperReads.of("purchases", "cart_quantities", "recent")
+    shopper = everything.read(runtime.redis, runtime.keys, "u1")
+    assert shopper.purchases == {"b": NOW - 100, "c": NOW - 50} and shopper.cart == {"a": 1}
+    assert [r["type"] for r in shopper.recent] == [
+        "purchase",
+        "purchase",
+        "purchase",
+        "add_to_cart",
+    ]
+
+
+def test_reads_of_many_shoppers_share_one_pipeline(runtime: Runtime) -> None:
+    apply(runtime, ("e1", "view", "a", NOW - 10))
+    reads = ShopperReads.of("recent", "devices")
+    pipe = runtime.redis.pipeline(transaction=False)
+    for user in ("u1", "nobody"):
+        reads.queue(pipe, runtime.keys, user)
+    replies = iter(pipe.execute())
+    first, second = reads.parse("u1", replies), reads.parse("nobody", replies)
+    assert [r["item_id"] for r in first.recent] == ["a"] and second.recent == []
+    assert next(replies, None) is None

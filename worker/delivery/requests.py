@@ -1,0 +1,55 @@
+"""What a `pushrec.deliver` task asks for and what each request came to.
+
+`DeliveryRequest` is one message to deliver (its kwargs are the deliver task's contract
+inside pushrec); `DeliveryOutcome` is what `MessageSender.deliver_many` returns for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, TypedDict
+
+
+@dataclass(frozen=True)
+class DeliveryRequest:
+    """One message to deliver: a first attempt to every device, or a retry (`attempt`
+    > 0) to the devices named in `only`."""
+
+    message_id: str
+    attempt: int = 0
+    only: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> list[DeliveryRequest]:
+        """The requests of a `pushrec.deliver` call: `message_ids` (first attempts), or
+        one `message_id` with its `attempt` and `devices` (a parked retry)."""
+        if "message_ids" in kwargs:
+            return [cls(str(mid)) for mid in kwargs["message_ids"]]
+        only = kwargs.get("devices")
+        return [
+            cls(
+                str(kwargs["message_id"]),
+                int(kwargs.get("attempt", 0)),
+                tuple(str(d) for d in only) if only is not None else None,
+            )
+        ]
+
+    def retry_kwargs(self, devices: list[str]) -> dict[str, Any]:
+        return {"message_id": self.message_id, "attempt": self.attempt + 1, "devices": devices}
+
+
+DeliveryAction = Literal[
+    "sent", "retrying", "failed", "suppressed", "nothing_to_send", "settled", "missing"
+]
+
+
+class DeliveryOutcome(TypedDict, total=False):
+    """What one `deliver_many` request came to. `sent`, `retrying` and `failed` carry the
+    device counts; `suppressed` carries the reason it may no longer go out."""
+
+    action: DeliveryAction
+    message_id: str
+    reason: str
+    delivered: int
+    retry_devices: int
+    retry_after: float | None
