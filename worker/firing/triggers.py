@@ -18,7 +18,7 @@ from worker.policy.kinds import KINDS, change_trigger
 from worker.rules import Rule
 from worker.shoppers.catalog import ItemChange
 from worker.shoppers.inputs import Event
-from worker.shoppers.snapshot import ShopperReads
+from worker.shoppers.snapshot import Shopper, ShopperReads
 from worker.store.keys import Keys
 
 
@@ -39,21 +39,31 @@ class Triggers:
         """Triggers of freshly applied events (older events update state only). What the
         rules' kinds read of the shoppers is read for the whole batch in one round trip."""
         pairs = [
-            (rule, event, ShopperReads.of(*kind.trigger_reads, items=[event.item_id]))
+            (rule, event, item)
             for event in events
-            if event.ts >= now - self._max_age_s and event.item_id is not None
+            if event.ts >= now - self._max_age_s
+            for item in (event.item_id,)
+            if item is not None
             for rule in self._by_kind
-            if event.type in (kind := KINDS[rule.kind]).events
+            if event.type in KINDS[rule.kind].events
         ]
+        # Only kinds that look at the shopper (browse, replenish) read anything.
+        reads = {
+            n: ShopperReads.of(*parts, items=[item])
+            for n, (rule, _, item) in enumerate(pairs)
+            if (parts := KINDS[rule.kind].trigger_reads)
+        }
         pipe = self._client.pipeline(transaction=False)
-        for _, event, reads in pairs:
-            reads.queue(pipe, self._keys, event.user_id)
-        replies = iter(pipe.execute() if len(pipe) else [])
+        for n, wanted in reads.items():
+            wanted.queue(pipe, self._keys, pairs[n][1].user_id)
+        replies = iter(pipe.execute() if reads else [])
         out: list[Trigger] = []
-        for rule, event, reads in pairs:
+        for n, (rule, event, _) in enumerate(pairs):
             kind = KINDS[rule.kind]
             assert kind.on_event is not None
-            trigger = kind.on_event(rule, event, reads.parse(event.user_id, replies), now)
+            read = reads.get(n)
+            shopper = read.parse(event.user_id, replies) if read else Shopper(event.user_id)
+            trigger = kind.on_event(rule, event, shopper, now)
             if trigger is not None:
                 out.append(replace(trigger, debounce=kind.debounce))
         return out
