@@ -56,6 +56,12 @@ def worker_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[
     return env
 
 
+def node_name(name: str) -> str:
+    """A Celery node name unique to this test session: two suites running at once on one
+    machine (two checkouts) must not claim the same node's pidbox queue on RabbitMQ."""
+    return f"{name}-{os.getpid()}@%h"
+
+
 class WorkerProcess:
     """A real `pushrec worker` subprocess; its log is kept for failure messages."""
 
@@ -76,7 +82,7 @@ class WorkerProcess:
         args = command or (
             "worker",
             f"--concurrency={concurrency}",
-            f"--name={name}@%h",
+            f"--name={node_name(name)}",
             "--loglevel=INFO",
         )
         self.process = subprocess.Popen(

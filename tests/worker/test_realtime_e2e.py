@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from push.testing.serve import local_gateways
-from tests.worker.conftest import WorkerProcess, wait_for
+from tests.worker.conftest import WorkerProcess, node_name, wait_for
 from tests.worker.realtime import (
     Gateways,
     build_planted_index,
@@ -343,12 +343,12 @@ def test_a_push_worker_on_threads_sends_concurrently_and_each_message_once(
     gateways.slow_down("fcm", 400)
     activity = WorkerProcess(
         settings, tmp_path / "activity.log", "activity", 2, env=env,
-        command=("worker", "--concurrency=2", "--name=activity@%h", "--loglevel=INFO",
+        command=("worker", "--concurrency=2", f"--name={node_name('activity')}", "--loglevel=INFO",
                  f"--queues={settings.queue_activity}"),
     )  # fmt: skip
     push = WorkerProcess(
         settings, tmp_path / "push.log", "push", 4, env=env,
-        command=("worker", "--pool=threads", "--concurrency=4", "--name=push@%h",
+        command=("worker", "--pool=threads", "--concurrency=4", f"--name={node_name('push')}",
                  "--loglevel=INFO", f"--queues={settings.queue_push}"),
     )  # fmt: skip
     try:
