@@ -72,26 +72,33 @@ def open_text(path: Path) -> io.TextIOBase:
 def parse_ts(value: object) -> float:
     """Epoch seconds (UTC) from a float, an int, a numeric string or an ISO-8601 string.
 
-    Raises `ValueError` for anything else, NaN or infinity. A naive ISO time is UTC.
+    Raises `ValueError` for anything else (never another error: an integer too large for
+    a float, a date out of range), NaN or infinity. A naive ISO time is UTC.
     """
     if isinstance(value, bool):
         raise ValueError("boolean timestamp")
-    if isinstance(value, int | float):
-        ts = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            ts = float(text)
-        except ValueError:
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            ts = parsed.timestamp()
-    else:
-        raise ValueError(f"timestamp of type {type(value).__name__}")
+    try:
+        ts = _seconds(value)
+    except (OverflowError, OSError) as exc:
+        raise ValueError(f"timestamp out of range ({exc})") from None
     if not math.isfinite(ts):
         raise ValueError("timestamp is not finite")
     return ts
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"timestamp of type {type(value).__name__}")
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     task_time_limit_s: int = Field(default=120, ge=5, description="Hard limit per task.")
     task_max_retries: int = Field(default=5, ge=0, le=20)
     task_retry_backoff_max_s: int = Field(default=30, ge=1)
+    max_deliveries: int = Field(
+        default=5,
+        ge=2,
+        le=100,
+        description="A task message delivered this often without finishing (its worker "
+        "died, or it ran over its time limit) goes to the dead-letter stream.",
+    )
 
     # --- event contract limits -------------------------------------------------------
     batch_max_events: int = Field(default=500, ge=1, le=10_000)
@@ -121,6 +128,7 @@ class Settings(BaseSettings):
     trending_buckets_kept: int = Field(default=48, ge=1)
     interaction_log_maxlen: int = Field(default=5_000_000, ge=1000)
     rejected_log_maxlen: int = Field(default=100_000, ge=100)
+    dead_letters_maxlen: int = Field(default=100_000, ge=100)
     item_changes_max: int = Field(default=100, ge=1)
 
     # --- rules and contact policy ----------------------------------------------------

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
+from worker.shoppers.inputs import InvalidInput
+
 
 @dataclass(frozen=True)
 class DeliveryRequest:
@@ -22,17 +24,27 @@ class DeliveryRequest:
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> list[DeliveryRequest]:
         """The requests of a `pushrec.deliver` call: `message_ids` (first attempts), or
-        one `message_id` with its `attempt` and `devices` (a parked retry)."""
-        if "message_ids" in kwargs:
-            return [cls(str(mid)) for mid in kwargs["message_ids"]]
-        only = kwargs.get("devices")
-        return [
-            cls(
-                str(kwargs["message_id"]),
-                int(kwargs.get("attempt", 0)),
-                tuple(str(d) for d in only) if only is not None else None,
-            )
-        ]
+        one `message_id` with its `attempt` and `devices` (a parked retry). Raises
+        `InvalidInput` ("bad_call") for anything else: the task is internal, but a message
+        on the broker is still input."""
+        try:
+            if "message_ids" in kwargs:
+                ids = kwargs["message_ids"]
+                if not isinstance(ids, list):
+                    raise TypeError("message_ids must be a list")
+                return [cls(str(mid)) for mid in ids]
+            only = kwargs.get("devices")
+            if only is not None and not isinstance(only, list):
+                raise TypeError("devices must be a list")
+            return [
+                cls(
+                    str(kwargs["message_id"]),
+                    int(kwargs.get("attempt", 0)),
+                    tuple(str(d) for d in only) if only is not None else None,
+                )
+            ]
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise InvalidInput("bad_call", f"deliver: {type(exc).__name__}: {exc}") from None
 
     def retry_kwargs(self, devices: list[str]) -> dict[str, Any]:
         return {"message_id": self.message_id, "attempt": self.attempt + 1, "devices": devices}

@@ -7,11 +7,13 @@ now, it fires in the same task (`FireJob`); due later, it waits in the delayed s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from worker.contract import FIRE
+from worker.shoppers.inputs import InvalidInput
 from worker.store.delayed import Job
 
 
@@ -25,15 +27,28 @@ class FireJob:
     extra: Mapping[str, str]
 
     @classmethod
-    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> FireJob:
-        return cls(
-            rule=str(kwargs["rule"]),
-            user_id=str(kwargs["user_id"]),
-            trigger_id=str(kwargs["trigger_id"]),
-            trigger_ts=float(kwargs["trigger_ts"]),
-            items=tuple(str(i) for i in kwargs.get("items", ())),
-            extra={str(k): str(v) for k, v in dict(kwargs.get("extra", {})).items()},
-        )
+    def from_kwargs(cls, kwargs: Any) -> FireJob:
+        """The job of `kwargs()`. Raises `InvalidInput` ("bad_call") for anything else:
+        the task is internal, but a message on the broker is still input."""
+        try:
+            if not isinstance(kwargs, Mapping):
+                raise TypeError(f"a job is a JSON object, not {type(kwargs).__name__}")
+            trigger_ts = float(kwargs["trigger_ts"])
+            items, extra = kwargs.get("items", ()), kwargs.get("extra", {})
+            if not math.isfinite(trigger_ts):
+                raise ValueError("trigger_ts is not finite")
+            if not isinstance(items, list | tuple) or not isinstance(extra, Mapping):
+                raise TypeError("items must be a list and extra an object")
+            return cls(
+                rule=str(kwargs["rule"]),
+                user_id=str(kwargs["user_id"]),
+                trigger_id=str(kwargs["trigger_id"]),
+                trigger_ts=trigger_ts,
+                items=tuple(str(i) for i in items),
+                extra={str(k): str(v) for k, v in extra.items()},
+            )
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise InvalidInput("bad_call", f"fire job: {type(exc).__name__}: {exc}") from None
 
     def kwargs(self) -> dict[str, Any]:
         """The `pushrec.fire` kwargs of this job (`from_kwargs` reads them back)."""

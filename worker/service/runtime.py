@@ -33,7 +33,9 @@ from worker.shoppers.catalog import Catalog
 from worker.shoppers.contacts import Contacts
 from worker.shoppers.inputs import Limits
 from worker.shoppers.state import StateStore
+from worker.store.dead_letters import DeadLetters
 from worker.store.delayed import DelayedJobs
+from worker.store.errors import TRANSIENT
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
 from worker.store.rejections import RejectedLog
@@ -69,6 +71,7 @@ class Runtime:
     scripts: Scripts
     metrics: Metrics
     rejected: RejectedLog
+    dead_letters: DeadLetters
     state: StateStore
     catalog: Catalog
     contacts: Contacts
@@ -98,9 +101,9 @@ class Runtime:
         client = connect_redis(settings.redis_url)
         keys = Keys(settings.key_prefix)
         scripts = Scripts.register(client)
-        # Redis may be down while a worker starts: the first task then meets NoScriptError
-        # and loads them (service/tasks.py, `_run`).
-        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+        # Redis may be away while a worker starts (or loading, or read-only): the first
+        # task then meets NoScriptError and loads them (service/tasks.py, `_run`).
+        with contextlib.suppress(*TRANSIENT):
             scripts.load(client)
         metrics = Metrics(client, keys)
         return cls(
@@ -110,6 +113,7 @@ class Runtime:
             scripts=scripts,
             metrics=metrics,
             rejected=RejectedLog(client, keys, metrics, settings.rejected_log_maxlen),
+            dead_letters=DeadLetters(client, keys, metrics, settings.dead_letters_maxlen),
             state=StateStore(client, keys, settings, scripts, metrics),
             catalog=Catalog(client, keys, scripts, metrics, settings.item_changes_max),
             contacts=Contacts(client, keys, scripts, settings.user_ttl_s),

@@ -9,7 +9,13 @@ do: under late acks Celery answers a failure with a reject *without* requeue, wh
 broker takes as "drop the message". Nor `task.retry()`: it would publish a new message to
 the broker that may be down, and park it as an ETA task in worker memory.) Any other
 error is a bug: the call is kept in the rejected stream for replay and the message acked,
-never looped.
+never looped; if even that record cannot be written, the message is requeued. Which Redis
+errors are transient: `worker/store/errors.py`.
+
+A message that never finishes (its worker process dies on it, or it runs over the hard
+time limit) would be redelivered forever: redeliveries are counted, and past
+`max_deliveries` the call is parked in the dead-letter stream and acked
+(`worker/store/dead_letters.py`).
 """
 
 from __future__ import annotations
@@ -32,16 +38,10 @@ from worker.policy.jobs import FireJob
 from worker.service import ingest, rebuild
 from worker.service.runtime import Runtime
 from worker.settings import Settings
+from worker.shoppers.inputs import InvalidInput
+from worker.store.errors import TRANSIENT, is_transient
 
 log = logging.getLogger(__name__)
-
-# NoScriptError: a restarted Redis has lost its script cache; the retry loads it again.
-_TRANSIENT = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    redis.exceptions.NoScriptError,
-)
 
 
 class _App(Protocol):
@@ -88,7 +88,9 @@ def _run(task: PushrecTask, body: Callable[[Runtime], Any]) -> Any:
     for attempt in range(attempts + 1):
         try:
             return body(task.runtime)
-        except _TRANSIENT as exc:
+        except Exception as exc:
+            if not is_transient(exc):
+                return _keep_failed(task, exc)
             if attempt == attempts:
                 log.error("%s %s: Redis still unavailable, left for redelivery: %s",
                           task.name, task.request.id, exc)  # fmt: skip
@@ -97,28 +99,54 @@ def _run(task: PushrecTask, body: Callable[[Runtime], Any]) -> Any:
                 _reload_scripts(task)  # Redis is back, without our scripts: no need to wait
             else:
                 time.sleep(task.backoff_s(attempt))
-        except Exception as exc:
-            return _keep_failed(task, exc)
     raise AssertionError("unreachable")
 
 
 def _reload_scripts(task: PushrecTask) -> None:
     """Redis lost its scripts (restarted or flushed): load them before the retry."""
     rt = task.runtime
-    with contextlib.suppress(*_TRANSIENT):  # still away: the next attempt comes back here
+    with contextlib.suppress(*TRANSIENT):  # still away: the next attempt comes back here
         rt.scripts.load(rt.redis)
 
 
 def _keep_failed(task: PushrecTask, exc: Exception) -> dict[str, str]:
-    """A bug: keep the call in the rejected stream to replay, ack it, never loop."""
+    """A bug: keep the whole call in the rejected stream to replay, ack it, never loop.
+    If the record can't be written (Redis failed too, or the call can't be kept), the
+    message goes back to the broker: losing it unrecorded is the one outcome not allowed,
+    and the delivery cap ends the loop if the cause stays."""
     log.exception("%s %s failed", task.name, task.request.id)
     reason = f"{type(exc).__name__}: {exc}"
     payload = {"task_id": task.request.id, "kwargs": task.request.kwargs}
     try:
         task.runtime.rejected.record(task.name, "task_error", reason, payload)
-    except _TRANSIENT:  # Redis went away as well: redelivery will meet the bug again
+    except Exception as record_exc:
+        log.error("%s %s: could not record the failure (%s), left for redelivery",
+                  task.name, task.request.id, record_exc)  # fmt: skip
         _give_up(task, exc)
     return {"error": reason}
+
+
+def _park_if_poison(task: PushrecTask, kept: Any) -> dict[str, str] | None:
+    """On a redelivered message: count it; past `max_deliveries` park the call in the
+    dead-letter stream (the message is then acked) and say so. None: run it."""
+    delivery_info = task.request.delivery_info or {}
+    if not delivery_info.get("redelivered"):
+        return None
+    try:
+        dead = task.runtime.dead_letters
+        deliveries = dead.count_redelivery(str(task.request.id))
+        if deliveries <= task.app.settings.max_deliveries:
+            return None
+        reason = (
+            f"delivered {deliveries} times without finishing "
+            "(its worker died on it, or it ran over the time limit)"
+        )
+        dead.park(task.name, str(task.request.id), reason, kept, deliveries)
+    except Exception as exc:
+        if not is_transient(exc):
+            log.exception("%s %s: delivery count failed", task.name, task.request.id)
+        return None  # can't count now: run it; the body retries or requeues on Redis
+    return {"dead_lettered": reason}
 
 
 def _give_up(task: PushrecTask, exc: Exception) -> NoReturn:
@@ -156,27 +184,38 @@ Body = Callable[["PushrecTask", Runtime, dict[str, Any]], Any]
 @dataclass(frozen=True)
 class TaskSpec:
     """One task: its name, the kwargs a caller must and may send (checked before the
-    body runs, for contract tasks), its body, and what a rejected call keeps."""
+    body runs, internal tasks included: a message on the broker is input), its body, and
+    what a rejected or parked call keeps."""
 
     name: str
     body: Body
     required: frozenset[str] = frozenset()
     optional: frozenset[str] = frozenset()
-    checked: bool = True  # internal tasks (sent by pushrec itself) parse their own kwargs
     keep: Callable[[tuple[Any, ...], dict[str, Any]], Any] = _as_given
     ignore_result: bool = True
 
 
 def _fire(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
     """Internal: evaluate rules for shoppers (from the scheduler): one job's kwargs, or
-    `jobs`, a list of them (a fan-out)."""
-    jobs = [FireJob.from_kwargs(j) for j in kwargs.get("jobs", [kwargs])]
+    `jobs`, a list of them (a fan-out). A malformed job is rejected alone."""
+    entries = kwargs.get("jobs", [kwargs])
+    if not isinstance(entries, list):
+        return _shape_rejected(task, "pushrec.fire: jobs must be a list", kwargs)
+    jobs = []
+    for entry in entries:
+        try:
+            jobs.append(FireJob.from_kwargs(entry))
+        except InvalidInput as exc:
+            rt.rejected.record(task.name, exc.code, exc.reason, entry)
     return rt.firer().fire_many(jobs, time.time())
 
 
 def _deliver(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
     """Internal: send queued messages to their shoppers' devices (push queue)."""
-    requests = DeliveryRequest.from_kwargs(kwargs)
+    try:
+        requests = DeliveryRequest.from_kwargs(kwargs)
+    except InvalidInput as exc:
+        return _shape_rejected(task, exc.reason, kwargs)
     return rt.sender().deliver_many(requests, time.time(), _delivery(task))
 
 
@@ -235,10 +274,20 @@ TASKS: tuple[TaskSpec, ...] = (
         required=_USER,
         ignore_result=False,
     ),
-    TaskSpec(contract.FIRE, _fire, checked=False),
-    TaskSpec(contract.DELIVER, _deliver, checked=False),
-    TaskSpec(contract.REBUILD_INDEX, _rebuild, checked=False, ignore_result=False),
-    TaskSpec(contract.NOOP, _noop, checked=False),
+    TaskSpec(
+        contract.FIRE,
+        _fire,
+        optional=frozenset(
+            {"jobs", "rule", "user_id", "trigger_id", "trigger_ts", "items", "extra"}
+        ),
+    ),
+    TaskSpec(
+        contract.DELIVER,
+        _deliver,
+        optional=frozenset({"message_ids", "message_id", "attempt", "devices"}),
+    ),
+    TaskSpec(contract.REBUILD_INDEX, _rebuild, optional=frozenset({"force"}), ignore_result=False),
+    TaskSpec(contract.NOOP, _noop),
 )
 
 
@@ -250,9 +299,9 @@ def register_tasks(app: Celery) -> None:
 
 def _register(app: Celery, spec: TaskSpec) -> None:
     def run(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
-        if spec.checked and (
-            reason := _call_shape(self, args, kwargs, spec.required, spec.optional)
-        ):
+        if parked := _park_if_poison(self, spec.keep(args, kwargs)):
+            return parked
+        if reason := _call_shape(self, args, kwargs, spec.required, spec.optional):
             return _shape_rejected(self, reason, spec.keep(args, kwargs))
         return _run(self, lambda rt: spec.body(self, rt, kwargs))
 

@@ -23,11 +23,20 @@ from pydantic import (
     model_validator,
 )
 
-from worker.shoppers.inputs import Id, StrictModel, parse_ts, require_object, validated
+from worker.shoppers.inputs import (
+    Id,
+    StrictModel,
+    parse_ts,
+    preview,
+    require_object,
+    total,
+    validated,
+)
 
 _HHMM_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")
 _HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
+_TZ_MAX_LEN = 64  # the longest IANA name is 32 characters
 
 
 def _b64url_len(value: str, size: int, name: str) -> str:
@@ -172,9 +181,11 @@ class Preferences(StrictModel):
         if value is None:
             return None
         try:
+            if len(value) > _TZ_MAX_LEN:
+                raise ValueError("too long")
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown IANA timezone {value[:64]!r}") from None
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a bad file name
+            raise ValueError(f"unknown IANA timezone {preview(value, 64)!r}") from None
         return value
 
     @field_validator("locale")
@@ -185,13 +196,16 @@ class Preferences(StrictModel):
         return value
 
 
+@total
 def parse_device(raw: Any) -> DeviceRegistration:
     return validated(DeviceRegistration, require_object(raw, "device"), "device")
 
 
+@total
 def parse_device_removal(raw: Any) -> DeviceRemoval:
     return validated(DeviceRemoval, require_object(raw, "device"), "device")
 
 
+@total
 def parse_preferences(raw: Any) -> Preferences:
     return validated(Preferences, require_object(raw, "preferences"), "preferences")

@@ -9,13 +9,18 @@ and a human `reason` (logged and kept in the rejected stream). Nothing here touc
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import re
+import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -30,8 +35,14 @@ from indexing import parse_ts as _parse_ts
 from worker.contract import ITEM_EVENT_TYPES, PUSH_EVENT_TYPES, SCHEMA_VERSION
 from worker.settings import Settings
 
+log = logging.getLogger(__name__)
+
 MIN_TS = 946_684_800.0  # 2000-01-01: older timestamps are a producer bug
 _ID_RE = re.compile(r"^[^\x00-\x1f\x7f{}]+$")  # braces would break Redis hash tags
+# Besides the ASCII controls: other controls (C1), format characters (bidi overrides such
+# as U+202E, zero-width joiners, BOM), lone surrogates, line and paragraph separators. An
+# id with them reads differently from what it is, in a log line or a terminal.
+_REFUSED_IN_IDS = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 class InvalidInput(ValueError):
@@ -73,13 +84,36 @@ def _id_from_json(value: Any) -> Any:
     return value
 
 
+def _printable_id(value: str) -> str:
+    if not value.isascii():
+        for char in value:
+            if unicodedata.category(char) in _REFUSED_IN_IDS:
+                raise ValueError(
+                    f"ids may not contain U+{ord(char):04X} (a control or format character)"
+                )
+    return value
+
+
 Id = Annotated[
     str,
     BeforeValidator(_id_from_json),
     StringConstraints(min_length=1, max_length=128, pattern=_ID_RE),
+    AfterValidator(_printable_id),
 ]
 ShortText = Annotated[str, StringConstraints(max_length=512)]
 Scalar = str | int | float | bool | None
+
+
+def preview(value: Any, limit: int = 40) -> str:
+    """A short rendering of an input value for a reason text: bounded, printable, and
+    storable as UTF-8 (lone surrogates escaped), whatever the value."""
+    if isinstance(value, int) and value.bit_length() > 256:
+        text = f"<an integer of {value.bit_length()} bits>"
+    elif isinstance(value, str):
+        text = value[:limit]
+    else:
+        text = f"<{type(value).__name__}>"
+    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def parse_ts(value: Any) -> float:
@@ -88,7 +122,8 @@ def parse_ts(value: Any) -> float:
     try:
         return _parse_ts(value)
     except ValueError as exc:
-        raise ValueError(f"ts {str(value)[:40]!r} is neither ISO-8601 nor epoch ({exc})") from None
+        shown = repr(preview(value)) if isinstance(value, str) else preview(value)
+        raise ValueError(f"ts {shown} is neither ISO-8601 nor epoch ({exc})") from None
 
 
 def _check_ts(ts: float, now: float, limits: Limits) -> None:
@@ -177,7 +212,7 @@ class Item(StrictModel):
 def _reason(exc: ValidationError, what: str) -> InvalidInput:
     errors = exc.errors(include_url=False)
     first = errors[0]
-    loc = ".".join(str(p) for p in first["loc"])
+    loc = ".".join(preview(p) if isinstance(p, str) else str(p) for p in first["loc"])
     code = {
         "missing": "missing_field",
         "extra_forbidden": "unknown_field",
@@ -190,7 +225,7 @@ def _reason(exc: ValidationError, what: str) -> InvalidInput:
     if first["loc"][:1] == ("ts",) or (first["loc"][-1:] == ("ts",)):
         code = "bad_timestamp"
     where = f"{what}.{loc}" if loc else what
-    message = first["msg"].removeprefix("Value error, ")
+    message = preview(first["msg"].removeprefix("Value error, "), 300)
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     return InvalidInput(code, f"{where}: {message}{more}")
 
@@ -214,13 +249,39 @@ def validated(model: type[M], data: dict[str, Any], what: str) -> M:
         raise _reason(exc, what) from None
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def total(parse: Callable[P, R]) -> Callable[P, R]:
+    """Make a `parse_*` function total: whatever the input, it returns a value or raises
+    `InvalidInput`. An error the checks above did not foresee is a parser bug, logged with
+    its traceback, and the input is still rejected on its own (code `unparseable`), so
+    one odd entry never takes the rest of a batch with it."""
+
+    @functools.wraps(parse)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return parse(*args, **kwargs)
+        except InvalidInput:
+            raise
+        except Exception as exc:
+            log.exception("%s: unforeseen error on input", parse.__name__)
+            raise InvalidInput(
+                "unparseable", f"{parse.__name__}: {type(exc).__name__}: {preview(str(exc), 200)}"
+            ) from None
+
+    return checked
+
+
+@total
 def parse_event(raw: Any, limits: Limits, now: float) -> Event:
     data = require_object(raw, "event")
     version = data.get("v", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
         raise InvalidInput(
             "schema_version",
-            f"event schema version {str(version)[:16]!r} is not supported (this worker: "
+            f"event schema version {preview(version, 16)!r} is not supported (this worker: "
             f"{SCHEMA_VERSION})",
         )
     event = validated(Event, data, "event")
@@ -229,6 +290,7 @@ def parse_event(raw: Any, limits: Limits, now: float) -> Event:
     return event
 
 
+@total
 def parse_item(raw: Any, limits: Limits, now: float) -> Item:
     item = validated(Item, require_object(raw, "item"), "item")
     if item.ts is not None:
@@ -236,6 +298,7 @@ def parse_item(raw: Any, limits: Limits, now: float) -> Item:
     return item
 
 
+@total
 def parse_user_id(raw: Any) -> str:
     class _User(StrictModel):
         user_id: Id

@@ -233,6 +233,17 @@ class Keys:
         """stream: rejected input with its reason, for inspection; capped."""
         return f"{self.prefix}:log:rejected"
 
+    @property
+    def dead_letters(self) -> str:
+        """stream: task calls parked after too many deliveries (redacted kwargs, reason);
+        capped (`Settings.dead_letters_maxlen`)."""
+        return f"{self.prefix}:log:dead"
+
+    def deliveries(self, task_id: str) -> str:
+        """string: how many times the broker redelivered task message `task_id`; expires
+        (`dead_letters.COUNT_TTL_S`)."""
+        return f"{self.prefix}:deliveries:{task_id}"
+
     # Delayed jobs: three keys in one slot ({delayed}) so one Lua script claims atomically.
     @property
     def delayed_due(self) -> str:

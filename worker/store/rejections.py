@@ -14,7 +14,10 @@ from worker.store.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-PAYLOAD_MAX_CHARS = 4096
+# A record keeps the whole call, so it can be replayed: a call's size is bounded by the
+# broker message it came in. Only past this (an oversize input, never replayable anyway)
+# is the text cut, and the record says so (`truncated`).
+PAYLOAD_MAX_CHARS = 1_000_000
 
 
 class RejectedLog:
@@ -32,11 +35,10 @@ class RejectedLog:
         payload: Any,
         pipe: redis.client.Pipeline | None = None,
     ) -> None:
-        """Keep `payload` (truncated) with its reason and count it under `<task>.rejected`."""
-        try:
-            text = json.dumps(payload, default=repr, ensure_ascii=False)
-        except (TypeError, ValueError):  # e.g. circular structures
-            text = repr(payload)
+        """Keep `payload` (whole, up to `PAYLOAD_MAX_CHARS`) with its reason and count it
+        under `<task>.rejected`."""
+        text = storable_json(payload)
+        reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
         log.warning("rejected %s input (%s): %s", task, code, reason)
         target = pipe if pipe is not None else self._client.pipeline(transaction=False)
         target.xadd(
@@ -47,6 +49,7 @@ class RejectedLog:
                 "reason": reason,
                 "payload": text[:PAYLOAD_MAX_CHARS],
                 "at": f"{time.time():.3f}",
+                **({"truncated": str(len(text))} if len(text) > PAYLOAD_MAX_CHARS else {}),
             },
             maxlen=self._maxlen,
             approximate=True,
@@ -60,3 +63,18 @@ class RejectedLog:
             self._key, count=count
         )
         return [{"id": rid, **fields} for rid, fields in rows]
+
+
+def storable_json(payload: Any) -> str:
+    """`payload` as JSON text that Redis can store as UTF-8, whatever it holds: non-ASCII
+    kept as is, unless the payload has lone surrogates (valid JSON, not UTF-8), which are
+    then escaped (`\\ud800`), so the text still reads back to the same value."""
+    try:
+        text = json.dumps(payload, default=repr, ensure_ascii=False)
+    except (TypeError, ValueError):  # circular, or an int past Python's digit limit
+        return f"<not JSON: {type(payload).__name__}>"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(payload, default=repr, ensure_ascii=True)
+    return text

@@ -1,0 +1,129 @@
+"""Poison messages end here: a task message the broker keeps handing out without it ever
+finishing (its worker process dies on it, or it runs over the hard time limit, and late
+acks put it back) is counted per delivery and, past `Settings.max_deliveries`, parked in
+a capped stream with its reason instead of running again. An operator lists the stream
+and replays an entry once the cause is fixed (`pushrec dead-letters`).
+
+Only redeliveries are counted (the broker flags them), so a first delivery, the common
+case, costs no Redis round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from worker.store.keys import Keys
+from worker.store.metrics import Metrics
+from worker.store.rejections import storable_json
+
+log = logging.getLogger(__name__)
+
+COUNT_TTL_S = 7 * 86_400  # longer than any redelivery loop: visibility timeout x deliveries
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One parked task call: `kwargs` as kept (redacted where they held secrets)."""
+
+    entry_id: str
+    task: str
+    task_id: str
+    reason: str
+    deliveries: int
+    kwargs: dict[str, Any] | None  # None: kept as text only (not JSON-able)
+    kwargs_text: str
+    at: float
+
+    @classmethod
+    def from_fields(cls, entry_id: str, fields: dict[str, str]) -> DeadLetter:
+        text = fields.get("kwargs", "")
+        try:
+            loaded = json.loads(text)
+        except ValueError:
+            loaded = None
+        return cls(
+            entry_id=entry_id,
+            task=fields.get("task", ""),
+            task_id=fields.get("task_id", ""),
+            reason=fields.get("reason", ""),
+            deliveries=int(fields.get("deliveries", "0") or 0),
+            kwargs=loaded if isinstance(loaded, dict) else None,
+            kwargs_text=text,
+            at=float(fields.get("at", "0") or 0),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.entry_id,
+            "task": self.task,
+            "task_id": self.task_id,
+            "reason": self.reason,
+            "deliveries": self.deliveries,
+            "at": self.at,
+            "kwargs": self.kwargs if self.kwargs is not None else self.kwargs_text,
+        }
+
+
+class DeadLetters:
+    def __init__(self, client: redis.Redis, keys: Keys, metrics: Metrics, maxlen: int) -> None:
+        self._client = client
+        self._keys = keys
+        self._metrics = metrics
+        self._maxlen = maxlen
+
+    def count_redelivery(self, task_id: str) -> int:
+        """Count one more redelivery of `task_id`; returns how many deliveries that makes
+        (the first one included). Redis errors propagate."""
+        key = self._keys.deliveries(task_id)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, COUNT_TTL_S)
+        redeliveries, _ = pipe.execute()
+        return int(redeliveries) + 1
+
+    def park(self, task: str, task_id: str, reason: str, kwargs: Any, deliveries: int) -> str:
+        """Keep the call in the stream, count it, and forget its delivery count."""
+        text = storable_json(kwargs)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.xadd(
+            self._keys.dead_letters,
+            {
+                "task": task,
+                "task_id": task_id,
+                "reason": reason,
+                "deliveries": str(deliveries),
+                "kwargs": text,
+                "at": f"{time.time():.3f}",
+            },
+            maxlen=self._maxlen,
+            approximate=True,
+        )
+        pipe.delete(self._keys.deliveries(task_id))
+        self._metrics.add({"tasks.dead_lettered": 1, f"{task}.dead_lettered": 1}, pipe=pipe)
+        entry_id = str(pipe.execute()[0])
+        log.error("dead-lettered %s %s after %d deliveries: %s", task, task_id, deliveries, reason)
+        return entry_id
+
+    def recent(self, count: int = 20) -> list[DeadLetter]:
+        rows: list[tuple[str, dict[str, str]]] = self._client.xrevrange(  # type: ignore[assignment]
+            self._keys.dead_letters, count=count
+        )
+        return [DeadLetter.from_fields(rid, fields) for rid, fields in rows]
+
+    def get(self, entry_id: str) -> DeadLetter | None:
+        rows: list[tuple[str, dict[str, str]]] = self._client.xrange(  # type: ignore[assignment]
+            self._keys.dead_letters, min=entry_id, max=entry_id
+        )
+        return DeadLetter.from_fields(*rows[0]) if rows else None
+
+    def remove(self, entry_id: str) -> bool:
+        return bool(self._client.xdel(self._keys.dead_letters, entry_id))
+
+    def size(self) -> int:
+        return int(self._client.xlen(self._keys.dead_letters))

@@ -1,0 +1,49 @@
+"""Redis errors sorted by what a task must do about them.
+
+    redis.RedisError
+    ├── transient: Redis can't serve us *now*; retry with backoff, then requeue the message
+    │   ├── ConnectionError, TimeoutError          the server or the network is away
+    │   ├── BusyLoadingError (LOADING)             restarted, still reading its data
+    │   ├── NoScriptError (NOSCRIPT)               restarted without our scripts: reload
+    │   ├── ReadOnlyError (READONLY)               we talk to a replica (after a failover)
+    │   ├── MasterDownError (MASTERDOWN)           a replica that lost its master
+    │   ├── OutOfMemoryError (OOM)                 maxmemory reached; an operator frees it
+    │   ├── TryAgainError (TRYAGAIN)               cluster resharding a multi-key command
+    │   └── ClusterDownError (CLUSTERDOWN)         cluster without a quorum of masters
+    └── anything else: a bug in our commands (WRONGTYPE, syntax, a failing script)
+
+None of the transient ones says the input is bad: dropping the message on any of them
+would lose an event that a healthy Redis would have applied. A script whose command met
+one of them reports it inside a script error on Redis 6.2 (`ERR Error running script …
+READONLY …`), so the error text is read as well as the class.
+"""
+
+from __future__ import annotations
+
+import redis
+from redis import exceptions as rex
+
+__all__ = ["TRANSIENT", "is_transient"]
+
+TRANSIENT: tuple[type[redis.RedisError], ...] = (
+    rex.ConnectionError,
+    rex.TimeoutError,
+    rex.BusyLoadingError,
+    rex.NoScriptError,
+    rex.ReadOnlyError,
+    rex.MasterDownError,
+    rex.OutOfMemoryError,
+    rex.TryAgainError,
+    rex.ClusterDownError,
+)
+_TRANSIENT_CODES = ("READONLY", "MASTERDOWN", "OOM", "TRYAGAIN", "CLUSTERDOWN", "LOADING")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether `exc` is a Redis failure that a later attempt may not meet (see above)."""
+    if isinstance(exc, TRANSIENT):
+        return True
+    if not isinstance(exc, rex.ResponseError):
+        return False
+    words = str(exc).replace(":", " ").split()
+    return any(code in words for code in _TRANSIENT_CODES)
