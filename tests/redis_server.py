@@ -38,11 +38,20 @@ def redis_server() -> Iterator[str]:
         if url and _answers(url):
             yield url
             return
+    with private_redis_server() as url:
+        yield url
+
+
+@contextmanager
+def private_redis_server(*options: str) -> Iterator[str]:
+    """A redis-server of our own on a free loopback port (no persistence, 64 databases),
+    for a test that must break it or the session's; extra `options` go on its command line."""
     with tempfile.TemporaryDirectory(prefix="pushrec-test-redis-") as data_dir:
         port = _free_port()
         process = subprocess.Popen(
             [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
-             "--dir", data_dir, "--save", "", "--appendonly", "no", "--databases", "64"],
+             "--dir", data_dir, "--save", "", "--appendonly", "no", "--databases", "64",
+             *options],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         url = f"redis://127.0.0.1:{port}/0"

@@ -75,7 +75,10 @@ class WorkerProcess:
         env: dict[str, str] | None = None,
         command: tuple[str, ...] = (),
         ready: str = " ready.",
+        module: str = "worker",
     ) -> None:
+        """`command` replaces `pushrec worker`'s arguments; `module` the program run as
+        `python -m` (`celery`, for a test app)."""
         self.log_path = log_path
         self._log = log_path.open("wb")
         self._ready = ready
@@ -86,7 +89,7 @@ class WorkerProcess:
             "--loglevel=INFO",
         )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker", *args],
+            [sys.executable, "-m", module, *args],
             env=worker_env(settings, env),
             stdout=self._log,
             stderr=subprocess.STDOUT,

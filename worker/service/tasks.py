@@ -126,7 +126,7 @@ def _keep_failed(task: PushrecTask, exc: Exception) -> dict[str, str]:
     return {"error": reason}
 
 
-def _park_if_poison(task: PushrecTask, kept: Any) -> dict[str, str] | None:
+def _park_if_poison(task: PushrecTask, kept: Any, replayable: bool) -> dict[str, str] | None:
     """On a redelivered message: count it; past `max_deliveries` park the call in the
     dead-letter stream (the message is then acked) and say so. None: run it."""
     delivery_info = task.request.delivery_info or {}
@@ -141,7 +141,7 @@ def _park_if_poison(task: PushrecTask, kept: Any) -> dict[str, str] | None:
             f"delivered {deliveries} times without finishing "
             "(its worker died on it, or it ran over the time limit)"
         )
-        dead.park(task.name, str(task.request.id), reason, kept, deliveries)
+        dead.park(task.name, str(task.request.id), reason, kept, deliveries, replayable)
     except Exception as exc:
         if not is_transient(exc):
             log.exception("%s %s: delivery count failed", task.name, task.request.id)
@@ -170,12 +170,12 @@ def _shape_rejected(task: PushrecTask, reason: str, payload: Any) -> dict[str, s
 
 
 def _as_given(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return {"args": args, "kwargs": kwargs}
+    return {"args": list(args), "kwargs": kwargs}
 
 
 def _redacted_device(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Positional args are dropped: a token in them could not be redacted."""
-    return {"kwargs": ingest.redact_device(kwargs)}
+    return {"args": [], "kwargs": ingest.redact_device(kwargs)}
 
 
 Body = Callable[["PushrecTask", Runtime, dict[str, Any]], Any]
@@ -294,12 +294,16 @@ TASKS: tuple[TaskSpec, ...] = (
 def register_tasks(app: Celery) -> None:
     """Register every task of `TASKS` on `app` under its name, over one wrapper."""
     for spec in TASKS:
-        _register(app, spec)
+        register_task(app, spec)
 
 
-def _register(app: Celery, spec: TaskSpec) -> None:
+def register_task(app: Celery, spec: TaskSpec) -> None:
+    """Register `spec` on `app` over the wrapper every pushrec task runs in (call shape,
+    delivery cap, Redis retries, failures kept)."""
+
     def run(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
-        if parked := _park_if_poison(self, spec.keep(args, kwargs)):
+        replayable = spec.keep is _as_given and not args
+        if parked := _park_if_poison(self, spec.keep(args, kwargs), replayable):
             return parked
         if reason := _call_shape(self, args, kwargs, spec.required, spec.optional):
             return _shape_rejected(self, reason, spec.keep(args, kwargs))
@@ -307,4 +311,7 @@ def _register(app: Celery, spec: TaskSpec) -> None:
 
     run.__name__ = spec.name.rpartition(".")[2]
     run.__doc__ = spec.body.__doc__
-    app.task(name=spec.name, bind=True, base=PushrecTask, ignore_result=spec.ignore_result)(run)
+    # shared=False: a shared task would be added to every app this process creates later.
+    app.task(
+        name=spec.name, bind=True, base=PushrecTask, ignore_result=spec.ignore_result, shared=False
+    )(run)

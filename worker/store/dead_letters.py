@@ -29,32 +29,39 @@ COUNT_TTL_S = 7 * 86_400  # longer than any redelivery loop: visibility timeout 
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """One parked task call: `kwargs` as kept (redacted where they held secrets)."""
+    """One parked task call: `call` as kept ({"args": [...], "kwargs": {...}}, redacted
+    where it held secrets); `replayable` when nothing was redacted, so sending the same
+    task with `call["kwargs"]` again is the same call."""
 
     entry_id: str
     task: str
     task_id: str
     reason: str
     deliveries: int
-    kwargs: dict[str, Any] | None  # None: kept as text only (not JSON-able)
-    kwargs_text: str
+    call: dict[str, Any] | None  # None: kept as text only (not JSON-able)
+    call_text: str
+    replayable: bool
     at: float
 
     @classmethod
     def from_fields(cls, entry_id: str, fields: dict[str, str]) -> DeadLetter:
-        text = fields.get("kwargs", "")
+        text = fields.get("call", "")
         try:
             loaded = json.loads(text)
         except ValueError:
             loaded = None
+        call = loaded if isinstance(loaded, dict) else None
         return cls(
             entry_id=entry_id,
             task=fields.get("task", ""),
             task_id=fields.get("task_id", ""),
             reason=fields.get("reason", ""),
             deliveries=int(fields.get("deliveries", "0") or 0),
-            kwargs=loaded if isinstance(loaded, dict) else None,
-            kwargs_text=text,
+            call=call,
+            call_text=text,
+            replayable=fields.get("replayable") == "1"
+            and call is not None
+            and isinstance(call.get("kwargs"), dict),
             at=float(fields.get("at", "0") or 0),
         )
 
@@ -66,7 +73,8 @@ class DeadLetter:
             "reason": self.reason,
             "deliveries": self.deliveries,
             "at": self.at,
-            "kwargs": self.kwargs if self.kwargs is not None else self.kwargs_text,
+            "call": self.call if self.call is not None else self.call_text,
+            "replayable": self.replayable,
         }
 
 
@@ -87,9 +95,11 @@ class DeadLetters:
         redeliveries, _ = pipe.execute()
         return int(redeliveries) + 1
 
-    def park(self, task: str, task_id: str, reason: str, kwargs: Any, deliveries: int) -> str:
-        """Keep the call in the stream, count it, and forget its delivery count."""
-        text = storable_json(kwargs)
+    def park(
+        self, task: str, task_id: str, reason: str, call: Any, deliveries: int, replayable: bool
+    ) -> str:
+        """Keep `call` in the stream, count it, and forget its delivery count."""
+        text = storable_json(call)
         pipe = self._client.pipeline(transaction=False)
         pipe.xadd(
             self._keys.dead_letters,
@@ -98,7 +108,8 @@ class DeadLetters:
                 "task_id": task_id,
                 "reason": reason,
                 "deliveries": str(deliveries),
-                "kwargs": text,
+                "call": text,
+                "replayable": "1" if replayable else "0",
                 "at": f"{time.time():.3f}",
             },
             maxlen=self._maxlen,

@@ -14,8 +14,8 @@
 
 None of the transient ones says the input is bad: dropping the message on any of them
 would lose an event that a healthy Redis would have applied. A script whose command met
-one of them reports it inside a script error on Redis 6.2 (`ERR Error running script …
-READONLY …`), so the error text is read as well as the class.
+one of them reports it inside a script error on Redis 6.2 (`Error running script …
+-READONLY …`), so the error text is read as well as the class.
 """
 
 from __future__ import annotations
@@ -45,5 +45,5 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if not isinstance(exc, rex.ResponseError):
         return False
-    words = str(exc).replace(":", " ").split()
+    words = {word.lstrip("-") for word in str(exc).replace(":", " ").split()}
     return any(code in words for code in _TRANSIENT_CODES)
