@@ -110,7 +110,8 @@ def _reload_scripts(task: PushrecTask) -> None:
 
 
 def _keep_failed(task: PushrecTask, exc: Exception) -> dict[str, str]:
-    """A bug: keep the call in the rejected stream to replay, ack it, never loop."""
+    """A bug: keep the call in the rejected stream to replay (redacted, as every entry
+    there), ack it, never loop."""
     log.exception("%s %s failed", task.name, task.request.id)
     reason = f"{type(exc).__name__}: {exc}"
     payload = {"task_id": task.request.id, "kwargs": task.request.kwargs}
@@ -145,9 +146,10 @@ def _as_given(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return {"args": args, "kwargs": kwargs}
 
 
-def _redacted_device(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Positional args are dropped: a token in them could not be redacted."""
-    return {"kwargs": ingest.redact_device(kwargs)}
+def _kwargs_only(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Positional args are dropped: redaction finds secrets by field name, and a token
+    passed positionally has none."""
+    return {"kwargs": kwargs}
 
 
 Body = Callable[["PushrecTask", Runtime, dict[str, Any]], Any]
@@ -156,7 +158,8 @@ Body = Callable[["PushrecTask", Runtime, dict[str, Any]], Any]
 @dataclass(frozen=True)
 class TaskSpec:
     """One task: its name, the kwargs a caller must and may send (checked before the
-    body runs, for contract tasks), its body, and what a rejected call keeps."""
+    body runs, for contract tasks), its body, and what a rejected call keeps (before the
+    rejected stream redacts it: `worker.store.redaction`)."""
 
     name: str
     body: Body
@@ -214,14 +217,14 @@ TASKS: tuple[TaskSpec, ...] = (
         lambda t, rt, kw: ingest.register_device(rt, kw, time.time()),
         required=_DEVICE,
         optional=frozenset({"token", "subscription", "ts"}),
-        keep=_redacted_device,
+        keep=_kwargs_only,
     ),
     TaskSpec(
         contract.UNREGISTER_DEVICE,
         lambda t, rt, kw: ingest.unregister_device(rt, kw),
         required=_DEVICE,
         optional=frozenset({"token", "endpoint"}),
-        keep=_redacted_device,
+        keep=_kwargs_only,
     ),
     TaskSpec(
         contract.SET_PREFERENCES,

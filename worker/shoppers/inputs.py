@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from indexing import parse_ts as _parse_ts
-from worker.contract import ITEM_EVENT_TYPES, PUSH_EVENT_TYPES, SCHEMA_VERSION
+from worker.contract import ITEM_EVENT_TYPES, PUSH_EVENT_TYPES, SCHEMA_VERSION, canonical_id
 from worker.settings import Settings
 
 MIN_TS = 946_684_800.0  # 2000-01-01: older timestamps are a producer bug
@@ -64,18 +64,9 @@ class Limits:
         )
 
 
-def _id_from_json(value: Any) -> Any:
-    # Ids are strings; integers are accepted for convenience (JSON user ids often are).
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, str):
-        return value.strip()
-    return value
-
-
 Id = Annotated[
     str,
-    BeforeValidator(_id_from_json),
+    BeforeValidator(canonical_id),
     StringConstraints(min_length=1, max_length=128, pattern=_ID_RE),
 ]
 ShortText = Annotated[str, StringConstraints(max_length=512)]

@@ -1,8 +1,11 @@
-"""Rejected input: counted, logged with its reason, kept in a capped stream to inspect."""
+"""Rejected input: counted, logged with its reason, kept in a capped stream to inspect.
+
+What an entry keeps of the payload is decided by `redaction.stream_fields`: secrets
+replaced by fingerprints, the shoppers it names indexed for erasure.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -11,10 +14,9 @@ import redis
 
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
+from worker.store.redaction import stream_fields
 
 log = logging.getLogger(__name__)
-
-PAYLOAD_MAX_CHARS = 4096
 
 
 class RejectedLog:
@@ -32,22 +34,20 @@ class RejectedLog:
         payload: Any,
         pipe: redis.client.Pipeline | None = None,
     ) -> None:
-        """Keep `payload` (truncated) with its reason and count it under `<task>.rejected`."""
-        try:
-            text = json.dumps(payload, default=repr, ensure_ascii=False)
-        except (TypeError, ValueError):  # e.g. circular structures
-            text = repr(payload)
+        """Keep `payload` (redacted and truncated: `redaction.stream_fields`) with its
+        reason and count it under `<task>.rejected`."""
         log.warning("rejected %s input (%s): %s", task, code, reason)
         target = pipe if pipe is not None else self._client.pipeline(transaction=False)
+        entry: dict[Any, Any] = {  # redis-py's stream field types are over-narrow
+            "task": task,
+            "code": code,
+            "reason": reason,
+            **stream_fields(payload),
+            "at": f"{time.time():.3f}",
+        }
         target.xadd(
             self._key,
-            {
-                "task": task,
-                "code": code,
-                "reason": reason,
-                "payload": text[:PAYLOAD_MAX_CHARS],
-                "at": f"{time.time():.3f}",
-            },
+            entry,
             maxlen=self._maxlen,
             approximate=True,
         )
