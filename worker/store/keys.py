@@ -106,10 +106,23 @@ class UserKeys:
         decision) about it, for purchases that carry no push_id."""
         return f"{self.base}:attribution"
 
+    @property
+    def interests(self) -> str:
+        """zset: item_id -> last time viewed or carted, within the interest window: the
+        item interest sets (`Keys.interested`) that list this shopper, for erasure."""
+        return f"{self.base}:interests"
+
+    @property
+    def messages(self) -> str:
+        """zset: message_id -> time created, for as long as messages are kept: the
+        messages (`Keys.message`) of this shopper, for erasure."""
+        return f"{self.base}:messages"
+
     def all(self) -> list[str]:
         """Every key of the shopper (what erasure deletes)."""
         return [
             *self.event_state(),
+            self.messages,
             self.devices,
             self.preferences,
             self.contacts,
@@ -132,6 +145,7 @@ class UserKeys:
             self.seen_events,
             self.pending_events,
             self.purchase_first,
+            self.interests,
         ]
 
 
