@@ -261,4 +261,11 @@ def _register(app: Celery, spec: TaskSpec) -> None:
 
     run.__name__ = spec.name.rpartition(".")[2]
     run.__doc__ = spec.body.__doc__
-    app.task(name=spec.name, bind=True, base=PushrecTask, ignore_result=spec.ignore_result)(run)
+    # shared=False: each app (a process may build several, as tests do) keeps its own
+    app.task(
+        name=spec.name,
+        bind=True,
+        base=PushrecTask,
+        ignore_result=spec.ignore_result,
+        shared=False,
+    )(run)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from push.redact import fingerprint, safe_url
 from worker.contract import canonical_id
@@ -75,7 +76,8 @@ def _redact(value: Any, depth: int) -> Any:
 
 def _fingerprint(value: Any) -> str:
     if isinstance(value, str):
-        return safe_url(value) if "://" in value else fingerprint(value)
+        parts = urlsplit(value)
+        return safe_url(value) if parts.scheme and parts.netloc else fingerprint(value)
     try:
         text = json.dumps(value, sort_keys=True, default=repr)
     except (TypeError, ValueError):  # circular
