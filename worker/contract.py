@@ -50,6 +50,16 @@ TASK_QUEUES: Final[dict[str, str]] = {
 }
 
 
+def canonical_id(value: Any) -> Any:
+    """A user or item id as pushrec stores it: strings stripped, integers (JSON ids often
+    are) turned into strings; anything else is returned as given (and fails validation)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str):
+        return value.strip()
+    return value
+
+
 def celery_url(url: str) -> str:
     """A Redis URL as Celery and kombu spell it: they take `redis+socket:///path` for a
     unix socket where redis-py takes `unix:///path`. Other URLs pass unchanged."""

@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     rejected_log_maxlen: int = Field(default=100_000, ge=100)
     dead_letters_maxlen: int = Field(default=100_000, ge=100)
     item_changes_max: int = Field(default=100, ge=1)
+    cart_max_items: int = Field(
+        default=100, ge=1, description="Distinct items per cart; the oldest-added go first."
+    )
 
     # --- rules and contact policy ----------------------------------------------------
     rules: tuple[Rule, ...] = Field(

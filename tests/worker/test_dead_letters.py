@@ -150,7 +150,7 @@ def test_a_task_that_kills_its_worker_ends_in_dead_letters_and_the_queue_moves_o
     runtime.dead_letters.remove(parked.entry_id)
     # A replayed call goes back to its queue and is applied.
     runtime.dead_letters.park(
-        contract.TRACK, "msg-r", "test", {"args": [], "kwargs": {"event": _event("late")}}, 4, True
+        contract.TRACK, "msg-r", "test", {"args": [], "kwargs": {"event": _event("late")}}, 4
     )
     [entry] = runtime.dead_letters.recent()
     replayed = pushrec("dead-letters", "replay", entry.entry_id, env=env)

@@ -142,7 +142,7 @@ def test_gateway_503_is_retried_later_from_the_delayed_set_and_sent_once(
     assert len(gateways.accepted("fcm")) == 1
 
     report = ingest.erase_user(rt, user)  # erasure takes the shopper's messages too
-    assert rt.keys.message(mid).record in report["keys_removed"]  # type: ignore[operator]
+    assert report["messages_removed"] == 1
     assert rt.outbox.get(mid) is None
 
 

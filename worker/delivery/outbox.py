@@ -33,6 +33,7 @@ SEND_LEASE_S = 120
 # retry in the delayed set.
 _OFF_THE_QUEUE = frozenset({"sent", "suppressed", "failed", "retrying"})
 _ATTEMPTS_KEPT = 50
+_INDEX_REPLIES = 3  # commands `Outbox._index` queues
 
 
 def message_id(rule: str, user_id: str, trigger_id: str) -> str:
@@ -88,13 +89,23 @@ class Outbox:
             pipe.hget(k.state, "state")
             pipe.hsetnx(k.state, "state", "queued")
             pipe.expire(k.state, MESSAGE_TTL_S)
+            self._index(record, pipe)
         replies = iter(pipe.execute() if records else [])
         out = []
         for _ in records:
             created, before, state_new = next(replies), next(replies), next(replies)
-            next(replies)
+            for _ in range(1 + _INDEX_REPLIES):
+                next(replies)
             out.append((bool(created) or bool(state_new), before or ""))
         return out
+
+    def _index(self, record: MessageRecord, pipe: redis.client.Pipeline) -> None:
+        """List the message on its shopper (erasure finds it there) for as long as
+        messages are kept; older entries go as new ones come."""
+        key = self._keys.user(record.user_id).messages
+        pipe.zadd(key, {record.id: record.created_at})
+        pipe.zremrangebyscore(key, "-inf", f"({record.created_at - MESSAGE_TTL_S!r}")
+        pipe.expire(key, MESSAGE_TTL_S)
 
     def mark_queued(self, record: MessageRecord, pipe: redis.client.Pipeline) -> None:
         """List the message among those waiting for their deliver task (in `pipe`): the
@@ -132,6 +143,12 @@ class Outbox:
         )
         if state in _OFF_THE_QUEUE:
             pipe.zrem(self._keys.outbox_queued, mid)
+
+    def unqueue(self, mids: Sequence[str], pipe: redis.client.Pipeline) -> None:
+        """Take messages off the queued list for good (in `pipe`): their record is gone
+        (expired, or the shopper erased), so no delivery can ever settle them."""
+        if mids:
+            pipe.zrem(self._keys.outbox_queued, *mids)
 
     def stuck(self, now: float, older_than_s: float, limit: int = 1000) -> list[str]:
         """Messages queued more than `older_than_s` ago whose delivery never started or

@@ -115,15 +115,21 @@ class MessageSender:
             first.setdefault(r.message_id, r)
         unique = list(first.values())
         loaded = self._outbox.load_many([r.message_id for r in unique])
+        missing: list[str] = []
         for request, (record, state) in zip(unique, loaded, strict=True):
             mid = request.message_id
             if record is None:
                 results[mid] = {"action": "missing", "message_id": mid}
+                missing.append(mid)
             elif state.get("state") in {"sent", "suppressed", "failed"} and request.only is None:
                 results[mid] = {"action": "settled", "message_id": mid}
             else:
                 rule = enabled_rule(self._settings.rules, record.rule)
                 live.append(_Delivery(request, record, state, rule))
+        if missing:  # expired, or its shopper erased: the sweeper must not resend it
+            unqueue = self._client.pipeline(transaction=False)
+            self._outbox.unqueue(missing, unqueue)
+            unqueue.execute()
 
         suppressed = self._recheck(live, now)
         gone = {id(d) for d in suppressed}

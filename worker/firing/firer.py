@@ -48,6 +48,7 @@ class _Shopper:
     state: Shopper
     view: ShopperView
     policy: PolicyReads
+    known: bool  # has a profile or a device: not erased, not expired
 
 
 @dataclass
@@ -98,18 +99,21 @@ class Firer:
         """Everything firing reads of each shopper, for the whole batch in one round trip."""
         pipe = self._client.pipeline(transaction=False)
         for f in firings:
+            user = self._keys.user(f.job.user_id)
+            pipe.exists(user.profile, user.devices)
             _READS.queue(pipe, self._keys, f.job.user_id)
             self._policy.queue_reads(pipe, f.rule, f.job.user_id, f.mid, now)
         replies = iter(pipe.execute() if firings else [])
         shoppers = []
         for f in firings:
+            known = bool(next(replies))
             state = _READS.parse(f.job.user_id, replies)
             view = ShopperView(
                 recent=state.recent,
                 purchased=frozenset(state.purchases),
                 cart=frozenset(state.cart_added),
             )
-            shoppers.append(_Shopper(state, view, PolicyReads.from_replies(replies)))
+            shoppers.append(_Shopper(state, view, PolicyReads.from_replies(replies), known))
         return shoppers
 
     # --- firing -----------------------------------------------------------------------
@@ -142,6 +146,7 @@ class Firer:
             results.append(decision)
 
         shoppers = self._read(firings, now)
+        firings, shoppers = _drop_unknown(firings, shoppers)
         index = self._index.index if self._index is not None else None
         pools = self._pools(firings, shoppers, index, now)
         chosen, facts = self._choose(firings, pools, index)
@@ -319,6 +324,20 @@ class Firer:
             self._delayed.schedule(
                 Job(f"defer:{f.mid}", FIRE, f.job.kwargs()), f.defer_until, pipe=writes
             )
+
+
+def _drop_unknown(
+    firings: list[_Firing], shoppers: list[_Shopper]
+) -> tuple[list[_Firing], list[_Shopper]]:
+    """Leave out, writing nothing, the firings of shoppers pushrec knows nothing of (no
+    profile, no device): a job parked before its shopper was erased (or expired) must not
+    bring their keys back. Such a shopper could not be reached anyway (no device)."""
+    kept = [(f, s) for f, s in zip(firings, shoppers, strict=True) if s.known]
+    for f, s in zip(firings, shoppers, strict=True):
+        if not s.known:
+            f.decision["action"] = "dropped"
+            f.decision["reason"] = "no such shopper (erased or expired)"
+    return [f for f, _ in kept], [s for _, s in kept]
 
 
 T = TypeVar("T")

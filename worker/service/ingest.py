@@ -117,7 +117,7 @@ def register_device(rt: Runtime, payload: dict[str, Any], now: float) -> dict[st
     try:
         reg = parse_device(payload)
     except InvalidInput as exc:
-        rt.rejected.record(contract.REGISTER_DEVICE, exc.code, exc.reason, redact_device(payload))
+        rt.rejected.record(contract.REGISTER_DEVICE, exc.code, exc.reason, payload)
         return {"rejected": exc.reason}
     outcome = rt.contacts.register(reg, now)
     rt.metrics.add({"devices.registered": 1, "devices.moved": int(bool(outcome.moved_from))})
@@ -128,7 +128,7 @@ def unregister_device(rt: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
     try:
         removal = parse_device_removal(payload)
     except InvalidInput as exc:
-        rt.rejected.record(contract.UNREGISTER_DEVICE, exc.code, exc.reason, redact_device(payload))
+        rt.rejected.record(contract.UNREGISTER_DEVICE, exc.code, exc.reason, payload)
         return {"rejected": exc.reason}
     removed = rt.contacts.unregister(removal)
     rt.metrics.add({"devices.unregistered": int(removed)})
@@ -147,27 +147,20 @@ def set_preferences(rt: Runtime, payload: dict[str, Any], now: float) -> dict[st
 
 
 def erase_user(rt: Runtime, user_id: Any) -> dict[str, object]:
+    """Erase a shopper (`erasure.forget_user`); returns counts only, never the id: the
+    result backend keeps what this returns."""
     try:
         uid = parse_user_id(user_id)
     except InvalidInput as exc:
         rt.rejected.record(contract.FORGET_USER, exc.code, exc.reason, {"user_id": user_id})
         return {"rejected": exc.reason}
-    report = forget_user(rt.redis, rt.keys, rt.contacts, uid)
+    report = forget_user(rt.redis, rt.keys, rt.contacts, rt.delayed, uid)
     rt.metrics.add({"users.forgotten": 1})
     log.info(
-        "forgot user %s: %d keys, %s log entries",
+        "forgot user %s: %d keys, %d messages, %s log entries",
         fingerprint(uid),
-        len(report.keys_removed),
+        report.keys_removed,
+        report.messages_removed,
         report.log_entries_removed,
     )
     return report.as_dict()
-
-
-def redact_device(payload: dict[str, Any]) -> dict[str, Any]:
-    """A device payload safe to keep: tokens and endpoints replaced by fingerprints."""
-    out = dict(payload)
-    if isinstance(out.get("token"), str):
-        out["token"] = fingerprint(out["token"])
-    if isinstance(out.get("subscription"), dict):
-        out["subscription"] = "<redacted>"
-    return out

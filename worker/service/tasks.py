@@ -110,10 +110,10 @@ def _reload_scripts(task: PushrecTask) -> None:
 
 
 def _keep_failed(task: PushrecTask, exc: Exception) -> dict[str, str]:
-    """A bug: keep the whole call in the rejected stream to replay, ack it, never loop.
-    If the record can't be written (Redis failed too, or the call can't be kept), the
-    message goes back to the broker: losing it unrecorded is the one outcome not allowed,
-    and the delivery cap ends the loop if the cause stays."""
+    """A bug: keep the whole call in the rejected stream to replay (redacted, as every
+    entry there), ack it, never loop. If the record can't be written (Redis failed too),
+    the message goes back to the broker: losing it unrecorded is the one outcome not
+    allowed, and the delivery cap ends the loop if the cause stays."""
     log.exception("%s %s failed", task.name, task.request.id)
     reason = f"{type(exc).__name__}: {exc}"
     payload = {"task_id": task.request.id, "kwargs": task.request.kwargs}
@@ -126,7 +126,7 @@ def _keep_failed(task: PushrecTask, exc: Exception) -> dict[str, str]:
     return {"error": reason}
 
 
-def _park_if_poison(task: PushrecTask, kept: Any, replayable: bool) -> dict[str, str] | None:
+def _park_if_poison(task: PushrecTask, kept: Any) -> dict[str, str] | None:
     """On a redelivered message: count it; past `max_deliveries` park the call in the
     dead-letter stream (the message is then acked) and say so. None: run it."""
     delivery_info = task.request.delivery_info or {}
@@ -141,7 +141,7 @@ def _park_if_poison(task: PushrecTask, kept: Any, replayable: bool) -> dict[str,
             f"delivered {deliveries} times without finishing "
             "(its worker died on it, or it ran over the time limit)"
         )
-        dead.park(task.name, str(task.request.id), reason, kept, deliveries, replayable)
+        dead.park(task.name, str(task.request.id), reason, kept, deliveries)
     except Exception as exc:
         if not is_transient(exc):
             log.exception("%s %s: delivery count failed", task.name, task.request.id)
@@ -173,9 +173,10 @@ def _as_given(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return {"args": list(args), "kwargs": kwargs}
 
 
-def _redacted_device(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Positional args are dropped: a token in them could not be redacted."""
-    return {"args": [], "kwargs": ingest.redact_device(kwargs)}
+def _kwargs_only(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Positional args are dropped: redaction finds secrets by field name, and a token
+    passed positionally has none."""
+    return {"kwargs": kwargs}
 
 
 Body = Callable[["PushrecTask", Runtime, dict[str, Any]], Any]
@@ -185,7 +186,8 @@ Body = Callable[["PushrecTask", Runtime, dict[str, Any]], Any]
 class TaskSpec:
     """One task: its name, the kwargs a caller must and may send (checked before the
     body runs, internal tasks included: a message on the broker is input), its body, and
-    what a rejected or parked call keeps."""
+    what a rejected or parked call keeps (before the stream redacts it:
+    `worker.store.redaction`)."""
 
     name: str
     body: Body
@@ -253,14 +255,14 @@ TASKS: tuple[TaskSpec, ...] = (
         lambda t, rt, kw: ingest.register_device(rt, kw, time.time()),
         required=_DEVICE,
         optional=frozenset({"token", "subscription", "ts"}),
-        keep=_redacted_device,
+        keep=_kwargs_only,
     ),
     TaskSpec(
         contract.UNREGISTER_DEVICE,
         lambda t, rt, kw: ingest.unregister_device(rt, kw),
         required=_DEVICE,
         optional=frozenset({"token", "endpoint"}),
-        keep=_redacted_device,
+        keep=_kwargs_only,
     ),
     TaskSpec(
         contract.SET_PREFERENCES,
@@ -302,8 +304,7 @@ def register_task(app: Celery, spec: TaskSpec) -> None:
     delivery cap, Redis retries, failures kept)."""
 
     def run(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
-        replayable = spec.keep is _as_given and not args
-        if parked := _park_if_poison(self, spec.keep(args, kwargs), replayable):
+        if parked := _park_if_poison(self, spec.keep(args, kwargs)):
             return parked
         if reason := _call_shape(self, args, kwargs, spec.required, spec.optional):
             return _shape_rejected(self, reason, spec.keep(args, kwargs))
@@ -311,7 +312,11 @@ def register_task(app: Celery, spec: TaskSpec) -> None:
 
     run.__name__ = spec.name.rpartition(".")[2]
     run.__doc__ = spec.body.__doc__
-    # shared=False: a shared task would be added to every app this process creates later.
+    # shared=False: each app (a process may build several, as tests do) keeps its own
     app.task(
-        name=spec.name, bind=True, base=PushrecTask, ignore_result=spec.ignore_result, shared=False
+        name=spec.name,
+        bind=True,
+        base=PushrecTask,
+        ignore_result=spec.ignore_result,
+        shared=False,
     )(run)

@@ -58,10 +58,10 @@ class Contacts:
         pipe.expire(devices_key, self._ttl_s)
         pipe.expire(self._keys.device_owner(did), self._ttl_s)
         pipe.execute()
-        self._evict_oldest(devices_key)
+        self._evict_oldest(devices_key, reg.user_id)
         return DeviceOutcome(device_id=did, moved_from=str(moved_from) if moved_from else None)
 
-    def _evict_oldest(self, devices_key: str) -> None:
+    def _evict_oldest(self, devices_key: str, user_id: str) -> None:
         devices: dict[str, str] = self._client.hgetall(devices_key)  # type: ignore[assignment]
         if len(devices) <= MAX_DEVICES_PER_USER:
             return
@@ -71,14 +71,25 @@ class Contacts:
         )
         stale = [did for did, _ in by_age[: len(by_age) - MAX_DEVICES_PER_USER]]
         self._client.hdel(devices_key, *stale)
+        for did in stale:  # erasure finds owner keys through the devices hash only
+            self._release(did, user_id)
 
     def unregister(self, removal: DeviceRemoval) -> bool:
         did = device_id(removal.channel, removal.address)
         removed = int(self._client.hdel(self._keys.user(removal.user_id).devices, did))
-        owner_key = self._keys.device_owner(did)
-        if self._client.get(owner_key) == removal.user_id:
-            self._client.delete(owner_key)
+        self._release(did, removal.user_id)
         return removed > 0
+
+    def _release(self, did: str, user_id: str) -> bool:
+        """Delete the device's owner key if `user_id` holds it; True if it did."""
+        owner_key = self._keys.device_owner(did)
+        if self._client.get(owner_key) == user_id:
+            return bool(self._client.delete(owner_key))
+        return False
+
+    def release_all(self, user_id: str) -> int:
+        """Release every device of `user_id` (erasure); returns how many they held."""
+        return sum(self._release(did, user_id) for did in self.devices(user_id))
 
     def deactivate(
         self,

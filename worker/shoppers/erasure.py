@@ -1,4 +1,25 @@
-"""Right to erasure: remove every trace of one shopper that pushrec keeps."""
+"""Right to erasure: remove every trace of one shopper that pushrec keeps.
+
+What names a shopper, and how erasure finds it:
+
+- the shopper's own keys (`UserKeys.all()`), deleted;
+- their messages (`{m:<id>}:*`, the record holds the user id), found through
+  `UserKeys.messages` and the decisions, deleted and taken off `outbox:queued`;
+- item interest sets (`{i:<item>}:interested`), found through `UserKeys.interests`;
+- device owner keys, through the shopper's devices;
+- delayed jobs (rule firings, deferrals, delivery retries), found by reading the set;
+- the interaction log (`user_id` field), the rejected stream and the dead-letter stream
+  (`users` field, `store.redaction.names_shopper`).
+
+Late arrivals: a job or a deliver task already taken off the delayed set or the queue
+when erasure runs finds nothing to act on. Firing drops, writing nothing, a job whose
+shopper has neither profile nor device (`Firer`), and delivery drops a message whose
+record is gone and takes it off `outbox:queued` (`MessageSender`), so neither brings the
+shopper's keys back. Erasure removes what it can find as well, so the id does not wait
+in Redis for them (a delayed job may be due in weeks).
+
+The report holds counts only: it is kept in the result backend, where the id must not be.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +30,9 @@ from dataclasses import dataclass, field
 import redis
 
 from worker.shoppers.contacts import Contacts
+from worker.store.delayed import DelayedJobs, Job
 from worker.store.keys import Keys
+from worker.store.redaction import names_shopper
 
 _SCAN_CHUNK = 5_000
 
@@ -18,59 +41,92 @@ EntryFilter = Callable[[dict[str, str]], bool]
 
 @dataclass
 class ErasureReport:
-    user_id: str
-    keys_removed: list[str] = field(default_factory=list)
+    """How much one `forget_user` call removed (a repeat finds nothing left)."""
+
+    keys_removed: int = 0
+    messages_removed: int = 0
     devices_released: int = 0
+    interest_entries_removed: int = 0
+    delayed_jobs_removed: int = 0
     log_entries_removed: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "user_id": self.user_id,
             "keys_removed": self.keys_removed,
+            "messages_removed": self.messages_removed,
             "devices_released": self.devices_released,
-            "log_entries_removed": self.log_entries_removed,
+            "interest_entries_removed": self.interest_entries_removed,
+            "delayed_jobs_removed": self.delayed_jobs_removed,
+            "log_entries_removed": dict(self.log_entries_removed),
         }
 
 
-def forget_user(client: redis.Redis, keys: Keys, contacts: Contacts, user_id: str) -> ErasureReport:
-    """Delete the shopper's keys and the messages decided for them, release their devices,
-    and strip their entries from the interaction and rejected logs. Safe to repeat; the
-    report says what this call removed."""
-    report = ErasureReport(user_id=user_id)
-    for raw in client.lrange(keys.user(user_id).decisions, 0, -1):
-        mid = json.loads(raw).get("message_id")
-        if mid:
-            k = keys.message(mid)
-            report.keys_removed += [
-                key for key in (k.record, k.state, k.attempts, k.outcome) if client.delete(key)
-            ]
-    for did in contacts.devices(user_id):
-        owner_key = keys.device_owner(did)
-        if client.get(owner_key) == user_id:
-            client.delete(owner_key)
-            report.devices_released += 1
-    for key in keys.user(user_id).all():
-        if client.delete(key):
-            report.keys_removed.append(key)
+def forget_user(
+    client: redis.Redis, keys: Keys, contacts: Contacts, delayed: DelayedJobs, user_id: str
+) -> ErasureReport:
+    """Remove everything pushrec keeps about shopper `user_id` (as stored:
+    `contract.canonical_id`), as listed in the module docstring. Safe to repeat."""
+    report = ErasureReport()
+    user = keys.user(user_id)
+    mids = _message_ids(client, keys, user_id)
+    report.delayed_jobs_removed = delayed.drop(_names(user_id, mids))
+    pipe = client.pipeline(transaction=False)
+    for mid in sorted(mids):
+        k = keys.message(mid)
+        pipe.delete(k.record, k.state, k.attempts, k.outcome)
+    if mids:
+        pipe.zrem(keys.outbox_queued, *mids)
+    report.messages_removed = sum(1 for n in pipe.execute()[: len(mids)] if n)
+
+    report.devices_released = contacts.release_all(user_id)
+    items: list[str] = client.zrange(user.interests, 0, -1)  # type: ignore[assignment]
+    if items:
+        pipe = client.pipeline(transaction=False)
+        for item in items:
+            pipe.zrem(keys.interested(item), user_id)
+        report.interest_entries_removed = sum(pipe.execute())
+    report.keys_removed = sum(1 for key in user.all() if client.delete(key))
     report.log_entries_removed = {
-        "interactions": _strip_stream(client, keys.interaction_log, _is_user_entry(user_id)),
-        "rejected": _strip_stream(client, keys.rejected_log, _mentions_user(user_id)),
+        "interactions": _strip_stream(
+            client, keys.interaction_log, lambda f: f.get("user_id") == user_id
+        ),
+        "rejected": _strip_stream(client, keys.rejected_log, lambda f: names_shopper(f, user_id)),
+        "dead_letters": _strip_stream(
+            client, keys.dead_letters, lambda f: names_shopper(f, user_id)
+        ),
     }
     return report
 
 
-def _is_user_entry(user_id: str) -> EntryFilter:
-    return lambda fields: fields.get("user_id") == user_id
+def _message_ids(client: redis.Redis, keys: Keys, user_id: str) -> set[str]:
+    """The shopper's messages: those indexed on the shopper and those their decisions
+    name (decisions written before the index existed)."""
+    user = keys.user(user_id)
+    pipe = client.pipeline(transaction=False)
+    pipe.zrange(user.messages, 0, -1)
+    pipe.lrange(user.decisions, 0, -1)
+    indexed, decisions = pipe.execute()
+    mids = set(indexed)
+    for raw in decisions:
+        mid = json.loads(raw).get("message_id")
+        if mid:
+            mids.add(str(mid))
+    return mids
 
 
-def _mentions_user(user_id: str) -> EntryFilter:
-    needle = json.dumps(user_id)
+def _names(user_id: str, mids: set[str]) -> Callable[[Job], bool]:
+    """Whether a delayed job is about the shopper: a firing names them, a delivery retry
+    one of their messages."""
 
-    def matches(fields: dict[str, str]) -> bool:
-        payload = fields.get("payload", "")
-        return f'"user_id": {needle}' in payload or f'"user_id":{needle}' in payload
+    def match(job: Job) -> bool:
+        kw = job.kwargs
+        if kw.get("user_id") == user_id or kw.get("message_id") in mids:
+            return True
+        return any(j.get("user_id") == user_id for j in kw.get("jobs", ())) or bool(
+            mids.intersection(kw.get("message_ids", ()))
+        )
 
-    return matches
+    return match
 
 
 def _strip_stream(client: redis.Redis, key: str, matches: EntryFilter) -> int:

@@ -32,7 +32,7 @@ from pydantic import (
 )
 
 from indexing import parse_ts as _parse_ts
-from worker.contract import ITEM_EVENT_TYPES, PUSH_EVENT_TYPES, SCHEMA_VERSION
+from worker.contract import ITEM_EVENT_TYPES, PUSH_EVENT_TYPES, SCHEMA_VERSION, canonical_id
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,15 +75,6 @@ class Limits:
         )
 
 
-def _id_from_json(value: Any) -> Any:
-    # Ids are strings; integers are accepted for convenience (JSON user ids often are).
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, str):
-        return value.strip()
-    return value
-
-
 def _printable_id(value: str) -> str:
     if not value.isascii():
         for char in value:
@@ -96,7 +87,7 @@ def _printable_id(value: str) -> str:
 
 Id = Annotated[
     str,
-    BeforeValidator(_id_from_json),
+    BeforeValidator(canonical_id),
     StringConstraints(min_length=1, max_length=128, pattern=_ID_RE),
     AfterValidator(_printable_id),
 ]

@@ -93,7 +93,8 @@ class StateStore:
         self._settings = settings
         self._scripts = scripts
         self._metrics = metrics
-        # item -> interested shoppers is kept as long as the longest rule looks back
+        # item -> interested shoppers is kept as long as the longest rule looks back:
+        # the TTL of each set and the age its entries are trimmed at
         days = max((rule.interest_days for rule in settings.rules), default=14)
         self._interest_ttl_s = days * 86_400
 
@@ -191,18 +192,23 @@ class StateStore:
                 s.user_ttl_s,
                 json.dumps(recent, separators=(",", ":")),
                 delivery_id,
+                self._interest_ttl_s,
+                s.cart_max_items,
             ],
         )
 
     def _queue_side_effects(
         self, pipe: redis.client.Pipeline, applied: list[tuple[Event, str]], now: float
     ) -> None:
-        """Log each event (in order), add its weight to the trending buckets it falls in,
-        counters are summed per batch to keep the command count, which dominates the cost,
-        low. The pending marks are cleared later, by `react_and_confirm`."""
+        """Log each event (in order), note views and carts in the item interest sets
+        (trimmed to the interest window), add its weight to the trending buckets it
+        falls in. Counters are summed per batch to keep the command count, which
+        dominates the cost, low. The pending marks are cleared later, by
+        `react_and_confirm`."""
         s = self._settings
         trending: Counter[tuple[str, str]] = Counter()
         expiry: dict[str, int] = {}
+        interested: dict[str, dict[str, float]] = {}  # item -> user -> last ts
         for event, category in applied:
             entry: dict[Any, Any] = {  # redis-py's stream field types are over-narrow
                 "event_id": event.event_id,
@@ -220,9 +226,8 @@ class StateStore:
                 approximate=True,
             )
             if event.item_id and event.type in {"view", "add_to_cart"}:
-                interested = self._keys.interested(event.item_id)
-                pipe.zadd(interested, {event.user_id: event.ts}, gt=True)
-                pipe.expire(interested, self._interest_ttl_s)
+                users = interested.setdefault(event.item_id, {})
+                users[event.user_id] = max(event.ts, users.get(event.user_id, event.ts))
             weight = INTEREST_WEIGHTS[event.type]
             bucket = int(event.ts // s.trending_bucket_s)
             expires_at = (bucket + 1 + s.trending_buckets_kept) * s.trending_bucket_s
@@ -235,6 +240,11 @@ class StateStore:
                 if member:
                     trending[key, member] += weight
                     expiry[key] = int(expires_at)
+        for item_id, users in interested.items():
+            key = self._keys.interested(item_id)
+            pipe.zadd(key, users, gt=True)
+            pipe.zremrangebyscore(key, "-inf", f"({now - self._interest_ttl_s!r}")
+            pipe.expire(key, self._interest_ttl_s)
         for (key, member), weight in trending.items():
             pipe.zincrby(key, weight, member)
         for key, expires_at in expiry.items():

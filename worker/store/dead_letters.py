@@ -20,7 +20,7 @@ import redis
 
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
-from worker.store.rejections import storable_json
+from worker.store.redaction import PAYLOAD_FIELD, redact, stream_fields
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class DeadLetter:
 
     @classmethod
     def from_fields(cls, entry_id: str, fields: dict[str, str]) -> DeadLetter:
-        text = fields.get("call", "")
+        text = fields.get(PAYLOAD_FIELD, "")
         try:
             loaded = json.loads(text)
         except ValueError:
@@ -95,23 +95,29 @@ class DeadLetters:
         redeliveries, _ = pipe.execute()
         return int(redeliveries) + 1
 
-    def park(
-        self, task: str, task_id: str, reason: str, call: Any, deliveries: int, replayable: bool
-    ) -> str:
-        """Keep `call` in the stream, count it, and forget its delivery count."""
-        text = storable_json(call)
+    def park(self, task: str, task_id: str, reason: str, call: Any, deliveries: int) -> str:
+        """Keep `call` ({"args": [...], "kwargs": {...}}) in the stream, redacted and
+        indexed by shopper as the rejected stream is (`redaction.stream_fields`), count it,
+        and forget its delivery count."""
+        replayable = (
+            isinstance(call, dict)
+            and not call.get("args")
+            and isinstance(call.get("kwargs"), dict)
+            and redact(call) == call
+        )
+        entry: dict[Any, Any] = {  # redis-py's stream field types are over-narrow
+            "task": task,
+            "task_id": task_id,
+            "reason": reason,
+            "deliveries": str(deliveries),
+            **stream_fields(call),
+            "replayable": "1" if replayable else "0",
+            "at": f"{time.time():.3f}",
+        }
         pipe = self._client.pipeline(transaction=False)
         pipe.xadd(
             self._keys.dead_letters,
-            {
-                "task": task,
-                "task_id": task_id,
-                "reason": reason,
-                "deliveries": str(deliveries),
-                "call": text,
-                "replayable": "1" if replayable else "0",
-                "at": f"{time.time():.3f}",
-            },
+            entry,
             maxlen=self._maxlen,
             approximate=True,
         )

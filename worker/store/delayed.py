@@ -11,7 +11,7 @@ handlers are idempotent, so the rare second run changes nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +81,24 @@ class DelayedJobs:
             )
         if claimed:
             pipe.execute()
+
+    def drop(self, match: Callable[[Job], bool]) -> int:
+        """Remove every pending or claimed job for which `match(job)`; returns how many.
+        Reads the whole set (HSCAN): for rare maintenance (erasure), not for a hot path.
+        A claimed job's task may be on its way already: its handler must find nothing
+        to do (firing checks that the shopper still exists)."""
+        doomed = [
+            job_id
+            for job_id, payload in self._client.hscan_iter(self._keys.delayed_jobs, count=1000)
+            if match(Job.from_payload(job_id, payload))
+        ]
+        if not doomed:
+            return 0
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hdel(self._keys.delayed_jobs, *doomed)
+        pipe.zrem(self._keys.delayed_due, *doomed)
+        pipe.zrem(self._keys.delayed_inflight, *doomed)
+        return int(pipe.execute()[0])
 
     def due_at(self, job_id: str) -> float | None:
         score = self._client.zscore(self._keys.delayed_due, job_id)

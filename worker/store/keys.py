@@ -6,6 +6,36 @@ Redis Cluster slot. Global keys (logs, trending counters, metrics) are written i
 separate, idempotent steps, never inside a per-shopper script.
 
 The prefix (`Settings.key_prefix`) leads every key; tests give each test its own.
+
+Growth and bounds. Every key that grows with input, and what holds it (TTL: the
+shopper's keys expire `user_ttl_s` after their last write; `tests/worker/test_bounds.py`
+and the tests named in it check the bounds):
+
+| key | grows with | bound |
+|---|---|---|
+| `{u}:recent` | events | count `recent_items_max` |
+| `{u}:cart`, `{u}:cart_added` | items carted, known or not | count `cart_max_items` (oldest go) |
+| `{u}:seen` | event ids | age `dedup_window_s`, count `dedup_max_per_user` |
+| `{u}:pending` | events in flight | cleared when confirmed; TTL |
+| `{u}:interests` | items viewed or carted | age: the longest rule `interest_days`; TTL |
+| `{u}:devices` | registrations | count `contacts.MAX_DEVICES_PER_USER` |
+| `{u}:contacts` | messages sent | age 7 days (`contact_reserve.lua`) |
+| `{u}:pushed_items` | items pushed | age `no_repeat_days` |
+| `{u}:decisions` | firings | count `decisions_kept` |
+| `{u}:messages` | messages created | age `outbox.MESSAGE_TTL_S`; TTL |
+| `{u}:purchased`, `purchase_counts`, `purchase_first` | distinct items bought | TTL only |
+| `{u}:attribution` | distinct items messaged | TTL only (messages are capped per day) |
+| `{u}:affinity`, `{u}:prefs`, `{u}:rule_last` | categories; channels; rules | their sets |
+| `{i}:interested` | shoppers viewing or carting | age: longest `interest_days`, on write; TTL |
+| `{i}:changes` | price and stock changes | count `item_changes_max` |
+| `{m}:*` | messages | TTL `outbox.MESSAGE_TTL_S` (`attempts`: count 50) |
+| `device:<id>` | devices | TTL; deleted on unregister, eviction, erasure |
+| `log:interactions` | valid events | MAXLEN ~ `interaction_log_maxlen` |
+| `log:rejected` | rejected input | MAXLEN ~ `rejected_log_maxlen` |
+| `{delayed}:*` | pending jobs | acked when moved; cart and browse rules debounced per shopper |
+| `outbox:queued` | messages awaiting delivery | removed when settled, parked, or record gone |
+| `trend:*:<bucket>` | items, categories per bucket | EXPIREAT after `trending_buckets_kept` |
+| `catalog`, `{i}:item` | items upserted | the shop's catalog (never expired) |
 """
 
 from __future__ import annotations
@@ -106,10 +136,23 @@ class UserKeys:
         decision) about it, for purchases that carry no push_id."""
         return f"{self.base}:attribution"
 
+    @property
+    def interests(self) -> str:
+        """zset: item_id -> last time viewed or carted, within the interest window: the
+        item interest sets (`Keys.interested`) that list this shopper, for erasure."""
+        return f"{self.base}:interests"
+
+    @property
+    def messages(self) -> str:
+        """zset: message_id -> time created, for as long as messages are kept: the
+        messages (`Keys.message`) of this shopper, for erasure."""
+        return f"{self.base}:messages"
+
     def all(self) -> list[str]:
         """Every key of the shopper (what erasure deletes)."""
         return [
             *self.event_state(),
+            self.messages,
             self.devices,
             self.preferences,
             self.contacts,
@@ -132,6 +175,7 @@ class UserKeys:
             self.seen_events,
             self.pending_events,
             self.purchase_first,
+            self.interests,
         ]
 
 

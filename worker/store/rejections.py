@@ -1,8 +1,11 @@
-"""Rejected input: counted, logged with its reason, kept in a capped stream to inspect."""
+"""Rejected input: counted, logged with its reason, kept in a capped stream to inspect.
+
+What an entry keeps of the payload is decided by `redaction.stream_fields`: secrets
+replaced by fingerprints, the shoppers it names indexed for erasure.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -11,13 +14,9 @@ import redis
 
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
+from worker.store.redaction import stream_fields
 
 log = logging.getLogger(__name__)
-
-# A record keeps the whole call, so it can be replayed: a call's size is bounded by the
-# broker message it came in. Only past this (an oversize input, never replayable anyway)
-# is the text cut, and the record says so (`truncated`).
-PAYLOAD_MAX_CHARS = 1_000_000
 
 
 class RejectedLog:
@@ -35,22 +34,21 @@ class RejectedLog:
         payload: Any,
         pipe: redis.client.Pipeline | None = None,
     ) -> None:
-        """Keep `payload` (whole, up to `PAYLOAD_MAX_CHARS`) with its reason and count it
-        under `<task>.rejected`."""
-        text = storable_json(payload)
-        reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
+        """Keep `payload` (redacted and truncated: `redaction.stream_fields`) with its
+        reason and count it under `<task>.rejected`."""
+        reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
         log.warning("rejected %s input (%s): %s", task, code, reason)
         target = pipe if pipe is not None else self._client.pipeline(transaction=False)
+        entry: dict[Any, Any] = {  # redis-py's stream field types are over-narrow
+            "task": task,
+            "code": code,
+            "reason": reason,
+            **stream_fields(payload),
+            "at": f"{time.time():.3f}",
+        }
         target.xadd(
             self._key,
-            {
-                "task": task,
-                "code": code,
-                "reason": reason,
-                "payload": text[:PAYLOAD_MAX_CHARS],
-                "at": f"{time.time():.3f}",
-                **({"truncated": str(len(text))} if len(text) > PAYLOAD_MAX_CHARS else {}),
-            },
+            entry,
             maxlen=self._maxlen,
             approximate=True,
         )
@@ -63,18 +61,3 @@ class RejectedLog:
             self._key, count=count
         )
         return [{"id": rid, **fields} for rid, fields in rows]
-
-
-def storable_json(payload: Any) -> str:
-    """`payload` as JSON text that Redis can store as UTF-8, whatever it holds: non-ASCII
-    kept as is, unless the payload has lone surrogates (valid JSON, not UTF-8), which are
-    then escaped (`\\ud800`), so the text still reads back to the same value."""
-    try:
-        text = json.dumps(payload, default=repr, ensure_ascii=False)
-    except (TypeError, ValueError):  # circular, or an int past Python's digit limit
-        return f"<not JSON: {type(payload).__name__}>"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(payload, default=repr, ensure_ascii=True)
-    return text

@@ -1,17 +1,19 @@
 -- Apply one activity event to one shopper's state, atomically and at most once.
 -- KEYS: profile, recent, cart, cart_added, purchased, purchase_counts, affinity,
---       seen, pending, purchase_first          (all in the shopper's hash slot)
+--       seen, pending, purchase_first, interests  (all in the shopper's hash slot)
 -- ARGV: event_id, type, item_id|'', ts, quantity, price|'', category|'',
 --       affinity_increment, now, recent_max, dedup_window_s, dedup_max, user_ttl_s,
 --       recent_entry_json
 --       delivery_id (the task id: the same for a retry or redelivery of one message)
+--       interest_window_s, cart_max (distinct items; the oldest-added go first)
 -- Returns 0 duplicate, 1 applied, 2 applied earlier by this same delivery but its global
 -- side effects (log, trending) were not confirmed: the caller redoes them. A copy of
 -- the event in another message, racing the first, is a duplicate: only the delivery
 -- that applied an event finishes it.
 local profile, recent, cart, cart_added, purchased, purchase_counts, affinity, seen, pending =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local purchase_first = KEYS[10]
+local purchase_first, interests = KEYS[10], KEYS[11]
+local interest_window, cart_max = tonumber(ARGV[16]), tonumber(ARGV[17])
 local event_id, etype, item = ARGV[1], ARGV[2], ARGV[3]
 local ts, qty = tonumber(ARGV[4]), tonumber(ARGV[5])
 local price, category, affinity_inc = ARGV[6], ARGV[7], tonumber(ARGV[8])
@@ -37,9 +39,19 @@ redis.call('HINCRBY', profile, 'events', 1)
 redis.call('LPUSH', recent, ARGV[14])
 redis.call('LTRIM', recent, 0, recent_max - 1)
 
+if (etype == 'view' or etype == 'add_to_cart') and item ~= '' then
+  redis.call('ZADD', interests, 'GT', ts, item)
+  redis.call('ZREMRANGEBYSCORE', interests, '-inf', '(' .. (now - interest_window))
+end
 if etype == 'add_to_cart' then
   redis.call('HINCRBY', cart, item, qty)
   redis.call('ZADD', cart_added, 'GT', ts, item)
+  local over = redis.call('ZCARD', cart_added) - cart_max
+  if over > 0 then
+    local oldest = redis.call('ZRANGE', cart_added, 0, over - 1)
+    redis.call('ZREM', cart_added, unpack(oldest))
+    redis.call('HDEL', cart, unpack(oldest))
+  end
 elseif etype == 'remove_from_cart' then
   if redis.call('HINCRBY', cart, item, -qty) <= 0 then
     redis.call('HDEL', cart, item)
