@@ -22,6 +22,7 @@ def root_restored() -> Iterator[None]:
     yield
     root.handlers, root.level = handlers, level
     trace.filters = filters
+    logging.captureWarnings(False)
 
 
 class _Terminal(io.StringIO):

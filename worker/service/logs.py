@@ -95,6 +95,7 @@ def configure_logging(level: str | int, fmt: LogFormat, stream: TextIO | None = 
         logger = logging.getLogger(name)
         if not any(isinstance(f, _SuccessWithoutResult) for f in logger.filters):
             logger.addFilter(_SuccessWithoutResult())
+    logging.captureWarnings(True)  # Python warnings become records in `fmt`, not raw lines
     install_log_redaction()
 
 
