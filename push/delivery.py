@@ -18,7 +18,9 @@ Breaker: per route key (`Gateway.route_key`). A ``credentials`` result trips it 
 for `auth_open_s`; `failure_threshold` transient gateway failures (5xx, timeouts,
 network errors; not 429) within `window_s` trip it for `open_s`. After that one caller
 wins `claim_probe` and sends a half-open probe; its success closes the breaker, its
-failure re-opens it. Others get ``retry`` meanwhile.
+failure re-opens it. Others get ``retry`` meanwhile. A credentials trip is logged at
+ERROR with ``extra={"event": "credentials_rejected"}`` (a transient trip at WARNING, event
+``breaker_opened``): a stable name for alerts.
 """
 
 from __future__ import annotations
@@ -134,7 +136,12 @@ class CircuitBreaker:
         if result.outcome is Outcome.CREDENTIALS or _is_gateway_failure(result):
             self._closed_seen.pop(key, None)  # the next send asks the store again
         if result.outcome is Outcome.CREDENTIALS:
-            log.error("breaker %s opened: credentials rejected (%s)", key, result.reason)
+            log.error(
+                "breaker %s opened: credentials rejected (%s)",
+                key,
+                result.reason,
+                extra={"event": "credentials_rejected"},
+            )
             await self.store.trip(key, now + self.auth_open_s)
         elif _is_gateway_failure(result):
             if probe:
@@ -142,7 +149,12 @@ class CircuitBreaker:
                 return
             failures = await self.store.add_failure(key, window_s=self.window_s)
             if failures >= self.failure_threshold:
-                log.warning("breaker %s opened after %d failures", key, failures)
+                log.warning(
+                    "breaker %s opened after %d failures",
+                    key,
+                    failures,
+                    extra={"event": "breaker_opened"},
+                )
                 await self.store.trip(key, now + self.open_s)
         elif probe:
             log.info("breaker %s closed after a successful probe", key)

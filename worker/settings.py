@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -161,6 +161,20 @@ class Settings(BaseSettings):
 
     scheduler_poll_s: float = Field(
         default=1.0, gt=0, le=60, description="How often due delayed jobs are moved."
+    )
+
+    # --- operations ------------------------------------------------------------------
+    log_format: Literal["json", "text"] | None = Field(
+        default=None,
+        description="json or text; unset: json for worker and scheduler when stderr is not "
+        "a terminal, text otherwise.",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Worker and scheduler serve Prometheus metrics on this port "
+        "(--metrics-port overrides); unset: not served.",
     )
 
     # --- index -----------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,6 +101,16 @@ class WorkerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def records(self) -> list[dict[str, Any]]:
+        """The log as JSON records (a process off a terminal logs JSON lines); a line
+        that is not one fails the test, except Celery's shutdown notice, which its signal
+        handler prints to stdout itself ("worker: Warm shutdown (MainProcess)")."""
+        lines = [line for line in self.log().splitlines() if line.strip()]
+        return [json.loads(line) for line in lines if not line.startswith("worker: ")]
+
+    def errors(self) -> list[dict[str, Any]]:
+        return [r for r in self.records() if r["level"] in {"ERROR", "CRITICAL"}]
 
     def _wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

@@ -3,14 +3,18 @@ the local gateways of push/testing checking the wire format, a planted FAISS ind
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from push.testing.serve import local_gateways
 from tests.worker.conftest import WorkerProcess, node_name, wait_for
@@ -311,7 +315,7 @@ def test_index_swap_mid_stream_causes_no_error(
         wait_for(lambda: len(gateways.accepted("fcm")) == len(users), timeout=60, what="pushes")
         wait_for(lambda: all(new_version in p.log() for p in procs[:2]), what="swap logged")
         for proc in procs:
-            assert "Traceback" not in proc.log() and " ERROR " not in proc.log(), proc.log()[-3000:]
+            assert "Traceback" not in proc.log() and not proc.errors(), proc.log()[-3000:]
 
 
 def test_a_corrupt_index_is_refused_and_the_old_one_keeps_serving(
@@ -364,3 +368,110 @@ def test_a_push_worker_on_threads_sends_concurrently_and_each_message_once(
     finally:
         activity.stop()
         push.stop()
+
+
+Figures = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _scrape(port: int) -> Figures:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _value(figures: Figures, name: str, **labels: str) -> float:
+    return figures[(name, frozenset(labels.items()))]
+
+
+def _secrets(gateways: Gateways, shopper: str, email: str) -> list[str]:
+    """Everything that must never reach a log: the shopper's raw id, an email, device
+    tokens, the Web Push endpoint and keys, the webhook URL and every credential."""
+    env = gateways.env
+    account = json.loads(Path(env["PUSHREC_FCM_CREDENTIALS"]).read_text())
+    subscription = json.loads(Path(gateways.targets["webpush"]).read_text())
+    pems = [
+        Path(env[k]).read_text() for k in ("PUSHREC_APNS_KEY_FILE", "PUSHREC_VAPID_PRIVATE_KEY")
+    ]
+    plain = [
+        shopper, email, gateways.targets["fcm"], gateways.targets["apns"],
+        gateways.targets["webhook"], subscription["endpoint"], subscription["keys"]["p256dh"],
+        subscription["keys"]["auth"], env["PUSHREC_WEBHOOK_SECRET"], account["client_email"],
+        env["PUSHREC_VAPID_SUBJECT"].removeprefix("mailto:"),
+        *(pem.splitlines()[1] for pem in [*pems, account["private_key"]]),
+    ]  # fmt: skip
+    return [*plain, *(json.dumps(s)[1:-1] for s in plain)]  # also as JSON escapes them
+
+
+def test_logs_and_metrics_of_the_realtime_path_name_no_shopper_token_or_secret(
+    make_shop: Any, settings: Settings, tmp_path: Path, gateways: Gateways, client: PushrecClient
+) -> None:
+    """A worker and the scheduler log JSON lines only, none holding an id, token,
+    endpoint, email or secret; Celery's success lines stay, without results (a fire task
+    returns message titles); both serve the metrics; a credentials failure shows as an
+    ERROR line with its event name, a counter and an open breaker."""
+    title = "Title-Marker {{ items[0].title }}"
+    rules = [
+        rule("cross_sell", "post_purchase", delay_s=0, title=title),
+        rule("cart", "cart_abandoned", delay_s=1, title=title),
+    ]
+    rt, env = make_shop(rules)
+    shopper, other, email = "Zoë-42", "Ann-7", "zoe.42@shop.example"
+    refused_token = f"{gateways.targets['fcm']}-refused"
+    ports = _free_port(), _free_port()
+    worker = WorkerProcess(
+        settings, tmp_path / "worker.log", "obs", 2, env=env,
+        command=("worker", "--concurrency=2", f"--name={node_name('obs')}", "--loglevel=INFO",
+                 f"--metrics-port={ports[0]}"),
+    )  # fmt: skip
+    scheduler = WorkerProcess(
+        settings, tmp_path / "scheduler.log", "scheduler", 1, env=env,
+        command=("scheduler", "--loglevel=INFO", f"--metrics-port={ports[1]}"),
+        ready="is the leader",
+    )  # fmt: skip
+    try:
+        client.register_device(shopper, "fcm", token=gateways.targets["fcm"])
+        client.register_device(shopper, "apns", token=gateways.targets["apns"])
+        client.register_device(shopper, "webhook", token=gateways.targets["webhook"])
+        client.register_device(other, "fcm", token=refused_token)
+        for user in (shopper, other):
+            client.set_preferences(user, consent={"marketing": {"*": True}}, timezone="UTC")
+        wait_for(lambda: len(user_view(rt.redis, rt.keys, shopper, time.time())["devices"]) == 3)
+        client.track(event("p1", shopper, "purchase", "b0-1", props={"note": email}))
+        client.track(event("c1", shopper, "add_to_cart", "b0-2"))
+        wait_for(lambda: len(fcm_messages(gateways, gateways.targets["fcm"], "cart")) == 1)
+        wait_for(lambda: len(gateways.accepted("webhook")) == 2, what="webhook pushes")
+        gateways.script("fcm", [{"status": 403, "reason": "PERMISSION_DENIED"}], key=refused_token)
+        client.track(event("p2", other, "purchase", "b1-1"))
+        wait_for(
+            lambda: any(r.get("event") == "credentials_rejected" for r in worker.errors()),
+            what="credentials ERROR line",
+        )
+        assert client.forget_user(shopper, wait_s=30)
+        scraped = [_scrape(port) for port in ports]
+    finally:
+        worker.stop()
+        scheduler.stop()
+
+    for figures in scraped:
+        assert _value(figures, "pushrec_messages_total", channel="fcm", outcome="credentials") == 1
+        assert _value(figures, "pushrec_rules_fired_total", rule="cart") == 1
+        opened = [v for (n, labels), v in figures.items() if n == "pushrec_breaker_open"]
+        assert opened == [1]
+        assert _value(figures, "pushrec_gateway_latency_seconds_count", channel="webhook") == 2
+    records = worker.records() + scheduler.records()  # every line of both streams is JSON
+    successes = [r["message"] for r in records if r["logger"] == "celery.app.trace"]
+    assert any(m.startswith("Task pushrec.fire[") and "succeeded" in m for m in successes)
+    everything = worker.log() + scheduler.log()
+    assert "Title-Marker" not in everything
+    leaked = [s for s in _secrets(gateways, shopper, email) if s in everything]
+    assert leaked == []

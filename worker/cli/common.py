@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from worker.service.logs import configure_logging, log_format
 from worker.settings import Settings, SettingsError
 from worker.store.embedded import EmbeddedRedis, EmbeddedRedisError
+
+if TYPE_CHECKING:
+    from worker.service.app import PushrecApp
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -17,20 +23,14 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def load_settings() -> Settings:
-    """The validated settings, or exit 2 with the reasons."""
+    """The validated settings, or exit 2 with the reasons. Warnings and errors are
+    logged from here on in the configured format (services set their own level)."""
     try:
-        return Settings.load()
+        settings = Settings.load()
     except SettingsError as exc:
         fail(str(exc))
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # Two INFO lines per second from the scheduler's poll job say nothing an operator needs.
-    quiet = max(logging.WARNING, logging.getLogger().level)
-    logging.getLogger("apscheduler.executors").setLevel(quiet)
+    configure_logging("WARNING", log_format(settings.log_format, service=False))
+    return settings
 
 
 def print_json(value: Any) -> None:
@@ -48,3 +48,36 @@ def load_settings_with_redis() -> tuple[Settings, EmbeddedRedis | None]:
     except EmbeddedRedisError as exc:
         fail(str(exc))
     return settings.with_redis(server.url), server
+
+
+def add_metrics_port(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port (default: PUSHREC_METRICS_PORT; 0: off)",
+    )
+
+
+def serve_metrics_if_asked(app: PushrecApp, port: int | None) -> Callable[[], None] | None:
+    """Serve the metrics on `port` (else the configured port) from a thread of this
+    process; returns the function that stops it, or None when no port is set."""
+    from worker.service.exposition import PushrecCollector, serve_metrics
+
+    port = port if port is not None else app.settings.metrics_port
+    if not port:
+        return None
+    collector = PushrecCollector.for_app(app)
+    try:
+        server = serve_metrics(collector, port)
+    except OSError as exc:
+        collector.close()
+        fail(f"cannot serve metrics on port {port}: {exc}")
+    logging.getLogger("pushrec").info("metrics on port %d", server.server_port)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        collector.close()
+
+    return stop

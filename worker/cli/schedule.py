@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from worker.cli.common import configure_logging, load_settings_with_redis
+from worker.cli.common import add_metrics_port, load_settings_with_redis, serve_metrics_if_asked
 
 
 def register(subparsers: Any) -> None:
@@ -19,6 +19,7 @@ def register(subparsers: Any) -> None:
         help="move due delayed jobs to the queues and run periodic jobs (one leader)",
     )
     scheduler.add_argument("--loglevel", default="INFO")
+    add_metrics_port(scheduler)
     scheduler.set_defaults(handler=run_scheduler)
 
     run = subparsers.add_parser(
@@ -27,6 +28,7 @@ def register(subparsers: Any) -> None:
     )
     run.add_argument("--concurrency", "-c", type=int, default=os.cpu_count() or 1)
     run.add_argument("--loglevel", default="INFO")
+    add_metrics_port(run)
     run.set_defaults(handler=run_all)
 
 
@@ -35,10 +37,11 @@ def run_scheduler(args: argparse.Namespace) -> int:
 
     from worker.contract import REBUILD_INDEX
     from worker.service.app import create_app
+    from worker.service.logs import configure_logging, log_format
     from worker.service.scheduler import LeaderLock, Scheduler, drain_due, resend_stuck
 
     settings, server = load_settings_with_redis()
-    configure_logging(args.loglevel)
+    configure_logging(args.loglevel, log_format(settings.log_format, service=True))
     app = create_app(settings)
     rt = app.runtime()
     jobs: list[tuple[Callable[[], Any], dict[str, Any]]] = [
@@ -59,11 +62,14 @@ def run_scheduler(args: argparse.Namespace) -> int:
         )
     scheduler = Scheduler(LeaderLock(rt.redis, rt.keys.scheduler_lock), jobs)
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
+    metrics = serve_metrics_if_asked(app, args.metrics_port)
     try:
         scheduler.run()
     except KeyboardInterrupt:
         pass
     finally:
+        if metrics is not None:
+            metrics()
         rt.close()
         if server is not None:
             server.stop()
@@ -77,12 +83,15 @@ def run_all(args: argparse.Namespace) -> int:
     settings, server = load_settings_with_redis()
     env = {**os.environ, "PUSHREC_REDIS_URL": str(settings.redis_url)}
     child = subprocess.Popen(
-        [sys.executable, "-m", "worker", "scheduler", f"--loglevel={args.loglevel}"], env=env
-    )
+        # the worker serves the metrics (the same figures: exposition.py)
+        [sys.executable, "-m", "worker", "scheduler", f"--loglevel={args.loglevel}",
+         "--metrics-port=0"],
+        env=env,
+    )  # fmt: skip
     try:
         worker_args = argparse.Namespace(
             queues=None, concurrency=args.concurrency, pool="prefork", name=None,
-            loglevel=args.loglevel,
+            loglevel=args.loglevel, metrics_port=args.metrics_port,
         )  # fmt: skip
         return run_worker(worker_args)
     finally:

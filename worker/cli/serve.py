@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Any
 
-from worker.cli.common import configure_logging, load_settings_with_redis
+from worker.cli.common import add_metrics_port, load_settings_with_redis, serve_metrics_if_asked
 from worker.settings import redact_url
 
 
@@ -25,14 +25,17 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
     parser.add_argument("--name", help="node name (default: pushrec.<pid>@<host>)")
     parser.add_argument("--loglevel", default="INFO")
+    add_metrics_port(parser)
     parser.set_defaults(handler=run_worker)
 
 
 def run_worker(args: argparse.Namespace) -> int:
     from worker.service.app import create_app
+    from worker.service.logs import keep_for_celery, log_format
 
     settings, server = load_settings_with_redis()
-    configure_logging(args.loglevel)
+    fmt = log_format(settings.log_format, service=True)
+    keep_for_celery(args.loglevel, fmt)
     queues = args.queues or ",".join(
         [settings.queue_activity, settings.queue_push, settings.queue_maintenance]
     )
@@ -44,6 +47,7 @@ def run_worker(args: argparse.Namespace) -> int:
     )
     app = create_app(settings)
     argv = [
+        *(["--quiet"] if fmt == "json" else []),  # the start-up banner is not a JSON line
         "worker",
         f"--queues={queues}",
         f"--concurrency={args.concurrency}",
@@ -54,9 +58,12 @@ def run_worker(args: argparse.Namespace) -> int:
         "--without-mingle",
         "--without-heartbeat",
     ]
+    metrics = serve_metrics_if_asked(app, args.metrics_port)
     try:
         app.worker_main(argv)
     finally:
+        if metrics is not None:
+            metrics()
         if server is not None:
             server.stop()
     return 0

@@ -23,7 +23,14 @@ def register(subparsers: Any) -> None:
     rejected.add_argument("--count", type=int, default=20)
     rejected.set_defaults(handler=show_rejected)
 
-    metrics = subparsers.add_parser("metrics", help="print the counters as JSON")
+    metrics = subparsers.add_parser(
+        "metrics", help="print the counters as JSON (for people), or all figures for Prometheus"
+    )
+    metrics.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="every figure in Prometheus text format, as the --metrics-port endpoints serve it",
+    )
     metrics.set_defaults(handler=show_metrics)
 
     stats = subparsers.add_parser(
@@ -68,5 +75,16 @@ def show_stats(args: argparse.Namespace) -> int:
 
 
 def show_metrics(args: argparse.Namespace) -> int:
-    print_json(_runtime().metrics.snapshot())
+    if not args.prometheus:
+        print_json(_runtime().metrics.snapshot())
+        return 0
+    from worker.service.app import create_app
+    from worker.service.exposition import PushrecCollector, prometheus_text
+
+    settings, _server = load_settings_with_redis()
+    collector = PushrecCollector.for_app(create_app(settings))
+    try:
+        print(prometheus_text(collector), end="")
+    finally:
+        collector.close()
     return 0

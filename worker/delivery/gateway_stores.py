@@ -7,6 +7,8 @@ import math
 
 import redis.asyncio as aioredis
 
+from worker.store.keys import Keys
+
 _TAKE_TOKEN = """
 -- KEYS: bucket hash {tokens, ts}   ARGV: rate, burst, now
 local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -50,12 +52,15 @@ class RedisTokenCache:
 
 
 class RedisBreakerStore:
+    """Each tripped route is also noted in `Keys.breaker_routes`, so metrics can report
+    every breaker's state without scanning the keyspace."""
+
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self._client = client
-        self._prefix = f"{prefix}:push:breaker:"
+        self._keyring = Keys(prefix)
 
     def _keys(self, key: str) -> tuple[str, str, str]:
-        base = self._prefix + key
+        base = self._keyring.breaker(key)
         return f"{base}:open", f"{base}:failures", f"{base}:probe"
 
     async def open_until(self, key: str) -> float:
@@ -78,6 +83,7 @@ class RedisBreakerStore:
         # kept a minute past `until`, so the half-open probe still finds it
         pipe.set(open_key, repr(until), pxat=int((until + 60) * 1000))
         pipe.delete(failures)
+        pipe.sadd(self._keyring.breaker_routes, key)
         await pipe.execute()
 
     async def claim_probe(self, key: str, *, ttl_s: float) -> bool:

@@ -3,7 +3,8 @@
 A `PushRuntime` owns one event loop (a loop runs in one thread at a time, so each pool
 thread gets its own), the gateways over one HTTP/2 client, and a `Deliverer` whose
 circuit breaker, rate limit and APNs provider tokens live in Redis, so every process and
-host shares them. The sender runs its concurrent sends on `loop`.
+host shares them. The sender runs its concurrent sends on `loop` and takes the gateway
+latencies from `timed`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from push.delivery import CircuitBreaker, Deliverer, RateLimit, RateLimiter, Ret
 from push.gateway import Router
 from push.messages import Channel
 from worker.delivery.gateway_stores import RedisBreakerStore, RedisRateLimitStore, RedisTokenCache
+from worker.delivery.timing import TimedSender
 from worker.settings import Settings
 
 T = TypeVar("T")
@@ -46,9 +48,10 @@ class PushRuntime:
                     open_gateways(config, token_cache=RedisTokenCache(self._redis, prefix))
                 )
             )
+        self.timed = TimedSender(router)
         limit = RateLimit(rate=settings.push_rate_per_s, burst=settings.push_rate_burst)
         self.deliverer = Deliverer(
-            router,
+            self.timed,
             breaker=CircuitBreaker(RedisBreakerStore(self._redis, prefix)),
             limiter=RateLimiter(
                 dict.fromkeys(Channel, limit), RedisRateLimitStore(self._redis, prefix)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -38,6 +39,7 @@ from worker.shoppers.contacts import Contacts
 from worker.shoppers.snapshot import DeviceRecord, Part, Shopper, ShopperReads
 from worker.store.delayed import DelayedJobs, Job
 from worker.store.keys import Keys
+from worker.store.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,7 @@ class MessageSender:
         audit: Audit,
         delayed: DelayedJobs,
         push: PushRuntime,
+        metrics: Metrics,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -99,6 +102,7 @@ class MessageSender:
         self._audit = audit
         self._delayed = delayed
         self._push = push
+        self._metrics = metrics
 
     def deliver_many(
         self, requests: Sequence[DeliveryRequest], now: float, owner: str = ""
@@ -138,7 +142,7 @@ class MessageSender:
         messages = [(m, d.request.attempt) for d in live for _, m in d.sends]
         outcomes = iter(self._push.run(self._send_all(messages)) if messages else [])
         per_delivery = [[next(outcomes) for _ in d.sends] for d in live]
-        self._settle(live, per_delivery, suppressed, now)
+        self._settle(live, per_delivery, suppressed, now, self._push.timed.take())
         for d in [*live, *suppressed]:
             results[d.record.id] = d.result
         return [results[r.message_id] for r in requests]
@@ -250,9 +254,11 @@ class MessageSender:
         outcomes: Sequence[Sequence[DeliveryResult]],
         suppressed: Sequence[_Delivery],
         now: float,
+        latencies: Sequence[tuple[str, float]],
     ) -> None:
         """Record every attempt and act on each device's result, for the whole batch in
-        one round trip; then count the messages delivered for the first time. The sends
+        one round trip, with the metrics (each send by channel and outcome, the gateway
+        latencies); then count the messages delivered for the first time. The sends
         went out already, so a Redis error here is retried here, not by the task (which
         would send again)."""
 
@@ -269,6 +275,11 @@ class MessageSender:
                 at = self._settle_one(d, results, now, pipe)
                 if at is not None:
                     first_sent.append((d, at))
+            sends = Counter(
+                f"messages.{r.channel}.{r.outcome}" for results in outcomes for r in results
+            )
+            self._metrics.add(sends, pipe=pipe)
+            self._metrics.observe_latency(latencies, pipe)
             return pipe.execute(), first_sent
 
         def counts(replies: list[Any], first_sent: list[tuple[_Delivery, int]]) -> None:

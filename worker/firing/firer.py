@@ -19,6 +19,7 @@ from typing import Literal, ParamSpec, TypeVar
 import redis
 
 from indexing import LoadedIndex
+from push import fingerprint
 from push.errors import PushError
 from worker.contract import DELIVER, FIRE, INTERNAL_BATCH, Enqueue
 from worker.delivery.outbox import MessageRecord, Outbox, message_id
@@ -36,6 +37,7 @@ from worker.shoppers.snapshot import Shopper, ShopperReads
 from worker.shoppers.state import StateStore
 from worker.store.delayed import DelayedJobs, Job
 from worker.store.keys import Keys
+from worker.store.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class _Firing:
     decision: Decision
     action: FireAction | Literal[""] = ""  # "" until decided
     reason: str = ""
+    step: str = ""  # what settled it: a policy step, or condition, recommend, compose, error
     remember: tuple[list[str], str] | None = None  # (items, holdout cell) for attribution
     record: MessageRecord | None = None
     defer_until: float | None = None
@@ -80,6 +83,7 @@ class Firer:
         delayed: DelayedJobs,
         index: IndexHolder | None,
         enqueue: Enqueue,
+        metrics: Metrics,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -92,6 +96,7 @@ class Firer:
         self._delayed = delayed
         self._index = index
         self._enqueue = enqueue
+        self._metrics = metrics
         self._composer = Composer(settings.rules, settings.currency)
 
     # --- reading the shoppers -----------------------------------------------------------
@@ -155,7 +160,7 @@ class Firer:
                 continue
             f.decision["candidates"] = [c.as_dict() for c in candidates]
             if not candidates:
-                f.action, f.reason = "suppress", "no items to offer"
+                f.action, f.reason, f.step = "suppress", "no items to offer", "recommend"
                 continue
             _isolated(f, self._decide, f, shopper, candidates, facts, now)
         self._write(firings, now)
@@ -181,7 +186,7 @@ class Firer:
                 f.rule, f.job.trigger_ts, f.job.items, shopper.state
             )
             if why_not:
-                f.action, f.reason = "suppress", f"condition: {why_not}"
+                f.action, f.reason, f.step = "suppress", f"condition: {why_not}", "condition"
                 return None
             return candidate_pool(
                 index,
@@ -256,6 +261,7 @@ class Firer:
         f.decision["policy"] = verdict.as_dict()
         items = [c.item_id for c in candidates if c.item_id in set(verdict.items)]
         f.reason = verdict.reason
+        f.step = verdict.steps[-1].name if verdict.steps else "policy"
         if verdict.action == "suppress":
             f.action = "suppress"
         elif verdict.action == "defer":
@@ -269,9 +275,10 @@ class Firer:
                     shopper.state.preferences, now,
                 )  # fmt: skip
             except PushError as exc:  # a template bug: nothing is sent, the reason is kept
-                f.action, f.reason = "suppress", f"compose: {exc}"
+                f.action, f.reason, f.step = "suppress", f"compose: {exc}", "compose"
                 return
             f.action, f.reason, f.remember = "queued", "", (items, "treated")
+            f.step = "all_passed"
 
     def _write(self, firings: Sequence[_Firing], now: float) -> None:
         """Create the messages (once per id), then record every decision, count it, note
@@ -313,6 +320,7 @@ class Firer:
         )
         self._audit.count(f.rule.name, "fired", pipe=writes)
         self._audit.count(f.rule.name, field, pipe=writes)
+        self._metrics.add({f"decisions.{f.action}.{f.step or 'policy'}": 1}, pipe=writes)
         self._audit.record_decision(f.job.user_id, f.decision, pipe=writes)
         if f.remember is not None:
             items, cell = f.remember
@@ -350,6 +358,6 @@ def _isolated(f: _Firing, step: Callable[P, T], *args: P.args, **kwargs: P.kwarg
     try:
         return step(*args, **kwargs)
     except Exception as exc:
-        log.exception("rule %s for shopper %s failed", f.rule.name, f.job.user_id)
-        f.action, f.reason = "error", f"{type(exc).__name__}: {exc}"
+        log.exception("rule %s for shopper %s failed", f.rule.name, fingerprint(f.job.user_id))
+        f.action, f.reason, f.step = "error", f"{type(exc).__name__}: {exc}", "error"
         return None

@@ -158,7 +158,7 @@ class Runtime:
             if self._firer is None:
                 self._firer = Firer(
                     self.redis, self.keys, self.settings, self.state, self.catalog, self.policy,
-                    self.outbox, self.audit, self.delayed, index, self.enqueue,
+                    self.outbox, self.audit, self.delayed, index, self.enqueue, self.metrics,
                 )  # fmt: skip
             return self._firer
 
@@ -172,7 +172,7 @@ class Runtime:
                 self._pushes.append(push)
             sender = self._thread.sender = MessageSender(
                 self.redis, self.keys, self.settings, self.contacts, self.policy, self.outbox,
-                self.audit, self.delayed, push,
+                self.audit, self.delayed, push, self.metrics,
             )  # fmt: skip
         return sender
 

@@ -309,6 +309,23 @@ class Keys:
         """hash: counter name -> value."""
         return f"{self.prefix}:metrics"
 
+    @property
+    def gateway_latency(self) -> str:
+        """hash: "<channel>:<bucket upper bound s>" -> sends (not cumulative), "<channel>:count",
+        "<channel>:sum_us" (microseconds): the gateway latency histograms."""
+        return f"{self.prefix}:metrics:gateway_latency"
+
+    @property
+    def breaker_routes(self) -> str:
+        """set: route keys (fingerprints) whose breaker has ever tripped; bounded by the
+        credentials and webhook hosts in use. Metrics read each one's state."""
+        return f"{self.prefix}:push:breakers"
+
+    def breaker(self, route: str) -> str:
+        """Prefix of one route's breaker keys: `:open` (string, open until), `:failures`
+        (counter, expires with its window), `:probe` (string, half-open claim)."""
+        return f"{self.prefix}:push:breaker:{route}"
+
     def trending_items(self, bucket: int) -> str:
         """zset: item_id -> weighted activity in time bucket `bucket`."""
         return f"{self.prefix}:trend:item:{bucket}"
