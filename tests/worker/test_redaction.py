@@ -51,9 +51,7 @@ def test_redact_replaces_secrets_at_any_depth_and_keeps_what_a_replay_needs() ->
 
 
 def test_stream_fields_index_the_shoppers_before_the_payload_is_cut() -> None:
-    from worker.store.redaction import names_shopper, stream_fields
-
-    from worker.store.redaction import PAYLOAD_MAX_CHARS
+    from worker.store.redaction import PAYLOAD_MAX_CHARS, names_shopper, stream_fields
 
     small = stream_fields({"events": [{"user_id": "u1", "props": {"x": "y" * 10_000}}]})
     assert json.loads(small["payload"])["events"][0]["user_id"] == "u1"  # kept whole
