@@ -230,10 +230,8 @@ class PushrecCollector(Collector):
         pipe = self._client.pipeline(transaction=False)
         pipe.zcard(self._keys.delayed_due)
         pipe.zcard(self._keys.outbox_queued)
-        dead_letters = getattr(self._keys, "dead_letters", None)  # a stream, where kept
-        if isinstance(dead_letters, str):
-            pipe.xlen(dead_letters)
-        delayed, outbox, *dead = pipe.execute()
+        pipe.xlen(self._keys.dead_letters)
+        delayed, outbox, dead = pipe.execute()
         out = [
             queues,
             GaugeMetricFamily(
@@ -242,13 +240,12 @@ class PushrecCollector(Collector):
             GaugeMetricFamily(
                 "pushrec_outbox_queued", "Messages queued for delivery, not settled.", value=outbox
             ),
+            GaugeMetricFamily(
+                "pushrec_dead_letters_kept",
+                "Entries in the dead-letter stream (pushrec dead-letters).",
+                value=dead,
+            ),
         ]
-        if dead:
-            out.append(
-                GaugeMetricFamily(
-                    "pushrec_dead_letters", "Entries in the dead-letter stream.", value=dead[0]
-                )
-            )
         return out
 
     def _index(self, now: float) -> list[GaugeMetricFamily]:
