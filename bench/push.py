@@ -159,7 +159,7 @@ def _config(env: dict[str, str]) -> GatewayConfig:
         vapid_private_key=Path(env["PUSHREC_VAPID_PRIVATE_KEY"]),
         vapid_subject=env["PUSHREC_VAPID_SUBJECT"],
         webhook_secrets=(env["PUSHREC_WEBHOOK_SECRET"],),
-        webhook_allowed_hosts=("127.0.0.1",),
+        destination_allowed_hosts=("127.0.0.1",),
         max_connections=100,
     )
 

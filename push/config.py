@@ -33,8 +33,9 @@ from push.gateways.google_oauth import ServiceAccountTokens
 from push.gateways.vapid import VapidKey
 from push.gateways.webhook import WebhookGateway
 from push.gateways.webpush import WebPushGateway
+from push.guarded_http import guarded_client, guarded_session
 from push.http import make_client
-from push.ssrf import guarded_session
+from push.ssrf import DestinationGuard
 from push.stores import TokenCache
 
 __all__ = ["GatewayConfig", "build_gateways", "load_subscription_file", "open_gateways"]
@@ -55,7 +56,7 @@ class GatewayConfig:
     vapid_private_key: Path | None = None
     vapid_subject: str | None = None
     webhook_secrets: Sequence[str] = field(default_factory=tuple, repr=False)
-    webhook_allowed_hosts: Sequence[str] = ()
+    destination_allowed_hosts: Sequence[str] = ()
     ca_bundle: Path | None = None
     max_connections: int = 100
 
@@ -66,15 +67,22 @@ class GatewayConfig:
         if bool(self.vapid_private_key) != bool(self.vapid_subject):
             raise ConfigError("Web Push needs both vapid_private_key and vapid_subject")
 
+    def destination_guard(self) -> DestinationGuard:
+        """The guard for webhook URLs and Web Push endpoints (`push.ssrf`)."""
+        return DestinationGuard(self.destination_allowed_hosts)
+
 
 def build_gateways(
     config: GatewayConfig,
     *,
     client: httpx.AsyncClient,
+    webpush_client: httpx.AsyncClient,
     webhook_session: aiohttp.ClientSession,
+    guard: DestinationGuard,
     token_cache: TokenCache | None = None,
 ) -> list[Gateway]:
-    """The configured gateways over the given clients (see `open_gateways`)."""
+    """The configured gateways over the given clients (see `open_gateways`);
+    `webpush_client` and `webhook_session` connect through `guard`."""
     gateways: list[Gateway] = []
     if config.fcm_credentials:
         tokens = ServiceAccountTokens.from_file(config.fcm_credentials, ca_bundle=config.ca_bundle)
@@ -95,15 +103,9 @@ def build_gateways(
         )
     if config.vapid_private_key and config.vapid_subject:
         vapid = VapidKey.from_file(config.vapid_private_key, config.vapid_subject)
-        gateways.append(WebPushGateway(client, vapid))
+        gateways.append(WebPushGateway(webpush_client, vapid, guard=guard))
     if config.webhook_secrets:
-        gateways.append(
-            WebhookGateway(
-                webhook_session,
-                list(config.webhook_secrets),
-                allowed_hosts=config.webhook_allowed_hosts,
-            )
-        )
+        gateways.append(WebhookGateway(webhook_session, list(config.webhook_secrets), guard=guard))
     return gateways
 
 
@@ -113,24 +115,30 @@ async def open_gateways(
 ) -> AsyncIterator[Router]:
     """A `Router` over every configured gateway; its HTTP clients close on exit.
 
-    One `httpx.AsyncClient` (HTTP/2) serves FCM, APNs and Web Push; webhooks get an
-    SSRF-guarded `aiohttp.ClientSession` (HTTP/1.1; see bench/push.py for why).
-    `token_cache` shares APNs provider tokens between processes (in-memory when None).
+    One `httpx.AsyncClient` (HTTP/2) serves FCM and APNs (URLs from the settings);
+    the URLs that come from input connect through the destination guard: Web Push
+    endpoints over a guarded `httpx.AsyncClient` (HTTP/2), webhooks over a guarded
+    `aiohttp.ClientSession` (HTTP/1.1; see bench/push.py for why). `token_cache` shares
+    APNs provider tokens between processes (in-memory when None).
     """
+    guard = config.destination_guard()
+    ca, limit = config.ca_bundle, config.max_connections
     async with AsyncExitStack() as stack:
-        client = await stack.enter_async_context(
-            make_client(ca_bundle=config.ca_bundle, max_connections=config.max_connections)
+        client = await stack.enter_async_context(make_client(ca_bundle=ca, max_connections=limit))
+        webpush_client = await stack.enter_async_context(
+            guarded_client(guard, ca_bundle=ca, max_connections=limit)
         )
         webhook_session = await stack.enter_async_context(
-            guarded_session(
-                config.webhook_allowed_hosts,
-                ca_bundle=config.ca_bundle,
-                max_connections=config.max_connections,
-            )
+            guarded_session(guard, ca_bundle=ca, max_connections=limit)
         )
         yield Router(
             build_gateways(
-                config, client=client, webhook_session=webhook_session, token_cache=token_cache
+                config,
+                client=client,
+                webpush_client=webpush_client,
+                webhook_session=webhook_session,
+                guard=guard,
+                token_cache=token_cache,
             )
         )
 

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 
 from push.gateway import RoutedSender, send_one
+from push.lru import LruCache
 from push.messages import Channel, Message
 from push.result import DeliveryResult, Outcome
 from push.stores import (
@@ -101,13 +102,16 @@ class CircuitBreaker:
         auth_open_s: float = 300.0,
         probe_ttl_s: float = 15.0,
         closed_recheck_s: float = 1.0,
+        closed_keys_kept: int = 4096,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store or MemoryBreakerStore()
         # A closed breaker is re-read from the (shared) store at most this often: a trip
         # by another process is seen within it, and a send costs no store read.
         self.closed_recheck_s = closed_recheck_s
-        self._closed_seen: dict[str, float] = {}  # key -> when the store last said closed
+        # route key -> when the store last said closed; webhook hosts and push service
+        # origins come from input, so the keys are unbounded: keep the most recent
+        self._closed_seen: LruCache[str, float] = LruCache(closed_keys_kept)
         self.failure_threshold = failure_threshold
         self.window_s = window_s
         self.open_s = open_s
@@ -123,7 +127,7 @@ class CircuitBreaker:
             return 0.0, False
         open_until = await self.store.open_until(key)
         if not open_until:
-            self._closed_seen[key] = now
+            self._closed_seen.put(key, now)
             return 0.0, False
         if now < open_until:
             return open_until - now, False
@@ -134,7 +138,7 @@ class CircuitBreaker:
     async def after(self, key: str, result: DeliveryResult, *, probe: bool) -> None:
         now = self._clock()
         if result.outcome is Outcome.CREDENTIALS or _is_gateway_failure(result):
-            self._closed_seen.pop(key, None)  # the next send asks the store again
+            self._closed_seen.pop(key)  # the next send asks the store again
         if result.outcome is Outcome.CREDENTIALS:
             log.error(
                 "breaker %s opened: credentials rejected (%s)",

@@ -11,7 +11,8 @@ Exceptions are for problems found *before* anything is sent, or for misconfigura
     │   ├── PayloadTooLargeError    over the channel's limit even after shortening text
     │   └── InvalidMessageError     a field is malformed (bad token shape, bad URL, ...)
     ├── CouponError                 a coupon code is malformed or fails its check character
-    ├── UnsafeDestinationError      a webhook URL fails the SSRF guard: drop it
+    ├── UnsafeDestinationError      a URL from input fails the destination guard: drop it
+    ├── DestinationLookupError      its host cannot be resolved right now: retry
     └── CredentialsError            a gateway credential cannot be minted (OAuth, JWT)
 
 Foreign exceptions (httpx, jinja2, cryptography, google-auth) are translated at the edge
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigError",
     "CouponError",
     "CredentialsError",
+    "DestinationLookupError",
     "InvalidMessageError",
     "PayloadTooLargeError",
     "PushError",
@@ -73,7 +75,14 @@ class CouponError(PushError):
 
 
 class UnsafeDestinationError(PushError):
-    """A webhook destination failed the SSRF guard (scheme, address or redirect)."""
+    """A URL from input (webhook URL, Web Push endpoint) failed the destination guard
+    (`push.ssrf`): its scheme, host or resolved address is refused, or its name does not
+    exist. Permanent."""
+
+
+class DestinationLookupError(PushError):
+    """The destination's host could not be resolved now (``EAI_AGAIN``, a lookup timeout).
+    Transient: retry later."""
 
 
 class CredentialsError(PushError):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
+import httpcore
 import httpx
 
 from push.redact import install_log_redaction
@@ -66,27 +67,56 @@ def ssl_context(ca_bundle: Path | str | None = None) -> ssl.SSLContext:
     return context
 
 
+def _transport(
+    *,
+    verify: ssl.SSLContext,
+    http1: bool,
+    limits: httpx.Limits,
+    network_backend: httpcore.AsyncNetworkBackend | None,
+) -> httpx.AsyncHTTPTransport:
+    transport = httpx.AsyncHTTPTransport(verify=verify, http1=http1, http2=True, limits=limits)
+    if network_backend is not None:
+        # httpx takes no network backend: give the transport a pool like its own that
+        # connects through `network_backend` (tests/push/test_guarded_http.py checks it)
+        transport._pool = httpcore.AsyncConnectionPool(
+            ssl_context=verify,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            http1=http1,
+            http2=True,
+            network_backend=network_backend,
+        )
+    return transport
+
+
 def make_client(
     *,
     ca_bundle: Path | str | None = None,
     h2c: bool = True,
     max_connections: int = 100,
     timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+    network_backend: httpcore.AsyncNetworkBackend | None = None,
 ) -> httpx.AsyncClient:
     """The process's `httpx.AsyncClient` for FCM, APNs and Web Push.
 
     ``https://`` URLs negotiate HTTP/2 by ALPN (falling back to HTTP/1.1 only if the
     server offers nothing else). ``http://`` URLs — local gateways only — speak HTTP/2
     with prior knowledge (h2c) when `h2c`, else HTTP/1.1. Redirects are never followed;
-    timeouts are bounded; proxies from the environment are ignored. The caller closes it.
+    timeouts are bounded; proxies from the environment are ignored. `network_backend`
+    opens the TCP connections when given (`push.guarded_http.guarded_client` passes the
+    destination guard's). The caller closes it.
     """
     install_log_redaction()
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=20)
+    verify = ssl_context(ca_bundle)
     mounts: dict[str, httpx.AsyncBaseTransport | None] = {
-        "https://": httpx.AsyncHTTPTransport(
-            verify=ssl_context(ca_bundle), http2=True, limits=limits
+        "https://": _transport(
+            verify=verify, http1=True, limits=limits, network_backend=network_backend
         ),
-        "http://": httpx.AsyncHTTPTransport(http1=not h2c, http2=True, limits=limits),
+        "http://": _transport(
+            verify=verify, http1=not h2c, limits=limits, network_backend=network_backend
+        ),
     }
     return httpx.AsyncClient(
         mounts=mounts, timeout=timeout, follow_redirects=False, trust_env=False

@@ -23,8 +23,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from push.errors import UnsafeDestinationError
 from push.gateways.apns import APNS_URL
 from push.gateways.fcm import FCM_URL
+from push.ssrf import canonical_host
 from worker.rules import DEFAULT_RULES, Rule
 
 ENV_PREFIX = "PUSHREC_"
@@ -198,7 +200,16 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = Field(
         default=None, description="Comma-separated whsec_ secrets; the first signs."
     )
-    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    destination_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts exempt from the destination guard (push/ssrf.py): webhook URLs "
+        "and Web Push endpoints there may be http and private (trusted receivers, local "
+        "test gateways). Comma-separated.",
+    )
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Former name of destination_allowed_hosts, added to it.",
+    )
     ca_bundle: Path | None = None
 
     @classmethod
@@ -216,10 +227,30 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
 
-    @field_validator("webhook_allowed_hosts", mode="before")
+    @field_validator("destination_allowed_hosts", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _hosts_from_csv(cls, value: Any) -> Any:
         return _split_csv(value)
+
+    @field_validator("destination_allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        for host in value:
+            try:
+                canonical_host(host)
+            except UnsafeDestinationError as exc:
+                raise ValueError(f"{host[:64]!r}: {exc}") from None
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _former_allowlist_name(cls, data: Any) -> Any:
+        # One fact, one field: hosts given under the former name join the guard's list.
+        if isinstance(data, dict) and data.get("webhook_allowed_hosts"):
+            former = _split_csv(data["webhook_allowed_hosts"])
+            current = _split_csv(data.get("destination_allowed_hosts") or [])
+            data = {**data, "destination_allowed_hosts": [*current, *former]}
+        return data
 
     @field_validator("key_prefix")
     @classmethod

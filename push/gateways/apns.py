@@ -130,7 +130,8 @@ def map_apns_response(
     message: Message, status: int, headers: Mapping[str, str], body: bytes
 ) -> DeliveryResult:
     """APNs' answer -> outcome (pure). ``403 ExpiredProviderToken`` is a retry: the
-    sender drops the token and the next attempt mints a fresh one."""
+    sender drops the token and the next attempt mints a fresh one (no sooner than 20
+    minutes after the last: `ProviderTokens.invalidate`)."""
     mid, ch = message.id, "apns"
     if status == 200:
         return DeliveryResult.ok(mid, ch, headers.get("apns-id"))
@@ -201,7 +202,9 @@ class ApnsGateway:
             message, response.status_code, response.headers, response.content
         )
         if result.reason == "apns:ExpiredProviderToken":
-            await self._tokens.invalidate(provider_token)
+            wait = await self._tokens.invalidate(provider_token, now)
+            if wait > 0:  # no new token before then: retrying sooner meets the same answer
+                result = result.with_retry_after(wait)
         if not result.delivered:
             log.info(
                 "apns %s for message %s device %s",

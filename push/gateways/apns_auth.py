@@ -6,6 +6,11 @@ ExpiredProviderToken). We mint ``{"alg": "ES256", "kid": key_id}.{"iss": team_id
 now}``, publish it in a shared `TokenCache` for `refresh_after_s` (default 40 minutes)
 and keep a process-local copy, so the cache is read about once per refresh, not per send.
 When several processes mint at once, `TokenCache.add` makes them all adopt one winner.
+
+The shared entry is also the 20-minute floor: a token is only minted when the cache holds
+none, and a token APNs calls expired leaves the cache only once it is 20 minutes old
+(`invalidate`). A younger one called expired means our clock is off; a new token would
+not cure that, and APNs would refuse it (TooManyProviderTokenUpdates).
 """
 
 from __future__ import annotations
@@ -128,8 +133,15 @@ class ProviderTokens:
             self._local = (token, _issued_at(token))
             return token
 
-    async def invalidate(self, token: str) -> None:
-        """Drop `token` (APNs called it expired) locally and from the shared cache."""
+    async def invalidate(self, token: str, now: float | None = None) -> float:
+        """APNs called `token` expired: drop it, locally and from the shared cache, so the
+        next `token()` mints a new one, unless it was issued less than 20 minutes ago
+        (module doc). Returns the seconds until a new token may be minted (0 if now)."""
+        current = time.time() if now is None else now
+        wait = _issued_at(token) + MIN_REFRESH_S - current
+        if wait > 0:
+            return wait
         if self._local and self._local[0] == token:
             self._local = None
         await self._cache.discard(self.key.cache_key, token)
+        return 0.0

@@ -3,7 +3,8 @@
 ``Authorization: vapid t=<JWT>, k=<base64url uncompressed P-256 public key>``, the JWT
 being ES256 over ``{"aud": <push service origin>, "exp": <= 24 h ahead, "sub": mailto:
 or https: contact}``. One JWT per push-service origin is reused until an hour before it
-expires (12 h lifetime), so signing costs nothing per message.
+expires (12 h lifetime), so signing costs nothing per message; at most `ORIGINS_KEPT`
+origins are remembered (least recently used go first).
 """
 
 from __future__ import annotations
@@ -19,12 +20,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from push.errors import ConfigError
+from push.lru import LruCache
 from push.redact import fingerprint
 
-__all__ = ["VapidKey", "b64url", "origin_of"]
+__all__ = ["ORIGINS_KEPT", "VapidKey", "b64url", "origin_of"]
 
 LIFETIME_S = 12 * 3600
 RENEW_BEFORE_S = 3600
+ORIGINS_KEPT = 1024
+"""Push service origins remembered per process (JWTs here, route keys in `webpush.py`):
+real push services are a handful, but every endpoint a shopper registers names one, so
+the caches are bounded; an evicted origin costs one ES256 signature or fingerprint."""
 
 
 def b64url(data: bytes) -> str:
@@ -43,7 +49,9 @@ class VapidKey:
 
     private_key: ec.EllipticCurvePrivateKey = field(repr=False)
     subject: str
-    _jwts: dict[str, tuple[str, float]] = field(default_factory=dict, repr=False)
+    _jwts: LruCache[str, tuple[str, float]] = field(
+        default_factory=lambda: LruCache(ORIGINS_KEPT), repr=False
+    )
 
     def __post_init__(self) -> None:
         if self.private_key.curve.name != "secp256r1":
@@ -99,5 +107,5 @@ class VapidKey:
                 headers={"typ": "JWT"},
             )
             cached = (token, float(exp))
-            self._jwts[audience] = cached
+            self._jwts.put(audience, cached)
         return f"vapid t={cached[0]}, k={self.public_key_b64}"

@@ -4,8 +4,9 @@
 across retries, the receiver's idempotency key), ``webhook-timestamp`` (integer Unix
 seconds of this attempt) and ``webhook-signature``: space-separated ``v1,<base64
 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>``, one per secret so keys rotate without
-downtime. Secrets are ``whsec_<base64 key>``. The destination passes the SSRF guard
-(`push.ssrf`) before and while connecting; redirects are refused.
+downtime. Secrets are ``whsec_<base64 key>``. The URL passes the destination guard
+(`push.ssrf`) before the request, its resolved addresses again at connect time
+(`push.guarded_http.guarded_session`); redirects are refused.
 """
 
 from __future__ import annotations
@@ -16,20 +17,25 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from push.errors import ConfigError, InvalidMessageError, UnsafeDestinationError
+from push.errors import (
+    ConfigError,
+    DestinationLookupError,
+    InvalidMessageError,
+    UnsafeDestinationError,
+)
 from push.http import HttpRequest, parse_retry_after
 from push.messages import Channel, Message
 from push.payload import LIMITS, compact_json, fit_payload
 from push.redact import fingerprint, safe_url
 from push.result import DeliveryResult
-from push.ssrf import UnsafeAddressError, check_destination
+from push.ssrf import DestinationGuard
 
 __all__ = [
     "WebhookGateway",
@@ -42,7 +48,6 @@ __all__ = [
 ]
 
 EVENT_TYPE = "push.message"
-CHECK_TTL_S = 60.0
 log = logging.getLogger("push.webhook")
 
 
@@ -160,10 +165,11 @@ def map_webhook_response(
 
 
 class WebhookGateway:
-    """Posts signed webhooks through a guarded session (`push.ssrf.guarded_session`).
+    """Posts signed webhooks through a session made by `push.guarded_http.guarded_session`
+    with the same `guard`.
 
     `secrets` are ``whsec_`` strings; the first is current, the rest are being rotated out
-    (all of them sign). `allowed_hosts` may be plain http and private (trusted receivers).
+    (all of them sign).
     """
 
     channel = Channel.WEBHOOK
@@ -173,51 +179,37 @@ class WebhookGateway:
         session: aiohttp.ClientSession,
         secrets: Sequence[str],
         *,
-        allowed_hosts: Collection[str] = (),
+        guard: DestinationGuard,
     ) -> None:
         self._session = session
         self._keys = [decode_secret(s) for s in secrets]
         if not self._keys:
             raise ConfigError("no webhook secret configured")
-        self._allowed = frozenset(allowed_hosts)
+        self._guard = guard
         self.credential_key = "webhook:" + fingerprint(self._keys[0])
-        self._checked: dict[str, float] = {}  # origin -> pre-check valid until (monotonic)
 
     def route_key(self, message: Message) -> str:
         """Breakers and rate limits are per receiving host: one bad receiver stops alone."""
         host = urlsplit(message.device.token).hostname or ""
         return f"webhook:{fingerprint(host)}"
 
-    async def _check(self, url: str) -> None:
-        """The SSRF pre-check, remembered per origin for `CHECK_TTL_S` when it passes
-        (the resolver re-checks every new connection anyway)."""
-        origin = url.split("/", 3)[:3]
-        key = "/".join(origin)
-        now = time.monotonic()
-        if self._checked.get(key, 0.0) > now:
-            return
-        await check_destination(url, self._allowed)
-        if len(self._checked) > 10_000:
-            self._checked.clear()
-        self._checked[key] = now + CHECK_TTL_S
-
     async def send(self, message: Message) -> DeliveryResult:
+        url = message.device.token
         try:
-            await self._check(message.device.token)
-        except UnsafeDestinationError as exc:
-            log.warning("webhook %s refused: %s", safe_url(message.device.token), exc)
-            return DeliveryResult.failed(message.id, "webhook", "webhook:unsafe_destination")
-        request = build_webhook_request(message, secrets=self._keys, now=time.time())
-        try:
+            self._guard.check_url(url)
+            request = build_webhook_request(message, secrets=self._keys, now=time.time())
             async with self._session.post(
                 request.url, data=request.body, headers=request.headers, allow_redirects=False
             ) as response:
                 await response.read()
                 status, headers = response.status, response.headers
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, UnsafeAddressError):
-                log.warning("webhook %s refused at connect", safe_url(message.device.token))
-                return DeliveryResult.failed(message.id, "webhook", "webhook:unsafe_destination")
+        except UnsafeDestinationError as exc:
+            log.warning("webhook %s refused: %s", safe_url(url), exc)
+            return DeliveryResult.failed(message.id, "webhook", "webhook:unsafe_destination")
+        except DestinationLookupError as exc:
+            log.info("webhook %s: %s", safe_url(url), exc)
+            return DeliveryResult.retry(message.id, "webhook", "webhook:dns_unavailable")
+        except aiohttp.ClientConnectorError:
             return DeliveryResult.retry(message.id, "webhook", "webhook:network:connect")
         except TimeoutError:
             return DeliveryResult.retry(message.id, "webhook", "webhook:timeout")

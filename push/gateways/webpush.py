@@ -6,7 +6,9 @@ ephemeral P-256 key and a fresh 16-byte salt per message, ECDH with the subscrib
 (one 4096-byte record). Headers: ``TTL`` (always), ``Urgency``, ``Topic`` (the message
 id, <= 32 base64url characters: a duplicate replaces the first while undelivered),
 ``Content-Encoding: aes128gcm`` and the VAPID ``Authorization``. 201 means accepted;
-404/410 mean the subscription is gone.
+404/410 mean the subscription is gone. Endpoints come from browsers via shoppers: each
+passes the destination guard (`push.ssrf`) before the request and again at connect time
+(`push.guarded_http.guarded_client`).
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ import http_ece
 import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from push.errors import InvalidMessageError
-from push.gateways.vapid import VapidKey, origin_of
+from push.errors import DestinationLookupError, InvalidMessageError, UnsafeDestinationError
+from push.gateways.vapid import ORIGINS_KEPT, VapidKey, origin_of
 from push.http import HttpRequest, parse_retry_after, transport_failure
+from push.lru import LruCache
 from push.messages import Channel, Message, WebPushSubscription, web_push_topic
 from push.payload import LIMITS, compact_json, fit_payload
 from push.redact import fingerprint, safe_url
 from push.result import DeliveryResult
+from push.ssrf import DestinationGuard
 
 __all__ = [
     "WebPushGateway",
@@ -137,28 +141,41 @@ def map_webpush_response(
 
 
 class WebPushGateway:
-    """Sends Web Push messages; one `VapidKey` for every push service."""
+    """Sends Web Push messages; one `VapidKey` for every push service. `client` is made
+    by `push.guarded_http.guarded_client` with the same `guard`."""
 
     channel = Channel.WEBPUSH
 
-    def __init__(self, client: httpx.AsyncClient, vapid: VapidKey) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, vapid: VapidKey, *, guard: DestinationGuard
+    ) -> None:
         self._client = client
         self._vapid = vapid
+        self._guard = guard
         self.credential_key = vapid.credential_key
-        self._route_keys: dict[str, str] = {}  # push service origin -> key (a handful)
+        self._route_keys: LruCache[str, str] = LruCache(ORIGINS_KEPT)  # origin -> key
 
     def route_key(self, message: Message) -> str:
         """Per VAPID key and push service (FCM, Mozilla, Apple... fail independently)."""
         origin = origin_of(message.device.address)
         key = self._route_keys.get(origin)
         if key is None:
-            key = self._route_keys[origin] = f"webpush:{self.credential_key}:{fingerprint(origin)}"
+            key = f"webpush:{self.credential_key}:{fingerprint(origin)}"
+            self._route_keys.put(origin, key)
         return key
 
     async def send(self, message: Message) -> DeliveryResult:
-        request = build_webpush_request(message, vapid=self._vapid, now=time.time())
+        endpoint = message.device.address
         try:
+            self._guard.check_url(endpoint)
+            request = build_webpush_request(message, vapid=self._vapid, now=time.time())
             response = await self._client.send(request.to_httpx(self._client))
+        except UnsafeDestinationError as exc:
+            log.warning("webpush %s refused: %s", safe_url(endpoint), exc)
+            return DeliveryResult.failed(message.id, "webpush", "webpush:unsafe_destination")
+        except DestinationLookupError as exc:
+            log.info("webpush %s: %s", safe_url(endpoint), exc)
+            return DeliveryResult.retry(message.id, "webpush", "webpush:dns_unavailable")
         except httpx.HTTPError as exc:
             return transport_failure(exc, message.id, "webpush")
         result = map_webpush_response(message, response.status_code, response.headers)

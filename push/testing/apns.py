@@ -61,7 +61,12 @@ class ApnsServer(GatewayServer):
         self.enforce_token_updates = enforce_token_updates
         self._keys: dict[str, tuple[str, Any]] = {}  # kid -> (team, public key)
         self._current: dict[str, tuple[str, int]] = {}  # kid -> (token, iat) in use
-        self.provider_tokens_seen: set[str] = set()
+        self.provider_tokens_seen: set[str] = set()  # each token APNs took as new
+
+    def reset(self) -> None:
+        """Also forget the tokens seen (keys keep their 20-minute memory, as APNs does)."""
+        super().reset()
+        self.provider_tokens_seen.clear()
 
     def signing_key(
         self, team_id: str = "TEAM123456", key_id: str | None = None

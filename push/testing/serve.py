@@ -75,7 +75,7 @@ def local_gateways(state_dir: Path, *, latency_ms: float = 0.0) -> Iterator[dict
                 "PUSHREC_VAPID_PRIVATE_KEY": str(vapid_pem),
                 "PUSHREC_VAPID_SUBJECT": SUBJECT,
                 "PUSHREC_WEBHOOK_SECRET": webhook.secrets[0],
-                "PUSHREC_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+                "PUSHREC_DESTINATION_ALLOWED_HOSTS": "127.0.0.1",
             },
             "targets": {
                 "fcm": "fcm-demo-" + uuid.uuid4().hex,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from typing import Any
 
 from push.messages import Channel, Device, Message
+from push.ssrf import ResolvedAddress, Resolver
 
 
 def fcm_token() -> str:
@@ -26,3 +28,16 @@ def message(channel: Channel, token: str, **overrides: Any) -> Message:
     }
     fields.update(overrides)
     return Message(**fields)
+
+
+def resolver(answers: dict[str, list[str] | int]) -> Resolver:
+    """A `push.ssrf.Resolver` answering from `answers`: host -> addresses, or -> the
+    getaddrinfo error number it fails with (``socket.EAI_AGAIN``). Other hosts: no such name."""
+
+    async def resolve(host: str, port: int) -> list[ResolvedAddress]:
+        answer = answers.get(host, socket.EAI_NONAME)
+        if isinstance(answer, int):
+            raise socket.gaierror(answer, f"scripted DNS failure {answer}")
+        return [ResolvedAddress(socket.AF_INET6 if ":" in a else socket.AF_INET, a) for a in answer]
+
+    return resolve

@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from push.gateways.apns import ApnsGateway, apns_id, build_apns_request, map_apns_response
-from push.gateways.apns_auth import ApnsKey, ProviderTokens
+from push.gateways.apns_auth import MIN_REFRESH_S, ApnsKey, ProviderTokens
 from push.http import make_client
 from push.messages import Channel, Message, Priority
-from push.result import Outcome
+from push.result import DeliveryResult, Outcome
 from push.stores import MemoryTokenCache
 from push.testing import ApnsServer, Scripted, serve_app
 from push.testing.tls import make_certificates
@@ -132,17 +132,44 @@ def test_minting_per_process_without_sharing_is_refused_by_apns(apns: ApnsServer
     assert result.reason == "apns:TooManyProviderTokenUpdates"
 
 
-def test_expired_token_is_invalidated_and_a_new_one_minted() -> None:
-    async def go() -> tuple[str, str]:
+def test_expired_token_is_replaced_only_once_20_minutes_old() -> None:
+    async def go() -> None:
         tokens = ProviderTokens(
             ApnsKey.from_pem(ApnsServer().signing_key()[0], key_id="K", team_id="T")
         )
-        old = await tokens.token()
-        await tokens.invalidate(old)
-        return old, await tokens.token(now=10**10)
+        issued = 1_800_000_000.0
+        old = await tokens.token(now=issued)
+        # Called expired at 5 minutes: kept (a new one would be refused), with the wait
+        assert await tokens.invalidate(old, now=issued + 300) == MIN_REFRESH_S - 300
+        assert await tokens.token(now=issued + 301) == old and tokens.minted == 1
+        # At 20 minutes it may go: the next token is a new one
+        assert await tokens.invalidate(old, now=issued + MIN_REFRESH_S) == 0.0
+        assert await tokens.token(now=issued + MIN_REFRESH_S + 1) != old
+        assert tokens.minted == 2
 
-    old, new = asyncio.run(go())
-    assert old != new
+    asyncio.run(go())
+
+
+def test_expired_provider_token_answers_do_not_re_mint_within_20_minutes(
+    apns: ApnsServer,
+) -> None:
+    token = apns_token()
+    expired = Scripted(403, reason="ExpiredProviderToken")
+    apns.script.push(expired, expired, key=token)
+    tokens = ProviderTokens(_key(apns))
+
+    async def go() -> list[DeliveryResult]:
+        async with make_client() as client:
+            gateway = ApnsGateway(client, tokens, topic=TOPIC, base_url=apns.base_url)
+            return [await gateway.send(message(Channel.APNS, token)) for _ in range(3)]
+
+    first, second, third = asyncio.run(go())
+    for result in (first, second):
+        assert (result.outcome, result.reason) == (Outcome.RETRY, "apns:ExpiredProviderToken")
+        # no new token before 20 minutes: come back then, not in a second
+        assert result.retry_after is not None and result.retry_after > MIN_REFRESH_S - 60
+    assert third.outcome is Outcome.DELIVERED
+    assert tokens.minted == 1 and len(apns.provider_tokens_seen) == 1
 
 
 def test_unregistered_device_gets_gateway_timestamp(apns: ApnsServer) -> None:

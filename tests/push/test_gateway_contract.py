@@ -22,10 +22,11 @@ from push.gateways.google_oauth import ServiceAccountTokens
 from push.gateways.vapid import VapidKey
 from push.gateways.webhook import WebhookGateway
 from push.gateways.webpush import WebPushGateway
+from push.guarded_http import guarded_client, guarded_session
 from push.http import make_client
 from push.messages import Channel, Device, Message, WebPushSubscription
 from push.result import Outcome
-from push.ssrf import guarded_session
+from push.ssrf import DestinationGuard
 from push.testing import ApnsServer, FcmServer, WebhookReceiver, WebPushService
 from tests.push.helpers import apns_token, fcm_token, message
 
@@ -106,8 +107,9 @@ def case(
 
         @asynccontextmanager
         async def open_webpush() -> AsyncIterator[Gateway]:
-            async with make_client() as client:
-                yield WebPushGateway(client, vapid)
+            guard = DestinationGuard(["127.0.0.1"])
+            async with guarded_client(guard) as client:
+                yield WebPushGateway(client, vapid, guard=guard)
 
         return Case(
             open_webpush,
@@ -119,8 +121,9 @@ def case(
 
     @asynccontextmanager
     async def open_webhook() -> AsyncIterator[Gateway]:
-        async with guarded_session(["127.0.0.1"]) as session:
-            yield WebhookGateway(session, receiver.secrets, allowed_hosts=["127.0.0.1"])
+        guard = DestinationGuard(["127.0.0.1"])
+        async with guarded_session(guard) as session:
+            yield WebhookGateway(session, receiver.secrets, guard=guard)
 
     def gone_message() -> Message:
         receiver.script.push(

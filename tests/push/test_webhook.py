@@ -1,14 +1,14 @@
-"""Standard Webhooks signing, the SSRF guard, and sends to the local receiver."""
+"""Standard Webhooks signing, sends to the local receiver, and the destination guard on them."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
+from urllib.parse import urlsplit
 
-import aiohttp
 import pytest
 
-from push.errors import UnsafeDestinationError
 from push.gateways.webhook import (
     WebhookGateway,
     build_webhook_request,
@@ -16,11 +16,12 @@ from push.gateways.webhook import (
     sign_webhook,
     verify_webhook,
 )
+from push.guarded_http import guarded_session
 from push.messages import Channel
-from push.result import Outcome
-from push.ssrf import UnsafeAddressError, check_destination, forbidden_address, guarded_session
+from push.result import DeliveryResult, Outcome
+from push.ssrf import DestinationGuard
 from push.testing import Scripted, WebhookReceiver, new_webhook_secret
-from tests.push.helpers import message
+from tests.push.helpers import message, resolver
 
 
 def test_signature_matches_the_standard_webhooks_reference_vector() -> None:
@@ -44,49 +45,14 @@ def test_rotation_signs_with_every_secret_and_either_verifies() -> None:
     assert verify_webhook(request.headers, request.body, [new], now=1_700_001_000)
 
 
-@pytest.mark.parametrize(
-    "address",
-    ["127.0.0.1", "10.1.2.3", "172.16.0.9", "192.168.1.1", "169.254.169.254", "::1",
-     "fe80::1", "fd00:ec2::254", "::ffff:127.0.0.1", "100.64.0.1", "0.0.0.0"],
-)  # fmt: skip
-def test_internal_addresses_are_forbidden(address: str) -> None:
-    assert forbidden_address(address) is not None
+LOCAL = DestinationGuard(["127.0.0.1"])
 
 
-def test_public_address_is_allowed() -> None:
-    assert forbidden_address("93.184.216.34") is None
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "https://127.0.0.1/hook",
-        "https://10.0.0.5/hook",
-        "https://169.254.169.254/latest/meta-data/",
-        "https://localhost/hook",
-        "http://93.184.216.34/hook",  # plain http to a non-allowlisted host
-        "ftp://example.com/x",
-    ],
-)
-def test_ssrf_guard_refuses(url: str) -> None:
-    with pytest.raises(UnsafeDestinationError):
-        asyncio.run(check_destination(url, allowed_hosts=()))
-
-
-def test_guarded_session_refuses_at_connect_time() -> None:
-    # No pre-check here: the resolver itself must refuse a name that resolves inward.
-    async def go() -> None:
-        async with guarded_session(()) as session, session.get("http://localhost:9/"):
-            pass
-
-    with pytest.raises(aiohttp.ClientConnectorError) as caught:
-        asyncio.run(go())
-    assert isinstance(caught.value.os_error, UnsafeAddressError)
-
-
-async def _send(receiver: WebhookReceiver, url: str, *, allowed: tuple[str, ...] = ("127.0.0.1",)):  # type: ignore[no-untyped-def]
-    async with guarded_session(allowed) as session:
-        gateway = WebhookGateway(session, receiver.secrets, allowed_hosts=allowed)
+async def _send(
+    receiver: WebhookReceiver, url: str, *, guard: DestinationGuard = LOCAL
+) -> DeliveryResult:
+    async with guarded_session(guard) as session:
+        gateway = WebhookGateway(session, receiver.secrets, guard=guard)
         return await gateway.send(message(Channel.WEBHOOK, url, data={"sku": "42"}))
 
 
@@ -101,8 +67,8 @@ def test_webhook_delivered_and_verified(receiver: WebhookReceiver) -> None:
 
 def test_wrong_secret_is_rejected_by_the_receiver(receiver: WebhookReceiver) -> None:
     async def go():  # type: ignore[no-untyped-def]
-        async with guarded_session(["127.0.0.1"]) as session:
-            gateway = WebhookGateway(session, [new_webhook_secret()], allowed_hosts=["127.0.0.1"])
+        async with guarded_session(LOCAL) as session:
+            gateway = WebhookGateway(session, [new_webhook_secret()], guard=LOCAL)
             return await gateway.send(message(Channel.WEBHOOK, receiver.base_url + "/in"))
 
     result = asyncio.run(go())
@@ -118,10 +84,26 @@ def test_redirect_to_internal_address_is_not_followed(receiver: WebhookReceiver)
 
 
 def test_non_allowlisted_loopback_is_refused_without_a_request(receiver: WebhookReceiver) -> None:
-    result = asyncio.run(_send(receiver, receiver.base_url + "/in", allowed=()))
+    result = asyncio.run(_send(receiver, receiver.base_url + "/in", guard=DestinationGuard()))
     assert result.outcome is Outcome.FAILED
     assert result.reason == "webhook:unsafe_destination"
     assert list(receiver.received) == []
+
+
+def test_name_resolving_inward_is_refused_at_connect_without_a_request(
+    receiver: WebhookReceiver,
+) -> None:
+    guard = DestinationGuard(resolver=resolver({"hooks.shop.example": ["127.0.0.1"]}))
+    url = f"https://hooks.shop.example:{urlsplit(receiver.base_url).port}/in"
+    result = asyncio.run(_send(receiver, url, guard=guard))
+    assert (result.outcome, result.reason) == (Outcome.FAILED, "webhook:unsafe_destination")
+    assert list(receiver.received) == []
+
+
+def test_temporary_dns_failure_is_a_retry_not_a_refusal(receiver: WebhookReceiver) -> None:
+    guard = DestinationGuard(resolver=resolver({"hooks.shop.example": socket.EAI_AGAIN}))
+    result = asyncio.run(_send(receiver, "https://hooks.shop.example/in", guard=guard))
+    assert (result.outcome, result.reason) == (Outcome.RETRY, "webhook:dns_unavailable")
 
 
 @pytest.mark.parametrize(
@@ -148,27 +130,3 @@ def test_webhook_body_is_compact_json(receiver: WebhookReceiver) -> None:
     request = build_webhook_request(msg, secrets=[decode_secret(receiver.secrets[0])], now=0)
     assert json.loads(request.body)["data"]["title"] == "Grüße €"
     assert b'", "' not in request.body and b'": ' not in request.body
-
-
-def test_pre_check_is_remembered_per_origin_but_not_across_origins(
-    receiver: WebhookReceiver,
-) -> None:
-    async def go() -> list[Outcome]:
-        async with guarded_session(["127.0.0.1"]) as session:
-            gateway = WebhookGateway(session, receiver.secrets, allowed_hosts=["127.0.0.1"])
-            outcomes = []
-            for url in (
-                receiver.base_url + "/a",
-                receiver.base_url + "/b",
-                "https://10.0.0.1/a",
-                "https://10.0.0.1/a",
-            ):
-                outcomes.append((await gateway.send(message(Channel.WEBHOOK, url))).outcome)
-            return outcomes
-
-    assert asyncio.run(go()) == [
-        Outcome.DELIVERED,
-        Outcome.DELIVERED,
-        Outcome.FAILED,
-        Outcome.FAILED,
-    ]

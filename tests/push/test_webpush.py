@@ -7,6 +7,9 @@ import asyncio
 import base64
 import json
 import os
+import socket
+from dataclasses import replace
+from urllib.parse import urlsplit
 
 import http_ece
 import jwt
@@ -15,19 +18,22 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from push.errors import PayloadTooLargeError
-from push.gateways.vapid import VapidKey
+from push.gateways.vapid import ORIGINS_KEPT, VapidKey
 from push.gateways.webpush import (
     WebPushGateway,
     build_webpush_request,
     encrypt,
     map_webpush_response,
 )
-from push.http import make_client
+from push.guarded_http import guarded_client
 from push.messages import Channel, Device, Message, WebPushSubscription
-from push.result import Outcome
+from push.result import DeliveryResult, Outcome
+from push.ssrf import DestinationGuard
 from push.testing import Scripted, WebPushService
+from tests.push.helpers import resolver
 
 SUBJECT = "mailto:ops@shop.example"
+LOCAL = DestinationGuard(["127.0.0.1"])  # the local push service
 
 
 def _subscriber() -> tuple[WebPushSubscription, ec.EllipticCurvePrivateKey, bytes]:
@@ -121,9 +127,11 @@ def test_status_mapping(status: int, outcome: Outcome) -> None:
     assert map_webpush_response(_message(sub), status, {}).outcome is outcome
 
 
-async def _send(messages: list[Message], vapid: VapidKey) -> list:  # type: ignore[type-arg]
-    async with make_client() as client:
-        gateway = WebPushGateway(client, vapid)
+async def _send(
+    messages: list[Message], vapid: VapidKey, guard: DestinationGuard = LOCAL
+) -> list[DeliveryResult]:
+    async with guarded_client(guard) as client:
+        gateway = WebPushGateway(client, vapid, guard=guard)
         return [await gateway.send(m) for m in messages]
 
 
@@ -160,6 +168,58 @@ def test_429_with_retry_after(webpush: WebPushService) -> None:
     webpush.script.push(Scripted(429, retry_after="12"), key=path)
     [result] = asyncio.run(_send([_message(subscription)], VapidKey.generate(SUBJECT)))
     assert result.outcome is Outcome.RETRY and result.retry_after == 12.0
+
+
+def test_endpoint_on_loopback_is_refused_without_a_request(webpush: WebPushService) -> None:
+    # The case: a subscription naming 127.0.0.1, the guard not told to allow it.
+    vapid = VapidKey.generate(SUBJECT)
+    msg = _message(webpush.subscribe(vapid.public_key_b64))
+    [result] = asyncio.run(_send([msg], vapid, DestinationGuard()))
+    assert (result.outcome, result.reason) == (Outcome.FAILED, "webpush:unsafe_destination")
+    assert list(webpush.received) == []
+
+
+def test_endpoint_name_resolving_inward_is_refused_at_connect_time(
+    webpush: WebPushService,
+) -> None:
+    vapid = VapidKey.generate(SUBJECT)
+    subscription = webpush.subscribe(vapid.public_key_b64)
+    port, path = urlsplit(subscription["endpoint"]).port, urlsplit(subscription["endpoint"]).path
+    subscription["endpoint"] = f"https://push.shop.example:{port}{path}"
+    guard = DestinationGuard(resolver=resolver({"push.shop.example": ["127.0.0.1"]}))
+    [result] = asyncio.run(_send([_message(subscription)], vapid, guard))
+    assert (result.outcome, result.reason) == (Outcome.FAILED, "webpush:unsafe_destination")
+    assert list(webpush.received) == []
+
+
+def test_temporary_dns_failure_is_a_retry(webpush: WebPushService) -> None:
+    subscription = webpush.subscribe()
+    subscription["endpoint"] = "https://push.shop.example/push/x"
+    guard = DestinationGuard(resolver=resolver({"push.shop.example": socket.EAI_AGAIN}))
+    [result] = asyncio.run(_send([_message(subscription)], VapidKey.generate(SUBJECT), guard))
+    assert (result.outcome, result.reason) == (Outcome.RETRY, "webpush:dns_unavailable")
+
+
+def test_per_origin_caches_are_bounded() -> None:
+    # Every endpoint a shopper registers names an origin: the JWTs and route keys kept
+    # per origin must not grow with them.
+    async def go() -> tuple[int, int]:
+        vapid = VapidKey.generate(SUBJECT)
+        sub, _, _ = _subscriber()
+        async with guarded_client(LOCAL) as client:
+            gateway = WebPushGateway(client, vapid, guard=LOCAL)
+            first = gateway.route_key(_message(sub))
+            for n in range(ORIGINS_KEPT + 50):
+                endpoint = f"https://p{n}.push.example/x"
+                vapid.authorization(endpoint, now=1000)
+                gateway.route_key(_message(replace(sub, endpoint=endpoint)))
+            again = gateway.route_key(_message(sub))  # evicted, then recomputed alike
+            assert again == first
+            return len(vapid._jwts), len(gateway._route_keys)
+
+    jwts, route_keys = asyncio.run(go())
+    assert jwts == ORIGINS_KEPT
+    assert route_keys == ORIGINS_KEPT
 
 
 def test_vapid_jwt_is_reused_per_origin() -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.clock import RUN_NOW
+from worker import contract
 from worker.service import ingest
 from worker.service.runtime import Runtime
 from worker.service.userview import user_view
+from worker.settings import Settings
 from worker.shoppers.catalog import ItemChange
 
 NOW = RUN_NOW  # applied events reach the trending buckets, which Redis expires
@@ -78,6 +82,59 @@ def test_device_views_never_show_the_token(runtime: Runtime) -> None:
     )
     assert "hex" in bad["rejected"]
     assert "other-secret" not in str(runtime.rejected.recent(5))
+
+
+P256DH = "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4"
+AUTH = "BTBZMqHH6r4Tts7J_aSIgg"
+
+
+def _webpush(endpoint: str) -> dict[str, object]:
+    keys = {"p256dh": P256DH, "auth": AUTH}
+    return {
+        "user_id": "a",
+        "channel": "webpush",
+        "subscription": {"endpoint": endpoint, "keys": keys},
+    }
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _webpush("https://127.0.0.1:8443/push/abc"),  # the case
+        _webpush("https://[::ffff:10.0.0.1]/push/abc"),
+        _webpush("http://fcm.googleapis.com/fcm/send/abc"),
+        {"user_id": "a", "channel": "webhook", "token": "https://2130706433/hook"},
+        {"user_id": "a", "channel": "webhook", "token": "https://169.254.169.254/latest"},
+        {"user_id": "a", "channel": "webhook", "token": "https://hooks.example@localhost/x"},
+    ],
+)
+def test_internal_destinations_are_rejected_recorded_and_counted(
+    runtime: Runtime, payload: dict[str, object]
+) -> None:
+    answer = ingest.register_device(runtime, payload, NOW)
+    assert "rejected" in answer
+    [kept] = runtime.rejected.recent(1)
+    assert kept["code"] == "unsafe_destination"
+    counted = runtime.metrics.snapshot()
+    assert counted[f"{contract.REGISTER_DEVICE}.rejected.unsafe_destination"] == 1
+    assert runtime.contacts.devices("a") == {}
+
+
+def test_public_destinations_are_registered(runtime: Runtime) -> None:
+    ingest.register_device(runtime, _webpush("https://fcm.googleapis.com/fcm/send/abc"), NOW)
+    webhook = {"user_id": "a", "channel": "webhook", "token": "https://hooks.shop.example/in"}
+    ingest.register_device(runtime, webhook, NOW)
+    assert len(runtime.contacts.devices("a")) == 2
+    assert runtime.rejected.recent(1) == []
+
+
+def test_allowlisted_hosts_may_register_http_and_internal_urls(settings: Settings) -> None:
+    rt = Runtime.open(settings.model_copy(update={"destination_allowed_hosts": ["127.0.0.1"]}))
+    try:
+        ingest.register_device(rt, _webpush("http://127.0.0.1:8080/push/abc"), NOW)
+        assert len(rt.contacts.devices("a")) == 1
+    finally:
+        rt.close()
 
 
 def test_unregister_removes_the_device(runtime: Runtime) -> None:

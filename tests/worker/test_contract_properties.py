@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from push.ssrf import DestinationGuard
 from tests.clock import RUN_NOW
 from worker.service import ingest
 from worker.service.runtime import Runtime
@@ -138,7 +139,7 @@ _PREFERENCES = {
 PARSERS: dict[str, tuple[Callable[[Any], object], dict[str, Any]]] = {
     "event": (lambda raw: parse_event(raw, Limits(), NOW), _EVENT),
     "item": (lambda raw: parse_item(raw, Limits(), NOW), _ITEM),
-    "device": (parse_device, _DEVICE),
+    "device": (lambda raw: parse_device(raw, guard=DestinationGuard()), _DEVICE),
     "removal": (parse_device_removal, _REMOVAL),
     "preferences": (parse_preferences, _PREFERENCES),
     "user_id": (lambda raw: parse_user_id(raw.get("user_id") if isinstance(raw, dict) else raw),

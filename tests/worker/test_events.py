@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from push.ssrf import DestinationGuard
 from tests.clock import FIXED_NOW
 from worker.shoppers.contact_inputs import parse_device, parse_preferences
 from worker.shoppers.inputs import InvalidInput, Limits, parse_event, parse_item, parse_ts
@@ -93,18 +94,20 @@ def test_item_upsert_keeps_only_fields_given() -> None:
         parse_item({"item_id": "sku-1", "url": "javascript:alert(1)"}, LIMITS, NOW)
 
 
+GUARD = DestinationGuard()
 P256DH = "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4"
 AUTH = "BTBZMqHH6r4Tts7J_aSIgg"
 
 
 def test_device_channels_check_their_token_shapes() -> None:
     assert (
-        parse_device({"user_id": "u", "channel": "apns", "token": "ab" * 32}).address == "ab" * 32
+        parse_device({"user_id": "u", "channel": "apns", "token": "ab" * 32}, guard=GUARD).address
+        == "ab" * 32
     )
     sub = {"endpoint": "https://push.example.net/x", "keys": {"p256dh": P256DH, "auth": AUTH}}
-    assert parse_device({"user_id": "u", "channel": "webpush", "subscription": sub}).address == (
-        "https://push.example.net/x"
-    )
+    assert parse_device(
+        {"user_id": "u", "channel": "webpush", "subscription": sub}, guard=GUARD
+    ).address == ("https://push.example.net/x")
     for bad, words in [
         ({"user_id": "u", "channel": "apns", "token": "not-hex"}, "hex"),
         ({"user_id": "u", "channel": "webpush", "token": "x"}, "subscription"),
@@ -120,7 +123,7 @@ def test_device_channels_check_their_token_shapes() -> None:
         ),
     ]:
         with pytest.raises(InvalidInput, match=words.replace("(", r"\(").replace(")", r"\)")):
-            parse_device(bad)
+            parse_device(bad, guard=GUARD)
 
 
 def test_preferences_validate_timezone_locale_and_quiet_hours() -> None:

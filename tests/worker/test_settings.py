@@ -26,11 +26,27 @@ def test_environment_sets_fields_and_broker_defaults_to_redis(
 ) -> None:
     monkeypatch.setenv("PUSHREC_REDIS_URL", "redis://:hunter2@cache:6379/2")
     monkeypatch.setenv("PUSHREC_RECENT_ITEMS_MAX", "10")
-    monkeypatch.setenv("PUSHREC_WEBHOOK_ALLOWED_HOSTS", "a.example, b.example")
+    monkeypatch.setenv("PUSHREC_DESTINATION_ALLOWED_HOSTS", "a.example, b.example")
     settings = Settings.load()
     assert settings.recent_items_max == 10
     assert settings.effective_broker_url == "redis://:hunter2@cache:6379/2"
-    assert settings.webhook_allowed_hosts == ["a.example", "b.example"]
+    assert settings.destination_allowed_hosts == ["a.example", "b.example"]
+
+
+def test_former_webhook_allowlist_joins_the_destination_allowlist(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PUSHREC_DESTINATION_ALLOWED_HOSTS", "a.example")
+    monkeypatch.setenv("PUSHREC_WEBHOOK_ALLOWED_HOSTS", "hooks.internal")
+    assert Settings.load().destination_allowed_hosts == ["a.example", "hooks.internal"]
+
+
+def test_an_allowlisted_host_no_dns_could_hold_stops_the_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PUSHREC_DESTINATION_ALLOWED_HOSTS", "ok.example, bad..host")
+    with pytest.raises(SettingsError, match="PUSHREC_DESTINATION_ALLOWED_HOSTS"):
+        Settings.load()
 
 
 def test_repr_hides_passwords_and_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,7 +105,7 @@ def test_every_gateway_field_is_a_setting_mapped_by_its_name(tmp_path: Path) -> 
         apns_team_id="T",
         apns_topic="shop.app",
         webhook_secret="whsec_a,whsec_b",
-        webhook_allowed_hosts="hooks.test",
+        destination_allowed_hosts="hooks.test",
     )
     config = gateway_config(settings)
     for field in fields(GatewayConfig):
@@ -97,5 +113,5 @@ def test_every_gateway_field_is_a_setting_mapped_by_its_name(tmp_path: Path) -> 
             assert field.name in Settings.model_fields or hasattr(Settings, field.name)
     assert config.fcm_url == "https://fcm.test" and config.apns_topic == "shop.app"
     assert config.webhook_secrets == ("whsec_a", "whsec_b")
-    assert config.webhook_allowed_hosts == ("hooks.test",)
+    assert config.destination_allowed_hosts == ("hooks.test",)
     assert gateway_config(Settings.load()).apns_url == GatewayConfig().apns_url

@@ -115,7 +115,7 @@ def upsert_items(rt: Runtime, items: Any, now: float) -> tuple[dict[str, int], l
 
 def register_device(rt: Runtime, payload: dict[str, Any], now: float) -> dict[str, Any]:
     try:
-        reg = parse_device(payload)
+        reg = parse_device(payload, guard=rt.destinations)
     except InvalidInput as exc:
         rt.rejected.record(contract.REGISTER_DEVICE, exc.code, exc.reason, payload)
         return {"rejected": exc.reason}

@@ -18,6 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from push.gateway import Router
+from push.ssrf import DestinationGuard
 from worker.contract import Enqueue
 from worker.delivery.gateway_config import gateway_config
 from worker.delivery.outbox import Outbox
@@ -83,6 +84,8 @@ class Runtime:
     triggers: Triggers
     enqueue: Enqueue = _no_enqueue
     router: Router | None = None  # prebuilt gateways (tests); None: opened from settings
+    # registration checks webhook URLs and Web Push endpoints as the push worker does
+    destinations: DestinationGuard = field(default_factory=DestinationGuard)
     _index: IndexHolder | None = field(default=None, repr=False)
     _firer: Firer | None = field(default=None, repr=False)
     _pushes: list[PushRuntime] = field(default_factory=list, repr=False)
@@ -131,6 +134,7 @@ class Runtime:
             triggers=Triggers(client, keys, settings.rules, settings.trigger_max_age_s),
             enqueue=enqueue,
             router=router,
+            destinations=DestinationGuard(settings.destination_allowed_hosts),
         )
 
     @property

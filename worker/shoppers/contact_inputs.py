@@ -1,7 +1,9 @@
 """Parsing and validation of devices and contact preferences (the public task contract).
 
 As in `inputs.py`: each `parse_*` function takes the JSON value a task received and
-returns a typed, frozen model, or raises `InvalidInput` with a code and a reason.
+returns a typed, frozen model, or raises `InvalidInput` with a code and a reason. Webhook
+URLs and Web Push endpoints must also pass the destination guard (`push.ssrf`; code
+``unsafe_destination``), the same rules the push worker applies before connecting.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ from pydantic import (
     model_validator,
 )
 
+from push.errors import UnsafeDestinationError
+from push.ssrf import DestinationGuard
 from worker.shoppers.inputs import (
     Id,
+    InvalidInput,
     StrictModel,
     parse_ts,
     preview,
@@ -78,8 +83,9 @@ class SubscriptionInput(BaseModel):
 
     @field_validator("endpoint")
     @classmethod
-    def _https(cls, value: str) -> str:
-        if urlsplit(value).scheme != "https" or not urlsplit(value).hostname:
+    def _absolute(cls, value: str) -> str:
+        # https is the guard's rule (its allowlist may take http: local test gateways)
+        if urlsplit(value).scheme not in {"http", "https"} or not urlsplit(value).hostname:
             raise ValueError("endpoint must be an https URL")
         return value
 
@@ -197,8 +203,16 @@ class Preferences(StrictModel):
 
 
 @total
-def parse_device(raw: Any) -> DeviceRegistration:
-    return validated(DeviceRegistration, require_object(raw, "device"), "device")
+def parse_device(raw: Any, *, guard: DestinationGuard) -> DeviceRegistration:
+    """A device registration; webhook URLs and Web Push endpoints must pass `guard`."""
+    device = validated(DeviceRegistration, require_object(raw, "device"), "device")
+    if device.channel in {"webhook", "webpush"}:
+        where = "device.token" if device.channel == "webhook" else "device.subscription.endpoint"
+        try:
+            guard.check_url(device.address)
+        except UnsafeDestinationError as exc:
+            raise InvalidInput("unsafe_destination", f"{where}: {exc}") from None
+    return device
 
 
 @total
