@@ -125,6 +125,54 @@ def test_minimal_protocol2_message_from_a_non_python_producer_is_processed(
     assert user_view(runtime.redis, runtime.keys, "u1", time.time())["rfm"]["frequency"] == 1
 
 
+def test_messages_that_cannot_become_a_call_are_recorded_and_the_rest_applied(
+    start_worker: Callable[..., WorkerProcess], runtime: Runtime
+) -> None:
+    """What a producer in another language can get wrong before any task body runs: a body
+    that is not JSON, kwargs that are not an object, a task name that does not exist.
+    Celery used to log and drop these; each is now a rejection with a code."""
+    start_worker()
+    settings = runtime.settings
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    bad = [
+        ("pushrec.track", "{not json"),
+        ("pushrec.track", json.dumps([[], ["event"], embed])),
+        ("pushrec.fire", json.dumps([[], 5, embed])),
+        ("pushrec.trak", json.dumps([[], {"event": event("typo-1")}, embed])),
+        ("pushrec.track", json.dumps({"not": "a call"})),  # crashed the worker (celery 5.6)
+        ("pushrec.track", json.dumps([[], {"event": event("e-9")}, {"callbacks": 5}])),
+    ]
+    good = ("pushrec.track", json.dumps([[], {"event": event("ok-1")}, embed]))
+    with Connection(
+        settings.redis_url, transport_options={"global_keyprefix": settings.broker_key_prefix}
+    ) as conn:
+        producer = conn.Producer()
+        for task, body in [*bad, good]:
+            producer.publish(
+                body,
+                routing_key=settings.queue_activity,
+                content_type="application/json",
+                content_encoding="utf-8",
+                headers={"lang": "go", "task": task, "id": str(uuid.uuid4())},
+            )
+    wait_for(
+        lambda: len(runtime.rejected.recent(10)) == len(bad),
+        what=f"rejections: {runtime.rejected.recent(10)}",
+    )
+    wait_for(lambda: counter(runtime, "events.applied") == 1, what="the good event")
+    codes = sorted((r["task"], r["code"]) for r in runtime.rejected.recent(10))
+    assert codes == [
+        ("pushrec.fire", "bad_call"),
+        ("pushrec.track", "bad_call"),
+        ("pushrec.track", "bad_call"),
+        ("pushrec.track", "bad_call"),
+        ("pushrec.track", "not_json"),
+        ("pushrec.trak", "unknown_task"),
+    ]
+    typo = next(r for r in runtime.rejected.recent(10) if r["code"] == "unknown_task")
+    assert "typo-1" in typo["payload"]  # kept whole, to replay under the right name
+
+
 def test_forget_user_through_the_queue_reports_what_it_removed(
     start_worker: Callable[..., WorkerProcess], client: PushrecClient, runtime: Runtime
 ) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import (
     task_prerun,
+    task_unknown,
     worker_process_init,
     worker_process_shutdown,
     worker_shutdown,
@@ -16,6 +17,7 @@ from celery.signals import (
 from kombu import Exchange, Queue
 
 from worker import contract
+from worker.service import receipt
 from worker.service.runtime import Runtime
 from worker.service.tasks import register_tasks
 from worker.settings import Settings
@@ -144,6 +146,11 @@ def create_app(settings: Settings) -> PushrecApp:
     @worker_shutdown.connect(weak=False)
     def _close_main(**_: object) -> None:
         app.close_runtime()  # the threads and solo pools run tasks in the main process
+
+    @task_unknown.connect(weak=False)
+    def _unknown(sender: Any, message: Any, name: str, id: str, **_: object) -> None:
+        if getattr(sender, "app", None) is app:  # the signal is global; apps are not
+            receipt.record_unknown_task(app, message, name, id)
 
     @task_prerun.connect(weak=False)
     def _between_tasks(**_: object) -> None:

@@ -35,7 +35,7 @@ from celery.exceptions import Reject
 from worker import contract
 from worker.delivery.requests import DeliveryRequest
 from worker.policy.jobs import FireJob
-from worker.service import ingest, rebuild
+from worker.service import ingest, rebuild, receipt
 from worker.service.runtime import Runtime
 from worker.settings import Settings
 from worker.shoppers.inputs import InvalidInput
@@ -63,6 +63,12 @@ class PushrecTask(Task):  # type: ignore[type-arg]
         """Full jitter over a capped exponential (attempts 0, 1, 2, … -> up to 1, 2, 4 … s)."""
         cap = self.app.settings.task_retry_backoff_max_s
         return random.uniform(0, min(cap, 2.0**attempt))
+
+    def start_strategy(self, app: Any, consumer: Any, **kwargs: Any) -> Any:
+        """Celery's per-message handler for this task, behind the checks of `receipt.py`
+        (a message that can't become a call is recorded, not lost in the log)."""
+        strategy = super().start_strategy(app, consumer, **kwargs)
+        return receipt.checked_strategy(self.app, self.name, strategy)
 
 
 def _call_shape(
