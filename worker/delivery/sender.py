@@ -38,6 +38,7 @@ from worker.shoppers.audit import Audit
 from worker.shoppers.contacts import Contacts
 from worker.shoppers.snapshot import DeviceRecord, Part, Shopper, ShopperReads
 from worker.store.delayed import DelayedJobs, Job
+from worker.store.errors import is_transient
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
 
@@ -370,14 +371,14 @@ class MessageSender:
 
 
 def _patiently(run: Callable[[], T], tries: int = 3) -> T:
-    """`run` again after a short wait if Redis drops the connection: for the writes that
-    record sends already made (a lost reply may count something twice; a task retry
-    would send twice)."""
+    """`run` again after a short wait if Redis fails transiently (a dropped connection, a
+    failover's READONLY: `store/errors.py`): for the writes that record sends already made
+    (a lost reply may count something twice; a task retry would send twice)."""
     for attempt in range(tries):
         try:
             return run()
-        except (redis.ConnectionError, redis.TimeoutError):
-            if attempt == tries - 1:
+        except redis.RedisError as exc:
+            if not is_transient(exc) or attempt == tries - 1:
                 raise
             time.sleep(0.2 * 2**attempt)
     raise AssertionError("unreachable")

@@ -40,6 +40,7 @@ from indexing import ArtifactError, current_version, read_manifest
 from worker.service.app import PushrecApp
 from worker.service.runtime import connect_redis
 from worker.shoppers.audit import STAT_FIELDS
+from worker.store.errors import TRANSIENT
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
 
@@ -147,7 +148,7 @@ class PushrecCollector(Collector):
                 *self._backlog(),
                 *self._index(time.time()),
             ]
-        except (redis.ConnectionError, redis.TimeoutError):
+        except TRANSIENT:  # away, loading, or a replica without its master
             up.add_metric([], 0)
             yield up
             return
