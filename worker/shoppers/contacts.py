@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
@@ -116,6 +117,23 @@ class Contacts:
         self._scripts.deactivate_device(
             keys=[self._keys.user(user_id).devices],
             args=[device_id, "" if invalid_since is None else repr(invalid_since), reason],
+            client=pipe,
+        )
+
+    def owners(self, device_ids: Sequence[str], pipe: redis.client.Pipeline) -> None:
+        """Queue in `pipe` a read of who owns each device: one reply per device, the
+        user id or None (the owner key expired or was released)."""
+        for did in device_ids:
+            pipe.get(self._keys.device_owner(did))
+
+    def drop_moved(
+        self, user_id: str, device_id: str, registered_at: float, pipe: redis.client.Pipeline
+    ) -> None:
+        """Take a device another shopper owns off `user_id`'s list (in `pipe`), unless
+        `user_id` registered it again after `registered_at` (as read)."""
+        self._scripts.drop_moved_device(
+            keys=[self._keys.user(user_id).devices],
+            args=[device_id, repr(float(registered_at))],
             client=pipe,
         )
 

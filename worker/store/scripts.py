@@ -33,6 +33,7 @@ class Scripts:
     claim_device: Script
     register_device: Script
     release_device: Script
+    drop_moved_device: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:
@@ -47,6 +48,7 @@ class Scripts:
             claim_device=client.register_script(_source("claim_device")),
             register_device=client.register_script(_source("register_device")),
             release_device=client.register_script(_source("release_device")),
+            drop_moved_device=client.register_script(_source("drop_moved_device")),
         )
 
     def load(self, client: redis.Redis) -> None:
