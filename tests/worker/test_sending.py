@@ -15,6 +15,7 @@ import pytest
 from push.testing.serve import local_gateways
 from tests.clock import RUN_NOW
 from tests.worker.realtime import Gateways, build_planted_index, planted_catalog, register
+from worker.delivery.outbox import MessageRecord
 from worker.delivery.requests import DeliveryRequest
 from worker.policy.contact import holdout_bucket
 from worker.policy.jobs import FireJob
@@ -407,3 +408,29 @@ def test_a_device_now_registered_to_another_shopper_is_skipped_and_taken_off_the
         }
     ]
     assert rt.metrics.snapshot()["delivery.moved_device"] == 1
+
+
+def test_items_pushed_by_another_message_since_it_was_decided_are_not_pushed_again(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways
+) -> None:
+    rt, _ = shop
+    now = time.time()
+    user = shopper(rt, gateways, "n", now)
+    first, second = (
+        MessageRecord(
+            id=f"m-{rule}", rule=rule, user_id=user, trigger_id="t", items=["b0-2", "b0-3"],
+            title="t", body="b", purpose="marketing", channels=["fcm"], created_at=now,
+        )
+        for rule in ("post_purchase", "browse_abandoned")
+    )  # fmt: skip
+    rt.outbox.create_many([first, second])  # decided together: neither saw the other
+
+    [sent] = rt.sender().deliver_many([DeliveryRequest(first.id)], now + 1)
+    [repeat] = rt.sender().deliver_many([DeliveryRequest(second.id)], now + 2)
+
+    assert sent["action"] == "sent"
+    assert repeat == {
+        "action": "suppressed",
+        "reason": "no_repeat: every item was pushed by another message since",
+    }
+    assert len(gateways.accepted("fcm")) == 1

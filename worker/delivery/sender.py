@@ -3,7 +3,8 @@
 `MessageSender.deliver_many` is what the `pushrec.deliver` task does with its messages (up to
 100: the messages of a batch of events or a fan-out travel together). At send time it
 checks again what may have changed since the rule fired: consent withdrawn, items bought
-or sold out, a cap reached by another message (the caps are recorded atomically here),
+or sold out, its items pushed by another message since (no repeats), a cap reached by
+another message (the caps are recorded atomically here),
 quiet hours begun (the message is deferred to their end: parked in the delayed set,
 recorded, counted), a device now registered to another shopper (skipped, taken off this
 shopper's list, recorded). Then it sends to each active, consented device the shopper
@@ -158,23 +159,29 @@ class MessageSender:
     def _recheck(self, live: Sequence[_Delivery], now: float) -> list[_Delivery]:
         """Set each delivery's target devices, or its result if the message must not go
         out now (returned): suppressed (rule disabled, consent withdrawn, items bought or
-        sold out, a cap reached by another message: reserved atomically here) or deferred
+        sold out or pushed by another message since, a cap reached by another message:
+        reserved atomically here) or deferred
         (the shopper's quiet hours, as they are now, hold it)."""
         pipe = self._client.pipeline(transaction=False)  # every read, one round trip
         for d in live:
             d.reads.queue(pipe, self._keys, d.record.user_id)
             for item in d.record.items:
                 pipe.hget(self._keys.item(item).item, "stock")
+            self._policy.queue_pushed(pipe, d.record.user_id, d.record.created_at)
         replies = iter(pipe.execute() if live else [])
         read = [
-            (d.reads.parse(d.record.user_id, replies), [next(replies) for _ in d.record.items])
+            (
+                d.reads.parse(d.record.user_id, replies),
+                [next(replies) for _ in d.record.items],
+                set(next(replies)),
+            )
             for d in live
         ]
-        owned = self._owned_devices(live, [shopper for shopper, _ in read])
+        owned = self._owned_devices(live, [shopper for shopper, _, _ in read])
         held: list[_Delivery] = []
         first_tries: list[_Delivery] = []
-        for d, (shopper, stock), devices in zip(live, read, owned, strict=True):
-            if why_not := self._why_not(d, shopper, devices, stock):
+        for d, (shopper, stock, pushed), devices in zip(live, read, owned, strict=True):
+            if why_not := self._why_not(d, shopper, devices, stock, pushed):
                 d.result = {"action": "suppressed", "reason": why_not}
                 held.append(d)
                 continue
@@ -228,9 +235,11 @@ class MessageSender:
         shopper: Shopper,
         devices: dict[str, DeviceRecord],
         stock: list[str | None],
+        pushed_since: set[str],
     ) -> str:
         """Why the message must not go out now ('' if it may); sets `d.targets`, the
-        consented `devices` (active, owned) in the rule's channel order."""
+        consented `devices` (active, owned) in the rule's channel order. `pushed_since`
+        are the items pushed to the shopper since the message was made."""
         rule, record = d.rule, d.record
         if rule is None:
             return f"rule {record.rule} disabled"
@@ -246,6 +255,10 @@ class MessageSender:
         in_stock = dict(zip(record.items, stock, strict=True))
         if all(in_stock[i] == "0" for i in left):
             return "out of stock"
+        repeats = not KINDS[rule.kind].leads_with_own_items and d.request.attempt == 0
+        if repeats and all(i in pushed_since for i in record.items):
+            # as the no-repeat step would say now; a retry finds its own first send here
+            return "no_repeat: every item was pushed by another message since"
         order = {c: n for n, c in enumerate(rule.channels)}
         ranked = sorted(
             ((i, r) for i, r in devices.items() if r["channel"] in channels),

@@ -136,7 +136,11 @@ class ContactPolicy:
         """Queue in `pipe` the reads `decide` needs (`PolicyReads.from_replies`)."""
         keys, args = self._limits(rule, user_id, message_id, now, dry=True)
         self._scripts.queue(pipe, self._scripts.contact_reserve, keys, args)
-        since = now - self._settings.no_repeat_days * 86_400
+        self.queue_pushed(pipe, user_id, now - self._settings.no_repeat_days * 86_400)
+
+    def queue_pushed(self, pipe: redis.client.Pipeline, user_id: str, since: float) -> None:
+        """Queue in `pipe` a read of the items pushed to the shopper at or after `since`
+        (the no-repeat step; the reply is a list of item ids)."""
         pipe.zrangebyscore(self._keys.user(user_id).pushed_items, since, "+inf")
 
     def decide(
