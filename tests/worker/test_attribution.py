@@ -57,3 +57,17 @@ def test_purchase_of_a_pushed_item_without_push_id_is_attributed_in_the_window(
     track(runtime, "b4", "u2", "purchase", item_id="not-pushed")
     stats = runtime.audit.stats(["r"])["r"]
     assert (stats["converted"], stats["held_out_converted"]) == (1, 1)
+
+
+def test_a_push_id_of_another_shoppers_message_credits_nothing(runtime: Runtime) -> None:
+    queued(runtime, "m4", "u4", ["a"])
+    track(runtime, "x1", "u5", "push_open", push_id="m4")
+    track(runtime, "x2", "u5", "push_click", push_id="m4")
+    track(runtime, "x3", "u5", "purchase", item_id="a", push_id="m4")
+    stats = runtime.audit.stats(["r"])["r"]
+    assert (stats["opened"], stats["clicked"], stats["converted"]) == (0, 0, 0)
+    assert runtime.audit.outcomes("m4") == {}
+    assert runtime.metrics.snapshot()["attribution.ignored.other_shopper"] == 3
+
+    track(runtime, "o4", "u4", "push_open", push_id="m4")  # its own shopper's open counts
+    assert runtime.audit.stats(["r"])["r"]["opened"] == 1

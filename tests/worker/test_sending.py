@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from push.testing.serve import local_gateways
+from tests.clock import RUN_NOW
 from tests.worker.realtime import Gateways, build_planted_index, planted_catalog, register
+from worker.delivery.outbox import MessageRecord
 from worker.delivery.requests import DeliveryRequest
 from worker.policy.contact import holdout_bucket
 from worker.policy.jobs import FireJob
 from worker.service import ingest
 from worker.service.runtime import Runtime
+from worker.service.userview import decisions_view
 from worker.settings import Settings
+from worker.shoppers.contacts import device_id
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +60,8 @@ def shop(
     rt.close()
 
 
-def fire_post_purchase(rt: Runtime, user: str, item: str) -> str:
-    now = time.time()
+def fire_post_purchase(rt: Runtime, user: str, item: str, now: float | None = None) -> str:
+    now = time.time() if now is None else now
     ingest.track_one(
         rt,
         {"event_id": f"p-{user}", "user_id": user, "type": "purchase", "item_id": item, "ts": now},
@@ -146,10 +153,12 @@ def test_gateway_503_is_retried_later_from_the_delayed_set_and_sent_once(
     assert rt.outbox.get(mid) is None
 
 
-def shopper(rt: Runtime, gateways: Gateways, prefix: str) -> str:
+def shopper(
+    rt: Runtime, gateways: Gateways, prefix: str, now: float | None = None, **prefs: Any
+) -> str:
     """A shopper with an FCM device, outside the post-purchase holdout."""
     user = next(u for u in (f"{prefix}{n}" for n in range(100)) if not _held_out(u))
-    register(rt, user, "fcm", gateways.targets["fcm"], time.time())
+    register(rt, user, "fcm", gateways.targets["fcm"], time.time() if now is None else now, **prefs)
     return user
 
 
@@ -257,4 +266,171 @@ def test_one_failing_job_or_a_repeated_one_leaves_the_rest_of_the_batch_alone(
     mid = results[0]["message_id"]
     requests = [DeliveryRequest(mid), DeliveryRequest(mid)]
     assert [o["action"] for o in rt.sender().deliver_many(requests, now + 1)] == ["sent"] * 2
+    assert len(gateways.accepted("fcm")) == 1
+
+
+LONDON = ZoneInfo("Europe/London")
+QUIET = {"quiet_hours": {"start": "21:30", "end": "08:00"}, "timezone": "Europe/London"}
+
+
+def london(day: date, hh_mm: str) -> float:
+    """An instant on `day` at wall time `hh_mm` in London."""
+    return datetime.combine(day, dt_time.fromisoformat(hh_mm), LONDON).timestamp()
+
+
+# Two days before the run: every instant below is in the past, in any season.
+DAY = datetime.fromtimestamp(RUN_NOW, LONDON).date() - timedelta(days=2)
+MORNING = london(DAY + timedelta(days=1), "08:00")  # the end of the night's quiet hours
+
+
+def test_a_message_decided_before_quiet_hours_and_sent_inside_them_waits_for_their_end(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways
+) -> None:
+    rt, _ = shop
+    decided, sent = london(DAY, "21:29"), london(DAY, "22:01")
+    user = shopper(rt, gateways, "q", decided - 60, **QUIET)
+    mid = fire_post_purchase(rt, user, "b0-1", decided)
+
+    [outcome] = rt.sender().deliver_many([DeliveryRequest(mid)], sent)
+
+    why = f"quiet hours until {MORNING:.0f}"
+    assert outcome == {"action": "deferred", "reason": why, "defer_until": MORNING}
+    assert gateways.accepted("fcm") == []
+    assert rt.delayed.due_at(f"deliver:{mid}") == MORNING
+    [decision] = [d for d in decisions_view(rt.audit, rt.outbox, user) if d.get("message_id")]
+    delivery = decision["delivery"]  # what `pushrec user show` prints
+    assert (delivery["state"]["state"], delivery["state"]["reason"]) == ("deferred", why)
+    assert delivery["attempts"] == [{"at": sent, "attempt": 0, "deferred": why}]
+    assert rt.audit.stats(["post_purchase"])["post_purchase"]["deferred"] == 1
+    assert rt.metrics.snapshot()["delivery.deferred"] == 1
+    assert rt.outbox.stuck(MORNING, 0) == []  # parked, not lost: the sweeper leaves it
+
+    assert rt.delayed.claim_due(MORNING - 1) == []
+    [due] = rt.delayed.claim_due(MORNING)
+    [after] = rt.sender().deliver_many(DeliveryRequest.from_kwargs(due.job.kwargs), MORNING)
+    [again] = rt.sender().deliver_many([DeliveryRequest(mid)], MORNING + 1)
+    assert (after["action"], again["action"]) == ("sent", "settled")
+    assert len(gateways.accepted("fcm")) == 1
+
+
+def test_quiet_hours_set_after_the_decision_hold_the_message_at_send_time(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways
+) -> None:
+    rt, _ = shop
+    decided = london(DAY, "20:00")
+    user = shopper(rt, gateways, "p", decided - 60, timezone="Europe/London")
+    mid = fire_post_purchase(rt, user, "b0-1", decided)
+    ingest.set_preferences(rt, {"user_id": user, **QUIET}, decided + 60)
+
+    [outcome] = rt.sender().deliver_many([DeliveryRequest(mid)], london(DAY, "23:00"))
+
+    assert (outcome["action"], outcome["defer_until"]) == ("deferred", MORNING)
+    assert gateways.accepted("fcm") == []
+
+
+def test_a_retry_parked_into_quiet_hours_is_deferred_on_arrival_and_sent_once_after(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways
+) -> None:
+    rt, _ = shop
+    first, parked_until = london(DAY, "20:00"), london(DAY, "23:00")
+    user = shopper(rt, gateways, "t", first - 60, **QUIET)
+    mid = fire_post_purchase(rt, user, "b0-1", first)
+    gateways.script("fcm", [{"status": 503, "retry_after": str(int(parked_until - first))}])
+
+    [busy] = rt.sender().deliver_many([DeliveryRequest(mid)], first)
+    assert busy["action"] == "retrying"
+    [retry] = rt.delayed.claim_due(parked_until)
+    rt.delayed.ack_many([retry])
+    [arrival] = rt.sender().deliver_many(
+        DeliveryRequest.from_kwargs(retry.job.kwargs), parked_until
+    )
+
+    assert (arrival["action"], arrival["defer_until"]) == ("deferred", MORNING)
+    assert gateways.accepted("fcm") == []
+    [later] = rt.delayed.claim_due(MORNING)
+    assert later.job.kwargs == retry.job.kwargs  # the same retry, to the same devices
+    [after] = rt.sender().deliver_many(DeliveryRequest.from_kwargs(later.job.kwargs), MORNING)
+    assert after["action"] == "sent"
+    assert len(gateways.accepted("fcm")) == 1
+
+
+def test_quiet_hours_do_not_hold_a_transactional_message_at_send_time(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways
+) -> None:
+    rt, _ = shop
+    rules = tuple(
+        r.model_copy(update={"purpose": "transactional"}) if r.name == "post_purchase" else r
+        for r in rt.settings.rules
+    )
+    orders = Runtime.open(
+        rt.settings.model_copy(update={"rules": rules}), enqueue=lambda task, kwargs: None
+    )
+    try:
+        decided, sent = london(DAY, "21:29"), london(DAY, "22:01")
+        user = shopper(orders, gateways, "o", decided - 60, **QUIET)
+        mid = fire_post_purchase(orders, user, "b0-1", decided)
+
+        [outcome] = orders.sender().deliver_many([DeliveryRequest(mid)], sent)
+    finally:
+        orders.close()
+
+    assert outcome["action"] == "sent"
+    assert len(gateways.accepted("fcm")) == 1
+
+
+def test_a_device_now_registered_to_another_shopper_is_skipped_and_taken_off_the_list(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways
+) -> None:
+    rt, _ = shop
+    now = time.time()
+    user = shopper(rt, gateways, "own", now)  # device: the FCM target token
+    kept = f"fcm-token-kept-{'x' * 20}"
+    register(rt, user, "fcm", kept, now)
+    shared = device_id("fcm", gateways.targets["fcm"])
+    rt.redis.delete(rt.keys.device_owner(shared))  # expired, as its TTL would have it
+    register(rt, "someone-else", "fcm", gateways.targets["fcm"], now + 1)
+    assert shared in rt.contacts.devices(user)  # no owner was left to move it from
+    mid = fire_post_purchase(rt, user, "b0-1", now + 2)
+
+    [outcome] = rt.sender().deliver_many([DeliveryRequest(mid)], now + 3)
+
+    assert (outcome["action"], outcome["delivered"]) == ("sent", 1)
+    assert [r["message"]["token"] for r in gateways.accepted("fcm")] == [kept]
+    assert set(rt.contacts.devices(user)) == {device_id("fcm", kept)}
+    assert shared in rt.contacts.devices("someone-else")
+    skipped = [a for a in rt.outbox.attempts(mid) if "skipped" in a]
+    assert skipped == [
+        {
+            "at": now + 3,
+            "attempt": 0,
+            "device_id": shared,
+            "skipped": "registered to another shopper",
+        }
+    ]
+    assert rt.metrics.snapshot()["delivery.moved_device"] == 1
+
+
+def test_items_pushed_by_another_message_since_it_was_decided_are_not_pushed_again(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways
+) -> None:
+    rt, _ = shop
+    now = time.time()
+    user = shopper(rt, gateways, "n", now)
+    first, second = (
+        MessageRecord(
+            id=f"m-{rule}", rule=rule, user_id=user, trigger_id="t", items=["b0-2", "b0-3"],
+            title="t", body="b", purpose="marketing", channels=["fcm"], created_at=now,
+        )
+        for rule in ("post_purchase", "browse_abandoned")
+    )  # fmt: skip
+    rt.outbox.create_many([first, second])  # decided together: neither saw the other
+
+    [sent] = rt.sender().deliver_many([DeliveryRequest(first.id)], now + 1)
+    [repeat] = rt.sender().deliver_many([DeliveryRequest(second.id)], now + 2)
+
+    assert sent["action"] == "sent"
+    assert repeat == {
+        "action": "suppressed",
+        "reason": "no_repeat: every item was pushed by another message since",
+    }
     assert len(gateways.accepted("fcm")) == 1

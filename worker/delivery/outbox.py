@@ -2,8 +2,10 @@
 
 The message id is derived from (rule, shopper, trigger), so a redelivered task or a
 duplicate trigger finds the record already there (`SET NX`) and sends nothing new.
-Each device a message goes to has its own ledger entry: `sending` before the gateway
-call, then `sent`, `invalid`, `failed` or `retry`. A worker that dies mid-send leaves
+A message's state is `queued`, then `sent`, `suppressed`, `failed`, or parked in the
+delayed set as `retrying` or `deferred` (quiet hours began before it went out). Each
+device a message goes to has its own ledger entry: `sending` before the gateway call,
+then `sent`, `invalid`, `failed` or `retry`. A worker that dies mid-send leaves
 `sending`; the redelivered task sends again and the collapse id (from the message id)
 makes the device replace, not repeat, the notification.
 """
@@ -29,9 +31,9 @@ MESSAGE_TTL_S = 30 * 86_400
 # A device left `sending` longer than this by another task was abandoned by a dead worker
 # (one send attempt is bounded far below it by the HTTP timeouts).
 SEND_LEASE_S = 120
-# States in which a message no longer waits for a deliver task: settled, or parked as a
-# retry in the delayed set.
-_OFF_THE_QUEUE = frozenset({"sent", "suppressed", "failed", "retrying"})
+# States in which a message no longer waits for a deliver task: settled, or parked in the
+# delayed set (a retry, or deferred to the end of quiet hours).
+_OFF_THE_QUEUE = frozenset({"sent", "suppressed", "failed", "retrying", "deferred"})
 _ATTEMPTS_KEPT = 50
 _INDEX_REPLIES = 3  # commands `Outbox._index` queues
 

@@ -49,15 +49,23 @@ class DeliveryRequest:
     def retry_kwargs(self, devices: list[str]) -> dict[str, Any]:
         return {"message_id": self.message_id, "attempt": self.attempt + 1, "devices": devices}
 
+    def kwargs(self) -> dict[str, Any]:
+        """This very request again, later (a deferral): `from_kwargs` gives it back."""
+        again: dict[str, Any] = {"message_id": self.message_id, "attempt": self.attempt}
+        if self.only is not None:
+            again["devices"] = list(self.only)
+        return again
+
 
 DeliveryAction = Literal[
-    "sent", "retrying", "failed", "suppressed", "nothing_to_send", "settled", "missing"
+    "sent", "retrying", "failed", "suppressed", "deferred", "nothing_to_send", "settled", "missing"
 ]
 
 
 class DeliveryOutcome(TypedDict, total=False):
     """What one `deliver_many` request came to. `sent`, `retrying` and `failed` carry the
-    device counts; `suppressed` carries the reason it may no longer go out."""
+    device counts; `suppressed` carries the reason it may no longer go out; `deferred`
+    (quiet hours began since it was decided) the reason and when it will be tried again."""
 
     action: DeliveryAction
     message_id: str
@@ -65,3 +73,4 @@ class DeliveryOutcome(TypedDict, total=False):
     delivered: int
     retry_devices: int
     retry_after: float | None
+    defer_until: float

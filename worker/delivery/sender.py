@@ -2,9 +2,13 @@
 
 `MessageSender.deliver_many` is what the `pushrec.deliver` task does with its messages (up to
 100: the messages of a batch of events or a fan-out travel together). At send time it
-checks again what may have changed since the rule fired (consent withdrawn, items bought
-or sold out, a cap reached by another message: the caps are recorded atomically here),
-then sends to each active, consented device in the rule's channel order through `push/`,
+checks again what may have changed since the rule fired: consent withdrawn, items bought
+or sold out, its items pushed by another message since (no repeats), a cap reached by
+another message (the caps are recorded atomically here),
+quiet hours begun (the message is deferred to their end: parked in the delayed set,
+recorded, counted), a device now registered to another shopper (skipped, taken off this
+shopper's list, recorded). Then it sends to each active, consented device the shopper
+owns, in the rule's channel order, through `push/`,
 under the circuit breaker, rate limit and retry policy whose state lives in Redis; the
 sends of a batch run concurrently. Each device's result is acted on: delivered; retry
 later (parked in the delayed set, never held by a worker); device invalid (deactivated,
@@ -68,6 +72,7 @@ class _Delivery:
     targets: dict[str, DeviceRecord] = field(default_factory=dict)  # device id -> device
     sends: list[tuple[str, Message]] = field(default_factory=list)
     broken: list[tuple[str, str]] = field(default_factory=list)  # (device id, why) unsendable
+    moved: list[tuple[str, float]] = field(default_factory=list)  # (device id, registered_at)
     result: DeliveryOutcome = field(default_factory=lambda: DeliveryOutcome())
 
     @property
@@ -109,9 +114,9 @@ class MessageSender:
         self, requests: Sequence[DeliveryRequest], now: float, owner: str = ""
     ) -> list[DeliveryOutcome]:
         """Deliver each request; one round trip per stage for the whole batch (load,
-        re-check, reserve caps, claim devices, settle) and every send concurrent over
-        the thread's gateway connections. `owner` (the task id) claims each device send
-        atomically."""
+        re-check, device owners, reserve caps, claim devices, settle) and every send
+        concurrent over the thread's gateway connections. `owner` (the task id) claims
+        each device send atomically."""
         owner = owner or f"local-{id(self):x}"
         results: dict[str, DeliveryOutcome] = {}
         live: list[_Delivery] = []
@@ -136,15 +141,15 @@ class MessageSender:
             self._outbox.unqueue(missing, unqueue)
             unqueue.execute()
 
-        suppressed = self._recheck(live, now)
-        gone = {id(d) for d in suppressed}
+        held = self._recheck(live, now)
+        gone = {id(d) for d in held}
         live = [d for d in live if id(d) not in gone]
         self._claim(live, owner, now)
         messages = [(m, d.request.attempt) for d in live for _, m in d.sends]
         outcomes = iter(self._push.run(self._send_all(messages)) if messages else [])
         per_delivery = [[next(outcomes) for _ in d.sends] for d in live]
-        self._settle(live, per_delivery, suppressed, now, self._push.timed.take())
-        for d in [*live, *suppressed]:
+        self._settle(live, per_delivery, held, now, self._push.timed.take())
+        for d in [*live, *held]:
             results[d.record.id] = d.result
         return [results[r.message_id] for r in requests]
 
@@ -154,23 +159,39 @@ class MessageSender:
 
     def _recheck(self, live: Sequence[_Delivery], now: float) -> list[_Delivery]:
         """Set each delivery's target devices, or its result if the message must not go
-        out any more (returned): rule disabled, consent withdrawn, items bought or sold
-        out, or a cap reached by another message (reserved atomically here)."""
+        out now (returned): suppressed (rule disabled, consent withdrawn, items bought or
+        sold out or pushed by another message since, a cap reached by another message:
+        reserved atomically here) or deferred
+        (the shopper's quiet hours, as they are now, hold it)."""
         pipe = self._client.pipeline(transaction=False)  # every read, one round trip
         for d in live:
             d.reads.queue(pipe, self._keys, d.record.user_id)
             for item in d.record.items:
                 pipe.hget(self._keys.item(item).item, "stock")
+            self._policy.queue_pushed(pipe, d.record.user_id, d.record.created_at)
         replies = iter(pipe.execute() if live else [])
-        suppressed: list[_Delivery] = []
+        read = [
+            (
+                d.reads.parse(d.record.user_id, replies),
+                [next(replies) for _ in d.record.items],
+                set(next(replies)),
+            )
+            for d in live
+        ]
+        owned = self._owned_devices(live, [shopper for shopper, _, _ in read])
+        held: list[_Delivery] = []
         first_tries: list[_Delivery] = []
-        for d in live:
-            shopper = d.reads.parse(d.record.user_id, replies)
-            stock = [next(replies) for _ in d.record.items]
-            why_not = self._why_not(d, shopper, stock)
-            if why_not:
+        for d, (shopper, stock, pushed), devices in zip(live, read, owned, strict=True):
+            if why_not := self._why_not(d, shopper, devices, stock, pushed):
                 d.result = {"action": "suppressed", "reason": why_not}
-                suppressed.append(d)
+                held.append(d)
+                continue
+            assert d.rule is not None  # `_why_not` names a disabled rule
+            until = self._policy.quiet_until(d.rule, shopper.preferences, now)
+            if until is not None:
+                why_later = f"quiet hours until {until:.0f}"
+                d.result = {"action": "deferred", "reason": why_later, "defer_until": until}
+                held.append(d)
             elif d.request.attempt == 0:
                 first_tries.append(d)
         if first_tries:
@@ -182,21 +203,47 @@ class MessageSender:
                 if limit not in {"ok", "already"}:
                     why_not = f"cap reached at send time: {limit}"
                     d.result = {"action": "suppressed", "reason": why_not}
-                    suppressed.append(d)
-        return suppressed
+                    held.append(d)
+        return held
+
+    def _owned_devices(
+        self, live: Sequence[_Delivery], shoppers: Sequence[Shopper]
+    ) -> list[dict[str, DeviceRecord]]:
+        """Each delivery's active devices that its shopper still owns (one round trip).
+        A device another shopper registered since goes to `d.moved`: a registration
+        moves a device in one step, but the owner key of a device can expire before the
+        shopper's list does, and lists written before that step may hold stale entries."""
+        asked = [s.active_devices() for s in shoppers]
+        pipe = self._client.pipeline(transaction=False)
+        for devices in asked:
+            self._contacts.owners(list(devices), pipe)
+        owners = iter(pipe.execute() if any(asked) else [])
+        out: list[dict[str, DeviceRecord]] = []
+        for d, devices in zip(live, asked, strict=True):
+            mine: dict[str, DeviceRecord] = {}
+            for device_id, record in devices.items():
+                owner = next(owners)
+                if owner is None or owner == d.record.user_id:
+                    mine[device_id] = record
+                else:
+                    d.moved.append((device_id, float(record.get("registered_at", 0))))
+            out.append(mine)
+        return out
 
     def _why_not(
         self,
         d: _Delivery,
         shopper: Shopper,
+        devices: dict[str, DeviceRecord],
         stock: list[str | None],
+        pushed_since: set[str],
     ) -> str:
         """Why the message must not go out now ('' if it may); sets `d.targets`, the
-        consented active devices in the rule's channel order."""
+        consented `devices` (active, owned) in the rule's channel order. `pushed_since`
+        are the items pushed to the shopper since the message was made."""
         rule, record = d.rule, d.record
         if rule is None:
             return f"rule {record.rule} disabled"
-        devices = shopper.active_devices()
         channels = self._policy.consented_channels(
             rule, [r["channel"] for r in devices.values()], shopper.preferences
         )
@@ -209,6 +256,10 @@ class MessageSender:
         in_stock = dict(zip(record.items, stock, strict=True))
         if all(in_stock[i] == "0" for i in left):
             return "out of stock"
+        repeats = not KINDS[rule.kind].leads_with_own_items and d.request.attempt == 0
+        if repeats and all(i in pushed_since for i in record.items):
+            # as the no-repeat step would say now; a retry finds its own first send here
+            return "no_repeat: every item was pushed by another message since"
         order = {c: n for n, c in enumerate(rule.channels)}
         ranked = sorted(
             ((i, r) for i, r in devices.items() if r["channel"] in channels),
@@ -253,7 +304,7 @@ class MessageSender:
         self,
         live: Sequence[_Delivery],
         outcomes: Sequence[Sequence[DeliveryResult]],
-        suppressed: Sequence[_Delivery],
+        held: Sequence[_Delivery],
         now: float,
         latencies: Sequence[tuple[str, float]],
     ) -> None:
@@ -265,12 +316,10 @@ class MessageSender:
 
         def writes() -> tuple[list[Any], list[tuple[_Delivery, int]]]:
             pipe = self._client.pipeline(transaction=False)
-            for d in suppressed:
-                mid, why_not = d.record.id, d.result["reason"]
-                self._outbox.set_state(mid, "suppressed", pipe, why_not)
-                self._audit.count(d.record.rule, "suppressed", pipe=pipe)
-                attempt = {"at": now, "attempt": d.request.attempt, "suppressed": why_not}
-                self._outbox.add_attempts(mid, [attempt], pipe)
+            for d in held:
+                self._settle_held(d, now, pipe)
+            for d in [*live, *held]:
+                self._drop_moved(d, now, pipe)
             first_sent: list[tuple[_Delivery, int]] = []  # (delivery, its HSETNX reply)
             for d, results in zip(live, outcomes, strict=True):
                 at = self._settle_one(d, results, now, pipe)
@@ -294,6 +343,45 @@ class MessageSender:
 
         replies, first_sent = _patiently(writes)
         _patiently(lambda: counts(replies, first_sent))
+
+    def _settle_held(self, d: _Delivery, now: float, pipe: redis.client.Pipeline) -> None:
+        """Queue the writes of a delivery that did not go out: suppressed for good, or
+        deferred (parked until its quiet hours end, the same request again)."""
+        mid, why, action = d.record.id, d.result["reason"], d.result["action"]
+        if action == "deferred":
+            until = d.result["defer_until"]
+            self._delayed.schedule(Job(f"deliver:{mid}", DELIVER, d.request.kwargs()), until, pipe)
+            if d.state.get("state") != "sent":  # a deferred retry of a message sent elsewhere
+                self._outbox.set_state(mid, "deferred", pipe, why)
+            self._audit.count(d.record.rule, "deferred", pipe=pipe)
+            self._metrics.add({"delivery.deferred": 1}, pipe=pipe)
+        else:
+            self._outbox.set_state(mid, "suppressed", pipe, why)
+            self._audit.count(d.record.rule, "suppressed", pipe=pipe)
+        attempt = {"at": now, "attempt": d.request.attempt, action: why}
+        self._outbox.add_attempts(mid, [attempt], pipe)
+
+    def _drop_moved(self, d: _Delivery, now: float, pipe: redis.client.Pipeline) -> None:
+        """Record the devices skipped as another shopper's, and take them off this
+        shopper's list (in `pipe`)."""
+        if not d.moved:
+            return
+        for device_id, registered_at in d.moved:
+            self._contacts.drop_moved(d.record.user_id, device_id, registered_at, pipe)
+        self._outbox.add_attempts(
+            d.record.id,
+            [
+                {
+                    "at": now,
+                    "attempt": d.request.attempt,
+                    "device_id": device_id,
+                    "skipped": "registered to another shopper",
+                }
+                for device_id, _ in d.moved
+            ],
+            pipe,
+        )
+        self._metrics.add({"delivery.moved_device": len(d.moved)}, pipe=pipe)
 
     def _settle_one(
         self,

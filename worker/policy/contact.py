@@ -8,8 +8,9 @@ shoppers never gets the rule, so its lift can be measured).
 
 `decide` is pure: its Redis reads (the caps, checked dry, and the items pushed lately)
 are queued by `queue_reads` into the caller's pipeline, so firing a batch reads every
-shopper in one round trip. `queue_reserve` is the atomic check-and-record made at send
-time.
+shopper in one round trip. At send time the push worker asks again what may have changed
+since: `consented_channels`, `quiet_until` (against the preferences as they are then),
+and `queue_reserve`, the atomic check-and-record of the caps.
 """
 
 from __future__ import annotations
@@ -107,6 +108,16 @@ class ContactPolicy:
                 allowed.append(channel)
         return allowed
 
+    @staticmethod
+    def quiet_until(rule: Rule, prefs: dict[str, str], now: float) -> float | None:
+        """When the shopper's quiet hours end if `now` falls inside them and they hold
+        the rule's messages (marketing only; transactional ones go at any hour), else
+        None. Firing and sending both ask."""
+        window = prefs.get("quiet_hours")
+        if rule.purpose != "marketing" or not window:
+            return None
+        return next_allowed(now, prefs.get("timezone", "UTC"), window)
+
     def _limits(
         self, rule: Rule, user_id: str, message_id: str, now: float, *, dry: bool
     ) -> tuple[list[str], list[str | int | float]]:
@@ -125,7 +136,11 @@ class ContactPolicy:
         """Queue in `pipe` the reads `decide` needs (`PolicyReads.from_replies`)."""
         keys, args = self._limits(rule, user_id, message_id, now, dry=True)
         self._scripts.queue(pipe, self._scripts.contact_reserve, keys, args)
-        since = now - self._settings.no_repeat_days * 86_400
+        self.queue_pushed(pipe, user_id, now - self._settings.no_repeat_days * 86_400)
+
+    def queue_pushed(self, pipe: redis.client.Pipeline, user_id: str, since: float) -> None:
+        """Queue in `pipe` a read of the items pushed to the shopper at or after `since`
+        (the no-repeat step; the reply is a list of item ids)."""
         pipe.zrangebyscore(self._keys.user(user_id).pushed_items, since, "+inf")
 
     def decide(
@@ -163,14 +178,12 @@ class ContactPolicy:
             return verdict
         steps.append(Step("caps", "pass"))
 
-        window = prefs.get("quiet_hours")
-        if rule.purpose == "marketing" and window:
-            until = next_allowed(now, prefs.get("timezone", "UTC"), window)
-            if until is not None:
-                steps.append(Step("quiet_hours", "defer", f"until {until:.0f}"))
-                verdict.action = "defer"
-                verdict.defer_until = until
-                return verdict
+        until = self.quiet_until(rule, prefs, now)
+        if until is not None:
+            steps.append(Step("quiet_hours", "defer", f"until {until:.0f}"))
+            verdict.action = "defer"
+            verdict.defer_until = until
+            return verdict
         steps.append(Step("quiet_hours", "pass"))
 
         fresh = list(items)

@@ -54,7 +54,7 @@ def track(
             rt.rejected.record(task, exc.code, exc.reason, raw)
             rejected += 1
     result = rt.state.apply_events(events, now, delivery_id)
-    rt.audit.attribute(result.fresh)
+    rt.metrics.add(rt.audit.attribute(result.fresh))
     triggers = rt.triggers.for_events(result.fresh, now)
     rt.state.react_and_confirm(result, lambda pipe: schedule(rt, triggers, now, pipe))
     return {"applied": result.applied, "duplicates": result.duplicates, "rejected": rejected}

@@ -3,8 +3,9 @@ what came of it.
 
 Every rule firing leaves a decision record on the shopper (rule, trigger, candidates
 with scores and reasons, each policy step's verdict, the message id). Opens, clicks and
-purchases are attributed to a message by `push_id`, or, for a purchase without one, to
-the last message (or holdout decision) about that item within the attribution window.
+purchases are attributed to a message by `push_id` (of the shopper it was sent to only),
+or, for a purchase without one, to the last message (or holdout decision) about that item
+within the attribution window.
 Counts per rule and holdout cell live in one hash per rule, so lift can be read off
 (`pushrec stats`).
 """
@@ -12,6 +13,7 @@ Counts per rule and holdout cell live in one hash per rule, so lift can be read 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Literal, TypedDict
 
@@ -121,9 +123,14 @@ class Audit:
         if pipe is None:
             target.execute()
 
-    def attribute(self, events: Sequence[Event]) -> None:
+    def attribute(self, events: Sequence[Event]) -> Counter[str]:
         """Credit opens, clicks and conversions to the messages they came from; each
-        outcome counts once per message. One pipelined read for the whole batch."""
+        outcome counts once per message. One pipelined read for the whole batch.
+
+        A `push_id` names a message only for the shopper it was sent to: an event of
+        another shopper carrying it (a device that changed hands, a forwarded link, a
+        forged id) credits nothing. Returns such ignored attributions as metric counts
+        (`attribution.ignored.<reason>`) for the caller to add."""
         lookups: list[tuple[Event, str]] = []
         pipe = self._client.pipeline(transaction=False)
         for event in events:
@@ -133,22 +140,28 @@ class Audit:
             elif event.type == "purchase" and event.item_id:
                 pipe.hget(self._keys.user(event.user_id).attribution, event.item_id)
                 lookups.append((event, "item"))
+        ignored: Counter[str] = Counter()
         if not lookups:
-            return
+            return ignored
         for (event, how), raw in zip(lookups, pipe.execute(), strict=True):
             if not raw:
                 continue
             if how == "push_id":
                 assert event.push_id is not None
+                message = json.loads(raw)
+                if message["user_id"] != event.user_id:
+                    ignored["attribution.ignored.other_shopper"] += 1
+                    continue
                 outcome = {"push_open": "opened", "push_click": "clicked"}.get(
                     event.type, "converted"
                 )
-                self._credit(event.push_id, json.loads(raw)["rule"], outcome, event.ts)
+                self._credit(event.push_id, message["rule"], outcome, event.ts)
                 continue
             entry = json.loads(raw)
             if 0 <= event.ts - entry["at"] <= self._window_s:
                 outcome = "held_out_converted" if entry["cell"] == "holdout" else "converted"
                 self._credit(entry["message_id"], entry["rule"], outcome, event.ts)
+        return ignored
 
     def _credit(self, message_id: str, rule: str, outcome: str, ts: float) -> None:
         key = self._keys.message(message_id).outcome

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
@@ -14,6 +15,9 @@ from worker.store.keys import Keys
 from worker.store.scripts import Scripts
 
 MAX_DEVICES_PER_USER = 20
+# A registration reads the owner again each time another registration moved the device
+# first; running out takes that many of them landing within its few round trips.
+_MOVE_TRIES = 20
 
 
 def device_id(channel: str, address: str) -> str:
@@ -46,20 +50,30 @@ class Contacts:
             record["subscription"] = reg.subscription.model_dump(by_alias=True, exclude_none=True)
         else:
             record["token"] = reg.address
-        previous: str | None = self._client.getset(  # type: ignore[assignment]
-            self._keys.device_owner(did), reg.user_id
-        )
-        moved_from = previous if previous and previous != reg.user_id else None
-        if moved_from is not None:
-            self._client.hdel(self._keys.user(moved_from).devices, did)
         devices_key = self._keys.user(reg.user_id).devices
-        pipe = self._client.pipeline(transaction=True)
-        pipe.hset(devices_key, did, json.dumps(record, separators=(",", ":")))
-        pipe.expire(devices_key, self._ttl_s)
-        pipe.expire(self._keys.device_owner(did), self._ttl_s)
-        pipe.execute()
+        moved_from = self._move(did, reg.user_id, json.dumps(record, separators=(",", ":")))
         self._evict_oldest(devices_key, reg.user_id)
-        return DeviceOutcome(device_id=did, moved_from=str(moved_from) if moved_from else None)
+        return DeviceOutcome(device_id=did, moved_from=moved_from)
+
+    def _move(self, did: str, user_id: str, record: str) -> str | None:
+        """Own and list device `did` under `user_id`, taking it off its previous owner's
+        list, in one script (`register_device.lua`); returns that previous owner, if
+        another. The script names the previous owner's hash, so the owner is read first
+        and read again whenever another registration moved the device in between."""
+        owner_key = self._keys.device_owner(did)
+        own_list = self._keys.user(user_id).devices
+        seen: str = self._client.get(owner_key) or ""  # type: ignore[assignment]
+        for _ in range(_MOVE_TRIES):
+            previous_list = self._keys.user(seen).devices if seen else own_list
+            done, current = self._scripts.register_device(
+                keys=[owner_key, own_list, previous_list],
+                args=[user_id, seen, did, record, self._ttl_s],
+            )
+            if int(done):
+                return current if current and current != user_id else None
+            seen = current
+        # transient (store/errors.py): the task backs off and registers again
+        raise redis.exceptions.TryAgainError(f"device {did}: owner changed {_MOVE_TRIES} times")
 
     def _evict_oldest(self, devices_key: str, user_id: str) -> None:
         devices: dict[str, str] = self._client.hgetall(devices_key)  # type: ignore[assignment]
@@ -82,10 +96,8 @@ class Contacts:
 
     def _release(self, did: str, user_id: str) -> bool:
         """Delete the device's owner key if `user_id` holds it; True if it did."""
-        owner_key = self._keys.device_owner(did)
-        if self._client.get(owner_key) == user_id:
-            return bool(self._client.delete(owner_key))
-        return False
+        released = self._scripts.release_device(keys=[self._keys.device_owner(did)], args=[user_id])
+        return bool(released)
 
     def release_all(self, user_id: str) -> int:
         """Release every device of `user_id` (erasure); returns how many they held."""
@@ -105,6 +117,23 @@ class Contacts:
         self._scripts.deactivate_device(
             keys=[self._keys.user(user_id).devices],
             args=[device_id, "" if invalid_since is None else repr(invalid_since), reason],
+            client=pipe,
+        )
+
+    def owners(self, device_ids: Sequence[str], pipe: redis.client.Pipeline) -> None:
+        """Queue in `pipe` a read of who owns each device: one reply per device, the
+        user id or None (the owner key expired or was released)."""
+        for did in device_ids:
+            pipe.get(self._keys.device_owner(did))
+
+    def drop_moved(
+        self, user_id: str, device_id: str, registered_at: float, pipe: redis.client.Pipeline
+    ) -> None:
+        """Take a device another shopper owns off `user_id`'s list (in `pipe`), unless
+        `user_id` registered it again after `registered_at` (as read)."""
+        self._scripts.drop_moved_device(
+            keys=[self._keys.user(user_id).devices],
+            args=[device_id, repr(float(registered_at))],
             client=pipe,
         )
 

@@ -3,7 +3,10 @@
 All of one shopper's keys carry the hash tag `{u:<user_id>}` and all of one item's keys
 `{i:<item_id>}`, so a Lua script that touches one shopper (or one item) touches one
 Redis Cluster slot. Global keys (logs, trending counters, metrics) are written in
-separate, idempotent steps, never inside a per-shopper script.
+separate, idempotent steps, never inside a per-shopper script. One script spans slots on
+purpose: `register_device.lua` moves a device (`device:<id>` and the two shoppers'
+`devices` hashes) in one step, since the move must be atomic. Redis Cluster refuses
+such a script (CROSSSLOT): there, registration needs another way to move a device.
 
 The prefix (`Settings.key_prefix`) leads every key; tests give each test its own.
 

@@ -31,6 +31,9 @@ class Scripts:
     contact_reserve: Script
     deactivate_device: Script
     claim_device: Script
+    register_device: Script
+    release_device: Script
+    drop_moved_device: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:
@@ -43,6 +46,9 @@ class Scripts:
             contact_reserve=client.register_script(_source("contact_reserve")),
             deactivate_device=client.register_script(_source("deactivate_device")),
             claim_device=client.register_script(_source("claim_device")),
+            register_device=client.register_script(_source("register_device")),
+            release_device=client.register_script(_source("release_device")),
+            drop_moved_device=client.register_script(_source("drop_moved_device")),
         )
 
     def load(self, client: redis.Redis) -> None:
