@@ -6,15 +6,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+from celery.exceptions import Reject
 
 from tests.clock import RUN_NOW
 from tests.worker.conftest import WorkerProcess, node_name, wait_for, worker_env
 from worker import contract
 from worker.client import PushrecClient
+from worker.service import tasks
 from worker.service.app import create_app
 from worker.service.runtime import Runtime
 from worker.settings import Settings
@@ -55,6 +59,50 @@ def test_a_message_delivered_past_the_cap_is_parked_counted_and_acked(
     assert parked.replayable and parked.call == {"args": [], "kwargs": {"event": _event("e1")}}
     assert runtime.metrics.snapshot()["tasks.dead_lettered"] == 1
     assert runtime.redis.exists(runtime.keys.deliveries("msg-1")) == 0
+
+
+def test_a_parked_deliver_call_takes_its_messages_off_the_stuck_sweep(
+    settings: Settings, runtime: Runtime
+) -> None:
+    """Else the sweep would send them again under a new task id, a new count, forever."""
+    runtime.redis.zadd(runtime.keys.outbox_queued, {"m-1": 1.0, "m-2": 1.0, "m-3": 1.0})
+    app = create_app(settings.model_copy(update={"max_deliveries": 2}))
+    try:
+        for n in range(3):
+            _deliver_as_broker(
+                app.tasks[contract.DELIVER], "msg-d", n > 0, message_ids=["m-1", "m-2"]
+            )
+    finally:
+        app.close_runtime()
+    assert runtime.redis.zrange(runtime.keys.outbox_queued, 0, -1) == ["m-3"]
+    assert runtime.outbox.stuck(time.time(), 0) == ["m-3"]
+    state = runtime.redis.hget(runtime.keys.message("m-1").state, "state")
+    assert state == "dead_lettered"
+
+
+def test_a_requeue_after_a_redis_outage_does_not_count_toward_the_cap(
+    settings: Settings, runtime: Runtime
+) -> None:
+    app = create_app(settings.model_copy(update={"max_deliveries": 2, "task_max_retries": 0}))
+    task = app.tasks[contract.TRACK]
+    task.backoff_s = lambda attempt: 0.0  # type: ignore[method-assign]
+    try:
+        for _ in range(4):  # each delivery meets Redis away once, and requeues
+            task.push_request(id="msg-o", delivery_info={"redelivered": True})
+            try:
+                assert tasks._park_if_poison(task, tasks.TASKS[0], (), {}) is None
+                with pytest.raises(Reject):
+                    tasks._run(task, _redis_away)
+            finally:
+                task.pop_request()
+    finally:
+        app.close_runtime()
+    assert runtime.dead_letters.size() == 0
+    assert runtime.redis.exists(runtime.keys.deliveries("msg-o")) == 0
+
+
+def _redis_away(rt: Runtime) -> None:
+    raise redis.ConnectionError("Connection refused")
 
 
 def test_a_first_delivery_costs_no_count(settings: Settings, runtime: Runtime) -> None:

@@ -31,9 +31,12 @@ MESSAGE_TTL_S = 30 * 86_400
 # A device left `sending` longer than this by another task was abandoned by a dead worker
 # (one send attempt is bounded far below it by the HTTP timeouts).
 SEND_LEASE_S = 120
-# States in which a message no longer waits for a deliver task: settled, or parked in the
-# delayed set (a retry, or deferred to the end of quiet hours).
-_OFF_THE_QUEUE = frozenset({"sent", "suppressed", "failed", "retrying", "deferred"})
+# States in which a message no longer waits for a deliver task: settled, parked in the
+# delayed set (a retry, or deferred to the end of quiet hours), or its deliver task parked
+# in the dead-letter stream (`pushrec dead-letters replay` sends it again).
+_OFF_THE_QUEUE = frozenset(
+    {"sent", "suppressed", "failed", "retrying", "deferred", "dead_lettered"}
+)
 _ATTEMPTS_KEPT = 50
 _INDEX_REPLIES = 3  # commands `Outbox._index` queues
 

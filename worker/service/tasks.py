@@ -132,7 +132,9 @@ def _keep_failed(task: PushrecTask, exc: Exception) -> dict[str, str]:
     return {"error": reason}
 
 
-def _park_if_poison(task: PushrecTask, kept: Any) -> dict[str, str] | None:
+def _park_if_poison(
+    task: PushrecTask, spec: TaskSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, str] | None:
     """On a redelivered message: count it; past `max_deliveries` park the call in the
     dead-letter stream (the message is then acked) and say so. None: run it."""
     delivery_info = task.request.delivery_info or {}
@@ -147,7 +149,9 @@ def _park_if_poison(task: PushrecTask, kept: Any) -> dict[str, str] | None:
             f"delivered {deliveries} times without finishing "
             "(its worker died on it, or it ran over the time limit)"
         )
-        dead.park(task.name, str(task.request.id), reason, kept, deliveries)
+        dead.park(task.name, str(task.request.id), reason, spec.keep(args, kwargs), deliveries)
+        if spec.on_park is not None:
+            spec.on_park(task.runtime, kwargs)
     except Exception as exc:
         if not is_transient(exc):
             log.exception("%s %s: delivery count failed", task.name, task.request.id)
@@ -161,6 +165,10 @@ def _give_up(task: PushrecTask, exc: Exception) -> NoReturn:
     first: RabbitMQ hands a requeued message out again at once, and with no retries
     configured this would spin. The reason goes as a string: the exception itself may not
     survive pickling to the pool's parent."""
+    # This redelivery is ours, not a poison message's: it must not count toward the cap
+    # (best effort: Redis is what failed).
+    with contextlib.suppress(Exception):
+        task.runtime.dead_letters.forget_count(str(task.request.id))
     time.sleep(task.backoff_s(task.app.settings.task_max_retries))
     raise Reject(f"{type(exc).__name__}: {exc}", requeue=True) from exc
 
@@ -201,6 +209,9 @@ class TaskSpec:
     optional: frozenset[str] = frozenset()
     keep: Callable[[tuple[Any, ...], dict[str, Any]], Any] = _as_given
     ignore_result: bool = True
+    # What parking a call in the dead-letter stream must also do (deliver: take its
+    # messages off the stuck-message sweep, which would send them again under a new task).
+    on_park: Callable[[Runtime, dict[str, Any]], None] | None = None
 
 
 def _fire(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
@@ -225,6 +236,17 @@ def _deliver(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
     except InvalidInput as exc:
         return _shape_rejected(task, exc.reason, kwargs)
     return rt.sender().deliver_many(requests, time.time(), _delivery(task))
+
+
+def _park_deliveries(rt: Runtime, kwargs: dict[str, Any]) -> None:
+    try:
+        requests = DeliveryRequest.from_kwargs(kwargs)
+    except InvalidInput:
+        return
+    pipe = rt.redis.pipeline(transaction=False)
+    for request in requests:
+        rt.outbox.set_state(request.message_id, "dead_lettered", pipe, "deliver task parked")
+    pipe.execute()
 
 
 def _rebuild(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
@@ -293,6 +315,7 @@ TASKS: tuple[TaskSpec, ...] = (
         contract.DELIVER,
         _deliver,
         optional=frozenset({"message_ids", "message_id", "attempt", "devices"}),
+        on_park=_park_deliveries,
     ),
     TaskSpec(contract.REBUILD_INDEX, _rebuild, optional=frozenset({"force"}), ignore_result=False),
     TaskSpec(contract.NOOP, _noop),
@@ -310,7 +333,7 @@ def register_task(app: Celery, spec: TaskSpec) -> None:
     delivery cap, Redis retries, failures kept)."""
 
     def run(self: PushrecTask, *args: Any, **kwargs: Any) -> Any:
-        if parked := _park_if_poison(self, spec.keep(args, kwargs)):
+        if parked := _park_if_poison(self, spec, args, kwargs):
             return parked
         if reason := _call_shape(self, args, kwargs, spec.required, spec.optional):
             return _shape_rejected(self, reason, spec.keep(args, kwargs))

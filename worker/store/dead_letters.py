@@ -95,6 +95,11 @@ class DeadLetters:
         redeliveries, _ = pipe.execute()
         return int(redeliveries) + 1
 
+    def forget_count(self, task_id: str) -> None:
+        """Drop `task_id`'s count: its next delivery is one pushrec asked for (a requeue
+        after a Redis outage), not a sign of poison."""
+        self._client.delete(self._keys.deliveries(task_id))
+
     def park(self, task: str, task_id: str, reason: str, call: Any, deliveries: int) -> str:
         """Keep `call` ({"args": [...], "kwargs": {...}}) in the stream, redacted and
         indexed by shopper as the rejected stream is (`redaction.stream_fields`), count it,
