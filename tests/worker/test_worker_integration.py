@@ -131,17 +131,21 @@ def test_messages_that_cannot_become_a_call_are_recorded_and_the_rest_applied(
     """What a producer in another language can get wrong before any task body runs: a body
     that is not JSON, kwargs that are not an object, a task name that does not exist.
     Celery used to log and drop these; each is now a rejection with a code."""
-    start_worker()
+    worker = start_worker()
     settings = runtime.settings
     embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    secret = "fcm-token-SECRET-4711"
+    device = {"user_id": "u1", "channel": "fcm", "token": secret}
     bad = [
-        ("pushrec.track", "{not json"),
-        ("pushrec.track", json.dumps([[], ["event"], embed])),
+        ("pushrec.track", "{not json " + secret),
+        ("pushrec.register_device", json.dumps([[secret], ["event"], embed])),
+        ("pushrec.register_devic", json.dumps([[], device, embed])),
         ("pushrec.fire", json.dumps([[], 5, embed])),
         ("pushrec.trak", json.dumps([[], {"event": event("typo-1")}, embed])),
         ("pushrec.track", json.dumps({"not": "a call"})),  # crashed the worker (celery 5.6)
         ("pushrec.track", json.dumps([[], {"event": event("e-9")}, {"callbacks": 5}])),
     ]
+    refused_by_celery = ("pushrec.track", json.dumps([[], {"event": event("e-8")}, embed]))
     good = ("pushrec.track", json.dumps([[], {"event": event("ok-1")}, embed]))
     with Connection(
         settings.redis_url, transport_options={"global_keyprefix": settings.broker_key_prefix}
@@ -155,22 +159,36 @@ def test_messages_that_cannot_become_a_call_are_recorded_and_the_rest_applied(
                 content_encoding="utf-8",
                 headers={"lang": "go", "task": task, "id": str(uuid.uuid4())},
             )
+        producer.publish(
+            refused_by_celery[1],
+            routing_key=settings.queue_activity,
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers={"lang": "go", "task": refused_by_celery[0], "id": "x", "eta": secret},
+        )
     wait_for(
-        lambda: len(runtime.rejected.recent(10)) == len(bad),
+        lambda: len(runtime.rejected.recent(20)) == len(bad) + 1,
         what=f"rejections: {runtime.rejected.recent(10)}",
     )
     wait_for(lambda: counter(runtime, "events.applied") == 1, what="the good event")
-    codes = sorted((r["task"], r["code"]) for r in runtime.rejected.recent(10))
+    codes = sorted((r["task"], r["code"]) for r in runtime.rejected.recent(20))
     assert codes == [
         ("pushrec.fire", "bad_call"),
-        ("pushrec.track", "bad_call"),
+        ("pushrec.register_device", "bad_call"),
         ("pushrec.track", "bad_call"),
         ("pushrec.track", "bad_call"),
         ("pushrec.track", "not_json"),
-        ("pushrec.trak", "unknown_task"),
+        ("unknown_task", "bad_call"),  # the malformed eta, refused by Celery itself
+        ("unknown_task", "unknown_task"),
+        ("unknown_task", "unknown_task"),
     ]
-    typo = next(r for r in runtime.rejected.recent(10) if r["code"] == "unknown_task")
-    assert "typo-1" in typo["payload"]  # kept whole, to replay under the right name
+    typos = [r for r in runtime.rejected.recent(10) if r["code"] == "unknown_task"]
+    assert any("typo-1" in r["payload"] for r in typos)  # kept, to replay under the right name
+    # nothing of a token reaches the stream or the log, whatever shape it came in
+    assert [r for r in runtime.rejected.recent(20) if secret in json.dumps(r)] == []
+    assert secret not in worker.log()
+    # a task name is not a metric label: a producer's typos can't grow the counters
+    assert not any("register_devic." in name for name in runtime.metrics.snapshot())
 
 
 def test_forget_user_through_the_queue_reports_what_it_removed(

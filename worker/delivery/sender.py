@@ -42,7 +42,7 @@ from worker.shoppers.audit import Audit
 from worker.shoppers.contacts import Contacts
 from worker.shoppers.snapshot import DeviceRecord, Part, Shopper, ShopperReads
 from worker.store.delayed import DelayedJobs, Job
-from worker.store.errors import is_transient
+from worker.store.errors import describe, is_transient, stack
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
 
@@ -281,8 +281,9 @@ class MessageSender:
             try:
                 d.sends.append((device_id, self._message(d.record, d.targets[device_id])))
             except Exception as exc:  # a corrupt device record: that device fails alone
-                log.exception("message %s to device %s", d.record.id, device_id)
-                d.broken.append((device_id, f"{type(exc).__name__}: {exc}"))
+                log.error("message %s to device %s: %s\n%s",
+                          d.record.id, device_id, describe(exc), stack(exc))  # fmt: skip
+                d.broken.append((device_id, describe(exc)))
 
     def _message(self, record: MessageRecord, device: DeviceRecord) -> Message:
         return Message(

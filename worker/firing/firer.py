@@ -36,6 +36,7 @@ from worker.shoppers.catalog import Catalog
 from worker.shoppers.snapshot import Shopper, ShopperReads
 from worker.shoppers.state import StateStore
 from worker.store.delayed import DelayedJobs, Job
+from worker.store.errors import describe, stack
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
 
@@ -358,6 +359,8 @@ def _isolated(f: _Firing, step: Callable[P, T], *args: P.args, **kwargs: P.kwarg
     try:
         return step(*args, **kwargs)
     except Exception as exc:
-        log.exception("rule %s for shopper %s failed", f.rule.name, fingerprint(f.job.user_id))
-        f.action, f.reason, f.step = "error", f"{type(exc).__name__}: {exc}", "error"
+        reason = describe(exc)
+        log.error("rule %s for shopper %s failed: %s\n%s",
+                  f.rule.name, fingerprint(f.job.user_id), reason, stack(exc))  # fmt: skip
+        f.action, f.reason, f.step = "error", reason, "error"
         return None

@@ -9,6 +9,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import (
     task_prerun,
+    task_rejected,
     task_unknown,
     worker_process_init,
     worker_process_shutdown,
@@ -151,6 +152,11 @@ def create_app(settings: Settings) -> PushrecApp:
     def _unknown(sender: Any, message: Any, name: str, id: str, **_: object) -> None:
         if getattr(sender, "app", None) is app:  # the signal is global; apps are not
             receipt.record_unknown_task(app, message, name, id)
+
+    @task_rejected.connect(weak=False)
+    def _refused(sender: Any, message: Any, exc: BaseException | None, **_: object) -> None:
+        if getattr(sender, "app", None) is app:
+            receipt.record_refused(app, message, exc)
 
     @task_prerun.connect(weak=False)
     def _between_tasks(**_: object) -> None:

@@ -15,6 +15,7 @@ loses the return value (a fire task returns message titles and item ids).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 from push.redact import install_log_redaction
+from worker.store.redaction import without_quoted
 
 LogFormat = Literal["json", "text"]
 
@@ -81,6 +83,41 @@ class _SuccessWithoutResult(logging.Filter):
         return True
 
 
+class _WithoutMessageBody(logging.Filter):
+    """Celery's consumer prints the body and headers of a message it can't use (a Python
+    producer's headers repeat the arguments): device tokens, user ids. pushrec records
+    those messages itself, redacted (`service/receipt.py`), so the line keeps what went
+    wrong and nothing of the message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        short = _body_templates().get(record.msg) if isinstance(record.msg, str) else None
+        if short is not None:
+            args = record.args if isinstance(record.args, tuple) else ()
+            kept = tuple(without_quoted(str(a)) for a in args[: short[1]])
+            record.msg, record.args = short[0], kept
+            record.exc_info, record.exc_text = None, None  # its message repeats the value
+        return True
+
+
+@functools.cache
+def _body_templates() -> dict[str, tuple[str, int]]:
+    """Celery's consumer templates that print a message: what to print instead, and how
+    many of the leading arguments it keeps."""
+    from celery.worker.consumer import consumer
+
+    short = {
+        "UNKNOWN_TASK_ERROR": ("Received unregistered task of type %s: recorded", 1),
+        "INVALID_TASK_ERROR": ("Received invalid task message: %s: recorded", 1),
+        "MESSAGE_DECODE_ERROR": (
+            "Can't decode message body: %r [type:%r encoding:%r]: recorded",
+            3,
+        ),
+        "UNKNOWN_FORMAT": ("Received and deleted a message with no task name", 0),
+    }
+    templates = vars(consumer)
+    return {templates[name]: replacement for name, replacement in short.items()}
+
+
 def configure_logging(level: str | int, fmt: LogFormat, stream: TextIO | None = None) -> None:
     """Send every logger's records to `stream` (stderr) in `fmt`, at `level` and above.
     Idempotent: replaces the root logger's handlers."""
@@ -95,6 +132,9 @@ def configure_logging(level: str | int, fmt: LogFormat, stream: TextIO | None = 
         logger = logging.getLogger(name)
         if not any(isinstance(f, _SuccessWithoutResult) for f in logger.filters):
             logger.addFilter(_SuccessWithoutResult())
+    consumer = logging.getLogger("celery.worker.consumer.consumer")
+    if not any(isinstance(f, _WithoutMessageBody) for f in consumer.filters):
+        consumer.addFilter(_WithoutMessageBody())
     logging.captureWarnings(True)  # Python warnings become records in `fmt`, not raw lines
     install_log_redaction()
 

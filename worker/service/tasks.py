@@ -39,7 +39,7 @@ from worker.service import ingest, rebuild, receipt
 from worker.service.runtime import Runtime
 from worker.settings import Settings
 from worker.shoppers.inputs import InvalidInput
-from worker.store.errors import TRANSIENT, is_transient
+from worker.store.errors import TRANSIENT, describe, is_transient, stack
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def _run(task: PushrecTask, body: Callable[[Runtime], Any]) -> Any:
                 return _keep_failed(task, exc)
             if attempt == attempts:
                 log.error("%s %s: Redis still unavailable, left for redelivery: %s",
-                          task.name, task.request.id, exc)  # fmt: skip
+                          task.name, task.request.id, describe(exc))  # fmt: skip
                 _give_up(task, exc)
             if isinstance(exc, redis.exceptions.NoScriptError):
                 _reload_scripts(task)  # Redis is back, without our scripts: no need to wait
@@ -120,14 +120,14 @@ def _keep_failed(task: PushrecTask, exc: Exception) -> dict[str, str]:
     entry there), ack it, never loop. If the record can't be written (Redis failed too),
     the message goes back to the broker: losing it unrecorded is the one outcome not
     allowed, and the delivery cap ends the loop if the cause stays."""
-    log.exception("%s %s failed", task.name, task.request.id)
-    reason = f"{type(exc).__name__}: {exc}"
+    reason = describe(exc)
+    log.error("%s %s failed: %s\n%s", task.name, task.request.id, reason, stack(exc))
     payload = {"task_id": task.request.id, "kwargs": task.request.kwargs}
     try:
         task.runtime.rejected.record(task.name, "task_error", reason, payload)
     except Exception as record_exc:
         log.error("%s %s: could not record the failure (%s), left for redelivery",
-                  task.name, task.request.id, record_exc)  # fmt: skip
+                  task.name, task.request.id, describe(record_exc))  # fmt: skip
         _give_up(task, exc)
     return {"error": reason}
 
@@ -170,7 +170,7 @@ def _give_up(task: PushrecTask, exc: Exception) -> NoReturn:
     with contextlib.suppress(Exception):
         task.runtime.dead_letters.forget_count(str(task.request.id))
     time.sleep(task.backoff_s(task.app.settings.task_max_retries))
-    raise Reject(f"{type(exc).__name__}: {exc}", requeue=True) from exc
+    raise Reject(describe(exc), requeue=True) from exc
 
 
 def _delivery(task: PushrecTask) -> str:

@@ -34,6 +34,7 @@ from pydantic import (
 from indexing import parse_ts as _parse_ts
 from worker.contract import ITEM_EVENT_TYPES, PUSH_EVENT_TYPES, SCHEMA_VERSION, canonical_id
 from worker.settings import Settings
+from worker.store.errors import describe, stack
 
 log = logging.getLogger(__name__)
 
@@ -257,10 +258,9 @@ def total(parse: Callable[P, R]) -> Callable[P, R]:
         except InvalidInput:
             raise
         except Exception as exc:
-            log.exception("%s: unforeseen error on input", parse.__name__)
-            raise InvalidInput(
-                "unparseable", f"{parse.__name__}: {type(exc).__name__}: {preview(str(exc), 200)}"
-            ) from None
+            reason = f"{parse.__name__}: {describe(exc)}"
+            log.error("unforeseen error on input: %s\n%s", reason, stack(exc))
+            raise InvalidInput("unparseable", reason) from None
 
     return checked
 

@@ -20,10 +20,15 @@ one of them reports it inside a script error on Redis 6.2 (`Error running script
 
 from __future__ import annotations
 
+import re
+import traceback
+
 import redis
 from redis import exceptions as rex
 
-__all__ = ["TRANSIENT", "is_transient"]
+from worker.store.redaction import without_quoted
+
+__all__ = ["TRANSIENT", "describe", "is_transient", "stack"]
 
 TRANSIENT: tuple[type[redis.RedisError], ...] = (
     rex.ConnectionError,
@@ -47,3 +52,20 @@ def is_transient(exc: BaseException) -> bool:
         return False
     words = {word.lstrip("-") for word in str(exc).replace(":", " ").split()}
     return any(code in words for code in _TRANSIENT_CODES)
+
+
+# redis-py repeats a failed pipeline command with its arguments: key names (raw user ids)
+# and values (tokens).
+_PIPELINE_COMMAND = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.DOTALL)
+
+
+def describe(exc: BaseException) -> str:
+    """`exc` as a line safe to log and keep: its class and message, without the command
+    redis-py repeats and without quoted values (an id or a token the message names)."""
+    message = _PIPELINE_COMMAND.sub("", str(exc))
+    return f"{type(exc).__name__}: {without_quoted(message)[:500]}"
+
+
+def stack(exc: BaseException) -> str:
+    """Where `exc` was raised (file, line, code), without its message: see `describe`."""
+    return "".join(traceback.format_tb(exc.__traceback__))

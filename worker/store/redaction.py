@@ -10,6 +10,7 @@ Event content, user ids and item ids are kept: they are what a replay needs.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -155,3 +156,13 @@ def names_shopper(fields: dict[str, str], user_id: str) -> bool:
         if user_id.isdigit():
             spelled.add(user_id)
         return any(f'"user_id": {s}' in text or f'"user_id":{s}' in text for s in spelled)
+
+
+_QUOTED = re.compile(r"b?'[^']*'|b?\"[^\"]*\"")
+
+
+def without_quoted(text: str) -> str:
+    """`text` (an exception's message about some input) with every quoted value replaced
+    by `'…'`: libraries quote the value they could not read, and that value may be a
+    token or an id."""
+    return _QUOTED.sub("'…'", text)
