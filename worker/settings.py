@@ -164,6 +164,13 @@ class Settings(BaseSettings):
     scheduler_poll_s: float = Field(
         default=1.0, gt=0, le=60, description="How often due delayed jobs are moved."
     )
+    scheduler_lease_s: float = Field(
+        default=15.0,
+        ge=3,
+        le=300,
+        description="The leader scheduler's lock outlives its last renewal (every second) "
+        "by this: when the leader dies, another scheduler leads within it.",
+    )
 
     # --- operations ------------------------------------------------------------------
     log_format: Literal["json", "text"] | None = Field(

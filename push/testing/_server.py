@@ -4,9 +4,13 @@ the JSON admin endpoint and a runner that serves an app on 127.0.0.1 from a thre
 Every gateway server answers, besides its own protocol:
 
 * ``GET  /_admin/received``   what it accepted or rejected, oldest first (JSON list)
-* ``GET  /_admin/stats``      ``{"max_in_flight": n}``: most requests it held at once
+* ``GET  /_admin/stats``      ``{"in_flight": n, "max_in_flight": m}``: requests being
+  answered now, and the most it held at once
 * ``POST /_admin/script``     ``{"responses": [{"status": 503, "retry_after": "2",
-  "reason": "..."}], "key": <token or null>, "latency_ms": 50}``
+  "reason": "...", "delay_ms": 12000}], "key": <token or null>, "latency_ms": 50,
+  "hold": true}``: queued answers (each may be delayed: a client that gives up first
+  sees a timeout), latency for every request, and a hold: while on, requests wait
+  before being looked at (nothing is accepted) until ``"hold": false``
 * ``POST /_admin/unregister`` ``{"tokens": [...]}``: these tokens are gone from now on
 * ``POST /_admin/reset``      forget scripts, records and unregistered tokens
 """
@@ -60,16 +64,23 @@ class Response:
 
 @dataclass(frozen=True, slots=True)
 class Scripted:
-    """One scripted answer: `status`, optional Retry-After and protocol error `reason`."""
+    """One scripted answer: `status`, optional Retry-After, protocol error `reason`, and
+    `delay_s` before it is given."""
 
     status: int
     retry_after: str | None = None
     reason: str | None = None
+    delay_s: float = 0.0
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> Scripted:
         retry = value.get("retry_after")
-        return cls(int(value["status"]), None if retry is None else str(retry), value.get("reason"))
+        return cls(
+            int(value["status"]),
+            None if retry is None else str(retry),
+            value.get("reason"),
+            float(value.get("delay_ms", 0)) / 1000,
+        )
 
 
 class Script:
@@ -119,6 +130,8 @@ class GatewayServer:
         self.base_url = ""
         self.in_flight = 0
         self.max_in_flight = 0  # shows whether a client sends concurrently
+        self._released = asyncio.Event()  # cleared while requests are held
+        self._released.set()
 
     def record(self, **entry: Any) -> None:
         self.received.append({"at": time.time(), **entry})
@@ -128,6 +141,14 @@ class GatewayServer:
         self.script.reset()
         self.received.clear()
         self.max_in_flight = 0
+        self._released.set()
+
+    async def take_scripted(self, key: str | None) -> Scripted | None:
+        """The next scripted answer for `key` (or for anyone), after its delay."""
+        scripted = self.script.take(key)
+        if scripted is not None and scripted.delay_s:
+            await asyncio.sleep(scripted.delay_s)
+        return scripted
 
     async def handle(self, request: Request) -> Response:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -170,6 +191,7 @@ class GatewayServer:
             try:
                 if self.script.latency_s:
                     await asyncio.sleep(self.script.latency_s)
+                await self._released.wait()
                 response = await self.handle(request)
             finally:
                 self.in_flight -= 1
@@ -187,7 +209,8 @@ class GatewayServer:
         if action == "received" and request.method == "GET":
             return Response.json(200, list(self.received))
         if action == "stats" and request.method == "GET":
-            return Response.json(200, {"max_in_flight": self.max_in_flight})
+            stats = {"in_flight": self.in_flight, "max_in_flight": self.max_in_flight}
+            return Response.json(200, stats)
         if request.method != "POST":
             return Response.json(405, {"error": "method not allowed"})
         payload = request.json() if request.body else {}
@@ -197,6 +220,11 @@ class GatewayServer:
                 self.script.push(*answers, key=payload.get("key"))
             if "latency_ms" in payload:
                 self.script.latency_s = float(payload["latency_ms"]) / 1000
+            if "hold" in payload:
+                if payload["hold"]:
+                    self._released.clear()
+                else:
+                    self._released.set()
             return Response.json(200, {"ok": True})
         if action == "unregister":
             self.script.unregister(*payload.get("tokens", []))

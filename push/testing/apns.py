@@ -151,7 +151,7 @@ class ApnsServer(GatewayServer):
             return _reject(400, "BadPayload", apns_id)
         if not isinstance(payload, dict) or not isinstance(payload.get("aps"), dict):
             return _reject(400, "BadPayload", apns_id)
-        scripted = self.script.take(device)
+        scripted = await self.take_scripted(device)
         if scripted is not None and scripted.status != 200:
             reason = scripted.reason or _DEFAULT_REASONS.get(scripted.status, "InternalServerError")
             extra: dict[str, Any] = {}

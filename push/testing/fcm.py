@@ -166,7 +166,7 @@ class FcmServer(GatewayServer):
             return problem
         message = payload["message"]
         target = message.get("token")
-        scripted = self.script.take(target)
+        scripted = await self.take_scripted(target)
         if scripted is not None and scripted.status != 200:
             _, code = _STATUS_NAMES.get(scripted.status, ("UNKNOWN", "UNSPECIFIED_ERROR"))
             headers = {"retry-after": scripted.retry_after} if scripted.retry_after else None

@@ -38,7 +38,7 @@ class WebhookReceiver(GatewayServer):
     async def handle(self, request: Request) -> Response:
         if request.method != "POST":
             return Response.json(405, {"error": "method not allowed"})
-        scripted = self.script.take(request.path)
+        scripted = await self.take_scripted(request.path)
         if scripted is not None and 300 <= scripted.status < 400:
             self.record(kind="scripted", status=scripted.status, path=request.path)
             return Response(scripted.status, b"", {"location": METADATA_URL})

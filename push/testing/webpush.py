@@ -141,7 +141,7 @@ class WebPushService(GatewayServer):
         except Exception:  # http_ece raises bare ECEException/ValueError/InvalidTag
             self.record(kind="rejected", status=400, subscription=sub_id)
             return _error(400, 110, "Payload could not be decrypted")
-        scripted = self.script.take(request.path)
+        scripted = await self.take_scripted(request.path)
         if scripted is not None and scripted.status not in {200, 201}:
             headers = {"retry-after": scripted.retry_after} if scripted.retry_after else None
             self.record(kind="scripted", status=scripted.status, subscription=sub_id)

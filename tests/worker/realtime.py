@@ -107,9 +107,23 @@ class Gateways:
             f"{self.state['admin'][channel]}/_admin/script", json={"latency_ms": latency_ms}
         ).raise_for_status()
 
+    def hold(self, channel: str, held: bool = True) -> None:
+        """While held, the gateway keeps each request open without looking at it."""
+        self._http.post(
+            f"{self.state['admin'][channel]}/_admin/script", json={"hold": held}
+        ).raise_for_status()
+
+    def _stats(self, channel: str) -> dict[str, int]:
+        stats: dict[str, int] = self._http.get(
+            f"{self.state['admin'][channel]}/_admin/stats"
+        ).json()
+        return stats
+
+    def in_flight(self, channel: str) -> int:
+        return int(self._stats(channel)["in_flight"])
+
     def max_in_flight(self, channel: str) -> int:
-        stats = self._http.get(f"{self.state['admin'][channel]}/_admin/stats").json()
-        return int(stats["max_in_flight"])
+        return int(self._stats(channel)["max_in_flight"])
 
     def unregister(self, channel: str, *tokens: str) -> None:
         self._http.post(

@@ -60,7 +60,8 @@ def run_scheduler(args: argparse.Namespace) -> int:
                 {"trigger": CronTrigger.from_crontab(settings.index_rebuild_cron, timezone="UTC")},
             )
         )
-    scheduler = Scheduler(LeaderLock(rt.redis, rt.keys.scheduler_lock), jobs)
+    lock = LeaderLock(rt.redis, rt.keys.scheduler_lock, settings.scheduler_lease_s)
+    scheduler = Scheduler(lock, jobs)
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
     metrics = serve_metrics_if_asked(app, args.metrics_port)
     try:

@@ -38,9 +38,10 @@ return 0
 
 
 class LeaderLock:
-    """A Redis lease held by one process at a time; renewed while the holder lives."""
+    """A Redis lease held by one process at a time; renewed while the holder lives, so
+    `ttl_s` after a holder dies another process may take it."""
 
-    def __init__(self, client: redis.Redis, key: str, ttl_s: float = 15.0) -> None:
+    def __init__(self, client: redis.Redis, key: str, ttl_s: float) -> None:
         self._client = client
         self._key = key
         self._ttl_ms = int(ttl_s * 1000)
@@ -117,6 +118,7 @@ class Scheduler:
 
     def run(self) -> None:
         """Until `stop()`: lead while holding the lock, wait for it otherwise."""
+        following = False
         try:
             while not self._stop.is_set():
                 leading = self._scheduler is not None
@@ -125,6 +127,9 @@ class Scheduler:
                     self._lead()
                 elif not holds and leading:
                     self._follow()
+                elif not holds and not following:
+                    log.info("scheduler %s follows: another one leads", self._lock.owner)
+                following = not holds
                 self._stop.wait(self._poll_s)
         finally:
             self._follow()
