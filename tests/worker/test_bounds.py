@@ -73,6 +73,20 @@ def test_a_cart_keeps_the_most_recently_added_items_up_to_its_cap(small: Runtime
     assert sorted(small.redis.hkeys(k.cart)) == newest
 
 
+def test_a_cart_filled_before_the_cap_is_cut_down_on_its_next_add(small: Runtime) -> None:
+    """10,000 items (more than Lua's unpack() takes at once) from before the cap existed."""
+    k = small.keys.user("u")
+    small.redis.zadd(k.cart_added, {f"old-{n}": NOW - 10_000 + n for n in range(10_000)})
+    small.redis.hset(k.cart, mapping={f"old-{n}": 1 for n in range(10_000)})
+
+    summary = ingest.track_batch(small, [_event(0, "u", "add_to_cart", "new", NOW)], NOW, "d")
+
+    assert summary["applied"] == 1
+    kept = ["old-9996", "old-9997", "old-9998", "old-9999", "new"]
+    assert small.redis.zrange(k.cart_added, 0, -1) == kept
+    assert sorted(small.redis.hkeys(k.cart)) == sorted(kept)
+
+
 def test_a_shoppers_message_index_keeps_only_what_messages_live(runtime: Runtime) -> None:
     def record(mid: str, created_at: float) -> MessageRecord:
         return MessageRecord(

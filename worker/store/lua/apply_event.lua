@@ -46,11 +46,15 @@ end
 if etype == 'add_to_cart' then
   redis.call('HINCRBY', cart, item, qty)
   redis.call('ZADD', cart_added, 'GT', ts, item)
+  -- Evict the oldest in chunks: unpack() fails beyond a few thousand values, and a cart
+  -- filled before the cap existed may be that large.
   local over = redis.call('ZCARD', cart_added) - cart_max
-  if over > 0 then
-    local oldest = redis.call('ZRANGE', cart_added, 0, over - 1)
+  while over > 0 do
+    local oldest = redis.call('ZRANGE', cart_added, 0, math.min(over, 1000) - 1)
+    if #oldest == 0 then break end
     redis.call('ZREM', cart_added, unpack(oldest))
     redis.call('HDEL', cart, unpack(oldest))
+    over = over - #oldest
   end
 elseif etype == 'remove_from_cart' then
   if redis.call('HINCRBY', cart, item, -qty) <= 0 then
