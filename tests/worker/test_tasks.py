@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import redis
 from celery.exceptions import Reject
@@ -35,3 +37,27 @@ def test_a_task_that_gives_up_on_redis_hands_its_message_back_with_requeue(
     assert rejected.value.requeue is True
     assert rejected.value.reason == "ConnectionError: Connection refused"
     assert len(attempts) == 2  # the first try and one retry
+
+
+def test_a_failed_batch_too_large_for_one_entry_is_kept_one_entry_per_event(
+    settings: Settings, runtime: Runtime
+) -> None:
+    """A bug record keeps every part of the call, to replay: never a slice of it."""
+    events = [
+        {"event_id": f"e{n}", "user_id": f"u{n}", "type": "view", "item_id": "i", "ts": 1e9,
+         "props": {"note": "x" * 300}}
+        for n in range(500)
+    ]  # fmt: skip
+    app = create_app(settings)
+    task = app.tasks[contract.TRACK_BATCH]
+    task.push_request(id="t-big", kwargs={"events": events})
+    try:
+        assert tasks._keep_failed(task, RuntimeError("a bug")) == {"error": "RuntimeError: a bug"}
+    finally:
+        task.pop_request()
+        app.close_runtime()
+    rows = runtime.rejected.recent(1000)
+    assert len(rows) == 500 and {r["code"] for r in rows} == {"task_error"}
+    kept = sorted((json.loads(r["payload"]) for r in rows), key=lambda p: int(p["entry"]))
+    assert [p["kwargs"]["events"] for p in kept] == [[e] for e in events]
+    assert all("truncated" not in r for r in rows)

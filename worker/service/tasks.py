@@ -40,6 +40,7 @@ from worker.service.runtime import Runtime
 from worker.settings import Settings
 from worker.shoppers.inputs import InvalidInput
 from worker.store.errors import TRANSIENT, describe, is_transient, stack
+from worker.store.redaction import PAYLOAD_MAX_CHARS, storable_json
 
 log = logging.getLogger(__name__)
 
@@ -117,19 +118,40 @@ def _reload_scripts(task: PushrecTask) -> None:
 
 def _keep_failed(task: PushrecTask, exc: Exception) -> dict[str, str]:
     """A bug: keep the whole call in the rejected stream to replay (redacted, as every
-    entry there), ack it, never loop. If the record can't be written (Redis failed too),
-    the message goes back to the broker: losing it unrecorded is the one outcome not
-    allowed, and the delivery cap ends the loop if the cause stays."""
+    entry there; a large batch one entry per element), ack it, never loop. If the record
+    can't be written (Redis failed too), the message goes back to the broker: losing it
+    unrecorded is the one outcome not allowed, and the delivery cap ends the loop if the
+    cause stays and Redis takes the count."""
     reason = describe(exc)
     log.error("%s %s failed: %s\n%s", task.name, task.request.id, reason, stack(exc))
-    payload = {"task_id": task.request.id, "kwargs": task.request.kwargs}
     try:
-        task.runtime.rejected.record(task.name, "task_error", reason, payload)
+        rejected = task.runtime.rejected
+        pipe = task.runtime.redis.pipeline(transaction=False)
+        for kept in _kept_failure(str(task.request.id), task.request.kwargs):
+            rejected.record(task.name, "task_error", reason, kept, pipe=pipe)
+        pipe.execute()
     except Exception as record_exc:
         log.error("%s %s: could not record the failure (%s), left for redelivery",
                   task.name, task.request.id, describe(record_exc))  # fmt: skip
         _give_up(task, exc)
     return {"error": reason}
+
+
+def _kept_failure(task_id: str, kwargs: Any) -> list[dict[str, Any]]:
+    """What the rejected stream keeps of a failed call: the whole call, or, for a batch too
+    large for one entry (`redaction.PAYLOAD_MAX_CHARS`), one entry per element, each with
+    the call's other kwargs, so every part can be replayed."""
+    whole = {"task_id": task_id, "kwargs": kwargs}
+    if not isinstance(kwargs, dict) or len(storable_json(whole)) <= PAYLOAD_MAX_CHARS:
+        return [whole]
+    for name, value in kwargs.items():
+        if isinstance(value, list) and len(value) > 1:
+            rest = {k: v for k, v in kwargs.items() if k != name}
+            return [
+                {"task_id": task_id, "entry": n, "of": len(value), "kwargs": {**rest, name: [one]}}
+                for n, one in enumerate(value)
+            ]
+    return [whole]
 
 
 def _park_if_poison(

@@ -17,10 +17,11 @@ from urllib.parse import urlsplit
 from push.redact import fingerprint, safe_url
 from worker.contract import canonical_id
 
-# An entry keeps the whole call, so it can be replayed: a call's size is bounded by the
-# broker message it came in. Only past this (an oversize input, never replayable anyway)
-# is the text cut, and the entry says so (`truncated`: the whole length).
-PAYLOAD_MAX_CHARS: Final = 1_000_000
+# An entry keeps the whole call, so it can be replayed. A valid call of the contract fits
+# (500 events of a batch, kept one entry per event when a batch fails); an entry past
+# this is an oversize input, never replayable anyway: its text is cut, and the entry says
+# so (`truncated`: the whole length). The bound times the stream's MAXLEN bounds its size.
+PAYLOAD_MAX_CHARS: Final = 65_536
 PAYLOAD_FIELD: Final = "payload"
 USERS_FIELD: Final = "users"
 TRUNCATED_FIELD: Final = "truncated"
