@@ -4,6 +4,7 @@ breaker, one rate limit and one APNs provider token per credential."""
 from __future__ import annotations
 
 import math
+import time
 
 import redis.asyncio as aioredis
 
@@ -34,21 +35,21 @@ return 0
 class RedisTokenCache:
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self._client = client
-        self._prefix = f"{prefix}:push:token:"
+        self._key = Keys(prefix).push_token
         self._discard = client.register_script(_DISCARD_IF_SAME)
 
     async def get(self, key: str) -> str | None:
-        value = await self._client.get(self._prefix + key)
+        value = await self._client.get(self._key(key))
         return str(value) if value is not None else None
 
     async def add(self, key: str, token: str, ttl_s: float) -> str:
-        full = self._prefix + key
+        full = self._key(key)
         await self._client.set(full, token, nx=True, px=max(1, int(ttl_s * 1000)))
         stored = await self._client.get(full)
         return str(stored) if stored is not None else token
 
     async def discard(self, key: str, token: str) -> None:
-        await self._discard(keys=[self._prefix + key], args=[token])
+        await self._discard(keys=[self._key(key)], args=[token])
 
 
 class RedisBreakerStore:
@@ -60,8 +61,8 @@ class RedisBreakerStore:
         self._keyring = Keys(prefix)
 
     def _keys(self, key: str) -> tuple[str, str, str]:
-        base = self._keyring.breaker(key)
-        return f"{base}:open", f"{base}:failures", f"{base}:probe"
+        route = self._keyring.breaker(key)
+        return route.open, route.failures, route.probe
 
     async def open_until(self, key: str) -> float:
         value = await self._client.get(self._keys(key)[0])
@@ -83,8 +84,9 @@ class RedisBreakerStore:
         # kept a minute past `until`, so the half-open probe still finds it
         pipe.set(open_key, repr(until), pxat=int((until + 60) * 1000))
         pipe.delete(failures)
-        pipe.sadd(self._keyring.breaker_routes, key)
         await pipe.execute()
+        # Outside the MULTI: another slot (Redis Cluster), and only metrics read it.
+        await self._client.zadd(self._keyring.breaker_routes, {key: time.time()})
 
     async def claim_probe(self, key: str, *, ttl_s: float) -> bool:
         return bool(
@@ -97,11 +99,11 @@ class RedisBreakerStore:
 
 class RedisRateLimitStore:
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
-        self._prefix = f"{prefix}:push:bucket:"
+        self._key = Keys(prefix).rate_bucket
         self._take = client.register_script(_TAKE_TOKEN)
 
     async def acquire(self, key: str, *, rate: float, burst: float, now: float) -> float:
         if rate <= 0 or math.isinf(rate):
             return 0.0
-        wait = await self._take(keys=[self._prefix + key], args=[rate, burst, now])
+        wait = await self._take(keys=[self._key(key)], args=[rate, burst, now])
         return float(wait)

@@ -41,7 +41,7 @@ from worker.service.app import PushrecApp
 from worker.service.runtime import connect_redis
 from worker.shoppers.audit import STAT_FIELDS
 from worker.store.errors import TRANSIENT
-from worker.store.keys import Keys
+from worker.store.keys import BREAKER_ROUTES_KEPT_S, Keys
 from worker.store.metrics import Metrics
 
 QueueDepths = Callable[[], dict[str, int]]
@@ -212,11 +212,13 @@ class PushrecCollector(Collector):
             "it for 5 minutes), else 0; route is the credential's or host's fingerprint.",
             labels=("channel", "route"),
         )
-        routes = sorted(str(r) for r in self._client.smembers(self._keys.breaker_routes))
+        now = time.time()
+        kept = self._keys.breaker_routes
+        self._client.zremrangebyscore(kept, "-inf", now - BREAKER_ROUTES_KEPT_S)
+        routes = sorted(str(r) for r in self._client.zrange(kept, 0, -1))
         pipe = self._client.pipeline(transaction=False)
         for route in routes:
-            pipe.get(f"{self._keys.breaker(route)}:open")
-        now = time.time()
+            pipe.get(self._keys.breaker(route).open)
         for route, until in zip(routes, pipe.execute(), strict=True):
             is_open = until is not None and float(until) > now
             state.add_metric([route.partition(":")[0], route], 1 if is_open else 0)

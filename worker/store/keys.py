@@ -34,7 +34,13 @@ and the tests named in it check the bounds):
 | `{m}:*` | messages | TTL `outbox.MESSAGE_TTL_S` (`attempts`: count 50) |
 | `device:<id>` | devices | TTL; deleted on unregister, eviction, erasure |
 | `log:interactions` | valid events | MAXLEN ~ `interaction_log_maxlen` |
-| `log:rejected` | rejected input | MAXLEN ~ `rejected_log_maxlen` |
+| `log:rejected` | rejected input | MAXLEN ~ `rejected_log_maxlen`; entries of at most |
+| | | `redaction.PAYLOAD_MAX_CHARS` (a failed batch: one per event) |
+| `log:dead` | calls parked after many deliveries | MAXLEN ~ `dead_letters_maxlen`; as above |
+| `deliveries:<task id>` | redelivered messages | TTL `dead_letters.COUNT_TTL_S` |
+| `push:breakers` | routes whose breaker tripped | age `BREAKER_ROUTES_KEPT_S` past the trip |
+| `metrics` | counter names | fixed names, per task, code, rule, channel, outcome of the |
+| | | config; unknown task names all count as `unknown_task` |
 | `{delayed}:*` | pending jobs | acked when moved; cart and browse rules debounced per shopper |
 | `outbox:queued` | messages awaiting delivery | removed when settled, parked, or record gone |
 | `trend:*:<bucket>` | items, categories per bucket | EXPIREAT after `trending_buckets_kept` |
@@ -223,6 +229,29 @@ class MessageKeys:
 
 
 @dataclass(frozen=True)
+class BreakerKeys:
+    base: str
+
+    @property
+    def open(self) -> str:
+        """string: epoch seconds the route's breaker is open until; expires a minute after."""
+        return f"{self.base}:open"
+
+    @property
+    def failures(self) -> str:
+        """string: failures counted in the current window; expires with it."""
+        return f"{self.base}:failures"
+
+    @property
+    def probe(self) -> str:
+        """string: the half-open probe's claim; expires."""
+        return f"{self.base}:probe"
+
+
+BREAKER_ROUTES_KEPT_S = 86_400
+
+
+@dataclass(frozen=True)
 class Keys:
     """Key names under one prefix."""
 
@@ -318,16 +347,24 @@ class Keys:
         "<channel>:sum_us" (microseconds): the gateway latency histograms."""
         return f"{self.prefix}:metrics:gateway_latency"
 
+    def push_token(self, key: str) -> str:
+        """string: a gateway access token (FCM OAuth, APNs provider JWT), shared by
+        every process; expires with the token."""
+        return f"{self.prefix}:push:token:{key}"
+
+    def rate_bucket(self, key: str) -> str:
+        """hash: a gateway route's token bucket (tokens, ts); expires when full again."""
+        return f"{self.prefix}:push:bucket:{key}"
+
     @property
     def breaker_routes(self) -> str:
-        """set: route keys (fingerprints) whose breaker has ever tripped; bounded by the
-        credentials and webhook hosts in use. Metrics read each one's state."""
+        """zset: route key (fingerprint) -> when its breaker last tripped; entries a day past
+        their trip are pruned when metrics read it (`BREAKER_ROUTES_KEPT_S`)."""
         return f"{self.prefix}:push:breakers"
 
-    def breaker(self, route: str) -> str:
-        """Prefix of one route's breaker keys: `:open` (string, open until), `:failures`
-        (counter, expires with its window), `:probe` (string, half-open claim)."""
-        return f"{self.prefix}:push:breaker:{route}"
+    def breaker(self, route: str) -> BreakerKeys:
+        """One route's breaker keys, in one slot (`{b:<route>}`): they share a MULTI."""
+        return BreakerKeys(f"{self.prefix}:push:{{b:{route}}}")
 
     def trending_items(self, bucket: int) -> str:
         """zset: item_id -> weighted activity in time bucket `bucket`."""
