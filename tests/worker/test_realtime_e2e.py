@@ -412,6 +412,15 @@ def _secrets(gateways: Gateways, shopper: str, email: str) -> list[str]:
     return [*plain, *(json.dumps(s)[1:-1] for s in plain)]  # also as JSON escapes them
 
 
+def _streams(rt: Runtime) -> str:
+    """Every entry of every stream under the runtime's prefix, as one text."""
+    text = []
+    for key in rt.redis.scan_iter(match=f"{rt.keys.prefix}:*", count=1000):
+        if rt.redis.type(key) == "stream":
+            text.append(json.dumps(rt.redis.xrange(key), ensure_ascii=False))
+    return "\n".join(text)
+
+
 def test_logs_and_metrics_of_the_realtime_path_name_no_shopper_token_or_secret(
     make_shop: Any, settings: Settings, tmp_path: Path, gateways: Gateways, client: PushrecClient
 ) -> None:
@@ -442,10 +451,19 @@ def test_logs_and_metrics_of_the_realtime_path_name_no_shopper_token_or_secret(
         client.register_device(shopper, "fcm", token=gateways.targets["fcm"])
         client.register_device(shopper, "apns", token=gateways.targets["apns"])
         client.register_device(shopper, "webhook", token=gateways.targets["webhook"])
+        subscription = json.loads(Path(gateways.targets["webpush"]).read_text())
+        client.register_device(shopper, "webpush", subscription=subscription)
         client.register_device(other, "fcm", token=refused_token)
+        # bad input carrying secrets: an FCM token sent as an APNs one, a Web Push
+        # subscription with an unknown field, a call with an unknown kwarg
+        client.register_device(shopper, "apns", token=gateways.targets["fcm"])
+        client.register_device(shopper, "webpush", subscription={**subscription, "x": 1})
+        client.send("pushrec.register_device", user_id=shopper, channel="fcm",
+                    token=gateways.targets["fcm"], colour="red")  # fmt: skip
         for user in (shopper, other):
             client.set_preferences(user, consent={"marketing": {"*": True}}, timezone="UTC")
-        wait_for(lambda: len(user_view(rt.redis, rt.keys, shopper, time.time())["devices"]) == 3)
+        wait_for(lambda: len(user_view(rt.redis, rt.keys, shopper, time.time())["devices"]) == 4)
+        wait_for(lambda: len(rt.rejected.recent(10)) == 3, what="the bad registrations")
         client.track(event("p1", shopper, "purchase", "b0-1", props={"note": email}))
         client.track(event("c1", shopper, "add_to_cart", "b0-2"))
         wait_for(lambda: len(fcm_messages(gateways, gateways.targets["fcm"], "cart")) == 1)
@@ -456,7 +474,9 @@ def test_logs_and_metrics_of_the_realtime_path_name_no_shopper_token_or_secret(
             lambda: any(r.get("event") == "credentials_rejected" for r in worker.errors()),
             what="credentials ERROR line",
         )
+        before_erasure = _streams(rt)
         assert client.forget_user(shopper, wait_s=30)
+        after_erasure = _streams(rt)
         scraped = [_scrape(port) for port in ports]
     finally:
         worker.stop()
@@ -475,3 +495,9 @@ def test_logs_and_metrics_of_the_realtime_path_name_no_shopper_token_or_secret(
     assert "Title-Marker" not in everything
     leaked = [s for s in _secrets(gateways, shopper, email) if s in everything]
     assert leaked == []
+    # Streams keep what a replay needs (ids, event content such as the email in props)
+    # until erasure, and never a token, an endpoint or a credential; after it, no id.
+    secrets = _secrets(gateways, shopper, email)
+    credentials = [s for s in secrets if shopper not in s and email not in s]
+    assert [s for s in credentials if s in before_erasure] == []
+    assert [s for s in secrets if s in after_erasure] == []

@@ -233,10 +233,17 @@ def _kill_a_worker_mid_stream(
         first.kill()  # SIGKILL the whole node: whatever it held is unacked
         assert _profile_events(runtime) < n
         second = WorkerProcess(quick, tmp_path / "w2.log", "w2", concurrency=2, env=env)
+        # The killed node may have applied an event's state and not yet its log entry: the
+        # redelivery (after the visibility timeout) completes it, so wait for both.
+        log = runtime.keys.interaction_log
         with contextlib.suppress(AssertionError):
-            wait_for(lambda: _profile_events(runtime) == n, timeout=40, what="every event")
+            wait_for(
+                lambda: _profile_events(runtime) == n and runtime.redis.xlen(log) == n,
+                timeout=40,
+                what="every event",
+            )
         time.sleep(1)
-        logged = {f["event_id"] for _, f in runtime.redis.xrange(runtime.keys.interaction_log)}  # type: ignore[union-attr]
+        logged = {f["event_id"] for _, f in runtime.redis.xrange(log)}  # type: ignore[union-attr]
         return _profile_events(runtime), sorted({f"k{i}" for i in range(n)} - logged)
     finally:
         producer.close()

@@ -86,7 +86,7 @@ class SubscriptionInput(BaseModel):
     def _absolute(cls, value: str) -> str:
         # https is the guard's rule (its allowlist may take http: local test gateways)
         if urlsplit(value).scheme not in {"http", "https"} or not urlsplit(value).hostname:
-            raise ValueError("endpoint must be an https URL")
+            raise ValueError("endpoint must be an http(s) URL (the destination guard wants https)")
         return value
 
 
