@@ -78,3 +78,30 @@ def test_celery_success_line_keeps_the_task_and_drops_its_result(
     text = out.getvalue()
     assert "Task pushrec.fire[t-1] succeeded in 0.25s" in text
     assert "Secret title" not in text and "Zo" not in text
+
+
+def test_the_pool_and_consumer_lines_come_out_in_the_format_without_message_bodies(
+    root_restored: None,
+) -> None:
+    """billiard logs on a logger of its own without a handler (its lines went out raw);
+    Celery's consumer prints the body of a message it could not use."""
+    from billiard import util as billiard_util
+    from celery.worker.consumer import consumer as celery_consumer
+
+    out = io.StringIO()
+    configure_logging("INFO", "json", out)
+    pool = logging.getLogger("multiprocessing")
+    handlers, propagate = list(pool.handlers), pool.propagate
+    billiard_util.get_logger()  # billiard turns propagation off on first use
+    try:
+        billiard_util.error("Process %r pid:%r exited with %r", "ForkPoolWorker-1", 7, "SIGTERM")
+        logging.getLogger("celery.worker.consumer.consumer").error(
+            vars(celery_consumer)["UNKNOWN_TASK_ERROR"],
+            "'pushrec.trak'", "{'token': 'fcm-SECRET'}", {"id": "x"}, {},
+        )  # fmt: skip
+    finally:
+        pool.handlers, pool.propagate = handlers, propagate
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["logger"] == "multiprocessing" and "ForkPoolWorker-1" in first["message"]
+    assert second["message"].startswith("Received unregistered task of type")
+    assert "SECRET" not in out.getvalue()

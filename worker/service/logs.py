@@ -125,6 +125,11 @@ def configure_logging(level: str | int, fmt: LogFormat, stream: TextIO | None = 
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers = [handler]
+    # billiard (Celery's pool) logs on "multiprocessing" with propagation off and no
+    # handler, so its lines ("Process 'ForkPoolWorker-1' … exited with …") went to
+    # Python's last-resort handler as raw text: give it ours.
+    pool = logging.getLogger("multiprocessing")
+    pool.handlers, pool.propagate = [handler], False
     root.setLevel(level.upper() if isinstance(level, str) else level)
     # Two INFO lines per second from the scheduler's poll job say nothing an operator needs.
     logging.getLogger("apscheduler.executors").setLevel(max(logging.WARNING, root.level))
