@@ -10,9 +10,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.worker.realtime import Gateways
 
 from worker.client import PushrecClient
 from worker.service.runtime import Runtime
@@ -171,3 +174,15 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30, what: str = "co
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+    """The local gateways of `push/testing/`, one set per test module (tests reset them)."""
+    from push.testing.serve import local_gateways
+    from tests.worker.realtime import Gateways  # realtime.py imports this module
+
+    with local_gateways(tmp_path_factory.mktemp("gateways")) as state:
+        gw = Gateways(state)
+        yield gw
+        gw.close()

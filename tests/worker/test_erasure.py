@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import redis
 
-from push.testing.serve import local_gateways
 from tests.worker.realtime import Gateways, build_planted_index, planted_catalog, register
 from worker import contract
 from worker.delivery.requests import DeliveryRequest
@@ -31,14 +30,6 @@ _WEBPUSH_KEYS = {
     "hazAkj7I99e8QcYP7DkM",
     "auth": "tBHItJI5svbpez7KI4CCXg",
 }
-
-
-@pytest.fixture(scope="module")
-def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
-    with local_gateways(tmp_path_factory.mktemp("gw")) as state:
-        gw = Gateways(state)
-        yield gw
-        gw.close()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from push.testing.serve import local_gateways
 from tests.worker.conftest import worker_env
 from tests.worker.realtime import Gateways, build_planted_index, planted_catalog
 from tests.worker.test_sending import fire_post_purchase, shopper
@@ -27,14 +26,6 @@ from worker.settings import Settings
 from worker.store.keys import Keys
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-@pytest.fixture(scope="module")
-def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
-    with local_gateways(tmp_path_factory.mktemp("gw")) as state:
-        gw = Gateways(state)
-        yield gw
-        gw.close()
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from push.testing.serve import local_gateways
 from tests.worker.conftest import WorkerProcess, node_name, wait_for
 from tests.worker.realtime import (
     Gateways,
@@ -41,14 +40,6 @@ RULES = [
     rule("cheaper", "price_drop", min_drop_pct=10),
     rule("restock", "back_in_stock"),
 ]
-
-
-@pytest.fixture(scope="module")
-def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
-    with local_gateways(tmp_path_factory.mktemp("gateways")) as state:
-        gw = Gateways(state)
-        yield gw
-        gw.close()
 
 
 Shop = tuple[Runtime, dict[str, str]]

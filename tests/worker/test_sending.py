@@ -12,7 +12,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from push.testing.serve import local_gateways
 from tests.clock import RUN_NOW
 from tests.worker.realtime import Gateways, build_planted_index, planted_catalog, register
 from worker.delivery.outbox import MessageRecord
@@ -24,14 +23,6 @@ from worker.service.runtime import Runtime
 from worker.service.userview import decisions_view
 from worker.settings import Settings
 from worker.shoppers.contacts import device_id
-
-
-@pytest.fixture(scope="module")
-def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
-    with local_gateways(tmp_path_factory.mktemp("gw")) as state:
-        gw = Gateways(state)
-        yield gw
-        gw.close()
 
 
 @pytest.fixture
