@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import re
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -35,6 +36,10 @@ from urllib.parse import urlsplit
 import idna
 
 from push.errors import DestinationLookupError, UnsafeDestinationError
+from push.redact import safe_url
+from push.result import DeliveryResult
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "RESOLVE_TIMEOUT_S",
@@ -43,6 +48,7 @@ __all__ = [
     "Resolver",
     "canonical_host",
     "forbidden_address",
+    "refused_destination",
     "system_resolver",
 ]
 
@@ -256,3 +262,15 @@ class DestinationGuard:
                 if why:
                     raise UnsafeDestinationError(f"host resolves to a {why}")
         return addresses
+
+
+def refused_destination(
+    exc: UnsafeDestinationError | DestinationLookupError, message_id: str, channel: str, url: str
+) -> DeliveryResult:
+    """What a send to `url` came to when the guard stopped it: a destination it refuses
+    fails for good; one whose name can't be looked up now is a retry."""
+    if isinstance(exc, DestinationLookupError):
+        log.info("%s %s: %s", channel, safe_url(url), exc)
+        return DeliveryResult.retry(message_id, channel, f"{channel}:dns_unavailable")
+    log.warning("%s %s refused: %s", channel, safe_url(url), exc)
+    return DeliveryResult.failed(message_id, channel, f"{channel}:unsafe_destination")

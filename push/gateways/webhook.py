@@ -35,7 +35,7 @@ from push.messages import Channel, Message
 from push.payload import LIMITS, compact_json, fit_payload
 from push.redact import fingerprint, safe_url
 from push.result import DeliveryResult
-from push.ssrf import DestinationGuard
+from push.ssrf import DestinationGuard, refused_destination
 
 __all__ = [
     "WebhookGateway",
@@ -203,12 +203,8 @@ class WebhookGateway:
             ) as response:
                 await response.read()
                 status, headers = response.status, response.headers
-        except UnsafeDestinationError as exc:
-            log.warning("webhook %s refused: %s", safe_url(url), exc)
-            return DeliveryResult.failed(message.id, "webhook", "webhook:unsafe_destination")
-        except DestinationLookupError as exc:
-            log.info("webhook %s: %s", safe_url(url), exc)
-            return DeliveryResult.retry(message.id, "webhook", "webhook:dns_unavailable")
+        except (UnsafeDestinationError, DestinationLookupError) as exc:
+            return refused_destination(exc, message.id, "webhook", url)
         except aiohttp.ClientConnectorError:
             return DeliveryResult.retry(message.id, "webhook", "webhook:network:connect")
         except TimeoutError:

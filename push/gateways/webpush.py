@@ -32,7 +32,7 @@ from push.messages import Channel, Message, WebPushSubscription, web_push_topic
 from push.payload import LIMITS, compact_json, fit_payload
 from push.redact import fingerprint, safe_url
 from push.result import DeliveryResult
-from push.ssrf import DestinationGuard
+from push.ssrf import DestinationGuard, refused_destination
 
 __all__ = [
     "WebPushGateway",
@@ -170,12 +170,8 @@ class WebPushGateway:
             self._guard.check_url(endpoint)
             request = build_webpush_request(message, vapid=self._vapid, now=time.time())
             response = await self._client.send(request.to_httpx(self._client))
-        except UnsafeDestinationError as exc:
-            log.warning("webpush %s refused: %s", safe_url(endpoint), exc)
-            return DeliveryResult.failed(message.id, "webpush", "webpush:unsafe_destination")
-        except DestinationLookupError as exc:
-            log.info("webpush %s: %s", safe_url(endpoint), exc)
-            return DeliveryResult.retry(message.id, "webpush", "webpush:dns_unavailable")
+        except (UnsafeDestinationError, DestinationLookupError) as exc:
+            return refused_destination(exc, message.id, "webpush", endpoint)
         except httpx.HTTPError as exc:
             return transport_failure(exc, message.id, "webpush")
         result = map_webpush_response(message, response.status_code, response.headers)
