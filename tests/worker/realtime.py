@@ -4,6 +4,7 @@ index, a catalog, rule configs, and a worker + scheduler pair reading them."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,7 @@ import httpx
 from indexing import ModelParams, publish, read_events, save_model, train_model
 from tests.indexing.conftest import BLOCKS, ITEMS_PER_BLOCK, planted_rows
 from tests.worker.conftest import WorkerProcess
+from worker.contract import Enqueue
 from worker.service import ingest
 from worker.service.runtime import Runtime
 from worker.settings import Settings
@@ -164,6 +166,39 @@ def realtime_processes(
     finally:
         for process in started:
             process.stop()
+
+
+@contextmanager
+def gateway_shop(
+    settings: Settings,
+    gateways: Gateways,
+    index_dir: Path,
+    enqueue: Enqueue,
+    **overrides: Any,
+) -> Iterator[Runtime]:
+    """A runtime in this process on the local gateways (FCM always; more through
+    `overrides`), with a published planted index, the planted catalog and caps high
+    enough not to get in a test's way. `enqueue` takes what it would send to the broker."""
+    gateways.reset()
+    build_planted_index(index_dir)
+    env = gateways.env
+    full = settings.model_copy(
+        update={
+            "fcm_url": env["PUSHREC_FCM_URL"],
+            "fcm_credentials": Path(env["PUSHREC_FCM_CREDENTIALS"]),
+            "fcm_project_id": env["PUSHREC_FCM_PROJECT_ID"],
+            "cap_marketing_per_day": 100,
+            "cap_total_per_day": 100,
+            "index_store": index_dir,
+            **overrides,
+        }
+    )
+    rt = Runtime.open(full, enqueue=enqueue)
+    ingest.upsert_items(rt, planted_catalog(), time.time())
+    try:
+        yield rt
+    finally:
+        rt.close()
 
 
 def seed_shop(rt: Runtime, now: float) -> None:

@@ -12,7 +12,11 @@ from typing import Any
 import pytest
 import redis
 
-from tests.worker.realtime import Gateways, build_planted_index, planted_catalog, register
+from tests.worker.realtime import (
+    Gateways,
+    gateway_shop,
+    register,
+)
 from worker import contract
 from worker.delivery.requests import DeliveryRequest
 from worker.policy.contact import holdout_bucket
@@ -39,28 +43,16 @@ def shop(
     """A runtime on the local FCM and Web Push gateways whose `enqueue` records (the test
     runs the tasks), keeping one decision per shopper: erasure must find older messages
     without them."""
-    gateways.reset()
-    build_planted_index(tmp_path / "index")
     env = gateways.env
-    full = settings.model_copy(
-        update={
-            "fcm_url": env["PUSHREC_FCM_URL"],
-            "fcm_credentials": Path(env["PUSHREC_FCM_CREDENTIALS"]),
-            "fcm_project_id": env["PUSHREC_FCM_PROJECT_ID"],
-            "vapid_private_key": Path(env["PUSHREC_VAPID_PRIVATE_KEY"]),
-            "vapid_subject": env["PUSHREC_VAPID_SUBJECT"],
-            "cap_marketing_per_day": 100,
-            "cap_marketing_per_week": 100,
-            "cap_total_per_day": 100,
-            "decisions_kept": 1,
-            "index_store": tmp_path / "index",
-        }
-    )
     queued: Queued = []
-    rt = Runtime.open(full, enqueue=lambda task, kwargs: queued.append((task, kwargs)))
-    ingest.upsert_items(rt, planted_catalog(), time.time())
-    yield rt, queued
-    rt.close()
+    with gateway_shop(
+        settings, gateways, tmp_path / "index", lambda task, kwargs: queued.append((task, kwargs)),
+        vapid_private_key=Path(env["PUSHREC_VAPID_PRIVATE_KEY"]),
+        vapid_subject=env["PUSHREC_VAPID_SUBJECT"],
+        cap_marketing_per_week=100,
+        decisions_kept=1,
+    ) as rt:  # fmt: skip
+        yield rt, queued
 
 
 def _treated(prefix: str) -> str:

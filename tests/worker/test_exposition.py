@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.worker.conftest import worker_env
-from tests.worker.realtime import Gateways, build_planted_index, planted_catalog
+from tests.worker.realtime import Gateways, gateway_shop
 from tests.worker.test_sending import fire_post_purchase, shopper
 from worker.contract import NOOP
 from worker.delivery.requests import DeliveryRequest
@@ -30,23 +30,8 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 @pytest.fixture
 def shop(settings: Settings, gateways: Gateways, tmp_path: Path) -> Iterator[Runtime]:
-    gateways.reset()
-    build_planted_index(tmp_path / "index")
-    env = gateways.env
-    full = settings.model_copy(
-        update={
-            "fcm_url": env["PUSHREC_FCM_URL"],
-            "fcm_credentials": Path(env["PUSHREC_FCM_CREDENTIALS"]),
-            "fcm_project_id": env["PUSHREC_FCM_PROJECT_ID"],
-            "cap_marketing_per_day": 100,
-            "cap_total_per_day": 100,
-            "index_store": tmp_path / "index",
-        }
-    )
-    rt = Runtime.open(full, enqueue=lambda task, kwargs: None)
-    ingest.upsert_items(rt, planted_catalog(), time.time())
-    yield rt
-    rt.close()
+    with gateway_shop(settings, gateways, tmp_path / "index", lambda task, kwargs: None) as rt:
+        yield rt
 
 
 def parse(text: str) -> tuple[set[str], Samples]:

@@ -13,7 +13,12 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.clock import RUN_NOW
-from tests.worker.realtime import Gateways, build_planted_index, planted_catalog, register
+from tests.worker.realtime import (
+    Gateways,
+    gateway_shop,
+    planted_catalog,
+    register,
+)
 from worker.delivery.outbox import MessageRecord
 from worker.delivery.requests import DeliveryRequest
 from worker.policy.contact import holdout_bucket
@@ -31,24 +36,10 @@ def shop(
 ) -> Iterator[tuple[Runtime, list[tuple[str, dict[str, Any]]]]]:
     """A runtime whose `enqueue` records instead of sending (the test runs the tasks),
     with a published planted index."""
-    gateways.reset()
-    build_planted_index(tmp_path / "index")
-    env = gateways.env
-    full = settings.model_copy(
-        update={
-            "fcm_url": env["PUSHREC_FCM_URL"],
-            "fcm_credentials": Path(env["PUSHREC_FCM_CREDENTIALS"]),
-            "fcm_project_id": env["PUSHREC_FCM_PROJECT_ID"],
-            "cap_marketing_per_day": 100,
-            "cap_total_per_day": 100,
-            "index_store": tmp_path / "index",
-        }
-    )
     queued: list[tuple[str, dict[str, Any]]] = []
-    rt = Runtime.open(full, enqueue=lambda task, kwargs: queued.append((task, kwargs)))
-    ingest.upsert_items(rt, planted_catalog(), time.time())
-    yield rt, queued
-    rt.close()
+    enqueue = lambda task, kwargs: queued.append((task, kwargs))  # noqa: E731
+    with gateway_shop(settings, gateways, tmp_path / "index", enqueue) as rt:
+        yield rt, queued
 
 
 def fire_post_purchase(rt: Runtime, user: str, item: str, now: float | None = None) -> str:
