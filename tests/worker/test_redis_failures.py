@@ -30,15 +30,24 @@ def _as_replica(client: redis.Redis) -> Callable[[], None]:
 def _as_stale_replica(client: redis.Redis) -> Callable[[], None]:
     """A replica that may not serve stale data: reads answer MASTERDOWN as well."""
     client.config_set("replica-serve-stale-data", "no")
-    undo = _as_replica(client)
-    return lambda: (undo(), client.config_set("replica-serve-stale-data", "yes"))  # type: ignore[func-returns-value]
+    as_replica_undo = _as_replica(client)
+
+    def undo() -> None:
+        as_replica_undo()
+        client.config_set("replica-serve-stale-data", "yes")
+
+    return undo
 
 
 def _out_of_memory(client: redis.Redis) -> Callable[[], None]:
     """maxmemory below what is used, no eviction: writes answer OOM."""
     client.config_set("maxmemory-policy", "noeviction")
     client.config_set("maxmemory", "1")
-    return lambda: client.config_set("maxmemory", "0")  # type: ignore[return-value]
+
+    def undo() -> None:
+        client.config_set("maxmemory", "0")
+
+    return undo
 
 
 FAULTS: dict[str, Callable[[redis.Redis], Callable[[], None]]] = {

@@ -8,7 +8,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from worker.store.keys import Keys
+from worker.store.keys import BREAKER_ROUTES_KEPT_S, Keys
 
 _TAKE_TOKEN = """
 -- KEYS: bucket hash {tokens, ts}   ARGV: rate, burst, now
@@ -85,8 +85,13 @@ class RedisBreakerStore:
         pipe.set(open_key, repr(until), pxat=int((until + 60) * 1000))
         pipe.delete(failures)
         await pipe.execute()
-        # Outside the MULTI: another slot (Redis Cluster), and only metrics read it.
-        await self._client.zadd(self._keyring.breaker_routes, {key: time.time()})
+        # Outside the MULTI: another slot (Redis Cluster), and only metrics read it. Routes
+        # a day past their trip are pruned here, where the set grows.
+        now = time.time()
+        routes = self._client.pipeline(transaction=False)
+        routes.zadd(self._keyring.breaker_routes, {key: now})
+        routes.zremrangebyscore(self._keyring.breaker_routes, "-inf", now - BREAKER_ROUTES_KEPT_S)
+        await routes.execute()
 
     async def claim_probe(self, key: str, *, ttl_s: float) -> bool:
         return bool(

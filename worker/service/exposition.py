@@ -213,9 +213,10 @@ class PushrecCollector(Collector):
             labels=("channel", "route"),
         )
         now = time.time()
-        kept = self._keys.breaker_routes
-        self._client.zremrangebyscore(kept, "-inf", now - BREAKER_ROUTES_KEPT_S)
-        routes = sorted(str(r) for r in self._client.zrange(kept, 0, -1))
+        recent = self._client.zrangebyscore(
+            self._keys.breaker_routes, now - BREAKER_ROUTES_KEPT_S, "+inf"
+        )  # a scrape only reads: the trip prunes
+        routes = sorted(str(r) for r in recent)
         pipe = self._client.pipeline(transaction=False)
         for route in routes:
             pipe.get(self._keys.breaker(route).open)

@@ -359,7 +359,7 @@ class Keys:
     @property
     def breaker_routes(self) -> str:
         """zset: route key (fingerprint) -> when its breaker last tripped; entries a day past
-        their trip are pruned when metrics read it (`BREAKER_ROUTES_KEPT_S`)."""
+        their trip are pruned at the next trip (`BREAKER_ROUTES_KEPT_S`)."""
         return f"{self.prefix}:push:breakers"
 
     def breaker(self, route: str) -> BreakerKeys:
