@@ -150,7 +150,7 @@ def measure_saturation(
     else:
         for start in range(0, total, batch):
             case.client.track_batch(events[start : start + batch])
-    case.start(layout, "sat")
+    case.start(layout, "sat" if batch == 1 else "batched")
     started = time.perf_counter()
     marks: dict[float, dict[str, float]] = {}
     done = case.wait(case.delivered, total, cpu_marks=marks)
@@ -250,6 +250,9 @@ def main() -> None:
     parser.add_argument(
         "--gateway-latency-ms", type=float, default=0.0, help="injected per gateway request"
     )
+    parser.add_argument(
+        "--profile", type=Path, help="folder for py-spy collapsed stacks of the worker nodes"
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "realtime.json")
     args = parser.parse_args()
     if not RETAIL.exists():
@@ -279,7 +282,9 @@ def main() -> None:
                     row = results[spec]
                     for kind in args.cases.split(","):
                         measure = MEASURES[kind]
-                        case = Case(url, shop, gateway, config, tmp, args.gateway_latency_ms)
+                        case = Case(
+                            url, shop, gateway, config, tmp, args.gateway_latency_ms, args.profile
+                        )
                         try:
                             row[kind].append(measure(case, shop, layout, args))
                         finally:
@@ -295,7 +300,7 @@ def main() -> None:
         "source": "online_retail",
         "index": shop.index,
         "rule": {"kind": "post_purchase", "delay_s": 0, "channel": "fcm (HTTP/2)"},
-        "parameters": {k: v for k, v in vars(args).items() if k != "json"},
+        "parameters": {k: v for k, v in vars(args).items() if k not in ("json", "profile")},
         "runs": args.runs,
         "layouts": {
             spec: [{"queues": q, "concurrency": c, "pool": p} for q, c, p in parse_layout(spec)]

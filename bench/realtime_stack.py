@@ -113,7 +113,9 @@ class Case:
         config: Path,
         tmp: Path,
         gateway_latency_ms: float = 0.0,
+        profile: Path | None = None,
     ) -> None:
+        self.profile = profile
         self.prefix = f"rt{uuid.uuid4().hex[:8]}"
         self.url = url
         self.tmp = tmp
@@ -178,6 +180,11 @@ class Case:
                 f"--name={self.prefix}-{tag}{n}@%h",
                 "--queues=" + ",".join(self.queues[q] for q in queues),
             ]  # fmt: skip
+            if self.profile is not None:  # sampled with its pool children, collapsed stacks
+                out = self.profile / f"{tag}-node{n}.txt"
+                spy = str(Path(sys.executable).parent / "py-spy")
+                argv = [spy, "record", "--subprocesses", "--nonblocking", "--format", "raw",
+                        "--rate", "200", "-o", str(out), "--", *argv]  # fmt: skip
             self.nodes.append(
                 subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
             )
@@ -215,9 +222,13 @@ class Case:
 
     def stop(self) -> None:
         for node in self.nodes:
-            node.terminate()
+            if "py-spy" in str(node.args[0]):  # stop the worker under it: py-spy then writes
+                for child in psutil.Process(node.pid).children():
+                    child.terminate()
+            else:
+                node.terminate()
         for node in self.nodes:
-            node.wait(timeout=30)
+            node.wait(timeout=60)
         self.nodes = []
 
     def stats(self) -> dict[str, int]:

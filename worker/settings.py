@@ -102,6 +102,12 @@ class Settings(BaseSettings):
     task_time_limit_s: int = Field(default=120, ge=5, description="Hard limit per task.")
     task_max_retries: int = Field(default=5, ge=0, le=20)
     task_retry_backoff_max_s: int = Field(default=30, ge=1)
+    deliver_inline: bool | None = Field(
+        default=None,
+        description="Send the messages a task queues in that same task instead of a "
+        "deliver task on the push queue. Unset: yes where the worker also consumes the "
+        "push queue (the hop would isolate nothing there), no where it does not.",
+    )
     max_deliveries: int = Field(
         default=5,
         ge=2,

@@ -123,3 +123,13 @@ def test_pushrec_run_serves_events_on_an_embedded_redis_and_cleans_up(
         if any(str(tmp_path) in part for part in p.info["cmdline"] or [])
     ]
     assert leftovers == []
+
+
+def test_a_worker_sends_inline_only_where_it_consumes_the_push_queue(settings: Settings) -> None:
+    from worker.cli.serve import with_delivery_mode
+
+    everything = [settings.queue_activity, settings.queue_push, settings.queue_maintenance]
+    assert with_delivery_mode(settings, everything).deliver_inline is True
+    assert with_delivery_mode(settings, [settings.queue_activity]).deliver_inline is False
+    chosen = settings.model_copy(update={"deliver_inline": False})
+    assert with_delivery_mode(chosen, everything).deliver_inline is False

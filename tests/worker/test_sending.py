@@ -18,11 +18,13 @@ from tests.worker.realtime import (
     gateway_shop,
     planted_catalog,
     register,
+    rule,
 )
 from worker.delivery.outbox import MessageRecord
 from worker.delivery.requests import DeliveryRequest
 from worker.policy.contact import holdout_bucket
 from worker.policy.jobs import FireJob
+from worker.rules import Rule
 from worker.service import ingest
 from worker.service.runtime import Runtime
 from worker.service.userview import decisions_view
@@ -416,3 +418,68 @@ def test_items_pushed_by_another_message_since_it_was_decided_are_not_pushed_aga
         "reason": "no_repeat: every item was pushed by another message since",
     }
     assert len(gateways.accepted("fcm")) == 1
+
+
+# --- where the messages a task queues are sent --------------------------------------
+def _immediate_shop(
+    settings: Settings, gateways: Gateways, tmp_path: Path, queued: list[Any], inline: bool
+) -> Any:
+    """`gateway_shop` with an immediate post-purchase rule and `deliver_inline`."""
+    now_rule = Rule(**rule("post_purchase", "post_purchase", delay_s=0))
+    return gateway_shop(
+        settings, gateways, tmp_path / "index", lambda t, kw: queued.append((t, kw)),
+        deliver_inline=inline, rules=(now_rule,),
+    )  # fmt: skip
+
+
+def _purchase_fired_by(rt: Runtime, user: str, task_id: str) -> dict[str, Any]:
+    now = time.time()
+    event = {"event_id": f"p-{user}", "user_id": user, "type": "purchase", "item_id": "b0-1"}
+    ingest.track_one(rt, {**event, "ts": now}, now, task_id)
+    [decision] = rt.audit.decisions(user)
+    return decision
+
+
+def test_a_worker_that_consumes_the_push_queue_sends_in_the_task_that_queued(
+    settings: Settings, gateways: Gateways, tmp_path: Path
+) -> None:
+    queued: list[tuple[str, dict[str, Any]]] = []
+    with _immediate_shop(settings, gateways, tmp_path, queued, inline=True) as rt:
+        user = shopper(rt, gateways, "inline")
+        decision = _purchase_fired_by(rt, user, "track-task-1")
+
+        assert queued == []  # no deliver task
+        assert rt.outbox.state(decision["message_id"])["state"] == "sent"
+        [sent] = gateways.accepted("fcm")
+        assert sent["message"]["data"]["pr_mid"] == decision["message_id"]
+
+
+def test_a_worker_without_the_push_queue_hands_messages_to_deliver_tasks(
+    settings: Settings, gateways: Gateways, tmp_path: Path
+) -> None:
+    queued: list[tuple[str, dict[str, Any]]] = []
+    with _immediate_shop(settings, gateways, tmp_path, queued, inline=False) as rt:
+        user = shopper(rt, gateways, "queued")
+        decision = _purchase_fired_by(rt, user, "track-task-2")
+
+        assert queued == [("pushrec.deliver", {"message_ids": [decision["message_id"]]})]
+        assert rt.outbox.state(decision["message_id"])["state"] == "queued"
+        assert gateways.accepted("fcm") == []
+
+
+def test_an_inline_delivery_that_fails_hands_its_messages_to_the_push_queue(
+    settings: Settings, gateways: Gateways, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queued: list[tuple[str, dict[str, Any]]] = []
+    with _immediate_shop(settings, gateways, tmp_path, queued, inline=True) as rt:
+        user = shopper(rt, gateways, "fallback")
+
+        def broken() -> None:
+            raise RuntimeError("gateways could not open")
+
+        monkeypatch.setattr(rt, "sender", broken)
+        decision = _purchase_fired_by(rt, user, "track-task-3")
+
+        assert decision["action"] == "queued"
+        assert queued == [("pushrec.deliver", {"message_ids": [decision["message_id"]]})]
+        assert rt.outbox.state(decision["message_id"])["state"] == "queued"

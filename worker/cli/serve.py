@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from worker.cli.common import add_metrics_port, load_settings_with_redis, serve_metrics_if_asked
-from worker.settings import redact_url
+from worker.settings import Settings, redact_url
 
 
 def register(subparsers: Any) -> None:
@@ -29,6 +29,14 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run_worker)
 
 
+def with_delivery_mode(settings: Settings, queues: list[str]) -> Settings:
+    """Settle `deliver_inline` for a worker on `queues` where the settings leave it open:
+    inline where the worker also consumes the push queue."""
+    if settings.deliver_inline is not None:
+        return settings
+    return settings.model_copy(update={"deliver_inline": settings.queue_push in queues})
+
+
 def run_worker(args: argparse.Namespace) -> int:
     from worker.service.app import create_app
     from worker.service.logs import keep_for_celery, log_format
@@ -39,11 +47,15 @@ def run_worker(args: argparse.Namespace) -> int:
     queues = args.queues or ",".join(
         [settings.queue_activity, settings.queue_push, settings.queue_maintenance]
     )
+    settings = with_delivery_mode(settings, queues.split(","))
     logging.getLogger("pushrec").info(
-        "redis %s%s, queues %s",
+        "redis %s%s, queues %s, %s",
         redact_url(settings.redis_url),
         " (embedded)" if server else "",
         queues,
+        "messages sent in the task that queues them"
+        if settings.deliver_inline
+        else "messages sent by deliver tasks",
     )
     app = create_app(settings)
     argv = [

@@ -21,7 +21,7 @@ import redis
 from indexing import LoadedIndex
 from push import fingerprint
 from push.errors import PushError
-from worker.contract import DELIVER, FIRE, INTERNAL_BATCH, Enqueue
+from worker.contract import FIRE
 from worker.delivery.outbox import MessageRecord, Outbox, message_id
 from worker.firing.compose import Composer
 from worker.firing.index_holder import IndexHolder
@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 
 _READS = ShopperReads(FIRE_READS | {"devices", "preferences"})
+
+# Hands the ids of freshly queued messages to delivery, naming the task that queued them
+# (`Runtime.deliver_queued`: sent in that task, or by deliver tasks on the push queue).
+Deliver = Callable[[list[str], str], None]
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,7 @@ class Firer:
         audit: Audit,
         delayed: DelayedJobs,
         index: IndexHolder | None,
-        enqueue: Enqueue,
+        deliver: Deliver,
         metrics: Metrics,
     ) -> None:
         self._client = client
@@ -96,7 +100,7 @@ class Firer:
         self._audit = audit
         self._delayed = delayed
         self._index = index
-        self._enqueue = enqueue
+        self._deliver = deliver
         self._metrics = metrics
         self._composer = Composer(settings.rules, settings.currency)
 
@@ -123,12 +127,12 @@ class Firer:
         return shoppers
 
     # --- firing -----------------------------------------------------------------------
-    def fire_many(self, jobs: Sequence[FireJob], now: float) -> list[Decision]:
+    def fire_many(self, jobs: Sequence[FireJob], now: float, owner: str = "") -> list[Decision]:
         """Fire each job's rule for its shopper, returning each one's decision. A batch
         of events or a fan-out costs one round trip per stage (read, catalog, create,
-        write), not one per job, and its messages go to the push queue in shared deliver
-        tasks. A job that fails with an unexpected error is recorded as `error` and
-        changes nothing for the others."""
+        write), not one per job, and its messages go to delivery together, named by
+        `owner` (the id of the task firing them). A job that fails with an unexpected
+        error is recorded as `error` and changes nothing for the others."""
         results: list[Decision] = []
         firings: list[_Firing] = []
         seen: set[str] = set()
@@ -164,7 +168,7 @@ class Firer:
                 f.action, f.reason, f.step = "suppress", "no items to offer", "recommend"
                 continue
             _isolated(f, self._decide, f, shopper, candidates, facts, now)
-        self._write(firings, now)
+        self._write(firings, now, owner)
         return results
 
     def _pools(
@@ -281,9 +285,9 @@ class Firer:
             f.action, f.reason, f.remember = "queued", "", (items, "treated")
             f.step = "all_passed"
 
-    def _write(self, firings: Sequence[_Firing], now: float) -> None:
+    def _write(self, firings: Sequence[_Firing], now: float, owner: str) -> None:
         """Create the messages (once per id), then record every decision, count it, note
-        its items for attribution, park deferrals, and queue the deliveries."""
+        its items for attribution, park deferrals, and hand the messages to delivery."""
         sends = [f for f in firings if f.record is not None]
         existing = self._outbox.create_many([f.record for f in sends if f.record is not None])
         deliver: list[str] = []
@@ -309,8 +313,8 @@ class Firer:
                 continue
             self._record(f, now, writes)
         writes.execute()
-        for start in range(0, len(deliver), INTERNAL_BATCH):
-            self._enqueue(DELIVER, {"message_ids": deliver[start : start + INTERNAL_BATCH]})
+        if deliver:
+            self._deliver(deliver, owner)
 
     def _record(self, f: _Firing, now: float, writes: redis.client.Pipeline) -> None:
         assert f.action, "every firing is decided before it is recorded"

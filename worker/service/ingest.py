@@ -56,17 +56,24 @@ def track(
     result = rt.state.apply_events(events, now, delivery_id)
     rt.metrics.add(rt.audit.attribute(result.fresh))
     triggers = rt.triggers.for_events(result.fresh, now)
-    rt.state.react_and_confirm(result, lambda pipe: schedule(rt, triggers, now, pipe))
+    rt.state.react_and_confirm(result, lambda pipe: schedule(rt, triggers, now, pipe, delivery_id))
     return {"applied": result.applied, "duplicates": result.duplicates, "rejected": rejected}
 
 
 _INLINE_MAX = 200  # larger fan-outs go through the delayed set, drained by the scheduler
 
 
-def schedule(rt: Runtime, triggers: list[Trigger], now: float, pipe: redis.client.Pipeline) -> None:
+def schedule(
+    rt: Runtime,
+    triggers: list[Trigger],
+    now: float,
+    pipe: redis.client.Pipeline,
+    delivery_id: str = "",
+) -> None:
     """React to triggers: fire the due ones here and now (a queue hop would cost a task
     and its wait; firing is idempotent by message id), park the rest, and big fan-outs,
-    in the delayed set until due (in `pipe`, which the caller runs)."""
+    in the delayed set until due (in `pipe`, which the caller runs). `delivery_id`: the
+    task doing it, which delivers what it fires where the worker sends inline."""
     inline = len(triggers) <= _INLINE_MAX
     due_now = []
     for trigger in triggers:
@@ -75,7 +82,7 @@ def schedule(rt: Runtime, triggers: list[Trigger], now: float, pipe: redis.clien
         else:
             rt.delayed.schedule(trigger.job(), trigger.due, pipe=pipe)
     if due_now:
-        rt.firer().fire_many(due_now, now)
+        rt.firer().fire_many(due_now, now, delivery_id)
     rt.metrics.add({"rules.triggered": len(triggers)}, pipe=pipe)
 
 
@@ -92,7 +99,9 @@ def track_batch(rt: Runtime, events: Any, now: float, delivery_id: str) -> dict[
     return summary
 
 
-def upsert_items(rt: Runtime, items: Any, now: float) -> tuple[dict[str, int], list[ItemChange]]:
+def upsert_items(
+    rt: Runtime, items: Any, now: float, delivery_id: str = ""
+) -> tuple[dict[str, int], list[ItemChange]]:
     entries, overflow = _split_batch(
         rt, contract.UPSERT_ITEMS, items, rt.limits.batch_max_items, "items"
     )
@@ -104,7 +113,7 @@ def upsert_items(rt: Runtime, items: Any, now: float) -> tuple[dict[str, int], l
             rt.rejected.record(contract.UPSERT_ITEMS, exc.code, exc.reason, raw)
     changes = rt.catalog.upsert(valid, now)
     pipe = rt.redis.pipeline(transaction=False)
-    schedule(rt, rt.triggers.for_item_changes(changes, now), now, pipe)
+    schedule(rt, rt.triggers.for_item_changes(changes, now), now, pipe, delivery_id)
     pipe.execute()
     return {
         "upserted": len(valid),

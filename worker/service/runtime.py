@@ -9,7 +9,9 @@ thread sends through its own event loop (a loop runs in one thread at a time).
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,10 +21,11 @@ from redis.retry import Retry
 
 from push.gateway import Router
 from push.ssrf import DestinationGuard
-from worker.contract import Enqueue
+from worker.contract import DELIVER, INTERNAL_BATCH, Enqueue
 from worker.delivery.gateway_config import gateway_config
 from worker.delivery.outbox import Outbox
 from worker.delivery.push_runtime import PushRuntime
+from worker.delivery.requests import DeliveryRequest
 from worker.delivery.sender import MessageSender
 from worker.firing.firer import Firer
 from worker.firing.index_holder import IndexHolder
@@ -36,11 +39,13 @@ from worker.shoppers.inputs import Limits
 from worker.shoppers.state import StateStore
 from worker.store.dead_letters import DeadLetters
 from worker.store.delayed import DelayedJobs
-from worker.store.errors import TRANSIENT
+from worker.store.errors import TRANSIENT, describe
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
 from worker.store.rejections import RejectedLog
 from worker.store.scripts import Scripts
+
+log = logging.getLogger(__name__)
 
 
 def connect_redis(url: str) -> redis.Redis:
@@ -162,9 +167,28 @@ class Runtime:
             if self._firer is None:
                 self._firer = Firer(
                     self.redis, self.keys, self.settings, self.state, self.catalog, self.policy,
-                    self.outbox, self.audit, self.delayed, index, self.enqueue, self.metrics,
+                    self.outbox, self.audit, self.delayed, index, self.deliver_queued,
+                    self.metrics,
                 )  # fmt: skip
             return self._firer
+
+    def deliver_queued(self, message_ids: list[str], owner: str) -> None:
+        """Deliver messages just queued by the task `owner`: in that task when
+        `settings.deliver_inline` (a node that consumes the push queue gains no isolation
+        from a second task, only its cost), else by deliver tasks on the push queue. An
+        inline delivery that fails hands its messages to the push queue: each device was
+        claimed for `owner` or settled, so nothing is sent twice by that, and a message
+        left queued is re-sent by the scheduler's sweep if even the queue is away."""
+        if self.settings.deliver_inline and owner:
+            requests = [DeliveryRequest(mid) for mid in message_ids]
+            try:
+                self.sender().deliver_many(requests, time.time(), f"{owner}:inline")
+                return
+            except Exception as exc:
+                log.warning("inline delivery of %d messages failed, queued instead: %s",
+                            len(message_ids), describe(exc))  # fmt: skip
+        for start in range(0, len(message_ids), INTERNAL_BATCH):
+            self.enqueue(DELIVER, {"message_ids": message_ids[start : start + INTERNAL_BATCH]})
 
     def sender(self) -> MessageSender:
         """Delivery (event loop, HTTP clients, gateways), opened on first use in each

@@ -248,7 +248,7 @@ def _fire(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
             jobs.append(FireJob.from_kwargs(entry))
         except InvalidInput as exc:
             rt.rejected.record(task.name, exc.code, exc.reason, entry)
-    return rt.firer().fire_many(jobs, time.time())
+    return rt.firer().fire_many(jobs, time.time(), _delivery(task))
 
 
 def _deliver(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
@@ -297,7 +297,7 @@ TASKS: tuple[TaskSpec, ...] = (
     ),
     TaskSpec(
         contract.UPSERT_ITEMS,
-        lambda t, rt, kw: ingest.upsert_items(rt, kw["items"], time.time())[0],
+        lambda t, rt, kw: ingest.upsert_items(rt, kw["items"], time.time(), _delivery(t))[0],
         required=frozenset({"items"}),
     ),
     TaskSpec(

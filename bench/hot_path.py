@@ -1,0 +1,229 @@
+"""One event's cost per stage, in this process: Redis round trips, Redis commands and CPU
+milliseconds for `track` (state, trigger, the immediate rule fired inline) and `deliver`
+(send-time re-check, claim, one FCM send over HTTP/2, settle), without Celery around
+them (its share is the no-op task of bench/realtime.py). The profile-and-cut loop of
+issue 13 runs on this; bench/realtime.py measures the whole worker.
+
+The shop is bench/realtime.py's (the Online Retail index, catalog and shoppers, the
+post_purchase rule, the local FCM gateway in its own process, so its CPU is not ours).
+Events go one `track` per event, or `track_batch` calls of `--batch` events with one
+deliver call per batch, as a worker runs them. Round trips are counted at redis-py's
+connection (`send_packed_command`: one per command or pipeline), commands by the
+server's `total_commands_processed`.
+
+    PYTHONPATH=. python bench/hot_path.py [--events 400] [--batch 100] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from realtime_stack import RETAIL, RULE, Shop, local_gateway, purchase  # noqa: E402
+
+from tests.redis_server import redis_server  # noqa: E402
+from tests.worker.realtime import register, rule, write_config  # noqa: E402
+from worker.delivery.requests import DeliveryRequest  # noqa: E402
+from worker.service import ingest  # noqa: E402
+from worker.service.runtime import Runtime  # noqa: E402
+from worker.settings import Settings  # noqa: E402
+
+
+class RoundTrips:
+    """Counts redis-py's sends (one per command or pipeline) while installed."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        cls = redis.connection.AbstractConnection
+        original = cls.send_packed_command
+
+        def counted(conn: Any, command: Any, check_health: bool = True) -> None:
+            self.count += 1
+            original(conn, command, check_health)
+
+        cls.send_packed_command = counted  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            cls.send_packed_command = original  # type: ignore[method-assign]
+
+
+class Stage:
+    """CPU seconds, round trips and server commands spent in one stage, summed."""
+
+    def __init__(self, name: str, probe: redis.Redis, trips: RoundTrips) -> None:
+        self.name, self._probe, self._trips = name, probe, trips
+        self.cpu_s = 0.0
+        self.round_trips = 0
+        self.commands = 0
+
+    def _commands(self) -> int:
+        return int(self._probe.info("stats")["total_commands_processed"])
+
+    def run(self, work: Callable[[], Any]) -> Any:
+        commands, trips = self._commands(), self._trips.count
+        started = time.process_time()
+        out = work()
+        self.cpu_s += time.process_time() - started
+        self.round_trips += self._trips.count - trips
+        self.commands += self._commands() - commands - 1  # the INFO above
+        return out
+
+    def per(self, events: int) -> dict[str, float]:
+        return {
+            "cpu_ms": round(1000 * self.cpu_s / events, 3),
+            "round_trips": round(self.round_trips / events, 2),
+            "commands": round(self.commands / events, 2),
+        }
+
+
+def delivered(rt: Runtime) -> int:
+    return int(rt.redis.hget(rt.keys.rule_stats(RULE), "delivered") or 0)  # type: ignore[arg-type]
+
+
+def _track(rt: Runtime, events: list[dict[str, Any]], task_id: str) -> Any:
+    if len(events) == 1:
+        return ingest.track_one(rt, events[0], time.time(), task_id)
+    return ingest.track_batch(rt, events, time.time(), task_id)
+
+
+def run_once(
+    rt: Runtime, sent: list[dict[str, Any]], shop: Shop, events: int, batch: int, tag: str
+) -> dict[str, Any]:
+    """`events` purchases of fresh shoppers (each with a device and a history), in calls of
+    `batch`; returns the cost per event of each stage. `sent`: the deliver calls the
+    runtime enqueues."""
+    shoppers = shop.shoppers(tag, events, 5)
+    now = time.time()
+    for n, (user, past, _) in enumerate(shoppers):
+        register(rt, user, "fcm", f"hot-path-token-{tag}-{n:07d}", now)
+        history = [
+            {"event_id": f"h{tag}{n}-{j}", "user_id": user, "type": "purchase", "item_id": item,
+             "ts": now - 2 * 86_400 + j}
+            for j, item in enumerate(past)
+        ]  # fmt: skip
+        ingest.track(rt, history, now, "pushrec.track_batch", f"seed-{tag}-{n}")
+    delivered_before = delivered(rt)
+    probe = redis.Redis.from_url(rt.settings.redis_url or "")
+    trips = RoundTrips()
+    track, deliver = Stage("track", probe, trips), Stage("deliver", probe, trips)
+    calls = [shoppers[i : i + batch] for i in range(0, events, batch)]
+    with trips.installed():
+        for c, call in enumerate(calls):
+            batch_events = []
+            for n, (user, _, item) in enumerate(call):
+                event = purchase(user, item, n)
+                event["event_id"] = f"{tag}-{c}-{n}"
+                event["ts"] = time.time()
+                batch_events.append(event)
+            sent.clear()
+            track.run(partial(_track, rt, batch_events, f"t{tag}{c}"))
+            for n, kwargs in enumerate(list(sent)):
+                requests = DeliveryRequest.from_kwargs(kwargs)
+                deliver.run(
+                    partial(rt.sender().deliver_many, requests, time.time(), f"d{tag}{c}-{n}")
+                )
+    probe.close()
+    if (sent_now := delivered(rt)) - delivered_before != events:
+        raise RuntimeError(f"{sent_now - delivered_before} of {events} delivered")
+    out = {"track": track.per(events), "deliver": deliver.per(events)}
+    out["total"] = {k: round(out["track"][k] + out["deliver"][k], 3) for k in out["track"]}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=400, help="events per measurement")
+    parser.add_argument("--batch", type=int, default=100, help="events per track_batch call")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--modes", default="single,batched", help="which to run")
+    parser.add_argument(
+        "--deliver-inline",
+        action="store_true",
+        help="send in the track call, as a worker that also consumes the push queue does",
+    )
+    parser.add_argument("--cprofile", type=Path, help="write cProfile stats of the runs here")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "hot_path.json")
+    args = parser.parse_args()
+    if not RETAIL.exists():
+        sys.exit(f"{RETAIL} is needed (the index and the shoppers come from it)")
+    with redis_server() as url, tempfile.TemporaryDirectory(prefix="pushrec-hot-") as tmp_name:
+        tmp = Path(tmp_name)
+        shop = Shop(tmp)
+        config = write_config(
+            tmp / "pushrec.toml",
+            [rule(RULE, "post_purchase", delay_s=0, channels=["fcm"])],
+            cap_marketing_per_day=1_000_000,
+            cap_marketing_per_week=1_000_000,
+            cap_total_per_day=1_000_000,
+            no_repeat_days=0,
+        )
+        with local_gateway(tmp / "gateways") as gateway:
+            os.environ.update(gateway["env"], PUSHREC_CONFIG=str(config))
+            settings = Settings.load(
+                redis_url=url,
+                key_prefix="hot",
+                index_store=shop.store,
+                state_dir=tmp / "state",
+                deliver_inline=args.deliver_inline,
+            )
+            sent: list[dict[str, Any]] = []
+            rt = Runtime.open(settings, enqueue=lambda task, kwargs: sent.append(kwargs))
+            now = time.time()
+            for start in range(0, len(shop.items), 500):
+                ingest.upsert_items(rt, shop.items[start : start + 500], now)
+            run_once(rt, sent, shop, 20, 1, "warm")  # index loaded, HTTP/2 open, caches filled
+            modes = {"single": 1, "batched": args.batch}
+            results = {mode: [] for mode in args.modes.split(",")}
+            profiler = cProfile.Profile() if args.cprofile else None
+            if profiler is not None:
+                profiler.enable()
+            for run in range(args.runs):
+                for mode, rows in results.items():
+                    rows.append(run_once(rt, sent, shop, args.events, modes[mode], f"{mode}{run}"))
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(args.cprofile)
+            rt.close()
+    summary = {
+        mode: {
+            stage: {k: statistics.median(r[stage][k] for r in rows) for k in rows[0][stage]}
+            for stage in rows[0]
+        }
+        for mode, rows in results.items()
+    }
+    print(f"{'mode':8s} {'stage':8s} {'cpu ms/event':>12s} {'round trips':>12s} {'commands':>9s}")
+    for mode, stages in summary.items():
+        for stage, v in stages.items():
+            print(
+                f"{mode:8s} {stage:8s} {v['cpu_ms']:12.3f} {v['round_trips']:12.2f} "
+                f"{v['commands']:9.2f}"
+            )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    report = {"bench": "hot_path", "batch": args.batch, "events": args.events,
+              "cpus": os.cpu_count(), "results": summary, "raw": results}  # fmt: skip
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
