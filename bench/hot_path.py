@@ -194,7 +194,7 @@ def main() -> None:
             run_once(rt, sent, shop, 20, 1, "warm")  # index loaded, HTTP/2 open, caches filled
             modes = {"single": 1, "batched": args.batch}
             results = {mode: [] for mode in args.modes.split(",")}
-            profiler = cProfile.Profile() if args.cprofile else None
+            profiler = cProfile.Profile(time.process_time) if args.cprofile else None
             if profiler is not None:
                 profiler.enable()
             for run in range(args.runs):

@@ -335,10 +335,13 @@ class MessageSender:
 
         def counts(replies: list[Any], first_sent: list[tuple[_Delivery, int]]) -> None:
             pipe = self._client.pipeline(transaction=False)
+            delivered: Counter[str] = Counter()  # rule -> messages: one HINCRBY a batch
             for d, at in first_sent:
                 if replies[at]:  # the first delivery of this message: count it once
-                    self._audit.count(d.record.rule, "delivered", pipe=pipe)
+                    delivered[d.record.rule] += 1
                     self._policy.record_items(d.record.user_id, d.record.items, now, pipe)
+            for rule, n in delivered.items():
+                self._audit.count(rule, "delivered", n, pipe=pipe)
             if len(pipe):
                 pipe.execute()
 

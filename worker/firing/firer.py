@@ -12,6 +12,7 @@ shopper. The whole batch shares one round trip per stage.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, ParamSpec, TypeVar
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 
 
 _READS = ShopperReads(FIRE_READS | {"devices", "preferences"})
+
+# The rule-stats field each action counts under (others: the action's own name).
+_STATS_FIELD = {"suppress": "suppressed", "defer": "deferred", "error": "failed"}
 
 # Hands the ids of freshly queued messages to delivery, naming the task that queued them
 # (`Runtime.deliver_queued`: sent in that task, or by deliver tasks on the push queue).
@@ -307,11 +311,19 @@ class Firer:
                 if before == "queued":  # its deliver task may have been lost with a crash
                     self._outbox.mark_queued(f.record, writes)
                     deliver.append(f.mid)
+        stats: Counter[tuple[str, str]] = Counter()  # (rule, field): one HINCRBY a batch
+        decided: Counter[str] = Counter()
         for f in firings:
             if f.action == "duplicate":
                 f.decision["action"] = "duplicate"
                 continue
             self._record(f, now, writes)
+            stats[f.rule.name, "fired"] += 1
+            stats[f.rule.name, _STATS_FIELD.get(f.action, f.action)] += 1
+            decided[f"decisions.{f.action}.{f.step or 'policy'}"] += 1
+        for (rule, name), n in stats.items():
+            self._audit.count(rule, name, n, pipe=writes)
+        self._metrics.add(decided, pipe=writes)
         writes.execute()
         if deliver:
             self._deliver(deliver, owner)
@@ -320,12 +332,6 @@ class Firer:
         assert f.action, "every firing is decided before it is recorded"
         f.decision["action"] = f.action
         f.decision["reason"] = f.reason
-        field = {"suppress": "suppressed", "defer": "deferred", "error": "failed"}.get(
-            f.action, f.action
-        )
-        self._audit.count(f.rule.name, "fired", pipe=writes)
-        self._audit.count(f.rule.name, field, pipe=writes)
-        self._metrics.add({f"decisions.{f.action}.{f.step or 'policy'}": 1}, pipe=writes)
         self._audit.record_decision(f.job.user_id, f.decision, pipe=writes)
         if f.remember is not None:
             items, cell = f.remember
