@@ -13,7 +13,8 @@ receipt maps back to the event that caused it.
 Per worker layout (`--layouts`, nodes separated by '/', each `queues:concurrency[:pool]`;
 `--gateway-latency-ms` slows the gateway down to a real one's answer time):
 
-- latency: warm the workers up, then send `--rate` purchase events/s for `--seconds`,
+- latency: warm the workers up, then send purchase events for `--seconds` at
+  `--rate-share` of the run's single-track saturation rate (or `--rate` events/s),
   paced by absolute deadlines; latency = gateway receipt time (its `at`, time.time() in
   the gateway process) - the event's send stamp taken just before `apply_async`.
 - saturation: pre-fill the activity queue with `--saturation` events, one `pushrec.track`
@@ -22,11 +23,16 @@ Per worker layout (`--layouts`, nodes separated by '/', each `queues:concurrency
 - saturation_batched: the same with `--saturation-batched` events sent as
   `pushrec.track_batch` calls of `--batch` events (fired together, delivered in shared
   deliver tasks).
+- noop_latency: no-op tasks at the latency case's rate on the same nodes; round trip =
+  the worker's `date_done` in the result backend - the send stamp.
 - noop: pre-fill `--noop` no-op tasks, start the same nodes on that queue, take tasks/s
   between 10% and 90% drained (as bench/ingest.py).
 
     PYTHONPATH=. python bench/realtime.py [--runs 3] [--json bench/out/realtime.json]
-    PYTHONPATH=. python bench/realtime.py --cases latency --rate 50 --runs 1   # below capacity
+    PYTHONPATH=. python bench/realtime.py --cases latency --rate 50 --rate-share 0 --runs 1
+
+Issue 13's measures are ratios to the no-op task of the same run (`RATIOS`), printed
+last with their targets: machine speed cancels out of them, not out of absolute figures.
 
 The stack itself (shop, gateway process, cases, CPU sampling) is in realtime_stack.py.
 """
@@ -44,6 +50,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from celery import Celery
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -201,6 +209,57 @@ def measure_noop(case: Case, shop: Shop, layout: Any, args: argparse.Namespace) 
     }
 
 
+def measure_noop_latency(case: Case, shop: Shop, layout: Any, args: argparse.Namespace) -> dict:
+    """No-op tasks at the latency case's rate on the same nodes: the round trip a Celery
+    task costs here (send stamp -> the worker's `date_done` in the result backend), the
+    floor under the event -> gateway latency."""
+    total = int(args.rate * args.seconds)
+    app = Celery("bench-noop", set_as_current=False)
+    app.conf.update(
+        broker_url=contract.celery_url(case.url),
+        broker_transport_options={"global_keyprefix": f"{case.prefix}:"},
+        task_serializer="json",
+    )
+    queue = case.queues["activity"]
+
+    def send() -> str:
+        return str(app.send_task(contract.NOOP, kwargs={}, queue=queue, ignore_result=False).id)
+
+    case.start([(["activity"], concurrency, pool) for _, concurrency, pool in layout], "nooplat")
+    for _ in range(args.warmup):
+        send()
+        time.sleep(0.02)
+    time.sleep(1.0)
+    sent: dict[str, float] = {}
+    t0 = time.perf_counter() + 0.05
+    for n in range(total):
+        due = t0 + n / args.rate
+        while (ahead := due - time.perf_counter()) > 0:
+            time.sleep(ahead)
+        stamp = time.time()
+        sent[send()] = stamp
+    deadline = time.monotonic() + 60
+    done: dict[str, float] = {}
+    while len(done) < total and time.monotonic() < deadline:
+        for task_id in [t for t in sent if t not in done]:
+            raw = case.rt.redis.get(f"{case.prefix}:celery-task-meta-{task_id}")
+            if raw:
+                done[task_id] = datetime.fromisoformat(json.loads(raw)["date_done"]).timestamp()
+        time.sleep(0.2)
+    case.stop()
+    app.close()
+    latencies = [1000 * (done[t] - s) for t, s in sent.items() if t in done]
+    if not latencies:
+        raise RuntimeError("no no-op result arrived")
+    return {
+        "tasks": total,
+        "done": len(latencies),
+        "rate": args.rate,
+        "p50_ms": _pct(latencies, 0.50),
+        "p99_ms": _pct(latencies, 0.99),
+    }
+
+
 def measure_saturation_batched(
     case: Case, shop: Shop, layout: Any, args: argparse.Namespace
 ) -> dict:
@@ -212,6 +271,7 @@ MEASURES = {
     "saturation": measure_saturation,
     "saturation_batched": measure_saturation_batched,
     "noop": measure_noop,
+    "noop_latency": measure_noop_latency,
 }
 
 
@@ -234,6 +294,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rate", type=float, default=200.0, help="events/s, latency case")
+    parser.add_argument(
+        "--rate-share",
+        type=float,
+        default=0.5,
+        help="pace latency and noop_latency at this share of the run's single-track "
+        "saturation rate when saturation runs first (0: always --rate)",
+    )
     parser.add_argument("--seconds", type=float, default=25.0, help="latency case length")
     parser.add_argument("--warmup", type=int, default=40, help="events before the steady run")
     parser.add_argument("--saturation", type=int, default=4000, help="events pre-filled")
@@ -244,7 +311,9 @@ def main() -> None:
     parser.add_argument("--noop", type=int, default=10_000, help="no-op tasks pre-filled")
     parser.add_argument("--history", type=int, default=5, help="past purchases per shopper")
     parser.add_argument(
-        "--cases", default="latency,saturation,saturation_batched,noop", help="which to run"
+        "--cases",
+        default="saturation,latency,noop_latency,saturation_batched,noop",
+        help="which to run, in order",
     )
     parser.add_argument("--layouts", default=DEFAULT_LAYOUTS, help="see the docstring")
     parser.add_argument(
@@ -286,7 +355,7 @@ def main() -> None:
                             url, shop, gateway, config, tmp, args.gateway_latency_ms, args.profile
                         )
                         try:
-                            row[kind].append(measure(case, shop, layout, args))
+                            row[kind].append(measure(case, shop, layout, paced(args, row, run)))
                         finally:
                             case.close()
                     last = {k: v[-1] for k, v in row.items() if v}
@@ -308,27 +377,21 @@ def main() -> None:
         },
         "results": summary,
         "raw": results,
-        "targets": {
-            "p99_ms_at_200_per_s": 30,
-            "saturation_vs_noop": 0.5,
-            "note": "saturation_vs_noop: one track task per event; batched_vs_noop: "
-            "events in track_batch calls of batch_events_per_call, against no-op tasks/s",
-        },
+        "targets": {name: f"{'<=' if lower else '>='} {t}" for name, _, _, t, lower in RATIOS},
     }
     print()
     print(
         f"{'layout (nodes: queues:concurrency)':36s} {'p50 ms':>7s} {'p99 ms':>7s} "
-        f"{'max ms':>7s} {'delivered':>14s} {'sat ev/s':>9s} {'noop/s':>7s} {'ratio':>6s} "
-        f"{'batched ev/s':>12s} {'ratio':>6s}"
+        f"{'max ms':>7s} {'noop p99':>8s} {'delivered':>14s} {'sat ev/s':>9s} "
+        f"{'batched ev/s':>12s} {'noop/s':>7s}"
     )
     nan = float("nan")
     for spec, s in summary.items():
         print(
             f"{spec:36s} {s.get('latency_p50_ms', nan):7.1f} {s.get('latency_p99_ms', nan):7.1f} "
-            f"{s.get('latency_max_ms', nan):7.1f} {s.get('delivered', '-'):>14s} "
-            f"{s.get('saturation_events_per_s', nan):9.0f} {s.get('noop_tasks_per_s', nan):7.0f} "
-            f"{s.get('saturation_vs_noop', nan):6.2f} "
-            f"{s.get('batched_events_per_s', nan):12.0f} {s.get('batched_vs_noop', nan):6.2f}"
+            f"{s.get('latency_max_ms', nan):7.1f} {s.get('noop_latency_p99_ms', nan):8.1f} "
+            f"{s.get('delivered', '-'):>14s} {s.get('saturation_events_per_s', nan):9.0f} "
+            f"{s.get('batched_events_per_s', nan):12.0f} {s.get('noop_tasks_per_s', nan):7.0f}"
         )
     print("\nCPU ms per unit of work (medians; saturation and noop between the 10% and 90% marks):")
     for spec, s in summary.items():
@@ -340,9 +403,24 @@ def main() -> None:
         ):
             if key in s:
                 print(f"{spec:36s} {key:28s} {s[key]}")
+    print("\nRatios to the no-op task of the same run (median of the runs; each run):")
+    for spec, s in summary.items():
+        for name, r in s["ratios"].items():
+            print(f"{spec:36s} {name:22s} {r['median']:7.3f}  target {r['target']:8s} "
+                  f"{'met' if r['met'] else 'NOT met':8s} {r['runs']}")  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"\nload: {load[0]} .. {load[-1]}\nwrote {args.json}")
+
+
+def paced(args: argparse.Namespace, row: dict[str, list[dict]], run: int) -> argparse.Namespace:
+    """`args`, with the paced cases' rate at `--rate-share` of this run's single-`track`
+    saturation rate when one was measured before them."""
+    if args.rate_share <= 0 or len(row["saturation"]) <= run:
+        return args
+    return argparse.Namespace(
+        **{**vars(args), "rate": args.rate_share * row["saturation"][run]["events_per_s"]}
+    )
 
 
 def summarise(row: dict[str, list[dict]]) -> dict[str, Any]:
@@ -374,11 +452,48 @@ def summarise(row: dict[str, list[dict]]) -> dict[str, Any]:
         out["batched_events_per_s"] = med(r["events_per_s"] for r in batched)
         out["batched_cpu_ms_per_event"] = _median_dict([r["cpu_ms_per_event"] for r in batched])
         out["runs"]["batched_events_per_s"] = [round(r["events_per_s"], 1) for r in batched]
-    if sat and noop:
-        out["saturation_vs_noop"] = out["saturation_events_per_s"] / out["noop_tasks_per_s"]
-    if batched and noop:
-        out["batched_vs_noop"] = out["batched_events_per_s"] / out["noop_tasks_per_s"]
+    if noop_lat := row["noop_latency"]:
+        out["noop_latency_p50_ms"] = med(r["p50_ms"] for r in noop_lat)
+        out["noop_latency_p99_ms"] = med(r["p99_ms"] for r in noop_lat)
+        out["runs"]["noop_p99_ms"] = [round(r["p99_ms"], 1) for r in noop_lat]
+    out["ratios"] = ratios(row)
     out["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return out
+
+
+# Issue 13's measures, each a ratio to the no-op task of the same run: (name, the case
+# and the field on top, the case and the field below, the target, whether lower is better)
+RATIOS: tuple[tuple[str, tuple[str, str], tuple[str, str], float, bool], ...] = (
+    ("single_cpu_vs_noop", ("saturation", "cpu:workers"), ("noop", "cpu:workers"), 4.0, True),
+    ("single_rate_vs_noop", ("saturation", "events_per_s"), ("noop", "tasks_per_s"), 0.3, False),
+    ("batched_cpu_vs_noop", ("saturation_batched", "cpu:workers"), ("noop", "cpu:workers"),
+     1.0, True),
+    ("batched_rate_vs_noop", ("saturation_batched", "events_per_s"), ("noop", "tasks_per_s"),
+     1.5, False),
+    ("p99_vs_noop_p99", ("latency", "p99_ms"), ("noop_latency", "p99_ms"), 5.0, True),
+)  # fmt: skip
+
+
+def _field(result: dict, name: str) -> float:
+    if name == "cpu:workers":
+        cpu = result.get("cpu_ms_per_event") or result.get("cpu_ms_per_task") or {}
+        return float(cpu.get("workers", float("nan")))
+    return float(result[name])
+
+
+def ratios(row: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
+    """Each of `RATIOS` per run (top and bottom from the same run), and their median."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, (top_case, top), (bottom_case, bottom), target, lower in RATIOS:
+        runs = [
+            _field(t, top) / _field(b, bottom)
+            for t, b in zip(row[top_case], row[bottom_case], strict=False)
+        ]
+        if runs:
+            median = statistics.median(runs)
+            met = median <= target if lower else median >= target
+            out[name] = {"median": round(median, 3), "runs": [round(r, 3) for r in runs],
+                         "target": f"{'<=' if lower else '>='} {target}", "met": met}  # fmt: skip
     return out
 
 
