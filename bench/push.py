@@ -1,15 +1,16 @@
 # ruff: noqa: E402  (imports follow the sys.path fix below)
-"""Benchmark: our sending path vs a bare httpx HTTP/2 POST loop, same server, same run.
+"""Benchmark: our sending path vs bare client loops, same server, same run.
 
 The four local gateways run in a separate process (`python -m push.testing serve`), so
-the client's CPU (`time.process_time`) is all ours. For each injected latency and
-gateway, every variant sends `--messages` messages with `--concurrency` in flight:
+the client's CPU (`time.process_time`) is all ours. For each injected latency, number
+in flight and gateway, every variant sends `--messages` messages:
 
-* ``bare``  a plain client (httpx h2c for FCM/APNs), ``client.post`` in a loop;
-* ``ours``  `Deliverer(router)` + `send_many`: building, signing (Web Push: encrypting
-  with a fresh key per message), sending, mapping the answer, breaker bookkeeping;
-* webhooks compare plain HTTP/1.1 clients (receivers are ordinary web servers): httpx
-  and aiohttp bare loops, and ours (aiohttp, chosen by these figures).
+* ``bare-httpx-h2``, ``bare-httpx-h1``, ``bare-aiohttp-h1``: a plain client posting in
+  a loop (httpx over h2c or HTTP/1.1, aiohttp over HTTP/1.1): what each client costs;
+* ``ours``: `Deliverer(router)` + `send_many`: building, signing (Web Push: encrypting
+  with a fresh key per message), sending, mapping the answer, breaker bookkeeping, over
+  the client `open_gateways` gives the channel (named in the variant: APNs httpx HTTP/2,
+  the others aiohttp HTTP/1.1, chosen by these figures).
 
 Bare loops post pre-built requests (the same bytes our builders produce, so HPACK and
 the server see identical traffic) with a client warmed beforehand; ours runs through
@@ -18,7 +19,7 @@ the server see identical traffic) with a client warmed beforehand; ours runs thr
 Repeated `--repeats` times, variants interleaved; medians reported. Prints a table and
 writes JSON to `--json` (default bench/out/push.json). No assertions: figures only.
 
-    PYTHONPATH=. python bench/push.py [--messages 3000] [--concurrency 64]
+    PYTHONPATH=. python bench/push.py [--messages 3000] [--concurrency 1 64]
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ async def run_suite(
     state: dict[str, Any], args: argparse.Namespace, server: psutil.Process
 ) -> dict[str, Any]:
     env = state["env"]
-    n, c = args.messages, args.concurrency
+    n = args.messages
     cache = MemoryTokenCache()
     key = ApnsKey.from_file(
         env["PUSHREC_APNS_KEY_FILE"],
@@ -223,14 +224,23 @@ async def run_suite(
 
     variants = {
         "apns/bare-httpx-h2": (Channel.APNS, "httpx-h2"),
-        "apns/ours": (Channel.APNS, "ours"),
+        "apns/ours-httpx-h2": (Channel.APNS, "ours"),
         "fcm/bare-httpx-h2": (Channel.FCM, "httpx-h2"),
-        "fcm/ours": (Channel.FCM, "ours"),
+        "fcm/bare-aiohttp-h1": (Channel.FCM, "aiohttp"),
+        "fcm/ours-aiohttp": (Channel.FCM, "ours"),
         "webpush/bare-httpx-h2": (Channel.WEBPUSH, "httpx-h2"),
-        "webpush/ours": (Channel.WEBPUSH, "ours"),
+        "webpush/bare-aiohttp-h1": (Channel.WEBPUSH, "aiohttp"),
+        "webpush/ours-aiohttp": (Channel.WEBPUSH, "ours"),
         "webhook/bare-httpx-h1": (Channel.WEBHOOK, "httpx-h1"),
         "webhook/bare-aiohttp-h1": (Channel.WEBHOOK, "aiohttp"),
         "webhook/ours-aiohttp": (Channel.WEBHOOK, "ours"),
+    }
+    # Yardsticks: the bare loop over the same client and protocol as ours.
+    yardsticks = {
+        "apns/ours-httpx-h2": "apns/bare-httpx-h2",
+        "fcm/ours-aiohttp": "fcm/bare-aiohttp-h1",
+        "webpush/ours-aiohttp": "webpush/bare-aiohttp-h1",
+        "webhook/ours-aiohttp": "webhook/bare-aiohttp-h1",
     }
     if args.only:
         variants = {k: v for k, v in variants.items() if any(k.startswith(o) for o in args.only)}
@@ -238,89 +248,81 @@ async def run_suite(
     async with open_gateways(_config(env), token_cache=cache) as router:
         deliverer = Deliverer(router)
         for latency in args.latencies:
-            async with httpx.AsyncClient() as admin:
-                for base in state["admin"].values():
-                    await admin.post(base + "/_admin/reset")
-                    await admin.post(base + "/_admin/script", json={"latency_ms": latency})
-            # Warm-up: connections, tokens, code paths.
-            for channel in devices:
-                await send_many(deliverer, messages(channel)[:100], c)
-            runs: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
-            for repeat in range(args.repeats):
-                # Alternate the order each repeat so drift in machine load hits both sides.
-                order = list(variants.items())
-                if repeat % 2:
-                    order.reverse()
-                for name, (channel, kind) in order:
-                    server_cpu0 = sum(server.cpu_times()[:2])
-                    if kind == "ours":
-                        batch = messages(channel)
-                        start = time.process_time(), time.perf_counter()
-                        sent = await send_many(deliverer, batch, c)
-                        figures = _figures(start, n, sum(r.delivered for r in sent))
-                    elif kind == "aiohttp":
-                        figures = await bare_aiohttp(bare_requests(channel), c)
-                    else:
-                        prepared = bare_requests(channel)
-                        figures = await bare_httpx(prepared, c, http2=kind == "httpx-h2")
-                    server_cpu = sum(server.cpu_times()[:2]) - server_cpu0
-                    figures["server_cpu_ms_per_msg"] = 1000 * server_cpu / n
-                    runs[name].append(figures)
-                    async with httpx.AsyncClient() as admin:  # keep server memory flat
-                        for base in state["admin"].values():
-                            await admin.post(base + "/_admin/reset")
-                            await admin.post(base + "/_admin/script", json={"latency_ms": latency})
-            summary: dict[str, Any] = {}
-            for name, items in runs.items():
-                summary[name] = {
-                    key: statistics.median(item[key] for item in items)
-                    for key in ("msgs_per_s", "cpu_ms_per_msg", "server_cpu_ms_per_msg", "ok")
-                }
-                summary[name]["runs"] = items
-            # Yardsticks: the bare httpx HTTP/2 loop for FCM and APNs; for webhooks the
-            # best plain HTTP/1.1 client measured (aiohttp).
-            yardsticks = {
-                "apns/ours": "apns/bare-httpx-h2",
-                "fcm/ours": "fcm/bare-httpx-h2",
-                "webpush/ours": "webpush/bare-httpx-h2",
-                "webhook/ours-aiohttp": "webhook/bare-aiohttp-h1",
-            }
-            for ours_name, bare_name in yardsticks.items():
-                mine, bare = summary.get(ours_name), summary.get(bare_name)
-                if bare and mine:
-                    mine["throughput_ratio_vs_bare"] = mine["msgs_per_s"] / bare["msgs_per_s"]
-                    mine["cpu_ratio_vs_bare"] = mine["cpu_ms_per_msg"] / bare["cpu_ms_per_msg"]
-                    # Runs of one repeat are close in time: their ratios resist load drift.
-                    mine["paired_throughput_ratio_median"] = statistics.median(
-                        o["msgs_per_s"] / b["msgs_per_s"]
-                        for o, b in zip(mine["runs"], bare["runs"], strict=True)
-                    )
-            results[f"latency_{latency:g}ms"] = summary
+            for c in args.concurrency:
+                await _reset(state, latency)
+                # Warm-up: connections, tokens, code paths.
+                for channel in devices:
+                    await send_many(deliverer, messages(channel)[:100], c)
+                runs: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+                for repeat in range(args.repeats):
+                    # Alternate the order each repeat so drift in machine load hits all.
+                    order = list(variants.items())
+                    if repeat % 2:
+                        order.reverse()
+                    for name, (channel, kind) in order:
+                        server_cpu0 = sum(server.cpu_times()[:2])
+                        if kind == "ours":
+                            batch = messages(channel)
+                            start = time.process_time(), time.perf_counter()
+                            sent = await send_many(deliverer, batch, c)
+                            figures = _figures(start, n, sum(r.delivered for r in sent))
+                        elif kind == "aiohttp":
+                            figures = await bare_aiohttp(bare_requests(channel), c)
+                        else:
+                            prepared = bare_requests(channel)
+                            figures = await bare_httpx(prepared, c, http2=kind == "httpx-h2")
+                        server_cpu = sum(server.cpu_times()[:2]) - server_cpu0
+                        figures["server_cpu_ms_per_msg"] = 1000 * server_cpu / n
+                        runs[name].append(figures)
+                        await _reset(state, latency)  # keep server memory flat
+                results[f"latency_{latency:g}ms/concurrency_{c}"] = _summary(runs, yardsticks)
     return results
 
 
+async def _reset(state: dict[str, Any], latency: float) -> None:
+    async with httpx.AsyncClient() as admin:
+        for base in state["admin"].values():
+            await admin.post(base + "/_admin/reset")
+            await admin.post(base + "/_admin/script", json={"latency_ms": latency})
+
+
+def _summary(runs: dict[str, list[dict[str, float]]], yardsticks: dict[str, str]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for name, items in runs.items():
+        summary[name] = {
+            key: statistics.median(item[key] for item in items)
+            for key in ("msgs_per_s", "cpu_ms_per_msg", "server_cpu_ms_per_msg", "ok")
+        }
+        summary[name]["runs"] = items
+    for ours_name, bare_name in yardsticks.items():
+        mine, bare = summary.get(ours_name), summary.get(bare_name)
+        if bare and mine:
+            mine["throughput_ratio_vs_bare"] = mine["msgs_per_s"] / bare["msgs_per_s"]
+            mine["cpu_ratio_vs_bare"] = mine["cpu_ms_per_msg"] / bare["cpu_ms_per_msg"]
+            # Runs of one repeat are close in time: their ratios resist load drift.
+            mine["paired_throughput_ratio_median"] = statistics.median(
+                o["msgs_per_s"] / b["msgs_per_s"]
+                for o, b in zip(mine["runs"], bare["runs"], strict=True)
+            )
+    return summary
+
+
 def _table(results: dict[str, Any], args: argparse.Namespace) -> str:
-    head = (
-        "latency",
-        "variant",
-        "msgs/s",
-        "client CPU ms/msg",
-        "server CPU ms/msg",
-        "vs bare",
-        "ok",
-    )
+    head = ("latency", "in flight", "variant", "msgs/s", "client CPU ms/msg", "server CPU ms/msg")
     lines = [
-        f"{args.messages} messages, {args.concurrency} in flight, median of {args.repeats} runs;"
-        " 'vs bare' = median of per-repeat throughput ratios (CPU ratio in brackets)",
-        f"{head[0]:>8}  {head[1]:<24}{head[2]:>9}{head[3]:>19}{head[4]:>19}{head[5]:>16}"
-        f"{head[6]:>7}",
+        f"{args.messages} messages, median of {args.repeats} runs; 'vs bare' = median of"
+        " per-repeat throughput ratios to the bare loop on the same client (CPU ratio in"
+        " brackets)",
+        f"{head[0]:>8}{head[1]:>10}  {head[2]:<25}{head[3]:>9}{head[4]:>19}{head[5]:>19}"
+        f"{'vs bare':>16}{'ok':>7}",
     ]
-    for latency, summary in results.items():
+    for key, summary in results.items():
+        latency, concurrency = key.removeprefix("latency_").split("/concurrency_")
         for name, s in summary.items():
             ratio = s.get("paired_throughput_ratio_median")
             shown = f"{ratio:.0%} ({s['cpu_ratio_vs_bare']:.2f}x)" if ratio else ""
             lines.append(
-                f"{latency.removeprefix('latency_'):>8}  {name:<24}{s['msgs_per_s']:>9.0f}"
+                f"{latency:>8}{concurrency:>10}  {name:<25}{s['msgs_per_s']:>9.0f}"
                 f"{s['cpu_ms_per_msg']:>19.3f}{s['server_cpu_ms_per_msg']:>19.3f}{shown:>16}"
                 f"{s['ok']:>7.0f}"
             )
@@ -330,7 +332,7 @@ def _table(results: dict[str, Any], args: argparse.Namespace) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=3000)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[64], help="in flight")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latencies", type=float, nargs="+", default=[0.0, 50.0])
     parser.add_argument("--only", nargs="*", help="variant name prefixes")
@@ -359,6 +361,7 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
         "httpx": httpx.__version__,
+        "aiohttp": aiohttp.__version__,
         "results": results,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from push.errors import (
 )
 from push.fake import RecordingGateway
 from push.gateway import Gateway, RoutedSender, Router, Sender, send_many, send_one
-from push.http import make_client
+from push.http import make_client, make_session
 from push.messages import (
     Channel,
     Device,
@@ -88,6 +88,7 @@ __all__ = [
     "fingerprint",
     "format_coupon",
     "make_client",
+    "make_session",
     "new_coupon",
     "open_gateways",
     "send_many",

@@ -33,8 +33,8 @@ from push.gateways.google_oauth import ServiceAccountTokens
 from push.gateways.vapid import VapidKey
 from push.gateways.webhook import WebhookGateway
 from push.gateways.webpush import WebPushGateway
-from push.guarded_http import guarded_client, guarded_session
-from push.http import make_client
+from push.guarded_http import WEBHOOK_TIMEOUT, guarded_session
+from push.http import make_client, make_session
 from push.ssrf import DestinationGuard
 from push.stores import TokenCache
 
@@ -75,19 +75,22 @@ class GatewayConfig:
 def build_gateways(
     config: GatewayConfig,
     *,
-    client: httpx.AsyncClient,
-    webpush_client: httpx.AsyncClient,
+    apns_client: httpx.AsyncClient,
+    fcm_session: aiohttp.ClientSession,
+    webpush_session: aiohttp.ClientSession,
     webhook_session: aiohttp.ClientSession,
     guard: DestinationGuard,
     token_cache: TokenCache | None = None,
 ) -> list[Gateway]:
     """The configured gateways over the given clients (see `open_gateways`);
-    `webpush_client` and `webhook_session` connect through `guard`."""
+    `webpush_session` and `webhook_session` connect through `guard`."""
     gateways: list[Gateway] = []
     if config.fcm_credentials:
         tokens = ServiceAccountTokens.from_file(config.fcm_credentials, ca_bundle=config.ca_bundle)
         gateways.append(
-            FcmGateway(client, tokens, project_id=config.fcm_project_id, base_url=config.fcm_url)
+            FcmGateway(
+                fcm_session, tokens, project_id=config.fcm_project_id, base_url=config.fcm_url
+            )
         )
     if config.apns_key_file and config.apns_key_id and config.apns_team_id and config.apns_topic:
         key = ApnsKey.from_file(
@@ -95,7 +98,7 @@ def build_gateways(
         )
         gateways.append(
             ApnsGateway(
-                client,
+                apns_client,
                 ProviderTokens(key, token_cache),
                 topic=config.apns_topic,
                 base_url=config.apns_url,
@@ -103,7 +106,7 @@ def build_gateways(
         )
     if config.vapid_private_key and config.vapid_subject:
         vapid = VapidKey.from_file(config.vapid_private_key, config.vapid_subject)
-        gateways.append(WebPushGateway(webpush_client, vapid, guard=guard))
+        gateways.append(WebPushGateway(webpush_session, vapid, guard=guard))
     if config.webhook_secrets:
         gateways.append(WebhookGateway(webhook_session, list(config.webhook_secrets), guard=guard))
     return gateways
@@ -115,27 +118,39 @@ async def open_gateways(
 ) -> AsyncIterator[Router]:
     """A `Router` over every configured gateway; its HTTP clients close on exit.
 
-    One `httpx.AsyncClient` (HTTP/2) serves FCM and APNs (URLs from the settings);
-    the URLs that come from input connect through the destination guard: Web Push
-    endpoints over a guarded `httpx.AsyncClient` (HTTP/2), webhooks over a guarded
-    `aiohttp.ClientSession` (HTTP/1.1; see bench/push.py for why). `token_cache` shares
+    Which client for which channel (figures in docs/push.md, from bench/push.py):
+
+    * APNs: an `httpx.AsyncClient`, HTTP/2 (APNs accepts nothing else).
+    * FCM: an `aiohttp.ClientSession`, HTTP/1.1 keep-alive: per send a fraction of the
+      CPU of httpx's pure-Python HTTP/2. Its URL is a setting, not input: unguarded.
+    * Web Push endpoints and webhook URLs come from input: one guarded
+      `aiohttp.ClientSession` each (`push.guarded_http`), HTTP/1.1, every connect
+      checked by the destination guard; webhooks wait longer for an answer.
+
+    Each pool holds up to `config.max_connections` connections. `token_cache` shares
     APNs provider tokens between processes (in-memory when None).
     """
     guard = config.destination_guard()
     ca, limit = config.ca_bundle, config.max_connections
     async with AsyncExitStack() as stack:
-        client = await stack.enter_async_context(make_client(ca_bundle=ca, max_connections=limit))
-        webpush_client = await stack.enter_async_context(
-            guarded_client(guard, ca_bundle=ca, max_connections=limit)
+        apns_client = await stack.enter_async_context(
+            make_client(ca_bundle=ca, max_connections=limit)
+        )
+        fcm_session = await stack.enter_async_context(
+            make_session(ca_bundle=ca, max_connections=limit)
+        )
+        webpush_session = await stack.enter_async_context(
+            guarded_session(guard, ca_bundle=ca, max_connections=limit)
         )
         webhook_session = await stack.enter_async_context(
-            guarded_session(guard, ca_bundle=ca, max_connections=limit)
+            guarded_session(guard, ca_bundle=ca, max_connections=limit, timeout=WEBHOOK_TIMEOUT)
         )
         yield Router(
             build_gateways(
                 config,
-                client=client,
-                webpush_client=webpush_client,
+                apns_client=apns_client,
+                fcm_session=fcm_session,
+                webpush_session=webpush_session,
                 webhook_session=webhook_session,
                 guard=guard,
                 token_cache=token_cache,

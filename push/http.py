@@ -1,29 +1,44 @@
-"""HTTP plumbing shared by the gateways: the client factory, Retry-After parsing and the
-translation of httpx transport errors into `DeliveryResult`s (the edge where httpx's
-exceptions stop).
+"""HTTP plumbing shared by the gateways: the client factories, sending a built request,
+Retry-After parsing and the translation of transport errors into `DeliveryResult`s (the
+edge where httpx's and aiohttp's exceptions stop).
 
-One `httpx.AsyncClient` per process, created here and injected into every gateway; the
-caller owns it and closes it (`await client.aclose()`) at shutdown.
+Two client libraries, each where bench/push.py measured it cheaper or the service needs it
+(see docs/push.md, "Which client for which channel"):
+
+* `make_client`: one `httpx.AsyncClient`, HTTP/2 (APNs accepts nothing else).
+* `make_session`: an `aiohttp.ClientSession`, HTTP/1.1 with keep-alive (FCM; Web Push
+  and webhooks through `push.guarded_http.guarded_session`): far less CPU per send
+  than httpx's HTTP/2, whose h2 stack is pure Python.
+
+Each is created once per process (per event loop) and injected into the gateways; the
+caller owns and closes it (``await client.aclose()``, ``await session.close()``).
 """
 
 from __future__ import annotations
 
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-import httpcore
+import aiohttp
 import httpx
+from aiohttp.abc import AbstractResolver
 
 from push.redact import install_log_redaction
 from push.result import DeliveryResult
 
 __all__ = [
+    "DEFAULT_SESSION_TIMEOUT",
     "DEFAULT_TIMEOUT",
     "HttpRequest",
+    "HttpResponse",
+    "TransportError",
+    "fetch",
     "make_client",
+    "make_session",
     "parse_retry_after",
     "ssl_context",
     "transport_failure",
@@ -32,6 +47,15 @@ __all__ = [
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=10.0, write=10.0, pool=10.0)
 """Bounded everywhere: a stuck gateway costs at most ~25 s of one slot."""
 
+DEFAULT_SESSION_TIMEOUT = aiohttp.ClientTimeout(
+    total=25.0, connect=15.0, sock_connect=5.0, sock_read=10.0
+)
+"""`DEFAULT_TIMEOUT` in aiohttp's terms: ``connect`` is the wait for a pooled connection
+plus a new one's connect (httpx: pool 10 s + connect 5 s); aiohttp has no write timeout,
+``total`` bounds the whole request instead."""
+
+TransportError = httpx.HTTPError | aiohttp.ClientError | TimeoutError
+"""What a send raises when no HTTP answer came (see `transport_failure`)."""
 
 _DEFAULT_HEADERS = {"user-agent": "pushrec-push/0.1"}
 
@@ -59,6 +83,33 @@ class HttpRequest:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """An answer read in full (`fetch`); `headers` match names case-insensitively."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+async def fetch(session: aiohttp.ClientSession, request: HttpRequest) -> HttpResponse:
+    """Send `request` over `session` and read the whole answer; redirects are never
+    followed (a 3xx is the answer).
+
+    Raises `TransportError` when no answer came (aiohttp's `ClientError`, or
+    `TimeoutError` from the session's timeouts); the destination guard's refusals from
+    a guarded session come through as they are."""
+    async with session.request(
+        request.method,
+        request.url,
+        data=request.body,
+        headers=request.headers,
+        allow_redirects=False,
+    ) as response:
+        body = await response.read()
+        return HttpResponse(response.status, response.headers, body)
+
+
 def ssl_context(ca_bundle: Path | str | None = None) -> ssl.SSLContext:
     """The system trust store, plus `ca_bundle` (an extra PEM file) when given."""
     context = ssl.create_default_context()
@@ -67,59 +118,66 @@ def ssl_context(ca_bundle: Path | str | None = None) -> ssl.SSLContext:
     return context
 
 
-def _transport(
-    *,
-    verify: ssl.SSLContext,
-    http1: bool,
-    limits: httpx.Limits,
-    network_backend: httpcore.AsyncNetworkBackend | None,
-) -> httpx.AsyncHTTPTransport:
-    transport = httpx.AsyncHTTPTransport(verify=verify, http1=http1, http2=True, limits=limits)
-    if network_backend is not None:
-        # httpx takes no network backend: give the transport a pool like its own that
-        # connects through `network_backend` (tests/push/test_guarded_http.py checks it)
-        transport._pool = httpcore.AsyncConnectionPool(
-            ssl_context=verify,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=http1,
-            http2=True,
-            network_backend=network_backend,
-        )
-    return transport
-
-
 def make_client(
     *,
     ca_bundle: Path | str | None = None,
     h2c: bool = True,
     max_connections: int = 100,
     timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-    network_backend: httpcore.AsyncNetworkBackend | None = None,
 ) -> httpx.AsyncClient:
-    """The process's `httpx.AsyncClient` for FCM, APNs and Web Push.
+    """The process's `httpx.AsyncClient` for APNs (HTTP/2).
 
     ``https://`` URLs negotiate HTTP/2 by ALPN (falling back to HTTP/1.1 only if the
     server offers nothing else). ``http://`` URLs — local gateways only — speak HTTP/2
     with prior knowledge (h2c) when `h2c`, else HTTP/1.1. Redirects are never followed;
-    timeouts are bounded; proxies from the environment are ignored. `network_backend`
-    opens the TCP connections when given (`push.guarded_http.guarded_client` passes the
-    destination guard's). The caller closes it.
+    timeouts are bounded; proxies from the environment are ignored. The caller closes it.
     """
     install_log_redaction()
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=20)
     verify = ssl_context(ca_bundle)
     mounts: dict[str, httpx.AsyncBaseTransport | None] = {
-        "https://": _transport(
-            verify=verify, http1=True, limits=limits, network_backend=network_backend
-        ),
-        "http://": _transport(
-            verify=verify, http1=not h2c, limits=limits, network_backend=network_backend
+        "https://": httpx.AsyncHTTPTransport(verify=verify, http2=True, limits=limits),
+        "http://": httpx.AsyncHTTPTransport(
+            verify=verify, http1=not h2c, http2=True, limits=limits
         ),
     }
     return httpx.AsyncClient(
         mounts=mounts, timeout=timeout, follow_redirects=False, trust_env=False
+    )
+
+
+def make_session(
+    *,
+    ca_bundle: Path | str | None = None,
+    max_connections: int = 100,
+    timeout: aiohttp.ClientTimeout = DEFAULT_SESSION_TIMEOUT,
+    keepalive_s: float = 15.0,
+    resolver: AbstractResolver | None = None,
+) -> aiohttp.ClientSession:
+    """An `aiohttp.ClientSession` (HTTP/1.1) for `fetch`: FCM's, and the base of
+    `push.guarded_http.guarded_session`.
+
+    One request per connection at a time, so the pool holds up to `max_connections`
+    connections in all and per host (FCM is one host; the worker sends a batch's
+    messages concurrently), each kept alive `keepalive_s` after its last answer (15 s,
+    aiohttp's default; a connection the server closed meanwhile is a retry result).
+    `resolver` answers the connector's name lookups when given. Proxies from the
+    environment are ignored; bodies are not decompressed. Create it inside a running
+    event loop; the caller closes it (``await session.close()``).
+    """
+    connector = aiohttp.TCPConnector(
+        resolver=resolver,
+        ssl=ssl_context(ca_bundle),
+        limit=max_connections,
+        limit_per_host=max_connections,
+        keepalive_timeout=keepalive_s,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        trust_env=False,
+        auto_decompress=False,
+        headers=_DEFAULT_HEADERS,
     )
 
 
@@ -138,8 +196,10 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - current)
 
 
-def transport_failure(exc: httpx.HTTPError, message_id: str, channel: str) -> DeliveryResult:
+def transport_failure(exc: TransportError, message_id: str, channel: str) -> DeliveryResult:
     """A request that got no HTTP answer: always transient."""
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return DeliveryResult.retry(message_id, channel, f"{channel}:timeout")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return DeliveryResult.retry(message_id, channel, f"{channel}:network:connect")
     return DeliveryResult.retry(message_id, channel, f"{channel}:network:{type(exc).__name__}")

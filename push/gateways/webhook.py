@@ -30,7 +30,7 @@ from push.errors import (
     InvalidMessageError,
     UnsafeDestinationError,
 )
-from push.http import HttpRequest, parse_retry_after
+from push.http import HttpRequest, fetch, parse_retry_after, transport_failure
 from push.messages import Channel, Message
 from push.payload import LIMITS, compact_json, fit_payload
 from push.redact import fingerprint, safe_url
@@ -166,7 +166,7 @@ def map_webhook_response(
 
 class WebhookGateway:
     """Posts signed webhooks through a session made by `push.guarded_http.guarded_session`
-    with the same `guard`.
+    with the same `guard` (and `push.guarded_http.WEBHOOK_TIMEOUT`).
 
     `secrets` are ``whsec_`` strings; the first is current, the rest are being rotated out
     (all of them sign).
@@ -198,21 +198,12 @@ class WebhookGateway:
         try:
             self._guard.check_url(url)
             request = build_webhook_request(message, secrets=self._keys, now=time.time())
-            async with self._session.post(
-                request.url, data=request.body, headers=request.headers, allow_redirects=False
-            ) as response:
-                await response.read()
-                status, headers = response.status, response.headers
+            response = await fetch(self._session, request)
         except (UnsafeDestinationError, DestinationLookupError) as exc:
             return refused_destination(exc, message.id, "webhook", url)
-        except aiohttp.ClientConnectorError:
-            return DeliveryResult.retry(message.id, "webhook", "webhook:network:connect")
-        except TimeoutError:
-            return DeliveryResult.retry(message.id, "webhook", "webhook:timeout")
-        except aiohttp.ClientError as exc:
-            reason = f"webhook:network:{type(exc).__name__}"
-            return DeliveryResult.retry(message.id, "webhook", reason)
-        result = map_webhook_response(message, status, headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return transport_failure(exc, message.id, "webhook")
+        result = map_webhook_response(message, response.status, response.headers)
         if not result.delivered:
             log.info("webhook %s -> %s", safe_url(message.device.token), result.reason)
         return result

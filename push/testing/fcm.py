@@ -4,7 +4,9 @@
 google-auth then exchanges a signed JWT assertion (RS256, checked against the account's
 public key) for an access token that ``messages:send`` requires. Requests are validated
 as FCM does (fields, types, reserved data keys, 4096-byte size, token shape) and rejected
-with FCM's error bodies; scripted statuses map to FCM's canonical errors.
+with FCM's error bodies; scripted statuses map to FCM's canonical errors. Like FCM it
+speaks HTTP/1.1 and HTTP/2 (h2c, or ALPN over TLS); each accepted message's record
+names the version it came over (``http_version``: ``"1.1"`` or ``"2"``).
 """
 
 from __future__ import annotations
@@ -181,7 +183,7 @@ class FcmServer(GatewayServer):
             self.record(kind="rejected", status=404, message=message)
             return _error(404, "Requested entity was not found.", error_code="UNREGISTERED")
         name = f"projects/{self.project_id}/messages/0:{next(self._ids)}%{secrets.token_hex(8)}"
-        self.record(kind="message", name=name, message=message)
+        self.record(kind="message", name=name, message=message, http_version=request.http_version)
         return Response.json(200, {"name": name})
 
     def _validate(self, payload: Any, size: int) -> Response | None:

@@ -1,7 +1,7 @@
 """The push library opened once per worker thread, with its shared state in Redis.
 
 A `PushRuntime` owns one event loop (a loop runs in one thread at a time, so each pool
-thread gets its own), the gateways over one HTTP/2 client, and a `Deliverer` whose
+thread gets its own), the gateways over their HTTP clients, and a `Deliverer` whose
 circuit breaker, rate limit and APNs provider tokens live in Redis, so every process and
 host shares them. The sender runs its concurrent sends on `loop` and takes the gateway
 latencies from `timed`.
@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 
 class PushRuntime:
-    """One event loop per worker thread, the gateways over one HTTP/2 client, and a
+    """One event loop per worker thread, the gateways over their HTTP clients, and a
     `Deliverer` whose breaker, rate limit and APNs provider tokens are shared in Redis.
     A prebuilt `router` (tests: `push.fake.RecordingGateway`s) replaces the gateways
     that `config` would open; its owner closes it, `close()` closes only what this
