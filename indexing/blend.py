@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from indexing.events import EventLog
 from indexing.factors import FoldIn
-from indexing.knn import knn_scores_at
+from indexing.knn import knn_scores, knn_scores_at
 from indexing.matrix import Weighting, event_weights
 
 __all__ = ["Blend", "BlendWeights", "recent_item_weights", "shopper_histories"]
@@ -71,29 +71,36 @@ class Blend:
         self,
         rows: npt.NDArray[np.intp],
         weights: npt.NDArray[np.floating],
-        candidates: npt.NDArray[np.intp],
+        candidates: npt.NDArray[np.intp] | None,
         blend: BlendWeights | None = None,
     ) -> npt.NDArray[np.float32]:
-        """Float32 (len(candidates),): blended scores of `candidates` (item rows).
+        """Float32 (len(candidates),): blended scores of `candidates` (item rows; None:
+        every item, in row order, scored without gathering rows).
 
         rows / weights: the shopper's recent item rows (int (n,)) and raw weights (n,).
         An empty history scores by popularity only.
         """
         bw = blend or self.weights
-        cand = np.asarray(candidates, dtype=np.intp)
-        total = np.zeros(cand.shape[0], dtype=np.float64)
+        every = candidates is None
+        cand = np.asarray(candidates, dtype=np.intp) if candidates is not None else None
+        size = self.popularity.shape[0] if cand is None else cand.shape[0]
+        total = np.zeros(size, dtype=np.float64)
         if bw.pop:
-            total += bw.pop * self.popularity[cand]
+            total += bw.pop * (self.popularity if cand is None else self.popularity[cand])
         if rows.shape[0] == 0:
             return total.astype(np.float32)
         if bw.mf:
             u = self.fold_in(rows, weights)
-            mf = self.item_factors[cand] @ u
+            mf = (self.item_factors if cand is None else self.item_factors[cand]) @ u
             top = float(np.abs(mf).max()) if mf.size else 0.0
             if top > 0:
                 total += bw.mf * (mf / top)
         if bw.knn:
-            knn = knn_scores_at(self.similarity, rows, weights, cand)
+            if every:
+                knn = knn_scores(self.similarity, rows, weights, np.float64)
+            else:
+                assert cand is not None
+                knn = knn_scores_at(self.similarity, rows, weights, cand)
             top = float(knn.max()) if knn.size else 0.0
             if top > 0:
                 total += bw.knn * (knn / top)

@@ -7,6 +7,8 @@ most M stored entries per row, so it scales to large catalogs and fits in the ar
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
@@ -59,14 +61,18 @@ def item_similarity(user_items: sp.csr_matrix, top_m: int = 100) -> sp.csr_matri
 
 
 def knn_scores(
-    sim: sp.csr_matrix, rows: npt.NDArray[np.intp], weights: npt.NDArray[np.floating]
-) -> npt.NDArray[np.float32]:
-    """Float32 (n_items,): ``Σ_j weights[j] * sim[rows[j], :]`` (one shopper's KNN scores)."""
-    out = np.zeros(sim.shape[1], dtype=np.float32)
+    sim: sp.csr_matrix,
+    rows: npt.NDArray[np.intp],
+    weights: npt.NDArray[np.floating],
+    dtype: type[np.floating] = np.float32,
+) -> npt.NDArray[Any]:
+    """(n_items,) of `dtype`: ``Σ_j weights[j] * sim[rows[j], :]`` (one shopper's KNN
+    scores). In float64 it sums exactly as `knn_scores_at` does."""
+    out = np.zeros(sim.shape[1], dtype=dtype)
     indptr, indices, data = sim.indptr, sim.indices, sim.data
     for r, w in zip(np.asarray(rows).tolist(), np.asarray(weights).tolist(), strict=True):
         lo, hi = indptr[r], indptr[r + 1]
-        out[indices[lo:hi]] += np.float32(w) * data[lo:hi]
+        out[indices[lo:hi]] += dtype(w) * data[lo:hi].astype(dtype)
     return out
 
 

@@ -100,6 +100,14 @@ class LoadedIndex:
         v = np.asarray(self.factors[row], dtype=np.float32)
         return (v / norm).astype(np.float32) if norm > 0 else v.copy()
 
+    def vectors(self, item_ids: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Float32 (n, d): `vector` of each id, in one gather (every id must be known)."""
+        rows = np.array([self.row(i) for i in item_ids], dtype=np.intp)
+        v = np.asarray(self.factors[rows], dtype=np.float32)
+        norms = np.asarray(self.norms[rows], dtype=np.float32)
+        safe = np.where(norms > 0, norms, 1.0).astype(np.float32)
+        return (v / safe[:, None]).astype(np.float32)
+
     # --- exclusions without a rebuild ---------------------------------------------------
     def block(self, item_ids: Iterable[str]) -> None:
         """Leave these items out of every later answer (sold out, withdrawn)."""
@@ -242,6 +250,10 @@ class LoadedIndex:
         n = len(self.item_ids)
         if n <= FULL_SCORE_MAX_ITEMS:
             cand = np.arange(n, dtype=np.intp)
+            s = self.blend.score(rows, w, None, blend).astype(np.float64)
+            keep = np.ones(n, dtype=bool)
+            keep[list(banned)] = False
+            return self._top(cand[keep], s[keep], k)
         else:
             parts = [self._popular]
             if rows.shape[0]:
@@ -259,6 +271,10 @@ class LoadedIndex:
         if banned:
             keep = ~np.isin(cand, np.fromiter(banned, dtype=np.intp, count=len(banned)))
             cand, s = cand[keep], s[keep]
+        return self._top(cand, s, k)
+
+    def _top(self, cand: npt.NDArray[np.intp], s: npt.NDArray[np.float64], k: int) -> Scored:
+        """The k best of `cand` by score `s`, ties by row."""
         if cand.shape[0] == 0:
             return []
         m = min(k, cand.shape[0])

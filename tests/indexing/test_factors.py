@@ -110,3 +110,15 @@ def test_knn_scores_at_candidates_equal_the_dense_sum() -> None:
     dense = knn_scores(sim, rows, weights)[cand]
     assert np.allclose(knn_scores_at(sim, rows, weights, cand), dense, rtol=1e-6)
     assert not knn_scores_at(sim, rows[:0], weights[:0], cand).any()
+
+
+def test_dense_knn_scores_in_float64_sum_exactly_as_at_candidates() -> None:
+    from indexing.knn import knn_scores, knn_scores_at
+
+    raw, _ = _matrix()
+    sim = item_similarity(raw, top_m=5)
+    rows = np.array([0, 3, 7, 11], dtype=np.intp)
+    weights = np.array([1.0, 2.5, 0.5, 0.3])
+    every = np.arange(sim.shape[1], dtype=np.intp)
+    dense = knn_scores(sim, rows, weights, np.float64)
+    assert np.array_equal(dense, knn_scores_at(sim, rows, weights, every))

@@ -160,3 +160,13 @@ def test_served_path_answers_what_the_evaluation_measured(
         ids = [task.train.item_ids[c] for c in codes.tolist()]
         served = index.recommend(ids, weights.tolist(), k=len(ranking))
         assert [i for i, _ in served] == [task.train.item_ids[c] for c in ranking]
+
+
+def test_scoring_every_item_equals_scoring_them_as_candidates(index: LoadedIndex) -> None:
+    """The full-catalog shortcut (no row gathers) scores exactly as the candidate path."""
+    rows = index.rows(["b0-1", "b0-2", "b1-3"])
+    weights = np.array([2.0, 1.0, 0.5])
+    every = np.arange(len(index.item_ids), dtype=np.intp)
+    assert np.array_equal(
+        index.blend.score(rows, weights, None), index.blend.score(rows, weights, every)
+    )

@@ -10,9 +10,9 @@ no index, or a shopper the index knows nothing about, trending items fill in.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ import numpy as np
 from indexing import LoadedIndex, recent_item_weights
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Candidate:
     item_id: str
     score: float
@@ -36,7 +36,7 @@ class Candidate:
         }
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ShopperView:
     """What recommendation needs of a shopper: recent events, owned and cart items."""
 
@@ -45,21 +45,31 @@ class ShopperView:
     cart: frozenset[str]
 
 
-def _reason_for(
-    index: LoadedIndex | None, item_id: str, history: Sequence[str], titles: Mapping[str, str]
-) -> str:
-    """ "because you viewed X": X is the history item closest to `item_id`."""
-    if index is None or not history or item_id not in index:
-        return "popular right now"
-    known = [h for h in history if h in index]
-    if not known:
-        return "popular right now"
-    target = index.vector(item_id)
-    best = max(known, key=lambda h: float(np.dot(index.vector(h), target)))
-    return f"because you looked at {titles.get(best) or best}"
+def _reasons_for(
+    index: LoadedIndex | None,
+    item_ids: Sequence[str],
+    history: Sequence[str],
+    titles: Mapping[str, str],
+) -> list[str]:
+    """ "because you looked at X" for each item: X is the history item closest to it (the
+    first of equals), in one matrix product for all of them."""
+    popular = "popular right now"
+    known = [h for h in dict.fromkeys(history) if index is not None and h in index]
+    if index is None or not known:
+        return [popular] * len(item_ids)
+    scored = [i for i in item_ids if i in index]
+    best: dict[str, str] = {}
+    if scored:
+        closeness = index.vectors(scored) @ index.vectors(known).T
+        nearest = np.argmax(closeness, axis=1).tolist()
+        best = {i: known[j] for i, j in zip(scored, nearest, strict=True)}
+    return [
+        f"because you looked at {titles.get(best[i]) or best[i]}" if i in best else popular
+        for i in item_ids
+    ]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Pool:
     """The merged candidates for one shopper before the catalog is consulted."""
 
@@ -154,11 +164,11 @@ def choose(
             continue
         seen.add(cand.item_id)
         per_category[cat] = per_category.get(cat, 0) + 1
-        reason = cand.reason or _reason_for(
-            index, cand.item_id, [*trigger_items, *pool.history], titles
-        )
-        chosen.append(Candidate(cand.item_id, cand.score, reason, cand.source))
-    return chosen[:k]
+        chosen.append(cand)
+    chosen = chosen[:k]
+    unexplained = [c.item_id for c in chosen if not c.reason]
+    reasons = iter(_reasons_for(index, unexplained, [*trigger_items, *pool.history], titles))
+    return [c if c.reason else dataclasses.replace(c, reason=next(reasons)) for c in chosen]
 
 
 def _merge(pool: Sequence[Candidate]) -> list[Candidate]:
