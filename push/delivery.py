@@ -174,20 +174,44 @@ class RateLimit:
 
 
 class RateLimiter:
+    """Token buckets per route key in a (shared) store. The sends of one key that wait at
+    once share one store call, which takes as many tokens as they are (up to `lease_max`):
+    a batch of 100 sends costs about two store calls, not 100. A token taken for a send
+    that no longer needs it is spent by another within `lease_s`, or lost."""
+
     def __init__(
         self,
         limits: Mapping[Channel, RateLimit],
         store: RateLimitStore | None = None,
         *,
         max_wait_s: float = 1.0,
+        lease_max: int = 64,
+        lease_s: float = 0.25,
+        leases_kept: int = 4096,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.limits = dict(limits)
         self.store = store or MemoryRateLimitStore()
         self.max_wait_s = max_wait_s
+        self.lease_max = lease_max
+        self.lease_s = lease_s
         self._clock = clock
         self._sleep = sleep
+        # key -> (tokens left, spendable until); keys come from input (webhook hosts)
+        self._leases: LruCache[str, tuple[int, float]] = LruCache(leases_kept)
+        # key -> when its bucket has a token again, as the store last said: until then the
+        # others skip the store (no process puts tokens back)
+        self._dry: LruCache[str, float] = LruCache(leases_kept)
+        self._asking: dict[str, int] = {}  # key -> sends waiting for a token now
+        self._refills: dict[str, asyncio.Future[None]] = {}  # key -> the store call made
+
+    def _spend_leased(self, key: str) -> bool:
+        lease = self._leases.get(key)
+        if lease is None or lease[0] < 1 or self._clock() >= lease[1]:
+            return False
+        self._leases.put(key, (lease[0] - 1, lease[1]))
+        return True
 
     async def acquire(self, channel: Channel, key: str) -> float:
         """0.0 once a token is taken (after waiting up to `max_wait_s` in total), else
@@ -195,18 +219,52 @@ class RateLimiter:
         limit = self.limits.get(channel)
         if limit is None:
             return 0.0
+        self._asking[key] = self._asking.get(key, 0) + 1
+        try:
+            return await self._acquire(key, limit)
+        finally:
+            self._asking[key] -= 1
+            if not self._asking[key]:
+                del self._asking[key]
+
+    async def _acquire(self, key: str, limit: RateLimit) -> float:
         waited = 0.0
         while True:
-            wait = await self.store.acquire(
-                key, rate=limit.rate, burst=limit.burst, now=self._clock()
-            )
-            if wait <= 0.0:
+            if self._spend_leased(key):
                 return 0.0
+            if (refill := self._refills.get(key)) is not None:
+                await refill  # another send is asking the store for this key's sends
+                continue
+            dry_until = self._dry.get(key) or 0.0
+            if (wait := dry_until - self._clock()) <= 0:
+                wait = await self._refill(key, limit)
+                if wait == 0.0:
+                    return 0.0
             wait = max(wait, 0.001)  # never spin on float rounding
             if waited + wait > self.max_wait_s:
                 return wait
             await self._sleep(wait)
             waited += wait
+
+    async def _refill(self, key: str, limit: RateLimit) -> float:
+        """Take this key's waiting sends' tokens from the store: 0.0 when some were taken
+        (one spent by the caller, the rest leased), else the wait the store gave."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._refills[key] = done
+        try:
+            now = self._clock()
+            most = min(self.lease_max, self._asking[key])
+            taken, wait = await self.store.take(
+                key, rate=limit.rate, burst=limit.burst, now=now, most=most
+            )
+        finally:
+            del self._refills[key]
+            done.set_result(None)
+        if taken:
+            self._leases.put(key, (taken - 1, now + self.lease_s))
+            return 0.0
+        self._dry.put(key, now + wait)
+        return wait
 
 
 class Deliverer:

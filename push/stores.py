@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -84,13 +85,15 @@ class RateLimitStore(Protocol):
     """Token buckets per route key.
 
     Redis: one Lua script over a hash {tokens, ts}: refill by elapsed x rate up to burst,
-    take one if at least ``1 - 1e-4`` is there (Unix times near 2e9 lose precision),
-    write back, PEXPIRE to the time a full refill takes.
+    take the whole tokens asked for that are there (``1 - 1e-4`` counts as one: Unix times
+    near 2e9 lose precision), write back, PEXPIRE to the time a full refill takes.
     """
 
-    async def acquire(self, key: str, *, rate: float, burst: float, now: float) -> float:
-        """Atomically refill, then take one token: 0.0 when taken, otherwise the seconds
-        until one will be available (nothing taken)."""
+    async def take(
+        self, key: str, *, rate: float, burst: float, now: float, most: int = 1
+    ) -> tuple[int, float]:
+        """Atomically refill, then take up to `most` whole tokens: ``(taken, 0.0)``, or
+        ``(0, seconds until one will be available)`` when none is there."""
         ...
 
 
@@ -221,11 +224,14 @@ class MemoryRateLimitStore:
     def __init__(self) -> None:
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
 
-    async def acquire(self, key: str, *, rate: float, burst: float, now: float) -> float:
+    async def take(
+        self, key: str, *, rate: float, burst: float, now: float, most: int = 1
+    ) -> tuple[int, float]:
         tokens, at = self._buckets.get(key, (burst, now))
         tokens = min(burst, tokens + max(0.0, now - at) * rate)
-        if tokens >= 1.0 - 1e-4:  # tolerate float error (Unix times near 2e9 s)
-            self._buckets[key] = (max(0.0, tokens - 1.0), now)
-            return 0.0
+        taken = min(most, math.floor(tokens + 1e-4))  # tolerate float error near 2e9 s
+        if taken > 0:
+            self._buckets[key] = (max(0.0, tokens - taken), now)
+            return taken, 0.0
         self._buckets[key] = (tokens, now)
-        return (1.0 - tokens) / rate
+        return 0, (1.0 - tokens) / rate

@@ -63,12 +63,16 @@ async def check_breaker_store(store: BreakerStore) -> None:
 async def check_rate_limit_store(store: RateLimitStore) -> None:
     key = _key("rate")
     now = time.time()
-    waits = [await store.acquire(key, rate=10, burst=3, now=now) for _ in range(4)]
-    assert waits[:3] == [0.0, 0.0, 0.0], "a full bucket allows `burst` at once"
-    assert 0.09 < waits[3] <= 0.1 + 1e-6, "then the wait is the time to the next token"
-    assert await store.acquire(key, rate=10, burst=3, now=now + 0.1) == 0.0, "refills at rate"
-    assert await store.acquire(key, rate=10, burst=3, now=now + 0.1) > 0, "one token per 0.1 s"
+    takes = [await store.take(key, rate=10, burst=3, now=now) for _ in range(4)]
+    assert takes[:3] == [(1, 0.0)] * 3, "a full bucket allows `burst` at once"
+    assert takes[3][0] == 0, "then nothing is taken"
+    assert 0.09 < takes[3][1] <= 0.1 + 1e-6, "and the wait is the time to the next token"
+    assert await store.take(key, rate=10, burst=3, now=now + 0.1) == (1, 0.0), "refills at rate"
+    assert (await store.take(key, rate=10, burst=3, now=now + 0.1))[0] == 0, "one per 0.1 s"
     later = await asyncio.gather(
-        *(store.acquire(key, rate=10, burst=3, now=now + 10) for _ in range(5))
+        *(store.take(key, rate=10, burst=3, now=now + 10) for _ in range(5))
     )
-    assert sorted(later).count(0.0) == 3, "refill is capped at burst, atomically"
+    assert sum(taken for taken, _ in later) == 3, "refill is capped at burst, atomically"
+    assert await store.take(key, rate=10, burst=3, now=now + 20, most=5) == (3, 0.0), (
+        "several at once, at most what is there"
+    )

@@ -16,6 +16,7 @@ from push.gateways.google_oauth import ServiceAccountTokens
 from push.http import make_session
 from push.messages import Channel
 from push.result import DeliveryResult, Outcome
+from push.stores import MemoryRateLimitStore
 from push.testing import FcmServer, Scripted
 from tests.push.helpers import fcm_token, message
 
@@ -229,3 +230,31 @@ def test_results_round_trip_through_json() -> None:
         status=410,
     )
     assert DeliveryResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+
+
+class _CountingStore(MemoryRateLimitStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def take(
+        self, key: str, *, rate: float, burst: float, now: float, most: int = 1
+    ) -> tuple[int, float]:
+        self.calls += 1
+        await asyncio.sleep(0)  # a real store answers later: the other sends queue up
+        return await super().take(key, rate=rate, burst=burst, now=now, most=most)
+
+
+def test_sends_waiting_at_once_share_one_lease_and_never_overspend() -> None:
+    clock = Clock()
+    store = _CountingStore()
+    limiter = RateLimiter(
+        {Channel.FCM: RateLimit(rate=1, burst=40)}, store, max_wait_s=0, clock=clock
+    )
+
+    async def go() -> list[float]:
+        return list(await asyncio.gather(*(limiter.acquire(Channel.FCM, "k") for _ in range(100))))
+
+    waits = asyncio.run(go())
+    assert waits.count(0.0) == 40  # the bucket's 40 tokens, not one more
+    assert store.calls < 10  # not one store call per send

@@ -10,20 +10,21 @@ import redis.asyncio as aioredis
 
 from worker.store.keys import BREAKER_ROUTES_KEPT_S, Keys
 
-_TAKE_TOKEN = """
--- KEYS: bucket hash {tokens, ts}   ARGV: rate, burst, now
+_TAKE_TOKENS = """
+-- KEYS: bucket hash {tokens, ts}   ARGV: rate, burst, now, most
 local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens') or burst)
 local ts = tonumber(redis.call('HGET', KEYS[1], 'ts') or now)
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-local wait = 0
 -- 1e-4: tolerate float error in elapsed time at epoch magnitudes (as push.stores does)
-if tokens >= 1 - 1e-4 then tokens = math.max(0, tokens - 1) else wait = (1 - tokens) / rate end
+local taken = math.min(tonumber(ARGV[4]), math.floor(tokens + 1e-4))
+local wait = 0
+if taken > 0 then tokens = math.max(0, tokens - taken) else wait = (1 - tokens) / rate end
 -- %.17g: Lua's tostring keeps 14 digits, too few for epoch seconds
 local function exact(x) return string.format('%.17g', x) end
 redis.call('HSET', KEYS[1], 'tokens', exact(tokens), 'ts', exact(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return exact(wait)
+return {taken, exact(wait)}
 """
 
 _DISCARD_IF_SAME = """
@@ -105,10 +106,12 @@ class RedisBreakerStore:
 class RedisRateLimitStore:
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self._key = Keys(prefix).rate_bucket
-        self._take = client.register_script(_TAKE_TOKEN)
+        self._take = client.register_script(_TAKE_TOKENS)
 
-    async def acquire(self, key: str, *, rate: float, burst: float, now: float) -> float:
+    async def take(
+        self, key: str, *, rate: float, burst: float, now: float, most: int = 1
+    ) -> tuple[int, float]:
         if rate <= 0 or math.isinf(rate):
-            return 0.0
-        wait = await self._take(keys=[self._key(key)], args=[rate, burst, now])
-        return float(wait)
+            return most, 0.0
+        taken, wait = await self._take(keys=[self._key(key)], args=[rate, burst, now, most])
+        return int(taken), float(wait)
