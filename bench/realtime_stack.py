@@ -184,7 +184,8 @@ class Case:
                 out = self.profile / f"{tag}-node{n}.txt"
                 spy = str(Path(sys.executable).parent / "py-spy")
                 argv = [spy, "record", "--subprocesses", "--gil", "--nonblocking",
-                        "--format", "raw", "--rate", "200", "-o", str(out), "--", *argv]  # fmt: skip
+                        "--format", "raw", "--rate", "200", "-o", str(out),
+                        "--", *argv]  # fmt: skip
             self.nodes.append(
                 subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
             )
