@@ -22,10 +22,10 @@ def test_message_ids_are_stable_and_created_once(runtime: Runtime) -> None:
     mid = message_id("cart", "u1", "e1")
     assert mid == message_id("cart", "u1", "e1") != message_id("cart", "u1", "e2")
     assert len(mid) <= 64
-    assert runtime.outbox.create_many([record(mid)]) == [(True, "")]
+    assert runtime.outbox.create_many([record(mid)]) == [(True, "", True)]
     assert runtime.outbox.create_many([record(mid), record("m2")]) == [
-        (False, "queued"),
-        (True, ""),
+        (False, "queued", False),
+        (True, "", True),
     ]
 
 

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -76,15 +76,22 @@ class MessageRecord:
         return cls(**json.loads(text))
 
 
+class Creation(NamedTuple):
+    """What `Outbox.create_many` did with one record."""
+
+    created: bool  # by this call: deliver it
+    before: str  # the message's state before ('' if new)
+    stored: bool  # this very record was stored (not one an earlier try left)
+
+
 class Outbox:
     def __init__(self, client: redis.Redis, keys: Keys, scripts: Scripts) -> None:
         self._client = client
         self._keys = keys
         self._scripts = scripts
 
-    def create_many(self, records: Sequence[MessageRecord]) -> list[tuple[bool, str]]:
+    def create_many(self, records: Sequence[MessageRecord]) -> list[Creation]:
         """Store each record, in state `queued`, unless its id exists (one round trip).
-        Per record: (created by this call, the state the message had before: '' if new).
         A record whose state was never written (a try that crashed in between) counts as
         created by this call."""
         pipe = self._client.pipeline(transaction=False)
@@ -98,10 +105,10 @@ class Outbox:
         replies = iter(pipe.execute() if records else [])
         out = []
         for _ in records:
-            created, before, state_new = next(replies), next(replies), next(replies)
+            stored, before, state_new = next(replies), next(replies), next(replies)
             for _ in range(1 + _INDEX_REPLIES):
                 next(replies)
-            out.append((bool(created) or bool(state_new), before or ""))
+            out.append(Creation(bool(stored) or bool(state_new), before or "", bool(stored)))
         return out
 
     def _index(self, record: MessageRecord, pipe: redis.client.Pipeline) -> None:

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -111,12 +111,17 @@ class MessageSender:
         self._metrics = metrics
 
     def deliver_many(
-        self, requests: Sequence[DeliveryRequest], now: float, owner: str = ""
+        self,
+        requests: Sequence[DeliveryRequest],
+        now: float,
+        owner: str = "",
+        stored: Mapping[str, MessageRecord] | None = None,
     ) -> list[DeliveryOutcome]:
         """Deliver each request; one round trip per stage for the whole batch (load,
         re-check, device owners, reserve caps, claim devices, settle) and every send
         concurrent over the thread's gateway connections. `owner` (the task id) claims
-        each device send atomically."""
+        each device send atomically. `stored`: records the caller has just stored (queued,
+        so not loaded again)."""
         owner = owner or f"local-{id(self):x}"
         results: dict[str, DeliveryOutcome] = {}
         live: list[_Delivery] = []
@@ -124,7 +129,14 @@ class MessageSender:
         for r in requests:  # a message named twice is delivered once, as first asked
             first.setdefault(r.message_id, r)
         unique = list(first.values())
-        loaded = self._outbox.load_many([r.message_id for r in unique])
+        known = stored or {}
+        rest = iter(
+            self._outbox.load_many([r.message_id for r in unique if r.message_id not in known])
+        )
+        loaded = [
+            (known[r.message_id], {"state": "queued"}) if r.message_id in known else next(rest)
+            for r in unique
+        ]
         missing: list[str] = []
         for request, (record, state) in zip(unique, loaded, strict=True):
             mid = request.message_id

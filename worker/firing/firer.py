@@ -49,9 +49,10 @@ _READS = ShopperReads(FIRE_READS | {"devices", "preferences"})
 # The rule-stats field each action counts under (others: the action's own name).
 _STATS_FIELD = {"suppress": "suppressed", "defer": "deferred", "error": "failed"}
 
-# Hands the ids of freshly queued messages to delivery, naming the task that queued them
-# (`Runtime.deliver_queued`: sent in that task, or by deliver tasks on the push queue).
-Deliver = Callable[[list[str], str], None]
+# Hands the ids of freshly queued messages to delivery, naming the task that queued them,
+# with the records this call stored (`Runtime.deliver_queued`: sent in that task, or by
+# deliver tasks on the push queue).
+Deliver = Callable[[list[str], str, dict[str, MessageRecord]], None]
 
 
 @dataclass(frozen=True)
@@ -295,12 +296,15 @@ class Firer:
         sends = [f for f in firings if f.record is not None]
         existing = self._outbox.create_many([f.record for f in sends if f.record is not None])
         deliver: list[str] = []
+        stored: dict[str, MessageRecord] = {}
         writes = self._client.pipeline(transaction=False)
-        for f, (created, before) in zip(sends, existing, strict=True):
+        for f, (created, before, stored_now) in zip(sends, existing, strict=True):
             assert f.record is not None
             if created:
                 self._outbox.mark_queued(f.record, writes)
                 deliver.append(f.mid)
+                if stored_now:
+                    stored[f.mid] = f.record
                 f.decision["message"] = {
                     "title": f.record.title,
                     "body": f.record.body,
@@ -326,7 +330,7 @@ class Firer:
         self._metrics.add(decided, pipe=writes)
         writes.execute()
         if deliver:
-            self._deliver(deliver, owner)
+            self._deliver(deliver, owner, stored)
 
     def _record(self, f: _Firing, now: float, writes: redis.client.Pipeline) -> None:
         assert f.action, "every firing is decided before it is recorded"

@@ -23,7 +23,7 @@ from push.gateway import Router
 from push.ssrf import DestinationGuard
 from worker.contract import DELIVER, INTERNAL_BATCH, Enqueue
 from worker.delivery.gateway_config import gateway_config
-from worker.delivery.outbox import Outbox
+from worker.delivery.outbox import MessageRecord, Outbox
 from worker.delivery.push_runtime import PushRuntime
 from worker.delivery.requests import DeliveryRequest
 from worker.delivery.sender import MessageSender
@@ -172,17 +172,20 @@ class Runtime:
                 )  # fmt: skip
             return self._firer
 
-    def deliver_queued(self, message_ids: list[str], owner: str) -> None:
+    def deliver_queued(
+        self, message_ids: list[str], owner: str, stored: dict[str, MessageRecord]
+    ) -> None:
         """Deliver messages just queued by the task `owner`: in that task when
         `settings.deliver_inline` (a node that consumes the push queue gains no isolation
         from a second task, only its cost), else by deliver tasks on the push queue. An
         inline delivery that fails hands its messages to the push queue: each device was
         claimed for `owner` or settled, so nothing is sent twice by that, and a message
-        left queued is re-sent by the scheduler's sweep if even the queue is away."""
+        left queued is re-sent by the scheduler's sweep if even the queue is away. `stored`:
+        the records the firing stored, which an inline delivery need not read back."""
         if self.settings.deliver_inline and owner:
             requests = [DeliveryRequest(mid) for mid in message_ids]
             try:
-                self.sender().deliver_many(requests, time.time(), f"{owner}:inline")
+                self.sender().deliver_many(requests, time.time(), f"{owner}:inline", stored)
                 return
             except Exception as exc:
                 log.warning("inline delivery of %d messages failed, queued instead: %s",
