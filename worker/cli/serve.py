@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 from typing import Any
@@ -37,6 +38,17 @@ def with_delivery_mode(settings: Settings, queues: list[str]) -> Settings:
     return settings.model_copy(update={"deliver_inline": settings.queue_push in queues})
 
 
+def _tune_gc() -> None:
+    """A task allocates many short-lived objects over a large long-lived heap (modules,
+    later the index's id maps): collect the young generation every 50,000 allocations
+    instead of 700 (bench/hot_path.py: about 15% less CPU per event in track_batch), and
+    keep what start-up built out of every collection (pool children forked from here
+    share those pages, untouched by a collector)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def run_worker(args: argparse.Namespace) -> int:
     from worker.service.app import create_app
     from worker.service.logs import keep_for_celery, log_format
@@ -58,6 +70,7 @@ def run_worker(args: argparse.Namespace) -> int:
         else "messages sent by deliver tasks",
     )
     app = create_app(settings)
+    _tune_gc()
     argv = [
         *(["--quiet"] if fmt == "json" else []),  # the start-up banner is not a JSON line
         "worker",
