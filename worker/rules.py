@@ -77,8 +77,9 @@ class Rule(BaseModel):
         return value
 
 
-def enabled_rule(rules: tuple[Rule, ...], name: str) -> Rule | None:
-    return next((r for r in rules if r.name == name and r.enabled), None)
+def enabled_rules(rules: tuple[Rule, ...]) -> dict[str, Rule]:
+    """Name -> the first enabled rule of that name (looked up once per job and message)."""
+    return {r.name: r for r in reversed(rules) if r.enabled}
 
 
 DEFAULT_RULES: tuple[Rule, ...] = (

@@ -36,7 +36,7 @@ from worker.delivery.push_runtime import PushRuntime
 from worker.delivery.requests import DeliveryOutcome, DeliveryRequest
 from worker.policy.contact import ContactPolicy
 from worker.policy.kinds import KINDS
-from worker.rules import Rule, enabled_rule
+from worker.rules import Rule, enabled_rules
 from worker.settings import Settings
 from worker.shoppers.audit import Audit
 from worker.shoppers.contacts import Contacts
@@ -102,6 +102,7 @@ class MessageSender:
         self._client = client
         self._keys = keys
         self._settings = settings
+        self._rules = enabled_rules(settings.rules)
         self._contacts = contacts
         self._policy = policy
         self._outbox = outbox
@@ -146,7 +147,7 @@ class MessageSender:
             elif state.get("state") in {"sent", "suppressed", "failed"} and request.only is None:
                 results[mid] = {"action": "settled", "message_id": mid}
             else:
-                rule = enabled_rule(self._settings.rules, record.rule)
+                rule = self._rules.get(record.rule)
                 live.append(_Delivery(request, record, state, rule))
         if missing:  # expired, or its shopper erased: the sweeper must not resend it
             unqueue = self._client.pipeline(transaction=False)

@@ -30,7 +30,7 @@ from worker.firing.recommend import Candidate, Pool, ShopperView, candidate_pool
 from worker.policy.contact import ContactPolicy, PolicyReads
 from worker.policy.jobs import FireJob
 from worker.policy.kinds import FIRE_READS, KINDS
-from worker.rules import Rule, enabled_rule
+from worker.rules import Rule, enabled_rules
 from worker.settings import Settings
 from worker.shoppers.audit import Audit, Decision, FireAction
 from worker.shoppers.catalog import Catalog
@@ -98,6 +98,7 @@ class Firer:
         self._client = client
         self._keys = keys
         self._settings = settings
+        self._rules = enabled_rules(settings.rules)
         self._state = state
         self._catalog = catalog
         self._policy = policy
@@ -142,7 +143,7 @@ class Firer:
         firings: list[_Firing] = []
         seen: set[str] = set()
         for job in jobs:
-            rule = enabled_rule(self._settings.rules, job.rule)
+            rule = self._rules.get(job.rule)
             if rule is None:
                 results.append({"action": "dropped", "reason": f"no enabled rule {job.rule!r}"})
                 continue
