@@ -483,3 +483,38 @@ def test_an_inline_delivery_that_fails_hands_its_messages_to_the_push_queue(
         assert decision["action"] == "queued"
         assert queued == [("pushrec.deliver", {"message_ids": [decision["message_id"]]})]
         assert rt.outbox.state(decision["message_id"])["state"] == "queued"
+
+
+def test_a_cap_reached_at_send_time_suppresses_the_second_message_and_undoes_its_claim(
+    settings: Settings, gateways: Gateways, tmp_path: Path
+) -> None:
+    queued: list[tuple[str, dict[str, Any]]] = []
+    enqueue = lambda task, kwargs: queued.append((task, kwargs))  # noqa: E731
+    with gateway_shop(
+        settings, gateways, tmp_path / "index", enqueue, cap_marketing_per_day=1
+    ) as rt:
+        user = shopper(rt, gateways, "capped")
+        now = time.time()
+        ingest.track_one(
+            rt,
+            {"event_id": "p1", "user_id": user, "type": "purchase", "item_id": "b0-1", "ts": now},
+            now,
+            "t",
+        )
+        jobs = [
+            FireJob("post_purchase", user, trigger, now, ("b0-1",), {}) for trigger in ("a", "b")
+        ]
+        decisions = rt.firer().fire_many(jobs, now)  # both pass: nothing is sent yet
+        first, second = (str(d["message_id"]) for d in decisions)
+
+        outcomes = rt.sender().deliver_many(
+            [DeliveryRequest(first), DeliveryRequest(second)], now + 1, "deliver-task"
+        )
+
+        assert outcomes[0]["action"] == "sent"
+        assert outcomes[1]["action"] == "suppressed"
+        assert outcomes[1]["reason"].startswith("cap reached at send time")
+        held = rt.outbox.state(second)
+        assert held["state"] == "suppressed"
+        assert not any(k.startswith("dev:") for k in held)  # its device claim is undone
+        assert len(gateways.accepted("fcm")) == 1

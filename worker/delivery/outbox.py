@@ -179,6 +179,17 @@ class Outbox:
         id) unless it settled or another live delivery is sending it (one round trip).
         True where this attempt should send."""
         pipe = self._client.pipeline(transaction=False)
+        self.queue_claims(pipe, sends, owner, now)
+        return [bool(claimed) for claimed in pipe.execute()] if sends else []
+
+    def queue_claims(
+        self,
+        pipe: redis.client.Pipeline,
+        sends: Sequence[tuple[str, str]],
+        owner: str,
+        now: float,
+    ) -> None:
+        """`claim_devices` in the caller's pipeline: one reply per send, 1 if claimed."""
         for mid, device_id in sends:
             self._scripts.queue(
                 pipe,
@@ -186,7 +197,10 @@ class Outbox:
                 [self._keys.message(mid).state],
                 [f"dev:{device_id}", owner, repr(now), SEND_LEASE_S],
             )
-        return [bool(claimed) for claimed in pipe.execute()] if sends else []
+
+    def unclaim_device(self, mid: str, device_id: str, pipe: redis.client.Pipeline) -> None:
+        """Undo a claim this delivery made and did not send on (in `pipe`)."""
+        pipe.hdel(self._keys.message(mid).state, f"dev:{device_id}")
 
     def settle_device(
         self, mid: str, device_id: str, status: str, pipe: redis.client.Pipeline

@@ -73,6 +73,7 @@ class _Delivery:
     sends: list[tuple[str, Message]] = field(default_factory=list)
     broken: list[tuple[str, str]] = field(default_factory=list)  # (device id, why) unsendable
     moved: list[tuple[str, float]] = field(default_factory=list)  # (device id, registered_at)
+    unclaim: list[str] = field(default_factory=list)  # devices claimed, then held back
     result: DeliveryOutcome = field(default_factory=lambda: DeliveryOutcome())
 
     @property
@@ -119,7 +120,7 @@ class MessageSender:
         stored: Mapping[str, MessageRecord] | None = None,
     ) -> list[DeliveryOutcome]:
         """Deliver each request; one round trip per stage for the whole batch (load,
-        re-check, device owners, reserve caps, claim devices, settle) and every send
+        re-check, device owners, reserve caps and claim devices, settle) and every send
         concurrent over the thread's gateway connections. `owner` (the task id) claims
         each device send atomically. `stored`: records the caller has just stored (queued,
         so not loaded again)."""
@@ -154,10 +155,11 @@ class MessageSender:
             self._outbox.unqueue(missing, unqueue)
             unqueue.execute()
 
-        held = self._recheck(live, now)
-        gone = {id(d) for d in held}
-        live = [d for d in live if id(d) not in gone]
-        self._claim(live, owner, now)
+        held, first_tries = self._recheck(live, now)
+        live = [d for d in live if id(d) not in {id(h) for h in held}]
+        capped = self._reserve_and_claim(live, first_tries, owner, now)
+        held += capped
+        live = [d for d in live if id(d) not in {id(c) for c in capped}]
         messages = [(m, d.request.attempt) for d in live for _, m in d.sends]
         outcomes = iter(self._push.run(self._send_all(messages)) if messages else [])
         per_delivery = [[next(outcomes) for _ in d.sends] for d in live]
@@ -170,12 +172,14 @@ class MessageSender:
         send = self._push.deliverer.send
         return list(await asyncio.gather(*(send(m, attempt) for m, attempt in messages)))
 
-    def _recheck(self, live: Sequence[_Delivery], now: float) -> list[_Delivery]:
+    def _recheck(
+        self, live: Sequence[_Delivery], now: float
+    ) -> tuple[list[_Delivery], list[_Delivery]]:
         """Set each delivery's target devices, or its result if the message must not go
         out now (returned): suppressed (rule disabled, consent withdrawn, items bought or
-        sold out or pushed by another message since, a cap reached by another message:
-        reserved atomically here) or deferred
-        (the shopper's quiet hours, as they are now, hold it)."""
+        sold out or pushed by another message since) or deferred (the shopper's quiet
+        hours, as they are now, hold it); and the first tries, whose caps are reserved with
+        the device claims (`_reserve_and_claim`)."""
         pipe = self._client.pipeline(transaction=False)  # every read, one round trip
         for d in live:
             d.reads.queue(pipe, self._keys, d.record.user_id)
@@ -207,17 +211,7 @@ class MessageSender:
                 held.append(d)
             elif d.request.attempt == 0:
                 first_tries.append(d)
-        if first_tries:
-            reserve = self._client.pipeline(transaction=False)
-            for d in first_tries:
-                assert d.rule is not None
-                self._policy.queue_reserve(reserve, d.rule, d.record.user_id, d.record.id, now)
-            for d, limit in zip(first_tries, reserve.execute(), strict=True):
-                if limit not in {"ok", "already"}:
-                    why_not = f"cap reached at send time: {limit}"
-                    d.result = {"action": "suppressed", "reason": why_not}
-                    held.append(d)
-        return held
+        return held, first_tries
 
     def _owned_devices(
         self, live: Sequence[_Delivery], shoppers: Sequence[Shopper]
@@ -282,14 +276,32 @@ class MessageSender:
         d.targets = {i: r for i, r in ranked if only is None or i in only}
         return ""
 
-    def _claim(self, live: Sequence[_Delivery], owner: str, now: float) -> None:
-        """Claim every target device (one round trip); set each delivery's sends."""
+    def _reserve_and_claim(
+        self, live: Sequence[_Delivery], first_tries: Sequence[_Delivery], owner: str, now: float
+    ) -> list[_Delivery]:
+        """Reserve the caps of the first tries and claim every target device, in one round
+        trip; set each delivery's sends. Returns the first tries a cap now holds back
+        (suppressed: their claims are undone when they settle, never sent)."""
+        pipe = self._client.pipeline(transaction=False)
+        for d in first_tries:
+            assert d.rule is not None  # `_why_not` names a disabled rule
+            self._policy.queue_reserve(pipe, d.rule, d.record.user_id, d.record.id, now)
         wanted = [(d, device_id) for d in live for device_id in d.targets]
-        claimed = self._outbox.claim_devices(
-            [(d.record.id, device_id) for d, device_id in wanted], owner, now
+        self._outbox.queue_claims(
+            pipe, [(d.record.id, device_id) for d, device_id in wanted], owner, now
         )
-        for (d, device_id), ok in zip(wanted, claimed, strict=True):
+        replies = pipe.execute() if len(pipe) else []
+        capped: list[_Delivery] = []
+        for d, limit in zip(first_tries, replies[: len(first_tries)], strict=True):
+            if limit not in {"ok", "already"}:
+                d.result = {"action": "suppressed", "reason": f"cap reached at send time: {limit}"}
+                capped.append(d)
+        held = {id(d) for d in capped}
+        for (d, device_id), ok in zip(wanted, replies[len(first_tries) :], strict=True):
             if not ok:
+                continue
+            if id(d) in held:
+                d.unclaim.append(device_id)
                 continue
             try:
                 d.sends.append((device_id, self._message(d.record, d.targets[device_id])))
@@ -297,6 +309,7 @@ class MessageSender:
                 log.error("message %s to device %s: %s\n%s",
                           d.record.id, device_id, describe(exc), stack(exc))  # fmt: skip
                 d.broken.append((device_id, describe(exc)))
+        return capped
 
     def _message(self, record: MessageRecord, device: DeviceRecord) -> Message:
         return Message(
@@ -375,6 +388,8 @@ class MessageSender:
         else:
             self._outbox.set_state(mid, "suppressed", pipe, why)
             self._audit.count(d.record.rule, "suppressed", pipe=pipe)
+        for device_id in d.unclaim:  # claimed by this delivery a moment ago, never sent
+            self._outbox.unclaim_device(mid, device_id, pipe)
         attempt = {"at": now, "attempt": d.request.attempt, action: why}
         self._outbox.add_attempts(mid, [attempt], pipe)
 
