@@ -176,6 +176,8 @@ def main() -> None:
             cap_marketing_per_week=1_000_000,
             cap_total_per_day=1_000_000,
             no_repeat_days=0,
+            push_rate_per_s=1_000_000,
+            push_rate_burst=1_000_000,
         )
         with local_gateway(tmp / "gateways") as gateway:
             os.environ.update(gateway["env"], PUSHREC_CONFIG=str(config))

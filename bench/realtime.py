@@ -2,8 +2,8 @@
 saturation throughput of events with rule evaluation beside a no-op task, in one run on
 one broker (issue 5, "Benchmark"). Prints a table, writes JSON; no timed assertions.
 
-One immediate rule (`post_purchase`, no delay, no holdout, no cooldown, caps out of the
-way) runs the whole chain per event: `pushrec.track` (state, trigger) -> `pushrec.fire`
+One immediate rule (`post_purchase`, no delay, no holdout, no cooldown, caps and the
+per-credential send rate out of the way) runs the whole chain per event: `pushrec.track` (state, trigger) -> `pushrec.fire`
 (FAISS neighbours, policy, message) -> `pushrec.deliver` (FCM over HTTP/2) -> the local
 FCM gateway of `push.testing`, run in its own process. The index is built from the real
 Online Retail log; shoppers are real customers (suffixed, one trigger per shopper) with a
@@ -343,6 +343,9 @@ def main() -> None:
             cap_marketing_per_week=1_000_000,
             cap_total_per_day=1_000_000,
             no_repeat_days=0,
+            # the per-credential send rate (500/s by default) would cap the batched case
+            push_rate_per_s=1_000_000,
+            push_rate_burst=1_000_000,
         )
         with local_gateway(tmp / "gateways") as gateway:
             for run in range(args.runs):
