@@ -3,9 +3,11 @@ saturation throughput of events with rule evaluation beside a no-op task, in one
 one broker (issue 5, "Benchmark"). Prints a table, writes JSON; no timed assertions.
 
 One immediate rule (`post_purchase`, no delay, no holdout, no cooldown, caps and the
-per-credential send rate out of the way) runs the whole chain per event: `pushrec.track` (state, trigger) -> `pushrec.fire`
-(FAISS neighbours, policy, message) -> `pushrec.deliver` (FCM over HTTP/2) -> the local
-FCM gateway of `push.testing`, run in its own process. The index is built from the real
+per-credential send rate out of the way) runs the whole chain per event: `pushrec.track`
+(state, trigger) -> fire (FAISS neighbours, policy, message) -> delivery (FCM over
+HTTP/1.1; in the track task on a node that also consumes the push queue, else a
+`pushrec.deliver` task) -> the local FCM gateway of `push.testing`, run in its own
+process. The index is built from the real
 Online Retail log; shoppers are real customers (suffixed, one trigger per shopper) with a
 few of their real purchases as history, each with a distinct FCM token so a gateway
 receipt maps back to the event that caused it.
