@@ -140,8 +140,8 @@ def choose(
     neighbours."""
     trigger_items = pool.trigger_items
     unavailable = {i for i in pool.item_ids() if i not in facts or facts[i].get("stock") == "0"}
-    categories = {i: f.get("category", "") for i, f in facts.items()}
-    titles = {i: f.get("title", "") for i, f in facts.items()}
+    # `facts` may hold a whole batch's items: look up only this pool's
+    categories = {i: facts[i].get("category", "") for i in pool.item_ids() if i in facts}
     chosen: list[Candidate] = []
     if include_trigger_items:
         for item in trigger_items:
@@ -167,7 +167,9 @@ def choose(
         chosen.append(cand)
     chosen = chosen[:k]
     unexplained = [c.item_id for c in chosen if not c.reason]
-    reasons = iter(_reasons_for(index, unexplained, [*trigger_items, *pool.history], titles))
+    history = [*trigger_items, *pool.history]
+    titles = {h: facts[h].get("title", "") for h in history if h in facts}
+    reasons = iter(_reasons_for(index, unexplained, history, titles))
     return [c if c.reason else dataclasses.replace(c, reason=next(reasons)) for c in chosen]
 
 
