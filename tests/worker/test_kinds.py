@@ -38,16 +38,35 @@ def test_buying_the_item_cancels_an_item_message_at_send_time_but_not_a_taste_me
     assert KINDS["post_purchase"].holds_at_send(["a"], bought) == "bought in the meantime"
 
 
-def test_cart_reminder_offers_the_cart_newest_first_unless_bought_since() -> None:
+def test_cart_reminder_offers_what_is_left_in_the_cart_newest_first() -> None:
     cart = Shopper("u", cart_added={"old": NOW - 500, "new": NOW - 100})
     holds = KINDS["cart_abandoned"].holds_at_fire
     assert holds(rule("cart_abandoned"), NOW - 600, ("old",), cart) == (["new", "old"], "")
-    bought = Shopper(
+    # "new" was bought (a purchase takes its item out of the cart): "old" is still waiting
+    part_bought = Shopper(
         "u",
         recent=[{"ts": NOW - 50, "type": "purchase", "item_id": "new"}],
         cart_added={"old": NOW - 500},
     )
-    assert holds(rule("cart_abandoned"), NOW - 600, ("old",), bought)[1].startswith("purchase")
+    assert holds(rule("cart_abandoned"), NOW - 600, ("old",), part_bought) == (["old"], "")
+    # buying something else changes nothing
+    other = Shopper(
+        "u",
+        recent=[{"ts": NOW - 50, "type": "purchase", "item_id": "elsewhere"}],
+        cart_added={"old": NOW - 500, "new": NOW - 100},
+    )
+    assert holds(rule("cart_abandoned"), NOW - 600, ("old",), other) == (["new", "old"], "")
+    all_bought = Shopper("u", recent=[{"ts": NOW - 50, "type": "purchase", "item_id": "old"}])
+    assert holds(rule("cart_abandoned"), NOW - 600, ("old",), all_bought) == (
+        [],
+        "cart bought since the trigger",
+    )
+    removed = Shopper(
+        "u",
+        recent=[{"ts": NOW - 50, "type": "remove_from_cart", "item_id": "new"}],
+        cart_added={"old": NOW - 500},
+    )
+    assert holds(rule("cart_abandoned"), NOW - 600, ("old",), removed)[0] == []
     assert holds(rule("cart_abandoned"), NOW - 600, (), Shopper("u")) == ([], "cart is empty")
 
 

@@ -100,10 +100,16 @@ def _its_item(rule: Rule, event: Event, _: Shopper, now: float) -> Trigger:
 
 # --- cart_abandoned -----------------------------------------------------------------
 def _cart_holds(rule: Rule, trigger_ts: float, items: tuple[str, ...], s: Shopper) -> Holds:
-    if any(r["type"] in {"purchase", "remove_from_cart"} for r in s.events_after(trigger_ts)):
-        return [], "purchase or cart removal since the trigger"
+    """The cart as it is now: a purchase takes its item out of the cart (apply_event.lua),
+    so buying part of the cart leaves a reminder about the rest, and buying something
+    else changes nothing. Taking an item out of the cart says the shopper has decided."""
+    if any(r["type"] == "remove_from_cart" for r in s.events_after(trigger_ts)):
+        return [], "cart removal since the trigger"
     cart = s.cart_newest_first()
-    return (cart, "") if cart else ([], "cart is empty")
+    if cart:
+        return cart, ""
+    bought = any(r["type"] == "purchase" for r in s.events_after(trigger_ts))
+    return [], "cart bought since the trigger" if bought else "cart is empty"
 
 
 # --- browse_abandoned ---------------------------------------------------------------
