@@ -518,3 +518,20 @@ def test_a_cap_reached_at_send_time_suppresses_the_second_message_and_undoes_its
         assert held["state"] == "suppressed"
         assert not any(k.startswith("dev:") for k in held)  # its device claim is undone
         assert len(gateways.accepted("fcm")) == 1
+
+
+def test_a_price_drop_whose_item_sold_out_again_is_suppressed_not_sent_without_it(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways
+) -> None:
+    rt, _ = shop
+    user = shopper(rt, gateways, "pd")
+    now = time.time()
+    ingest.upsert_items(rt, [{"item_id": "b0-3", "stock": 0}], now)
+    job = FireJob("price_drop", user, "drop-1", now, ("b0-3",), {"old": "20.0", "new": "13.0"})
+
+    [decision] = rt.firer().fire_many([job], now + 1)
+
+    assert decision["action"] == "suppress"
+    assert decision["reason"] == "its own items are unavailable (out of stock or withdrawn)"
+    assert "b0-3" not in [c["item_id"] for c in decision["candidates"]]
+    assert gateways.accepted("fcm") == []

@@ -166,12 +166,16 @@ class Firer:
         index = self._index.index if self._index is not None else None
         pools = self._pools(firings, shoppers, index, now)
         chosen, facts = self._choose(firings, pools, index)
-        for f, shopper, candidates in zip(firings, shoppers, chosen, strict=True):
+        for f, shopper, pool, candidates in zip(firings, shoppers, pools, chosen, strict=True):
             if f.action:  # settled: the condition no longer holds, or an error
                 continue
             f.decision["candidates"] = [c.as_dict() for c in candidates]
             if not candidates:
                 f.action, f.reason, f.step = "suppress", "no items to offer", "recommend"
+                continue
+            if _lost_its_own_items(f.rule, pool, candidates):
+                why = "its own items are unavailable (out of stock or withdrawn)"
+                f.action, f.reason, f.step = "suppress", why, "recommend"
                 continue
             _isolated(f, self._decide, f, shopper, candidates, facts, now)
         self._write(firings, now, owner)
@@ -348,6 +352,14 @@ class Firer:
             self._delayed.schedule(
                 Job(f"defer:{f.mid}", FIRE, f.job.kwargs()), f.defer_until, pipe=writes
             )
+
+
+def _lost_its_own_items(rule: Rule, pool: Pool | None, chosen: Sequence[Candidate]) -> bool:
+    """A message about its own items (a price drop, a restock, the cart) that none of them
+    can lead: it would be sent without what it is about."""
+    own = pool.trigger_items if pool is not None else ()
+    leads = KINDS[rule.kind].leads_with_own_items
+    return leads and bool(own) and not any(c.source == "trigger" for c in chosen)
 
 
 def _drop_unknown(
