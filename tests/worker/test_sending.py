@@ -535,3 +535,34 @@ def test_a_price_drop_whose_item_sold_out_again_is_suppressed_not_sent_without_i
     assert decision["reason"] == "its own items are unavailable (out of stock or withdrawn)"
     assert "b0-3" not in [c["item_id"] for c in decision["candidates"]]
     assert gateways.accepted("fcm") == []
+
+
+def test_reasons_name_the_items_title_and_what_the_shopper_did_never_an_id(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways
+) -> None:
+    rt, _ = shop
+    user = shopper(rt, gateways, "why")
+    now = time.time()
+    ingest.track(
+        rt,
+        [
+            {"event_id": "v", "user_id": user, "type": "view", "item_id": "b1-4", "ts": now - 9},
+            {
+                "event_id": "c",
+                "user_id": user,
+                "type": "add_to_cart",
+                "item_id": "b1-5",
+                "ts": now - 8,
+            },
+        ],
+        now,
+        "track_batch",
+        "t",
+    )
+    mid = fire_post_purchase(rt, user, "b0-1", now)
+    [decision] = [d for d in rt.audit.decisions(user) if d["message_id"] == mid]
+    reasons = [c["reason"] for c in decision["candidates"]]
+
+    assert reasons and all("b0-" not in r and "b1-" not in r for r in reasons)
+    # the post-purchase items are the bought item's neighbours (block 0)
+    assert "because you bought Item 1 of block 0" in reasons

@@ -45,18 +45,37 @@ class ShopperView:
     cart: frozenset[str]
 
 
+# The shopper's items a reason may name: the trigger's, then the most weighted recent ones
+# (their catalog entries are read with the candidates', for their titles).
+REASON_ITEMS = 5
+
+# What a reason says the shopper did with the item it names, by their latest event on it.
+_DID = {
+    "purchase": "because you bought {}",
+    "add_to_cart": "because you added {} to your cart",
+    "remove_from_cart": "because you looked at {}",
+}
+POPULAR = "popular right now"
+
+
 def _reasons_for(
     index: LoadedIndex | None,
     item_ids: Sequence[str],
-    history: Sequence[str],
+    pool: Pool,
     titles: Mapping[str, str],
 ) -> list[str]:
-    """ "because you looked at X" for each item: X is the history item closest to it (the
-    first of equals), in one matrix product for all of them."""
-    popular = "popular right now"
-    known = [h for h in dict.fromkeys(history) if index is not None and h in index]
+    """For each item, "because you bought / added to your cart / looked at X": X is the
+    shopper's item closest to it (the first of equals) among the trigger's and the most
+    weighted recent ones that have a title, in one matrix product for all of them. A
+    reason never names an item by its id: without a titled item of the shopper's to
+    name, it says the item is popular."""
+    known = [
+        h
+        for h in dict.fromkeys(pool.reason_items())
+        if index is not None and h in index and titles.get(h)
+    ]
     if index is None or not known:
-        return [popular] * len(item_ids)
+        return [POPULAR] * len(item_ids)
     scored = [i for i in item_ids if i in index]
     best: dict[str, str] = {}
     if scored:
@@ -64,7 +83,9 @@ def _reasons_for(
         nearest = np.argmax(closeness, axis=1).tolist()
         best = {i: known[j] for i, j in zip(scored, nearest, strict=True)}
     return [
-        f"because you looked at {titles.get(best[i]) or best[i]}" if i in best else popular
+        _DID.get(pool.did.get(best[i], ""), "because you looked at {}").format(titles[best[i]])
+        if i in best
+        else POPULAR
         for i in item_ids
     ]
 
@@ -77,14 +98,20 @@ class Pool:
     history: list[str]  # the shopper's recent items the model used, most weighted first
     banned: frozenset[str]  # bought, and the cart unless the rule is about it
     trigger_items: tuple[str, ...]
+    did: Mapping[str, str] = dataclasses.field(default_factory=dict)  # item -> latest event type
 
     def head(self, n: int) -> Pool:
         """The pool with only its `n` best candidates."""
-        return Pool(self.candidates[:n], self.history, self.banned, self.trigger_items)
+        return dataclasses.replace(self, candidates=self.candidates[:n])
+
+    def reason_items(self) -> list[str]:
+        """The shopper's items a reason may name (`REASON_ITEMS`)."""
+        return list(dict.fromkeys([*self.trigger_items, *self.history[:REASON_ITEMS]]))
 
     def item_ids(self) -> list[str]:
-        """Every item whose catalog entry `choose` needs, trigger items first."""
-        return list(dict.fromkeys([*self.trigger_items, *(c.item_id for c in self.candidates)]))
+        """Every item whose catalog entry `choose` needs: the trigger's and those reasons
+        may name (for their titles), then the candidates."""
+        return list(dict.fromkeys([*self.reason_items(), *(c.item_id for c in self.candidates)]))
 
 
 def candidate_pool(
@@ -120,8 +147,12 @@ def candidate_pool(
             for item, score in similar:
                 pool.append(Candidate(item, score, "", "neighbour"))
     for item, score in trending:
-        pool.append(Candidate(item, score, "popular right now", "trending"))
-    return Pool(_merge(pool), history, frozenset(banned), tuple(trigger_items))
+        pool.append(Candidate(item, score, POPULAR, "trending"))
+    did: dict[str, str] = {}
+    for r in shopper.recent:  # newest first: the first entry per item is the latest
+        if r.get("item_id"):
+            did.setdefault(r["item_id"], r["type"])
+    return Pool(_merge(pool), history, frozenset(banned), tuple(trigger_items), did)
 
 
 def choose(
@@ -167,9 +198,8 @@ def choose(
         chosen.append(cand)
     chosen = chosen[:k]
     unexplained = [c.item_id for c in chosen if not c.reason]
-    history = [*trigger_items, *pool.history]
-    titles = {h: facts[h].get("title", "") for h in history if h in facts}
-    reasons = iter(_reasons_for(index, unexplained, history, titles))
+    titles = {h: facts[h].get("title", "") for h in pool.reason_items() if h in facts}
+    reasons = iter(_reasons_for(index, unexplained, pool, titles))
     return [c if c.reason else dataclasses.replace(c, reason=next(reasons)) for c in chosen]
 
 
