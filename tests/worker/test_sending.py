@@ -566,3 +566,29 @@ def test_reasons_name_the_items_title_and_what_the_shopper_did_never_an_id(
     assert reasons and all("b0-" not in r and "b1-" not in r for r in reasons)
     # the post-purchase items are the bought item's neighbours (block 0)
     assert "because you bought Item 1 of block 0" in reasons
+
+
+def test_a_shopper_the_index_does_not_know_gets_what_is_trending_now(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways
+) -> None:
+    rt, _ = shop
+    now = time.time()
+    new_items = [
+        {"item_id": i, "title": f"New {i}", "category": "new", "price": 5.0, "stock": 9,
+         "url": f"https://shop.example/p/{i}"}
+        for i in ("hot-1", "new-1")
+    ]  # fmt: skip
+    ingest.upsert_items(rt, new_items, now)
+    buys = [  # other shoppers buying an item the index has never seen
+        {"event_id": f"h{n}", "user_id": f"other{n}", "type": "purchase", "item_id": "hot-1",
+         "ts": now - 60}
+        for n in range(5)
+    ]  # fmt: skip
+    ingest.track(rt, buys, now, "track_batch", "t")
+    user = shopper(rt, gateways, "cold")
+
+    mid = fire_post_purchase(rt, user, "new-1", now)  # unknown to the index too
+    [decision] = [d for d in rt.audit.decisions(user) if d["message_id"] == mid]
+
+    offered = {c["item_id"]: c["reason"] for c in decision["candidates"]}
+    assert offered.get("hot-1") == "popular right now"

@@ -190,10 +190,13 @@ class Firer:
     ) -> list[Pool | None]:
         """Each firing's candidate pool, or None once it is settled: its condition no
         longer holds (re-checked against the shopper's state now), or an error."""
-        trending: list[tuple[str, float]] = []
-        if index is None and firings:
-            most = max(f.rule.items for f in firings)
-            trending = self._state.trending_items(now, 24, 4 * most)
+        live: list[list[tuple[str, float]]] = []  # read once, by the first pool needing it
+
+        def trending() -> list[tuple[str, float]]:
+            if not live:
+                most = max(f.rule.items for f in firings)
+                live.append(self._state.trending_items(now, 24, 4 * most))
+            return live[0]
 
         def pool(f: _Firing, shopper: _Shopper) -> Pool | None:
             kind = KINDS[f.rule.kind]
@@ -210,7 +213,7 @@ class Firer:
                 now=now,
                 trigger_items=own_items,
                 allow_cart=kind.offers_cart,
-                trending=trending[: 4 * f.rule.items],
+                trending=trending,
             )
 
         return [_isolated(f, pool, f, s) for f, s in zip(firings, shoppers, strict=True)]

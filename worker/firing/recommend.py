@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -122,16 +122,20 @@ def candidate_pool(
     now: float,
     trigger_items: Sequence[str] = (),
     allow_cart: bool = False,
-    trending: Sequence[tuple[str, float]] = (),
+    trending: Callable[[], Sequence[tuple[str, float]]] = tuple,
 ) -> Pool:
-    """The served model's items for the shopper's recent events, the FAISS neighbours of
-    the trigger items and `trending`, merged: enough to fill `k` after filtering."""
+    """The served model's items for the shopper's recent events and the FAISS neighbours
+    of the trigger items, merged: enough to fill `k` after filtering. A shopper none of
+    whose recent items the index knows (new, or only new items) gets what is trending now
+    (`trending()`: the live counters, best first) instead of the model's build-time
+    popularity, as does every shopper when there is no index."""
     banned = set(shopper.purchased)
     if not allow_cart:
         banned |= shopper.cart
     exclude = banned | set(trigger_items)
     pool: list[Candidate] = []
     history: list[str] = []
+    cold = True
     if index is not None:
         events = [
             (r["item_id"], r["type"], float(r["ts"])) for r in shopper.recent if r.get("item_id")
@@ -140,14 +144,16 @@ def candidate_pool(
             events, now, index.history_weighting, index.history_items
         )
         over = 4 * k + len(banned)
-        if history:
+        if any(h in index for h in history):
             for item, score in index.recommend(history, weights, k=over, exclude=exclude):
                 pool.append(Candidate(item, score, "", "model"))
+            cold = False
         for similar in index.similar(list(trigger_items), k=over, exclude=exclude):
             for item, score in similar:
                 pool.append(Candidate(item, score, "", "neighbour"))
-    for item, score in trending:
-        pool.append(Candidate(item, score, POPULAR, "trending"))
+    if cold:
+        for item, score in trending()[: 4 * k]:
+            pool.append(Candidate(item, score, POPULAR, "trending"))
     did: dict[str, str] = {}
     for r in shopper.recent:  # newest first: the first entry per item is the latest
         if r.get("item_id"):
