@@ -35,10 +35,17 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from realtime_stack import RETAIL, RULE, Shop, local_gateway, purchase  # noqa: E402
+from realtime_stack import (  # noqa: E402
+    RETAIL,
+    RULE,
+    Shop,
+    local_gateway,
+    purchase,
+    write_bench_config,
+)
 
 from tests.redis_server import redis_server  # noqa: E402
-from tests.worker.realtime import register, rule, write_config  # noqa: E402
+from tests.worker.realtime import register  # noqa: E402
 from worker.delivery.requests import DeliveryRequest  # noqa: E402
 from worker.service import ingest  # noqa: E402
 from worker.service.runtime import Runtime  # noqa: E402
@@ -169,16 +176,7 @@ def main() -> None:
     with redis_server() as url, tempfile.TemporaryDirectory(prefix="pushrec-hot-") as tmp_name:
         tmp = Path(tmp_name)
         shop = Shop(tmp)
-        config = write_config(
-            tmp / "pushrec.toml",
-            [rule(RULE, "post_purchase", delay_s=0, channels=["fcm"])],
-            cap_marketing_per_day=1_000_000,
-            cap_marketing_per_week=1_000_000,
-            cap_total_per_day=1_000_000,
-            no_repeat_days=0,
-            push_rate_per_s=1_000_000,
-            push_rate_burst=1_000_000,
-        )
+        config = write_bench_config(tmp / "pushrec.toml")
         with local_gateway(tmp / "gateways") as gateway:
             os.environ.update(gateway["env"], PUSHREC_CONFIG=str(config))
             settings = Settings.load(

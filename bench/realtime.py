@@ -60,17 +60,16 @@ sys.path.insert(0, str(ROOT))
 
 from realtime_stack import (  # noqa: E402  (bench/ is on the path: run as a script)
     RETAIL,
-    RULE,
     Case,
     Node,
     Shop,
     cpu_ms_per_unit,
     local_gateway,
     purchase,
+    write_bench_config,
 )
 
 from tests.redis_server import redis_server  # noqa: E402
-from tests.worker.realtime import rule, write_config  # noqa: E402
 from worker import contract  # noqa: E402
 
 DEFAULT_LAYOUTS = "activity+push+maintenance:2,activity+maintenance:2/push:1"
@@ -338,17 +337,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         shop = Shop(tmp)
         print(f"index {shop.index} ({shop.setup_s:.0f} s to convert, train, publish)")
-        config = write_config(
-            tmp / "pushrec.toml",
-            [rule(RULE, "post_purchase", delay_s=0, channels=["fcm"])],
-            cap_marketing_per_day=1_000_000,
-            cap_marketing_per_week=1_000_000,
-            cap_total_per_day=1_000_000,
-            no_repeat_days=0,
-            # the per-credential send rate (500/s by default) would cap the batched case
-            push_rate_per_s=1_000_000,
-            push_rate_burst=1_000_000,
-        )
+        config = write_bench_config(tmp / "pushrec.toml")
         with local_gateway(tmp / "gateways") as gateway:
             for run in range(args.runs):
                 for spec in layouts:

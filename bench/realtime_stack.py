@@ -23,7 +23,7 @@ import psutil
 import indexing
 from indexing.pipeline import build_version
 from tests.redis_server import delete_prefix
-from tests.worker.realtime import register
+from tests.worker.realtime import register, rule, write_config
 from worker import contract
 from worker.client import PushrecClient
 from worker.delivery.outbox import message_id
@@ -35,6 +35,22 @@ ROOT = Path(__file__).resolve().parent.parent
 RETAIL = ROOT.parent / "shared" / "data" / "online_retail" / "online_retail.csv.gz"
 RULE = "post_purchase"
 HISTORY_AGE_S = 2 * 86_400  # history older than trigger_max_age_s: state only, no rule
+
+
+def write_bench_config(path: Path) -> Path:
+    """The one rule measured (`RULE`: post_purchase, fired at once, FCM), with the caps,
+    no-repeat window and per-credential send rate (500/s by default, which would cap the
+    batched case) out of the way."""
+    return write_config(
+        path,
+        [rule(RULE, "post_purchase", delay_s=0, channels=["fcm"])],
+        cap_marketing_per_day=1_000_000,
+        cap_marketing_per_week=1_000_000,
+        cap_total_per_day=1_000_000,
+        no_repeat_days=0,
+        push_rate_per_s=1_000_000,
+        push_rate_burst=1_000_000,
+    )
 
 
 # --- the shop: index, catalog, shoppers ----------------------------------------------
