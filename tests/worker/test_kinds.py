@@ -61,6 +61,11 @@ def test_cart_reminder_offers_what_is_left_in_the_cart_newest_first() -> None:
         [],
         "cart bought since the trigger",
     )
+    # the purchase applied before the add it came after (two workers): bought all the same
+    late_add = Shopper(
+        "u", purchases={"old": NOW - 50}, cart_added={"old": NOW - 500, "new": NOW - 100}
+    )
+    assert holds(rule("cart_abandoned"), NOW - 600, ("old",), late_add) == (["new"], "")
     removed = Shopper(
         "u",
         recent=[{"ts": NOW - 50, "type": "remove_from_cart", "item_id": "new"}],

@@ -19,6 +19,7 @@ What a message is about (`Kind.about`):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -100,12 +101,14 @@ def _its_item(rule: Rule, event: Event, _: Shopper, now: float) -> Trigger:
 
 # --- cart_abandoned -----------------------------------------------------------------
 def _cart_holds(rule: Rule, trigger_ts: float, items: tuple[str, ...], s: Shopper) -> Holds:
-    """The cart as it is now: a purchase takes its item out of the cart (apply_event.lua),
-    so buying part of the cart leaves a reminder about the rest, and buying something
-    else changes nothing. Taking an item out of the cart says the shopper has decided."""
+    """What is left in the cart: a purchase takes its item out (apply_event.lua), and an
+    item bought after it was added counts as taken out too (events of one shopper may be
+    applied out of order), so buying part of the cart leaves a reminder about the rest
+    and buying something else changes nothing. Taking an item out of the cart says the
+    shopper has decided."""
     if any(r["type"] == "remove_from_cart" for r in s.events_after(trigger_ts)):
         return [], "cart removal since the trigger"
-    cart = s.cart_newest_first()
+    cart = [i for i in s.cart_newest_first() if s.purchases.get(i, -math.inf) < s.cart_added[i]]
     if cart:
         return cart, ""
     bought = any(r["type"] == "purchase" for r in s.events_after(trigger_ts))
