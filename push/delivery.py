@@ -233,7 +233,9 @@ class RateLimiter:
             if self._spend_leased(key):
                 return 0.0
             if (refill := self._refills.get(key)) is not None:
-                await refill  # another send is asking the store for this key's sends
+                # another send is asking the store for this key's sends; shielded: this
+                # send being cancelled must not cancel the others' wait
+                await asyncio.shield(refill)
                 continue
             dry_until = self._dry.get(key) or 0.0
             if (wait := dry_until - self._clock()) <= 0:
@@ -260,8 +262,9 @@ class RateLimiter:
         finally:
             del self._refills[key]
             done.set_result(None)
+        answered = self._clock()  # a slow store must not eat the lease
         if taken:
-            self._leases.put(key, (taken - 1, now + self.lease_s))
+            self._leases.put(key, (taken - 1, answered + self.lease_s))
             return 0.0
         self._dry.put(key, now + wait)
         return wait

@@ -258,3 +258,18 @@ def test_sends_waiting_at_once_share_one_lease_and_never_overspend() -> None:
     waits = asyncio.run(go())
     assert waits.count(0.0) == 40  # the bucket's 40 tokens, not one more
     assert store.calls < 10  # not one store call per send
+
+
+def test_a_send_cancelled_while_waiting_for_tokens_leaves_the_others_alone() -> None:
+    store = _CountingStore()
+    limiter = RateLimiter({Channel.FCM: RateLimit(rate=1, burst=10)}, store, max_wait_s=0)
+
+    async def go() -> list[object]:
+        sends = [asyncio.ensure_future(limiter.acquire(Channel.FCM, "k")) for _ in range(3)]
+        await asyncio.sleep(0)  # the first asks the store, the others wait on it
+        sends[1].cancel()
+        return await asyncio.gather(*sends, return_exceptions=True)
+
+    first, cancelled, third = asyncio.run(go())
+    assert first == 0.0 and third == 0.0
+    assert isinstance(cancelled, asyncio.CancelledError)
