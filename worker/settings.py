@@ -105,8 +105,9 @@ class Settings(BaseSettings):
     deliver_inline: bool | None = Field(
         default=None,
         description="Send the messages a task queues in that same task instead of a "
-        "deliver task on the push queue. Unset: yes where the worker also consumes the "
-        "push queue (the hop would isolate nothing there), no where it does not.",
+        "deliver task on the push queue. Unset: `pushrec worker` says yes where it also "
+        "consumes the push queue (the hop would isolate nothing there), else no; a "
+        "runtime opened any other way uses deliver tasks.",
     )
     max_deliveries: int = Field(
         default=5,

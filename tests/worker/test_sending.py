@@ -592,3 +592,20 @@ def test_a_shopper_the_index_does_not_know_gets_what_is_trending_now(
 
     offered = {c["item_id"]: c["reason"] for c in decision["candidates"]}
     assert offered.get("hot-1") == "popular right now"
+
+
+def test_a_price_drop_whose_item_sells_out_before_the_send_is_held(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways
+) -> None:
+    rt, _ = shop
+    user = shopper(rt, gateways, "gone")
+    now = time.time()
+    job = FireJob("price_drop", user, "drop-2", now, ("b0-4",), {"old": "20.0", "new": "13.0"})
+    [decision] = rt.firer().fire_many([job], now)
+    assert decision["action"] == "queued"
+    ingest.upsert_items(rt, [{"item_id": "b0-4", "stock": 0}], now + 1)
+
+    [outcome] = rt.sender().deliver_many([DeliveryRequest(decision["message_id"])], now + 2)
+
+    assert outcome == {"action": "suppressed", "reason": "its item is out of stock"}
+    assert gateways.accepted("fcm") == []

@@ -81,7 +81,7 @@ class Creation(NamedTuple):
 
     created: bool  # by this call: deliver it
     before: str  # the message's state before ('' if new)
-    stored: bool  # this very record was stored (not one an earlier try left)
+    stored: bool  # this very record was stored, with a new state (nothing earlier left)
 
 
 class Outbox:
@@ -108,7 +108,9 @@ class Outbox:
             stored, before, state_new = next(replies), next(replies), next(replies)
             for _ in range(1 + _INDEX_REPLIES):
                 next(replies)
-            out.append(Creation(bool(stored) or bool(state_new), before or "", bool(stored)))
+            out.append(
+                Creation(bool(stored) or bool(state_new), before or "", bool(stored and state_new))
+            )
         return out
 
     def _index(self, record: MessageRecord, pipe: redis.client.Pipeline) -> None:

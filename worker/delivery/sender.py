@@ -1,7 +1,9 @@
-"""The push worker: deliver queued messages to every active device of their shoppers.
+"""Delivery: send queued messages to every active device of their shoppers.
 
 `MessageSender.deliver_many` is what the `pushrec.deliver` task does with its messages (up to
-100: the messages of a batch of events or a fan-out travel together). At send time it
+100: the messages of a batch of events or a fan-out travel together), and what a task that
+fired them does at once on a worker that also consumes the push queue
+(`Runtime.deliver_queued`). At send time it
 checks again what may have changed since the rule fired: consent withdrawn, items bought
 or sold out, its items pushed by another message since (no repeats), a cap reached by
 another message (the caps are recorded atomically here),
@@ -263,6 +265,8 @@ class MessageSender:
         in_stock = dict(zip(record.items, stock, strict=True))
         if all(in_stock[i] == "0" for i in left):
             return "out of stock"
+        if KINDS[rule.kind].about == "item" and in_stock[record.items[0]] == "0":
+            return "its item is out of stock"  # a price drop is never sent without its item
         repeats = not KINDS[rule.kind].leads_with_own_items and d.request.attempt == 0
         if repeats and all(i in pushed_since for i in record.items):
             # as the no-repeat step would say now; a retry finds its own first send here

@@ -2,11 +2,11 @@
 
 `Firer.fire_many(jobs)` is what a track task does with the triggers due at once, and
 what the `pushrec.fire` task does with the scheduler's due jobs. For each job it
-re-checks the rule's condition against the shopper's state now (a purchase within the
-delay cancels the cart reminder), picks the items, runs the contact policy and acts on
-its verdict: queue the message (created once per id), park the job until quiet hours
-end, or record why nothing was sent. Every outcome leaves a decision record on the
-shopper. The whole batch shares one round trip per stage.
+re-checks the rule's condition against the shopper's state now (buying what is in the
+cart within the delay cancels the cart reminder), picks the items, runs the contact
+policy and acts on its verdict: queue the message (created once per id), park the job
+until quiet hours end, or record why nothing was sent. Every outcome leaves a decision
+record on the shopper. The whole batch shares one round trip per stage.
 """
 
 from __future__ import annotations
@@ -320,7 +320,7 @@ class Firer:
                 }
             else:
                 f.action = "duplicate"
-                if before == "queued":  # its deliver task may have been lost with a crash
+                if before == "queued":  # its delivery may have been lost with a crash
                     self._outbox.mark_queued(f.record, writes)
                     deliver.append(f.mid)
         stats: Counter[tuple[str, str]] = Counter()  # (rule, field): one HINCRBY a batch

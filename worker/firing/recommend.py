@@ -45,8 +45,8 @@ class ShopperView:
     cart: frozenset[str]
 
 
-# The shopper's items a reason may name: the trigger's, then the most weighted recent ones
-# (their catalog entries are read with the candidates', for their titles).
+# The shopper's items a reason may name: the trigger's, then the most recent ones (their
+# catalog entries are read with the candidates', for their titles).
 REASON_ITEMS = 5
 
 # What a reason says the shopper did with the item it names, by their latest event on it.
@@ -66,7 +66,7 @@ def _reasons_for(
 ) -> list[str]:
     """For each item, "because you bought / added to your cart / looked at X": X is the
     shopper's item closest to it (the first of equals) among the trigger's and the most
-    weighted recent ones that have a title, in one matrix product for all of them. A
+    recent ones that have a title, in one matrix product for all of them. A
     reason never names an item by its id: without a titled item of the shopper's to
     name, it says the item is popular."""
     known = [
@@ -95,7 +95,7 @@ class Pool:
     """The merged candidates for one shopper before the catalog is consulted."""
 
     candidates: list[Candidate]
-    history: list[str]  # the shopper's recent items the model used, most weighted first
+    history: list[str]  # the shopper's recent items the model used, most recent first
     banned: frozenset[str]  # bought, and the cart unless the rule is about it
     trigger_items: tuple[str, ...]
     did: Mapping[str, str] = dataclasses.field(default_factory=dict)  # item -> latest event type

@@ -178,9 +178,12 @@ class Runtime:
         """Deliver messages just queued by the task `owner`: in that task when
         `settings.deliver_inline` (a node that consumes the push queue gains no isolation
         from a second task, only its cost), else by deliver tasks on the push queue. An
-        inline delivery that fails hands its messages to the push queue: each device was
-        claimed for `owner` or settled, so nothing is sent twice by that, and a message
-        left queued is re-sent by the scheduler's sweep if even the queue is away. `stored`:
+        inline delivery that fails hands its messages to the push queue; a device it had
+        already claimed stays with it until the claim's lease (120 s) runs out, so the
+        deliver task skips that device and the scheduler's sweep sends the message after
+        (the fallback itself never sends twice; a failure after a gateway took a message
+        is the duplicate case every delivery has). Nothing is lost, even with the queue
+        away: the message stays queued for the sweep. `stored`:
         the records the firing stored, which an inline delivery need not read back."""
         if self.settings.deliver_inline and owner:
             requests = [DeliveryRequest(mid) for mid in message_ids]
