@@ -81,7 +81,6 @@ class Blend:
         An empty history scores by popularity only.
         """
         bw = blend or self.weights
-        every = candidates is None
         cand = np.asarray(candidates, dtype=np.intp) if candidates is not None else None
         size = self.popularity.shape[0] if cand is None else cand.shape[0]
         total = np.zeros(size, dtype=np.float64)
@@ -96,10 +95,9 @@ class Blend:
             if top > 0:
                 total += bw.mf * (mf / top)
         if bw.knn:
-            if every:
+            if cand is None:
                 knn = knn_scores(self.similarity, rows, weights, np.float64)
             else:
-                assert cand is not None
                 knn = knn_scores_at(self.similarity, rows, weights, cand)
             top = float(knn.max()) if knn.size else 0.0
             if top > 0:

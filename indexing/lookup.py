@@ -95,13 +95,12 @@ class LoadedIndex:
 
     def vector(self, item_id: str) -> npt.NDArray[np.float32]:
         """Float32 (d,): the item's unit vector (the one the index holds)."""
-        row = self.row(item_id)
-        norm = float(self.norms[row])
-        v = np.asarray(self.factors[row], dtype=np.float32)
-        return (v / norm).astype(np.float32) if norm > 0 else v.copy()
+        one: npt.NDArray[np.float32] = self.vectors([item_id])[0]
+        return one
 
     def vectors(self, item_ids: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Float32 (n, d): `vector` of each id, in one gather (every id must be known)."""
+        """Float32 (n, d): each item's unit vector, in one gather (every id must be known;
+        a zero vector stays zero)."""
         rows = np.array([self.row(i) for i in item_ids], dtype=np.intp)
         v = np.asarray(self.factors[rows], dtype=np.float32)
         norms = np.asarray(self.norms[rows], dtype=np.float32)
