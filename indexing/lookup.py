@@ -102,10 +102,10 @@ class LoadedIndex:
         """Float32 (n, d): each item's unit vector, in one gather (every id must be known;
         a zero vector stays zero)."""
         rows = np.array([self.row(i) for i in item_ids], dtype=np.intp)
-        v = np.asarray(self.factors[rows], dtype=np.float32)
         norms = np.asarray(self.norms[rows], dtype=np.float32)
-        safe = np.where(norms > 0, norms, 1.0).astype(np.float32)
-        return (v / safe[:, None]).astype(np.float32)
+        norms[norms <= 0] = 1.0
+        unit: npt.NDArray[np.float32] = np.asarray(self.factors[rows], dtype=np.float32)
+        return unit / norms[:, None]
 
     # --- exclusions without a rebuild ---------------------------------------------------
     def block(self, item_ids: Iterable[str]) -> None:

@@ -6,7 +6,7 @@ Task names, their default queues and the event schema version are public and ver
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 SCHEMA_VERSION: Final = 1
@@ -29,6 +29,13 @@ INTERNAL_BATCH: Final = 100
 
 Enqueue = Callable[[str, dict[str, Any]], None]
 """Sends one of these tasks, with JSON kwargs, to its queue (`PushrecApp.enqueue`)."""
+
+
+def enqueue_batched(enqueue: Enqueue, task: str, kwarg: str, entries: Sequence[Any]) -> None:
+    """Send `entries` as `task` calls of up to `INTERNAL_BATCH` each, in kwarg `kwarg`."""
+    for start in range(0, len(entries), INTERNAL_BATCH):
+        enqueue(task, {kwarg: list(entries[start : start + INTERNAL_BATCH])})
+
 
 # Which logical queue each task goes to; queue names themselves are settings.
 ACTIVITY: Final = "activity"

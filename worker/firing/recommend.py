@@ -49,12 +49,10 @@ class ShopperView:
 # catalog entries are read with the candidates', for their titles).
 REASON_ITEMS = 5
 
-# What a reason says the shopper did with the item it names, by their latest event on it.
-_DID = {
-    "purchase": "because you bought {}",
-    "add_to_cart": "because you added {} to your cart",
-    "remove_from_cart": "because you looked at {}",
-}
+# What a reason says the shopper did with the item it names, by their latest event on it
+# (any other event: they looked at it).
+_DID = {"purchase": "because you bought {}", "add_to_cart": "because you added {} to your cart"}
+_LOOKED = "because you looked at {}"
 POPULAR = "popular right now"
 
 
@@ -69,12 +67,10 @@ def _reasons_for(
     recent ones that have a title, in one matrix product for all of them. A
     reason never names an item by its id: without a titled item of the shopper's to
     name, it says the item is popular."""
-    known = [
-        h
-        for h in dict.fromkeys(pool.reason_items())
-        if index is not None and h in index and titles.get(h)
-    ]
-    if index is None or not known:
+    if index is None:
+        return [POPULAR] * len(item_ids)
+    known = [h for h in dict.fromkeys(pool.reason_items()) if h in index and titles.get(h)]
+    if not known:
         return [POPULAR] * len(item_ids)
     scored = [i for i in item_ids if i in index]
     best: dict[str, str] = {}
@@ -83,7 +79,7 @@ def _reasons_for(
         nearest = np.argmax(closeness, axis=1).tolist()
         best = {i: known[j] for i, j in zip(scored, nearest, strict=True)}
     return [
-        _DID.get(pool.did.get(best[i], ""), "because you looked at {}").format(titles[best[i]])
+        _DID.get(pool.did.get(best[i], ""), _LOOKED).format(titles[best[i]])
         if i in best
         else POPULAR
         for i in item_ids

@@ -21,7 +21,7 @@ from redis.retry import Retry
 
 from push.gateway import Router
 from push.ssrf import DestinationGuard
-from worker.contract import DELIVER, INTERNAL_BATCH, Enqueue
+from worker.contract import DELIVER, Enqueue, enqueue_batched
 from worker.delivery.gateway_config import gateway_config
 from worker.delivery.outbox import MessageRecord, Outbox
 from worker.delivery.push_runtime import PushRuntime
@@ -193,8 +193,7 @@ class Runtime:
             except Exception as exc:
                 log.warning("inline delivery of %d messages failed, queued instead: %s",
                             len(message_ids), describe(exc))  # fmt: skip
-        for start in range(0, len(message_ids), INTERNAL_BATCH):
-            self.enqueue(DELIVER, {"message_ids": message_ids[start : start + INTERNAL_BATCH]})
+        enqueue_batched(self.enqueue, DELIVER, "message_ids", message_ids)
 
     def sender(self) -> MessageSender:
         """Delivery (event loop, HTTP clients, gateways), opened on first use in each

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from worker.contract import DELIVER, FIRE, INTERNAL_BATCH, Enqueue
+from worker.contract import DELIVER, FIRE, Enqueue, enqueue_batched
 from worker.delivery.outbox import Outbox
 from worker.store.delayed import DelayedJobs
 
@@ -67,8 +67,7 @@ def drain_due(delayed: DelayedJobs, enqueue: Enqueue, batch: int = 500) -> int:
     while True:
         claimed = delayed.claim_due(time.time(), limit=batch)
         fires = [c.job.kwargs for c in claimed if c.job.task == FIRE]
-        for start in range(0, len(fires), INTERNAL_BATCH):
-            enqueue(FIRE, {"jobs": fires[start : start + INTERNAL_BATCH]})
+        enqueue_batched(enqueue, FIRE, "jobs", fires)
         for item in claimed:
             if item.job.task != FIRE:
                 enqueue(item.job.task, item.job.kwargs)
@@ -82,8 +81,7 @@ def resend_stuck(outbox: Outbox, enqueue: Enqueue, older_than_s: float = 300) ->
     """Enqueue delivery again for messages whose deliver task was lost (delivery is
     idempotent per device, so a slow rather than lost task costs only a check)."""
     mids = outbox.stuck(time.time(), older_than_s)
-    for start in range(0, len(mids), INTERNAL_BATCH):
-        enqueue(DELIVER, {"message_ids": mids[start : start + INTERNAL_BATCH]})
+    enqueue_batched(enqueue, DELIVER, "message_ids", mids)
     return len(mids)
 
 
