@@ -40,8 +40,9 @@ from indexing.events import (
     read_events,
     read_events_csv,
 )
-from indexing.experiment import BaselineParams, EvalResult, TuneGrid, evaluate_models, tune
+from indexing.experiment import BaselineParams, EvalResult, evaluate_models
 from indexing.factors import AlsParams, FoldIn, train_als
+from indexing.item_item import ItemItemParams
 from indexing.items import Item, read_items, read_items_csv
 from indexing.lookup import LoadedIndex, Scored
 from indexing.matrix import DEFAULT_TYPE_WEIGHTS, Weighting, event_weights
@@ -57,6 +58,7 @@ from indexing.store import (
     read_manifest,
     verify_artifact,
 )
+from indexing.tuning import TuneGrid, tune
 
 __all__ = [
     "DEFAULT_TYPE_WEIGHTS",
@@ -83,6 +85,7 @@ __all__ = [
     "IndexingError",
     "InputError",
     "Item",
+    "ItemItemParams",
     "LoadedIndex",
     "ManifestError",
     "ModelParams",

@@ -1,5 +1,6 @@
 """Baseline rankers the served model must beat: popularity (all time and a recent window),
-item-KNN, and plain ALS with its trained user factors.
+item-item models (cosine and BM25 KNN, RP3beta, EASE) and plain ALS with its trained user
+factors.
 
 A ranker answers `scores(users) -> float32 (len(users), n_items)`; higher is better.
 `top_k` turns scores into rankings that exclude each user's train items and cold items.
@@ -15,9 +16,19 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from indexing.factors import Factors
+from indexing.item_item import EaseWeights
 from indexing.knn import item_similarity
 
-__all__ = ["AlsRanker", "ItemKnnRanker", "PopularityRanker", "Ranker", "popularity", "top_k"]
+__all__ = [
+    "AlsRanker",
+    "EaseRanker",
+    "ItemItemRanker",
+    "ItemKnnRanker",
+    "PopularityRanker",
+    "Ranker",
+    "popularity",
+    "top_k",
+]
 
 _DAY = 86_400.0
 
@@ -52,17 +63,40 @@ class PopularityRanker:
         return np.broadcast_to(self._row, (users.shape[0], self._row.shape[0])).copy()
 
 
-class ItemKnnRanker:
-    """Sum of cosine co-occurrence similarities to the user's train items."""
+class ItemItemRanker:
+    """Sum of a top-M item-item model's weights from the user's train items (see
+    `indexing.item_item`; cosine: `ItemKnnRanker`)."""
 
-    def __init__(self, user_items: sp.csr_matrix, top_m: int = 100):
+    def __init__(self, user_items: sp.csr_matrix, similarity: sp.csr_matrix):
         self._x = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
         self._x.data[:] = 1.0
-        self.similarity = item_similarity(user_items, top_m)
+        self.similarity = similarity
 
     def scores(self, users: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         out = (self._x[users] @ self.similarity).toarray()
         return np.asarray(out, dtype=np.float32)
+
+
+class ItemKnnRanker(ItemItemRanker):
+    """Sum of cosine co-occurrence similarities to the user's train items."""
+
+    def __init__(self, user_items: sp.csr_matrix, top_m: int = 100):
+        super().__init__(user_items, item_similarity(user_items, top_m))
+
+
+class EaseRanker:
+    """EASE with its dense weights: x_u[items] @ B over the capped item set, 0 elsewhere."""
+
+    def __init__(self, user_items: sp.csr_matrix, ease: EaseWeights):
+        x = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
+        x.data[:] = 1.0
+        self._x = sp.csr_matrix(x[:, ease.items])
+        self._ease = ease
+
+    def scores(self, users: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        out = np.zeros((users.shape[0], self._ease.n_items), dtype=np.float32)
+        out[:, self._ease.items] = self._x[users] @ self._ease.weights
+        return out
 
 
 class AlsRanker:

@@ -1,25 +1,24 @@
-"""Offline evaluation of the served model against every baseline, and hyperparameter
-tuning on a validation split inside the train period (never on the test period).
+"""Offline evaluation of the served model against every baseline on one split.
 
-`evaluate_models(log, params, baselines)` runs the protocol of `indexing.evaluate` once;
-`tune(log)` chooses `ModelParams` and `BaselineParams` on `discovery_task(train period)`.
+`evaluate_models(log, params, baselines)` runs the protocol of `indexing.evaluate` once
+(`indexing.tuning.tune` chooses the parameters on a validation split before).
 The served model is scored through `Blend.score` over every warm item — the same call the
 worker makes per event (see `indexing.lookup.LoadedIndex.recommend`).
 """
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from indexing.baselines import (
     AlsRanker,
-    ItemKnnRanker,
+    EaseRanker,
+    ItemItemRanker,
     PopularityRanker,
     Ranker,
     popularity,
@@ -29,17 +28,18 @@ from indexing.blend import Blend, BlendWeights, shopper_histories
 from indexing.evaluate import DiscoveryTask, Metrics, discovery_task, evaluate_rankings
 from indexing.events import EventLog
 from indexing.factors import AlsParams, train_als
+from indexing.item_item import ItemItemParams, ease_weights, item_item
 from indexing.matrix import Weighting, interaction_matrix
 from indexing.model import ModelParams, TrainedModel, train_model
 
 __all__ = [
+    "ITEM_ITEM_NAMES",
     "SERVED",
     "BaselineParams",
     "EvalResult",
-    "TuneGrid",
     "evaluate_models",
+    "rank_all",
     "served_rankings",
-    "tune",
 ]
 
 SERVED = "served_blend"
@@ -47,20 +47,39 @@ _DAY = 86_400.0
 _DEPTH = 20
 
 
+def _default_item_item() -> tuple[ItemItemParams, ...]:
+    return (
+        ItemItemParams("cosine", 20),
+        ItemItemParams("bm25", 100),
+        ItemItemParams("rp3beta", 100, alpha=1.0, beta=0.5),
+        ItemItemParams("ease", l2=400.0),
+    )
+
+
 @dataclass(frozen=True)
 class BaselineParams:
-    """Baseline settings (tuned on validation like the model, so the bar is honest)."""
+    """Baseline settings (tuned on validation like the model, so the bar is honest):
+    the popularity window, one setting per item-item kind, plain ALS."""
 
     recent_days: float = 3.0
-    knn_top_m: int = 20
+    item_item: tuple[ItemItemParams, ...] = field(default_factory=_default_item_item)
     als: AlsParams = field(default_factory=AlsParams)
 
     def as_dict(self) -> dict[str, object]:
         return {
             "recent_days": self.recent_days,
-            "knn_top_m": self.knn_top_m,
+            "item_item": [p.as_dict() for p in self.item_item],
             "als": self.als.as_dict(),
         }
+
+
+#: The table's name of each item-item baseline kind.
+ITEM_ITEM_NAMES = {
+    "cosine": "item_knn",
+    "bm25": "item_knn_bm25",
+    "rp3beta": "rp3beta",
+    "ease": "ease",
+}
 
 
 @dataclass
@@ -132,21 +151,30 @@ def _chunks(users: npt.NDArray[np.int64], n_items: int) -> list[npt.NDArray[np.i
     return [users[i : i + size] for i in range(0, users.shape[0], size)]
 
 
+def rank_all(ranker: Ranker, task: DiscoveryTask, depth: int = _DEPTH) -> dict[int, list[int]]:
+    """The top `depth` item codes of `ranker` per test user of `task` (`top_k`'s rules)."""
+    ranked: dict[int, list[int]] = {}
+    for chunk in _chunks(task.users, len(task.train.item_ids)):
+        ranked.update(top_k(ranker.scores(chunk), chunk, task.train_items, task.warm, depth))
+    return ranked
+
+
 def _baseline_rankings(
     task: DiscoveryTask, baselines: BaselineParams, timings: dict[str, float]
 ) -> dict[str, dict[int, list[int]]]:
-    tr, n_items, users = task.train, len(task.train.item_ids), task.users
+    tr, n_items = task.train, len(task.train.item_ids)
     raw = interaction_matrix(tr, Weighting(), as_of=task.split_ts)
     out: dict[str, dict[int, list[int]]] = {}
 
     def run(name: str, ranker: Callable[[], Ranker]) -> None:
         started = time.perf_counter()
-        model = ranker()
-        ranked: dict[int, list[int]] = {}
-        for chunk in _chunks(users, n_items):
-            ranked.update(top_k(model.scores(chunk), chunk, task.train_items, task.warm, _DEPTH))
-        out[name] = ranked
+        out[name] = rank_all(ranker(), task)
         timings[name] = time.perf_counter() - started
+
+    def item_item_ranker(params: ItemItemParams) -> Ranker:
+        if params.kind == "ease":
+            return EaseRanker(raw, ease_weights(raw, params.l2, params.ease_max_items))
+        return ItemItemRanker(raw, item_item(raw, params))
 
     recent_since = task.split_ts - baselines.recent_days * _DAY
     run(
@@ -159,7 +187,8 @@ def _baseline_rankings(
             popularity(tr.users, tr.items, tr.ts, n_items, since=recent_since)
         ),
     )
-    run("item_knn", lambda: ItemKnnRanker(raw, baselines.knn_top_m))
+    for params in baselines.item_item:
+        run(ITEM_ITEM_NAMES[params.kind], lambda p=params: item_item_ranker(p))  # type: ignore[misc]
     run("als", lambda: AlsRanker(train_als(raw, baselines.als)))
     return out
 
@@ -197,106 +226,3 @@ def evaluate_models(
             "test_users": len(task.truth),
         },
     )
-
-
-@dataclass(frozen=True)
-class TuneGrid:
-    """Values tried on the validation split (baselines get the same windows and M)."""
-
-    factors: Sequence[int] = (32, 64, 128)
-    regularization: Sequence[float] = (0.05, 0.5)
-    alpha: Sequence[float] = (1.0, 2.0, 5.0)
-    iterations: int = 15
-    recent_days: Sequence[float] = (3.0, 7.0, 14.0, 30.0)
-    knn_top_m: Sequence[int] = (20, 50, 100, 200)
-    matrix_half_life_days: Sequence[float | None] = (None, 60.0)
-    blend_recent_days: Sequence[float] = (3.0, 7.0, 14.0)
-    blend_knn: Sequence[float] = (0.0, 0.3, 0.5)
-    blend_pop: Sequence[float] = (0.5, 1.0, 1.5)
-    history_half_life_days: Sequence[float | None] = (None, 90.0)
-    als_finalists: int = 2
-
-
-def tune(
-    log: EventLog,
-    grid: TuneGrid = TuneGrid(),
-    *,
-    seed: int = 0,
-) -> tuple[ModelParams, BaselineParams, dict[str, object]]:
-    """Choose hyperparameters on the validation split of `log` (pass the train period).
-
-    Baselines get their best value of each knob. The served model's ALS comes from the
-    `als_finalists` best plain-ALS settings; for each, the matrix half-life, popularity
-    window, blend weights and history half-life are searched. Returns (model params,
-    baseline params, a report of the search).
-    """
-    task = discovery_task(log)
-    n_items, users, tr = len(log.item_ids), task.users, task.train
-    n_warm = int(task.warm.sum())
-
-    def recall(r: Mapping[int, list[int]]) -> float:
-        return evaluate_rankings(r, task.truth, n_warm, (10,))["recall@10"]
-
-    def ranked(ranker: Ranker) -> dict[int, list[int]]:
-        out: dict[int, list[int]] = {}
-        for chunk in _chunks(users, n_items):
-            out.update(top_k(ranker.scores(chunk), chunk, task.train_items, task.warm, 10))
-        return out
-
-    report: dict[str, object] = {
-        "validation_split_ts": task.split_ts,
-        "validation_users": len(task.truth),
-    }
-    pop_scores = {
-        d: recall(
-            ranked(
-                PopularityRanker(
-                    popularity(tr.users, tr.items, tr.ts, n_items, since=task.split_ts - d * _DAY)
-                )
-            )
-        )
-        for d in grid.recent_days
-    }
-    raw = interaction_matrix(tr, Weighting(), as_of=task.split_ts)
-    knn_scores = {m: recall(ranked(ItemKnnRanker(raw, m))) for m in grid.knn_top_m}
-    als_scores: dict[AlsParams, float] = {}
-    for f, reg, a in itertools.product(grid.factors, grid.regularization, grid.alpha):
-        p = AlsParams(factors=f, regularization=reg, alpha=a, iterations=grid.iterations, seed=seed)
-        als_scores[p] = recall(ranked(AlsRanker(train_als(raw, p))))
-    best_days = max(pop_scores, key=lambda d: pop_scores[d])
-    best_m = max(knn_scores, key=lambda m: knn_scores[m])
-    ranked_als = sorted(als_scores, key=lambda p: -als_scores[p])
-    baselines = BaselineParams(recent_days=best_days, knn_top_m=best_m, als=ranked_als[0])
-    best: tuple[float, ModelParams] | None = None
-    blend_log: list[dict[str, object]] = []
-    for als, mhl, days in itertools.product(
-        ranked_als[: grid.als_finalists], grid.matrix_half_life_days, grid.blend_recent_days
-    ):
-        base = ModelParams(
-            als=als,
-            weighting=Weighting(half_life_days=mhl),
-            knn_top_m=best_m,
-            recent_days=days,
-        )
-        model = train_model(tr, base, as_of=task.split_ts)
-        for hl, wk, wp in itertools.product(
-            grid.history_half_life_days, grid.blend_knn, grid.blend_pop
-        ):
-            bw = BlendWeights(mf=1.0, knn=wk, pop=wp)
-            history = Weighting(base.weighting.type_weights, hl)
-            score = recall(served_rankings(task, model, blend=bw, history=history))
-            candidate = replace(base, blend=bw, history_half_life_days=hl)
-            blend_log.append({**candidate.as_dict(), "recall@10": score})
-            if best is None or score > best[0]:
-                best = (score, candidate)
-    assert best is not None
-    report.update(
-        popularity_recent={str(k): v for k, v in pop_scores.items()},
-        item_knn={str(k): v for k, v in knn_scores.items()},
-        als=[{**p.as_dict(), "recall@10": s} for p, s in als_scores.items()],
-        blend=blend_log,
-        chosen_model=best[1].as_dict(),
-        chosen_model_validation_recall_at_10=best[0],
-        chosen_baselines=baselines.as_dict(),
-    )
-    return best[1], baselines, report

@@ -148,3 +148,18 @@ class FoldIn:
         a = self._system + (ys.T * (c - 1.0)) @ ys
         b = ys.T @ c
         return np.linalg.solve(a, b).astype(np.float32)
+
+    def batch(
+        self, rows: npt.NDArray[np.intp], weights: npt.NDArray[np.floating]
+    ) -> npt.NDArray[np.float64]:
+        """Float64 (n, d): one user vector per row of `rows` / `weights` (both (n, L), padded
+        with weight 0), each as `__call__` gives it; the offline evaluation's bulk path."""
+        w = np.asarray(weights, dtype=np.float64)
+        on = w > 0
+        c = np.where(on, self._alpha * np.log1p(np.where(on, w, 0.0)), 0.0)  # c_i - 1
+        ys = np.asarray(self._y[np.where(on, rows, 0)], dtype=np.float64)  # (n, L, d)
+        a = self._system[None] + np.einsum("nld,nl,nle->nde", ys, c, ys, optimize=True)
+        b = np.einsum("nld,nl->nd", ys, np.where(on, c + 1.0, 0.0))
+        out: npt.NDArray[np.float64] = np.linalg.solve(a, b[:, :, None])[:, :, 0]
+        out[~on.any(axis=1)] = 0.0
+        return out

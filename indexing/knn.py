@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-__all__ = ["item_similarity", "knn_scores", "knn_scores_at"]
+__all__ = ["item_similarity", "knn_scores", "knn_scores_at", "top_m_products"]
 
 _BLOCK = 4096
 
@@ -27,22 +27,39 @@ def item_similarity(user_items: sp.csr_matrix, top_m: int = 100) -> sp.csr_matri
     """
     x = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
     x.data[:] = 1.0
-    xt = sp.csr_matrix(x.T)
     counts = np.asarray(x.sum(axis=0)).ravel().astype(np.float32)
     inv = np.zeros_like(counts)
     np.divide(1.0, np.sqrt(counts), out=inv, where=counts > 0)
-    n = x.shape[1]
+    return top_m_products(sp.csr_matrix(x.T), x, top_m, row_scale=inv, col_scale=inv)
+
+
+def top_m_products(
+    left: sp.csr_matrix,
+    right: sp.csr_matrix,
+    top_m: int,
+    *,
+    row_scale: npt.NDArray[np.float32] | None = None,
+    col_scale: npt.NDArray[np.float32] | None = None,
+) -> sp.csr_matrix:
+    """CSR float32 (n, n): the `top_m` largest positive entries per row of
+    ``diag(row_scale) @ left @ right @ diag(col_scale)`` (left (n, k), right (k, n)), ties
+    to the lower column, diagonal zero. Computed in blocks of rows of `left`."""
+    n = left.shape[0]
     indptr = [0]
     cols: list[npt.NDArray[np.int32]] = []
     vals: list[npt.NDArray[np.float32]] = []
     for start in range(0, n, _BLOCK):
         stop = min(start + _BLOCK, n)
-        co = sp.csr_matrix(xt[start:stop] @ x)
+        co = sp.csr_matrix(left[start:stop] @ right)
         co.sort_indices()
         for r in range(stop - start):
             lo, hi = co.indptr[r], co.indptr[r + 1]
             c = co.indices[lo:hi]
-            v = co.data[lo:hi] * inv[start + r] * inv[c]
+            v = co.data[lo:hi]
+            if row_scale is not None:
+                v = v * row_scale[start + r]
+            if col_scale is not None:
+                v = v * col_scale[c]
             keep = (c != start + r) & (v > 0)
             c, v = c[keep], v[keep]
             # full sort, not argpartition: ties at the cut must go to the lower column
@@ -51,13 +68,11 @@ def item_similarity(user_items: sp.csr_matrix, top_m: int = 100) -> sp.csr_matri
             vals.append(v[order].astype(np.float32))
             indptr.append(indptr[-1] + order.shape[0])
     if cols:
-        sim = sp.csr_matrix(
+        return sp.csr_matrix(
             (np.concatenate(vals), np.concatenate(cols), np.asarray(indptr, dtype=np.int64)),
-            shape=(n, n),
+            shape=(n, right.shape[1]),
         )
-    else:
-        sim = sp.csr_matrix((n, n), dtype=np.float32)
-    return sim
+    return sp.csr_matrix((n, right.shape[1]), dtype=np.float32)
 
 
 def knn_scores(

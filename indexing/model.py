@@ -1,7 +1,8 @@
 """A trained model: everything the served scoring needs, on one item table.
 
 `train_model` turns an event log (and optionally the catalog) into a `TrainedModel`:
-ALS item factors, item-KNN similarities, recent popularity and cold-start vectors. Item
+ALS item factors, item-item weights (cosine KNN, BM25 KNN, EASE or RP3beta), recent
+popularity and cold-start vectors. Item
 rows are the warm items (with interactions) in first-seen order, then cold items (catalog
 items without interactions but with a category or brand) sorted by id.
 """
@@ -21,11 +22,18 @@ from indexing.blend import Blend, BlendWeights
 from indexing.errors import EmptyDataError
 from indexing.events import EventLog
 from indexing.factors import AlsParams, FoldIn, train_als
+from indexing.item_item import ITEM_ITEM_KINDS, ItemItemParams, item_item
 from indexing.items import Item
-from indexing.knn import item_similarity
 from indexing.matrix import Weighting, interaction_matrix
 
-__all__ = ["ModelParams", "TrainedModel", "cold_start_vectors", "train_model"]
+__all__ = [
+    "ModelParams",
+    "TrainedModel",
+    "cold_start_vectors",
+    "recent_popularity",
+    "train_model",
+    "warm_columns",
+]
 
 _DAY = 86_400.0
 
@@ -38,7 +46,7 @@ class ModelParams:
     weighting: Weighting = field(default_factory=lambda: Weighting(half_life_days=60.0))
     history_half_life_days: float | None = 90.0
     history_items: int = 50
-    knn_top_m: int = 20
+    item_item: ItemItemParams = field(default_factory=ItemItemParams)
     recent_days: float = 3.0
     blend: BlendWeights = field(default_factory=lambda: BlendWeights(mf=1.0, knn=0.3, pop=1.0))
 
@@ -52,25 +60,33 @@ class ModelParams:
             "weighting": self.weighting.as_dict(),
             "history_half_life_days": self.history_half_life_days,
             "history_items": self.history_items,
-            "knn_top_m": self.knn_top_m,
+            "item_item": self.item_item.as_dict(),
             "recent_days": self.recent_days,
             "blend": self.blend.as_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> ModelParams:
-        """Inverse of `as_dict`; raises TypeError / ValueError / KeyError when malformed."""
+        """Inverse of `as_dict` (also of versions that had cosine KNN only, `knn_top_m`);
+        raises TypeError / ValueError / KeyError when malformed."""
         als = data["als"]
         weighting = data["weighting"]
         blend = data["blend"]
         if not (isinstance(als, dict) and isinstance(weighting, dict) and isinstance(blend, dict)):
             raise TypeError("params.als, params.weighting and params.blend must be objects")
+        item_item = data.get("item_item")
+        if item_item is None:
+            item_item = {"kind": "cosine", "top_m": int(str(data.get("knn_top_m", 50)))}
+        if not isinstance(item_item, dict):
+            raise TypeError("params.item_item must be an object")
+        if item_item.get("kind") not in ITEM_ITEM_KINDS:
+            raise ValueError(f"params.item_item.kind must be one of {ITEM_ITEM_KINDS}")
         return cls(
             als=AlsParams(**als),
             weighting=Weighting(**weighting),
             history_half_life_days=_opt_float(data.get("history_half_life_days")),
             history_items=int(str(data.get("history_items", 50))),
-            knn_top_m=int(str(data.get("knn_top_m", 50))),
+            item_item=ItemItemParams(**item_item),
             recent_days=float(str(data.get("recent_days", 14.0))),
             blend=BlendWeights(**blend),
         )
@@ -85,8 +101,8 @@ class TrainedModel:
     """The served model on one item table.
 
     item_ids: (n,) ids of rows; factors: float32 (n, d) raw ALS factors (cold rows: the
-    attribute mean); cold: bool (n,); similarity: CSR float32 (n, n) top-M item-KNN (cold
-    rows empty); recent_popularity: float32 (n,) distinct users in the last `recent_days`.
+    attribute mean); cold: bool (n,); similarity: CSR float32 (n, n) top-M item-item weights
+    (cold rows empty); recent_popularity: float32 (n,) distinct users in the last `recent_days`.
     """
 
     item_ids: tuple[str, ...]
@@ -148,20 +164,49 @@ def cold_start_vectors(
     return ids, np.array(vecs, dtype=np.float32).reshape(len(ids), d)
 
 
+def warm_columns(log: EventLog, weighting: Weighting, as_of: float) -> npt.NDArray[np.intp]:
+    """Int (n_warm,): item codes of `log` with a positive interaction weight, ascending:
+    the model's warm rows, in order. The set does not depend on the half-life."""
+    return _positive_columns(interaction_matrix(log, weighting, as_of=as_of))
+
+
+def _positive_columns(raw: sp.csr_matrix) -> npt.NDArray[np.intp]:
+    return np.flatnonzero(np.diff(sp.csc_matrix(raw).indptr) > 0).astype(np.intp)
+
+
+def recent_popularity(
+    log: EventLog, warm_cols: npt.NDArray[np.intp], since: float
+) -> npt.NDArray[np.float32]:
+    """Float32 (len(warm_cols),): distinct shoppers per warm item among events >= `since`."""
+    remap = np.full(len(log.item_ids), -1, dtype=np.int64)
+    remap[warm_cols] = np.arange(warm_cols.shape[0])
+    keep = remap[log.items] >= 0
+    return popularity(
+        log.users[keep],
+        remap[log.items[keep]].astype(np.int32),
+        log.ts[keep],
+        warm_cols.shape[0],
+        since=since,
+    )
+
+
 def train_model(
     log: EventLog,
     params: ModelParams,
     *,
     catalog: Mapping[str, Item] | None = None,
     as_of: float | None = None,
+    similarity: sp.csr_matrix | None = None,
 ) -> TrainedModel:
     """Train the served model on `log` as seen at `as_of` (default: its last event).
 
-    Raises `EmptyDataError` when no item has a positive weight.
+    similarity: `item_item(warm pattern, params.item_item)` when already computed (tuning
+    shares it across settings: it depends only on which cells are positive, not on the
+    half-life). Raises `EmptyDataError` when no item has a positive weight.
     """
     as_of = float(log.ts.max()) if as_of is None else as_of
     raw = interaction_matrix(log, params.weighting, as_of=as_of)
-    warm_cols = np.flatnonzero(np.diff(sp.csc_matrix(raw).indptr) > 0)
+    warm_cols = _positive_columns(raw)
     if warm_cols.size == 0:
         raise EmptyDataError("no item has a positive interaction weight")
     raw = sp.csr_matrix(raw[:, warm_cols])
@@ -170,21 +215,12 @@ def train_model(
     cold_ids, cold_vecs = cold_start_vectors(factors.items, warm_ids, catalog or {})
     n_warm, n_cold = len(warm_ids), len(cold_ids)
     n = n_warm + n_cold
-    sim = item_similarity(raw, params.knn_top_m)
+    sim = item_item(raw, params.item_item) if similarity is None else similarity
     sim = sp.csr_matrix(
         (sim.data, sim.indices, np.concatenate([sim.indptr, np.full(n_cold, sim.indptr[-1])])),
         shape=(n, n),
     )
-    remap = np.full(len(log.item_ids), -1, dtype=np.int64)
-    remap[warm_cols] = np.arange(n_warm)
-    keep = remap[log.items] >= 0
-    pop_warm = popularity(
-        log.users[keep],
-        remap[log.items[keep]].astype(np.int32),
-        log.ts[keep],
-        n_warm,
-        since=as_of - params.recent_days * _DAY,
-    )
+    pop_warm = recent_popularity(log, warm_cols, as_of - params.recent_days * _DAY)
     return TrainedModel(
         item_ids=warm_ids + tuple(cold_ids),
         factors=np.ascontiguousarray(np.vstack([factors.items, cold_vecs]), dtype=np.float32),

@@ -91,7 +91,8 @@ def test_index_build_until_and_params_file(
     tmp_path: Path, events: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     params = tmp_path / "eval.json"
-    params.write_text(json.dumps({"params": {**ModelParams().as_dict(), "knn_top_m": 7}}))
+    item_item = {**ModelParams().item_item.as_dict(), "top_m": 7}
+    params.write_text(json.dumps({"params": {**ModelParams().as_dict(), "item_item": item_item}}))
     store = tmp_path / "store"
     with pytest.raises(SystemExit) as exc:  # no event before --until: refused, nothing written
         main(
@@ -127,7 +128,7 @@ def test_index_build_until_and_params_file(
     assert code == 0
     built = json.loads(capsys.readouterr().out)
     manifest = json.loads((store / built["version"] / "manifest.json").read_text())
-    assert manifest["params"]["knn_top_m"] == 7
+    assert manifest["params"]["item_item"]["top_m"] == 7
     assert 0 < manifest["counts"]["events"] < 1280  # only events before --until
 
 

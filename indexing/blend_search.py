@@ -1,0 +1,213 @@
+"""Validation recall@10 of many blend settings of one trained model, in one pass.
+
+Tuning asks the same question thousands of times: with these item factors, item-item
+weights and shopper histories, what recall would `Blend.score` reach under each blend
+weighting and popularity window? Scoring every shopper through `Blend.score` per setting
+(as the final evaluation does, `experiment.served_rankings`) costs a full catalogue score
+and a Python top-k per shopper per setting. Here each block of shoppers is scored once:
+
+1. the three normalised signals of `Blend.score` for every item — mf / max|mf| (fold-in in
+   bulk, `FoldIn.batch`), knn / max knn, and each window's popularity;
+2. a pool per shopper: the `pool` best items of each signal, the shopper's own train
+   items left out (a setting with non-negative weights ranks an item outside every
+   signal's top `pool` in its top 10 only in contrived cases);
+3. per setting, a weighted sum over the pool and the top 10 with ties to the lower item
+   row (what `top_k` does), counted against the truth.
+
+The final, reported figure never comes from here: `evaluate_models` scores the chosen
+setting through `Blend.score`. `tests/indexing/test_tuning.py` checks the two agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from indexing.blend import Blend, BlendWeights
+from indexing.evaluate import DiscoveryTask
+from indexing.model import TrainedModel
+
+__all__ = ["BlendCase", "blend_recalls"]
+
+_K = 10
+
+
+@dataclass(frozen=True)
+class BlendCase:
+    """One setting scored by `blend_recalls`: a popularity window (a key of its `pops`)
+    and the blend weights."""
+
+    window: float
+    weights: BlendWeights
+
+
+def blend_recalls(
+    task: DiscoveryTask,
+    model: TrainedModel,
+    histories: Mapping[int, tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]],
+    pops: Mapping[float, npt.NDArray[np.float32]],
+    weights: Sequence[BlendWeights],
+    users: npt.NDArray[np.int64],
+    *,
+    pool: int = 100,
+) -> dict[BlendCase, float]:
+    """Mean recall@10 over `users` (test user codes of `task`) per (window, weights).
+
+    model: trained on `task.train` (its rows are warm item codes of the task's id table,
+    `model.item_ids`); histories: per user code, item codes and raw weights as
+    `shopper_histories` gives them; pops: per window, raw recent popularity over the
+    model's rows (`model.recent_popularity` is ignored).
+    """
+    code_of = {item_id: code for code, item_id in enumerate(task.train.item_ids)}
+    row_code = np.array([code_of[i] for i in model.item_ids], dtype=np.int64)
+    row_of = np.full(len(task.train.item_ids), -1, dtype=np.intp)
+    row_of[row_code] = np.arange(row_code.shape[0])
+    n = row_code.shape[0]
+    blend = model.blend()
+    pop_norm = {w: _normalised_popularity(p) for w, p in pops.items()}
+    cases = [BlendCase(w, bw) for w in pops for bw in weights]
+    totals = dict.fromkeys(cases, 0.0)
+    size = max(1, (1 << 22) // max(n, 1))
+    for start in range(0, users.shape[0], size):
+        chunk = users[start : start + size]
+        hist_rows, hist_w = _padded_histories(chunk, histories, row_of, model.params.history_items)
+        signals = _signals(blend, model.similarity, hist_rows, hist_w)
+        banned = _banned(chunk, task, row_of, n)
+        truth = _truth(chunk, task, row_of, n)
+        cand = _pool(signals, pop_norm, banned, pool)
+        valid = np.ones(cand.shape, dtype=bool)
+        valid[:, 1:] = cand[:, 1:] != cand[:, :-1]  # rows sorted: drop repeats
+        valid &= ~np.take_along_axis(banned, cand, axis=1)
+        hits = np.take_along_axis(truth, cand, axis=1) & valid
+        mf = np.take_along_axis(signals[0], cand, axis=1)
+        knn = np.take_along_axis(signals[1], cand, axis=1)
+        ideal = np.minimum(_K, truth.sum(axis=1)).astype(np.float64)
+        ideal[ideal == 0] = np.inf  # users without truth on the model's rows score 0
+        for case in cases:
+            bw = case.weights
+            total = (bw.pop * pop_norm[case.window][cand]).astype(np.float64)
+            if bw.mf:
+                total += bw.mf * mf
+            if bw.knn:
+                total += bw.knn * knn
+            # Blend.score's float32 result decides ties, as in the served ranking
+            score = np.where(valid, total.astype(np.float32), np.float32(-np.inf))
+            totals[case] += float((_top_hits(score, hits) / ideal).sum())
+    return {case: total / users.shape[0] for case, total in totals.items()}
+
+
+def _normalised_popularity(counts: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """`Blend`'s popularity term: log1p(count) / log1p(max), float32 as `Blend` holds it."""
+    top = float(np.log1p(counts.max())) if counts.size else 0.0
+    pop = np.log1p(counts.astype(np.float64))
+    return (pop / top if top > 0 else pop).astype(np.float32)
+
+
+def _padded_histories(
+    chunk: npt.NDArray[np.int64],
+    histories: Mapping[int, tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]],
+    row_of: npt.NDArray[np.intp],
+    max_items: int,
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+    """(n, L) model rows and weights of each user's history, padded with weight 0 (items
+    the model does not hold are dropped, as `served_rankings` drops them)."""
+    rows = np.zeros((chunk.shape[0], max_items), dtype=np.intp)
+    weights = np.zeros((chunk.shape[0], max_items), dtype=np.float64)
+    for r, user in enumerate(chunk.tolist()):
+        codes, w = histories.get(user, (np.empty(0, np.intp), np.empty(0, np.float32)))
+        mapped = row_of[codes[:max_items]]
+        ok = mapped >= 0
+        k = int(ok.sum())
+        rows[r, :k] = mapped[ok]
+        weights[r, :k] = w[:max_items][ok]
+    return rows, weights
+
+
+def _signals(
+    blend: Blend,
+    similarity: sp.csr_matrix,
+    rows: npt.NDArray[np.intp],
+    weights: npt.NDArray[np.float64],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(mf, knn): float64 (n_users, n_items) each normalised by its row's max, as
+    `Blend.score` normalises over every item."""
+    n_users, n_items = rows.shape[0], similarity.shape[0]
+    u = blend.fold_in.batch(rows, weights)
+    mf = u @ np.asarray(blend.item_factors, dtype=np.float64).T
+    top = np.abs(mf).max(axis=1, keepdims=True)
+    np.divide(mf, top, out=mf, where=top > 0)
+    on = weights > 0
+    hist = sp.csr_matrix(
+        (weights[on], (np.nonzero(on)[0], rows[on])), shape=(n_users, n_items), dtype=np.float64
+    )
+    knn = np.asarray((hist @ sp.csr_matrix(similarity, dtype=np.float64)).toarray())
+    top = knn.max(axis=1, keepdims=True)
+    np.divide(knn, top, out=knn, where=top > 0)
+    # an empty history scores by popularity only (Blend.score returns before mf and knn)
+    empty = ~on.any(axis=1)
+    mf[empty] = 0.0
+    knn[empty] = 0.0
+    return mf, knn
+
+
+def _banned(
+    chunk: npt.NDArray[np.int64], task: DiscoveryTask, row_of: npt.NDArray[np.intp], n: int
+) -> npt.NDArray[np.bool_]:
+    """Bool (n_users, n_items): each user's train items (never recommended)."""
+    out = np.zeros((chunk.shape[0], n), dtype=bool)
+    for r, user in enumerate(chunk.tolist()):
+        rows = row_of[np.fromiter(task.train_items.get(user, ()), dtype=np.intp)]
+        out[r, rows[rows >= 0]] = True
+    return out
+
+
+def _truth(
+    chunk: npt.NDArray[np.int64], task: DiscoveryTask, row_of: npt.NDArray[np.intp], n: int
+) -> npt.NDArray[np.bool_]:
+    out = np.zeros((chunk.shape[0], n), dtype=bool)
+    for r, user in enumerate(chunk.tolist()):
+        rows = row_of[task.truth.get(user, np.empty(0, np.int64))]
+        out[r, rows[rows >= 0]] = True
+    return out
+
+
+def _pool(
+    signals: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]],
+    pops: Mapping[float, npt.NDArray[np.float32]],
+    banned: npt.NDArray[np.bool_],
+    pool: int,
+) -> npt.NDArray[np.intp]:
+    """Int (n_users, m): each user's candidate rows, sorted (repeats possible)."""
+    n_users, n = banned.shape
+    k = min(pool, n)
+    parts: list[npt.NDArray[np.intp]] = []
+    for signal in signals:
+        masked = np.where(banned, -np.inf, signal)
+        parts.append(np.argpartition(-masked, k - 1, axis=1)[:, :k])
+    for pop in pops.values():
+        # the global order, skipping each user's own items: the first k + (own items)
+        order = np.argsort(-pop, kind="stable")
+        extra = int(banned.sum(axis=1).max()) if n_users else 0
+        head = order[: min(n, k + extra)]
+        take = np.broadcast_to(head, (n_users, head.shape[0]))
+        parts.append(take.astype(np.intp))
+    return np.sort(np.concatenate(parts, axis=1), axis=1)
+
+
+def _top_hits(score: npt.NDArray[np.float32], hits: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:
+    """Hits among each row's 10 best scores, ties to the lower column (rows hold
+    candidates in ascending item order, so the lower column is the lower item)."""
+    m = score.shape[1]
+    k = min(_K, m)
+    thr = -np.partition(-score, k - 1, axis=1)[:, k - 1 : k]
+    above = score > thr
+    tied = score == thr
+    need = k - above.sum(axis=1, keepdims=True)
+    picked = above | (tied & (np.cumsum(tied, axis=1) <= need))
+    picked &= np.isfinite(score)
+    out: npt.NDArray[np.intp] = (picked & hits).sum(axis=1)
+    return out
