@@ -182,19 +182,14 @@ def _pool(
     pool: int,
 ) -> npt.NDArray[np.intp]:
     """Int (n_users, m): each user's candidate rows, sorted (repeats possible)."""
-    n_users, n = banned.shape
-    k = min(pool, n)
+    k = min(pool, banned.shape[1])
     parts: list[npt.NDArray[np.intp]] = []
     for signal in signals:
         masked = np.where(banned, -np.inf, signal)
         parts.append(np.argpartition(-masked, k - 1, axis=1)[:, :k])
     for pop in pops.values():
-        # the global order, skipping each user's own items: the first k + (own items)
-        order = np.argsort(-pop, kind="stable")
-        extra = int(banned.sum(axis=1).max()) if n_users else 0
-        head = order[: min(n, k + extra)]
-        take = np.broadcast_to(head, (n_users, head.shape[0]))
-        parts.append(take.astype(np.intp))
+        masked = np.where(banned, -np.inf, pop[None, :])
+        parts.append(np.argpartition(-masked, k - 1, axis=1)[:, :k])
     return np.sort(np.concatenate(parts, axis=1), axis=1)
 
 
