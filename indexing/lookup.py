@@ -329,7 +329,7 @@ class LoadedIndex:
         values = self.blend.score(rows, w, scored, blend).astype(np.float64)
         unbuilt = [c for c, r in zip(candidates, cand, strict=True) if r is None]
         picks = np.array(over.rows(unbuilt), dtype=np.intp)
-        values, extra = self._with_overlay(rows, w, scored, values, picks, blend)
+        values, extra = self._with_overlay(over, rows, w, scored, values, picks, blend)
         built, added = iter(values[: known.shape[0]].tolist()), iter(extra.tolist())
         return [
             next(built) if r is not None else next(added) if c in over.row else float("nan")
@@ -378,8 +378,12 @@ class LoadedIndex:
         over = self._overlay
         if len(over):
             everyone = np.arange(len(over), dtype=np.intp)
-            s, extra = self._with_overlay(rows, w, scored, s, everyone, blend)
-        if banned:
+            s, extra = self._with_overlay(over, rows, w, scored, s, everyone, blend)
+        if banned and scored is None:
+            keep = np.ones(n, dtype=bool)
+            keep[list(banned)] = False
+            cand, s = cand[keep], s[keep]
+        elif banned:
             keep = ~np.isin(cand, np.fromiter(banned, dtype=np.intp, count=len(banned)))
             cand, s = cand[keep], s[keep]
         top = self._top(cand, s, k)
@@ -390,6 +394,7 @@ class LoadedIndex:
 
     def _with_overlay(
         self,
+        over: Overlay,
         rows: npt.NDArray[np.intp],
         w: npt.NDArray[np.float64],
         scored: npt.NDArray[np.intp] | None,
@@ -397,8 +402,8 @@ class LoadedIndex:
         picks: npt.NDArray[np.intp],
         blend: BlendWeights | None,
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        """The scores of overlay rows `picks` beside `values`, `Blend.score`'s scores of built
-        rows `scored` (None: every row), as if the picks were scored with them.
+        """The scores of rows `picks` of `over` beside `values`, `Blend.score`'s scores of
+        built rows `scored` (None: every row), as if the picks were scored with them.
 
         An overlay item has no co-occurrence and no recent buyers in the build, so its score
         is the MF term alone: ``w_mf * (u · y) / max |u · y|``, u the shopper's fold-in and y
@@ -413,7 +418,7 @@ class LoadedIndex:
             return values, extra
         u = self.blend.fold_in(rows, w)
         mf_built = (self._factors if scored is None else self._factors[scored]) @ u
-        mf_extra = (self._overlay.factors[picks] @ u).astype(np.float64)
+        mf_extra = (over.factors[picks] @ u).astype(np.float64)
         top_built = float(np.abs(mf_built).max()) if mf_built.size else 0.0
         top = max(top_built, float(np.abs(mf_extra).max()))
         if top == 0:
