@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 __all__ = ["OVERLAY_MAX_ITEMS", "Overlay"]
 
-#: At most this many overlay items (an exact search over them costs ~15 µs per 1,000).
+#: At most this many overlay items (an exact search costs ~11 µs per 1,000 per query).
 OVERLAY_MAX_ITEMS = 10_000
 
 Scored = list[tuple[str, float]]
@@ -80,11 +80,15 @@ class Overlay:
     ) -> Scored:
         """The k best overlay items by `scores` (one per row), ties by row, skipping
         `banned` rows."""
-        rows = np.arange(len(self))
+        s = np.array(scores, dtype=np.float64)
         if banned:
-            rows = rows[~np.isin(rows, np.fromiter(banned, dtype=np.intp, count=len(banned)))]
-        top = rows[np.lexsort((rows, -scores[rows]))][:k]
-        return [(self.item_ids[r], float(scores[r])) for r in top.tolist()]
+            s[list(banned)] = -np.inf
+        rows = np.flatnonzero(np.isfinite(s))
+        if 0 < k < rows.shape[0]:  # a partition first: a full sort of 10,000 costs ~1 ms
+            kth = np.partition(s[rows], rows.shape[0] - k)[rows.shape[0] - k]
+            rows = rows[s[rows] >= kth]
+        top = rows[np.lexsort((rows, -s[rows]))][: max(k, 0)]
+        return [(self.item_ids[r], float(s[r])) for r in top.tolist()]
 
     def search(
         self,
