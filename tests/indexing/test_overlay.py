@@ -174,3 +174,20 @@ def test_an_artifact_without_attribute_means_still_loads(built: Path, tmp_path: 
     index = load_index(tmp_path, built.name)
     assert index.attribute_means is None and index.attribute_vector("cat0") is None
     assert len(index.recommend(HISTORY, WEIGHTS, k=3)) == 3
+
+
+def test_the_overlay_table_answers_the_best_first_ties_by_row_without_banned_rows() -> None:
+    from indexing.overlay import Overlay
+
+    rng = np.random.default_rng(3)
+    table, taken = Overlay.empty(4).with_items(
+        [f"o{j}" for j in range(50)], rng.normal(size=(50, 4)).astype(np.float32), 40
+    )
+    assert len(taken) == 40 and len(table) == 40
+    scores = np.round(rng.normal(size=40), 1)  # many ties
+    banned = {int(np.argmax(scores)), 7}
+    expected = [r for r in np.lexsort((np.arange(40), -scores)).tolist() if r not in banned]
+    assert [i for i, _ in table.best(scores, 6, banned)] == [f"o{r}" for r in expected[:6]]
+    query = table.unit[[3]]
+    assert table.search(query, 1)[0][0][0] == "o3"
+    assert "o3" not in [i for i, _ in table.search(query, 5, own=[3])[0]]
