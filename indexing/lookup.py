@@ -405,7 +405,7 @@ class LoadedIndex:
         """The scores of rows `picks` of `over` beside `values`, `Blend.score`'s scores of
         built rows `scored` (None: every row), as if the picks were scored with them.
 
-        An overlay item has no co-occurrence and no recent buyers in the build, so its score
+        An overlay item has no item-item weights and no recent buyers in the build, so its score
         is the MF term alone: ``w_mf * (u · y) / max |u · y|``, u the shopper's fold-in and y
         its raw factor, the maximum taken over the scored built rows and the picks together
         (zero for an empty history or w_mf = 0). When a pick holds that maximum, the built
