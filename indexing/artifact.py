@@ -11,7 +11,12 @@ Arrays of a version (all `.npy`, loaded with `allow_pickle=False`):
 | `popularity.npy` | float32, (n,) | distinct users in the last `recent_days` |
 | `gram.npy` | float64, (d, d) | YᵀY over warm rows (fold-in) |
 | `knn_indptr.npy`, `knn_indices.npy`, `knn_data.npy` | int64, int32, float32 | top-M item-KNN CSR |
+| `category_names.npy`, `brand_names.npy` | `<U`, (g,) | categories and brands of warm items |
+| `category_means.npy`, `brand_means.npy` | float32, (g, d) | their mean raw factor |
 | `index.faiss` | FAISS | flat or HNSW over unit vectors, row ids |
+
+The four attribute arrays are written since the live overlay (`LoadedIndex.add_items`);
+a version without them still loads, with `attribute_means` None.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from indexing.attributes import ATTRIBUTE_ARRAYS, AttributeMeans
 from indexing.blend import Blend
 from indexing.build import BuildParams, IndexSpec, build_index, normalize_rows
 from indexing.errors import ChecksumError, ManifestError
 from indexing.factors import FoldIn, gram_matrix
+from indexing.items import Item
 from indexing.lookup import LoadedIndex
 from indexing.model import ModelParams, TrainedModel
 from indexing.neighbours import FaissNeighbours
@@ -56,11 +63,14 @@ def save_model(
     build: BuildParams = BuildParams(),  # noqa: B008 - frozen dataclass
     evaluation: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    catalog: Mapping[str, Item] | None = None,
 ) -> tuple[str, IndexSpec]:
     """Build the FAISS index for `model` and write a complete (unpublished) version.
 
     evaluation: figures for the manifest; the quality gate reads
-    `evaluation["served"]["recall@10"]`. Returns (version, index spec).
+    `evaluation["served"]["recall@10"]`. catalog: the one the model was trained with; its
+    categories and brands give the attribute means items added later get their vectors
+    from. Returns (version, index spec).
     """
     norms = np.linalg.norm(model.factors, axis=1).astype(np.float32)
     index, spec = build_index(normalize_rows(model.factors), build)
@@ -76,8 +86,11 @@ def save_model(
         "knn_indices": sim.indices.astype(np.int32),
         "knn_data": sim.data.astype(np.float32),
     }
+    dim = int(model.factors.shape[1])
+    attrs = AttributeMeans.of(model.item_ids, model.factors, ~model.cold, catalog or {})
+    arrays.update(attrs.arrays(dim))
     manifest: dict[str, Any] = {
-        "dim": int(model.factors.shape[1]),
+        "dim": dim,
         "metric": "inner_product",
         "normalized": True,
         "counts": dict(model.counts),
@@ -113,7 +126,8 @@ def load_index(
     version = version or current_version(store)
     manifest = verify_artifact(store, version, checksums=verify)
     folder = store / version
-    missing = set(_ARRAYS) - {n.removesuffix(".npy") for n in manifest["files"]}
+    present = {n.removesuffix(".npy") for n in manifest["files"]}
+    missing = set(_ARRAYS) - present
     if missing:
         raise ManifestError(f"{folder}: manifest lacks arrays {sorted(missing)}")
     arr = {name: _load_array(folder, name, mmap and name == "factors") for name in _ARRAYS}
@@ -146,6 +160,14 @@ def load_index(
         sim = sp.csr_matrix((arr["knn_data"], arr["knn_indices"], arr["knn_indptr"]), shape=(n, n))
     except ValueError as exc:
         raise ManifestError(f"{folder}: inconsistent item-KNN arrays: {exc}") from exc
+    attributes: AttributeMeans | None = None
+    if present.issuperset(ATTRIBUTE_ARRAYS):
+        try:
+            attributes = AttributeMeans.from_arrays(
+                {name: _load_array(folder, name, False) for name in ATTRIBUTE_ARRAYS}, d
+            )
+        except ValueError as exc:
+            raise ManifestError(f"{folder}: attribute arrays disagree: {exc}") from exc
     factors: npt.NDArray[np.float32] = arr["factors"]
     fold = FoldIn(factors, params.als.regularization, params.als.alpha, gram=arr["gram"])
     blend = Blend(factors, fold, sim, arr["popularity"], params.blend)
@@ -158,4 +180,5 @@ def load_index(
         cold=arr["cold"].astype(bool),
         blend=blend,
         neighbours=FaissNeighbours(index, ef_search),
+        attribute_means=attributes,
     )

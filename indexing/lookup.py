@@ -3,8 +3,13 @@
 Everything answers item ids and scores only; business filtering (stock, consent, caps)
 belongs to the caller. Unknown item ids in a query are ignored (a brand-new item is not
 an error on the hot path); `row` and `vector` raise `UnknownItemError` for them.
-The object is read-only after load except for the blocked set (`block` / `unblock`), which
-removes items from every later answer without a rebuild. Not thread-safe; one per process.
+
+The built rows are read-only after load. Two things change without a rebuild: the blocked
+set (`block` / `unblock`: sold out, withdrawn), which removes items from every later
+answer, and the overlay (`add_items`: items added to the catalog after the build, see
+`indexing.overlay`), which adds them to every later answer. Both are replaced, never
+changed in place, so a lookup running in another thread sees one state or the other; the
+changes themselves come from one thread at a time. One per process.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from indexing.attributes import AttributeMeans
 from indexing.blend import Blend, BlendWeights
 from indexing.errors import UnknownItemError
 from indexing.matrix import Weighting
 from indexing.neighbours import Neighbours
+from indexing.overlay import OVERLAY_MAX_ITEMS, Overlay, merge
 
 __all__ = ["FULL_SCORE_MAX_ITEMS", "LoadedIndex", "Scored"]
 
@@ -35,7 +42,10 @@ class LoadedIndex:
 
     item_ids: (n,) ids; factors: float32 (n, d) raw ALS factors (may be a memory map);
     norms: float32 (n,); cold: bool (n,); blend: the served `Blend`; neighbours: a
-    `Neighbours` over the unit vectors factors / norms, rows aligned with item_ids.
+    `Neighbours` over the unit vectors factors / norms, rows aligned with item_ids;
+    attribute_means: the build's category and brand means (None for an artifact written
+    before they were stored: such an index takes overlay items only with given vectors);
+    overlay_max: the overlay's cap. `len()` and `row` count built rows only.
     """
 
     def __init__(
@@ -49,6 +59,8 @@ class LoadedIndex:
         cold: npt.NDArray[np.bool_],
         blend: Blend,
         neighbours: Neighbours,
+        attribute_means: AttributeMeans | None = None,
+        overlay_max: int = OVERLAY_MAX_ITEMS,
     ):
         self.version = version
         self.manifest = dict(manifest)
@@ -66,7 +78,11 @@ class LoadedIndex:
         self.blend = blend
         self.neighbours = neighbours
         self.dim = int(factors.shape[1])
-        self._blocked: set[int] = set()
+        self.attribute_means = attribute_means
+        self.overlay_max = overlay_max
+        self._overlay = Overlay.empty(self.dim)
+        self._blocked_ids: frozenset[str] = frozenset()  # any id, known now or added later
+        self._blocked: frozenset[int] = frozenset()  # their built rows
         top = np.argsort(-blend.popularity, kind="stable")[:_CANDIDATES_PER_SOURCE]
         self._popular = top.astype(np.intp)
 
@@ -75,10 +91,16 @@ class LoadedIndex:
         return len(self.item_ids)
 
     def __contains__(self, item_id: object) -> bool:
+        """True for a built row and for an overlay item."""
+        return item_id in self._row or item_id in self._overlay.row
+
+    def is_built(self, item_id: str) -> bool:
+        """True for a row of the build, which fold-in, KNN and popularity know (an overlay
+        item is not one: a shopper's history of only overlay items folds in to nothing)."""
         return item_id in self._row
 
     def row(self, item_id: str) -> int:
-        """The row of `item_id`; raises `UnknownItemError`."""
+        """The built row of `item_id`; raises `UnknownItemError` (an overlay item too)."""
         try:
             return self._row[item_id]
         except KeyError:
@@ -90,7 +112,10 @@ class LoadedIndex:
         return np.array([r for r in (get(i) for i in item_ids) if r is not None], dtype=np.intp)
 
     def is_cold(self, item_id: str) -> bool:
-        """True when the item's vector comes from its attributes, not interactions."""
+        """True when the item's vector comes from its attributes, not interactions (every
+        overlay item)."""
+        if item_id in self._overlay.row:
+            return True
         return bool(self.cold[self.row(item_id)])
 
     def vector(self, item_id: str) -> npt.NDArray[np.float32]:
@@ -99,25 +124,78 @@ class LoadedIndex:
         return one
 
     def vectors(self, item_ids: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Float32 (n, d): each item's unit vector, in one gather (every id must be known;
-        a zero vector stays zero)."""
-        rows = np.array([self.row(i) for i in item_ids], dtype=np.intp)
+        """Float32 (n, d): each item's unit vector, in one gather (every id must be known,
+        built or overlay; a zero vector stays zero)."""
+        over = self._overlay
+        if not len(over) or not any(i in over.row for i in item_ids):
+            return self._built_vectors([self.row(i) for i in item_ids])
+        out = np.empty((len(item_ids), self.dim), dtype=np.float32)
+        built = [p for p, i in enumerate(item_ids) if i not in over.row]
+        out[built] = self._built_vectors([self.row(item_ids[p]) for p in built])
+        extra = [p for p, i in enumerate(item_ids) if i in over.row]
+        out[extra] = over.unit[[over.row[item_ids[p]] for p in extra]]
+        return out
+
+    def _built_vectors(self, rows_list: list[int]) -> npt.NDArray[np.float32]:
+        rows = np.array(rows_list, dtype=np.intp)
         norms = np.asarray(self.norms[rows], dtype=np.float32)
         norms[norms <= 0] = 1.0
         unit: npt.NDArray[np.float32] = np.asarray(self.factors[rows], dtype=np.float32)
         return unit / norms[:, None]
 
+    # --- items added after the build ----------------------------------------------------
+    @property
+    def overlay(self) -> tuple[str, ...]:
+        """The ids of the overlay items, in the order they were first added."""
+        return self._overlay.item_ids
+
+    def attribute_vector(
+        self, category: str = "", brand: str = ""
+    ) -> npt.NDArray[np.float32] | None:
+        """The raw factor the build would give a new item of `category` / `brand`: the mean
+        of this index's warm items of that category, else brand (`AttributeMeans`). None
+        when neither has one, or the artifact stores no means."""
+        if self.attribute_means is None:
+            return None
+        return self.attribute_means.vector(category, brand)
+
+    def add_items(self, item_ids: Sequence[str], factors: npt.NDArray[np.float32]) -> list[str]:
+        """Put items the build does not know into every later answer, as cold items with raw
+        factors `factors` (float32 (n, d), e.g. `attribute_vector`), without copying the
+        built arrays. Adding an overlay id again replaces its vector; built ids are skipped
+        (the build's vector stands); past `overlay_max` items new ids are refused. A blocked
+        id stays blocked. Returns the ids added or replaced."""
+        fresh = [p for p, i in enumerate(item_ids) if i not in self._row]
+        rows = np.asarray(factors, dtype=np.float32).reshape(len(item_ids), self.dim)
+        self._overlay, taken = self._overlay.with_items(
+            [item_ids[p] for p in fresh], rows[fresh], self.overlay_max
+        )
+        return taken
+
     # --- exclusions without a rebuild ---------------------------------------------------
+    @property
+    def blocked(self) -> frozenset[str]:
+        return self._blocked_ids
+
     def block(self, item_ids: Iterable[str]) -> None:
-        """Leave these items out of every later answer (sold out, withdrawn)."""
-        rows = self.rows(item_ids).tolist()
-        self._blocked.update(rows)
+        """Leave these items out of every later answer (sold out, withdrawn); an id not known
+        yet is remembered, and stays out once added to the overlay."""
+        ids = frozenset(item_ids)
+        rows = self.rows(ids).tolist()
+        self._blocked_ids = self._blocked_ids | ids
+        self._blocked = self._blocked | frozenset(rows)
         self.neighbours.block(rows)
 
     def unblock(self, item_ids: Iterable[str]) -> None:
-        rows = self.rows(item_ids).tolist()
-        self._blocked.difference_update(rows)
+        ids = frozenset(item_ids)
+        rows = self.rows(ids).tolist()
+        self._blocked_ids = self._blocked_ids - ids
+        self._blocked = self._blocked - frozenset(rows)
         self.neighbours.unblock(rows)
+
+    def _overlay_banned(self, over: Overlay, item_ids: Collection[str]) -> set[int]:
+        """Overlay rows of `item_ids` and of blocked ids."""
+        return set(over.rows(item_ids)) | set(over.rows(self._blocked_ids))
 
     # --- neighbour search ---------------------------------------------------------------
     def _answer(self, scores: npt.NDArray[np.float32], rows: npt.NDArray[np.int64]) -> list[Scored]:
@@ -133,31 +211,49 @@ class LoadedIndex:
     ) -> list[Scored]:
         """Per query row of `vectors` (float32 (n, d) or (d,)), the k items with the highest
         inner product (cosine for unit queries), skipping `exclude` and blocked items."""
+        over = self._overlay
         ex = set(self.rows(exclude).tolist())
         scores, rows = self.neighbours.search(vectors, k, ex)
-        return self._answer(scores, rows)
+        out = self._answer(scores, rows)
+        if not len(over):
+            return out
+        queries = np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        extra = over.search(queries, k, self._overlay_banned(over, exclude))
+        return [merge(a, b, k) for a, b in zip(out, extra, strict=True)]
 
     def similar(
         self, item_ids: Sequence[str], k: int = 10, exclude: Collection[str] = ()
     ) -> list[Scored]:
-        """Per item of `item_ids`, its k most similar items (never itself), skipping
-        `exclude` and blocked items. An unknown id answers an empty list."""
+        """Per item of `item_ids` (built or overlay), its k most similar items (never
+        itself), skipping `exclude` and blocked items. An unknown id answers an empty list."""
         get = self._row.get
+        over = self._overlay
         out: list[Scored] = [[] for _ in item_ids]
         positions: list[int] = []
-        q_rows: list[int] = []
+        q_rows: list[int] = []  # built rows of the queries, then -1 for overlay queries
+        o_rows: list[int] = []  # overlay rows of the overlay queries
         for pos, item_id in enumerate(item_ids):
             row = get(item_id)
             if row is not None:
                 positions.append(pos)
                 q_rows.append(row)
-        if not q_rows:
+        for pos, item_id in enumerate(item_ids):
+            if item_id in over.row:
+                positions.append(pos)
+                o_rows.append(over.row[item_id])
+        if not positions:
             return out
         ex = set(self.rows(exclude).tolist()) if exclude else ()
         # search with the raw factor and rescale the scores: scaling a query by a positive
         # number changes neither the exact nor the HNSW ranking, and saves a copy
-        scores, rows = self.neighbours.search(self._factors[q_rows], k + 1, ex)
-        scores *= self._inv_norms[q_rows, None]
+        queries = self._factors[q_rows]
+        inv = self._inv_norms[q_rows]
+        if o_rows:
+            queries = np.vstack([queries, over.factors[o_rows]])
+            inv = np.concatenate([inv, over.inv_norms[o_rows]])
+            q_rows += [-1] * len(o_rows)
+        scores, rows = self.neighbours.search(queries, k + 1, ex)
+        scores *= inv[:, None]
         ids = self.item_ids
         for pos, own, srow, rrow in zip(
             positions, q_rows, scores.tolist(), rows.tolist(), strict=True
@@ -165,6 +261,12 @@ class LoadedIndex:
             out[pos] = [
                 (ids[r], s) for r, s in zip(rrow, srow, strict=True) if r >= 0 and r != own
             ][:k]
+        if len(over):
+            own_extra = [-1] * (len(q_rows) - len(o_rows)) + o_rows
+            banned = self._overlay_banned(over, exclude)
+            extra = over.search(queries * inv[:, None], k, banned, own_extra)
+            for pos, more in zip(positions, extra, strict=True):
+                out[pos] = merge(out[pos], more, k)
         return out
 
     # --- shoppers -----------------------------------------------------------------------
@@ -210,22 +312,29 @@ class LoadedIndex:
         candidates: Sequence[str],
         blend: BlendWeights | None = None,
     ) -> list[float]:
-        """The served score of each of `candidates` for a shopper whose recent items are
-        `item_ids` with raw `weights`; NaN for an unknown candidate.
+        """The served score of each of `candidates` (built or overlay) for a shopper whose
+        recent items are `item_ids` with raw `weights`; NaN for an unknown candidate.
 
         Each signal is normalised by its maximum over candidates plus recent items (the recent
         items are scored, then left out of the answer). `recommend` normalises over the whole
         catalog (up to `FULL_SCORE_MAX_ITEMS`) or over its candidate set plus recent items, so
         the two agree exactly when those maxima agree — typically they sit on or next to
-        the shopper's own items.
+        the shopper's own items. An overlay candidate scores as `_with_overlay` says.
         """
         rows, w = self._known(item_ids, weights)
+        over = self._overlay
         cand = [self._row.get(c) for c in candidates]
         known = np.array([c for c in cand if c is not None], dtype=np.intp)
         scored = np.concatenate([known, rows])
-        values = self.blend.score(rows, w, scored, blend)[: known.shape[0]]
-        it = iter(values.tolist())
-        return [next(it) if c is not None else float("nan") for c in cand]
+        values = self.blend.score(rows, w, scored, blend).astype(np.float64)
+        unbuilt = [c for c, r in zip(candidates, cand, strict=True) if r is None]
+        picks = np.array(over.rows(unbuilt), dtype=np.intp)
+        values, extra = self._with_overlay(over, rows, w, scored, values, picks, blend)
+        built, added = iter(values[: known.shape[0]].tolist()), iter(extra.tolist())
+        return [
+            next(built) if r is not None else next(added) if c in over.row else float("nan")
+            for c, r in zip(candidates, cand, strict=True)
+        ]
 
     def recommend(
         self,
@@ -243,16 +352,15 @@ class LoadedIndex:
         200 most popular recent items. Excluded items are dropped *after* scoring, because
         `Blend.score` normalises each signal by its maximum over the scored set — exactly
         as the offline evaluation scores every warm item, the shopper's own included.
+        Every overlay item is scored too (`_with_overlay`) and competes on that score.
         """
         rows, w = self._known(item_ids, weights)
         banned = set(rows.tolist()) | set(self.rows(exclude).tolist()) | self._blocked
         n = len(self.item_ids)
+        scored: npt.NDArray[np.intp] | None
         if n <= FULL_SCORE_MAX_ITEMS:
-            cand = np.arange(n, dtype=np.intp)
+            cand, scored = np.arange(n, dtype=np.intp), None
             s = self.blend.score(rows, w, None, blend).astype(np.float64)
-            keep = np.ones(n, dtype=bool)
-            keep[list(banned)] = False
-            return self._top(cand[keep], s[keep], k)
         else:
             parts = [self._popular]
             if rows.shape[0]:
@@ -265,12 +373,59 @@ class LoadedIndex:
                     for r in rows.tolist()
                 )
             parts.append(rows)
-            cand = np.unique(np.concatenate(parts))
-        s = self.blend.score(rows, w, cand, blend).astype(np.float64)
-        if banned:
+            cand = scored = np.unique(np.concatenate(parts))
+            s = self.blend.score(rows, w, cand, blend).astype(np.float64)
+        over = self._overlay
+        if len(over):
+            everyone = np.arange(len(over), dtype=np.intp)
+            s, extra = self._with_overlay(over, rows, w, scored, s, everyone, blend)
+        if banned and scored is None:
+            keep = np.ones(n, dtype=bool)
+            keep[list(banned)] = False
+            cand, s = cand[keep], s[keep]
+        elif banned:
             keep = ~np.isin(cand, np.fromiter(banned, dtype=np.intp, count=len(banned)))
             cand, s = cand[keep], s[keep]
-        return self._top(cand, s, k)
+        top = self._top(cand, s, k)
+        if not len(over):
+            return top
+        ours = self._overlay_banned(over, [*item_ids, *exclude])
+        return merge(top, over.best(extra, k, ours), k)
+
+    def _with_overlay(
+        self,
+        over: Overlay,
+        rows: npt.NDArray[np.intp],
+        w: npt.NDArray[np.float64],
+        scored: npt.NDArray[np.intp] | None,
+        values: npt.NDArray[np.float64],
+        picks: npt.NDArray[np.intp],
+        blend: BlendWeights | None,
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """The scores of rows `picks` of `over` beside `values`, `Blend.score`'s scores of
+        built rows `scored` (None: every row), as if the picks were scored with them.
+
+        An overlay item has no item-item weights and no recent buyers in the build, so its score
+        is the MF term alone: ``w_mf * (u · y) / max |u · y|``, u the shopper's fold-in and y
+        its raw factor, the maximum taken over the scored built rows and the picks together
+        (zero for an empty history or w_mf = 0). When a pick holds that maximum, the built
+        rows' MF terms are rescaled to it too, so every score sits on one scale. Returns the
+        built scores (adjusted or as given) and the picks' scores.
+        """
+        weights = blend or self.blend.weights
+        extra = np.zeros(picks.shape[0], dtype=np.float64)
+        if not picks.shape[0] or not rows.shape[0] or not weights.mf:
+            return values, extra
+        u = self.blend.fold_in(rows, w)
+        mf_built = (self._factors if scored is None else self._factors[scored]) @ u
+        mf_extra = (over.factors[picks] @ u).astype(np.float64)
+        top_built = float(np.abs(mf_built).max()) if mf_built.size else 0.0
+        top = max(top_built, float(np.abs(mf_extra).max()))
+        if top == 0:
+            return values, extra
+        if top > top_built > 0:
+            values = values + weights.mf * (mf_built / top - mf_built / top_built)
+        return values, weights.mf * mf_extra / top
 
     def _top(self, cand: npt.NDArray[np.intp], s: npt.NDArray[np.float64], k: int) -> Scored:
         """The k best of `cand` by score `s`, ties by row."""

@@ -99,6 +99,7 @@ def build_version(
         model,
         build=build or BuildParams(),
         evaluation=evaluation,
+        catalog=catalog,
         extra={"timings_s": {"evaluation": eval_s, "training": train_s}},
     )
     seconds = {

@@ -7,6 +7,11 @@ it, and replaces the old one at the next task boundary. An artifact that fails t
 is refused (logged, counted, remembered) and the old index keeps serving. Under
 `--pool threads` the swap happens at one thread's task boundary while other threads may be
 mid-task; each lookup reads the index once, so it sees one version.
+
+The same check reads the catalog's change counter (one pipelined round trip for both), and
+the index served follows new and sold-out items between builds (`live_items.py`): a
+version loaded is brought up to date before it serves, the served one catches up when the
+counter moved.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from pathlib import Path
 import redis
 
 from indexing import ArtifactError, LoadedIndex, configure_threads, current_version, load_index
+from worker.firing.live_items import LiveItems
+from worker.store.errors import TRANSIENT, describe
 from worker.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -34,12 +41,14 @@ class IndexHolder:
         self._client = client
         self._keys = keys
         self._check_every_s = check_every_s
+        self._live = LiveItems(client, keys)
         self._index: LoadedIndex | None = None
-        self._ready: LoadedIndex | None = None
+        self._seen = 0  # the last catalog mark applied to `_index`
+        self._ready: tuple[LoadedIndex, int] | None = None
         self._loader: threading.Thread | None = None
         self._refused: set[str] = set()
         self._last_check = float("-inf")
-        self._lock = threading.Lock()  # the swap, from several pool threads
+        self._lock = threading.Lock()  # the swap and catching up, from several pool threads
         self._checking = threading.Lock()  # one thread checks for a new version at a time
         configure_threads()
 
@@ -54,13 +63,20 @@ class IndexHolder:
 
     def wanted_version(self) -> str | None:
         """The Redis pointer if set, else the store's `CURRENT` file."""
-        pointer = self._client.get(self._keys.index_version)
+        return self._poll()[0]
+
+    def _poll(self) -> tuple[str | None, int]:
+        """The version wanted and the catalog's change counter, in one round trip."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.get(self._keys.index_version)
+        pipe.get(self._keys.live_seq)
+        pointer, seq = pipe.execute()
         if pointer:
-            return str(pointer)
+            return str(pointer), int(seq or 0)
         try:
-            return current_version(self._store)
+            return current_version(self._store), int(seq or 0)
         except ArtifactError:
-            return None
+            return None, int(seq or 0)
 
     def load_now(self) -> None:
         """Load the wanted version synchronously (process start)."""
@@ -71,8 +87,9 @@ class IndexHolder:
                 self._swap()
 
     def between_tasks(self, now: float | None = None) -> None:
-        """Swap in a finished load; start loading a newer version if one is wanted. While
-        one pool thread checks (a Redis read), the others go on without waiting."""
+        """Swap in a finished load; catch up with the catalog if its counter moved; start
+        loading a newer version if one is wanted. While one pool thread checks (a Redis
+        read), the others go on without waiting."""
         with self._lock:
             self._swap()
         now = time.monotonic() if now is None else now
@@ -82,9 +99,11 @@ class IndexHolder:
             return
         try:
             self._last_check = now
+            wanted, seq = self._poll()
+            if seq > self._seen:
+                self.catch_up()
             if self._loader is not None and self._loader.is_alive():
                 return
-            wanted = self.wanted_version()
             if wanted is None or wanted == self.version or wanted in self._refused:
                 return
             self._loader = threading.Thread(
@@ -93,6 +112,13 @@ class IndexHolder:
             self._loader.start()
         finally:
             self._checking.release()
+
+    def catch_up(self) -> None:
+        """Apply the catalog marks the served index has not seen (new items in, sold-out
+        items out); its lookups running in other threads meanwhile see either state."""
+        with self._lock:
+            if self._index is not None:
+                self._seen = self._live.catch_up(self._index, self._seen)
 
     def wait_loaded(self, timeout: float = 60.0) -> None:
         """Block until a background load finishes, then swap (tests, start-up)."""
@@ -103,12 +129,21 @@ class IndexHolder:
 
     def _swap(self) -> None:
         if self._ready is not None:
-            old, self._index, self._ready = self._index, self._ready, None
+            old = self._index
+            (self._index, self._seen), self._ready = self._ready, None
             log.info("serving index %s (was %s)", self._index.version, old and old.version)
 
     def _load(self, version: str) -> None:
         try:
-            self._ready = load_index(self._store, version)
+            index = load_index(self._store, version)
         except (ArtifactError, OSError) as exc:
             self._refused.add(version)
             log.error("refused index %s, keeping %s: %s", version, self.version, exc)
+            return
+        try:
+            seen = self._live.load(index)
+        except TRANSIENT as exc:  # not refused: the next check loads it again
+            log.warning("index %s not swapped in: catalog state unreadable: %s",
+                        version, describe(exc))  # fmt: skip
+            return
+        self._ready = (index, seen)

@@ -140,7 +140,7 @@ def candidate_pool(
             events, now, index.history_weighting, index.history_items
         )
         over = 4 * k + len(banned)
-        if any(h in index for h in history):
+        if any(index.is_built(h) for h in history):  # an overlay item does not fold in
             for item, score in index.recommend(history, weights, k=over, exclude=exclude):
                 pool.append(Candidate(item, score, "", "model"))
             cold = False

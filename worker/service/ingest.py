@@ -111,7 +111,10 @@ def upsert_items(
             valid.append(parse_item(raw, rt.limits, now))
         except InvalidInput as exc:
             rt.rejected.record(contract.UPSERT_ITEMS, exc.code, exc.reason, raw)
-    changes = rt.catalog.upsert(valid, now)
+    upserted = rt.catalog.upsert(valid, now)
+    changes = upserted.changes
+    if upserted.live and rt.has_index:
+        rt.index.catch_up()  # this process serves the change at once; others: live_items.py
     pipe = rt.redis.pipeline(transaction=False)
     schedule(rt, rt.triggers.for_item_changes(changes, now), now, pipe, delivery_id)
     pipe.execute()

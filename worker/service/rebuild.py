@@ -3,7 +3,9 @@
 Run by the scheduler (cron) through the `pushrec.rebuild_index` task on the maintenance
 queue, or by hand (`pushrec index rebuild`). The build goes through `indexing`'s quality
 gate; once published, the Redis pointer is flipped and every worker swaps to it between
-tasks. A build the gate refuses stays on disk and changes nothing.
+tasks, and the catalog marks the build covers give way to its sold-out snapshot
+(`worker/firing/live_items.py`). A build the gate refuses stays on disk and changes
+nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import redis
 
 from indexing import Item, read_events
 from indexing.pipeline import build_version
+from worker.firing.live_items import current_seq, publish_snapshot
 from worker.settings import Settings
 from worker.shoppers.catalog import Catalog
 from worker.store.keys import Keys
@@ -59,15 +62,18 @@ def rebuild_index(
 ) -> dict[str, Any]:
     """Build from the live interaction log and publish through the gate; flip the pointer."""
     events, report = read_events(stream_rows(client, keys.interaction_log))
+    seq = current_seq(client, keys)  # before the catalog: later marks stay for the workers
+    items = catalog_items(catalog)
     result = build_version(
         events,
         settings.index_store_dir,
-        catalog=catalog_items(catalog),
+        catalog=items,
         publish_it=True,
         force=force,
     )
     if result.published is not None and result.refused is None:
         client.set(keys.index_version, result.version)
+        publish_snapshot(client, keys, seq, (i for i, item in items.items() if item.stock == 0))
         log.info("published index %s (recall@10 %s)", result.version, result.served_recall)
     else:
         log.warning("index %s not published: %s", result.version, result.refused)

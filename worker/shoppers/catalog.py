@@ -15,6 +15,16 @@ from worker.store.scripts import Scripts
 
 
 @dataclass(frozen=True)
+class Upserted:
+    """What an upsert changed: price and stock changes (oldest item first), and the items
+    whose category, brand or sold-out state changed (the served index follows those:
+    `worker.firing.live_items`)."""
+
+    changes: list[ItemChange]
+    live: list[str]
+
+
+@dataclass(frozen=True)
 class ItemChange:
     """A price or stock change, as later rules (price drop, back in stock) need it."""
 
@@ -40,13 +50,12 @@ class Catalog:
         self._metrics = metrics
         self._changes_max = changes_max
 
-    def upsert(self, items: Sequence[Item], now: float) -> list[ItemChange]:
-        """Store `items`; an upsert older (by `ts`) than the stored one is ignored.
-
-        Returns the price and stock changes, oldest item first.
-        """
+    def upsert(self, items: Sequence[Item], now: float) -> Upserted:
+        """Store `items`; an upsert older (by `ts`) than the stored one is ignored. Items
+        whose category, brand or sold-out state changed are marked for the processes
+        serving the index, in the same follow-up round trip."""
         if not items:
-            return []
+            return Upserted([], [])
         pipe = self._client.pipeline(transaction=False)
         for item in items:
             args: list[str | float | int] = [
@@ -60,14 +69,17 @@ class Catalog:
         results = pipe.execute()
 
         changes: list[ItemChange] = []
+        live: list[str] = []
         applied = stale = 0
         follow_up = self._client.pipeline(transaction=False)
-        for item, (status, changes_json) in zip(items, results, strict=True):
+        for item, (status, changes_json, marked) in zip(items, results, strict=True):
             if int(status) == 0:
                 stale += 1
                 continue
             applied += 1
             follow_up.sadd(self._keys.catalog, item.item_id)
+            if int(marked):
+                live.append(item.item_id)
             changes += [
                 ItemChange(
                     item.item_id, c["field"], float(c["old"]), float(c["new"]), float(c["ts"])
@@ -78,8 +90,11 @@ class Catalog:
             {"items.upserted": applied, "items.stale": stale, "items.changes": len(changes)},
             pipe=follow_up,
         )
+        if live:  # after the SADD: a build that reads the mark's number lists the item
+            marks = [self._keys.live_seq, self._keys.live_items]
+            self._scripts.live_mark(keys=marks, args=live, client=follow_up)
         follow_up.execute()
-        return changes
+        return Upserted(changes, live)
 
     def get_many(self, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         """The known items among `item_ids` (one round trip); unknown ones are absent."""

@@ -45,6 +45,9 @@ and the tests named in it check the bounds):
 | `outbox:queued` | messages awaiting delivery | removed when settled, parked, or record gone |
 | `trend:*:<bucket>` | items, categories per bucket | EXPIREAT after `trending_buckets_kept` |
 | `catalog`, `{i}:item` | items upserted | the shop's catalog (never expired) |
+| `{live}:items` | items whose category, brand or sold-out state changed | trimmed to the |
+| | | changes since the published build read the catalog, at each publish |
+| `{live}:sold_out` | sold-out items | the catalog; rewritten at each publish |
 """
 
 from __future__ import annotations
@@ -298,6 +301,29 @@ class Keys:
     def catalog(self) -> str:
         """set: every known item_id."""
         return f"{self.prefix}:catalog"
+
+    # What the served index follows between builds (worker/firing/live_items.py): three keys
+    # in one slot ({live}), so a publish rewrites them in one MULTI.
+    @property
+    def live_seq(self) -> str:
+        """string: the sequence number of the last mark in `live_items`."""
+        return f"{self.prefix}:{{live}}:seq"
+
+    @property
+    def live_items(self) -> str:
+        """zset: item_id -> sequence number of its last change of category, brand or
+        sold-out state; the marks up to `live_snapshot` are dropped when a build publishes."""
+        return f"{self.prefix}:{{live}}:items"
+
+    @property
+    def live_sold_out(self) -> str:
+        """set: the items sold out (stock 0) when the published build read the catalog."""
+        return f"{self.prefix}:{{live}}:sold_out"
+
+    @property
+    def live_snapshot(self) -> str:
+        """string: the `live_seq` the published build read before it read the catalog."""
+        return f"{self.prefix}:{{live}}:snapshot"
 
     @property
     def interaction_log(self) -> str:

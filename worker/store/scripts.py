@@ -25,6 +25,7 @@ def _source(name: str) -> str:
 class Scripts:
     apply_event: Script
     upsert_item: Script
+    live_mark: Script
     set_preferences: Script
     delayed_claim: Script
     delayed_ack: Script
@@ -40,6 +41,7 @@ class Scripts:
         return cls(
             apply_event=client.register_script(_source("apply_event")),
             upsert_item=client.register_script(_source("upsert_item")),
+            live_mark=client.register_script(_source("live_mark")),
             set_preferences=client.register_script(_source("set_preferences")),
             delayed_claim=client.register_script(_source("delayed_claim")),
             delayed_ack=client.register_script(_source("delayed_ack")),

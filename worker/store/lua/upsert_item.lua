@@ -1,14 +1,17 @@
 -- Upsert one catalog item; keep price and stock changes with the time they happened.
 -- KEYS: item hash, changes list                      (both in the item's hash slot)
 -- ARGV: ts, changes_max, field1, value1, field2, value2, ...
--- Returns {status, changes_json}: status 0 = older than the stored version (ignored),
+-- Returns {status, changes_json, live}: status 0 = older than the stored version (ignored),
 -- 1 = applied; changes_json lists {field, old, new, ts} for price and stock. An upsert
 -- at the stored version's ts (a redelivered task) also reports the changes recorded at
--- that ts, so the caller redoes reactions a crash may have cut short.
+-- that ts, so the caller redoes reactions a crash may have cut short. live = 1 when what
+-- the served index keeps of the item changed: its category or brand (set for the first
+-- time, or changed) or whether it is sold out (stock crossing 0; a new item's first stock
+-- of 0 too); a redelivery that carries any of those fields says 1 again, for the same reason.
 local item, changes = KEYS[1], KEYS[2]
 local ts, changes_max = tonumber(ARGV[1]), tonumber(ARGV[2])
 local stored = tonumber(redis.call('HGET', item, 'updated_at') or '-1')
-if ts < stored then return {0, '[]'} end
+if ts < stored then return {0, '[]', 0} end
 
 local changed = {}
 if ts == stored then
@@ -18,10 +21,18 @@ if ts == stored then
   end
 end
 local recorded = false
+local live = 0
 for i = 3, #ARGV, 2 do
   local field, value = ARGV[i], ARGV[i + 1]
+  local old = redis.call('HGET', item, field)
+  if field == 'category' or field == 'brand' then
+    if old ~= value or ts == stored then live = 1 end
+  end
+  if field == 'stock' then
+    local was_out = old ~= false and tonumber(old) == 0
+    if was_out ~= (tonumber(value) == 0) or ts == stored then live = 1 end
+  end
   if field == 'price' or field == 'stock' then
-    local old = redis.call('HGET', item, field)
     if old and tonumber(old) ~= tonumber(value) then
       -- ts kept as sent: cjson prints numbers with 14 digits, too few for epoch times
       local change = {field = field, old = tonumber(old), new = tonumber(value), ts = ARGV[1]}
@@ -34,5 +45,5 @@ for i = 3, #ARGV, 2 do
 end
 redis.call('HSET', item, 'updated_at', ts)
 if recorded then redis.call('LTRIM', changes, 0, changes_max - 1) end
-if #changed == 0 then return {1, '[]'} end
-return {1, cjson.encode(changed)}
+if #changed == 0 then return {1, '[]', live} end
+return {1, cjson.encode(changed), live}
