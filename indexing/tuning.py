@@ -1,8 +1,11 @@
-"""Hyperparameter search on a validation split inside the train period (never the test
+"""Hyperparameter search on validation splits inside the train period (never the test
 period): every baseline's own knobs, then the served blend.
 
 `tune(log)` returns the served model's `ModelParams`, the baselines' `BaselineParams` and
-a report of everything it scored. Steps, each on the same validation split:
+a report of everything it scored. Every setting is scored on two splits of the train
+period, at 80% and at 90% of its events (the protocol's split applied to it, and a later
+one whose validation period sits right before the test period), and chosen by its mean
+recall@10: one split alone let noise and the season of one period decide. Steps:
 
 1. Baselines, each over its own grid: the recent-popularity window; item-item models
    (cosine and BM25 KNN over M, RP3beta over alpha, beta and M, EASE over λ), each scored as a
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -53,7 +56,13 @@ from indexing.item_item import (
     truncate_rows,
 )
 from indexing.matrix import Weighting, interaction_matrix
-from indexing.model import ModelParams, recent_popularity, train_model, warm_columns
+from indexing.model import (
+    ModelParams,
+    TrainedModel,
+    recent_popularity,
+    train_model,
+    warm_columns,
+)
 
 __all__ = ["TuneGrid", "default_blend_weights", "tune"]
 
@@ -85,6 +94,7 @@ class TuneGrid:
     ease_max_items: int = 8_192
     matrix_half_life_days: Sequence[float | None] = (None, 60.0)
     history_half_life_days: Sequence[float | None] = (None, 90.0)
+    validation_fractions: Sequence[float] = (0.8, 0.9)
     blend_windows: int = 3
     blend_weights: Sequence[BlendWeights] = field(default_factory=default_blend_weights)
     als_finalists: int = 2
@@ -95,43 +105,59 @@ class TuneGrid:
     finalists: int = 4
 
 
+@dataclass(frozen=True)
+class _Fold:
+    """One validation split: the task and its unweighted train matrix."""
+
+    task: DiscoveryTask
+    raw: sp.csr_matrix
+
+    def recall(self, ranker: Ranker) -> float:
+        ranked = rank_all(ranker, self.task, 10)
+        n_warm = int(self.task.warm.sum())
+        return evaluate_rankings(ranked, self.task.truth, n_warm, (10,))["recall@10"]
+
+
 def tune(
     log: EventLog,
     grid: TuneGrid = TuneGrid(),
     *,
     seed: int = 0,
 ) -> tuple[ModelParams, BaselineParams, dict[str, object]]:
-    """Choose hyperparameters on the validation split of `log` (pass the train period).
+    """Choose hyperparameters on validation splits of `log` (pass the train period).
 
-    Returns (model params, baseline params, a report of the search with its timings).
+    Every setting is scored on each split of `grid.validation_fractions` and chosen by
+    its mean recall@10. Returns (model params, baseline params, a report of the search
+    with its timings).
     """
     started = time.perf_counter()
-    task = discovery_task(log)
-    tr = task.train
-    n_warm = int(task.warm.sum())
+    folds = []
+    for fraction in grid.validation_fractions:
+        task = discovery_task(log, fraction)
+        folds.append(_Fold(task, interaction_matrix(task.train, Weighting(), as_of=task.split_ts)))
     timings: dict[str, float] = {}
 
-    def recall(ranker: Ranker) -> float:
-        ranked = rank_all(ranker, task, 10)
-        return evaluate_rankings(ranked, task.truth, n_warm, (10,))["recall@10"]
+    def mean(ranker: Callable[[_Fold], Ranker]) -> float:
+        return float(np.mean([f.recall(ranker(f)) for f in folds]))
 
-    raw = interaction_matrix(tr, Weighting(), as_of=task.split_ts)
-    n_items = raw.shape[1]
-    pop_scores = {
-        d: recall(
-            PopularityRanker(
-                popularity(tr.users, tr.items, tr.ts, n_items, since=task.split_ts - d * _DAY)
+    def recent(days: float) -> Callable[[_Fold], Ranker]:
+        def ranker(f: _Fold) -> Ranker:
+            tr, since = f.task.train, f.task.split_ts - days * _DAY
+            return PopularityRanker(
+                popularity(tr.users, tr.items, tr.ts, f.raw.shape[1], since=since)
             )
-        )
-        for d in grid.recent_days
-    }
+
+        return ranker
+
+    pop_scores = {d: mean(recent(d)) for d in grid.recent_days}
     timings["popularity"] = time.perf_counter() - started
-    item_scores = _item_item_scores(raw, grid, recall, timings)
+    item_scores = _item_item_scores(folds, grid, timings)
     mark = time.perf_counter()
     als_scores: dict[AlsParams, float] = {}
     for f, reg, a in itertools.product(grid.factors, grid.regularization, grid.alpha):
         p = AlsParams(factors=f, regularization=reg, alpha=a, iterations=grid.iterations, seed=seed)
-        als_scores[p] = recall(AlsRanker(train_als(raw, replace(p, num_threads=0))))
+        fit = replace(p, num_threads=0)
+        als_scores[p] = mean(lambda fold, fit=fit: AlsRanker(train_als(fold.raw, fit)))  # type: ignore[misc]
     timings["als"] = time.perf_counter() - mark
     best_days = max(pop_scores, key=lambda d: pop_scores[d])
     best_by_kind = {
@@ -147,13 +173,15 @@ def tune(
     windows = sorted(pop_scores, key=lambda d: -pop_scores[d])[: grid.blend_windows]
     kinds = sorted(best_by_kind.values(), key=lambda p: -item_scores[p])[: grid.blend_kinds]
     chosen, blend_report = _search_blend(
-        task, grid, ranked_als[: grid.als_finalists], kinds, windows, seed
+        [f.task for f in folds], grid, ranked_als[: grid.als_finalists], kinds, windows, seed
     )
     timings["blend"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - started
     report: dict[str, object] = {
-        "validation_split_ts": task.split_ts,
-        "validation_users": len(task.truth),
+        "validation": [
+            {"fraction": fr, "split_ts": f.task.split_ts, "users": len(f.task.truth)}
+            for fr, f in zip(grid.validation_fractions, folds, strict=True)
+        ],
         "popularity_recent": {str(k): v for k, v in pop_scores.items()},
         "item_item": [{**p.as_dict(), "recall@10": s} for p, s in item_scores.items()],
         "als": [{**p.as_dict(), "recall@10": s} for p, s in als_scores.items()],
@@ -165,16 +193,12 @@ def tune(
 
 
 def _item_item_scores(
-    raw: sp.csr_matrix,
-    grid: TuneGrid,
-    recall: Callable[[Ranker], float],
-    timings: dict[str, float],
+    folds: Sequence[_Fold], grid: TuneGrid, timings: dict[str, float]
 ) -> dict[ItemItemParams, float]:
-    """Validation recall of every item-item baseline setting (wide top-M computed once
-    per kind and knobs, narrower M read from it)."""
-    out: dict[ItemItemParams, float] = {}
+    """Mean validation recall of every item-item baseline setting (a wide top-M computed
+    once per fold, kind and knobs; narrower M read from it)."""
+    sums: dict[ItemItemParams, float] = {}
     widest = max(grid.top_m)
-    mark = time.perf_counter()
     families: list[ItemItemParams] = [
         ItemItemParams("cosine", widest),
         ItemItemParams("bm25", widest),
@@ -182,19 +206,22 @@ def _item_item_scores(
         ItemItemParams("rp3beta", widest, alpha=a, beta=b)
         for a, b in itertools.product(grid.rp3_alpha, grid.rp3_beta)
     ]
-    for family in families:
-        wide = item_item(raw, family)
-        for m in grid.top_m:
-            sim = wide if m == widest else truncate_rows(wide, m)
-            out[replace(family, top_m=m)] = recall(ItemItemRanker(raw, sim))
-        timings[family.kind] = timings.get(family.kind, 0.0) + time.perf_counter() - mark
+    for fold in folds:
+        for family in families:
+            mark = time.perf_counter()
+            wide = item_item(fold.raw, family)
+            for m in grid.top_m:
+                sim = wide if m == widest else truncate_rows(wide, m)
+                key = replace(family, top_m=m)
+                sums[key] = sums.get(key, 0.0) + fold.recall(ItemItemRanker(fold.raw, sim))
+            timings[family.kind] = timings.get(family.kind, 0.0) + time.perf_counter() - mark
         mark = time.perf_counter()
-    for l2 in grid.ease_l2:
-        ease = ease_weights(raw, l2, grid.ease_max_items)
-        params = ItemItemParams("ease", widest, l2=l2, ease_max_items=grid.ease_max_items)
-        out[params] = recall(EaseRanker(raw, ease))
-    timings["ease"] = time.perf_counter() - mark
-    return out
+        for l2 in grid.ease_l2:
+            ease = ease_weights(fold.raw, l2, grid.ease_max_items)
+            key = ItemItemParams("ease", widest, l2=l2, ease_max_items=grid.ease_max_items)
+            sums[key] = sums.get(key, 0.0) + fold.recall(EaseRanker(fold.raw, ease))
+        timings["ease"] = timings.get("ease", 0.0) + time.perf_counter() - mark
+    return {key: total / len(folds) for key, total in sums.items()}
 
 
 @dataclass(frozen=True)
@@ -205,74 +232,117 @@ class _SignalSet:
     history_half_life: float | None
 
 
-def _search_blend(
+@dataclass
+class _FoldSignals:
+    """What the blend search keeps per validation fold."""
+
+    task: DiscoveryTask
+    sims: dict[ItemItemParams, sp.csr_matrix]
+    pops: dict[float, npt.NDArray[np.float32]]
+    histories: dict[
+        float | None, Mapping[int, tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]]
+    ]
+    models: dict[tuple[AlsParams, float | None], TrainedModel]
+
+
+def _fold_signals(
     task: DiscoveryTask,
+    grid: TuneGrid,
+    als_finalists: Sequence[AlsParams],
+    kinds: Sequence[ItemItemParams],
+    windows: Sequence[float],
+    history_items: int,
+) -> _FoldSignals:
+    tr, as_of = task.train, task.split_ts
+    warm = warm_columns(tr, Weighting(), as_of)
+    pattern = interaction_matrix(tr, Weighting(), as_of=as_of)[:, warm]
+    sims = {p: item_item(pattern, p) for p in kinds}
+    first = kinds[0]
+    models = {}
+    for als, mhl in itertools.product(als_finalists, grid.matrix_half_life_days):
+        base = ModelParams(als=als, weighting=Weighting(half_life_days=mhl), item_item=first)
+        models[(als, mhl)] = train_model(tr, base, as_of=as_of, similarity=sims[first])
+    return _FoldSignals(
+        task=task,
+        sims=sims,
+        pops={d: recent_popularity(tr, warm, as_of - d * _DAY) for d in windows},
+        histories={
+            hl: shopper_histories(tr, Weighting(half_life_days=hl), as_of, history_items)
+            for hl in grid.history_half_life_days
+        },
+        models=models,
+    )
+
+
+def _search_blend(
+    tasks: Sequence[DiscoveryTask],
     grid: TuneGrid,
     als_finalists: Sequence[AlsParams],
     kinds: Sequence[ItemItemParams],
     windows: Sequence[float],
     seed: int,
 ) -> tuple[ModelParams, dict[str, object]]:
-    tr, as_of = task.train, task.split_ts
-    warm = warm_columns(tr, Weighting(), as_of)
-    pattern = interaction_matrix(tr, Weighting(), as_of=as_of)[:, warm]
-    sims = {}
-    for p in kinds:
-        served = replace(p, top_m=min(p.top_m, grid.blend_top_m_max))
-        sims[served] = item_item(pattern, served)
-    pops = {d: recent_popularity(tr, warm, as_of - d * _DAY) for d in windows}
     history_items = ModelParams().history_items
-    histories = {
-        hl: shopper_histories(tr, Weighting(Weighting().type_weights, hl), as_of, history_items)
-        for hl in grid.history_half_life_days
-    }
-    models = {}
-    first = next(iter(sims))
-    for als, mhl in itertools.product(als_finalists, grid.matrix_half_life_days):
-        base = ModelParams(als=als, weighting=Weighting(half_life_days=mhl), item_item=first)
-        models[(als, mhl)] = train_model(tr, base, as_of=as_of, similarity=sims[first])
+    served_kinds = [replace(p, top_m=min(p.top_m, grid.blend_top_m_max)) for p in kinds]
+    folds = [
+        _fold_signals(t, grid, als_finalists, served_kinds, windows, history_items) for t in tasks
+    ]
     sets = [
         _SignalSet(als, mhl, p, hhl)
-        for (als, mhl), p, hhl in itertools.product(models, sims, grid.history_half_life_days)
+        for (als, mhl), p, hhl in itertools.product(
+            folds[0].models, served_kinds, grid.history_half_life_days
+        )
     ]
 
-    def score(s: _SignalSet, users: npt.NDArray[np.int64]) -> dict[BlendCase, float]:
-        model = models[(s.als, s.matrix_half_life)]
-        model = replace(
-            model,
-            similarity=sims[s.item_item],
-            params=replace(model.params, item_item=s.item_item),
-        )
-        return blend_recalls(
-            task, model, histories[s.history_half_life], pops, grid.blend_weights, users
-        )
+    def score(s: _SignalSet, share: float) -> dict[BlendCase, float]:
+        """Mean over folds of each case's recall, on a `share` sample of each fold's users."""
+        out: dict[BlendCase, float] = {}
+        for fold in folds:
+            model = fold.models[(s.als, s.matrix_half_life)]
+            model = replace(
+                model,
+                similarity=fold.sims[s.item_item],
+                params=replace(model.params, item_item=s.item_item),
+            )
+            users = fold.task.users
+            if share < 1.0:
+                rng = np.random.default_rng(seed)
+                size = max(1, int(users.shape[0] * share))
+                users = np.sort(rng.choice(users, size=size, replace=False))
+            got = blend_recalls(
+                fold.task,
+                model,
+                fold.histories[s.history_half_life],
+                fold.pops,
+                grid.blend_weights,
+                users,
+            )
+            for case, value in got.items():
+                out[case] = out.get(case, 0.0) + value / len(folds)
+        return out
 
-    users = task.users
     rounds: list[dict[str, object]] = []
     finalists = sets
-    if users.shape[0] >= grid.screen_min_users and len(sets) > grid.finalists:
-        rng = np.random.default_rng(seed)
-        sample = np.sort(
-            rng.choice(users, size=max(1, int(users.shape[0] * grid.screen_share)), replace=False)
-        )
-        screened = {s: max(score(s, sample).values()) for s in sets}
+    users = min(f.task.users.shape[0] for f in folds)
+    if users >= grid.screen_min_users and len(sets) > grid.finalists:
+        screened = {s: max(score(s, grid.screen_share).values()) for s in sets}
         finalists = sorted(sets, key=lambda s: -screened[s])[: grid.finalists]
         rounds.append(
             {
-                "users": int(sample.shape[0]),
+                "share_of_users": grid.screen_share,
                 "signal_sets": [_set_dict(s, r) for s, r in screened.items()],
             }
         )
     best: tuple[float, _SignalSet, BlendCase] | None = None
     final: list[dict[str, object]] = []
     for s in finalists:
-        results = score(s, users)
-        case = max(results, key=lambda c: results[c])
+        results = score(s, 1.0)
+        case = max(results, key=lambda c: (results[c], -_signals_used(c)))
         final.append(_set_dict(s, results[case]))
         if best is None or results[case] > best[0]:
             best = (results[case], s, case)
     assert best is not None
-    rounds.append({"users": int(users.shape[0]), "signal_sets": final})
+    rounds.append({"share_of_users": 1.0, "signal_sets": final})
     value, s, case = best
     chosen = ModelParams(
         als=s.als,
@@ -285,10 +355,16 @@ def _search_blend(
     )
     return chosen, {
         "blend_rounds": rounds,
-        "blend_cases_per_signal_set": len(pops) * len(grid.blend_weights),
+        "blend_cases_per_signal_set": len(windows) * len(grid.blend_weights),
         "chosen_model": chosen.as_dict(),
         "chosen_model_validation_recall_at_10": value,
     }
+
+
+def _signals_used(case: BlendCase) -> int:
+    """How many signals a case blends: at equal recall the simpler blend is chosen."""
+    w = case.weights
+    return int(w.mf > 0) + int(w.knn > 0) + int(w.pop > 0)
 
 
 def _set_dict(s: _SignalSet, recall: float) -> dict[str, object]:

@@ -1,0 +1,131 @@
+"""Tuning: the bulk scorer agrees with the served ranking, and the search can switch a
+signal off where it does not help."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from indexing import (
+    BlendWeights,
+    ModelParams,
+    discovery_task,
+    evaluate_models,
+    evaluate_rankings,
+    read_events,
+    shopper_histories,
+    train_model,
+)
+from indexing.blend_search import BlendCase, blend_recalls
+from indexing.experiment import served_rankings
+from indexing.factors import AlsParams
+from indexing.item_item import ItemItemParams
+from indexing.tuning import TuneGrid, tune
+from tests.indexing.conftest import DAY, T0, planted_rows
+
+SMALL_GRID = TuneGrid(
+    factors=(8,),
+    regularization=(0.1,),
+    alpha=(1.0, 4.0),
+    iterations=8,
+    recent_days=(3.0, 30.0),
+    top_m=(5, 10),
+    rp3_alpha=(1.0,),
+    rp3_beta=(0.5,),
+    ease_l2=(10.0,),
+    matrix_half_life_days=(None,),
+    history_half_life_days=(None,),
+    als_finalists=1,
+)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "ease", "rp3beta"])
+def test_bulk_scoring_agrees_with_the_served_ranking(kind: str) -> None:
+    log, _ = read_events(planted_rows(per_user=8))
+    task = discovery_task(log)
+    params = ModelParams(
+        als=AlsParams(factors=8, iterations=10),
+        item_item=ItemItemParams(kind, 10),  # type: ignore[arg-type]
+    )
+    model = train_model(task.train, params, as_of=task.split_ts)
+    histories = shopper_histories(
+        task.train, params.history_weighting, task.split_ts, params.history_items
+    )
+    weights = [
+        BlendWeights(1.0, 0.3, 1.0),
+        BlendWeights(1.0, 0.0, 0.0),
+        BlendWeights(0.0, 1.0, 0.1),
+        BlendWeights(0.0, 0.0, 1.0),
+    ]
+    pops = {params.recent_days: model.recent_popularity}
+    bulk = blend_recalls(task, model, histories, pops, weights, task.users, pool=1_000)
+    n_warm = int(task.warm.sum())
+    for bw in weights:
+        served = served_rankings(task, model, blend=bw)
+        expected = evaluate_rankings(served, task.truth, n_warm, (10,))["recall@10"]
+        assert bulk[BlendCase(params.recent_days, bw)] == pytest.approx(expected, abs=1e-12)
+
+
+def test_bulk_fold_in_equals_one_shopper_at_a_time() -> None:
+    log, _ = read_events(planted_rows())
+    model = train_model(log, ModelParams(als=AlsParams(factors=8, iterations=5)))
+    fold_in = model.blend().fold_in
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, len(model.item_ids), size=(6, 5))
+    weights = rng.uniform(0.0, 4.0, size=(6, 5))
+    weights[0] = 0.0  # nothing known: zeros
+    weights[1, 2:] = 0.0  # padding
+    weights[2, 1] = -1.0  # a non-positive weight is ignored
+    bulk = fold_in.batch(rows, weights)
+    for r in range(6):
+        assert np.allclose(bulk[r], fold_in(rows[r], weights[r]), atol=1e-5)
+    assert not bulk[0].any()
+
+
+def _popularity_shop() -> list[dict[str, str]]:
+    """Every shopper buys a few random items, then one of the week's two best sellers:
+    personal history says nothing about the next purchase, popularity says everything."""
+    rng = np.random.default_rng(3)
+    rows: list[dict[str, str]] = []
+    n = 0
+    for u in range(400):
+        start = float(rng.uniform(0, 90))
+        for k in range(4):
+            n += 1
+            item = int(rng.integers(0, 300))
+            rows.append(_row(n, u, f"i{item}", T0 + (start + k) * DAY))
+        for k in range(2):
+            n += 1
+            day = start + 5 + k
+            week = int(day // 7)
+            hit = f"hit{week}-{int(rng.integers(0, 2))}"
+            rows.append(_row(n, u, hit, T0 + day * DAY))
+    return rows
+
+
+def _row(n: int, user: int, item: str, ts: float) -> dict[str, str]:
+    return {
+        "event_id": f"e{n}",
+        "user_id": f"u{user}",
+        "item_id": item,
+        "type": "purchase",
+        "ts": str(ts),
+        "quantity": "1",
+        "price": "",
+    }
+
+
+def test_where_only_popularity_helps_the_tuning_finds_it() -> None:
+    log, _ = read_events(_popularity_shop())
+    task = discovery_task(log)
+    params, baselines, report = tune(task.train, SMALL_GRID)
+    assert params.blend.pop > 0
+    # popularity alone is one of the settings searched: the chosen blend is no worse
+    # on validation than the best popularity window
+    best_pop = max(report["popularity_recent"].values())  # type: ignore[attr-defined]
+    assert report["chosen_model_validation_recall_at_10"] >= best_pop
+    result = evaluate_models(log, params, baselines)
+    served = result.metrics["served_blend"]["recall@10"]
+    name, best = result.best_baseline()
+    assert name.startswith("popularity_recent") and best > 0.2
+    assert served >= 0.9 * best
