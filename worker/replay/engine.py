@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 WEEK_S = 7 * 86_400
 _SEND_CHUNK = 200  # events per track_batch call
-_START_ALLOWANCE_S = 25.0  # wall-clock seconds for the workers to start before the clock runs
+_START_ALLOWANCE_S = 12.0  # wall-clock seconds for the workers to start before the clock runs
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,9 @@ def replay(
     past = [r for r in rows if r.ts < replay_from]
     ahead = [r for r in rows if r.ts >= replay_from]
     if plan.max_events is not None:
+        account["not_replayed"] = max(0, len(ahead) - plan.max_events)  # past --max-events
         ahead = ahead[: plan.max_events]
+    account["past"], account["replayed"] = len(past), len(ahead)
     if not ahead:
         raise ValueError("nothing to replay after the history's start")
     replay_span = (replay_from, ahead[-1].ts)

@@ -282,6 +282,9 @@ def write_report(results: dict[str, Any], path: Any) -> Any:
     rejected = {**inp.get("rejected_before_sending", {}), **inp.get("rejected_by_workers", {})}
     input_rows = [
         ["rows read", f"{inp['rows']:,}"],
+        ["the past (state and index)", f"{inp.get('past', 0):,}"],
+        ["replayed", f"{inp.get('replayed', 0):,}"],
+        ["not replayed (beyond the events asked for)", f"{inp.get('not_replayed', 0):,}"],
         ["applied by the workers (past and replayed)", f"{inp['applied']:,}"],
         ["duplicates", f"{inp['duplicates']:,}"],
         *[[f"rejected: {k}", f"{v:,}"] for k, v in sorted(rejected.items())],

@@ -92,6 +92,7 @@ class Stack:
     env: dict[str, str]
     gateways: dict[str, object]
     processes: list[Process]
+    redis_pid: int | None = None  # the embedded server's, when the stack started one
 
     def check(self) -> None:
         """Raise `StackError` if a worker or the scheduler has died."""
@@ -100,7 +101,9 @@ class Stack:
                 raise StackError(f"{process.name} exited:\n{process.log_text()[-3000:]}")
 
     def pids(self) -> list[int]:
-        return [p.popen.pid for p in self.processes]
+        """Every process started, the embedded Redis included."""
+        pids = [p.popen.pid for p in self.processes]
+        return [*pids, self.redis_pid] if self.redis_pid is not None else pids
 
 
 def _start(name: str, argv: list[str], env: Mapping[str, str], logs: Path) -> Process:
@@ -149,11 +152,12 @@ def running_stack(spec: StackSpec, prepare: Callable[[Stack], None]) -> Iterator
     logs = spec.run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with ExitStack() as cleanup:
-        url = spec.redis_url
+        url, redis_pid = spec.redis_url, None
         if url is None:
             server = EmbeddedRedis.start(spec.run_dir)
             cleanup.callback(server.stop)
             url = server.url
+            redis_pid = server.process.pid if server.process is not None else None
         gateway_process, gateways = _gateways(spec.run_dir, logs)
         processes: list[Process] = []
 
@@ -169,7 +173,7 @@ def running_stack(spec: StackSpec, prepare: Callable[[Stack], None]) -> Iterator
         env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHREC_")}
         env.update(gateway_env)
         env.update(spec.env)
-        stack = Stack(redis_url=url, env=env, gateways=gateways, processes=[gateway_process])
+        stack = Stack(url, env, gateways, [gateway_process], redis_pid)
         prepare(stack)
         env.update(
             PUSHREC_REDIS_URL=url,
