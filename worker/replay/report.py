@@ -25,8 +25,8 @@ max-width:1100px;padding:24px;color:#1d2733;background:#fafbfc;line-height:1.45}
 h1{font-size:26px;margin:0 0 4px}h2{font-size:19px;margin:28px 0 8px;border-bottom:1px
 solid #d5dbe3;padding-bottom:4px}.muted{color:#5b6b7d;font-size:14px}
 table{border-collapse:collapse;font-size:14px;margin:8px 0;background:#fff;width:100%}
-th,td{border:1px solid #d5dbe3;padding:4px 8px;text-align:right;white-space:nowrap}
-th:first-child,td:first-child{text-align:left}th{background:#eef2f6}
+th,td{border:1px solid #d5dbe3;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#eef2f6}.scroll{overflow-x:auto}
 .grid{display:grid;grid-template-columns:1fr 1fr;gap:16px}
 .grid img,.wide img{width:100%;height:auto;background:#fff;border:1px solid #d5dbe3}
 .cards{display:flex;gap:12px;flex-wrap:wrap}.card{background:#fff;border:1px solid
@@ -148,7 +148,7 @@ def _hit_rates(results: dict[str, Any]) -> str:
             lo.append(100 * (rate["rate"] - rate["ci"][0]))
             hi.append(100 * (rate["ci"][1] - rate["rate"]))
         ax.bar(xs, ys, width=0.34, color=colour, label=cell, yerr=[lo, hi], capsize=3)
-    ax.set_xticks(range(len(names)), names, fontsize=8)
+    ax.set_xticks(range(len(names)), names, fontsize=8, rotation=15)
     ax.set_title("Bought a pushed item within 7 days (95% interval)")
     ax.set_ylabel("% of messages (treated) or decisions (holdout)")
     ax.legend(fontsize=8)
@@ -223,14 +223,21 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
     )
-    return f"<table><tr>{th}</tr>{body}</table>"
+    return f"<div class='scroll'><table><tr>{th}</tr>{body}</table></div>"
 
 
 def _examples(results: dict[str, Any]) -> str:
     parts = []
     for ex in results["examples"]:
         s = ex["synthetic"]
-        rows = [[_when(e["ts"]), "event", e["type"], e.get("item_id") or ""] for e in ex["events"]]
+        grouped: dict[tuple[str, str], list[str]] = {}
+        for e in ex["events"]:  # an order's lines share a minute: one row per order
+            grouped.setdefault((_when(e["ts"]), e["type"]), []).append(e.get("item_id") or "")
+        rows = [
+            [when, "event", f"{kind} x{len(items)}" if len(items) > 1 else kind,
+             ", ".join(items[:6]) + (" ..." if len(items) > 6 else "")]
+            for (when, kind), items in grouped.items()
+        ]  # fmt: skip
         rows += [
             [_when(d["ts"]), f"rule {d['rule']}", f"{d['action']}"
              + (f" ({d['delivery']})" if d.get("delivery") else ""),

@@ -246,7 +246,7 @@ def _examples(
             {
                 "user_id": user,
                 "synthetic": run.shoppers[user].as_dict(),
-                "events": sorted(events, key=lambda e: e["ts"])[:30],
+                "events": sorted(events, key=lambda e: e["ts"])[:200],
                 "decisions": sorted(mine, key=lambda d: d["ts"])[:30],
                 "purchases": len(buys.get(user, [])),
             }
