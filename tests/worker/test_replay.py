@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import csv
 import gzip
+import html
 import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +86,35 @@ def test_replay_pushes_to_the_local_gateways_and_leaves_nothing_running(tmp_path
     assert "CC BY 4.0" in text and "synthetic" in text
     assert "http://" not in text.replace("http://www.w3.org", "")  # nothing fetched
     assert text.count("data:image/png;base64,") == 5
+    if shutil.which("chromium"):
+        assert _rendered(report) == {"images": 5, "decoded": 5, "overflow": False}
+
+
+_CHECK = """<script>
+window.addEventListener("load", () => {
+  const images = [...document.images];
+  const result = {images: images.length,
+                  decoded: images.filter(i => i.complete && i.naturalWidth > 0).length,
+                  overflow: document.documentElement.scrollWidth > window.innerWidth};
+  document.body.setAttribute("data-check", JSON.stringify(result));
+});
+</script>"""
+
+
+def _rendered(report: Path) -> dict[str, Any]:
+    """Open the report in headless Chromium at 1200 px wide: how many images decoded,
+    and whether the page is wider than the window."""
+    probe = report.with_name("probe.html")
+    probe.write_text(report.read_text().replace("</body>", _CHECK + "</body>"))
+    done = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,900",
+         "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    found = re.search(r"data-check=\"([^\"]*)\"", done.stdout)
+    assert found, done.stdout[-500:]
+    result: dict[str, Any] = json.loads(html.unescape(found.group(1)))
+    return result
 
 
 def _alive(pid: int) -> bool:

@@ -70,6 +70,20 @@ def _purchases(run: ReplayRun) -> dict[str, list[tuple[float, str]]]:
     return out
 
 
+def _as_if_sent(held: list[dict[str, Any]], cooldown_s: float) -> list[dict[str, Any]]:
+    """The holdout decisions a treated shopper could have received: the holdout step
+    comes before the cooldown is taken, so without this every line of an order would
+    count as a held-out message where the treated cell gets one."""
+    kept: list[dict[str, Any]] = []
+    last: dict[str, float] = {}
+    for d in sorted(held, key=lambda d: d.get("at", 0.0)):
+        at = float(d.get("at", 0.0))
+        if d["user_id"] not in last or at - last[d["user_id"]] >= cooldown_s:
+            kept.append(d)
+            last[d["user_id"]] = at
+    return kept
+
+
 def _hit(buys: list[tuple[float, str]], at: float, items: list[str]) -> bool:
     wanted = set(items)
     return any(at < ts <= at + HIT_WINDOW_S and item in wanted for ts, item in buys)
@@ -144,7 +158,7 @@ def collect(run: ReplayRun, rt: Runtime) -> dict[str, Any]:
                  x["decision"]["message"]["items"])
             for x in delivered
         )  # fmt: skip
-        holdouts = [d for d in mine if d.get("action") == "held_out"]
+        holdouts = _as_if_sent([d for d in mine if d.get("action") == "held_out"], rule.cooldown_s)
         holdout_hits = sum(
             _hit(buys.get(d["user_id"], []), d["at"] - shift,
                  [c["item_id"] for c in d.get("candidates", [])][: rule.items])
