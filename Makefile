@@ -1,11 +1,12 @@
-# Two commands do all the set-up on a fresh machine:
+# Three commands do all the set-up on a fresh machine:
+#   make demo   see it work: the shipped sample replayed on real workers, an HTML report
 #   make run    start pushrec: worker + scheduler (embedded Redis, nothing to install)
 #   make test   run the test suite (starts its own redis-server when none answers)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-shifted lint check bench clean
+.PHONY: install demo run test test-shifted lint check bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/pushrec demo $(if $(MINUTES),--minutes $(MINUTES))
 
 run: install
 	$(BIN)/pushrec run

@@ -32,13 +32,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from retail import retail_csvs  # noqa: E402
+
 import indexing  # noqa: E402
 from indexing.experiment import SERVED, BaselineParams, evaluate_models  # noqa: E402
 from indexing.factors import AlsParams  # noqa: E402
 from indexing.model import ModelParams  # noqa: E402
 from indexing.store import DEFAULT_MAX_DROP, GATE_Z, GateFigure, regression  # noqa: E402
 
-RETAIL = ROOT.parent / "shared" / "data" / "online_retail" / "online_retail.csv.gz"
 Figure = dict[str, float]
 Rule = Callable[[Figure, Figure], bool]  # (current, new) -> refused
 
@@ -89,11 +90,10 @@ def main() -> None:
     parser.add_argument("--every-days", type=float, default=7.0)
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "gate.json")
     args = parser.parse_args()
-    if not RETAIL.exists():
-        sys.exit(f"{RETAIL} is needed")
     with tempfile.TemporaryDirectory() as tmp:
-        indexing.convert_online_retail(RETAIL, Path(tmp))
-        log, _ = indexing.read_events_csv(Path(tmp) / "events.csv")
+        events, _, source = retail_csvs(Path(tmp))
+        log, _ = indexing.read_events_csv(events)
+    print(f"data: {source}")
 
     builds: list[dict[str, Any]] = []
     cut, last = float(np.quantile(log.ts, 0.5)), float(log.ts.max()) + 1

@@ -36,7 +36,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from realtime_stack import (  # noqa: E402
-    RETAIL,
     RULE,
     Shop,
     local_gateway,
@@ -171,8 +170,6 @@ def main() -> None:
     parser.add_argument("--cprofile", type=Path, help="write cProfile stats of the runs here")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "hot_path.json")
     args = parser.parse_args()
-    if not RETAIL.exists():
-        sys.exit(f"{RETAIL} is needed (the index and the shoppers come from it)")
     with redis_server() as url, tempfile.TemporaryDirectory(prefix="pushrec-hot-") as tmp_name:
         tmp = Path(tmp_name)
         shop = Shop(tmp)

@@ -27,12 +27,11 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from retail import retail_csvs
 
 import indexing
 from indexing.build import exact_neighbours, recall_at_k
 from indexing.model import TrainedModel
-
-DATA = Path("/work/shared/data/online_retail/online_retail.csv.gz")
 
 
 def _pct(values: list[float]) -> dict[str, float]:
@@ -46,10 +45,8 @@ def _pct(values: list[float]) -> dict[str, float]:
 
 def bench_training(events: Path | None, work: Path) -> dict[str, Any]:
     if events is None:
-        if not DATA.exists():
-            return {"skipped": f"{DATA} absent"}
-        indexing.convert_online_retail(DATA, work / "or")
-        events = work / "or" / "events.csv"
+        events, _, source = retail_csvs(work / "or")
+        print(f"training data: {source}", file=sys.stderr)
     log, _ = indexing.read_events_csv(events)
     params = indexing.ModelParams()
     raw = indexing.matrix.interaction_matrix(log, params.weighting)

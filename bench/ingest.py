@@ -4,7 +4,7 @@ no-op task as the ceiling of Celery + Redis on this machine, in the same run.
 Each case pre-fills its queue, starts a real `pushrec worker` (prefork, one child per
 core), and measures the drain rate between 10% and 90% done, so neither producer cost
 nor worker start-up is counted. Events are purchases from the Online Retail log when
-`../shared/data` is present, else synthetic.
+`../shared/data` is present, else from the shipped sample (`retail.py`).
 
     python bench/ingest.py [--runs 3] [--json bench/out/ingest.json]
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import json
 import os
 import statistics
@@ -32,37 +31,36 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from retail import retail_csvs  # noqa: E402
+
+from indexing.events import open_text  # noqa: E402
 from tests.redis_server import delete_prefix, redis_server  # noqa: E402
 from worker import contract  # noqa: E402
 from worker.client import PushrecClient  # noqa: E402
 
-RETAIL = ROOT.parent / "shared" / "data" / "online_retail" / "online_retail.csv.gz"
 
-
-def retail_events(limit: int) -> list[dict[str, Any]]:
-    """Purchase events from the real log (valid rows only), or synthetic ones."""
+def retail_events(limit: int) -> tuple[list[dict[str, Any]], str]:
+    """Purchase events from the real log (or the shipped sample), topped up with
+    synthetic ones up to `limit`; and the name of the source."""
     events: list[dict[str, Any]] = []
-    if RETAIL.exists():
-        with gzip.open(RETAIL, "rt", newline="") as fh:
-            for n, row in enumerate(csv.DictReader(fh)):
-                if row["InvoiceNo"].startswith("C") or not row["CustomerID"]:
-                    continue
-                if int(row["Quantity"]) <= 0 or float(row["UnitPrice"]) <= 0:
-                    continue
-                ts = datetime.fromisoformat(row["InvoiceDate"]).replace(tzinfo=UTC).timestamp()
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _, source = retail_csvs(Path(tmp))
+        with open_text(path) as fh:
+            for row in csv.DictReader(fh):
+                if len(events) == limit:
+                    return events, source
                 events.append(
                     {
-                        "event_id": f"or-{n}",
-                        "user_id": row["CustomerID"].removesuffix(".0"),
-                        "type": "purchase",
-                        "item_id": row["StockCode"],
-                        "ts": ts,
-                        "quantity": int(row["Quantity"]),
-                        "price": float(row["UnitPrice"]),
+                        "event_id": f"or-{row['event_id']}",
+                        "user_id": row["user_id"],
+                        "type": row["type"],
+                        "item_id": row["item_id"],
+                        "ts": datetime.fromisoformat(row["ts"]).replace(tzinfo=UTC).timestamp(),
+                        "quantity": int(row["quantity"]),
+                        "price": float(row["price"]),
                     }
                 )
-                if len(events) == limit:
-                    return events
+    source += " + synthetic"
     while len(events) < limit:
         n = len(events)
         events.append(
@@ -74,7 +72,7 @@ def retail_events(limit: int) -> list[dict[str, Any]]:
                 "ts": time.time() - 3600,
             }
         )
-    return events
+    return events, source
 
 
 class Case:
@@ -171,7 +169,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "ingest.json")
     args = parser.parse_args()
 
-    events = retail_events(max(args.single, args.batched))
+    events, source = retail_events(max(args.single, args.batched))
     results: dict[str, list[dict[str, float]]] = {"noop": [], "track": [], "track_batch": []}
     with redis_server() as url, tempfile.TemporaryDirectory() as tmp:
         for run in range(args.runs):
@@ -196,7 +194,7 @@ def main() -> None:
     report = {
         "bench": "ingest",
         "machine": {"cpus": os.cpu_count()},
-        "source": "online_retail" if RETAIL.exists() else "synthetic",
+        "source": source,
         "runs": args.runs,
         "results": summary,
         "track_vs_noop": summary["track"]["median_events_per_s"] / ceiling,

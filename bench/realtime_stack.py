@@ -1,6 +1,7 @@
 """The stack bench/realtime.py measures: the shop (index, catalog, shoppers from the
-Online Retail log), the local gateways in their own process, and one case with its own
-keys, queues and worker nodes, whose CPU use it can sample."""
+Online Retail log, or the shipped sample without it: `retail.py`), the local gateways in
+their own process, and one case with its own keys, queues and worker nodes, whose CPU use
+it can sample."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from typing import Any
 
 import httpx
 import psutil
+from retail import retail_csvs
 
 import indexing
+from indexing.events import open_text
 from indexing.pipeline import build_version
 from tests.redis_server import delete_prefix
 from tests.worker.realtime import register, rule, write_config
@@ -32,7 +35,6 @@ from worker.service.runtime import Runtime
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-RETAIL = ROOT.parent / "shared" / "data" / "online_retail" / "online_retail.csv.gz"
 RULE = "post_purchase"
 HISTORY_AGE_S = 2 * 86_400  # history older than trigger_max_age_s: state only, no rule
 
@@ -60,9 +62,8 @@ class Shop:
 
     def __init__(self, work: Path) -> None:
         started = time.perf_counter()
-        converted = work / "online_retail"
-        indexing.convert_online_retail(RETAIL, converted)
-        log, _ = indexing.read_events_csv(converted / "events.csv")
+        events, items, self.source = retail_csvs(work / "online_retail")
+        log, _ = indexing.read_events_csv(events)
         self.store = work / "index"
         built = build_version(log, self.store, publish_it=True, force=True)
         self.index = {"version": built.version, "kind": built.index.kind, **built.counts}
@@ -74,10 +75,10 @@ class Shop:
                 "stock": 100,
                 "url": f"https://shop.example/p/{row['item_id']}",
             }
-            for row in csv.DictReader((converted / "items.csv").open(newline=""))
+            for row in csv.DictReader(open_text(items))
         ]
         purchases: dict[str, list[str]] = defaultdict(list)
-        with (converted / "events.csv").open(newline="") as fh:
+        with open_text(events) as fh:
             for row in csv.DictReader(fh):
                 purchases[row["user_id"]].append(row["item_id"])
         # customers with at least one purchase beyond the history: the trigger

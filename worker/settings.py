@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -27,6 +28,7 @@ from push.errors import UnsafeDestinationError
 from push.gateways.apns import APNS_URL
 from push.gateways.fcm import FCM_URL
 from push.ssrf import canonical_host
+from worker.clock import SimulatedClock
 from worker.rules import DEFAULT_RULES, Rule
 
 ENV_PREFIX = "PUSHREC_"
@@ -193,6 +195,13 @@ class Settings(BaseSettings):
         "(--metrics-port overrides); unset: not served.",
     )
 
+    simulated_clock: SimulatedClock | None = Field(
+        default=None,
+        description="Replays only (set by `pushrec demo` and `pushrec replay` for the "
+        "processes they start): decide by this accelerated clock, as JSON "
+        '{"origin": <epoch s>, "real_origin": <epoch s>, "speed": <x>} (worker/clock.py).',
+    )
+
     # --- index -----------------------------------------------------------------------
     index_store: Path | None = Field(default=None, description="Default: <state_dir>/index.")
     index_rebuild_cron: str | None = Field(
@@ -328,6 +337,13 @@ class Settings(BaseSettings):
         if self.webhook_secret is None:
             return []
         return _split_csv(self.webhook_secret.get_secret_value())  # type: ignore[no-any-return]
+
+    def now(self) -> float:
+        """The time decisions are made at: the simulated clock's in a replay, else the
+        wall clock's."""
+        if self.simulated_clock is not None:
+            return self.simulated_clock.now()
+        return time.time()
 
     def with_redis(self, url: str) -> Settings:
         """A copy pointing at `url` (used once an embedded server is up)."""

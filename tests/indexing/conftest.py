@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-DATA_DIR = Path("/work/shared/data/online_retail")
+DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "online_retail"
 BLOCKS = 4
 ITEMS_PER_BLOCK = 12
 USERS_PER_BLOCK = 40

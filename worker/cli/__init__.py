@@ -11,9 +11,17 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from worker.cli import dead_letters, index, schedule, send, serve, user
+from worker.cli import dead_letters, index, replay, schedule, send, serve, user
 
-_COMMAND_MODULES: tuple[ModuleType, ...] = (serve, schedule, user, index, send, dead_letters)
+_COMMAND_MODULES: tuple[ModuleType, ...] = (
+    replay,
+    serve,
+    schedule,
+    user,
+    index,
+    send,
+    dead_letters,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""`pushrec index build|info`, `pushrec eval` and `pushrec data convert online-retail`.
+"""`pushrec index build|info`, `pushrec eval`, `pushrec data convert online-retail` and
+`pushrec data sample`.
 
 Thin wrappers over the `indexing` library: parse arguments, call it, print JSON or a
 table, map its errors to exit codes (0 ok, 1 refused by the quality gate, 2 bad input or
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import indexing
+from indexing.sample import SAMPLE_DIR, SampleSpec, build_sample
 from worker.cli.common import fail, load_settings, print_json
 
 _METRICS = ("recall", "ndcg", "hr", "coverage")
@@ -66,6 +68,17 @@ def register(subparsers: Any) -> None:
     convert.add_argument("src", type=Path)
     convert.add_argument("out_dir", type=Path)
     convert.set_defaults(handler=cmd_data_convert)
+    sample = data_sub.add_parser(
+        "sample", help="cut the shipped Online Retail sample from the full raw file"
+    )
+    spec = SampleSpec()
+    sample.add_argument("src", type=Path, help="online_retail.csv.gz (or its folder)")
+    sample.add_argument("out_dir", type=Path, nargs="?", default=SAMPLE_DIR)
+    sample.add_argument("--shoppers", type=int, default=spec.shoppers)
+    sample.add_argument("--start", default=spec.start, help="first day kept (UTC date)")
+    sample.add_argument("--end", default=spec.end, help="first day not kept (UTC date)")
+    sample.add_argument("--seed", type=int, default=spec.seed)
+    sample.set_defaults(handler=cmd_data_sample)
 
 
 def _read_log(
@@ -216,4 +229,14 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     except indexing.InputError as exc:
         fail(str(exc))
     print_json({"out_dir": str(args.out_dir), **report.as_dict()})
+    return 0
+
+
+def cmd_data_sample(args: argparse.Namespace) -> int:
+    spec = SampleSpec(shoppers=args.shoppers, start=args.start, end=args.end, seed=args.seed)
+    try:
+        counts = build_sample(args.src, args.out_dir, spec)
+    except indexing.InputError as exc:
+        fail(str(exc))
+    print_json({"out_dir": str(args.out_dir), **counts})
     return 0

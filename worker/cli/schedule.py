@@ -46,7 +46,7 @@ def run_scheduler(args: argparse.Namespace) -> int:
     rt = app.runtime()
     jobs: list[tuple[Callable[[], Any], dict[str, Any]]] = [
         (
-            lambda: drain_due(rt.delayed, app.enqueue),
+            lambda: drain_due(rt.delayed, app.enqueue, settings.now),
             {"trigger": "interval", "seconds": settings.scheduler_poll_s},
         )
     ]

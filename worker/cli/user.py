@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 from worker.cli.common import load_settings_with_redis, print_json
@@ -50,7 +49,7 @@ def show_user(args: argparse.Namespace) -> int:
     from worker.service.userview import decisions_view, user_view
 
     rt = _runtime()
-    view = user_view(rt.redis, rt.keys, args.user_id, time.time())
+    view = user_view(rt.redis, rt.keys, args.user_id, rt.settings.now())
     view["decisions"] = decisions_view(rt.audit, rt.outbox, args.user_id)
     print_json(view)
     return 0

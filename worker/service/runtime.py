@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,7 +187,7 @@ class Runtime:
         if self.settings.deliver_inline and owner:
             requests = [DeliveryRequest(mid) for mid in message_ids]
             try:
-                self.sender().deliver_many(requests, time.time(), f"{owner}:inline", stored)
+                self.sender().deliver_many(requests, self.settings.now(), f"{owner}:inline", stored)
                 return
             except Exception as exc:
                 log.warning("inline delivery of %d messages failed, queued instead: %s",

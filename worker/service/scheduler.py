@@ -59,13 +59,16 @@ class LeaderLock:
         self._release(keys=[self._key], args=[self.owner])
 
 
-def drain_due(delayed: DelayedJobs, enqueue: Enqueue, batch: int = 500) -> int:
-    """Enqueue every due delayed job; returns how many. Due rule firings travel together,
-    `INTERNAL_BATCH` per fire task (a price-drop fan-out is thousands of them). A crash
-    between enqueue and ack re-runs the jobs after their lease (handlers are idempotent)."""
+def drain_due(
+    delayed: DelayedJobs, enqueue: Enqueue, now: Callable[[], float], batch: int = 500
+) -> int:
+    """Enqueue every due delayed job (due by `now()`: `Settings.now`); returns how many.
+    Due rule firings travel together, `INTERNAL_BATCH` per fire task (a price-drop fan-out
+    is thousands of them). A crash between enqueue and ack re-runs the jobs after their
+    lease (handlers are idempotent)."""
     moved = 0
     while True:
-        claimed = delayed.claim_due(time.time(), limit=batch)
+        claimed = delayed.claim_due(now(), limit=batch)
         fires = [c.job.kwargs for c in claimed if c.job.task == FIRE]
         enqueue_batched(enqueue, FIRE, "jobs", fires)
         for item in claimed:

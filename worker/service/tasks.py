@@ -248,7 +248,7 @@ def _fire(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
             jobs.append(FireJob.from_kwargs(entry))
         except InvalidInput as exc:
             rt.rejected.record(task.name, exc.code, exc.reason, entry)
-    return rt.firer().fire_many(jobs, time.time(), _delivery(task))
+    return rt.firer().fire_many(jobs, rt.settings.now(), _delivery(task))
 
 
 def _deliver(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
@@ -257,7 +257,7 @@ def _deliver(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
         requests = DeliveryRequest.from_kwargs(kwargs)
     except InvalidInput as exc:
         return _shape_rejected(task, exc.reason, kwargs)
-    return rt.sender().deliver_many(requests, time.time(), _delivery(task))
+    return rt.sender().deliver_many(requests, rt.settings.now(), _delivery(task))
 
 
 def _park_deliveries(rt: Runtime, kwargs: dict[str, Any]) -> None:
@@ -287,22 +287,22 @@ _USER = frozenset({"user_id"})
 TASKS: tuple[TaskSpec, ...] = (
     TaskSpec(
         contract.TRACK,
-        lambda t, rt, kw: ingest.track_one(rt, kw["event"], time.time(), _delivery(t)),
+        lambda t, rt, kw: ingest.track_one(rt, kw["event"], rt.settings.now(), _delivery(t)),
         required=frozenset({"event"}),
     ),
     TaskSpec(
         contract.TRACK_BATCH,
-        lambda t, rt, kw: ingest.track_batch(rt, kw["events"], time.time(), _delivery(t)),
+        lambda t, rt, kw: ingest.track_batch(rt, kw["events"], rt.settings.now(), _delivery(t)),
         required=frozenset({"events"}),
     ),
     TaskSpec(
         contract.UPSERT_ITEMS,
-        lambda t, rt, kw: ingest.upsert_items(rt, kw["items"], time.time(), _delivery(t))[0],
+        lambda t, rt, kw: ingest.upsert_items(rt, kw["items"], rt.settings.now(), _delivery(t))[0],
         required=frozenset({"items"}),
     ),
     TaskSpec(
         contract.REGISTER_DEVICE,
-        lambda t, rt, kw: ingest.register_device(rt, kw, time.time()),
+        lambda t, rt, kw: ingest.register_device(rt, kw, rt.settings.now()),
         required=_DEVICE,
         optional=frozenset({"token", "subscription", "ts"}),
         keep=_kwargs_only,
@@ -316,7 +316,7 @@ TASKS: tuple[TaskSpec, ...] = (
     ),
     TaskSpec(
         contract.SET_PREFERENCES,
-        lambda t, rt, kw: ingest.set_preferences(rt, kw, time.time()),
+        lambda t, rt, kw: ingest.set_preferences(rt, kw, rt.settings.now()),
         required=_USER,
         optional=frozenset({"consent", "timezone", "locale", "quiet_hours", "ts"}),
     ),

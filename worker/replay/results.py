@@ -1,0 +1,268 @@
+"""What a replay did, read back from its Redis and summed up per rule: the answers a
+growth team wants before switching rules on. A JSON-able dict (`--json`), the input of
+the report and of `pushrec replay compare`.
+
+Per rule: triggers decided, messages queued and delivered, what held the rest back
+(consent, caps, quiet hours, no-repeat, cooldown, holdout, the rule's condition), pushes
+per shopper per day, coupons and their face value, and the hit rate: how often the
+shopper bought a pushed item within 7 days, beside the holdout cell's rate for the items
+the rule would have pushed (lift with a 95% interval). All times are the history's own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import Counter, defaultdict
+from typing import Any
+
+from worker.replay.config import rules_of
+from worker.replay.engine import ReplayRun
+from worker.service.runtime import Runtime
+
+HIT_WINDOW_S = 7 * 86_400
+_EXAMPLES = 4
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """95% Wilson interval of a rate (None without trials)."""
+    if n == 0:
+        return None
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def lift_interval(h1: int, n1: int, h0: int, n0: int, z: float = 1.96) -> dict[str, Any]:
+    """Relative lift of rate h1/n1 over h0/n0 with a 95% interval (log rate ratio, a half
+    hit added to empty cells)."""
+    if n1 == 0 or n0 == 0:
+        return {"lift": None, "low": None, "high": None}
+    a, b = h1 + (0.5 if h1 == 0 or h0 == 0 else 0), h0 + (0.5 if h1 == 0 or h0 == 0 else 0)
+    ratio = (a / n1) / (b / n0)
+    se = math.sqrt(max(0.0, 1 / a - 1 / n1 + 1 / b - 1 / n0))
+    return {
+        "lift": ratio - 1,
+        "low": math.exp(math.log(ratio) - z * se) - 1,
+        "high": math.exp(math.log(ratio) + z * se) - 1,
+    }
+
+
+def _held_back_by(decision: dict[str, Any]) -> str:
+    """The step that stopped a firing: its last policy step, else the rule's condition."""
+    steps = (decision.get("policy") or {}).get("steps") or []
+    if steps:
+        return str(steps[-1]["step"])
+    return "condition"
+
+
+def _purchases(run: ReplayRun) -> dict[str, list[tuple[float, str]]]:
+    """Per shopper, their replayed purchases (history time, item), in time order."""
+    out: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for event_id in run.sent_at:
+        row = run.replayed.get(event_id)
+        if row is not None and row["type"] == "purchase" and row.get("item_id"):
+            out[row["user_id"]].append((row["ts"], row["item_id"]))
+    for rows in out.values():
+        rows.sort()
+    return out
+
+
+def _as_if_sent(held: list[dict[str, Any]], cooldown_s: float) -> list[dict[str, Any]]:
+    """The holdout decisions a treated shopper could have received: the holdout step
+    comes before the cooldown is taken, so without this every line of an order would
+    count as a held-out message where the treated cell gets one."""
+    kept: list[dict[str, Any]] = []
+    last: dict[str, float] = {}
+    for d in sorted(held, key=lambda d: d.get("at", 0.0)):
+        at = float(d.get("at", 0.0))
+        if d["user_id"] not in last or at - last[d["user_id"]] >= cooldown_s:
+            kept.append(d)
+            last[d["user_id"]] = at
+    return kept
+
+
+def _hit(buys: list[tuple[float, str]], at: float, items: list[str]) -> bool:
+    wanted = set(items)
+    return any(at < ts <= at + HIT_WINDOW_S and item in wanted for ts, item in buys)
+
+
+def collect(run: ReplayRun, rt: Runtime) -> dict[str, Any]:
+    """Read every shopper's decisions and messages; sum them up per rule."""
+    shift = run.shift_s
+    rules = {r.name: r for r in rules_of(run.plan.config) if r.enabled}
+    buys = _purchases(run)
+    users = sorted(run.shoppers)
+    pipe = rt.redis.pipeline(transaction=False)
+    for user in users:
+        pipe.lrange(rt.keys.user(user).decisions, 0, -1)
+    final: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for user, rows in zip(users, pipe.execute(), strict=True):
+        for raw in reversed(rows):  # oldest first: a deferred firing's last word wins
+            d = json.loads(raw)
+            if "trigger" not in d or "rule" not in d:
+                continue
+            final[(d["rule"], user, d["trigger"]["id"])] = {**d, "user_id": user}
+    decisions = list(final.values())
+    queued = [d for d in decisions if d.get("action") == "queued" and d.get("message_id")]
+    pipe = rt.redis.pipeline(transaction=False)
+    for d in queued:
+        pipe.hgetall(rt.keys.message(d["message_id"]).state)
+        pipe.lrange(rt.keys.message(d["message_id"]).attempts, 0, -1)
+        pipe.get(rt.keys.message(d["message_id"]).record)
+    replies = pipe.execute()
+    deliveries: list[dict[str, Any]] = []
+    for n, d in enumerate(queued):
+        state, attempts, record = replies[3 * n : 3 * n + 3]
+        attempts = [json.loads(a) for a in attempts]
+        sent = [a for a in attempts if a.get("outcome")]
+        first = min((a["at"] for a in sent if a["outcome"] == "delivered"), default=None)
+        deliveries.append(
+            {
+                "decision": d,
+                "state": state.get("state", ""),
+                "outcome": sent[-1]["outcome"] if sent else state.get("state", "queued"),
+                "channel": sent[-1].get("channel") if sent else None,
+                "delivered_at": first,
+                "coupon": (json.loads(record) or {}).get("coupon") if record else None,
+            }
+        )
+    per_rule: dict[str, dict[str, Any]] = {}
+    timeline: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    latency_real: list[float] = []
+    sim_delay: dict[str, list[float]] = defaultdict(list)
+    channel_outcomes: Counter[tuple[str, str]] = Counter()
+    for name, rule in rules.items():
+        mine = [d for d in decisions if d["rule"] == name]
+        actions = Counter(str(d.get("action")) for d in mine)
+        held = Counter(
+            _held_back_by(d) for d in mine if d.get("action") in {"suppress", "defer", "held_out"}
+        )
+        dels = [x for x in deliveries if x["decision"]["rule"] == name]
+        delivered = [x for x in dels if x["delivered_at"] is not None]
+        per_day: Counter[tuple[str, int]] = Counter()
+        for x in delivered:
+            day = int((x["delivered_at"] - shift) // 86_400)
+            per_day[(x["decision"]["user_id"], day)] += 1
+            timeline[name].append((x["delivered_at"] - shift, 1))
+            sim_delay[name].append(x["delivered_at"] - x["decision"]["trigger"]["ts"])
+            trigger = x["decision"]["trigger"]["id"]
+            if rule.delay_s == 0 and trigger in run.sent_at:
+                latency_real.append(run.clock.real_at(x["delivered_at"]) - run.sent_at[trigger])
+        for x in dels:
+            channel_outcomes[(str(x["channel"] or "none"), str(x["outcome"]))] += 1
+        treated_hits = sum(
+            _hit(buys.get(x["decision"]["user_id"], []), x["delivered_at"] - shift,
+                 x["decision"]["message"]["items"])
+            for x in delivered
+        )  # fmt: skip
+        holdouts = _as_if_sent([d for d in mine if d.get("action") == "held_out"], rule.cooldown_s)
+        holdout_hits = sum(
+            _hit(buys.get(d["user_id"], []), d["at"] - shift,
+                 [c["item_id"] for c in d.get("candidates", [])][: rule.items])
+            for d in holdouts
+        )  # fmt: skip
+        coupons = [x for x in delivered if x["coupon"]]
+        face = 0.0
+        if rule.coupon is not None:  # the code takes percent_off of the lead item's price
+            lead = [x["decision"]["message"]["items"][0] for x in coupons]
+            found = rt.catalog.get_many(sorted(set(lead)))
+            price = {i: float(f.get("price") or 0) for i, f in found.items()}
+            face = sum(price.get(i, 0.0) for i in lead) * rule.coupon.percent_off / 100
+        counts = sorted(per_day.values())
+        per_rule[name] = {
+            "kind": rule.kind, "delay_s": rule.delay_s, "holdout_pct": rule.holdout_pct,
+            "decided": len(mine), "actions": dict(actions), "held_back_by": dict(held),
+            "queued": len(dels), "delivered": len(delivered),
+            "pushes_per_shopper_day": {
+                "shopper_days": len(counts),
+                "mean": statistics.fmean(counts) if counts else 0.0,
+                "max": counts[-1] if counts else 0,
+                "histogram": dict(Counter(counts)),
+            },
+            "coupons": {"issued": len(coupons), "face_value": round(face, 2),
+                        "percent_off": rule.coupon.percent_off if rule.coupon else None},
+            "hit_rate": {
+                "treated": {"hits": treated_hits, "n": len(delivered),
+                            "rate": treated_hits / len(delivered) if delivered else None,
+                            "ci": wilson(treated_hits, len(delivered))},
+                "holdout": {"hits": holdout_hits, "n": len(holdouts),
+                            "rate": holdout_hits / len(holdouts) if holdouts else None,
+                            "ci": wilson(holdout_hits, len(holdouts))},
+                **lift_interval(treated_hits, len(delivered), holdout_hits, len(holdouts)),
+            },
+        }  # fmt: skip
+    counters = rt.metrics.snapshot()
+    examples = _examples(run, decisions, deliveries, buys)
+    return {
+        "title": run.plan.run_dir.name,
+        "history": {"first": run.history_span[0], "last": run.history_span[1]},
+        "replayed": {"from": run.replay_span[0], "to": run.replay_span[1],
+                     "events_sent": len(run.sent_at), "speed": run.clock.speed,
+                     "wall_s": round(run.wall_s, 1), "interrupted": run.interrupted},
+        "input": {**run.account,
+                  "applied": counters.get("events.applied", 0),
+                  "duplicates": counters.get("events.duplicate", 0),
+                  "rejected_by_workers": {k.removeprefix("pushrec.track_batch.rejected."): v
+                                          for k, v in counters.items()
+                                          if k.startswith("pushrec.track_batch.rejected.")}},
+        "index": run.index,
+        "shoppers": {
+            "synthetic": len(run.shoppers),
+            "channels": dict(Counter(s.channel for s in run.shoppers.values())),
+            "without_consent": sum(not s.consent for s in run.shoppers.values()),
+            "quiet_hours": sum(s.quiet_hours for s in run.shoppers.values()),
+            "gone_tokens": sum(s.gone for s in run.shoppers.values()),
+        },
+        "rules": per_rule,
+        "decisions_by_step": {k.removeprefix("decisions."): v for k, v in counters.items()
+                              if k.startswith("decisions.")},
+        "channel_outcomes": [{"channel": c, "outcome": o, "count": n}
+                             for (c, o), n in sorted(channel_outcomes.items())],
+        "timeline": {k: sorted(t for t, _ in v) for k, v in timeline.items()},
+        "latency_s": sorted(latency_real),
+        "simulated_delay_s": {k: sorted(v) for k, v in sim_delay.items()},
+        "examples": examples,
+    }  # fmt: skip
+
+
+def _examples(
+    run: ReplayRun,
+    decisions: list[dict[str, Any]],
+    deliveries: list[dict[str, Any]],
+    buys: dict[str, list[tuple[float, str]]],
+) -> list[dict[str, Any]]:
+    """A few shoppers' timelines in the history's time: their replayed events, the
+    decisions about them and how each message went. Shoppers with most delivered
+    messages first."""
+    delivered_to = Counter(
+        x["decision"]["user_id"] for x in deliveries if x["delivered_at"] is not None
+    )
+    outcome = {x["decision"]["message_id"]: x["outcome"] for x in deliveries}
+    out = []
+    for user, _ in delivered_to.most_common(_EXAMPLES):
+        events = [
+            {"ts": row["ts"], "type": row["type"], "item_id": row.get("item_id")}
+            for row in run.replayed.values()
+            if row["user_id"] == user
+        ]
+        mine = [
+            {"ts": d.get("at", 0) - run.shift_s, "rule": d["rule"], "action": d.get("action"),
+             "reason": d.get("reason", ""),
+             "message": (d.get("message") or {}).get("title"),
+             "delivery": outcome.get(d.get("message_id", ""))}
+            for d in decisions
+            if d["user_id"] == user
+        ]  # fmt: skip
+        out.append(
+            {
+                "user_id": user,
+                "synthetic": run.shoppers[user].as_dict(),
+                "events": sorted(events, key=lambda e: e["ts"])[:200],
+                "decisions": sorted(mine, key=lambda d: d["ts"])[:30],
+                "purchases": len(buys.get(user, [])),
+            }
+        )
+    return out
