@@ -53,7 +53,7 @@ def blend_recalls(
     weights: Sequence[BlendWeights],
     users: npt.NDArray[np.int64],
     *,
-    pool: int = 100,
+    pool: int = 50,
 ) -> dict[BlendCase, float]:
     """Mean recall@10 over `users` (test user codes of `task`) per (window, weights).
 

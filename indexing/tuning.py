@@ -49,6 +49,7 @@ from indexing.events import EventLog
 from indexing.experiment import BaselineParams, rank_all
 from indexing.factors import AlsParams, train_als
 from indexing.item_item import (
+    EASE_MAX_ITEMS,
     ITEM_ITEM_KINDS,
     ItemItemParams,
     ease_weights,
@@ -89,20 +90,21 @@ class TuneGrid:
     recent_days: Sequence[float] = (1.0, 3.0, 7.0, 14.0, 30.0)
     top_m: Sequence[int] = (20, 50, 100, 200)
     rp3_alpha: Sequence[float] = (0.5, 1.0)
-    rp3_beta: Sequence[float] = (0.0, 0.3, 0.5, 0.7)
+    rp3_beta: Sequence[float] = (0.3, 0.6)
     ease_l2: Sequence[float] = (100.0, 400.0, 1600.0, 6400.0)
-    ease_max_items: int = 8_192
+    ease_max_items: int = EASE_MAX_ITEMS
     matrix_half_life_days: Sequence[float | None] = (None, 60.0)
     history_half_life_days: Sequence[float | None] = (None, 90.0)
     validation_fractions: Sequence[float] = (0.8, 0.9)
     blend_windows: int = 3
     blend_weights: Sequence[BlendWeights] = field(default_factory=default_blend_weights)
-    als_finalists: int = 2
+    als_second_round: int = 6
+    als_finalists: int = 1
     blend_kinds: int = 2
     blend_top_m_max: int = 200
     screen_share: float = 0.25
     screen_min_users: int = 2_000
-    finalists: int = 4
+    finalists: int = 3
 
 
 @dataclass(frozen=True)
@@ -153,11 +155,20 @@ def tune(
     timings["popularity"] = time.perf_counter() - started
     item_scores = _item_item_scores(folds, grid, timings)
     mark = time.perf_counter()
-    als_scores: dict[AlsParams, float] = {}
-    for f, reg, a in itertools.product(grid.factors, grid.regularization, grid.alpha):
-        p = AlsParams(factors=f, regularization=reg, alpha=a, iterations=grid.iterations, seed=seed)
-        fit = replace(p, num_threads=0)
-        als_scores[p] = mean(lambda fold, fit=fit: AlsRanker(train_als(fold.raw, fit)))  # type: ignore[misc]
+    als_grid = [
+        AlsParams(factors=f, regularization=reg, alpha=a, iterations=grid.iterations, seed=seed)
+        for f, reg, a in itertools.product(grid.factors, grid.regularization, grid.alpha)
+    ]
+
+    def als_recall(p: AlsParams, fold: _Fold) -> float:
+        return fold.recall(AlsRanker(train_als(fold.raw, replace(p, num_threads=0))))
+
+    # successive halving: every setting on the first split, the best on every split
+    first = {p: als_recall(p, folds[0]) for p in als_grid}
+    kept = sorted(als_grid, key=lambda p: -first[p])[: grid.als_second_round]
+    als_scores = {
+        p: float(np.mean([first[p]] + [als_recall(p, f) for f in folds[1:]])) for p in kept
+    }
     timings["als"] = time.perf_counter() - mark
     best_days = max(pop_scores, key=lambda d: pop_scores[d])
     best_by_kind = {
@@ -184,6 +195,7 @@ def tune(
         ],
         "popularity_recent": {str(k): v for k, v in pop_scores.items()},
         "item_item": [{**p.as_dict(), "recall@10": s} for p, s in item_scores.items()],
+        "als_first_split": [{**p.as_dict(), "recall@10": s} for p, s in first.items()],
         "als": [{**p.as_dict(), "recall@10": s} for p, s in als_scores.items()],
         **blend_report,
         "chosen_baselines": baselines.as_dict(),

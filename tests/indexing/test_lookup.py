@@ -170,3 +170,34 @@ def test_scoring_every_item_equals_scoring_them_as_candidates(index: LoadedIndex
     assert np.array_equal(
         index.blend.score(rows, weights, None), index.blend.score(rows, weights, every)
     )
+
+
+def test_the_evaluation_scores_the_loaded_index_where_a_large_catalog_is_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Below the full-scoring limit the loaded index ranks as the evaluation's own scoring;
+    above it, `served_blend` is what `recommend`'s candidate set serves, the every-item
+    scoring is reported beside it, and neither counts as a baseline."""
+    from indexing import BaselineParams, discovery_task, evaluate_models
+    from indexing import experiment
+    from indexing.experiment import SERVED, SERVED_EVERY_ITEM, loaded_rankings, served_rankings
+
+    log, _ = read_events(planted_rows(per_user=8))
+    task = discovery_task(log)
+    model = train_model(task.train, PARAMS, as_of=task.split_ts)
+    assert loaded_rankings(task, model) == served_rankings(task, model)
+    small = evaluate_models(log, PARAMS, BaselineParams())
+    assert SERVED_EVERY_ITEM not in small.metrics
+    monkeypatch.setattr(experiment, "FULL_SCORE_MAX_ITEMS", 10)
+    monkeypatch.setattr("indexing.lookup.FULL_SCORE_MAX_ITEMS", 10)
+    monkeypatch.setattr("indexing.lookup._CANDIDATES_PER_SOURCE", 3)
+    large = evaluate_models(log, PARAMS, BaselineParams())
+    assert large.metrics[SERVED_EVERY_ITEM] == small.metrics[SERVED]
+    assert large.best_baseline()[0] not in (SERVED, SERVED_EVERY_ITEM)
+    # the served figure is the candidate set's (3 per source here), not every item's
+    candidates = loaded_rankings(task, model)
+    assert candidates != served_rankings(task, model)
+    ids = task.train.item_ids
+    assert large.served_recs == {
+        task.train.user_ids[u]: [ids[c] for c in r] for u, r in candidates.items()
+    }
