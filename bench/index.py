@@ -1,6 +1,6 @@
 """Benchmark of the indexing library: prints a table, writes JSON (no timed assertions).
 
-    PYTHONPATH=. python bench/index.py [--sizes 100000,1000000] [--json bench/out/index.json]
+    PYTHONPATH=. python bench/index.py [--sizes 24000,1000000] [--json bench/out/index.json]
 
 Measures, in one run so ratios share the machine's noise:
 - ALS training on Online Retail (`implicit`, BLAS 1 thread): seconds per iteration, full
@@ -32,6 +32,7 @@ from retail import retail_csvs
 import indexing
 from indexing.build import exact_neighbours, recall_at_k
 from indexing.model import TrainedModel
+from indexing.tuning import TuneGrid
 
 
 def _pct(values: list[float]) -> dict[str, float]:
@@ -74,8 +75,9 @@ def synthetic_model(n: int, d: int = 64, seed: int = 0) -> TrainedModel:
     x += 0.6 * rng.normal(size=(n, d)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     x *= rng.lognormal(0.0, 0.5, size=(n, 1)).astype(np.float32)
-    # a sparse top-20 KNN so recommend() has a realistic candidate source
-    m = 20
+    # item-item lists as wide as tuning may serve (TuneGrid.blend_top_m_max), so
+    # recommend() pays the widest served item-item term and candidate source
+    m = TuneGrid().blend_top_m_max
     cols = rng.integers(0, n, size=(n, m)).astype(np.int32)
     sim = sp.csr_matrix(
         (rng.random(n * m, dtype=np.float32), cols.ravel(), np.arange(0, n * m + 1, m)),
@@ -203,7 +205,7 @@ def bench_size(n: int, store: Path, queries: int) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--sizes", default="24000,1000000")
     parser.add_argument("--queries", type=int, default=5000)
     parser.add_argument("--events", type=Path, help="canonical events CSV (default: convert)")
     parser.add_argument("--skip-training", action="store_true")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import faiss
 import numpy as np
 import numpy.typing as npt
 
@@ -169,17 +170,24 @@ def loaded_rankings(
     code_of = {item_id: code for code, item_id in enumerate(task.train.item_ids)}
     ids = task.train.item_ids
     out: dict[int, list[int]] = {}
-    with tempfile.TemporaryDirectory(prefix="pushrec-eval-") as tmp:
-        version, _ = save_model(Path(tmp), model)
-        index = load_index(Path(tmp), version)
-        for user in task.users.tolist():
-            codes, weights = histories[user]
-            seen = task.train_items.get(user, frozenset())
-            answer = index.recommend(
-                [ids[c] for c in codes.tolist()], weights.tolist(), k=depth + len(seen)
-            )
-            ranked = [code_of[i] for i, _ in answer]
-            out[user] = [c for c in ranked if c not in seen and task.warm[c]][:depth]
+    threads = faiss.omp_get_max_threads()
+    # one query at a time on one thread, as a worker searches (`configure_threads`):
+    # OpenMP threads on a single query cost ~10x here
+    faiss.omp_set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="pushrec-eval-") as tmp:
+            version, _ = save_model(Path(tmp), model)
+            index = load_index(Path(tmp), version)
+            for user in task.users.tolist():
+                codes, weights = histories[user]
+                seen = task.train_items.get(user, frozenset())
+                answer = index.recommend(
+                    [ids[c] for c in codes.tolist()], weights.tolist(), k=depth + len(seen)
+                )
+                ranked = [code_of[i] for i, _ in answer]
+                out[user] = [c for c in ranked if c not in seen and task.warm[c]][:depth]
+    finally:
+        faiss.omp_set_num_threads(threads)
     return out
 
 

@@ -180,6 +180,15 @@ def _table(metrics: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _describe(params: indexing.ModelParams) -> str:
+    b = params.blend
+    return (
+        f"blend mf {b.mf:g} + item-item {b.knn:g} + popularity {b.pop:g}; "
+        f"ALS {params.als.factors} factors; item-item {params.item_item.label()}; "
+        f"popularity window {params.recent_days:g} d"
+    )
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     log = _read_log(args.events, rejected=args.rejected)
     _read_items(args.items)  # validated and reported; cold items play no part offline
@@ -198,10 +207,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(_table(result.metrics))
     name, best = result.best_baseline()
     served = result.metrics["served_blend"]["recall@10"]
+    total_s = time.perf_counter() - started
     print(
         f"\nserved recall@10 {served:.4f} = {served / best:.3f} x best baseline "
         f"({name}, {best:.4f}); test users {result.counts['test_users']}"
     )
+    print(f"served model: {_describe(params)}")
+    print(f"wall time: tuning {tune_s:.0f} s, evaluation {total_s - tune_s:.0f} s")
     if args.json:
         payload = result.as_dict()
         payload.update(
@@ -209,6 +221,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             baseline_params=baselines.as_dict(),
             tuning=tune_report,
             tune_seconds=tune_s,
+            eval_seconds=total_s,
         )
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
