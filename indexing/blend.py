@@ -106,13 +106,21 @@ class Blend:
 
 
 def shopper_histories(
-    log: EventLog, weighting: Weighting, as_of: float, max_items: int = 50
+    log: EventLog,
+    weighting: Weighting,
+    as_of: float,
+    max_items: int = 50,
+    max_events: int | None = None,
 ) -> Mapping[int, tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]]:
-    """Per user code: their `max_items` most recently touched item rows and summed weights.
+    """Per user code: their `max_items` most recently touched item rows and summed weights,
+    over their last `max_events` events (None: all).
 
-    The same view of a shopper the worker keeps live (recent items with weights), rebuilt
-    from a log for offline evaluation. Rows are ordered most recent first.
+    The same view of a shopper the worker has live (`recent_item_weights` over the recent
+    events it keeps), rebuilt from a log for offline evaluation. Rows are ordered most
+    recent first.
     """
+    if max_events is not None:
+        log = log.select(_last_events(log, max_events))
     w = event_weights(log, weighting, as_of).astype(np.float64)
     n_items = len(log.item_ids)
     key = log.users.astype(np.int64) * n_items + log.items
@@ -134,6 +142,17 @@ def shopper_histories(
             wsum[chunk].astype(np.float32),
         )
     return out
+
+
+def _last_events(log: EventLog, count: int) -> npt.NDArray[np.bool_]:
+    """Bool (n,): each user's `count` latest events (later position first at equal ts)."""
+    order = np.lexsort((-np.arange(len(log)), -log.ts, log.users))
+    users = log.users[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    rank = np.arange(order.shape[0]) - np.repeat(starts, np.diff(np.r_[starts, order.shape[0]]))
+    keep = np.zeros(len(log), dtype=bool)
+    keep[order[rank < count]] = True
+    return keep
 
 
 def recent_item_weights(

@@ -141,7 +141,9 @@ def served_rankings(
     row_of = np.full(len(task.train.item_ids), -1, dtype=np.intp)
     row_of[row_code] = np.arange(row_code.shape[0])
     warm_rows = np.flatnonzero(~model.cold)
-    histories = shopper_histories(task.train, weighting, task.split_ts, params.history_items)
+    histories = shopper_histories(
+        task.train, weighting, task.split_ts, params.history_items, params.history_events
+    )
     scorer: Blend = model.blend()
     out: dict[int, list[int]] = {}
     n_items = len(task.train.item_ids)
@@ -165,7 +167,11 @@ def loaded_rankings(
     after the call, as `top_k` leaves them out."""
     params = model.params
     histories = shopper_histories(
-        task.train, params.history_weighting, task.split_ts, params.history_items
+        task.train,
+        params.history_weighting,
+        task.split_ts,
+        params.history_items,
+        params.history_events,
     )
     code_of = {item_id: code for code, item_id in enumerate(task.train.item_ids)}
     ids = task.train.item_ids

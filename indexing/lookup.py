@@ -280,6 +280,13 @@ class LoadedIndex:
         )
 
     @property
+    def history_events(self) -> int | None:
+        """How many of the shopper's latest events the served model was evaluated with
+        (None: all of them, versions before the field)."""
+        value = self.manifest["params"].get("history_events")
+        return None if value is None else int(value)
+
+    @property
     def history_items(self) -> int:
         """How many recent items the served model was evaluated with (pass at most these)."""
         return int(self.manifest["params"]["history_items"])

@@ -46,6 +46,9 @@ class ModelParams:
     weighting: Weighting = field(default_factory=lambda: Weighting(half_life_days=60.0))
     history_half_life_days: float | None = 90.0
     history_items: int = 50
+    #: the shopper's latest events the model reads, as the worker keeps them (its
+    #: `recent_items_max`, 50 by default); None: every event (versions before this field)
+    history_events: int | None = 50
     item_item: ItemItemParams = field(default_factory=ItemItemParams)
     recent_days: float = 3.0
     blend: BlendWeights = field(default_factory=lambda: BlendWeights(mf=1.0, knn=0.3, pop=1.0))
@@ -60,6 +63,7 @@ class ModelParams:
             "weighting": self.weighting.as_dict(),
             "history_half_life_days": self.history_half_life_days,
             "history_items": self.history_items,
+            "history_events": self.history_events,
             "item_item": self.item_item.as_dict(),
             "recent_days": self.recent_days,
             "blend": self.blend.as_dict(),
@@ -86,10 +90,15 @@ class ModelParams:
             weighting=Weighting(**weighting),
             history_half_life_days=_opt_float(data.get("history_half_life_days")),
             history_items=int(str(data.get("history_items", 50))),
+            history_events=_opt_int(data.get("history_events")),
             item_item=ItemItemParams(**item_item),
             recent_days=float(str(data.get("recent_days", 14.0))),
             blend=BlendWeights(**blend),
         )
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else int(str(value))
 
 
 def _opt_float(value: object) -> float | None:

@@ -263,9 +263,9 @@ def _fold_signals(
     als_finalists: Sequence[AlsParams],
     kinds: Sequence[ItemItemParams],
     windows: Sequence[float],
-    history_items: int,
 ) -> _FoldSignals:
     tr, as_of = task.train, task.split_ts
+    defaults = ModelParams()
     warm = warm_columns(tr, Weighting(), as_of)
     pattern = interaction_matrix(tr, Weighting(), as_of=as_of)[:, warm]
     sims = {p: item_item(pattern, p) for p in kinds}
@@ -279,7 +279,13 @@ def _fold_signals(
         sims=sims,
         pops={d: recent_popularity(tr, warm, as_of - d * _DAY) for d in windows},
         histories={
-            hl: shopper_histories(tr, Weighting(half_life_days=hl), as_of, history_items)
+            hl: shopper_histories(
+                tr,
+                Weighting(half_life_days=hl),
+                as_of,
+                defaults.history_items,
+                defaults.history_events,
+            )
             for hl in grid.history_half_life_days
         },
         models=models,
@@ -294,11 +300,8 @@ def _search_blend(
     windows: Sequence[float],
     seed: int,
 ) -> tuple[ModelParams, dict[str, object]]:
-    history_items = ModelParams().history_items
     served_kinds = [replace(p, top_m=min(p.top_m, grid.blend_top_m_max)) for p in kinds]
-    folds = [
-        _fold_signals(t, grid, als_finalists, served_kinds, windows, history_items) for t in tasks
-    ]
+    folds = [_fold_signals(t, grid, als_finalists, served_kinds, windows) for t in tasks]
     sets = [
         _SignalSet(als, mhl, p, hhl)
         for (als, mhl), p, hhl in itertools.product(
@@ -360,7 +363,6 @@ def _search_blend(
         als=s.als,
         weighting=Weighting(half_life_days=s.matrix_half_life),
         history_half_life_days=s.history_half_life,
-        history_items=history_items,
         item_item=s.item_item,
         recent_days=case.window,
         blend=case.weights,

@@ -137,6 +137,33 @@ def test_recent_item_weights_match_the_offline_histories(index: LoadedIndex) -> 
     assert index.history_items == 50
 
 
+def test_offline_histories_read_the_latest_events_as_the_worker_keeps_them(
+    index: LoadedIndex,
+) -> None:
+    """The worker keeps a shopper's latest `recent_items_max` events (newest first); the
+    evaluation reads the same window: `history_events` of them."""
+    from indexing import recent_item_weights, shopper_histories
+
+    rng = np.random.default_rng(2)
+    events = [
+        (f"b0-{int(rng.integers(0, 6))}", str(rng.choice(["view", "purchase"])), float(ts))
+        for ts in rng.permutation(40)
+    ]
+    rows = [
+        {"event_id": str(n), "user_id": "u", "item_id": i, "type": t, "ts": ts}
+        for n, (i, t, ts) in enumerate(events)
+    ]
+    log, _ = read_events(rows)
+    weighting, now = index.history_weighting, 40.0 + 86_400.0
+    assert index.history_events == 50
+    kept = sorted(events, key=lambda e: -e[2])  # newest first, as the recent list
+    for window in (5, 12):
+        ids, weights = recent_item_weights(kept[:window], now=now, weighting=weighting)
+        hist = shopper_histories(log, weighting, now, max_events=window)[0]
+        assert [log.item_ids[r] for r in hist[0]] == ids
+        assert np.allclose(hist[1], weights, rtol=1e-5)
+
+
 def test_served_path_answers_what_the_evaluation_measured(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
