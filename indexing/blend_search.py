@@ -182,14 +182,22 @@ def _pool(
     pool: int,
 ) -> npt.NDArray[np.intp]:
     """Int (n_users, m): each user's candidate rows, sorted (repeats possible)."""
-    k = min(pool, banned.shape[1])
+    n_users, n = banned.shape
+    k = min(pool, n)
     parts: list[npt.NDArray[np.intp]] = []
     for signal in signals:
-        masked = np.where(banned, -np.inf, signal)
-        parts.append(np.argpartition(-masked, k - 1, axis=1)[:, :k])
+        masked = np.where(banned, np.float32(np.inf), -signal.astype(np.float32))
+        parts.append(np.argpartition(masked, k - 1, axis=1)[:, :k])
+    # popularity is the same for everyone: each user's top k outside their own items lie
+    # in the global top k + (most own items in the chunk), usually far fewer than n
+    head_size = k + int(banned.sum(axis=1).max(initial=0))
     for pop in pops.values():
-        masked = np.where(banned, -np.inf, pop[None, :])
-        parts.append(np.argpartition(-masked, k - 1, axis=1)[:, :k])
+        if head_size < n // 4:
+            head = np.argsort(-pop, kind="stable")[:head_size].astype(np.intp)
+            parts.append(np.broadcast_to(head, (n_users, head_size)))
+        else:
+            masked = np.where(banned, np.float32(np.inf), -pop[None, :])
+            parts.append(np.argpartition(masked, k - 1, axis=1)[:, :k])
     return np.sort(np.concatenate(parts, axis=1), axis=1)
 
 
