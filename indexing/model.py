@@ -40,18 +40,21 @@ _DAY = 86_400.0
 
 @dataclass(frozen=True)
 class ModelParams:
-    """Every hyperparameter of the served model (defaults: tuned on Online Retail)."""
+    """Every hyperparameter of the served model (defaults: what `pushrec eval` chose on
+    Online Retail's validation splits, docs/indexing.md)."""
 
-    als: AlsParams = field(default_factory=AlsParams)
-    weighting: Weighting = field(default_factory=lambda: Weighting(half_life_days=60.0))
+    als: AlsParams = field(default_factory=lambda: AlsParams(factors=64))
+    weighting: Weighting = field(default_factory=Weighting)
     history_half_life_days: float | None = 90.0
     history_items: int = 50
     #: the shopper's latest events the model reads, as the worker keeps them (its
     #: `recent_items_max`, 50 by default); None: every event (versions before this field)
     history_events: int | None = 50
-    item_item: ItemItemParams = field(default_factory=ItemItemParams)
-    recent_days: float = 3.0
-    blend: BlendWeights = field(default_factory=lambda: BlendWeights(mf=1.0, knn=0.3, pop=1.0))
+    item_item: ItemItemParams = field(
+        default_factory=lambda: ItemItemParams("ease", top_m=200, l2=400.0)
+    )
+    recent_days: float = 7.0
+    blend: BlendWeights = field(default_factory=lambda: BlendWeights(mf=1.0, knn=0.5, pop=1.0))
 
     @property
     def history_weighting(self) -> Weighting:

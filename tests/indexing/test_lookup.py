@@ -205,8 +205,7 @@ def test_the_evaluation_scores_the_loaded_index_where_a_large_catalog_is_served(
     """Below the full-scoring limit the loaded index ranks as the evaluation's own scoring;
     above it, `served_blend` is what `recommend`'s candidate set serves, the every-item
     scoring is reported beside it, and neither counts as a baseline."""
-    from indexing import BaselineParams, discovery_task, evaluate_models
-    from indexing import experiment
+    from indexing import BaselineParams, discovery_task, evaluate_models, experiment
     from indexing.experiment import SERVED, SERVED_EVERY_ITEM, loaded_rankings, served_rankings
 
     log, _ = read_events(planted_rows(per_user=8))
