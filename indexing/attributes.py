@@ -1,8 +1,8 @@
 """Attribute vectors for items the model has no interactions for: `AttributeMeans`.
 
 An item without interactions gets the mean raw ALS factor of the warm items of its
-category, else of its brand (the rule of `indexing.model.cold_start_vectors`, which applies
-it at build time). The means are computed once per build and stored in the artifact, so a
+category, else of its brand (`indexing.model.cold_start_vectors` applies it at build time
+through this class). The means are computed once per build and stored in the artifact, so a
 worker can give an item added after the build the vector the build would have given it.
 """
 
@@ -61,7 +61,6 @@ class AttributeMeans:
                 by_brand[item.brand].append(row)
 
         def means(groups: dict[str, list[int]]) -> dict[str, npt.NDArray[np.float32]]:
-            # the expression `cold_start_vectors` uses, so both give the same float32 vector
             return {g: factors[rows].mean(axis=0).astype(np.float32) for g, rows in groups.items()}
 
         return cls(means(by_cat), means(by_brand))

@@ -9,7 +9,6 @@ items without interactions but with a category or brand) sorted by id.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -17,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from indexing.attributes import AttributeMeans
 from indexing.baselines import popularity
 from indexing.blend import Blend, BlendWeights
 from indexing.errors import EmptyDataError
@@ -150,28 +150,17 @@ def cold_start_vectors(
 
     Returns (cold ids sorted, float32 (n_cold, d)).
     """
-    by_cat: dict[str, list[int]] = defaultdict(list)
-    by_brand: dict[str, list[int]] = defaultdict(list)
+    means = AttributeMeans.of(warm_ids, factors, np.ones(len(warm_ids), dtype=bool), catalog)
     warm = set(warm_ids)
-    for row, item_id in enumerate(warm_ids):
-        item = catalog.get(item_id)
-        if item is None:
-            continue
-        if item.category:
-            by_cat[item.category].append(row)
-        if item.brand:
-            by_brand[item.brand].append(row)
     ids: list[str] = []
     vecs: list[npt.NDArray[np.float32]] = []
     for item_id in sorted(set(catalog) - warm):
         item = catalog[item_id]
-        peers = by_cat.get(item.category) if item.category else None
-        if not peers and item.brand:
-            peers = by_brand.get(item.brand)
-        if not peers:
+        vector = means.vector(item.category or "", item.brand or "")
+        if vector is None:
             continue
         ids.append(item_id)
-        vecs.append(factors[peers].mean(axis=0).astype(np.float32))
+        vecs.append(vector)
     d = factors.shape[1]
     return ids, np.array(vecs, dtype=np.float32).reshape(len(ids), d)
 
