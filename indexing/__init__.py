@@ -27,6 +27,7 @@ from indexing.errors import (
     IndexingError,
     InputError,
     ManifestError,
+    MissingDependencyError,
     QualityGateError,
     UnknownItemError,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "ItemItemParams",
     "LoadedIndex",
     "ManifestError",
+    "MissingDependencyError",
     "ModelParams",
     "Neighbours",
     "QualityGateError",

@@ -13,6 +13,8 @@ IndexingError                      base; catch this to catch everything below
 │                                  or truncated)
 ├── QualityGateError               a build scored too far below the published one: not
 │                                  published (force to override)
+├── MissingDependencyError         an optional extra is not installed (the message names the
+│                                  pip command)
 └── UnknownItemError (KeyError)    an item id the loaded index does not hold
 ```
 
@@ -31,6 +33,7 @@ __all__ = [
     "IndexingError",
     "InputError",
     "ManifestError",
+    "MissingDependencyError",
     "QualityGateError",
     "UnknownItemError",
 ]
@@ -70,6 +73,10 @@ class ChecksumError(ArtifactError):
 
 class QualityGateError(IndexingError):
     """A new build's recall fell more than the allowed margin below the current one."""
+
+
+class MissingDependencyError(IndexingError):
+    """An optional extra (e.g. PyTorch for NCF) is not installed."""
 
 
 class UnknownItemError(IndexingError, KeyError):

@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import indexing
+from indexing import ncf
 from indexing.sample import SAMPLE_DIR, SampleSpec, build_sample
 from worker.cli.common import fail, load_settings, print_json
 
 _METRICS = ("recall", "ndcg", "hr", "coverage")
+#: Models `eval --models` can add to the table (each an optional extra).
+EXTRA_MODELS = ("ncf",)
 
 
 def register(subparsers: Any) -> None:
@@ -58,6 +61,15 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--rejected", type=Path, help="write rejected event rows here (CSV)")
     ev.add_argument(
         "--no-tune", action="store_true", help="use the default (shipped) hyperparameters"
+    )
+    ev.add_argument(
+        "--models",
+        nargs="+",
+        choices=EXTRA_MODELS,
+        default=[],
+        metavar="MODEL",
+        help=f"extra models to tune and report beside the baselines: ncf (NeuMF; needs "
+        f"{ncf.INSTALL_HINT})",
     )
     ev.set_defaults(handler=cmd_eval)
 
@@ -189,19 +201,55 @@ def _describe(params: indexing.ModelParams) -> str:
     )
 
 
+def _eval_ncf(
+    task: indexing.DiscoveryTask, result: indexing.EvalResult, tune_it: bool
+) -> dict[str, object]:
+    """Tune NCF on the train period's validation splits (unless `tune_it` is false), train it
+    on the train period and put its metrics into `result` as the row `ncf`, before the
+    served rows. Returns the JSON report (parameters, validation figures, timings)."""
+    report: dict[str, object] = {}
+    params = ncf.NcfParams()
+    if tune_it:
+        params, report = ncf.tune_ncf(task.train)
+        print(
+            f"ncf validation recall@10 {report['validation_recall@10']:.4f} "
+            f"({json.dumps(params.as_dict())}; tuning {report['seconds']:.0f} s)",
+            file=sys.stderr,
+        )
+    metrics, train_s = ncf.evaluate_ncf(task, params)
+    served = {n: m for n, m in result.metrics.items() if n.startswith("served_blend")}
+    others = {n: m for n, m in result.metrics.items() if n not in served}
+    result.metrics = {**others, "ncf": metrics, **served}
+    result.seconds["ncf_train"] = train_s
+    return {"params": params.as_dict(), "tuning": report, "train_seconds": train_s}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    if "ncf" in args.models:
+        try:
+            ncf.require_torch()
+        except indexing.MissingDependencyError as exc:
+            fail(str(exc))
     log = _read_log(args.events, rejected=args.rejected)
     _read_items(args.items)  # validated and reported; cold items play no part offline
     tune_report: dict[str, object] = {}
+    extra: dict[str, object] = {}
     started = time.perf_counter()
     try:
-        if args.no_tune:
+        task = indexing.discovery_task(log) if args.models or not args.no_tune else None
+        if task is None or args.no_tune:
             params, baselines = indexing.ModelParams(), indexing.BaselineParams()
         else:
-            task = indexing.discovery_task(log)
             params, baselines, tune_report = indexing.tune(task.train)
         tune_s = time.perf_counter() - started
+        mark = time.perf_counter()
         result = indexing.evaluate_models(log, params, baselines)
+        result_s = time.perf_counter() - mark
+        ncf_s = 0.0
+        if task is not None and "ncf" in args.models:
+            mark = time.perf_counter()
+            extra["ncf"] = _eval_ncf(task, result, not args.no_tune)
+            ncf_s = time.perf_counter() - mark
     except indexing.EmptyDataError as exc:
         fail(str(exc))
     print(_table(result.metrics))
@@ -213,7 +261,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"({name}, {best:.4f}); test users {result.counts['test_users']}"
     )
     print(f"served model: {_describe(params)}")
-    print(f"wall time: tuning {tune_s:.0f} s, evaluation {total_s - tune_s:.0f} s")
+    ncf_note = f", ncf (tuning and training) {ncf_s:.0f} s" if ncf_s else ""
+    print(f"wall time: tuning {tune_s:.0f} s, evaluation {result_s:.0f} s{ncf_note}")
     if args.json:
         payload = result.as_dict()
         payload.update(
@@ -222,6 +271,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             tuning=tune_report,
             tune_seconds=tune_s,
             eval_seconds=total_s,
+            **extra,
         )
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
