@@ -61,16 +61,16 @@ class NcfParams:
     factors: GMF embedding size. layers: MLP widths, `layers[0]` the concatenated input
     (user and item MLP embeddings of `layers[0] // 2` each), the last the MLP's predictive
     factors. negatives: sampled negatives per observed cell and epoch. l2: weight of the
-    squared norm of the batch's embeddings, per example. Defaults: He et al.'s usual
-    setting (8-64 factors, a 3-layer tower, 4 negatives) at the batch size our search uses.
+    squared norm of the batch's embeddings, per example. Defaults: what `tune_ncf` chose on
+    Online Retail (docs/indexing.md); a 3-layer tower and 4 negatives as in He et al.
     """
 
-    factors: int = 16
-    layers: tuple[int, ...] = (64, 32, 16)
+    factors: int = 64
+    layers: tuple[int, ...] = (128, 64, 32)
     negatives: int = 4
-    epochs: int = 10
-    lr: float = 0.002
-    l2: float = 0.0
+    epochs: int = 7
+    lr: float = 0.001
+    l2: float = 1e-4
     batch_size: int = 2048
     seed: int = 0
 
