@@ -97,7 +97,7 @@ def require_torch() -> Any:
 
 @contextmanager
 def _one_thread(torch: Any) -> Iterator[None]:
-    # the machine's cores are shared with the workers; results do not depend on it
+    # the cores are shared with the workers; one thread also fixes the order of reductions
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -110,8 +110,11 @@ class NcfRanker:
     """A trained NeuMF network: `scores(users)` -> float32 (len(users), n_items) logits.
 
     Scoring every item per user splits the MLP's first layer into a user part and an item
-    part (computed once per item), so one user costs n_items x (the MLP after its first
-    layer) multiply-adds, plus one GMF dot product per item.
+    part; the item parts (and the GMF item vectors times their output weights) are computed
+    at the first call and kept, as a server would keep them, so one user costs n_items x
+    (the MLP after its first layer) multiply-adds plus one GMF dot product per item. The
+    network must therefore not change once scored (`train_ncf` hands each epoch's callback
+    a fresh ranker).
     """
 
     def __init__(self, net: Any, params: NcfParams):
@@ -119,6 +122,7 @@ class NcfRanker:
         module must type-check where it is not installed)."""
         self.net = net
         self.params = params
+        self._item_side: tuple[Any, Any] | None = None
 
     @property
     def n_items(self) -> int:
@@ -130,10 +134,14 @@ class NcfRanker:
         half = self.params.layers[0] // 2
         first = net["mlp"][0]
         with _one_thread(torch), torch.no_grad():
-            out_w = net["out"].weight[0]
-            h_gmf, h_mlp = out_w[: self.params.factors], out_w[self.params.factors :]
-            item_gmf = net["item_gmf"].weight * h_gmf  # (n_items, factors)
-            item_first = net["item_mlp"].weight @ first.weight[:, half:].T + first.bias
+            h_mlp = net["out"].weight[0, self.params.factors :]
+            if self._item_side is None:
+                h_gmf = net["out"].weight[0, : self.params.factors]
+                self._item_side = (
+                    net["item_gmf"].weight * h_gmf,  # (n_items, factors)
+                    net["item_mlp"].weight @ first.weight[:, half:].T + first.bias,
+                )
+            item_gmf, item_first = self._item_side
             u = torch.from_numpy(np.ascontiguousarray(users, dtype=np.int64))
             rows = max(1, _BLOCK_FLOATS // max(1, self.n_items * first.out_features))
             out = np.empty((users.shape[0], self.n_items), dtype=np.float32)
@@ -196,8 +204,9 @@ def _negatives(
     positive_keys: npt.NDArray[np.int64],
     n_items: int,
 ) -> npt.NDArray[np.int64]:
-    """One uniformly drawn candidate item per entry of `users`, never a positive of that
-    user (`positive_keys`: sorted user * n_items + item)."""
+    """One uniformly drawn candidate item per entry of `users`, not a positive of that user
+    (`positive_keys`: sorted user * n_items + item); clashes are redrawn up to 100 times,
+    so only a user holding nearly every candidate can keep one."""
     items: npt.NDArray[np.int64] = candidates[
         rng.integers(0, candidates.shape[0], size=users.shape[0])
     ]
@@ -242,7 +251,6 @@ def train_ncf(
     with _one_thread(torch):
         torch.manual_seed(params.seed)
         net = _network(torch, n_users, n_items, params)
-        ranker = NcfRanker(net, params)
         optimiser = torch.optim.Adam(net.parameters(), lr=params.lr)
         embeddings = [net[n] for n in ("user_gmf", "item_gmf", "user_mlp", "item_mlp")]
         for epoch in range(1, params.epochs + 1):
@@ -266,8 +274,8 @@ def train_ncf(
                 loss.backward()
                 optimiser.step()
             if after_epoch is not None:
-                after_epoch(epoch, ranker)
-    return ranker
+                after_epoch(epoch, NcfRanker(net, params))
+    return NcfRanker(net, params)
 
 
 def _default_settings() -> tuple[NcfParams, ...]:
