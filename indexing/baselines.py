@@ -17,13 +17,12 @@ import scipy.sparse as sp
 
 from indexing.factors import Factors
 from indexing.item_item import EaseWeights
-from indexing.knn import item_similarity
+from indexing.ranking import top_indices
 
 __all__ = [
     "AlsRanker",
     "EaseRanker",
     "ItemItemRanker",
-    "ItemKnnRanker",
     "PopularityRanker",
     "Ranker",
     "popularity",
@@ -65,7 +64,7 @@ class PopularityRanker:
 
 class ItemItemRanker:
     """Sum of a top-M item-item model's weights from the user's train items (see
-    `indexing.item_item`; cosine: `ItemKnnRanker`)."""
+    `indexing.item_item`)."""
 
     def __init__(self, user_items: sp.csr_matrix, similarity: sp.csr_matrix):
         self._x = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
@@ -75,13 +74,6 @@ class ItemItemRanker:
     def scores(self, users: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         out = (self._x[users] @ self.similarity).toarray()
         return np.asarray(out, dtype=np.float32)
-
-
-class ItemKnnRanker(ItemItemRanker):
-    """Sum of cosine co-occurrence similarities to the user's train items."""
-
-    def __init__(self, user_items: sp.csr_matrix, top_m: int = 100):
-        super().__init__(user_items, item_similarity(user_items, top_m))
 
 
 class EaseRanker:
@@ -119,18 +111,11 @@ def top_k(
     """Per user, the `k` best item codes by score (ties: lower code first), skipping the
     user's `exclude` items and items where `allowed` (bool (n_items,)) is false."""
     out: dict[int, list[int]] = {}
-    ids = np.arange(scores.shape[1])
     for row, user in enumerate(users.tolist()):
         s = scores[row].astype(np.float64, copy=True)
         s[~allowed] = -np.inf
         seen = exclude.get(user)
         if seen:
             s[list(seen)] = -np.inf
-        m = min(k, int(np.isfinite(s).sum()))
-        if m == 0:
-            out[user] = []
-            continue
-        cand = np.argpartition(-s, m - 1)[:m]
-        order = np.lexsort((ids[cand], -s[cand]))
-        out[user] = cand[order].tolist()
+        out[user] = top_indices(s, min(k, int(np.isfinite(s).sum()))).tolist()
     return out

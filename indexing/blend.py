@@ -5,7 +5,7 @@ in `indexing.matrix`), each candidate item c gets::
 
     score(c) = w_mf * mf(c) / max|mf| + w_knn * knn(c) / max knn + w_pop * pop(c)
 
-with mf(c) = u · y_c (u the unit fold-in vector, y_c the raw ALS item factors),
+with mf(c) = u · y_c (u the fold-in vector, y_c the raw ALS item factors),
 knn(c) = Σ_j w_j sim(j, c) and pop(c) = log1p(recent buyers of c) / log1p(max). The
 maxima are over the candidates, so the three terms are on comparable [-1, 1] scales for
 every shopper. The weights were chosen on a validation split (see docs/indexing.md).

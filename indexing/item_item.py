@@ -28,6 +28,7 @@ import scipy.sparse as sp
 from scipy.linalg import lapack
 
 from indexing.knn import item_similarity, top_m_products
+from indexing.ranking import top_indices
 
 __all__ = [
     "EASE_MAX_ITEMS",
@@ -72,7 +73,7 @@ class ItemItemParams:
         own = {
             "cosine": f"M={self.top_m}",
             "bm25": f"M={self.top_m}",
-            "ease": f"λ={self.l2:g}",
+            "ease": f"λ={self.l2:g} M={self.top_m}",
             "rp3beta": f"alpha={self.alpha:g} beta={self.beta:g} M={self.top_m}",
         }[self.kind]
         return f"{self.kind} ({own})"
@@ -129,8 +130,8 @@ def bm25_item_rows(x: sp.csr_matrix, k1: float = 100.0, b: float = 0.8) -> sp.cs
     `x` (users x items), the item as the "document" and shoppers as its "terms"."""
     items = sp.csr_matrix(x.T, dtype=np.float64)
     n_items = items.shape[0]
-    shoppers_per_user = np.bincount(items.indices, minlength=items.shape[1]).astype(np.float64)
-    idf = np.log(n_items) - np.log1p(shoppers_per_user)
+    items_per_user = np.bincount(items.indices, minlength=items.shape[1]).astype(np.float64)
+    idf = np.log(n_items) - np.log1p(items_per_user)
     length = np.diff(items.indptr).astype(np.float64)
     avg = float(length.mean()) if n_items else 0.0
     norm = (1.0 - b) + b * length / avg if avg > 0 else np.ones(n_items)
@@ -177,11 +178,9 @@ class EaseWeights:
         vals: list[npt.NDArray[np.float32]] = []
         for r in range(m):
             w = self.weights[r]
-            k = min(top_m, m)
-            top = np.argpartition(-w, k - 1)[:k] if k else np.empty(0, np.intp)
+            # self.items is ascending, so the lower position is the lower column
+            top = top_indices(w, top_m)
             top = top[w[top] > 0]
-            # ties at the cut go to the lower column, as every top-M here
-            top = top[np.lexsort((self.items[top], -w[top]))]
             rows.append(np.full(top.shape[0], self.items[r], dtype=np.intp))
             cols.append(self.items[top])
             vals.append(w[top])

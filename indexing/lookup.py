@@ -26,6 +26,7 @@ from indexing.errors import UnknownItemError
 from indexing.matrix import Weighting
 from indexing.neighbours import Neighbours
 from indexing.overlay import OVERLAY_MAX_ITEMS, Overlay, merge
+from indexing.ranking import top_indices
 
 __all__ = ["FULL_SCORE_MAX_ITEMS", "LoadedIndex", "Scored"]
 
@@ -435,10 +436,6 @@ class LoadedIndex:
         return values, weights.mf * mf_extra / top
 
     def _top(self, cand: npt.NDArray[np.intp], s: npt.NDArray[np.float64], k: int) -> Scored:
-        """The k best of `cand` by score `s`, ties by row."""
-        if cand.shape[0] == 0:
-            return []
-        m = min(k, cand.shape[0])
-        top = np.argpartition(-s, m - 1)[:m]
-        top = top[np.lexsort((cand[top], -s[top]))]
+        """The k best of `cand` (ascending rows) by score `s`, ties to the lower row."""
+        top = top_indices(s, k)
         return list(zip(self._ids[cand[top]].tolist(), s[top].tolist(), strict=True))

@@ -76,6 +76,7 @@ class ModelParams:
     def from_dict(cls, data: Mapping[str, object]) -> ModelParams:
         """Inverse of `as_dict` (also of versions that had cosine KNN only, `knn_top_m`);
         raises TypeError / ValueError / KeyError when malformed."""
+        defaults = cls()
         als = data["als"]
         weighting = data["weighting"]
         blend = data["blend"]
@@ -83,7 +84,7 @@ class ModelParams:
             raise TypeError("params.als, params.weighting and params.blend must be objects")
         item_item = data.get("item_item")
         if item_item is None:
-            item_item = {"kind": "cosine", "top_m": int(str(data.get("knn_top_m", 50)))}
+            item_item = {"kind": "cosine", "top_m": int(str(data.get("knn_top_m", 20)))}
         if not isinstance(item_item, dict):
             raise TypeError("params.item_item must be an object")
         if item_item.get("kind") not in ITEM_ITEM_KINDS:
@@ -92,10 +93,10 @@ class ModelParams:
             als=AlsParams(**als),
             weighting=Weighting(**weighting),
             history_half_life_days=_opt_float(data.get("history_half_life_days")),
-            history_items=int(str(data.get("history_items", 50))),
+            history_items=int(str(data.get("history_items", defaults.history_items))),
             history_events=_opt_int(data.get("history_events")),
             item_item=ItemItemParams(**item_item),
-            recent_days=float(str(data.get("recent_days", 14.0))),
+            recent_days=float(str(data.get("recent_days", defaults.recent_days))),
             blend=BlendWeights(**blend),
         )
 

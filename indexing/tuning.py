@@ -354,7 +354,10 @@ def _search_blend(
         results = score(s, 1.0)
         case = max(results, key=lambda c: (results[c], -_signals_used(c)))
         final.append(_set_dict(s, results[case]))
-        if best is None or results[case] > best[0]:
+        if best is None or (results[case], -_signals_used(case)) > (
+            best[0],
+            -_signals_used(best[2]),
+        ):
             best = (results[case], s, case)
     assert best is not None
     rounds.append({"share_of_users": 1.0, "signal_sets": final})

@@ -90,10 +90,14 @@ def test_rp3beta_is_the_random_walk_over_popularity() -> None:
     _assert_top_m_of(item_item(x, ItemItemParams("rp3beta", 6, alpha=0.7, beta=0.4)), w, 6)
 
 
-def test_bm25_knn_is_the_product_of_weighted_item_rows() -> None:
+def test_bm25_rows_are_implicits_bm25_weight_and_knn_their_products() -> None:
+    from implicit.nearest_neighbours import bm25_weight
+
     x = _random_pattern(3)
-    rows = bm25_item_rows(sp.csr_matrix((x > 0).astype(np.float32)), k1=1.2, b=0.75).toarray()
-    assert (rows >= 0).all() and rows[3].sum() == 0.0
+    binary = sp.csr_matrix((x > 0).astype(np.float32))
+    rows = bm25_item_rows(binary, k1=1.2, b=0.75).toarray()
+    reference = bm25_weight(sp.csr_matrix(binary.T, dtype=np.float64), K1=1.2, B=0.75)
+    assert np.allclose(rows, reference.toarray(), rtol=1e-5)
     w = rows.astype(np.float64) @ rows.T
     _assert_top_m_of(item_item(x, ItemItemParams("bm25", 5, k1=1.2, b=0.75)), w, 5)
 

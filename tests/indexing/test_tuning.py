@@ -49,7 +49,11 @@ def test_bulk_scoring_agrees_with_the_served_ranking(kind: str) -> None:
     )
     model = train_model(task.train, params, as_of=task.split_ts)
     histories = shopper_histories(
-        task.train, params.history_weighting, task.split_ts, params.history_items
+        task.train,
+        params.history_weighting,
+        task.split_ts,
+        params.history_items,
+        params.history_events,
     )
     weights = [
         BlendWeights(1.0, 0.3, 1.0),
@@ -119,7 +123,7 @@ def test_where_only_popularity_helps_the_tuning_finds_it() -> None:
     log, _ = read_events(_popularity_shop())
     task = discovery_task(log)
     params, baselines, report = tune(task.train, SMALL_GRID)
-    assert params.blend.pop > 0
+    assert (params.blend.mf, params.blend.knn) == (0.0, 0.0) and params.blend.pop > 0
     # popularity alone is one of the settings searched: the chosen blend is no worse
     # on validation than the best popularity window
     best_pop = max(report["popularity_recent"].values())  # type: ignore[attr-defined]

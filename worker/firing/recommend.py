@@ -133,9 +133,11 @@ def candidate_pool(
     history: list[str] = []
     cold = True
     if index is not None:
-        # the latest events first, as many as the model was evaluated with
-        recent = shopper.recent[: index.history_events]
-        events = [(r["item_id"], r["type"], float(r["ts"])) for r in recent if r.get("item_id")]
+        # the latest events with an item, newest first, as many as the model was evaluated
+        # with (the offline log has no event without an item)
+        events = [
+            (r["item_id"], r["type"], float(r["ts"])) for r in shopper.recent if r.get("item_id")
+        ][: index.history_events]
         history, weights = recent_item_weights(
             events, now, index.history_weighting, index.history_items
         )
