@@ -29,6 +29,7 @@ import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -43,10 +44,10 @@ from indexing.baselines import (
     popularity,
 )
 from indexing.blend import BlendWeights, shopper_histories
-from indexing.blend_search import BlendCase, blend_recalls
-from indexing.evaluate import DiscoveryTask, discovery_task, evaluate_rankings
+from indexing.blend_search import BlendCase, blend_recalls, ranker_recall
+from indexing.evaluate import DiscoveryTask, discovery_task
 from indexing.events import EventLog
-from indexing.experiment import BaselineParams, rank_all
+from indexing.experiment import BaselineParams
 from indexing.factors import AlsParams, train_als
 from indexing.item_item import (
     EASE_MAX_ITEMS,
@@ -99,6 +100,7 @@ class TuneGrid:
     blend_windows: int = 3
     blend_weights: Sequence[BlendWeights] = field(default_factory=default_blend_weights)
     als_second_round: int = 6
+    ease_second_round: int = 2
     als_finalists: int = 1
     blend_kinds: int = 2
     blend_top_m_max: int = 200
@@ -115,9 +117,7 @@ class _Fold:
     raw: sp.csr_matrix
 
     def recall(self, ranker: Ranker) -> float:
-        ranked = rank_all(ranker, self.task, 10)
-        n_warm = int(self.task.warm.sum())
-        return evaluate_rankings(ranked, self.task.truth, n_warm, (10,))["recall@10"]
+        return ranker_recall(self.task, ranker)
 
 
 def tune(
@@ -163,12 +163,7 @@ def tune(
     def als_recall(p: AlsParams, fold: _Fold) -> float:
         return fold.recall(AlsRanker(train_als(fold.raw, replace(p, num_threads=0))))
 
-    # successive halving: every setting on the first split, the best on every split
-    first = {p: als_recall(p, folds[0]) for p in als_grid}
-    kept = sorted(als_grid, key=lambda p: -first[p])[: grid.als_second_round]
-    als_scores = {
-        p: float(np.mean([first[p]] + [als_recall(p, f) for f in folds[1:]])) for p in kept
-    }
+    first, als_scores = _halving(als_grid, als_recall, folds, grid.als_second_round)
     timings["als"] = time.perf_counter() - mark
     best_days = max(pop_scores, key=lambda d: pop_scores[d])
     best_by_kind = {
@@ -227,13 +222,37 @@ def _item_item_scores(
                 key = replace(family, top_m=m)
                 sums[key] = sums.get(key, 0.0) + fold.recall(ItemItemRanker(fold.raw, sim))
             timings[family.kind] = timings.get(family.kind, 0.0) + time.perf_counter() - mark
-        mark = time.perf_counter()
-        for l2 in grid.ease_l2:
-            ease = ease_weights(fold.raw, l2, grid.ease_max_items)
-            key = ItemItemParams("ease", widest, l2=l2, ease_max_items=grid.ease_max_items)
-            sums[key] = sums.get(key, 0.0) + fold.recall(EaseRanker(fold.raw, ease))
-        timings["ease"] = timings.get("ease", 0.0) + time.perf_counter() - mark
-    return {key: total / len(folds) for key, total in sums.items()}
+    out = {key: total / len(folds) for key, total in sums.items()}
+    mark = time.perf_counter()
+    ease_grid = [
+        ItemItemParams("ease", widest, l2=l2, ease_max_items=grid.ease_max_items)
+        for l2 in grid.ease_l2
+    ]
+
+    def ease_recall(p: ItemItemParams, fold: _Fold) -> float:
+        return fold.recall(EaseRanker(fold.raw, ease_weights(fold.raw, p.l2, p.ease_max_items)))
+
+    # an EASE setting is a dense inverse: halve over the splits as for ALS
+    out.update(_halving(ease_grid, ease_recall, folds, grid.ease_second_round)[1])
+    timings["ease"] = time.perf_counter() - mark
+    return out
+
+
+_Setting = TypeVar("_Setting", AlsParams, ItemItemParams)
+
+
+def _halving(
+    settings: Sequence[_Setting],
+    recall: Callable[[_Setting, _Fold], float],
+    folds: Sequence[_Fold],
+    keep: int,
+) -> tuple[dict[_Setting, float], dict[_Setting, float]]:
+    """Successive halving over splits: every setting on the first split, the best `keep`
+    on every split. Returns (first-split recall of each, mean recall of the kept)."""
+    first = {p: recall(p, folds[0]) for p in settings}
+    kept = sorted(settings, key=lambda p: -first[p])[:keep]
+    means = {p: float(np.mean([first[p]] + [recall(p, f) for f in folds[1:]])) for p in kept}
+    return first, means
 
 
 @dataclass(frozen=True)

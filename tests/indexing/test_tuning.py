@@ -133,3 +133,28 @@ def test_where_only_popularity_helps_the_tuning_finds_it() -> None:
     name, best = result.best_baseline()
     assert name.startswith("popularity_recent") and best > 0.2
     assert served >= 0.9 * best
+
+
+def test_bulk_recall_of_a_baseline_equals_the_evaluation_of_its_ranking() -> None:
+    """Popularity with many ties, an item-item model and EASE: the bulk count equals
+    `evaluate_rankings` over `rank_all`'s lists (ties to the lower item in both)."""
+    from indexing.baselines import EaseRanker, ItemItemRanker, PopularityRanker, popularity
+    from indexing.blend_search import ranker_recall
+    from indexing.experiment import rank_all
+    from indexing.item_item import ease_weights, item_item
+    from indexing.matrix import Weighting, interaction_matrix
+
+    log, _ = read_events(planted_rows(per_user=8))
+    task = discovery_task(log)
+    tr, n = task.train, len(log.item_ids)
+    raw = interaction_matrix(tr, Weighting(), as_of=task.split_ts)
+    counts = popularity(tr.users, tr.items, tr.ts, n)
+    rankers = [
+        PopularityRanker(np.minimum(counts, 3.0)),  # capped: most items tie
+        ItemItemRanker(raw, item_item(raw, ItemItemParams("rp3beta", 5))),
+        EaseRanker(raw, ease_weights(raw, 5.0)),
+    ]
+    n_warm = int(task.warm.sum())
+    for ranker in rankers:
+        expected = evaluate_rankings(rank_all(ranker, task, 10), task.truth, n_warm, (10,))
+        assert ranker_recall(task, ranker) == pytest.approx(expected["recall@10"], abs=1e-12)
