@@ -45,6 +45,7 @@ from indexing.baselines import (
 )
 from indexing.blend import BlendWeights, shopper_histories
 from indexing.blend_search import BlendCase, blend_recalls, ranker_recall
+from indexing.errors import EmptyDataError
 from indexing.evaluate import DiscoveryTask, discovery_task
 from indexing.events import EventLog
 from indexing.experiment import BaselineParams
@@ -111,8 +112,10 @@ class TuneGrid:
 
 @dataclass(frozen=True)
 class _Fold:
-    """One validation split: the task and its unweighted train matrix."""
+    """One validation split: where it cuts the train period, the task, its unweighted
+    train matrix."""
 
+    fraction: float
     task: DiscoveryTask
     raw: sp.csr_matrix
 
@@ -136,7 +139,11 @@ def tune(
     folds = []
     for fraction in grid.validation_fractions:
         task = discovery_task(log, fraction)
-        folds.append(_Fold(task, interaction_matrix(task.train, Weighting(), as_of=task.split_ts)))
+        if task.truth:  # a split without validation shoppers says nothing (a small shop)
+            raw = interaction_matrix(task.train, Weighting(), as_of=task.split_ts)
+            folds.append(_Fold(fraction, task, raw))
+    if not folds:
+        raise EmptyDataError("no validation shoppers in any split of the train period")
     timings: dict[str, float] = {}
 
     def mean(ranker: Callable[[_Fold], Ranker]) -> float:
@@ -185,8 +192,8 @@ def tune(
     timings["total"] = time.perf_counter() - started
     report: dict[str, object] = {
         "validation": [
-            {"fraction": fr, "split_ts": f.task.split_ts, "users": len(f.task.truth)}
-            for fr, f in zip(grid.validation_fractions, folds, strict=True)
+            {"fraction": f.fraction, "split_ts": f.task.split_ts, "users": len(f.task.truth)}
+            for f in folds
         ],
         "popularity_recent": {str(k): v for k, v in pop_scores.items()},
         "item_item": [{**p.as_dict(), "recall@10": s} for p, s in item_scores.items()],

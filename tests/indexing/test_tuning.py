@@ -158,3 +158,13 @@ def test_bulk_recall_of_a_baseline_equals_the_evaluation_of_its_ranking() -> Non
     for ranker in rankers:
         expected = evaluate_rankings(rank_all(ranker, task, 10), task.truth, n_warm, (10,))
         assert ranker_recall(task, ranker) == pytest.approx(expected["recall@10"], abs=1e-12)
+
+
+def test_a_log_too_small_for_validation_is_a_clear_error() -> None:
+    from indexing import EmptyDataError
+
+    # every shopper rebuys one item: no split has a shopper with a new purchase
+    rows = [_row(n, n % 3, f"i{n % 3}", T0 + n * DAY) for n in range(12)]
+    log, _ = read_events(rows)
+    with pytest.raises(EmptyDataError, match="validation"):
+        tune(log, SMALL_GRID)
