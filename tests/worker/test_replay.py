@@ -29,7 +29,7 @@ from worker.replay.config import (
     rules_of,
     write_config,
 )
-from worker.replay.engine import ReplayPlan, ReplayRun, replay
+from worker.replay.engine import _STEP_S, ReplayPlan, ReplayRun, replay
 from worker.replay.report import write_report
 from worker.replay.results import collect
 from worker.service.runtime import Runtime
@@ -115,6 +115,35 @@ def _rendered(report: Path) -> dict[str, Any]:
     assert found, done.stdout[-500:]
     result: dict[str, Any] = json.loads(html.unescape(found.group(1)))
     return result
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_as_fast_as_possible_keeps_delays_and_stops_the_clock_for_each_due_job(
+    tmp_path: Path,
+) -> None:
+    events = _slice(tmp_path / "events.csv.gz", "2011-02-01", "2011-03-04", users=300)
+    next_day_only = apply_overrides(
+        load_config(None, DEMO_RULES), ["rules.cross_sell_now.enabled=false"]
+    )
+    config = write_config(next_day_only, tmp_path / "pushrec.toml")
+    plan = ReplayPlan(
+        events=events, items=sample_files().items, shoppers=sample_files().shoppers,
+        config=config, run_dir=tmp_path / "run", replay_from=parse_ts("2011-03-01T00:00:00"),
+        max_events=300, budget_s=120.0, tail_s=2 * 86_400.0, as_fast_as_possible=True,
+    )  # fmt: skip
+
+    run, results = replay(plan, collect=collect)
+
+    assert results["input"]["replayed"] == len(run.sent_at) == 300
+    origins = [step.origin for step in run.steps]
+    assert len(origins) > 2 and origins == sorted(origins)  # moved on, never back
+    # a day's delay waits a simulated day, plus at most the step its event was sent in
+    delays = results["simulated_delay_s"]["cross_sell_next_day"]
+    assert delays and all(86_400 <= d <= 86_400 + _STEP_S + 60 for d in delays)
+    # the tail ran until no job was due within it: the next-day messages all went out
+    rule = results["rules"]["cross_sell_next_day"]
+    assert rule["contacted"] + rule["held_out"] > 0
 
 
 def _alive(pid: int) -> bool:

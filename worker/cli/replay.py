@@ -13,7 +13,7 @@ from typing import Any
 
 from worker.cli.common import fail, load_settings
 
-# Events per wall-clock second a replay feeds by default: what one worker node with two
+# Events per wall-clock second the demo feeds: what one worker node with two
 # prefork children keeps up with while rules fire, beside Redis, the gateways and the
 # feed, on 2 cores (450/s built a backlog in a demo run; a backlog delays every decision).
 _RATE = 150.0
@@ -50,7 +50,7 @@ def register(subparsers: Any) -> None:
     pace.add_argument(
         "--as-fast-as-possible",
         action="store_true",
-        help=f"the speed at which events arrive at ~{_RATE:.0f}/s, what 2 cores take",
+        help="move the clock on as soon as the workers have drained what it brought due",
     )
     replay.add_argument("--from", dest="replay_from", help="replay events from TS on (ISO)")
     replay.add_argument("--max-events", type=int, help="replay at most this many events")
@@ -151,7 +151,7 @@ def run_replay(args: argparse.Namespace) -> int:
         events=args.events, items=args.items, config=toml, run_dir=run_dir,
         replay_from=replay_from, max_events=args.max_events, speed=speed,
         budget_s=float("inf") if speed or args.as_fast_as_possible else 600.0,
-        extra_env=extra_env, events_per_s=_RATE if args.as_fast_as_possible else None,
+        extra_env=extra_env, as_fast_as_possible=args.as_fast_as_possible,
     )  # fmt: skip
     print(f"pushrec replay: {args.events}, run folder {run_dir}", file=sys.stderr)
     with interrupts_as_keyboard():
