@@ -100,12 +100,13 @@ def run_demo(args: argparse.Namespace) -> int:
 
     files = sample_files()
     run_dir = _run_dir("demo")
-    budget = max(20.0, args.minutes * 60 - _SETUP_S)
+    budget = max(30.0, args.minutes * 60 - _SETUP_S)
     config = write_config(load_config(None, DEMO_RULES), run_dir / "pushrec.toml")
     plan = ReplayPlan(
         events=files.events, items=files.items, shoppers=files.shoppers, config=config,
         run_dir=run_dir, replay_from=parse_ts("2011-03-01T00:00:00"),
-        max_events=int((budget - 20) * _RATE), budget_s=budget,
+        # events for all but the last 20 s (a short run: half), which let delays come due
+        max_events=int(max(budget - 20, budget / 2) * _RATE), budget_s=budget,
     )  # fmt: skip
     print(f"pushrec demo: UCI Online Retail sample (CC BY 4.0), run folder {run_dir}")
     with interrupts_as_keyboard():
