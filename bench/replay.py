@@ -53,33 +53,16 @@ def measure(events: Path, items: Path, work: Path, replay_from: float, budget_s:
     return run, results, timed, started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--from",
-        dest="replay_from",
-        default="2011-01-01",
-        help="replay events from this date on (the rest is the past)",
-    )
-    parser.add_argument(
-        "--budget-s", type=float, default=1800.0, help="wall-clock cap on the feed and tail"
-    )
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "replay.json")
-    args = parser.parse_args()  # fmt: skip
-    os.environ.setdefault("XDG_STATE_HOME", tempfile.mkdtemp(prefix="pushrec-bench-state-"))
-    with tempfile.TemporaryDirectory(prefix="pushrec-bench-replay-") as tmp:
-        work = Path(tmp)
-        events, items, source = retail_csvs(work)
-        run, results, timed, started = measure(
-            events, items, work, parse_ts(args.replay_from), args.budget_s
-        )
+def figures(
+    run: ReplayRun, results: dict[str, Any], timed: dict[str, float], started: float
+) -> dict[str, Any]:
+    """What the run took and did: phase wall times, the feed's rate, the outcome."""
     sent = sorted(run.sent_at.values())
     feed_s = (sent[-1] - sent[0]) if len(sent) > 1 else 0.0
     rules = results["rules"].values()
     account = results["input"]
     rate = len(sent) / feed_s if feed_s else None
-    report: dict[str, Any] = {
-        "source": source,
+    return {
         "rows": account["rows"],
         "past": account["past"],
         "replayed": account["replayed"],
@@ -106,6 +89,29 @@ def main() -> None:
         "simulated_days": round((results["replayed"]["to"] - results["replayed"]["from"]) / 86_400),
         "cpus": os.cpu_count(),
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--from",
+        dest="replay_from",
+        default="2011-01-01",
+        help="replay events from this date on (the rest is the past)",
+    )
+    parser.add_argument(
+        "--budget-s", type=float, default=1800.0, help="wall-clock cap on the feed and tail"
+    )
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "replay.json")
+    args = parser.parse_args()
+    os.environ.setdefault("XDG_STATE_HOME", tempfile.mkdtemp(prefix="pushrec-bench-state-"))
+    with tempfile.TemporaryDirectory(prefix="pushrec-bench-replay-") as tmp:
+        work = Path(tmp)
+        events, items, source = retail_csvs(work)
+        run, results, timed, started = measure(
+            events, items, work, parse_ts(args.replay_from), args.budget_s
+        )
+    report = {"source": source, **figures(run, results, timed, started)}
     width = max(len(k) for k in report)
     for key, value in report.items():
         print(f"{key:<{width}}  {json.dumps(value)}")

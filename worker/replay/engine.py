@@ -428,7 +428,9 @@ def _feed_fast(
                 j, limit = i, min(due, ahead[i].ts + _STEP_S)
                 while j < len(ahead) and j - i < _STEP_EVENTS and ahead[j].ts <= limit:
                     j += 1
-                target = ahead[j - 1].ts
+                # a job due within the step and after all its events: one stop for both
+                whole = j == len(ahead) or ahead[j].ts > due
+                target = due if whole and due <= ahead[i].ts + _STEP_S else ahead[j - 1].ts
             else:
                 j, target = i, due
             now = max(target + shift, run.now())  # never backwards
