@@ -297,8 +297,9 @@ class Firer:
             f.step = "holdout" if verdict.cell == "holdout" else "all_passed"
 
     def _write(self, firings: Sequence[_Firing], now: float, owner: str) -> None:
-        """Create the messages (once per id), then record every decision, count it, note
-        its items for attribution, park deferrals, and hand the messages to delivery."""
+        """Create the messages (once per id), then record every decision, count it, park
+        deferrals, and hand the messages to delivery (which notes their items for
+        attribution, when sent or held out)."""
         sends = [f for f in firings if f.record is not None]
         existing = self._outbox.create_many([f.record for f in sends if f.record is not None])
         deliver: list[str] = []
