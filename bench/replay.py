@@ -71,7 +71,9 @@ def figures(
         "duplicates": account["duplicates"],
         "rejected": {**account["rejected_before_sending"], **account["rejected_by_workers"]},
         "interrupted": run.interrupted,
+        "stopped_by_budget": len(sent) < account["replayed"] and not run.interrupted,
         "clock_steps": len(run.steps),
+        "events_per_step": round(len(sent) / len(run.steps), 1) if run.steps else None,
         "wall_s": {
             "total": round(timed["total"], 1),
             "set_up": round(sent[0] - started, 1) if sent else None,
