@@ -31,7 +31,7 @@ from worker.replay.config import (
 )
 from worker.replay.engine import _STEP_S, ReplayPlan, ReplayRun, replay
 from worker.replay.report import write_report
-from worker.replay.results import collect
+from worker.replay.results import collect, wilson
 from worker.service.runtime import Runtime
 
 
@@ -151,6 +151,17 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_wilson_intervals_hold_their_rate() -> None:
+    # 0 hits in 44 put the lower bound at 7e-18 by rounding: the report's error bar was
+    # negative and matplotlib refused to draw it
+    for hits, n in [(0, 44), (0, 1), (44, 44), (3, 7), (1, 1000)]:
+        interval = wilson(hits, n)
+        assert interval is not None
+        low, high = interval
+        assert 0.0 <= low <= hits / n <= high <= 1.0, (hits, n, interval)
+    assert wilson(0, 0) is None
 
 
 def test_overrides_change_one_rule_and_refuse_unknown_names(tmp_path: Path) -> None:

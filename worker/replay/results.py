@@ -35,7 +35,8 @@ def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
     p = hits / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # around the rate itself: rounding can put a bound of 0 hits a hair above 0
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def lift_interval(h1: int, n1: int, h0: int, n0: int, z: float = 1.96) -> dict[str, Any]:
