@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from worker.cli import build_parser
+import indexing
+from worker.cli import build_parser, main
 from worker.firing.compose import rule_templates
 from worker.settings import CONFIG_ENV, ENV_PREFIX, Settings
 
@@ -27,7 +28,36 @@ def _services() -> dict[str, dict[str, Any]]:
 
 def test_compose_runs_the_worker_processes_the_readme_names() -> None:
     commands = {name: s["command"][0] for name, s in _services().items()}
-    assert commands == {"activity": "worker", "push": "worker", "scheduler": "scheduler"}
+    assert commands == {
+        "seed": "index", "activity": "worker", "push": "worker", "scheduler": "scheduler",
+    }  # fmt: skip
+
+
+def test_compose_seeds_a_first_index_once_before_the_workers_start(tmp_path: Path) -> None:
+    """`seed` builds from the shipped sample, into the store every worker reads, and
+    leaves a published index alone; the workers wait for it to finish."""
+    services = _services()
+    seed = services["seed"]
+    assert seed["restart"] == "no"
+    assert {v.split(":")[1] for v in seed["volumes"]} >= {"/var/lib/pushrec/index"}
+    for name in ("activity", "push", "scheduler"):
+        assert services[name]["depends_on"]["seed"] == {
+            "condition": "service_completed_successfully"
+        }
+    store = tmp_path / "index"
+    args = [*seed["command"], "--out", str(store)]
+    assert main(args) == 0
+    first = indexing.current_version(store)
+    assert main(args) == 0  # ran again: the published index stays
+    assert indexing.list_versions(store) == [first]
+
+
+def test_compose_flower_watches_the_workers_broker_on_localhost_only() -> None:
+    raw = yaml.safe_load(COMPOSE.read_text())["services"]
+    flower = raw["flower"]
+    broker = _services()["activity"]["environment"]["PUSHREC_BROKER_URL"]
+    assert f"--broker={broker}" in flower["command"] and "flower" in flower["command"]
+    assert all(port.startswith("127.0.0.1:") for port in flower["ports"])
 
 
 @pytest.mark.parametrize("name", sorted(_services()))

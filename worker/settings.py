@@ -28,7 +28,7 @@ from push.errors import UnsafeDestinationError
 from push.gateways.apns import APNS_URL
 from push.gateways.fcm import FCM_URL
 from push.ssrf import canonical_host
-from worker.clock import SimulatedClock
+from worker.clock import SimulatedClock, followed
 from worker.rules import DEFAULT_RULES, Rule
 
 ENV_PREFIX = "PUSHREC_"
@@ -201,6 +201,12 @@ class Settings(BaseSettings):
         "processes they start): decide by this accelerated clock, as JSON "
         '{"origin": <epoch s>, "real_origin": <epoch s>, "speed": <x>} (worker/clock.py).',
     )
+    simulated_clock_file: Path | None = Field(
+        default=None,
+        description="Replays only (`pushrec replay --as-fast-as-possible`): decide by the "
+        "simulated clock this file holds, moved by the replay as the workers catch up; "
+        "takes precedence over simulated_clock.",
+    )
 
     # --- index -----------------------------------------------------------------------
     index_store: Path | None = Field(default=None, description="Default: <state_dir>/index.")
@@ -341,6 +347,8 @@ class Settings(BaseSettings):
     def now(self) -> float:
         """The time decisions are made at: the simulated clock's in a replay, else the
         wall clock's."""
+        if self.simulated_clock_file is not None:
+            return followed(self.simulated_clock_file).now()
         if self.simulated_clock is not None:
             return self.simulated_clock.now()
         return time.time()

@@ -108,10 +108,10 @@ def test_items_pushed_recently_are_not_pushed_again(policy: Policy) -> None:
 
 def test_holdout_is_deterministic_and_near_its_share(policy: Policy) -> None:
     rule = Rule(name="h", kind="post_purchase", title="t", body="b", holdout_pct=10)
-    held = [
-        u
-        for u in range(4000)
-        if policy.decide(CONSENT, rule=rule, user=str(u), msg=f"m{u}").action == "held_out"
-    ]
+    verdicts = {u: policy.decide(CONSENT, rule=rule, user=str(u), msg=f"m{u}") for u in range(4000)}
+    held = [u for u, v in verdicts.items() if v.cell == "holdout"]
     assert 0.08 < len(held) / 4000 < 0.12
     assert all(holdout_bucket("h", str(u)) < 10 for u in held)
+    # held out where a treated shopper is sent: after every other step, message and all
+    assert {v.action for v in verdicts.values()} == {"send"}
+    assert all(verdicts[u].steps[-1].verdict == "held_out" and verdicts[u].items for u in held)

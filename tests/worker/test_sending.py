@@ -609,3 +609,51 @@ def test_a_price_drop_whose_item_sells_out_before_the_send_is_held(
 
     assert outcome == {"action": "suppressed", "reason": "its item is out of stock"}
     assert gateways.accepted("fcm") == []
+
+
+def test_a_holdout_message_is_checked_and_capped_as_a_sent_one_then_held_before_the_gateway(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways
+) -> None:
+    """The holdout cell is counted where the treated one is: after the send-time checks
+    and the cap reservation, once per message. Two orders a minute apart give a treated
+    shopper one push (the second is capped by the rule's cooldown); they give a held-out
+    shopper one held-out message, not two."""
+    rt, _ = shop
+    user = next(u for u in (f"h{n}" for n in range(400)) if _held_out(u))
+    now = time.time()
+    register(rt, user, "fcm", gateways.targets["fcm"], now)
+    mids = []
+    for n, at in enumerate((now, now + 60)):
+        ingest.track_one(
+            rt,
+            {"event_id": f"o{n}", "user_id": user, "type": "purchase", "item_id": f"b{n}-1",
+             "ts": at},
+            at,
+            "d",
+        )  # fmt: skip
+        job = FireJob("post_purchase", user, f"o{n}", at, (f"b{n}-1",), {})
+        [decision] = rt.firer().fire_many([job], at)
+        assert decision["action"] == "queued" and decision["message"]["cell"] == "holdout"
+        mids.append(str(decision["message_id"]))
+
+    first, second = (rt.sender().deliver_many([DeliveryRequest(m)], now + 61)[0] for m in mids)
+
+    assert first == {"action": "held_out", "reason": "holdout cell"}
+    assert second["action"] == "suppressed" and "cooldown" in second["reason"]
+    assert [rt.outbox.state(m)["state"] for m in mids] == ["held_out", "suppressed"]
+    assert gateways.accepted("fcm") == []
+    stats = rt.audit.stats(["post_purchase"])["post_purchase"]
+    assert (stats["held_out"], stats["delivered"]) == (1, 0)
+    # its items count as pushed (no repeats) and as the holdout's (attribution)
+    record = rt.outbox.get(mids[0])
+    assert record is not None and record.cell == "holdout"
+    bought = now + 120
+    ingest.track_one(
+        rt,
+        {"event_id": "later", "user_id": user, "type": "purchase", "item_id": record.items[0],
+         "ts": bought},
+        bought,
+        "d",
+    )  # fmt: skip
+    assert rt.audit.stats(["post_purchase"])["post_purchase"]["held_out_converted"] == 1
+    assert rt.sender().deliver_many([DeliveryRequest(mids[0])], bought)[0]["action"] == "settled"

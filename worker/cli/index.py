@@ -18,7 +18,7 @@ from typing import Any
 
 import indexing
 from indexing import ncf
-from indexing.sample import SAMPLE_DIR, SampleSpec, build_sample
+from indexing.sample import SAMPLE_DIR, SampleSpec, build_sample, sample_files
 from worker.cli.common import fail, load_settings, print_json
 
 _METRICS = ("recall", "ndcg", "hr", "coverage")
@@ -30,8 +30,19 @@ def register(subparsers: Any) -> None:
     index = subparsers.add_parser("index", help="build and inspect FAISS index artifacts")
     index_sub = index.add_subparsers(dest="index_command", required=True, metavar="ACTION")
     build = index_sub.add_parser("build", help="train, evaluate and write a new index version")
-    build.add_argument("--events", type=Path, required=True, help="interactions CSV (.gz ok)")
+    source = build.add_mutually_exclusive_group(required=True)
+    source.add_argument("--events", type=Path, help="interactions CSV (.gz ok)")
+    source.add_argument(
+        "--sample",
+        action="store_true",
+        help="the shipped Online Retail sample's events and items (a first index to try)",
+    )
     build.add_argument("--items", type=Path, help="items CSV (cold-start attributes)")
+    build.add_argument(
+        "--unless-published",
+        action="store_true",
+        help="do nothing if the store already has a published version (a seed that may rerun)",
+    )
     build.add_argument("--out", type=Path, help="index store (default: settings index_store)")
     build.add_argument("--until", help="use only events with ts < TS (epoch or ISO-8601)")
     build.add_argument("--publish", action="store_true", help="make it current (quality gate)")
@@ -146,8 +157,17 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         except ValueError:
             fail(f"--until: not a timestamp: {args.until!r}")
     store = _store(args.out)
-    log = _read_log(args.events, until, args.rejected)
-    catalog = _read_items(args.items)
+    if args.unless_published:
+        try:
+            print(f"published already: {indexing.current_version(store)}", file=sys.stderr)
+            return 0
+        except indexing.ArtifactNotFoundError:
+            pass
+    events, items = args.events, args.items
+    if args.sample:
+        events, items = sample_files().events, items or sample_files().items
+    log = _read_log(events, until, args.rejected)
+    catalog = _read_items(items)
     params = _read_params(args.params)
     try:
         result = indexing.build_version(

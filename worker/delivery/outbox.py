@@ -2,7 +2,8 @@
 
 The message id is derived from (rule, shopper, trigger), so a redelivered task or a
 duplicate trigger finds the record already there (`SET NX`) and sends nothing new.
-A message's state is `queued`, then `sent`, `suppressed`, `failed`, or parked in the
+A message's state is `queued`, then `sent`, `suppressed`, `failed`, `held_out` (a holdout
+cell's message, stopped where it would have gone to the gateway), or parked in the
 delayed set as `retrying` or `deferred` (quiet hours began before it went out). Each
 device a message goes to has its own ledger entry: `sending` before the gateway call,
 then `sent`, `invalid`, `failed` or `retry`. A worker that dies mid-send leaves
@@ -35,8 +36,10 @@ SEND_LEASE_S = 120
 # delayed set (a retry, or deferred to the end of quiet hours), or its deliver task parked
 # in the dead-letter stream (`pushrec dead-letters replay` sends it again).
 _OFF_THE_QUEUE = frozenset(
-    {"sent", "suppressed", "failed", "retrying", "deferred", "dead_lettered"}
+    {"sent", "suppressed", "failed", "held_out", "retrying", "deferred", "dead_lettered"}
 )
+# States a delivery leaves alone: settled for good.
+SETTLED = frozenset({"sent", "suppressed", "failed", "held_out"})
 _ATTEMPTS_KEPT = 50
 _INDEX_REPLIES = 3  # commands `Outbox._index` queues
 
@@ -67,6 +70,7 @@ class MessageRecord:
     locale: str = "en"
     ttl_s: int = 86_400
     data: dict[str, str] = field(default_factory=dict)
+    cell: str = "treated"  # `holdout`: taken through the send-time checks, never sent
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -58,14 +58,23 @@ class DeliveryRequest:
 
 
 DeliveryAction = Literal[
-    "sent", "retrying", "failed", "suppressed", "deferred", "nothing_to_send", "settled", "missing"
+    "sent",
+    "retrying",
+    "failed",
+    "suppressed",
+    "deferred",
+    "held_out",
+    "nothing_to_send",
+    "settled",
+    "missing",
 ]
 
 
 class DeliveryOutcome(TypedDict, total=False):
     """What one `deliver_many` request came to. `sent`, `retrying` and `failed` carry the
     device counts; `suppressed` carries the reason it may no longer go out; `deferred`
-    (quiet hours began since it was decided) the reason and when it will be tried again."""
+    (quiet hours began since it was decided) the reason and when it will be tried again;
+    `held_out` (a holdout cell's message that passed every check) the reason."""
 
     action: DeliveryAction
     message_id: str

@@ -9,7 +9,10 @@ or sold out, its items pushed by another message since (no repeats), a cap reach
 another message (the caps are recorded atomically here),
 quiet hours begun (the message is deferred to their end: parked in the delayed set,
 recorded, counted), a device now registered to another shopper (skipped, taken off this
-shopper's list, recorded). Then it sends to each active, consented device the shopper
+shopper's list, recorded). A holdout cell's message goes through all of this, caps
+reserved, and stops where a treated one would be sent: settled `held_out`, its items noted
+as a sent message's are (no repeats, attribution), so the two cells are counted at one
+point. Then it sends to each active, consented device the shopper
 owns, in the rule's channel order, through `push/`,
 under the circuit breaker, rate limit and retry policy whose state lives in Redis; the
 sends of a batch run concurrently. Each device's result is acted on: delivered; retry
@@ -33,7 +36,7 @@ import redis
 from push import DeliveryResult, Device, Message, Outcome, Purpose, WebPushSubscription
 from push.messages import Channel, Priority
 from worker.contract import DELIVER
-from worker.delivery.outbox import MessageRecord, Outbox
+from worker.delivery.outbox import SETTLED, MessageRecord, Outbox
 from worker.delivery.push_runtime import PushRuntime
 from worker.delivery.requests import DeliveryOutcome, DeliveryRequest
 from worker.policy.contact import ContactPolicy
@@ -147,7 +150,7 @@ class MessageSender:
             if record is None:
                 results[mid] = {"action": "missing", "message_id": mid}
                 missing.append(mid)
-            elif state.get("state") in {"sent", "suppressed", "failed"} and request.only is None:
+            elif state.get("state") in SETTLED and request.only is None:
                 results[mid] = {"action": "settled", "message_id": mid}
             else:
                 rule = self._rules.get(record.rule)
@@ -162,6 +165,11 @@ class MessageSender:
         capped = self._reserve_and_claim(live, first_tries, owner, now)
         held += capped
         live = [d for d in live if id(d) not in {id(c) for c in capped}]
+        for d in live:
+            if d.record.cell == "holdout":  # as far as a treated message goes, not further
+                d.result = {"action": "held_out", "reason": "holdout cell"}
+                held.append(d)
+        live = [d for d in live if d.record.cell != "holdout"]
         messages = [(m, d.request.attempt) for d in live for _, m in d.sends]
         outcomes = iter(self._push.run(self._send_all(messages)) if messages else [])
         per_delivery = [[next(outcomes) for _ in d.sends] for d in live]
@@ -290,7 +298,12 @@ class MessageSender:
         for d in first_tries:
             assert d.rule is not None  # `_why_not` names a disabled rule
             self._policy.queue_reserve(pipe, d.rule, d.record.user_id, d.record.id, now)
-        wanted = [(d, device_id) for d in live for device_id in d.targets]
+        wanted = [
+            (d, device_id)
+            for d in live
+            if d.record.cell != "holdout"  # never sent: nothing to claim
+            for device_id in d.targets
+        ]
         self._outbox.queue_claims(
             pipe, [(d.record.id, device_id) for d, device_id in wanted], owner, now
         )
@@ -369,7 +382,7 @@ class MessageSender:
             for d, at in first_sent:
                 if replies[at]:  # the first delivery of this message: count it once
                     delivered[d.record.rule] += 1
-                    self._policy.record_items(d.record.user_id, d.record.items, now, pipe)
+                    self._note_items(d.record, now, pipe)
             for rule, n in delivered.items():
                 self._audit.count(rule, "delivered", n, pipe=pipe)
             if len(pipe):
@@ -379,10 +392,15 @@ class MessageSender:
         _patiently(lambda: counts(replies, first_sent))
 
     def _settle_held(self, d: _Delivery, now: float, pipe: redis.client.Pipeline) -> None:
-        """Queue the writes of a delivery that did not go out: suppressed for good, or
-        deferred (parked until its quiet hours end, the same request again)."""
+        """Queue the writes of a delivery that did not go out: held out (a holdout cell's
+        message that passed every check), suppressed for good, or deferred (parked until
+        its quiet hours end, the same request again)."""
         mid, why, action = d.record.id, d.result["reason"], d.result["action"]
-        if action == "deferred":
+        if action == "held_out":
+            self._outbox.set_state(mid, "held_out", pipe, why)
+            self._audit.count(d.record.rule, "held_out", pipe=pipe)
+            self._note_items(d.record, now, pipe)
+        elif action == "deferred":
             until = d.result["defer_until"]
             self._delayed.schedule(Job(f"deliver:{mid}", DELIVER, d.request.kwargs()), until, pipe)
             if d.state.get("state") != "sent":  # a deferred retry of a message sent elsewhere
@@ -396,6 +414,14 @@ class MessageSender:
             self._outbox.unclaim_device(mid, device_id, pipe)
         attempt = {"at": now, "attempt": d.request.attempt, action: why}
         self._outbox.add_attempts(mid, [attempt], pipe)
+
+    def _note_items(self, record: MessageRecord, now: float, pipe: redis.client.Pipeline) -> None:
+        """Note a message's items as pushed (the no-repeat step) and as its rule's, in its
+        cell, for attribution (in `pipe`): on its first delivery, or when held out."""
+        self._policy.record_items(record.user_id, record.items, now, pipe)
+        self._audit.remember_items(
+            record.user_id, record.items, record.id, record.rule, record.cell, now, pipe
+        )
 
     def _drop_moved(self, d: _Delivery, now: float, pipe: redis.client.Pipeline) -> None:
         """Record the devices skipped as another shopper's, and take them off this

@@ -43,9 +43,11 @@ class Composer:
         channels: list[str],
         prefs: dict[str, str],
         now: float,
+        cell: str = "treated",
     ) -> MessageRecord:
         """The message of `rule` for `job`'s shopper about `items` (best first), in the
-        shopper's locale; raises `PushError` for a template that cannot render."""
+        shopper's locale, in the experiment `cell`; raises `PushError` for a template
+        that cannot render."""
         item_views = [_item_view(i, facts.get(i, {})) for i in items]
         trigger = _item_view(job.items[0], facts.get(job.items[0], {})) if job.items else {}
         if "old" in job.extra:
@@ -83,6 +85,7 @@ class Composer:
             locale=locale,
             ttl_s=rule.ttl_s,
             data={"rule": rule.name, "items": ",".join(items)},
+            cell=cell,
         )
 
 

@@ -74,7 +74,6 @@ class _Firing:
     action: FireAction | Literal[""] = ""  # "" until decided
     reason: str = ""
     step: str = ""  # what settled it: a policy step, or condition, recommend, compose, error
-    remember: tuple[list[str], str] | None = None  # (items, holdout cell) for attribution
     record: MessageRecord | None = None
     defer_until: float | None = None
 
@@ -284,23 +283,23 @@ class Firer:
             f.action = "suppress"
         elif verdict.action == "defer":
             f.action, f.defer_until = "defer", verdict.defer_until
-        elif verdict.action == "held_out":
-            f.action, f.remember = "held_out", (items, "holdout")
         else:
             try:
                 f.record = self._composer.compose(
                     f.rule, f.job, f.mid, items, facts, verdict.channels,
-                    shopper.state.preferences, now,
+                    shopper.state.preferences, now, verdict.cell,
                 )  # fmt: skip
             except PushError as exc:  # a template bug: nothing is sent, the reason is kept
                 f.action, f.reason, f.step = "suppress", f"compose: {exc}", "compose"
                 return
-            f.action, f.reason, f.remember = "queued", "", (items, "treated")
-            f.step = "all_passed"
+            # a holdout cell's message goes the treated one's way up to the gateway
+            f.action, f.reason = "queued", ""
+            f.step = "holdout" if verdict.cell == "holdout" else "all_passed"
 
     def _write(self, firings: Sequence[_Firing], now: float, owner: str) -> None:
-        """Create the messages (once per id), then record every decision, count it, note
-        its items for attribution, park deferrals, and hand the messages to delivery."""
+        """Create the messages (once per id), then record every decision, count it, park
+        deferrals, and hand the messages to delivery (which notes their items for
+        attribution, when sent or held out)."""
         sends = [f for f in firings if f.record is not None]
         existing = self._outbox.create_many([f.record for f in sends if f.record is not None])
         deliver: list[str] = []
@@ -317,6 +316,7 @@ class Firer:
                     "title": f.record.title,
                     "body": f.record.body,
                     "items": f.record.items,
+                    "cell": f.record.cell,
                 }
             else:
                 f.action = "duplicate"
@@ -345,11 +345,6 @@ class Firer:
         f.decision["action"] = f.action
         f.decision["reason"] = f.reason
         self._audit.record_decision(f.job.user_id, f.decision, pipe=writes)
-        if f.remember is not None:
-            items, cell = f.remember
-            self._audit.remember_items(
-                f.job.user_id, items, f.mid, f.rule.name, cell, now, pipe=writes
-            )
         if f.action == "defer":
             assert f.defer_until is not None
             self._delayed.schedule(

@@ -4,7 +4,11 @@ Steps run in a fixed order and each one is recorded (the audit trail):
 consent -> caps (rule cooldown, marketing per day and week, total per day) -> quiet
 hours (marketing waits for their end, never dropped, never early) -> no repeats (items
 pushed to this shopper within `no_repeat_days` are removed) -> holdout (a fixed share of
-shoppers never gets the rule, so its lift can be measured).
+shoppers never gets the rule, so its lift can be measured). A held-out firing still
+makes its message (cell `holdout`): the push worker takes it through the same send-time
+checks and cap reservation as a treated one and stops it only where a treated message
+would go to the gateway, so both cells count the shoppers who would have been contacted,
+once per message.
 
 `decide` is pure: its Redis reads (the caps, checked dry, and the items pushed lately)
 are queued by `queue_reads` into the caller's pipeline, so firing a batch reads every
@@ -28,7 +32,8 @@ from worker.settings import Settings
 from worker.store.keys import Keys
 from worker.store.scripts import Scripts
 
-Action = Literal["send", "defer", "suppress", "held_out"]
+Action = Literal["send", "defer", "suppress"]
+Cell = Literal["treated", "holdout"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class Verdict:
     items: list[str] = field(default_factory=list)
     defer_until: float | None = None
     steps: list[Step] = field(default_factory=list)
+    cell: Cell = "treated"  # holdout: made and checked at send time, never sent
 
     @property
     def reason(self) -> str:
@@ -56,6 +62,7 @@ class Verdict:
             "action": self.action,
             "channels": self.channels,
             "defer_until": self.defer_until,
+            "cell": self.cell,
             "steps": [
                 {"step": s.name, "verdict": s.verdict, "detail": s.detail} for s in self.steps
             ],
@@ -199,7 +206,7 @@ class ContactPolicy:
         bucket = holdout_bucket(rule.name, user_id)
         if bucket < rule.holdout_pct:
             steps.append(Step("holdout", "held_out", f"cell {bucket:.2f} < {rule.holdout_pct}%"))
-            verdict.action = "held_out"
+            verdict.cell = "holdout"
             return verdict
         steps.append(Step("holdout", "pass"))
         return verdict

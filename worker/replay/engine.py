@@ -21,6 +21,7 @@ import logging
 import math
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ import indexing
 from indexing.events import open_text
 from worker import contract
 from worker.client import PushrecClient
-from worker.clock import SimulatedClock
+from worker.clock import ClockFile, SimulatedClock
 from worker.replay.shoppers import SyntheticShopper, synthetic_shopper
 from worker.replay.stack import Stack, StackSpec, running_stack
 from worker.service import ingest
@@ -44,12 +45,19 @@ log = logging.getLogger(__name__)
 WEEK_S = 7 * 86_400
 _SEND_CHUNK = 200  # events per track_batch call
 _START_ALLOWANCE_S = 12.0  # wall-clock seconds for the workers to start before the clock runs
+# As fast as possible: each step sends at most this many events, spanning at most this
+# many simulated seconds (what they are decided late by at most), then waits for the
+# workers to drain them before the clock moves on.
+_STEP_EVENTS = 1000
+_STEP_S = 900.0
 
 
 @dataclass(frozen=True)
 class ReplayPlan:
     """What to replay and how fast. `speed`: simulated seconds per wall-clock second;
-    without it, `events_per_s` sets the pace, else the replayed span fits `budget_s`."""
+    without it, `events_per_s` sets the pace, else the replayed span fits `budget_s`;
+    `as_fast_as_possible`: the clock moves on each time the workers have drained what
+    it brought due (`_feed_fast`)."""
 
     events: Path
     config: Path  # the TOML every process reads (`config.write_config`)
@@ -64,6 +72,7 @@ class ReplayPlan:
     extra_env: dict[str, str] = field(default_factory=dict)
     redis_url: str | None = None
     events_per_s: float | None = None  # without `speed`: pace events at this rate
+    as_fast_as_possible: bool = False
 
 
 @dataclass
@@ -101,6 +110,20 @@ class ReplayRun:
     wall_s: float = 0.0
     interrupted: bool = False
     stack_pids: list[int] = field(default_factory=list)
+    steps: list[SimulatedClock] = field(default_factory=list)  # as fast as possible: each step
+
+    def real_at(self, simulated: float) -> float:
+        """The wall-clock time at which the clock showed `simulated`."""
+        clock = self.clock
+        for step in self.steps:  # in time order
+            if step.origin > simulated:
+                break
+            clock = step
+        return clock.real_at(simulated)
+
+    def now(self) -> float:
+        """The simulated time now."""
+        return (self.steps[-1] if self.steps else self.clock).now()
 
 
 def read_history(path: Path) -> tuple[list[Row], dict[str, Any]]:
@@ -174,7 +197,7 @@ def _metric_total(counters: dict[str, int], prefix: str, suffix: str = "") -> in
 
 
 def progress_line(run: ReplayRun, progress: Progress, rt: Runtime) -> str:
-    now_sim = run.clock.now() - run.shift_s
+    now_sim = run.now() - run.shift_s
     counters = rt.metrics.snapshot()
     wall = max(1e-6, time.time() - progress.started)
     delivered = _metric_total(counters, "messages.", ".delivered")
@@ -223,7 +246,9 @@ def replay(
         raise ValueError("nothing to replay after the history's start")
     replay_span = (replay_from, ahead[-1].ts)
     span_s = max(1.0, replay_span[1] - replay_span[0])
-    if plan.speed is not None:
+    if plan.as_fast_as_possible:
+        speed = 1.0  # between steps; each step moves it on (`_feed_fast`)
+    elif plan.speed is not None:
         speed = plan.speed
     elif plan.events_per_s is not None:
         speed = span_s / max(1.0, len(ahead) / plan.events_per_s)
@@ -236,12 +261,14 @@ def replay(
     index_store = plan.run_dir / "index"
     index = _build_index(past, index_store)
     lag_s = max(3600, int(speed * 60))  # a backlog of a wall-clock minute still fires rules
+    clock_file = ClockFile(plan.run_dir / "clock.json") if plan.as_fast_as_possible else None
     env = {
         "PUSHREC_CONFIG": str(plan.config),
         "PUSHREC_INDEX_STORE": str(index_store),
         "PUSHREC_TRIGGER_MAX_AGE_S": str(lag_s),
         "PUSHREC_DECISIONS_KEPT": "1000",
         "PUSHREC_DESTINATION_ALLOWED_HOSTS": "127.0.0.1",
+        **({"PUSHREC_SIMULATED_CLOCK_FILE": str(clock_file.path)} if clock_file else {}),
         **plan.extra_env,
     }
     holder: dict[str, Any] = {}
@@ -250,6 +277,8 @@ def replay(
         real_origin = time.time() + _START_ALLOWANCE_S
         clock = SimulatedClock(origin=replay_from + shift_s, real_origin=real_origin, speed=speed)
         holder["clock"] = clock
+        if clock_file is not None:
+            clock_file.write(clock)
         return clock
 
     spec = StackSpec(run_dir=plan.run_dir, clock_factory=clock_now, env=env,
@@ -272,7 +301,10 @@ def replay(
         rt = Runtime.open(settings)
         try:
             try:
-                _feed(run, stack, rt, ahead, plan)
+                if clock_file is not None:
+                    _feed_fast(run, stack, rt, ahead, plan, clock_file)
+                else:
+                    _feed(run, stack, rt, ahead, plan)
             except KeyboardInterrupt:
                 run.interrupted = True
                 _show("interrupted: collecting what was replayed", final=True)
@@ -366,6 +398,89 @@ def _feed(run: ReplayRun, stack: Stack, rt: Runtime, ahead: list[Row], plan: Rep
             time.sleep(0.2)
         _drain(rt, stack, deadline + 30)
     _show(progress_line(run, progress, rt), final=True)
+
+
+def _feed_fast(
+    run: ReplayRun,
+    stack: Stack,
+    rt: Runtime,
+    ahead: list[Row],
+    plan: ReplayPlan,
+    clock_file: ClockFile,
+) -> None:
+    """As fast as the workers go: move the clock to the next event (a step takes up to
+    `_STEP_EVENTS` of them, within `_STEP_S` simulated seconds) or the next delayed job
+    (a rule's delay, a deferral, a retry), whichever is due first; send the step's
+    events; wait until the queues are empty, nothing is being worked on and no delayed
+    job is due; repeat. A delay is kept to the simulated second (the clock stops at each
+    job's due time); an event is decided at most `_STEP_S` after its time."""
+    shift = run.shift_s
+    progress = Progress(total=len(ahead), started=time.time())
+    deadline = progress.started + plan.budget_s
+    tail_end = run.replay_span[1] + plan.tail_s
+    i = 0
+    with PushrecClient(stack.redis_url) as client:
+        while time.time() < deadline:
+            due = _next_due(rt) - shift
+            if i >= len(ahead) and due > tail_end:
+                break  # every event sent, no delay left to come due within the tail
+            if i < len(ahead) and ahead[i].ts <= due:
+                j, limit = i, min(due, ahead[i].ts + _STEP_S)
+                while j < len(ahead) and j - i < _STEP_EVENTS and ahead[j].ts <= limit:
+                    j += 1
+                # a job due within the step and after all its events: one stop for both
+                whole = j == len(ahead) or ahead[j].ts > due
+                target = due if whole and due <= ahead[i].ts + _STEP_S else ahead[j - 1].ts
+            else:
+                j, target = i, due
+            now = max(target + shift, run.now())  # never backwards
+            step = SimulatedClock(origin=now, real_origin=time.time(), speed=1.0)
+            clock_file.write(step)
+            run.steps.append(step)
+            for chunk in _by_shopper(ahead[i:j]):
+                client.track_batch([_shifted(r.event, r.ts, shift) for r in chunk])
+                sent = time.time()
+                for r in chunk:
+                    run.sent_at[str(r.event.get("event_id"))] = sent
+            progress.sent = i = j
+            _settled(rt, stack, now, deadline)
+            _tick(run, progress, stack, rt)
+        _drain(rt, stack, deadline + 30)
+    _show(progress_line(run, progress, rt), final=True)
+
+
+def _by_shopper(rows: list[Row]) -> list[list[Row]]:
+    """`rows` in tasks the worker processes can take on at once (two at least): each
+    shopper's events in one task, in time order, so none is applied before an earlier one."""
+    tasks: list[list[Row]] = [[] for _ in range(max(2, math.ceil(len(rows) / _SEND_CHUNK)))]
+    for r in rows:
+        tasks[zlib.crc32(str(r.event.get("user_id")).encode()) % len(tasks)].append(r)
+    return [t for t in tasks if t]
+
+
+def _next_due(rt: Runtime) -> float:
+    """When the next delayed job is due (simulated epoch seconds), or infinity."""
+    first = rt.redis.zrange(rt.keys.delayed_due, 0, 0, withscores=True)
+    return float(first[0][1]) if first else math.inf
+
+
+def _settled(rt: Runtime, stack: Stack, now: float, deadline: float) -> None:
+    """Wait until nothing is queued or being worked on and no delayed job is due by
+    `now`, seen twice in a row (a job between the scheduler's claim and its enqueue is
+    in neither place for a moment), or until `deadline`."""
+    s = rt.settings
+    queues = [s.queue_activity, s.queue_push, s.queue_maintenance]
+    quiet = 0
+    while quiet < 2 and time.time() < deadline:
+        pipe = rt.redis.pipeline(transaction=False)
+        for q in queues:
+            pipe.llen(q)
+        pipe.hlen("unacked")
+        pipe.zcount(rt.keys.delayed_due, "-inf", now)
+        busy = sum(int(n) for n in pipe.execute())
+        quiet = quiet + 1 if busy == 0 else 0
+        time.sleep(0.005)
+    stack.check()
 
 
 def _tick(run: ReplayRun, progress: Progress, stack: Stack, rt: Runtime) -> None:

@@ -150,7 +150,7 @@ def _hit_rates(results: dict[str, Any]) -> str:
         ax.bar(xs, ys, width=0.34, color=colour, label=cell, yerr=[lo, hi], capsize=3)
     ax.set_xticks(range(len(names)), names, fontsize=8, rotation=15)
     ax.set_title("Bought a pushed item within 7 days (95% interval)")
-    ax.set_ylabel("% of messages (treated) or decisions (holdout)")
+    ax.set_ylabel("% of messages sent (treated) or held out")
     ax.legend(fontsize=8)
     return _png(fig)
 
@@ -271,7 +271,11 @@ def write_report(results: dict[str, Any], path: Any) -> Any:
     cards = [
         ("events replayed", f"{rep['events_sent']:,}"),
         ("simulated span", f"{_day(rep['from'])} to {_day(rep['to'])}"),
-        ("speed", f"{rep['speed']:,.0f}x the wall clock"),
+        (
+            "speed",
+            f"{rep['speed']:,.0f}x the wall clock"
+            + (" on average (as fast as possible)" if rep.get("as_fast_as_possible") else ""),
+        ),
         ("pushes delivered", f"{delivered:,}"),
         ("wall-clock time", f"{rep['wall_s']:.0f} s"),
     ]
@@ -331,10 +335,11 @@ this machine.</p>
             rule_rows,
         )
     }
-<p class="muted">Hit rate: share of delivered messages whose shopper bought a pushed item
-within 7 simulated days; holdout: the same for the items the rule would have pushed to
-the shoppers it held out. Lift = hit rate / holdout rate - 1, 95% interval on the log
-ratio. Coupon face value: percent off the lead item's price.</p>
+<p class="muted">Hit rate: share of messages sent to a gateway whose shopper bought a pushed
+item within 7 simulated days; holdout: the same for the messages the rule made for the
+shoppers it held out, stopped at that same point after the same checks and caps.
+Lift = hit rate / holdout rate - 1, 95% interval on the log ratio. Coupon face value:
+percent off the lead item's price.</p>
 <div class="grid"><img alt="pushes per rule over time" src="{_pushes_over_time(results)}">
 <img alt="decisions by step" src="{_decisions_by_step(results)}">
 <img alt="delivery outcomes by channel" src="{_channel_outcomes(results)}">

@@ -6,7 +6,10 @@ Per rule: triggers decided, messages queued and delivered, what held the rest ba
 (consent, caps, quiet hours, no-repeat, cooldown, holdout, the rule's condition), pushes
 per shopper per day, coupons and their face value, and the hit rate: how often the
 shopper bought a pushed item within 7 days, beside the holdout cell's rate for the items
-the rule would have pushed (lift with a 95% interval). All times are the history's own.
+the rule would have pushed (lift with a 95% interval). Both cells count messages at the
+one point where the push worker either calls the gateway (treated) or stops a holdout
+message, after the same checks and caps: shoppers who would have been contacted, once
+per message. All times are the history's own.
 """
 
 from __future__ import annotations
@@ -32,13 +35,14 @@ def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
     p = hits / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # around the rate itself: rounding can put a bound of 0 hits a hair above 0
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def lift_interval(h1: int, n1: int, h0: int, n0: int, z: float = 1.96) -> dict[str, Any]:
     """Relative lift of rate h1/n1 over h0/n0 with a 95% interval (log rate ratio, a half
-    hit added to empty cells)."""
-    if n1 == 0 or n0 == 0:
+    hit added to empty cells); none when either cell has no trials or neither a hit."""
+    if n1 == 0 or n0 == 0 or h1 == h0 == 0:
         return {"lift": None, "low": None, "high": None}
     a, b = h1 + (0.5 if h1 == 0 or h0 == 0 else 0), h0 + (0.5 if h1 == 0 or h0 == 0 else 0)
     ratio = (a / n1) / (b / n0)
@@ -70,18 +74,17 @@ def _purchases(run: ReplayRun) -> dict[str, list[tuple[float, str]]]:
     return out
 
 
-def _as_if_sent(held: list[dict[str, Any]], cooldown_s: float) -> list[dict[str, Any]]:
-    """The holdout decisions a treated shopper could have received: the holdout step
-    comes before the cooldown is taken, so without this every line of an order would
-    count as a held-out message where the treated cell gets one."""
-    kept: list[dict[str, Any]] = []
-    last: dict[str, float] = {}
-    for d in sorted(held, key=lambda d: d.get("at", 0.0)):
-        at = float(d.get("at", 0.0))
-        if d["user_id"] not in last or at - last[d["user_id"]] >= cooldown_s:
-            kept.append(d)
-            last[d["user_id"]] = at
-    return kept
+def _send_time_step(state: str, reason: str) -> str:
+    """The step that stopped a queued message at send time (`sender.py`'s reasons)."""
+    if state == "held_out":
+        return "holdout"
+    if reason.startswith("cap reached at send time: "):
+        return reason.removeprefix("cap reached at send time: ")  # cooldown, cap_day, ...
+    if reason.startswith("consent"):
+        return "consent"
+    if reason.startswith("no_repeat"):
+        return "no_repeat"
+    return "send_time"
 
 
 def _hit(buys: list[tuple[float, str]], at: float, items: list[str]) -> bool:
@@ -115,18 +118,24 @@ def collect(run: ReplayRun, rt: Runtime) -> dict[str, Any]:
     replies = pipe.execute()
     deliveries: list[dict[str, Any]] = []
     for n, d in enumerate(queued):
-        state, attempts, record = replies[3 * n : 3 * n + 3]
+        state, attempts, raw = replies[3 * n : 3 * n + 3]
         attempts = [json.loads(a) for a in attempts]
+        record = json.loads(raw) if raw else {}
         sent = [a for a in attempts if a.get("outcome")]
         first = min((a["at"] for a in sent if a["outcome"] == "delivered"), default=None)
+        held_at = [a["at"] for a in attempts if "held_out" in a]
         deliveries.append(
             {
                 "decision": d,
+                "cell": record.get("cell", "treated"),
                 "state": state.get("state", ""),
+                "reason": state.get("reason", ""),
                 "outcome": sent[-1]["outcome"] if sent else state.get("state", "queued"),
                 "channel": sent[-1].get("channel") if sent else None,
                 "delivered_at": first,
-                "coupon": (json.loads(record) or {}).get("coupon") if record else None,
+                # the gateway called, or a holdout message stopped just before it
+                "contacted_at": min([a["at"] for a in sent] + held_at, default=None),
+                "coupon": record.get("coupon"),
             }
         )
     per_rule: dict[str, dict[str, Any]] = {}
@@ -137,11 +146,17 @@ def collect(run: ReplayRun, rt: Runtime) -> dict[str, Any]:
     for name, rule in rules.items():
         mine = [d for d in decisions if d["rule"] == name]
         actions = Counter(str(d.get("action")) for d in mine)
-        held = Counter(
-            _held_back_by(d) for d in mine if d.get("action") in {"suppress", "defer", "held_out"}
-        )
+        held = Counter(_held_back_by(d) for d in mine if d.get("action") in {"suppress", "defer"})
         dels = [x for x in deliveries if x["decision"]["rule"] == name]
-        delivered = [x for x in dels if x["delivered_at"] is not None]
+        held.update(
+            _send_time_step(x["state"], x["reason"])
+            for x in dels
+            if x["state"] in {"suppressed", "held_out"}
+        )
+        treated = [x for x in dels if x["cell"] == "treated"]
+        contacted = [x for x in treated if x["contacted_at"] is not None]
+        holdouts = [x for x in dels if x["cell"] == "holdout" and x["contacted_at"] is not None]
+        delivered = [x for x in treated if x["delivered_at"] is not None]
         per_day: Counter[tuple[str, int]] = Counter()
         for x in delivered:
             day = int((x["delivered_at"] - shift) // 86_400)
@@ -150,20 +165,18 @@ def collect(run: ReplayRun, rt: Runtime) -> dict[str, Any]:
             sim_delay[name].append(x["delivered_at"] - x["decision"]["trigger"]["ts"])
             trigger = x["decision"]["trigger"]["id"]
             if rule.delay_s == 0 and trigger in run.sent_at:
-                latency_real.append(run.clock.real_at(x["delivered_at"]) - run.sent_at[trigger])
-        for x in dels:
+                latency_real.append(run.real_at(x["delivered_at"]) - run.sent_at[trigger])
+        for x in treated:
             channel_outcomes[(str(x["channel"] or "none"), str(x["outcome"]))] += 1
-        treated_hits = sum(
-            _hit(buys.get(x["decision"]["user_id"], []), x["delivered_at"] - shift,
-                 x["decision"]["message"]["items"])
-            for x in delivered
-        )  # fmt: skip
-        holdouts = _as_if_sent([d for d in mine if d.get("action") == "held_out"], rule.cooldown_s)
-        holdout_hits = sum(
-            _hit(buys.get(d["user_id"], []), d["at"] - shift,
-                 [c["item_id"] for c in d.get("candidates", [])][: rule.items])
-            for d in holdouts
-        )  # fmt: skip
+
+        def hits(cell: list[dict[str, Any]]) -> int:
+            return sum(
+                _hit(buys.get(x["decision"]["user_id"], []), x["contacted_at"] - shift,
+                     x["decision"]["message"]["items"])
+                for x in cell
+            )  # fmt: skip
+
+        treated_hits, holdout_hits = hits(contacted), hits(holdouts)
         coupons = [x for x in delivered if x["coupon"]]
         face = 0.0
         if rule.coupon is not None:  # the code takes percent_off of the lead item's price
@@ -175,7 +188,8 @@ def collect(run: ReplayRun, rt: Runtime) -> dict[str, Any]:
         per_rule[name] = {
             "kind": rule.kind, "delay_s": rule.delay_s, "holdout_pct": rule.holdout_pct,
             "decided": len(mine), "actions": dict(actions), "held_back_by": dict(held),
-            "queued": len(dels), "delivered": len(delivered),
+            "queued": len(treated), "contacted": len(contacted), "delivered": len(delivered),
+            "held_out": len(holdouts),
             "pushes_per_shopper_day": {
                 "shopper_days": len(counts),
                 "mean": statistics.fmean(counts) if counts else 0.0,
@@ -185,13 +199,13 @@ def collect(run: ReplayRun, rt: Runtime) -> dict[str, Any]:
             "coupons": {"issued": len(coupons), "face_value": round(face, 2),
                         "percent_off": rule.coupon.percent_off if rule.coupon else None},
             "hit_rate": {
-                "treated": {"hits": treated_hits, "n": len(delivered),
-                            "rate": treated_hits / len(delivered) if delivered else None,
-                            "ci": wilson(treated_hits, len(delivered))},
+                "treated": {"hits": treated_hits, "n": len(contacted),
+                            "rate": treated_hits / len(contacted) if contacted else None,
+                            "ci": wilson(treated_hits, len(contacted))},
                 "holdout": {"hits": holdout_hits, "n": len(holdouts),
                             "rate": holdout_hits / len(holdouts) if holdouts else None,
                             "ci": wilson(holdout_hits, len(holdouts))},
-                **lift_interval(treated_hits, len(delivered), holdout_hits, len(holdouts)),
+                **lift_interval(treated_hits, len(contacted), holdout_hits, len(holdouts)),
             },
         }  # fmt: skip
     counters = rt.metrics.snapshot()
@@ -200,7 +214,11 @@ def collect(run: ReplayRun, rt: Runtime) -> dict[str, Any]:
         "title": run.plan.run_dir.name,
         "history": {"first": run.history_span[0], "last": run.history_span[1]},
         "replayed": {"from": run.replay_span[0], "to": run.replay_span[1],
-                     "events_sent": len(run.sent_at), "speed": run.clock.speed,
+                     "events_sent": len(run.sent_at),
+                     # as fast as possible: the simulated span over the wall time it took
+                     "speed": (run.replay_span[1] - run.replay_span[0]) / max(1.0, run.wall_s)
+                     if run.steps else run.clock.speed,
+                     "as_fast_as_possible": bool(run.steps),
                      "wall_s": round(run.wall_s, 1), "interrupted": run.interrupted},
         "input": {**run.account,
                   "applied": counters.get("events.applied", 0),

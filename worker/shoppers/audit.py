@@ -4,8 +4,9 @@ what came of it.
 Every rule firing leaves a decision record on the shopper (rule, trigger, candidates
 with scores and reasons, each policy step's verdict, the message id). Opens, clicks and
 purchases are attributed to a message by `push_id` (of the shopper it was sent to only),
-or, for a purchase without one, to the last message (or holdout decision) about that item
-within the attribution window.
+or, for a purchase without one, to the last message about that item within the
+attribution window that went to the gateway (treated) or was stopped just before it
+(holdout): both cells are noted at that same point, by the push worker.
 Counts per rule and holdout cell live in one hash per rule, so lift can be read off
 (`pushrec stats`).
 """
@@ -22,7 +23,7 @@ import redis
 from worker.shoppers.inputs import Event
 from worker.store.keys import Keys
 
-FireAction = Literal["queued", "suppress", "defer", "held_out", "error", "duplicate", "dropped"]
+FireAction = Literal["queued", "suppress", "defer", "error", "duplicate", "dropped"]
 
 
 class TriggerRecord(TypedDict):
@@ -35,6 +36,7 @@ class MessageSummary(TypedDict):
     title: str
     body: str
     items: list[str]
+    cell: str  # treated, or holdout: checked at send time like a treated one, never sent
 
 
 class Decision(TypedDict, total=False):
