@@ -29,8 +29,6 @@ __all__ = [
     "top_k",
 ]
 
-_DAY = 86_400.0
-
 
 class Ranker(Protocol):
     def scores(self, users: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]: ...

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from indexing.events import EventLog
 from indexing.factors import FoldIn
 from indexing.knn import knn_scores, knn_scores_at
-from indexing.matrix import Weighting, event_weights
+from indexing.matrix import SECONDS_PER_DAY, Weighting, event_weights
 
 __all__ = ["Blend", "BlendWeights", "recent_item_weights", "shopper_histories"]
 
@@ -175,7 +175,7 @@ def recent_item_weights(
     for item_id, type_name, ts in events:
         w = float(weighting.type_weights.get(type_name, 0.0))
         if hl:
-            w *= 2.0 ** (-max(now - ts, 0.0) / 86_400.0 / hl)
+            w *= 2.0 ** (-max(now - ts, 0.0) / SECONDS_PER_DAY / hl)
         total[item_id] = total.get(item_id, 0.0) + w
         last[item_id] = max(last.get(item_id, -np.inf), ts)
     order = sorted(total, key=lambda i: (-last[i], i))

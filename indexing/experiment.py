@@ -39,7 +39,7 @@ from indexing.events import EventLog
 from indexing.factors import AlsParams, train_als
 from indexing.item_item import ItemItemParams, ease_weights, item_item
 from indexing.lookup import FULL_SCORE_MAX_ITEMS
-from indexing.matrix import Weighting, interaction_matrix
+from indexing.matrix import SECONDS_PER_DAY, Weighting, interaction_matrix
 from indexing.model import ModelParams, TrainedModel, train_model
 
 __all__ = [
@@ -58,7 +58,6 @@ SERVED = "served_blend"
 #: Above `FULL_SCORE_MAX_ITEMS` the worker scores a candidate set (`LoadedIndex.recommend`);
 #: the evaluation then reports that as `SERVED` and the every-item scoring under this name.
 SERVED_EVERY_ITEM = "served_blend_every_item"
-_DAY = 86_400.0
 _DEPTH = 20
 
 
@@ -234,7 +233,7 @@ def _baseline_rankings(
             return EaseRanker(raw, ease_weights(raw, params.l2, params.ease_max_items))
         return ItemItemRanker(raw, item_item(raw, params))
 
-    recent_since = task.split_ts - baselines.recent_days * _DAY
+    recent_since = task.split_ts - baselines.recent_days * SECONDS_PER_DAY
     run(
         "popularity_all",
         lambda: PopularityRanker(popularity(tr.users, tr.items, tr.ts, n_items)),

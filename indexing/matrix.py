@@ -16,7 +16,13 @@ import scipy.sparse as sp
 
 from indexing.events import EVENT_TYPES, EventLog
 
-__all__ = ["DEFAULT_TYPE_WEIGHTS", "Weighting", "event_weights", "interaction_matrix"]
+__all__ = [
+    "DEFAULT_TYPE_WEIGHTS",
+    "SECONDS_PER_DAY",
+    "Weighting",
+    "event_weights",
+    "interaction_matrix",
+]
 
 DEFAULT_TYPE_WEIGHTS: Mapping[str, float] = {
     "view": 1.0,
@@ -28,7 +34,7 @@ DEFAULT_TYPE_WEIGHTS: Mapping[str, float] = {
     "push_click": 2.0,
 }
 
-_SECONDS_PER_DAY = 86_400.0
+SECONDS_PER_DAY = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,7 @@ def event_weights(log: EventLog, weighting: Weighting, as_of: float) -> npt.NDAr
     )
     w = per_type[log.types]
     if weighting.half_life_days:
-        age_days = np.maximum(as_of - log.ts, 0.0) / _SECONDS_PER_DAY
+        age_days = np.maximum(as_of - log.ts, 0.0) / SECONDS_PER_DAY
         w = w * np.exp2(-age_days / weighting.half_life_days)
     return w.astype(np.float32)
 

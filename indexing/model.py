@@ -24,7 +24,7 @@ from indexing.events import EventLog
 from indexing.factors import AlsParams, FoldIn, train_als
 from indexing.item_item import ITEM_ITEM_KINDS, ItemItemParams, item_item
 from indexing.items import Item
-from indexing.matrix import Weighting, interaction_matrix
+from indexing.matrix import SECONDS_PER_DAY, Weighting, interaction_matrix
 
 __all__ = [
     "ModelParams",
@@ -34,8 +34,6 @@ __all__ = [
     "train_model",
     "warm_columns",
 ]
-
-_DAY = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -222,7 +220,7 @@ def train_model(
         (sim.data, sim.indices, np.concatenate([sim.indptr, np.full(n_cold, sim.indptr[-1])])),
         shape=(n, n),
     )
-    pop_warm = recent_popularity(log, warm_cols, as_of - params.recent_days * _DAY)
+    pop_warm = recent_popularity(log, warm_cols, as_of - params.recent_days * SECONDS_PER_DAY)
     return TrainedModel(
         item_ids=warm_ids + tuple(cold_ids),
         factors=np.ascontiguousarray(np.vstack([factors.items, cold_vecs]), dtype=np.float32),

@@ -58,7 +58,7 @@ from indexing.item_item import (
     item_item,
     truncate_rows,
 )
-from indexing.matrix import Weighting, interaction_matrix
+from indexing.matrix import SECONDS_PER_DAY, Weighting, interaction_matrix
 from indexing.model import (
     ModelParams,
     TrainedModel,
@@ -69,7 +69,6 @@ from indexing.model import (
 
 __all__ = ["TuneGrid", "default_blend_weights", "tune"]
 
-_DAY = 86_400.0
 _RATIOS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
@@ -151,7 +150,7 @@ def tune(
 
     def recent(days: float) -> Callable[[_Fold], Ranker]:
         def ranker(f: _Fold) -> Ranker:
-            tr, since = f.task.train, f.task.split_ts - days * _DAY
+            tr, since = f.task.train, f.task.split_ts - days * SECONDS_PER_DAY
             return PopularityRanker(
                 popularity(tr.users, tr.items, tr.ts, f.raw.shape[1], since=since)
             )
@@ -303,7 +302,7 @@ def _fold_signals(
     return _FoldSignals(
         task=task,
         sims=sims,
-        pops={d: recent_popularity(tr, warm, as_of - d * _DAY) for d in windows},
+        pops={d: recent_popularity(tr, warm, as_of - d * SECONDS_PER_DAY) for d in windows},
         histories={
             hl: shopper_histories(
                 tr,
