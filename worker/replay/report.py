@@ -127,7 +127,7 @@ def _latency(results: dict[str, Any]) -> str:
         for rule, values in sorted(delays.items()):
             ax.hist([v / 3600 for v in values], bins=30, alpha=0.6, label=rule)
         ax.set_title("Trigger to push in simulated time")
-        ax.set_xlabel("simulated hours from the trigger to delivery")
+        ax.set_xlabel("simulated hours from the trigger to the first gateway call")
         ax.set_ylabel("messages")
         if delays:
             ax.legend(fontsize=8)

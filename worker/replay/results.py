@@ -162,7 +162,9 @@ def collect(run: ReplayRun, rt: Runtime) -> dict[str, Any]:
             day = int((x["delivered_at"] - shift) // 86_400)
             per_day[(x["decision"]["user_id"], day)] += 1
             timeline[name].append((x["delivered_at"] - shift, 1))
-            sim_delay[name].append(x["delivered_at"] - x["decision"]["trigger"]["ts"])
+            # from the trigger to the first gateway call: how long the rule waited
+            # (a retry after a gateway error or timeout is the gateway's delay, not the rule's)
+            sim_delay[name].append(x["contacted_at"] - x["decision"]["trigger"]["ts"])
             trigger = x["decision"]["trigger"]["id"]
             if rule.delay_s == 0 and trigger in run.sent_at:
                 latency_real.append(run.real_at(x["delivered_at"]) - run.sent_at[trigger])
