@@ -123,7 +123,10 @@ def _latency(results: dict[str, Any]) -> str:
         ax.set_xlabel("milliseconds from the event sent to the gateway call")
         ax.set_ylabel("messages")
     else:
-        delays = results["simulated_delay_s"]
+        delays = {
+            rule: values + results.get("simulated_delay_deferred_s", {}).get(rule, [])
+            for rule, values in results["simulated_delay_s"].items()
+        }
         for rule, values in sorted(delays.items()):
             ax.hist([v / 3600 for v in values], bins=30, alpha=0.6, label=rule)
         ax.set_title("Trigger to push in simulated time")

@@ -102,12 +102,16 @@ def collect(run: ReplayRun, rt: Runtime) -> dict[str, Any]:
     for user in users:
         pipe.lrange(rt.keys.user(user).decisions, 0, -1)
     final: dict[tuple[str, str, str], dict[str, Any]] = {}
+    deferred: set[tuple[str, str, str]] = set()
     for user, rows in zip(users, pipe.execute(), strict=True):
         for raw in reversed(rows):  # oldest first: a deferred firing's last word wins
             d = json.loads(raw)
             if "trigger" not in d or "rule" not in d:
                 continue
-            final[(d["rule"], user, d["trigger"]["id"])] = {**d, "user_id": user}
+            key = (d["rule"], user, d["trigger"]["id"])
+            final[key] = {**d, "user_id": user, "was_deferred": key in deferred}
+            if d.get("action") == "defer":
+                deferred.add(key)
     decisions = list(final.values())
     queued = [d for d in decisions if d.get("action") == "queued" and d.get("message_id")]
     pipe = rt.redis.pipeline(transaction=False)
@@ -142,6 +146,7 @@ def collect(run: ReplayRun, rt: Runtime) -> dict[str, Any]:
     timeline: dict[str, list[tuple[float, int]]] = defaultdict(list)
     latency_real: list[float] = []
     sim_delay: dict[str, list[float]] = defaultdict(list)
+    deferred_delay: dict[str, list[float]] = defaultdict(list)
     channel_outcomes: Counter[tuple[str, str]] = Counter()
     for name, rule in rules.items():
         mine = [d for d in decisions if d["rule"] == name]
@@ -162,9 +167,11 @@ def collect(run: ReplayRun, rt: Runtime) -> dict[str, Any]:
             day = int((x["delivered_at"] - shift) // 86_400)
             per_day[(x["decision"]["user_id"], day)] += 1
             timeline[name].append((x["delivered_at"] - shift, 1))
-            # from the trigger to the first gateway call: how long the rule waited
-            # (a retry after a gateway error or timeout is the gateway's delay, not the rule's)
-            sim_delay[name].append(x["contacted_at"] - x["decision"]["trigger"]["ts"])
+            # from the trigger to the first gateway call: how long the rule waited (a retry
+            # after a gateway error or timeout is the gateway's delay, not the rule's); a
+            # firing deferred by the policy (quiet hours) waited for that too
+            delay = x["contacted_at"] - x["decision"]["trigger"]["ts"]
+            (deferred_delay if x["decision"]["was_deferred"] else sim_delay)[name].append(delay)
             trigger = x["decision"]["trigger"]["id"]
             if rule.delay_s == 0 and trigger in run.sent_at:
                 latency_real.append(run.real_at(x["delivered_at"]) - run.sent_at[trigger])
@@ -244,6 +251,7 @@ def collect(run: ReplayRun, rt: Runtime) -> dict[str, Any]:
         "timeline": {k: sorted(t for t, _ in v) for k, v in timeline.items()},
         "latency_s": sorted(latency_real),
         "simulated_delay_s": {k: sorted(v) for k, v in sim_delay.items()},
+        "simulated_delay_deferred_s": {k: sorted(v) for k, v in deferred_delay.items()},
         "examples": examples,
     }  # fmt: skip
 
