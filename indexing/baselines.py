@@ -17,6 +17,7 @@ import scipy.sparse as sp
 
 from indexing.factors import Factors
 from indexing.item_item import EaseWeights
+from indexing.knn import binary_pattern
 from indexing.ranking import top_indices
 
 __all__ = [
@@ -65,8 +66,7 @@ class ItemItemRanker:
     `indexing.item_item`)."""
 
     def __init__(self, user_items: sp.csr_matrix, similarity: sp.csr_matrix):
-        self._x = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
-        self._x.data[:] = 1.0
+        self._x = binary_pattern(user_items)
         self.similarity = similarity
 
     def scores(self, users: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
@@ -78,9 +78,7 @@ class EaseRanker:
     """EASE with its dense weights: x_u[items] @ B over the capped item set, 0 elsewhere."""
 
     def __init__(self, user_items: sp.csr_matrix, ease: EaseWeights):
-        x = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
-        x.data[:] = 1.0
-        self._x = sp.csr_matrix(x[:, ease.items])
+        self._x = sp.csr_matrix(binary_pattern(user_items)[:, ease.items])
         self._ease = ease
 
     def scores(self, users: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:

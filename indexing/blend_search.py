@@ -65,10 +65,7 @@ def blend_recalls(
     `shopper_histories` gives them; pops: per window, raw recent popularity over the
     model's rows (`model.recent_popularity` is ignored).
     """
-    code_of = {item_id: code for code, item_id in enumerate(task.train.item_ids)}
-    row_code = np.array([code_of[i] for i in model.item_ids], dtype=np.int64)
-    row_of = np.full(len(task.train.item_ids), -1, dtype=np.intp)
-    row_of[row_code] = np.arange(row_code.shape[0])
+    row_code, row_of = model.rows_of(task.train.item_ids)
     n = row_code.shape[0]
     blend = model.blend()
     pop_norm = {w: _normalised_popularity(p) for w, p in pops.items()}

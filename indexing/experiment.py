@@ -141,10 +141,7 @@ def served_rankings(
     """
     params = model.params
     weighting = history or params.history_weighting
-    code_of = {item_id: code for code, item_id in enumerate(task.train.item_ids)}
-    row_code = np.array([code_of[i] for i in model.item_ids], dtype=np.int64)
-    row_of = np.full(len(task.train.item_ids), -1, dtype=np.intp)
-    row_of[row_code] = np.arange(row_code.shape[0])
+    row_code, row_of = model.rows_of(task.train.item_ids)
     warm_rows = np.flatnonzero(~model.cold)
     histories = shopper_histories(
         task.train, weighting, task.split_ts, params.history_items, params.history_events

@@ -13,7 +13,13 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-__all__ = ["item_similarity", "knn_scores", "knn_scores_at", "top_m_products"]
+__all__ = [
+    "binary_pattern",
+    "item_similarity",
+    "knn_scores",
+    "knn_scores_at",
+    "top_m_products",
+]
 
 _BLOCK = 4096
 
@@ -25,12 +31,19 @@ def item_similarity(user_items: sp.csr_matrix, top_m: int = 100) -> sp.csr_matri
     user_items: any users x items matrix; only its pattern (nonzero cells) is used. Works in
     sparse blocks of rows, so memory follows the co-occurrence count, not n_items².
     """
-    x = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
-    x.data[:] = 1.0
+    x = binary_pattern(user_items)
     counts = np.asarray(x.sum(axis=0)).ravel().astype(np.float32)
     inv = np.zeros_like(counts)
     np.divide(1.0, np.sqrt(counts), out=inv, where=counts > 0)
     return top_m_products(sp.csr_matrix(x.T), x, top_m, row_scale=inv, col_scale=inv)
+
+
+def binary_pattern(user_items: sp.spmatrix) -> sp.csr_matrix:
+    """CSR float32 copy of `user_items` with 1 in every nonzero cell (who touched what)."""
+    x = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
+    x.eliminate_zeros()
+    x.data[:] = 1.0
+    return x
 
 
 def top_m_products(

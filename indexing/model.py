@@ -9,7 +9,7 @@ items without interactions but with a category or brand) sorted by id.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -123,6 +123,18 @@ class TrainedModel:
     recent_popularity: npt.NDArray[np.float32]
     params: ModelParams
     counts: dict[str, int]
+
+    def rows_of(
+        self, item_ids: Sequence[str]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.intp]]:
+        """(code of each row in `item_ids`, int64 (n_rows,); row of each code, intp
+        (len(item_ids),), -1 where the model has no row): the model's rows on the table
+        of a log whose ids are `item_ids` (every row's id must be there)."""
+        code_of = {item_id: code for code, item_id in enumerate(item_ids)}
+        row_code = np.array([code_of[i] for i in self.item_ids], dtype=np.int64)
+        row_of = np.full(len(item_ids), -1, dtype=np.intp)
+        row_of[row_code] = np.arange(row_code.shape[0])
+        return row_code, row_of
 
     def blend(self) -> Blend:
         return Blend(
