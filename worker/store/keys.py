@@ -52,6 +52,7 @@ and the tests named in it check the bounds):
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 
@@ -254,11 +255,32 @@ class BreakerKeys:
 BREAKER_ROUTES_KEPT_S = 86_400
 
 
+def shard_of(ident: str, shards: int) -> int:
+    """The shard (0 … shards-1) that `ident` (a shopper, item or message id) falls in.
+
+    CRC-32, not Python's `hash`, so every process and host agrees on it."""
+    return zlib.crc32(ident.encode()) % shards
+
+
 @dataclass(frozen=True)
 class Keys:
-    """Key names under one prefix."""
+    """Key names under one prefix.
+
+    A global key (one that is not one shopper's, item's or message's) that grows with the
+    shop is split into `shards` keys, each with its own hash tag `{<family>:<n>}`, so on
+    Redis Cluster the load spreads over the masters; with `shards == 1` (a single node)
+    there is one key per family."""
 
     prefix: str
+    shards: int = 1
+
+    def shard(self, ident: str) -> int:
+        """The shard of a shopper, item or message id under this key space."""
+        return shard_of(ident, self.shards)
+
+    def sharded(self, family: str, shard: int) -> str:
+        """The hash-tagged base of shard `shard` of a sharded global key family."""
+        return f"{self.prefix}:{{{family}:{shard}}}"
 
     def user(self, user_id: str) -> UserKeys:
         return UserKeys(f"{self.prefix}:{{u:{user_id}}}")
