@@ -280,7 +280,11 @@ def test_caps_hold_when_many_triggers_race(
     token = gateways.targets["fcm"]
     register(rt, "u2-9", "fcm", token, time.time())
     with realtime_processes(settings, tmp_path, env, workers=2):
-        client.track_batch([event(f"p{n}", "u2-9", "purchase", f"b2-{n}") for n in range(10)])
+        orders = [
+            event(f"p{n}", "u2-9", "purchase", f"b2-{n}", props={"order_id": f"o{n}"})
+            for n in range(10)
+        ]
+        client.track_batch(orders)  # ten orders: ten triggers racing for two slots
         wait_for(lambda: len(rt.audit.decisions("u2-9")) == 10, what="all decisions")
         wait_for(
             lambda: rt.redis.llen(f"{settings.broker_key_prefix}{settings.queue_push}") == 0,

@@ -29,7 +29,7 @@ from worker.replay.config import (
     rules_of,
     write_config,
 )
-from worker.replay.engine import ReplayPlan, ReplayRun, replay
+from worker.replay.engine import _STEP_S, ReplayPlan, ReplayRun, replay
 from worker.replay.report import write_report
 from worker.replay.results import collect, wilson
 from worker.service.runtime import Runtime
@@ -139,12 +139,10 @@ def test_as_fast_as_possible_keeps_delays_and_stops_the_clock_for_each_due_job(
     origins = [step.origin for step in run.steps]
     assert len(origins) > 2 and origins == sorted(origins)  # moved on, never back
     # a day's delay waits a simulated day, plus at most the step its event was sent in
-    # (firings the policy deferred, to the end of quiet hours, are counted apart).
-    # Known bug, open in issue 17: now and then a next-day job is not a stop of the clock
-    # and fires at a later step, up to about 70 simulated minutes late (2 of 8 here in
-    # some runs); never early. Until it is found: none early, none more than 2 h late.
+    # (firings the policy deferred, to the end of quiet hours, are counted apart)
     delays = results["simulated_delay_s"]["cross_sell_next_day"]
-    assert delays and all(86_400 <= d <= 86_400 + 2 * 3_600 for d in delays), delays
+    out_of_bounds = [d for d in delays if not 86_400 <= d <= 86_400 + _STEP_S + 60]
+    assert delays and not out_of_bounds, out_of_bounds
     # the tail ran until no job was due within it: the next-day messages all went out
     rule = results["rules"]["cross_sell_next_day"]
     assert rule["contacted"] + rule["held_out"] > 0

@@ -66,6 +66,25 @@ def test_replenish_is_due_one_lead_before_the_next_expected_purchase(runtime: Ru
     assert dict(trigger.extra)["interval_days"] == "20"
 
 
+def test_the_lines_of_one_order_make_one_post_purchase_trigger(runtime: Runtime) -> None:
+    thanks = Rule(name="thanks", kind="post_purchase", delay_s=86_400, title="t", body="b")
+    triggers = Triggers(runtime.redis, runtime.keys, rules(thanks), max_age_s=3600)
+    lines = [ev(f"p{n}", "purchase", item, NOW - 60) for n, item in enumerate(["a", "b", "a"])]
+    later = ev("p9", "purchase", "c", NOW - 30)
+    given = {**ev("g1", "purchase", "d", NOW - 60), "props": {"order_id": "A-17"}}
+    other_shopper = ev("q1", "purchase", "a", NOW - 60, user="u2")
+    found = triggers.for_events(apply(runtime, *lines, later, given, other_shopper), NOW)
+    by_id = {(t.user_id, t.trigger_id): t for t in found}
+    assert len(found) == len(by_id) == 4
+    # lines of one second are one checkout: one trigger with every item, once
+    order = by_id["u1", f"order@{NOW - 60:.0f}"]
+    assert order.items == ("a", "b") and order.trigger_ts == NOW - 60
+    assert order.job().job_id == f"thanks:u1:order@{NOW - 60:.0f}"
+    assert by_id["u1", f"order@{NOW - 30:.0f}"].items == ("c",)
+    assert by_id["u1", "order:A-17"].items == ("d",)  # the shop's own order id wins
+    assert by_id["u2", f"order@{NOW - 60:.0f}"].items == ("a",)
+
+
 def test_old_events_update_state_but_trigger_nothing(runtime: Runtime) -> None:
     cart = Rule(name="cart", kind="cart_abandoned", delay_s=60, title="t", body="b")
     triggers = Triggers(runtime.redis, runtime.keys, rules(cart), max_age_s=3600)

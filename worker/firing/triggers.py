@@ -57,16 +57,21 @@ class Triggers:
         for n, wanted in reads.items():
             wanted.queue(pipe, self._keys, pairs[n][1].user_id)
         replies = iter(pipe.execute() if reads else [])
-        out: list[Trigger] = []
+        out: dict[tuple[str, str, str], Trigger] = {}
         for n, (rule, event, _) in enumerate(pairs):
             kind = KINDS[rule.kind]
             assert kind.on_event is not None
             read = reads.get(n)
             shopper = read.parse(event.user_id, replies) if read else Shopper(event.user_id)
             trigger = kind.on_event(rule, event, shopper, now)
-            if trigger is not None:
-                out.append(replace(trigger, debounce=kind.debounce))
-        return out
+            if trigger is None:
+                continue
+            trigger = replace(trigger, debounce=kind.debounce)
+            key = (trigger.rule, trigger.user_id, trigger.trigger_id)
+            if (first := out.get(key)) is not None:  # another line of the same order
+                trigger = replace(first, items=tuple(dict.fromkeys(first.items + trigger.items)))
+            out[key] = trigger
+        return list(out.values())
 
     def for_item_changes(self, changes: Sequence[ItemChange], now: float) -> list[Trigger]:
         """Price drops and restocks, fanned out to shoppers who recently showed interest

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from worker.policy.jobs import Trigger
@@ -94,9 +94,24 @@ def _trigger(
 
 
 def _its_item(rule: Rule, event: Event, _: Shopper, now: float) -> Trigger:
-    """A trigger about the event's own item (cart_abandoned, post_purchase)."""
+    """A trigger about the event's own item (cart_abandoned)."""
     assert event.item_id is not None
     return _trigger(rule, event, now, (event.item_id,))
+
+
+def order_of(event: Event) -> str:
+    """The order a purchase line belongs to: `props.order_id` when the shop sends one,
+    else the shopper's purchases of the same second (one checkout's lines)."""
+    order = event.props.get("order_id")
+    return f"order:{order}" if order not in (None, "") else f"order@{event.ts:.0f}"
+
+
+def _its_order(rule: Rule, event: Event, _: Shopper, now: float) -> Trigger:
+    """A trigger about the order the purchased line belongs to (post_purchase): the
+    lines of one order share its id, so they make one message, not one per line
+    (`Triggers.for_events` merges a batch's lines into one trigger)."""
+    assert event.item_id is not None
+    return replace(_trigger(rule, event, now, (event.item_id,)), trigger_id=order_of(event))
 
 
 # --- cart_abandoned -----------------------------------------------------------------
@@ -222,7 +237,7 @@ KINDS: dict[str, Kind] = {
             "post_purchase",
             about="shopper",
             events=("purchase",),
-            on_event=_its_item,
+            on_event=_its_order,
             holds_at_fire=_always_holds,
         ),
         Kind(

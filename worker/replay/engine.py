@@ -465,9 +465,10 @@ def _next_due(rt: Runtime) -> float:
 
 
 def _settled(rt: Runtime, stack: Stack, now: float, deadline: float) -> None:
-    """Wait until nothing is queued or being worked on and no delayed job is due by
-    `now`, seen twice in a row (a job between the scheduler's claim and its enqueue is
-    in neither place for a moment), or until `deadline`."""
+    """Wait until nothing is queued or being worked on, no delayed job is due by `now`
+    and none is claimed but not yet enqueued (the scheduler claims a batch, then sends
+    its tasks: a job in between is in neither the due set nor a queue), seen twice in a
+    row, or until `deadline`."""
     s = rt.settings
     queues = [s.queue_activity, s.queue_push, s.queue_maintenance]
     quiet = 0
@@ -477,6 +478,7 @@ def _settled(rt: Runtime, stack: Stack, now: float, deadline: float) -> None:
             pipe.llen(q)
         pipe.hlen("unacked")
         pipe.zcount(rt.keys.delayed_due, "-inf", now)
+        pipe.zcard(rt.keys.delayed_inflight)
         busy = sum(int(n) for n in pipe.execute())
         quiet = quiet + 1 if busy == 0 else 0
         time.sleep(0.005)

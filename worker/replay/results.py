@@ -74,6 +74,18 @@ def _purchases(run: ReplayRun) -> dict[str, list[tuple[float, str]]]:
     return out
 
 
+def _first_sent(run: ReplayRun) -> dict[tuple[str, float], float]:
+    """Per (shopper, event time as the workers saw it), when its first event was sent
+    (wall clock): a trigger names its event's time, and the lines of an order share one."""
+    out: dict[tuple[str, float], float] = {}
+    for event_id, sent in run.sent_at.items():
+        row = run.replayed.get(event_id)
+        if row is not None:
+            key = (str(row["user_id"]), row["ts"] + run.shift_s)
+            out[key] = min(sent, out.get(key, sent))
+    return out
+
+
 def _send_time_step(state: str, reason: str) -> str:
     """The step that stopped a queued message at send time (`sender.py`'s reasons)."""
     if state == "held_out":
@@ -145,6 +157,7 @@ def collect(run: ReplayRun, rt: Runtime) -> dict[str, Any]:
     per_rule: dict[str, dict[str, Any]] = {}
     timeline: dict[str, list[tuple[float, int]]] = defaultdict(list)
     latency_real: list[float] = []
+    first_sent = _first_sent(run)
     sim_delay: dict[str, list[float]] = defaultdict(list)
     deferred_delay: dict[str, list[float]] = defaultdict(list)
     channel_outcomes: Counter[tuple[str, str]] = Counter()
@@ -172,9 +185,9 @@ def collect(run: ReplayRun, rt: Runtime) -> dict[str, Any]:
             # firing deferred by the policy (quiet hours) waited for that too
             delay = x["contacted_at"] - x["decision"]["trigger"]["ts"]
             (deferred_delay if x["decision"]["was_deferred"] else sim_delay)[name].append(delay)
-            trigger = x["decision"]["trigger"]["id"]
-            if rule.delay_s == 0 and trigger in run.sent_at:
-                latency_real.append(run.real_at(x["delivered_at"]) - run.sent_at[trigger])
+            trigger = (x["decision"]["user_id"], x["decision"]["trigger"]["ts"])
+            if rule.delay_s == 0 and trigger in first_sent:
+                latency_real.append(run.real_at(x["delivered_at"]) - first_sent[trigger])
         for x in treated:
             channel_outcomes[(str(x["channel"] or "none"), str(x["outcome"]))] += 1
 
