@@ -29,6 +29,7 @@ RuleKind = Literal[
     "price_drop",
     "back_in_stock",
     "replenish",
+    "campaign",  # only as `Campaign.as_rule()`: declared under [[campaigns]]
 ]
 ChannelName = Literal["fcm", "apns", "webpush", "webhook"]
 

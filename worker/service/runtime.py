@@ -35,6 +35,7 @@ from worker.shoppers.audit import Audit
 from worker.shoppers.catalog import Catalog
 from worker.shoppers.contacts import Contacts
 from worker.shoppers.inputs import Limits
+from worker.shoppers.segment_index import SegmentIndex
 from worker.shoppers.state import StateStore
 from worker.store.dead_letters import DeadLetters
 from worker.store.delayed import DelayedJobs
@@ -86,6 +87,7 @@ class Runtime:
     audit: Audit
     delayed: DelayedJobs
     triggers: Triggers
+    segment_index: SegmentIndex
     enqueue: Enqueue = _no_enqueue
     router: Router | None = None  # prebuilt gateways (tests); None: opened from settings
     # registration checks webhook URLs and Web Push endpoints as the push worker does
@@ -136,6 +138,7 @@ class Runtime:
             ),
             delayed=DelayedJobs(client, keys, scripts),
             triggers=Triggers(client, keys, settings.rules, settings.trigger_max_age_s),
+            segment_index=SegmentIndex(client, keys),
             enqueue=enqueue,
             router=router,
             destinations=DestinationGuard(settings.destination_allowed_hosts),

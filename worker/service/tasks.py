@@ -309,7 +309,7 @@ TASKS: tuple[TaskSpec, ...] = (
     ),
     TaskSpec(
         contract.UNREGISTER_DEVICE,
-        lambda t, rt, kw: ingest.unregister_device(rt, kw),
+        lambda t, rt, kw: ingest.unregister_device(rt, kw, rt.settings.now()),
         required=_DEVICE,
         optional=frozenset({"token", "endpoint"}),
         keep=_kwargs_only,
