@@ -29,7 +29,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from push import TemplateSet
 from push.errors import PushError
-
 from worker.rules import ChannelName, CouponSpec, Rule
 
 # A cron that fires less often than this (or never) is refused: a typo like "0 0 30 2 *".

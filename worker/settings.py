@@ -28,8 +28,8 @@ from push.errors import UnsafeDestinationError
 from push.gateways.apns import APNS_URL
 from push.gateways.fcm import FCM_URL
 from push.ssrf import canonical_host
-from worker.clock import SimulatedClock, followed
 from worker.campaigns import Campaign
+from worker.clock import SimulatedClock, followed
 from worker.rules import DEFAULT_RULES, Rule
 from worker.segments import Segment, check_segments
 

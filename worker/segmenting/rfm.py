@@ -8,8 +8,9 @@ many buyers share a value (one order) the lower scores are crowded and the upper
 thin: the cuts say so (`pushrec segment show`).
 
 A cut is the exact quantile across the shards: the smallest indexed value with at least
-`floor(q * buyers)` (at least one) values at or below it, found by bisection on the value with one pipelined
-ZCOUNT per shard and step (about 60 round trips a cut), never by reading the sets.
+`floor(q * buyers)` (at least one) values at or below it, found by bisection on the
+value with one pipelined ZCOUNT per shard and step (about 60 round trips a cut), never
+by reading the sets.
 The scheduler recomputes them every `rfm_refresh_s`; a segment query with none stored
 computes them first.
 """
