@@ -25,20 +25,16 @@ _DAY = 86_400
 
 
 class SegmentQuery:
-    """Evaluates the configured segments; `cuts` (RFM) are read, or computed, once."""
+    """Evaluates the configured segments; RFM cuts are read at each query (computed and
+    stored first when none are)."""
 
     def __init__(self, client: redis.Redis, keys: Keys, segments: Mapping[str, Segment]) -> None:
         self._client = client
         self._keys = keys
         self._segments = segments
-        self._cuts: RfmCuts | None = None
 
     def cuts(self, now: float) -> RfmCuts:
-        if self._cuts is None:
-            self._cuts = load_cuts(self._client, self._keys) or compute_cuts(
-                self._client, self._keys, now
-            )
-        return self._cuts
+        return load_cuts(self._client, self._keys) or compute_cuts(self._client, self._keys, now)
 
     def store(
         self, name: str, now: float, dest: Callable[[SegmentKeys], str], ttl_s: int

@@ -20,6 +20,7 @@ from redis.retry import Retry
 
 from push.gateway import Router
 from push.ssrf import DestinationGuard
+from worker.campaigning.runs import Runs
 from worker.contract import DELIVER, Enqueue, enqueue_batched
 from worker.delivery.gateway_config import gateway_config
 from worker.delivery.outbox import MessageRecord, Outbox
@@ -30,6 +31,7 @@ from worker.firing.firer import Firer
 from worker.firing.index_holder import IndexHolder
 from worker.firing.triggers import Triggers
 from worker.policy.contact import ContactPolicy
+from worker.segmenting.query import SegmentQuery
 from worker.settings import Settings
 from worker.shoppers.audit import Audit
 from worker.shoppers.catalog import Catalog
@@ -173,6 +175,13 @@ class Runtime:
                     self.metrics,
                 )  # fmt: skip
             return self._firer
+
+    def segment_query(self) -> SegmentQuery:
+        return SegmentQuery(self.redis, self.keys, {s.name: s for s in self.settings.segments})
+
+    def runs(self) -> Runs:
+        """Campaign runs (cheap to build: no index, no gateway)."""
+        return Runs(self.redis, self.keys, self.scripts, self.segment_query())
 
     def deliver_queued(
         self, message_ids: list[str], owner: str, stored: dict[str, MessageRecord]

@@ -277,6 +277,24 @@ def _rebuild(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
     return rebuild.rebuild_index(rt.redis, rt.keys, rt.settings, rt.catalog, force=force)
 
 
+def _campaign_fire(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
+    """Internal: fire one chunk of a campaign run (push queue, paced by the scheduler)."""
+    campaign = next((c for c in rt.settings.campaigns if c.name == kwargs.get("campaign")), None)
+    entries = kwargs.get("jobs")
+    if campaign is None or not isinstance(entries, list) or not isinstance(kwargs.get("run"), str):
+        return _shape_rejected(task, "pushrec.campaign_fire: unknown campaign or bad jobs", kwargs)
+    jobs = []
+    for entry in entries:
+        try:
+            jobs.append(FireJob.from_kwargs(entry))
+        except InvalidInput as exc:
+            rt.rejected.record(task.name, exc.code, exc.reason, entry)
+    return rt.runs().fire_chunk(
+        rt.firer(), kwargs["run"], jobs, rt.settings.now(), _delivery(task),
+        campaign.coupon is not None,
+    )  # fmt: skip
+
+
 def _noop(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> None:
     """Does nothing: the throughput ceiling of the broker and pool (bench/ingest.py)."""
 
@@ -340,6 +358,9 @@ TASKS: tuple[TaskSpec, ...] = (
         on_park=_park_deliveries,
     ),
     TaskSpec(contract.REBUILD_INDEX, _rebuild, optional=frozenset({"force"}), ignore_result=False),
+    TaskSpec(
+        contract.CAMPAIGN_FIRE, _campaign_fire, required=frozenset({"campaign", "run", "jobs"})
+    ),
     TaskSpec(contract.NOOP, _noop),
 )
 
