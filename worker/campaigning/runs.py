@@ -169,7 +169,7 @@ class Runs:
         if campaign.ended(now) or not campaign.enabled:
             self._finish(campaign.name, ck, "ended")
             return 0
-        paced_at = float(current.get("paced_at", now))
+        paced_at = float(current.get("paced_at") or now - 1)  # resumed: a second's worth
         budget = float(UNPACED_PER_TICK)
         if campaign.rate_per_s is not None:  # a second's worth at least, two at most
             elapsed = min(max(now - paced_at, 1.0), 2.0)
@@ -252,7 +252,7 @@ class Runs:
             self._client.hset(ck.run, "state", "paused")
             return "paused"
         if not paused and state == "paused":
-            self._client.hset(ck.run, mapping={"state": "sending", "paced_at": "0"})
+            self._client.hset(ck.run, mapping={"state": "sending", "paced_at": "", "carry": "0"})
             return "sending"
         return state or "none"
 
