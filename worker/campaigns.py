@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from push import TemplateSet
 from push.errors import PushError
-from worker.rules import ChannelName, CouponSpec, Rule
+from worker.rules import ChannelName, CouponSpec, Rule, check_channels
 
 # A cron that fires less often than this (or never) is refused: a typo like "0 0 30 2 *".
 _NEVER_AFTER = datetime(2000, 1, 1, tzinfo=UTC)
@@ -97,9 +97,7 @@ class Campaign(BaseModel):
     @field_validator("channels")
     @classmethod
     def _channels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value or len(set(value)) != len(value):
-            raise ValueError("list each channel at most once, at least one")
-        return value
+        return check_channels(value)
 
     @model_validator(mode="after")
     def _templates_compile(self) -> Campaign:

@@ -236,18 +236,24 @@ class TaskSpec:
     on_park: Callable[[Runtime, dict[str, Any]], None] | None = None
 
 
-def _fire(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
-    """Internal: evaluate rules for shoppers (from the scheduler): one job's kwargs, or
-    `jobs`, a list of them (a fan-out). A malformed job is rejected alone."""
-    entries = kwargs.get("jobs", [kwargs])
-    if not isinstance(entries, list):
-        return _shape_rejected(task, "pushrec.fire: jobs must be a list", kwargs)
+def _fire_jobs(task: PushrecTask, rt: Runtime, entries: list[Any]) -> list[FireJob]:
+    """The well-formed jobs of `entries`; each malformed one is rejected alone."""
     jobs = []
     for entry in entries:
         try:
             jobs.append(FireJob.from_kwargs(entry))
         except InvalidInput as exc:
             rt.rejected.record(task.name, exc.code, exc.reason, entry)
+    return jobs
+
+
+def _fire(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
+    """Internal: evaluate rules for shoppers (from the scheduler): one job's kwargs, or
+    `jobs`, a list of them (a fan-out). A malformed job is rejected alone."""
+    entries = kwargs.get("jobs", [kwargs])
+    if not isinstance(entries, list):
+        return _shape_rejected(task, "pushrec.fire: jobs must be a list", kwargs)
+    jobs = _fire_jobs(task, rt, entries)
     return rt.firer().fire_many(jobs, rt.settings.now(), _delivery(task))
 
 
@@ -283,12 +289,7 @@ def _campaign_fire(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> An
     entries = kwargs.get("jobs")
     if campaign is None or not isinstance(entries, list) or not isinstance(kwargs.get("run"), str):
         return _shape_rejected(task, "pushrec.campaign_fire: unknown campaign or bad jobs", kwargs)
-    jobs = []
-    for entry in entries:
-        try:
-            jobs.append(FireJob.from_kwargs(entry))
-        except InvalidInput as exc:
-            rt.rejected.record(task.name, exc.code, exc.reason, entry)
+    jobs = _fire_jobs(task, rt, entries)
     return rt.runs().fire_chunk(
         rt.firer(), kwargs["run"], jobs, rt.settings.now(), _delivery(task),
         campaign.coupon is not None,
