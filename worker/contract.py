@@ -23,6 +23,7 @@ NOOP: Final = "pushrec.noop"
 FIRE: Final = "pushrec.fire"
 DELIVER: Final = "pushrec.deliver"
 REBUILD_INDEX: Final = "pushrec.rebuild_index"
+CAMPAIGN_FIRE: Final = "pushrec.campaign_fire"
 # Jobs per internal fire task and messages per deliver task: fan-outs and batches of
 # events travel in shared tasks (`{"jobs": [...]}`, `{"message_ids": [...]}`).
 INTERNAL_BATCH: Final = 100
@@ -54,6 +55,7 @@ TASK_QUEUES: Final[dict[str, str]] = {
     FIRE: ACTIVITY,
     DELIVER: PUSH,
     REBUILD_INDEX: MAINTENANCE,
+    CAMPAIGN_FIRE: PUSH,  # a campaign's chunks, paced by the scheduler
 }
 
 

@@ -29,8 +29,16 @@ RuleKind = Literal[
     "price_drop",
     "back_in_stock",
     "replenish",
+    "campaign",  # only as `Campaign.as_rule()`: declared under [[campaigns]]
 ]
 ChannelName = Literal["fcm", "apns", "webpush", "webhook"]
+
+
+def check_channels(value: tuple[str, ...]) -> tuple[str, ...]:
+    """A rule's or campaign's channel list: at least one, each at most once."""
+    if not value or len(set(value)) != len(value):
+        raise ValueError("list each channel at most once, at least one")
+    return value
 
 
 class CouponSpec(BaseModel):
@@ -72,9 +80,7 @@ class Rule(BaseModel):
     @field_validator("channels")
     @classmethod
     def _channels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value or len(set(value)) != len(value):
-            raise ValueError("list each channel at most once, at least one")
-        return value
+        return check_channels(value)
 
 
 def enabled_rules(rules: tuple[Rule, ...]) -> dict[str, Rule]:

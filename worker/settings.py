@@ -28,8 +28,10 @@ from push.errors import UnsafeDestinationError
 from push.gateways.apns import APNS_URL
 from push.gateways.fcm import FCM_URL
 from push.ssrf import canonical_host
+from worker.campaigns import Campaign
 from worker.clock import SimulatedClock, followed
 from worker.rules import DEFAULT_RULES, Rule
+from worker.segments import Segment, check_segments
 
 ENV_PREFIX = "PUSHREC_"
 CONFIG_ENV = "PUSHREC_CONFIG"
@@ -57,6 +59,34 @@ def redact_url(url: str | None) -> str | None:
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+_TABLE_RE = re.compile(r"^\s*\[\[\s*(rules|segments|campaigns)\s*\]\]")
+_TABLE_REF_RE = re.compile(r"\b(rules|segments|campaigns)\.(\d+)")
+
+
+def _table_lines(config_file: str | None) -> dict[str, list[int]]:
+    """Line numbers of each `[[rules]]`, `[[segments]]`, `[[campaigns]]` header of the
+    config file, in order (so an error about `campaigns.2` can name its line)."""
+    found: dict[str, list[int]] = {}
+    try:
+        text = Path(config_file).read_text() if config_file else ""
+    except OSError:
+        return found
+    for number, line in enumerate(text.splitlines(), start=1):
+        if match := _TABLE_RE.match(line):
+            found.setdefault(match[1], []).append(number)
+    return found
+
+
+def _line_of(tables: dict[str, list[int]], text: str) -> str:
+    """' (line N of the config file)' for the first table entry `text` names, or ''."""
+    match = _TABLE_REF_RE.search(text)
+    if match is None:
+        return ""
+    lines = tables.get(match[1], [])
+    position = int(match[2])
+    return f" (line {lines[position]} of {CONFIG_ENV})" if position < len(lines) else ""
 
 
 def _split_csv(value: Any) -> Any:
@@ -148,6 +178,15 @@ class Settings(BaseSettings):
     # --- rules and contact policy ----------------------------------------------------
     rules: tuple[Rule, ...] = Field(
         default=DEFAULT_RULES, description="[[rules]] tables in the TOML file (worker/rules.py)"
+    )
+    segments: tuple[Segment, ...] = Field(
+        default=(), description="[[segments]] tables in the TOML file (worker/segments.py)"
+    )
+    campaigns: tuple[Campaign, ...] = Field(
+        default=(), description="[[campaigns]] tables in the TOML file (worker/campaigns.py)"
+    )
+    rfm_refresh_s: int = Field(
+        default=3600, ge=60, description="How often the scheduler recomputes RFM cut points."
     )
     trigger_max_age_s: int = Field(
         default=3600, ge=0, description="Older events update state but fire no rule."
@@ -319,7 +358,36 @@ class Settings(BaseSettings):
         names = [rule.name for rule in value]
         if len(set(names)) != len(names):
             raise ValueError(f"rule names must be unique, got {names}")
+        for position, rule in enumerate(value):
+            if rule.kind == "campaign":
+                raise ValueError(
+                    f"rules.{position} ({rule.name}): kind 'campaign' is declared under "
+                    "[[campaigns]]"
+                )
         return value
+
+    @field_validator("segments")
+    @classmethod
+    def _segments(cls, value: tuple[Segment, ...]) -> tuple[Segment, ...]:
+        check_segments(value)
+        return value
+
+    @model_validator(mode="after")
+    def _campaigns(self) -> Settings:
+        segments = {s.name for s in self.segments}
+        rules = {r.name for r in self.rules}
+        seen: set[str] = set()
+        for position, campaign in enumerate(self.campaigns):
+            where = f"campaigns.{position} ({campaign.name})"
+            if campaign.segment not in segments:
+                raise ValueError(
+                    f"{where}: segment {campaign.segment!r} is not declared "
+                    f"(segments: {sorted(segments)})"
+                )
+            if campaign.name in rules or campaign.name in seen:
+                raise ValueError(f"{where}: name is already a rule's or a campaign's")
+            seen.add(campaign.name)
+        return self
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
@@ -334,6 +402,12 @@ class Settings(BaseSettings):
         return self
 
     # --- derived values --------------------------------------------------------------
+    @property
+    def all_rules(self) -> tuple[Rule, ...]:
+        """The rules, then the rules the campaigns fire as: what firing, delivery and
+        stats look names up in."""
+        return self.rules + tuple(c.as_rule() for c in self.campaigns)
+
     @property
     def index_store_dir(self) -> Path:
         return self.index_store or self.state_dir / "index"
@@ -378,10 +452,12 @@ class Settings(BaseSettings):
             return cls(**overrides)
         except ValidationError as exc:
             lines = []
+            tables = _table_lines(os.environ.get(CONFIG_ENV))
             for err in exc.errors():
                 field = ".".join(str(p) for p in err["loc"])
                 where = f"{field} ({ENV_PREFIX}{field.upper()})" if field else "settings"
-                lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+                message = err["msg"].removeprefix("Value error, ")
+                lines.append(f"{where}: {message}{_line_of(tables, field + ' ' + message)}")
             raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from exc
         except (OSError, ValueError) as exc:  # unreadable or malformed TOML file
             raise SettingsError(f"cannot read {CONFIG_ENV} file: {exc}") from exc

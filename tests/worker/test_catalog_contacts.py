@@ -142,7 +142,7 @@ def test_unregister_removes_the_device(runtime: Runtime) -> None:
         runtime, {"user_id": "a", "channel": "webhook", "token": "https://h.example/x"}, NOW
     )
     assert ingest.unregister_device(
-        runtime, {"user_id": "a", "channel": "webhook", "token": "https://h.example/x"}
+        runtime, {"user_id": "a", "channel": "webhook", "token": "https://h.example/x"}, NOW
     ) == {"removed": True}
     assert runtime.contacts.devices("a") == {}
 

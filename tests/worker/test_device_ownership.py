@@ -64,7 +64,7 @@ def test_an_unregistration_racing_a_move_leaves_the_new_owner_its_claim(
 
     def unregistration(user: str, token: str) -> Callable[[], object]:
         payload = {"user_id": user, "channel": "fcm", "token": token}
-        return lambda: ingest.unregister_device(runtime, payload)
+        return lambda: ingest.unregister_device(runtime, payload, 0.0)
 
     race(
         [

@@ -78,6 +78,7 @@ def test_per_entry_rejections_keep_no_device_secret(runtime: Runtime) -> None:
     ingest.unregister_device(
         runtime,
         {"user_id": "u", "channel": "pager", "endpoint": "https://push.example/endpoint-secret"},
+        0.0,
     )
     assert len(runtime.rejected.recent(50)) == 3
     assert not [s for s in SECRETS if s in _kept(runtime)]

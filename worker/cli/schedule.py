@@ -8,9 +8,14 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.cli.common import add_metrics_port, load_settings_with_redis, serve_metrics_if_asked
+
+if TYPE_CHECKING:
+    from worker.contract import Enqueue
+    from worker.service.runtime import Runtime
+    from worker.settings import Settings
 
 
 def register(subparsers: Any) -> None:
@@ -60,6 +65,7 @@ def run_scheduler(args: argparse.Namespace) -> int:
                 {"trigger": CronTrigger.from_crontab(settings.index_rebuild_cron, timezone="UTC")},
             )
         )
+    jobs.extend(campaign_jobs(settings, rt, app.enqueue))
     lock = LeaderLock(rt.redis, rt.keys.scheduler_lock, settings.scheduler_lease_s)
     scheduler = Scheduler(lock, jobs)
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
@@ -75,6 +81,39 @@ def run_scheduler(args: argparse.Namespace) -> int:
         if server is not None:
             server.stop()
     return 0
+
+
+def campaign_jobs(
+    settings: Settings, rt: Runtime, enqueue: Enqueue
+) -> list[tuple[Callable[[], Any], dict[str, Any]]]:
+    """The leader's segment and campaign duties: campaign runs (every second), RFM cut
+    points (every `rfm_refresh_s`), the sweep of expired shoppers from the segment
+    indexes (hourly)."""
+    from worker.campaigning.duties import tick
+    from worker.segmenting.rfm import compute_cuts
+
+    runs = rt.runs()
+    jobs: list[tuple[Callable[[], Any], dict[str, Any]]] = [
+        (
+            lambda: rt.segment_index.sweep_expired(settings.now(), settings.user_ttl_s),
+            {"trigger": "interval", "seconds": 3600},
+        )
+    ]
+    if settings.segments:
+        jobs.append(
+            (
+                lambda: compute_cuts(rt.redis, rt.keys, settings.now()),
+                {"trigger": "interval", "seconds": settings.rfm_refresh_s},
+            )
+        )
+    if settings.campaigns:
+        jobs.append(
+            (
+                lambda: tick(rt.redis, rt.keys, runs, settings.campaigns, settings.now(), enqueue),
+                {"trigger": "interval", "seconds": 1},
+            )
+        )
+    return jobs
 
 
 def run_all(args: argparse.Namespace) -> int:

@@ -69,7 +69,7 @@ def show_rejected(args: argparse.Namespace) -> int:
 
 def show_stats(args: argparse.Namespace) -> int:
     rt = _runtime()
-    print_json(rt.audit.stats([rule.name for rule in rt.settings.rules]))
+    print_json(rt.audit.stats([rule.name for rule in rt.settings.all_rules]))
     return 0
 
 

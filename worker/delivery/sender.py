@@ -108,7 +108,7 @@ class MessageSender:
         self._client = client
         self._keys = keys
         self._settings = settings
-        self._rules = enabled_rules(settings.rules)
+        self._rules = enabled_rules(settings.all_rules)
         self._contacts = contacts
         self._policy = policy
         self._outbox = outbox

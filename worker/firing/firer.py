@@ -56,6 +56,15 @@ Deliver = Callable[[list[str], str, dict[str, MessageRecord]], None]
 
 
 @dataclass(frozen=True)
+class DryFiring:
+    """What firing one job would do (`Firer.dry_fire`)."""
+
+    decision: Decision  # with action, reason and step
+    record: MessageRecord | None  # the message it would queue
+    defer_until: float | None  # when quiet hours would let it go
+
+
+@dataclass(frozen=True)
 class _Shopper:
     state: Shopper
     view: ShopperView
@@ -97,7 +106,7 @@ class Firer:
         self._client = client
         self._keys = keys
         self._settings = settings
-        self._rules = enabled_rules(settings.rules)
+        self._rules = enabled_rules(settings.all_rules)
         self._state = state
         self._catalog = catalog
         self._policy = policy
@@ -107,7 +116,7 @@ class Firer:
         self._index = index
         self._deliver = deliver
         self._metrics = metrics
-        self._composer = Composer(settings.rules, settings.currency)
+        self._composer = Composer(settings.all_rules, settings.currency)
 
     # --- reading the shoppers -----------------------------------------------------------
     def _read(self, firings: Sequence[_Firing], now: float) -> list[_Shopper]:
@@ -138,6 +147,33 @@ class Firer:
         write), not one per job, and its messages go to delivery together, named by
         `owner` (the id of the task firing them). A job that fails with an unexpected
         error is recorded as `error` and changes nothing for the others."""
+        results, firings = self._decide_all(jobs, now)
+        self._write(firings, now, owner)
+        return results
+
+    def dry_fire(self, jobs: Sequence[FireJob], now: float) -> list[DryFiring]:
+        """What `fire_many` would decide for each job at `now`, writing nothing: the
+        same reads, recommendation, policy and composition, with the send step left out
+        (a campaign's dry run). One entry per job, in order."""
+        results, firings = self._decide_all(jobs, now)
+        by_decision = {id(f.decision): f for f in firings}
+        out = []
+        for decision in results:
+            f = by_decision.get(id(decision))
+            if f is None:  # dropped or repeated before deciding
+                out.append(DryFiring(decision, None, None))
+                continue
+            decision["action"] = f.action or "error"
+            decision["reason"] = f.reason
+            decision["step"] = f.step or "policy"
+            out.append(DryFiring(decision, f.record, f.defer_until))
+        return out
+
+    def _decide_all(
+        self, jobs: Sequence[FireJob], now: float
+    ) -> tuple[list[Decision], list[_Firing]]:
+        """Each job's decision (in order) and the firings decided: everything up to the
+        writes."""
         results: list[Decision] = []
         firings: list[_Firing] = []
         seen: set[str] = set()
@@ -177,8 +213,7 @@ class Firer:
                 f.action, f.reason, f.step = "suppress", why, "recommend"
                 continue
             _isolated(f, self._decide, f, shopper, candidates, facts, now)
-        self._write(firings, now, owner)
-        return results
+        return results, firings
 
     def _pools(
         self,
@@ -344,6 +379,7 @@ class Firer:
         assert f.action, "every firing is decided before it is recorded"
         f.decision["action"] = f.action
         f.decision["reason"] = f.reason
+        f.decision["step"] = f.step or "policy"
         self._audit.record_decision(f.job.user_id, f.decision, pipe=writes)
         if f.action == "defer":
             assert f.defer_until is not None

@@ -248,6 +248,8 @@ KINDS: dict[str, Kind] = {
             trigger_reads=frozenset({"purchase_history"}),
             holds_at_fire=_item_not_bought,
         ),
+        # a campaign's shoppers come from its segment, not from events (worker/campaigning/)
+        Kind("campaign", about="shopper", holds_at_fire=_always_holds),
         Kind("price_drop", about="item", on_change=_price_dropped, holds_at_fire=_item_not_bought),
         Kind("back_in_stock", about="item", on_change=_restocked, holds_at_fire=_item_not_bought),
     )

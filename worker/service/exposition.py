@@ -129,7 +129,7 @@ class PushrecCollector(Collector):
         return cls(
             client,
             Keys(settings.key_prefix),
-            [rule.name for rule in settings.rules],
+            [rule.name for rule in settings.all_rules],
             settings.index_store_dir,
             broker_queue_depths(app, client),
         )

@@ -56,7 +56,12 @@ def track(
     result = rt.state.apply_events(events, now, delivery_id)
     rt.metrics.add(rt.audit.attribute(result.fresh))
     triggers = rt.triggers.for_events(result.fresh, now)
-    rt.state.react_and_confirm(result, lambda pipe: schedule(rt, triggers, now, pipe, delivery_id))
+
+    def react(pipe: redis.client.Pipeline) -> None:
+        schedule(rt, triggers, now, pipe, delivery_id)
+        rt.segment_index.refresh_activity((e.user_id for e in result.fresh), now, pipe)
+
+    rt.state.react_and_confirm(result, react)
     return {"applied": result.applied, "duplicates": result.duplicates, "rejected": rejected}
 
 
@@ -132,17 +137,21 @@ def register_device(rt: Runtime, payload: dict[str, Any], now: float) -> dict[st
         rt.rejected.record(contract.REGISTER_DEVICE, exc.code, exc.reason, payload)
         return {"rejected": exc.reason}
     outcome = rt.contacts.register(reg, now)
+    for user_id in {reg.user_id, outcome.moved_from} - {None}:
+        rt.segment_index.refresh_devices(str(user_id), now)
     rt.metrics.add({"devices.registered": 1, "devices.moved": int(bool(outcome.moved_from))})
     return {"device_id": outcome.device_id, "moved": outcome.moved_from is not None}
 
 
-def unregister_device(rt: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
+def unregister_device(rt: Runtime, payload: dict[str, Any], now: float) -> dict[str, Any]:
     try:
         removal = parse_device_removal(payload)
     except InvalidInput as exc:
         rt.rejected.record(contract.UNREGISTER_DEVICE, exc.code, exc.reason, payload)
         return {"rejected": exc.reason}
     removed = rt.contacts.unregister(removal)
+    if removed:
+        rt.segment_index.refresh_devices(removal.user_id, now)
     rt.metrics.add({"devices.unregistered": int(removed)})
     return {"removed": removed}
 

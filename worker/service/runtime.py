@@ -20,6 +20,7 @@ from redis.retry import Retry
 
 from push.gateway import Router
 from push.ssrf import DestinationGuard
+from worker.campaigning.runs import Runs
 from worker.contract import DELIVER, Enqueue, enqueue_batched
 from worker.delivery.gateway_config import gateway_config
 from worker.delivery.outbox import MessageRecord, Outbox
@@ -30,11 +31,13 @@ from worker.firing.firer import Firer
 from worker.firing.index_holder import IndexHolder
 from worker.firing.triggers import Triggers
 from worker.policy.contact import ContactPolicy
+from worker.segmenting.query import SegmentQuery
 from worker.settings import Settings
 from worker.shoppers.audit import Audit
 from worker.shoppers.catalog import Catalog
 from worker.shoppers.contacts import Contacts
 from worker.shoppers.inputs import Limits
+from worker.shoppers.segment_index import SegmentIndex
 from worker.shoppers.state import StateStore
 from worker.store.dead_letters import DeadLetters
 from worker.store.delayed import DelayedJobs
@@ -86,6 +89,7 @@ class Runtime:
     audit: Audit
     delayed: DelayedJobs
     triggers: Triggers
+    segment_index: SegmentIndex
     enqueue: Enqueue = _no_enqueue
     router: Router | None = None  # prebuilt gateways (tests); None: opened from settings
     # registration checks webhook URLs and Web Push endpoints as the push worker does
@@ -136,6 +140,7 @@ class Runtime:
             ),
             delayed=DelayedJobs(client, keys, scripts),
             triggers=Triggers(client, keys, settings.rules, settings.trigger_max_age_s),
+            segment_index=SegmentIndex(client, keys),
             enqueue=enqueue,
             router=router,
             destinations=DestinationGuard(settings.destination_allowed_hosts),
@@ -170,6 +175,13 @@ class Runtime:
                     self.metrics,
                 )  # fmt: skip
             return self._firer
+
+    def segment_query(self) -> SegmentQuery:
+        return SegmentQuery(self.redis, self.keys, {s.name: s for s in self.settings.segments})
+
+    def runs(self) -> Runs:
+        """Campaign runs (cheap to build: no index, no gateway)."""
+        return Runs(self.redis, self.keys, self.scripts, self.segment_query())
 
     def deliver_queued(
         self, message_ids: list[str], owner: str, stored: dict[str, MessageRecord]

@@ -236,18 +236,24 @@ class TaskSpec:
     on_park: Callable[[Runtime, dict[str, Any]], None] | None = None
 
 
-def _fire(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
-    """Internal: evaluate rules for shoppers (from the scheduler): one job's kwargs, or
-    `jobs`, a list of them (a fan-out). A malformed job is rejected alone."""
-    entries = kwargs.get("jobs", [kwargs])
-    if not isinstance(entries, list):
-        return _shape_rejected(task, "pushrec.fire: jobs must be a list", kwargs)
+def _fire_jobs(task: PushrecTask, rt: Runtime, entries: list[Any]) -> list[FireJob]:
+    """The well-formed jobs of `entries`; each malformed one is rejected alone."""
     jobs = []
     for entry in entries:
         try:
             jobs.append(FireJob.from_kwargs(entry))
         except InvalidInput as exc:
             rt.rejected.record(task.name, exc.code, exc.reason, entry)
+    return jobs
+
+
+def _fire(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
+    """Internal: evaluate rules for shoppers (from the scheduler): one job's kwargs, or
+    `jobs`, a list of them (a fan-out). A malformed job is rejected alone."""
+    entries = kwargs.get("jobs", [kwargs])
+    if not isinstance(entries, list):
+        return _shape_rejected(task, "pushrec.fire: jobs must be a list", kwargs)
+    jobs = _fire_jobs(task, rt, entries)
     return rt.firer().fire_many(jobs, rt.settings.now(), _delivery(task))
 
 
@@ -275,6 +281,19 @@ def _rebuild(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
     """Internal: build an index from the interaction log and publish it (maintenance)."""
     force = bool(kwargs.get("force", False))
     return rebuild.rebuild_index(rt.redis, rt.keys, rt.settings, rt.catalog, force=force)
+
+
+def _campaign_fire(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
+    """Internal: fire one chunk of a campaign run (push queue, paced by the scheduler)."""
+    campaign = next((c for c in rt.settings.campaigns if c.name == kwargs.get("campaign")), None)
+    entries = kwargs.get("jobs")
+    if campaign is None or not isinstance(entries, list) or not isinstance(kwargs.get("run"), str):
+        return _shape_rejected(task, "pushrec.campaign_fire: unknown campaign or bad jobs", kwargs)
+    jobs = _fire_jobs(task, rt, entries)
+    return rt.runs().fire_chunk(
+        rt.firer(), kwargs["run"], jobs, rt.settings.now(), _delivery(task),
+        campaign.coupon is not None,
+    )  # fmt: skip
 
 
 def _noop(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> None:
@@ -309,7 +328,7 @@ TASKS: tuple[TaskSpec, ...] = (
     ),
     TaskSpec(
         contract.UNREGISTER_DEVICE,
-        lambda t, rt, kw: ingest.unregister_device(rt, kw),
+        lambda t, rt, kw: ingest.unregister_device(rt, kw, rt.settings.now()),
         required=_DEVICE,
         optional=frozenset({"token", "endpoint"}),
         keep=_kwargs_only,
@@ -340,6 +359,9 @@ TASKS: tuple[TaskSpec, ...] = (
         on_park=_park_deliveries,
     ),
     TaskSpec(contract.REBUILD_INDEX, _rebuild, optional=frozenset({"force"}), ignore_result=False),
+    TaskSpec(
+        contract.CAMPAIGN_FIRE, _campaign_fire, required=frozenset({"campaign", "run", "jobs"})
+    ),
     TaskSpec(contract.NOOP, _noop),
 )
 

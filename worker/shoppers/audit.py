@@ -53,6 +53,7 @@ class Decision(TypedDict, total=False):
     policy: dict[str, Any]  # `contact.Verdict.as_dict()`: each step's verdict
     action: FireAction
     reason: str
+    step: str  # what settled it: a policy step, or condition, recommend, compose, error
     message: MessageSummary  # when queued
     delivery: dict[str, Any]  # added by the user view: state, attempts, outcome
 

@@ -6,6 +6,7 @@ What names a shopper, and how erasure finds it:
 - their messages (`{m:<id>}:*`, the record holds the user id), found through
   `UserKeys.messages` and the decisions, deleted and taken off `outbox:queued`;
 - item interest sets (`{i:<item>}:interested`), found through `UserKeys.interests`;
+- the segment indexes of the shopper's shard (`segment_index.SegmentIndex.forget`);
 - device owner keys, through the shopper's devices;
 - delayed jobs (rule firings, deferrals, delivery retries), found by reading the set;
 - the interaction log (`user_id` field), the rejected stream and the dead-letter stream
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 import redis
 
 from worker.shoppers.contacts import Contacts
+from worker.shoppers.segment_index import SegmentIndex
 from worker.store.delayed import DelayedJobs, Job
 from worker.store.keys import Keys
 from worker.store.redaction import names_shopper
@@ -47,6 +49,7 @@ class ErasureReport:
     messages_removed: int = 0
     devices_released: int = 0
     interest_entries_removed: int = 0
+    segment_entries_removed: int = 0
     delayed_jobs_removed: int = 0
     log_entries_removed: dict[str, int] = field(default_factory=dict)
 
@@ -56,6 +59,7 @@ class ErasureReport:
             "messages_removed": self.messages_removed,
             "devices_released": self.devices_released,
             "interest_entries_removed": self.interest_entries_removed,
+            "segment_entries_removed": self.segment_entries_removed,
             "delayed_jobs_removed": self.delayed_jobs_removed,
             "log_entries_removed": dict(self.log_entries_removed),
         }
@@ -85,6 +89,7 @@ def forget_user(
         for item in items:
             pipe.zrem(keys.interested(item), user_id)
         report.interest_entries_removed = sum(pipe.execute())
+    report.segment_entries_removed = SegmentIndex(client, keys).forget(user_id)
     report.keys_removed = sum(1 for key in user.all() if client.delete(key))
     report.log_entries_removed = {
         "interactions": _strip_stream(

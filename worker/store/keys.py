@@ -48,6 +48,12 @@ and the tests named in it check the bounds):
 | `{live}:items` | items whose category, brand or sold-out state changed | trimmed to the |
 | | | changes since the published build read the catalog, at each publish |
 | `{live}:sold_out` | sold-out items | the catalog; rewritten at each publish |
+| `{seg:<n>}:*` index | shoppers of shard n (one entry each per family) | removed when the |
+| | | shopper is erased, and by the sweep once `seen` is `user_ttl_s` old (their state |
+| | | has expired) |
+| `{seg:<n>}:cats` | categories with an affinity family in shard n | the catalog's categories |
+| `{seg:<n>}:run:<run>:*` | a campaign run's audience in shard n | TTL `runs.RUN_KEPT_S` |
+| `campaign:<name>:*` | runs of a campaign | one current run; history count 50 |
 """
 
 from __future__ import annotations
@@ -255,6 +261,102 @@ class BreakerKeys:
 BREAKER_ROUTES_KEPT_S = 86_400
 
 
+@dataclass(frozen=True)
+class SegmentKeys:
+    """One shard of the segment indexes (`{seg:<n>}`): sorted sets of shopper ids, all in
+    one slot, so a segment query combines them (ZINTERSTORE, ZDIFFSTORE, …) in Redis and
+    a campaign run keeps its audience beside them."""
+
+    base: str
+
+    @property
+    def seen(self) -> str:
+        """zset: user_id -> when the index last wrote the shopper (their state expires
+        `user_ttl_s` after its last write: the sweep's clock); every indexed shopper."""
+        return f"{self.base}:seen"
+
+    @property
+    def last_seen(self) -> str:
+        """zset: user_id -> time of their latest event (dormant N days)."""
+        return f"{self.base}:last_seen"
+
+    @property
+    def last_purchase(self) -> str:
+        """zset: user_id -> time of their latest purchase (RFM recency); buyers only."""
+        return f"{self.base}:last_purchase"
+
+    @property
+    def orders(self) -> str:
+        """zset: user_id -> purchase events (RFM frequency); buyers only."""
+        return f"{self.base}:orders"
+
+    @property
+    def monetary(self) -> str:
+        """zset: user_id -> money spent (RFM monetary value); buyers only."""
+        return f"{self.base}:monetary"
+
+    @property
+    def cart(self) -> str:
+        """zset: user_id -> when they last added to a cart that still holds items."""
+        return f"{self.base}:cart"
+
+    @property
+    def categories(self) -> str:
+        """set: the categories this shard has an affinity family for (erasure, sweep)."""
+        return f"{self.base}:cats"
+
+    def affinity(self, category: str) -> str:
+        """zset: user_id -> the category's share of the shopper's affinity (0-1)."""
+        return f"{self.base}:aff:{category}"
+
+    def channel(self, channel: str) -> str:
+        """zset: user_id -> when they registered their latest active device on `channel`."""
+        return f"{self.base}:chan:{channel}"
+
+    def scratch(self, name: str) -> str:
+        """zset: an intermediate result of a segment query; expires within a minute."""
+        return f"{self.base}:tmp:{name}"
+
+    def run_audience(self, run: str) -> str:
+        """zset: user_id -> 0: the shard's audience of a campaign run, frozen at its start."""
+        return f"{self.base}:run:{run}:audience"
+
+    def run_due(self, run: str) -> str:
+        """zset: user_id -> when the run reaches them; members leave as they are sent out."""
+        return f"{self.base}:run:{run}:due"
+
+    def run_done(self, run: str) -> str:
+        """hash: user_id -> the outcome firing recorded (`action.step`), set once."""
+        return f"{self.base}:run:{run}:done"
+
+    def run_counts(self, run: str) -> str:
+        """hash: `action.step` -> shoppers of the shard, counted once each (with run_done)."""
+        return f"{self.base}:run:{run}:counts"
+
+    def run_keys(self, run: str) -> list[str]:
+        return [self.run_audience(run), self.run_due(run), self.run_done(run), self.run_counts(run)]
+
+
+@dataclass(frozen=True)
+class CampaignKeys:
+    base: str
+
+    @property
+    def run(self) -> str:
+        """hash: the current run (id, state, anchor, counts, plan cursor, pacing)."""
+        return f"{self.base}:run"
+
+    @property
+    def history(self) -> str:
+        """list, newest first: JSON of finished, ended and skipped runs; capped."""
+        return f"{self.base}:history"
+
+    @property
+    def last_occurrence(self) -> str:
+        """string: epoch s of the latest cron occurrence the scheduler dealt with."""
+        return f"{self.base}:last_occurrence"
+
+
 def shard_of(ident: str, shards: int) -> int:
     """The shard (0 … shards-1) that `ident` (a shopper, item or message id) falls in.
 
@@ -290,6 +392,21 @@ class Keys:
 
     def message(self, message_id: str) -> MessageKeys:
         return MessageKeys(f"{self.prefix}:{{m:{message_id}}}")
+
+    def segment(self, shard: int) -> SegmentKeys:
+        """Shard `shard` of the segment indexes (family `seg`)."""
+        return SegmentKeys(self.sharded("seg", shard))
+
+    def segment_of(self, user_id: str) -> SegmentKeys:
+        return self.segment(self.shard(user_id))
+
+    @property
+    def rfm_cuts(self) -> str:
+        """string: JSON of the RFM cut points over the current base (segmenting/rfm.py)."""
+        return f"{self.prefix}:segments:rfm"
+
+    def campaign(self, name: str) -> CampaignKeys:
+        return CampaignKeys(f"{self.prefix}:campaign:{name}")
 
     def rule_stats(self, rule: str) -> str:
         """hash: decided, sent, delivered, held_out, opened, clicked, converted, … of a rule."""

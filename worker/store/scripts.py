@@ -35,6 +35,7 @@ class Scripts:
     register_device: Script
     release_device: Script
     drop_moved_device: Script
+    run_tally: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:
@@ -51,6 +52,7 @@ class Scripts:
             register_device=client.register_script(_source("register_device")),
             release_device=client.register_script(_source("release_device")),
             drop_moved_device=client.register_script(_source("drop_moved_device")),
+            run_tally=client.register_script(_source("run_tally")),
         )
 
     def load(self, client: redis.Redis) -> None:

@@ -1,0 +1,153 @@
+"""Campaign scale: synthetic shoppers with realistic state, a segment, RFM cuts, a dry run.
+
+    python bench/campaign.py --shoppers 20000 [--redis-url redis://…]
+        [--json bench/out/campaign.json]
+
+Writes `--shoppers` shoppers straight into Redis (pipelined): profile (events, orders,
+money, last event and purchase), a recent purchase, affinity over 12 categories,
+preferences (consent, one of 6 timezones) and an FCM device; then indexes them with the
+real `SegmentIndex.refresh_activity` / `refresh_devices` paths and times: indexing,
+RFM cut points, the segment "lapsed buyers" (`min_orders = 2`, `dormant_days = 30`),
+and a dry run of a campaign on it (no index published: trending picks). Prints a table
+and writes JSON. Uses its own key prefix and deletes it afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)  # not bench/: its push.py would shadow the push package
+
+from worker.campaigning.dry_run import dry_run  # noqa: E402
+from worker.campaigns import Campaign  # noqa: E402
+from worker.segments import Segment  # noqa: E402
+from worker.service.runtime import Runtime  # noqa: E402
+from worker.settings import Settings  # noqa: E402
+from worker.shoppers.state import decayed_weight  # noqa: E402
+
+DAY = 86_400.0
+ZONES = ("UTC", "Europe/Berlin", "Europe/London", "America/New_York", "Asia/Tokyo",
+         "Australia/Sydney")  # fmt: skip
+CATEGORIES = tuple(f"cat{n}" for n in range(12))
+CHUNK = 2000
+
+
+def write_shoppers(rt: Runtime, count: int, now: float, seed: int = 0) -> None:
+    """Shoppers' own keys, as the event script and the contact tasks would leave them."""
+    rng = random.Random(seed)
+    device = json.dumps({"channel": "fcm", "registered_at": now - DAY, "active": True,
+                         "token": "fcm-token-bench-" + "x" * 20})  # fmt: skip
+    pipe = rt.redis.pipeline(transaction=False)
+    for n in range(count):
+        k = rt.keys.user(f"b{n}")
+        orders = min(int(rng.expovariate(0.6)), 40)
+        last = now - rng.expovariate(1 / (40 * DAY))
+        profile: dict[str, Any] = {"first_seen": last - 200 * DAY, "last_seen": last,
+                                   "events": orders * 5 + 3}  # fmt: skip
+        if orders:
+            profile |= {"orders": orders, "monetary": round(orders * rng.uniform(8, 90), 2),
+                        "last_purchase": last - rng.uniform(0, 5 * DAY)}  # fmt: skip
+        pipe.hset(k.profile, mapping=profile)
+        item = f"i{rng.randrange(500)}"
+        pipe.lpush(k.recent, json.dumps({"ts": last, "type": "view", "item_id": item}))
+        for category in rng.sample(CATEGORIES, 3):
+            pipe.zadd(k.affinity, {category: decayed_weight(rng.randint(1, 10), last)})
+        pipe.hset(k.preferences, mapping={"consent:marketing:*": "1",
+                                          "timezone": rng.choice(ZONES)})  # fmt: skip
+        pipe.hset(k.devices, f"d{n}", device)
+        if n % CHUNK == CHUNK - 1:
+            pipe.execute()
+    pipe.execute()
+    trending = rt.keys.trending_items(int(now // rt.settings.trending_bucket_s))
+    rt.redis.zadd(trending, {f"i{n}": 500 - n for n in range(500)})
+    rt.redis.expire(trending, 3600)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--shoppers", type=int, default=20_000)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "campaign.json")
+    args = parser.parse_args()
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    segment = Segment.model_validate({"name": "lapsed", "min_orders": 2, "dormant_days": 30})
+    campaign = Campaign(name="winback", segment="lapsed", holdout_pct=10,
+                        coupon={"percent_off": 10},  # type: ignore[arg-type]
+                        title="Picked for you", body="{{ items[0].title }}")  # fmt: skip
+    settings = Settings.load(redis_url=args.redis_url, key_prefix=prefix,
+                             segments=(segment,), campaigns=(campaign,),
+                             index_store=Path("/nonexistent"))  # fmt: skip
+    rt = Runtime.open(settings)
+    figures: dict[str, Any] = {"shoppers": args.shoppers}
+    try:
+        from worker.service import ingest
+
+        now = time.time()
+        started = time.perf_counter()
+        write_shoppers(rt, args.shoppers, now)
+        catalog = [{"item_id": f"i{n}", "title": f"Item {n}", "category": CATEGORIES[n % 12],
+                    "price": 5 + n % 50, "stock": 10} for n in range(500)]  # fmt: skip
+        for start in range(0, len(catalog), 250):
+            ingest.upsert_items(rt, catalog[start : start + 250], now)
+        figures["write_s"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        users = [f"b{n}" for n in range(args.shoppers)]
+        for start in range(0, len(users), CHUNK):
+            rt.segment_index.refresh_activity(users[start : start + CHUNK], now)
+        figures["index_activity_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        for user in users[: min(5000, len(users))]:
+            rt.segment_index.refresh_devices(user, now)
+        figures["index_devices_per_s"] = min(5000, len(users)) / (time.perf_counter() - started)
+
+        from worker.segmenting.rfm import compute_cuts
+
+        started = time.perf_counter()
+        compute_cuts(rt.redis, rt.keys, now)
+        figures["rfm_cuts_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        size, _ = rt.segment_query().size_and_sample("lapsed", now, 10)
+        figures["segment_s"], figures["segment_size"] = time.perf_counter() - started, size
+
+        started = time.perf_counter()
+        report = dry_run(rt.redis, rt.keys, rt.runs(), rt.segment_query(), rt.firer(),
+                         rt.catalog, campaign, now, now, immediate=True)  # fmt: skip
+        figures["dry_run_s"] = time.perf_counter() - started
+        figures["dry_run_outcomes"] = report["outcomes"]
+        figures["dry_run_per_shopper_ms"] = figures["dry_run_s"] / max(1, size) * 1000
+    finally:
+        rt.close()
+        import redis
+
+        client = redis.Redis.from_url(args.redis_url)
+        for keys in _batched(client.scan_iter(f"{prefix}:*", count=10_000), 10_000):
+            client.unlink(*keys)
+    for name, value in figures.items():
+        print(f"{name:28s} {value if isinstance(value, dict) else round(float(value), 3)}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(figures, indent=2))
+    print(f"wrote {args.json}")
+
+
+def _batched(items: Any, size: int) -> Any:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+if __name__ == "__main__":
+    main()

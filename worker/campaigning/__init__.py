@@ -1,0 +1,1 @@
+"""Campaign runs: schedule, audience, pacing, outcomes, and the dry run."""

@@ -1,0 +1,1 @@
+"""Segments computed from the segment indexes: RFM cut points and segment queries."""

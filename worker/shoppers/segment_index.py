@@ -1,0 +1,144 @@
+"""The segment indexes: what segments read, kept up to date as shoppers change.
+
+Per shard of shoppers (`Keys.segment(n)`, hash tag `{seg:<n>}`, `n = shard_of(user)`),
+sorted sets of shopper ids scored by last event, last purchase, orders, money spent,
+last cart addition (while the cart holds items), each category's share of the shopper's
+affinity, and the latest active device per channel (`keys.SegmentKeys`). A segment query
+reads these N shards (`worker/segmenting/`), never the shoppers' own keys.
+
+Written in a separate step after the per-shopper Lua script (which stays in one slot):
+`refresh_activity` reads the state the script left (one pipelined round trip for the
+batch) and writes each shopper's entries from it, so the step is idempotent: running it
+twice, or after a crash and redelivery, writes the same values. Devices are indexed when
+they are registered or unregistered (`refresh_devices`); a device the gateway declares
+gone stays listed until the shopper's next registration, and the policy's consent step
+removes such a shopper when a campaign fires.
+
+Bounds: one entry per shopper per family. An erased shopper is removed at once
+(`forget`, called by erasure); a shopper whose state expired (no write for `user_ttl_s`)
+is removed by `sweep_expired`, which the scheduler runs hourly: `seen` holds when the
+index last wrote each shopper, the clock their state expires by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import redis
+
+from worker.contract import CHANNELS
+from worker.shoppers.snapshot import ShopperReads
+from worker.store.keys import Keys, SegmentKeys
+
+_ACTIVITY = ShopperReads(frozenset({"profile", "cart", "cart_quantities", "affinity"}))
+_DEVICES = ShopperReads(frozenset({"devices"}))
+_SWEEP_CHUNK = 1000
+
+
+class SegmentIndex:
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self._client = client
+        self._keys = keys
+
+    def refresh_activity(
+        self, user_ids: Iterable[str], now: float, pipe: redis.client.Pipeline | None = None
+    ) -> None:
+        """Write the activity entries (last seen, purchases, cart, affinity shares) of
+        `user_ids` from their state now; writes go in `pipe` when given (the caller runs
+        it), else are sent here."""
+        users = sorted(set(user_ids))
+        if not users:
+            return
+        reads = self._client.pipeline(transaction=False)
+        for user_id in users:
+            _ACTIVITY.queue(reads, self._keys, user_id)
+        replies = iter(reads.execute())
+        writes = pipe if pipe is not None else self._client.pipeline(transaction=False)
+        for user_id in users:
+            s = _ACTIVITY.parse(user_id, replies)
+            seg = self._keys.segment_of(user_id)
+            if not s.profile:  # expired or erased meanwhile: nothing to index
+                continue
+            writes.zadd(seg.seen, {user_id: now})
+            profile = s.profile
+            _put(writes, seg.last_seen, user_id, profile.get("last_seen"))
+            _put(writes, seg.last_purchase, user_id, profile.get("last_purchase"))
+            _put(writes, seg.orders, user_id, profile.get("orders"))
+            _put(writes, seg.monetary, user_id, profile.get("monetary"))
+            in_cart = [i for i, q in s.cart.items() if q > 0]
+            added = max((s.cart_added.get(i, 0.0) for i in in_cart), default=None)
+            _put(writes, seg.cart, user_id, added if in_cart and added else None)
+            total = sum(w for _, w in s.affinity if w > 0)
+            for category, weight in s.affinity:
+                share = weight / total if total > 0 and weight > 0 else 0.0
+                writes.sadd(seg.categories, category)
+                writes.zadd(seg.affinity(category), {user_id: share})
+        if pipe is None:
+            writes.execute()
+
+    def refresh_devices(self, user_id: str, now: float) -> None:
+        """Write the shopper's channel entries from their active devices now."""
+        reads = self._client.pipeline(transaction=False)
+        _DEVICES.queue(reads, self._keys, user_id)
+        s = _DEVICES.parse(user_id, iter(reads.execute()))
+        latest: dict[str, float] = {}
+        for device in s.active_devices().values():
+            channel = device["channel"]
+            latest[channel] = max(latest.get(channel, 0.0), float(device.get("registered_at", 0)))
+        seg = self._keys.segment_of(user_id)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zadd(seg.seen, {user_id: now})
+        for channel in CHANNELS:
+            _put(
+                pipe,
+                seg.channel(channel),
+                user_id,
+                latest.get(channel) if channel in latest else None,
+            )
+        pipe.execute()
+
+    def forget(self, user_id: str) -> int:
+        """Remove the shopper from every index of their shard; returns entries removed."""
+        return self._remove(self._keys.segment_of(user_id), [user_id])
+
+    def sweep_expired(self, now: float, ttl_s: float) -> int:
+        """Remove the shoppers the index has not written for `ttl_s` (their state has
+        expired with its TTL); returns how many."""
+        removed = 0
+        for shard in range(self._keys.shards):
+            seg = self._keys.segment(shard)
+            while True:
+                old: list[str] = self._client.zrangebyscore(  # type: ignore[assignment]
+                    seg.seen, "-inf", f"({now - ttl_s!r}", start=0, num=_SWEEP_CHUNK
+                )
+                if not old:
+                    break
+                self._remove(seg, old)
+                removed += len(old)
+        return removed
+
+    def _remove(self, seg: SegmentKeys, users: Sequence[str]) -> int:
+        categories: set[str] = self._client.smembers(seg.categories)  # type: ignore[assignment]
+        pipe = self._client.pipeline(transaction=False)
+        for key in (
+            *family_keys(seg),
+            *(seg.affinity(c) for c in sorted(categories)),
+        ):
+            pipe.zrem(key, *users)
+        pipe.zrem(seg.seen, *users)
+        return sum(int(n) for n in pipe.execute()[:-1])
+
+
+def family_keys(seg: SegmentKeys) -> tuple[str, ...]:
+    """The fixed indexes of a shard (affinity families come and go with categories)."""
+    return (seg.last_seen, seg.last_purchase, seg.orders, seg.monetary, seg.cart,
+            *(seg.channel(c) for c in CHANNELS))  # fmt: skip
+
+
+def _put(pipe: redis.client.Pipeline, key: str, user_id: str, score: str | float | None) -> None:
+    """ZADD the shopper with `score`, or ZREM them when there is none (or it is zero)."""
+    value = float(score) if score not in (None, "") else 0.0
+    if value:
+        pipe.zadd(key, {user_id: value})
+    else:
+        pipe.zrem(key, user_id)
