@@ -88,12 +88,15 @@ class RemoteStore:
     def upload(self, version: str) -> None:
         """Upload every file of a version written to the cache, then its manifest: a reader
         that finds the manifest finds every file (on a store with read-after-write
-        consistency; elsewhere a missing file reads as not found, and is retried)."""
+        consistency; elsewhere a missing file reads as not found, and is retried). The
+        cache then keeps the newest versions, as after a fetch."""
         manifest = verify_artifact(self.cache, version, checksums=False)
         folder = self.cache / version
         for name in sorted(manifest["files"]):
             self.objects.upload(folder / name, self.where.key(version, name))
         self.objects.upload(folder / MANIFEST_FILE, self.where.key(version, MANIFEST_FILE))
+        with self._host_lock():
+            self._prune_cache(version)
 
     def publish(
         self, version: str, *, force: bool = False, max_drop: float = DEFAULT_MAX_DROP

@@ -49,7 +49,8 @@ def seaweedfs_server(log_path: Path | None = None) -> Iterator[str]:
     """Yield the S3 endpoint URL of a fresh SeaweedFS (master, volume, filer and S3 in one
     process) once it accepts a bucket; stop it and delete its data afterwards."""
     with tempfile.TemporaryDirectory(prefix="pushrec-test-s3-") as data_dir:
-        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = _free_ports(8)
+        ports = _free_ports(8)
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = ports
         log = open(log_path or Path(data_dir) / "weed.log", "wb")  # noqa: SIM115 - closed below
         process = subprocess.Popen(
             [find_weed(), "server", "-s3", f"-dir={data_dir}", "-ip=127.0.0.1",
@@ -74,6 +75,10 @@ def seaweedfs_server(log_path: Path | None = None) -> Iterator[str]:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait(timeout=10)
             log.close()
+            # weed leaves its gRPC unix sockets in /tmp, named by port
+            for port in ports:
+                for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
+                    sock.unlink(missing_ok=True)
 
 
 def _wait_ready(endpoint: str, process: subprocess.Popen[bytes], log: Path) -> None:
