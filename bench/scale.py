@@ -35,7 +35,7 @@ from tests.object_store import TEST_CREDENTIALS, seaweedfs_server
 _MB = 1 << 20
 
 
-def bench_pull(items: int, index_kind: str) -> dict[str, Any]:
+def bench_pull(items: int, index_kind: str, weed_log: Path) -> dict[str, Any]:
     os.environ.update(TEST_CREDENTIALS)
     build = BuildParams(exact_max_items=items + 1 if index_kind == "flat" else 0)
     with (
@@ -109,7 +109,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=Path("bench/out/scale.json"))
     args = parser.parse_args()
     if args.part == "pull":
-        figures = bench_pull(args.items, args.index)
+        weed_log = Path(tempfile.gettempdir()) / "pushrec-bench-scale-weed.log"
+        figures = bench_pull(args.items, args.index, weed_log)
+        print(f"SeaweedFS log: {weed_log}")
         print(
             f"\npull of {figures['items']:,} items ({figures['index']['kind']}, "
             f"{figures['artifact_mb']:.0f} MB in {figures['files']} files): download + "

@@ -154,6 +154,7 @@ def _new_client(endpoint_url: str | None, region: str | None) -> S3Client:
 
 @contextmanager
 def _translated(key: str) -> Iterator[None]:
+    from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
@@ -165,5 +166,5 @@ def _translated(key: str) -> Iterator[None]:
         if status == 404 or code in {"404", "NoSuchKey", "NoSuchBucket"}:
             raise ArtifactNotFoundError(f"{key}: not in the object store ({code})") from exc
         raise StoreUnavailableError(f"{key}: object store answered {code}: {exc}") from exc
-    except BotoCoreError as exc:
-        raise StoreUnavailableError(f"{key}: object store unreachable: {exc}") from exc
+    except (BotoCoreError, Boto3Error) as exc:  # Boto3Error: a failed managed transfer
+        raise StoreUnavailableError(f"{key}: object store failed: {exc}") from exc

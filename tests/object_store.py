@@ -55,6 +55,7 @@ def seaweedfs_server(log_path: Path | None = None) -> Iterator[str]:
         process = subprocess.Popen(
             [find_weed(), "server", "-s3", f"-dir={data_dir}", "-ip=127.0.0.1",
              "-ip.bind=127.0.0.1", "-master.telemetry=false", "-master.volumeSizeLimitMB=1024",
+             "-volume.max=0",  # as many volumes as the disk holds (default: 8)
              f"-master.port={master}", f"-master.port.grpc={master_grpc}",
              f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
              f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
