@@ -16,7 +16,7 @@ COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY indexing ./indexing
 COPY push ./push
-RUN pip install . && rm -rf /src
+RUN pip install ".[s3]" && rm -rf /src
 
 # The index folder exists in the image, owned by pushrec, so a named volume mounted
 # there starts with that owner (Docker copies it) and the index build can write it.

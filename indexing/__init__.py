@@ -10,6 +10,9 @@ What a worker process does::
     index.recommend(recent_ids, recent_weights, k=10, exclude=purchased)
     current_version(store)                   # cheap poll for a newer build
 
+Where versions live: `open_store(path or "s3://bucket/prefix", cache)` gives an
+`ArtifactStore`; `store.fetch(version)` returns a verified local folder to `load_index` from.
+
 What the build job does: `read_events(stream rows)` or `read_events_csv(path)`, then
 `build_version(log, store, catalog=..., publish_it=True)` (= `evaluate_models` ->
 `train_model` -> `save_model` -> `publish` through the quality gate).
@@ -29,6 +32,7 @@ from indexing.errors import (
     ManifestError,
     MissingDependencyError,
     QualityGateError,
+    StoreUnavailableError,
     UnknownItemError,
 )
 from indexing.evaluate import DiscoveryTask, discovery_task, evaluate_rankings, split_time
@@ -51,6 +55,7 @@ from indexing.model import ModelParams, TrainedModel, train_model
 from indexing.neighbours import ExactNeighbours, FaissNeighbours, Neighbours, configure_threads
 from indexing.online_retail import convert_online_retail
 from indexing.pipeline import BuildResult, build_version
+from indexing.remote_store import RemoteStore
 from indexing.store import (
     current_version,
     list_versions,
@@ -59,6 +64,7 @@ from indexing.store import (
     read_manifest,
     verify_artifact,
 )
+from indexing.stores import ArtifactStore, Fetched, LocalStore, open_store
 from indexing.tuning import TuneGrid, tune
 
 __all__ = [
@@ -68,6 +74,7 @@ __all__ = [
     "AlsParams",
     "ArtifactError",
     "ArtifactNotFoundError",
+    "ArtifactStore",
     "BadRowsError",
     "BaselineParams",
     "Blend",
@@ -81,6 +88,7 @@ __all__ = [
     "EventLog",
     "ExactNeighbours",
     "FaissNeighbours",
+    "Fetched",
     "FoldIn",
     "IndexSpec",
     "IndexingError",
@@ -88,13 +96,16 @@ __all__ = [
     "Item",
     "ItemItemParams",
     "LoadedIndex",
+    "LocalStore",
     "ManifestError",
     "MissingDependencyError",
     "ModelParams",
     "Neighbours",
     "QualityGateError",
     "ReadReport",
+    "RemoteStore",
     "Scored",
+    "StoreUnavailableError",
     "TrainedModel",
     "TuneGrid",
     "UnknownItemError",
@@ -110,6 +121,7 @@ __all__ = [
     "event_weights",
     "list_versions",
     "load_index",
+    "open_store",
     "parse_ts",
     "prune_versions",
     "publish",

@@ -6,7 +6,10 @@ IndexingError                      base; catch this to catch everything below
 │   ├── BadRowsError               too many rows were rejected (the report says which and why)
 │   └── EmptyDataError             nothing left to train or evaluate on
 ├── ArtifactError                  a stored artifact cannot be served: keep the old index
-│   ├── ArtifactNotFoundError      no such store, version or `current` pointer
+│   ├── ArtifactNotFoundError      no such store, version or `current` pointer (on an object
+│   │                              store: not visible yet, so retry later, never refuse)
+│   ├── StoreUnavailableError      the object store did not answer (network, 5xx, throttled):
+│   │                              retry later
 │   ├── ManifestError              manifest missing, unreadable, of another format version,
 │   │                              or disagreeing with the files (shape, dimension, count)
 │   └── ChecksumError              a file's size or sha256 differs from the manifest (corrupt
@@ -35,6 +38,7 @@ __all__ = [
     "ManifestError",
     "MissingDependencyError",
     "QualityGateError",
+    "StoreUnavailableError",
     "UnknownItemError",
 ]
 
@@ -61,6 +65,11 @@ class ArtifactError(IndexingError):
 
 class ArtifactNotFoundError(ArtifactError):
     """The store, the version folder or the `current` pointer does not exist."""
+
+
+class StoreUnavailableError(ArtifactError):
+    """The object store could not be read or written just now; the same call may succeed
+    later."""
 
 
 class ManifestError(ArtifactError):

@@ -3,7 +3,7 @@ and of the worker's rebuild task.
 
 ``build_version(log, store)``: evaluate the parameters on the log's own next-period split
 (the figure the quality gate compares), train on the whole log, build the FAISS index,
-write a version, and optionally publish it through the gate.
+write a version (uploaded, on an object store), and optionally publish it through the gate.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from indexing.events import EventLog
 from indexing.experiment import SERVED, BaselineParams, evaluate_models
 from indexing.items import Item
 from indexing.model import ModelParams, train_model
-from indexing.store import DEFAULT_MAX_DROP, GateDecision, publish
+from indexing.store import DEFAULT_MAX_DROP, GateDecision
+from indexing.stores import ArtifactStore, LocalStore
 
 __all__ = ["BuildResult", "build_version"]
 
@@ -31,7 +32,7 @@ class BuildResult:
     """What one build produced. `published` is the gate's decision, None when not asked;
     `refused` holds the gate's message when it said no (the version stays on disk)."""
 
-    store: Path
+    store: str  # the folder or s3:// URL
     version: str
     index: IndexSpec
     counts: dict[str, int]
@@ -48,7 +49,7 @@ class BuildResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "store": str(self.store),
+            "store": self.store,
             "version": self.version,
             "index": self.index.as_dict(),
             "counts": self.counts,
@@ -62,7 +63,7 @@ class BuildResult:
 
 def build_version(
     log: EventLog,
-    store: Path,
+    store: ArtifactStore | Path,
     *,
     catalog: Mapping[str, Item] | None = None,
     params: ModelParams | None = None,
@@ -71,14 +72,17 @@ def build_version(
     force: bool = False,
     max_drop: float = DEFAULT_MAX_DROP,
 ) -> BuildResult:
-    """Evaluate, train, index and write one version of `log` into `store`.
+    """Evaluate, train, index and write one version of `log` into `store` (a folder, or
+    any `ArtifactStore`: written to its staging folder, then uploaded).
 
-    When the log is too small for the evaluation split (no test users), the version is
-    written without figures (noted in `notes`); the gate then refuses to publish it over a
-    version that has figures, unless forced. Raises `EmptyDataError` when nothing can be
-    trained, and the `ArtifactError`s of `publish`. A refused publication is not an error:
-    `result.refused` says why.
+        When the log is too small for the evaluation split (no test users), the version is
+        written without figures (noted in `notes`); the gate then refuses to publish it over a
+        version that has figures, unless forced. Raises `EmptyDataError` when nothing can be
+        trained, and the `ArtifactError`s of `publish`. A refused publication is not an error:
+        `result.refused` says why.
     """
+    if isinstance(store, Path):
+        store = LocalStore(store)
     params = params or ModelParams()
     notes: list[str] = []
     evaluation: dict[str, Any] = {}
@@ -95,20 +99,24 @@ def build_version(
     train_s = time.perf_counter() - started
     started = time.perf_counter()
     version, spec = save_model(
-        store,
+        store.staging,
         model,
         build=build or BuildParams(),
         evaluation=evaluation,
         catalog=catalog,
         extra={"timings_s": {"evaluation": eval_s, "training": train_s}},
     )
+    write_s = time.perf_counter() - started
+    started = time.perf_counter()
+    store.upload(version)
     seconds = {
         "evaluation": eval_s,
         "training": train_s,
-        "index_and_write": time.perf_counter() - started,
+        "index_and_write": write_s,
+        "upload": time.perf_counter() - started,
     }
     out = BuildResult(
-        store=store,
+        store=str(store),
         version=version,
         index=spec,
         counts=dict(model.counts),
@@ -118,7 +126,7 @@ def build_version(
     )
     if publish_it:
         try:
-            out.published = publish(store, version, force=force, max_drop=max_drop)
+            out.published = store.publish(version, force=force, max_drop=max_drop)
         except QualityGateError as exc:
             out.refused = str(exc)
     return out

@@ -52,7 +52,10 @@ __all__ = [
     "GateDecision",
     "GateFigure",
     "current_version",
+    "gate",
+    "is_version_name",
     "list_versions",
+    "parse_manifest",
     "prune_versions",
     "publish",
     "read_manifest",
@@ -175,9 +178,14 @@ def current_version(store: Path) -> str:
         raise ArtifactNotFoundError(f"no published version in {store}") from exc
     except OSError as exc:
         raise ArtifactNotFoundError(f"cannot read {store / CURRENT_FILE}: {exc}") from exc
-    if not name or "/" in name or name.startswith("."):
+    if not is_version_name(name):
         raise ArtifactNotFoundError(f"{store / CURRENT_FILE} holds no valid version name")
     return name
+
+
+def is_version_name(name: str) -> bool:
+    """Whether `name` may name a version folder (no path separator, not hidden)."""
+    return bool(name) and "/" not in name and not name.startswith(".") and name == name.strip()
 
 
 def read_manifest(store: Path, version: str) -> dict[str, Any]:
@@ -186,22 +194,37 @@ def read_manifest(store: Path, version: str) -> dict[str, Any]:
     if not folder.is_dir():
         raise ArtifactNotFoundError(f"no version {version!r} in {store}")
     try:
-        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+        raw = (folder / MANIFEST_FILE).read_bytes()
     except FileNotFoundError as exc:
         raise ManifestError(f"{folder} has no {MANIFEST_FILE}") from exc
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise ManifestError(f"unreadable manifest in {folder}: {exc}") from exc
+    return parse_manifest(raw, version, str(folder))
+
+
+def parse_manifest(raw: bytes, version: str, where: str) -> dict[str, Any]:
+    """Parse and format-check the manifest bytes of `version` (`where` names it in errors).
+
+    Raises `ManifestError` when it is not JSON, of another format, names another version or
+    lists no index file.
+    """
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:
+        raise ManifestError(f"unreadable manifest in {where}: {exc}") from exc
     if not isinstance(manifest, dict):
-        raise ManifestError(f"manifest of {folder} is not an object")
+        raise ManifestError(f"manifest of {where} is not an object")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ManifestError(
-            f"{folder}: format_version {manifest.get('format_version')!r}, "
+            f"{where}: format_version {manifest.get('format_version')!r}, "
             f"this code reads {FORMAT_VERSION}"
         )
     if manifest.get("version") != version:
-        raise ManifestError(f"{folder}: manifest names version {manifest.get('version')!r}")
+        raise ManifestError(f"{where}: manifest names version {manifest.get('version')!r}")
     if not isinstance(manifest.get("files"), dict) or INDEX_FILE not in manifest["files"]:
-        raise ManifestError(f"{folder}: manifest lists no {INDEX_FILE}")
+        raise ManifestError(f"{where}: manifest lists no {INDEX_FILE}")
+    if not all(is_version_name(name) for name in manifest["files"]):
+        raise ManifestError(f"{where}: manifest lists a file name with a path in it")
     return manifest
 
 
@@ -278,29 +301,26 @@ def regression(
     return f"recall@10 {new.recall:.4f} is more than {max_drop:.0%} below"
 
 
-def publish(
-    store: Path, version: str, *, force: bool = False, max_drop: float = DEFAULT_MAX_DROP
+def gate(
+    version: str,
+    manifest: Mapping[str, Any],
+    previous: str | None,
+    previous_manifest: Mapping[str, Any] | None,
+    *,
+    force: bool = False,
+    max_drop: float = DEFAULT_MAX_DROP,
 ) -> GateDecision:
-    """Verify `version` and make it current, unless its evaluation recall@10 is more than
-    `max_drop` (relative) below the current version's and the drop is beyond chance
-    (`GATE_Z` standard errors of the difference). `force=True` skips the gate.
+    """The quality gate, apart from any store: may `version` (its `manifest`) replace
+    `previous` (None: nothing published; `previous_manifest` None: unreadable)?
 
-    The pointer is written to a temp file and renamed over `current` (atomic on POSIX).
-    Raises `QualityGateError` when refused, `ArtifactError`s when the build is unreadable.
+    Raises `QualityGateError` when its evaluation recall@10 is more than `max_drop`
+    (relative) below the previous one's and the drop is beyond chance (`GATE_Z` standard
+    errors of the difference), unless `force`. Returns the decision to record.
     """
-    manifest = verify_artifact(store, version)
     new_figure = GateFigure.of(manifest)
-    previous: str | None
-    try:
-        previous = current_version(store)
-    except ArtifactNotFoundError:
-        previous = None
     old_figure: GateFigure | None = None
-    if previous is not None and previous != version:
-        try:
-            old_figure = GateFigure.of(read_manifest(store, previous))
-        except (ArtifactNotFoundError, ManifestError):
-            old_figure = None
+    if previous is not None and previous != version and previous_manifest is not None:
+        old_figure = GateFigure.of(previous_manifest)
     if not force and old_figure is not None:
         why = regression(new_figure, old_figure, max_drop)
         if why is not None:
@@ -308,14 +328,40 @@ def publish(
                 f"{version}: {why} the current {previous} ({old_figure.recall:.4f}); "
                 "not published (use force to override)"
             )
-    new = new_figure.recall if new_figure else None
-    old = old_figure.recall if old_figure else None
+    return GateDecision(
+        version=version,
+        previous=previous,
+        recall=new_figure.recall if new_figure else None,
+        previous_recall=old_figure.recall if old_figure else None,
+        forced=force,
+    )
+
+
+def publish(
+    store: Path, version: str, *, force: bool = False, max_drop: float = DEFAULT_MAX_DROP
+) -> GateDecision:
+    """Verify `version` and make it current if it passes the quality `gate`.
+
+    The pointer is written to a temp file and renamed over `current` (atomic on POSIX).
+    Raises `QualityGateError` when refused, `ArtifactError`s when the build is unreadable.
+    """
+    manifest = verify_artifact(store, version)
+    previous: str | None
+    try:
+        previous = current_version(store)
+    except ArtifactNotFoundError:
+        previous = None
+    previous_manifest: dict[str, Any] | None = None
+    if previous is not None and previous != version:
+        try:
+            previous_manifest = read_manifest(store, previous)
+        except (ArtifactNotFoundError, ManifestError):
+            previous_manifest = None
+    decision = gate(version, manifest, previous, previous_manifest, force=force, max_drop=max_drop)
     tmp = store / f".{CURRENT_FILE}.{os.getpid()}.{time.monotonic_ns()}"
     tmp.write_text(version + "\n", encoding="utf-8")
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, store / CURRENT_FILE)
     _fsync_dir(store)
-    return GateDecision(
-        version=version, previous=previous, recall=new, previous_recall=old, forced=force
-    )
+    return decision

@@ -92,3 +92,29 @@ def test_sample_config_loads_and_its_templates_compile(monkeypatch: pytest.Monke
     settings = Settings.load()
     assert {r.name for r in settings.rules} == {"cart_abandoned", "post_purchase"}
     assert rule_templates(settings.rules).names() == ["cart_abandoned", "post_purchase"]
+
+
+def test_compose_s3_profile_wires_the_object_store_to_every_pushrec_service(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--profile s3` adds SeaweedFS creating the bucket; every pushrec service waits for
+    it when present, and the `.env` lines the file documents give valid settings."""
+    text = COMPOSE.read_text()
+    seaweedfs = yaml.safe_load(text)["services"]["seaweedfs"]
+    assert seaweedfs["profiles"] == ["s3"]
+    assert "-bucket=pushrec" in seaweedfs["command"]
+    for name, service in _services().items():
+        assert service["depends_on"]["seaweedfs"]["required"] is False, name
+        assert "PUSHREC_INDEX_STORE" in service["environment"], name
+    documented = dict(
+        re.findall(r"^#\s+((?:PUSHREC|AWS)_[A-Z0-9_]+)=(\S+)$", text, flags=re.MULTILINE)
+    )
+    assert documented["PUSHREC_INDEX_STORE"] == "s3://pushrec/index"
+    assert documented["PUSHREC_S3_ENDPOINT_URL"] == "http://seaweedfs:8333"
+    for var in [v for v in os.environ if v.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(var)
+    for var, value in documented.items():
+        monkeypatch.setenv(var, value)
+    settings = Settings.load()
+    assert settings.index_store_location == "s3://pushrec/index"
+    assert settings.s3_endpoint_url == "http://seaweedfs:8333"

@@ -248,7 +248,25 @@ class Settings(BaseSettings):
     )
 
     # --- index -----------------------------------------------------------------------
-    index_store: Path | None = Field(default=None, description="Default: <state_dir>/index.")
+    index_store: str | None = Field(
+        default=None,
+        description="A folder (one host, or a shared volume), or s3://bucket/prefix on any "
+        "S3-compatible object store (needs pushrec[s3]). Default: <state_dir>/index.",
+    )
+    index_cache: Path | None = Field(
+        default=None,
+        description="Where each host keeps the versions it pulled from an object store, "
+        "shared by its processes. Default: <state_dir>/index-cache.",
+    )
+    index_cache_keep: int = Field(
+        default=2, ge=1, description="Versions kept in the index cache, the newest included."
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="The object store's endpoint (MinIO, SeaweedFS, Ceph, ...); unset: AWS "
+        "S3. Credentials and region also come from the standard AWS_* variables.",
+    )
+    s3_region: str | None = None
     index_rebuild_cron: str | None = Field(
         default="30 3 * * *",
         description="When the scheduler rebuilds the index (crontab, UTC); empty = never.",
@@ -342,6 +360,28 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value or None
 
+    @field_validator("index_store", mode="before")
+    @classmethod
+    def _check_index_store(cls, value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, str) and value.startswith("s3://"):
+            from importlib.util import find_spec
+
+            from indexing.s3 import INSTALL_HINT, S3Location
+
+            S3Location.parse(value)  # raises ValueError naming the problem
+            if find_spec("boto3") is None:
+                raise ValueError(f"an s3:// store needs boto3: {INSTALL_HINT}")
+        return value or None
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value and urlsplit(value).scheme not in {"http", "https"}:
+            raise ValueError("must start with http:// or https://")
+        return value or None
+
     @field_validator("index_rebuild_cron")
     @classmethod
     def _crontab(cls, value: str | None) -> str | None:
@@ -409,8 +449,14 @@ class Settings(BaseSettings):
         return self.rules + tuple(c.as_rule() for c in self.campaigns)
 
     @property
-    def index_store_dir(self) -> Path:
-        return self.index_store or self.state_dir / "index"
+    def index_store_location(self) -> str:
+        """The index store as a folder path or s3:// URL (`worker/firing/index_store.py`
+        opens it)."""
+        return str(self.index_store) if self.index_store else str(self.state_dir / "index")
+
+    @property
+    def index_cache_dir(self) -> Path:
+        return self.index_cache or self.state_dir / "index-cache"
 
     @property
     def webhook_secrets(self) -> list[str]:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from indexing import LocalStore
 from tests.worker.conftest import worker_env
 from tests.worker.realtime import Gateways, gateway_shop
 from tests.worker.test_sending import fire_post_purchase, shopper
@@ -91,7 +92,7 @@ def test_exposition_reports_events_decisions_sends_latency_breaker_queues_and_in
 
 def test_an_unreachable_redis_is_reported_not_raised(settings: Settings) -> None:
     collector = PushrecCollector(
-        connect_redis("redis://127.0.0.1:1/0"), Keys("p"), [], settings.state_dir, dict
+        connect_redis("redis://127.0.0.1:1/0"), Keys("p"), [], LocalStore(settings.state_dir), dict
     )
     try:
         names, samples = parse(prometheus_text(collector))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tests.indexing.conftest import planted_rows
 from worker.firing.index_holder import IndexHolder
+from worker.firing.index_store import open_index_store
 from worker.service import ingest
 from worker.service.rebuild import rebuild_index
 from worker.service.runtime import Runtime
@@ -38,7 +39,7 @@ def test_rebuild_from_the_interaction_log_publishes_and_workers_follow(
         assert result["refused"] is None
         assert rt.redis.get(rt.keys.index_version) == result["version"]
         assert result["counts"]["items"] == 48
-        holder = IndexHolder(settings.index_store_dir, rt.redis, rt.keys)
+        holder = IndexHolder(open_index_store(settings), rt.redis, rt.keys)
         holder.load_now()
         assert holder.version == result["version"]
         assert holder.index is not None

@@ -78,6 +78,9 @@ def test_toml_file_is_read_and_environment_wins(
         ({"PUSHREC_RECENT_ITEMS_MAX": "lots"}, "PUSHREC_RECENT_ITEMS_MAX"),
         ({"PUSHREC_TASK_TIME_LIMIT_S": "400"}, "below visibility_timeout_s"),
         ({"PUSHREC_QUEUE_PUSH": "activity"}, "must differ"),
+        ({"PUSHREC_INDEX_STORE": "s3://"}, "PUSHREC_INDEX_STORE.*s3://bucket"),
+        ({"PUSHREC_INDEX_STORE": "s3://b/x/../y"}, "PUSHREC_INDEX_STORE.*'\\.\\.'"),
+        ({"PUSHREC_S3_ENDPOINT_URL": "seaweedfs:8333"}, "PUSHREC_S3_ENDPOINT_URL"),
     ],
 )
 def test_invalid_values_stop_with_the_variable_named(

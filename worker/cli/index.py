@@ -1,4 +1,4 @@
-"""`pushrec index build|info`, `pushrec eval`, `pushrec data convert online-retail` and
+"""`pushrec index build|info|pull`, `pushrec eval`, `pushrec data convert online-retail` and
 `pushrec data sample`.
 
 Thin wrappers over the `indexing` library: parse arguments, call it, print JSON or a
@@ -20,6 +20,7 @@ import indexing
 from indexing import ncf
 from indexing.sample import SAMPLE_DIR, SampleSpec, build_sample, sample_files
 from worker.cli.common import fail, load_settings, print_json
+from worker.firing.index_store import open_index_store
 
 _METRICS = ("recall", "ndcg", "hr", "coverage")
 #: Models `eval --models` can add to the table (each an optional extra).
@@ -43,7 +44,9 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="do nothing if the store already has a published version (a seed that may rerun)",
     )
-    build.add_argument("--out", type=Path, help="index store (default: settings index_store)")
+    build.add_argument(
+        "--out", help="index store, a folder or s3://bucket/prefix (default: settings index_store)"
+    )
     build.add_argument("--until", help="use only events with ts < TS (epoch or ISO-8601)")
     build.add_argument("--publish", action="store_true", help="make it current (quality gate)")
     build.add_argument("--force", action="store_true", help="publish despite the quality gate")
@@ -61,8 +64,15 @@ def register(subparsers: Any) -> None:
     )
     build.set_defaults(handler=cmd_index_build)
     info = index_sub.add_parser("info", help="print the current manifest as JSON")
-    info.add_argument("--store", type=Path, help="index store (default: settings index_store)")
+    info.add_argument("--store", help="index store (default: settings index_store)")
     info.set_defaults(handler=cmd_index_info)
+    pull = index_sub.add_parser(
+        "pull",
+        help="fetch the published version into this host's index cache, verified (start-up)",
+    )
+    pull.add_argument("--store", help="index store (default: settings index_store)")
+    pull.add_argument("--version", help="this version instead of the published one")
+    pull.set_defaults(handler=cmd_index_pull)
 
     ev = subparsers.add_parser("eval", help="offline evaluation: served model vs baselines")
     ev.add_argument("--events", type=Path, required=True)
@@ -145,8 +155,11 @@ def _read_params(path: Path | None) -> indexing.ModelParams:
         fail(f"--params {path}: {exc!r}")
 
 
-def _store(arg: Path | None) -> Path:
-    return arg if arg is not None else load_settings().index_store_dir
+def _store(location: str | None) -> indexing.ArtifactStore:
+    try:
+        return open_index_store(load_settings(), location)
+    except (ValueError, indexing.MissingDependencyError) as exc:
+        fail(f"index store: {exc}")
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
@@ -159,10 +172,12 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     store = _store(args.out)
     if args.unless_published:
         try:
-            print(f"published already: {indexing.current_version(store)}", file=sys.stderr)
+            print(f"published already: {store.current_version()}", file=sys.stderr)
             return 0
         except indexing.ArtifactNotFoundError:
             pass
+        except indexing.ArtifactError as exc:
+            fail(f"cannot read {store}: {exc}")
     events, items = args.events, args.items
     if args.sample:
         events, items = sample_files().events, items or sample_files().items
@@ -195,11 +210,38 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 def cmd_index_info(args: argparse.Namespace) -> int:
     store = _store(args.store)
     try:
-        version = indexing.current_version(store)
-        manifest = indexing.verify_artifact(store, version, checksums=False)
+        manifest = store.read_manifest(store.current_version())
     except indexing.ArtifactError as exc:
         fail(str(exc))
     print_json(manifest)
+    return 0
+
+
+def cmd_index_pull(args: argparse.Namespace) -> int:
+    """Exit 0 with the folder and timings, 2 when nothing is published or the version is
+    bad, 3 when the store cannot give it now (not uploaded yet, unreachable: try again)."""
+    store = _store(args.store)
+    started = time.perf_counter()
+    try:
+        version = args.version or store.current_version()
+        fetched = store.fetch(version)
+        fetch_s = time.perf_counter() - started
+        index = indexing.load_index(fetched.folder, version, verify=False)
+    except (indexing.ArtifactNotFoundError, indexing.StoreUnavailableError) as exc:
+        fail(f"not available now, try again: {exc}", code=3)
+    except indexing.ArtifactError as exc:
+        fail(str(exc))
+    load_s = time.perf_counter() - started - fetch_s
+    print_json(
+        {
+            "store": str(store),
+            "version": version,
+            "folder": str(fetched.folder / version),
+            "downloaded_bytes": fetched.downloaded_bytes,
+            "items": len(index),
+            "seconds": {"fetch": fetch_s, "load": load_s},
+        }
+    )
     return 0
 
 

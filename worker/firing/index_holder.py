@@ -3,8 +3,13 @@
 Each process loads the published artifact once, after the fork, with FAISS on one
 thread. Between tasks it checks (at most every few seconds, one Redis GET) which
 version should serve; a new version loads on a background thread, so no task waits for
-it, and replaces the old one at the next task boundary. An artifact that fails to load
-is refused (logged, counted, remembered) and the old index keeps serving. Under
+it, and replaces the old one at the next task boundary. The store (`indexing.stores`:
+a folder, or an object store pulled into this host's cache) hands over a verified local
+folder. A version the store does not have yet (an upload not finished, an eventually
+consistent listing) or cannot serve now (network, 5xx) is tried again with capped,
+jittered backoff, never refused. A version that fails its manifest or checksums is refused
+(logged, remembered with the store's `marker` of it) and the old index keeps serving; it is
+tried again only once the store holds something else under its name (published again). Under
 `--pool threads` the swap happens at one thread's task boundary while other threads may be
 mid-task; each lookup reads the index once, so it sees one version.
 
@@ -17,25 +22,38 @@ counter moved.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
-from pathlib import Path
 
 import redis
 
-from indexing import ArtifactError, LoadedIndex, configure_threads, current_version, load_index
+from indexing import (
+    ArtifactError,
+    ArtifactNotFoundError,
+    ArtifactStore,
+    LoadedIndex,
+    StoreUnavailableError,
+    configure_threads,
+    load_index,
+)
 from worker.firing.live_items import LiveItems
 from worker.store.errors import TRANSIENT, describe
 from worker.store.keys import Keys
 
 log = logging.getLogger(__name__)
 
+# A version not available yet is tried again after 1, 2, 4 ... s (full jitter), at most 60 s.
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
+_NOT_YET = (ArtifactNotFoundError, StoreUnavailableError, OSError)
+
 
 class IndexHolder:
     """One per worker process; its pool threads may call `between_tasks` concurrently."""
 
     def __init__(
-        self, store: Path, client: redis.Redis, keys: Keys, check_every_s: float = 5.0
+        self, store: ArtifactStore, client: redis.Redis, keys: Keys, check_every_s: float = 5.0
     ) -> None:
         self._store = store
         self._client = client
@@ -46,7 +64,8 @@ class IndexHolder:
         self._seen = 0  # the last catalog mark applied to `_index`
         self._ready: tuple[LoadedIndex, int] | None = None
         self._loader: threading.Thread | None = None
-        self._refused: set[str] = set()
+        self._refused: dict[str, str] = {}  # version -> the store's marker when refused
+        self._retry_at: dict[str, tuple[float, int]] = {}  # version -> (monotonic s, tries)
         self._last_check = float("-inf")
         self._lock = threading.Lock()  # the swap and catching up, from several pool threads
         self._checking = threading.Lock()  # one thread checks for a new version at a time
@@ -62,7 +81,7 @@ class IndexHolder:
         return self._index.version if self._index is not None else None
 
     def wanted_version(self) -> str | None:
-        """The Redis pointer if set, else the store's `CURRENT` file."""
+        """The Redis pointer if set, else the store's `current`."""
         return self._poll()[0]
 
     def _poll(self) -> tuple[str | None, int]:
@@ -74,7 +93,7 @@ class IndexHolder:
         if pointer:
             return str(pointer), int(seq or 0)
         try:
-            return current_version(self._store), int(seq or 0)
+            return self._store.current_version(), int(seq or 0)
         except ArtifactError:
             return None, int(seq or 0)
 
@@ -104,7 +123,9 @@ class IndexHolder:
                 self.catch_up()
             if self._loader is not None and self._loader.is_alive():
                 return
-            if wanted is None or wanted == self.version or wanted in self._refused:
+            if wanted is None or wanted == self.version:
+                return
+            if now < self._retry_at.get(wanted, (float("-inf"), 0))[0]:
                 return
             self._loader = threading.Thread(
                 target=self._load, args=(wanted,), name="index-loader", daemon=True
@@ -133,13 +154,30 @@ class IndexHolder:
             (self._index, self._seen), self._ready = self._ready, None
             log.info("serving index %s (was %s)", self._index.version, old and old.version)
 
+    def refused(self, version: str) -> bool:
+        """Whether `version` was refused (and not published again since)."""
+        return version in self._refused
+
     def _load(self, version: str) -> None:
+        marker = ""
         try:
-            index = load_index(self._store, version)
-        except (ArtifactError, OSError) as exc:
-            self._refused.add(version)
+            # Read before the fetch: a version published again meanwhile differs from it.
+            marker = self._store.marker(version)
+            if self._refused.get(version) == marker:
+                return  # the very files refused before
+            fetched = self._store.fetch(version)
+            index = load_index(fetched.folder, version, verify=False)  # fetch verified sha256s
+        except _NOT_YET as exc:
+            delay = self._retry_later(version)
+            log.warning("index %s not available yet, next try in %.1f s: %s", version, delay, exc)
+            return
+        except ArtifactError as exc:
+            self._refused[version] = marker
+            self._retry_at.pop(version, None)
             log.error("refused index %s, keeping %s: %s", version, self.version, exc)
             return
+        self._refused.pop(version, None)
+        self._retry_at.pop(version, None)
         try:
             seen = self._live.load(index)
         except TRANSIENT as exc:  # not refused: the next check loads it again
@@ -147,3 +185,9 @@ class IndexHolder:
                         version, describe(exc))  # fmt: skip
             return
         self._ready = (index, seen)
+
+    def _retry_later(self, version: str) -> float:
+        tries = self._retry_at.get(version, (0.0, 0))[1]
+        delay = random.uniform(0, min(RETRY_MAX_S, RETRY_FIRST_S * 2**tries))
+        self._retry_at[version] = (time.monotonic() + delay, tries + 1)
+        return delay

@@ -21,7 +21,6 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIServer
@@ -36,7 +35,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from indexing import ArtifactError, current_version, read_manifest
+from indexing import ArtifactError, ArtifactStore
+from worker.firing.index_store import open_index_store
 from worker.service.app import PushrecApp
 from worker.service.runtime import connect_redis
 from worker.shoppers.audit import STAT_FIELDS
@@ -110,7 +110,7 @@ class PushrecCollector(Collector):
         client: redis.Redis,
         keys: Keys,
         rules: list[str],
-        index_store: Path,
+        index_store: ArtifactStore,
         queue_depths: QueueDepths,
     ) -> None:
         self._client = client
@@ -130,7 +130,7 @@ class PushrecCollector(Collector):
             client,
             Keys(settings.key_prefix),
             [rule.name for rule in settings.all_rules],
-            settings.index_store_dir,
+            open_index_store(settings),
             broker_queue_depths(app, client),
         )
 
@@ -257,7 +257,7 @@ class PushrecCollector(Collector):
         version: str | None = str(pointer) if pointer else None
         if version is None:
             with contextlib.suppress(ArtifactError):
-                version = current_version(self._index_store)
+                version = self._index_store.current_version()
         if version is None:
             return []
         info = GaugeMetricFamily(
@@ -265,7 +265,7 @@ class PushrecCollector(Collector):
         )
         info.add_metric([version], 1)
         try:
-            manifest = read_manifest(self._index_store, version)
+            manifest = self._index_store.read_manifest(version)
             created = datetime.fromisoformat(str(manifest["created"]))
         except (ArtifactError, OSError, KeyError, ValueError):
             return [info]

@@ -18,6 +18,7 @@ import redis
 
 from indexing import Item, read_events
 from indexing.pipeline import build_version
+from worker.firing.index_store import open_index_store
 from worker.firing.live_items import current_seq, publish_snapshot
 from worker.settings import Settings
 from worker.shoppers.catalog import Catalog
@@ -66,7 +67,7 @@ def rebuild_index(
     items = catalog_items(catalog)
     result = build_version(
         events,
-        settings.index_store_dir,
+        open_index_store(settings),
         catalog=items,
         publish_it=True,
         force=force,

@@ -29,6 +29,7 @@ from worker.delivery.requests import DeliveryRequest
 from worker.delivery.sender import MessageSender
 from worker.firing.firer import Firer
 from worker.firing.index_holder import IndexHolder
+from worker.firing.index_store import open_index_store
 from worker.firing.triggers import Triggers
 from worker.policy.contact import ContactPolicy
 from worker.segmenting.query import SegmentQuery
@@ -157,7 +158,7 @@ class Runtime:
             return self._index
         with self._lock:
             if self._index is None:
-                index = IndexHolder(self.settings.index_store_dir, self.redis, self.keys)
+                index = IndexHolder(open_index_store(self.settings), self.redis, self.keys)
                 index.load_now()
                 self._index = index  # published once loaded: other threads never see it half-built
             return self._index

@@ -1,0 +1,130 @@
+"""Scale-out benchmarks (issue 14): prints figures, writes JSON (no timed assertions).
+
+    PYTHONPATH=. python bench/scale.py --part pull [--items 1000000] [--json bench/out/scale.json]
+
+Parts, each writing its own section of the JSON file (the others are kept, so parts run
+separately):
+
+- `pull`: the index pull a worker host does at start-up or on a new version, from a local
+  S3-compatible server (SeaweedFS, `tests/object_store.py`) on this machine: a synthetic
+  catalog of `--items` items (`bench/index.py`'s `synthetic_model`: d = 64, item-item lists
+  of 200), written and uploaded by a builder host, then fetched by a fresh host (download +
+  every sha256 checked), loaded (`load_index`, memory-mapped), and fetched again (cached:
+  sizes only). Loopback: this measures our code, boto3 and the disk, not a network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from index import synthetic_model
+
+import indexing
+from indexing.build import BuildParams
+from tests.object_store import TEST_CREDENTIALS, seaweedfs_server
+
+_MB = 1 << 20
+
+
+def bench_pull(items: int, index_kind: str, weed_log: Path) -> dict[str, Any]:
+    os.environ.update(TEST_CREDENTIALS)
+    build = BuildParams(exact_max_items=items + 1 if index_kind == "flat" else 0)
+    with (
+        tempfile.TemporaryDirectory(prefix="pushrec-bench-scale-") as tmp,
+        seaweedfs_server(Path(tmp) / "weed.log") as endpoint,
+    ):
+        work = Path(tmp)
+        indexing.s3.S3Objects("bench", endpoint_url=endpoint).create_bucket()
+
+        def store(name: str) -> indexing.RemoteStore:
+            opened = indexing.open_store("s3://bench/index", work / name, endpoint_url=endpoint)
+            assert isinstance(opened, indexing.RemoteStore)
+            return opened
+
+        builder, host = store("builder"), store("host")
+        timed: dict[str, float] = {}
+
+        def clock(name: str, step: Callable[[], Any]) -> Any:
+            started = time.perf_counter()
+            out = step()
+            timed[name] = time.perf_counter() - started
+            print(f"  {name}: {timed[name]:.2f} s", flush=True)
+            return out
+
+        version, spec = clock(
+            "synthesize_and_write",
+            lambda: indexing.save_model(builder.staging, synthetic_model(items), build=build),
+        )
+        clock("upload", lambda: builder.upload(version))
+        clock("publish", lambda: builder.publish(version, force=True))
+        fetched = clock("fetch", lambda: host.fetch(version))
+        index = clock("load", lambda: indexing.load_index(fetched.folder, version, verify=False))
+        assert len(index) == items
+        again = clock("fetch_cached", lambda: host.fetch(version))
+        assert again.downloaded_bytes == 0
+        size = fetched.downloaded_bytes
+        pull = timed["fetch"] + timed["load"]
+        return {
+            "items": items,
+            "index": spec.as_dict(),
+            "artifact_mb": size / _MB,
+            "files": len(host.read_manifest(version)["files"]),
+            "seconds": timed,
+            "pull_seconds": pull,
+            "download_and_verify_mb_per_s": size / _MB / timed["fetch"],
+        }
+
+
+def _merge(path: Path, part: str, figures: dict[str, Any]) -> None:
+    data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    data[part] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **figures,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--part", choices=["pull"], required=True)
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument(
+        "--index",
+        choices=["flat", "hnsw"],
+        default="flat",
+        help="pull: the FAISS index kind (hnsw adds its graph to the artifact and ~4 min of "
+        "build at 1M items; flat has the same arrays)",
+    )
+    parser.add_argument("--json", type=Path, default=Path("bench/out/scale.json"))
+    args = parser.parse_args()
+    if args.part == "pull":
+        weed_log = Path(tempfile.gettempdir()) / "pushrec-bench-scale-weed.log"
+        figures = bench_pull(args.items, args.index, weed_log)
+        print(f"SeaweedFS log: {weed_log}")
+        print(
+            f"\npull of {figures['items']:,} items ({figures['index']['kind']}, "
+            f"{figures['artifact_mb']:.0f} MB in {figures['files']} files): download + "
+            f"verify {figures['seconds']['fetch']:.1f} s "
+            f"({figures['download_and_verify_mb_per_s']:.0f} MB/s), load "
+            f"{figures['seconds']['load']:.2f} s, total {figures['pull_seconds']:.1f} s; "
+            f"cached again {figures['seconds']['fetch_cached'] * 1000:.0f} ms; upload "
+            f"{figures['seconds']['upload']:.1f} s"
+        )
+    _merge(args.json, args.part, figures)
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
