@@ -3,7 +3,9 @@
 Each `[[rules]]` table in the TOML file (`PUSHREC_CONFIG`) is one `Rule`. A rule has a
 kind (what triggers it and what it re-checks when it fires: `kinds.py`), a delay, a cooldown, the
 channels to use in order of preference, a purpose, a holdout share, templates and an
-optional coupon. Without any `[[rules]]`, `DEFAULT_RULES` apply.
+optional coupon: an offer from a `[[coupon_pools]]` pool (`worker/coupons/config.py`),
+issued when the message is composed. Without any `[[rules]]`, `DEFAULT_RULES` apply
+(none of them gives a coupon: no pool exists until the config declares one).
 
     [[rules]]
     name = "cart_abandoned"
@@ -12,8 +14,8 @@ optional coupon. Without any `[[rules]]`, `DEFAULT_RULES` apply.
     cooldown_s = 86400
     holdout_pct = 10
     title = "Still thinking about {{ items[0].title }}?"
-    body = "Your cart is waiting{% if coupon %}: {{ coupon }} takes 10% off{% endif %}."
-    coupon = { percent_off = 10, ttl_days = 7 }
+    body = "Cart waiting{% if coupon %}: {{ coupon }} takes {{ coupon.percent_off }}%{% endif %}"
+    coupon = { pool = "winback", percent_off = 10, ttl_days = 7 }
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from worker.coupons.config import CouponSpec
+
+__all__ = ["DEFAULT_RULES", "ChannelName", "CouponSpec", "Rule", "RuleKind", "enabled_rules"]
 
 RuleKind = Literal[
     "cart_abandoned",
@@ -31,13 +37,6 @@ RuleKind = Literal[
     "replenish",
 ]
 ChannelName = Literal["fcm", "apns", "webpush", "webhook"]
-
-
-class CouponSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    percent_off: int = Field(ge=1, le=90)
-    ttl_days: int = Field(default=7, ge=1, le=365)
 
 
 class Rule(BaseModel):
@@ -90,8 +89,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         holdout_pct=10,
         title="Still thinking about {{ items[0].title }}?",
         body="{{ items | length }} item{{ 's' if items | length > 1 else '' }} "
-        "in your cart{% if coupon %}: code {{ coupon }} takes 10% off{% endif %}.",
-        coupon=CouponSpec(percent_off=10),
+        "in your cart{% if coupon %}: code {{ coupon }} takes {{ coupon.percent_off }}% off"
+        "{% endif %}.",
     ),
     Rule(
         name="browse_abandoned",

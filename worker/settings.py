@@ -29,6 +29,7 @@ from push.gateways.apns import APNS_URL
 from push.gateways.fcm import FCM_URL
 from push.ssrf import canonical_host
 from worker.clock import SimulatedClock, followed
+from worker.coupons.config import CouponPool, check_pools
 from worker.rules import DEFAULT_RULES, Rule
 
 ENV_PREFIX = "PUSHREC_"
@@ -148,6 +149,9 @@ class Settings(BaseSettings):
     # --- rules and contact policy ----------------------------------------------------
     rules: tuple[Rule, ...] = Field(
         default=DEFAULT_RULES, description="[[rules]] tables in the TOML file (worker/rules.py)"
+    )
+    coupon_pools: tuple[CouponPool, ...] = Field(
+        default=(), description="[[coupon_pools]] tables in the TOML file (worker/coupons/)"
     )
     trigger_max_age_s: int = Field(
         default=3600, ge=0, description="Older events update state but fire no rule."
@@ -328,6 +332,10 @@ class Settings(BaseSettings):
                 "task_time_limit_s must be below visibility_timeout_s, or a running task "
                 "would be handed to a second worker"
             )
+        check_pools(
+            self.coupon_pools,
+            {f"rules.{r.name}": r.coupon for r in self.rules if r.coupon is not None},
+        )
         queues = {self.queue_activity, self.queue_push, self.queue_maintenance}
         if len(queues) != 3:
             raise ValueError("queue_activity, queue_push and queue_maintenance must differ")

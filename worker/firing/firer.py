@@ -5,7 +5,11 @@ what the `pushrec.fire` task does with the scheduler's due jobs. For each job it
 re-checks the rule's condition against the shopper's state now (buying what is in the
 cart within the delay cancels the cart reminder), picks the items, runs the contact
 policy and acts on its verdict: queue the message (created once per id), park the job
-until quiet hours end, or record why nothing was sent. Every outcome leaves a decision
+until quiet hours end, or record why nothing was sent. A rule with a coupon issues it from
+its pool for the message about to be composed (idempotent per message id; the treated
+cell only: a holdout message is never sent, so it spends no budget); a refused issue
+follows the rule's `coupon.on_refused` (send without, or suppress at step `coupon`) and
+is recorded on the decision. Every outcome leaves a decision
 record on the shopper. The whole batch shares one round trip per stage.
 """
 
@@ -23,6 +27,7 @@ from indexing import LoadedIndex
 from push import fingerprint
 from push.errors import PushError
 from worker.contract import FIRE
+from worker.coupons import Coupons, IssuedCoupon, Refusal
 from worker.delivery.outbox import MessageRecord, Outbox, message_id
 from worker.firing.compose import Composer
 from worker.firing.index_holder import IndexHolder
@@ -93,6 +98,7 @@ class Firer:
         index: IndexHolder | None,
         deliver: Deliver,
         metrics: Metrics,
+        coupons: Coupons,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -107,6 +113,7 @@ class Firer:
         self._index = index
         self._deliver = deliver
         self._metrics = metrics
+        self._coupons = coupons
         self._composer = Composer(settings.rules, settings.currency)
 
     # --- reading the shoppers -----------------------------------------------------------
@@ -284,10 +291,13 @@ class Firer:
         elif verdict.action == "defer":
             f.action, f.defer_until = "defer", verdict.defer_until
         else:
+            coupon = self._coupon(f, items, facts, now) if verdict.cell == "treated" else None
+            if f.action:  # the coupon was refused and the rule suppresses without one
+                return
             try:
                 f.record = self._composer.compose(
                     f.rule, f.job, f.mid, items, facts, verdict.channels,
-                    shopper.state.preferences, now, verdict.cell,
+                    shopper.state.preferences, now, verdict.cell, coupon,
                 )  # fmt: skip
             except PushError as exc:  # a template bug: nothing is sent, the reason is kept
                 f.action, f.reason, f.step = "suppress", f"compose: {exc}", "compose"
@@ -295,6 +305,27 @@ class Firer:
             # a holdout cell's message goes the treated one's way up to the gateway
             f.action, f.reason = "queued", ""
             f.step = "holdout" if verdict.cell == "holdout" else "all_passed"
+
+    def _coupon(
+        self, f: _Firing, items: list[str], facts: Mapping[str, Mapping[str, str]], now: float
+    ) -> IssuedCoupon | None:
+        """Issue the rule's coupon for this message (a percent offer's face value taken of
+        the lead item's price), or settle a refusal by the rule's policy."""
+        spec = f.rule.coupon
+        if spec is None:
+            return None
+        lead = facts.get(items[0], {}) if items else {}
+        issued = self._coupons.issue(
+            spec, source=f"rule:{f.rule.name}", message_id=f.mid, user_id=f.job.user_id,
+            now=now, basis=float(lead.get("price") or 0.0),
+        )  # fmt: skip
+        if isinstance(issued, Refusal):
+            f.decision["coupon"] = {"pool": issued.pool, "refused": issued.reason}
+            if spec.on_refused == "suppress":
+                f.action, f.reason, f.step = "suppress", f"coupon: {issued.reason}", "coupon"
+            return None
+        f.decision["coupon"] = issued.as_dict()
+        return issued
 
     def _write(self, firings: Sequence[_Firing], now: float, owner: str) -> None:
         """Create the messages (once per id), then record every decision, count it, park
@@ -317,6 +348,7 @@ class Firer:
                     "body": f.record.body,
                     "items": f.record.items,
                     "cell": f.record.cell,
+                    "coupon": f.record.coupon,
                 }
             else:
                 f.action = "duplicate"

@@ -21,6 +21,7 @@ from redis.retry import Retry
 from push.gateway import Router
 from push.ssrf import DestinationGuard
 from worker.contract import DELIVER, Enqueue, enqueue_batched
+from worker.coupons import Coupons
 from worker.delivery.gateway_config import gateway_config
 from worker.delivery.outbox import MessageRecord, Outbox
 from worker.delivery.push_runtime import PushRuntime
@@ -86,6 +87,7 @@ class Runtime:
     audit: Audit
     delayed: DelayedJobs
     triggers: Triggers
+    coupons: Coupons
     enqueue: Enqueue = _no_enqueue
     router: Router | None = None  # prebuilt gateways (tests); None: opened from settings
     # registration checks webhook URLs and Web Push endpoints as the push worker does
@@ -136,6 +138,15 @@ class Runtime:
             ),
             delayed=DelayedJobs(client, keys, scripts),
             triggers=Triggers(client, keys, settings.rules, settings.trigger_max_age_s),
+            coupons=Coupons(
+                client,
+                keys,
+                scripts,
+                metrics,
+                settings.coupon_pools,
+                settings.currency,
+                settings.user_ttl_s,
+            ),
             enqueue=enqueue,
             router=router,
             destinations=DestinationGuard(settings.destination_allowed_hosts),
@@ -167,7 +178,7 @@ class Runtime:
                 self._firer = Firer(
                     self.redis, self.keys, self.settings, self.state, self.catalog, self.policy,
                     self.outbox, self.audit, self.delayed, index, self.deliver_queued,
-                    self.metrics,
+                    self.metrics, self.coupons,
                 )  # fmt: skip
             return self._firer
 

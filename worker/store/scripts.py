@@ -35,6 +35,9 @@ class Scripts:
     register_device: Script
     release_device: Script
     drop_moved_device: Script
+    coupon_issue: Script
+    coupon_redeem: Script
+    coupon_expire: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:
@@ -51,6 +54,9 @@ class Scripts:
             register_device=client.register_script(_source("register_device")),
             release_device=client.register_script(_source("release_device")),
             drop_moved_device=client.register_script(_source("drop_moved_device")),
+            coupon_issue=client.register_script(_source("coupon_issue")),
+            coupon_redeem=client.register_script(_source("coupon_redeem")),
+            coupon_expire=client.register_script(_source("coupon_expire")),
         )
 
     def load(self, client: redis.Redis) -> None:
