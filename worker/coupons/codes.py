@@ -31,10 +31,10 @@ def canonical_code(text: str) -> str:
     if not _CANONICAL.match(raw):
         if not raw:
             raise ValueError("empty code")
-        if not CODE_MIN <= len(raw) <= CODE_MAX:
-            raise ValueError(f"{len(raw)} symbols, codes have {CODE_MIN} to {CODE_MAX}")
         bad = "".join(sorted({c for c in raw if not (c.isascii() and (c.isalnum() or c == "_"))}))
-        raise ValueError(f"characters outside A-Z 0-9 _: {bad!r}")
+        if bad:
+            raise ValueError(f"characters outside A-Z 0-9 _: {bad!r}")
+        raise ValueError(f"{len(raw)} symbols, codes have {CODE_MIN} to {CODE_MAX}")
     return raw
 
 
