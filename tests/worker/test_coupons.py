@@ -5,7 +5,9 @@ Instants are `RUN_NOW`-relative: a code's lookup key expires at an absolute time
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -207,3 +209,40 @@ def test_pool_and_offer_mistakes_stop_start_up_naming_the_field() -> None:
         assert expected in str(caught.value)
     with pytest.raises(SettingsError, match="a coupon names its pool"):
         pool_settings(rules=[{**rule, "coupon": {"percent_off": 10}}])
+
+
+def test_the_coupons_command_imports_a_file_and_prints_the_figures(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from tests.worker.conftest import worker_env
+    from tests.worker.test_cli import pushrec
+
+    config = tmp_path / "pushrec.toml"
+    config.write_text(
+        '[[coupon_pools]]\nname = "shop"\nsource = "imported"\nbudget_count = 10\n'
+        "budget_value = 50.0\n"
+    )
+    env = {**worker_env(settings), "PUSHREC_CONFIG": str(config)}
+    codes = tmp_path / "codes.csv"
+    codes.write_text("Code\nSAVE-0001\nSAVE-0002\nsave0001\nno!\n")
+    stopped = pushrec("coupons", "import", "shop", str(codes), env=env)
+    assert stopped.returncode == 1
+    assert f"{codes}:4: duplicate of line 2" in stopped.stderr
+    assert f"{codes}:5: malformed" in stopped.stderr and "nothing imported" in stopped.stderr
+
+    done = pushrec("coupons", "import", "shop", str(codes), "--skip-bad", env=env)
+    assert done.returncode == 1, done.stderr  # bad rows were reported: not a clean import
+    assert json.loads(done.stdout)["added"] == 2
+    clean = tmp_path / "more.csv"
+    clean.write_text("SAVE-0003\n")
+    assert pushrec("coupons", "import", "shop", str(clean), env=env).returncode == 0
+
+    table = pushrec("coupons", "status", env=env)
+    assert table.returncode == 0, table.stderr
+    assert (
+        "pool shop (imported): 10 codes, 50.00 EUR left, 3 imported codes unissued" in table.stdout
+    )
+    [figures] = json.loads(pushrec("coupons", "status", "shop", "--json", env=env).stdout)
+    assert (figures["issued"], figures["available"]) == (0, 3)
+    unknown = pushrec("coupons", "status", "nope", env=env)
+    assert unknown.returncode == 2 and "no coupon pool 'nope' (pools: shop)" in unknown.stderr

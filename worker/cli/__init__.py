@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from worker.cli import dead_letters, index, replay, schedule, send, serve, user
+from worker.cli import coupons, dead_letters, index, replay, schedule, send, serve, user
 
 _COMMAND_MODULES: tuple[ModuleType, ...] = (
     replay,
@@ -21,6 +21,7 @@ _COMMAND_MODULES: tuple[ModuleType, ...] = (
     index,
     send,
     dead_letters,
+    coupons,
 )
 
 

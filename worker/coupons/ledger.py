@@ -249,6 +249,14 @@ class Coupons:
             reason = "below_minimum"
         return _answer(reason, code=shown, pool=pool_name, record=rec, used=used, expired=expired)
 
+    def holdings(self, user_id: str, now: float) -> list[dict[str, Any]]:
+        """The codes issued to `user_id` (those still known), each as `check` answers for
+        its holder, soonest expiry first (`pushrec user show`; not counted)."""
+        raw: dict[str, str] = self._client.hgetall(self._keys.user(user_id).coupons)  # type: ignore[assignment]
+        answers = [self._check(code, user_id, None, now) for code in raw]
+        known = [a for a in answers if a["expires_at"] is not None]
+        return sorted(known, key=lambda a: float(a["expires_at"]))
+
     def redeem(
         self,
         text: Any,

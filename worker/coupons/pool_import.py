@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -33,7 +34,7 @@ class ImportReport:
     bad: list[BadRow] = field(default_factory=list)
     stopped: bool = False  # malformed or duplicate rows and no --skip-bad: nothing written
 
-    def as_dict(self, show: int = 50) -> dict[str, object]:
+    def as_dict(self, show: int = 50) -> dict[str, Any]:
         reasons = Counter(b.reason.partition(":")[0].partition(" of line")[0] for b in self.bad)
         return {
             "pool": self.pool,
