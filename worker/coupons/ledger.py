@@ -168,9 +168,10 @@ class Coupons:
             self._metrics.add({f"coupons.refused.{reply[1]}": 1})
             return Refusal(pool.name, reply[1])
         code, stored = reply[1], json.loads(reply[2])
-        self._note_holder(pool, code, user_id, float(stored["expires_at"]))
-        if reply[0] == "issued":
-            self._metrics.add({"coupons.issued": 1})
+        pipe = self._client.pipeline(transaction=False)
+        self._note_holder(pool, code, user_id, float(stored["expires_at"]), pipe)
+        self._metrics.add({"coupons.issued": int(reply[0] == "issued")}, pipe=pipe)
+        pipe.execute()
         return IssuedCoupon(
             code=self._display(pool, code), pool=pool.name, user_id=user_id,
             message_id=message_id, source=stored["source"], offer=stored["offer"],
@@ -179,17 +180,17 @@ class Coupons:
             fresh=reply[0] == "issued",
         )  # fmt: skip
 
-    def _note_holder(self, pool: CouponPool, code: str, user_id: str, expires: float) -> None:
-        """The issue's writes outside the pool's slot, idempotent (a retried issue writes
-        them again): code -> pool for checkouts, and the shopper's list of codes."""
-        pipe = self._client.pipeline(transaction=False)
+    def _note_holder(
+        self, pool: CouponPool, code: str, user_id: str, expires: float, pipe: redis.client.Pipeline
+    ) -> None:
+        """The issue's writes outside the pool's slot (in `pipe`), idempotent (a retried
+        issue writes them again): code -> pool for checkouts, the shopper's codes."""
         code_key = self._keys.coupon_code(code)
         pipe.hsetnx(code_key, "pool", pool.name)
         pipe.expireat(code_key, int(expires + CODE_KEPT_S))
         user_key = self._keys.user(user_id).coupons
         pipe.hset(user_key, code, pool.name)
         pipe.expire(user_key, self._user_ttl_s)
-        pipe.execute()
 
     @staticmethod
     def _display(pool: CouponPool | None, code: str) -> str:
