@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from worker.coupons.config import CouponSpec
 
@@ -35,6 +35,7 @@ RuleKind = Literal[
     "price_drop",
     "back_in_stock",
     "replenish",
+    "coupon_expiring",
 ]
 ChannelName = Literal["fcm", "apns", "webpush", "webhook"]
 
@@ -66,7 +67,17 @@ class Rule(BaseModel):
         default=14, ge=1, le=365, description="price_drop, back_in_stock: viewed or carted within"
     )
     min_purchases: int = Field(default=2, ge=2, description="replenish: purchases to learn from")
-    lead_s: int = Field(default=86_400, ge=0, description="replenish: remind this early")
+    lead_s: int = Field(
+        default=86_400,
+        ge=0,
+        description="replenish: remind this early; coupon_expiring: this long before expiry",
+    )
+
+    @model_validator(mode="after")
+    def _reminder_issues_nothing(self) -> Rule:
+        if self.kind == "coupon_expiring" and self.coupon is not None:
+            raise ValueError("coupon: a coupon_expiring rule reminds of a code, it issues none")
+        return self
 
     @field_validator("channels")
     @classmethod

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.worker.realtime import Gateways, gateway_shop, rule
+from tests.worker.realtime import Gateways, gateway_shop, register, rule
 from tests.worker.test_sending import fire_post_purchase, shopper
 from worker.coupons import CouponPool
 from worker.policy.jobs import FireJob
@@ -26,6 +26,12 @@ BODY = (
 )
 
 
+REMINDER = rule(
+    "coupon_reminder", "coupon_expiring", lead_s=86_400,
+    title="{{ coupon }} expires {{ coupon.expires | datetime('short') }}",
+)  # fmt: skip
+
+
 def coupon_shop(
     settings: Settings, gateways: Gateways, tmp_path: Path, budget: int, **coupon: Any
 ) -> Any:
@@ -35,7 +41,7 @@ def coupon_shop(
     )  # fmt: skip
     return gateway_shop(
         settings, gateways, tmp_path / "index", lambda task, kwargs: None,
-        rules=(Rule.model_validate(post_purchase),),
+        rules=(Rule.model_validate(post_purchase), Rule.model_validate(REMINDER)),
         coupon_pools=(CouponPool(name="thanks", budget_count=budget),),
     )  # fmt: skip
 
@@ -107,3 +113,39 @@ def test_a_bad_checkout_call_is_rejected_and_recorded(shop: Runtime) -> None:
     assert answer["rejected"].endswith("(+1 more)")  # the basket below zero
     [kept] = shop.rejected.recent(1)
     assert kept["task"] == "pushrec.redeem_coupon"
+
+
+def test_a_reminder_fires_a_day_before_an_unredeemed_code_expires_and_not_after_redemption(
+    settings: Settings, gateways: Gateways, tmp_path: Path
+) -> None:
+    now = time.time()
+    with coupon_shop(settings, gateways, tmp_path, budget=10) as rt:
+        holders, codes = [], []
+        for prefix in ("k", "r"):  # one at a time: the two share the gateway's one token
+            user = shopper(rt, gateways, prefix)
+            holders.append(user)
+            record = rt.outbox.get(fire_post_purchase(rt, user, "b3-1", now))
+            assert record is not None and record.coupon is not None
+            codes.append(record.coupon)
+        due = now + 3 * 86_400 - 86_400
+        for user, code in zip(holders, codes, strict=True):
+            assert rt.delayed.due_at(f"coupon_reminder:{user}:coupon:{code}") == pytest.approx(due)
+        assert rt.coupons.redeem(codes[1], user_id=holders[1], ref="o", now=now + 60)["redeemed"]
+
+        register(rt, holders[0], "fcm", gateways.targets["fcm"], now + 120)  # the token back
+        claimed = [c for c in rt.delayed.claim_due(due + 1) if c.job.job_id.startswith("coupon_")]
+        jobs = [FireJob.from_kwargs(c.job.kwargs) for c in claimed]
+        kept, redeemed = sorted(
+            rt.firer().fire_many(jobs, due + 1),
+            key=lambda d: d["trigger"]["id"] != f"coupon:{codes[0]}",
+        )
+        assert kept["action"] == "queued", (kept["reason"], kept.get("policy"))
+        assert kept["coupon"]["code"] == codes[0]
+        reminder = rt.outbox.get(str(kept["message_id"]))
+        assert reminder is not None and reminder.title.startswith(f"{codes[0]} expires ")
+        assert reminder.coupon == codes[0]
+        assert (redeemed["action"], redeemed["reason"]) == (
+            "suppress", "condition: the code was redeemed or has expired"
+        )  # fmt: skip
+        [status] = rt.coupons.status(due + 1)
+        assert status["issued"] == 2  # a reminder issues nothing

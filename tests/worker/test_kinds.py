@@ -22,7 +22,8 @@ def test_every_rule_kind_has_one_entry_and_one_trigger_source() -> None:
     assert set(KINDS) == set(get_args(RuleKind))
     for kind in KINDS.values():
         from_events = bool(kind.events) and kind.on_event is not None
-        assert from_events != (kind.on_change is not None), kind.name
+        sources = [from_events, kind.on_change is not None, kind.on_issue]
+        assert sources.count(True) == 1, kind.name
 
 
 def test_every_kind_is_documented_in_the_kinds_table() -> None:

@@ -19,7 +19,7 @@ import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import redis
 
@@ -29,6 +29,9 @@ from worker.coupons.config import CouponPool, CouponSpec
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
 from worker.store.scripts import Scripts
+
+if TYPE_CHECKING:  # reminders.py reads the rules, whose config imports this package
+    from worker.coupons.reminders import Reminders
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +116,7 @@ class Coupons:
         pools: Sequence[CouponPool],
         currency: str,
         user_ttl_s: int,
+        reminders: Reminders | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -121,6 +125,7 @@ class Coupons:
         self.pools: dict[str, CouponPool] = {p.name: p for p in pools}
         self._currency = currency
         self._user_ttl_s = user_ttl_s
+        self._reminders = reminders
 
     # --- issuing ----------------------------------------------------------------------
     def issue(
@@ -167,18 +172,44 @@ class Coupons:
         if reply[0] == "refused":
             self._metrics.add({f"coupons.refused.{reply[1]}": 1})
             return Refusal(pool.name, reply[1])
-        code, stored = reply[1], json.loads(reply[2])
+        issued = self._issued(pool, reply[1], json.loads(reply[2]), fresh=reply[0] == "issued")
         pipe = self._client.pipeline(transaction=False)
-        self._note_holder(pool, code, user_id, float(stored["expires_at"]), pipe)
-        self._metrics.add({"coupons.issued": int(reply[0] == "issued")}, pipe=pipe)
+        self._note_holder(pool, reply[1], user_id, issued.expires_at, pipe)
+        if self._reminders is not None:  # again on a retried issue: idempotent by job id
+            self._reminders.schedule(user_id, issued.code, issued.expires_at, now, pipe)
+        self._metrics.add({"coupons.issued": int(issued.fresh)}, pipe=pipe)
         pipe.execute()
+        return issued
+
+    def _issued(
+        self, pool: CouponPool, code: str, stored: Mapping[str, Any], fresh: bool
+    ) -> IssuedCoupon:
         return IssuedCoupon(
-            code=self._display(pool, code), pool=pool.name, user_id=user_id,
-            message_id=message_id, source=stored["source"], offer=stored["offer"],
+            code=self._display(pool, code), pool=pool.name, user_id=stored["user_id"],
+            message_id=stored["message_id"], source=stored["source"], offer=stored["offer"],
             face_value=stored["face"] / 100, currency=stored["currency"],
             issued_at=float(stored["issued_at"]), expires_at=float(stored["expires_at"]),
-            fresh=reply[0] == "issued",
+            fresh=fresh,
         )  # fmt: skip
+
+    def held(self, text: str, user_id: str, now: float) -> IssuedCoupon | None:
+        """The code `text` if `user_id` holds it unredeemed and unexpired at `now` (a
+        reminder's check), else None."""
+        located = self._locate(text)
+        if located is None or located[1] not in self.pools:
+            return None
+        code, pool_name = located
+        pk = self._keys.coupon_pool(pool_name)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hget(pk.issued, code)
+        pipe.hexists(pk.redeemed, code)
+        raw, redeemed = pipe.execute()
+        if not raw or redeemed:
+            return None
+        stored = json.loads(raw)
+        if stored["user_id"] != user_id or now >= float(stored["expires_at"]):
+            return None
+        return self._issued(self.pools[pool_name], code, stored, fresh=False)
 
     def _note_holder(
         self, pool: CouponPool, code: str, user_id: str, expires: float, pipe: redis.client.Pipeline

@@ -28,6 +28,7 @@ from push import fingerprint
 from push.errors import PushError
 from worker.contract import FIRE
 from worker.coupons import Coupons, IssuedCoupon, Refusal
+from worker.coupons.reminders import EXTRA_CODE
 from worker.delivery.outbox import MessageRecord, Outbox, message_id
 from worker.firing.compose import Composer
 from worker.firing.index_holder import IndexHolder
@@ -81,6 +82,7 @@ class _Firing:
     step: str = ""  # what settled it: a policy step, or condition, recommend, compose, error
     record: MessageRecord | None = None
     defer_until: float | None = None
+    held: IssuedCoupon | None = None  # a reminder's code, still the shopper's
 
 
 class Firer:
@@ -195,7 +197,8 @@ class Firer:
         now: float,
     ) -> list[Pool | None]:
         """Each firing's candidate pool, or None once it is settled: its condition no
-        longer holds (re-checked against the shopper's state now), or an error."""
+        longer holds (re-checked against the shopper's state now; a reminder's code must
+        still be the shopper's, unredeemed), or an error."""
         live: list[list[tuple[str, float]]] = []  # read once, by the first pool needing it
 
         def trending() -> list[tuple[str, float]]:
@@ -209,6 +212,9 @@ class Firer:
             own_items, why_not = kind.holds_at_fire(
                 f.rule, f.job.trigger_ts, f.job.items, shopper.state
             )
+            if not why_not and (code := f.job.extra.get(EXTRA_CODE)):
+                f.held = self._coupons.held(code, f.job.user_id, now)
+                why_not = "" if f.held else "the code was redeemed or has expired"
             if why_not:
                 f.action, f.reason, f.step = "suppress", f"condition: {why_not}", "condition"
                 return None
@@ -310,7 +316,11 @@ class Firer:
         self, f: _Firing, items: list[str], facts: Mapping[str, Mapping[str, str]], now: float
     ) -> IssuedCoupon | None:
         """Issue the rule's coupon for this message (a percent offer's face value taken of
-        the lead item's price), or settle a refusal by the rule's policy."""
+        the lead item's price), or settle a refusal by the rule's policy. A reminder of a
+        code (`coupons/reminders.py`) shows that code, if the shopper still holds it."""
+        if f.held is not None:  # checked with the rule's condition (`_pools`)
+            f.decision["coupon"] = f.held.as_dict()
+            return f.held
         spec = f.rule.coupon
         if spec is None:
             return None

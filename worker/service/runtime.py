@@ -22,6 +22,7 @@ from push.gateway import Router
 from push.ssrf import DestinationGuard
 from worker.contract import DELIVER, Enqueue, enqueue_batched
 from worker.coupons import Coupons
+from worker.coupons.reminders import Reminders
 from worker.delivery.gateway_config import gateway_config
 from worker.delivery.outbox import MessageRecord, Outbox
 from worker.delivery.push_runtime import PushRuntime
@@ -115,6 +116,7 @@ class Runtime:
         with contextlib.suppress(*TRANSIENT):
             scripts.load(client)
         metrics = Metrics(client, keys)
+        delayed = DelayedJobs(client, keys, scripts)
         return cls(
             settings=settings,
             redis=client,
@@ -136,7 +138,7 @@ class Runtime:
                 settings.attribution_window_s,
                 settings.user_ttl_s,
             ),
-            delayed=DelayedJobs(client, keys, scripts),
+            delayed=delayed,
             triggers=Triggers(client, keys, settings.rules, settings.trigger_max_age_s),
             coupons=Coupons(
                 client,
@@ -146,6 +148,7 @@ class Runtime:
                 settings.coupon_pools,
                 settings.currency,
                 settings.user_ttl_s,
+                Reminders(settings.rules, delayed),
             ),
             enqueue=enqueue,
             router=router,
