@@ -199,14 +199,9 @@ class Coupons:
         if located is None or located[1] not in self.pools:
             return None
         code, pool_name = located
-        pk = self._keys.coupon_pool(pool_name)
-        pipe = self._client.pipeline(transaction=False)
-        pipe.hget(pk.issued, code)
-        pipe.hexists(pk.redeemed, code)
-        raw, redeemed = pipe.execute()
-        if not raw or redeemed:
+        stored, redeemed = self._records(pool_name, code)
+        if stored is None or redeemed is not None:
             return None
-        stored = json.loads(raw)
         if stored["user_id"] != user_id or now >= float(stored["expires_at"]):
             return None
         return self._issued(self.pools[pool_name], code, stored, fresh=False)
@@ -258,16 +253,10 @@ class Coupons:
         if located is None:
             return _answer(_unlocated(text))
         code, pool_name = located
-        pk = self._keys.coupon_pool(pool_name)
-        pipe = self._client.pipeline(transaction=False)
-        pipe.hget(pk.issued, code)
-        pipe.hget(pk.redeemed, code)
-        raw, redemption = pipe.execute()
+        rec, used = self._records(pool_name, code)
         shown = self._display(self.pools.get(pool_name), code)
-        if not raw:
+        if rec is None:
             return _answer("not_issued", code=shown, pool=pool_name)
-        rec = json.loads(raw)
-        used = json.loads(redemption) if redemption else None
         expired = now >= float(rec["expires_at"])
         minimum = rec["offer"].get("min_basket")
         reason: CheckoutReason | None = None
@@ -288,6 +277,15 @@ class Coupons:
         answers = [self._check(code, user_id, None, now) for code in raw]
         known = [a for a in answers if a["expires_at"] is not None]
         return sorted(known, key=lambda a: float(a["expires_at"]))
+
+    def _records(self, pool: str, code: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """A code's issue record and its redemption (None: not issued, not redeemed)."""
+        pk = self._keys.coupon_pool(pool)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hget(pk.issued, code)
+        pipe.hget(pk.redeemed, code)
+        raw, redemption = pipe.execute()
+        return (json.loads(raw) if raw else None, json.loads(redemption) if redemption else None)
 
     def redeem(
         self,

@@ -10,7 +10,7 @@ input, answered `{"rejected": reason}`), and answers the ledger's JSON
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import Field, StringConstraints
 
@@ -29,24 +29,32 @@ class _Redemption(_Checkout):
     order_id: Id | None = Field(default=None, description="a retried redemption answers again")
 
 
+C = TypeVar("C", bound=_Checkout)
+
+
 def check_coupon(rt: Runtime, payload: Any, now: float) -> dict[str, Any]:
-    try:
-        call = validated(_Checkout, require_object(payload, "call"), "check_coupon")
-    except InvalidInput as exc:
-        rt.rejected.record(contract.CHECK_COUPON, exc.code, exc.reason, payload)
-        return {"rejected": exc.reason}
+    call = _parsed(rt, _Checkout, contract.CHECK_COUPON, payload)
+    if isinstance(call, str):
+        return {"rejected": call}
     return rt.coupons.check(call.code, user_id=call.user_id, basket=call.basket, now=now)
 
 
 def redeem_coupon(rt: Runtime, payload: Any, now: float) -> dict[str, Any]:
-    try:
-        call = validated(_Redemption, require_object(payload, "call"), "redeem_coupon")
-    except InvalidInput as exc:
-        rt.rejected.record(contract.REDEEM_COUPON, exc.code, exc.reason, payload)
-        return {"rejected": exc.reason}
+    call = _parsed(rt, _Redemption, contract.REDEEM_COUPON, payload)
+    if isinstance(call, str):
+        return {"rejected": call}
     return rt.coupons.redeem(
         call.code, user_id=call.user_id, ref=call.order_id or "", basket=call.basket, now=now
     )
+
+
+def _parsed(rt: Runtime, model: type[C], task: str, payload: Any) -> C | str:
+    """The call as `model`, or why not (recorded in the rejected stream)."""
+    try:
+        return validated(model, require_object(payload, "call"), task.removeprefix("pushrec."))
+    except InvalidInput as exc:
+        rt.rejected.record(task, exc.code, exc.reason, payload)
+        return exc.reason
 
 
 def redeem_purchases(rt: Runtime, fresh: Sequence[Event]) -> int:
