@@ -3,7 +3,7 @@
 Each `[[rules]]` table in the TOML file (`PUSHREC_CONFIG`) is one `Rule`. A rule has a
 kind (what triggers it and what it re-checks when it fires: `kinds.py`), a delay, a cooldown, the
 channels to use in order of preference, a purpose, a holdout share, templates and an
-optional coupon: an offer from a `[[coupon_pools]]` pool (`worker/coupons/config.py`),
+optional coupon: an offer from a `[[coupon_pools]]` pool (`worker/coupon_config.py`),
 issued when the message is composed. Without any `[[rules]]`, `DEFAULT_RULES` apply
 (none of them gives a coupon: no pool exists until the config declares one).
 
@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from worker.coupons.config import CouponSpec
+from worker.coupon_config import CouponSpec
 
 __all__ = ["DEFAULT_RULES", "ChannelName", "CouponSpec", "Rule", "RuleKind", "enabled_rules"]
 

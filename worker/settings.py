@@ -29,7 +29,7 @@ from push.gateways.apns import APNS_URL
 from push.gateways.fcm import FCM_URL
 from push.ssrf import canonical_host
 from worker.clock import SimulatedClock, followed
-from worker.coupons.config import CouponPool, check_pools
+from worker.coupon_config import CouponPool, check_pools
 from worker.rules import DEFAULT_RULES, Rule
 
 ENV_PREFIX = "PUSHREC_"

@@ -19,19 +19,17 @@ import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import redis
 
 from push.coupons import OfferText, format_coupon, new_coupon, normalize_coupon
+from worker.coupon_config import CouponPool, CouponSpec
 from worker.coupons.codes import lookup_forms
-from worker.coupons.config import CouponPool, CouponSpec
+from worker.coupons.reminders import Reminders
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
 from worker.store.scripts import Scripts
-
-if TYPE_CHECKING:  # reminders.py reads the rules, whose config imports this package
-    from worker.coupons.reminders import Reminders
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import redis
 
+from worker.coupon_config import CouponPool
 from worker.coupons.codes import BadRow, CodeRow, read_code_file
-from worker.coupons.config import CouponPool
 from worker.store.keys import Keys
 
 _CHUNK = 1000
