@@ -30,6 +30,7 @@ from push.gateways.fcm import FCM_URL
 from push.ssrf import canonical_host
 from worker.campaigns import Campaign
 from worker.clock import SimulatedClock, followed
+from worker.coupon_config import CouponPool, check_pools
 from worker.rules import DEFAULT_RULES, Rule
 from worker.segments import Segment, check_segments
 
@@ -187,6 +188,9 @@ class Settings(BaseSettings):
     )
     rfm_refresh_s: int = Field(
         default=3600, ge=60, description="How often the scheduler recomputes RFM cut points."
+    )
+    coupon_pools: tuple[CouponPool, ...] = Field(
+        default=(), description="[[coupon_pools]] tables in the TOML file (worker/coupons/)"
     )
     trigger_max_age_s: int = Field(
         default=3600, ge=0, description="Older events update state but fire no rule."
@@ -436,6 +440,13 @@ class Settings(BaseSettings):
                 "task_time_limit_s must be below visibility_timeout_s, or a running task "
                 "would be handed to a second worker"
             )
+        check_pools(
+            self.coupon_pools,
+            {
+                **{f"rules.{r.name}": r.coupon for r in self.rules if r.coupon is not None},
+                **{f"campaigns.{c.name}": c.coupon for c in self.campaigns if c.coupon},
+            },
+        )
         queues = {self.queue_activity, self.queue_push, self.queue_maintenance}
         if len(queues) != 3:
             raise ValueError("queue_activity, queue_push and queue_maintenance must differ")

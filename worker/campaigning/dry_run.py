@@ -86,7 +86,7 @@ def dry_run(
                             per_zone[zones[user]][when.astimezone(ZoneInfo(zones[user])).hour] += 1
     finally:
         client.delete(*(keys.segment(n).run_audience(tag) for n in range(keys.shards)))
-    coupons, face_value = _coupons(catalog, campaign, sent)
+    coupons, face_value = _coupons(sent)
     return {
         "campaign": campaign.name,
         "segment": campaign.segment,
@@ -111,15 +111,15 @@ def _zones(client: redis.Redis, keys: Keys, users: list[str]) -> dict[str, str]:
     return {u: zone_of(decode_preferences(p)) for u, p in zip(users, pipe.execute(), strict=True)}
 
 
-def _coupons(catalog: Catalog, campaign: Campaign, sent: list[DryFiring]) -> tuple[int, float]:
-    """Coupons the sends carry, and their face value: the percent off the items'
-    catalogue prices, as if each shopper bought every item offered."""
-    if campaign.coupon is None:
-        return 0, 0.0
-    items = sorted({i for f in sent if f.record for i in f.record.items})
-    prices = {i: float(v.get("price") or 0) for i, v in catalog.get_many(items).items()}
-    value = sum(prices.get(i, 0.0) for f in sent if f.record for i in f.record.items)
-    return len(sent), value * campaign.coupon.percent_off / 100
+def _coupons(sent: list[DryFiring]) -> tuple[int, float]:
+    """Coupons the sends would carry, and their face value, as firing prices them (the
+    dry run issues none: the pool's budget is not checked)."""
+    faces = [
+        float(f.decision["coupon"]["face_value"])
+        for f in sent
+        if "face_value" in f.decision.get("coupon", {})
+    ]
+    return len(faces), float(sum(faces))
 
 
 def _sample(firing: DryFiring) -> dict[str, Any]:

@@ -58,6 +58,10 @@ def run_scheduler(args: argparse.Namespace) -> int:
     jobs.append(
         (lambda: resend_stuck(rt.outbox, app.enqueue), {"trigger": "interval", "seconds": 60})
     )
+    if settings.coupon_pools:  # unredeemed codes past expiry stop counting as outstanding
+        jobs.append(
+            (lambda: rt.coupons.expire(settings.now()), {"trigger": "interval", "seconds": 60})
+        )
     if settings.index_rebuild_cron:
         jobs.append(
             (

@@ -66,7 +66,8 @@ class MessageRecord:
     created_at: float
     link: str | None = None
     image: str | None = None
-    coupon: str | None = None
+    coupon: str | None = None  # the issued code
+    offer: dict[str, Any] | None = None  # its offer (`IssuedCoupon.as_dict`)
     locale: str = "en"
     ttl_s: int = 86_400
     data: dict[str, str] = field(default_factory=dict)

@@ -15,6 +15,7 @@ import redis
 from push import fingerprint
 from worker import contract
 from worker.policy.jobs import Trigger
+from worker.service import checkout
 from worker.service.runtime import Runtime
 from worker.shoppers.catalog import ItemChange
 from worker.shoppers.contact_inputs import parse_device, parse_device_removal, parse_preferences
@@ -55,6 +56,7 @@ def track(
             rejected += 1
     result = rt.state.apply_events(events, now, delivery_id)
     rt.metrics.add(rt.audit.attribute(result.fresh))
+    checkout.redeem_purchases(rt, result.fresh)
     triggers = rt.triggers.for_events(result.fresh, now)
 
     def react(pipe: redis.client.Pipeline) -> None:

@@ -22,6 +22,8 @@ from push.gateway import Router
 from push.ssrf import DestinationGuard
 from worker.campaigning.runs import Runs
 from worker.contract import DELIVER, Enqueue, enqueue_batched
+from worker.coupons import Coupons
+from worker.coupons.reminders import Reminders
 from worker.delivery.gateway_config import gateway_config
 from worker.delivery.outbox import MessageRecord, Outbox
 from worker.delivery.push_runtime import PushRuntime
@@ -91,6 +93,7 @@ class Runtime:
     delayed: DelayedJobs
     triggers: Triggers
     segment_index: SegmentIndex
+    coupons: Coupons
     enqueue: Enqueue = _no_enqueue
     router: Router | None = None  # prebuilt gateways (tests); None: opened from settings
     # registration checks webhook URLs and Web Push endpoints as the push worker does
@@ -118,6 +121,7 @@ class Runtime:
         with contextlib.suppress(*TRANSIENT):
             scripts.load(client)
         metrics = Metrics(client, keys)
+        delayed = DelayedJobs(client, keys, scripts)
         return cls(
             settings=settings,
             redis=client,
@@ -139,9 +143,19 @@ class Runtime:
                 settings.attribution_window_s,
                 settings.user_ttl_s,
             ),
-            delayed=DelayedJobs(client, keys, scripts),
+            delayed=delayed,
             triggers=Triggers(client, keys, settings.rules, settings.trigger_max_age_s),
             segment_index=SegmentIndex(client, keys),
+            coupons=Coupons(
+                client,
+                keys,
+                scripts,
+                metrics,
+                settings.coupon_pools,
+                settings.currency,
+                settings.user_ttl_s,
+                Reminders(settings.rules, delayed),
+            ),
             enqueue=enqueue,
             router=router,
             destinations=DestinationGuard(settings.destination_allowed_hosts),
@@ -173,7 +187,7 @@ class Runtime:
                 self._firer = Firer(
                     self.redis, self.keys, self.settings, self.state, self.catalog, self.policy,
                     self.outbox, self.audit, self.delayed, index, self.deliver_queued,
-                    self.metrics,
+                    self.metrics, self.coupons,
                 )  # fmt: skip
             return self._firer
 

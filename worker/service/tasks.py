@@ -35,7 +35,7 @@ from celery.exceptions import Reject
 from worker import contract
 from worker.delivery.requests import DeliveryRequest
 from worker.policy.jobs import FireJob
-from worker.service import ingest, rebuild, receipt
+from worker.service import checkout, ingest, rebuild, receipt
 from worker.service.runtime import Runtime
 from worker.settings import Settings
 from worker.shoppers.inputs import InvalidInput
@@ -343,6 +343,22 @@ TASKS: tuple[TaskSpec, ...] = (
         contract.FORGET_USER,
         lambda t, rt, kw: ingest.erase_user(rt, kw["user_id"]),
         required=_USER,
+        ignore_result=False,
+    ),
+    TaskSpec(
+        contract.CHECK_COUPON,
+        lambda t, rt, kw: checkout.check_coupon(rt, kw, rt.settings.now()),
+        required=frozenset({"code"}),
+        optional=frozenset({"user_id", "basket"}),
+        keep=_kwargs_only,
+        ignore_result=False,
+    ),
+    TaskSpec(
+        contract.REDEEM_COUPON,
+        lambda t, rt, kw: checkout.redeem_coupon(rt, kw, rt.settings.now()),
+        required=frozenset({"code"}),
+        optional=frozenset({"user_id", "basket", "order_id"}),
+        keep=_kwargs_only,
         ignore_result=False,
     ),
     TaskSpec(

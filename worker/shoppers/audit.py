@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 import redis
 
@@ -37,6 +37,7 @@ class MessageSummary(TypedDict):
     body: str
     items: list[str]
     cell: str  # treated, or holdout: checked at send time like a treated one, never sent
+    coupon: NotRequired[str | None]  # the code issued for it
 
 
 class Decision(TypedDict, total=False):
@@ -55,6 +56,7 @@ class Decision(TypedDict, total=False):
     reason: str
     step: str  # what settled it: a policy step, or condition, recommend, compose, error
     message: MessageSummary  # when queued
+    coupon: dict[str, Any]  # the rule's coupon: `IssuedCoupon.as_dict()`, or {pool, refused}
     delivery: dict[str, Any]  # added by the user view: state, attempts, outcome
 
 

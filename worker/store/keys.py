@@ -54,6 +54,22 @@ and the tests named in it check the bounds):
 | `{seg:<n>}:cats` | categories with an affinity family in shard n | the catalog's categories |
 | `{seg:<n>}:run:<run>:*` | a campaign run's audience in shard n | TTL `runs.RUN_KEPT_S` |
 | `campaign:<name>:*` | runs of a campaign | one current run; history count 50 |
+| `{c:<pool>}:issued`, `by_message`, `per_shopper`, | codes issued | the pool's `budget_count` |
+| `redeemed`, `expiring` | | (`expiring`: until swept at expiry) |
+| `{c:<pool>}:available` | imported codes not yet issued | the shop's files |
+| `{c:<pool>}:totals` | counters, per source (rule, campaign) | the config's rules and campaigns |
+| `{k:<code>}` | codes imported or issued | imported: until issued; issued: TTL |
+| | | `coupons.ledger.CODE_KEPT_S` past the code's expiry |
+| `{u}:coupons` | codes issued to the shopper | pools' `per_shopper`; TTL |
+
+Coupons. A pool's keys share the tag `{c:<pool>}`, so issuing (budget checks, pick or
+mint a code, record it) and redeeming are each one Lua script in one slot. A checkout
+knows only the code, so the code -> pool lookup is its own key, `{k:<code>}` (a hash:
+`pool`), in its own slot anywhere on the cluster. It is written in a separate idempotent
+step: by `pushrec coupons import` before a code can be issued (HSETNX: the step that
+refuses a code another pool holds), and after the issuing script for a generated code (a
+crash in between is healed by the retried issue, which returns the same code and writes
+it again). Encoding the pool in the code instead would not work for the shop's own codes.
 """
 
 from __future__ import annotations
@@ -167,11 +183,17 @@ class UserKeys:
         messages (`Keys.message`) of this shopper, for erasure."""
         return f"{self.base}:messages"
 
+    @property
+    def coupons(self) -> str:
+        """hash: code -> pool, the codes issued to this shopper (audit, erasure)."""
+        return f"{self.base}:coupons"
+
     def all(self) -> list[str]:
         """Every key of the shopper (what erasure deletes)."""
         return [
             *self.event_state(),
             self.messages,
+            self.coupons,
             self.devices,
             self.preferences,
             self.contacts,
@@ -357,6 +379,57 @@ class CampaignKeys:
         return f"{self.base}:last_occurrence"
 
 
+@dataclass(frozen=True)
+class CouponPoolKeys:
+    """One pool's keys, in one slot (`{c:<pool>}`): the issuing and redeeming scripts'."""
+
+    base: str
+
+    @property
+    def totals(self) -> str:
+        """hash: issued, value (face value issued, hundredths), redeemed, redeemed_value,
+        expired, refused:<reason>, and each of the first five as `<field>:<source>`."""
+        return f"{self.base}:totals"
+
+    @property
+    def issued(self) -> str:
+        """hash: code -> JSON issue record (user_id, message_id, source, offer, face,
+        issued_at, expires_at, display)."""
+        return f"{self.base}:issued"
+
+    @property
+    def by_message(self) -> str:
+        """hash: message_id -> code (a retried issue returns the same code)."""
+        return f"{self.base}:by_message"
+
+    @property
+    def per_shopper(self) -> str:
+        """hash: user_id -> codes issued to them from this pool."""
+        return f"{self.base}:per_shopper"
+
+    @property
+    def available(self) -> str:
+        """set: imported codes not yet issued."""
+        return f"{self.base}:available"
+
+    @property
+    def redeemed(self) -> str:
+        """hash: code -> JSON {at, ref, basket} of its one redemption."""
+        return f"{self.base}:redeemed"
+
+    @property
+    def expiring(self) -> str:
+        """zset: code -> expiry, for issued codes not yet redeemed nor swept as expired."""
+        return f"{self.base}:expiring"
+
+    def script_keys(self) -> list[str]:
+        """The KEYS of the coupon scripts, in their order."""
+        return [
+            self.totals, self.issued, self.by_message, self.per_shopper,
+            self.available, self.redeemed, self.expiring,
+        ]  # fmt: skip
+
+
 def shard_of(ident: str, shards: int) -> int:
     """The shard (0 … shards-1) that `ident` (a shopper, item or message id) falls in.
 
@@ -407,6 +480,13 @@ class Keys:
 
     def campaign(self, name: str) -> CampaignKeys:
         return CampaignKeys(f"{self.prefix}:campaign:{name}")
+
+    def coupon_pool(self, pool: str) -> CouponPoolKeys:
+        return CouponPoolKeys(f"{self.prefix}:{{c:{pool}}}")
+
+    def coupon_code(self, code: str) -> str:
+        """hash: pool (the pool holding this canonical code; see the module doc)."""
+        return f"{self.prefix}:{{k:{code}}}"
 
     def rule_stats(self, rule: str) -> str:
         """hash: decided, sent, delivered, held_out, opened, clicked, converted, … of a rule."""

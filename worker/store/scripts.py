@@ -36,6 +36,9 @@ class Scripts:
     release_device: Script
     drop_moved_device: Script
     run_tally: Script
+    coupon_issue: Script
+    coupon_redeem: Script
+    coupon_expire: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:
@@ -53,6 +56,9 @@ class Scripts:
             release_device=client.register_script(_source("release_device")),
             drop_moved_device=client.register_script(_source("drop_moved_device")),
             run_tally=client.register_script(_source("run_tally")),
+            coupon_issue=client.register_script(_source("coupon_issue")),
+            coupon_redeem=client.register_script(_source("coupon_redeem")),
+            coupon_expire=client.register_script(_source("coupon_expire")),
         )
 
     def load(self, client: redis.Redis) -> None:
