@@ -21,10 +21,9 @@ import threading
 import time
 from pathlib import Path
 
-import redis
-
 from indexing import ArtifactError, LoadedIndex, configure_threads, current_version, load_index
 from worker.firing.live_items import LiveItems
+from worker.store.client import StateRedis
 from worker.store.errors import TRANSIENT, describe
 from worker.store.keys import Keys
 
@@ -35,7 +34,7 @@ class IndexHolder:
     """One per worker process; its pool threads may call `between_tasks` concurrently."""
 
     def __init__(
-        self, store: Path, client: redis.Redis, keys: Keys, check_every_s: float = 5.0
+        self, store: Path, client: StateRedis, keys: Keys, check_every_s: float = 5.0
     ) -> None:
         self._store = store
         self._client = client

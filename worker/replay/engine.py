@@ -460,8 +460,7 @@ def _by_shopper(rows: list[Row]) -> list[list[Row]]:
 
 def _next_due(rt: Runtime) -> float:
     """When the next delayed job is due (simulated epoch seconds), or infinity."""
-    first = rt.redis.zrange(rt.keys.delayed_due, 0, 0, withscores=True)
-    return float(first[0][1]) if first else math.inf
+    return rt.delayed.next_due()
 
 
 def _settled(rt: Runtime, stack: Stack, now: float, deadline: float) -> None:
@@ -476,8 +475,7 @@ def _settled(rt: Runtime, stack: Stack, now: float, deadline: float) -> None:
         for q in queues:
             pipe.llen(q)
         pipe.hlen("unacked")
-        pipe.zcount(rt.keys.delayed_due, "-inf", now)
-        busy = sum(int(n) for n in pipe.execute())
+        busy = sum(int(n) for n in pipe.execute()) + rt.delayed.counts(now)
         quiet = quiet + 1 if busy == 0 else 0
         time.sleep(0.005)
     stack.check()

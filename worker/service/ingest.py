@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
-
 from push import fingerprint
 from worker import contract
 from worker.policy.jobs import Trigger
@@ -20,6 +18,7 @@ from worker.shoppers.catalog import ItemChange
 from worker.shoppers.contact_inputs import parse_device, parse_device_removal, parse_preferences
 from worker.shoppers.erasure import forget_user
 from worker.shoppers.inputs import Event, InvalidInput, Item, parse_event, parse_item, parse_user_id
+from worker.store.client import StatePipeline
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def schedule(
     rt: Runtime,
     triggers: list[Trigger],
     now: float,
-    pipe: redis.client.Pipeline,
+    pipe: StatePipeline,
     delivery_id: str = "",
 ) -> None:
     """React to triggers: fire the due ones here and now (a queue hop would cost a task

@@ -6,9 +6,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis
-
 from worker.shoppers.inputs import Item
+from worker.store.client import StateRedis
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
 from worker.store.scripts import Scripts
@@ -38,7 +37,7 @@ class ItemChange:
 class Catalog:
     def __init__(
         self,
-        client: redis.Redis,
+        client: StateRedis,
         keys: Keys,
         scripts: Scripts,
         metrics: Metrics,

@@ -252,6 +252,32 @@ class BreakerKeys:
         return f"{self.base}:probe"
 
 
+@dataclass(frozen=True)
+class DelayedKeys:
+    """One shard of the delayed jobs (the KEYS of `delayed_claim.lua` and
+    `delayed_ack.lua`, in `all()`'s order)."""
+
+    base: str
+
+    @property
+    def due(self) -> str:
+        """zset: job_id -> due time."""
+        return f"{self.base}:due"
+
+    @property
+    def inflight(self) -> str:
+        """zset: job_id -> lease expiry of a claimed job not yet acknowledged."""
+        return f"{self.base}:inflight"
+
+    @property
+    def jobs(self) -> str:
+        """hash: job_id -> JSON {task, kwargs}."""
+        return f"{self.base}:jobs"
+
+    def all(self) -> list[str]:
+        return [self.due, self.inflight, self.jobs]
+
+
 BREAKER_ROUTES_KEPT_S = 86_400
 
 
@@ -300,10 +326,14 @@ class Keys:
         return f"{self.prefix}:{{i:{item_id}}}:interested"
 
     @property
-    def outbox_queued(self) -> str:
+    def all_shards(self) -> range:
+        """Every shard number: what a reader of a whole sharded family walks."""
+        return range(self.shards)
+
+    def outbox_queued(self, shard: int) -> str:
         """zset: message_id -> time queued, until its delivery settles or is parked
-        (the scheduler re-sends deliveries whose task was lost)."""
-        return f"{self.prefix}:outbox:queued"
+        (the scheduler re-sends deliveries whose task was lost); sharded by message id."""
+        return f"{self.sharded('outbox', shard)}:queued"
 
     @property
     def scheduler_lock(self) -> str:
@@ -347,10 +377,10 @@ class Keys:
         """string: the `live_seq` the published build read before it read the catalog."""
         return f"{self.prefix}:{{live}}:snapshot"
 
-    @property
-    def interaction_log(self) -> str:
-        """stream: every valid event (read by the index build job); capped."""
-        return f"{self.prefix}:log:interactions"
+    def interaction_log(self, shard: int) -> str:
+        """stream: every valid event (read by the index build job, every shard); sharded by
+        shopper; each shard capped."""
+        return f"{self.sharded('log', shard)}:interactions"
 
     @property
     def rejected_log(self) -> str:
@@ -368,32 +398,21 @@ class Keys:
         (`dead_letters.COUNT_TTL_S`)."""
         return f"{self.prefix}:deliveries:{task_id}"
 
-    # Delayed jobs: three keys in one slot ({delayed}) so one Lua script claims atomically.
-    @property
-    def delayed_due(self) -> str:
-        """zset: job_id -> due time."""
-        return f"{self.prefix}:{{delayed}}:due"
+    def delayed(self, shard: int) -> DelayedKeys:
+        """One shard of the delayed jobs: three keys in one slot (`{delayed:<n>}`), so
+        one Lua script claims atomically; jobs are sharded by job id."""
+        return DelayedKeys(self.sharded("delayed", shard))
 
-    @property
-    def delayed_inflight(self) -> str:
-        """zset: job_id -> lease expiry of a claimed job not yet acknowledged."""
-        return f"{self.prefix}:{{delayed}}:inflight"
+    def metrics(self, shard: int) -> str:
+        """hash: counter name -> value; each process adds to one shard (its own), a
+        reader sums them all."""
+        return f"{self.sharded('metrics', shard)}:counters"
 
-    @property
-    def delayed_jobs(self) -> str:
-        """hash: job_id -> JSON {task, kwargs}."""
-        return f"{self.prefix}:{{delayed}}:jobs"
-
-    @property
-    def metrics(self) -> str:
-        """hash: counter name -> value."""
-        return f"{self.prefix}:metrics"
-
-    @property
-    def gateway_latency(self) -> str:
+    def gateway_latency(self, shard: int) -> str:
         """hash: "<channel>:<bucket upper bound s>" -> sends (not cumulative), "<channel>:count",
-        "<channel>:sum_us" (microseconds): the gateway latency histograms."""
-        return f"{self.prefix}:metrics:gateway_latency"
+        "<channel>:sum_us" (microseconds): the gateway latency histograms; sharded as
+        `metrics`."""
+        return f"{self.sharded('metrics', shard)}:gateway_latency"
 
     def push_token(self, key: str) -> str:
         """string: a gateway access token (FCM OAuth, APNs provider JWT), shared by
@@ -414,10 +433,10 @@ class Keys:
         """One route's breaker keys, in one slot (`{b:<route>}`): they share a MULTI."""
         return BreakerKeys(f"{self.prefix}:push:{{b:{route}}}")
 
-    def trending_items(self, bucket: int) -> str:
-        """zset: item_id -> weighted activity in time bucket `bucket`."""
-        return f"{self.prefix}:trend:item:{bucket}"
+    def trending_items(self, bucket: int, shard: int) -> str:
+        """zset: item_id -> weighted activity in time bucket `bucket`; sharded by item."""
+        return f"{self.sharded('trend', shard)}:item:{bucket}"
 
-    def trending_categories(self, bucket: int) -> str:
-        """zset: category -> weighted activity in time bucket `bucket`."""
-        return f"{self.prefix}:trend:cat:{bucket}"
+    def trending_categories(self, bucket: int, shard: int) -> str:
+        """zset: category -> weighted activity in time bucket `bucket`; sharded by category."""
+        return f"{self.sharded('trend', shard)}:cat:{bucket}"
