@@ -5,6 +5,7 @@ redis-servers with `--cluster-enabled yes` on free loopback ports, joined by
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -29,7 +30,7 @@ class Cluster:
     ports: tuple[int, ...]
 
     def node(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, decode_responses=True, socket_timeout=5)
+        return redis.Redis("127.0.0.1", port, decode_responses=True, socket_timeout=5)
 
     def role(self, port: int) -> str:
         return str(self.node(port).execute_command("ROLE")[0])
@@ -52,6 +53,20 @@ class Cluster:
             time.sleep(0.1)
 
 
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = _free_port()
+        if port + 10_000 > 65_535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+        return port
+
+
 def _start_node(stack: ExitStack, folder: Path, port: int) -> None:
     folder.mkdir()
     process = subprocess.Popen(
@@ -70,7 +85,7 @@ def _start_node(stack: ExitStack, folder: Path, port: int) -> None:
     deadline = time.monotonic() + 10
     while True:
         try:
-            if redis.Redis(port=port, socket_connect_timeout=0.5).ping():
+            if redis.Redis("127.0.0.1", port, socket_connect_timeout=0.5).ping():
                 return
         except redis.RedisError:
             pass
@@ -87,7 +102,7 @@ def redis_cluster() -> Iterator[Cluster]:
             "redis-cli not found: the cluster tests need it (apt-get install redis-tools)"
         )
     with tempfile.TemporaryDirectory(prefix="pushrec-test-cluster-") as tmp, ExitStack() as stack:
-        ports = tuple(_free_port() for _ in range(2 * MASTERS))
+        ports = tuple(_cluster_port() for _ in range(2 * MASTERS))
         for port in ports:
             _start_node(stack, Path(tmp) / str(port), port)
         subprocess.run(

@@ -64,7 +64,7 @@ class Catalog:
             for name, value in item.catalog_fields().items():
                 args += [name, value]
             keys = self._keys.item(item.item_id)
-            self._scripts.upsert_item(keys=[keys.item, keys.changes], args=args, client=pipe)
+            Scripts.call_in(pipe, self._scripts.upsert_item, [keys.item, keys.changes], args)
         results = pipe.execute()
 
         changes: list[ItemChange] = []
@@ -91,7 +91,7 @@ class Catalog:
         )
         if live:  # after the SADD: a build that reads the mark's number lists the item
             marks = [self._keys.live_seq, self._keys.live_items]
-            self._scripts.live_mark(keys=marks, args=live, client=follow_up)
+            Scripts.call_in(follow_up, self._scripts.live_mark, marks, live)
         follow_up.execute()
         return Upserted(changes, live)
 

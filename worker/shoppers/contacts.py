@@ -134,10 +134,12 @@ class Contacts:
         """Mark a device inactive after its gateway said it is gone (in `pipe`). With
         `invalid_since` (APNs 410's timestamp), a device registered again after that
         time stays active. The reply is 1 if it was deactivated."""
-        self._scripts.deactivate_device(
-            keys=[self._keys.user(user_id).devices],
-            args=[device_id, "" if invalid_since is None else repr(invalid_since), reason],
-            client=pipe,
+        since = "" if invalid_since is None else repr(invalid_since)
+        Scripts.call_in(
+            pipe,
+            self._scripts.deactivate_device,
+            [self._keys.user(user_id).devices],
+            [device_id, since, reason],
         )
 
     def owners(self, device_ids: Sequence[str], pipe: StatePipeline) -> None:
@@ -151,10 +153,11 @@ class Contacts:
     ) -> None:
         """Take a device another shopper owns off `user_id`'s list (in `pipe`), unless
         `user_id` registered it again after `registered_at` (as read)."""
-        self._scripts.drop_moved_device(
-            keys=[self._keys.user(user_id).devices],
-            args=[device_id, repr(float(registered_at))],
-            client=pipe,
+        Scripts.call_in(
+            pipe,
+            self._scripts.drop_moved_device,
+            [self._keys.user(user_id).devices],
+            [device_id, repr(float(registered_at))],
         )
 
     def devices(self, user_id: str) -> dict[str, DeviceRecord]:

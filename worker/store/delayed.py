@@ -92,7 +92,7 @@ class DelayedJobs:
         pipe = self._client.pipeline(transaction=False)
         for shard in self._keys.all_shards:
             keys = self._keys.delayed(shard).all()
-            self._scripts.delayed_claim(keys=keys, args=[now, limit, lease_s], client=pipe)
+            Scripts.call_in(pipe, self._scripts.delayed_claim, keys, [now, limit, lease_s])
         replies: list[list[str]] = pipe.execute()
         return replies
 
@@ -102,7 +102,7 @@ class DelayedJobs:
         pipe = self._client.pipeline(transaction=False)
         for c in claimed:
             keys = self._of(c.job.job_id).all()
-            self._scripts.delayed_ack(keys=keys, args=[c.job.job_id, c.payload], client=pipe)
+            Scripts.call_in(pipe, self._scripts.delayed_ack, keys, [c.job.job_id, c.payload])
         if claimed:
             pipe.execute()
 

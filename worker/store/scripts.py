@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from importlib import resources
 
+import redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
@@ -76,5 +77,22 @@ class Scripts:
         args: Sequence[str | int | float],
     ) -> None:
         """Queue `script` in `pipe` by SHA, without the existence check (module doc).
-        Only in pipelines that are safe to run again whole after a NoScriptError."""
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        Only in pipelines that are safe to run again whole after a NoScriptError.
+        (`execute_command`: redis-py's cluster pipeline refuses its `evalsha` method but
+        routes the command by its keys.)"""
+        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+
+    @staticmethod
+    def call_in(
+        pipe: StatePipeline,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[str | int | float],
+    ) -> None:
+        """Queue `script` in `pipe`; a single node's pipeline loads it first if Redis lost
+        it (one more round trip). A cluster pipeline cannot: there a NoScriptError
+        reaches the caller, whose task loads the scripts and runs again."""
+        if isinstance(pipe, redis.client.Pipeline):
+            script(keys=keys, args=args, client=pipe)
+        else:
+            Scripts.queue(pipe, script, keys, args)
