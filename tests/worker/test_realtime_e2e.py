@@ -87,7 +87,7 @@ def patched_environ(env: dict[str, str]) -> Iterator[None]:
 
 
 CONNECTION_FIELDS = {
-    "redis_url", "key_prefix", "broker_key_prefix", "state_dir",
+    "redis_url", "broker_url", "key_prefix", "broker_key_prefix", "state_dir",
     "queue_activity", "queue_push", "queue_maintenance",
 }  # fmt: skip
 
@@ -116,6 +116,7 @@ def fcm_messages(
     return out
 
 
+@pytest.mark.redis_kinds  # the whole path on a cluster too: rule, delayed set, outbox, push
 def test_cart_left_alone_sends_exactly_one_push_with_relevant_items(
     make_shop: Any, settings: Settings, tmp_path: Path, gateways: Gateways, client: PushrecClient
 ) -> None:
