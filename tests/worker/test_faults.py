@@ -44,7 +44,7 @@ pytestmark = pytest.mark.integration
 
 RULE = rule("cross_sell", "post_purchase", delay_s=0, items=2)
 CONNECTION_FIELDS = {
-    "redis_url", "key_prefix", "broker_key_prefix", "state_dir", "queue_activity",
+    "redis_url", "broker_url", "key_prefix", "broker_key_prefix", "state_dir", "queue_activity",
     "queue_push", "queue_maintenance", "visibility_timeout_s", "task_time_limit_s",
 }  # fmt: skip
 
@@ -125,7 +125,7 @@ def open_shop(base: Settings, tmp_path: Path, gateways: Gateways, **top: Any) ->
         **base.model_dump(include=CONNECTION_FIELDS), **named, rules=[RULE], **top
     )
     client = PushrecClient(
-        str(settings.redis_url),
+        settings.effective_broker_url,
         broker_key_prefix=settings.broker_key_prefix,
         queues={
             "activity": settings.queue_activity,
