@@ -1,12 +1,19 @@
 """Every Redis key pushrec uses, in one place.
 
-All of one shopper's keys carry the hash tag `{u:<user_id>}` and all of one item's keys
-`{i:<item_id>}`, so a Lua script that touches one shopper (or one item) touches one
-Redis Cluster slot. Global keys (logs, trending counters, metrics) are written in
-separate, idempotent steps, never inside a per-shopper script. One script spans slots on
-purpose: `register_device.lua` moves a device (`device:<id>` and the two shoppers'
-`devices` hashes) in one step, since the move must be atomic. Redis Cluster refuses
-such a script (CROSSSLOT): there, registration needs another way to move a device.
+All of one shopper's keys carry the hash tag `{u:<user_id>}`, all of one item's keys
+`{i:<item_id>}` and all of one message's `{m:<message_id>}`, so a Lua script, a
+transaction or a multi-key command that touches one of them touches one Redis Cluster
+slot. Nothing spans slots: a device's move between shoppers is single-slot steps with
+the owner key (`device:<id>`) as the truth (`Contacts._move`), and one route's breaker
+keys share `{b:<route>}`.
+
+Global key families that grow with the shop (delayed jobs, the outbox queue, the
+interaction log, trending counters, metrics) are split into `shards` keys, each with the
+hash tag `{<family>:<n>}` (n = `shard_of(id)`, CRC-32 of the job, message, shopper, item
+or category id; metrics: of the writing process), so a cluster spreads them over its
+masters and a reader walks `all_shards`; with `shards == 1` (a single node) each family
+is one key. A delayed-jobs shard keeps its three keys in one slot, so one script claims
+from it atomically.
 
 The prefix (`Settings.key_prefix`) leads every key; tests give each test its own.
 
@@ -33,17 +40,17 @@ and the tests named in it check the bounds):
 | `{i}:changes` | price and stock changes | count `item_changes_max` |
 | `{m}:*` | messages | TTL `outbox.MESSAGE_TTL_S` (`attempts`: count 50) |
 | `device:<id>` | devices | TTL; deleted on unregister, eviction, erasure |
-| `log:interactions` | valid events | MAXLEN ~ `interaction_log_maxlen` |
+| `{log:n}:interactions` | valid events | MAXLEN ~ `interaction_log_maxlen / shards` each |
 | `log:rejected` | rejected input | MAXLEN ~ `rejected_log_maxlen`; entries of at most |
 | | | `redaction.PAYLOAD_MAX_CHARS` (a failed batch: one per event) |
 | `log:dead` | calls parked after many deliveries | MAXLEN ~ `dead_letters_maxlen`; as above |
 | `deliveries:<task id>` | redelivered messages | TTL `dead_letters.COUNT_TTL_S` |
 | `push:breakers` | routes whose breaker tripped | age `BREAKER_ROUTES_KEPT_S` past the trip |
-| `metrics` | counter names | fixed names, per task, code, rule, channel, outcome of the |
+| `{metrics:n}:*` | counter names | fixed names, per task, code, rule, channel, outcome of the |
 | | | config; unknown task names all count as `unknown_task` |
-| `{delayed}:*` | pending jobs | acked when moved; cart and browse rules debounced per shopper |
-| `outbox:queued` | messages awaiting delivery | removed when settled, parked, or record gone |
-| `trend:*:<bucket>` | items, categories per bucket | EXPIREAT after `trending_buckets_kept` |
+| `{delayed:n}:*` | pending jobs | acked when moved; cart and browse rules debounced per shopper |
+| `{outbox:n}:queued` | messages awaiting delivery | removed when settled, parked, or record gone |
+| `{trend:n}:*:<bucket>` | items, categories per bucket | EXPIREAT after `trending_buckets_kept` |
 | `catalog`, `{i}:item` | items upserted | the shop's catalog (never expired) |
 | `{live}:items` | items whose category, brand or sold-out state changed | trimmed to the |
 | | | changes since the published build read the catalog, at each publish |
