@@ -29,8 +29,8 @@ from push.gateways.apns import APNS_URL
 from push.gateways.fcm import FCM_URL
 from push.ssrf import canonical_host
 from worker.clock import SimulatedClock, followed
+from worker.redis_urls import cluster_nodes, is_cluster_url
 from worker.rules import DEFAULT_RULES, Rule
-from worker.store.client import cluster_nodes, is_cluster_url
 
 ENV_PREFIX = "PUSHREC_"
 CONFIG_ENV = "PUSHREC_CONFIG"

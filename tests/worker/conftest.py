@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     from tests.worker.realtime import Gateways
 
 from worker.client import PushrecClient
+from worker.redis_urls import is_cluster_url
 from worker.service.runtime import Runtime
 from worker.settings import Settings
-from worker.store.client import is_cluster_url
 
 
 @pytest.fixture
