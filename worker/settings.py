@@ -31,6 +31,7 @@ from push.ssrf import canonical_host
 from worker.campaigns import Campaign
 from worker.clock import SimulatedClock, followed
 from worker.coupon_config import CouponPool, check_pools
+from worker.redis_urls import cluster_nodes, is_cluster_url
 from worker.rules import DEFAULT_RULES, Rule
 from worker.segments import Segment, check_segments
 
@@ -43,6 +44,16 @@ _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 class SettingsError(Exception):
     """The configuration is invalid; the message says which setting and why."""
+
+
+# Global key families' shards on a cluster: enough for the load to spread over a few
+# masters (each shard is one hash slot), few enough that reading every shard (the
+# scheduler's claim, the trending read) stays one short pipeline.
+CLUSTER_SHARDS = 16
+_CLUSTER_BROKER = (
+    "a Redis Cluster cannot be Celery's broker (kombu's Redis transport speaks to one "
+    "node): set broker_url (PUSHREC_BROKER_URL) to a separate Redis or to RabbitMQ"
+)
 
 
 def _default_state_dir() -> Path:
@@ -109,10 +120,23 @@ class Settings(BaseSettings):
     # --- connections -----------------------------------------------------------------
     redis_url: str | None = Field(
         default=None,
-        description="State store. Unset: start an embedded redis-server under state_dir.",
+        description="State store: redis://, rediss://, unix://, or a Redis Cluster as "
+        "redis+cluster://host:port[,host:port...]. Unset: start an embedded redis-server "
+        "under state_dir.",
     )
     broker_url: str | None = Field(
-        default=None, description="Celery broker; defaults to redis_url (Redis or amqp://)."
+        default=None,
+        description="Celery broker (Redis or amqp://, never a cluster); defaults to "
+        "redis_url when that names a single node.",
+    )
+    state_shards: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="How many hash-tagged keys each global key family (delayed jobs, "
+        "outbox queue, interaction log, trending, metrics) is split into, so a Redis "
+        "Cluster spreads them over its masters. Unset: 16 on a cluster, 1 on one node. "
+        "Every process of a deployment must use the same value.",
     )
     key_prefix: str = Field(default="pushrec", description="Prefix of every state key.")
     broker_key_prefix: str = Field(
@@ -360,8 +384,19 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
-        if value and urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if not value:
+            return None
+        if is_cluster_url(value):
+            cluster_nodes(value)  # raises ValueError naming the bad node
+        elif urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("must start with redis://, rediss://, unix:// or redis+cluster://")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str | None) -> str | None:
+        if value and is_cluster_url(value):
+            raise ValueError(_CLUSTER_BROKER)
         return value or None
 
     @field_validator("index_store", mode="before")
@@ -435,6 +470,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
+        if self.broker_url is None and self.redis_url and is_cluster_url(self.redis_url):
+            raise ValueError(f"broker_url: {_CLUSTER_BROKER}")
         if self.task_time_limit_s >= self.visibility_timeout_s:
             raise ValueError(
                 "task_time_limit_s must be below visibility_timeout_s, or a running task "
@@ -494,6 +531,24 @@ class Settings(BaseSettings):
         if url is None:
             raise SettingsError("no Redis URL yet: start the embedded server first")
         return url
+
+    @property
+    def result_backend_url(self) -> str:
+        """Where Celery keeps task results: the state Redis when it is one node, else the
+        broker when that is a Redis (Celery's Redis backend speaks to one node), else
+        none ('')."""
+        url = self.redis_url or ""
+        if not is_cluster_url(url):
+            return url
+        broker = self.effective_broker_url
+        return broker if urlsplit(broker).scheme in {"redis", "rediss", "unix"} else ""
+
+    @property
+    def shards(self) -> int:
+        """`state_shards`, or its default for the kind of Redis `redis_url` names."""
+        if self.state_shards is not None:
+            return self.state_shards
+        return CLUSTER_SHARDS if self.redis_url and is_cluster_url(self.redis_url) else 1
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():

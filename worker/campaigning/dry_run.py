@@ -16,8 +16,6 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import redis
-
 from worker.campaigning.runs import PLAN_CHUNK, Runs, outcome_of
 from worker.campaigning.timing import zone_of
 from worker.campaigns import Campaign
@@ -26,6 +24,7 @@ from worker.firing.firer import DryFiring, Firer
 from worker.segmenting.query import SegmentQuery
 from worker.shoppers.catalog import Catalog
 from worker.shoppers.snapshot import decode_preferences
+from worker.store.client import StateRedis
 from worker.store.keys import Keys
 
 _KEPT_S = 3600
@@ -37,7 +36,7 @@ def is_send(outcome: str) -> bool:
 
 
 def dry_run(
-    client: redis.Redis,
+    client: StateRedis,
     keys: Keys,
     runs: Runs,
     segments: SegmentQuery,
@@ -104,7 +103,7 @@ def dry_run(
     }
 
 
-def _zones(client: redis.Redis, keys: Keys, users: list[str]) -> dict[str, str]:
+def _zones(client: StateRedis, keys: Keys, users: list[str]) -> dict[str, str]:
     pipe = client.pipeline(transaction=False)
     for user in users:
         pipe.hgetall(keys.user(user).preferences)

@@ -21,12 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import redis
-
 from push.coupons import OfferText, format_coupon, new_coupon, normalize_coupon
 from worker.coupon_config import CouponPool, CouponSpec
 from worker.coupons.codes import lookup_forms
 from worker.coupons.reminders import Reminders
+from worker.store.client import StatePipeline, StateRedis
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
 from worker.store.scripts import Scripts
@@ -107,7 +106,7 @@ def _cents(value: float | None) -> int:
 class Coupons:
     def __init__(
         self,
-        client: redis.Redis,
+        client: StateRedis,
         keys: Keys,
         scripts: Scripts,
         metrics: Metrics,
@@ -205,7 +204,7 @@ class Coupons:
         return self._issued(self.pools[pool_name], code, stored, fresh=False)
 
     def _note_holder(
-        self, pool: CouponPool, code: str, user_id: str, expires: float, pipe: redis.client.Pipeline
+        self, pool: CouponPool, code: str, user_id: str, expires: float, pipe: StatePipeline
     ) -> None:
         """The issue's writes outside the pool's slot (in `pipe`), idempotent (a retried
         issue writes them again): code -> pool for checkouts, the shopper's codes."""

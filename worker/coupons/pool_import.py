@@ -17,10 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
 from worker.coupon_config import CouponPool
 from worker.coupons.codes import BadRow, CodeRow, read_code_file
+from worker.store.client import StateRedis
 from worker.store.keys import Keys
 
 _CHUNK = 1000
@@ -49,7 +48,7 @@ class ImportReport:
 
 
 def import_codes(
-    client: redis.Redis,
+    client: StateRedis,
     keys: Keys,
     pool: CouponPool,
     lines: Iterable[str],

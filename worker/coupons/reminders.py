@@ -19,11 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import redis
-
 from worker.policy.jobs import Trigger
 from worker.policy.kinds import KINDS
 from worker.rules import Rule
+from worker.store.client import StatePipeline
 from worker.store.delayed import DelayedJobs
 
 EXTRA_CODE = "coupon_code"  # the FireJob extra naming the code (not `coupon`: extras reach
@@ -36,7 +35,7 @@ class Reminders:
         self._delayed = delayed
 
     def schedule(
-        self, user_id: str, code: str, expires_at: float, now: float, pipe: redis.client.Pipeline
+        self, user_id: str, code: str, expires_at: float, now: float, pipe: StatePipeline
     ) -> None:
         """Park each reminder rule's firing for this code (in `pipe`); idempotent."""
         for rule in self._rules:

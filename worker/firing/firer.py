@@ -21,8 +21,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, ParamSpec, TypeVar
 
-import redis
-
 from indexing import LoadedIndex
 from push import fingerprint
 from push.errors import PushError
@@ -42,6 +40,7 @@ from worker.shoppers.audit import Audit, Decision, FireAction
 from worker.shoppers.catalog import Catalog
 from worker.shoppers.snapshot import Shopper, ShopperReads
 from worker.shoppers.state import StateStore
+from worker.store.client import StatePipeline, StateRedis
 from worker.store.delayed import DelayedJobs, Job
 from worker.store.errors import describe, stack
 from worker.store.keys import Keys
@@ -97,7 +96,7 @@ class _Firing:
 class Firer:
     def __init__(
         self,
-        client: redis.Redis,
+        client: StateRedis,
         keys: Keys,
         settings: Settings,
         state: StateStore,
@@ -430,7 +429,7 @@ class Firer:
         if deliver:
             self._deliver(deliver, owner, stored)
 
-    def _record(self, f: _Firing, now: float, writes: redis.client.Pipeline) -> None:
+    def _record(self, f: _Firing, now: float, writes: StatePipeline) -> None:
         assert f.action, "every firing is decided before it is recorded"
         f.decision["action"] = f.action
         f.decision["reason"] = f.reason

@@ -26,8 +26,6 @@ import random
 import threading
 import time
 
-import redis
-
 from indexing import (
     ArtifactError,
     ArtifactNotFoundError,
@@ -38,6 +36,7 @@ from indexing import (
     load_index,
 )
 from worker.firing.live_items import LiveItems
+from worker.store.client import StateRedis
 from worker.store.errors import TRANSIENT, describe
 from worker.store.keys import Keys
 
@@ -53,7 +52,7 @@ class IndexHolder:
     """One per worker process; its pool threads may call `between_tasks` concurrently."""
 
     def __init__(
-        self, store: ArtifactStore, client: redis.Redis, keys: Keys, check_every_s: float = 5.0
+        self, store: ArtifactStore, client: StateRedis, keys: Keys, check_every_s: float = 5.0
     ) -> None:
         self._store = store
         self._client = client

@@ -456,12 +456,10 @@ def _step(rt: Runtime, ahead: list[Row], i: int, due: float, shift: float) -> tu
         j += 1
     if j - i == _STEP_EVENTS:
         limit = ahead[j - 1].ts  # the rest of the window is the next step's
-    last_job = rt.redis.zrevrangebyscore(
-        rt.keys.delayed_due, limit + shift, "-inf", start=0, num=1, withscores=True
-    )
+    last_job = rt.delayed.last_due(limit + shift)
     target = max(ahead[j - 1].ts if j > i else -math.inf, due if due <= limit else -math.inf)
-    if last_job:
-        target = max(target, float(last_job[0][1]) - shift)
+    if last_job is not None:
+        target = max(target, last_job - shift)
     return j, target
 
 
@@ -476,8 +474,7 @@ def _by_shopper(rows: list[Row]) -> list[list[Row]]:
 
 def _next_due(rt: Runtime) -> float:
     """When the next delayed job is due (simulated epoch seconds), or infinity."""
-    first = rt.redis.zrange(rt.keys.delayed_due, 0, 0, withscores=True)
-    return float(first[0][1]) if first else math.inf
+    return rt.delayed.next_due()
 
 
 def _settled(rt: Runtime, stack: Stack, now: float, deadline: float) -> None:
@@ -493,9 +490,8 @@ def _settled(rt: Runtime, stack: Stack, now: float, deadline: float) -> None:
         for q in queues:
             pipe.llen(q)
         pipe.hlen("unacked")
-        pipe.zcount(rt.keys.delayed_due, "-inf", now)
-        pipe.zcard(rt.keys.delayed_inflight)
-        busy = sum(int(n) for n in pipe.execute())
+        busy = sum(int(n) for n in pipe.execute()) + rt.delayed.counts(now)
+        busy += rt.delayed.claimed()
         quiet = quiet + 1 if busy == 0 else 0
         time.sleep(0.005)
     stack.check()

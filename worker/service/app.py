@@ -80,7 +80,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     return {
         "broker_url": contract.celery_url(settings.effective_broker_url),
-        "result_backend": contract.celery_url(settings.redis_url or ""),
+        "result_backend": contract.celery_url(settings.result_backend_url),
         # JSON only: a pickle payload from the network is code execution.
         "task_serializer": "json",
         "result_serializer": "json",

@@ -10,11 +10,10 @@ nothing.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Iterator
 from typing import Any
-
-import redis
 
 from indexing import Item, read_events
 from indexing.pipeline import build_version
@@ -22,6 +21,7 @@ from worker.firing.index_store import open_index_store
 from worker.firing.live_items import current_seq, publish_snapshot
 from worker.settings import Settings
 from worker.shoppers.catalog import Catalog
+from worker.store.client import StateRedis
 from worker.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -29,18 +29,29 @@ log = logging.getLogger(__name__)
 _CHUNK = 10_000
 
 
-def stream_rows(client: redis.Redis, key: str) -> Iterator[dict[str, str]]:
-    """Every entry of the interaction log, oldest first, read in chunks."""
+def _entry_order(entry: tuple[str, dict[str, str]]) -> tuple[int, int]:
+    ms, _, seq = entry[0].partition("-")
+    return int(ms), int(seq)
+
+
+def _stream_entries(client: StateRedis, key: str) -> Iterator[tuple[str, dict[str, str]]]:
     start = "-"
     while True:
         rows: list[tuple[str, dict[str, str]]] = client.xrange(
             key, min=start, max="+", count=_CHUNK
         )  # type: ignore[assignment]
-        for _, fields in rows:
-            yield fields
+        yield from rows
         if len(rows) < _CHUNK:
             return
         start = "(" + rows[-1][0]
+
+
+def interaction_rows(client: StateRedis, keys: Keys) -> Iterator[dict[str, str]]:
+    """Every entry of the interaction log, all shards merged by entry id (the time each
+    was logged), oldest first, read in chunks."""
+    shards = [_stream_entries(client, keys.interaction_log(n)) for n in keys.all_shards]
+    for _, fields in heapq.merge(*shards, key=_entry_order):
+        yield fields
 
 
 def catalog_items(catalog: Catalog) -> dict[str, Item]:
@@ -59,10 +70,10 @@ def catalog_items(catalog: Catalog) -> dict[str, Item]:
 
 
 def rebuild_index(
-    client: redis.Redis, keys: Keys, settings: Settings, catalog: Catalog, *, force: bool = False
+    client: StateRedis, keys: Keys, settings: Settings, catalog: Catalog, *, force: bool = False
 ) -> dict[str, Any]:
     """Build from the live interaction log and publish through the gate; flip the pointer."""
-    events, report = read_events(stream_rows(client, keys.interaction_log))
+    events, report = read_events(interaction_rows(client, keys))
     seq = current_seq(client, keys)  # before the catalog: later marks stay for the workers
     items = catalog_items(catalog)
     result = build_version(

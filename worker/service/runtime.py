@@ -14,10 +14,6 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from push.gateway import Router
 from push.ssrf import DestinationGuard
 from worker.campaigning.runs import Runs
@@ -42,6 +38,7 @@ from worker.shoppers.contacts import Contacts
 from worker.shoppers.inputs import Limits
 from worker.shoppers.segment_index import SegmentIndex
 from worker.shoppers.state import StateStore
+from worker.store.client import StateRedis, connect_state
 from worker.store.dead_letters import DeadLetters
 from worker.store.delayed import DelayedJobs
 from worker.store.errors import TRANSIENT, describe
@@ -53,23 +50,6 @@ from worker.store.scripts import Scripts
 log = logging.getLogger(__name__)
 
 
-def connect_redis(url: str) -> redis.Redis:
-    """A pooled client that does not retry by itself.
-
-    Retries happen at the task level, where every write is decided once (event ids,
-    message ids); a client-level retry would re-send a whole pipeline whose first send
-    may have been applied, counting its counters twice (seen in the Redis restart test).
-    """
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        retry=Retry(NoBackoff(), retries=0),
-    )
-
-
 def _no_enqueue(task: str, kwargs: dict[str, Any]) -> None:
     raise RuntimeError(f"this runtime cannot send tasks ({task})")
 
@@ -77,7 +57,7 @@ def _no_enqueue(task: str, kwargs: dict[str, Any]) -> None:
 @dataclass
 class Runtime:
     settings: Settings
-    redis: redis.Redis
+    redis: StateRedis
     keys: Keys
     scripts: Scripts
     metrics: Metrics
@@ -113,8 +93,8 @@ class Runtime:
         unit tests send through `push.fake.RecordingGateway`)."""
         if settings.redis_url is None:
             raise ValueError("Runtime.open needs settings with a redis_url")
-        client = connect_redis(settings.redis_url)
-        keys = Keys(settings.key_prefix)
+        client = connect_state(settings.redis_url)
+        keys = Keys(settings.key_prefix, settings.shards)
         scripts = Scripts.register(client)
         # Redis may be away while a worker starts (or loading, or read-only): the first
         # task then meets NoScriptError and loads them (service/tasks.py, `_run`).

@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from worker.contract import DELIVER, FIRE, Enqueue, enqueue_batched
 from worker.delivery.outbox import Outbox
+from worker.store.client import StateRedis
 from worker.store.delayed import DelayedJobs
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class LeaderLock:
     """A Redis lease held by one process at a time; renewed while the holder lives, so
     `ttl_s` after a holder dies another process may take it."""
 
-    def __init__(self, client: redis.Redis, key: str, ttl_s: float) -> None:
+    def __init__(self, client: StateRedis, key: str, ttl_s: float) -> None:
         self._client = client
         self._key = key
         self._ttl_ms = int(ttl_s * 1000)

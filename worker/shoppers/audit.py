@@ -18,9 +18,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Literal, NotRequired, TypedDict
 
-import redis
-
 from worker.shoppers.inputs import Event
+from worker.store.client import StatePipeline, StateRedis
 from worker.store.keys import Keys
 
 FireAction = Literal["queued", "suppress", "defer", "error", "duplicate", "dropped"]
@@ -78,7 +77,7 @@ STAT_FIELDS = (
 
 class Audit:
     def __init__(
-        self, client: redis.Redis, keys: Keys, kept: int, window_s: int, ttl_s: int
+        self, client: StateRedis, keys: Keys, kept: int, window_s: int, ttl_s: int
     ) -> None:
         self._client = client
         self._keys = keys
@@ -86,13 +85,11 @@ class Audit:
         self._window_s = window_s
         self._ttl_s = ttl_s
 
-    def count(
-        self, rule: str, field: str, n: int = 1, pipe: redis.client.Pipeline | None = None
-    ) -> None:
+    def count(self, rule: str, field: str, n: int = 1, pipe: StatePipeline | None = None) -> None:
         (pipe or self._client).hincrby(self._keys.rule_stats(rule), field, n)
 
     def record_decision(
-        self, user_id: str, decision: Decision, pipe: redis.client.Pipeline | None = None
+        self, user_id: str, decision: Decision, pipe: StatePipeline | None = None
     ) -> None:
         """Keep `decision` on the shopper (in `pipe` when given; the caller runs it)."""
         key = self._keys.user(user_id).decisions
@@ -115,7 +112,7 @@ class Audit:
         rule: str,
         cell: str,
         now: float,
-        pipe: redis.client.Pipeline | None = None,
+        pipe: StatePipeline | None = None,
     ) -> None:
         """Note which message (cell `treated` or `holdout`) last concerned each item."""
         if not items:

@@ -1,12 +1,19 @@
 """Every Redis key pushrec uses, in one place.
 
-All of one shopper's keys carry the hash tag `{u:<user_id>}` and all of one item's keys
-`{i:<item_id>}`, so a Lua script that touches one shopper (or one item) touches one
-Redis Cluster slot. Global keys (logs, trending counters, metrics) are written in
-separate, idempotent steps, never inside a per-shopper script. One script spans slots on
-purpose: `register_device.lua` moves a device (`device:<id>` and the two shoppers'
-`devices` hashes) in one step, since the move must be atomic. Redis Cluster refuses
-such a script (CROSSSLOT): there, registration needs another way to move a device.
+All of one shopper's keys carry the hash tag `{u:<user_id>}`, all of one item's keys
+`{i:<item_id>}` and all of one message's `{m:<message_id>}`, so a Lua script, a
+transaction or a multi-key command that touches one of them touches one Redis Cluster
+slot. Nothing spans slots: a device's move between shoppers is single-slot steps with
+the owner key (`device:<id>`) as the truth (`Contacts._move`), and one route's breaker
+keys share `{b:<route>}`.
+
+Global key families that grow with the shop (delayed jobs, the outbox queue, the
+interaction log, trending counters, metrics) are split into `shards` keys, each with the
+hash tag `{<family>:<n>}` (n = `shard_of(id)`, CRC-32 of the job, message, shopper, item
+or category id; metrics: of the writing process), so a cluster spreads them over its
+masters and a reader walks `all_shards`; with `shards == 1` (a single node) each family
+is one key. A delayed-jobs shard keeps its three keys in one slot, so one script claims
+from it atomically.
 
 The prefix (`Settings.key_prefix`) leads every key; tests give each test its own.
 
@@ -33,17 +40,17 @@ and the tests named in it check the bounds):
 | `{i}:changes` | price and stock changes | count `item_changes_max` |
 | `{m}:*` | messages | TTL `outbox.MESSAGE_TTL_S` (`attempts`: count 50) |
 | `device:<id>` | devices | TTL; deleted on unregister, eviction, erasure |
-| `log:interactions` | valid events | MAXLEN ~ `interaction_log_maxlen` |
+| `{log:n}:interactions` | valid events | MAXLEN ~ `interaction_log_maxlen / shards` each |
 | `log:rejected` | rejected input | MAXLEN ~ `rejected_log_maxlen`; entries of at most |
 | | | `redaction.PAYLOAD_MAX_CHARS` (a failed batch: one per event) |
 | `log:dead` | calls parked after many deliveries | MAXLEN ~ `dead_letters_maxlen`; as above |
 | `deliveries:<task id>` | redelivered messages | TTL `dead_letters.COUNT_TTL_S` |
 | `push:breakers` | routes whose breaker tripped | age `BREAKER_ROUTES_KEPT_S` past the trip |
-| `metrics` | counter names | fixed names, per task, code, rule, channel, outcome of the |
+| `{metrics:n}:*` | counter names | fixed names, per task, code, rule, channel, outcome of the |
 | | | config; unknown task names all count as `unknown_task` |
-| `{delayed}:*` | pending jobs | acked when moved; cart and browse rules debounced per shopper |
-| `outbox:queued` | messages awaiting delivery | removed when settled, parked, or record gone |
-| `trend:*:<bucket>` | items, categories per bucket | EXPIREAT after `trending_buckets_kept` |
+| `{delayed:n}:*` | pending jobs | acked when moved; cart and browse rules debounced per shopper |
+| `{outbox:n}:queued` | messages awaiting delivery | removed when settled, parked, or record gone |
+| `{trend:n}:*:<bucket>` | items, categories per bucket | EXPIREAT after `trending_buckets_kept` |
 | `catalog`, `{i}:item` | items upserted | the shop's catalog (never expired) |
 | `{live}:items` | items whose category, brand or sold-out state changed | trimmed to the |
 | | | changes since the published build read the catalog, at each publish |
@@ -280,6 +287,32 @@ class BreakerKeys:
         return f"{self.base}:probe"
 
 
+@dataclass(frozen=True)
+class DelayedKeys:
+    """One shard of the delayed jobs (the KEYS of `delayed_claim.lua` and
+    `delayed_ack.lua`, in `all()`'s order)."""
+
+    base: str
+
+    @property
+    def due(self) -> str:
+        """zset: job_id -> due time."""
+        return f"{self.base}:due"
+
+    @property
+    def inflight(self) -> str:
+        """zset: job_id -> lease expiry of a claimed job not yet acknowledged."""
+        return f"{self.base}:inflight"
+
+    @property
+    def jobs(self) -> str:
+        """hash: job_id -> JSON {task, kwargs}."""
+        return f"{self.base}:jobs"
+
+    def all(self) -> list[str]:
+        return [self.due, self.inflight, self.jobs]
+
+
 BREAKER_ROUTES_KEPT_S = 86_400
 
 
@@ -497,10 +530,14 @@ class Keys:
         return f"{self.prefix}:{{i:{item_id}}}:interested"
 
     @property
-    def outbox_queued(self) -> str:
+    def all_shards(self) -> range:
+        """Every shard number: what a reader of a whole sharded family walks."""
+        return range(self.shards)
+
+    def outbox_queued(self, shard: int) -> str:
         """zset: message_id -> time queued, until its delivery settles or is parked
-        (the scheduler re-sends deliveries whose task was lost)."""
-        return f"{self.prefix}:outbox:queued"
+        (the scheduler re-sends deliveries whose task was lost); sharded by message id."""
+        return f"{self.sharded('outbox', shard)}:queued"
 
     @property
     def scheduler_lock(self) -> str:
@@ -544,10 +581,10 @@ class Keys:
         """string: the `live_seq` the published build read before it read the catalog."""
         return f"{self.prefix}:{{live}}:snapshot"
 
-    @property
-    def interaction_log(self) -> str:
-        """stream: every valid event (read by the index build job); capped."""
-        return f"{self.prefix}:log:interactions"
+    def interaction_log(self, shard: int) -> str:
+        """stream: every valid event (read by the index build job, every shard); sharded by
+        shopper; each shard capped."""
+        return f"{self.sharded('log', shard)}:interactions"
 
     @property
     def rejected_log(self) -> str:
@@ -565,32 +602,21 @@ class Keys:
         (`dead_letters.COUNT_TTL_S`)."""
         return f"{self.prefix}:deliveries:{task_id}"
 
-    # Delayed jobs: three keys in one slot ({delayed}) so one Lua script claims atomically.
-    @property
-    def delayed_due(self) -> str:
-        """zset: job_id -> due time."""
-        return f"{self.prefix}:{{delayed}}:due"
+    def delayed(self, shard: int) -> DelayedKeys:
+        """One shard of the delayed jobs: three keys in one slot (`{delayed:<n>}`), so
+        one Lua script claims atomically; jobs are sharded by job id."""
+        return DelayedKeys(self.sharded("delayed", shard))
 
-    @property
-    def delayed_inflight(self) -> str:
-        """zset: job_id -> lease expiry of a claimed job not yet acknowledged."""
-        return f"{self.prefix}:{{delayed}}:inflight"
+    def metrics(self, shard: int) -> str:
+        """hash: counter name -> value; each process adds to one shard (its own), a
+        reader sums them all."""
+        return f"{self.sharded('metrics', shard)}:counters"
 
-    @property
-    def delayed_jobs(self) -> str:
-        """hash: job_id -> JSON {task, kwargs}."""
-        return f"{self.prefix}:{{delayed}}:jobs"
-
-    @property
-    def metrics(self) -> str:
-        """hash: counter name -> value."""
-        return f"{self.prefix}:metrics"
-
-    @property
-    def gateway_latency(self) -> str:
+    def gateway_latency(self, shard: int) -> str:
         """hash: "<channel>:<bucket upper bound s>" -> sends (not cumulative), "<channel>:count",
-        "<channel>:sum_us" (microseconds): the gateway latency histograms."""
-        return f"{self.prefix}:metrics:gateway_latency"
+        "<channel>:sum_us" (microseconds): the gateway latency histograms; sharded as
+        `metrics`."""
+        return f"{self.sharded('metrics', shard)}:gateway_latency"
 
     def push_token(self, key: str) -> str:
         """string: a gateway access token (FCM OAuth, APNs provider JWT), shared by
@@ -611,10 +637,10 @@ class Keys:
         """One route's breaker keys, in one slot (`{b:<route>}`): they share a MULTI."""
         return BreakerKeys(f"{self.prefix}:push:{{b:{route}}}")
 
-    def trending_items(self, bucket: int) -> str:
-        """zset: item_id -> weighted activity in time bucket `bucket`."""
-        return f"{self.prefix}:trend:item:{bucket}"
+    def trending_items(self, bucket: int, shard: int) -> str:
+        """zset: item_id -> weighted activity in time bucket `bucket`; sharded by item."""
+        return f"{self.sharded('trend', shard)}:item:{bucket}"
 
-    def trending_categories(self, bucket: int) -> str:
-        """zset: category -> weighted activity in time bucket `bucket`."""
-        return f"{self.prefix}:trend:cat:{bucket}"
+    def trending_categories(self, bucket: int, shard: int) -> str:
+        """zset: category -> weighted activity in time bucket `bucket`; sharded by category."""
+        return f"{self.sharded('trend', shard)}:cat:{bucket}"
