@@ -42,6 +42,8 @@ def drain_due(
         delayed.ack_many(claimed)
         moved += len(claimed)
         if len(claimed) < batch:
+            if moved:
+                log.info("moved %d due delayed jobs to the queues", moved)
             return moved
 
 
