@@ -22,7 +22,12 @@ from indexing import ncf
 from indexing.sample import SAMPLE_DIR, SampleSpec, build_sample, sample_files
 from worker.cli import index_publish
 from worker.cli.common import fail, load_settings, print_json
-from worker.cli.index_publish import moves_pointer, point_or_fail, workers_redis
+from worker.cli.index_publish import (
+    add_gate_options,
+    moves_pointer,
+    point_or_fail,
+    workers_redis,
+)
 from worker.firing.index_store import open_index_store
 
 if TYPE_CHECKING:
@@ -60,18 +65,12 @@ def register(subparsers: Any) -> None:
         help="make it current (quality gate) and, in the settings' store, move the workers' "
         "Redis pointer to it",
     )
-    build.add_argument("--force", action="store_true", help="publish despite the quality gate")
+    add_gate_options(build)
     build.add_argument("--rejected", type=Path, help="write rejected event rows here (CSV)")
     build.add_argument(
         "--params",
         type=Path,
         help="model parameters as JSON (the `params` of `pushrec eval --json`, or bare)",
-    )
-    build.add_argument(
-        "--max-drop",
-        type=float,
-        default=indexing.store.DEFAULT_MAX_DROP,
-        help="gate: allowed relative recall@10 drop",
     )
     build.set_defaults(handler=cmd_index_build)
     info = index_sub.add_parser("info", help="print the current manifest as JSON")

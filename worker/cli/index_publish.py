@@ -44,14 +44,19 @@ def register(index_sub: Any) -> None:
         "to it (a rollback, or a publish that could not reach Redis)",
     )
     publish.add_argument("version")
-    publish.add_argument("--force", action="store_true", help="publish despite the quality gate")
-    publish.add_argument(
+    add_gate_options(publish)
+    publish.set_defaults(handler=cmd_index_publish)
+
+
+def add_gate_options(parser: argparse.ArgumentParser) -> None:
+    """--force and --max-drop: how a publish meets the quality gate."""
+    parser.add_argument("--force", action="store_true", help="publish despite the quality gate")
+    parser.add_argument(
         "--max-drop",
         type=float,
         default=indexing.store.DEFAULT_MAX_DROP,
         help="gate: allowed relative recall@10 drop",
     )
-    publish.set_defaults(handler=cmd_index_publish)
 
 
 @contextmanager
