@@ -195,6 +195,21 @@ class Settings(BaseSettings):
     interaction_log_maxlen: int = Field(default=5_000_000, ge=1000)
     rejected_log_maxlen: int = Field(default=100_000, ge=100)
     dead_letters_maxlen: int = Field(default=100_000, ge=100)
+    interaction_log_max_age_days: int | None = Field(
+        default=365, ge=1, description="Housekeeping drops older log entries; unset: never."
+    )
+    rejected_log_max_age_days: int | None = Field(
+        default=30, ge=1, description="Housekeeping drops older rejected input; unset: never."
+    )
+    dead_letters_max_age_days: int | None = Field(
+        default=30, ge=1, description="Housekeeping drops older dead letters; unset: never."
+    )
+    retired_kept_days: int = Field(
+        default=90,
+        ge=1,
+        description="Stats and run history of a rule or campaign no longer configured "
+        "expire this long after housekeeping first finds it gone.",
+    )
     item_changes_max: int = Field(default=100, ge=1)
     cart_max_items: int = Field(
         default=100, ge=1, description="Distinct items per cart; the oldest-added go first."
@@ -239,6 +254,12 @@ class Settings(BaseSettings):
 
     scheduler_poll_s: float = Field(
         default=1.0, gt=0, le=60, description="How often due delayed jobs are moved."
+    )
+    housekeeping_interval_s: int = Field(
+        default=3600,
+        ge=10,
+        description="How often the leader scheduler prunes index versions, trims the "
+        "streams and expires retired ledgers.",
     )
     scheduler_lease_s: float = Field(
         default=15.0,
@@ -298,6 +319,25 @@ class Settings(BaseSettings):
     index_rebuild_cron: str | None = Field(
         default="30 3 * * *",
         description="When the scheduler rebuilds the index (crontab, UTC); empty = never.",
+    )
+    rebuild_time_limit_s: int = Field(
+        default=3600,
+        ge=60,
+        description="Hard limit of the index rebuild task (its own; other tasks have "
+        "task_time_limit_s). It may exceed visibility_timeout_s: a rebuild holds a lease, "
+        "and a copy the broker redelivers meanwhile finds it held and ends at once.",
+    )
+    index_versions_kept: int = Field(
+        default=5,
+        ge=1,
+        description="Housekeeping keeps this many newest versions in the index store, "
+        "besides the published one and any a worker served within index_serving_grace_s.",
+    )
+    index_serving_grace_s: int = Field(
+        default=86_400,
+        ge=60,
+        description="A version a worker process reported serving this recently is never "
+        "pruned (processes report at each version check, every 5 s while taking tasks).",
     )
 
     # --- push gateways: each named as its `push.config.GatewayConfig` field -------------
@@ -472,6 +512,7 @@ class Settings(BaseSettings):
     def _check_limits(self) -> Settings:
         if self.broker_url is None and self.redis_url and is_cluster_url(self.redis_url):
             raise ValueError(f"broker_url: {_CLUSTER_BROKER}")
+        # The rebuild alone may run longer: its lease turns a redelivered copy away.
         if self.task_time_limit_s >= self.visibility_timeout_s:
             raise ValueError(
                 "task_time_limit_s must be below visibility_timeout_s, or a running task "

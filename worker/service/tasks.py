@@ -40,6 +40,7 @@ from worker.service.runtime import Runtime
 from worker.settings import Settings
 from worker.shoppers.inputs import InvalidInput
 from worker.store.errors import TRANSIENT, describe, is_transient, stack
+from worker.store.lease import LeaseHeldError
 from worker.store.redaction import PAYLOAD_MAX_CHARS, storable_json
 
 log = logging.getLogger(__name__)
@@ -280,7 +281,11 @@ def _park_deliveries(rt: Runtime, kwargs: dict[str, Any]) -> None:
 def _rebuild(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
     """Internal: build an index from the interaction log and publish it (maintenance)."""
     force = bool(kwargs.get("force", False))
-    return rebuild.rebuild_index(rt.redis, rt.keys, rt.settings, rt.catalog, force=force)
+    try:
+        return rebuild.rebuild_index(rt.redis, rt.keys, rt.settings, rt.catalog, force=force)
+    except LeaseHeldError as exc:  # a copy redelivered past the visibility timeout, or a
+        log.info("index rebuild not started: %s", exc)  # rebuild run by hand meanwhile
+        return {"skipped": str(exc)}
 
 
 def _campaign_fire(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:

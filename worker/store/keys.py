@@ -40,10 +40,13 @@ and the tests named in it check the bounds):
 | `{i}:changes` | price and stock changes | count `item_changes_max` |
 | `{m}:*` | messages | TTL `outbox.MESSAGE_TTL_S` (`attempts`: count 50) |
 | `device:<id>` | devices | TTL; deleted on unregister, eviction, erasure |
-| `{log:n}:interactions` | valid events | MAXLEN ~ `interaction_log_maxlen / shards` each |
+| `{log:n}:interactions` | valid events | MAXLEN ~ `interaction_log_maxlen / shards` each; |
+| | | age `interaction_log_max_age_days` (housekeeping) |
 | `log:rejected` | rejected input | MAXLEN ~ `rejected_log_maxlen`; entries of at most |
-| | | `redaction.PAYLOAD_MAX_CHARS` (a failed batch: one per event) |
-| `log:dead` | calls parked after many deliveries | MAXLEN ~ `dead_letters_maxlen`; as above |
+| | | `redaction.PAYLOAD_MAX_CHARS` (a failed batch: one per event); age |
+| | | `rejected_log_max_age_days` (housekeeping) |
+| `log:dead` | calls parked after many deliveries | MAXLEN ~ `dead_letters_maxlen`; as above; age |
+| | | `dead_letters_max_age_days` (housekeeping) |
 | `deliveries:<task id>` | redelivered messages | TTL `dead_letters.COUNT_TTL_S` |
 | `push:breakers` | routes whose breaker tripped | age `BREAKER_ROUTES_KEPT_S` past the trip |
 | `{metrics:n}:*` | counter names | fixed names, per task, code, rule, channel, outcome of the |
@@ -60,7 +63,11 @@ and the tests named in it check the bounds):
 | | | has expired) |
 | `{seg:<n>}:cats` | categories with an affinity family in shard n | the catalog's categories |
 | `{seg:<n>}:run:<run>:*` | a campaign run's audience in shard n | TTL `runs.RUN_KEPT_S` |
-| `campaign:<name>:*` | runs of a campaign | one current run; history count 50 |
+| `campaign:<name>:*` | runs of a campaign | one current run; history count 50; a campaign |
+| | | no longer configured: expire `retired_kept_days` (housekeeping) |
+| `stats:<rule>` | rules and campaigns configured | fixed fields; a rule or campaign no |
+| | | longer configured: expire `retired_kept_days` (housekeeping) |
+| `index:serving` | index versions served | age `index_serving_grace_s` (housekeeping) |
 | `{c:<pool>}:issued`, `by_message`, `per_shopper`, | codes issued | the pool's `budget_count` |
 | `redeemed`, `expiring` | | (`expiring`: until swept at expiry) |
 | `{c:<pool>}:available` | imported codes not yet issued | the shop's files |
@@ -548,6 +555,22 @@ class Keys:
     def index_version(self) -> str:
         """string: the index artifact version workers should serve."""
         return f"{self.prefix}:index:current"
+
+    @property
+    def index_serving(self) -> str:
+        """zset: index version -> when a worker process last said it serves it (pruning
+        spares these); entries older than `index_serving_grace_s` go at housekeeping."""
+        return f"{self.prefix}:index:serving"
+
+    @property
+    def rebuild_lock(self) -> str:
+        """string: owner of the running index rebuild (a lease, renewed while it runs)."""
+        return f"{self.prefix}:index:rebuild"
+
+    @property
+    def housekeeping_last(self) -> str:
+        """string: JSON of the last housekeeping run (when, by whom, what it removed)."""
+        return f"{self.prefix}:housekeeping:last"
 
     def device_owner(self, device_id: str) -> str:
         """string: user_id that last registered this device (a token moves between users)."""
