@@ -90,9 +90,11 @@ class WorkerProcess:
         command: tuple[str, ...] = (),
         ready: str = " ready.",
         module: str = "worker",
+        prefix: tuple[str, ...] = (),
     ) -> None:
         """`command` replaces `pushrec worker`'s arguments; `module` the program run as
-        `python -m` (`celery`, for a test app)."""
+        `python -m` (`celery`, for a test app); `prefix` goes before the interpreter
+        (`ip netns exec NS`: a worker on another host of the multi-host test)."""
         self.log_path = log_path
         self._log = log_path.open("wb")
         self._ready = ready
@@ -103,7 +105,7 @@ class WorkerProcess:
             "--loglevel=INFO",
         )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
+            [*prefix, sys.executable, "-m", module, *args],
             env=worker_env(settings, env),
             stdout=self._log,
             stderr=subprocess.STDOUT,
