@@ -40,10 +40,9 @@ from tests.multihost.network import OPT_OUT, NamespacesUnavailable, Network, net
 from tests.object_store import TEST_CREDENTIALS, seaweedfs_server
 from tests.redis_cluster import redis_cluster
 from tests.redis_server import private_redis_server
-from tests.worker.conftest import WorkerProcess, node_name, wait_for, worker_env
+from tests.worker.conftest import WorkerProcess, node_name, producer_for, wait_for, worker_env
 from tests.worker.realtime import Gateways, register, rule, write_config
 from tests.worker.sharded import log_entries
-from worker.client import PushrecClient
 from worker.firing.index_store import open_index_store
 from worker.replay.engine import _catalog
 from worker.service import ingest
@@ -67,13 +66,11 @@ BUCKET = "pushrec-multihost"
 
 @dataclass
 class Shop:
-    """What the test holds: the network, the shop's runtime (outside), the producer."""
+    """How the shop starts pushrec on its hosts: the network, the settings every host
+    shares (each adds its own folders) and their environment."""
 
     net: Network
     settings: Settings
-    rt: Runtime
-    producer: PushrecClient
-    gateways: Gateways
     env: dict[str, str]
     tmp_path: Path
 
@@ -165,6 +162,15 @@ def _in_hand(process: WorkerProcess) -> set[str]:
     return tasks["received"] - tasks["succeeded"]
 
 
+def _deliveries(process: WorkerProcess) -> set[str]:
+    """Ids of the `pushrec.deliver` tasks the process received."""
+    return {
+        task_id
+        for name, task_id, what in TASK_LINE.findall(process.log())
+        if name == "pushrec.deliver" and what == "received"
+    }
+
+
 def _tags_by_token(gateways: Gateways) -> defaultdict[str, list[str]]:
     """The messages the FCM gateway took, by device token: their collapse tags (the
     message ids), one per request."""
@@ -225,17 +231,9 @@ def test_two_worker_hosts_share_the_index_and_one_survives_the_others_power_loss
             visibility_timeout_s=10, task_time_limit_s=8, rules=[RULE],
             cap_marketing_per_day=100, cap_total_per_day=100, **named,
         )  # fmt: skip
-        producer = PushrecClient(
-            broker,
-            broker_key_prefix=settings.broker_key_prefix,
-            queues={
-                "activity": settings.queue_activity,
-                "push": settings.queue_push,
-                "maintenance": settings.queue_maintenance,
-            },
-        )
+        producer = producer_for(settings)
         rt = Runtime.open(settings, enqueue=lambda task, kwargs: producer.send(task, **kwargs))
-        shop = Shop(net, settings, rt, producer, gateways, env, tmp_path)
+        shop = Shop(net, settings, env, tmp_path)
         started: list[WorkerProcess] = []
         try:
             now = time.time()
@@ -349,12 +347,3 @@ def test_two_worker_hosts_share_the_index_and_one_survives_the_others_power_loss
             rt.close()
             producer.close()
             gateways.close()
-
-
-def _deliveries(process: WorkerProcess) -> set[str]:
-    """Ids of the `pushrec.deliver` tasks the process received."""
-    return {
-        task_id
-        for name, task_id, what in TASK_LINE.findall(process.log())
-        if name == "pushrec.deliver" and what == "received"
-    }

@@ -164,18 +164,24 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., W
         worker.stop()
 
 
-@pytest.fixture
-def client(settings: Settings) -> Iterator[PushrecClient]:
-    with PushrecClient(
+def producer_for(settings: Settings, **options: Any) -> PushrecClient:
+    """A producer on `settings`' broker, key prefix and queues (`options`: more of
+    PushrecClient's, e.g. `result_backend`)."""
+    return PushrecClient(
         settings.effective_broker_url,
-        result_backend=settings.result_backend_url,
         broker_key_prefix=settings.broker_key_prefix,
         queues={
             "activity": settings.queue_activity,
             "push": settings.queue_push,
             "maintenance": settings.queue_maintenance,
         },
-    ) as producer:
+        **options,
+    )
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[PushrecClient]:
+    with producer_for(settings, result_backend=settings.result_backend_url) as producer:
         yield producer
 
 
