@@ -1,9 +1,24 @@
 """Scale-out benchmarks (issue 14): prints figures, writes JSON (no timed assertions).
 
     PYTHONPATH=. python bench/scale.py --part pull [--items 1000000] [--json bench/out/scale.json]
+    PYTHONPATH=. python bench/scale.py --part cluster [--events 40000] [--procs 2] [--batch 100]
 
 Parts, each writing its own section of the JSON file (the others are kept, so parts run
 separately):
+
+- `cluster`: the batched real-time path on one Redis node and on a three-master Redis
+  Cluster (`tests/redis_cluster.py`), on this machine. Each of `--procs` processes opens a
+  `Runtime` on the state store and applies its share of the events with
+  `ingest.track_batch` (batches of `--batch`, as a `pushrec.track_batch` task does: state
+  scripts, interaction log, trending, triggers, the delayed set), for shoppers disjoint
+  between processes. Celery is left out: its broker is the same single Redis in both
+  layouts (a cluster cannot be the broker), so only the state store differs. The events
+  are the shipped Online Retail sample's (bench/ingest.py `retail_events`), topped up with
+  synthetic ones; the default rules park their firings in the delayed set. Events/s = all
+  events / wall time from the first batch to the last, per layout; `ratio` = cluster /
+  node. On one 2-core machine the cluster's three masters (and three replicas) share the
+  cores with the clients, so the ratio shows the cost of the cluster client and sharding,
+  not the gain of more machines (README, "Scaling out").
 
 - `pull`: the index pull a worker host does at start-up or on a new version, from a local
   S3-compatible server (SeaweedFS, `tests/object_store.py`) on this machine: a synthetic
@@ -17,20 +32,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from index import synthetic_model
+from ingest import retail_events
 
 import indexing
 from indexing.build import BuildParams
 from tests.object_store import TEST_CREDENTIALS, seaweedfs_server
+from tests.redis_cluster import redis_cluster
+from tests.redis_server import delete_prefix, private_redis_server
+from worker.service import ingest
+from worker.service.runtime import Runtime
+from worker.settings import Settings
 
 _MB = 1 << 20
 
@@ -84,6 +107,70 @@ def bench_pull(items: int, index_kind: str, weed_log: Path) -> dict[str, Any]:
         }
 
 
+def _drive(
+    url: str, broker: str, prefix: str, state: str, events: list[dict[str, Any]], batch: int
+) -> tuple[float, float]:
+    """Apply `events` in batches; (start, end) wall times."""
+    settings = Settings.load(
+        redis_url=url, broker_url=broker, key_prefix=prefix, state_dir=Path(state)
+    )
+    rt = Runtime.open(settings)
+    try:
+        ingest.track_batch(rt, events[:batch], time.time(), "warm-up")  # scripts, pools
+        start = time.perf_counter()
+        for n in range(batch, len(events), batch):
+            ingest.track_batch(rt, events[n : n + batch], time.time(), f"b{n}")
+        return start, time.perf_counter()
+    finally:
+        rt.close()
+
+
+def _measure(
+    url: str, broker: str, events: list[dict[str, Any]], procs: int, batch: int
+) -> dict[str, Any]:
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    shares: list[list[dict[str, Any]]] = [[] for _ in range(procs)]
+    for e in events:  # one shopper's events stay in one process, in order
+        shares[hash(str(e["user_id"])) % procs].append(e)
+    with tempfile.TemporaryDirectory() as state:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(procs) as pool:
+            spans = pool.starmap(
+                _drive, [(url, broker, prefix, state, share, batch) for share in shares]
+            )
+    delete_prefix(url, prefix)
+    measured = sum(max(0, len(s) - batch) for s in shares)
+    seconds = max(end for _, end in spans) - min(start for start, _ in spans)
+    settings = Settings.load(redis_url=url, broker_url=broker)
+    return {
+        "events": measured,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(measured / seconds, 1),
+        "shards": settings.shards,
+    }
+
+
+def bench_cluster(n_events: int, procs: int, batch: int) -> dict[str, Any]:
+    events, source = retail_events(n_events)
+    print(f"{len(events)} events ({source}), {procs} processes, batches of {batch}")
+    results: dict[str, Any] = {}
+    with private_redis_server() as node:
+        results["node"] = _measure(node, node, events, procs, batch)
+        print("node   ", results["node"])
+        with redis_cluster() as cluster:
+            results["cluster"] = _measure(cluster.url, node, events, procs, batch)
+            print("cluster", results["cluster"])
+    ratio = results["cluster"]["events_per_s"] / results["node"]["events_per_s"]
+    print(f"cluster / node: {ratio:.2f}")
+    return {
+        "source": source,
+        "procs": procs,
+        "batch": batch,
+        "results": results,
+        "ratio_cluster_to_node": round(ratio, 3),
+    }
+
+
 def _merge(path: Path, part: str, figures: dict[str, Any]) -> None:
     data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     data[part] = {
@@ -97,8 +184,11 @@ def _merge(path: Path, part: str, figures: dict[str, Any]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--part", choices=["pull"], required=True)
-    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--part", choices=["pull", "cluster"], required=True)
+    parser.add_argument("--items", type=int, default=1_000_000, help="pull: catalog size")
+    parser.add_argument("--events", type=int, default=40_000, help="cluster: events applied")
+    parser.add_argument("--procs", type=int, default=2, help="cluster: client processes")
+    parser.add_argument("--batch", type=int, default=100, help="cluster: events per track_batch")
     parser.add_argument(
         "--index",
         choices=["flat", "hnsw"],
@@ -108,6 +198,8 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, default=Path("bench/out/scale.json"))
     args = parser.parse_args()
+    if args.part == "cluster":
+        figures = bench_cluster(args.events, args.procs, args.batch)
     if args.part == "pull":
         weed_log = Path(tempfile.gettempdir()) / "pushrec-bench-scale-weed.log"
         figures = bench_pull(args.items, args.index, weed_log)

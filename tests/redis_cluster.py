@@ -1,6 +1,7 @@
 """A real Redis Cluster for the tests: three masters and one replica each, six
-redis-servers with `--cluster-enabled yes` on free loopback ports, joined by
-`redis-cli --cluster create`, stopped and removed afterwards."""
+redis-servers with `--cluster-enabled yes` on free ports (of the loopback, or of an
+address the caller names, with a command prefix such as `ip netns exec NS` for the
+multi-host test), joined by `redis-cli --cluster create`, stopped and removed afterwards."""
 
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ class Cluster:
 
     url: str
     ports: tuple[int, ...]
+    host: str = "127.0.0.1"
 
     def node(self, port: int) -> redis.Redis:
-        return redis.Redis("127.0.0.1", port, decode_responses=True, socket_timeout=5)
+        return redis.Redis(self.host, port, decode_responses=True, socket_timeout=5)
 
     def role(self, port: int) -> str:
         return str(self.node(port).execute_command("ROLE")[0])
@@ -67,10 +69,13 @@ def _cluster_port() -> int:
         return port
 
 
-def _start_node(stack: ExitStack, folder: Path, port: int) -> None:
+def _start_node(
+    stack: ExitStack, folder: Path, host: str, port: int, prefix: tuple[str, ...]
+) -> None:
     folder.mkdir()
     process = subprocess.Popen(
-        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
+        [*prefix, find_redis_server(), "--port", str(port), "--bind", host,
+         "--protected-mode", "no",  # the bind address says who may connect
          "--dir", str(folder), "--cluster-enabled", "yes",
          "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "3000",
          "--save", "", "--appendonly", "no"],
@@ -85,7 +90,7 @@ def _start_node(stack: ExitStack, folder: Path, port: int) -> None:
     deadline = time.monotonic() + 10
     while True:
         try:
-            if redis.Redis("127.0.0.1", port, socket_connect_timeout=0.5).ping():
+            if redis.Redis(host, port, socket_connect_timeout=0.5).ping():
                 return
         except redis.RedisError:
             pass
@@ -95,7 +100,9 @@ def _start_node(stack: ExitStack, folder: Path, port: int) -> None:
 
 
 @contextmanager
-def redis_cluster() -> Iterator[Cluster]:
+def redis_cluster(host: str = "127.0.0.1", prefix: tuple[str, ...] = ()) -> Iterator[Cluster]:
+    """Nodes bound to `host`, each started as `prefix + redis-server ...`; the ports are
+    chosen free on the loopback (in a fresh network namespace every port is free)."""
     cli = shutil.which("redis-cli")
     if cli is None:
         raise RuntimeError(
@@ -104,13 +111,13 @@ def redis_cluster() -> Iterator[Cluster]:
     with tempfile.TemporaryDirectory(prefix="pushrec-test-cluster-") as tmp, ExitStack() as stack:
         ports = tuple(_cluster_port() for _ in range(2 * MASTERS))
         for port in ports:
-            _start_node(stack, Path(tmp) / str(port), port)
+            _start_node(stack, Path(tmp) / str(port), host, port, prefix)
         subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+            [*prefix, cli, "--cluster", "create", *(f"{host}:{p}" for p in ports),
              "--cluster-replicas", "1", "--cluster-yes"],
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
-        cluster = Cluster(",".join(f"127.0.0.1:{p}" for p in ports[:MASTERS]), ports)
-        cluster = Cluster(f"redis+cluster://{cluster.url}", ports)
+        seeds = ",".join(f"{host}:{p}" for p in ports[:MASTERS])
+        cluster = Cluster(f"redis+cluster://{seeds}", ports, host)
         cluster.wait_ok()
         yield cluster

@@ -44,18 +44,22 @@ def redis_server() -> Iterator[str]:
 
 
 @contextmanager
-def private_redis_server(*options: str) -> Iterator[str]:
-    """A redis-server of our own on a free loopback port (no persistence, 64 databases),
-    for a test that must break it or the session's; extra `options` go on its command line."""
+def private_redis_server(
+    *options: str, host: str = "127.0.0.1", prefix: tuple[str, ...] = ()
+) -> Iterator[str]:
+    """A redis-server of our own on a free port of `host` (default: the loopback; no
+    persistence, 64 databases), for a test that must break it or the session's; extra
+    `options` go on its command line, `prefix` before it (`ip netns exec NS`)."""
     with tempfile.TemporaryDirectory(prefix="pushrec-test-redis-") as data_dir:
         port = _free_port()
         process = subprocess.Popen(
-            [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
+            [*prefix, find_redis_server(), "--port", str(port), "--bind", host,
+             "--protected-mode", "no",  # the bind address says who may connect
              "--dir", data_dir, "--save", "", "--appendonly", "no", "--databases", "64",
              *options],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        url = f"redis://127.0.0.1:{port}/0"
+        url = f"redis://{host}:{port}/0"
         try:
             deadline = time.monotonic() + 10
             while not _answers(url):

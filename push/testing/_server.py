@@ -1,5 +1,6 @@
 """The machinery shared by the local gateways: a tiny ASGI base, scripting, recording,
-the JSON admin endpoint and a runner that serves an app on 127.0.0.1 from a thread.
+the JSON admin endpoint and a runner that serves an app from a thread (on 127.0.0.1, or an
+address the caller names).
 
 Every gateway server answers, besides its own protocol:
 
@@ -235,26 +236,32 @@ class GatewayServer:
         return Response.json(404, {"error": "unknown admin action"})
 
 
-def _free_port() -> int:
+def _free_port(host: str) -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
 @contextmanager
 def serve_app(
-    app: GatewayServer, *, port: int = 0, certfile: str | None = None, keyfile: str | None = None
+    app: GatewayServer,
+    *,
+    port: int = 0,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    host: str = "127.0.0.1",
 ) -> Iterator[str]:
-    """Serve `app` on 127.0.0.1 from a background thread; yield its base URL.
+    """Serve `app` on `host` (default 127.0.0.1) from a background thread; yield its base
+    URL.
 
     HTTP/1.1 and HTTP/2 (cleartext with prior knowledge, or TLS with ALPN when a
     certificate is given) on one port; a free port unless `port` is given (retried if
     another process takes it first). Stops and joins the thread on exit.
     """
     for attempt in range(5):
-        chosen = port or _free_port()
+        chosen = port or _free_port(host)
         try:
-            stop, thread = _start(app, chosen, certfile, keyfile)
+            stop, thread = _start(app, host, chosen, certfile, keyfile)
             break
         except RuntimeError:
             if port or attempt == 4:
@@ -267,10 +274,10 @@ def serve_app(
 
 
 def _start(
-    app: GatewayServer, port: int, certfile: str | None, keyfile: str | None
+    app: GatewayServer, host: str, port: int, certfile: str | None, keyfile: str | None
 ) -> tuple[Callable[[], None], threading.Thread]:
     config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
+    config.bind = [f"{host}:{port}"]
     config.keep_alive_max_requests = 1_000_000_000
     config.accesslog = None
     config.errorlog = None
@@ -279,7 +286,7 @@ def _start(
         config.certfile = certfile
         config.keyfile = keyfile
     scheme = "https" if certfile else "http"
-    app.base_url = f"{scheme}://127.0.0.1:{port}"
+    app.base_url = f"{scheme}://{host}:{port}"
     started = threading.Event()
     failure: list[BaseException] = []
     loop = asyncio.new_event_loop()
@@ -308,7 +315,7 @@ def _start(
     if failure:
         thread.join(10)
         raise RuntimeError(f"{app.name} server failed to start on port {port}") from failure[0]
-    _wait_listening(port)
+    _wait_listening(host, port)
 
     def request_stop() -> None:
         loop.call_soon_threadsafe(stop.set)
@@ -316,12 +323,12 @@ def _start(
     return request_stop, thread
 
 
-def _wait_listening(port: int, timeout: float = 10.0) -> None:
+def _wait_listening(host: str, port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.02)
-    raise RuntimeError(f"nothing listening on 127.0.0.1:{port}")
+    raise RuntimeError(f"nothing listening on {host}:{port}")

@@ -36,9 +36,11 @@ SUBJECT = "mailto:ops@pushrec.invalid"
 
 
 @contextmanager
-def local_gateways(state_dir: Path, *, latency_ms: float = 0.0) -> Iterator[dict[str, Any]]:
-    """Start the four servers, write their credentials under `state_dir`, yield the
-    state (see module doc); stop them on exit."""
+def local_gateways(
+    state_dir: Path, *, latency_ms: float = 0.0, host: str = "127.0.0.1"
+) -> Iterator[dict[str, Any]]:
+    """Start the four servers on `host`, write their credentials under `state_dir`, yield
+    the state (see module doc); stop them on exit."""
     state_dir.mkdir(parents=True, exist_ok=True)
     fcm, apns, webpush, webhook = (
         FcmServer(),
@@ -48,7 +50,7 @@ def local_gateways(state_dir: Path, *, latency_ms: float = 0.0) -> Iterator[dict
     )
     with ExitStack() as stack:
         for server in (fcm, apns, webpush, webhook):
-            stack.enter_context(serve_app(server))
+            stack.enter_context(serve_app(server, host=host))
             server.script.latency_s = latency_ms / 1000
         account = state_dir / "fcm-service-account.json"
         account.write_text(json.dumps(fcm.service_account()))
@@ -75,7 +77,7 @@ def local_gateways(state_dir: Path, *, latency_ms: float = 0.0) -> Iterator[dict
                 "PUSHREC_VAPID_PRIVATE_KEY": str(vapid_pem),
                 "PUSHREC_VAPID_SUBJECT": SUBJECT,
                 "PUSHREC_WEBHOOK_SECRET": webhook.secrets[0],
-                "PUSHREC_DESTINATION_ALLOWED_HOSTS": "127.0.0.1",
+                "PUSHREC_DESTINATION_ALLOWED_HOSTS": host,
             },
             "targets": {
                 "fcm": "fcm-demo-" + uuid.uuid4().hex,

@@ -90,9 +90,11 @@ class WorkerProcess:
         command: tuple[str, ...] = (),
         ready: str = " ready.",
         module: str = "worker",
+        prefix: tuple[str, ...] = (),
     ) -> None:
         """`command` replaces `pushrec worker`'s arguments; `module` the program run as
-        `python -m` (`celery`, for a test app)."""
+        `python -m` (`celery`, for a test app); `prefix` goes before the interpreter
+        (`ip netns exec NS`: a worker on another host of the multi-host test)."""
         self.log_path = log_path
         self._log = log_path.open("wb")
         self._ready = ready
@@ -103,7 +105,7 @@ class WorkerProcess:
             "--loglevel=INFO",
         )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
+            [*prefix, sys.executable, "-m", module, *args],
             env=worker_env(settings, env),
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -162,18 +164,24 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., W
         worker.stop()
 
 
-@pytest.fixture
-def client(settings: Settings) -> Iterator[PushrecClient]:
-    with PushrecClient(
+def producer_for(settings: Settings, **options: Any) -> PushrecClient:
+    """A producer on `settings`' broker, key prefix and queues (`options`: more of
+    PushrecClient's, e.g. `result_backend`)."""
+    return PushrecClient(
         settings.effective_broker_url,
-        result_backend=settings.result_backend_url,
         broker_key_prefix=settings.broker_key_prefix,
         queues={
             "activity": settings.queue_activity,
             "push": settings.queue_push,
             "maintenance": settings.queue_maintenance,
         },
-    ) as producer:
+        **options,
+    )
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[PushrecClient]:
+    with producer_for(settings, result_backend=settings.result_backend_url) as producer:
         yield producer
 
 

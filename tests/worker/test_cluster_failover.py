@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.redis_cluster import Cluster
-from tests.worker.conftest import wait_for
+from tests.worker.conftest import producer_for, wait_for
 from tests.worker.realtime import Gateways, register
 from tests.worker.sharded import log_entries
 from tests.worker.test_faults import fcm_accepted, open_shop
-from worker.client import PushrecClient
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -49,15 +48,7 @@ def test_a_replica_promoted_under_load_loses_no_event_and_sends_each_push_once(
             register(rt, user, "fcm", token, time.time())
         shop.worker("f-worker", concurrency=2)
         shop.scheduler("f-scheduler")
-        producer = PushrecClient(
-            shop.settings.effective_broker_url,
-            broker_key_prefix=shop.settings.broker_key_prefix,
-            queues={
-                "activity": shop.settings.queue_activity,
-                "push": shop.settings.queue_push,
-                "maintenance": shop.settings.queue_maintenance,
-            },
-        )
+        producer = producer_for(shop.settings)
         promoted = None
         with producer:
             for n, user in enumerate(users):

@@ -23,7 +23,7 @@ import redis
 from push.messages import web_push_topic
 from push.testing.serve import local_gateways
 from tests.redis_server import private_redis_server
-from tests.worker.conftest import WorkerProcess, node_name, wait_for
+from tests.worker.conftest import WorkerProcess, node_name, producer_for, wait_for
 from tests.worker.realtime import (
     Gateways,
     build_planted_index,
@@ -33,7 +33,6 @@ from tests.worker.realtime import (
     write_config,
 )
 from tests.worker.sharded import delayed_sizes
-from worker.client import PushrecClient
 from worker.delivery.outbox import message_id
 from worker.policy.jobs import FireJob, Trigger
 from worker.service.runtime import Runtime
@@ -124,15 +123,7 @@ def open_shop(base: Settings, tmp_path: Path, gateways: Gateways, **top: Any) ->
     settings = Settings.load(
         **base.model_dump(include=CONNECTION_FIELDS), **named, rules=[RULE], **top
     )
-    client = PushrecClient(
-        settings.effective_broker_url,
-        broker_key_prefix=settings.broker_key_prefix,
-        queues={
-            "activity": settings.queue_activity,
-            "push": settings.queue_push,
-            "maintenance": settings.queue_maintenance,
-        },
-    )
+    client = producer_for(settings)
     rt = Runtime.open(settings, enqueue=lambda task, kwargs: client.send(task, **kwargs))
     shop = Shop(settings, env, rt, tmp_path)
     try:

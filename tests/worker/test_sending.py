@@ -226,6 +226,7 @@ def test_when_the_best_candidates_are_sold_out_firing_reads_further_down_the_poo
     [decision] = [d for d in rt.audit.decisions(user) if d["message_id"] == mid]
     chosen = [c["item_id"] for c in decision["candidates"]]
     assert len(chosen) == 3 and not set(chosen) & set(sold_out)
+    assert decision["index_version"] == rt.index.version is not None  # what ranked them
 
 
 def test_one_failing_job_or_a_repeated_one_leaves_the_rest_of_the_batch_alone(

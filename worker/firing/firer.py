@@ -213,6 +213,8 @@ class Firer:
             if f.action:  # settled: the condition no longer holds, or an error
                 continue
             f.decision["candidates"] = [c.as_dict() for c in candidates]
+            if index is not None:
+                f.decision["index_version"] = index.version
             if not candidates:
                 f.action, f.reason, f.step = "suppress", "no items to offer", "recommend"
                 continue

@@ -50,6 +50,7 @@ class Decision(TypedDict, total=False):
     trigger: TriggerRecord
     message_id: str
     candidates: list[dict[str, Any]]  # `recommend.Candidate.as_dict()`, best first
+    index_version: str  # the index version that ranked the candidates, when one was served
     policy: dict[str, Any]  # `contact.Verdict.as_dict()`: each step's verdict
     action: FireAction
     reason: str
