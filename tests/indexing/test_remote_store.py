@@ -29,6 +29,8 @@ from indexing import (
 from indexing.store import MANIFEST_FILE
 from tests.indexing.conftest import planted_rows
 
+pytestmark = pytest.mark.object_store  # see .ci/run: not under a shifted clock
+
 
 @pytest.fixture(scope="module")
 def model() -> TrainedModel:

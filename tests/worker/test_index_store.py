@@ -20,6 +20,8 @@ from worker.firing.index_store import open_index_store
 from worker.service.runtime import Runtime
 from worker.settings import Settings
 
+pytestmark = pytest.mark.object_store  # see .ci/run: not under a shifted clock
+
 
 def host(settings: Settings, url: str, endpoint: str, cache: Path) -> Settings:
     """The settings of one host: the shared store, its own cache folder."""
