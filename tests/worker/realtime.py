@@ -218,3 +218,19 @@ def register(rt: Runtime, user: str, channel: str, target: str, now: float, **pr
         {"user_id": user, "consent": {"marketing": {"*": True}}, "timezone": "UTC", **prefs},
         now,
     )
+
+
+def campaign_settings(config: Path) -> dict[str, object]:
+    """The segments and campaigns of `config`, for the test's own runtime."""
+    import tomllib
+
+    from worker.campaigns import Campaign
+    from worker.segments import Segment
+
+    raw = tomllib.loads(config.read_text())
+    return {
+        "segments": tuple(Segment.model_validate(s) for s in raw["segments"]),
+        "campaigns": tuple(Campaign.model_validate(c) for c in raw["campaigns"]),
+        "cap_marketing_per_day": 100,
+        "cap_total_per_day": 100,
+    }

@@ -54,6 +54,7 @@ def dry_run(
     tag = f"dry-{uuid.uuid4().hex[:12]}"
     sizes = segments.store(campaign.segment, now, lambda s: s.run_audience(tag), _KEPT_S)
     outcomes: Counter[str] = Counter()
+    reasons: dict[str, Counter[str]] = defaultdict(Counter)
     per_hour: Counter[str] = Counter()
     per_zone: dict[str, Counter[int]] = defaultdict(Counter)
     sent: list[DryFiring] = []
@@ -78,6 +79,7 @@ def dry_run(
                         for user, firing in zip(chunk, firer.dry_fire(jobs, at), strict=True):
                             outcome = outcome_of(firing.decision)
                             outcomes[outcome] += 1
+                            reasons[outcome][str(firing.decision.get("reason") or "")] += 1
                             if not is_send(outcome):
                                 continue
                             sent.append(firing)
@@ -93,6 +95,7 @@ def dry_run(
         "anchor": anchor,
         "audience": sum(sizes),
         "outcomes": dict(sorted(outcomes.items())),
+        "outcome_reasons": {o: c.most_common(1)[0][0] for o, c in sorted(reasons.items())},
         "sends": sum(n for o, n in outcomes.items() if is_send(o)),
         "held_out": outcomes.get("queued.holdout", 0),
         "after_end_date": ended,
