@@ -106,7 +106,7 @@ def main() -> None:
         figures["index_activity_s"] = time.perf_counter() - started
         started = time.perf_counter()
         for user in users[: min(5000, len(users))]:
-            rt.segment_index.refresh_devices(user, now)
+            rt.segment_index.refresh_devices([user], now)
         figures["index_devices_per_s"] = min(5000, len(users)) / (time.perf_counter() - started)
 
         from worker.segmenting.rfm import compute_cuts

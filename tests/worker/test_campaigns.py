@@ -18,6 +18,7 @@ from worker.campaigns import Campaign
 from worker.contract import CAMPAIGN_FIRE, DELIVER
 from worker.delivery.requests import DeliveryRequest
 from worker.policy.jobs import FireJob
+from worker.segmenting.query import SegmentQuery
 from worker.segments import Segment
 from worker.service import ingest
 from worker.service.runtime import Runtime
@@ -153,6 +154,26 @@ def test_local_time_and_send_window_move_each_shoppers_time() -> None:
     assert due_at(windowed, night, {}, True) == night  # --now
 
 
+def test_a_device_the_gateway_declares_gone_leaves_the_channel_segment(
+    shop: tuple[Runtime, list[tuple[str, dict[str, Any]]]], gateways: Gateways
+) -> None:
+    rt, queued = shop
+    now = time.time()
+    _shoppers(rt, gateways, now - 10)
+    on_fcm = Segment.model_validate({"name": "on_fcm", "channel": "fcm"})
+    query = SegmentQuery(rt.redis, rt.keys, {"on_fcm": on_fcm})
+    assert query.size_and_sample("on_fcm", now, 0)[0] == 45
+    gateways.unregister("fcm", *(f"fcm-token-s{n}-{'x' * 20}" for n in range(45)))
+    run = rt.runs().start(CAMPAIGN, now, now, immediate=True)
+    rt.runs().dispatch(CAMPAIGN, now, rt.enqueue)
+    _run_tasks(rt, queued, now)
+    outcome = rt.redis.hgetall(rt.keys.segment(0).run_done(run["id"]))
+    sent = {user for user, o in outcome.items() if o == "queued.all_passed"}
+    assert sent  # each of them met the gateway's "unregistered"
+    size, members = query.size_and_sample("on_fcm", now, 100)
+    assert size == 45 - len(sent) and sent.isdisjoint(members)
+
+
 @pytest.mark.parametrize(
     ("table", "words"),
     [
@@ -164,6 +185,8 @@ def test_local_time_and_send_window_move_each_shoppers_time() -> None:
         ('[[segments]]\nname = "s"\nmin_orders = 2\n[[campaigns]]\nname = "c"\nsegment = "s"\n'
          'title = "{{ items[0"\nbody = "b"\n', "template.*line 4"),
         ('[[segments]]\nname = "s"\nall = ["t"]\n', "unknown segment 't'"),
+        ('[[rules]]\nname = "r"\nkind = "cart_abandoned"\ntitle = "t"\nbody = "{% if x %}"\n',
+         "rules.0.body.*template does not compile.*line 1"),
     ],
 )  # fmt: skip
 def test_a_bad_segment_or_campaign_stops_start_up_naming_field_and_line(
