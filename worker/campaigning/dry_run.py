@@ -1,15 +1,17 @@
 """A campaign's dry run: the run's own code with the send step replaced by a count.
 
 The audience is computed as a run computes it (`SegmentQuery.store`), each shopper's
-time as a run plans it (`Runs.due_times`), and each shopper is fired with
-`Firer.dry_fire` at that time: the same reads, recommendation, contact policy and
-composition, nothing written. The figures: audience, outcome per policy step, sends per
+time as a run plans it (`timing.due_at`), and each shopper is fired with `Firer.dry_fire`
+at that time (the minute after it: `_firing_time`): the same reads, recommendation,
+contact policy and composition, nothing written, a chunk of shoppers a round trip per
+stage. The figures: audience, outcome per policy step, sends per
 hour (UTC and in each shopper's timezone), coupons and their face value, a few sample
 messages with their items and reasons.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
@@ -19,13 +21,12 @@ from zoneinfo import ZoneInfo
 import redis
 
 from worker.campaigning.runs import PLAN_CHUNK, Runs, outcome_of
-from worker.campaigning.timing import zone_of
+from worker.campaigning.timing import due_at, zone_of
 from worker.campaigns import Campaign
 from worker.contract import INTERNAL_BATCH
 from worker.firing.firer import DryFiring, Firer
 from worker.segmenting.query import SegmentQuery
 from worker.shoppers.catalog import Catalog
-from worker.shoppers.snapshot import decode_preferences
 from worker.store.keys import Keys
 
 _KEPT_S = 3600
@@ -64,14 +65,15 @@ def dry_run(
             key = keys.segment(shard).run_audience(tag)
             for offset in range(0, sizes[shard], PLAN_CHUNK):
                 users: list[str] = client.zrange(key, offset, offset + PLAN_CHUNK - 1)  # type: ignore[assignment]
-                due = runs.due_times(campaign, users, anchor, immediate)
-                zones = _zones(client, keys, users)
+                prefs = runs.preferences(users)
+                zones = {u: zone_of(p) for u, p in prefs.items()}
                 by_time: dict[float, list[str]] = defaultdict(list)
                 for user in users:
-                    if campaign.ended(due[user]):
+                    due = due_at(campaign, anchor, prefs[user], immediate)
+                    if campaign.ended(due):
                         ended += 1
                     else:
-                        by_time[max(due[user], now)].append(user)
+                        by_time[_firing_time(due, now)].append(user)
                 for at, group in sorted(by_time.items()):
                     for start in range(0, len(group), INTERNAL_BATCH):
                         chunk = group[start : start + INTERNAL_BATCH]
@@ -107,11 +109,12 @@ def dry_run(
     }
 
 
-def _zones(client: redis.Redis, keys: Keys, users: list[str]) -> dict[str, str]:
-    pipe = client.pipeline(transaction=False)
-    for user in users:
-        pipe.hgetall(keys.user(user).preferences)
-    return {u: zone_of(decode_preferences(p)) for u, p in zip(users, pipe.execute(), strict=True)}
+def _firing_time(due: float, now: float) -> float:
+    """When the dry run fires a shopper due at `due`: now if due already, else at the
+    start of the next minute from `due` (never before it), so shoppers whose local time,
+    window or quiet hours put them within a minute share one batched firing (the real run
+    fires them at the scheduler tick after `due`, up to a pace's wait later)."""
+    return now if due <= now else math.ceil(due / 60) * 60
 
 
 def _coupons(catalog: Catalog, campaign: Campaign, sent: list[DryFiring]) -> tuple[int, float]:
