@@ -10,8 +10,10 @@ money, last event and purchase), a recent purchase, affinity over 12 categories,
 preferences (consent, one of 6 timezones) and an FCM device; then indexes them with the
 real `SegmentIndex.refresh_activity` / `refresh_devices` paths and times: indexing,
 RFM cut points, the segment "lapsed buyers" (`min_orders = 2`, `dormant_days = 30`),
-and a dry run of a campaign on it (no index published: trending picks). The memory of
-the segment indexes is the sum of `MEMORY USAGE` over their keys, per shopper.
+and a dry run of a campaign on it (no index published: trending picks), in this process
+and on a pool of `--workers` processes. The memory of the segment indexes is the sum of
+`MEMORY USAGE` over their keys, per shopper; beside it, Redis's `used_memory` growth per
+shopper over all the state written (meaningful on a Redis of its own).
 
 `--fanout N` (0: skip) then measures, on a private redis-server with the stack of
 bench/realtime.py (Online Retail index, local gateways in their own process, worker nodes
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -84,6 +87,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shoppers", type=int, default=20_000)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes of the pooled dry run")  # fmt: skip
     parser.add_argument("--fanout", type=int, default=5000, help="shoppers of the real run")
     parser.add_argument("--layout", default="activity+push+maintenance:2",
                         help="worker nodes, as bench/realtime.py --layouts")  # fmt: skip
@@ -103,6 +108,7 @@ def main() -> None:
         from worker.service import ingest
 
         now = time.time()
+        used_before = int(rt.redis.info("memory")["used_memory"])  # type: ignore[index]
         started = time.perf_counter()
         write_shoppers(rt, args.shoppers, now)
         catalog = [{"item_id": f"i{n}", "title": f"Item {n}", "category": CATEGORIES[n % 12],
@@ -121,6 +127,8 @@ def main() -> None:
             rt.segment_index.refresh_devices([user], now)
         figures["index_devices_per_s"] = min(5000, len(users)) / (time.perf_counter() - started)
         figures["segment_index_bytes_per_shopper"] = index_bytes(rt) / args.shoppers
+        used = int(rt.redis.info("memory")["used_memory"]) - used_before  # type: ignore[index]
+        figures["redis_bytes_per_shopper_all_state"] = used / args.shoppers
 
         from worker.segmenting.rfm import compute_cuts
 
@@ -131,12 +139,17 @@ def main() -> None:
         size, _ = rt.segment_query().size_and_sample("lapsed", now, 10)
         figures["segment_s"], figures["segment_size"] = time.perf_counter() - started, size
 
-        started = time.perf_counter()
-        report = dry_run(rt.redis, rt.keys, rt.runs(), rt.segment_query(), rt.firer(),
-                         rt.catalog, campaign, now, now, immediate=True)  # fmt: skip
-        figures["dry_run_s"] = time.perf_counter() - started
+        from worker.service.dry_run_pool import pooled
+
+        pool = pooled(settings, args.workers)
+        for label, fire in (("dry_run_one_process", None),
+                            (f"dry_run_{args.workers}_processes", pool)):  # fmt: skip
+            started = time.perf_counter()
+            report = dry_run(rt.redis, rt.keys, rt.runs(), rt.segment_query(), rt.firer(),
+                             rt.catalog, campaign, now, now, immediate=True, fire=fire)  # fmt: skip
+            figures[f"{label}_s"] = time.perf_counter() - started
+            figures[f"{label}_per_shopper_ms"] = figures[f"{label}_s"] / max(1, size) * 1000
         figures["dry_run_outcomes"] = report["outcomes"]
-        figures["dry_run_per_shopper_ms"] = figures["dry_run_s"] / max(1, size) * 1000
     finally:
         rt.close()
         import redis

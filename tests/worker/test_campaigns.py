@@ -12,6 +12,7 @@ import pytest
 
 from tests.clock import FIXED_NOW
 from tests.worker.realtime import Gateways, gateway_shop, register
+from worker.campaigning import dry_run as dry_runs
 from worker.campaigning.dry_run import dry_run
 from worker.campaigning.timing import catch_up, due_at
 from worker.campaigns import Campaign
@@ -21,6 +22,7 @@ from worker.policy.jobs import FireJob
 from worker.segmenting.query import SegmentQuery
 from worker.segments import Segment
 from worker.service import ingest
+from worker.service.dry_run_pool import pooled
 from worker.service.runtime import Runtime
 from worker.settings import Settings, SettingsError
 
@@ -107,6 +109,28 @@ def test_the_dry_run_and_the_real_run_agree(
     _run_tasks(rt, queued, now + 1)
     assert len(gateways.accepted("fcm")) == dry["sends"]
     assert runs.status("winback").outcomes == {**dry["outcomes"], "coupons": coupons}
+
+
+def test_a_dry_run_on_a_pool_of_processes_adds_up_to_the_same(
+    shop: tuple[Runtime, list[tuple[str, dict[str, Any]]]],
+    gateways: Gateways,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rt, _ = shop
+    now = time.time()
+    _shoppers(rt, gateways, now - 10)
+    monkeypatch.setattr(dry_runs, "PLAN_CHUNK", 7)  # several chunks of the 40
+    monkeypatch.setattr(dry_runs, "POOLED_FROM", 0)
+    args = (rt.redis, rt.keys, rt.runs(), rt.segment_query(), rt.firer(), rt.catalog,
+            CAMPAIGN, now, now)  # fmt: skip
+    here = dry_run(*args, immediate=True)
+    pooled_run = dry_run(*args, immediate=True, fire=pooled(rt.settings, 2))
+    def without_codes(report: dict[str, Any]) -> dict[str, Any]:  # coupon codes are random
+        shown = [(x["user_id"], x["items"]) for x in report["samples"]]
+        return {**report, "samples": shown}
+
+    assert without_codes(pooled_run) == without_codes(here)
+    assert here["audience"] == 40 and here["sends"] > 0 and len(here["samples"]) == 5
 
 
 def test_a_run_is_paced_at_its_rate_and_can_be_paused(
