@@ -220,6 +220,19 @@ def register(rt: Runtime, user: str, channel: str, target: str, now: float, **pr
     )
 
 
+# A config file's start for campaign tests: caps out of the way, and the segment of
+# buyers quiet for 30 days; tests add their [[campaigns]].
+LAPSED_CONFIG = """
+cap_marketing_per_day = 100
+cap_total_per_day = 100
+
+[[segments]]
+name = "lapsed"
+min_orders = 1
+dormant_days = 30
+"""
+
+
 def campaign_settings(config: Path) -> dict[str, object]:
     """The segments and campaigns of `config`, for the test's own runtime."""
     import tomllib

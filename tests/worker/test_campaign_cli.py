@@ -13,6 +13,7 @@ import pytest
 
 from tests.worker.conftest import wait_for, worker_env
 from tests.worker.realtime import (
+    LAPSED_CONFIG,
     Gateways,
     build_planted_index,
     campaign_settings,
@@ -28,15 +29,9 @@ from worker.settings import Settings
 DAY = 86_400.0
 SHOPPERS = 40
 RATE = 4  # messages a second: the run takes seconds, not milliseconds
-CONFIG = f"""
-cap_marketing_per_day = 100
-cap_total_per_day = 100
-
-[[segments]]
-name = "lapsed"
-min_orders = 1
-dormant_days = 30
-
+CONFIG = (
+    LAPSED_CONFIG
+    + f"""
 [[campaigns]]
 name = "winback"
 segment = "lapsed"
@@ -55,6 +50,7 @@ grace_s = 600
 title = "t"
 body = "b"
 """
+)
 
 
 @pytest.fixture

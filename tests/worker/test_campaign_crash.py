@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tests.worker.conftest import WorkerProcess, wait_for
 from tests.worker.realtime import (
+    LAPSED_CONFIG,
     Gateways,
     build_planted_index,
     campaign_settings,
@@ -21,15 +22,9 @@ from worker.service.runtime import Runtime
 from worker.settings import Settings
 
 SHOPPERS = 60
-CONFIG = """
-cap_marketing_per_day = 100
-cap_total_per_day = 100
-
-[[segments]]
-name = "lapsed"
-min_orders = 1
-dormant_days = 30
-
+CONFIG = (
+    LAPSED_CONFIG
+    + """
 [[campaigns]]
 name = "winback"
 segment = "lapsed"
@@ -37,6 +32,7 @@ rate_per_s = 15
 title = "Picked for you"
 body = "{{ items[0].title }}"
 """
+)
 
 
 def test_killed_worker_and_scheduler_mid_run_reach_everyone_exactly_once(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,7 @@ def test_a_dry_run_on_a_pool_of_processes_adds_up_to_the_same(
             CAMPAIGN, now, now)  # fmt: skip
     here = dry_run(*args, immediate=True)
     pooled_run = dry_run(*args, immediate=True, fire=pooled(rt.settings, 2))
+
     def without_codes(report: dict[str, Any]) -> dict[str, Any]:  # coupon codes are random
         shown = [(x["user_id"], x["items"]) for x in report["samples"]]
         return {**report, "samples": shown}
@@ -149,6 +151,33 @@ def test_a_run_is_paced_at_its_rate_and_can_be_paused(
     assert runs.set_paused("winback", False) == "sending"
     assert runs.dispatch(paced, now + 10, rt.enqueue) == 7  # a second's worth after a pause
     assert sum(len(kw["jobs"]) for t, kw in queued if t == CAMPAIGN_FIRE) == 29
+
+
+def test_no_send_after_the_end_date_and_the_dry_run_counts_them(
+    shop: tuple[Runtime, list[tuple[str, dict[str, Any]]]], gateways: Gateways
+) -> None:
+    """Local time: shoppers in UTC are reached 14 h after the anchor, those in New York
+    19 h after; the campaign ends in between."""
+    rt, queued = shop
+    now = time.time()
+    _shoppers(rt, gateways, now - 10)
+    for n in range(1, 40, 2):
+        ingest.set_preferences(rt, {"user_id": f"s{n}", "timezone": "America/New_York"}, now)
+    ends = datetime.fromtimestamp(now + 16 * 3600, UTC)
+    local = CAMPAIGN.model_copy(update={"local_time": True, "ends": ends})
+    dry = dry_run(rt.redis, rt.keys, rt.runs(), rt.segment_query(), rt.firer(), rt.catalog,
+                  local, now, now)  # fmt: skip
+    assert dry["after_end_date"] == 20 and dry["audience"] == 40
+    assert dry["sends"] + dry["held_out"] == 16  # the 20 in UTC, but for 4 without consent
+
+    runs = rt.runs()
+    runs.start(local, now, now)
+    for hours in (14, 15, 17, 20):  # the scheduler's ticks, before and after the end
+        runs.dispatch(local, now + hours * 3600 + 1, rt.enqueue)
+        _run_tasks(rt, queued, now + hours * 3600 + 1)
+    status = runs.status("winback")
+    assert status.run["state"] == "ended" and status.due_left == 20
+    assert len(gateways.accepted("fcm")) == dry["sends"]
 
 
 def test_missed_runs_run_late_within_grace_else_are_skipped() -> None:
