@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--fanout", type=int, default=5000, help="shoppers of the real run")
     parser.add_argument("--layout", default="activity+push+maintenance:2",
                         help="worker nodes, as bench/realtime.py --layouts")  # fmt: skip
+    parser.add_argument("--profile", type=Path,
+                        help="folder for py-spy stacks of the fan-out's worker nodes")  # fmt: skip
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "campaign.json")
     args = parser.parse_args()
     prefix = f"bench{uuid.uuid4().hex[:8]}"
@@ -158,7 +160,7 @@ def main() -> None:
         for keys in _batched(client.scan_iter(f"{prefix}:*", count=10_000), 10_000):
             client.unlink(*keys)
     if args.fanout:
-        figures["fanout"] = measure_fanout(args.fanout, args.layout)
+        figures["fanout"] = measure_fanout(args.fanout, args.layout, args.profile)
     for name, value in figures.items():
         print(f"{name:28s} {value if isinstance(value, dict) else round(float(value), 3)}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -190,14 +192,14 @@ body = "{{ items[0].title }}"
 """
 
 
-def measure_fanout(shoppers: int, layout_spec: str) -> dict[str, Any]:
+def measure_fanout(shoppers: int, layout_spec: str, profile: Path | None) -> dict[str, Any]:
     """A campaign run to `shoppers` at the local FCM gateway, the no-op ceiling and the
     batched `track_batch` rate, on one private Redis and the same worker nodes."""
     import tempfile
     import tomllib
 
     import realtime
-    from realtime_stack import Case, Shop, local_gateway, write_bench_config
+    from realtime_stack import Case, Shop, cpu_ms_per_unit, local_gateway, write_bench_config
 
     from tests.redis_server import redis_server
 
@@ -211,7 +213,7 @@ def measure_fanout(shoppers: int, layout_spec: str) -> dict[str, Any]:
         raw = tomllib.loads(FANOUT_CONFIG)
         campaign = Campaign.model_validate(raw["campaigns"][0])
         with local_gateway(tmp / "gateways") as gateway:
-            case = Case(url, shop, gateway, config, tmp)
+            case = Case(url, shop, gateway, config, tmp, profile=profile)
             try:
                 tokens = case.seed(shop, shop.shoppers("f", shoppers, 3))
                 rt = Runtime.open(case.rt.settings.model_copy(update={
@@ -222,7 +224,9 @@ def measure_fanout(shoppers: int, layout_spec: str) -> dict[str, Any]:
                 run = rt.runs().start(campaign, time.time(), time.time(), immediate=True)
                 planned_s = time.perf_counter() - started
                 stats = rt.keys.rule_stats(campaign.name)
-                done = case.wait(lambda: int(rt.redis.hget(stats, "delivered") or 0), shoppers)  # type: ignore[arg-type]
+                marks: dict[float, dict[str, float]] = {}
+                done = case.wait(lambda: int(rt.redis.hget(stats, "delivered") or 0), shoppers,  # type: ignore[arg-type]
+                                 cpu_marks=marks)  # fmt: skip
                 case.stop()
                 receipts = case.receipts()
                 stamps = [receipts[t] for t in tokens if t in receipts]
@@ -232,6 +236,7 @@ def measure_fanout(shoppers: int, layout_spec: str) -> dict[str, Any]:
                     "delivered": done,
                     "messages_per_s": realtime._between(stamps, len(stamps)),
                     "wall_s": max(stamps) - min(stamps),
+                    "cpu_ms_per_message": cpu_ms_per_unit(marks, 0.8 * shoppers),
                 }
                 rt.close()
             finally:
