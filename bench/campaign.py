@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))  # before bench/: its push.py would shadow the pus
 
 from worker.campaigning.dry_run import dry_run  # noqa: E402
 from worker.campaigns import Campaign  # noqa: E402
+from worker.coupon_config import CouponPool  # noqa: E402
 from worker.segments import Segment  # noqa: E402
 from worker.service.runtime import Runtime  # noqa: E402
 from worker.settings import Settings  # noqa: E402
@@ -99,10 +100,11 @@ def main() -> None:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     segment = Segment.model_validate({"name": "lapsed", "min_orders": 2, "dormant_days": 30})
     campaign = Campaign(name="winback", segment="lapsed", holdout_pct=10,
-                        coupon={"percent_off": 10},  # type: ignore[arg-type]
+                        coupon={"pool": "winback", "percent_off": 10},  # type: ignore[arg-type]
                         title="Picked for you", body="{{ items[0].title }}")  # fmt: skip
     settings = Settings.load(redis_url=args.redis_url, key_prefix=prefix,
                              segments=(segment,), campaigns=(campaign,),
+                             coupon_pools=(CouponPool(name="winback", budget_count=10**9),),
                              index_store=Path("/nonexistent"))  # fmt: skip
     rt = Runtime.open(settings)
     figures: dict[str, Any] = {"shoppers": args.shoppers}

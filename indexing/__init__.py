@@ -54,7 +54,7 @@ from indexing.matrix import DEFAULT_TYPE_WEIGHTS, Weighting, event_weights
 from indexing.model import ModelParams, TrainedModel, train_model
 from indexing.neighbours import ExactNeighbours, FaissNeighbours, Neighbours, configure_threads
 from indexing.online_retail import convert_online_retail
-from indexing.pipeline import BuildResult, build_version
+from indexing.pipeline import STAGES, BuildResult, build_version
 from indexing.remote_store import RemoteStore
 from indexing.store import (
     current_version,
@@ -71,6 +71,7 @@ __all__ = [
     "DEFAULT_TYPE_WEIGHTS",
     "EVENT_FIELDS",
     "EVENT_TYPES",
+    "STAGES",
     "AlsParams",
     "ArtifactError",
     "ArtifactNotFoundError",

@@ -9,7 +9,7 @@ write a version (uploaded, on an object store), and optionally publish it throug
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,10 @@ from indexing.model import ModelParams, train_model
 from indexing.store import DEFAULT_MAX_DROP, GateDecision
 from indexing.stores import ArtifactStore, LocalStore
 
-__all__ = ["BuildResult", "build_version"]
+__all__ = ["STAGES", "BuildResult", "build_version"]
+
+#: The stages `build_version` reports to its `progress` callback, in order.
+STAGES = ("evaluating", "training", "building the index", "uploading", "publishing")
 
 
 @dataclass
@@ -71,6 +74,7 @@ def build_version(
     publish_it: bool = False,
     force: bool = False,
     max_drop: float = DEFAULT_MAX_DROP,
+    progress: Callable[[str], None] | None = None,
 ) -> BuildResult:
     """Evaluate, train, index and write one version of `log` into `store` (a folder, or
     any `ArtifactStore`: written to its staging folder, then uploaded).
@@ -79,14 +83,17 @@ def build_version(
         written without figures (noted in `notes`); the gate then refuses to publish it over a
         version that has figures, unless forced. Raises `EmptyDataError` when nothing can be
         trained, and the `ArtifactError`s of `publish`. A refused publication is not an error:
-        `result.refused` says why.
+        `result.refused` says why. `progress`, when given, is called with each of `STAGES`
+        as it starts ("publishing" only when asked to publish).
     """
+    stage = progress or (lambda _: None)
     if isinstance(store, Path):
         store = LocalStore(store)
     params = params or ModelParams()
     notes: list[str] = []
     evaluation: dict[str, Any] = {}
     started = time.perf_counter()
+    stage(STAGES[0])
     try:
         result = evaluate_models(log, params, BaselineParams())
         evaluation = result.as_dict()
@@ -95,9 +102,11 @@ def build_version(
         notes.append(f"evaluation skipped: {exc}")
     eval_s = time.perf_counter() - started
     started = time.perf_counter()
+    stage(STAGES[1])
     model = train_model(log, params, catalog=catalog)
     train_s = time.perf_counter() - started
     started = time.perf_counter()
+    stage(STAGES[2])
     version, spec = save_model(
         store.staging,
         model,
@@ -108,6 +117,7 @@ def build_version(
     )
     write_s = time.perf_counter() - started
     started = time.perf_counter()
+    stage(STAGES[3])
     store.upload(version)
     seconds = {
         "evaluation": eval_s,
@@ -125,6 +135,7 @@ def build_version(
         notes=notes,
     )
     if publish_it:
+        stage(STAGES[4])
         try:
             out.published = store.publish(version, force=force, max_drop=max_drop)
         except QualityGateError as exc:

@@ -25,7 +25,7 @@ import fcntl
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from indexing.store import (
     is_version_name,
     list_versions,
     parse_manifest,
+    prunable,
     verify_artifact,
 )
 
@@ -119,15 +120,14 @@ class RemoteStore:
         self.objects.put_bytes(self.where.key(CURRENT_FILE), (version + "\n").encode())
         return decision
 
-    def prune(self, keep: int) -> list[str]:
-        """Delete all but the `keep` newest versions from the bucket, never the current one.
-        Versions still uploading (no manifest yet) are left alone."""
+    def prune(self, keep: int, spare: Collection[str] = ()) -> list[str]:
+        """Delete all but the `keep` newest versions from the bucket, never the current one
+        nor any in `spare`. Versions still uploading (no manifest yet) are left alone."""
         try:
-            current: str | None = self.current_version()
+            spared = {self.current_version(), *spare}
         except ArtifactNotFoundError:
-            current = None
-        versions = self._versions()
-        doomed = [v for v in versions[: max(len(versions) - keep, 0)] if v != current]
+            spared = set(spare)
+        doomed = prunable(self._versions(), keep, spared)
         for version in doomed:
             keys = [o.key for o in self.objects.listing(self.where.key(version) + "/")]
             # the manifest first: a reader meeting the rest half-deleted sees "not finished"

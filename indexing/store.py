@@ -25,7 +25,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +56,7 @@ __all__ = [
     "is_version_name",
     "list_versions",
     "parse_manifest",
+    "prunable",
     "prune_versions",
     "publish",
     "read_manifest",
@@ -142,15 +143,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def prune_versions(store: Path, keep: int = 3) -> list[str]:
-    """Delete all but the `keep` newest versions, never the current one; return the
-    deleted names. Folders of builds still being written (`.tmp-*`) are left alone."""
+def prunable(versions: list[str], keep: int, spared: Collection[str]) -> list[str]:
+    """Of `versions` (oldest first), those beyond the `keep` newest that are not `spared`."""
+    if keep < 0:
+        raise ValueError("keep must be 0 or more")
+    return [v for v in versions[: max(len(versions) - keep, 0)] if v not in spared]
+
+
+def prune_versions(store: Path, keep: int = 3, spare: Collection[str] = ()) -> list[str]:
+    """Delete all but the `keep` newest versions, never the current one nor any in
+    `spare` (what a reader may still load); return the deleted names. Folders of builds
+    still being written (`.tmp-*`) are left alone."""
     try:
-        current: str | None = current_version(store)
+        spared = {current_version(store), *spare}
     except ArtifactNotFoundError:
-        current = None
-    versions = list_versions(store)
-    doomed = [v for v in versions[: max(len(versions) - keep, 0)] if v != current]
+        spared = set(spare)
+    doomed = prunable(list_versions(store), keep, spared)
     for name in doomed:
         shutil.rmtree(store / name)
     return doomed

@@ -15,6 +15,7 @@ changes its `marker`).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -64,8 +65,9 @@ class ArtifactStore(Protocol):
         """A fingerprint of what the store holds for `version` (names, sizes, etags or
         mtimes): it changes when the version is published again."""
 
-    def prune(self, keep: int) -> list[str]:
-        """Delete all but the `keep` newest versions, never the current one."""
+    def prune(self, keep: int, spare: Collection[str] = ()) -> list[str]:
+        """Delete all but the `keep` newest versions, never the current one nor any in
+        `spare`; return the deleted names."""
 
 
 class LocalStore:
@@ -109,8 +111,8 @@ class LocalStore:
             digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         return digest.hexdigest()
 
-    def prune(self, keep: int) -> list[str]:
-        return prune_versions(self.root, keep)
+    def prune(self, keep: int, spare: Collection[str] = ()) -> list[str]:
+        return prune_versions(self.root, keep, spare)
 
 
 def open_store(

@@ -7,7 +7,7 @@ wrapped in a `Deliverer` for breaker, rate limit and retry policy) and acts on t
 """
 
 from push.config import GatewayConfig, open_gateways
-from push.coupons import format_coupon, new_coupon, validate_coupon
+from push.coupons import OfferText, format_coupon, new_coupon, validate_coupon
 from push.delivery import CircuitBreaker, Deliverer, RateLimit, RateLimiter, RetryPolicy
 from push.errors import (
     CompositionError,
@@ -65,6 +65,7 @@ __all__ = [
     "MemoryRateLimitStore",
     "MemoryTokenCache",
     "Message",
+    "OfferText",
     "Outcome",
     "PayloadTooLargeError",
     "Priority",

@@ -5,7 +5,7 @@ to confuse, no accidental words) plus one Luhn mod 32 check symbol, shown in gro
 ``7KQ2-M9XD-4TGB-R``. 12 symbols carry 60 bits from `secrets`, so guessing is hopeless at
 any rate a shop allows. Parsing forgives case, spaces, dashes and the usual confusions
 (O->0, I/L->1). Issuing codes against budgets is the worker's job; this module only mints,
-formats and validates.
+formats and validates, and shapes an issued code for templates (`OfferText`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ import secrets
 
 from push.errors import CouponError
 
-__all__ = ["ALPHABET", "format_coupon", "new_coupon", "normalize_coupon", "validate_coupon"]
+__all__ = [
+    "ALPHABET",
+    "OfferText",
+    "format_coupon",
+    "new_coupon",
+    "normalize_coupon",
+    "validate_coupon",
+]
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _INDEX = {symbol: i for i, symbol in enumerate(ALPHABET)}
@@ -66,3 +73,40 @@ def normalize_coupon(text: str, *, check: bool = True) -> str:
 def validate_coupon(text: str) -> str:
     """The canonical formatted code for user input `text`, or `CouponError`."""
     return format_coupon(normalize_coupon(text))
+
+
+class OfferText(str):
+    """An issued code as a template sees it: ``{{ coupon }}`` renders the code (what
+    templates written before offers existed expect); the offer's facts are attributes:
+    ``coupon.code``, ``coupon.percent_off`` or ``coupon.amount_off`` (the other is None),
+    ``coupon.currency``, ``coupon.min_basket`` (None: no minimum) and ``coupon.expires``
+    (an ISO-8601 UTC instant, for the ``datetime`` filter). A `str`, so templates' plain-data
+    check accepts it."""
+
+    percent_off: int | None
+    amount_off: float | None
+    currency: str
+    min_basket: float | None
+    expires: str
+
+    def __new__(
+        cls,
+        code: str,
+        *,
+        percent_off: int | None,
+        amount_off: float | None,
+        currency: str,
+        min_basket: float | None,
+        expires: str,
+    ) -> OfferText:
+        text = super().__new__(cls, code)
+        text.percent_off = percent_off
+        text.amount_off = amount_off
+        text.currency = currency
+        text.min_basket = min_basket
+        text.expires = expires
+        return text
+
+    @property
+    def code(self) -> str:
+        return str.__str__(self)

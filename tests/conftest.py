@@ -1,4 +1,8 @@
-"""Fixtures shared by every test package: a real Redis and per-test isolation."""
+"""Fixtures shared by every test package: a real Redis and per-test isolation.
+
+A test module marked `redis_kinds` runs each of its tests twice: against a single node
+(`[node]`) and against a real three-master Redis Cluster (`[cluster]`), through the
+`redis_url` fixture; other modules get the single node only."""
 
 from __future__ import annotations
 
@@ -8,15 +12,48 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.redis_cluster import Cluster, redis_cluster
 from tests.redis_server import delete_prefix, redis_server
 
 S3_TEST_BUCKET = "pushrec-test"
 
+REDIS_KINDS = ("node", "cluster")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "redis_kinds: run the module's tests on a single Redis and on a cluster"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "redis_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "redis_kinds"
+    ):
+        metafunc.parametrize("redis_url", REDIS_KINDS, indirect=True, scope="session")
+
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def redis_node_url() -> Iterator[str]:
     with redis_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_nodes() -> Iterator[Cluster]:
+    with redis_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The state Redis: the single node, or the cluster in a `redis_kinds` module's
+    `[cluster]` tests."""
+    if getattr(request, "param", "node") == "cluster":
+        cluster: Cluster = request.getfixturevalue("redis_cluster_nodes")
+        return cluster.url
+    url: str = request.getfixturevalue("redis_node_url")
+    return url
 
 
 @pytest.fixture

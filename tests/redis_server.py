@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import redis
 
+from worker.store.client import connect_state
 from worker.store.embedded import find_redis_server
 
 
@@ -68,7 +69,8 @@ def private_redis_server(*options: str) -> Iterator[str]:
 
 
 def delete_prefix(url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(url)
+    """Delete every key under `prefix` (on a cluster: on every master)."""
+    client = connect_state(url)
     try:
         batch = list(client.scan_iter(match=f"{prefix}*", count=1000))
         while batch:

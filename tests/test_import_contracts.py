@@ -55,8 +55,8 @@ def test_the_worker_contract_and_indexing_agree_on_event_types() -> None:
 # The kernel (settings, contract, rules, client) is `worker.<module>`; `worker.__main__`
 # (the entry point) stands above them all.
 WORKER_LAYERS = (
-    "kernel", "store", "shoppers", "segmenting", "policy", "delivery", "firing", "campaigning",
-    "service", "replay", "cli",
+    "kernel", "store", "shoppers", "segmenting", "policy", "coupons", "delivery", "firing",
+    "campaigning", "service", "replay", "cli",
 )  # fmt: skip
 
 

@@ -103,6 +103,40 @@ class PushrecClient:
         report: dict[str, Any] = self._app.AsyncResult(task_id).get(timeout=wait_s)
         return report
 
+    def check_coupon(
+        self,
+        code: str,
+        *,
+        user_id: str | None = None,
+        basket: float | None = None,
+        wait_s: float = 5.0,
+    ) -> dict[str, Any]:
+        """At checkout: whether `code` is valid now (for `user_id`, for a basket of
+        `basket`, when given), whose it is, its offer, expired, used (README, "Coupons at
+        checkout"). Needs `result_backend`."""
+        kwargs = _given(code=code, user_id=user_id, basket=basket)
+        return self._answer(contract.CHECK_COUPON, kwargs, wait_s)
+
+    def redeem_coupon(
+        self,
+        code: str,
+        *,
+        user_id: str | None = None,
+        order_id: str | None = None,
+        basket: float | None = None,
+        wait_s: float = 5.0,
+    ) -> dict[str, Any]:
+        """Redeem `code` once: `redeemed` true, or false with the `reason` (unknown,
+        not_issued, expired, foreign, used, below_minimum). The same `order_id` again
+        answers as the first call did. Needs `result_backend`."""
+        kwargs = _given(code=code, user_id=user_id, order_id=order_id, basket=basket)
+        return self._answer(contract.REDEEM_COUPON, kwargs, wait_s)
+
+    def _answer(self, task: str, kwargs: dict[str, Any], wait_s: float) -> dict[str, Any]:
+        task_id = self.send(task, **kwargs)
+        answer: dict[str, Any] = self._app.AsyncResult(task_id).get(timeout=wait_s)
+        return answer
+
     def close(self) -> None:
         self._app.close()
 
@@ -111,3 +145,7 @@ class PushrecClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _given(**kwargs: Any) -> dict[str, Any]:
+    return {name: value for name, value in kwargs.items() if value is not None}

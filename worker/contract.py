@@ -18,6 +18,8 @@ REGISTER_DEVICE: Final = "pushrec.register_device"
 UNREGISTER_DEVICE: Final = "pushrec.unregister_device"
 SET_PREFERENCES: Final = "pushrec.set_preferences"
 FORGET_USER: Final = "pushrec.forget_user"
+CHECK_COUPON: Final = "pushrec.check_coupon"
+REDEEM_COUPON: Final = "pushrec.redeem_coupon"
 NOOP: Final = "pushrec.noop"
 # Internal tasks (pushrec sends these to itself; not for producers).
 FIRE: Final = "pushrec.fire"
@@ -51,6 +53,8 @@ TASK_QUEUES: Final[dict[str, str]] = {
     UNREGISTER_DEVICE: ACTIVITY,
     SET_PREFERENCES: ACTIVITY,
     FORGET_USER: MAINTENANCE,
+    CHECK_COUPON: ACTIVITY,
+    REDEEM_COUPON: ACTIVITY,
     NOOP: ACTIVITY,
     FIRE: ACTIVITY,
     DELIVER: PUSH,

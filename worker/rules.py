@@ -3,7 +3,9 @@
 Each `[[rules]]` table in the TOML file (`PUSHREC_CONFIG`) is one `Rule`. A rule has a
 kind (what triggers it and what it re-checks when it fires: `kinds.py`), a delay, a cooldown, the
 channels to use in order of preference, a purpose, a holdout share, templates and an
-optional coupon. Without any `[[rules]]`, `DEFAULT_RULES` apply.
+optional coupon: an offer from a `[[coupon_pools]]` pool (`worker/coupon_config.py`),
+issued when the message is composed. Without any `[[rules]]`, `DEFAULT_RULES` apply
+(none of them gives a coupon: no pool exists until the config declares one).
 
     [[rules]]
     name = "cart_abandoned"
@@ -12,18 +14,21 @@ optional coupon. Without any `[[rules]]`, `DEFAULT_RULES` apply.
     cooldown_s = 86400
     holdout_pct = 10
     title = "Still thinking about {{ items[0].title }}?"
-    body = "Your cart is waiting{% if coupon %}: {{ coupon }} takes 10% off{% endif %}."
-    coupon = { percent_off = 10, ttl_days = 7 }
+    body = "Cart waiting{% if coupon %}: {{ coupon }} takes {{ coupon.percent_off }}%{% endif %}"
+    coupon = { pool = "winback", percent_off = 10, ttl_days = 7 }
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from push import TemplateSet
 from push.errors import PushError
+from worker.coupon_config import CouponSpec
+
+__all__ = ["DEFAULT_RULES", "ChannelName", "CouponSpec", "Rule", "RuleKind", "enabled_rules"]
 
 RuleKind = Literal[
     "cart_abandoned",
@@ -33,6 +38,7 @@ RuleKind = Literal[
     "back_in_stock",
     "replenish",
     "campaign",  # only as `Campaign.as_rule()`: declared under [[campaigns]]
+    "coupon_expiring",
 ]
 ChannelName = Literal["fcm", "apns", "webpush", "webhook"]
 
@@ -55,13 +61,6 @@ def check_template(value: str | None, info: ValidationInfo) -> str | None:
     except PushError as exc:
         raise ValueError(f"template does not compile: {exc}") from None
     return value
-
-
-class CouponSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    percent_off: int = Field(ge=1, le=90)
-    ttl_days: int = Field(default=7, ge=1, le=365)
 
 
 class Rule(BaseModel):
@@ -91,7 +90,17 @@ class Rule(BaseModel):
         default=14, ge=1, le=365, description="price_drop, back_in_stock: viewed or carted within"
     )
     min_purchases: int = Field(default=2, ge=2, description="replenish: purchases to learn from")
-    lead_s: int = Field(default=86_400, ge=0, description="replenish: remind this early")
+    lead_s: int = Field(
+        default=86_400,
+        ge=0,
+        description="replenish: remind this early; coupon_expiring: this long before expiry",
+    )
+
+    @model_validator(mode="after")
+    def _reminder_issues_nothing(self) -> Rule:
+        if self.kind == "coupon_expiring" and self.coupon is not None:
+            raise ValueError("coupon: a coupon_expiring rule reminds of a code, it issues none")
+        return self
 
     @field_validator("channels")
     @classmethod
@@ -114,8 +123,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         holdout_pct=10,
         title="Still thinking about {{ items[0].title }}?",
         body="{{ items | length }} item{{ 's' if items | length > 1 else '' }} "
-        "in your cart{% if coupon %}: code {{ coupon }} takes 10% off{% endif %}.",
-        coupon=CouponSpec(percent_off=10),
+        "in your cart{% if coupon %}: code {{ coupon }} takes {{ coupon.percent_off }}% off"
+        "{% endif %}.",
     ),
     Rule(
         name="browse_abandoned",

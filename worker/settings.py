@@ -30,6 +30,8 @@ from push.gateways.fcm import FCM_URL
 from push.ssrf import canonical_host
 from worker.campaigns import Campaign
 from worker.clock import SimulatedClock, followed
+from worker.coupon_config import CouponPool, check_pools
+from worker.redis_urls import cluster_nodes, is_cluster_url
 from worker.rules import DEFAULT_RULES, Rule
 from worker.segments import Segment, check_segments
 
@@ -42,6 +44,16 @@ _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 class SettingsError(Exception):
     """The configuration is invalid; the message says which setting and why."""
+
+
+# Global key families' shards on a cluster: enough for the load to spread over a few
+# masters (each shard is one hash slot), few enough that reading every shard (the
+# scheduler's claim, the trending read) stays one short pipeline.
+CLUSTER_SHARDS = 16
+_CLUSTER_BROKER = (
+    "a Redis Cluster cannot be Celery's broker (kombu's Redis transport speaks to one "
+    "node): set broker_url (PUSHREC_BROKER_URL) to a separate Redis or to RabbitMQ"
+)
 
 
 def _default_state_dir() -> Path:
@@ -108,10 +120,23 @@ class Settings(BaseSettings):
     # --- connections -----------------------------------------------------------------
     redis_url: str | None = Field(
         default=None,
-        description="State store. Unset: start an embedded redis-server under state_dir.",
+        description="State store: redis://, rediss://, unix://, or a Redis Cluster as "
+        "redis+cluster://host:port[,host:port...]. Unset: start an embedded redis-server "
+        "under state_dir.",
     )
     broker_url: str | None = Field(
-        default=None, description="Celery broker; defaults to redis_url (Redis or amqp://)."
+        default=None,
+        description="Celery broker (Redis or amqp://, never a cluster); defaults to "
+        "redis_url when that names a single node.",
+    )
+    state_shards: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="How many hash-tagged keys each global key family (delayed jobs, "
+        "outbox queue, interaction log, trending, metrics) is split into, so a Redis "
+        "Cluster spreads them over its masters. Unset: 16 on a cluster, 1 on one node. "
+        "Every process of a deployment must use the same value.",
     )
     key_prefix: str = Field(default="pushrec", description="Prefix of every state key.")
     broker_key_prefix: str = Field(
@@ -170,6 +195,21 @@ class Settings(BaseSettings):
     interaction_log_maxlen: int = Field(default=5_000_000, ge=1000)
     rejected_log_maxlen: int = Field(default=100_000, ge=100)
     dead_letters_maxlen: int = Field(default=100_000, ge=100)
+    interaction_log_max_age_days: int | None = Field(
+        default=365, ge=1, description="Housekeeping drops older log entries; unset: never."
+    )
+    rejected_log_max_age_days: int | None = Field(
+        default=30, ge=1, description="Housekeeping drops older rejected input; unset: never."
+    )
+    dead_letters_max_age_days: int | None = Field(
+        default=30, ge=1, description="Housekeeping drops older dead letters; unset: never."
+    )
+    retired_kept_days: int = Field(
+        default=90,
+        ge=1,
+        description="Stats and run history of a rule or campaign no longer configured "
+        "expire this long after housekeeping first finds it gone.",
+    )
     item_changes_max: int = Field(default=100, ge=1)
     cart_max_items: int = Field(
         default=100, ge=1, description="Distinct items per cart; the oldest-added go first."
@@ -187,6 +227,9 @@ class Settings(BaseSettings):
     )
     rfm_refresh_s: int = Field(
         default=3600, ge=60, description="How often the scheduler recomputes RFM cut points."
+    )
+    coupon_pools: tuple[CouponPool, ...] = Field(
+        default=(), description="[[coupon_pools]] tables in the TOML file (worker/coupons/)"
     )
     trigger_max_age_s: int = Field(
         default=3600, ge=0, description="Older events update state but fire no rule."
@@ -211,6 +254,12 @@ class Settings(BaseSettings):
 
     scheduler_poll_s: float = Field(
         default=1.0, gt=0, le=60, description="How often due delayed jobs are moved."
+    )
+    housekeeping_interval_s: int = Field(
+        default=3600,
+        ge=10,
+        description="How often the leader scheduler prunes index versions, trims the "
+        "streams and expires retired ledgers.",
     )
     scheduler_lease_s: float = Field(
         default=15.0,
@@ -270,6 +319,25 @@ class Settings(BaseSettings):
     index_rebuild_cron: str | None = Field(
         default="30 3 * * *",
         description="When the scheduler rebuilds the index (crontab, UTC); empty = never.",
+    )
+    rebuild_time_limit_s: int = Field(
+        default=3600,
+        ge=60,
+        description="Hard limit of the index rebuild task (its own; other tasks have "
+        "task_time_limit_s). It may exceed visibility_timeout_s: a rebuild holds a lease, "
+        "and a copy the broker redelivers meanwhile finds it held and ends at once.",
+    )
+    index_versions_kept: int = Field(
+        default=5,
+        ge=1,
+        description="Housekeeping keeps this many newest versions in the index store, "
+        "besides the published one and any a worker served within index_serving_grace_s.",
+    )
+    index_serving_grace_s: int = Field(
+        default=86_400,
+        ge=60,
+        description="A version a worker process reported serving this recently is never "
+        "pruned (processes report at each version check, every 5 s while taking tasks).",
     )
 
     # --- push gateways: each named as its `push.config.GatewayConfig` field -------------
@@ -356,8 +424,19 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
-        if value and urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if not value:
+            return None
+        if is_cluster_url(value):
+            cluster_nodes(value)  # raises ValueError naming the bad node
+        elif urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("must start with redis://, rediss://, unix:// or redis+cluster://")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str | None) -> str | None:
+        if value and is_cluster_url(value):
+            raise ValueError(_CLUSTER_BROKER)
         return value or None
 
     @field_validator("index_store", mode="before")
@@ -431,11 +510,21 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
+        if self.broker_url is None and self.redis_url and is_cluster_url(self.redis_url):
+            raise ValueError(f"broker_url: {_CLUSTER_BROKER}")
+        # The rebuild alone may run longer: its lease turns a redelivered copy away.
         if self.task_time_limit_s >= self.visibility_timeout_s:
             raise ValueError(
                 "task_time_limit_s must be below visibility_timeout_s, or a running task "
                 "would be handed to a second worker"
             )
+        check_pools(
+            self.coupon_pools,
+            {
+                **{f"rules.{r.name}": r.coupon for r in self.rules if r.coupon is not None},
+                **{f"campaigns.{c.name}": c.coupon for c in self.campaigns if c.coupon},
+            },
+        )
         queues = {self.queue_activity, self.queue_push, self.queue_maintenance}
         if len(queues) != 3:
             raise ValueError("queue_activity, queue_push and queue_maintenance must differ")
@@ -483,6 +572,24 @@ class Settings(BaseSettings):
         if url is None:
             raise SettingsError("no Redis URL yet: start the embedded server first")
         return url
+
+    @property
+    def result_backend_url(self) -> str:
+        """Where Celery keeps task results: the state Redis when it is one node, else the
+        broker when that is a Redis (Celery's Redis backend speaks to one node), else
+        none ('')."""
+        url = self.redis_url or ""
+        if not is_cluster_url(url):
+            return url
+        broker = self.effective_broker_url
+        return broker if urlsplit(broker).scheme in {"redis", "rediss", "unix"} else ""
+
+    @property
+    def shards(self) -> int:
+        """`state_shards`, or its default for the kind of Redis `redis_url` names."""
+        if self.state_shards is not None:
+            return self.state_shards
+        return CLUSTER_SHARDS if self.redis_url and is_cluster_url(self.redis_url) else 1
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():

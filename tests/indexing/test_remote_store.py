@@ -150,7 +150,8 @@ def test_the_cache_keeps_the_newest_versions_and_the_bucket_keeps_the_current(
     host.fetch(versions[0])  # fetched again: kept, as the newest of the rest
     assert list_versions(host.cache) == [versions[0], versions[3]]
 
-    assert builder.prune(keep=1) == [versions[0], versions[2]]
+    assert builder.prune(keep=1, spare={versions[2]}) == [versions[0]]
+    assert builder.prune(keep=1) == [versions[2]]
     assert builder.current_version() == versions[1]
     remaining = {o.key.split("/")[-2] for o in builder.objects.listing(builder.where.key(""))
                  if o.key.endswith(MANIFEST_FILE)}  # fmt: skip

@@ -183,3 +183,16 @@ def test_prune_keeps_newest_and_current(tmp_path: Path, model: TrainedModel) -> 
     deleted = prune_versions(tmp_path, keep=2)
     assert deleted == [versions[1]]
     assert list_versions(tmp_path) == [versions[0], *versions[2:]]
+
+
+def test_prune_spares_the_versions_named(tmp_path: Path, model: TrainedModel) -> None:
+    from indexing import prune_versions
+
+    versions = [_save(tmp_path, model, 0.3) for _ in range(5)]
+    publish(tmp_path, versions[4])
+    assert prune_versions(tmp_path, keep=1, spare={versions[1], "gone"}) == [
+        versions[0], versions[2], versions[3],
+    ]  # fmt: skip
+    assert list_versions(tmp_path) == [versions[1], versions[4]]
+    with pytest.raises(ValueError, match="keep"):
+        prune_versions(tmp_path, keep=-1)

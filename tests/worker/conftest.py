@@ -18,14 +18,22 @@ if TYPE_CHECKING:
     from tests.worker.realtime import Gateways
 
 from worker.client import PushrecClient
+from worker.redis_urls import is_cluster_url
 from worker.service.runtime import Runtime
 from worker.settings import Settings
 
 
 @pytest.fixture
-def settings(redis_url: str, key_prefix: str, tmp_path: Path) -> Settings:
+def settings(
+    redis_url: str, key_prefix: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Settings:
+    """On a cluster (`redis_kinds` modules), Celery's broker is the single node."""
+    broker = None
+    if is_cluster_url(redis_url):
+        broker = request.getfixturevalue("redis_node_url")
     return Settings.load(
         redis_url=redis_url,
+        broker_url=broker,
         key_prefix=key_prefix,
         broker_key_prefix=f"{key_prefix}:",
         state_dir=tmp_path / "state",
@@ -47,6 +55,7 @@ def worker_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[
     env.update(extra or {})
     env.update(
         PUSHREC_REDIS_URL=str(settings.redis_url),
+        **({"PUSHREC_BROKER_URL": settings.broker_url} if settings.broker_url else {}),
         PUSHREC_KEY_PREFIX=settings.key_prefix,
         PUSHREC_BROKER_KEY_PREFIX=settings.broker_key_prefix,
         PUSHREC_STATE_DIR=str(settings.state_dir),
@@ -156,8 +165,8 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., W
 @pytest.fixture
 def client(settings: Settings) -> Iterator[PushrecClient]:
     with PushrecClient(
-        str(settings.redis_url),
-        result_backend=settings.redis_url,
+        settings.effective_broker_url,
+        result_backend=settings.result_backend_url,
         broker_key_prefix=settings.broker_key_prefix,
         queues={
             "activity": settings.queue_activity,

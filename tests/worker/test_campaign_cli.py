@@ -32,6 +32,10 @@ RATE = 4  # messages a second: the run takes seconds, not milliseconds
 CONFIG = (
     LAPSED_CONFIG
     + f"""
+[[coupon_pools]]
+name = "winback"
+budget_count = 1000
+
 [[campaigns]]
 name = "winback"
 segment = "lapsed"
@@ -39,7 +43,7 @@ rate_per_s = {RATE}
 holdout_pct = 20
 title = "Picked for you"
 body = "{{{{ items[0].title }}}}"
-coupon = {{ percent_off = 10 }}
+coupon = {{ pool = "winback", percent_off = 10 }}
 
 [[campaigns]]
 name = "hourly"          # off: the scheduler would start it (test_status_shows_...)

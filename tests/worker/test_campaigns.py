@@ -18,6 +18,7 @@ from worker.campaigning.dry_run import dry_run
 from worker.campaigning.timing import catch_up, due_at
 from worker.campaigns import Campaign
 from worker.contract import CAMPAIGN_FIRE, DELIVER
+from worker.coupon_config import CouponPool
 from worker.delivery.requests import DeliveryRequest
 from worker.policy.jobs import FireJob
 from worker.segmenting.query import SegmentQuery
@@ -30,7 +31,7 @@ from worker.settings import Settings, SettingsError
 DAY = 86_400.0
 SEGMENT = Segment.model_validate({"name": "lapsed", "min_orders": 1, "dormant_days": 30})
 CAMPAIGN = Campaign(
-    name="winback", segment="lapsed", holdout_pct=20, coupon={"percent_off": 10},  # type: ignore[arg-type]
+    name="winback", segment="lapsed", holdout_pct=20, coupon={"pool": "winback", "percent_off": 10},  # type: ignore[arg-type]
     title="Picked for you", body="{{ items[0].title }}{% if coupon %} with {{ coupon }}{% endif %}",
 )  # fmt: skip
 
@@ -40,7 +41,11 @@ def shop(
     settings: Settings, gateways: Gateways, tmp_path: Path
 ) -> Iterator[tuple[Runtime, list[tuple[str, dict[str, Any]]]]]:
     queued: list[tuple[str, dict[str, Any]]] = []
-    overrides = {"segments": (SEGMENT,), "campaigns": (CAMPAIGN,)}
+    overrides = {
+        "segments": (SEGMENT,),
+        "campaigns": (CAMPAIGN,),
+        "coupon_pools": (CouponPool(name="winback", budget_count=1000),),
+    }
     with gateway_shop(
         settings, gateways, tmp_path / "index", lambda t, kw: queued.append((t, kw)), **overrides
     ) as rt:
@@ -98,6 +103,9 @@ def test_the_dry_run_and_the_real_run_agree(
     coupons = status.outcomes.pop("coupons")
     assert status.outcomes == dry["outcomes"]
     assert coupons == dry["coupons"]
+    [pool] = rt.coupons.status(now, ["winback"])  # issued for real, priced alike
+    assert pool["issued"] == dry["coupons"]
+    assert pool["face_value_issued"] == pytest.approx(dry["coupon_face_value"])
     assert len(gateways.accepted("fcm")) == dry["sends"]
     stats = rt.audit.stats(["winback"])["winback"]
     assert stats["held_out"] == dry["held_out"]

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from push.ssrf import DestinationGuard
 from tests.clock import RUN_NOW
+from tests.worker.sharded import log_entries, log_length
 from worker.service import ingest
 from worker.service.runtime import Runtime
 from worker.shoppers.contact_inputs import parse_device, parse_device_removal, parse_preferences
@@ -94,20 +95,17 @@ def test_any_batch_applies_exactly_its_valid_events(
             raw = {**raw, "event_id": f"{run}-{n}"}
         raws.append(raw)
     expected_valid = [r for r in raws if _validity(r)]
-    before = runtime.redis.xlen(runtime.keys.interaction_log)
+    before = log_length(runtime)
 
     summary = ingest.track_batch(runtime, raws, NOW, run)
 
     assert summary["applied"] + summary["duplicates"] == len(expected_valid)
     assert summary["rejected"] == len(raws) - len(expected_valid)
-    assert runtime.redis.xlen(runtime.keys.interaction_log) - before == summary["applied"]
-    logged = {
-        f["event_id"]
-        for _, f in runtime.redis.xrevrange(runtime.keys.interaction_log, count=len(raws) + 1)
-    }  # type: ignore[union-attr]
+    assert log_length(runtime) - before == summary["applied"]
+    logged_ids = {f["event_id"] for f in log_entries(runtime)}
     for raw in expected_valid:
         if str(raw["event_id"]).startswith(run):
-            assert str(raw["event_id"]) in logged
+            assert str(raw["event_id"]) in logged_ids
 
 
 def _reaches(fields: dict[str, Any]) -> st.SearchStrategy[Any]:

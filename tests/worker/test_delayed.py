@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from tests.clock import FIXED_NOW
 from worker.service.runtime import Runtime
 from worker.store.delayed import DelayedJobs, Job
 from worker.store.scripts import Scripts
+
+pytestmark = pytest.mark.redis_kinds  # a single node and a cluster
 
 NOW = FIXED_NOW  # leases and due times are compared with the `now` passed in
 

@@ -7,10 +7,14 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from tests.clock import RUN_NOW
 from worker.service import ingest
 from worker.service.runtime import Runtime
 from worker.shoppers.contacts import device_id
+
+pytestmark = pytest.mark.redis_kinds  # the move is single-slot steps: proven on a cluster
 
 TOKENS = 150  # each registered by two shoppers at once: 300 registrations
 

@@ -17,6 +17,7 @@ from tests.worker.realtime import (
     gateway_shop,
     register,
 )
+from tests.worker.sharded import delayed_sizes
 from worker import contract
 from worker.delivery.requests import DeliveryRequest
 from worker.policy.contact import holdout_bucket
@@ -117,7 +118,7 @@ def test_a_shopper_erased_after_every_path_leaves_no_trace_in_redis(
     ):
         _track(rt, uid, n, type_, now, item_id=item)
     _track(rt, bystander, 0, "view", now, item_id="b0-1")
-    assert rt.redis.hlen(rt.keys.delayed_jobs) >= 2
+    assert delayed_sizes(rt)[2] >= 2
     # a firing deferred to the end of quiet hours
     ingest.set_preferences(rt, {"user_id": uid, "quiet_hours": _quiet_now(now)}, now)
     [deferred] = rt.firer().fire_many(
@@ -169,7 +170,7 @@ def test_a_shopper_erased_after_every_path_leaves_no_trace_in_redis(
     assert not needles & set(json.dumps(report).split('"'))  # the result backend keeps it
     assert report["log_entries_removed"] == {"interactions": 6, "rejected": 4, "dead_letters": 1}
     assert report["messages_removed"] == 1  # the one sent: no decision names it any more
-    assert rt.redis.zscore(rt.keys.outbox_queued, mid) is None
+    assert rt.redis.zscore(rt.keys.outbox_queued(rt.keys.shard(mid)), mid) is None
     assert rt.redis.zrange(rt.keys.interested("b0-1"), 0, -1) == [bystander]
     assert rt.contacts.devices(bystander)
     assert queued  # the run did enqueue deliveries: they find their records gone

@@ -22,8 +22,9 @@ from worker.delivery.requests import DeliveryRequest
 from worker.service import ingest
 from worker.service.app import create_app
 from worker.service.exposition import PushrecCollector, prometheus_text
-from worker.service.runtime import Runtime, connect_redis
+from worker.service.runtime import Runtime
 from worker.settings import Settings
+from worker.store.client import connect_state
 from worker.store.keys import Keys
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -92,7 +93,7 @@ def test_exposition_reports_events_decisions_sends_latency_breaker_queues_and_in
 
 def test_an_unreachable_redis_is_reported_not_raised(settings: Settings) -> None:
     collector = PushrecCollector(
-        connect_redis("redis://127.0.0.1:1/0"), Keys("p"), [], LocalStore(settings.state_dir), dict
+        connect_state("redis://127.0.0.1:1/0"), Keys("p"), [], LocalStore(settings.state_dir), dict
     )
     try:
         names, samples = parse(prometheus_text(collector))

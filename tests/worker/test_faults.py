@@ -32,6 +32,7 @@ from tests.worker.realtime import (
     seed_shop,
     write_config,
 )
+from tests.worker.sharded import delayed_sizes
 from worker.client import PushrecClient
 from worker.delivery.outbox import message_id
 from worker.policy.jobs import FireJob, Trigger
@@ -43,7 +44,7 @@ pytestmark = pytest.mark.integration
 
 RULE = rule("cross_sell", "post_purchase", delay_s=0, items=2)
 CONNECTION_FIELDS = {
-    "redis_url", "key_prefix", "broker_key_prefix", "state_dir", "queue_activity",
+    "redis_url", "broker_url", "key_prefix", "broker_key_prefix", "state_dir", "queue_activity",
     "queue_push", "queue_maintenance", "visibility_timeout_s", "task_time_limit_s",
 }  # fmt: skip
 
@@ -124,7 +125,7 @@ def open_shop(base: Settings, tmp_path: Path, gateways: Gateways, **top: Any) ->
         **base.model_dump(include=CONNECTION_FIELDS), **named, rules=[RULE], **top
     )
     client = PushrecClient(
-        str(settings.redis_url),
+        settings.effective_broker_url,
         broker_key_prefix=settings.broker_key_prefix,
         queues={
             "activity": settings.queue_activity,
@@ -305,12 +306,7 @@ def test_leader_scheduler_killed_another_leads_within_the_lease_and_each_job_fir
         } == dict.fromkeys(users, 1)
         assert [len(rt.audit.decisions(user)) for user in users] == [1] * len(users)
         assert rt.audit.stats(["cross_sell"])["cross_sell"]["fired"] == len(users)
-        k = rt.keys
-        assert (
-            rt.redis.zcard(k.delayed_due),
-            rt.redis.zcard(k.delayed_inflight),
-            rt.redis.hlen(k.delayed_jobs),
-        ) == (0, 0, 0)
+        assert delayed_sizes(rt) == (0, 0, 0)
 
 
 def test_429_retry_after_an_hour_is_parked_not_held_and_never_redelivered(

@@ -23,7 +23,8 @@ def test_every_rule_kind_has_one_entry_and_one_trigger_source() -> None:
     for kind in KINDS.values():
         from_events = bool(kind.events) and kind.on_event is not None
         from_segment = kind.name == "campaign"  # fired by campaign runs (worker/campaigning/)
-        assert [from_events, kind.on_change is not None, from_segment].count(True) == 1, kind.name
+        sources = [from_events, kind.on_change is not None, kind.on_issue, from_segment]
+        assert sources.count(True) == 1, kind.name
 
 
 def test_every_kind_is_documented_in_the_kinds_table() -> None:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from tests.clock import FIXED_NOW
 from worker.delivery.outbox import SEND_LEASE_S, MessageRecord, message_id
 from worker.service.runtime import Runtime
+
+pytestmark = pytest.mark.redis_kinds  # a single node and a cluster
 
 NOW = FIXED_NOW  # leases and due times are compared with the `now` passed in
 

@@ -12,6 +12,8 @@ from worker.rules import Rule
 from worker.service.runtime import Runtime
 from worker.store.scripts import Scripts
 
+pytestmark = pytest.mark.redis_kinds  # a single node and a cluster
+
 NOON_BERLIN = datetime(2026, 6, 10, 10, 0, tzinfo=UTC).timestamp()
 RULE = Rule(name="r", kind="post_purchase", title="t", body="b", cooldown_s=0)
 CONSENT = {"consent:marketing:*": "1", "timezone": "Europe/Berlin"}

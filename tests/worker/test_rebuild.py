@@ -5,13 +5,38 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
+from indexing import STAGES, list_versions
 from tests.indexing.conftest import planted_rows
+from worker.contract import REBUILD_INDEX, TRACK
 from worker.firing.index_holder import IndexHolder
 from worker.firing.index_store import open_index_store
-from worker.service import ingest
-from worker.service.rebuild import rebuild_index
+from worker.service import ingest, tasks
+from worker.service.app import create_app
+from worker.service.rebuild import READING, REBUILD_LEASE_S, rebuild_index
 from worker.service.runtime import Runtime
 from worker.settings import Settings
+from worker.store.lease import Lease, LeaseHeldError
+
+
+def feed(rt: Runtime) -> int:
+    """The planted events into the interaction log (and 40 items into the catalog);
+    returns how many."""
+    rows = planted_rows()
+    ingest.upsert_items(
+        rt,
+        [{"item_id": r["item_id"], "category": r["item_id"][:2]} for r in rows[:40]],
+        time.time(),
+    )
+    for start in range(0, len(rows), 500):
+        batch = [
+            {**r, "ts": float(r["ts"]), "quantity": 1, "price": None}
+            for r in rows[start : start + 500]
+        ]
+        batch = [{k: v for k, v in e.items() if v not in (None, "")} for e in batch]
+        assert ingest.track_batch(rt, batch, time.time(), f"d{start}")["rejected"] == 0
+    return len(rows)
 
 
 def test_rebuild_from_the_interaction_log_publishes_and_workers_follow(
@@ -20,19 +45,7 @@ def test_rebuild_from_the_interaction_log_publishes_and_workers_follow(
     settings = settings.model_copy(update={"index_store": tmp_path / "index"})
     rt = Runtime.open(settings)
     try:
-        rows = planted_rows()
-        ingest.upsert_items(
-            rt,
-            [{"item_id": r["item_id"], "category": r["item_id"][:2]} for r in rows[:40]],
-            time.time(),
-        )
-        for start in range(0, len(rows), 500):
-            batch = [
-                {**r, "ts": float(r["ts"]), "quantity": 1, "price": None}
-                for r in rows[start : start + 500]
-            ]
-            batch = [{k: v for k, v in e.items() if v not in (None, "")} for e in batch]
-            assert ingest.track_batch(rt, batch, time.time(), f"d{start}")["rejected"] == 0
+        feed(rt)
 
         result = rebuild_index(rt.redis, rt.keys, settings, rt.catalog, force=True)
 
@@ -47,3 +60,48 @@ def test_rebuild_from_the_interaction_log_publishes_and_workers_follow(
         assert all(item.startswith("b1-") for item, _ in similar)
     finally:
         rt.close()
+
+
+def test_a_rebuild_reports_its_stages_in_order_under_its_lease(runtime: Runtime) -> None:
+    rt = runtime
+    events = feed(rt)
+    seen: list[tuple[str, int | None, bool]] = []
+
+    def progress(stage: str, rows: int | None) -> None:
+        seen.append((stage, rows, rt.redis.get(rt.keys.rebuild_lock) is not None))
+
+    rebuild_index(rt.redis, rt.keys, rt.settings, rt.catalog, force=True, progress=progress)
+
+    assert seen == [
+        (READING, events, True),
+        *((stage, None, True) for stage in STAGES),
+    ]
+    assert rt.redis.get(rt.keys.rebuild_lock) is None  # released
+
+
+def test_a_rebuild_while_another_runs_is_turned_away(runtime: Runtime) -> None:
+    """A copy of the task redelivered past the visibility timeout (or a rebuild by hand)
+    finds the lease held: it ends at once, builds and publishes nothing."""
+    rt = runtime
+    feed(rt)
+    running = Lease(rt.redis, rt.keys.rebuild_lock, REBUILD_LEASE_S)
+    assert running.acquire()
+
+    with pytest.raises(LeaseHeldError, match=running.owner):
+        rebuild_index(rt.redis, rt.keys, rt.settings, rt.catalog, force=True)
+    outcome = tasks._rebuild(None, rt, {})  # type: ignore[arg-type]  # the task's body
+
+    assert outcome == {"skipped": f"{rt.keys.rebuild_lock} is held by {running.owner}"}
+    assert rt.redis.get(rt.keys.index_version) is None
+    assert list_versions(rt.settings.state_dir / "index") == []
+    assert rt.redis.get(rt.keys.rebuild_lock) == running.owner  # not taken from its holder
+
+
+def test_the_rebuild_task_alone_has_the_rebuild_time_limit(settings: Settings) -> None:
+    settings = settings.model_copy(update={"rebuild_time_limit_s": 5400})
+    app = create_app(settings)
+    rebuild = app.tasks[REBUILD_INDEX]
+    assert (rebuild.time_limit, rebuild.soft_time_limit) == (5400, 5390)
+    track = app.tasks[TRACK]
+    assert (track.time_limit, track.soft_time_limit) == (120, 110)  # task_time_limit_s
+    assert settings.rebuild_time_limit_s > settings.visibility_timeout_s  # allowed: the lease

@@ -14,6 +14,7 @@ import redis
 from tests.clock import RUN_NOW
 from tests.redis_server import _free_port, private_redis_server
 from tests.worker.conftest import WorkerProcess, wait_for, worker_env
+from tests.worker.sharded import log_length
 from worker.client import PushrecClient
 from worker.service.runtime import Runtime
 from worker.settings import Settings
@@ -120,7 +121,7 @@ def test_a_state_redis_refusing_writes_for_a_while_loses_no_event(
             )
             time.sleep(1)
             assert applied() == 40
-            assert rt.redis.xlen(rt.keys.interaction_log) == 40
+            assert log_length(rt) == 40
             assert [r for r in rt.rejected.recent(50) if r["code"] == "task_error"] == []
             assert rt.dead_letters.size() == 0
         finally:

@@ -8,19 +8,21 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
-import redis.asyncio as aioredis
 
 from push.gateways.apns_auth import MIN_REFRESH_S, ApnsKey, ProviderTokens
 from push.testing import ApnsServer
 from push.testing.contracts import check_breaker_store, check_rate_limit_store, check_token_cache
 from worker.delivery.gateway_stores import RedisBreakerStore, RedisRateLimitStore, RedisTokenCache
+from worker.store.client import AsyncStateRedis, connect_state_async
+
+pytestmark = pytest.mark.redis_kinds  # a single node and a cluster
 
 
 def run_against_redis(
-    redis_url: str, prefix: str, check: Callable[[aioredis.Redis], Awaitable[None]]
+    redis_url: str, prefix: str, check: Callable[[AsyncStateRedis], Awaitable[None]]
 ) -> None:
     async def main() -> None:
-        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        client = connect_state_async(redis_url)
         try:
             await check(client)
         finally:
@@ -49,7 +51,7 @@ def test_a_token_apns_calls_expired_is_not_replaced_by_any_process_within_20_min
     # Two processes share the provider token through Redis. One is told its token
     # expired 5 minutes after minting; the other, starting then, must use that token,
     # not mint its own (APNs would refuse a new one: TooManyProviderTokenUpdates).
-    async def check(client: aioredis.Redis) -> None:
+    async def check(client: AsyncStateRedis) -> None:
         key = ApnsKey.from_pem(ApnsServer().signing_key()[0], key_id="K1", team_id="T1")
         first = ProviderTokens(key, RedisTokenCache(client, key_prefix))
         issued = time.time()

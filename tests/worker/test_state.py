@@ -6,12 +6,17 @@ import json
 import uuid
 from typing import Any
 
+import pytest
+
 from tests.clock import RUN_NOW
+from tests.worker.sharded import log_entries, log_length
 from worker.service import ingest
 from worker.service.runtime import Runtime
 from worker.service.userview import user_view
 from worker.shoppers.inputs import Limits, parse_event
 from worker.shoppers.state import APPLIED, DUPLICATE, RESUMED
+
+pytestmark = pytest.mark.redis_kinds  # a single node and a cluster
 
 NOW = RUN_NOW  # Redis expires trending buckets (EXPIREAT) by its own clock
 
@@ -81,7 +86,7 @@ def test_duplicate_event_ids_are_applied_once(runtime: Runtime) -> None:
     assert statuses == [APPLIED, DUPLICATE]
     assert apply(runtime, ev("e1", "add_to_cart")) == [DUPLICATE]
     assert view(runtime)["cart"][0]["quantity"] == 1
-    assert runtime.redis.xlen(runtime.keys.interaction_log) == 1
+    assert log_length(runtime) == 1
     assert runtime.metrics.snapshot()["events.duplicate"] == 2
 
 
@@ -91,9 +96,8 @@ def test_every_valid_event_reaches_the_interaction_log(runtime: Runtime) -> None
         ev("e1", "view", user="a"),
         ev("e2", "search", item=None, query="red mug", user="b"),
     )
-    rows = runtime.redis.xrange(runtime.keys.interaction_log)
-    logged = [fields for _, fields in rows]  # type: ignore[union-attr]
-    assert [(r["event_id"], r["user_id"], r["type"], r["item_id"]) for r in logged] == [
+    rows = log_entries(runtime)
+    assert [(r["event_id"], r["user_id"], r["type"], r["item_id"]) for r in rows] == [
         ("e1", "a", "view", "sku-1"),
         ("e2", "b", "search", ""),
     ]
@@ -118,13 +122,13 @@ def test_event_applied_before_a_crash_has_its_side_effects_redone(runtime: Runti
     pipe = runtime.redis.pipeline()
     runtime.state._queue_state_update(pipe, event, None, NOW, "delivery-1")
     assert pipe.execute() == [APPLIED]
-    assert runtime.redis.xlen(runtime.keys.interaction_log) == 0
+    assert log_length(runtime) == 0
 
     # A copy of the event in another message is a duplicate; the redelivery finishes it.
     assert apply(runtime, raw, delivery="delivery-2") == [DUPLICATE]
-    assert runtime.redis.xlen(runtime.keys.interaction_log) == 0
+    assert log_length(runtime) == 0
     assert apply(runtime, raw, delivery="delivery-1") == [RESUMED]
-    assert runtime.redis.xlen(runtime.keys.interaction_log) == 1
+    assert log_length(runtime) == 1
     assert view(runtime)["profile"]["events"] == 1  # state itself was not applied twice
     assert apply(runtime, raw, delivery="delivery-1") == [DUPLICATE]
 

@@ -18,6 +18,7 @@ import redis
 from kombu import Connection
 
 from tests.worker.conftest import WorkerProcess, wait_for
+from tests.worker.sharded import log_entries, log_length
 from worker.client import PushrecClient
 from worker.service.runtime import Runtime
 from worker.service.userview import user_view
@@ -96,7 +97,7 @@ def test_two_worker_processes_on_one_shopper_end_consistent(
     state = user_view(runtime.redis, runtime.keys, "u1", time.time())
     assert sum(c["quantity"] for c in state["cart"]) == n
     assert state["profile"]["events"] == n
-    assert runtime.redis.xlen(runtime.keys.interaction_log) == n
+    assert log_length(runtime) == n
 
 
 def test_minimal_protocol2_message_from_a_non_python_producer_is_processed(
@@ -359,8 +360,8 @@ def _restart_redis_under_a_worker(
                 )
             time.sleep(0.2)
         time.sleep(1)
-        logged = {f["event_id"] for _, f in rt.redis.xrange(rt.keys.interaction_log)}  # type: ignore[union-attr]
-        return n, _profile_events(rt), len(logged)
+        logged_ids = {f["event_id"] for f in log_entries(rt)}
+        return n, _profile_events(rt), len(logged_ids)
     finally:
         producer.close()
         rt.close()
@@ -413,7 +414,7 @@ def _profile_events(rt: Runtime) -> int:
 
 def _logged(rt: Runtime) -> set[str]:
     """The distinct event ids in the interaction log."""
-    return {f["event_id"] for _, f in rt.redis.xrange(rt.keys.interaction_log)}  # type: ignore[union-attr]
+    return {f["event_id"] for f in log_entries(rt)}
 
 
 def _pings(port: int) -> bool:

@@ -20,8 +20,6 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import redis
-
 from worker.campaigning.runs import PLAN_CHUNK, Runs, outcome_of
 from worker.campaigning.timing import due_at, zone_of
 from worker.campaigns import Campaign
@@ -29,6 +27,7 @@ from worker.contract import INTERNAL_BATCH
 from worker.firing.firer import DryFiring, Firer
 from worker.segmenting.query import SegmentQuery
 from worker.shoppers.catalog import Catalog
+from worker.store.client import StateRedis
 from worker.store.keys import Keys
 
 _KEPT_S = 3600
@@ -49,7 +48,8 @@ class DryTally:
     reasons: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     per_hour: Counter[str] = field(default_factory=Counter)
     per_zone: dict[str, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
-    offered: Counter[str] = field(default_factory=Counter)  # item -> sends offering it
+    coupons: int = 0
+    face_value: float = 0.0  # of the coupons, as firing prices them
     samples: list[dict[str, Any]] = field(default_factory=list)
     ended: int = 0
 
@@ -60,7 +60,8 @@ class DryTally:
         self.per_hour.update(other.per_hour)
         for zone, hours in other.per_zone.items():
             self.per_zone[zone].update(hours)
-        self.offered.update(other.offered)
+        self.coupons += other.coupons
+        self.face_value += other.face_value
         self.samples += other.samples[: max(0, samples - len(self.samples))]
         self.ended += other.ended
 
@@ -87,7 +88,7 @@ ChunkFirer = Callable[[list[DryChunk]], Iterable[DryTally]]
 
 
 def dry_run(
-    client: redis.Redis,
+    client: StateRedis,
     keys: Keys,
     runs: Runs,
     segments: SegmentQuery,
@@ -120,7 +121,6 @@ def dry_run(
     finally:
         client.delete(*(keys.segment(n).run_audience(tag) for n in range(keys.shards)))
     outcomes = total.outcomes
-    coupons, face_value = _coupons(catalog, campaign, total.offered, outcomes)
     return {
         "campaign": campaign.name,
         "segment": campaign.segment,
@@ -135,14 +135,14 @@ def dry_run(
         "sends_per_local_hour": {
             z: dict(sorted(c.items())) for z, c in sorted(total.per_zone.items())
         },
-        "coupons": coupons,
-        "coupon_face_value": round(face_value, 2),
+        "coupons": total.coupons,
+        "coupon_face_value": round(total.face_value, 2),
         "samples": sorted(total.samples, key=lambda x: str(x["user_id"]))[:samples],
     }
 
 
 def fire_chunk(
-    client: redis.Redis, keys: Keys, runs: Runs, firer: Firer, chunk: DryChunk
+    client: StateRedis, keys: Keys, runs: Runs, firer: Firer, chunk: DryChunk
 ) -> DryTally:
     """Plan and dry-fire one chunk: shoppers due within the same minute are fired
     together, `INTERNAL_BATCH` a call (a round trip per stage each)."""
@@ -171,7 +171,10 @@ def fire_chunk(
                 zone = zone_of(prefs[user])
                 tally.per_hour[when.strftime("%Y-%m-%d %H:00Z")] += 1
                 tally.per_zone[zone][when.astimezone(ZoneInfo(zone)).hour] += 1
-                tally.offered.update(firing.record.items)
+                coupon = firing.decision.get("coupon", {})
+                if "face_value" in coupon:  # priced, not issued: the budget is not checked
+                    tally.coupons += 1
+                    tally.face_value += float(coupon["face_value"])
                 if len(tally.samples) < chunk.samples:
                     tally.samples.append(_sample(firing))
     return tally
@@ -183,19 +186,6 @@ def _firing_time(due: float, now: float) -> float:
     window or quiet hours put them within a minute share one batched firing (the real run
     fires them at the scheduler tick after `due`, up to a pace's wait later)."""
     return now if due <= now else math.ceil(due / 60) * 60
-
-
-def _coupons(
-    catalog: Catalog, campaign: Campaign, offered: Counter[str], outcomes: Counter[str]
-) -> tuple[int, float]:
-    """Coupons the sends carry, and their face value: the percent off the items'
-    catalogue prices, as if each shopper bought every item offered."""
-    if campaign.coupon is None:
-        return 0, 0.0
-    prices = {i: float(v.get("price") or 0) for i, v in catalog.get_many(sorted(offered)).items()}
-    value = sum(prices.get(i, 0.0) * n for i, n in offered.items())
-    sends = sum(n for o, n in outcomes.items() if is_send(o))
-    return sends, value * campaign.coupon.percent_off / 100
 
 
 def _sample(firing: DryFiring) -> dict[str, Any]:

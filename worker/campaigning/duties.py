@@ -6,19 +6,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import redis
-
 from worker.campaigning.runs import Runs
 from worker.campaigning.timing import catch_up
 from worker.campaigns import Campaign
 from worker.contract import Enqueue
+from worker.store.client import StateRedis
 from worker.store.keys import Keys
 
 log = logging.getLogger(__name__)
 
 
 def start_due_runs(
-    client: redis.Redis, keys: Keys, runs: Runs, campaigns: Sequence[Campaign], now: float
+    client: StateRedis, keys: Keys, runs: Runs, campaigns: Sequence[Campaign], now: float
 ) -> list[str]:
     """Start the runs due by `now`; returns the campaigns started. A campaign seen for
     the first time looks back `grace_s` (a scheduler started just after an occurrence
@@ -57,7 +56,7 @@ def start_due_runs(
 
 
 def tick(
-    client: redis.Redis,
+    client: StateRedis,
     keys: Keys,
     runs: Runs,
     campaigns: Sequence[Campaign],

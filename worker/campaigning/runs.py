@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
-
 from worker.campaigning.timing import due_at
 from worker.campaigns import Campaign
 from worker.contract import CAMPAIGN_FIRE, INTERNAL_BATCH, Enqueue
@@ -39,6 +37,7 @@ from worker.policy.jobs import FireJob
 from worker.segmenting.query import SegmentQuery
 from worker.shoppers.audit import Decision
 from worker.shoppers.snapshot import decode_preferences
+from worker.store.client import StateRedis
 from worker.store.keys import CampaignKeys, Keys, SegmentKeys
 from worker.store.scripts import Scripts
 
@@ -80,7 +79,7 @@ class RunStatus:
 
 class Runs:
     def __init__(
-        self, client: redis.Redis, keys: Keys, scripts: Scripts, segments: SegmentQuery
+        self, client: StateRedis, keys: Keys, scripts: Scripts, segments: SegmentQuery
     ) -> None:
         self._client = client
         self._keys = keys

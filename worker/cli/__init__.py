@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from worker.cli import campaign, dead_letters, index, replay, schedule, send, serve, user
+from worker.cli import campaign, coupons, dead_letters, index, replay, schedule, send, serve, user
 
 _COMMAND_MODULES: tuple[ModuleType, ...] = (
     replay,
@@ -22,6 +22,7 @@ _COMMAND_MODULES: tuple[ModuleType, ...] = (
     send,
     dead_letters,
     campaign,
+    coupons,
 )
 
 

@@ -1,5 +1,5 @@
-"""`pushrec index build|info|pull`, `pushrec eval`, `pushrec data convert online-retail` and
-`pushrec data sample`.
+"""`pushrec index build|info|pull` (`rebuild` and `publish`: index_publish.py), `pushrec
+eval`, `pushrec data convert online-retail` and `pushrec data sample`.
 
 Thin wrappers over the `indexing` library: parse arguments, call it, print JSON or a
 table, map its errors to exit codes (0 ok, 1 refused by the quality gate, 2 bad input or
@@ -13,14 +13,25 @@ import csv
 import json
 import sys
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import indexing
 from indexing import ncf
 from indexing.sample import SAMPLE_DIR, SampleSpec, build_sample, sample_files
+from worker.cli import index_publish
 from worker.cli.common import fail, load_settings, print_json
+from worker.cli.index_publish import (
+    add_gate_options,
+    moves_pointer,
+    point_or_fail,
+    workers_redis,
+)
 from worker.firing.index_store import open_index_store
+
+if TYPE_CHECKING:
+    from worker.service.runtime import Runtime
 
 _METRICS = ("recall", "ndcg", "hr", "coverage")
 #: Models `eval --models` can add to the table (each an optional extra).
@@ -48,19 +59,18 @@ def register(subparsers: Any) -> None:
         "--out", help="index store, a folder or s3://bucket/prefix (default: settings index_store)"
     )
     build.add_argument("--until", help="use only events with ts < TS (epoch or ISO-8601)")
-    build.add_argument("--publish", action="store_true", help="make it current (quality gate)")
-    build.add_argument("--force", action="store_true", help="publish despite the quality gate")
+    build.add_argument(
+        "--publish",
+        action="store_true",
+        help="make it current (quality gate) and, in the settings' store, move the workers' "
+        "Redis pointer to it",
+    )
+    add_gate_options(build)
     build.add_argument("--rejected", type=Path, help="write rejected event rows here (CSV)")
     build.add_argument(
         "--params",
         type=Path,
         help="model parameters as JSON (the `params` of `pushrec eval --json`, or bare)",
-    )
-    build.add_argument(
-        "--max-drop",
-        type=float,
-        default=indexing.store.DEFAULT_MAX_DROP,
-        help="gate: allowed relative recall@10 drop",
     )
     build.set_defaults(handler=cmd_index_build)
     info = index_sub.add_parser("info", help="print the current manifest as JSON")
@@ -73,6 +83,7 @@ def register(subparsers: Any) -> None:
     pull.add_argument("--store", help="index store (default: settings index_store)")
     pull.add_argument("--version", help="this version instead of the published one")
     pull.set_defaults(handler=cmd_index_pull)
+    index_publish.register(index_sub)
 
     ev = subparsers.add_parser("eval", help="offline evaluation: served model vs baselines")
     ev.add_argument("--events", type=Path, required=True)
@@ -181,25 +192,31 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     events, items = args.events, args.items
     if args.sample:
         events, items = sample_files().events, items or sample_files().items
-    log = _read_log(events, until, args.rejected)
-    catalog = _read_items(items)
-    params = _read_params(args.params)
-    try:
-        result = indexing.build_version(
-            log,
-            store,
-            catalog=catalog,
-            params=params,
-            publish_it=args.publish,
-            force=args.force,
-            max_drop=args.max_drop,
-        )
-    except indexing.EmptyDataError as exc:
-        fail(str(exc))
-    except indexing.ArtifactError as exc:
-        fail(f"built but not publishable: {exc}")
-    for note in result.notes:
-        print(note, file=sys.stderr)
+    pointer: AbstractContextManager[Runtime | None] = nullcontext()
+    if args.publish and moves_pointer(load_settings(), args.out):
+        pointer = workers_redis()  # checked before the build: exit 2 if it does not answer
+    with pointer as rt:
+        log = _read_log(events, until, args.rejected)
+        catalog = _read_items(items)
+        params = _read_params(args.params)
+        try:
+            result = indexing.build_version(
+                log,
+                store,
+                catalog=catalog,
+                params=params,
+                publish_it=args.publish,
+                force=args.force,
+                max_drop=args.max_drop,
+            )
+        except indexing.EmptyDataError as exc:
+            fail(str(exc))
+        except indexing.ArtifactError as exc:
+            fail(f"built but not publishable: {exc}")
+        for note in result.notes:
+            print(note, file=sys.stderr)
+        if rt is not None and result.published is not None and not result.refused:
+            point_or_fail(rt, result.version)
     print_json(result.as_dict())
     if result.refused:
         print(f"pushrec: {result.refused}", file=sys.stderr)

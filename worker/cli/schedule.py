@@ -41,9 +41,12 @@ def run_scheduler(args: argparse.Namespace) -> int:
     from apscheduler.triggers.cron import CronTrigger
 
     from worker.contract import REBUILD_INDEX
+    from worker.firing.index_store import open_index_store
     from worker.service.app import create_app
+    from worker.service.housekeeping import run_housekeeping
     from worker.service.logs import configure_logging, log_format
-    from worker.service.scheduler import LeaderLock, Scheduler, drain_due, resend_stuck
+    from worker.service.scheduler import Scheduler, drain_due, resend_stuck
+    from worker.store.lease import Lease
 
     settings, server = load_settings_with_redis()
     configure_logging(args.loglevel, log_format(settings.log_format, service=True))
@@ -58,6 +61,10 @@ def run_scheduler(args: argparse.Namespace) -> int:
     jobs.append(
         (lambda: resend_stuck(rt.outbox, app.enqueue), {"trigger": "interval", "seconds": 60})
     )
+    if settings.coupon_pools:  # unredeemed codes past expiry stop counting as outstanding
+        jobs.append(
+            (lambda: rt.coupons.expire(settings.now()), {"trigger": "interval", "seconds": 60})
+        )
     if settings.index_rebuild_cron:
         jobs.append(
             (
@@ -66,7 +73,14 @@ def run_scheduler(args: argparse.Namespace) -> int:
             )
         )
     jobs.extend(campaign_jobs(settings, rt, app.enqueue))
-    lock = LeaderLock(rt.redis, rt.keys.scheduler_lock, settings.scheduler_lease_s)
+    lock = Lease(rt.redis, rt.keys.scheduler_lock, settings.scheduler_lease_s)
+    store = open_index_store(settings)
+    jobs.append(
+        (
+            lambda: run_housekeeping(rt.redis, rt.keys, settings, store, rt.metrics, lock.owner),
+            {"trigger": "interval", "seconds": settings.housekeeping_interval_s},
+        )
+    )
     scheduler = Scheduler(lock, jobs)
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
     metrics = serve_metrics_if_asked(app, args.metrics_port)

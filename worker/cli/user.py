@@ -50,6 +50,7 @@ def show_user(args: argparse.Namespace) -> int:
 
     rt = _runtime()
     view = user_view(rt.redis, rt.keys, args.user_id, rt.settings.now())
+    view["coupons"] = rt.coupons.holdings(args.user_id, rt.settings.now())
     view["decisions"] = decisions_view(rt.audit, rt.outbox, args.user_id)
     print_json(view)
     return 0

@@ -6,8 +6,7 @@ from __future__ import annotations
 import math
 import time
 
-import redis.asyncio as aioredis
-
+from worker.store.client import AsyncStateRedis
 from worker.store.keys import BREAKER_ROUTES_KEPT_S, Keys
 
 _TAKE_TOKENS = """
@@ -34,7 +33,7 @@ return 0
 
 
 class RedisTokenCache:
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: AsyncStateRedis, prefix: str) -> None:
         self._client = client
         self._key = Keys(prefix).push_token
         self._discard = client.register_script(_DISCARD_IF_SAME)
@@ -57,7 +56,7 @@ class RedisBreakerStore:
     """Each tripped route is also noted in `Keys.breaker_routes`, so metrics can report
     every breaker's state without scanning the keyspace."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: AsyncStateRedis, prefix: str) -> None:
         self._client = client
         self._keyring = Keys(prefix)
 
@@ -104,7 +103,7 @@ class RedisBreakerStore:
 
 
 class RedisRateLimitStore:
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: AsyncStateRedis, prefix: str) -> None:
         self._key = Keys(prefix).rate_bucket
         self._take = client.register_script(_TAKE_TOKENS)
 

@@ -21,8 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-import redis
-
+from worker.store.client import StatePipeline, StateRedis
 from worker.store.keys import Keys
 from worker.store.scripts import Scripts
 
@@ -66,7 +65,8 @@ class MessageRecord:
     created_at: float
     link: str | None = None
     image: str | None = None
-    coupon: str | None = None
+    coupon: str | None = None  # the issued code
+    offer: dict[str, Any] | None = None  # its offer (`IssuedCoupon.as_dict`)
     locale: str = "en"
     ttl_s: int = 86_400
     data: dict[str, str] = field(default_factory=dict)
@@ -89,7 +89,7 @@ class Creation(NamedTuple):
 
 
 class Outbox:
-    def __init__(self, client: redis.Redis, keys: Keys, scripts: Scripts) -> None:
+    def __init__(self, client: StateRedis, keys: Keys, scripts: Scripts) -> None:
         self._client = client
         self._keys = keys
         self._scripts = scripts
@@ -117,7 +117,7 @@ class Outbox:
             )
         return out
 
-    def _index(self, record: MessageRecord, pipe: redis.client.Pipeline) -> None:
+    def _index(self, record: MessageRecord, pipe: StatePipeline) -> None:
         """List the message on its shopper (erasure finds it there) for as long as
         messages are kept; older entries go as new ones come."""
         key = self._keys.user(record.user_id).messages
@@ -125,10 +125,10 @@ class Outbox:
         pipe.zremrangebyscore(key, "-inf", f"({record.created_at - MESSAGE_TTL_S!r}")
         pipe.expire(key, MESSAGE_TTL_S)
 
-    def mark_queued(self, record: MessageRecord, pipe: redis.client.Pipeline) -> None:
+    def mark_queued(self, record: MessageRecord, pipe: StatePipeline) -> None:
         """List the message among those waiting for their deliver task (in `pipe`): the
         scheduler re-sends deliveries that stay queued too long."""
-        pipe.zadd(self._keys.outbox_queued, {record.id: record.created_at})
+        pipe.zadd(self._queued(record.id), {record.id: record.created_at})
 
     def load_many(self, mids: Sequence[str]) -> list[tuple[MessageRecord | None, dict[str, str]]]:
         """Each message's record and state hash, in one round trip."""
@@ -152,33 +152,46 @@ class Outbox:
         state: dict[str, str] = self._client.hgetall(self._keys.message(mid).state)  # type: ignore[assignment]
         return state
 
-    def set_state(
-        self, mid: str, state: str, pipe: redis.client.Pipeline, reason: str = ""
-    ) -> None:
+    def set_state(self, mid: str, state: str, pipe: StatePipeline, reason: str = "") -> None:
         pipe.hset(
             self._keys.message(mid).state,
             mapping={"state": state, "updated_at": str(time.time()), "reason": reason},
         )
         if state in _OFF_THE_QUEUE:
-            pipe.zrem(self._keys.outbox_queued, mid)
+            pipe.zrem(self._queued(mid), mid)
 
-    def unqueue(self, mids: Sequence[str], pipe: redis.client.Pipeline) -> None:
+    def unqueue(self, mids: Sequence[str], pipe: StatePipeline) -> None:
         """Take messages off the queued list for good (in `pipe`): their record is gone
         (expired, or the shopper erased), so no delivery can ever settle them."""
-        if mids:
-            pipe.zrem(self._keys.outbox_queued, *mids)
+        for mid in mids:
+            pipe.zrem(self._queued(mid), mid)
+
+    def _queued(self, mid: str) -> str:
+        """The shard of the queued list that message `mid` is listed in."""
+        return self._keys.outbox_queued(self._keys.shard(mid))
 
     def stuck(self, now: float, older_than_s: float, limit: int = 1000) -> list[str]:
         """Messages queued more than `older_than_s` ago whose delivery never started or
         never finished (a lost task, a killed worker); each is returned at most once per
-        `older_than_s`."""
-        key = self._keys.outbox_queued
-        mids: list[str] = self._client.zrangebyscore(  # type: ignore[assignment]
-            key, "-inf", now - older_than_s, start=0, num=limit
-        )
-        if mids:
-            self._client.zadd(key, dict.fromkeys(mids, now), xx=True)
-        return mids
+        `older_than_s`. Up to `limit` from each shard."""
+        read = self._client.pipeline(transaction=False)
+        for shard in self._keys.all_shards:
+            key = self._keys.outbox_queued(shard)
+            read.zrangebyscore(key, "-inf", now - older_than_s, start=0, num=limit)
+        found: list[list[str]] = read.execute()
+        touch = self._client.pipeline(transaction=False)
+        for shard, mids in zip(self._keys.all_shards, found, strict=True):
+            if mids:
+                touch.zadd(self._keys.outbox_queued(shard), dict.fromkeys(mids, now), xx=True)
+        touch.execute()
+        return [mid for mids in found for mid in mids]
+
+    def queued_count(self) -> int:
+        """How many messages are listed as awaiting delivery (every shard)."""
+        pipe = self._client.pipeline(transaction=False)
+        for shard in self._keys.all_shards:
+            pipe.zcard(self._keys.outbox_queued(shard))
+        return sum(int(n) for n in pipe.execute())
 
     def claim_devices(self, sends: Sequence[tuple[str, str]], owner: str, now: float) -> list[bool]:
         """Atomically mark each (message id, device id) `sending` by `owner` (the task
@@ -190,7 +203,7 @@ class Outbox:
 
     def queue_claims(
         self,
-        pipe: redis.client.Pipeline,
+        pipe: StatePipeline,
         sends: Sequence[tuple[str, str]],
         owner: str,
         now: float,
@@ -204,22 +217,20 @@ class Outbox:
                 [f"dev:{device_id}", owner, repr(now), SEND_LEASE_S],
             )
 
-    def unclaim_device(self, mid: str, device_id: str, pipe: redis.client.Pipeline) -> None:
+    def unclaim_device(self, mid: str, device_id: str, pipe: StatePipeline) -> None:
         """Undo a claim this delivery made and did not send on (in `pipe`)."""
         pipe.hdel(self._keys.message(mid).state, f"dev:{device_id}")
 
-    def settle_device(
-        self, mid: str, device_id: str, status: str, pipe: redis.client.Pipeline
-    ) -> None:
+    def settle_device(self, mid: str, device_id: str, status: str, pipe: StatePipeline) -> None:
         pipe.hset(self._keys.message(mid).state, f"dev:{device_id}", status)
 
-    def first_delivery(self, mid: str, now: float, pipe: redis.client.Pipeline) -> None:
+    def first_delivery(self, mid: str, now: float, pipe: StatePipeline) -> None:
         """Note the first time any device took the message; the reply (1 the first
         time, else 0) lets the caller count each message delivered once."""
         pipe.hsetnx(self._keys.message(mid).state, "delivered_at", repr(now))
 
     def add_attempts(
-        self, mid: str, attempts: Sequence[dict[str, Any]], pipe: redis.client.Pipeline
+        self, mid: str, attempts: Sequence[dict[str, Any]], pipe: StatePipeline
     ) -> None:
         key = self._keys.message(mid).attempts
         pipe.rpush(key, *(json.dumps(a, separators=(",", ":")) for a in attempts))

@@ -14,8 +14,6 @@ from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
-
 from push.config import GatewayConfig, open_gateways
 from push.delivery import CircuitBreaker, Deliverer, RateLimit, RateLimiter, RetryPolicy
 from push.gateway import Router
@@ -23,6 +21,7 @@ from push.messages import Channel
 from worker.delivery.gateway_stores import RedisBreakerStore, RedisRateLimitStore, RedisTokenCache
 from worker.delivery.timing import TimedSender
 from worker.settings import Settings
+from worker.store.client import connect_state_async
 
 T = TypeVar("T")
 
@@ -40,7 +39,7 @@ class PushRuntime:
         assert settings.redis_url is not None
         self.loop = asyncio.new_event_loop()
         self._stack = AsyncExitStack()
-        self._redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self._redis = connect_state_async(settings.redis_url)
         prefix = settings.key_prefix
         if router is None:
             router = self.run(

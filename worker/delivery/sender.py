@@ -47,6 +47,7 @@ from worker.shoppers.audit import Audit
 from worker.shoppers.contacts import Contacts
 from worker.shoppers.segment_index import SegmentIndex
 from worker.shoppers.snapshot import DeviceRecord, Part, Shopper, ShopperReads
+from worker.store.client import StatePipeline, StateRedis
 from worker.store.delayed import DelayedJobs, Job
 from worker.store.errors import describe, is_transient, stack
 from worker.store.keys import Keys
@@ -95,7 +96,7 @@ class MessageSender:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: StateRedis,
         keys: Keys,
         settings: Settings,
         contacts: Contacts,
@@ -401,7 +402,7 @@ class MessageSender:
         if gone:
             _patiently(lambda: self._segment_index.refresh_devices(gone, now))
 
-    def _settle_held(self, d: _Delivery, now: float, pipe: redis.client.Pipeline) -> None:
+    def _settle_held(self, d: _Delivery, now: float, pipe: StatePipeline) -> None:
         """Queue the writes of a delivery that did not go out: held out (a holdout cell's
         message that passed every check), suppressed for good, or deferred (parked until
         its quiet hours end, the same request again)."""
@@ -425,7 +426,7 @@ class MessageSender:
         attempt = {"at": now, "attempt": d.request.attempt, action: why}
         self._outbox.add_attempts(mid, [attempt], pipe)
 
-    def _note_items(self, record: MessageRecord, now: float, pipe: redis.client.Pipeline) -> None:
+    def _note_items(self, record: MessageRecord, now: float, pipe: StatePipeline) -> None:
         """Note a message's items as pushed (the no-repeat step) and as its rule's, in its
         cell, for attribution (in `pipe`): on its first delivery, or when held out."""
         self._policy.record_items(record.user_id, record.items, now, pipe)
@@ -433,7 +434,7 @@ class MessageSender:
             record.user_id, record.items, record.id, record.rule, record.cell, now, pipe
         )
 
-    def _drop_moved(self, d: _Delivery, now: float, pipe: redis.client.Pipeline) -> None:
+    def _drop_moved(self, d: _Delivery, now: float, pipe: StatePipeline) -> None:
         """Record the devices skipped as another shopper's, and take them off this
         shopper's list (in `pipe`)."""
         if not d.moved:
@@ -460,7 +461,7 @@ class MessageSender:
         d: _Delivery,
         results: Sequence[DeliveryResult],
         now: float,
-        pipe: redis.client.Pipeline,
+        pipe: StatePipeline,
     ) -> int | None:
         """Queue one delivery's writes in `pipe`; returns the index of its first-delivery
         reply if a device took the message."""

@@ -3,7 +3,10 @@
 `Composer` compiles one template set (title, body, link) per rule once per process and
 renders a `MessageRecord` from the items firing chose, the catalog facts read for them,
 the trigger's extras (old and new price, interval, category) and the shopper's locale.
-It reads and writes nothing (a coupon code, when the rule has one, is drawn at random).
+It reads and writes nothing: a coupon, when the rule gives one, was issued by firing
+(`worker/coupons/ledger.py`) and reaches the templates as `coupon` (renders as the code;
+`coupon.percent_off`, `amount_off`, `currency`, `min_basket`, `expires`) and the record
+as `coupon` (the code) and `offer`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from push import TemplateSet, new_coupon
+from push import TemplateSet
+from worker.coupons import IssuedCoupon
 from worker.delivery.outbox import MessageRecord
 from worker.policy.jobs import FireJob
 from worker.rules import Rule
@@ -44,22 +48,22 @@ class Composer:
         prefs: dict[str, str],
         now: float,
         cell: str = "treated",
+        coupon: IssuedCoupon | None = None,
     ) -> MessageRecord:
         """The message of `rule` for `job`'s shopper about `items` (best first), in the
-        shopper's locale, in the experiment `cell`; raises `PushError` for a template
-        that cannot render."""
+        shopper's locale, in the experiment `cell`, with `coupon` when one was issued;
+        raises `PushError` for a template that cannot render."""
         item_views = [_item_view(i, facts.get(i, {})) for i in items]
         trigger = _item_view(job.items[0], facts.get(job.items[0], {})) if job.items else {}
         if "old" in job.extra:
             trigger["old_price"] = float(job.extra["old"])
             trigger["price"] = float(job.extra.get("new", trigger.get("price", 0.0)))
-        coupon = new_coupon() if rule.coupon else None
         locale = prefs.get("locale", "en")
         context = {
             "items": item_views,
             "trigger": trigger,
             "reason_item": trigger,
-            "coupon": coupon,
+            "coupon": coupon.template_text() if coupon else None,
             "currency": self._currency,
             "locale": locale,
             **dict(job.extra),
@@ -81,7 +85,8 @@ class Composer:
             image=str(item_views[0].get("image"))
             if item_views and item_views[0].get("image")
             else None,
-            coupon=coupon,
+            coupon=coupon.code if coupon else None,
+            offer=coupon.as_dict() if coupon else None,
             locale=locale,
             ttl_s=rule.ttl_s,
             data={"rule": rule.name, "items": ",".join(items)},

@@ -5,7 +5,11 @@ what the `pushrec.fire` task does with the scheduler's due jobs. For each job it
 re-checks the rule's condition against the shopper's state now (buying what is in the
 cart within the delay cancels the cart reminder), picks the items, runs the contact
 policy and acts on its verdict: queue the message (created once per id), park the job
-until quiet hours end, or record why nothing was sent. Every outcome leaves a decision
+until quiet hours end, or record why nothing was sent. A rule with a coupon issues it from
+its pool for the message about to be composed (idempotent per message id; the treated
+cell only: a holdout message is never sent, so it spends no budget); a refused issue
+follows the rule's `coupon.on_refused` (send without, or suppress at step `coupon`) and
+is recorded on the decision. Every outcome leaves a decision
 record on the shopper. The whole batch shares one round trip per stage.
 """
 
@@ -17,12 +21,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, ParamSpec, TypeVar
 
-import redis
-
 from indexing import LoadedIndex
 from push import fingerprint
 from push.errors import PushError
 from worker.contract import FIRE
+from worker.coupons import Coupons, IssuedCoupon, Refusal
+from worker.coupons.reminders import EXTRA_CODE
 from worker.delivery.outbox import MessageRecord, Outbox, message_id
 from worker.firing.compose import Composer
 from worker.firing.index_holder import IndexHolder
@@ -36,6 +40,7 @@ from worker.shoppers.audit import Audit, Decision, FireAction
 from worker.shoppers.catalog import Catalog
 from worker.shoppers.snapshot import Shopper, ShopperReads
 from worker.shoppers.state import StateStore
+from worker.store.client import StatePipeline, StateRedis
 from worker.store.delayed import DelayedJobs, Job
 from worker.store.errors import describe, stack
 from worker.store.keys import Keys
@@ -85,12 +90,13 @@ class _Firing:
     step: str = ""  # what settled it: a policy step, or condition, recommend, compose, error
     record: MessageRecord | None = None
     defer_until: float | None = None
+    held: IssuedCoupon | None = None  # a reminder's code, still the shopper's
 
 
 class Firer:
     def __init__(
         self,
-        client: redis.Redis,
+        client: StateRedis,
         keys: Keys,
         settings: Settings,
         state: StateStore,
@@ -102,6 +108,7 @@ class Firer:
         index: IndexHolder | None,
         deliver: Deliver,
         metrics: Metrics,
+        coupons: Coupons,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -116,6 +123,7 @@ class Firer:
         self._index = index
         self._deliver = deliver
         self._metrics = metrics
+        self._coupons = coupons
         self._composer = Composer(settings.all_rules, settings.currency)
 
     # --- reading the shoppers -----------------------------------------------------------
@@ -155,7 +163,7 @@ class Firer:
         """What `fire_many` would decide for each job at `now`, writing nothing: the
         same reads, recommendation, policy and composition, with the send step left out
         (a campaign's dry run). One entry per job, in order."""
-        results, firings = self._decide_all(jobs, now)
+        results, firings = self._decide_all(jobs, now, dry=True)
         by_decision = {id(f.decision): f for f in firings}
         out = []
         for decision in results:
@@ -170,10 +178,10 @@ class Firer:
         return out
 
     def _decide_all(
-        self, jobs: Sequence[FireJob], now: float
+        self, jobs: Sequence[FireJob], now: float, *, dry: bool = False
     ) -> tuple[list[Decision], list[_Firing]]:
         """Each job's decision (in order) and the firings decided: everything up to the
-        writes."""
+        writes (`dry`: a coupon is priced, not issued)."""
         results: list[Decision] = []
         firings: list[_Firing] = []
         seen: set[str] = set()
@@ -212,7 +220,7 @@ class Firer:
                 why = "its own items are unavailable (out of stock or withdrawn)"
                 f.action, f.reason, f.step = "suppress", why, "recommend"
                 continue
-            _isolated(f, self._decide, f, shopper, candidates, facts, now)
+            _isolated(f, self._decide, f, shopper, candidates, facts, now, dry)
         return results, firings
 
     def _pools(
@@ -223,7 +231,8 @@ class Firer:
         now: float,
     ) -> list[Pool | None]:
         """Each firing's candidate pool, or None once it is settled: its condition no
-        longer holds (re-checked against the shopper's state now), or an error."""
+        longer holds (re-checked against the shopper's state now; a reminder's code must
+        still be the shopper's, unredeemed), or an error."""
         live: list[list[tuple[str, float]]] = []  # read once, by the first pool needing it
 
         def trending() -> list[tuple[str, float]]:
@@ -237,6 +246,9 @@ class Firer:
             own_items, why_not = kind.holds_at_fire(
                 f.rule, f.job.trigger_ts, f.job.items, shopper.state
             )
+            if not why_not and (code := f.job.extra.get(EXTRA_CODE)):
+                f.held = self._coupons.held(code, f.job.user_id, now)
+                why_not = "" if f.held else "the code was redeemed or has expired"
             if why_not:
                 f.action, f.reason, f.step = "suppress", f"condition: {why_not}", "condition"
                 return None
@@ -297,6 +309,7 @@ class Firer:
         candidates: list[Candidate],
         facts: Mapping[str, Mapping[str, str]],
         now: float,
+        dry: bool = False,
     ) -> None:
         """Run the contact policy and settle what this firing does."""
         active = [d["channel"] for d in shopper.state.active_devices().values()]
@@ -319,10 +332,14 @@ class Firer:
         elif verdict.action == "defer":
             f.action, f.defer_until = "defer", verdict.defer_until
         else:
+            treated = verdict.cell == "treated"
+            coupon = self._coupon(f, items, facts, now, dry) if treated else None
+            if f.action:  # the coupon was refused and the rule suppresses without one
+                return
             try:
                 f.record = self._composer.compose(
                     f.rule, f.job, f.mid, items, facts, verdict.channels,
-                    shopper.state.preferences, now, verdict.cell,
+                    shopper.state.preferences, now, verdict.cell, coupon,
                 )  # fmt: skip
             except PushError as exc:  # a template bug: nothing is sent, the reason is kept
                 f.action, f.reason, f.step = "suppress", f"compose: {exc}", "compose"
@@ -330,6 +347,42 @@ class Firer:
             # a holdout cell's message goes the treated one's way up to the gateway
             f.action, f.reason = "queued", ""
             f.step = "holdout" if verdict.cell == "holdout" else "all_passed"
+
+    def _coupon(
+        self,
+        f: _Firing,
+        items: list[str],
+        facts: Mapping[str, Mapping[str, str]],
+        now: float,
+        dry: bool,
+    ) -> IssuedCoupon | None:
+        """Issue the rule's coupon for this message (a percent offer's face value taken of
+        the lead item's price), or settle a refusal by the rule's policy. A reminder of a
+        code (`coupons/reminders.py`) shows that code, if the shopper still holds it. A
+        dry run prices the coupon it would issue and issues none."""
+        if f.held is not None:  # checked with the rule's condition (`_pools`)
+            f.decision["coupon"] = f.held.as_dict()
+            return f.held
+        spec = f.rule.coupon
+        if spec is None:
+            return None
+        lead = facts.get(items[0], {}) if items else {}
+        basis = float(lead.get("price") or 0.0)
+        if dry:
+            f.decision["coupon"] = {"pool": spec.pool, "face_value": spec.face_cents(basis) / 100}
+            return None
+        kind = "campaign" if f.rule.kind == "campaign" else "rule"
+        issued = self._coupons.issue(
+            spec, source=f"{kind}:{f.rule.name}", message_id=f.mid, user_id=f.job.user_id,
+            now=now, basis=basis,
+        )  # fmt: skip
+        if isinstance(issued, Refusal):
+            f.decision["coupon"] = {"pool": issued.pool, "refused": issued.reason}
+            if spec.on_refused == "suppress":
+                f.action, f.reason, f.step = "suppress", f"coupon: {issued.reason}", "coupon"
+            return None
+        f.decision["coupon"] = issued.as_dict()
+        return issued
 
     def _write(self, firings: Sequence[_Firing], now: float, owner: str) -> None:
         """Create the messages (once per id), then record every decision, count it, park
@@ -352,6 +405,7 @@ class Firer:
                     "body": f.record.body,
                     "items": f.record.items,
                     "cell": f.record.cell,
+                    "coupon": f.record.coupon,
                 }
             else:
                 f.action = "duplicate"
@@ -375,7 +429,7 @@ class Firer:
         if deliver:
             self._deliver(deliver, owner, stored)
 
-    def _record(self, f: _Firing, now: float, writes: redis.client.Pipeline) -> None:
+    def _record(self, f: _Firing, now: float, writes: StatePipeline) -> None:
         assert f.action, "every firing is decided before it is recorded"
         f.decision["action"] = f.action
         f.decision["reason"] = f.reason

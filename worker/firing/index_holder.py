@@ -13,6 +13,9 @@ tried again only once the store holds something else under its name (published a
 `--pool threads` the swap happens at one thread's task boundary while other threads may be
 mid-task; each lookup reads the index once, so it sees one version.
 
+Each check also notes the version served in `index:serving` (wall-clock time), so
+housekeeping never prunes a version a process may still map (`service/housekeeping.py`).
+
 The same check reads the catalog's change counter (one pipelined round trip for both), and
 the index served follows new and sold-out items between builds (`live_items.py`): a
 version loaded is brought up to date before it serves, the served one catches up when the
@@ -26,8 +29,6 @@ import random
 import threading
 import time
 
-import redis
-
 from indexing import (
     ArtifactError,
     ArtifactNotFoundError,
@@ -38,6 +39,7 @@ from indexing import (
     load_index,
 )
 from worker.firing.live_items import LiveItems
+from worker.store.client import StateRedis
 from worker.store.errors import TRANSIENT, describe
 from worker.store.keys import Keys
 
@@ -53,7 +55,7 @@ class IndexHolder:
     """One per worker process; its pool threads may call `between_tasks` concurrently."""
 
     def __init__(
-        self, store: ArtifactStore, client: redis.Redis, keys: Keys, check_every_s: float = 5.0
+        self, store: ArtifactStore, client: StateRedis, keys: Keys, check_every_s: float = 5.0
     ) -> None:
         self._store = store
         self._client = client
@@ -85,11 +87,14 @@ class IndexHolder:
         return self._poll()[0]
 
     def _poll(self) -> tuple[str | None, int]:
-        """The version wanted and the catalog's change counter, in one round trip."""
+        """The version wanted and the catalog's change counter, in one round trip, which
+        also notes the version this process serves (housekeeping never prunes it)."""
         pipe = self._client.pipeline(transaction=False)
         pipe.get(self._keys.index_version)
         pipe.get(self._keys.live_seq)
-        pointer, seq = pipe.execute()
+        if (serving := self.version) is not None:
+            pipe.zadd(self._keys.index_serving, {serving: time.time()})
+        pointer, seq, *_ = pipe.execute()
         if pointer:
             return str(pointer), int(seq or 0)
         try:

@@ -1,10 +1,13 @@
 """The index store the settings name: a local folder or an object store with this host's
-cache (`indexing.stores`). The worker only chooses; `indexing` does the work."""
+cache (`indexing.stores`), and the Redis pointer to the version workers serve. The worker
+only chooses; `indexing` does the work."""
 
 from __future__ import annotations
 
 from indexing import ArtifactStore, open_store
 from worker.settings import Settings
+from worker.store.client import StateRedis
+from worker.store.keys import Keys
 
 
 def open_index_store(settings: Settings, location: str | None = None) -> ArtifactStore:
@@ -18,3 +21,9 @@ def open_index_store(settings: Settings, location: str | None = None) -> Artifac
         region=settings.s3_region,
         keep_cached=settings.index_cache_keep,
     )
+
+
+def point_workers_at(client: StateRedis, keys: Keys, version: str) -> None:
+    """Make `version` the one every worker serves: the Redis pointer, which workers
+    follow before the store's `current` (`index_holder.py`). Set after a publish."""
+    client.set(keys.index_version, version)

@@ -30,9 +30,9 @@ import logging
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-import redis
 
 from indexing import LoadedIndex
+from worker.store.client import StateRedis
 from worker.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -41,12 +41,12 @@ _FIELDS = ("category", "brand", "stock")
 _CHUNK = 10_000
 
 
-def current_seq(client: redis.Redis, keys: Keys) -> int:
+def current_seq(client: StateRedis, keys: Keys) -> int:
     """The sequence number of the last mark (0 before any)."""
     return int(client.get(keys.live_seq) or 0)
 
 
-def publish_snapshot(client: redis.Redis, keys: Keys, seq: int, sold_out: Iterable[str]) -> None:
+def publish_snapshot(client: StateRedis, keys: Keys, seq: int, sold_out: Iterable[str]) -> None:
     """After a build that read the catalog once the marks were at `seq` is published: its
     sold-out items replace the set, and the marks it covers are dropped (one MULTI)."""
     pipe = client.pipeline(transaction=True)
@@ -63,7 +63,7 @@ class LiveItems:
     """Reads the marks and applies them to a `LoadedIndex` (the caller serialises calls on
     one index; the index's own changes are safe for lookups running meanwhile)."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: StateRedis, keys: Keys) -> None:
         self._client = client
         self._keys = keys
 

@@ -11,20 +11,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-import redis
-
 from worker.policy.jobs import Trigger
 from worker.policy.kinds import KINDS, change_trigger
 from worker.rules import Rule
 from worker.shoppers.catalog import ItemChange
 from worker.shoppers.inputs import Event
 from worker.shoppers.snapshot import Shopper, ShopperReads
+from worker.store.client import StateRedis
 from worker.store.keys import Keys
 
 
 class Triggers:
     def __init__(
-        self, client: redis.Redis, keys: Keys, rules: tuple[Rule, ...], max_age_s: int
+        self, client: StateRedis, keys: Keys, rules: tuple[Rule, ...], max_age_s: int
     ) -> None:
         self._client = client
         self._keys = keys

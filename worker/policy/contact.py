@@ -24,11 +24,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import redis
-
 from worker.policy.quiet_hours import next_allowed
 from worker.rules import Rule
 from worker.settings import Settings
+from worker.store.client import StatePipeline
 from worker.store.keys import Keys
 from worker.store.scripts import Scripts
 
@@ -138,14 +137,14 @@ class ContactPolicy:
         ]  # fmt: skip
 
     def queue_reads(
-        self, pipe: redis.client.Pipeline, rule: Rule, user_id: str, message_id: str, now: float
+        self, pipe: StatePipeline, rule: Rule, user_id: str, message_id: str, now: float
     ) -> None:
         """Queue in `pipe` the reads `decide` needs (`PolicyReads.from_replies`)."""
         keys, args = self._limits(rule, user_id, message_id, now, dry=True)
         self._scripts.queue(pipe, self._scripts.contact_reserve, keys, args)
         self.queue_pushed(pipe, user_id, now - self._settings.no_repeat_days * 86_400)
 
-    def queue_pushed(self, pipe: redis.client.Pipeline, user_id: str, since: float) -> None:
+    def queue_pushed(self, pipe: StatePipeline, user_id: str, since: float) -> None:
         """Queue in `pipe` a read of the items pushed to the shopper at or after `since`
         (the no-repeat step; the reply is a list of item ids)."""
         pipe.zrangebyscore(self._keys.user(user_id).pushed_items, since, "+inf")
@@ -212,7 +211,7 @@ class ContactPolicy:
         return verdict
 
     def queue_reserve(
-        self, pipe: redis.client.Pipeline, rule: Rule, user_id: str, message_id: str, now: float
+        self, pipe: StatePipeline, rule: Rule, user_id: str, message_id: str, now: float
     ) -> None:
         """At send time: check the caps again and record the contact atomically (queued
         in `pipe`). The reply is 'ok', 'already' (recorded by an earlier attempt) or the
@@ -221,7 +220,7 @@ class ContactPolicy:
         self._scripts.queue(pipe, self._scripts.contact_reserve, keys, args)
 
     def record_items(
-        self, user_id: str, items: Sequence[str], now: float, pipe: redis.client.Pipeline
+        self, user_id: str, items: Sequence[str], now: float, pipe: StatePipeline
     ) -> None:
         """Note the items just pushed to the shopper (in `pipe`), for the no-repeat step."""
         key = self._keys.user(user_id).pushed_items

@@ -1,12 +1,13 @@
 """Rule kinds: what each kind of rule is, one entry per kind in `KINDS`.
 
-A kind says what triggers it (activity events, or a catalog change fanned out to the
-shoppers interested in the item), how the trigger is built, whether a pending trigger
-is debounced (one per shopper, moved by each new trigger), what the message is about,
-and what must still hold when the rule fires and when its message is sent (catalog kinds
-share `change_trigger`, one trigger per interested shopper). Triggers, firing and
-delivery read the entry; none of them tests a kind by its name. Adding a kind is one
-entry here, its name in `rules.RuleKind`, and its row in docs/realtime.md.
+A kind says what triggers it (activity events, a catalog change fanned out to the
+shoppers interested in the item, or a coupon issued to the shopper), how the trigger is
+built, whether a pending trigger is debounced (one per shopper, moved by each new
+trigger), what the message is about, and what must still hold when the rule fires and
+when its message is sent (catalog kinds share `change_trigger`, one trigger per
+interested shopper). Triggers, firing and delivery read the entry; none of them tests a
+kind by its name. Adding a kind is one entry here, its name in `rules.RuleKind`, and its
+row in docs/realtime.md.
 
 What a message is about (`Kind.about`):
 
@@ -49,6 +50,7 @@ class Kind:
     on_event: EventTrigger | None = None
     trigger_reads: frozenset[Part] = frozenset()  # what `on_event` reads of the shopper
     on_change: ChangeMatch | None = None  # catalog kinds: the change that triggers it
+    on_issue: bool = False  # triggered by a code issued to the shopper (coupons/reminders.py)
     debounce: bool = False
 
     @property
@@ -250,6 +252,7 @@ KINDS: dict[str, Kind] = {
         ),
         # a campaign's shoppers come from its segment, not from events (worker/campaigning/)
         Kind("campaign", about="shopper", holds_at_fire=_always_holds),
+        Kind("coupon_expiring", about="shopper", on_issue=True, holds_at_fire=_always_holds),
         Kind("price_drop", about="item", on_change=_price_dropped, holds_at_fire=_item_not_bought),
         Kind("back_in_stock", about="item", on_change=_restocked, holds_at_fire=_item_not_bought),
     )

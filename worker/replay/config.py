@@ -14,7 +14,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from worker.rules import DEFAULT_RULES, CouponSpec, Rule
+from worker.coupons import CouponPool, CouponSpec
+from worker.rules import DEFAULT_RULES, Rule
 
 # Settings that name a real gateway's credentials: a replay refuses them unless told.
 REAL_GATEWAY_SETTINGS = (
@@ -44,9 +45,9 @@ DEMO_RULES: tuple[Rule, ...] = (
         cooldown_s=86_400,
         holdout_pct=10,
         title="Picked for you after your order",
-        body="{{ items[0].title | lower }}{% if coupon %}: code {{ coupon }} takes 10% off"
-        "{% endif %}.",
-        coupon=CouponSpec(percent_off=10, ttl_days=7),
+        body="{{ items[0].title | lower }}{% if coupon %}: code {{ coupon }} takes "
+        "{{ coupon.percent_off }}% off{% endif %}.",
+        coupon=CouponSpec(pool="demo", percent_off=10, ttl_days=7),
     ),
     Rule(
         name="replenish",
@@ -56,6 +57,11 @@ DEMO_RULES: tuple[Rule, ...] = (
         body="You usually buy it about every {{ interval_days }} days.",
     ),
 )
+
+
+# The pool the default rules' coupons come from when the file declares none: a replay's
+# shoppers come back often, so the per-shopper limit is high.
+DEMO_POOL = CouponPool(name="demo", budget_count=1_000_000, per_shopper=1000)
 
 
 class ConfigError(Exception):
@@ -77,7 +83,7 @@ def load_config(
     path: Path | None, default_rules: tuple[Rule, ...] = DEFAULT_RULES
 ) -> dict[str, Any]:
     """The TOML file as a dict (`{}` for none), with its rules spelt out (`default_rules`
-    when it has none)."""
+    when it has none, with `DEMO_POOL` under each pool name their coupons use)."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -86,6 +92,14 @@ def load_config(
             raise ConfigError(f"cannot read {path}: {exc}") from exc
     if not data.get("rules"):
         data["rules"] = [_rule_dict(rule) for rule in default_rules]
+        pools = sorted({r.coupon.pool for r in default_rules if r.coupon is not None})
+        if pools and not data.get("coupon_pools"):
+            data["coupon_pools"] = [
+                DEMO_POOL.model_copy(update={"name": name}).model_dump(
+                    mode="json", exclude_none=True
+                )
+                for name in pools
+            ]
     return data
 
 

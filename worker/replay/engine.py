@@ -47,9 +47,12 @@ _SEND_CHUNK = 200  # events per track_batch call
 _START_ALLOWANCE_S = 12.0  # wall-clock seconds for the workers to start before the clock runs
 # As fast as possible: each step sends at most this many events, spanning at most this
 # many simulated seconds (what they are decided late by at most), then waits for the
-# workers to drain them before the clock moves on.
+# workers to drain them before the clock moves on. A delayed job comes due in the step
+# that reaches its time, at most `_JOB_SLACK_S` late: jobs due close together (and the
+# events around them) share a step rather than stopping the clock one by one.
 _STEP_EVENTS = 1000
 _STEP_S = 900.0
+_JOB_SLACK_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -408,12 +411,11 @@ def _feed_fast(
     plan: ReplayPlan,
     clock_file: ClockFile,
 ) -> None:
-    """As fast as the workers go: move the clock to the next event (a step takes up to
-    `_STEP_EVENTS` of them, within `_STEP_S` simulated seconds) or the next delayed job
-    (a rule's delay, a deferral, a retry), whichever is due first; send the step's
-    events; wait until the queues are empty, nothing is being worked on and no delayed
-    job is due; repeat. A delay is kept to the simulated second (the clock stops at each
-    job's due time); an event is decided at most `_STEP_S` after its time."""
+    """As fast as the workers go: move the clock on by one step (`_step`), send the
+    step's events, wait until the queues are empty, nothing is being worked on and no
+    delayed job is due; repeat. An event is decided at most `_STEP_S` after its time, a
+    delayed job (a rule's delay, a deferral, a retry) at most `_JOB_SLACK_S` after its
+    due time, and nothing waits on the wall clock: a quiet night is one step."""
     shift = run.shift_s
     progress = Progress(total=len(ahead), started=time.time())
     deadline = progress.started + plan.budget_s
@@ -424,15 +426,7 @@ def _feed_fast(
             due = _next_due(rt) - shift
             if i >= len(ahead) and due > tail_end:
                 break  # every event sent, no delay left to come due within the tail
-            if i < len(ahead) and ahead[i].ts <= due:
-                j, limit = i, min(due, ahead[i].ts + _STEP_S)
-                while j < len(ahead) and j - i < _STEP_EVENTS and ahead[j].ts <= limit:
-                    j += 1
-                # a job due within the step and after all its events: one stop for both
-                whole = j == len(ahead) or ahead[j].ts > due
-                target = due if whole and due <= ahead[i].ts + _STEP_S else ahead[j - 1].ts
-            else:
-                j, target = i, due
+            j, target = _step(rt, ahead, i, due, shift)
             now = max(target + shift, run.now())  # never backwards
             step = SimulatedClock(origin=now, real_origin=time.time(), speed=1.0)
             clock_file.write(step)
@@ -449,6 +443,26 @@ def _feed_fast(
     _show(progress_line(run, progress, rt), final=True)
 
 
+def _step(rt: Runtime, ahead: list[Row], i: int, due: float, shift: float) -> tuple[int, float]:
+    """The next step from event `i`, with the first pending job `due` (history time):
+    (the end of its events, the history time the clock moves to). It spans what is
+    pending from the first event or job on, up to `_STEP_S` after the first event and
+    `_JOB_SLACK_S` after the first job, and `_STEP_EVENTS` events; the clock stops at
+    the last event or job due within it."""
+    first_event = ahead[i].ts if i < len(ahead) else math.inf
+    limit = min(min(first_event, due) + _STEP_S, due + _JOB_SLACK_S)
+    j = i
+    while j < len(ahead) and j - i < _STEP_EVENTS and ahead[j].ts <= limit:
+        j += 1
+    if j - i == _STEP_EVENTS:
+        limit = ahead[j - 1].ts  # the rest of the window is the next step's
+    last_job = rt.delayed.last_due(limit + shift)
+    target = max(ahead[j - 1].ts if j > i else -math.inf, due if due <= limit else -math.inf)
+    if last_job is not None:
+        target = max(target, last_job - shift)
+    return j, target
+
+
 def _by_shopper(rows: list[Row]) -> list[list[Row]]:
     """`rows` in tasks the worker processes can take on at once (two at least): each
     shopper's events in one task, in time order, so none is applied before an earlier one."""
@@ -460,8 +474,7 @@ def _by_shopper(rows: list[Row]) -> list[list[Row]]:
 
 def _next_due(rt: Runtime) -> float:
     """When the next delayed job is due (simulated epoch seconds), or infinity."""
-    first = rt.redis.zrange(rt.keys.delayed_due, 0, 0, withscores=True)
-    return float(first[0][1]) if first else math.inf
+    return rt.delayed.next_due()
 
 
 def _settled(rt: Runtime, stack: Stack, now: float, deadline: float) -> None:
@@ -477,9 +490,8 @@ def _settled(rt: Runtime, stack: Stack, now: float, deadline: float) -> None:
         for q in queues:
             pipe.llen(q)
         pipe.hlen("unacked")
-        pipe.zcount(rt.keys.delayed_due, "-inf", now)
-        pipe.zcard(rt.keys.delayed_inflight)
-        busy = sum(int(n) for n in pipe.execute())
+        busy = sum(int(n) for n in pipe.execute()) + rt.delayed.counts(now)
+        busy += rt.delayed.claimed()
         quiet = quiet + 1 if busy == 0 else 0
         time.sleep(0.005)
     stack.check()

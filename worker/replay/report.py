@@ -342,7 +342,7 @@ this machine.</p>
 item within 7 simulated days; holdout: the same for the messages the rule made for the
 shoppers it held out, stopped at that same point after the same checks and caps.
 Lift = hit rate / holdout rate - 1, 95% interval on the log ratio. Coupon face value:
-percent off the lead item's price.</p>
+as issued (the percent off the lead item's price at the time).</p>
 <div class="grid"><img alt="pushes per rule over time" src="{_pushes_over_time(results)}">
 <img alt="decisions by step" src="{_decisions_by_step(results)}">
 <img alt="delivery outcomes by channel" src="{_channel_outcomes(results)}">

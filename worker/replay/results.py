@@ -152,6 +152,7 @@ def collect(run: ReplayRun, rt: Runtime) -> dict[str, Any]:
                 # the gateway called, or a holdout message stopped just before it
                 "contacted_at": min([a["at"] for a in sent] + held_at, default=None),
                 "coupon": record.get("coupon"),
+                "offer": record.get("offer"),
             }
         )
     per_rule: dict[str, dict[str, Any]] = {}
@@ -200,12 +201,8 @@ def collect(run: ReplayRun, rt: Runtime) -> dict[str, Any]:
 
         treated_hits, holdout_hits = hits(contacted), hits(holdouts)
         coupons = [x for x in delivered if x["coupon"]]
-        face = 0.0
-        if rule.coupon is not None:  # the code takes percent_off of the lead item's price
-            lead = [x["decision"]["message"]["items"][0] for x in coupons]
-            found = rt.catalog.get_many(sorted(set(lead)))
-            price = {i: float(f.get("price") or 0) for i, f in found.items()}
-            face = sum(price.get(i, 0.0) for i in lead) * rule.coupon.percent_off / 100
+        # the face value each code was issued at (worker/coupons/ledger.py)
+        face = sum(float((x["offer"] or {}).get("face_value", 0.0)) for x in coupons)
         counts = sorted(per_day.values())
         per_rule[name] = {
             "kind": rule.kind, "delay_s": rule.delay_s, "holdout_pct": rule.holdout_pct,

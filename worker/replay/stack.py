@@ -81,7 +81,7 @@ class StackSpec:
     redis_url: str | None = None  # None: an embedded server under run_dir
     workers: int = 1
     concurrency: int = 2
-    scheduler_poll_s: float = 0.05
+    scheduler_poll_s: float = 0.01
 
 
 @dataclass

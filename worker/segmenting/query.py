@@ -14,10 +14,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 
-import redis
-
 from worker.segmenting.rfm import RfmCuts, compute_cuts, dimension_key, load_cuts
 from worker.segments import Segment
+from worker.store.client import StatePipeline, StateRedis
 from worker.store.keys import Keys, SegmentKeys
 
 _SCRATCH_TTL_S = 60
@@ -28,7 +27,7 @@ class SegmentQuery:
     """Evaluates the configured segments; RFM cuts are read at each query (computed and
     stored first when none are)."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, segments: Mapping[str, Segment]) -> None:
+    def __init__(self, client: StateRedis, keys: Keys, segments: Mapping[str, Segment]) -> None:
         self._client = client
         self._keys = keys
         self._segments = segments
@@ -83,7 +82,7 @@ class _Plan:
 
     def __init__(
         self,
-        pipe: redis.client.Pipeline,
+        pipe: StatePipeline,
         seg: SegmentKeys,
         segments: Mapping[str, Segment],
         cuts: RfmCuts | None,

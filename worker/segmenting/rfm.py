@@ -22,8 +22,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-import redis
-
+from worker.store.client import StateRedis
 from worker.store.keys import Keys, SegmentKeys
 
 Dimension = Literal["r", "f", "m"]
@@ -69,7 +68,7 @@ class RfmCuts:
         )
 
 
-def compute_cuts(client: redis.Redis, keys: Keys, now: float) -> RfmCuts:
+def compute_cuts(client: StateRedis, keys: Keys, now: float) -> RfmCuts:
     """The cut points over the buyers indexed now, stored for segment queries."""
     shards = [keys.segment(n) for n in range(keys.shards)]
     cuts = {d: _quantiles(client, [dimension_key(s, d) for s in shards]) for d in ("r", "f", "m")}
@@ -82,12 +81,12 @@ def compute_cuts(client: redis.Redis, keys: Keys, now: float) -> RfmCuts:
     return result
 
 
-def load_cuts(client: redis.Redis, keys: Keys) -> RfmCuts | None:
+def load_cuts(client: StateRedis, keys: Keys) -> RfmCuts | None:
     raw: str | None = client.get(keys.rfm_cuts)  # type: ignore[assignment]
     return RfmCuts.from_json(raw) if raw else None
 
 
-def _quantiles(client: redis.Redis, sets: list[str]) -> tuple[float, ...]:
+def _quantiles(client: StateRedis, sets: list[str]) -> tuple[float, ...]:
     """The values at `QUANTILES` over the union of sorted sets `sets` (() if empty)."""
     pipe = client.pipeline(transaction=False)
     for key in sets:
@@ -106,7 +105,7 @@ def _quantiles(client: redis.Redis, sets: list[str]) -> tuple[float, ...]:
     )
 
 
-def _count_at_most(client: redis.Redis, sets: list[str], value: float) -> int:
+def _count_at_most(client: StateRedis, sets: list[str], value: float) -> int:
     pipe = client.pipeline(transaction=False)
     for key in sets:
         pipe.zcount(key, "-inf", repr(value))
@@ -114,7 +113,7 @@ def _count_at_most(client: redis.Redis, sets: list[str], value: float) -> int:
 
 
 def _value_at_rank(
-    client: redis.Redis, sets: list[str], rank: int, low: float, high: float
+    client: StateRedis, sets: list[str], rank: int, low: float, high: float
 ) -> float:
     """The smallest value with at least `rank` values at or below it, in [low, high]."""
     if _count_at_most(client, sets, low) >= rank:

@@ -69,6 +69,12 @@ def queue_for(settings: Settings, task_name: str) -> str:
     }[logical]
 
 
+def soft_time_limit(hard_s: int) -> int:
+    """The soft limit leaves a task a moment to stop cleanly before the hard kill: 10 s,
+    or a fifth of a short limit (the in-task Redis retries need the rest)."""
+    return hard_s - max(1, min(10, hard_s // 5))
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     transport = {
         "visibility_timeout": settings.visibility_timeout_s,
@@ -80,7 +86,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     return {
         "broker_url": contract.celery_url(settings.effective_broker_url),
-        "result_backend": contract.celery_url(settings.redis_url or ""),
+        "result_backend": contract.celery_url(settings.result_backend_url),
         # JSON only: a pickle payload from the network is code execution.
         "task_serializer": "json",
         "result_serializer": "json",
@@ -102,10 +108,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
         "task_time_limit": settings.task_time_limit_s,
-        # The soft limit leaves the task a moment to stop cleanly before the hard kill:
-        # 10 s, or a fifth of a short limit (the in-task Redis retries need the rest).
-        "task_soft_time_limit": settings.task_time_limit_s
-        - max(1, min(10, settings.task_time_limit_s // 5)),
+        "task_soft_time_limit": soft_time_limit(settings.task_time_limit_s),
+        # The index rebuild has its own, longer limit (and a lease: worker/service/rebuild.py).
+        "task_annotations": {
+            contract.REBUILD_INDEX: {
+                "time_limit": settings.rebuild_time_limit_s,
+                "soft_time_limit": soft_time_limit(settings.rebuild_time_limit_s),
+            }
+        },
         # Left running on a lost broker connection: cancelling them makes kombu 5.7's
         # Redis channel crash the worker on reconnect (celery/celery#9250, seen here in
         # tests/worker/test_worker_integration.py); an ack that fails is redelivered anyway.

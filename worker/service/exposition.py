@@ -25,7 +25,6 @@ from typing import Any
 from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIServer
 
-import redis
 from prometheus_client import generate_latest, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -36,13 +35,16 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from indexing import ArtifactError, ArtifactStore
+from worker.delivery.outbox import Outbox
 from worker.firing.index_store import open_index_store
 from worker.service.app import PushrecApp
-from worker.service.runtime import connect_redis
 from worker.shoppers.audit import STAT_FIELDS
+from worker.store.client import StateRedis, connect_state
+from worker.store.delayed import DelayedJobs
 from worker.store.errors import TRANSIENT
 from worker.store.keys import BREAKER_ROUTES_KEPT_S, Keys
 from worker.store.metrics import Metrics
+from worker.store.scripts import Scripts
 
 QueueDepths = Callable[[], dict[str, int]]
 
@@ -64,7 +66,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str, tuple[str, ...], str], ...] = (
 _SKIPPED = re.compile(r"^.+\.rejected$")  # the sum of a task's codes
 
 
-def broker_queue_depths(app: PushrecApp, state: redis.Redis) -> QueueDepths:
+def broker_queue_depths(app: PushrecApp, state: StateRedis) -> QueueDepths:
     """Messages waiting in each of pushrec's queues. A Redis broker keeps a queue as a
     list (`broker_key_prefix` + name), read with LLEN: kombu's passive declare misses
     prefixed queues there. RabbitMQ answers a passive declare; a queue it does not know
@@ -74,7 +76,7 @@ def broker_queue_depths(app: PushrecApp, state: redis.Redis) -> QueueDepths:
     names = (settings.queue_activity, settings.queue_push, settings.queue_maintenance)
     url = settings.effective_broker_url
     if urlsplit(url).scheme in {"redis", "rediss", "unix"}:
-        broker = state if url == settings.redis_url else connect_redis(url)
+        broker = state if url == settings.redis_url else connect_state(url)
         prefix = settings.broker_key_prefix
 
         def lengths() -> dict[str, int]:
@@ -107,7 +109,7 @@ class PushrecCollector(Collector):
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: StateRedis,
         keys: Keys,
         rules: list[str],
         index_store: ArtifactStore,
@@ -125,10 +127,10 @@ class PushrecCollector(Collector):
         """A collector on its own Redis connection (the one of a serving thread)."""
         settings = app.settings
         assert settings.redis_url is not None
-        client = connect_redis(settings.redis_url)
+        client = connect_state(settings.redis_url)
         return cls(
             client,
-            Keys(settings.key_prefix),
+            Keys(settings.key_prefix, settings.shards),
             [rule.name for rule in settings.all_rules],
             open_index_store(settings),
             broker_queue_depths(app, client),
@@ -231,11 +233,10 @@ class PushrecCollector(Collector):
         )
         for name, depth in self._queue_depths().items():
             queues.add_metric([name], depth)
-        pipe = self._client.pipeline(transaction=False)
-        pipe.zcard(self._keys.delayed_due)
-        pipe.zcard(self._keys.outbox_queued)
-        pipe.xlen(self._keys.dead_letters)
-        delayed, outbox, dead = pipe.execute()
+        scripts = Scripts.register(self._client)  # no round trip; the readers need none
+        delayed = DelayedJobs(self._client, self._keys, scripts).counts()
+        outbox = Outbox(self._client, self._keys, scripts).queued_count()
+        dead = self._client.xlen(self._keys.dead_letters)
         out = [
             queues,
             GaugeMetricFamily(

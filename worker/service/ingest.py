@@ -10,16 +10,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
-
 from push import fingerprint
 from worker import contract
 from worker.policy.jobs import Trigger
+from worker.service import checkout
 from worker.service.runtime import Runtime
 from worker.shoppers.catalog import ItemChange
 from worker.shoppers.contact_inputs import parse_device, parse_device_removal, parse_preferences
 from worker.shoppers.erasure import forget_user
 from worker.shoppers.inputs import Event, InvalidInput, Item, parse_event, parse_item, parse_user_id
+from worker.store.client import StatePipeline
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,10 @@ def track(
             rejected += 1
     result = rt.state.apply_events(events, now, delivery_id)
     rt.metrics.add(rt.audit.attribute(result.fresh))
+    checkout.redeem_purchases(rt, result.fresh)
     triggers = rt.triggers.for_events(result.fresh, now)
 
-    def react(pipe: redis.client.Pipeline) -> None:
+    def react(pipe: StatePipeline) -> None:
         schedule(rt, triggers, now, pipe, delivery_id)
         rt.segment_index.refresh_activity((e.user_id for e in result.fresh), now, pipe)
 
@@ -72,7 +73,7 @@ def schedule(
     rt: Runtime,
     triggers: list[Trigger],
     now: float,
-    pipe: redis.client.Pipeline,
+    pipe: StatePipeline,
     delivery_id: str = "",
 ) -> None:
     """React to triggers: fire the due ones here and now (a queue hop would cost a task

@@ -14,14 +14,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from push.gateway import Router
 from push.ssrf import DestinationGuard
 from worker.campaigning.runs import Runs
 from worker.contract import DELIVER, Enqueue, enqueue_batched
+from worker.coupons import Coupons
+from worker.coupons.reminders import Reminders
 from worker.delivery.gateway_config import gateway_config
 from worker.delivery.outbox import MessageRecord, Outbox
 from worker.delivery.push_runtime import PushRuntime
@@ -40,6 +38,7 @@ from worker.shoppers.contacts import Contacts
 from worker.shoppers.inputs import Limits
 from worker.shoppers.segment_index import SegmentIndex
 from worker.shoppers.state import StateStore
+from worker.store.client import StateRedis, connect_state
 from worker.store.dead_letters import DeadLetters
 from worker.store.delayed import DelayedJobs
 from worker.store.errors import TRANSIENT, describe
@@ -51,23 +50,6 @@ from worker.store.scripts import Scripts
 log = logging.getLogger(__name__)
 
 
-def connect_redis(url: str) -> redis.Redis:
-    """A pooled client that does not retry by itself.
-
-    Retries happen at the task level, where every write is decided once (event ids,
-    message ids); a client-level retry would re-send a whole pipeline whose first send
-    may have been applied, counting its counters twice (seen in the Redis restart test).
-    """
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        retry=Retry(NoBackoff(), retries=0),
-    )
-
-
 def _no_enqueue(task: str, kwargs: dict[str, Any]) -> None:
     raise RuntimeError(f"this runtime cannot send tasks ({task})")
 
@@ -75,7 +57,7 @@ def _no_enqueue(task: str, kwargs: dict[str, Any]) -> None:
 @dataclass
 class Runtime:
     settings: Settings
-    redis: redis.Redis
+    redis: StateRedis
     keys: Keys
     scripts: Scripts
     metrics: Metrics
@@ -91,6 +73,7 @@ class Runtime:
     delayed: DelayedJobs
     triggers: Triggers
     segment_index: SegmentIndex
+    coupons: Coupons
     enqueue: Enqueue = _no_enqueue
     router: Router | None = None  # prebuilt gateways (tests); None: opened from settings
     # registration checks webhook URLs and Web Push endpoints as the push worker does
@@ -110,14 +93,15 @@ class Runtime:
         unit tests send through `push.fake.RecordingGateway`)."""
         if settings.redis_url is None:
             raise ValueError("Runtime.open needs settings with a redis_url")
-        client = connect_redis(settings.redis_url)
-        keys = Keys(settings.key_prefix)
+        client = connect_state(settings.redis_url)
+        keys = Keys(settings.key_prefix, settings.shards)
         scripts = Scripts.register(client)
         # Redis may be away while a worker starts (or loading, or read-only): the first
         # task then meets NoScriptError and loads them (service/tasks.py, `_run`).
         with contextlib.suppress(*TRANSIENT):
             scripts.load(client)
         metrics = Metrics(client, keys)
+        delayed = DelayedJobs(client, keys, scripts)
         return cls(
             settings=settings,
             redis=client,
@@ -139,9 +123,19 @@ class Runtime:
                 settings.attribution_window_s,
                 settings.user_ttl_s,
             ),
-            delayed=DelayedJobs(client, keys, scripts),
+            delayed=delayed,
             triggers=Triggers(client, keys, settings.rules, settings.trigger_max_age_s),
             segment_index=SegmentIndex(client, keys),
+            coupons=Coupons(
+                client,
+                keys,
+                scripts,
+                metrics,
+                settings.coupon_pools,
+                settings.currency,
+                settings.user_ttl_s,
+                Reminders(settings.rules, delayed),
+            ),
             enqueue=enqueue,
             router=router,
             destinations=DestinationGuard(settings.destination_allowed_hosts),
@@ -173,7 +167,7 @@ class Runtime:
                 self._firer = Firer(
                     self.redis, self.keys, self.settings, self.state, self.catalog, self.policy,
                     self.outbox, self.audit, self.delayed, index, self.deliver_queued,
-                    self.metrics,
+                    self.metrics, self.coupons,
                 )  # fmt: skip
             return self._firer
 

@@ -9,54 +9,19 @@ jobs is atomic anyway (a Lua claim), so a brief overlap at hand-over fires nothi
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from worker.contract import DELIVER, FIRE, Enqueue, enqueue_batched
 from worker.delivery.outbox import Outbox
 from worker.store.delayed import DelayedJobs
+from worker.store.lease import Lease
 
 log = logging.getLogger(__name__)
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-class LeaderLock:
-    """A Redis lease held by one process at a time; renewed while the holder lives, so
-    `ttl_s` after a holder dies another process may take it."""
-
-    def __init__(self, client: redis.Redis, key: str, ttl_s: float) -> None:
-        self._client = client
-        self._key = key
-        self._ttl_ms = int(ttl_s * 1000)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
-
-    def acquire(self) -> bool:
-        return bool(self._client.set(self._key, self.owner, nx=True, px=self._ttl_ms))
-
-    def renew(self) -> bool:
-        return bool(self._renew(keys=[self._key], args=[self.owner, self._ttl_ms]))
-
-    def release(self) -> None:
-        self._release(keys=[self._key], args=[self.owner])
 
 
 def drain_due(
@@ -77,6 +42,8 @@ def drain_due(
         delayed.ack_many(claimed)
         moved += len(claimed)
         if len(claimed) < batch:
+            if moved:
+                log.info("moved %d due delayed jobs to the queues", moved)
             return moved
 
 
@@ -93,7 +60,7 @@ class Scheduler:
 
     def __init__(
         self,
-        lock: LeaderLock,
+        lock: Lease,
         jobs: list[tuple[Callable[[], Any], dict[str, Any]]],
         poll_s: float = 1.0,
     ) -> None:

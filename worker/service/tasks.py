@@ -35,11 +35,12 @@ from celery.exceptions import Reject
 from worker import contract
 from worker.delivery.requests import DeliveryRequest
 from worker.policy.jobs import FireJob
-from worker.service import ingest, rebuild, receipt
+from worker.service import checkout, ingest, rebuild, receipt
 from worker.service.runtime import Runtime
 from worker.settings import Settings
 from worker.shoppers.inputs import InvalidInput
 from worker.store.errors import TRANSIENT, describe, is_transient, stack
+from worker.store.lease import LeaseHeldError
 from worker.store.redaction import PAYLOAD_MAX_CHARS, storable_json
 
 log = logging.getLogger(__name__)
@@ -280,7 +281,11 @@ def _park_deliveries(rt: Runtime, kwargs: dict[str, Any]) -> None:
 def _rebuild(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
     """Internal: build an index from the interaction log and publish it (maintenance)."""
     force = bool(kwargs.get("force", False))
-    return rebuild.rebuild_index(rt.redis, rt.keys, rt.settings, rt.catalog, force=force)
+    try:
+        return rebuild.rebuild_index(rt.redis, rt.keys, rt.settings, rt.catalog, force=force)
+    except LeaseHeldError as exc:  # a copy redelivered past the visibility timeout, or a
+        log.info("index rebuild not started: %s", exc)  # rebuild run by hand meanwhile
+        return {"skipped": str(exc)}
 
 
 def _campaign_fire(task: PushrecTask, rt: Runtime, kwargs: dict[str, Any]) -> Any:
@@ -343,6 +348,22 @@ TASKS: tuple[TaskSpec, ...] = (
         contract.FORGET_USER,
         lambda t, rt, kw: ingest.erase_user(rt, kw["user_id"]),
         required=_USER,
+        ignore_result=False,
+    ),
+    TaskSpec(
+        contract.CHECK_COUPON,
+        lambda t, rt, kw: checkout.check_coupon(rt, kw, rt.settings.now()),
+        required=frozenset({"code"}),
+        optional=frozenset({"user_id", "basket"}),
+        keep=_kwargs_only,
+        ignore_result=False,
+    ),
+    TaskSpec(
+        contract.REDEEM_COUPON,
+        lambda t, rt, kw: checkout.redeem_coupon(rt, kw, rt.settings.now()),
+        required=frozenset({"code"}),
+        optional=frozenset({"user_id", "basket", "order_id"}),
+        keep=_kwargs_only,
         ignore_result=False,
     ),
     TaskSpec(

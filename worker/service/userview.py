@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
-
 from push import fingerprint
 from worker.delivery.outbox import Outbox
 from worker.shoppers.audit import Audit, Decision
 from worker.shoppers.snapshot import ShopperReads
 from worker.shoppers.state import decayed_weight
+from worker.store.client import StateRedis
 from worker.store.keys import Keys
 
 
@@ -40,7 +39,7 @@ _READS = ShopperReads.of(
 )  # fmt: skip
 
 
-def user_view(client: redis.Redis, keys: Keys, user_id: str, now: float) -> dict[str, Any]:
+def user_view(client: StateRedis, keys: Keys, user_id: str, now: float) -> dict[str, Any]:
     """Everything pushrec holds about `user_id`; device tokens shown only as fingerprints."""
     s = _READS.read(client, keys, user_id)
     profile = s.profile

@@ -16,11 +16,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, Literal, TypedDict
-
-import redis
+from typing import Any, Literal, NotRequired, TypedDict
 
 from worker.shoppers.inputs import Event
+from worker.store.client import StatePipeline, StateRedis
 from worker.store.keys import Keys
 
 FireAction = Literal["queued", "suppress", "defer", "error", "duplicate", "dropped"]
@@ -37,6 +36,7 @@ class MessageSummary(TypedDict):
     body: str
     items: list[str]
     cell: str  # treated, or holdout: checked at send time like a treated one, never sent
+    coupon: NotRequired[str | None]  # the code issued for it
 
 
 class Decision(TypedDict, total=False):
@@ -55,6 +55,7 @@ class Decision(TypedDict, total=False):
     reason: str
     step: str  # what settled it: a policy step, or condition, recommend, compose, error
     message: MessageSummary  # when queued
+    coupon: dict[str, Any]  # the rule's coupon: `IssuedCoupon.as_dict()`, or {pool, refused}
     delivery: dict[str, Any]  # added by the user view: state, attempts, outcome
 
 
@@ -76,7 +77,7 @@ STAT_FIELDS = (
 
 class Audit:
     def __init__(
-        self, client: redis.Redis, keys: Keys, kept: int, window_s: int, ttl_s: int
+        self, client: StateRedis, keys: Keys, kept: int, window_s: int, ttl_s: int
     ) -> None:
         self._client = client
         self._keys = keys
@@ -84,13 +85,11 @@ class Audit:
         self._window_s = window_s
         self._ttl_s = ttl_s
 
-    def count(
-        self, rule: str, field: str, n: int = 1, pipe: redis.client.Pipeline | None = None
-    ) -> None:
+    def count(self, rule: str, field: str, n: int = 1, pipe: StatePipeline | None = None) -> None:
         (pipe or self._client).hincrby(self._keys.rule_stats(rule), field, n)
 
     def record_decision(
-        self, user_id: str, decision: Decision, pipe: redis.client.Pipeline | None = None
+        self, user_id: str, decision: Decision, pipe: StatePipeline | None = None
     ) -> None:
         """Keep `decision` on the shopper (in `pipe` when given; the caller runs it)."""
         key = self._keys.user(user_id).decisions
@@ -113,7 +112,7 @@ class Audit:
         rule: str,
         cell: str,
         now: float,
-        pipe: redis.client.Pipeline | None = None,
+        pipe: StatePipeline | None = None,
     ) -> None:
         """Note which message (cell `treated` or `holdout`) last concerned each item."""
         if not items:

@@ -6,9 +6,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis
-
 from worker.shoppers.inputs import Item
+from worker.store.client import StateRedis
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
 from worker.store.scripts import Scripts
@@ -38,7 +37,7 @@ class ItemChange:
 class Catalog:
     def __init__(
         self,
-        client: redis.Redis,
+        client: StateRedis,
         keys: Keys,
         scripts: Scripts,
         metrics: Metrics,
@@ -65,7 +64,7 @@ class Catalog:
             for name, value in item.catalog_fields().items():
                 args += [name, value]
             keys = self._keys.item(item.item_id)
-            self._scripts.upsert_item(keys=[keys.item, keys.changes], args=args, client=pipe)
+            Scripts.call_in(pipe, self._scripts.upsert_item, [keys.item, keys.changes], args)
         results = pipe.execute()
 
         changes: list[ItemChange] = []
@@ -92,7 +91,7 @@ class Catalog:
         )
         if live:  # after the SADD: a build that reads the mark's number lists the item
             marks = [self._keys.live_seq, self._keys.live_items]
-            self._scripts.live_mark(keys=marks, args=live, client=follow_up)
+            Scripts.call_in(follow_up, self._scripts.live_mark, marks, live)
         follow_up.execute()
         return Upserted(changes, live)
 

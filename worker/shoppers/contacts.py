@@ -7,17 +7,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis
-
 from worker.shoppers.contact_inputs import DeviceRegistration, DeviceRemoval, Preferences
 from worker.shoppers.snapshot import DeviceRecord, ShopperReads
+from worker.store.client import StatePipeline, StateRedis
 from worker.store.keys import Keys
 from worker.store.scripts import Scripts
 
 MAX_DEVICES_PER_USER = 20
-# A registration reads the owner again each time another registration moved the device
-# first; running out takes that many of them landing within its few round trips.
-_MOVE_TRIES = 20
 
 
 def device_id(channel: str, address: str) -> str:
@@ -32,14 +28,15 @@ class DeviceOutcome:
 
 
 class Contacts:
-    def __init__(self, client: redis.Redis, keys: Keys, scripts: Scripts, ttl_s: int) -> None:
+    def __init__(self, client: StateRedis, keys: Keys, scripts: Scripts, ttl_s: int) -> None:
         self._client = client
         self._keys = keys
         self._scripts = scripts
         self._ttl_s = ttl_s
 
     def register(self, reg: DeviceRegistration, now: float) -> DeviceOutcome:
-        """Add or refresh a device; a token moves away from any user who held it before."""
+        """Add or refresh a device; a token moves away from any user who held it before
+        (`_move`)."""
         did = device_id(reg.channel, reg.address)
         record: DeviceRecord = {
             "channel": reg.channel,
@@ -57,23 +54,46 @@ class Contacts:
 
     def _move(self, did: str, user_id: str, record: str) -> str | None:
         """Own and list device `did` under `user_id`, taking it off its previous owner's
-        list, in one script (`register_device.lua`); returns that previous owner, if
-        another. The script names the previous owner's hash, so the owner is read first
-        and read again whenever another registration moved the device in between."""
+        list; returns that previous owner, if another.
+
+        The owner key (`Keys.device_owner`) is the truth and the shoppers' `devices`
+        hashes follow it; they live in different slots (a Redis Cluster allows no script
+        across them), so the move is four idempotent steps, each atomic in its slot:
+        1. swap the owner key to `user_id` (SET … GET), learning the previous owner;
+        2. list the device under `user_id`;
+        3. take it off the previous owner's list (`_unlist`);
+        4. read the owner again: if another registration took the device meanwhile, take
+           it off our own list (its registration lists it under its shopper).
+        A registration that stops between steps is redone whole by its task's retry.
+        Two racing registrations leave the device owned by the later swap and listed
+        under that owner only; with three or more, a former owner may keep a stale
+        listing, which delivery drops on finding the owner key names another shopper
+        (`Contacts.owners`, `drop_moved`)."""
         owner_key = self._keys.device_owner(did)
         own_list = self._keys.user(user_id).devices
-        seen: str = self._client.get(owner_key) or ""  # type: ignore[assignment]
-        for _ in range(_MOVE_TRIES):
-            previous_list = self._keys.user(seen).devices if seen else own_list
-            done, current = self._scripts.register_device(
-                keys=[owner_key, own_list, previous_list],
-                args=[user_id, seen, did, record, self._ttl_s],
-            )
-            if int(done):
-                return current if current and current != user_id else None
-            seen = current
-        # transient (store/errors.py): the task backs off and registers again
-        raise redis.exceptions.TryAgainError(f"device {did}: owner changed {_MOVE_TRIES} times")
+        previous: str = self._client.set(owner_key, user_id, ex=self._ttl_s, get=True) or ""  # type: ignore[assignment]
+        listing = self._client.pipeline(transaction=True)  # one slot: the shopper's
+        listing.hset(own_list, did, record)
+        listing.expire(own_list, self._ttl_s)
+        listing.execute()
+        if previous and previous != user_id:
+            self._unlist(previous, did)
+        if self._client.get(owner_key) != user_id:
+            self._unlist(user_id, did)
+        return previous if previous and previous != user_id else None
+
+    def _unlist(self, user_id: str, did: str) -> None:
+        """Take `did` off `user_id`'s list unless they own it: remove, then read the
+        owner; if it is `user_id` (they registered it again in between), put the taken
+        record back, unless their registration has listed a newer one already."""
+        devices = self._keys.user(user_id).devices
+        taken = self._scripts.unlist_device(keys=[devices], args=[did])
+        if not taken or self._client.get(self._keys.device_owner(did)) != user_id:
+            return
+        restore = self._client.pipeline(transaction=True)  # one slot: the shopper's
+        restore.hsetnx(devices, did, taken)
+        restore.expire(devices, self._ttl_s)
+        restore.execute()
 
     def _evict_oldest(self, devices_key: str, user_id: str) -> None:
         devices: dict[str, str] = self._client.hgetall(devices_key)  # type: ignore[assignment]
@@ -109,32 +129,35 @@ class Contacts:
         device_id: str,
         invalid_since: float | None,
         reason: str,
-        pipe: redis.client.Pipeline,
+        pipe: StatePipeline,
     ) -> None:
         """Mark a device inactive after its gateway said it is gone (in `pipe`). With
         `invalid_since` (APNs 410's timestamp), a device registered again after that
         time stays active. The reply is 1 if it was deactivated."""
-        self._scripts.deactivate_device(
-            keys=[self._keys.user(user_id).devices],
-            args=[device_id, "" if invalid_since is None else repr(invalid_since), reason],
-            client=pipe,
+        since = "" if invalid_since is None else repr(invalid_since)
+        Scripts.call_in(
+            pipe,
+            self._scripts.deactivate_device,
+            [self._keys.user(user_id).devices],
+            [device_id, since, reason],
         )
 
-    def owners(self, device_ids: Sequence[str], pipe: redis.client.Pipeline) -> None:
+    def owners(self, device_ids: Sequence[str], pipe: StatePipeline) -> None:
         """Queue in `pipe` a read of who owns each device: one reply per device, the
         user id or None (the owner key expired or was released)."""
         for did in device_ids:
             pipe.get(self._keys.device_owner(did))
 
     def drop_moved(
-        self, user_id: str, device_id: str, registered_at: float, pipe: redis.client.Pipeline
+        self, user_id: str, device_id: str, registered_at: float, pipe: StatePipeline
     ) -> None:
         """Take a device another shopper owns off `user_id`'s list (in `pipe`), unless
         `user_id` registered it again after `registered_at` (as read)."""
-        self._scripts.drop_moved_device(
-            keys=[self._keys.user(user_id).devices],
-            args=[device_id, repr(float(registered_at))],
-            client=pipe,
+        Scripts.call_in(
+            pipe,
+            self._scripts.drop_moved_device,
+            [self._keys.user(user_id).devices],
+            [device_id, repr(float(registered_at))],
         )
 
     def devices(self, user_id: str) -> dict[str, DeviceRecord]:

@@ -28,10 +28,9 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import redis
-
 from worker.shoppers.contacts import Contacts
 from worker.shoppers.segment_index import SegmentIndex
+from worker.store.client import StateRedis
 from worker.store.delayed import DelayedJobs, Job
 from worker.store.keys import Keys
 from worker.store.redaction import names_shopper
@@ -66,7 +65,7 @@ class ErasureReport:
 
 
 def forget_user(
-    client: redis.Redis, keys: Keys, contacts: Contacts, delayed: DelayedJobs, user_id: str
+    client: StateRedis, keys: Keys, contacts: Contacts, delayed: DelayedJobs, user_id: str
 ) -> ErasureReport:
     """Remove everything pushrec keeps about shopper `user_id` (as stored:
     `contract.canonical_id`), as listed in the module docstring. Safe to repeat."""
@@ -78,8 +77,8 @@ def forget_user(
     for mid in sorted(mids):
         k = keys.message(mid)
         pipe.delete(k.record, k.state, k.attempts, k.outcome)
-    if mids:
-        pipe.zrem(keys.outbox_queued, *mids)
+    for mid in mids:
+        pipe.zrem(keys.outbox_queued(keys.shard(mid)), mid)
     report.messages_removed = sum(1 for n in pipe.execute()[: len(mids)] if n)
 
     report.devices_released = contacts.release_all(user_id)
@@ -93,7 +92,9 @@ def forget_user(
     report.keys_removed = sum(1 for key in user.all() if client.delete(key))
     report.log_entries_removed = {
         "interactions": _strip_stream(
-            client, keys.interaction_log, lambda f: f.get("user_id") == user_id
+            client,
+            keys.interaction_log(keys.shard(user_id)),
+            lambda f: f.get("user_id") == user_id,
         ),
         "rejected": _strip_stream(client, keys.rejected_log, lambda f: names_shopper(f, user_id)),
         "dead_letters": _strip_stream(
@@ -103,7 +104,7 @@ def forget_user(
     return report
 
 
-def _message_ids(client: redis.Redis, keys: Keys, user_id: str) -> set[str]:
+def _message_ids(client: StateRedis, keys: Keys, user_id: str) -> set[str]:
     """The shopper's messages: those indexed on the shopper and those their decisions
     name (decisions written before the index existed)."""
     user = keys.user(user_id)
@@ -134,7 +135,7 @@ def _names(user_id: str, mids: set[str]) -> Callable[[Job], bool]:
     return match
 
 
-def _strip_stream(client: redis.Redis, key: str, matches: EntryFilter) -> int:
+def _strip_stream(client: StateRedis, key: str, matches: EntryFilter) -> int:
     """XDEL every entry of stream `key` for which `matches(fields)`; returns how many."""
     removed = 0
     start = "-"

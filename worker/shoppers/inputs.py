@@ -157,6 +157,7 @@ class Event(StrictModel):
     quantity: int = Field(default=1, ge=1, le=1_000_000, strict=True)
     price: float | None = Field(default=None, ge=0, le=1e9, allow_inf_nan=False)
     push_id: Id | None = None
+    coupon: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
     props: dict[Annotated[str, StringConstraints(max_length=64)], Scalar] = Field(
         default_factory=dict
     )
@@ -169,6 +170,8 @@ class Event(StrictModel):
             raise ValueError("query is required for search events")
         if self.type in PUSH_EVENT_TYPES and self.push_id is None:
             raise ValueError(f"push_id is required for {self.type} events")
+        if self.coupon is not None and self.type != "purchase":
+            raise ValueError("coupon is only taken on purchase events (it redeems the code)")
         return self
 
 

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import redis
-
 from worker.contract import CHANNELS
 from worker.shoppers.snapshot import ShopperReads
+from worker.store.client import StatePipeline, StateRedis
 from worker.store.keys import Keys, SegmentKeys
 
 _ACTIVITY = ShopperReads(frozenset({"profile", "cart", "cart_quantities", "affinity"}))
@@ -35,12 +34,12 @@ _SWEEP_CHUNK = 1000
 
 
 class SegmentIndex:
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: StateRedis, keys: Keys) -> None:
         self._client = client
         self._keys = keys
 
     def refresh_activity(
-        self, user_ids: Iterable[str], now: float, pipe: redis.client.Pipeline | None = None
+        self, user_ids: Iterable[str], now: float, pipe: StatePipeline | None = None
     ) -> None:
         """Write the activity entries (last seen, purchases, cart, affinity shares) of
         `user_ids` from their state now; writes go in `pipe` when given (the caller runs
@@ -138,7 +137,7 @@ def family_keys(seg: SegmentKeys) -> tuple[str, ...]:
             *(seg.channel(c) for c in CHANNELS))  # fmt: skip
 
 
-def _put(pipe: redis.client.Pipeline, key: str, user_id: str, score: str | float | None) -> None:
+def _put(pipe: StatePipeline, key: str, user_id: str, score: str | float | None) -> None:
     """ZADD the shopper with `score`, or ZREM them when there is none (or it is zero)."""
     value = float(score) if score not in (None, "") else 0.0
     if value:

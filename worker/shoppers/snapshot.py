@@ -15,9 +15,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
-import redis
-
 from worker.rules import ChannelName
+from worker.store.client import StatePipeline, StateRedis
 from worker.store.keys import Keys
 
 Part = Literal[
@@ -101,7 +100,7 @@ class ShopperReads:
     ) -> ShopperReads:
         return cls(frozenset(parts), None if items is None else tuple(items), since)
 
-    def queue(self, pipe: redis.client.Pipeline, keys: Keys, user_id: str) -> None:
+    def queue(self, pipe: StatePipeline, keys: Keys, user_id: str) -> None:
         """Queue this shopper's reads into `pipe`; `parse` reads their replies."""
         k = keys.user(user_id)
         has = self.parts.__contains__
@@ -157,7 +156,7 @@ class ShopperReads:
             values["preferences"] = decode_preferences(next(replies))
         return Shopper(user_id, **values)
 
-    def read(self, client: redis.Redis, keys: Keys, user_id: str) -> Shopper:
+    def read(self, client: StateRedis, keys: Keys, user_id: str) -> Shopper:
         """One shopper in its own round trip (commands and tools, not the hot path)."""
         pipe = client.pipeline(transaction=False)
         self.queue(pipe, keys, user_id)

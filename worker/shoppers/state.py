@@ -21,10 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
 from worker.settings import Settings
 from worker.shoppers.inputs import Event
+from worker.store.client import StatePipeline, StateRedis
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
 from worker.store.scripts import Scripts
@@ -82,7 +81,7 @@ class StateStore:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: StateRedis,
         keys: Keys,
         settings: Settings,
         scripts: Scripts,
@@ -153,7 +152,7 @@ class StateStore:
 
     def _queue_state_update(
         self,
-        pipe: redis.client.Pipeline,
+        pipe: StatePipeline,
         event: Event,
         catalog: tuple[str, str] | None,
         now: float,
@@ -198,7 +197,7 @@ class StateStore:
         )
 
     def _queue_side_effects(
-        self, pipe: redis.client.Pipeline, applied: list[tuple[Event, str]], now: float
+        self, pipe: StatePipeline, applied: list[tuple[Event, str]], now: float
     ) -> None:
         """Log each event (in order), note views and carts in the item interest sets
         (trimmed to the interest window), add its weight to the trending buckets it
@@ -220,9 +219,9 @@ class StateStore:
                 "price": "" if event.price is None else repr(event.price),
             }
             pipe.xadd(
-                self._keys.interaction_log,
+                self._keys.interaction_log(self._keys.shard(event.user_id)),
                 entry,
-                maxlen=s.interaction_log_maxlen,
+                maxlen=max(1, s.interaction_log_maxlen // self._keys.shards),
                 approximate=True,
             )
             if event.item_id and event.type in {"view", "add_to_cart"}:
@@ -234,8 +233,8 @@ class StateStore:
             if not event.item_id or weight <= 0 or expires_at <= now:
                 continue
             for key, member in (
-                (self._keys.trending_items(bucket), event.item_id),
-                (self._keys.trending_categories(bucket), category),
+                (self._keys.trending_items(bucket, self._keys.shard(event.item_id)), event.item_id),
+                (self._keys.trending_categories(bucket, self._keys.shard(category)), category),
             ):
                 if member:
                     trending[key, member] += weight
@@ -251,7 +250,7 @@ class StateStore:
             pipe.expireat(key, expires_at)
 
     def react_and_confirm(
-        self, result: ApplyResult, react: Callable[[redis.client.Pipeline], None]
+        self, result: ApplyResult, react: Callable[[StatePipeline], None]
     ) -> None:
         """Queue the reactions to `result`'s fresh events (`react` fills the pipeline),
         then clear the events' pending marks, and run both in one round trip. The marks
@@ -269,14 +268,17 @@ class StateStore:
         pipe.execute()
 
     def trending_items(self, now: float, hours: int, count: int) -> list[tuple[str, float]]:
-        """The `count` items with most weighted activity over the last `hours` buckets."""
+        """The `count` items with most weighted activity over the last `hours` buckets
+        (each bucket's top `4 * count` of each shard: an item lives in one shard)."""
         s = self._settings
         last = int(now // s.trending_bucket_s)
         n = max(1, min(s.trending_buckets_kept, hours * 3600 // s.trending_bucket_s))
         totals: Counter[str] = Counter()  # float scores: Counter's int typing is nominal
         pipe = self._client.pipeline(transaction=False)
         for bucket in range(last - n + 1, last + 1):
-            pipe.zrevrange(self._keys.trending_items(bucket), 0, 4 * count, withscores=True)
+            for shard in self._keys.all_shards:
+                key = self._keys.trending_items(bucket, shard)
+                pipe.zrevrange(key, 0, 4 * count, withscores=True)
         for rows in pipe.execute():
             for member, score in rows:
                 totals[member] += score

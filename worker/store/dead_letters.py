@@ -16,8 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
+from worker.store.client import StateRedis
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
 from worker.store.redaction import PAYLOAD_FIELD, redact, stream_fields
@@ -79,7 +78,7 @@ class DeadLetter:
 
 
 class DeadLetters:
-    def __init__(self, client: redis.Redis, keys: Keys, metrics: Metrics, maxlen: int) -> None:
+    def __init__(self, client: StateRedis, keys: Keys, metrics: Metrics, maxlen: int) -> None:
         self._client = client
         self._keys = keys
         self._metrics = metrics

@@ -1,12 +1,19 @@
 """Every Redis key pushrec uses, in one place.
 
-All of one shopper's keys carry the hash tag `{u:<user_id>}` and all of one item's keys
-`{i:<item_id>}`, so a Lua script that touches one shopper (or one item) touches one
-Redis Cluster slot. Global keys (logs, trending counters, metrics) are written in
-separate, idempotent steps, never inside a per-shopper script. One script spans slots on
-purpose: `register_device.lua` moves a device (`device:<id>` and the two shoppers'
-`devices` hashes) in one step, since the move must be atomic. Redis Cluster refuses
-such a script (CROSSSLOT): there, registration needs another way to move a device.
+All of one shopper's keys carry the hash tag `{u:<user_id>}`, all of one item's keys
+`{i:<item_id>}` and all of one message's `{m:<message_id>}`, so a Lua script, a
+transaction or a multi-key command that touches one of them touches one Redis Cluster
+slot. Nothing spans slots: a device's move between shoppers is single-slot steps with
+the owner key (`device:<id>`) as the truth (`Contacts._move`), and one route's breaker
+keys share `{b:<route>}`.
+
+Global key families that grow with the shop (delayed jobs, the outbox queue, the
+interaction log, trending counters, metrics) are split into `shards` keys, each with the
+hash tag `{<family>:<n>}` (n = `shard_of(id)`, CRC-32 of the job, message, shopper, item
+or category id; metrics: of the writing process), so a cluster spreads them over its
+masters and a reader walks `all_shards`; with `shards == 1` (a single node) each family
+is one key. A delayed-jobs shard keeps its three keys in one slot, so one script claims
+from it atomically.
 
 The prefix (`Settings.key_prefix`) leads every key; tests give each test its own.
 
@@ -33,17 +40,20 @@ and the tests named in it check the bounds):
 | `{i}:changes` | price and stock changes | count `item_changes_max` |
 | `{m}:*` | messages | TTL `outbox.MESSAGE_TTL_S` (`attempts`: count 50) |
 | `device:<id>` | devices | TTL; deleted on unregister, eviction, erasure |
-| `log:interactions` | valid events | MAXLEN ~ `interaction_log_maxlen` |
+| `{log:n}:interactions` | valid events | MAXLEN ~ `interaction_log_maxlen / shards` each; |
+| | | age `interaction_log_max_age_days` (housekeeping) |
 | `log:rejected` | rejected input | MAXLEN ~ `rejected_log_maxlen`; entries of at most |
-| | | `redaction.PAYLOAD_MAX_CHARS` (a failed batch: one per event) |
-| `log:dead` | calls parked after many deliveries | MAXLEN ~ `dead_letters_maxlen`; as above |
+| | | `redaction.PAYLOAD_MAX_CHARS` (a failed batch: one per event); age |
+| | | `rejected_log_max_age_days` (housekeeping) |
+| `log:dead` | calls parked after many deliveries | MAXLEN ~ `dead_letters_maxlen`; as above; age |
+| | | `dead_letters_max_age_days` (housekeeping) |
 | `deliveries:<task id>` | redelivered messages | TTL `dead_letters.COUNT_TTL_S` |
 | `push:breakers` | routes whose breaker tripped | age `BREAKER_ROUTES_KEPT_S` past the trip |
-| `metrics` | counter names | fixed names, per task, code, rule, channel, outcome of the |
+| `{metrics:n}:*` | counter names | fixed names, per task, code, rule, channel, outcome of the |
 | | | config; unknown task names all count as `unknown_task` |
-| `{delayed}:*` | pending jobs | acked when moved; cart and browse rules debounced per shopper |
-| `outbox:queued` | messages awaiting delivery | removed when settled, parked, or record gone |
-| `trend:*:<bucket>` | items, categories per bucket | EXPIREAT after `trending_buckets_kept` |
+| `{delayed:n}:*` | pending jobs | acked when moved; cart and browse rules debounced per shopper |
+| `{outbox:n}:queued` | messages awaiting delivery | removed when settled, parked, or record gone |
+| `{trend:n}:*:<bucket>` | items, categories per bucket | EXPIREAT after `trending_buckets_kept` |
 | `catalog`, `{i}:item` | items upserted | the shop's catalog (never expired) |
 | `{live}:items` | items whose category, brand or sold-out state changed | trimmed to the |
 | | | changes since the published build read the catalog, at each publish |
@@ -53,7 +63,27 @@ and the tests named in it check the bounds):
 | | | has expired) |
 | `{seg:<n>}:cats` | categories with an affinity family in shard n | the catalog's categories |
 | `{seg:<n>}:run:<run>:*` | a campaign run's audience in shard n | TTL `runs.RUN_KEPT_S` |
-| `campaign:<name>:*` | runs of a campaign | one current run; history count 50 |
+| `campaign:<name>:*` | runs of a campaign | one current run; history count 50; a campaign |
+| | | no longer configured: expire `retired_kept_days` (housekeeping) |
+| `stats:<rule>` | rules and campaigns configured | fixed fields; a rule or campaign no |
+| | | longer configured: expire `retired_kept_days` (housekeeping) |
+| `index:serving` | index versions served | age `index_serving_grace_s` (housekeeping) |
+| `{c:<pool>}:issued`, `by_message`, `per_shopper`, | codes issued | the pool's `budget_count` |
+| `redeemed`, `expiring` | | (`expiring`: until swept at expiry) |
+| `{c:<pool>}:available` | imported codes not yet issued | the shop's files |
+| `{c:<pool>}:totals` | counters, per source (rule, campaign) | the config's rules and campaigns |
+| `{k:<code>}` | codes imported or issued | imported: until issued; issued: TTL |
+| | | `coupons.ledger.CODE_KEPT_S` past the code's expiry |
+| `{u}:coupons` | codes issued to the shopper | pools' `per_shopper`; TTL |
+
+Coupons. A pool's keys share the tag `{c:<pool>}`, so issuing (budget checks, pick or
+mint a code, record it) and redeeming are each one Lua script in one slot. A checkout
+knows only the code, so the code -> pool lookup is its own key, `{k:<code>}` (a hash:
+`pool`), in its own slot anywhere on the cluster. It is written in a separate idempotent
+step: by `pushrec coupons import` before a code can be issued (HSETNX: the step that
+refuses a code another pool holds), and after the issuing script for a generated code (a
+crash in between is healed by the retried issue, which returns the same code and writes
+it again). Encoding the pool in the code instead would not work for the shop's own codes.
 """
 
 from __future__ import annotations
@@ -167,11 +197,17 @@ class UserKeys:
         messages (`Keys.message`) of this shopper, for erasure."""
         return f"{self.base}:messages"
 
+    @property
+    def coupons(self) -> str:
+        """hash: code -> pool, the codes issued to this shopper (audit, erasure)."""
+        return f"{self.base}:coupons"
+
     def all(self) -> list[str]:
         """Every key of the shopper (what erasure deletes)."""
         return [
             *self.event_state(),
             self.messages,
+            self.coupons,
             self.devices,
             self.preferences,
             self.contacts,
@@ -256,6 +292,32 @@ class BreakerKeys:
     def probe(self) -> str:
         """string: the half-open probe's claim; expires."""
         return f"{self.base}:probe"
+
+
+@dataclass(frozen=True)
+class DelayedKeys:
+    """One shard of the delayed jobs (the KEYS of `delayed_claim.lua` and
+    `delayed_ack.lua`, in `all()`'s order)."""
+
+    base: str
+
+    @property
+    def due(self) -> str:
+        """zset: job_id -> due time."""
+        return f"{self.base}:due"
+
+    @property
+    def inflight(self) -> str:
+        """zset: job_id -> lease expiry of a claimed job not yet acknowledged."""
+        return f"{self.base}:inflight"
+
+    @property
+    def jobs(self) -> str:
+        """hash: job_id -> JSON {task, kwargs}."""
+        return f"{self.base}:jobs"
+
+    def all(self) -> list[str]:
+        return [self.due, self.inflight, self.jobs]
 
 
 BREAKER_ROUTES_KEPT_S = 86_400
@@ -357,6 +419,57 @@ class CampaignKeys:
         return f"{self.base}:last_occurrence"
 
 
+@dataclass(frozen=True)
+class CouponPoolKeys:
+    """One pool's keys, in one slot (`{c:<pool>}`): the issuing and redeeming scripts'."""
+
+    base: str
+
+    @property
+    def totals(self) -> str:
+        """hash: issued, value (face value issued, hundredths), redeemed, redeemed_value,
+        expired, refused:<reason>, and each of the first five as `<field>:<source>`."""
+        return f"{self.base}:totals"
+
+    @property
+    def issued(self) -> str:
+        """hash: code -> JSON issue record (user_id, message_id, source, offer, face,
+        issued_at, expires_at, display)."""
+        return f"{self.base}:issued"
+
+    @property
+    def by_message(self) -> str:
+        """hash: message_id -> code (a retried issue returns the same code)."""
+        return f"{self.base}:by_message"
+
+    @property
+    def per_shopper(self) -> str:
+        """hash: user_id -> codes issued to them from this pool."""
+        return f"{self.base}:per_shopper"
+
+    @property
+    def available(self) -> str:
+        """set: imported codes not yet issued."""
+        return f"{self.base}:available"
+
+    @property
+    def redeemed(self) -> str:
+        """hash: code -> JSON {at, ref, basket} of its one redemption."""
+        return f"{self.base}:redeemed"
+
+    @property
+    def expiring(self) -> str:
+        """zset: code -> expiry, for issued codes not yet redeemed nor swept as expired."""
+        return f"{self.base}:expiring"
+
+    def script_keys(self) -> list[str]:
+        """The KEYS of the coupon scripts, in their order."""
+        return [
+            self.totals, self.issued, self.by_message, self.per_shopper,
+            self.available, self.redeemed, self.expiring,
+        ]  # fmt: skip
+
+
 def shard_of(ident: str, shards: int) -> int:
     """The shard (0 … shards-1) that `ident` (a shopper, item or message id) falls in.
 
@@ -408,6 +521,13 @@ class Keys:
     def campaign(self, name: str) -> CampaignKeys:
         return CampaignKeys(f"{self.prefix}:campaign:{name}")
 
+    def coupon_pool(self, pool: str) -> CouponPoolKeys:
+        return CouponPoolKeys(f"{self.prefix}:{{c:{pool}}}")
+
+    def coupon_code(self, code: str) -> str:
+        """hash: pool (the pool holding this canonical code; see the module doc)."""
+        return f"{self.prefix}:{{k:{code}}}"
+
     def rule_stats(self, rule: str) -> str:
         """hash: decided, sent, delivered, held_out, opened, clicked, converted, … of a rule."""
         return f"{self.prefix}:stats:{rule}"
@@ -417,10 +537,14 @@ class Keys:
         return f"{self.prefix}:{{i:{item_id}}}:interested"
 
     @property
-    def outbox_queued(self) -> str:
+    def all_shards(self) -> range:
+        """Every shard number: what a reader of a whole sharded family walks."""
+        return range(self.shards)
+
+    def outbox_queued(self, shard: int) -> str:
         """zset: message_id -> time queued, until its delivery settles or is parked
-        (the scheduler re-sends deliveries whose task was lost)."""
-        return f"{self.prefix}:outbox:queued"
+        (the scheduler re-sends deliveries whose task was lost); sharded by message id."""
+        return f"{self.sharded('outbox', shard)}:queued"
 
     @property
     def scheduler_lock(self) -> str:
@@ -431,6 +555,22 @@ class Keys:
     def index_version(self) -> str:
         """string: the index artifact version workers should serve."""
         return f"{self.prefix}:index:current"
+
+    @property
+    def index_serving(self) -> str:
+        """zset: index version -> when a worker process last said it serves it (pruning
+        spares these); entries older than `index_serving_grace_s` go at housekeeping."""
+        return f"{self.prefix}:index:serving"
+
+    @property
+    def rebuild_lock(self) -> str:
+        """string: owner of the running index rebuild (a lease, renewed while it runs)."""
+        return f"{self.prefix}:index:rebuild"
+
+    @property
+    def housekeeping_last(self) -> str:
+        """string: JSON of the last housekeeping run (when, by whom, what it removed)."""
+        return f"{self.prefix}:housekeeping:last"
 
     def device_owner(self, device_id: str) -> str:
         """string: user_id that last registered this device (a token moves between users)."""
@@ -464,10 +604,10 @@ class Keys:
         """string: the `live_seq` the published build read before it read the catalog."""
         return f"{self.prefix}:{{live}}:snapshot"
 
-    @property
-    def interaction_log(self) -> str:
-        """stream: every valid event (read by the index build job); capped."""
-        return f"{self.prefix}:log:interactions"
+    def interaction_log(self, shard: int) -> str:
+        """stream: every valid event (read by the index build job, every shard); sharded by
+        shopper; each shard capped."""
+        return f"{self.sharded('log', shard)}:interactions"
 
     @property
     def rejected_log(self) -> str:
@@ -485,32 +625,21 @@ class Keys:
         (`dead_letters.COUNT_TTL_S`)."""
         return f"{self.prefix}:deliveries:{task_id}"
 
-    # Delayed jobs: three keys in one slot ({delayed}) so one Lua script claims atomically.
-    @property
-    def delayed_due(self) -> str:
-        """zset: job_id -> due time."""
-        return f"{self.prefix}:{{delayed}}:due"
+    def delayed(self, shard: int) -> DelayedKeys:
+        """One shard of the delayed jobs: three keys in one slot (`{delayed:<n>}`), so
+        one Lua script claims atomically; jobs are sharded by job id."""
+        return DelayedKeys(self.sharded("delayed", shard))
 
-    @property
-    def delayed_inflight(self) -> str:
-        """zset: job_id -> lease expiry of a claimed job not yet acknowledged."""
-        return f"{self.prefix}:{{delayed}}:inflight"
+    def metrics(self, shard: int) -> str:
+        """hash: counter name -> value; each process adds to one shard (its own), a
+        reader sums them all."""
+        return f"{self.sharded('metrics', shard)}:counters"
 
-    @property
-    def delayed_jobs(self) -> str:
-        """hash: job_id -> JSON {task, kwargs}."""
-        return f"{self.prefix}:{{delayed}}:jobs"
-
-    @property
-    def metrics(self) -> str:
-        """hash: counter name -> value."""
-        return f"{self.prefix}:metrics"
-
-    @property
-    def gateway_latency(self) -> str:
+    def gateway_latency(self, shard: int) -> str:
         """hash: "<channel>:<bucket upper bound s>" -> sends (not cumulative), "<channel>:count",
-        "<channel>:sum_us" (microseconds): the gateway latency histograms."""
-        return f"{self.prefix}:metrics:gateway_latency"
+        "<channel>:sum_us" (microseconds): the gateway latency histograms; sharded as
+        `metrics`."""
+        return f"{self.sharded('metrics', shard)}:gateway_latency"
 
     def push_token(self, key: str) -> str:
         """string: a gateway access token (FCM OAuth, APNs provider JWT), shared by
@@ -531,10 +660,10 @@ class Keys:
         """One route's breaker keys, in one slot (`{b:<route>}`): they share a MULTI."""
         return BreakerKeys(f"{self.prefix}:push:{{b:{route}}}")
 
-    def trending_items(self, bucket: int) -> str:
-        """zset: item_id -> weighted activity in time bucket `bucket`."""
-        return f"{self.prefix}:trend:item:{bucket}"
+    def trending_items(self, bucket: int, shard: int) -> str:
+        """zset: item_id -> weighted activity in time bucket `bucket`; sharded by item."""
+        return f"{self.sharded('trend', shard)}:item:{bucket}"
 
-    def trending_categories(self, bucket: int) -> str:
-        """zset: category -> weighted activity in time bucket `bucket`."""
-        return f"{self.prefix}:trend:cat:{bucket}"
+    def trending_categories(self, bucket: int, shard: int) -> str:
+        """zset: category -> weighted activity in time bucket `bucket`; sharded by category."""
+        return f"{self.sharded('trend', shard)}:cat:{bucket}"

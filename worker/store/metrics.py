@@ -3,12 +3,13 @@ pool threads, other hosts) adds to the same figures and any process can report t
 
 from __future__ import annotations
 
+import os
+import socket
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-import redis
-
+from worker.store.client import StatePipeline, StateRedis
 from worker.store.keys import Keys
 
 # Upper bounds (seconds) of the gateway latency buckets: a local gateway answers in
@@ -34,15 +35,19 @@ def _bucket(seconds: float) -> str:
 
 
 class Metrics:
-    """Named integer counters in one Redis hash (`Keys.metrics`), and the gateway latency
-    histograms in another (`Keys.gateway_latency`)."""
+    """Named integer counters in Redis hashes (`Keys.metrics`), and the gateway latency
+    histograms in others (`Keys.gateway_latency`). Each process adds to one shard of
+    them, picked by its host and pid, so on a cluster the writers spread over the
+    masters; a read sums every shard."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: StateRedis, keys: Keys) -> None:
         self._client = client
-        self._key = keys.metrics
-        self._latency = keys.gateway_latency
+        self._keys = keys
+        shard = keys.shard(f"{socket.gethostname()}:{os.getpid()}")
+        self._key = keys.metrics(shard)
+        self._latency = keys.gateway_latency(shard)
 
-    def add(self, counts: Mapping[str, int], pipe: redis.client.Pipeline | None = None) -> None:
+    def add(self, counts: Mapping[str, int], pipe: StatePipeline | None = None) -> None:
         """Add `counts`; inside `pipe` when given (the caller executes it)."""
         target = pipe if pipe is not None else self._client.pipeline(transaction=False)
         for name, value in counts.items():
@@ -51,13 +56,20 @@ class Metrics:
         if pipe is None:
             target.execute()
 
-    def snapshot(self) -> dict[str, int]:
-        raw: dict[str, str] = self._client.hgetall(self._key)  # type: ignore[assignment]
-        return {name: int(value) for name, value in sorted(raw.items())}
+    def _summed(self, key: Callable[[int], str]) -> Counter[str]:
+        """Every shard of the hashes `key` names, summed field by field."""
+        pipe = self._client.pipeline(transaction=False)
+        for shard in self._keys.all_shards:
+            pipe.hgetall(key(shard))
+        total: Counter[str] = Counter()
+        for raw in pipe.execute():
+            total.update({name: int(value) for name, value in raw.items()})
+        return total
 
-    def observe_latency(
-        self, observed: Iterable[tuple[str, float]], pipe: redis.client.Pipeline
-    ) -> None:
+    def snapshot(self) -> dict[str, int]:
+        return dict(sorted(self._summed(self._keys.metrics).items()))
+
+    def observe_latency(self, observed: Iterable[tuple[str, float]], pipe: StatePipeline) -> None:
         """Add (channel, seconds) observations, summed here so a batch costs a few
         commands, in `pipe` (the caller executes it). Sums are kept in whole
         microseconds: HINCRBY is exact where float sums drift."""
@@ -71,7 +83,7 @@ class Metrics:
 
     def latency(self) -> dict[str, Histogram]:
         """Per channel, its gateway latency histogram."""
-        raw: dict[str, str] = self._client.hgetall(self._latency)  # type: ignore[assignment]
+        raw = self._summed(self._keys.gateway_latency)
         channels = sorted({name.rpartition(":")[0] for name in raw})
         out: dict[str, Histogram] = {}
         for channel in channels:

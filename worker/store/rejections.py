@@ -10,8 +10,7 @@ import logging
 import time
 from typing import Any
 
-import redis
-
+from worker.store.client import StatePipeline, StateRedis
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
 from worker.store.redaction import stream_fields
@@ -20,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class RejectedLog:
-    def __init__(self, client: redis.Redis, keys: Keys, metrics: Metrics, maxlen: int) -> None:
+    def __init__(self, client: StateRedis, keys: Keys, metrics: Metrics, maxlen: int) -> None:
         self._client = client
         self._key = keys.rejected_log
         self._metrics = metrics
@@ -32,7 +31,7 @@ class RejectedLog:
         code: str,
         reason: str,
         payload: Any,
-        pipe: redis.client.Pipeline | None = None,
+        pipe: StatePipeline | None = None,
     ) -> None:
         """Keep `payload` (redacted and truncated: `redaction.stream_fields`) with its
         reason and count it under `<task>.rejected`."""

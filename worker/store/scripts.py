@@ -14,7 +14,10 @@ from dataclasses import dataclass, fields
 from importlib import resources
 
 import redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
+
+from worker.store.client import StatePipeline, StateRedis
 
 
 def _source(name: str) -> str:
@@ -32,13 +35,16 @@ class Scripts:
     contact_reserve: Script
     deactivate_device: Script
     claim_device: Script
-    register_device: Script
+    unlist_device: Script
     release_device: Script
     drop_moved_device: Script
     run_tally: Script
+    coupon_issue: Script
+    coupon_redeem: Script
+    coupon_expire: Script
 
     @classmethod
-    def register(cls, client: redis.Redis) -> Scripts:
+    def register(cls, client: StateRedis) -> Scripts:
         return cls(
             apply_event=client.register_script(_source("apply_event")),
             upsert_item=client.register_script(_source("upsert_item")),
@@ -49,27 +55,52 @@ class Scripts:
             contact_reserve=client.register_script(_source("contact_reserve")),
             deactivate_device=client.register_script(_source("deactivate_device")),
             claim_device=client.register_script(_source("claim_device")),
-            register_device=client.register_script(_source("register_device")),
+            unlist_device=client.register_script(_source("unlist_device")),
             release_device=client.register_script(_source("release_device")),
             drop_moved_device=client.register_script(_source("drop_moved_device")),
             run_tally=client.register_script(_source("run_tally")),
+            coupon_issue=client.register_script(_source("coupon_issue")),
+            coupon_redeem=client.register_script(_source("coupon_redeem")),
+            coupon_expire=client.register_script(_source("coupon_expire")),
         )
 
-    def load(self, client: redis.Redis) -> None:
+    def load(self, client: StateRedis) -> None:
         """Load every script into Redis (one round trip): at start, and after a restart
         lost them."""
+        sources = [getattr(self, f.name).script for f in fields(self)]
+        if isinstance(client, RedisCluster):  # a cluster pipeline refuses SCRIPT LOAD
+            for source in sources:
+                client.script_load(source)  # to every master
+            return
         pipe = client.pipeline(transaction=False)
-        for f in fields(self):
-            pipe.script_load(getattr(self, f.name).script)
+        for source in sources:
+            pipe.script_load(source)
         pipe.execute()
 
     @staticmethod
     def queue(
-        pipe: redis.client.Pipeline,
+        pipe: StatePipeline,
         script: Script,
         keys: Sequence[str],
         args: Sequence[str | int | float],
     ) -> None:
         """Queue `script` in `pipe` by SHA, without the existence check (module doc).
-        Only in pipelines that are safe to run again whole after a NoScriptError."""
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        Only in pipelines that are safe to run again whole after a NoScriptError.
+        (`execute_command`: redis-py's cluster pipeline refuses its `evalsha` method but
+        routes the command by its keys.)"""
+        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+
+    @staticmethod
+    def call_in(
+        pipe: StatePipeline,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[str | int | float],
+    ) -> None:
+        """Queue `script` in `pipe`; a single node's pipeline loads it first if Redis lost
+        it (one more round trip). A cluster pipeline cannot: there a NoScriptError
+        reaches the caller, whose task loads the scripts and runs again."""
+        if isinstance(pipe, redis.client.Pipeline):
+            script(keys=keys, args=args, client=pipe)
+        else:
+            Scripts.queue(pipe, script, keys, args)
