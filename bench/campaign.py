@@ -1,21 +1,33 @@
-"""Campaign scale: synthetic shoppers with realistic state, a segment, RFM cuts, a dry run.
+"""Campaign scale: synthetic shoppers with realistic state, a segment, RFM cuts, a dry run;
+and the fan-out rate of a real run to the local gateways beside the no-op Celery ceiling
+and the `track_batch` rate, measured in the same run.
 
     python bench/campaign.py --shoppers 20000 [--redis-url redis://…]
-        [--json bench/out/campaign.json]
+        [--fanout 5000] [--json bench/out/campaign.json]
 
 Writes `--shoppers` shoppers straight into Redis (pipelined): profile (events, orders,
 money, last event and purchase), a recent purchase, affinity over 12 categories,
 preferences (consent, one of 6 timezones) and an FCM device; then indexes them with the
 real `SegmentIndex.refresh_activity` / `refresh_devices` paths and times: indexing,
 RFM cut points, the segment "lapsed buyers" (`min_orders = 2`, `dormant_days = 30`),
-and a dry run of a campaign on it (no index published: trending picks). Prints a table
-and writes JSON. Uses its own key prefix and deletes it afterwards.
+and a dry run of a campaign on it (no index published: trending picks), in this process
+and on a pool of `--workers` processes. The memory of the segment indexes is the sum of
+`MEMORY USAGE` over their keys, per shopper; beside it, Redis's `used_memory` growth per
+shopper over all the state written (meaningful on a Redis of its own).
+
+`--fanout N` (0: skip) then measures, on a private redis-server with the stack of
+bench/realtime.py (Online Retail index, local gateways in their own process, worker nodes
+of `--layout`): a campaign run (no rate limit) to N shoppers with FCM devices, sent by a
+real scheduler and workers: messages/s at the gateway between the 10% and 90% receipts;
+then `realtime.measure_noop` and `realtime.measure_saturation` (batched) on the same nodes.
+Prints a table and writes JSON. Uses its own key prefix and deletes it afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -24,10 +36,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[0] = str(ROOT)  # not bench/: its push.py would shadow the push package
+sys.path.insert(0, str(ROOT))  # before bench/: its push.py would shadow the push package
 
 from worker.campaigning.dry_run import dry_run  # noqa: E402
 from worker.campaigns import Campaign  # noqa: E402
+from worker.coupon_config import CouponPool  # noqa: E402
 from worker.segments import Segment  # noqa: E402
 from worker.service.runtime import Runtime  # noqa: E402
 from worker.settings import Settings  # noqa: E402
@@ -75,15 +88,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shoppers", type=int, default=20_000)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes of the pooled dry run")  # fmt: skip
+    parser.add_argument("--fanout", type=int, default=5000, help="shoppers of the real run")
+    parser.add_argument("--layout", default="activity+push+maintenance:2",
+                        help="worker nodes, as bench/realtime.py --layouts")  # fmt: skip
+    parser.add_argument("--profile", type=Path,
+                        help="folder for py-spy stacks of the fan-out's worker nodes")  # fmt: skip
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "campaign.json")
     args = parser.parse_args()
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     segment = Segment.model_validate({"name": "lapsed", "min_orders": 2, "dormant_days": 30})
     campaign = Campaign(name="winback", segment="lapsed", holdout_pct=10,
-                        coupon={"percent_off": 10},  # type: ignore[arg-type]
+                        coupon={"pool": "winback", "percent_off": 10},  # type: ignore[arg-type]
                         title="Picked for you", body="{{ items[0].title }}")  # fmt: skip
     settings = Settings.load(redis_url=args.redis_url, key_prefix=prefix,
                              segments=(segment,), campaigns=(campaign,),
+                             coupon_pools=(CouponPool(name="winback", budget_count=10**9),),
                              index_store=Path("/nonexistent"))  # fmt: skip
     rt = Runtime.open(settings)
     figures: dict[str, Any] = {"shoppers": args.shoppers}
@@ -91,6 +112,7 @@ def main() -> None:
         from worker.service import ingest
 
         now = time.time()
+        used_before = int(rt.redis.info("memory")["used_memory"])  # type: ignore[index]
         started = time.perf_counter()
         write_shoppers(rt, args.shoppers, now)
         catalog = [{"item_id": f"i{n}", "title": f"Item {n}", "category": CATEGORIES[n % 12],
@@ -105,9 +127,12 @@ def main() -> None:
             rt.segment_index.refresh_activity(users[start : start + CHUNK], now)
         figures["index_activity_s"] = time.perf_counter() - started
         started = time.perf_counter()
-        for user in users[: min(5000, len(users))]:
-            rt.segment_index.refresh_devices(user, now)
+        for user in users[: min(5000, len(users))]:  # one registration a call, as it comes
+            rt.segment_index.refresh_devices([user], now)
         figures["index_devices_per_s"] = min(5000, len(users)) / (time.perf_counter() - started)
+        figures["segment_index_bytes_per_shopper"] = index_bytes(rt) / args.shoppers
+        used = int(rt.redis.info("memory")["used_memory"]) - used_before  # type: ignore[index]
+        figures["redis_bytes_per_shopper_all_state"] = used / args.shoppers
 
         from worker.segmenting.rfm import compute_cuts
 
@@ -118,12 +143,17 @@ def main() -> None:
         size, _ = rt.segment_query().size_and_sample("lapsed", now, 10)
         figures["segment_s"], figures["segment_size"] = time.perf_counter() - started, size
 
-        started = time.perf_counter()
-        report = dry_run(rt.redis, rt.keys, rt.runs(), rt.segment_query(), rt.firer(),
-                         rt.catalog, campaign, now, now, immediate=True)  # fmt: skip
-        figures["dry_run_s"] = time.perf_counter() - started
+        from worker.service.dry_run_pool import pooled
+
+        pool = pooled(settings, args.workers)
+        for label, fire in (("dry_run_one_process", None),
+                            (f"dry_run_{args.workers}_processes", pool)):  # fmt: skip
+            started = time.perf_counter()
+            report = dry_run(rt.redis, rt.keys, rt.runs(), rt.segment_query(), rt.firer(),
+                             rt.catalog, campaign, now, now, immediate=True, fire=fire)  # fmt: skip
+            figures[f"{label}_s"] = time.perf_counter() - started
+            figures[f"{label}_per_shopper_ms"] = figures[f"{label}_s"] / max(1, size) * 1000
         figures["dry_run_outcomes"] = report["outcomes"]
-        figures["dry_run_per_shopper_ms"] = figures["dry_run_s"] / max(1, size) * 1000
     finally:
         rt.close()
         import redis
@@ -131,11 +161,99 @@ def main() -> None:
         client = redis.Redis.from_url(args.redis_url)
         for keys in _batched(client.scan_iter(f"{prefix}:*", count=10_000), 10_000):
             client.unlink(*keys)
+    if args.fanout:
+        figures["fanout"] = measure_fanout(args.fanout, args.layout, args.profile)
     for name, value in figures.items():
         print(f"{name:28s} {value if isinstance(value, dict) else round(float(value), 3)}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(figures, indent=2))
     print(f"wrote {args.json}")
+
+
+def index_bytes(rt: Runtime) -> int:
+    """Bytes the segment indexes take in Redis (`MEMORY USAGE` of every key of every
+    shard, all of each set sampled)."""
+    total = 0
+    for shard in range(rt.keys.shards):
+        for key in rt.redis.scan_iter(rt.keys.segment(shard).base + ":*", count=1000):
+            total += int(rt.redis.memory_usage(key, samples=0) or 0)
+    return total
+
+
+FANOUT_CONFIG = """
+[[segments]]
+name = "buyers"
+min_orders = 1
+
+[[campaigns]]
+name = "fanout"
+segment = "buyers"
+channels = ["fcm"]
+title = "Picked for you"
+body = "{{ items[0].title }}"
+"""
+
+
+def measure_fanout(shoppers: int, layout_spec: str, profile: Path | None) -> dict[str, Any]:
+    """A campaign run to `shoppers` at the local FCM gateway, the no-op ceiling and the
+    batched `track_batch` rate, on one private Redis and the same worker nodes."""
+    import tempfile
+    import tomllib
+
+    import realtime
+    from realtime_stack import Case, Shop, cpu_ms_per_unit, local_gateway, write_bench_config
+
+    from tests.redis_server import redis_server
+
+    layout = realtime.parse_layout(layout_spec)
+    out: dict[str, Any] = {"shoppers": shoppers, "layout": layout_spec}
+    with redis_server() as url, tempfile.TemporaryDirectory(prefix="pushrec-fan-") as tmp_name:
+        tmp = Path(tmp_name)
+        shop = Shop(tmp)
+        config = write_bench_config(tmp / "pushrec.toml")
+        config.write_text(config.read_text() + FANOUT_CONFIG)
+        raw = tomllib.loads(FANOUT_CONFIG)
+        campaign = Campaign.model_validate(raw["campaigns"][0])
+        with local_gateway(tmp / "gateways") as gateway:
+            case = Case(url, shop, gateway, config, tmp, profile=profile)
+            try:
+                tokens = case.seed(shop, shop.shoppers("f", shoppers, 3))
+                rt = Runtime.open(case.rt.settings.model_copy(update={
+                    "segments": tuple(Segment.model_validate(s) for s in raw["segments"]),
+                    "campaigns": (campaign,)}))  # fmt: skip
+                case.start(layout, "fan")
+                started = time.perf_counter()
+                run = rt.runs().start(campaign, time.time(), time.time(), immediate=True)
+                planned_s = time.perf_counter() - started
+                stats = rt.keys.rule_stats(campaign.name)
+                marks: dict[float, dict[str, float]] = {}
+                done = case.wait(lambda: int(rt.redis.hget(stats, "delivered") or 0), shoppers,  # type: ignore[arg-type]
+                                 cpu_marks=marks)  # fmt: skip
+                case.stop()
+                receipts = case.receipts()
+                stamps = [receipts[t] for t in tokens if t in receipts]
+                out["run"] = {
+                    "audience": int(run["audience"]),
+                    "plan_s": planned_s,
+                    "delivered": done,
+                    "messages_per_s": realtime._between(stamps, len(stamps)),
+                    "wall_s": max(stamps) - min(stamps),
+                    "cpu_ms_per_message": cpu_ms_per_unit(marks, 0.8 * shoppers),
+                }
+                rt.close()
+            finally:
+                case.close()
+            args = argparse.Namespace(noop=10_000, saturation_batched=max(5000, shoppers),
+                                      batch=100, history=3)  # fmt: skip
+            ceilings = {"noop": realtime.measure_noop,
+                        "track_batch": realtime.measure_saturation_batched}  # fmt: skip
+            for name, measure in ceilings.items():
+                case = Case(url, shop, gateway, config, tmp)
+                try:
+                    out[name] = measure(case, shop, layout, args)
+                finally:
+                    case.close()
+    return out
 
 
 def _batched(items: Any, size: int) -> Any:

@@ -25,11 +25,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, time
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from push import TemplateSet
-from push.errors import PushError
-from worker.rules import ChannelName, CouponSpec, Rule, check_channels
+from worker.rules import ChannelName, CouponSpec, Rule, check_channels, check_template
 
 # A cron that fires less often than this (or never) is refused: a typo like "0 0 30 2 *".
 _NEVER_AFTER = datetime(2000, 1, 1, tzinfo=UTC)
@@ -99,16 +97,7 @@ class Campaign(BaseModel):
     def _channels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return check_channels(value)
 
-    @model_validator(mode="after")
-    def _templates_compile(self) -> Campaign:
-        fields = {"title": self.title, "body": self.body}
-        if self.link:
-            fields["link"] = self.link
-        try:
-            TemplateSet({self.name: {"en": fields}})
-        except PushError as exc:
-            raise ValueError(str(exc)) from None
-        return self
+    _templates = field_validator("title", "body", "link")(check_template)
 
     def ended(self, now: float) -> bool:
         return self.ends is not None and now >= self.ends.timestamp()

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from push import TemplateSet
+from push.errors import PushError
 from worker.coupon_config import CouponSpec
 
 __all__ = ["DEFAULT_RULES", "ChannelName", "CouponSpec", "Rule", "RuleKind", "enabled_rules"]
@@ -45,6 +47,19 @@ def check_channels(value: tuple[str, ...]) -> tuple[str, ...]:
     """A rule's or campaign's channel list: at least one, each at most once."""
     if not value or len(set(value)) != len(value):
         raise ValueError("list each channel at most once, at least one")
+    return value
+
+
+def check_template(value: str | None, info: ValidationInfo) -> str | None:
+    """A rule's or campaign's `title`, `body` or `link` compiles (checked at start-up, so
+    a typo stops it naming the field, not a firing later)."""
+    if value is None:
+        return None
+    name = info.data.get("name", "?")
+    try:
+        TemplateSet({name: {"en": {str(info.field_name): value}}})
+    except PushError as exc:
+        raise ValueError(f"template does not compile: {exc}") from None
     return value
 
 
@@ -91,6 +106,8 @@ class Rule(BaseModel):
     @classmethod
     def _channels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return check_channels(value)
+
+    _templates = field_validator("title", "body", "link")(check_template)
 
 
 def enabled_rules(rules: tuple[Rule, ...]) -> dict[str, Rule]:

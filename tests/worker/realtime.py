@@ -218,3 +218,34 @@ def register(rt: Runtime, user: str, channel: str, target: str, now: float, **pr
         {"user_id": user, "consent": {"marketing": {"*": True}}, "timezone": "UTC", **prefs},
         now,
     )
+
+
+# A config file's start for campaign tests: caps out of the way, and the segment of
+# buyers quiet for 30 days; tests add their [[campaigns]].
+LAPSED_CONFIG = """
+cap_marketing_per_day = 100
+cap_total_per_day = 100
+
+[[segments]]
+name = "lapsed"
+min_orders = 1
+dormant_days = 30
+"""
+
+
+def campaign_settings(config: Path) -> dict[str, object]:
+    """The segments, campaigns and coupon pools of `config`, for the test's own runtime."""
+    import tomllib
+
+    from worker.campaigns import Campaign
+    from worker.coupon_config import CouponPool
+    from worker.segments import Segment
+
+    raw = tomllib.loads(config.read_text())
+    return {
+        "segments": tuple(Segment.model_validate(s) for s in raw["segments"]),
+        "campaigns": tuple(Campaign.model_validate(c) for c in raw["campaigns"]),
+        "coupon_pools": tuple(CouponPool.model_validate(p) for p in raw.get("coupon_pools", [])),
+        "cap_marketing_per_day": 100,
+        "cap_total_per_day": 100,
+    }

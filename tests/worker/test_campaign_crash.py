@@ -9,21 +9,22 @@ from collections import Counter
 from pathlib import Path
 
 from tests.worker.conftest import WorkerProcess, wait_for
-from tests.worker.realtime import Gateways, build_planted_index, planted_catalog, register
+from tests.worker.realtime import (
+    LAPSED_CONFIG,
+    Gateways,
+    build_planted_index,
+    campaign_settings,
+    planted_catalog,
+    register,
+)
 from worker.service import ingest
 from worker.service.runtime import Runtime
 from worker.settings import Settings
 
 SHOPPERS = 60
-CONFIG = """
-cap_marketing_per_day = 100
-cap_total_per_day = 100
-
-[[segments]]
-name = "lapsed"
-min_orders = 1
-dormant_days = 30
-
+CONFIG = (
+    LAPSED_CONFIG
+    + """
 [[campaigns]]
 name = "winback"
 segment = "lapsed"
@@ -31,6 +32,7 @@ rate_per_s = 15
 title = "Picked for you"
 body = "{{ items[0].title }}"
 """
+)
 
 
 def test_killed_worker_and_scheduler_mid_run_reach_everyone_exactly_once(
@@ -45,7 +47,7 @@ def test_killed_worker_and_scheduler_mid_run_reach_everyone_exactly_once(
            "PUSHREC_SCHEDULER_LEASE_S": "3"}  # fmt: skip
     # unacked tasks of the killed worker come back after the visibility timeout
     settings = settings.model_copy(update={"visibility_timeout_s": 10, "task_time_limit_s": 8})
-    rt = Runtime.open(settings.model_copy(update=_campaign_settings(config)))
+    rt = Runtime.open(settings.model_copy(update=campaign_settings(config)))
     now = time.time()
     ingest.upsert_items(rt, planted_catalog(), now)
     tokens = {}
@@ -99,19 +101,3 @@ def test_killed_worker_and_scheduler_mid_run_reach_everyone_exactly_once(
     status = rt.runs().status("winback")
     assert sum(n for o, n in status.outcomes.items() if o.startswith("queued.")) == SHOPPERS
     rt.close()
-
-
-def _campaign_settings(config: Path) -> dict[str, object]:
-    """The segments and campaigns of `config`, for the test's own runtime."""
-    import tomllib
-
-    from worker.campaigns import Campaign
-    from worker.segments import Segment
-
-    raw = tomllib.loads(config.read_text())
-    return {
-        "segments": tuple(Segment.model_validate(s) for s in raw["segments"]),
-        "campaigns": tuple(Campaign.model_validate(c) for c in raw["campaigns"]),
-        "cap_marketing_per_day": 100,
-        "cap_total_per_day": 100,
-    }

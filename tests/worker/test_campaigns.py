@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from tests.clock import FIXED_NOW
 from tests.worker.realtime import Gateways, gateway_shop, register
+from worker.campaigning import dry_run as dry_runs
 from worker.campaigning.dry_run import dry_run
 from worker.campaigning.timing import catch_up, due_at
 from worker.campaigns import Campaign
@@ -19,8 +21,10 @@ from worker.contract import CAMPAIGN_FIRE, DELIVER
 from worker.coupon_config import CouponPool
 from worker.delivery.requests import DeliveryRequest
 from worker.policy.jobs import FireJob
+from worker.segmenting.query import SegmentQuery
 from worker.segments import Segment
 from worker.service import ingest
+from worker.service.dry_run_pool import pooled
 from worker.service.runtime import Runtime
 from worker.settings import Settings, SettingsError
 
@@ -116,6 +120,29 @@ def test_the_dry_run_and_the_real_run_agree(
     assert runs.status("winback").outcomes == {**dry["outcomes"], "coupons": coupons}
 
 
+def test_a_dry_run_on_a_pool_of_processes_adds_up_to_the_same(
+    shop: tuple[Runtime, list[tuple[str, dict[str, Any]]]],
+    gateways: Gateways,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rt, _ = shop
+    now = time.time()
+    _shoppers(rt, gateways, now - 10)
+    monkeypatch.setattr(dry_runs, "PLAN_CHUNK", 7)  # several chunks of the 40
+    monkeypatch.setattr(dry_runs, "POOLED_FROM", 0)
+    args = (rt.redis, rt.keys, rt.runs(), rt.segment_query(), rt.firer(), rt.catalog,
+            CAMPAIGN, now, now)  # fmt: skip
+    here = dry_run(*args, immediate=True)
+    pooled_run = dry_run(*args, immediate=True, fire=pooled(rt.settings, 2))
+
+    def without_codes(report: dict[str, Any]) -> dict[str, Any]:  # coupon codes are random
+        shown = [(x["user_id"], x["items"]) for x in report["samples"]]
+        return {**report, "samples": shown}
+
+    assert without_codes(pooled_run) == without_codes(here)
+    assert here["audience"] == 40 and here["sends"] > 0 and len(here["samples"]) == 5
+
+
 def test_a_run_is_paced_at_its_rate_and_can_be_paused(
     shop: tuple[Runtime, list[tuple[str, dict[str, Any]]]], gateways: Gateways
 ) -> None:
@@ -132,6 +159,33 @@ def test_a_run_is_paced_at_its_rate_and_can_be_paused(
     assert runs.set_paused("winback", False) == "sending"
     assert runs.dispatch(paced, now + 10, rt.enqueue) == 7  # a second's worth after a pause
     assert sum(len(kw["jobs"]) for t, kw in queued if t == CAMPAIGN_FIRE) == 29
+
+
+def test_no_send_after_the_end_date_and_the_dry_run_counts_them(
+    shop: tuple[Runtime, list[tuple[str, dict[str, Any]]]], gateways: Gateways
+) -> None:
+    """Local time: shoppers in UTC are reached 14 h after the anchor, those in New York
+    19 h after; the campaign ends in between."""
+    rt, queued = shop
+    now = time.time()
+    _shoppers(rt, gateways, now - 10)
+    for n in range(1, 40, 2):
+        ingest.set_preferences(rt, {"user_id": f"s{n}", "timezone": "America/New_York"}, now)
+    ends = datetime.fromtimestamp(now + 16 * 3600, UTC)
+    local = CAMPAIGN.model_copy(update={"local_time": True, "ends": ends})
+    dry = dry_run(rt.redis, rt.keys, rt.runs(), rt.segment_query(), rt.firer(), rt.catalog,
+                  local, now, now)  # fmt: skip
+    assert dry["after_end_date"] == 20 and dry["audience"] == 40
+    assert dry["sends"] + dry["held_out"] == 16  # the 20 in UTC, but for 4 without consent
+
+    runs = rt.runs()
+    runs.start(local, now, now)
+    for hours in (14, 15, 17, 20):  # the scheduler's ticks, before and after the end
+        runs.dispatch(local, now + hours * 3600 + 1, rt.enqueue)
+        _run_tasks(rt, queued, now + hours * 3600 + 1)
+    status = runs.status("winback")
+    assert status.run["state"] == "ended" and status.due_left == 20
+    assert len(gateways.accepted("fcm")) == dry["sends"]
 
 
 def test_missed_runs_run_late_within_grace_else_are_skipped() -> None:
@@ -161,6 +215,26 @@ def test_local_time_and_send_window_move_each_shoppers_time() -> None:
     assert due_at(windowed, night, {}, True) == night  # --now
 
 
+def test_a_device_the_gateway_declares_gone_leaves_the_channel_segment(
+    shop: tuple[Runtime, list[tuple[str, dict[str, Any]]]], gateways: Gateways
+) -> None:
+    rt, queued = shop
+    now = time.time()
+    _shoppers(rt, gateways, now - 10)
+    on_fcm = Segment.model_validate({"name": "on_fcm", "channel": "fcm"})
+    query = SegmentQuery(rt.redis, rt.keys, {"on_fcm": on_fcm})
+    assert query.size_and_sample("on_fcm", now, 0)[0] == 45
+    gateways.unregister("fcm", *(f"fcm-token-s{n}-{'x' * 20}" for n in range(45)))
+    run = rt.runs().start(CAMPAIGN, now, now, immediate=True)
+    rt.runs().dispatch(CAMPAIGN, now, rt.enqueue)
+    _run_tasks(rt, queued, now)
+    outcome = rt.redis.hgetall(rt.keys.segment(0).run_done(run["id"]))
+    sent = {user for user, o in outcome.items() if o == "queued.all_passed"}
+    assert sent  # each of them met the gateway's "unregistered"
+    size, members = query.size_and_sample("on_fcm", now, 100)
+    assert size == 45 - len(sent) and sent.isdisjoint(members)
+
+
 @pytest.mark.parametrize(
     ("table", "words"),
     [
@@ -172,6 +246,8 @@ def test_local_time_and_send_window_move_each_shoppers_time() -> None:
         ('[[segments]]\nname = "s"\nmin_orders = 2\n[[campaigns]]\nname = "c"\nsegment = "s"\n'
          'title = "{{ items[0"\nbody = "b"\n', "template.*line 4"),
         ('[[segments]]\nname = "s"\nall = ["t"]\n', "unknown segment 't'"),
+        ('[[rules]]\nname = "r"\nkind = "cart_abandoned"\ntitle = "t"\nbody = "{% if x %}"\n',
+         "rules.0.body.*template does not compile.*line 1"),
     ],
 )  # fmt: skip
 def test_a_bad_segment_or_campaign_stops_start_up_naming_field_and_line(

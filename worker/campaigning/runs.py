@@ -149,13 +149,17 @@ class Runs:
         self, campaign: Campaign, users: Sequence[str], anchor: float, immediate: bool
     ) -> dict[str, float]:
         """When the run reaches each of `users` (one round trip for their preferences)."""
+        prefs = self.preferences(users)
+        return {u: due_at(campaign, anchor, prefs[u], immediate) for u in users}
+
+    def preferences(self, users: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Each shopper's preferences (timezone, quiet hours), in one round trip."""
+        if not users:
+            return {}
         pipe = self._client.pipeline(transaction=False)
         for user in users:
             pipe.hgetall(self._keys.user(user).preferences)
-        prefs = [decode_preferences(p) for p in pipe.execute()] if users else []
-        return {
-            u: due_at(campaign, anchor, p, immediate) for u, p in zip(users, prefs, strict=True)
-        }
+        return {u: decode_preferences(p) for u, p in zip(users, pipe.execute(), strict=True)}
 
     # --- sending -----------------------------------------------------------------------
     def dispatch(self, campaign: Campaign, now: float, enqueue: Enqueue) -> int:

@@ -45,6 +45,7 @@ from worker.rules import Rule, enabled_rules
 from worker.settings import Settings
 from worker.shoppers.audit import Audit
 from worker.shoppers.contacts import Contacts
+from worker.shoppers.segment_index import SegmentIndex
 from worker.shoppers.snapshot import DeviceRecord, Part, Shopper, ShopperReads
 from worker.store.client import StatePipeline, StateRedis
 from worker.store.delayed import DelayedJobs, Job
@@ -105,6 +106,7 @@ class MessageSender:
         delayed: DelayedJobs,
         push: PushRuntime,
         metrics: Metrics,
+        segment_index: SegmentIndex,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -117,6 +119,7 @@ class MessageSender:
         self._delayed = delayed
         self._push = push
         self._metrics = metrics
+        self._segment_index = segment_index
 
     def deliver_many(
         self,
@@ -391,6 +394,13 @@ class MessageSender:
 
         replies, first_sent = _patiently(writes)
         _patiently(lambda: counts(replies, first_sent))
+        gone = {  # devices just deactivated leave the channel segments
+            d.record.user_id
+            for d, results in zip(live, outcomes, strict=True)
+            if any(r.outcome is Outcome.DEVICE_INVALID for r in results)
+        }
+        if gone:
+            _patiently(lambda: self._segment_index.refresh_devices(gone, now))
 
     def _settle_held(self, d: _Delivery, now: float, pipe: StatePipeline) -> None:
         """Queue the writes of a delivery that did not go out: held out (a holdout cell's

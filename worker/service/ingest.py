@@ -138,8 +138,9 @@ def register_device(rt: Runtime, payload: dict[str, Any], now: float) -> dict[st
         rt.rejected.record(contract.REGISTER_DEVICE, exc.code, exc.reason, payload)
         return {"rejected": exc.reason}
     outcome = rt.contacts.register(reg, now)
-    for user_id in {reg.user_id, outcome.moved_from} - {None}:
-        rt.segment_index.refresh_devices(str(user_id), now)
+    rt.segment_index.refresh_devices(
+        (str(u) for u in (reg.user_id, outcome.moved_from) if u is not None), now
+    )
     rt.metrics.add({"devices.registered": 1, "devices.moved": int(bool(outcome.moved_from))})
     return {"device_id": outcome.device_id, "moved": outcome.moved_from is not None}
 
@@ -152,7 +153,7 @@ def unregister_device(rt: Runtime, payload: dict[str, Any], now: float) -> dict[
         return {"rejected": exc.reason}
     removed = rt.contacts.unregister(removal)
     if removed:
-        rt.segment_index.refresh_devices(removal.user_id, now)
+        rt.segment_index.refresh_devices([removal.user_id], now)
     rt.metrics.add({"devices.unregistered": int(removed)})
     return {"removed": removed}
 

@@ -10,9 +10,8 @@ Written in a separate step after the per-shopper Lua script (which stays in one 
 `refresh_activity` reads the state the script left (one pipelined round trip for the
 batch) and writes each shopper's entries from it, so the step is idempotent: running it
 twice, or after a crash and redelivery, writes the same values. Devices are indexed when
-they are registered or unregistered (`refresh_devices`); a device the gateway declares
-gone stays listed until the shopper's next registration, and the policy's consent step
-removes such a shopper when a campaign fires.
+they are registered or unregistered and when a gateway declares one gone
+(`refresh_devices`, called by delivery after it deactivates the device).
 
 Bounds: one entry per shopper per family. An erased shopper is removed at once
 (`forget`, called by erasure); a shopper whose state expired (no write for `user_ttl_s`)
@@ -75,25 +74,29 @@ class SegmentIndex:
         if pipe is None:
             writes.execute()
 
-    def refresh_devices(self, user_id: str, now: float) -> None:
-        """Write the shopper's channel entries from their active devices now."""
+    def refresh_devices(self, user_ids: Iterable[str], now: float) -> None:
+        """Write the shoppers' channel entries from their active devices now (one round
+        trip to read, one to write): after a registration, a removal, or a gateway
+        declaring a device gone."""
+        users = sorted(set(user_ids))
+        if not users:
+            return
         reads = self._client.pipeline(transaction=False)
-        _DEVICES.queue(reads, self._keys, user_id)
-        s = _DEVICES.parse(user_id, iter(reads.execute()))
-        latest: dict[str, float] = {}
-        for device in s.active_devices().values():
-            channel = device["channel"]
-            latest[channel] = max(latest.get(channel, 0.0), float(device.get("registered_at", 0)))
-        seg = self._keys.segment_of(user_id)
+        for user_id in users:
+            _DEVICES.queue(reads, self._keys, user_id)
+        replies = iter(reads.execute())
         pipe = self._client.pipeline(transaction=False)
-        pipe.zadd(seg.seen, {user_id: now})
-        for channel in CHANNELS:
-            _put(
-                pipe,
-                seg.channel(channel),
-                user_id,
-                latest.get(channel) if channel in latest else None,
-            )
+        for user_id in users:
+            s = _DEVICES.parse(user_id, replies)
+            latest: dict[str, float] = {}
+            for device in s.active_devices().values():
+                channel = device["channel"]
+                at = float(device.get("registered_at", 0))
+                latest[channel] = max(latest.get(channel, 0.0), at)
+            seg = self._keys.segment_of(user_id)
+            pipe.zadd(seg.seen, {user_id: now})
+            for channel in CHANNELS:
+                _put(pipe, seg.channel(channel), user_id, latest.get(channel))
         pipe.execute()
 
     def forget(self, user_id: str) -> int:
