@@ -11,6 +11,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+import redis
 
 from tests.clock import RUN_NOW
 from tests.worker.realtime import (
@@ -484,6 +485,35 @@ def test_an_inline_delivery_that_fails_hands_its_messages_to_the_push_queue(
         assert decision["action"] == "queued"
         assert queued == [("pushrec.deliver", {"message_ids": [decision["message_id"]]})]
         assert rt.outbox.state(decision["message_id"])["state"] == "queued"
+
+
+def test_an_inline_delivery_that_meets_lost_scripts_loads_them_and_sends_at_once(
+    settings: Settings, gateways: Gateways, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a promoted replica or a restarted Redis without the scripts (a cluster pipeline
+    # cannot load them itself): handing the messages to the push queue would leave the
+    # devices claimed until the claim's lease, and the message to the sweep
+    queued: list[tuple[str, dict[str, Any]]] = []
+    with _immediate_shop(settings, gateways, tmp_path, queued, inline=True) as rt:
+        user = shopper(rt, gateways, "noscript")
+        sender = rt.sender()
+        real = sender.deliver_many
+        calls: list[str] = []
+
+        def scripts_lost_once(*args: Any, **kwargs: Any) -> Any:
+            calls.append(args[2])
+            if len(calls) == 1:
+                rt.redis.script_flush()
+                raise redis.exceptions.NoScriptError("NOSCRIPT No matching script.")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(sender, "deliver_many", scripts_lost_once)
+        decision = _purchase_fired_by(rt, user, "track-task-4")
+
+        assert calls == ["track-task-4:inline"] * 2  # the same owner, again
+        assert queued == []
+        assert rt.outbox.state(decision["message_id"])["state"] == "sent"
+        assert len(gateways.accepted("fcm")) == 1
 
 
 def test_a_cap_reached_at_send_time_suppresses_the_second_message_and_undoes_its_claim(

@@ -14,6 +14,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
 from push.gateway import Router
 from push.ssrf import DestinationGuard
 from worker.campaigning.runs import Runs
@@ -193,13 +195,29 @@ class Runtime:
         the records the firing stored, which an inline delivery need not read back."""
         if self.settings.deliver_inline and owner:
             requests = [DeliveryRequest(mid) for mid in message_ids]
-            try:
-                self.sender().deliver_many(requests, self.settings.now(), f"{owner}:inline", stored)
-                return
-            except Exception as exc:
-                log.warning("inline delivery of %d messages failed, queued instead: %s",
-                            len(message_ids), describe(exc))  # fmt: skip
+            for attempt in range(2):
+                try:
+                    self.sender().deliver_many(
+                        requests, self.settings.now(), f"{owner}:inline", stored
+                    )
+                    return
+                except redis.exceptions.NoScriptError as exc:
+                    # a promoted replica or a restarted Redis without our scripts: load
+                    # them and deliver again (the same owner takes back its own claims),
+                    # rather than leave claimed devices to the sweep
+                    if attempt == 0:
+                        self.scripts.load(self.redis)
+                        continue
+                    self._inline_failed(message_ids, exc)
+                except Exception as exc:
+                    self._inline_failed(message_ids, exc)
+                    break
         enqueue_batched(self.enqueue, DELIVER, "message_ids", message_ids)
+
+    @staticmethod
+    def _inline_failed(message_ids: list[str], exc: Exception) -> None:
+        log.warning("inline delivery of %d messages failed, queued instead: %s",
+                    len(message_ids), describe(exc))  # fmt: skip
 
     def sender(self) -> MessageSender:
         """Delivery (event loop, HTTP clients, gateways), opened on first use in each
