@@ -516,6 +516,35 @@ def test_an_inline_delivery_that_meets_lost_scripts_loads_them_and_sends_at_once
         assert len(gateways.accepted("fcm")) == 1
 
 
+def test_a_task_that_died_after_creating_its_message_records_the_decision_when_run_again(
+    settings: Settings, gateways: Gateways, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queued: list[tuple[str, dict[str, Any]]] = []
+    with _immediate_shop(settings, gateways, tmp_path, queued, inline=False) as rt:
+        user = shopper(rt, gateways, "died")
+        now = time.time()
+        job = FireJob("post_purchase", user, "order-1", now, ("b0-1",), {})
+        firer = rt.firer()
+        real = firer._record
+
+        def dies(*args: Any, **kwargs: Any) -> None:
+            raise SystemExit("worker killed")  # after the message, before the decision
+
+        monkeypatch.setattr(firer, "_record", dies)
+        with pytest.raises(SystemExit):
+            firer.fire_many([job], now, "task-1")
+        assert rt.audit.decisions(user) == [] and queued == []
+
+        monkeypatch.setattr(firer, "_record", real)
+        [again] = firer.fire_many([job], now + 1, "task-1")  # the task, redelivered
+        assert again["action"] == "queued"
+        assert [d["message_id"] for d in rt.audit.decisions(user)] == [again["message_id"]]
+        assert queued == [("pushrec.deliver", {"message_ids": [again["message_id"]]})]
+
+        [third] = firer.fire_many([job], now + 2, "task-2")  # recorded now: a duplicate
+        assert third["action"] == "duplicate" and len(rt.audit.decisions(user)) == 1
+
+
 def test_a_cap_reached_at_send_time_suppresses_the_second_message_and_undoes_its_claim(
     settings: Settings, gateways: Gateways, tmp_path: Path
 ) -> None:

@@ -395,9 +395,12 @@ class Firer:
         deliver: list[str] = []
         stored: dict[str, MessageRecord] = {}
         writes = self._client.pipeline(transaction=False)
+        unsettled = [f for f, (created, before, _) in zip(sends, existing, strict=True)
+                     if not created and before == "queued"]  # fmt: skip
+        unrecorded = self._unrecorded(unsettled)
         for f, (created, before, stored_now) in zip(sends, existing, strict=True):
             assert f.record is not None
-            if created:
+            if created or f.mid in unrecorded:
                 self._outbox.mark_queued(f.record, writes)
                 deliver.append(f.mid)
                 if stored_now:
@@ -430,6 +433,15 @@ class Firer:
         writes.execute()
         if deliver:
             self._deliver(deliver, owner, stored)
+
+    def _unrecorded(self, firings: Sequence[_Firing]) -> set[str]:
+        """The message ids of `firings` (messages that exist, still queued) whose decision
+        the shopper's audit lacks: an earlier run of this task created the message and
+        died before recording it (one read per shopper, only on this rare path)."""
+        users = sorted({f.job.user_id for f in firings})
+        recorded = {user: {d.get("message_id") for d in self._audit.decisions(user)}
+                    for user in users}  # fmt: skip
+        return {f.mid for f in firings if f.mid not in recorded[f.job.user_id]}
 
     def _record(self, f: _Firing, now: float, writes: StatePipeline) -> None:
         assert f.action, "every firing is decided before it is recorded"
