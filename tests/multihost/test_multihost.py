@@ -284,10 +284,19 @@ def test_two_worker_hosts_share_the_index_and_one_survives_the_others_power_loss
             # Host B loses power with push tasks in hand: the gateway holds the requests
             # so that B is mid-send, not between tasks, when it dies.
             gateways.hold("fcm")
-            wait_for(
-                lambda: any(t for t in _in_hand(b) if t in _deliveries(b)),
-                timeout=60, what="host B with a delivery in hand",
-            )  # fmt: skip
+            # A delivery that ends without a gateway call (stopped at send time) leaves
+            # B's hands within milliseconds: wait for one held there a second
+            first_seen: dict[str, float] = {}
+
+            def delivery_held_by_b() -> bool:
+                held = _in_hand(b) & _deliveries(b)
+                for task in held:
+                    first_seen.setdefault(task, time.monotonic())
+                return gateways.in_flight("fcm") > 0 and any(
+                    time.monotonic() - first_seen[t] >= 1.0 for t in held
+                )
+
+            wait_for(delivery_held_by_b, timeout=60, what="host B with a delivery in hand")
             killed = net["b"].kill()
             assert killed
             b_in_hand = _in_hand(b)
