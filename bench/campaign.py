@@ -150,7 +150,7 @@ def main() -> None:
                             (f"dry_run_{args.workers}_processes", pool)):  # fmt: skip
             started = time.perf_counter()
             report = dry_run(rt.redis, rt.keys, rt.runs(), rt.segment_query(), rt.firer(),
-                             rt.catalog, campaign, now, now, immediate=True, fire=fire)  # fmt: skip
+                             campaign, now, now, immediate=True, fire=fire)  # fmt: skip
             figures[f"{label}_s"] = time.perf_counter() - started
             figures[f"{label}_per_shopper_ms"] = figures[f"{label}_s"] / max(1, size) * 1000
         figures["dry_run_outcomes"] = report["outcomes"]

@@ -83,7 +83,7 @@ def test_the_dry_run_and_the_real_run_agree(
     rt, queued = shop
     now = time.time()
     _shoppers(rt, gateways, now - 10)
-    dry = dry_run(rt.redis, rt.keys, rt.runs(), rt.segment_query(), rt.firer(), rt.catalog,
+    dry = dry_run(rt.redis, rt.keys, rt.runs(), rt.segment_query(), rt.firer(),
                   CAMPAIGN, now, now, immediate=True)  # fmt: skip
     assert dry["audience"] == 40
     assert dry["outcomes"]["suppress.consent"] == 8
@@ -130,7 +130,7 @@ def test_a_dry_run_on_a_pool_of_processes_adds_up_to_the_same(
     _shoppers(rt, gateways, now - 10)
     monkeypatch.setattr(dry_runs, "PLAN_CHUNK", 7)  # several chunks of the 40
     monkeypatch.setattr(dry_runs, "POOLED_FROM", 0)
-    args = (rt.redis, rt.keys, rt.runs(), rt.segment_query(), rt.firer(), rt.catalog,
+    args = (rt.redis, rt.keys, rt.runs(), rt.segment_query(), rt.firer(),
             CAMPAIGN, now, now)  # fmt: skip
     here = dry_run(*args, immediate=True)
     pooled_run = dry_run(*args, immediate=True, fire=pooled(rt.settings, 2))
@@ -173,7 +173,7 @@ def test_no_send_after_the_end_date_and_the_dry_run_counts_them(
         ingest.set_preferences(rt, {"user_id": f"s{n}", "timezone": "America/New_York"}, now)
     ends = datetime.fromtimestamp(now + 16 * 3600, UTC)
     local = CAMPAIGN.model_copy(update={"local_time": True, "ends": ends})
-    dry = dry_run(rt.redis, rt.keys, rt.runs(), rt.segment_query(), rt.firer(), rt.catalog,
+    dry = dry_run(rt.redis, rt.keys, rt.runs(), rt.segment_query(), rt.firer(),
                   local, now, now)  # fmt: skip
     assert dry["after_end_date"] == 20 and dry["audience"] == 40
     assert dry["sends"] + dry["held_out"] == 16  # the 20 in UTC, but for 4 without consent

@@ -26,7 +26,6 @@ from worker.campaigns import Campaign
 from worker.contract import INTERNAL_BATCH
 from worker.firing.firer import DryFiring, Firer
 from worker.segmenting.query import SegmentQuery
-from worker.shoppers.catalog import Catalog
 from worker.store.client import StateRedis
 from worker.store.keys import Keys
 
@@ -93,7 +92,6 @@ def dry_run(
     runs: Runs,
     segments: SegmentQuery,
     firer: Firer,
-    catalog: Catalog,
     campaign: Campaign,
     anchor: float,
     now: float,

@@ -330,7 +330,7 @@ def campaign_dry_run(args: argparse.Namespace) -> int:
     anchor = now if args.now or not campaign.schedule else next_occurrence(campaign, now) or now
     started = time.monotonic()
     pool = pooled(rt.settings, args.workers) if args.workers > 1 else None
-    report = dry_run(rt.redis, rt.keys, rt.runs(), rt.segment_query(), rt.firer(), rt.catalog,
+    report = dry_run(rt.redis, rt.keys, rt.runs(), rt.segment_query(), rt.firer(),
                      campaign, anchor, now, immediate=args.now, fire=pool)  # fmt: skip
     report["seconds"] = round(time.monotonic() - started, 3)
     report["currency"] = rt.settings.currency
