@@ -97,7 +97,9 @@ def test_every_valid_event_reaches_the_interaction_log(runtime: Runtime) -> None
         ev("e2", "search", item=None, query="red mug", user="b"),
     )
     rows = log_entries(runtime)
-    assert [(r["event_id"], r["user_id"], r["type"], r["item_id"]) for r in rows] == [
+    # One batch logs within one millisecond; across cluster shards such entries have no
+    # order among them, so compare them as a set.
+    assert sorted((r["event_id"], r["user_id"], r["type"], r["item_id"]) for r in rows) == [
         ("e1", "a", "view", "sku-1"),
         ("e2", "b", "search", ""),
     ]
