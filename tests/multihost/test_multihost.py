@@ -180,6 +180,31 @@ def _tags_by_token(gateways: Gateways) -> defaultdict[str, list[str]]:
     return tags
 
 
+def _whereabouts(task_ids: list[str], a: WorkerProcess, b: WorkerProcess) -> dict[str, Any]:
+    """For a failure message: what each host's log says of these tasks."""
+    seen = {"a": _tasks(a), "b": _tasks(b)}
+    return {
+        task_id: {host: sorted(w for w, ids in tasks.items() if task_id in ids)
+                  for host, tasks in seen.items()}
+        for task_id in task_ids
+    }  # fmt: skip
+
+
+def _broker_keys(url: str) -> dict[str, int]:
+    """For a failure message: the broker's keys and their sizes (queues, unacked)."""
+    import redis
+
+    client = redis.Redis.from_url(url, decode_responses=True)
+    sizes = {}
+    for key in client.scan_iter(count=1000):
+        size = {"list": client.llen, "hash": client.hlen, "zset": client.zcard}.get(
+            client.type(key)
+        )
+        sizes[key] = int(size(key)) if size else -1
+    client.close()
+    return sizes
+
+
 def _user_show(shop: Shop, host: str, user: str) -> dict[str, Any]:
     """`pushrec user show` run on `host`, as an operator there would."""
     settings = shop.host_settings(host)
@@ -257,10 +282,12 @@ def test_two_worker_hosts_share_the_index_and_one_survives_the_others_power_loss
             started.append(b)
 
             carried: dict[str, list[str]] = {}  # task id -> event ids
+            sender: dict[str, str] = {}  # task id -> the shopper whose basket it carries
 
             def send(basket: list[dict[str, Any]]) -> None:
                 task_id = producer.track_batch([{**e, "ts": time.time()} for e in basket])
                 carried[task_id] = [e["event_id"] for e in basket]
+                sender[task_id] = basket[0]["user_id"]
 
             third = len(baskets) // 3
             for basket in baskets[:third]:
@@ -317,10 +344,12 @@ def test_two_worker_hosts_share_the_index_and_one_survives_the_others_power_loss
             except AssertionError:
                 tags = _tags_by_token(gateways)
                 missing = [u for u, t in tokens.items() if not tags[t]]
+                theirs = [t for t, u in sender.items() if u in missing]
                 raise AssertionError(
                     f"no push to {missing}; metrics {rt.metrics.snapshot()}; in hand at the "
                     f"kill {in_hand_at_kill}, of which A finished "
-                    f"{in_hand_at_kill & _tasks(a)['succeeded']}"
+                    f"{in_hand_at_kill & _tasks(a)['succeeded']}; their tasks "
+                    f"{_whereabouts(theirs, a, b)}; broker {_broker_keys(broker)}"
                 ) from None
             time.sleep(2)  # nothing more may follow
 
