@@ -8,7 +8,7 @@ serves the local push gateways on its end of the LAN.
 
 Midway a rebuilt index is published to the object store and the Redis pointer flipped:
 both hosts must pull and serve it. Then host B loses power (every process on it SIGKILLed)
-with push tasks in hand; host A takes them over once the visibility timeout passes. In the
+with tasks in hand mid-send; host A takes them over once the visibility timeout passes. In the
 end every push reached the gateway once (docs/realtime.md: at most one duplicate per device
 per kill of a push worker after the gateway took the message, none here beyond that), every
 event is in the interaction log and was decided, and the decisions after the flip name the
@@ -162,15 +162,6 @@ def _in_hand(process: WorkerProcess) -> set[str]:
     return tasks["received"] - tasks["succeeded"]
 
 
-def _deliveries(process: WorkerProcess) -> set[str]:
-    """Ids of the `pushrec.deliver` tasks the process received."""
-    return {
-        task_id
-        for name, task_id, what in TASK_LINE.findall(process.log())
-        if name == "pushrec.deliver" and what == "received"
-    }
-
-
 def _tags_by_token(gateways: Gateways) -> defaultdict[str, list[str]]:
     """The messages the FCM gateway took, by device token: their collapse tags (the
     message ids), one per request."""
@@ -308,28 +299,31 @@ def test_two_worker_hosts_share_the_index_and_one_survives_the_others_power_loss
                 timeout=60, what="both hosts serving the rebuilt index",
             )  # fmt: skip
 
-            # Host B loses power with push tasks in hand: the gateway holds the requests
-            # so that B is mid-send, not between tasks, when it dies.
+            # Host B loses power with tasks in hand mid-send: the gateway holds the
+            # requests, and a few more baskets make pushes (sent inline by the track task
+            # that fires them) for it to hold. A task that ends without a gateway call
+            # (its push suppressed) leaves B's hands within milliseconds: wait for one
+            # held there a second.
             gateways.hold("fcm")
-            # A delivery that ends without a gateway call (stopped at send time) leaves
-            # B's hands within milliseconds: wait for one held there a second
+            held_at_kill = 2 * third + 2 * PUSH_CONCURRENCY
+            for basket in baskets[2 * third : held_at_kill]:
+                send(basket)
             first_seen: dict[str, float] = {}
 
-            def delivery_held_by_b() -> bool:
-                held = _in_hand(b) & _deliveries(b)
+            def task_held_by_b() -> bool:
+                held = _in_hand(b)
                 for task in held:
                     first_seen.setdefault(task, time.monotonic())
                 return gateways.in_flight("fcm") > 0 and any(
                     time.monotonic() - first_seen[t] >= 1.0 for t in held
                 )
 
-            wait_for(delivery_held_by_b, timeout=60, what="host B with a delivery in hand")
+            wait_for(task_held_by_b, timeout=60, what="host B with a task held mid-send")
             killed = net["b"].kill()
             assert killed
-            b_in_hand = _in_hand(b)
-            in_hand_at_kill = b_in_hand & _deliveries(b)
+            in_hand_at_kill = _in_hand(b)
             gateways.hold("fcm", held=False)
-            for basket in baskets[2 * third :]:
+            for basket in baskets[held_at_kill:]:
                 send(basket)
 
             def settled() -> bool:
@@ -359,7 +353,7 @@ def test_two_worker_hosts_share_the_index_and_one_survives_the_others_power_loss
             logged = Counter(e["event_id"] for e in log_entries(rt))
             assert set(logged) == {e["event_id"] for e in events}
             repeated = {event for event, n in logged.items() if n > 1}
-            assert repeated <= {e for task in b_in_hand for e in carried.get(task, [])}
+            assert repeated <= {e for task in in_hand_at_kill for e in carried.get(task, [])}
             assert max(logged.values()) <= 2
             # One push per shopper (the cooldown), each message reaching the gateway
             # once, give or take the documented bound: one duplicate per push process of

@@ -105,3 +105,28 @@ def test_the_rebuild_task_alone_has_the_rebuild_time_limit(settings: Settings) -
     track = app.tasks[TRACK]
     assert (track.time_limit, track.soft_time_limit) == (120, 110)  # task_time_limit_s
     assert settings.rebuild_time_limit_s > settings.visibility_timeout_s  # allowed: the lease
+
+
+def test_an_idle_process_following_the_pointer_serves_a_new_version_without_a_task(
+    settings: Settings, tmp_path: Path
+) -> None:
+    settings = settings.model_copy(update={"index_store": tmp_path / "index"})
+    rt = Runtime.open(settings)
+    holder = IndexHolder(open_index_store(settings), rt.redis, rt.keys, check_every_s=0.05)
+    try:
+        feed(rt)
+        first = rebuild_index(rt.redis, rt.keys, settings, rt.catalog, force=True)["version"]
+        holder.load_now()
+        holder.follow()
+        assert holder.version == first
+
+        second = rebuild_index(rt.redis, rt.keys, settings, rt.catalog, force=True)["version"]
+
+        assert second != first
+        deadline = time.monotonic() + 30
+        while holder.version != second and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert holder.version == second  # no between_tasks call: the follower did it
+    finally:
+        holder.close()
+        rt.close()

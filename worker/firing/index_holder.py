@@ -3,7 +3,10 @@
 Each process loads the published artifact once, after the fork, with FAISS on one
 thread. Between tasks it checks (at most every few seconds, one Redis GET) which
 version should serve; a new version loads on a background thread, so no task waits for
-it, and replaces the old one at the next task boundary. The store (`indexing.stores`:
+it, and replaces the old one at the next task boundary. A worker process also `follow`s
+the pointer while idle (a daemon thread makes the same check every few seconds), so a
+process that gets no task for a while still loads and swaps in a new version and its
+next task does not run on the old one. The store (`indexing.stores`:
 a folder, or an object store pulled into this host's cache) hands over a verified local
 folder. A version the store does not have yet (an upload not finished, an eventually
 consistent listing) or cannot serve now (network, 5xx) is tried again with capped,
@@ -71,6 +74,8 @@ class IndexHolder:
         self._last_check = float("-inf")
         self._lock = threading.Lock()  # the swap and catching up, from several pool threads
         self._checking = threading.Lock()  # one thread checks for a new version at a time
+        self._follower: threading.Thread | None = None
+        self._closed = threading.Event()
         configure_threads()
 
     @property
@@ -138,6 +143,29 @@ class IndexHolder:
             self._loader.start()
         finally:
             self._checking.release()
+
+    def follow(self) -> None:
+        """Make the between-tasks check every few seconds on a daemon thread as well, for
+        the times no task runs (worker processes; once is enough)."""
+        with self._lock:
+            if self._follower is None and not self._closed.is_set():
+                self._follower = threading.Thread(
+                    target=self._follow, name="index-follower", daemon=True
+                )
+                self._follower.start()
+
+    def _follow(self) -> None:
+        while not self._closed.wait(self._check_every_s):
+            try:
+                self.between_tasks()
+            except TRANSIENT as exc:  # Redis away: the next check (or task) tries again
+                log.debug("index check failed: %s", describe(exc))
+            except Exception:
+                log.exception("index check failed")
+
+    def close(self) -> None:
+        """Stop following (process shutdown)."""
+        self._closed.set()
 
     def catch_up(self) -> None:
         """Apply the catalog marks the served index has not seen (new items in, sold-out

@@ -170,10 +170,11 @@ def create_app(settings: Settings) -> PushrecApp:
 
     @task_prerun.connect(weak=False)
     def _between_tasks(**_: object) -> None:
-        # A newer index loaded in the background is swapped in here, never in the middle
-        # of this thread's task (other pool threads: index_holder.py).
+        # A newer index loaded in the background is swapped in here, or by the follower
+        # thread while no task runs; a firing reads the index once (index_holder.py).
         runtime = app._runtime
         if runtime is not None and runtime.has_index:
             runtime.index.between_tasks()
+            runtime.index.follow()  # and while no task runs
 
     return app

@@ -239,4 +239,6 @@ class Runtime:
             pushes, self._pushes = self._pushes, []
         for push in pushes:
             push.close()
+        if self._index is not None:
+            self._index.close()
         self.redis.close()
