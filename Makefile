@@ -22,8 +22,13 @@ demo: install
 run: install
 	$(BIN)/pushrec run
 
+# The suite in two parts: the unit and Redis tests spread over up to 4 processes
+# (pytest-xdist), then the tests that start real worker processes (marker `integration`)
+# one at a time, since they wait on real processes and timeouts.
+PYTEST_PROCESSES := --numprocesses=auto --maxprocesses=4
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PYTEST_PROCESSES) -m "not integration"
+	$(BIN)/pytest -q -m integration
 
 # The suite under a wall clock shifted by SHIFT, as on a machine whose date is set: no test
 # may depend on today's date. datefudge (Debian) shifts the wall clock of every process the
@@ -35,7 +40,7 @@ test: install
 SHIFT ?= +400 days
 PYTEST_ARGS ?=
 test-shifted: install
-	datefudge "$$(date -u -d '$(SHIFT)' '+%F %T')" $(BIN)/pytest -q $(PYTEST_ARGS)
+	datefudge "$$(date -u -d '$(SHIFT)' '+%F %T')" $(BIN)/pytest -q $(PYTEST_PROCESSES) $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check worker indexing push tests bench
