@@ -22,13 +22,14 @@ demo: install
 run: install
 	$(BIN)/pushrec run
 
-# The suite in two parts: the unit and Redis tests spread over up to 4 processes
-# (pytest-xdist), then the tests that start real worker processes (marker `integration`)
-# one at a time, since they wait on real processes and timeouts.
+# The suite in two parts (pytest-xdist): the unit and Redis tests spread over up to 4
+# processes, then the tests that start real worker processes (marker `integration`) two
+# at a time: they mostly wait on those processes and their timeouts (under half of 2
+# cores busy), and more at once would crowd the workers they start.
 PYTEST_PROCESSES := --numprocesses=auto --maxprocesses=4
 test: install
 	$(BIN)/pytest -q $(PYTEST_PROCESSES) -m "not integration"
-	$(BIN)/pytest -q -m integration
+	$(BIN)/pytest -q --numprocesses=2 -m integration
 
 # The suite under a wall clock shifted by SHIFT, as on a machine whose date is set: no test
 # may depend on today's date. datefudge (Debian) shifts the wall clock of every process the
