@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -76,29 +77,48 @@ class RoundTrips:
 class Stage:
     """CPU seconds, round trips and server commands spent in one stage, summed."""
 
-    def __init__(self, name: str, probe: redis.Redis, trips: RoundTrips) -> None:
-        self.name, self._probe, self._trips = name, probe, trips
+    def __init__(
+        self,
+        name: str,
+        probe: redis.Redis,
+        trips: RoundTrips,
+        profiler: cProfile.Profile | None = None,
+    ) -> None:
+        self.name, self._probe, self._trips, self._profiler = name, probe, trips, profiler
         self.cpu_s = 0.0
         self.round_trips = 0
         self.commands = 0
+        self.by_command: Counter[str] = Counter()
 
-    def _commands(self) -> int:
-        return int(self._probe.info("stats")["total_commands_processed"])
+    def _commands(self) -> Counter[str]:
+        """The server's calls so far by command (Lua's included), one INFO."""
+        stats = self._probe.info("commandstats")
+        return Counter(
+            {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()}
+        )
 
     def run(self, work: Callable[[], Any]) -> Any:
         commands, trips = self._commands(), self._trips.count
         started = time.process_time()
+        if self._profiler is not None:
+            self._profiler.enable()
         out = work()
+        if self._profiler is not None:
+            self._profiler.disable()
         self.cpu_s += time.process_time() - started
         self.round_trips += self._trips.count - trips
-        self.commands += self._commands() - commands - 1  # the INFO above
+        spent = self._commands() - commands
+        spent["info"] -= 1  # the INFO above
+        self.by_command.update(+spent)
+        self.commands += spent.total()
         return out
 
-    def per(self, events: int) -> dict[str, float]:
+    def per(self, events: int) -> dict[str, Any]:
         return {
             "cpu_ms": round(1000 * self.cpu_s / events, 3),
             "round_trips": round(self.round_trips / events, 2),
             "commands": round(self.commands / events, 2),
+            "by_command": {name: round(n / events, 2) for name, n in self.by_command.most_common()},
         }
 
 
@@ -113,7 +133,13 @@ def _track(rt: Runtime, events: list[dict[str, Any]], task_id: str) -> Any:
 
 
 def run_once(
-    rt: Runtime, sent: list[dict[str, Any]], shop: Shop, events: int, batch: int, tag: str
+    rt: Runtime,
+    sent: list[dict[str, Any]],
+    shop: Shop,
+    events: int,
+    batch: int,
+    tag: str,
+    profiler: cProfile.Profile | None = None,
 ) -> dict[str, Any]:
     """`events` purchases of fresh shoppers (each with a device and a history), in calls of
     `batch`; returns the cost per event of each stage. `sent`: the deliver calls the
@@ -131,7 +157,8 @@ def run_once(
     delivered_before = delivered(rt)
     probe = redis.Redis.from_url(rt.settings.redis_url or "")
     trips = RoundTrips()
-    track, deliver = Stage("track", probe, trips), Stage("deliver", probe, trips)
+    track = Stage("track", probe, trips, profiler)
+    deliver = Stage("deliver", probe, trips, profiler)
     calls = [shoppers[i : i + batch] for i in range(0, events, batch)]
     with trips.installed():
         for c, call in enumerate(calls):
@@ -152,7 +179,22 @@ def run_once(
     if (sent_now := delivered(rt)) - delivered_before != events:
         raise RuntimeError(f"{sent_now - delivered_before} of {events} delivered")
     out = {"track": track.per(events), "deliver": deliver.per(events)}
-    out["total"] = {k: round(out["track"][k] + out["deliver"][k], 3) for k in out["track"]}
+    out["total"] = {
+        k: round(out["track"][k] + out["deliver"][k], 3)
+        for k in ("cpu_ms", "round_trips", "commands")
+    }
+    return out
+
+
+def _median_of(rows: list[dict[str, Any]], stage: str) -> dict[str, Any]:
+    """A stage's figures over the runs: medians, and the last run's commands by name
+    (the same every run)."""
+    out = {
+        k: statistics.median(r[stage][k] for r in rows)
+        for k in ("cpu_ms", "round_trips", "commands")
+    }
+    if "by_command" in rows[-1][stage]:
+        out["by_command"] = rows[-1][stage]["by_command"]
     return out
 
 
@@ -168,6 +210,9 @@ def main() -> None:
         help="send in the track call, as a worker that also consumes the push queue does",
     )
     parser.add_argument("--cprofile", type=Path, help="write cProfile stats of the runs here")
+    parser.add_argument(
+        "--commands", action="store_true", help="print each stage's commands per event by name"
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "hot_path.json")
     args = parser.parse_args()
     with redis_server() as url, tempfile.TemporaryDirectory(prefix="pushrec-hot-") as tmp_name:
@@ -191,21 +236,18 @@ def main() -> None:
             run_once(rt, sent, shop, 20, 1, "warm")  # index loaded, HTTP/2 open, caches filled
             modes = {"single": 1, "batched": args.batch}
             results = {mode: [] for mode in args.modes.split(",")}
+            # only the stages' work: not the set-up of each run's shoppers
             profiler = cProfile.Profile(time.process_time) if args.cprofile else None
-            if profiler is not None:
-                profiler.enable()
             for run in range(args.runs):
                 for mode, rows in results.items():
-                    rows.append(run_once(rt, sent, shop, args.events, modes[mode], f"{mode}{run}"))
+                    rows.append(
+                        run_once(rt, sent, shop, args.events, modes[mode], f"{mode}{run}", profiler)
+                    )
             if profiler is not None:
-                profiler.disable()
                 profiler.dump_stats(args.cprofile)
             rt.close()
     summary = {
-        mode: {
-            stage: {k: statistics.median(r[stage][k] for r in rows) for k in rows[0][stage]}
-            for stage in rows[0]
-        }
+        mode: {stage: _median_of(rows, stage) for stage in rows[0]}
         for mode, rows in results.items()
     }
     print(f"{'mode':8s} {'stage':8s} {'cpu ms/event':>12s} {'round trips':>12s} {'commands':>9s}")
@@ -215,6 +257,8 @@ def main() -> None:
                 f"{mode:8s} {stage:8s} {v['cpu_ms']:12.3f} {v['round_trips']:12.2f} "
                 f"{v['commands']:9.2f}"
             )
+            if args.commands and "by_command" in v:
+                print("    " + ", ".join(f"{c} {n:g}" for c, n in v["by_command"].items()))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = {"bench": "hot_path", "batch": args.batch, "events": args.events,
               "cpus": os.cpu_count(), "results": summary, "raw": results}  # fmt: skip

@@ -112,6 +112,9 @@ class CircuitBreaker:
         # route key -> when the store last said closed; webhook hosts and push service
         # origins come from input, so the keys are unbounded: keep the most recent
         self._closed_seen: LruCache[str, float] = LruCache(closed_keys_kept)
+        # route key -> the store read in flight: the concurrent sends of a batch all start
+        # at once and would each ask the store before the first answer is cached
+        self._reading: dict[str, asyncio.Future[float]] = {}
         self.failure_threshold = failure_threshold
         self.window_s = window_s
         self.open_s = open_s
@@ -125,7 +128,7 @@ class CircuitBreaker:
         seen = self._closed_seen.get(key)
         if seen is not None and now - seen < self.closed_recheck_s:
             return 0.0, False
-        open_until = await self.store.open_until(key)
+        open_until = await self._open_until(key)
         if not open_until:
             self._closed_seen.put(key, now)
             return 0.0, False
@@ -134,6 +137,16 @@ class CircuitBreaker:
         if await self.store.claim_probe(key, ttl_s=self.probe_ttl_s):
             return 0.0, True
         return self.probe_ttl_s, False
+
+    async def _open_until(self, key: str) -> float:
+        """The store's answer, read once for all the callers asking meanwhile."""
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = asyncio.ensure_future(self.store.open_until(key))
+            self._reading[key] = reading
+            reading.add_done_callback(lambda _: self._reading.pop(key, None))
+        # shielded: one caller cancelled (its task timed out) leaves the read to the rest
+        return await asyncio.shield(reading)
 
     async def after(self, key: str, result: DeliveryResult, *, probe: bool) -> None:
         now = self._clock()

@@ -16,7 +16,7 @@ from push.gateways.google_oauth import ServiceAccountTokens
 from push.http import make_session
 from push.messages import Channel
 from push.result import DeliveryResult, Outcome
-from push.stores import MemoryRateLimitStore
+from push.stores import MemoryBreakerStore, MemoryRateLimitStore
 from push.testing import FcmServer, Scripted
 from tests.push.helpers import fcm_token, message
 
@@ -88,6 +88,37 @@ def test_burst_of_5xx_opens_breaker_then_probe_closes_it() -> None:
         assert probe.delivered
         assert other.reason == "fcm:breaker_open"  # only one half-open probe
         assert (await deliverer.send(_msg())).delivered  # closed again
+
+    asyncio.run(go())
+
+
+class CountingBreakerStore(MemoryBreakerStore):
+    """Counts the reads of a breaker's state, each taking a moment (a network store)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def open_until(self, key: str) -> float:
+        self.reads += 1
+        await asyncio.sleep(0.01)
+        return await super().open_until(key)
+
+
+def test_the_concurrent_sends_of_a_batch_read_the_breaker_once() -> None:
+    clock = Clock()
+    store = CountingBreakerStore()
+    breaker = CircuitBreaker(store, clock=clock)
+
+    async def go() -> None:
+        answers = await asyncio.gather(*(breaker.before("fcm:p") for _ in range(50)))
+        assert answers == [(0.0, False)] * 50
+        assert store.reads == 1
+        clock.now += breaker.closed_recheck_s + 1  # past the cache: read again, once
+        await store.trip("fcm:p", clock.now + 30)
+        answers = await asyncio.gather(*(breaker.before("fcm:p") for _ in range(50)))
+        assert store.reads == 2
+        assert answers == [(30.0, False)] * 50
 
     asyncio.run(go())
 

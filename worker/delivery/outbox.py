@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from worker.store.client import StatePipeline, StateRedis
@@ -73,7 +73,9 @@ class MessageRecord:
     cell: str = "treated"  # `holdout`: taken through the send-time checks, never sent
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # the fields as they are (JSON values all): `asdict` would deep-copy each first,
+        # a tenth of a firing's CPU in a profile of bench/hot_path.py
+        return json.dumps(vars(self), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> MessageRecord:
