@@ -53,6 +53,7 @@ _START_ALLOWANCE_S = 12.0  # wall-clock seconds for the workers to start before 
 _STEP_EVENTS = 1000
 _STEP_S = 900.0
 _JOB_SLACK_S = 300.0
+_QUIET_S = 0.004  # how long the workers must look idle before the clock moves on
 
 
 @dataclass(frozen=True)
@@ -480,20 +481,28 @@ def _next_due(rt: Runtime) -> float:
 def _settled(rt: Runtime, stack: Stack, now: float, deadline: float) -> None:
     """Wait until nothing is queued or being worked on, no delayed job is due by `now`
     and none is claimed but not yet enqueued (the scheduler claims a batch, then sends
-    its tasks: a job in between is in neither the due set nor a queue), seen twice in a
-    row, or until `deadline`."""
+    its tasks: a job in between is in neither the due set nor a queue), without a break
+    for `_QUIET_S`, or until `deadline`. The quiet must last: a task message a worker has
+    just popped is in neither its queue nor the unacked hash until kombu records it there
+    (one round trip in that worker). Polled every millisecond: the steps of a fast replay
+    are tens of milliseconds, and a slower poll left the workers idle a third of it."""
     s = rt.settings
     queues = [s.queue_activity, s.queue_push, s.queue_maintenance]
-    quiet = 0
-    while quiet < 2 and time.time() < deadline:
+    quiet_since: float | None = None
+    while time.time() < deadline:
         pipe = rt.redis.pipeline(transaction=False)
         for q in queues:
             pipe.llen(q)
         pipe.hlen("unacked")
         busy = sum(int(n) for n in pipe.execute()) + rt.delayed.counts(now)
         busy += rt.delayed.claimed()
-        quiet = quiet + 1 if busy == 0 else 0
-        time.sleep(0.005)
+        if busy:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= _QUIET_S:
+            break
+        time.sleep(0.001)
     stack.check()
 
 
