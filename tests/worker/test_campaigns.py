@@ -19,6 +19,7 @@ from worker.campaigning.timing import catch_up, due_at
 from worker.campaigns import Campaign
 from worker.contract import CAMPAIGN_FIRE, DELIVER
 from worker.coupon_config import CouponPool
+from worker.coupons.ledger import DRY_RUN_CODE
 from worker.delivery.requests import DeliveryRequest
 from worker.policy.jobs import FireJob
 from worker.segmenting.query import SegmentQuery
@@ -90,6 +91,8 @@ def test_the_dry_run_and_the_real_run_agree(
     assert dry["sends"] + dry["held_out"] == 32 and dry["held_out"] > 0
     assert dry["coupons"] == dry["sends"] and dry["coupon_face_value"] > 0
     assert dry["samples"][0]["items"][0]["reason"]
+    # the sample reads as the shopper's message: the offer's text, a stand-in for the code
+    assert all(x["body"].endswith(f" with {DRY_RUN_CODE}") for x in dry["samples"])
     assert gateways.accepted("fcm") == []  # a dry run sends nothing
 
     runs = rt.runs()

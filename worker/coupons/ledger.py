@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 # How long a checkout still hears "expired" (not "unknown") for a code past its expiry.
 CODE_KEPT_S = 30 * 86_400
+# What a dry run's sample messages show where the code goes: the offer text is real, the
+# code is not issued (`Coupons.stand_in`).
+DRY_RUN_CODE = "XXXX-XXXX"
 _MINT_TRIES = 5  # a minted code already issued from the pool (60 random bits: never seen)
 _SWEEP_BATCH = 1000
 
@@ -125,6 +128,24 @@ class Coupons:
         self._reminders = reminders
 
     # --- issuing ----------------------------------------------------------------------
+    def stand_in(
+        self,
+        spec: CouponSpec,
+        *,
+        source: str,
+        message_id: str,
+        user_id: str,
+        now: float,
+        basis: float = 0.0,
+    ) -> IssuedCoupon:
+        """What `issue` would give, priced alike, with `DRY_RUN_CODE` for the code and
+        nothing issued or counted: a dry run's messages read as the shopper's would."""
+        return IssuedCoupon(
+            code=DRY_RUN_CODE, pool=spec.pool, user_id=user_id, message_id=message_id,
+            source=source, offer=spec.offer(), face_value=spec.face_cents(basis) / 100,
+            currency=self._currency, issued_at=now, expires_at=spec.expiry(now), fresh=False,
+        )  # fmt: skip
+
     def issue(
         self,
         spec: CouponSpec,

@@ -361,7 +361,8 @@ class Firer:
         """Issue the rule's coupon for this message (a percent offer's face value taken of
         the lead item's price), or settle a refusal by the rule's policy. A reminder of a
         code (`coupons/reminders.py`) shows that code, if the shopper still holds it. A
-        dry run prices the coupon it would issue and issues none."""
+        dry run prices the coupon it would issue and issues none: its message shows the
+        offer with a stand-in code."""
         if f.held is not None:  # checked with the rule's condition (`_pools`)
             f.decision["coupon"] = f.held.as_dict()
             return f.held
@@ -370,10 +371,13 @@ class Firer:
             return None
         lead = facts.get(items[0], {}) if items else {}
         basis = float(lead.get("price") or 0.0)
+        kind = "campaign" if f.rule.kind == "campaign" else "rule"
         if dry:
             f.decision["coupon"] = {"pool": spec.pool, "face_value": spec.face_cents(basis) / 100}
-            return None
-        kind = "campaign" if f.rule.kind == "campaign" else "rule"
+            return self._coupons.stand_in(
+                spec, source=f"{kind}:{f.rule.name}", message_id=f.mid, user_id=f.job.user_id,
+                now=now, basis=basis,
+            )  # fmt: skip
         issued = self._coupons.issue(
             spec, source=f"{kind}:{f.rule.name}", message_id=f.mid, user_id=f.job.user_id,
             now=now, basis=basis,
