@@ -1,10 +1,12 @@
 """State on a Redis Cluster survives a failover under load: a replica promoted while
 events flow (`CLUSTER FAILOVER`), the workers ride through the MOVED redirects and the
-moment the old master stops taking writes, and no event is lost nor push sent twice."""
+moment the old master stops taking writes, and no event is lost nor push sent twice (an
+event's log entry may be written twice, as after any retried task)."""
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -81,7 +83,13 @@ def test_a_replica_promoted_under_load_loses_no_event_and_sends_each_push_once(
         assert {
             user: len(fcm_accepted(gateways, t)) for user, t in tokens.items()
         } == dict.fromkeys(users, 1)
-        assert sorted(e["event_id"] for e in log_entries(rt)) == sorted(f"p-{u}" for u in users)
+        # No event lost. One may be logged twice: a task that met the failover mid-way
+        # retries, and redoes the side effects of the events it had applied (their pending
+        # marks still set: `events.resumed`; docs/realtime.md, "Failures"); the index
+        # build dedupes by event id.
+        logged = Counter(e["event_id"] for e in log_entries(rt))
+        assert set(logged) == {f"p-{u}" for u in users}
+        assert max(logged.values()) <= 2, (logged.most_common(3), rt.metrics.snapshot())
         assert rt.audit.stats(["cross_sell"])["cross_sell"]["delivered"] == SHOPPERS
         for process in shop.started:
             assert process.errors() == [], process.log()[-3000:]
