@@ -140,11 +140,8 @@ class Coupons:
     ) -> IssuedCoupon:
         """What `issue` would give, priced alike, with `DRY_RUN_CODE` for the code and
         nothing issued or counted: a dry run's messages read as the shopper's would."""
-        return IssuedCoupon(
-            code=DRY_RUN_CODE, pool=spec.pool, user_id=user_id, message_id=message_id,
-            source=source, offer=spec.offer(), face_value=spec.face_cents(basis) / 100,
-            currency=self._currency, issued_at=now, expires_at=spec.expiry(now), fresh=False,
-        )  # fmt: skip
+        stored = self._record_of(spec, source, message_id, user_id, now, basis)
+        return _coupon(DRY_RUN_CODE, spec.pool, stored, fresh=False)
 
     def issue(
         self,
@@ -162,16 +159,9 @@ class Coupons:
         `basis`: the price a percent offer's face value is taken of. A refusal is counted
         (metrics `coupons.refused.<reason>`)."""
         pool = self.pools[spec.pool]
-        face = spec.face_cents(basis)
-        expires = spec.expiry(now)
-        record = json.dumps(
-            {
-                "user_id": user_id, "message_id": message_id, "source": source,
-                "offer": spec.offer(), "face": face, "currency": self._currency,
-                "issued_at": now, "expires_at": expires,
-            },
-            separators=(",", ":"),
-        )  # fmt: skip
+        stored = self._record_of(spec, source, message_id, user_id, now, basis)
+        face, expires = stored["face"], stored["expires_at"]
+        record = json.dumps(stored, separators=(",", ":"))
         pk = self._keys.coupon_pool(pool.name)
         for _ in range(_MINT_TRIES):
             candidate = _mint(pool) if pool.source == "generated" else ""
@@ -199,16 +189,26 @@ class Coupons:
         pipe.execute()
         return issued
 
+    def _record_of(
+        self,
+        spec: CouponSpec,
+        source: str,
+        message_id: str,
+        user_id: str,
+        now: float,
+        basis: float,
+    ) -> dict[str, Any]:
+        """What the ledger keeps of a code issued now (face value in hundredths)."""
+        return {
+            "user_id": user_id, "message_id": message_id, "source": source,
+            "offer": spec.offer(), "face": spec.face_cents(basis), "currency": self._currency,
+            "issued_at": now, "expires_at": spec.expiry(now),
+        }  # fmt: skip
+
     def _issued(
         self, pool: CouponPool, code: str, stored: Mapping[str, Any], fresh: bool
     ) -> IssuedCoupon:
-        return IssuedCoupon(
-            code=self._display(pool, code), pool=pool.name, user_id=stored["user_id"],
-            message_id=stored["message_id"], source=stored["source"], offer=stored["offer"],
-            face_value=stored["face"] / 100, currency=stored["currency"],
-            issued_at=float(stored["issued_at"]), expires_at=float(stored["expires_at"]),
-            fresh=fresh,
-        )  # fmt: skip
+        return _coupon(self._display(pool, code), pool.name, stored, fresh)
 
     def held(self, text: str, user_id: str, now: float) -> IssuedCoupon | None:
         """The code `text` if `user_id` holds it unredeemed and unexpired at `now` (a
@@ -455,3 +455,13 @@ def _pool_status(
 def _mint(pool: CouponPool) -> str:
     """A fresh code for a generated pool, in its canonical form (no dashes)."""
     return normalize_coupon(new_coupon(prefix=pool.prefix), check=False)
+
+
+def _coupon(code: str, pool: str, stored: Mapping[str, Any], fresh: bool) -> IssuedCoupon:
+    """The coupon a ledger record describes, shown as `code`."""
+    return IssuedCoupon(
+        code=code, pool=pool, user_id=stored["user_id"], message_id=stored["message_id"],
+        source=stored["source"], offer=stored["offer"], face_value=stored["face"] / 100,
+        currency=stored["currency"], issued_at=float(stored["issued_at"]),
+        expires_at=float(stored["expires_at"]), fresh=fresh,
+    )  # fmt: skip

@@ -371,17 +371,16 @@ class Firer:
             return None
         lead = facts.get(items[0], {}) if items else {}
         basis = float(lead.get("price") or 0.0)
-        kind = "campaign" if f.rule.kind == "campaign" else "rule"
+        source = f"{'campaign' if f.rule.kind == 'campaign' else 'rule'}:{f.rule.name}"
         if dry:
-            f.decision["coupon"] = {"pool": spec.pool, "face_value": spec.face_cents(basis) / 100}
-            return self._coupons.stand_in(
-                spec, source=f"{kind}:{f.rule.name}", message_id=f.mid, user_id=f.job.user_id,
-                now=now, basis=basis,
-            )  # fmt: skip
+            priced = self._coupons.stand_in(
+                spec, source=source, message_id=f.mid, user_id=f.job.user_id, now=now, basis=basis
+            )
+            f.decision["coupon"] = {"pool": spec.pool, "face_value": priced.face_value}
+            return priced
         issued = self._coupons.issue(
-            spec, source=f"{kind}:{f.rule.name}", message_id=f.mid, user_id=f.job.user_id,
-            now=now, basis=basis,
-        )  # fmt: skip
+            spec, source=source, message_id=f.mid, user_id=f.job.user_id, now=now, basis=basis
+        )
         if isinstance(issued, Refusal):
             f.decision["coupon"] = {"pool": issued.pool, "refused": issued.reason}
             if spec.on_refused == "suppress":
