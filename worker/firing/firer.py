@@ -49,7 +49,7 @@ from worker.store.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
-_READS = ShopperReads(FIRE_READS | {"devices", "preferences"})
+_READS = ShopperReads(FIRE_READS | {"profile", "devices", "preferences"})
 
 # The rule-stats field each action counts under (others: the action's own name).
 _STATS_FIELD = {"suppress": "suppressed", "defer": "deferred", "error": "failed"}
@@ -131,15 +131,13 @@ class Firer:
         """Everything firing reads of each shopper, for the whole batch in one round trip."""
         pipe = self._client.pipeline(transaction=False)
         for f in firings:
-            user = self._keys.user(f.job.user_id)
-            pipe.exists(user.profile, user.devices)
             _READS.queue(pipe, self._keys, f.job.user_id)
             self._policy.queue_reads(pipe, f.rule, f.job.user_id, f.mid, now)
         replies = iter(pipe.execute() if firings else [])
         shoppers = []
         for f in firings:
-            known = bool(next(replies))
             state = _READS.parse(f.job.user_id, replies)
+            known = bool(state.profile or state.devices)
             view = ShopperView(
                 recent=state.recent,
                 purchased=frozenset(state.purchases),

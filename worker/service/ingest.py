@@ -15,6 +15,7 @@ from worker import contract
 from worker.policy.jobs import Trigger
 from worker.service import checkout
 from worker.service.runtime import Runtime
+from worker.shoppers import segment_index
 from worker.shoppers.catalog import ItemChange
 from worker.shoppers.contact_inputs import parse_device, parse_device_removal, parse_preferences
 from worker.shoppers.erasure import forget_user
@@ -53,14 +54,17 @@ def track(
         except InvalidInput as exc:
             rt.rejected.record(task, exc.code, exc.reason, raw)
             rejected += 1
-    result = rt.state.apply_events(events, now, delivery_id)
+    result = rt.state.apply_events(events, now, delivery_id, read_after=segment_index.ACTIVITY)
     rt.metrics.add(rt.audit.attribute(result.fresh))
     checkout.redeem_purchases(rt, result.fresh)
     triggers = rt.triggers.for_events(result.fresh, now)
 
     def react(pipe: StatePipeline) -> None:
         schedule(rt, triggers, now, pipe, delivery_id)
-        rt.segment_index.refresh_activity((e.user_id for e in result.fresh), now, pipe)
+        fresh_users = {e.user_id for e in result.fresh}
+        rt.segment_index.write_activity(
+            (s for u, s in result.after.items() if u in fresh_users), now, pipe
+        )
 
     rt.state.react_and_confirm(result, react)
     return {"applied": result.applied, "duplicates": result.duplicates, "rejected": rejected}

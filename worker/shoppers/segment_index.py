@@ -7,9 +7,11 @@ affinity, and the latest active device per channel (`keys.SegmentKeys`). A segme
 reads these N shards (`worker/segmenting/`), never the shoppers' own keys.
 
 Written in a separate step after the per-shopper Lua script (which stays in one slot):
-`refresh_activity` reads the state the script left (one pipelined round trip for the
-batch) and writes each shopper's entries from it, so the step is idempotent: running it
-twice, or after a crash and redelivery, writes the same values. Devices are indexed when
+the state the script left is read (in the same round trip as the script, for events:
+`StateStore.apply_events`'s `read_after`; `refresh_activity` otherwise) and each
+shopper's entries are written from it (`segment_put.lua`, one call per shopper), so the
+step is idempotent: running it twice, or after a crash and redelivery, writes the same
+values. Devices are indexed when
 they are registered or unregistered and when a gateway declares one gone
 (`refresh_devices`, called by delivery after it deactivates the device).
 
@@ -24,11 +26,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from worker.contract import CHANNELS
-from worker.shoppers.snapshot import ShopperReads
+from worker.shoppers.snapshot import Shopper, ShopperReads
 from worker.store.client import StatePipeline, StateRedis
 from worker.store.keys import Keys, SegmentKeys
+from worker.store.scripts import SEGMENT_PUT, Scripts, execute_loading
 
-_ACTIVITY = ShopperReads(frozenset({"profile", "cart", "cart_quantities", "affinity"}))
+ACTIVITY = ShopperReads(frozenset({"profile", "cart", "cart_quantities", "affinity"}))
+"""What the activity entries are computed from."""
+_PROFILE_SCORES = ("last_seen", "last_purchase", "orders", "monetary")
 _DEVICES = ShopperReads(frozenset({"devices"}))
 _SWEEP_CHUNK = 1000
 
@@ -41,38 +46,49 @@ class SegmentIndex:
     def refresh_activity(
         self, user_ids: Iterable[str], now: float, pipe: StatePipeline | None = None
     ) -> None:
-        """Write the activity entries (last seen, purchases, cart, affinity shares) of
-        `user_ids` from their state now; writes go in `pipe` when given (the caller runs
-        it), else are sent here."""
+        """Write the activity entries of `user_ids` from their state now (one round trip
+        to read); writes go in `pipe` when given (the caller runs it), else are sent
+        here."""
         users = sorted(set(user_ids))
         if not users:
             return
-        reads = self._client.pipeline(transaction=False)
-        for user_id in users:
-            _ACTIVITY.queue(reads, self._keys, user_id)
-        replies = iter(reads.execute())
-        writes = pipe if pipe is not None else self._client.pipeline(transaction=False)
-        for user_id in users:
-            s = _ACTIVITY.parse(user_id, replies)
-            seg = self._keys.segment_of(user_id)
+
+        def queue_reads(reads: StatePipeline) -> None:
+            for user_id in users:
+                ACTIVITY.queue(reads, self._keys, user_id)
+
+        replies = iter(execute_loading(self._client, queue_reads))
+        shoppers = [ACTIVITY.parse(user_id, replies) for user_id in users]
+        if pipe is not None:
+            self.write_activity(shoppers, now, pipe)
+        else:
+            execute_loading(self._client, lambda p: self.write_activity(shoppers, now, p))
+
+    def write_activity(self, shoppers: Iterable[Shopper], now: float, pipe: StatePipeline) -> None:
+        """Queue in `pipe` the activity entries (last seen, purchases, cart, affinity
+        shares) of `shoppers` as read with `ACTIVITY`: one script call each."""
+        for s in shoppers:
             if not s.profile:  # expired or erased meanwhile: nothing to index
                 continue
-            writes.zadd(seg.seen, {user_id: now})
+            seg = self._keys.segment_of(s.user_id)
             profile = s.profile
-            _put(writes, seg.last_seen, user_id, profile.get("last_seen"))
-            _put(writes, seg.last_purchase, user_id, profile.get("last_purchase"))
-            _put(writes, seg.orders, user_id, profile.get("orders"))
-            _put(writes, seg.monetary, user_id, profile.get("monetary"))
             in_cart = [i for i, q in s.cart.items() if q > 0]
-            added = max((s.cart_added.get(i, 0.0) for i in in_cart), default=None)
-            _put(writes, seg.cart, user_id, added if in_cart and added else None)
+            added = max((s.cart_added.get(i, 0.0) for i in in_cart), default=0.0)
             total = sum(w for _, w in s.affinity if w > 0)
-            for category, weight in s.affinity:
-                share = weight / total if total > 0 and weight > 0 else 0.0
-                writes.sadd(seg.categories, category)
-                writes.zadd(seg.affinity(category), {user_id: share})
-        if pipe is None:
-            writes.execute()
+            shares = [
+                (category, weight / total if total > 0 and weight > 0 else 0.0)
+                for category, weight in s.affinity
+            ]
+            Scripts.queue(
+                pipe,
+                SEGMENT_PUT,
+                [seg.seen, *family_keys(seg)[:5], seg.categories,
+                 *(seg.affinity(category) for category, _ in shares)],
+                [s.user_id, repr(now),
+                 *(profile.get(f, "") for f in _PROFILE_SCORES),
+                 repr(added) if in_cart else "",
+                 *(a for category, share in shares for a in (category, repr(share)))],
+            )  # fmt: skip
 
     def refresh_devices(self, user_ids: Iterable[str], now: float) -> None:
         """Write the shoppers' channel entries from their active devices now (one round
@@ -132,7 +148,8 @@ class SegmentIndex:
 
 
 def family_keys(seg: SegmentKeys) -> tuple[str, ...]:
-    """The fixed indexes of a shard (affinity families come and go with categories)."""
+    """The fixed indexes of a shard (affinity families come and go with categories);
+    the first five in the order `segment_put.lua` writes them."""
     return (seg.last_seen, seg.last_purchase, seg.orders, seg.monetary, seg.cart,
             *(seg.channel(c) for c in CHANNELS))  # fmt: skip
 

@@ -1,9 +1,9 @@
 """A shopper as read from Redis: the one reader of a shopper's state.
 
 `ShopperReads` names the parts of a shopper a caller needs. `queue` adds their reads to
-the caller's pipeline, so a batch of shoppers costs one round trip beside whatever else
-the caller reads there (the contact policy's `PolicyReads` works the same way), and
-`parse` builds a `Shopper` from the replies, in the same order. Triggers, firing,
+the caller's pipeline as one script call, so a batch of shoppers costs one round trip
+beside whatever else the caller reads there (the contact policy's `PolicyReads` works
+the same way), and `parse` builds a `Shopper` from its reply. Triggers, firing,
 delivery and the user view read shoppers through it; the writes stay with their owners
 (`state.py` for events, `contacts.py` for devices and preferences).
 """
@@ -18,6 +18,7 @@ from typing import Any, Literal, TypedDict
 from worker.rules import ChannelName
 from worker.store.client import StatePipeline, StateRedis
 from worker.store.keys import Keys
+from worker.store.scripts import READ_SHOPPER, Scripts, execute_loading
 
 Part = Literal[
     "profile",  # the profile hash: first/last seen, events, orders, monetary, …
@@ -101,73 +102,89 @@ class ShopperReads:
         return cls(frozenset(parts), None if items is None else tuple(items), since)
 
     def queue(self, pipe: StatePipeline, keys: Keys, user_id: str) -> None:
-        """Queue this shopper's reads into `pipe`; `parse` reads their replies."""
+        """Queue this shopper's reads into `pipe`, as one script call
+        (`lua/read_shopper.lua`); `parse` reads its reply."""
         k = keys.user(user_id)
         has = self.parts.__contains__
+        reads: list[tuple[str, tuple[str | float, ...]]] = []
         if has("profile"):
-            pipe.hgetall(k.profile)
+            reads.append((k.profile, ("hash",)))
         if has("recent"):
-            pipe.lrange(k.recent, 0, -1)
+            reads.append((k.recent, ("list",)))
         if has("cart"):
-            pipe.zrange(k.cart_added, 0, -1, withscores=True)
+            reads.append((k.cart_added, ("zset",)))
         if has("cart_quantities"):
-            pipe.hgetall(k.cart)
+            reads.append((k.cart, ("hash",)))
         if has("purchases"):
             if self.since is None:
-                pipe.zrange(k.purchased, 0, -1, withscores=True)
+                reads.append((k.purchased, ("zset",)))
             else:
-                pipe.zrangebyscore(k.purchased, self.since, "+inf", withscores=True)
+                reads.append((k.purchased, ("zset_since", repr(self.since))))
         if has("purchase_history"):
             if self.items is None:
-                pipe.hgetall(k.purchase_counts)
-                pipe.hgetall(k.purchase_first)
+                reads += [(k.purchase_counts, ("hash",)), (k.purchase_first, ("hash",))]
             elif self.items:
-                pipe.hmget(k.purchase_counts, list(self.items))
-                pipe.hmget(k.purchase_first, list(self.items))
+                fields: tuple[str | float, ...] = ("fields", len(self.items), *self.items)
+                reads += [(k.purchase_counts, fields), (k.purchase_first, fields)]
         if has("affinity"):
-            pipe.zrevrange(k.affinity, 0, -1, withscores=True)
+            reads.append((k.affinity, ("zset_desc",)))
         if has("devices"):
-            pipe.hgetall(k.devices)
+            reads.append((k.devices, ("hash",)))
         if has("preferences"):
-            pipe.hgetall(k.preferences)
+            reads.append((k.preferences, ("hash",)))
+        Scripts.queue(
+            pipe, READ_SHOPPER, [key for key, _ in reads], [a for _, args in reads for a in args]
+        )
 
     def parse(self, user_id: str, replies: Iterator[Any]) -> Shopper:
-        """The shopper from the replies of `queue`, taken from `replies` in order."""
+        """The shopper from the reply of `queue`, taken from `replies`."""
         has = self.parts.__contains__
+        parts = iter(next(replies))
         values: dict[str, Any] = {}
         if has("profile"):
-            values["profile"] = dict(next(replies))
+            values["profile"] = _pairs(next(parts))
         if has("recent"):
-            values["recent"] = [json.loads(row) for row in next(replies)]
+            values["recent"] = [json.loads(row) for row in next(parts)]
         if has("cart"):
-            values["cart_added"] = dict(next(replies))
+            values["cart_added"] = _scored(next(parts))
         if has("cart_quantities"):
-            values["cart"] = {item: int(qty) for item, qty in next(replies).items()}
+            values["cart"] = {item: int(qty) for item, qty in _pairs(next(parts)).items()}
         if has("purchases"):
-            values["purchases"] = dict(next(replies))
+            values["purchases"] = _scored(next(parts))
         if has("purchase_history"):
-            counts, firsts = _history(self.items, replies)
+            counts, firsts = _history(self.items, parts)
             values["purchase_counts"], values["first_purchases"] = counts, firsts
         if has("affinity"):
-            values["affinity"] = [(str(c), float(s)) for c, s in next(replies)]
+            values["affinity"] = list(_scored(next(parts)).items())
         if has("devices"):
-            values["devices"] = decode_devices(next(replies))
+            values["devices"] = decode_devices(_pairs(next(parts)))
         if has("preferences"):
-            values["preferences"] = decode_preferences(next(replies))
+            values["preferences"] = decode_preferences(_pairs(next(parts)))
         return Shopper(user_id, **values)
 
     def read(self, client: StateRedis, keys: Keys, user_id: str) -> Shopper:
         """One shopper in its own round trip (commands and tools, not the hot path)."""
-        pipe = client.pipeline(transaction=False)
-        self.queue(pipe, keys, user_id)
-        return self.parse(user_id, iter(pipe.execute()))
+        replies = execute_loading(client, lambda pipe: self.queue(pipe, keys, user_id))
+        return self.parse(user_id, iter(replies))
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    """A flat [field, value, …] reply as a dict."""
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+def _scored(flat: list[str]) -> dict[str, float]:
+    """A flat [member, score, …] reply as member -> score, in the reply's order."""
+    it = iter(flat)
+    return {member: float(score) for member, score in zip(it, it, strict=True)}
 
 
 def _history(
     items: tuple[str, ...] | None, replies: Iterator[Any]
 ) -> tuple[dict[str, int], dict[str, float]]:
     if items is None:
-        counts, firsts = next(replies), next(replies)
+        counts, firsts = _pairs(next(replies)), _pairs(next(replies))
         return (
             {i: int(n) for i, n in counts.items()},
             {i: float(t) for i, t in firsts.items()},

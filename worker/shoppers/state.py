@@ -23,6 +23,7 @@ from typing import Any
 
 from worker.settings import Settings
 from worker.shoppers.inputs import Event
+from worker.shoppers.snapshot import Shopper, ShopperReads
 from worker.store.client import StatePipeline, StateRedis
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
@@ -60,6 +61,7 @@ class ApplyResult:
 
     statuses: list[int] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    after: dict[str, Shopper] = field(default_factory=dict)  # the `read_after` reads
 
     @property
     def fresh(self) -> list[Event]:
@@ -97,11 +99,19 @@ class StateStore:
         days = max((rule.interest_days for rule in settings.rules), default=14)
         self._interest_ttl_s = days * 86_400
 
-    def apply_events(self, events: Sequence[Event], now: float, delivery_id: str) -> ApplyResult:
+    def apply_events(
+        self,
+        events: Sequence[Event],
+        now: float,
+        delivery_id: str,
+        read_after: ShopperReads | None = None,
+    ) -> ApplyResult:
         """Apply valid `events` (in order); duplicates of earlier event_ids change nothing.
 
         `delivery_id` identifies the message carrying the events (the Celery task id):
         a retry or redelivery of that message finishes what a crash interrupted.
+        `read_after`: parts of each of the batch's shoppers to read as the batch left
+        them, in the same round trip (`ApplyResult.after`).
         """
         if not events:
             return ApplyResult()
@@ -114,11 +124,18 @@ class StateStore:
             if first.setdefault(event.event_id, position) == position:
                 facts = catalog.get(event.item_id or "")
                 self._queue_state_update(pipe, event, facts, now, delivery_id)
-        sent = iter(int(s) for s in pipe.execute())
+        users = sorted({e.user_id for e in events})
+        if read_after is not None:
+            for user_id in users:
+                read_after.queue(pipe, self._keys, user_id)
+        replies = pipe.execute()
+        sent = iter(int(s) for s in replies[: len(first)])
         statuses = [
             next(sent) if first[e.event_id] == position else DUPLICATE
             for position, e in enumerate(events)
         ]
+        reads = iter(replies[len(first) :])
+        after = {u: read_after.parse(u, reads) for u in users} if read_after is not None else {}
 
         side_effects = self._client.pipeline(transaction=False)
         self._queue_side_effects(
@@ -136,7 +153,7 @@ class StateStore:
         )
         self._metrics.add(counts, pipe=side_effects)
         side_effects.execute()
-        return ApplyResult(statuses, list(events))
+        return ApplyResult(statuses, list(events), after)
 
     def _catalog_facts(self, item_ids: set[str]) -> dict[str, tuple[str, str]]:
         """item_id -> (category, price) from the catalog; '' where unknown."""

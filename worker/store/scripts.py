@@ -9,19 +9,64 @@ which the task wrapper retries after loading them again (`_run` in service/tasks
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from functools import cached_property
 from importlib import resources
+from typing import Any, Protocol
 
 import redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from worker.store.client import StatePipeline, StateRedis
 
 
 def _source(name: str) -> str:
     return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
+
+
+class _BySha(Protocol):
+    @property
+    def sha(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class LuaSource:
+    """A script whose SHA is known without a client (Redis names a script by the SHA-1
+    of its text): for readers that queue it where no `Scripts` is at hand."""
+
+    script: str
+
+    @cached_property
+    def sha(self) -> str:
+        return hashlib.sha1(self.script.encode()).hexdigest()
+
+
+READ_SHOPPER = LuaSource(_source("read_shopper"))
+"""The reads of one shopper in one call (shoppers/snapshot.py)."""
+SEGMENT_PUT = LuaSource(_source("segment_put"))
+"""The writes of one shopper's segment index entries in one call (segment_index.py)."""
+_STANDALONE = (READ_SHOPPER, SEGMENT_PUT)
+
+
+def execute_loading(client: StateRedis, fill: Callable[[StatePipeline], None]) -> list[Any]:
+    """Run a pipeline that `fill` queues; if Redis lost the scripts it calls (restarted,
+    flushed), load them and run it once more. Only for pipelines safe to run twice, off
+    the task path (tasks retry through their wrapper)."""
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        fill(pipe)
+        try:
+            return pipe.execute()
+        except NoScriptError:
+            if attempt:
+                raise
+            for source in _STANDALONE:
+                client.script_load(source.script)
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -68,6 +113,7 @@ class Scripts:
         """Load every script into Redis (one round trip): at start, and after a restart
         lost them."""
         sources = [getattr(self, f.name).script for f in fields(self)]
+        sources += [source.script for source in _STANDALONE]
         if isinstance(client, RedisCluster):  # a cluster pipeline refuses SCRIPT LOAD
             for source in sources:
                 client.script_load(source)  # to every master
@@ -80,7 +126,7 @@ class Scripts:
     @staticmethod
     def queue(
         pipe: StatePipeline,
-        script: Script,
+        script: _BySha,
         keys: Sequence[str],
         args: Sequence[str | int | float],
     ) -> None:
