@@ -10,6 +10,7 @@ from worker.service import ingest
 from worker.service.runtime import Runtime
 from worker.service.userview import user_view
 from worker.settings import Settings
+from worker.shoppers import catalog
 from worker.shoppers.catalog import ItemChange
 
 NOW = RUN_NOW  # applied events reach the trending buckets, which Redis expires
@@ -53,6 +54,40 @@ def test_bad_items_are_rejected_and_good_ones_kept(runtime: Runtime) -> None:
     stored = runtime.catalog.get("ok")
     assert (stored["price"], float(stored["updated_at"])) == ("1.0", NOW)
     assert runtime.catalog.get("x") == {}
+
+
+def test_a_cached_entry_is_never_older_than_the_last_upsert_of_any_process(
+    settings: Settings,
+) -> None:
+    """Two runtimes stand for two worker processes, each with its catalog cache."""
+    reader, writer = Runtime.open(settings), Runtime.open(settings)
+    try:
+        ingest.upsert_items(writer, [{"item_id": "i1", "price": 10.0, "stock": 3}], NOW)
+        assert reader.catalog.get_many(["i1", "nope"]) == {"i1": writer.catalog.get("i1")}
+        commands = _commands(reader)
+        reader.catalog.get_many(["i1"])
+        assert _commands(reader) - commands == 2  # the change marks only (and INFO)
+
+        ingest.upsert_items(writer, [{"item_id": "i1", "price": 7.5, "ts": NOW + 1}], NOW)
+        ingest.upsert_items(writer, [{"item_id": "new", "title": "New"}], NOW)
+        got = reader.catalog.get_many(["i1", "new"])
+        assert (got["i1"]["price"], got["i1"]["stock"], got["new"]["title"]) == ("7.5", "3", "New")
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_the_catalog_cache_stays_bounded(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(catalog, "_CACHE_MAX", 3)
+    items = [{"item_id": f"i{n}", "price": float(n)} for n in range(5)]
+    ingest.upsert_items(runtime, items, NOW)
+    got = runtime.catalog.get_many([f"i{n}" for n in range(5)])
+    assert {i: f["price"] for i, f in got.items()} == {f"i{n}": f"{n}.0" for n in range(5)}
+    assert len(runtime.catalog._cache) <= 3
+
+
+def _commands(rt: Runtime) -> int:
+    return int(rt.redis.info("stats")["total_commands_processed"])  # type: ignore[index]
 
 
 def test_a_token_registered_by_another_user_moves_to_them(runtime: Runtime) -> None:

@@ -75,7 +75,7 @@ def catalog_items(catalog: Catalog) -> dict[str, Item]:
             price=float(fields["price"]) if fields.get("price") else None,
             stock=int(fields["stock"]) if fields.get("stock") else None,
         )
-        for item_id, fields in catalog.get_many(catalog.all_ids()).items()
+        for item_id, fields in catalog.read_many(catalog.all_ids()).items()
     }
 
 

@@ -1,8 +1,21 @@
-"""The item catalog: upserts with price and stock history."""
+"""The item catalog: upserts with price and stock history, and reads through a
+per-process cache.
+
+Firing reads the catalog entries of every candidate it looks at (a dozen an event), and
+applying events reads each event's item; most are the same few thousand items again and
+again. Each process keeps the entries it read (`_CACHE_MAX`, emptied when full) and
+follows every upsert through a change feed: an upsert marks its items with a new sequence
+number (`keys.catalog_changed`, one entry per item, so bounded by the catalogue), and
+every read first asks for the marks past the last one it saw, in the same round trip as
+the entries it lacks, and drops the entries they name. A read is therefore as fresh as a
+read from Redis at that moment: a cached entry is used only if no upsert of its item was
+marked before the read.
+"""
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,6 +24,8 @@ from worker.store.client import StateRedis
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
 from worker.store.scripts import Scripts
+
+_CACHE_MAX = 20_000  # entries of ~1 KB; more distinct items than this empty it
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,9 @@ class Catalog:
         self._scripts = scripts
         self._metrics = metrics
         self._changes_max = changes_max
+        self._cache: dict[str, dict[str, str]] = {}
+        self._seen = 0  # the last change mark the cache has applied
+        self._lock = threading.Lock()  # the index follower's thread reads too
 
     def upsert(self, items: Sequence[Item], now: float) -> Upserted:
         """Store `items`; an upsert older (by `ts`) than the stored one is ignored. Items
@@ -69,6 +87,7 @@ class Catalog:
 
         changes: list[ItemChange] = []
         live: list[str] = []
+        upserted: list[str] = []
         applied = stale = 0
         follow_up = self._client.pipeline(transaction=False)
         for item, (status, changes_json, marked) in zip(items, results, strict=True):
@@ -77,6 +96,7 @@ class Catalog:
                 continue
             applied += 1
             follow_up.sadd(self._keys.catalog, item.item_id)
+            upserted.append(item.item_id)
             if int(marked):
                 live.append(item.item_id)
             changes += [
@@ -92,11 +112,44 @@ class Catalog:
         if live:  # after the SADD: a build that reads the mark's number lists the item
             marks = [self._keys.live_seq, self._keys.live_items]
             Scripts.call_in(follow_up, self._scripts.live_mark, marks, live)
+        if upserted:
+            marks = [self._keys.catalog_seq, self._keys.catalog_changed]
+            Scripts.call_in(follow_up, self._scripts.live_mark, marks, upserted)
         follow_up.execute()
         return Upserted(changes, live)
 
     def get_many(self, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:
-        """The known items among `item_ids` (one round trip); unknown ones are absent."""
+        """The known items among `item_ids`, as fresh as a read from Redis now (module
+        doc); unknown ones are absent. One round trip, two when an upsert since the last
+        read touched an entry already cached."""
+        wanted = list(dict.fromkeys(item_ids))
+        with self._lock:
+            missing = [i for i in wanted if i not in self._cache]
+            pipe = self._client.pipeline(transaction=False)
+            pipe.zrangebyscore(
+                self._keys.catalog_changed, f"({self._seen}", "+inf", withscores=True
+            )
+            for item_id in missing:
+                pipe.hgetall(self._keys.item(item_id).item)
+            changed, *entries = pipe.execute()
+            for item_id, seq in changed:
+                self._cache.pop(item_id, None)
+                self._seen = max(self._seen, int(seq))
+            # read after the marks: as new as they are, or newer (a later mark drops it)
+            found = {i: self._cache[i] for i in wanted if i in self._cache}
+            found.update((i, f) for i, f in zip(missing, entries, strict=True) if f)
+            dropped = {i for i, _ in changed} - set(missing)
+            if again := [i for i in wanted if i in dropped]:
+                found.update(self.read_many(again))
+            for item_id in found.keys() - self._cache.keys():
+                if len(self._cache) >= _CACHE_MAX:
+                    self._cache.clear()
+                self._cache[item_id] = found[item_id]
+            return found
+
+    def read_many(self, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The known items among `item_ids` straight from Redis, in one round trip,
+        leaving the cache alone (bulk reads: the index build)."""
         pipe = self._client.pipeline(transaction=False)
         for item_id in item_ids:
             pipe.hgetall(self._keys.item(item_id).item)

@@ -581,6 +581,17 @@ class Keys:
         """set: every known item_id."""
         return f"{self.prefix}:catalog"
 
+    # What each process's catalog cache follows (worker/shoppers/catalog.py), one slot.
+    @property
+    def catalog_seq(self) -> str:
+        """string: the sequence number of the last mark in `catalog_changed`."""
+        return f"{self.prefix}:{{catalog}}:seq"
+
+    @property
+    def catalog_changed(self) -> str:
+        """zset: item_id -> sequence number of its last upsert; one entry per item."""
+        return f"{self.prefix}:{{catalog}}:changed"
+
     # What the served index follows between builds (worker/firing/live_items.py): three keys
     # in one slot ({live}), so a publish rewrites them in one MULTI.
     @property
