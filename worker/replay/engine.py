@@ -484,8 +484,9 @@ def _settled(rt: Runtime, stack: Stack, now: float, deadline: float) -> None:
     its tasks: a job in between is in neither the due set nor a queue), without a break
     for `_QUIET_S`, or until `deadline`. The quiet must last: a task message a worker has
     just popped is in neither its queue nor the unacked hash until kombu records it there
-    (one round trip in that worker). Polled every millisecond: the steps of a fast replay
-    are tens of milliseconds, and two polls 5 ms apart left the two cores 30-50 % idle."""
+    (one round trip in that worker). Polled every millisecond, one round trip a poll: the
+    steps of a fast replay are tens of milliseconds, and two polls 5 ms apart left the two
+    cores 30-50 % idle."""
     s = rt.settings
     queues = [s.queue_activity, s.queue_push, s.queue_maintenance]
     quiet_since: float | None = None
@@ -494,8 +495,8 @@ def _settled(rt: Runtime, stack: Stack, now: float, deadline: float) -> None:
         for q in queues:
             pipe.llen(q)
         pipe.hlen("unacked")
-        busy = sum(int(n) for n in pipe.execute()) + rt.delayed.counts(now)
-        busy += rt.delayed.claimed()
+        rt.delayed.queue_unsettled(pipe, now)
+        busy = sum(int(n) for n in pipe.execute())
         if busy:
             quiet_since = None
         elif quiet_since is None:

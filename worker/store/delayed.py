@@ -139,13 +139,13 @@ class DelayedJobs:
             pipe.zcount(self._keys.delayed(shard).due, "-inf", until)
         return sum(int(n) for n in pipe.execute())
 
-    def claimed(self) -> int:
-        """How many jobs are claimed and not yet acknowledged (every shard): a poller has
-        them, their tasks are on their way to the queues."""
-        pipe = self._client.pipeline(transaction=False)
+    def queue_unsettled(self, pipe: StatePipeline, until: float) -> None:
+        """Queue in `pipe` counts whose sum is the jobs parked with a due time up to
+        `until` plus those claimed and not yet acknowledged (a poller has them, their
+        tasks are on their way to the queues), every shard: 0 when none is pending."""
         for shard in self._keys.all_shards:
+            pipe.zcount(self._keys.delayed(shard).due, "-inf", until)
             pipe.zcard(self._keys.delayed(shard).inflight)
-        return sum(int(n) for n in pipe.execute())
 
     def last_due(self, until: float) -> float | None:
         """When the latest parked job due by `until` is due (epoch s), or None."""
