@@ -34,6 +34,7 @@ from indexing.events import open_text
 from worker import contract
 from worker.client import PushrecClient
 from worker.clock import ClockFile, SimulatedClock
+from worker.replay import ledger
 from worker.replay.shoppers import SyntheticShopper, synthetic_shopper
 from worker.replay.stack import Stack, StackSpec, running_stack
 from worker.service import ingest
@@ -53,7 +54,7 @@ _START_ALLOWANCE_S = 12.0  # wall-clock seconds for the workers to start before 
 _STEP_EVENTS = 1000
 _STEP_S = 900.0
 _JOB_SLACK_S = 300.0
-_QUIET_S = 0.004  # how long the workers must look idle before the clock moves on
+_STALLED_S = 5.0  # how long a task may be counted as running with nothing queued or unacked
 
 
 @dataclass(frozen=True)
@@ -421,8 +422,8 @@ def _feed_fast(
     progress = Progress(total=len(ahead), started=time.time())
     deadline = progress.started + plan.budget_s
     tail_end = run.replay_span[1] + plan.tail_s
-    i = 0
-    with PushrecClient(stack.redis_url) as client:
+    i = lost = 0
+    with PushrecClient(stack.redis_url) as client, ledger.counting(rt.settings):
         while time.time() < deadline:
             due = _next_due(rt) - shift
             if i >= len(ahead) and due > tail_end:
@@ -438,7 +439,7 @@ def _feed_fast(
                 for r in chunk:
                     run.sent_at[str(r.event.get("event_id"))] = sent
             progress.sent = i = j
-            _settled(rt, stack, now, deadline)
+            lost = _settled(rt, stack, now, deadline, lost)
             _tick(run, progress, stack, rt)
         _drain(rt, stack, deadline + 30)
     _show(progress_line(run, progress, rt), final=True)
@@ -478,33 +479,42 @@ def _next_due(rt: Runtime) -> float:
     return rt.delayed.next_due()
 
 
-def _settled(rt: Runtime, stack: Stack, now: float, deadline: float) -> None:
-    """Wait until nothing is queued or being worked on, no delayed job is due by `now`
-    and none is claimed but not yet enqueued (the scheduler claims a batch, then sends
-    its tasks: a job in between is in neither the due set nor a queue), without a break
-    for `_QUIET_S`, or until `deadline`. The quiet must last: a task message a worker has
-    just popped is in neither its queue nor the unacked hash until kombu records it there
-    (one round trip in that worker). Polled every millisecond, one round trip a poll: the
-    steps of a fast replay are tens of milliseconds, and two polls 5 ms apart left the two
-    cores 30-50 % idle."""
+def _settled(rt: Runtime, stack: Stack, now: float, deadline: float, lost: int) -> int:
+    """Wait until every task published has run (`ledger`), nothing is queued or being
+    worked on, no delayed job is due by `now` and none is claimed but not yet enqueued
+    (the scheduler claims a batch, then sends its tasks: a job in between is in neither
+    the due set nor a queue), or until `deadline`. Polled every millisecond, one round
+    trip a poll: the steps of a fast replay are tens of milliseconds.
+
+    A task the ledger never sees run while the queues stay empty (a process killed
+    mid-task) would hold the clock for good: after `_STALLED_S` of that it is logged and
+    left behind. `lost`: the tasks left behind so far; returns it updated."""
     s = rt.settings
     queues = [s.queue_activity, s.queue_push, s.queue_maintenance]
-    quiet_since: float | None = None
+    stalled_since: float | None = None
     while time.time() < deadline:
         pipe = rt.redis.pipeline(transaction=False)
+        ledger.queue_unfinished(pipe, rt.keys)
         for q in queues:
             pipe.llen(q)
         pipe.hlen("unacked")
         rt.delayed.queue_unsettled(pipe, now)
-        busy = sum(int(n) for n in pipe.execute())
+        published, finished, *counts = pipe.execute()
+        running = ledger.unfinished(published, finished) - lost
+        busy = sum(int(n) for n in counts)
+        if not busy and running <= 0:
+            break
         if busy:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since >= _QUIET_S:
+            stalled_since = None
+        elif stalled_since is None:
+            stalled_since = time.monotonic()
+        elif time.monotonic() - stalled_since >= _STALLED_S:
+            log.warning("%d published tasks never ran; the replay goes on without them", running)
+            lost += running
             break
         time.sleep(0.001)
     stack.check()
+    return lost
 
 
 def _tick(run: ReplayRun, progress: Progress, stack: Stack, rt: Runtime) -> None:

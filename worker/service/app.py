@@ -18,6 +18,7 @@ from celery.signals import (
 from kombu import Exchange, Queue
 
 from worker import contract
+from worker.replay import ledger
 from worker.service import receipt
 from worker.service.runtime import Runtime
 from worker.service.tasks import register_tasks
@@ -144,6 +145,8 @@ def create_app(settings: Settings) -> PushrecApp:
     app = PushrecApp(settings)
     app.conf.update(celery_config(settings))
     register_tasks(app)
+    if settings.simulated_clock_file is not None:  # a replay moving the clock by steps
+        ledger.install(settings)
 
     @worker_process_init.connect(weak=False)
     def _open(**_: object) -> None:

@@ -581,6 +581,17 @@ class Keys:
         """set: every known item_id."""
         return f"{self.prefix}:catalog"
 
+    # An as-fast-as-possible replay's task ledger (worker/replay/ledger.py).
+    @property
+    def replay_published(self) -> str:
+        """string: tasks published since the replay's processes started."""
+        return f"{self.prefix}:replay:published"
+
+    @property
+    def replay_finished(self) -> str:
+        """string: tasks run (or refused) since the replay's processes started."""
+        return f"{self.prefix}:replay:finished"
+
     # What each process's catalog cache follows (worker/shoppers/catalog.py), one slot.
     @property
     def catalog_seq(self) -> str:
