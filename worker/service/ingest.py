@@ -15,11 +15,13 @@ from worker import contract
 from worker.policy.jobs import Trigger
 from worker.service import checkout
 from worker.service.runtime import Runtime
-from worker.shoppers import segment_index
 from worker.shoppers.catalog import ItemChange
 from worker.shoppers.contact_inputs import parse_device, parse_device_removal, parse_preferences
 from worker.shoppers.erasure import forget_user
 from worker.shoppers.inputs import Event, InvalidInput, Item, parse_event, parse_item, parse_user_id
+from worker.shoppers.segment_index import ACTIVITY
+from worker.shoppers.snapshot import Shopper
+from worker.shoppers.state import FollowUp
 from worker.store.client import StatePipeline
 
 log = logging.getLogger(__name__)
@@ -54,17 +56,17 @@ def track(
         except InvalidInput as exc:
             rt.rejected.record(task, exc.code, exc.reason, raw)
             rejected += 1
-    result = rt.state.apply_events(events, now, delivery_id, read_after=segment_index.ACTIVITY)
+
+    def index_activity(shoppers: list[Shopper], pipe: StatePipeline) -> None:
+        rt.segment_index.write_activity(shoppers, now, pipe)
+
+    result = rt.state.apply_events(events, now, delivery_id, FollowUp(ACTIVITY, index_activity))
     rt.metrics.add(rt.audit.attribute(result.fresh))
     checkout.redeem_purchases(rt, result.fresh)
     triggers = rt.triggers.for_events(result.fresh, now)
 
     def react(pipe: StatePipeline) -> None:
         schedule(rt, triggers, now, pipe, delivery_id)
-        fresh_users = {e.user_id for e in result.fresh}
-        rt.segment_index.write_activity(
-            (s for u, s in result.after.items() if u in fresh_users), now, pipe
-        )
 
     rt.state.react_and_confirm(result, react)
     return {"applied": result.applied, "duplicates": result.duplicates, "rejected": rejected}

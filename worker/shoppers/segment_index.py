@@ -7,13 +7,13 @@ affinity, and the latest active device per channel (`keys.SegmentKeys`). A segme
 reads these N shards (`worker/segmenting/`), never the shoppers' own keys.
 
 Written in a separate step after the per-shopper Lua script (which stays in one slot):
-the state the script left is read (in the same round trip as the script, for events:
-`StateStore.apply_events`'s `read_after`; `refresh_activity` otherwise) and each
-shopper's entries are written from it (`segment_put.lua`, one call per shopper), so the
-step is idempotent: running it twice, or after a crash and redelivery, writes the same
-values. Devices are indexed when
-they are registered or unregistered and when a gateway declares one gone
-(`refresh_devices`, called by delivery after it deactivates the device).
+the state the script left is read (for events, in the script's own round trip, and the
+writes go with the batch's side effects, before its events stop being pending:
+`StateStore.apply_events`'s `FollowUp`; `refresh_activity` otherwise) and each shopper's
+entries are written from it (`segment_put.lua`, one call per shopper), so the step is
+idempotent: running it twice, or after a crash and redelivery, writes the same values. Devices are indexed when they are registered or unregistered and
+when a gateway declares one gone (`refresh_devices`, called by delivery after it
+deactivates the device).
 
 Bounds: one entry per shopper per family. An erased shopper is removed at once
 (`forget`, called by erasure); a shopper whose state expired (no write for `user_ttl_s`)

@@ -55,13 +55,23 @@ def decayed_weight(weight: float, ts: float) -> float:
     return weight * math.pow(2.0, (ts - _AFFINITY_EPOCH) / AFFINITY_HALF_LIFE_S)
 
 
+@dataclass(frozen=True)
+class FollowUp:
+    """Writes that follow from the state an event batch leaves: `reads` of each shopper
+    with a fresh event are read in the batch's own round trip, and `write` queues what
+    follows from them with the batch's side effects (so a failure leaves the events
+    pending, and their redelivery writes it again)."""
+
+    reads: ShopperReads
+    write: Callable[[list[Shopper], StatePipeline], None]
+
+
 @dataclass
 class ApplyResult:
     """What `apply_events` did with each event, by position."""
 
     statuses: list[int] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
-    after: dict[str, Shopper] = field(default_factory=dict)  # the `read_after` reads
 
     @property
     def fresh(self) -> list[Event]:
@@ -104,14 +114,13 @@ class StateStore:
         events: Sequence[Event],
         now: float,
         delivery_id: str,
-        read_after: ShopperReads | None = None,
+        follow_up: FollowUp | None = None,
     ) -> ApplyResult:
         """Apply valid `events` (in order); duplicates of earlier event_ids change nothing.
 
         `delivery_id` identifies the message carrying the events (the Celery task id):
         a retry or redelivery of that message finishes what a crash interrupted.
-        `read_after`: parts of each of the batch's shoppers to read as the batch left
-        them, in the same round trip (`ApplyResult.after`).
+        `follow_up`: writes that follow from the state the batch leaves (`FollowUp`).
         """
         if not events:
             return ApplyResult()
@@ -125,17 +134,15 @@ class StateStore:
                 facts = catalog.get(event.item_id or "")
                 self._queue_state_update(pipe, event, facts, now, delivery_id)
         users = sorted({e.user_id for e in events})
-        if read_after is not None:
+        if follow_up is not None:
             for user_id in users:
-                read_after.queue(pipe, self._keys, user_id)
+                follow_up.reads.queue(pipe, self._keys, user_id)
         replies = pipe.execute()
         sent = iter(int(s) for s in replies[: len(first)])
         statuses = [
             next(sent) if first[e.event_id] == position else DUPLICATE
             for position, e in enumerate(events)
         ]
-        reads = iter(replies[len(first) :])
-        after = {u: read_after.parse(u, reads) for u in users} if read_after is not None else {}
 
         side_effects = self._client.pipeline(transaction=False)
         self._queue_side_effects(
@@ -152,8 +159,13 @@ class StateStore:
             for s in statuses
         )
         self._metrics.add(counts, pipe=side_effects)
+        if follow_up is not None:
+            reads = iter(replies[len(first) :])
+            after = [follow_up.reads.parse(user_id, reads) for user_id in users]
+            fresh = {e.user_id for e, s in zip(events, statuses, strict=True) if s != DUPLICATE}
+            follow_up.write([s for s in after if s.user_id in fresh], side_effects)
         side_effects.execute()
-        return ApplyResult(statuses, list(events), after)
+        return ApplyResult(statuses, list(events))
 
     def _catalog_facts(self, item_ids: set[str]) -> dict[str, tuple[str, str]]:
         """item_id -> (category, price) from the catalog; '' where unknown."""
