@@ -11,9 +11,9 @@ the state the script left is read (for events, in the script's own round trip, a
 writes go with the batch's side effects, before its events stop being pending:
 `StateStore.apply_events`'s `FollowUp`; `refresh_activity` otherwise) and each shopper's
 entries are written from it (`segment_put.lua`, one call per shopper), so the step is
-idempotent: running it twice, or after a crash and redelivery, writes the same values. Devices are indexed when they are registered or unregistered and
-when a gateway declares one gone (`refresh_devices`, called by delivery after it
-deactivates the device).
+idempotent: running it twice, or after a crash and redelivery, writes the same values.
+Devices are indexed when they are registered or unregistered and when a gateway declares
+one gone (`refresh_devices`, called by delivery after it deactivates the device).
 
 Bounds: one entry per shopper per family. An erased shopper is removed at once
 (`forget`, called by erasure); a shopper whose state expired (no write for `user_ttl_s`)
