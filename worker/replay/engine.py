@@ -34,10 +34,9 @@ from indexing.events import open_text
 from worker import contract
 from worker.client import PushrecClient
 from worker.clock import ClockFile, SimulatedClock
-from worker.replay import ledger
 from worker.replay.shoppers import SyntheticShopper, synthetic_shopper
 from worker.replay.stack import Stack, StackSpec, running_stack
-from worker.service import ingest
+from worker.service import ingest, task_ledger
 from worker.service.runtime import Runtime
 from worker.settings import Settings
 
@@ -423,7 +422,7 @@ def _feed_fast(
     deadline = progress.started + plan.budget_s
     tail_end = run.replay_span[1] + plan.tail_s
     i = lost = 0
-    with PushrecClient(stack.redis_url) as client, ledger.counting(rt.settings):
+    with PushrecClient(stack.redis_url) as client, task_ledger.counting(rt.settings):
         while time.time() < deadline:
             due = _next_due(rt) - shift
             if i >= len(ahead) and due > tail_end:
@@ -480,7 +479,7 @@ def _next_due(rt: Runtime) -> float:
 
 
 def _settled(rt: Runtime, stack: Stack, now: float, deadline: float, lost: int) -> int:
-    """Wait until every task published has run (`ledger`), nothing is queued or being
+    """Wait until every task published has run (`task_ledger`), nothing is queued or being
     worked on, no delayed job is due by `now` and none is claimed but not yet enqueued
     (the scheduler claims a batch, then sends its tasks: a job in between is in neither
     the due set nor a queue), or until `deadline`. Polled every millisecond, one round
@@ -494,13 +493,13 @@ def _settled(rt: Runtime, stack: Stack, now: float, deadline: float, lost: int) 
     stalled_since: float | None = None
     while time.time() < deadline:
         pipe = rt.redis.pipeline(transaction=False)
-        ledger.queue_unfinished(pipe, rt.keys)
+        task_ledger.queue_unfinished(pipe, rt.keys)
         for q in queues:
             pipe.llen(q)
         pipe.hlen("unacked")
         rt.delayed.queue_unsettled(pipe, now)
         published, finished, *counts = pipe.execute()
-        running = ledger.unfinished(published, finished) - lost
+        running = task_ledger.unfinished(published, finished) - lost
         busy = sum(int(n) for n in counts)
         if not busy and running <= 0:
             break

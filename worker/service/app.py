@@ -18,8 +18,7 @@ from celery.signals import (
 from kombu import Exchange, Queue
 
 from worker import contract
-from worker.replay import ledger
-from worker.service import receipt
+from worker.service import receipt, task_ledger
 from worker.service.runtime import Runtime
 from worker.service.tasks import register_tasks
 from worker.settings import Settings
@@ -146,7 +145,7 @@ def create_app(settings: Settings) -> PushrecApp:
     app.conf.update(celery_config(settings))
     register_tasks(app)
     if settings.simulated_clock_file is not None:  # a replay moving the clock by steps
-        ledger.install(settings)
+        task_ledger.install(settings)
 
     @worker_process_init.connect(weak=False)
     def _open(**_: object) -> None:

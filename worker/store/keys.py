@@ -581,7 +581,7 @@ class Keys:
         """set: every known item_id."""
         return f"{self.prefix}:catalog"
 
-    # An as-fast-as-possible replay's task ledger (worker/replay/ledger.py).
+    # An as-fast-as-possible replay's task ledger (worker/service/task_ledger.py).
     @property
     def replay_published(self) -> str:
         """string: tasks published since the replay's processes started."""
