@@ -66,12 +66,28 @@ def test_a_cached_entry_is_never_older_than_the_last_upsert_of_any_process(
         assert reader.catalog.get_many(["i1", "nope"]) == {"i1": writer.catalog.get("i1")}
         commands = _commands(reader)
         reader.catalog.get_many(["i1"])
-        assert _commands(reader) - commands == 2  # the change marks only (and INFO)
+        assert _commands(reader) - commands == 3  # the change feed only (and INFO)
 
         ingest.upsert_items(writer, [{"item_id": "i1", "price": 7.5, "ts": NOW + 1}], NOW)
         ingest.upsert_items(writer, [{"item_id": "new", "title": "New"}], NOW)
         got = reader.catalog.get_many(["i1", "new"])
         assert (got["i1"]["price"], got["i1"]["stock"], got["new"]["title"]) == ("7.5", "3", "New")
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_a_catalog_cache_trusts_nothing_once_redis_lost_the_feed(settings: Settings) -> None:
+    reader, writer = Runtime.open(settings), Runtime.open(settings)
+    try:
+        for price in (10.0, 11.0, 12.0):
+            ingest.upsert_items(writer, [{"item_id": "i1", "price": price}], NOW)
+        assert reader.catalog.get_many(["i1"])["i1"]["price"] == "12.0"
+        # a restart without persistence: the catalog and its feed are gone, then reloaded
+        keys = writer.keys
+        writer.redis.delete(keys.catalog_seq, keys.catalog_changed, keys.item("i1").item)
+        ingest.upsert_items(writer, [{"item_id": "i1", "price": 5.0}], NOW)
+        assert reader.catalog.get_many(["i1"])["i1"]["price"] == "5.0"
     finally:
         reader.close()
         writer.close()

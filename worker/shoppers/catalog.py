@@ -1,15 +1,16 @@
 """The item catalog: upserts with price and stock history, and reads through a
 per-process cache.
 
-Firing reads the catalog entries of every candidate it looks at (a dozen an event), and
-applying events reads each event's item; most are the same few thousand items again and
-again. Each process keeps the entries it read (`_CACHE_MAX`, emptied when full) and
-follows every upsert through a change feed: an upsert marks its items with a new sequence
-number (`keys.catalog_changed`, one entry per item, so bounded by the catalogue), and
-every read first asks for the marks past the last one it saw, in the same round trip as
-the entries it lacks, and drops the entries they name. A read is therefore as fresh as a
-read from Redis at that moment: a cached entry is used only if no upsert of its item was
-marked before the read.
+Firing reads the catalog entries of every candidate it looks at (a dozen an event), most
+of them the same few thousand items again and again. Each process keeps the entries it
+read (`_CACHE_MAX`, emptied when full) and follows every upsert through a change feed: an
+upsert marks its items with a new sequence number (`keys.catalog_changed`, one entry per
+item, so bounded by the catalogue), and every read first asks for the marks past the last
+one it saw, in the same round trip as the entries it lacks, and drops the entries they
+name. A read is therefore as fresh as a read from Redis at that moment: a cached entry is
+used only if no upsert of its item was marked before the read. A sequence number below
+the last one seen means Redis lost the feed (restarted without its data): nothing cached
+is trusted then.
 """
 
 from __future__ import annotations
@@ -126,19 +127,25 @@ class Catalog:
         with self._lock:
             missing = [i for i in wanted if i not in self._cache]
             pipe = self._client.pipeline(transaction=False)
+            pipe.get(self._keys.catalog_seq)
             pipe.zrangebyscore(
                 self._keys.catalog_changed, f"({self._seen}", "+inf", withscores=True
             )
             for item_id in missing:
                 pipe.hgetall(self._keys.item(item_id).item)
-            changed, *entries = pipe.execute()
+            last, changed, *entries = pipe.execute()
+            untrusted: set[str] = set()
+            if int(last or 0) < self._seen:  # the feed started over
+                untrusted = set(self._cache)
+                self._cache.clear()
+                self._seen = 0
             for item_id, seq in changed:
                 self._cache.pop(item_id, None)
                 self._seen = max(self._seen, int(seq))
             # read after the marks: as new as they are, or newer (a later mark drops it)
             found = {i: self._cache[i] for i in wanted if i in self._cache}
             found.update((i, f) for i, f in zip(missing, entries, strict=True) if f)
-            dropped = {i for i, _ in changed} - set(missing)
+            dropped = ({i for i, _ in changed} | untrusted) - set(missing)
             if again := [i for i in wanted if i in dropped]:
                 found.update(self.read_many(again))
             for item_id in found.keys() - self._cache.keys():
