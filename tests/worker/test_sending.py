@@ -545,6 +545,30 @@ def test_a_task_that_died_after_creating_its_message_records_the_decision_when_r
         assert third["action"] == "duplicate" and len(rt.audit.decisions(user)) == 1
 
 
+def test_a_job_fired_again_after_its_message_was_sent_is_a_duplicate_not_a_suppression(
+    settings: Settings, gateways: Gateways, tmp_path: Path
+) -> None:
+    """A redelivered task (a campaign chunk after a crash) finds its message sent: the
+    policy would now say no (its items were just pushed), but the first try's decision
+    stands and nothing is recorded, counted or sent again."""
+    queued: list[tuple[str, dict[str, Any]]] = []
+    with _immediate_shop(settings, gateways, tmp_path, queued, inline=True) as rt:
+        user = shopper(rt, gateways, "again")
+        now = time.time()
+        job = FireJob("post_purchase", user, "order-1", now, ("b0-1",), {})
+        [first] = rt.firer().fire_many([job], now, "task-1")
+        assert first["action"] == "queued" and len(gateways.accepted("fcm")) == 1
+        stats_before = rt.audit.stats(["post_purchase"])
+
+        [again] = rt.firer().fire_many([job], now + 1, "task-1")
+
+        assert again == {**again, "action": "duplicate", "message_id": first["message_id"]}
+        assert "policy" not in again  # not decided again
+        assert [d["action"] for d in rt.audit.decisions(user)] == ["queued"]
+        assert rt.audit.stats(["post_purchase"]) == stats_before
+        assert len(gateways.accepted("fcm")) == 1 and queued == []
+
+
 def test_a_cap_reached_at_send_time_suppresses_the_second_message_and_undoes_its_claim(
     settings: Settings, gateways: Gateways, tmp_path: Path
 ) -> None:

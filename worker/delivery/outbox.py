@@ -127,6 +127,11 @@ class Outbox:
         pipe.zremrangebyscore(key, "-inf", f"({record.created_at - MESSAGE_TTL_S!r}")
         pipe.expire(key, MESSAGE_TTL_S)
 
+    def queue_state_read(self, mid: str, pipe: StatePipeline) -> None:
+        """Queue in `pipe` a read of the message's delivery state (reply None: no message
+        yet, or one whose creating try crashed before its state was written)."""
+        pipe.hget(self._keys.message(mid).state, "state")
+
     def mark_queued(self, record: MessageRecord, pipe: StatePipeline) -> None:
         """List the message among those waiting for their deliver task (in `pipe`): the
         scheduler re-sends deliveries that stay queued too long."""

@@ -36,7 +36,7 @@ from worker.policy.jobs import FireJob
 from worker.policy.kinds import FIRE_READS, KINDS
 from worker.rules import Rule, enabled_rules
 from worker.settings import Settings
-from worker.shoppers.audit import Audit, Decision, FireAction
+from worker.shoppers.audit import Audit, Decision, FireAction, MessageSummary
 from worker.shoppers.catalog import Catalog
 from worker.shoppers.snapshot import Shopper, ShopperReads
 from worker.shoppers.state import StateStore
@@ -91,6 +91,7 @@ class _Firing:
     record: MessageRecord | None = None
     defer_until: float | None = None
     held: IssuedCoupon | None = None  # a reminder's code, still the shopper's
+    before: str = ""  # the state of its message before this try; "" when there is none
 
 
 class Firer:
@@ -131,11 +132,13 @@ class Firer:
         """Everything firing reads of each shopper, for the whole batch in one round trip."""
         pipe = self._client.pipeline(transaction=False)
         for f in firings:
+            self._outbox.queue_state_read(f.mid, pipe)
             _READS.queue(pipe, self._keys, f.job.user_id)
             self._policy.queue_reads(pipe, f.rule, f.job.user_id, f.mid, now)
         replies = iter(pipe.execute() if firings else [])
         shoppers = []
         for f in firings:
+            f.before = next(replies) or ""
             state = _READS.parse(f.job.user_id, replies)
             known = bool(state.profile or state.devices)
             view = ShopperView(
@@ -204,11 +207,14 @@ class Firer:
 
         shoppers = self._read(firings, now)
         firings, shoppers = _drop_unknown(firings, shoppers)
+        for f in firings:
+            if f.before:  # an earlier try queued its message; what it decided stands
+                f.action = "duplicate"
         index = self._index.index if self._index is not None else None
         pools = self._pools(firings, shoppers, index, now)
         chosen, facts = self._choose(firings, pools, index)
         for f, shopper, pool, candidates in zip(firings, shoppers, pools, chosen, strict=True):
-            if f.action:  # settled: the condition no longer holds, or an error
+            if f.action:  # settled: a repeat, the condition no longer holds, or an error
                 continue
             f.decision["candidates"] = [c.as_dict() for c in candidates]
             if index is not None:
@@ -242,6 +248,8 @@ class Firer:
             return live[0]
 
         def pool(f: _Firing, shopper: _Shopper) -> Pool | None:
+            if f.action:  # a repeat
+                return None
             kind = KINDS[f.rule.kind]
             own_items, why_not = kind.holds_at_fire(
                 f.rule, f.job.trigger_ts, f.job.items, shopper.state
@@ -390,34 +398,29 @@ class Firer:
     def _write(self, firings: Sequence[_Firing], now: float, owner: str) -> None:
         """Create the messages (once per id), then record every decision, count it, park
         deferrals, and hand the messages to delivery (which notes their items for
-        attribution, when sent or held out)."""
+        attribution, when sent or held out). A repeat whose message is still queued goes
+        to delivery again: the try that queued it may have died before handing it on."""
         sends = [f for f in firings if f.record is not None]
-        existing = self._outbox.create_many([f.record for f in sends if f.record is not None])
+        created = self._outbox.create_many([f.record for f in sends if f.record is not None])
+        for f, (new, before, _) in zip(sends, created, strict=True):
+            if not new:  # queued by a concurrent try since this one read its state
+                f.action, f.before = "duplicate", before
+        repeats = [f for f in firings if f.action == "duplicate" and f.before == "queued"]
+        self._resume(repeats)
         deliver: list[str] = []
         stored: dict[str, MessageRecord] = {}
         writes = self._client.pipeline(transaction=False)
-        unsettled = [f for f, (created, before, _) in zip(sends, existing, strict=True)
-                     if not created and before == "queued"]  # fmt: skip
-        unrecorded = self._unrecorded(unsettled)
-        for f, (created, before, stored_now) in zip(sends, existing, strict=True):
-            assert f.record is not None
-            if created or f.mid in unrecorded:
+        for f, (new, _, stored_now) in zip(sends, created, strict=True):
+            if new and f.record is not None:
                 self._outbox.mark_queued(f.record, writes)
                 deliver.append(f.mid)
                 if stored_now:
                     stored[f.mid] = f.record
-                f.decision["message"] = {
-                    "title": f.record.title,
-                    "body": f.record.body,
-                    "items": f.record.items,
-                    "cell": f.record.cell,
-                    "coupon": f.record.coupon,
-                }
-            else:
-                f.action = "duplicate"
-                if before == "queued":  # its delivery may have been lost with a crash
-                    self._outbox.mark_queued(f.record, writes)
-                    deliver.append(f.mid)
+                f.decision["message"] = _message_summary(f.record)
+        for f in repeats:
+            if f.record is not None:
+                self._outbox.mark_queued(f.record, writes)
+                deliver.append(f.mid)
         stats: Counter[tuple[str, str]] = Counter()  # (rule, field): one HINCRBY a batch
         decided: Counter[str] = Counter()
         for f in firings:
@@ -434,6 +437,23 @@ class Firer:
         writes.execute()
         if deliver:
             self._deliver(deliver, owner, stored)
+
+    def _resume(self, repeats: Sequence[_Firing]) -> None:
+        """Load the messages of `repeats` (still queued by an earlier try) and settle as
+        queued, with the stored message, those whose decision the shopper's audit lacks:
+        that try died between creating the message and recording its decision. The rest
+        stay duplicates. Two reads, only on this rare path."""
+        if not repeats:
+            return
+        loaded = self._outbox.load_many([f.mid for f in repeats])
+        unrecorded = self._unrecorded(repeats)
+        for f, (record, _) in zip(repeats, loaded, strict=True):
+            f.record = record
+            if record is not None and f.mid in unrecorded:
+                f.action, f.reason = "queued", ""
+                f.step = "holdout" if record.cell == "holdout" else "all_passed"
+                f.decision["message"] = _message_summary(record)
+                f.decision["resumed"] = True  # decided by the try that died; policy not re-run
 
     def _unrecorded(self, firings: Sequence[_Firing]) -> set[str]:
         """The message ids of `firings` (messages that exist, still queued) whose decision
@@ -455,6 +475,14 @@ class Firer:
             self._delayed.schedule(
                 Job(f"defer:{f.mid}", FIRE, f.job.kwargs()), f.defer_until, pipe=writes
             )
+
+
+def _message_summary(record: MessageRecord) -> MessageSummary:
+    """What the shopper's audit keeps of a queued message."""
+    return MessageSummary(
+        title=record.title, body=record.body, items=record.items, cell=record.cell,
+        coupon=record.coupon,
+    )  # fmt: skip
 
 
 def _lost_its_own_items(rule: Rule, pool: Pool | None, chosen: Sequence[Candidate]) -> bool:

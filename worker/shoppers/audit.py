@@ -42,8 +42,8 @@ class MessageSummary(TypedDict):
 class Decision(TypedDict, total=False):
     """What firing decided for one job: kept on the shopper (newest first) and returned
     by `Firer.fire_many`. A job whose rule is disabled (`dropped`) or that repeats an
-    earlier one in its batch (`duplicate`) carries only `action` and `reason` or
-    `message_id`."""
+    earlier one (`duplicate`: in its batch, or a message an earlier try queued)
+    carries only `action` and `reason` or `message_id`."""
 
     at: float
     rule: str
@@ -56,6 +56,7 @@ class Decision(TypedDict, total=False):
     reason: str
     step: str  # what settled it: a policy step, or condition, recommend, compose, error
     message: MessageSummary  # when queued
+    resumed: bool  # queued by a try that died before recording; this one recorded it
     coupon: dict[str, Any]  # the rule's coupon: `IssuedCoupon.as_dict()`, or {pool, refused}
     delivery: dict[str, Any]  # added by the user view: state, attempts, outcome
 
