@@ -16,7 +16,7 @@ every shopper. The weights were chosen on a validation split (see docs/indexing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from indexing.events import EventLog
 from indexing.factors import FoldIn
-from indexing.knn import knn_scores, knn_scores_at
+from indexing.knn import knn_scores, knn_scores_at, knn_scores_many
 from indexing.matrix import SECONDS_PER_DAY, Weighting, event_weights
 
 __all__ = ["Blend", "BlendWeights", "recent_item_weights", "shopper_histories"]
@@ -103,6 +103,41 @@ class Blend:
             if top > 0:
                 total += bw.knn * (knn / top)
         return total.astype(np.float32)
+
+    def score_many(
+        self,
+        histories: Sequence[tuple[npt.NDArray[np.intp], npt.NDArray[np.floating]]],
+        blend: BlendWeights | None = None,
+    ) -> npt.NDArray[np.float64]:
+        """Float64 (len(histories), n_items): `score(rows, weights, None)` of every item
+        for each shopper (rows, weights), computed as matrix products for the batch; each
+        row as `score` gives it, rounded to float32 likewise, up to the rounding of the
+        batched products."""
+        bw = blend or self.weights
+        n_items = self.popularity.shape[0]
+        total = np.zeros((len(histories), n_items), dtype=np.float64)
+        if bw.pop:
+            total += bw.pop * self.popularity
+        live = [n for n, (rows, _) in enumerate(histories) if rows.shape[0]]
+        if live:
+            width = max(histories[n][0].shape[0] for n in live)
+            rows = np.zeros((len(live), width), dtype=np.intp)
+            weights = np.zeros((len(live), width), dtype=np.float64)
+            for r, n in enumerate(live):
+                h_rows, h_weights = histories[n]
+                rows[r, : h_rows.shape[0]] = h_rows
+                weights[r, : h_rows.shape[0]] = h_weights
+            # the terms are added in `score`'s order, so each row rounds as it does
+            if bw.mf:
+                u = self.fold_in.batch(rows, weights).astype(np.float32)
+                mf = u @ self.item_factors.T
+                top = np.abs(mf).max(axis=1, keepdims=True)
+                total[live] += bw.mf * np.divide(mf, top, out=np.zeros_like(mf), where=top > 0)
+            if bw.knn:
+                knn = knn_scores_many(self.similarity, rows, weights)
+                top = knn.max(axis=1, keepdims=True)
+                total[live] += bw.knn * np.divide(knn, top, out=np.zeros_like(knn), where=top > 0)
+        return total.astype(np.float32).astype(np.float64)
 
 
 def shopper_histories(

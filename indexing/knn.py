@@ -104,6 +104,21 @@ def knn_scores(
     return out
 
 
+def knn_scores_many(
+    sim: sp.csr_matrix, rows: npt.NDArray[np.intp], weights: npt.NDArray[np.floating]
+) -> npt.NDArray[np.float64]:
+    """Float64 (n, n_items): `knn_scores(sim, rows[i], weights[i], np.float64)` for each
+    row i of `rows` / `weights` (both (n, L), padded with weight 0), summed in one step."""
+    w = np.asarray(weights, dtype=np.float64)
+    on = w != 0
+    neighbours = sim[np.asarray(rows)[on]]  # one CSR row per history entry
+    per_entry = np.diff(neighbours.indptr)
+    owner = np.repeat(np.nonzero(on)[0], per_entry)
+    values = np.repeat(w[on], per_entry) * neighbours.data.astype(np.float64)
+    shape = (rows.shape[0], sim.shape[1])
+    return np.asarray(sp.coo_matrix((values, (owner, neighbours.indices)), shape=shape).toarray())
+
+
 def knn_scores_at(
     sim: sp.csr_matrix,
     rows: npt.NDArray[np.intp],

@@ -270,6 +270,42 @@ class LoadedIndex:
                 out[pos] = merge(out[pos], more, k)
         return out
 
+    def similar_many(
+        self, queries: Sequence[tuple[Sequence[str], Collection[str]]], k: Sequence[int]
+    ) -> list[list[Scored]]:
+        """`similar(item_ids, k, exclude)` for each query (item ids, exclude) with its k:
+        one search for the whole batch (the firings of a `track_batch`), the exclusions
+        applied per query, each answer as `similar` gives it. With an overlay each query
+        goes through `similar`."""
+        if len(self._overlay) or len(queries) < 2:
+            return [
+                self.similar(list(items), k=n, exclude=ex)
+                for (items, ex), n in zip(queries, k, strict=True)
+            ]
+        get = self._row.get
+        own = [[get(i) for i in item_ids] for item_ids, _ in queries]
+        q_rows = [r for rows in own for r in rows if r is not None]
+        out: list[list[Scored]] = [[[] for _ in item_ids] for item_ids, _ in queries]
+        if not q_rows:
+            return out
+        banned = [set(self.rows(ex).tolist()) if ex else set() for _, ex in queries]
+        fetch = max(n for n in k) + 1 + max(len(b) for b in banned)
+        scores, rows = self.neighbours.search(self._factors[q_rows], fetch)
+        scores *= self._inv_norms[q_rows][:, None]
+        answers = zip(scores.tolist(), rows.tolist(), strict=True)
+        ids = self.item_ids
+        for n, (query_rows, ban) in enumerate(zip(own, banned, strict=True)):
+            for pos, row in enumerate(query_rows):
+                if row is None:
+                    continue
+                srow, rrow = next(answers)
+                out[n][pos] = [
+                    (ids[r], s)
+                    for r, s in zip(rrow, srow, strict=True)
+                    if r >= 0 and r != row and r not in ban
+                ][: k[n]]
+        return out
+
     # --- shoppers -----------------------------------------------------------------------
     @property
     def history_weighting(self) -> Weighting:
@@ -399,6 +435,34 @@ class LoadedIndex:
             return top
         ours = self._overlay_banned(over, [*item_ids, *exclude])
         return merge(top, over.best(extra, k, ours), k)
+
+    def recommend_many(
+        self,
+        histories: Sequence[tuple[Sequence[str], Sequence[float] | None]],
+        k: Sequence[int],
+        excludes: Sequence[Collection[str]],
+    ) -> list[Scored]:
+        """`recommend(item_ids, weights, k, exclude)` for each shopper (history, its k and
+        exclude): a catalog scored in full without an overlay is scored for the whole
+        batch as one matrix (`Blend.score_many`), each answer as `recommend` gives it up
+        to the float rounding of a batched product; otherwise each goes through
+        `recommend`."""
+        n = len(self.item_ids)
+        if len(self._overlay) or n > FULL_SCORE_MAX_ITEMS or len(histories) < 2:
+            return [
+                self.recommend(items, w, k=m, exclude=ex)
+                for (items, w), m, ex in zip(histories, k, excludes, strict=True)
+            ]
+        known = [self._known(items, w) for items, w in histories]
+        scores = self.blend.score_many(known)
+        out: list[Scored] = []
+        for (rows, _), m, ex, s in zip(known, k, excludes, scores, strict=True):
+            banned = set(rows.tolist()) | set(self.rows(ex).tolist()) | self._blocked
+            if banned:  # below every score: left out as `recommend` leaves them out
+                s[list(banned)] = -np.inf
+            top = top_indices(s, min(m, n - len(banned)))
+            out.append(list(zip(self._ids[top].tolist(), s[top].tolist(), strict=True)))
+        return out
 
     def _with_overlay(
         self,

@@ -199,6 +199,58 @@ def test_scoring_every_item_equals_scoring_them_as_candidates(index: LoadedIndex
     )
 
 
+Shoppers = list[tuple[list[str], list[float], set[str]]]
+
+
+def _shoppers(index: LoadedIndex, n: int, seed: int) -> Shoppers:
+    """Random histories (some empty, some with unknown ids), weights and exclusions."""
+    rng = np.random.default_rng(seed)
+    ids = list(index.item_ids)
+    out = []
+    for s in range(n):
+        history = [ids[i] for i in rng.choice(len(ids), size=s % 7, replace=False)]
+        if s % 5 == 3:
+            history.append("not-an-item")
+        weights = rng.uniform(0.1, 5.0, size=len(history)).round(3).tolist()
+        exclude = {ids[i] for i in rng.choice(len(ids), size=s % 4, replace=False)}
+        out.append((history, weights, exclude))
+    return out
+
+
+def test_recommending_for_a_batch_answers_what_each_shopper_gets_alone(
+    index: LoadedIndex,
+) -> None:
+    """The batch of a `track_batch` is scored as one matrix: the same items in the same
+    order as one `recommend` per shopper, scores equal to float32 rounding; blocked items
+    stay out of both."""
+    index.block(["b1-0", "b2-3"])
+    try:
+        shoppers = _shoppers(index, 40, seed=7)
+        ks = [3 + n % 9 for n in range(len(shoppers))]
+        batch = index.recommend_many(
+            [(h, w) for h, w, _ in shoppers], ks, [ex for _, _, ex in shoppers]
+        )
+        for (history, weights, exclude), k, got in zip(shoppers, ks, batch, strict=True):
+            alone = index.recommend(history, weights, k=k, exclude=exclude)
+            assert [i for i, _ in got] == [i for i, _ in alone]
+            assert np.allclose([s for _, s in got], [s for _, s in alone], rtol=1e-6, atol=1e-7)
+            assert not {i for i, _ in got} & {"b1-0", "b2-3", *exclude, *history}
+    finally:
+        index.unblock(["b1-0", "b2-3"])
+
+
+def test_neighbours_for_a_batch_answer_what_each_query_gets_alone(index: LoadedIndex) -> None:
+    shoppers = _shoppers(index, 30, seed=11)
+    queries = [(history[:2], exclude) for history, _, exclude in shoppers]
+    ks = [2 + n % 6 for n in range(len(queries))]
+    batch = index.similar_many(queries, ks)
+    for (items, exclude), k, got in zip(queries, ks, batch, strict=True):
+        alone = index.similar(items, k=k, exclude=exclude)
+        assert [[i for i, _ in per] for per in got] == [[i for i, _ in per] for per in alone]
+        for per_got, per_alone in zip(got, alone, strict=True):
+            assert np.allclose([s for _, s in per_got], [s for _, s in per_alone], rtol=1e-6)
+
+
 def test_the_evaluation_scores_the_loaded_index_where_a_large_catalog_is_served(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -30,7 +30,15 @@ from worker.coupons.reminders import EXTRA_CODE
 from worker.delivery.outbox import MessageRecord, Outbox, message_id
 from worker.firing.compose import Composer
 from worker.firing.index_holder import IndexHolder
-from worker.firing.recommend import Candidate, Pool, ShopperView, candidate_pool, choose
+from worker.firing.recommend import (
+    Candidate,
+    Pool,
+    PoolRequest,
+    ShopperView,
+    candidate_pool,
+    candidate_pools,
+    choose,
+)
 from worker.policy.contact import ContactPolicy, PolicyReads
 from worker.policy.jobs import FireJob
 from worker.policy.kinds import FIRE_READS, KINDS
@@ -247,7 +255,7 @@ class Firer:
                 live.append(self._state.trending_items(now, 24, 4 * most))
             return live[0]
 
-        def pool(f: _Firing, shopper: _Shopper) -> Pool | None:
+        def request(f: _Firing, shopper: _Shopper) -> PoolRequest | None:
             if f.action:  # a repeat
                 return None
             kind = KINDS[f.rule.kind]
@@ -260,17 +268,22 @@ class Firer:
             if why_not:
                 f.action, f.reason, f.step = "suppress", f"condition: {why_not}", "condition"
                 return None
-            return candidate_pool(
-                index,
-                shopper.view,
-                k=f.rule.items,
-                now=now,
-                trigger_items=own_items,
-                allow_cart=kind.offers_cart,
-                trending=trending,
-            )
+            return PoolRequest(shopper.view, f.rule.items, own_items, kind.offers_cart)
 
-        return [_isolated(f, pool, f, s) for f, s in zip(firings, shoppers, strict=True)]
+        asked = [_isolated(f, request, f, s) for f, s in zip(firings, shoppers, strict=True)]
+        wanted = [(f, r) for f, r in zip(firings, asked, strict=True) if r is not None]
+        made: list[Pool | None]
+        try:
+            made = list(candidate_pools(index, [r for _, r in wanted], now=now, trending=trending))
+        except Exception:  # one firing's bad input: find it, the others go on
+            made = [
+                _isolated(f, candidate_pool, index, r.shopper, k=r.k, now=now,
+                          trigger_items=r.trigger_items, allow_cart=r.allow_cart,
+                          trending=trending)
+                for f, r in wanted
+            ]  # fmt: skip
+        pools = {id(f): p for (f, _), p in zip(wanted, made, strict=True)}
+        return [pools.get(id(f)) for f in firings]
 
     def _choose(
         self, firings: Sequence[_Firing], pools: Sequence[Pool | None], index: LoadedIndex | None

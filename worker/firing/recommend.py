@@ -110,6 +110,17 @@ class Pool:
         return list(dict.fromkeys([*self.reason_items(), *(c.item_id for c in self.candidates)]))
 
 
+@dataclasses.dataclass(frozen=True)
+class PoolRequest:
+    """One shopper's ask of `candidate_pools`: `k` items to fill after filtering,
+    neighbours of `trigger_items`, the cart allowed only for rules about it."""
+
+    shopper: ShopperView
+    k: int
+    trigger_items: Sequence[str] = ()
+    allow_cart: bool = False
+
+
 def candidate_pool(
     index: LoadedIndex | None,
     shopper: ShopperView,
@@ -120,43 +131,79 @@ def candidate_pool(
     allow_cart: bool = False,
     trending: Callable[[], Sequence[tuple[str, float]]] = tuple,
 ) -> Pool:
-    """The served model's items for the shopper's recent events and the FAISS neighbours
-    of the trigger items, merged: enough to fill `k` after filtering. A shopper none of
-    whose recent items the index knows (new, or only new items) gets what is trending now
-    (`trending()`: the live counters, best first) instead of the model's build-time
-    popularity, as does every shopper when there is no index."""
-    banned = set(shopper.purchased)
-    if not allow_cart:
-        banned |= shopper.cart
-    exclude = banned | set(trigger_items)
-    pool: list[Candidate] = []
-    history: list[str] = []
-    cold = True
+    """`candidate_pools` for one shopper."""
+    [pool] = candidate_pools(
+        index, [PoolRequest(shopper, k, trigger_items, allow_cart)], now=now, trending=trending
+    )
+    return pool
+
+
+def candidate_pools(
+    index: LoadedIndex | None,
+    requests: Sequence[PoolRequest],
+    *,
+    now: float,
+    trending: Callable[[], Sequence[tuple[str, float]]] = tuple,
+) -> list[Pool]:
+    """Per request, the served model's items for the shopper's recent events and the FAISS
+    neighbours of the trigger items, merged: enough to fill `k` after filtering. A shopper
+    none of whose recent items the index knows (new, or only new items) gets what is
+    trending now (`trending()`: the live counters, best first) instead of the model's
+    build-time popularity, as does every shopper when there is no index. The index is
+    asked once for the whole batch (`recommend_many`, `similar_many`)."""
+    banned: list[set[str]] = []
+    for r in requests:
+        b = set(r.shopper.purchased)
+        banned.append(b if r.allow_cart else b | r.shopper.cart)
+    excludes = [b | set(r.trigger_items) for r, b in zip(requests, banned, strict=True)]
+    overs = [4 * r.k + len(b) for r, b in zip(requests, banned, strict=True)]
+    pools: list[list[Candidate]] = [[] for _ in requests]
+    histories: list[list[str]] = [[] for _ in requests]
+    cold = [True] * len(requests)
     if index is not None:
-        # the latest events with an item, newest first, as many as the model was evaluated
-        # with (the offline log has no event without an item)
-        events = [
-            (r["item_id"], r["type"], float(r["ts"])) for r in shopper.recent if r.get("item_id")
-        ][: index.history_events]
-        history, weights = recent_item_weights(
-            events, now, index.history_weighting, index.history_items
+        asks: list[int] = []  # the requests the model scores
+        weighted: list[tuple[list[str], list[float]]] = []
+        for n, r in enumerate(requests):
+            # the latest events with an item, newest first, as many as the model was
+            # evaluated with (the offline log has no event without an item)
+            events = [
+                (e["item_id"], e["type"], float(e["ts"]))
+                for e in r.shopper.recent
+                if e.get("item_id")
+            ][: index.history_events]
+            history, weights = recent_item_weights(
+                events, now, index.history_weighting, index.history_items
+            )
+            histories[n] = history
+            if any(index.is_built(h) for h in history):  # an overlay item does not fold in
+                asks.append(n)
+                weighted.append((history, weights))
+                cold[n] = False
+        recommended = index.recommend_many(
+            weighted, [overs[n] for n in asks], [excludes[n] for n in asks]
         )
-        over = 4 * k + len(banned)
-        if any(index.is_built(h) for h in history):  # an overlay item does not fold in
-            for item, score in index.recommend(history, weights, k=over, exclude=exclude):
-                pool.append(Candidate(item, score, "", "model"))
-            cold = False
-        for similar in index.similar(list(trigger_items), k=over, exclude=exclude):
-            for item, score in similar:
-                pool.append(Candidate(item, score, "", "neighbour"))
-    if cold:
-        for item, score in trending()[: 4 * k]:
-            pool.append(Candidate(item, score, POPULAR, "trending"))
-    did: dict[str, str] = {}
-    for r in shopper.recent:  # newest first: the first entry per item is the latest
-        if r.get("item_id"):
-            did.setdefault(r["item_id"], r["type"])
-    return Pool(_merge(pool), history, frozenset(banned), tuple(trigger_items), did)
+        for n, scored in zip(asks, recommended, strict=True):
+            pools[n] += [Candidate(item, score, "", "model") for item, score in scored]
+        neighbours = index.similar_many(
+            [(r.trigger_items, ex) for r, ex in zip(requests, excludes, strict=True)], overs
+        )
+        for n, per_trigger in enumerate(neighbours):
+            for similar in per_trigger:
+                pools[n] += [Candidate(item, score, "", "neighbour") for item, score in similar]
+    out = []
+    for n, r in enumerate(requests):
+        if cold[n]:
+            for item, score in trending()[: 4 * r.k]:
+                pools[n].append(Candidate(item, score, POPULAR, "trending"))
+        did: dict[str, str] = {}
+        for e in r.shopper.recent:  # newest first: the first entry per item is the latest
+            if e.get("item_id"):
+                did.setdefault(e["item_id"], e["type"])
+        pool = Pool(
+            _merge(pools[n]), histories[n], frozenset(banned[n]), tuple(r.trigger_items), did
+        )
+        out.append(pool)
+    return out
 
 
 def choose(
