@@ -15,6 +15,7 @@ Filters (formatting for the requested locale, exposed as ``locale`` in templates
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = ["TemplateSet", "compose", "locale_chain", "normalize_locale"]
 _PLAIN = (str, int, float, bool, Decimal, dt.date, dt.datetime, type(None))
 
 
+@functools.lru_cache(maxsize=1024)  # Babel's parse costs a few µs; every message asks twice
 def normalize_locale(locale: str) -> str:
     """``"pt-br"`` -> ``"pt_BR"``; unknown or malformed locales -> ``"en"``."""
     try:

@@ -110,7 +110,7 @@ class ShopperReads:
         if has("profile"):
             reads.append((k.profile, ("hash",)))
         if has("recent"):
-            reads.append((k.recent, ("list",)))
+            reads.append((k.recent, ("json_list",)))
         if has("cart"):
             reads.append((k.cart_added, ("zset",)))
         if has("cart_quantities"):
@@ -144,7 +144,7 @@ class ShopperReads:
         if has("profile"):
             values["profile"] = _pairs(next(parts))
         if has("recent"):
-            values["recent"] = [json.loads(row) for row in next(parts)]
+            values["recent"] = json.loads(next(parts))
         if has("cart"):
             values["cart_added"] = _scored(next(parts))
         if has("cart_quantities"):

@@ -2,19 +2,21 @@
 -- one command: a pipeline of a dozen small reads costs the client about three times the
 -- CPU of one call that returns the same replies. Reads only.
 -- KEYS: one key per read, in order (all in the shopper's hash slot).
--- ARGV: per key, the read to make: 'hash' (HGETALL), 'list' (LRANGE all), 'zset' (ZRANGE
---       all WITHSCORES), 'zset_desc' (ZREVRANGE all WITHSCORES), 'zset_since' followed by
---       the minimum score (ZRANGEBYSCORE min +inf WITHSCORES), 'fields' followed by a
---       count n and n fields (HMGET).
--- Returns one reply per key, in order, as the commands return them (flat pairs).
+-- ARGV: per key, the read to make: 'hash' (HGETALL), 'json_list' (LRANGE all of a list
+--       of JSON texts, returned as one JSON array text: one parse for the client instead
+--       of one per entry), 'zset' (ZRANGE all WITHSCORES), 'zset_desc' (ZREVRANGE all
+--       WITHSCORES), 'zset_since' followed by the minimum score (ZRANGEBYSCORE min +inf
+--       WITHSCORES), 'fields' followed by a count n and n fields (HMGET).
+-- Returns one reply per key, in order, as the commands return them (flat pairs), but
+-- 'json_list' as one text.
 local out, a = {}, 1
 for i = 1, #KEYS do
   local key, op = KEYS[i], ARGV[a]
   a = a + 1
   if op == 'hash' then
     out[i] = redis.call('HGETALL', key)
-  elseif op == 'list' then
-    out[i] = redis.call('LRANGE', key, 0, -1)
+  elseif op == 'json_list' then
+    out[i] = '[' .. table.concat(redis.call('LRANGE', key, 0, -1), ',') .. ']'
   elseif op == 'zset' then
     out[i] = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
   elseif op == 'zset_desc' then
