@@ -3,7 +3,7 @@ and the fan-out rate of a real run to the local gateways beside the no-op Celery
 and the `track_batch` rate, measured in the same run.
 
     python bench/campaign.py --shoppers 20000 [--redis-url redis://…]
-        [--fanout 5000] [--json bench/out/campaign.json]
+        [--fanout 5000] [--fanout-rate 100 ...] [--json bench/out/campaign.json]
 
 Writes `--shoppers` shoppers straight into Redis (pipelined): profile (events, orders,
 money, last event and purchase), a recent purchase, affinity over 12 categories,
@@ -19,7 +19,9 @@ shopper over all the state written (meaningful on a Redis of its own).
 bench/realtime.py (Online Retail index, local gateways in their own process, worker nodes
 of `--layout`): a campaign run (no rate limit) to N shoppers with FCM devices, sent by a
 real scheduler and workers: messages/s at the gateway between the 10% and 90% receipts;
-then `realtime.measure_noop` and `realtime.measure_saturation` (batched) on the same nodes.
+the same for a run with each `--fanout-rate R` as its `rate_per_s` (N fresh shoppers
+each: does the run hold the rate?); then `realtime.measure_noop` and
+`realtime.measure_saturation` (batched) on the same nodes.
 Prints a table and writes JSON. Uses its own key prefix and deletes it afterwards.
 """
 
@@ -32,6 +34,7 @@ import random
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +94,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes of the pooled dry run")  # fmt: skip
     parser.add_argument("--fanout", type=int, default=5000, help="shoppers of the real run")
+    parser.add_argument("--fanout-rate", type=float, action="append", default=[],
+                        help="also run the campaign with this rate_per_s (repeatable)")  # fmt: skip
     parser.add_argument("--layout", default="activity+push+maintenance:2",
                         help="worker nodes, as bench/realtime.py --layouts")  # fmt: skip
     parser.add_argument("--profile", type=Path,
@@ -162,7 +167,9 @@ def main() -> None:
         for keys in _batched(client.scan_iter(f"{prefix}:*", count=10_000), 10_000):
             client.unlink(*keys)
     if args.fanout:
-        figures["fanout"] = measure_fanout(args.fanout, args.layout, args.profile)
+        figures["fanout"] = measure_fanout(
+            args.fanout, args.layout, args.profile, rates=args.fanout_rate
+        )
     for name, value in figures.items():
         print(f"{name:28s} {value if isinstance(value, dict) else round(float(value), 3)}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -180,28 +187,38 @@ def index_bytes(rt: Runtime) -> int:
     return total
 
 
-FANOUT_CONFIG = """
+FANOUT_SEGMENT = """
 [[segments]]
 name = "buyers"
 min_orders = 1
-
-[[campaigns]]
-name = "fanout"
-segment = "buyers"
-channels = ["fcm"]
-title = "Picked for you"
-body = "{{ items[0].title }}"
 """
 
 
-def measure_fanout(shoppers: int, layout_spec: str, profile: Path | None) -> dict[str, Any]:
-    """A campaign run to `shoppers` at the local FCM gateway, the no-op ceiling and the
-    batched `track_batch` rate, on one private Redis and the same worker nodes."""
+def fanout_campaign(n: int, rate: float | None) -> str:
+    """The TOML of fan-out campaign `n` (`rate_per_s` = `rate`; None: no limit)."""
+    limit = "" if rate is None else f"rate_per_s = {rate!r}\n"
+    return f"""
+[[campaigns]]
+name = "fanout{n}"
+segment = "buyers"
+channels = ["fcm"]
+title = "Picked for you"
+body = "{{{{ items[0].title }}}}"
+{limit}"""
+
+
+def measure_fanout(
+    shoppers: int, layout_spec: str, profile: Path | None, rates: Sequence[float] = ()
+) -> dict[str, Any]:
+    """A campaign run to `shoppers` at the local FCM gateway (without a rate limit, then
+    once with each of `rates` as its `rate_per_s`, each to fresh shoppers), the no-op
+    ceiling and the batched `track_batch` rate, on one private Redis and the same worker
+    nodes."""
     import tempfile
     import tomllib
 
     import realtime
-    from realtime_stack import Case, Shop, cpu_ms_per_unit, local_gateway, write_bench_config
+    from realtime_stack import Case, Shop, local_gateway, write_bench_config
 
     from tests.redis_server import redis_server
 
@@ -211,38 +228,19 @@ def measure_fanout(shoppers: int, layout_spec: str, profile: Path | None) -> dic
         tmp = Path(tmp_name)
         shop = Shop(tmp)
         config = write_bench_config(tmp / "pushrec.toml")
-        config.write_text(config.read_text() + FANOUT_CONFIG)
-        raw = tomllib.loads(FANOUT_CONFIG)
-        campaign = Campaign.model_validate(raw["campaigns"][0])
+        runs = [None, *rates]
+        extra = FANOUT_SEGMENT + "".join(fanout_campaign(n, r) for n, r in enumerate(runs))
+        config.write_text(config.read_text() + extra)
+        raw = tomllib.loads(extra)
         with local_gateway(tmp / "gateways") as gateway:
-            case = Case(url, shop, gateway, config, tmp, profile=profile)
-            try:
-                tokens = case.seed(shop, shop.shoppers("f", shoppers, 3))
-                rt = Runtime.open(case.rt.settings.model_copy(update={
-                    "segments": tuple(Segment.model_validate(s) for s in raw["segments"]),
-                    "campaigns": (campaign,)}))  # fmt: skip
-                case.start(layout, "fan")
-                started = time.perf_counter()
-                run = rt.runs().start(campaign, time.time(), time.time(), immediate=True)
-                planned_s = time.perf_counter() - started
-                stats = rt.keys.rule_stats(campaign.name)
-                marks: dict[float, dict[str, float]] = {}
-                done = case.wait(lambda: int(rt.redis.hget(stats, "delivered") or 0), shoppers,  # type: ignore[arg-type]
-                                 cpu_marks=marks)  # fmt: skip
-                case.stop()
-                receipts = case.receipts()
-                stamps = [receipts[t] for t in tokens if t in receipts]
-                out["run"] = {
-                    "audience": int(run["audience"]),
-                    "plan_s": planned_s,
-                    "delivered": done,
-                    "messages_per_s": realtime._between(stamps, len(stamps)),
-                    "wall_s": max(stamps) - min(stamps),
-                    "cpu_ms_per_message": cpu_ms_per_unit(marks, 0.8 * shoppers),
-                }
-                rt.close()
-            finally:
-                case.close()
+            for n, rate in enumerate(runs):
+                campaign = Campaign.model_validate(raw["campaigns"][n])
+                case = Case(url, shop, gateway, config, tmp, profile=profile)
+                try:
+                    run = _fanout_run(case, shop, raw, campaign, shoppers, layout, tag=f"f{n}")
+                finally:
+                    case.close()
+                out["run" if rate is None else f"run_at_{rate:g}_per_s"] = run
             args = argparse.Namespace(noop=10_000, saturation_batched=max(5000, shoppers),
                                       batch=100, history=3)  # fmt: skip
             ceilings = {"noop": realtime.measure_noop,
@@ -254,6 +252,45 @@ def measure_fanout(shoppers: int, layout_spec: str, profile: Path | None) -> dic
                 finally:
                     case.close()
     return out
+
+
+def _fanout_run(
+    case: Any, shop: Any, raw: dict[str, Any], campaign: Campaign, shoppers: int, layout: Any,
+    tag: str,
+) -> dict[str, Any]:  # fmt: skip
+    """One campaign run to `shoppers` fresh shoppers, sent by a real scheduler and workers:
+    messages/s at the gateway between the 10% and 90% receipts, and worker CPU a message."""
+    import realtime
+    from realtime_stack import cpu_ms_per_unit
+
+    tokens = case.seed(shop, shop.shoppers(tag, shoppers, 3))
+    rt = Runtime.open(case.rt.settings.model_copy(update={
+        "segments": tuple(Segment.model_validate(s) for s in raw["segments"]),
+        "campaigns": (campaign,)}))  # fmt: skip
+    try:
+        case.start(layout, tag)
+        started = time.perf_counter()
+        run = rt.runs().start(campaign, time.time(), time.time(), immediate=True)
+        planned_s = time.perf_counter() - started
+        stats = rt.keys.rule_stats(campaign.name)
+        marks: dict[float, dict[str, float]] = {}
+        audience = int(run["audience"])
+        done = case.wait(lambda: int(rt.redis.hget(stats, "delivered") or 0), audience,  # type: ignore[arg-type]
+                         cpu_marks=marks)  # fmt: skip
+        case.stop()
+        receipts = case.receipts()
+        stamps = [receipts[t] for t in tokens if t in receipts]
+        return {
+            "rate_per_s": campaign.rate_per_s,
+            "audience": audience,
+            "plan_s": planned_s,
+            "delivered": done,
+            "messages_per_s": realtime._between(stamps, len(stamps)),
+            "wall_s": max(stamps) - min(stamps) if stamps else 0.0,
+            "cpu_ms_per_message": cpu_ms_per_unit(marks, 0.8 * audience),
+        }
+    finally:
+        rt.close()
 
 
 def _batched(items: Any, size: int) -> Any:
