@@ -82,9 +82,11 @@ def write_shoppers(rt: Runtime, count: int, now: float, seed: int = 0) -> None:
         if n % CHUNK == CHUNK - 1:
             pipe.execute()
     pipe.execute()
-    trending = rt.keys.trending_items(int(now // rt.settings.trending_bucket_s))
-    rt.redis.zadd(trending, {f"i{n}": 500 - n for n in range(500)})
-    rt.redis.expire(trending, 3600)
+    bucket = int(now // rt.settings.trending_bucket_s)
+    for n in range(500):  # each item in its shard's bucket, as the event script puts it
+        trending = rt.keys.trending_items(bucket, rt.keys.shard(f"i{n}"))
+        rt.redis.zadd(trending, {f"i{n}": 500 - n})
+        rt.redis.expire(trending, 3600)
 
 
 def main() -> None:

@@ -174,8 +174,10 @@ class Runs:
             return 0
         paced_at = float(current.get("paced_at") or now - 1)  # resumed: a second's worth
         budget = float(UNPACED_PER_TICK)
-        if campaign.rate_per_s is not None:  # a second's worth at least, two at most
-            elapsed = min(max(now - paced_at, 1.0), 2.0)
+        if campaign.rate_per_s is not None:
+            # the time since the last dispatch, however often the scheduler ticks; two
+            # seconds at most, so a scheduler that was away does not catch up in a burst
+            elapsed = min(max(now - paced_at, 0.0), 2.0)
             budget = campaign.rate_per_s * elapsed + float(current.get("carry", 0))
         allowance = int(budget)
         sent = 0
