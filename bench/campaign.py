@@ -271,6 +271,7 @@ def _fanout_run(
         "campaigns": (campaign,)}))  # fmt: skip
     try:
         case.start(layout, tag)
+        _wait_for_workers(case)  # else a paced run's first seconds queue up and then burst
         started = time.perf_counter()
         run = rt.runs().start(campaign, time.time(), time.time(), immediate=True)
         planned_s = time.perf_counter() - started
@@ -293,6 +294,27 @@ def _fanout_run(
         }
     finally:
         rt.close()
+
+
+def _wait_for_workers(case: Any, timeout_s: float = 60.0) -> None:
+    """Until the nodes of `case` run tasks: four no-ops through the campaign's queue."""
+    from celery import Celery
+
+    from worker import contract
+
+    app = Celery("bench-ready", set_as_current=False)
+    app.conf.update(broker_url=contract.celery_url(case.url), task_serializer="json",
+                    broker_transport_options={"global_keyprefix": f"{case.prefix}:"})  # fmt: skip
+    queue = case.queues[contract.TASK_QUEUES[contract.CAMPAIGN_FIRE]]
+    ids = [app.send_task(contract.NOOP, queue=queue, ignore_result=False).id for _ in range(4)]
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not all(case.rt.redis.exists(f"{case.prefix}:celery-task-meta-{i}") for i in ids):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the worker nodes did not start")
+            time.sleep(0.1)
+    finally:
+        app.close()
 
 
 def _batched(items: Any, size: int) -> Any:
