@@ -29,7 +29,15 @@ from worker.replay.config import (
     rules_of,
     write_config,
 )
-from worker.replay.engine import _JOB_SLACK_S, _STEP_S, ReplayPlan, ReplayRun, replay
+from worker.replay.engine import (
+    _JOB_SLACK_S,
+    _STEP_S,
+    ReplayPlan,
+    ReplayRun,
+    Row,
+    _by_shopper,
+    replay,
+)
 from worker.replay.report import write_report
 from worker.replay.results import collect, wilson
 from worker.service.runtime import Runtime
@@ -155,6 +163,22 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_step_with_a_big_order_goes_in_tasks_the_workers_take_whole() -> None:
+    """The full Online Retail replay had 101 lines refused (`oversize_batch`): a shopper
+    with more lines in one step than a task may carry. Tasks stay within the limit, every
+    row goes once, and each shopper's rows keep their order across tasks."""
+    rows = [Row({"event_id": f"big-{n}", "user_id": "big"}, 100.0) for n in range(1_200)]
+    rows += [Row({"event_id": f"s{n}", "user_id": f"u{n % 37}"}, 100.0 + n) for n in range(300)]
+    tasks = _by_shopper(rows, 500)
+    assert max(len(t) for t in tasks) <= 500
+    sent = [r.event["event_id"] for t in tasks for r in t]
+    assert sorted(sent) == sorted(r.event["event_id"] for r in rows)
+    user_of = {r.event["event_id"]: r.event["user_id"] for r in rows}
+    for user in set(user_of.values()):
+        theirs = [e for e in sent if user_of[e] == user]
+        assert theirs == [r.event["event_id"] for r in rows if r.event["user_id"] == user]
 
 
 def test_wilson_intervals_hold_their_rate() -> None:

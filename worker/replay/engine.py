@@ -432,7 +432,7 @@ def _feed_fast(
             step = SimulatedClock(origin=now, real_origin=time.time(), speed=1.0)
             clock_file.write(step)
             run.steps.append(step)
-            for chunk in _by_shopper(ahead[i:j]):
+            for chunk in _by_shopper(ahead[i:j], rt.settings.batch_max_events):
                 client.track_batch([_shifted(r.event, r.ts, shift) for r in chunk])
                 sent = time.time()
                 for r in chunk:
@@ -464,13 +464,15 @@ def _step(rt: Runtime, ahead: list[Row], i: int, due: float, shift: float) -> tu
     return j, target
 
 
-def _by_shopper(rows: list[Row]) -> list[list[Row]]:
+def _by_shopper(rows: list[Row], most: int) -> list[list[Row]]:
     """`rows` in tasks the worker processes can take on at once (two at least): each
-    shopper's events in one task, in time order, so none is applied before an earlier one."""
+    shopper's events in one task, in time order, so none is applied before an earlier one;
+    at most `most` events a task (the workers' `batch_max_events`: they refuse the rest),
+    so a shopper with more in one step (a big order's lines) is split, in order."""
     tasks: list[list[Row]] = [[] for _ in range(max(2, math.ceil(len(rows) / _SEND_CHUNK)))]
     for r in rows:
         tasks[zlib.crc32(str(r.event.get("user_id")).encode()) % len(tasks)].append(r)
-    return [t for t in tasks if t]
+    return [t[start : start + most] for t in tasks for start in range(0, len(t), most)]
 
 
 def _next_due(rt: Runtime) -> float:
