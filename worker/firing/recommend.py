@@ -151,59 +151,72 @@ def candidate_pools(
     trending now (`trending()`: the live counters, best first) instead of the model's
     build-time popularity, as does every shopper when there is no index. The index is
     asked once for the whole batch (`recommend_many`, `similar_many`)."""
-    banned: list[set[str]] = []
-    for r in requests:
-        b = set(r.shopper.purchased)
-        banned.append(b if r.allow_cart else b | r.shopper.cart)
+    banned = [
+        set(r.shopper.purchased) | (set() if r.allow_cart else set(r.shopper.cart))
+        for r in requests
+    ]
     excludes = [b | set(r.trigger_items) for r, b in zip(requests, banned, strict=True)]
     overs = [4 * r.k + len(b) for r, b in zip(requests, banned, strict=True)]
-    pools: list[list[Candidate]] = [[] for _ in requests]
-    histories: list[list[str]] = [[] for _ in requests]
-    cold = [True] * len(requests)
+    found = [_Found() for _ in requests]
     if index is not None:
-        asks: list[int] = []  # the requests the model scores
-        weighted: list[tuple[list[str], list[float]]] = []
-        for n, r in enumerate(requests):
-            # the latest events with an item, newest first, as many as the model was
-            # evaluated with (the offline log has no event without an item)
-            events = [
-                (e["item_id"], e["type"], float(e["ts"]))
-                for e in r.shopper.recent
-                if e.get("item_id")
-            ][: index.history_events]
-            history, weights = recent_item_weights(
-                events, now, index.history_weighting, index.history_items
-            )
-            histories[n] = history
-            if any(index.is_built(h) for h in history):  # an overlay item does not fold in
-                asks.append(n)
-                weighted.append((history, weights))
-                cold[n] = False
-        recommended = index.recommend_many(
-            weighted, [overs[n] for n in asks], [excludes[n] for n in asks]
-        )
-        for n, scored in zip(asks, recommended, strict=True):
-            pools[n] += [Candidate(item, score, "", "model") for item, score in scored]
-        neighbours = index.similar_many(
-            [(r.trigger_items, ex) for r, ex in zip(requests, excludes, strict=True)], overs
-        )
-        for n, per_trigger in enumerate(neighbours):
-            for similar in per_trigger:
-                pools[n] += [Candidate(item, score, "", "neighbour") for item, score in similar]
+        found = _from_index(index, requests, excludes, overs, now)
     out = []
-    for n, r in enumerate(requests):
-        if cold[n]:
-            for item, score in trending()[: 4 * r.k]:
-                pools[n].append(Candidate(item, score, POPULAR, "trending"))
+    for r, b, f in zip(requests, banned, found, strict=True):
+        if f.cold:
+            f.candidates += [Candidate(item, score, POPULAR, "trending")
+                             for item, score in trending()[: 4 * r.k]]  # fmt: skip
         did: dict[str, str] = {}
         for e in r.shopper.recent:  # newest first: the first entry per item is the latest
             if e.get("item_id"):
                 did.setdefault(e["item_id"], e["type"])
-        pool = Pool(
-            _merge(pools[n]), histories[n], frozenset(banned[n]), tuple(r.trigger_items), did
-        )
-        out.append(pool)
+        out.append(Pool(_merge(f.candidates), f.history, frozenset(b), tuple(r.trigger_items), did))
     return out
+
+
+@dataclasses.dataclass
+class _Found:
+    """What the index gave one request."""
+
+    candidates: list[Candidate] = dataclasses.field(default_factory=list)
+    history: list[str] = dataclasses.field(default_factory=list)  # the recent items asked with
+    cold: bool = True  # the model knows none of them: trending fills in
+
+
+def _from_index(
+    index: LoadedIndex,
+    requests: Sequence[PoolRequest],
+    excludes: Sequence[set[str]],
+    overs: Sequence[int],
+    now: float,
+) -> list[_Found]:
+    """Per request, the model's candidates and the neighbours of the trigger items."""
+    found = [_Found() for _ in requests]
+    asks: list[int] = []  # the requests the model scores
+    weighted: list[tuple[list[str], list[float]]] = []
+    for n, r in enumerate(requests):
+        # the latest events with an item, newest first, as many as the model was evaluated
+        # with (the offline log has no event without an item)
+        events = [
+            (e["item_id"], e["type"], float(e["ts"])) for e in r.shopper.recent if e.get("item_id")
+        ][: index.history_events]
+        history, weights = recent_item_weights(
+            events, now, index.history_weighting, index.history_items
+        )
+        found[n].history = history
+        if any(index.is_built(h) for h in history):  # an overlay item does not fold in
+            asks.append(n)
+            weighted.append((history, weights))
+            found[n].cold = False
+    scored = index.recommend_many(weighted, [overs[n] for n in asks], [excludes[n] for n in asks])
+    for n, items in zip(asks, scored, strict=True):
+        found[n].candidates += [Candidate(item, score, "", "model") for item, score in items]
+    neighbours = index.similar_many(
+        [(r.trigger_items, ex) for r, ex in zip(requests, excludes, strict=True)], overs
+    )
+    for f, per_trigger in zip(found, neighbours, strict=True):
+        for similar in per_trigger:
+            f.candidates += [Candidate(item, score, "", "neighbour") for item, score in similar]
+    return found
 
 
 def choose(
