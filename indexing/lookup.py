@@ -399,7 +399,7 @@ class LoadedIndex:
         Every overlay item is scored too (`_with_overlay`) and competes on that score.
         """
         rows, w = self._known(item_ids, weights)
-        banned = set(rows.tolist()) | set(self.rows(exclude).tolist()) | self._blocked
+        banned = self._never(rows, exclude)
         n = len(self.item_ids)
         scored: npt.NDArray[np.intp] | None
         if n <= FULL_SCORE_MAX_ITEMS:
@@ -457,12 +457,17 @@ class LoadedIndex:
         scores = self.blend.score_many(known)
         out: list[Scored] = []
         for (rows, _), m, ex, s in zip(known, k, excludes, scores, strict=True):
-            banned = set(rows.tolist()) | set(self.rows(ex).tolist()) | self._blocked
+            banned = self._never(rows, ex)
             if banned:  # below every score: left out as `recommend` leaves them out
                 s[list(banned)] = -np.inf
             top = top_indices(s, min(m, n - len(banned)))
             out.append(list(zip(self._ids[top].tolist(), s[top].tolist(), strict=True)))
         return out
+
+    def _never(self, rows: npt.NDArray[np.intp], exclude: Collection[str]) -> set[int]:
+        """Built rows a shopper is never recommended: their own recent items (`rows`),
+        `exclude` and the blocked items."""
+        return set(rows.tolist()) | set(self.rows(exclude).tolist()) | self._blocked
 
     def _with_overlay(
         self,
