@@ -32,6 +32,7 @@ from indexing import parse_ts  # noqa: E402
 from worker.replay.config import load_config, write_config  # noqa: E402
 from worker.replay.engine import ReplayPlan, ReplayRun, replay  # noqa: E402
 from worker.replay.results import collect  # noqa: E402
+from worker.replay.stack import interrupts_as_keyboard  # noqa: E402
 from worker.service.runtime import Runtime  # noqa: E402
 
 
@@ -48,7 +49,8 @@ def measure(events: Path, items: Path, work: Path, replay_from: float, budget_s:
         return collect(run, rt)
 
     started = time.time()
-    run, results = replay(plan, collect=collect_timed)
+    with interrupts_as_keyboard():  # a SIGTERM stops the run as Ctrl-C does: no stray process
+        run, results = replay(plan, collect=collect_timed)
     timed["total"] = time.time() - started
     return run, results, timed, started
 

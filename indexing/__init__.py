@@ -45,7 +45,7 @@ from indexing.events import (
     read_events,
     read_events_csv,
 )
-from indexing.experiment import BaselineParams, EvalResult, evaluate_models
+from indexing.experiment import CATEGORY_POPULAR, BaselineParams, EvalResult, evaluate_models
 from indexing.factors import AlsParams, FoldIn, train_als
 from indexing.item_item import ItemItemParams
 from indexing.items import Item, read_items, read_items_csv
@@ -68,6 +68,7 @@ from indexing.stores import ArtifactStore, Fetched, LocalStore, open_store
 from indexing.tuning import TuneGrid, tune
 
 __all__ = [
+    "CATEGORY_POPULAR",
     "DEFAULT_TYPE_WEIGHTS",
     "EVENT_FIELDS",
     "EVENT_TYPES",

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from indexing.attributes import AttributeMeans
 from indexing.baselines import popularity
 from indexing.blend import Blend, BlendWeights
+from indexing.categories import category_codes, category_peers, with_category_peers
 from indexing.errors import EmptyDataError
 from indexing.events import EventLog
 from indexing.factors import AlsParams, FoldIn, train_als
@@ -53,6 +54,9 @@ class ModelParams:
     )
     recent_days: float = 7.0
     blend: BlendWeights = field(default_factory=lambda: BlendWeights(mf=1.0, knn=0.5, pop=1.0))
+    #: how strongly the catalogue's category peers join the item-item weights
+    #: (`indexing.categories`); 0: not at all, as without a catalogue
+    category_strength: float = 0.0
 
     @property
     def history_weighting(self) -> Weighting:
@@ -68,6 +72,7 @@ class ModelParams:
             "item_item": self.item_item.as_dict(),
             "recent_days": self.recent_days,
             "blend": self.blend.as_dict(),
+            "category_strength": self.category_strength,
         }
 
     @classmethod
@@ -96,6 +101,7 @@ class ModelParams:
             item_item=ItemItemParams(**item_item),
             recent_days=float(str(data.get("recent_days", defaults.recent_days))),
             blend=BlendWeights(**blend),
+            category_strength=float(str(data.get("category_strength", 0.0))),
         )
 
 
@@ -214,7 +220,8 @@ def train_model(
 
     similarity: `item_item(warm pattern, params.item_item)` when already computed (tuning
     shares it across settings: it depends only on which cells are positive, not on the
-    half-life). Raises `EmptyDataError` when no item has a positive weight.
+    half-life); the catalogue's category peers are added to it at
+    `params.category_strength`. Raises `EmptyDataError` when no item has a positive weight.
     """
     as_of = float(log.ts.max()) if as_of is None else as_of
     raw = interaction_matrix(log, params.weighting, as_of=as_of)
@@ -228,6 +235,10 @@ def train_model(
     n_warm, n_cold = len(warm_ids), len(cold_ids)
     n = n_warm + n_cold
     sim = item_item(raw, params.item_item) if similarity is None else similarity
+    if params.category_strength > 0 and catalog:
+        buyers = recent_popularity(log, warm_cols, -np.inf)
+        peers = category_peers(category_codes(warm_ids, catalog), buyers, params.item_item.top_m)
+        sim = with_category_peers(sim, peers, params.category_strength)
     sim = sp.csr_matrix(
         (sim.data, sim.indices, np.concatenate([sim.indptr, np.full(n_cold, sim.indptr[-1])])),
         shape=(n, n),

@@ -95,7 +95,7 @@ def build_version(
     started = time.perf_counter()
     stage(STAGES[0])
     try:
-        result = evaluate_models(log, params, BaselineParams())
+        result = evaluate_models(log, params, BaselineParams(), catalog=catalog)
         evaluation = result.as_dict()
         evaluation["served"] = result.metrics[SERVED]
     except EmptyDataError as exc:

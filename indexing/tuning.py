@@ -11,9 +11,11 @@ recall@10: one split alone let noise and the season of one period decide. Steps:
    (cosine and BM25 KNN over M, RP3beta over alpha, beta and M, EASE over λ), each scored as a
    ranker; plain ALS over factors x regularisation x alpha.
 2. The served blend. Its signals come from the best ALS settings (`als_finalists`), two
-   matrix half-lives, the best item-item models of the best `blend_kinds` kinds, and two
-   history half-lives; every combination is a *signal set*, and each signal set is scored
-   under every blend weighting and popularity window at once (`indexing.blend_search`).
+   matrix half-lives, the best item-item models of the best `blend_kinds` kinds, with the
+   catalogue's category peers at each of `category_strengths` (when a catalogue with
+   categories is given), and two history half-lives; every combination is a *signal set*,
+   and each signal set is scored under every blend weighting and popularity window at once
+   (`indexing.blend_search`).
    Weights run over ratios down to zero for each signal, so a shop where one signal is
    useless (MF on a grocery shop where popularity dominates) can switch it off.
 3. Successive halving over signal sets: all of them on a `screen_share` sample of the
@@ -45,6 +47,7 @@ from indexing.baselines import (
 )
 from indexing.blend import BlendWeights, shopper_histories
 from indexing.blend_search import BlendCase, blend_recalls, ranker_recall
+from indexing.categories import category_codes, category_peers, with_category_peers
 from indexing.errors import EmptyDataError
 from indexing.evaluate import DiscoveryTask, discovery_task
 from indexing.events import EventLog
@@ -58,6 +61,7 @@ from indexing.item_item import (
     item_item,
     truncate_rows,
 )
+from indexing.items import Item
 from indexing.matrix import SECONDS_PER_DAY, Weighting, interaction_matrix
 from indexing.model import (
     ModelParams,
@@ -96,6 +100,7 @@ class TuneGrid:
     ease_max_items: int = EASE_MAX_ITEMS
     matrix_half_life_days: Sequence[float | None] = (None, 60.0)
     history_half_life_days: Sequence[float | None] = (None, 90.0)
+    category_strengths: Sequence[float] = (0.0, 0.25, 1.0)
     validation_fractions: Sequence[float] = (0.8, 0.9)
     blend_windows: int = 3
     blend_weights: Sequence[BlendWeights] = field(default_factory=default_blend_weights)
@@ -126,9 +131,11 @@ def tune(
     log: EventLog,
     grid: TuneGrid = TuneGrid(),
     *,
+    catalog: Mapping[str, Item] | None = None,
     seed: int = 0,
 ) -> tuple[ModelParams, BaselineParams, dict[str, object]]:
-    """Choose hyperparameters on validation splits of `log` (pass the train period).
+    """Choose hyperparameters on validation splits of `log` (pass the train period);
+    `catalog` gives the items' categories (none: the category peers play no part).
 
     Every setting is scored on each split of `grid.validation_fractions` and chosen by
     its mean recall@10. Returns (model params, baseline params, a report of the search
@@ -185,7 +192,13 @@ def tune(
     windows = sorted(pop_scores, key=lambda d: -pop_scores[d])[: grid.blend_windows]
     kinds = sorted(best_by_kind.values(), key=lambda p: -item_scores[p])[: grid.blend_kinds]
     chosen, blend_report = _search_blend(
-        [f.task for f in folds], grid, ranked_als[: grid.als_finalists], kinds, windows, seed
+        [f.task for f in folds],
+        grid,
+        ranked_als[: grid.als_finalists],
+        kinds,
+        windows,
+        catalog or {},
+        seed,
     )
     timings["blend"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - started
@@ -267,6 +280,7 @@ class _SignalSet:
     matrix_half_life: float | None
     item_item: ItemItemParams
     history_half_life: float | None
+    category_strength: float
 
 
 @dataclass
@@ -280,6 +294,13 @@ class _FoldSignals:
         float | None, Mapping[int, tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]]
     ]
     models: dict[tuple[AlsParams, float | None], TrainedModel]
+    #: per item-item model: the catalogue's category peers at its top-M (empty: none)
+    peers: dict[ItemItemParams, sp.csr_matrix]
+
+    def similarity(self, s: _SignalSet) -> sp.csr_matrix:
+        return with_category_peers(
+            self.sims[s.item_item], self.peers[s.item_item], s.category_strength
+        )
 
 
 def _fold_signals(
@@ -288,6 +309,7 @@ def _fold_signals(
     als_finalists: Sequence[AlsParams],
     kinds: Sequence[ItemItemParams],
     windows: Sequence[float],
+    catalog: Mapping[str, Item],
 ) -> _FoldSignals:
     tr, as_of = task.train, task.split_ts
     defaults = ModelParams()
@@ -299,6 +321,9 @@ def _fold_signals(
     for als, mhl in itertools.product(als_finalists, grid.matrix_half_life_days):
         base = ModelParams(als=als, weighting=Weighting(half_life_days=mhl), item_item=first)
         models[(als, mhl)] = train_model(tr, base, as_of=as_of, similarity=sims[first])
+    # as `train_model` adds them: over the warm rows, by distinct buyers of all time
+    codes = category_codes([tr.item_ids[c] for c in warm.tolist()], catalog)
+    buyers = recent_popularity(tr, warm, -np.inf)
     return _FoldSignals(
         task=task,
         sims=sims,
@@ -314,6 +339,7 @@ def _fold_signals(
             for hl in grid.history_half_life_days
         },
         models=models,
+        peers={p: category_peers(codes, buyers, p.top_m) for p in kinds},
     )
 
 
@@ -323,14 +349,17 @@ def _search_blend(
     als_finalists: Sequence[AlsParams],
     kinds: Sequence[ItemItemParams],
     windows: Sequence[float],
+    catalog: Mapping[str, Item],
     seed: int,
 ) -> tuple[ModelParams, dict[str, object]]:
     served_kinds = [replace(p, top_m=min(p.top_m, grid.blend_top_m_max)) for p in kinds]
-    folds = [_fold_signals(t, grid, als_finalists, served_kinds, windows) for t in tasks]
+    folds = [_fold_signals(t, grid, als_finalists, served_kinds, windows, catalog) for t in tasks]
+    with_peers = all(f.peers[p].nnz for f in folds for p in served_kinds)
+    strengths = grid.category_strengths if with_peers else (0.0,)
     sets = [
-        _SignalSet(als, mhl, p, hhl)
-        for (als, mhl), p, hhl in itertools.product(
-            folds[0].models, served_kinds, grid.history_half_life_days
+        _SignalSet(als, mhl, p, hhl, strength)
+        for (als, mhl), p, hhl, strength in itertools.product(
+            folds[0].models, served_kinds, grid.history_half_life_days, strengths
         )
     ]
 
@@ -341,7 +370,7 @@ def _search_blend(
             model = fold.models[(s.als, s.matrix_half_life)]
             model = replace(
                 model,
-                similarity=fold.sims[s.item_item],
+                similarity=fold.similarity(s),
                 params=replace(model.params, item_item=s.item_item),
             )
             users = fold.task.users
@@ -394,6 +423,7 @@ def _search_blend(
         item_item=s.item_item,
         recent_days=case.window,
         blend=case.weights,
+        category_strength=s.category_strength,
     )
     return chosen, {
         "blend_rounds": rounds,
@@ -415,5 +445,6 @@ def _set_dict(s: _SignalSet, recall: float) -> dict[str, object]:
         "matrix_half_life_days": s.matrix_half_life,
         "item_item": s.item_item.as_dict(),
         "history_half_life_days": s.history_half_life,
+        "category_strength": s.category_strength,
         "best_recall@10": recall,
     }

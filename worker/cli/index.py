@@ -276,7 +276,8 @@ def _describe(params: indexing.ModelParams) -> str:
     return (
         f"blend mf {b.mf:g} + item-item {b.knn:g} + popularity {b.pop:g}; "
         f"ALS {params.als.factors} factors; item-item {params.item_item.label()}; "
-        f"popularity window {params.recent_days:g} d"
+        f"popularity window {params.recent_days:g} d; "
+        f"category peers {params.category_strength:g}"
     )
 
 
@@ -310,7 +311,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         except indexing.MissingDependencyError as exc:
             fail(str(exc))
     log = _read_log(args.events, rejected=args.rejected)
-    _read_items(args.items)  # validated and reported; cold items play no part offline
+    catalog = _read_items(args.items)  # categories; cold items play no part offline
     tune_report: dict[str, object] = {}
     extra: dict[str, object] = {}
     started = time.perf_counter()
@@ -319,10 +320,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if task is None or args.no_tune:
             params, baselines = indexing.ModelParams(), indexing.BaselineParams()
         else:
-            params, baselines, tune_report = indexing.tune(task.train)
+            params, baselines, tune_report = indexing.tune(task.train, catalog=catalog)
         tune_s = time.perf_counter() - started
         mark = time.perf_counter()
-        result = indexing.evaluate_models(log, params, baselines)
+        result = indexing.evaluate_models(log, params, baselines, catalog=catalog)
         result_s = time.perf_counter() - mark
         ncf_s = 0.0
         if task is not None and "ncf" in args.models:
@@ -339,6 +340,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"\nserved recall@10 {served:.4f} = {served / best:.3f} x best baseline "
         f"({name}, {best:.4f}); test users {result.counts['test_users']}"
     )
+    reference = result.metrics.get(indexing.CATEGORY_POPULAR)
+    if reference and reference["recall@10"]:
+        print(
+            f"reference: {served / reference['recall@10']:.3f} x {indexing.CATEGORY_POPULAR} "
+            f"({reference['recall@10']:.4f}, the catalogue's categories alone)"
+        )
     print(f"served model: {_describe(params)}")
     ncf_note = f", ncf (tuning and training) {ncf_s:.0f} s" if ncf_s else ""
     print(f"wall time: tuning {tune_s:.0f} s, evaluation {result_s:.0f} s{ncf_note}")
