@@ -4,7 +4,7 @@
                                            [--json bench/out/eval_time.json]
 
 For each shop: generate it (`bench/shops.py`; Online Retail: the full file or the
-shipped sample, converted), run `pushrec eval --json` in a fresh process, and record the
+shipped sample, converted), run `pushrec eval --items --json` in a fresh process, and record the
 wall time, tuning and evaluation seconds, the served recall@10 and the best baseline's.
 Prints a table and writes JSON; no assertion on time anywhere.
 """
@@ -25,22 +25,34 @@ from retail import retail_csvs
 from shops import SHAPES, generate, write
 
 
-def _events(shop: str, work: Path) -> Path:
+def _csvs(shop: str, work: Path) -> tuple[Path, Path]:
+    """(events, items) CSVs of `shop`."""
     if shop == "online_retail":
-        events, _, source = retail_csvs(work / "or")
+        events, items, source = retail_csvs(work / "or")
         print(f"online_retail: {source}", flush=True)
-        return events
-    events, items = generate(SHAPES[shop], seed=0)
-    write(work / shop, events, items)
-    return work / shop / "events.csv.gz"
+        return events, items
+    rows, item_rows = generate(SHAPES[shop], seed=0)
+    write(work / shop, rows, item_rows)
+    return work / shop / "events.csv.gz", work / shop / "items.csv"
 
 
 def run(shop: str, work: Path) -> dict[str, Any]:
-    events = _events(shop, work)
+    events, items = _csvs(shop, work)
     out = work / f"{shop}.json"
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "worker", "eval", "--events", str(events), "--json", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "eval",
+            "--events",
+            str(events),
+            "--items",
+            str(items),
+            "--json",
+            str(out),
+        ],
         check=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
@@ -58,6 +70,9 @@ def run(shop: str, work: Path) -> dict[str, Any]:
         "best_baseline_recall@10": best,
         "ratio": served / best if best else None,
         "params": result["params"],
+        "category_popular_recall@10": result["metrics"]
+        .get("category_popular", {})
+        .get("recall@10"),
         "tuning_seconds": result["tuning"].get("seconds"),
     }
 

@@ -23,7 +23,11 @@ import scipy.sparse as sp
 
 from indexing.items import Item
 
-__all__ = ["category_codes", "category_peers", "with_category_peers"]
+__all__ = ["PEERS_PER_ITEM", "category_codes", "category_peers", "with_category_peers"]
+
+#: Best sellers kept per category: a top 10 needs few of them, and each one kept is an
+#: entry of every row of its category beside the item-item model's top M.
+PEERS_PER_ITEM = 50
 
 
 def category_codes(item_ids: Sequence[str], catalog: Mapping[str, Item]) -> npt.NDArray[np.intp]:

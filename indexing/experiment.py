@@ -40,7 +40,7 @@ from indexing.baselines import (
     top_k,
 )
 from indexing.blend import Blend, BlendWeights, shopper_histories
-from indexing.categories import category_codes, category_peers
+from indexing.categories import PEERS_PER_ITEM, category_codes, category_peers
 from indexing.evaluate import DiscoveryTask, Metrics, discovery_task, evaluate_rankings
 from indexing.events import EventLog
 from indexing.factors import AlsParams, train_als
@@ -264,12 +264,9 @@ def _baseline_rankings(
         buyers = popularity(tr.users, tr.items, tr.ts, n_items)
         run(
             CATEGORY_POPULAR,
-            lambda: ItemItemRanker(raw, category_peers(categories, buyers, _CATEGORY_TOP_M)),
+            lambda: ItemItemRanker(raw, category_peers(categories, buyers, PEERS_PER_ITEM)),
         )
     return out
-
-
-_CATEGORY_TOP_M = 200  # the widest item-item list the tuning tries
 
 
 def evaluate_models(

@@ -19,7 +19,12 @@ import scipy.sparse as sp
 from indexing.attributes import AttributeMeans
 from indexing.baselines import popularity
 from indexing.blend import Blend, BlendWeights
-from indexing.categories import category_codes, category_peers, with_category_peers
+from indexing.categories import (
+    PEERS_PER_ITEM,
+    category_codes,
+    category_peers,
+    with_category_peers,
+)
 from indexing.errors import EmptyDataError
 from indexing.events import EventLog
 from indexing.factors import AlsParams, FoldIn, train_als
@@ -237,7 +242,7 @@ def train_model(
     sim = item_item(raw, params.item_item) if similarity is None else similarity
     if params.category_strength > 0 and catalog:
         buyers = recent_popularity(log, warm_cols, -np.inf)
-        peers = category_peers(category_codes(warm_ids, catalog), buyers, params.item_item.top_m)
+        peers = category_peers(category_codes(warm_ids, catalog), buyers, PEERS_PER_ITEM)
         sim = with_category_peers(sim, peers, params.category_strength)
     sim = sp.csr_matrix(
         (sim.data, sim.indices, np.concatenate([sim.indptr, np.full(n_cold, sim.indptr[-1])])),

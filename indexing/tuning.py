@@ -11,11 +11,12 @@ recall@10: one split alone let noise and the season of one period decide. Steps:
    (cosine and BM25 KNN over M, RP3beta over alpha, beta and M, EASE over λ), each scored as a
    ranker; plain ALS over factors x regularisation x alpha.
 2. The served blend. Its signals come from the best ALS settings (`als_finalists`), two
-   matrix half-lives, the best item-item models of the best `blend_kinds` kinds, with the
-   catalogue's category peers at each of `category_strengths` (when a catalogue with
-   categories is given), and two history half-lives; every combination is a *signal set*,
-   and each signal set is scored under every blend weighting and popularity window at once
-   (`indexing.blend_search`).
+   matrix half-lives, the best item-item models of the best `blend_kinds` kinds, and two
+   history half-lives; every combination is a *signal set*, and each signal set is scored
+   under every blend weighting and popularity window at once (`indexing.blend_search`).
+   When a catalogue with categories is given, the strength of its category peers is
+   chosen first, among `category_strengths` on the first signal set, and every signal
+   set then has it.
    Weights run over ratios down to zero for each signal, so a shop where one signal is
    useless (MF on a grocery shop where popularity dominates) can switch it off.
 3. Successive halving over signal sets: all of them on a `screen_share` sample of the
@@ -47,7 +48,12 @@ from indexing.baselines import (
 )
 from indexing.blend import BlendWeights, shopper_histories
 from indexing.blend_search import BlendCase, blend_recalls, ranker_recall
-from indexing.categories import category_codes, category_peers, with_category_peers
+from indexing.categories import (
+    PEERS_PER_ITEM,
+    category_codes,
+    category_peers,
+    with_category_peers,
+)
 from indexing.errors import EmptyDataError
 from indexing.evaluate import DiscoveryTask, discovery_task
 from indexing.events import EventLog
@@ -100,7 +106,7 @@ class TuneGrid:
     ease_max_items: int = EASE_MAX_ITEMS
     matrix_half_life_days: Sequence[float | None] = (None, 60.0)
     history_half_life_days: Sequence[float | None] = (None, 90.0)
-    category_strengths: Sequence[float] = (0.0, 0.25, 1.0)
+    category_strengths: Sequence[float] = (0.0, 1.0, 3.0)
     validation_fractions: Sequence[float] = (0.8, 0.9)
     blend_windows: int = 3
     blend_weights: Sequence[BlendWeights] = field(default_factory=default_blend_weights)
@@ -294,13 +300,11 @@ class _FoldSignals:
         float | None, Mapping[int, tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]]
     ]
     models: dict[tuple[AlsParams, float | None], TrainedModel]
-    #: per item-item model: the catalogue's category peers at its top-M (empty: none)
-    peers: dict[ItemItemParams, sp.csr_matrix]
+    #: the catalogue's category peers over the warm rows (empty: none)
+    peers: sp.csr_matrix
 
     def similarity(self, s: _SignalSet) -> sp.csr_matrix:
-        return with_category_peers(
-            self.sims[s.item_item], self.peers[s.item_item], s.category_strength
-        )
+        return with_category_peers(self.sims[s.item_item], self.peers, s.category_strength)
 
 
 def _fold_signals(
@@ -339,7 +343,7 @@ def _fold_signals(
             for hl in grid.history_half_life_days
         },
         models=models,
-        peers={p: category_peers(codes, buyers, p.top_m) for p in kinds},
+        peers=category_peers(codes, buyers, PEERS_PER_ITEM),
     )
 
 
@@ -354,14 +358,6 @@ def _search_blend(
 ) -> tuple[ModelParams, dict[str, object]]:
     served_kinds = [replace(p, top_m=min(p.top_m, grid.blend_top_m_max)) for p in kinds]
     folds = [_fold_signals(t, grid, als_finalists, served_kinds, windows, catalog) for t in tasks]
-    with_peers = all(f.peers[p].nnz for f in folds for p in served_kinds)
-    strengths = grid.category_strengths if with_peers else (0.0,)
-    sets = [
-        _SignalSet(als, mhl, p, hhl, strength)
-        for (als, mhl), p, hhl, strength in itertools.product(
-            folds[0].models, served_kinds, grid.history_half_life_days, strengths
-        )
-    ]
 
     def score(s: _SignalSet, share: float) -> dict[BlendCase, float]:
         """Mean over folds of each case's recall, on a `share` sample of each fold's users."""
@@ -390,10 +386,28 @@ def _search_blend(
                 out[case] = out.get(case, 0.0) + value / len(folds)
         return out
 
+    users = min(f.task.users.shape[0] for f in folds)
+    screen = users >= grid.screen_min_users
+    # the category strength first, on the first signal set (the best item-item kind):
+    # every strength on every signal set tripled the search for a choice the other knobs
+    # did not move (three runs on the generated shops: one strength led on all 8 sets)
+    (als, mhl), hhl = next(iter(folds[0].models)), grid.history_half_life_days[0]
+    first = _SignalSet(als, mhl, served_kinds[0], hhl, 0.0)
+    share = grid.screen_share if screen else 1.0
+    strength_recall = {
+        g: max(score(replace(first, category_strength=g), share).values())
+        for g in (grid.category_strengths if all(f.peers.nnz for f in folds) else ())
+    }
+    strength = max(strength_recall, key=lambda g: (strength_recall[g], -g), default=0.0)
+    sets = [
+        _SignalSet(als, mhl, p, hhl, strength)
+        for (als, mhl), p, hhl in itertools.product(
+            folds[0].models, served_kinds, grid.history_half_life_days
+        )
+    ]
     rounds: list[dict[str, object]] = []
     finalists = sets
-    users = min(f.task.users.shape[0] for f in folds)
-    if users >= grid.screen_min_users and len(sets) > grid.finalists:
+    if screen and len(sets) > grid.finalists:
         screened = {s: max(score(s, grid.screen_share).values()) for s in sets}
         finalists = sorted(sets, key=lambda s: -screened[s])[: grid.finalists]
         rounds.append(
@@ -428,6 +442,7 @@ def _search_blend(
     return chosen, {
         "blend_rounds": rounds,
         "blend_cases_per_signal_set": len(windows) * len(grid.blend_weights),
+        "category_strengths": {str(g): r for g, r in strength_recall.items()},
         "chosen_model": chosen.as_dict(),
         "chosen_model_validation_recall_at_10": value,
     }
