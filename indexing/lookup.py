@@ -33,6 +33,9 @@ __all__ = ["FULL_SCORE_MAX_ITEMS", "LoadedIndex", "Scored"]
 #: Catalogs up to this size are scored in full by `recommend` (exactly what the offline
 #: evaluation measures); larger ones score a candidate set (see `recommend`).
 FULL_SCORE_MAX_ITEMS = 20_000
+#: `similar_many` searches this many times the largest k past it for every query's
+#: exclusions; a query that needs more is asked again alone
+_SHARED_EXCLUSION_SLACK = 2
 _CANDIDATES_PER_SOURCE = 200
 
 Scored = list[tuple[str, float]]
@@ -289,7 +292,12 @@ class LoadedIndex:
         if not q_rows:
             return out
         banned = [set(self.rows(ex).tolist()) if ex else set() for _, ex in queries]
-        fetch = max(n for n in k) + 1 + max(len(b) for b in banned)
+        # one search for all: deep enough for every query's k and a few of its exclusions;
+        # a query whose exclusions take more of its neighbours than that is asked again
+        # alone (`similar` searches past all of them), so each answer is `similar`'s
+        most = max(k)
+        slack = min(max(len(b) for b in banned), _SHARED_EXCLUSION_SLACK * most)
+        fetch = min(most + 1 + slack, len(self.item_ids))
         scores, rows = self.neighbours.search(self._factors[q_rows], fetch)
         scores *= self._inv_norms[q_rows][:, None]
         answers = zip(scores.tolist(), rows.tolist(), strict=True)
@@ -299,11 +307,14 @@ class LoadedIndex:
                 if row is None:
                     continue
                 srow, rrow = next(answers)
-                out[n][pos] = [
+                kept = [
                     (ids[r], s)
                     for r, s in zip(rrow, srow, strict=True)
                     if r >= 0 and r != row and r not in ban
                 ][: k[n]]
+                if len(kept) < k[n] and fetch < len(self.item_ids):
+                    kept = self.similar([ids[row]], k=k[n], exclude=queries[n][1])[0]
+                out[n][pos] = kept
         return out
 
     # --- shoppers -----------------------------------------------------------------------

@@ -279,3 +279,18 @@ def test_the_evaluation_scores_the_loaded_index_where_a_large_catalog_is_served(
     assert large.served_recs == {
         task.train.user_ids[u]: [ids[c] for c in r] for u, r in candidates.items()
     }
+
+
+def test_a_query_whose_exclusions_outrun_the_shared_search_still_gets_its_k(
+    index: LoadedIndex,
+) -> None:
+    """The batch searches a little past each k for exclusions; a shopper who excludes
+    the whole neighbourhood (a loyal customer's purchases) is asked again alone, and
+    gets `similar`'s k, not a short list."""
+    item = index.item_ids[0]
+    nearest = [i for i, _ in index.similar([item], k=len(index.item_ids))[0]]
+    queries = [([item], nearest[:12]), ([index.item_ids[5]], [])]
+    batch = index.similar_many(queries, [3, 3])
+    assert [i for i, _ in batch[0][0]] == nearest[12:15]
+    for (items, exclude), got in zip(queries, batch, strict=True):
+        assert got == index.similar(items, k=3, exclude=exclude)
