@@ -66,10 +66,10 @@ def category_peers(
     sorted_cat = categories[order]
     starts = np.searchsorted(sorted_cat, np.arange(n_cat), side="left")
     ends = np.searchsorted(sorted_cat, np.arange(n_cat), side="right")
-    head: dict[int, npt.NDArray[np.intp]] = {}
-    for c in range(n_cat):
-        members = order[starts[c] : ends[c]]
-        head[c] = members[counts[members] > 0][: top_m + 1]
+    head: list[npt.NDArray[np.intp]] = []
+    for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+        members = order[lo : min(hi, lo + top_m + 1)]  # most buyers first
+        head.append(members[counts[members] > 0])
     lengths = np.zeros(n, dtype=np.int64)
     for row in range(n):
         c = int(categories[row])

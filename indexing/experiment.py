@@ -40,7 +40,6 @@ from indexing.baselines import (
     top_k,
 )
 from indexing.blend import Blend, BlendWeights, shopper_histories
-from indexing.categories import PEERS_PER_ITEM, category_codes, category_peers
 from indexing.evaluate import DiscoveryTask, Metrics, discovery_task, evaluate_rankings
 from indexing.events import EventLog
 from indexing.factors import AlsParams, train_als
@@ -48,7 +47,7 @@ from indexing.item_item import ItemItemParams, ease_weights, item_item
 from indexing.items import Item
 from indexing.lookup import FULL_SCORE_MAX_ITEMS
 from indexing.matrix import SECONDS_PER_DAY, Weighting, interaction_matrix
-from indexing.model import ModelParams, TrainedModel, train_model
+from indexing.model import ModelParams, TrainedModel, category_peers_of, train_model
 
 __all__ = [
     "CATEGORY_POPULAR",
@@ -259,13 +258,9 @@ def _baseline_rankings(
     for params in baselines.item_item:
         run(ITEM_ITEM_NAMES[params.kind], functools.partial(item_item_ranker, params))
     run("als", lambda: AlsRanker(train_als(raw, baselines.als)))
-    categories = category_codes(tr.item_ids, catalog)
-    if (categories >= 0).any():
-        buyers = popularity(tr.users, tr.items, tr.ts, n_items)
-        run(
-            CATEGORY_POPULAR,
-            lambda: ItemItemRanker(raw, category_peers(categories, buyers, PEERS_PER_ITEM)),
-        )
+    peers = category_peers_of(tr, np.arange(n_items, dtype=np.intp), catalog)
+    if peers.nnz:
+        run(CATEGORY_POPULAR, lambda: ItemItemRanker(raw, peers))
     return out
 
 

@@ -35,6 +35,7 @@ from indexing.matrix import SECONDS_PER_DAY, Weighting, interaction_matrix
 __all__ = [
     "ModelParams",
     "TrainedModel",
+    "category_peers_of",
     "cold_start_vectors",
     "recent_popularity",
     "train_model",
@@ -213,6 +214,15 @@ def recent_popularity(
     )
 
 
+def category_peers_of(
+    log: EventLog, cols: npt.NDArray[np.intp], catalog: Mapping[str, Item]
+) -> sp.csr_matrix:
+    """`category_peers` over the item codes `cols` of `log` (its rows in that order), by
+    distinct buyers of all time: what `train_model` adds to the item-item weights."""
+    codes = category_codes([log.item_ids[c] for c in cols.tolist()], catalog)
+    return category_peers(codes, recent_popularity(log, cols, -np.inf), PEERS_PER_ITEM)
+
+
 def train_model(
     log: EventLog,
     params: ModelParams,
@@ -241,8 +251,7 @@ def train_model(
     n = n_warm + n_cold
     sim = item_item(raw, params.item_item) if similarity is None else similarity
     if params.category_strength > 0 and catalog:
-        buyers = recent_popularity(log, warm_cols, -np.inf)
-        peers = category_peers(category_codes(warm_ids, catalog), buyers, PEERS_PER_ITEM)
+        peers = category_peers_of(log, warm_cols, catalog)
         sim = with_category_peers(sim, peers, params.category_strength)
     sim = sp.csr_matrix(
         (sim.data, sim.indices, np.concatenate([sim.indptr, np.full(n_cold, sim.indptr[-1])])),

@@ -48,12 +48,7 @@ from indexing.baselines import (
 )
 from indexing.blend import BlendWeights, shopper_histories
 from indexing.blend_search import BlendCase, blend_recalls, ranker_recall
-from indexing.categories import (
-    PEERS_PER_ITEM,
-    category_codes,
-    category_peers,
-    with_category_peers,
-)
+from indexing.categories import with_category_peers
 from indexing.errors import EmptyDataError
 from indexing.evaluate import DiscoveryTask, discovery_task
 from indexing.events import EventLog
@@ -72,6 +67,7 @@ from indexing.matrix import SECONDS_PER_DAY, Weighting, interaction_matrix
 from indexing.model import (
     ModelParams,
     TrainedModel,
+    category_peers_of,
     recent_popularity,
     train_model,
     warm_columns,
@@ -325,9 +321,6 @@ def _fold_signals(
     for als, mhl in itertools.product(als_finalists, grid.matrix_half_life_days):
         base = ModelParams(als=als, weighting=Weighting(half_life_days=mhl), item_item=first)
         models[(als, mhl)] = train_model(tr, base, as_of=as_of, similarity=sims[first])
-    # as `train_model` adds them: over the warm rows, by distinct buyers of all time
-    codes = category_codes([tr.item_ids[c] for c in warm.tolist()], catalog)
-    buyers = recent_popularity(tr, warm, -np.inf)
     return _FoldSignals(
         task=task,
         sims=sims,
@@ -343,7 +336,7 @@ def _fold_signals(
             for hl in grid.history_half_life_days
         },
         models=models,
-        peers=category_peers(codes, buyers, PEERS_PER_ITEM),
+        peers=category_peers_of(tr, warm, catalog),
     )
 
 
@@ -359,8 +352,13 @@ def _search_blend(
     served_kinds = [replace(p, top_m=min(p.top_m, grid.blend_top_m_max)) for p in kinds]
     folds = [_fold_signals(t, grid, als_finalists, served_kinds, windows, catalog) for t in tasks]
 
+    scored: dict[tuple[_SignalSet, float], dict[BlendCase, float]] = {}
+
     def score(s: _SignalSet, share: float) -> dict[BlendCase, float]:
-        """Mean over folds of each case's recall, on a `share` sample of each fold's users."""
+        """Mean over folds of each case's recall, on a `share` sample of each fold's users
+        (the same sample for every set; the strength search's set is not scored again)."""
+        if (s, share) in scored:
+            return scored[(s, share)]
         out: dict[BlendCase, float] = {}
         for fold in folds:
             model = fold.models[(s.als, s.matrix_half_life)]
@@ -384,6 +382,7 @@ def _search_blend(
             )
             for case, value in got.items():
                 out[case] = out.get(case, 0.0) + value / len(folds)
+        scored[(s, share)] = out
         return out
 
     users = min(f.task.users.shape[0] for f in folds)
