@@ -51,7 +51,7 @@ from indexing.item_item import ItemItemParams
 from indexing.items import Item, read_items, read_items_csv
 from indexing.lookup import LoadedIndex, Scored
 from indexing.matrix import DEFAULT_TYPE_WEIGHTS, Weighting, event_weights
-from indexing.model import ModelParams, TrainedModel, train_model
+from indexing.model import ModelParams, TrainedModel, read_model_params, train_model
 from indexing.neighbours import ExactNeighbours, FaissNeighbours, Neighbours, configure_threads
 from indexing.online_retail import convert_online_retail
 from indexing.pipeline import STAGES, BuildResult, build_version
@@ -132,6 +132,7 @@ __all__ = [
     "read_items",
     "read_items_csv",
     "read_manifest",
+    "read_model_params",
     "recent_item_weights",
     "save_model",
     "shopper_histories",

@@ -9,8 +9,10 @@ items without interactions but with a category or brand) sorted by id.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +27,7 @@ from indexing.categories import (
     category_peers,
     with_category_peers,
 )
-from indexing.errors import EmptyDataError
+from indexing.errors import EmptyDataError, InputError
 from indexing.events import EventLog
 from indexing.factors import AlsParams, FoldIn, train_als
 from indexing.item_item import ITEM_ITEM_KINDS, ItemItemParams, item_item
@@ -37,6 +39,7 @@ __all__ = [
     "TrainedModel",
     "category_peers_of",
     "cold_start_vectors",
+    "read_model_params",
     "recent_popularity",
     "train_model",
     "warm_columns",
@@ -109,6 +112,16 @@ class ModelParams:
             blend=BlendWeights(**blend),
             category_strength=float(str(data.get("category_strength", 0.0))),
         )
+
+
+def read_model_params(path: Path) -> ModelParams:
+    """The parameters in the JSON file `path`: the output of `pushrec eval --json` (its
+    `params`) or the parameters alone. Raises `InputError` naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return ModelParams.from_dict(data.get("params", data))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise InputError(f"model parameters {path}: {exc!r}") from exc
 
 
 def _opt_int(value: object) -> int | None:

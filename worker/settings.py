@@ -320,6 +320,12 @@ class Settings(BaseSettings):
         default="30 3 * * *",
         description="When the scheduler rebuilds the index (crontab, UTC); empty = never.",
     )
+    model_params: Path | None = Field(
+        default=None,
+        description="The model parameters the scheduled rebuild trains with: a JSON file, "
+        "the output of `pushrec eval --json` or the parameters alone. Default: the shipped "
+        "defaults (tuned on Online Retail).",
+    )
     rebuild_time_limit_s: int = Field(
         default=3600,
         ge=60,
@@ -438,6 +444,19 @@ class Settings(BaseSettings):
         if value and is_cluster_url(value):
             raise ValueError(_CLUSTER_BROKER)
         return value or None
+
+    @field_validator("model_params")
+    @classmethod
+    def _check_model_params(cls, value: Path | None) -> Path | None:
+        if value is not None:  # at start-up, not at the first rebuild hours later
+            from indexing.errors import InputError
+            from indexing.model import read_model_params
+
+            try:
+                read_model_params(value)
+            except InputError as exc:
+                raise ValueError(str(exc)) from exc
+        return value
 
     @field_validator("index_store", mode="before")
     @classmethod

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from indexing import STAGES, list_versions
+from indexing import STAGES, AlsParams, BlendWeights, ModelParams, list_versions
 from tests.indexing.conftest import planted_rows
 from worker.contract import REBUILD_INDEX, TRACK
 from worker.firing.index_holder import IndexHolder
 from worker.firing.index_store import open_index_store
 from worker.service import ingest, tasks
 from worker.service.app import create_app
-from worker.service.rebuild import READING, REBUILD_LEASE_S, rebuild_index
+from worker.service.rebuild import READING, REBUILD_LEASE_S, model_params, rebuild_index
 from worker.service.runtime import Runtime
 from worker.settings import Settings
 from worker.store.lease import Lease, LeaseHeldError
@@ -130,3 +132,39 @@ def test_an_idle_process_following_the_pointer_serves_a_new_version_without_a_ta
     finally:
         holder.close()
         rt.close()
+
+
+def test_a_rebuild_trains_with_the_shops_tuned_parameters(
+    settings: Settings, tmp_path: Path
+) -> None:
+    tuned = ModelParams(als=AlsParams(factors=8), blend=BlendWeights(0.0, 1.0, 0.5))
+    params_file = tmp_path / "eval.json"
+    params_file.write_text(json.dumps({"params": tuned.as_dict(), "metrics": {}}))
+    settings = settings.model_copy(
+        update={"index_store": tmp_path / "index", "model_params": params_file}
+    )
+    rt = Runtime.open(settings)
+    try:
+        feed(rt)
+
+        result = rebuild_index(rt.redis, rt.keys, settings, rt.catalog, force=True)
+
+        store = open_index_store(settings)
+        manifest = store.read_manifest(result["version"])
+        assert ModelParams.from_dict(manifest["params"]) == tuned
+        assert model_params(settings.model_copy(update={"model_params": None}))[0] == (
+            ModelParams()
+        )
+    finally:
+        rt.close()
+
+
+def test_a_bad_parameters_file_stops_the_settings_naming_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    bad = tmp_path / "eval.json"
+    bad.write_text('{"params": {"als": 3}}')
+    with pytest.raises(ValidationError, match=r"eval\.json"):
+        Settings(**{**settings.model_dump(), "model_params": bad})
+    with pytest.raises(ValidationError, match=r"missing\.json"):
+        Settings(**{**settings.model_dump(), "model_params": tmp_path / "missing.json"})

@@ -160,10 +160,9 @@ def _read_params(path: Path | None) -> indexing.ModelParams:
     if path is None:
         return indexing.ModelParams()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return indexing.ModelParams.from_dict(data.get("params", data))
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        fail(f"--params {path}: {exc!r}")
+        return indexing.read_model_params(path)
+    except indexing.InputError as exc:
+        fail(f"--params: {exc}")
 
 
 def _store(location: str | None) -> indexing.ArtifactStore:

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from indexing import Item, read_events
+from indexing import Item, ModelParams, read_events, read_model_params
 from indexing.pipeline import build_version
 from worker.firing.index_store import open_index_store, point_workers_at
 from worker.firing.live_items import current_seq, publish_snapshot
@@ -79,6 +79,16 @@ def catalog_items(catalog: Catalog) -> dict[str, Item]:
     }
 
 
+def model_params(settings: Settings) -> tuple[ModelParams, str]:
+    """What a rebuild trains with, and where it comes from: the file `model_params` names
+    (a shop's tuned parameters, `pushrec eval --json`), else the shipped defaults.
+    Raises `InputError` for a bad file: a rebuild that quietly fell back to the defaults
+    would undo the shop's tuning."""
+    if settings.model_params is None:
+        return ModelParams(), "the shipped defaults"
+    return read_model_params(settings.model_params), str(settings.model_params)
+
+
 def _counted(rows: Iterator[dict[str, str]], progress: Progress) -> Iterator[dict[str, str]]:
     n = 0
     for n, row in enumerate(rows, start=1):
@@ -116,10 +126,14 @@ def _rebuild(
     events, report = read_events(_counted(interaction_rows(client, keys), progress))
     seq = current_seq(client, keys)  # before the catalog: later marks stay for the workers
     items = catalog_items(catalog)
+    store = open_index_store(settings)
+    params, source = model_params(settings)
+    log.info("rebuilding the index with the model parameters of %s", source)
     result = build_version(
         events,
-        open_index_store(settings),
+        store,
         catalog=items,
+        params=params,
         publish_it=True,
         force=force,
         progress=lambda stage: progress(stage, None),
