@@ -47,6 +47,13 @@ from indexing.events import (
 )
 from indexing.experiment import CATEGORY_POPULAR, BaselineParams, EvalResult, evaluate_models
 from indexing.factors import AlsParams, FoldIn, train_als
+from indexing.history import (
+    HistoryEntry,
+    ItemHistory,
+    accumulated_histories,
+    decay_term,
+    item_weights,
+)
 from indexing.item_item import ItemItemParams
 from indexing.items import Item, read_items, read_items_csv
 from indexing.lookup import LoadedIndex, Scored
@@ -92,10 +99,12 @@ __all__ = [
     "FaissNeighbours",
     "Fetched",
     "FoldIn",
+    "HistoryEntry",
     "IndexSpec",
     "IndexingError",
     "InputError",
     "Item",
+    "ItemHistory",
     "ItemItemParams",
     "LoadedIndex",
     "LocalStore",
@@ -112,15 +121,18 @@ __all__ = [
     "TuneGrid",
     "UnknownItemError",
     "Weighting",
+    "accumulated_histories",
     "build_index",
     "build_version",
     "configure_threads",
     "convert_online_retail",
     "current_version",
+    "decay_term",
     "discovery_task",
     "evaluate_models",
     "evaluate_rankings",
     "event_weights",
+    "item_weights",
     "list_versions",
     "load_index",
     "open_store",

@@ -183,6 +183,14 @@ class Settings(BaseSettings):
 
     # --- shopper state ---------------------------------------------------------------
     recent_items_max: int = Field(default=50, ge=1, le=10_000)
+    history_items_max: int = Field(
+        default=50,
+        ge=1,
+        le=1_000,
+        description="Items of a shopper's accumulated history kept (the least recently "
+        "touched go): the served model's `history_items`, which its evaluation used as "
+        "this bound.",
+    )
     dedup_window_s: int = Field(
         default=7 * 86_400, ge=60, description="Duplicate event_ids within this are ignored."
     )

@@ -247,7 +247,8 @@ def test_forget_user_erases_every_key_and_log_entry_of_that_shopper(runtime: Run
     report = ingest.erase_user(runtime, "gone")
     assert report["log_entries_removed"] == {"interactions": 1, "rejected": 1, "dead_letters": 0}
     assert report["devices_released"] == report["interest_entries_removed"] == 1
-    assert report["keys_removed"] == 8  # profile, recent, cart x2, seen, interests, devices, prefs
+    # profile, recent, cart x2, seen, interests, history x2, devices, prefs
+    assert report["keys_removed"] == 10
     leftover = [k for k in runtime.redis.scan_iter(match=f"{runtime.keys.prefix}*") if "gone" in k]
     assert leftover == []
     assert user_view(runtime.redis, runtime.keys, "stays", NOW)["exists"]

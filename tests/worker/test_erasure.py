@@ -163,6 +163,7 @@ def test_a_shopper_erased_after_every_path_leaves_no_trace_in_redis(
     )
     needles = {uid, json.dumps(uid)[1:-1]}
     assert len(_everything_naming(rt.redis, rt.keys.prefix, needles)) > 20
+    assert rt.redis.exists(rt.keys.user(uid).history, rt.keys.user(uid).history_sums) == 2
 
     report = ingest.erase_user(rt, uid)
 

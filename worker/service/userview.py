@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from indexing.history import decay_term
 from push import fingerprint
 from worker.delivery.outbox import Outbox
 from worker.shoppers.audit import Audit, Decision
@@ -34,8 +35,8 @@ def decisions_view(audit: Audit, outbox: Outbox, user_id: str) -> list[Decision]
 
 
 _READS = ShopperReads.of(
-    "profile", "recent", "cart", "cart_quantities", "purchases", "purchase_history",
-    "affinity", "devices", "preferences",
+    "profile", "recent", "history", "cart", "cart_quantities", "purchases",
+    "purchase_history", "affinity", "devices", "preferences",
 )  # fmt: skip
 
 
@@ -45,6 +46,7 @@ def user_view(client: StateRedis, keys: Keys, user_id: str, now: float) -> dict[
     profile = s.profile
     last_purchase = _num(profile.get("last_purchase"))
     scale = decayed_weight(1.0, now)
+    history_scale = 1.0 / decay_term(now)
     purchases = sorted(s.purchases.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:50]
     return {
         "user_id": user_id,
@@ -61,6 +63,17 @@ def user_view(client: StateRedis, keys: Keys, user_id: str, now: float) -> dict[
             "monetary": round(float(profile.get("monetary", 0.0)), 2),
         },
         "recent": s.recent,
+        # the model's view: per item and event type, the count and the sum decayed to now
+        # at the state's half-life (indexing.history); the index's type weights apply
+        "item_history": [
+            {
+                "item_id": entry.item_id,
+                "last_at": entry.last_ts,
+                "events": {t: int(count) for t, (count, _) in entry.sums.items()},
+                "decayed": {t: round(d * history_scale, 6) for t, (_, d) in entry.sums.items()},
+            }
+            for entry in s.history
+        ],
         "cart": [
             {"item_id": item, "quantity": qty, "added_at": s.cart_added.get(item)}
             for item, qty in sorted(s.cart.items())

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
+from indexing.history import HistoryEntry
 from worker.rules import ChannelName
 from worker.store.client import StatePipeline, StateRedis
 from worker.store.keys import Keys
@@ -23,6 +24,7 @@ from worker.store.scripts import READ_SHOPPER, Scripts, execute_loading
 Part = Literal[
     "profile",  # the profile hash: first/last seen, events, orders, monetary, …
     "recent",  # the capped list of recent events, newest first
+    "history",  # the accumulated item history (indexing.history), most recent first
     "cart",  # cart items with the time each was last added
     "cart_quantities",  # cart items with their quantity
     "purchases",  # item -> time of its last purchase (since `ShopperReads.since`)
@@ -61,6 +63,7 @@ class Shopper:
     user_id: str
     profile: dict[str, str] = field(default_factory=dict)
     recent: list[RecentEntry] = field(default_factory=list)
+    history: list[HistoryEntry] = field(default_factory=list)  # most recently touched first
     cart_added: dict[str, float] = field(default_factory=dict)  # item -> time last added
     cart: dict[str, int] = field(default_factory=dict)  # item -> quantity
     purchases: dict[str, float] = field(default_factory=dict)  # item -> last purchase
@@ -111,6 +114,9 @@ class ShopperReads:
             reads.append((k.profile, ("hash",)))
         if has("recent"):
             reads.append((k.recent, ("json_list",)))
+        if has("history"):
+            # one read of two keys: the second brings no op of its own
+            reads += [(k.history, ("history",)), (k.history_sums, ())]
         if has("cart"):
             reads.append((k.cart_added, ("zset",)))
         if has("cart_quantities"):
@@ -145,6 +151,8 @@ class ShopperReads:
             values["profile"] = _pairs(next(parts))
         if has("recent"):
             values["recent"] = json.loads(next(parts))
+        if has("history"):
+            values["history"] = decode_history(next(parts))
         if has("cart"):
             values["cart_added"] = _scored(next(parts))
         if has("cart_quantities"):
@@ -196,6 +204,21 @@ def _history(
         {i: int(n) for i, n in zip(items, counts_l, strict=True) if n is not None},
         {i: float(t) for i, t in zip(items, firsts_l, strict=True) if t is not None},
     )
+
+
+def decode_history(flat: Sequence[str]) -> list[HistoryEntry]:
+    """The accumulated history as `read_shopper.lua` returns it: flat [item, latest ts,
+    sums, ...], most recently touched first, sums as `Keys.history_sums` holds them."""
+    out = []
+    it = iter(flat)
+    for item_id, last_ts, row in zip(it, it, it, strict=True):
+        parts = row.split(" ")
+        per_type = {
+            parts[i]: [float(parts[i + 1]), float(parts[i + 2])]
+            for i in range(0, len(parts) - 2, 3)
+        }
+        out.append(HistoryEntry(item_id, float(last_ts), per_type))
+    return out
 
 
 def decode_devices(raw: dict[str, str]) -> dict[str, DeviceRecord]:

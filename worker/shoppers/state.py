@@ -4,6 +4,8 @@ One event is applied in two steps:
 
 1. `apply_event.lua` updates the shopper's keys atomically (one hash slot) and decides
    once, by `event_id`, whether the event is new. It leaves the id in a "pending" set.
+   Among those keys is the shopper's accumulated item history, the model's view of them
+   (`indexing.history`; the worker computes each event's decayed term for it).
 2. A pipeline appends the event to the interaction log, bumps the trending counters and
    clears "pending". These keys live in other slots, so they cannot join the script.
 
@@ -21,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from indexing.history import HISTORY_EPOCH, STATE_HALF_LIFE_S, decay_term
 from worker.settings import Settings
 from worker.shoppers.inputs import Event
 from worker.shoppers.snapshot import Shopper, ShopperReads
@@ -222,6 +225,10 @@ class StateStore:
                 delivery_id,
                 self._interest_ttl_s,
                 s.cart_max_items,
+                repr(decay_term(event.ts)) if event.item_id else "0",
+                s.history_items_max,
+                repr(HISTORY_EPOCH),
+                repr(STATE_HALF_LIFE_S),
             ],
         )
 

@@ -24,6 +24,7 @@ and the tests named in it check the bounds):
 | key | grows with | bound |
 |---|---|---|
 | `{u}:recent` | events | count `recent_items_max` |
+| `{u}:history`, `history_sums` | items touched | count `history_items_max` (least recent go) |
 | `{u}:cart`, `{u}:cart_added` | items carted, known or not | count `cart_max_items` (oldest go) |
 | `{u}:seen` | event ids | age `dedup_window_s`, count `dedup_max_per_user` |
 | `{u}:pending` | events in flight | cleared when confirmed; TTL |
@@ -134,6 +135,19 @@ class UserKeys:
         return f"{self.base}:affinity"
 
     @property
+    def history(self) -> str:
+        """zset: item_id -> latest ts the shopper touched it; the `history_items_max` most
+        recent (ties: the larger id), the order and bound of `history_sums`."""
+        return f"{self.base}:history"
+
+    @property
+    def history_sums(self) -> str:
+        """hash: item_id -> "<type> <count> <decayed sum>" per event type, space-separated
+        (`indexing.history`: the whole history's weights at bounded size); the items of
+        `history`."""
+        return f"{self.base}:history_sums"
+
+    @property
     def seen_events(self) -> str:
         """zset: event_id -> time applied (the dedup window)."""
         return f"{self.base}:seen"
@@ -231,6 +245,8 @@ class UserKeys:
             self.pending_events,
             self.purchase_first,
             self.interests,
+            self.history,
+            self.history_sums,
         ]
 
 

@@ -1,11 +1,15 @@
 -- Apply one activity event to one shopper's state, atomically and at most once.
 -- KEYS: profile, recent, cart, cart_added, purchased, purchase_counts, affinity,
---       seen, pending, purchase_first, interests  (all in the shopper's hash slot)
+--       seen, pending, purchase_first, interests, history, history_sums
+--       (all in the shopper's hash slot)
 -- ARGV: event_id, type, item_id|'', ts, quantity, price|'', category|'',
 --       affinity_increment, now, recent_max, dedup_window_s, dedup_max, user_ttl_s,
 --       recent_entry_json
 --       delivery_id (the task id: the same for a retry or redelivery of one message)
 --       interest_window_s, cart_max (distinct items; the oldest-added go first)
+--       history_term (the event's 2^((ts - epoch) / half_life), indexing.history),
+--       history_max (items), history_epoch, history_half_life_s (to start the history
+--       of a shopper from their recent list)
 -- Returns 0 duplicate, 1 applied, 2 applied earlier by this same delivery but its global
 -- side effects (log, trending) were not confirmed: the caller redoes them. A copy of
 -- the event in another message, racing the first, is a duplicate: only the delivery
@@ -19,6 +23,43 @@ local ts, qty = tonumber(ARGV[4]), tonumber(ARGV[5])
 local price, category, affinity_inc = ARGV[6], ARGV[7], tonumber(ARGV[8])
 local now, recent_max = tonumber(ARGV[9]), tonumber(ARGV[10])
 local window, dedup_max, ttl = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local history, history_sums, history_max = KEYS[12], KEYS[13], tonumber(ARGV[19])
+
+-- The shopper's accumulated item history (indexing/history.py, whose ItemHistory is this
+-- in Python): `history` holds each item's latest ts, `history_sums` its
+-- "<type> <count> <decayed sum>" per event type, numbers as %.17g (exact doubles).
+-- Returns 1 when the item is new to the history (it then starts from zero).
+local function history_add(h_item, h_type, h_ts, h_term)
+  local added = redis.call('ZADD', history, 'GT', h_ts, h_item)
+  local row = false
+  if added == 0 then row = redis.call('HGET', history_sums, h_item) end
+  local out, found = {}, false
+  if row then
+    for t, c, d in string.gmatch(row, '(%S+) (%S+) (%S+)') do
+      if t == h_type then
+        c = string.format('%d', tonumber(c) + 1)
+        d = string.format('%.17g', tonumber(d) + h_term)
+        found = true
+      end
+      out[#out + 1] = t .. ' ' .. c .. ' ' .. d
+    end
+  end
+  if not found then out[#out + 1] = h_type .. ' 1 ' .. string.format('%.17g', h_term) end
+  redis.call('HSET', history_sums, h_item, table.concat(out, ' '))
+  return added
+end
+
+-- Drop the `over` least recently touched items (lowest ts, then lowest id), in chunks
+-- (unpack() fails beyond a few thousand values).
+local function history_trim(over)
+  while over > 0 do
+    local oldest = redis.call('ZRANGE', history, 0, math.min(over, 1000) - 1)
+    if #oldest == 0 then break end
+    redis.call('ZREM', history, unpack(oldest))
+    redis.call('HDEL', history_sums, unpack(oldest))
+    over = over - #oldest
+  end
+end
 
 if redis.call('ZSCORE', seen, event_id) then
   if redis.call('HGET', pending, event_id) == ARGV[15] then return 2 end
@@ -36,6 +77,30 @@ if ts > last_seen then
   redis.call('HSET', profile, 'last_seen', ts, 'last_event', etype)
 end
 redis.call('HINCRBY', profile, 'events', 1)
+if item ~= '' then
+  local count = redis.call('ZCARD', history)
+  if count == 0 then
+    -- No history yet: a new shopper, or one from before it was kept. Start it from the
+    -- recent events kept (before this one), oldest first.
+    local epoch, half_life = tonumber(ARGV[20]), tonumber(ARGV[21])
+    local kept = redis.call('LRANGE', recent, 0, -1)
+    for i = #kept, 1, -1 do
+      local ok, old = pcall(cjson.decode, kept[i])
+      if ok and type(old) == 'table' and type(old.item_id) == 'string'
+        and old.item_id ~= '' and type(old.type) == 'string' and tonumber(old.ts) then
+        local old_ts = tonumber(old.ts)
+        count = count + history_add(
+          old.item_id, old.type, old_ts, 2 ^ ((old_ts - epoch) / half_life))
+        if count > history_max then
+          history_trim(count - history_max)
+          count = history_max
+        end
+      end
+    end
+  end
+  count = count + history_add(item, etype, ARGV[4], tonumber(ARGV[18]))
+  if count > history_max then history_trim(count - history_max) end
+end
 redis.call('LPUSH', recent, ARGV[14])
 redis.call('LTRIM', recent, 0, recent_max - 1)
 

@@ -1,0 +1,109 @@
+"""The accumulated shopper history (`indexing.history`): the offline computation over a
+log equals the event-by-event fold the worker's script performs, its weights are the
+decayed sums they stand for, and a model can only ask for what the state can serve."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from indexing import (
+    EVENT_TYPES,
+    ItemHistory,
+    Weighting,
+    accumulated_histories,
+    decay_term,
+    item_weights,
+    read_events,
+    recent_item_weights,
+)
+from indexing.history import ACCUMULATED_HALF_LIVES, HISTORY_EPOCH, HistoryEntry
+
+DAY = 86_400.0
+NOW = 1_800_000_000.0
+ITEMS = ("a", "b", "B", "c d", "é", "i10", "i9", "z")
+
+events = st.lists(
+    st.tuples(
+        st.sampled_from(("u1", "u2", "u3")),
+        st.sampled_from(ITEMS),
+        st.sampled_from(EVENT_TYPES),
+        st.integers(0, 30),  # days back, coarse: ties and disorder are common
+    ),
+    min_size=1,
+    max_size=120,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(stream=events, bound=st.integers(1, 6))
+def test_offline_histories_equal_the_event_by_event_fold(
+    stream: list[tuple[str, str, str, int]], bound: int
+) -> None:
+    rows = [
+        {"event_id": str(n), "user_id": u, "item_id": i, "type": t, "ts": NOW - d * DAY}
+        for n, (u, i, t, d) in enumerate(stream)
+    ]
+    log, _ = read_events(rows)
+    folds: dict[str, ItemHistory] = {}
+    for r in rows:
+        folds.setdefault(r["user_id"], ItemHistory(bound)).add(r["item_id"], r["type"], r["ts"])
+    state = accumulated_histories(log, bound)
+    for half_life in ACCUMULATED_HALF_LIVES:
+        weighting = Weighting(half_life_days=half_life)
+        offline = state.weights(weighting, NOW)
+        for user, fold in folds.items():
+            ids, weights = fold.weights(NOW, weighting)
+            codes, got = offline.get(
+                log.user_ids.index(user), (np.zeros(0, np.intp), np.zeros(0, np.float32))
+            )
+            assert [log.item_ids[c] for c in codes.tolist()] == ids
+            assert np.array_equal(got, np.array(weights, dtype=np.float32))
+
+
+def test_weights_are_the_decayed_sums_of_every_event_when_nothing_was_evicted() -> None:
+    stream = [("a", "view", 40.0), ("b", "purchase", 3.0), ("a", "add_to_cart", 1.5)]
+    stream += [("c", "search", 0.5), ("b", "view", 200.0)]
+    fold = ItemHistory(50)
+    for item, type_, days in stream:
+        fold.add(item, type_, NOW - days * DAY)
+    for half_life in ACCUMULATED_HALF_LIVES:
+        weighting = Weighting(half_life_days=half_life)
+        ids, weights = fold.weights(NOW, weighting)
+        # the live event-window view over every event: same items (the search weighs 0)
+        expected = recent_item_weights(
+            [(i, t, NOW - d * DAY) for i, t, d in stream], NOW, weighting
+        )
+        assert ids == expected[0] == ["a", "b"]
+        assert weights == pytest.approx(expected[1], rel=1e-12)
+
+
+def test_an_item_pushed_out_starts_again_from_zero() -> None:
+    fold = ItemHistory(2)
+    fold.add("a", "purchase", NOW - 3 * DAY)
+    fold.add("b", "view", NOW - 2 * DAY)
+    fold.add("c", "view", NOW - DAY)  # a is the least recent: it goes
+    fold.add("a", "view", NOW)
+    assert fold.weights(NOW, Weighting())[0] == ["a", "c"]
+    assert fold.entries["a"].sums == {"view": [1.0, decay_term(NOW)]}
+
+
+def test_ties_go_to_the_larger_id_first_as_redis_orders_them() -> None:
+    fold = ItemHistory(2)
+    for item in ("b", "é", "a"):
+        fold.add(item, "view", NOW)
+    # the least recent by (ts, id) goes: "a"; then "é" (after "b" in code point order)
+    assert fold.weights(NOW, Weighting())[0] == ["é", "b"]
+
+
+def test_decay_terms_stay_finite_for_centuries_either_side_of_the_epoch() -> None:
+    for years in (-200, 0, 200):
+        term = decay_term(HISTORY_EPOCH + years * 365.25 * DAY)
+        assert 0 < term < float("inf")
+    entry = HistoryEntry("a", NOW, {"view": [1.0, decay_term(NOW - 90 * DAY)]})
+    assert item_weights([entry], NOW, Weighting(half_life_days=90.0), 5) == (
+        ["a"],
+        [pytest.approx(0.5, rel=1e-12)],
+    )
