@@ -39,10 +39,11 @@ from indexing.baselines import (
     popularity,
     top_k,
 )
-from indexing.blend import Blend, BlendWeights, shopper_histories
+from indexing.blend import Blend, BlendWeights
 from indexing.evaluate import DiscoveryTask, Metrics, discovery_task, evaluate_rankings
 from indexing.events import EventLog
 from indexing.factors import AlsParams, train_als
+from indexing.history import model_histories
 from indexing.item_item import ItemItemParams, ease_weights, item_item
 from indexing.items import Item
 from indexing.lookup import FULL_SCORE_MAX_ITEMS
@@ -154,8 +155,8 @@ def served_rankings(
     weighting = history or params.history_weighting
     row_code, row_of = model.rows_of(task.train.item_ids)
     warm_rows = np.flatnonzero(~model.cold)
-    histories = shopper_histories(
-        task.train, weighting, task.split_ts, params.history_items, params.history_events
+    (histories,) = model_histories(
+        task.train, task.split_ts, [weighting], params.history_items, params.history_events
     )
     scorer: Blend = model.blend()
     out: dict[int, list[int]] = {}
@@ -179,10 +180,10 @@ def loaded_rankings(
     the candidate set of a large catalogue included. The user's train items are left out
     after the call, as `top_k` leaves them out."""
     params = model.params
-    histories = shopper_histories(
+    (histories,) = model_histories(
         task.train,
-        params.history_weighting,
         task.split_ts,
+        [params.history_weighting],
         params.history_items,
         params.history_events,
     )

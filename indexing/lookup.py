@@ -320,8 +320,8 @@ class LoadedIndex:
     # --- shoppers -----------------------------------------------------------------------
     @property
     def history_weighting(self) -> Weighting:
-        """How to weight a shopper's recent events for this version (type weights and the
-        history half-life it was tuned with); see `recent_item_weights`."""
+        """How to weight a shopper's history for this version (type weights and the
+        history half-life it was tuned with); see `indexing.history.item_weights`."""
         params = self.manifest["params"]
         return Weighting(
             dict(params["weighting"]["type_weights"]), params["history_half_life_days"]
@@ -329,14 +329,17 @@ class LoadedIndex:
 
     @property
     def history_events(self) -> int | None:
-        """How many of the shopper's latest events the served model was evaluated with
-        (None: all of them, versions before the field)."""
+        """None: the served model was evaluated with each shopper's accumulated history
+        (`indexing.history`; also versions from before this field, which read every
+        event); a number: with that many of the shopper's latest events
+        (`recent_item_weights` over the worker's recent list)."""
         value = self.manifest["params"].get("history_events")
         return None if value is None else int(value)
 
     @property
     def history_items(self) -> int:
-        """How many recent items the served model was evaluated with (pass at most these)."""
+        """How many items of a shopper's history the served model was evaluated with (pass
+        at most these; with the accumulated history, also the bound it assumed)."""
         return int(self.manifest["params"]["history_items"])
 
     def fold_in(

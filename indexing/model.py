@@ -30,6 +30,7 @@ from indexing.categories import (
 from indexing.errors import EmptyDataError, InputError
 from indexing.events import EventLog
 from indexing.factors import AlsParams, FoldIn, train_als
+from indexing.history import ACCUMULATED_HALF_LIVES
 from indexing.item_item import ITEM_ITEM_KINDS, ItemItemParams, item_item
 from indexing.items import Item
 from indexing.matrix import SECONDS_PER_DAY, Weighting, interaction_matrix
@@ -53,11 +54,16 @@ class ModelParams:
 
     als: AlsParams = field(default_factory=lambda: AlsParams(factors=64))
     weighting: Weighting = field(default_factory=Weighting)
+    #: None or `history.STATE_HALF_LIFE_DAYS` when `history_events` is None (the state
+    #: keeps sums that serve those two exactly; `__post_init__` refuses others)
     history_half_life_days: float | None = 90.0
+    #: the items of the shopper's history the model reads, most recently touched first;
+    #: with the accumulated history also its bound (the worker's `history_items_max`)
     history_items: int = 50
-    #: the shopper's latest events the model reads, as the worker keeps them (its
-    #: `recent_items_max`, 50 by default); None: every event (versions before this field)
-    history_events: int | None = 50
+    #: None: the shopper's whole history, as the worker accumulates it per item
+    #: (`indexing.history`); a number: only their latest events, as many, from the
+    #: worker's recent list (versions built before the accumulated state)
+    history_events: int | None = None
     item_item: ItemItemParams = field(
         default_factory=lambda: ItemItemParams("ease", top_m=200, l2=400.0)
     )
@@ -66,6 +72,17 @@ class ModelParams:
     #: how strongly the catalogue's category peers join the item-item weights
     #: (`indexing.categories`); 0: not at all, as without a catalogue
     category_strength: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.history_events is None and (
+            self.history_half_life_days not in ACCUMULATED_HALF_LIVES
+        ):
+            raise ValueError(
+                f"history_half_life_days must be one of {ACCUMULATED_HALF_LIVES} (what the "
+                f"accumulated shopper state can serve), not {self.history_half_life_days}"
+            )
+        if self.history_items < 1:
+            raise ValueError("history_items must be at least 1")
 
     @property
     def history_weighting(self) -> Weighting:

@@ -46,7 +46,7 @@ from indexing.baselines import (
     Ranker,
     popularity,
 )
-from indexing.blend import BlendWeights, shopper_histories
+from indexing.blend import BlendWeights
 from indexing.blend_search import BlendCase, blend_recalls, ranker_recall
 from indexing.categories import with_category_peers
 from indexing.errors import EmptyDataError
@@ -54,6 +54,7 @@ from indexing.evaluate import DiscoveryTask, discovery_task
 from indexing.events import EventLog
 from indexing.experiment import BaselineParams
 from indexing.factors import AlsParams, train_als
+from indexing.history import model_histories
 from indexing.item_item import (
     EASE_MAX_ITEMS,
     ITEM_ITEM_KINDS,
@@ -325,16 +326,19 @@ def _fold_signals(
         task=task,
         sims=sims,
         pops={d: recent_popularity(tr, warm, as_of - d * SECONDS_PER_DAY) for d in windows},
-        histories={
-            hl: shopper_histories(
-                tr,
-                Weighting(half_life_days=hl),
-                as_of,
-                defaults.history_items,
-                defaults.history_events,
+        histories=dict(
+            zip(
+                grid.history_half_life_days,
+                model_histories(
+                    tr,
+                    as_of,
+                    [Weighting(half_life_days=hl) for hl in grid.history_half_life_days],
+                    defaults.history_items,
+                    defaults.history_events,
+                ),
+                strict=True,
             )
-            for hl in grid.history_half_life_days
-        },
+        ),
         models=models,
         peers=category_peers_of(tr, warm, catalog),
     )

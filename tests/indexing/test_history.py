@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from indexing import (
     EVENT_TYPES,
     ItemHistory,
+    ModelParams,
     Weighting,
     accumulated_histories,
     decay_term,
@@ -107,3 +108,18 @@ def test_decay_terms_stay_finite_for_centuries_either_side_of_the_epoch() -> Non
         ["a"],
         [pytest.approx(0.5, rel=1e-12)],
     )
+
+
+def test_a_half_life_the_state_cannot_serve_is_refused() -> None:
+    with pytest.raises(ValueError, match="cannot be read"):
+        item_weights([], NOW, Weighting(half_life_days=30.0), 5)
+    with pytest.raises(ValueError, match="history_half_life_days"):
+        ModelParams(history_half_life_days=30.0)
+    # a version read from the recent list may keep any half-life
+    assert ModelParams(history_half_life_days=30.0, history_events=50).history_events == 50
+
+
+def test_params_of_a_version_read_from_the_recent_list_keep_their_window() -> None:
+    old = {**ModelParams().as_dict(), "history_events": 50}
+    assert ModelParams.from_dict(old).history_events == 50
+    assert ModelParams.from_dict(ModelParams().as_dict()).history_events is None

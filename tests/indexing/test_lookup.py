@@ -140,8 +140,9 @@ def test_recent_item_weights_match_the_offline_histories(index: LoadedIndex) -> 
 def test_offline_histories_read_the_latest_events_as_the_worker_keeps_them(
     index: LoadedIndex,
 ) -> None:
-    """The worker keeps a shopper's latest `recent_items_max` events (newest first); the
-    evaluation reads the same window: `history_events` of them."""
+    """A version built with `history_events` (before the accumulated history) is served
+    from the worker's recent list, its latest events newest first; the evaluation of such
+    a version reads the same window."""
     from indexing import recent_item_weights, shopper_histories
 
     rng = np.random.default_rng(2)
@@ -155,7 +156,6 @@ def test_offline_histories_read_the_latest_events_as_the_worker_keeps_them(
     ]
     log, _ = read_events(rows)
     weighting, now = index.history_weighting, 40.0 + 86_400.0
-    assert index.history_events == 50
     kept = sorted(events, key=lambda e: -e[2])  # newest first, as the recent list
     for window in (5, 12):
         ids, weights = recent_item_weights(kept[:window], now=now, weighting=weighting)
@@ -168,7 +168,7 @@ def test_served_path_answers_what_the_evaluation_measured(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """`LoadedIndex.recommend` on a saved model == the evaluation's ranking of that model."""
-    from indexing import discovery_task, shopper_histories
+    from indexing import accumulated_histories, discovery_task
     from indexing.experiment import served_rankings
 
     log, _ = read_events(planted_rows(per_user=8))
@@ -178,8 +178,9 @@ def test_served_path_answers_what_the_evaluation_measured(
     version, _ = save_model(store, model)
     index = load_index(store, version)
     evaluated = served_rankings(task, model)
-    histories = shopper_histories(
-        task.train, PARAMS.history_weighting, task.split_ts, PARAMS.history_items
+    assert index.history_events is None  # the accumulated history
+    histories = accumulated_histories(task.train, PARAMS.history_items).weights(
+        PARAMS.history_weighting, task.split_ts
     )
     assert evaluated
     for user, ranking in evaluated.items():

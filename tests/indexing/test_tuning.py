@@ -13,12 +13,12 @@ from indexing import (
     evaluate_models,
     evaluate_rankings,
     read_events,
-    shopper_histories,
     train_model,
 )
 from indexing.blend_search import BlendCase, blend_recalls
 from indexing.experiment import served_rankings
 from indexing.factors import AlsParams
+from indexing.history import model_histories
 from indexing.item_item import ItemItemParams
 from indexing.tuning import TuneGrid, tune
 from tests.indexing.conftest import DAY, T0, planted_rows
@@ -48,10 +48,10 @@ def test_bulk_scoring_agrees_with_the_served_ranking(kind: str) -> None:
         item_item=ItemItemParams(kind, 10),  # type: ignore[arg-type]
     )
     model = train_model(task.train, params, as_of=task.split_ts)
-    histories = shopper_histories(
+    (histories,) = model_histories(
         task.train,
-        params.history_weighting,
         task.split_ts,
+        [params.history_weighting],
         params.history_items,
         params.history_events,
     )

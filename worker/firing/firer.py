@@ -153,6 +153,7 @@ class Firer:
                 recent=state.recent,
                 purchased=frozenset(state.purchases),
                 cart=frozenset(state.cart_added),
+                history=state.history,
             )
             shoppers.append(_Shopper(state, view, PolicyReads.from_replies(replies), known))
         return shoppers

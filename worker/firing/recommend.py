@@ -1,7 +1,8 @@
 """Which items to put in a message: the shopper's state and the index, filtered.
 
 Candidates come from the served model (`LoadedIndex.recommend`, the scoring that won the
-offline evaluation, fed with the shopper's recent events weighted by type and recency),
+offline evaluation, fed with the shopper's accumulated item history weighted by type and
+recency),
 plus the FAISS neighbours of the rule's trigger items. They are merged, filtered
 (already bought, in the cart unless the rule is about the cart, out of stock, blocked),
 diversified (at most a share from one category) and each one carries its reason. With
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from indexing import LoadedIndex, recent_item_weights
+from indexing import HistoryEntry, LoadedIndex, item_weights, recent_item_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,11 +39,13 @@ class Candidate:
 
 @dataclasses.dataclass(frozen=True)
 class ShopperView:
-    """What recommendation needs of a shopper: recent events, owned and cart items."""
+    """What recommendation needs of a shopper: recent events, the accumulated item
+    history, owned and cart items."""
 
     recent: Sequence[Mapping[str, Any]]  # newest first: {item_id, type, ts}
     purchased: frozenset[str]
     cart: frozenset[str]
+    history: Sequence[HistoryEntry] = ()  # the state's accumulated item history
 
 
 # The shopper's items a reason may name: the trigger's, then the most recent ones (their
@@ -91,7 +94,7 @@ class Pool:
     """The merged candidates for one shopper before the catalog is consulted."""
 
     candidates: list[Candidate]
-    history: list[str]  # the shopper's recent items the model used, most recent first
+    history: list[str]  # the shopper's items the model was asked with, most recent first
     banned: frozenset[str]  # bought, and the cart unless the rule is about it
     trigger_items: tuple[str, ...]
     did: Mapping[str, str] = dataclasses.field(default_factory=dict)  # item -> latest event type
@@ -145,12 +148,13 @@ def candidate_pools(
     now: float,
     trending: Callable[[], Sequence[tuple[str, float]]] = tuple,
 ) -> list[Pool]:
-    """Per request, the served model's items for the shopper's recent events and the FAISS
-    neighbours of the trigger items, merged: enough to fill `k` after filtering. A shopper
-    none of whose recent items the index knows (new, or only new items) gets what is
-    trending now (`trending()`: the live counters, best first) instead of the model's
-    build-time popularity, as does every shopper when there is no index. The index is
-    asked once for the whole batch (`recommend_many`, `similar_many`)."""
+    """Per request, the served model's items for the shopper's history (`_model_history`)
+    and the FAISS neighbours of the trigger items, merged: enough to fill `k` after
+    filtering. A shopper none of whose history items the index knows (new, or only new
+    items) gets what is trending now (`trending()`: the live counters, best first)
+    instead of the model's build-time popularity, as does every shopper when there is no
+    index. The index is asked once for the whole batch (`recommend_many`,
+    `similar_many`)."""
     banned = [
         set(r.shopper.purchased) | (set() if r.allow_cart else set(r.shopper.cart))
         for r in requests
@@ -180,7 +184,7 @@ class _Found:
     """What the index gave one request."""
 
     candidates: list[Candidate] = dataclasses.field(default_factory=list)
-    history: list[str] = dataclasses.field(default_factory=list)  # the recent items asked with
+    history: list[str] = dataclasses.field(default_factory=list)  # the items asked with
     cold: bool = True  # the model knows none of them: trending fills in
 
 
@@ -196,14 +200,7 @@ def _from_index(
     asks: list[int] = []  # the requests the model scores
     weighted: list[tuple[list[str], list[float]]] = []
     for n, r in enumerate(requests):
-        # the latest events with an item, newest first, as many as the model was evaluated
-        # with (the offline log has no event without an item)
-        events = [
-            (e["item_id"], e["type"], float(e["ts"])) for e in r.shopper.recent if e.get("item_id")
-        ][: index.history_events]
-        history, weights = recent_item_weights(
-            events, now, index.history_weighting, index.history_items
-        )
+        history, weights = _model_history(index, r.shopper, now)
         found[n].history = history
         if any(index.is_built(h) for h in history):  # an overlay item does not fold in
             asks.append(n)
@@ -219,6 +216,20 @@ def _from_index(
         for similar in per_trigger:
             f.candidates += [Candidate(item, score, "", "neighbour") for item, score in similar]
     return found
+
+
+def _model_history(
+    index: LoadedIndex, shopper: ShopperView, now: float
+) -> tuple[list[str], list[float]]:
+    """The shopper's items and weights as `index`'s model was evaluated with them: the
+    accumulated history (`indexing.history`), or for a version built before it the
+    latest `history_events` events with an item (the offline log has none without)."""
+    if index.history_events is None:
+        return item_weights(shopper.history, now, index.history_weighting, index.history_items)
+    events = [
+        (r["item_id"], r["type"], float(r["ts"])) for r in shopper.recent if r.get("item_id")
+    ][: index.history_events]
+    return recent_item_weights(events, now, index.history_weighting, index.history_items)
 
 
 def choose(

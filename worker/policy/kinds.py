@@ -72,7 +72,7 @@ class Kind:
         return ""
 
 
-FIRE_READS: frozenset[Part] = frozenset({"recent", "purchases", "cart"})
+FIRE_READS: frozenset[Part] = frozenset({"recent", "history", "purchases", "cart"})
 """What `Kind.holds_at_fire` and recommendation read of the shopper when a rule fires."""
 
 
