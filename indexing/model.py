@@ -59,7 +59,7 @@ class ModelParams:
     history_half_life_days: float | None = 90.0
     #: the items of the shopper's history the model reads, most recently touched first;
     #: with the accumulated history also its bound (the worker's `history_items_max`)
-    history_items: int = 50
+    history_items: int = 200
     #: None: the shopper's whole history, as the worker accumulates it per item
     #: (`indexing.history`); a number: only their latest events, as many, from the
     #: worker's recent list (versions built before the accumulated state)

@@ -184,7 +184,7 @@ class Settings(BaseSettings):
     # --- shopper state ---------------------------------------------------------------
     recent_items_max: int = Field(default=50, ge=1, le=10_000)
     history_items_max: int = Field(
-        default=50,
+        default=200,
         ge=1,
         le=1_000,
         description="Items of a shopper's accumulated history kept (the least recently "

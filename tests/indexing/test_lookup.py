@@ -134,7 +134,7 @@ def test_recent_item_weights_match_the_offline_histories(index: LoadedIndex) -> 
     hist = shopper_histories(log, weighting, 200.0 + 86_400.0)[0]
     assert [log.item_ids[r] for r in hist[0]] == ids
     assert np.allclose(hist[1], weights, rtol=1e-5)
-    assert index.history_items == 50
+    assert index.history_items == 200
 
 
 def test_offline_histories_read_the_latest_events_as_the_worker_keeps_them(
