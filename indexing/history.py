@@ -203,7 +203,12 @@ class AccumulatedHistories:
             users[keep], items[keep], last[keep], rank[keep], total[keep]
         )  # fmt: skip
         order = np.lexsort((-rank, -last, users))
-        out: dict[int, tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]] = {}
+        # every shopper of the log has an entry, as `shopper_histories` gives one: the
+        # evaluation looks each test shopper up (one who only searched weighs nothing)
+        out: dict[int, tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]] = {
+            u: (np.zeros(0, np.intp), np.zeros(0, np.float32))
+            for u in np.unique(self.users).tolist()
+        }
         bounds = np.flatnonzero(np.diff(users[order])) + 1
         for chunk in np.split(order, bounds):
             if chunk.size == 0:

@@ -123,3 +123,42 @@ def test_params_of_a_version_read_from_the_recent_list_keep_their_window() -> No
     old = {**ModelParams().as_dict(), "history_events": 50}
     assert ModelParams.from_dict(old).history_events == 50
     assert ModelParams.from_dict(ModelParams().as_dict()).history_events is None
+
+
+def test_a_shopper_whose_items_all_weigh_nothing_has_an_empty_history() -> None:
+    """The evaluation looks every test shopper up (`served_rankings`); one whose train
+    events weigh 0 (searches, removals) is there with no items, as in
+    `shopper_histories`, not missing."""
+    rows = [
+        {"event_id": "1", "user_id": "u1", "item_id": "a", "type": "search", "ts": NOW - DAY},
+        {"event_id": "2", "user_id": "u2", "item_id": "a", "type": "view", "ts": NOW - DAY},
+    ]
+    log, _ = read_events(rows)
+    for half_life in ACCUMULATED_HALF_LIVES:
+        got = accumulated_histories(log, 5).weights(Weighting(half_life_days=half_life), NOW)
+        u1, u2 = log.user_ids.index("u1"), log.user_ids.index("u2")
+        assert set(got) == {u1, u2}
+        assert got[u1][0].size == got[u1][1].size == 0
+        assert got[u2][0].tolist() == [log.item_ids.index("a")]
+
+
+def test_the_evaluation_ranks_a_test_shopper_whose_history_weighs_nothing() -> None:
+    from indexing import AlsParams, discovery_task, train_model
+    from indexing.experiment import served_rankings
+    from tests.indexing.conftest import DAY as C_DAY
+    from tests.indexing.conftest import T0, planted_rows
+
+    rows = planted_rows()
+    # a shopper who only searched before the split, and bought a warm item after it
+    rows.append({**rows[0], "event_id": "s1", "user_id": "searcher", "type": "search",
+                 "ts": str(T0 + 10 * C_DAY)})  # fmt: skip
+    bought = "b1-0" if rows[0]["item_id"] != "b1-0" else "b1-1"
+    rows.append({**rows[0], "event_id": "s2", "user_id": "searcher", "type": "purchase",
+                 "item_id": bought, "ts": str(T0 + 99.9 * C_DAY)})  # fmt: skip
+    log, _ = read_events(rows)
+    task = discovery_task(log)
+    searcher = log.user_ids.index("searcher")
+    assert searcher in task.users.tolist()
+    model = train_model(task.train, ModelParams(als=AlsParams(factors=8, iterations=3)))
+    ranked = served_rankings(task, model)  # raised KeyError: no entry for the searcher
+    assert searcher in ranked
