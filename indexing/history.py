@@ -56,6 +56,7 @@ __all__ = [
     "decay_term",
     "item_weights",
     "model_histories",
+    "served_history_events",
 ]
 
 HISTORY_EPOCH = 1_577_836_800.0  # 2020-01-01T00:00:00Z
@@ -295,6 +296,23 @@ def accumulated_histories(log: EventLog, max_items: int) -> AccumulatedHistories
         rank=rank_of_code[cell_items],
         max_items=max_items,
     )
+
+
+def served_history_events(params: Mapping[str, object]) -> int | None:
+    """The `history_events` a version is served with, from its manifest's params: the
+    value written (None: the accumulated history). A version from before the field fed
+    its evaluation every event, and is served from the accumulated history too, unless
+    its history half-life is one the state cannot serve (a build with parameters given
+    by hand): then from its latest `history_items` events on the recent list, as workers
+    served it before the state existed (their recent list then held 50 events,
+    `history_items`' default), rather than refusing a version that served before."""
+    if "history_events" in params:
+        value = params["history_events"]
+        return None if value is None else int(str(value))
+    half_life = params.get("history_half_life_days")
+    if (None if half_life is None else float(str(half_life))) in ACCUMULATED_HALF_LIVES:
+        return None
+    return int(str(params.get("history_items", 50)))
 
 
 History = Mapping[int, tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]]

@@ -23,6 +23,7 @@ import numpy.typing as npt
 from indexing.attributes import AttributeMeans
 from indexing.blend import Blend, BlendWeights
 from indexing.errors import UnknownItemError
+from indexing.history import served_history_events
 from indexing.matrix import Weighting
 from indexing.neighbours import Neighbours
 from indexing.overlay import OVERLAY_MAX_ITEMS, Overlay, merge
@@ -332,9 +333,9 @@ class LoadedIndex:
         """None: the served model was evaluated with each shopper's accumulated history
         (`indexing.history`; also versions from before this field, which read every
         event); a number: with that many of the shopper's latest events
-        (`recent_item_weights` over the worker's recent list)."""
-        value = self.manifest["params"].get("history_events")
-        return None if value is None else int(value)
+        (`recent_item_weights` over the worker's recent list). See
+        `history.served_history_events`."""
+        return served_history_events(self.manifest["params"])
 
     @property
     def history_items(self) -> int:

@@ -30,7 +30,7 @@ from indexing.categories import (
 from indexing.errors import EmptyDataError, InputError
 from indexing.events import EventLog
 from indexing.factors import AlsParams, FoldIn, train_als
-from indexing.history import ACCUMULATED_HALF_LIVES
+from indexing.history import ACCUMULATED_HALF_LIVES, served_history_events
 from indexing.item_item import ITEM_ITEM_KINDS, ItemItemParams, item_item
 from indexing.items import Item
 from indexing.matrix import SECONDS_PER_DAY, Weighting, interaction_matrix
@@ -123,7 +123,7 @@ class ModelParams:
             weighting=Weighting(**weighting),
             history_half_life_days=_opt_float(data.get("history_half_life_days")),
             history_items=int(str(data.get("history_items", defaults.history_items))),
-            history_events=_opt_int(data.get("history_events")),
+            history_events=served_history_events(data),
             item_item=ItemItemParams(**item_item),
             recent_days=float(str(data.get("recent_days", defaults.recent_days))),
             blend=BlendWeights(**blend),
@@ -139,10 +139,6 @@ def read_model_params(path: Path) -> ModelParams:
         return ModelParams.from_dict(data.get("params", data))
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise InputError(f"model parameters {path}: {exc!r}") from exc
-
-
-def _opt_int(value: object) -> int | None:
-    return None if value is None else int(str(value))
 
 
 def _opt_float(value: object) -> float | None:

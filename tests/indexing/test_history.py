@@ -4,6 +4,8 @@ decayed sums they stand for, and a model can only ask for what the state can ser
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -162,3 +164,28 @@ def test_the_evaluation_ranks_a_test_shopper_whose_history_weighs_nothing() -> N
     model = train_model(task.train, ModelParams(als=AlsParams(factors=8, iterations=3)))
     ranked = served_rankings(task, model)  # raised KeyError: no entry for the searcher
     assert searcher in ranked
+
+
+def test_a_version_from_before_history_events_with_a_half_life_the_state_cannot_serve_loads(
+    tmp_path: Path,
+) -> None:
+    """Such a version (built by hand with another half-life) served from the recent list
+    before the accumulated state; it still loads and serves so, not refused."""
+    from indexing import AlsParams, load_index, save_model, train_model
+    from tests.indexing.conftest import planted_rows
+
+    params = ModelParams(
+        als=AlsParams(factors=8, iterations=3), history_half_life_days=30.0, history_events=50
+    )
+    log, _ = read_events(planted_rows())
+    version, _ = save_model(tmp_path, train_model(log, params))
+    index = load_index(tmp_path, version)
+    old = {k: v for k, v in index.manifest["params"].items() if k != "history_events"}
+    assert ModelParams.from_dict(old).history_events == params.history_items
+    index.manifest["params"] = old
+    assert index.history_events == params.history_items
+    # one the state can serve reads the accumulated history, as a version before the
+    # field read every event
+    for half_life in ACCUMULATED_HALF_LIVES:
+        servable = {**old, "history_half_life_days": half_life}
+        assert ModelParams.from_dict(servable).history_events is None
