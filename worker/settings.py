@@ -188,8 +188,8 @@ class Settings(BaseSettings):
         ge=1,
         le=1_000,
         description="Items of a shopper's accumulated history kept (the least recently "
-        "touched go): the served model's `history_items`, which its evaluation used as "
-        "this bound.",
+        "touched go): at least the served model's `history_items`, which its evaluation "
+        "used as this bound (a worker loading a version that wants more warns).",
     )
     dedup_window_s: int = Field(
         default=7 * 86_400, ge=60, description="Duplicate event_ids within this are ignored."

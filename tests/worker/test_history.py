@@ -1,9 +1,11 @@
 """The shopper's accumulated item history on a real Redis (`apply_event.lua`): what the
 model reads live equals what the offline evaluation computes from the same events, it
-stays within its bound, and a shopper from before it starts from their recent list."""
+stays within its bound, a shopper from before it starts from their recent list, and a
+worker loading a version evaluated with more history than it stores says so."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,16 +16,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from indexing import (
+    AlsParams,
     ItemHistory,
+    ModelParams,
     Weighting,
     accumulated_histories,
     decay_term,
     item_weights,
     read_events,
+    save_model,
+    train_model,
 )
 from indexing.history import ACCUMULATED_HALF_LIVES, HistoryEntry
 from tests.clock import RUN_NOW
+from tests.indexing.conftest import planted_rows
 from tests.redis_server import delete_prefix
+from worker.firing.index_store import open_index_store
+from worker.firing.recommend import ShopperView, candidate_pool
 from worker.service.runtime import Runtime
 from worker.settings import Settings
 from worker.shoppers.inputs import Limits, parse_event
@@ -215,3 +224,58 @@ def test_user_view_shows_the_history(runtime: Runtime) -> None:
     [entry] = user_view(runtime.redis, runtime.keys, "u1", NOW)["item_history"]
     assert entry["item_id"] == "a" and entry["events"] == {"view": 2}
     assert entry["decayed"]["view"] == pytest.approx(1.0 + 0.5 ** (1 / 90), rel=1e-5)
+
+
+def _publish(rt: Runtime, params: ModelParams) -> str:
+    store = open_index_store(rt.settings)
+    log, _ = read_events(planted_rows())
+    version, _ = save_model(store.staging, train_model(log, params))
+    store.publish(version, force=True)
+    return version
+
+
+def test_a_version_evaluated_with_more_history_than_is_stored_serves_and_says_so(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing stops a version built with `history_items` 200 from being served by workers
+    that store 50 items (`PUSHREC_HISTORY_ITEMS_MAX`): it loads and serves with the 50,
+    and its load says so (a warning naming both, a counter, the holder's field); so does a
+    hot swap to it, and a version within the bound says nothing."""
+    small = AlsParams(factors=8, iterations=3)
+    rt = _runtime(settings, settings.key_prefix, history_items_max=50)
+    try:
+        wide = _publish(rt, ModelParams(als=small, history_items=200))
+        with caplog.at_level(logging.WARNING, logger="worker.firing.index_holder"):
+            holder = rt.index  # the worker's holder: loads the published version
+        assert holder.version == wide
+        [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert "200" in warning and "50" in warning and "PUSHREC_HISTORY_ITEMS_MAX" in warning
+        assert holder.history_shortfall == warning
+        assert rt.metrics.snapshot()["index.history_short"] == 1
+
+        # it serves with what is stored
+        _apply(rt, [_raw(n, "u1", "view", f"b1-{n}", NOW - 100 + n) for n in range(3)])
+        history = _live(rt, "u1")
+        shopper = ShopperView([], frozenset(), frozenset(), history)
+        assert holder.index is not None
+        pool = candidate_pool(holder.index, shopper, k=3, now=NOW)
+        assert pool.history == ["b1-2", "b1-1", "b1-0"]
+        assert any(c.source == "model" for c in pool.candidates)
+
+        caplog.clear()
+        narrow = _publish(rt, ModelParams(als=small, history_items=50))
+        holder.between_tasks(now=1e12)  # past the check interval: a hot swap
+        holder.wait_loaded()
+        assert holder.version == narrow and holder.history_shortfall is None
+        assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+        # a version read from the recent list: its window against the recent list's bound
+        recent = _publish(rt, ModelParams(als=small, history_events=80))
+        holder.between_tasks(now=2e12)
+        holder.wait_loaded()
+        assert holder.version == recent
+        short = holder.history_shortfall
+        assert short is not None and "80" in short and "PUSHREC_RECENT_ITEMS_MAX" in short
+        assert rt.metrics.snapshot()["index.history_short"] == 2
+    finally:
+        rt.close()

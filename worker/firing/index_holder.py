@@ -23,6 +23,13 @@ The same check reads the catalog's change counter (one pipelined round trip for 
 the index served follows new and sold-out items between builds (`live_items.py`): a
 version loaded is brought up to date before it serves, the served one catches up when the
 counter moved.
+
+A version is evaluated with as much of a shopper's history as its manifest says
+(`history_items` items of the accumulated history, or for older versions the latest
+`history_events` events); the workers' state keeps what their settings bound
+(`StoredHistory`). A version asking for more than is stored still loads and serves with
+what is stored, but its load says so: a warning naming both values, the counter
+`index.history_short`, and `IndexHolder.history_shortfall`.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import logging
 import random
 import threading
 import time
+from dataclasses import dataclass
 
 from indexing import (
     ArtifactError,
@@ -42,9 +50,11 @@ from indexing import (
     load_index,
 )
 from worker.firing.live_items import LiveItems
+from worker.settings import Settings
 from worker.store.client import StateRedis
 from worker.store.errors import TRANSIENT, describe
 from worker.store.keys import Keys
+from worker.store.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +64,62 @@ RETRY_MAX_S = 60.0
 _NOT_YET = (ArtifactNotFoundError, StoreUnavailableError, OSError)
 
 
+@dataclass(frozen=True)
+class StoredHistory:
+    """How much of a shopper's history the workers' state keeps (their settings)."""
+
+    history_items: int  # PUSHREC_HISTORY_ITEMS_MAX: items of the accumulated history
+    recent_events: int  # PUSHREC_RECENT_ITEMS_MAX: events of the recent list
+
+    @classmethod
+    def of(cls, settings: Settings) -> StoredHistory:
+        return cls(settings.history_items_max, settings.recent_items_max)
+
+    def shortfall(self, index: LoadedIndex) -> str | None:
+        """What `index` was evaluated with that the state does not keep, in words; None
+        when the state keeps at least that much."""
+        if index.history_events is None:
+            if index.history_items <= self.history_items:
+                return None
+            return (
+                f"index {index.version} was evaluated with {index.history_items} items of "
+                f"a shopper's history (history_items) but the workers store "
+                f"{self.history_items} (PUSHREC_HISTORY_ITEMS_MAX): serving it with the "
+                f"{self.history_items} stored; set PUSHREC_HISTORY_ITEMS_MAX to at least "
+                f"{index.history_items} to serve it as evaluated"
+            )
+        if index.history_events <= self.recent_events:
+            return None
+        return (
+            f"index {index.version} was evaluated with a shopper's latest "
+            f"{index.history_events} events (history_events) but the workers keep "
+            f"{self.recent_events} (PUSHREC_RECENT_ITEMS_MAX): serving it with the "
+            f"{self.recent_events} kept"
+        )
+
+
 class IndexHolder:
-    """One per worker process; its pool threads may call `between_tasks` concurrently."""
+    """One per worker process; its pool threads may call `between_tasks` concurrently.
+
+    `stored`: what the workers' state keeps of a shopper's history, to check each version
+    loaded against (None: no check); `metrics`: where the check counts a short one."""
 
     def __init__(
-        self, store: ArtifactStore, client: StateRedis, keys: Keys, check_every_s: float = 5.0
+        self,
+        store: ArtifactStore,
+        client: StateRedis,
+        keys: Keys,
+        check_every_s: float = 5.0,
+        *,
+        stored: StoredHistory | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._client = client
         self._keys = keys
         self._check_every_s = check_every_s
+        self._stored = stored
+        self._metrics = metrics
         self._live = LiveItems(client, keys)
         self._index: LoadedIndex | None = None
         self._seen = 0  # the last catalog mark applied to `_index`
@@ -86,6 +142,15 @@ class IndexHolder:
     @property
     def version(self) -> str | None:
         return self._index.version if self._index is not None else None
+
+    @property
+    def history_shortfall(self) -> str | None:
+        """Why the index served gets less of a shopper's history than it was evaluated
+        with (`StoredHistory.shortfall`), or None."""
+        index = self._index
+        if index is None or self._stored is None:
+            return None
+        return self._stored.shortfall(index)
 
     def wanted_version(self) -> str | None:
         """The Redis pointer if set, else the store's `current`."""
@@ -217,7 +282,21 @@ class IndexHolder:
             log.warning("index %s not swapped in: catalog state unreadable: %s",
                         version, describe(exc))  # fmt: skip
             return
+        self._check_history(index)
         self._ready = (index, seen)
+
+    def _check_history(self, index: LoadedIndex) -> None:
+        """Say so when the state keeps less of a shopper's history than `index` was
+        evaluated with; it serves all the same, with what is stored."""
+        short = self._stored.shortfall(index) if self._stored is not None else None
+        if short is None:
+            return
+        log.warning("%s", short)
+        if self._metrics is not None:
+            try:
+                self._metrics.add({"index.history_short": 1})
+            except TRANSIENT as exc:  # the warning stands; the version serves
+                log.debug("index.history_short not counted: %s", describe(exc))
 
     def _retry_later(self, version: str) -> float:
         tries = self._retry_at.get(version, (0.0, 0))[1]

@@ -28,7 +28,7 @@ from worker.delivery.push_runtime import PushRuntime
 from worker.delivery.requests import DeliveryRequest
 from worker.delivery.sender import MessageSender
 from worker.firing.firer import Firer
-from worker.firing.index_holder import IndexHolder
+from worker.firing.index_holder import IndexHolder, StoredHistory
 from worker.firing.index_store import open_index_store
 from worker.firing.triggers import Triggers
 from worker.policy.contact import ContactPolicy
@@ -154,7 +154,13 @@ class Runtime:
             return self._index
         with self._lock:
             if self._index is None:
-                index = IndexHolder(open_index_store(self.settings), self.redis, self.keys)
+                index = IndexHolder(
+                    open_index_store(self.settings),
+                    self.redis,
+                    self.keys,
+                    stored=StoredHistory.of(self.settings),
+                    metrics=self.metrics,
+                )
                 index.load_now()
                 self._index = index  # published once loaded: other threads never see it half-built
             return self._index
