@@ -62,7 +62,7 @@ def blend_recalls(
 
     model: trained on `task.train` (its rows are warm item codes of the task's id table,
     `model.item_ids`); histories: per user code, item codes and raw weights as
-    `shopper_histories` gives them; pops: per window, raw recent popularity over the
+    `history.model_histories` gives them; pops: per window, raw recent popularity over the
     model's rows (`model.recent_popularity` is ignored).
     """
     row_code, row_of = model.rows_of(task.train.item_ids)
