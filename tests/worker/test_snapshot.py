@@ -62,3 +62,30 @@ def test_reads_of_many_shoppers_share_one_pipeline(runtime: Runtime) -> None:
     first, second = reads.parse("u1", replies), reads.parse("nobody", replies)
     assert [r["item_id"] for r in first.recent] == ["a"] and second.recent == []
     assert next(replies, None) is None
+
+
+def test_the_history_read_takes_its_two_keys_and_the_reads_after_it_theirs(
+    runtime: Runtime,
+) -> None:
+    """`history` is one read of two keys (`read_shopper.lua`): the reads queued after it
+    still get their own keys and replies, in one call; a shopper without one reads empty."""
+    apply(
+        runtime,
+        ("e1", "view", "a", NOW - 300),
+        ("e2", "add_to_cart", "b", NOW - 200),
+        ("e3", "view", "a", NOW - 100),
+    )
+    reads = ShopperReads.of("recent", "history", "cart", "purchases", "preferences")
+    pipe = runtime.redis.pipeline(transaction=False)
+    for user in ("u1", "nobody"):
+        reads.queue(pipe, runtime.keys, user)
+    replies = pipe.execute()
+    assert len(replies) == 2  # one script call a shopper
+    shopper = reads.parse("u1", iter(replies[:1]))
+    assert [(e.item_id, e.last_ts) for e in shopper.history] == [("a", NOW - 100), ("b", NOW - 200)]
+    assert shopper.history[0].sums["view"][0] == 2.0
+    assert list(shopper.history[1].sums) == ["add_to_cart"]
+    assert shopper.cart_added == {"b": NOW - 200} and shopper.purchases == {}
+    assert [r["item_id"] for r in shopper.recent] == ["a", "b", "a"]
+    nobody = reads.parse("nobody", iter(replies[1:]))
+    assert nobody.history == [] and nobody.cart_added == {} and nobody.recent == []
