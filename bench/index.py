@@ -9,7 +9,8 @@ Measures, in one run so ratios share the machine's noise:
   index type chosen and its build-time recall@10, an independent recall@10 against exact
   search, RSS of a fresh process after `load_index` (and after queries), single-query
   p50/p99 of a bare FAISS search and of `LoadedIndex.similar` on the same index (queries
-  interleaved), `recommend` p50/p99, and `fold_in` p50/p99 (10 items).
+  interleaved), `recommend` p50/p99 for a shopper of 10 items and of the served history's
+  bound (`ModelParams().history_items`), and `fold_in` p50/p99 (10 items).
 """
 
 from __future__ import annotations
@@ -187,6 +188,8 @@ def bench_size(n: int, store: Path, queries: int) -> dict[str, Any]:
     out["recall_at_10_vs_exact"] = recall_at_k(found, truth)
     fold: list[float] = []
     rec: list[float] = []
+    rec_full: list[float] = []
+    full = indexing.ModelParams().history_items  # a loyal shopper: the whole served history
     for j in range(min(queries, 2000)):
         hist = [index.item_ids[r] for r in rng.integers(0, n, size=10).tolist()]
         weights = rng.uniform(1, 10, size=10).tolist()
@@ -198,9 +201,19 @@ def bench_size(n: int, store: Path, queries: int) -> dict[str, Any]:
             t1 = time.perf_counter_ns()
             index.recommend(hist, weights, k=10)
             rec.append((time.perf_counter_ns() - t1) / 1e3)
+            long = [index.item_ids[r] for r in rng.choice(n, size=full, replace=False).tolist()]
+            long_weights = rng.uniform(1, 10, size=full).tolist()
+            t1 = time.perf_counter_ns()
+            index.recommend(long, long_weights, k=10)
+            rec_full.append((time.perf_counter_ns() - t1) / 1e3)
     out["fold_in_10_items"] = _pct(fold)
     out["recommend_10_items"] = _pct(rec)
+    out[f"recommend_{full}_items"] = _pct(rec_full)
     return out
+
+
+def _ms(pct: dict[str, float]) -> str:
+    return f"{pct['p50_us'] / 1e3:.2f}/{pct['p99_us'] / 1e3:.2f}"
 
 
 def main() -> int:
@@ -239,9 +252,11 @@ def main() -> int:
                         f.unlink()
                     p.rmdir()
     print()
+    full = indexing.ModelParams().history_items
     print(
         f"{'items':>9} {'kind':>5} {'efS':>4} {'build s':>8} {'recall':>7} {'RSS MB':>7} "
-        f"{'bare p50/p99 us':>16} {'ours p50/p99 us':>16} {'ovh p50':>7} {'fold p99':>8}"
+        f"{'bare p50/p99 us':>16} {'ours p50/p99 us':>16} {'ovh p50':>7} {'fold p99':>8} "
+        f"{'recommend p50/p99 ms, 10 items':>31} {f'{full} items':>10}"
     )
     for n, r in result["sizes"].items():
         spec = r["index"]
@@ -251,7 +266,8 @@ def main() -> int:
             f"{r['rss_after_load_mb']:7.0f} "
             f"{r['bare_faiss_search']['p50_us']:7.0f}/{r['bare_faiss_search']['p99_us']:<8.0f}"
             f"{r['similar']['p50_us']:7.0f}/{r['similar']['p99_us']:<8.0f}"
-            f"{r['overhead_p50']:7.0%} {r['fold_in_10_items']['p99_us']:8.1f}"
+            f"{r['overhead_p50']:7.0%} {r['fold_in_10_items']['p99_us']:8.1f} "
+            f"{_ms(r['recommend_10_items']):>31} {_ms(r[f'recommend_{full}_items']):>10}"
         )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2, sort_keys=True))

@@ -15,8 +15,8 @@ recall@10: one split alone let noise and the season of one period decide. Steps:
    history half-lives; every combination is a *signal set*, and each signal set is scored
    under every blend weighting and popularity window at once (`indexing.blend_search`).
    When a catalogue with categories is given, the strength of its category peers is
-   chosen first, among `category_strengths` on the first signal set, and every signal
-   set then has it.
+   chosen first, among `category_strengths`, for each item-item kind on its first
+   signal set, and every signal set of that kind then has it.
    Weights run over ratios down to zero for each signal, so a shop where one signal is
    useless (MF on a grocery shop where popularity dominates) can switch it off.
 3. Successive halving over signal sets: all of them on a `screen_share` sample of the
@@ -103,7 +103,7 @@ class TuneGrid:
     ease_max_items: int = EASE_MAX_ITEMS
     matrix_half_life_days: Sequence[float | None] = (None, 60.0)
     history_half_life_days: Sequence[float | None] = (None, 90.0)
-    category_strengths: Sequence[float] = (0.0, 1.0, 3.0)
+    category_strengths: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
     validation_fractions: Sequence[float] = (0.8, 0.9)
     blend_windows: int = 3
     blend_weights: Sequence[BlendWeights] = field(default_factory=default_blend_weights)
@@ -391,19 +391,24 @@ def _search_blend(
 
     users = min(f.task.users.shape[0] for f in folds)
     screen = users >= grid.screen_min_users
-    # the category strength first, on the first signal set (the best item-item kind):
-    # every strength on every signal set tripled the search for a choice the other knobs
-    # did not move (three runs on the generated shops: one strength led on all 8 sets)
+    # the category strength first, per item-item kind on its first signal set: every
+    # strength on every signal set tripled the search for a choice the other knobs did
+    # not move (three runs on the generated shops: one strength led on all 8 sets of a
+    # kind), but the kinds differ (the peers are scaled to each kind's weights)
     (als, mhl), hhl = next(iter(folds[0].models)), grid.history_half_life_days[0]
-    first = _SignalSet(als, mhl, served_kinds[0], hhl, 0.0)
     share = grid.screen_share if screen else 1.0
-    strength_recall = {
-        g: max(score(replace(first, category_strength=g), share).values())
-        for g in (grid.category_strengths if all(f.peers.nnz for f in folds) else ())
-    }
-    strength = max(strength_recall, key=lambda g: (strength_recall[g], -g), default=0.0)
+    strengths = grid.category_strengths if all(f.peers.nnz for f in folds) else ()
+    strength_recall: dict[ItemItemParams, dict[float, float]] = {}
+    strength_of: dict[ItemItemParams, float] = {}
+    for p in served_kinds:
+        first = _SignalSet(als, mhl, p, hhl, 0.0)
+        tried = {
+            g: max(score(replace(first, category_strength=g), share).values()) for g in strengths
+        }
+        strength_recall[p] = tried
+        strength_of[p] = max(tried, key=lambda g: (tried[g], -g), default=0.0)
     sets = [
-        _SignalSet(als, mhl, p, hhl, strength)
+        _SignalSet(als, mhl, p, hhl, strength_of[p])
         for (als, mhl), p, hhl in itertools.product(
             folds[0].models, served_kinds, grid.history_half_life_days
         )
@@ -445,7 +450,10 @@ def _search_blend(
     return chosen, {
         "blend_rounds": rounds,
         "blend_cases_per_signal_set": len(windows) * len(grid.blend_weights),
-        "category_strengths": {str(g): r for g, r in strength_recall.items()},
+        "category_strengths": [
+            {"item_item": p.as_dict(), "recall@10": {str(g): r for g, r in tried.items()}}
+            for p, tried in strength_recall.items()
+        ],
         "chosen_model": chosen.as_dict(),
         "chosen_model_validation_recall_at_10": value,
     }

@@ -92,6 +92,13 @@ def test_where_the_aisle_predicts_the_tuning_takes_the_category_peers() -> None:
     params, baselines, report = tune(task.train, SMALL_GRID, catalog=catalog)
     assert params.category_strength > 0
     assert report["chosen_model"]["category_strength"] == params.category_strength  # type: ignore[index]
+    # the strength is chosen per item-item kind (the peers are scaled to each kind's
+    # weights): one sweep per kind, and the chosen kind's best strength is served
+    sweeps = report["category_strengths"]
+    assert isinstance(sweeps, list)
+    assert len({str(s["item_item"]) for s in sweeps}) == len(sweeps) == SMALL_GRID.blend_kinds
+    [own] = [s["recall@10"] for s in sweeps if s["item_item"] == params.item_item.as_dict()]
+    assert own[str(params.category_strength)] == max(own.values())
     result = evaluate_models(log, params, baselines, catalog=catalog)
     served = result.metrics["served_blend"]["recall@10"]
     name, best = result.best_baseline()
