@@ -49,14 +49,15 @@ local function history_add(h_item, h_type, h_ts, h_term)
   return added
 end
 
--- Drop the `over` least recently touched items (lowest ts, then lowest id), in chunks
--- (unpack() fails beyond a few thousand values).
-local function history_trim(over)
+-- Drop the `over` lowest-scored members of `zset` (then the lowest ids) and their fields
+-- of `hash`, in chunks: unpack() fails beyond a few thousand values, and a cart filled
+-- before its cap existed may be that large.
+local function drop_oldest(zset, hash, over)
   while over > 0 do
-    local oldest = redis.call('ZRANGE', history, 0, math.min(over, 1000) - 1)
+    local oldest = redis.call('ZRANGE', zset, 0, math.min(over, 1000) - 1)
     if #oldest == 0 then break end
-    redis.call('ZREM', history, unpack(oldest))
-    redis.call('HDEL', history_sums, unpack(oldest))
+    redis.call('ZREM', zset, unpack(oldest))
+    redis.call('HDEL', hash, unpack(oldest))
     over = over - #oldest
   end
 end
@@ -92,14 +93,14 @@ if item ~= '' then
         count = count + history_add(
           old.item_id, old.type, old_ts, 2 ^ ((old_ts - epoch) / half_life))
         if count > history_max then
-          history_trim(count - history_max)
+          drop_oldest(history, history_sums, count - history_max)
           count = history_max
         end
       end
     end
   end
   count = count + history_add(item, etype, ARGV[4], tonumber(ARGV[18]))
-  if count > history_max then history_trim(count - history_max) end
+  if count > history_max then drop_oldest(history, history_sums, count - history_max) end
 end
 redis.call('LPUSH', recent, ARGV[14])
 redis.call('LTRIM', recent, 0, recent_max - 1)
@@ -111,16 +112,7 @@ end
 if etype == 'add_to_cart' then
   redis.call('HINCRBY', cart, item, qty)
   redis.call('ZADD', cart_added, 'GT', ts, item)
-  -- Evict the oldest in chunks: unpack() fails beyond a few thousand values, and a cart
-  -- filled before the cap existed may be that large.
-  local over = redis.call('ZCARD', cart_added) - cart_max
-  while over > 0 do
-    local oldest = redis.call('ZRANGE', cart_added, 0, math.min(over, 1000) - 1)
-    if #oldest == 0 then break end
-    redis.call('ZREM', cart_added, unpack(oldest))
-    redis.call('HDEL', cart, unpack(oldest))
-    over = over - #oldest
-  end
+  drop_oldest(cart_added, cart, redis.call('ZCARD', cart_added) - cart_max)
 elseif etype == 'remove_from_cart' then
   if redis.call('HINCRBY', cart, item, -qty) <= 0 then
     redis.call('HDEL', cart, item)
