@@ -146,6 +146,12 @@ def knn_scores_at(
     col = np.concatenate(cols)
     if col.shape[0] == 0:
         return out
+    if col.shape[0] * 32 >= sim.shape[1]:
+        # a long history (200 items x M neighbours): summing over the catalogue beats
+        # unique's sort; bincount adds in the same order, so the sums are the same
+        dense = np.bincount(col, weights=np.concatenate(vals), minlength=sim.shape[1])
+        out[:] = dense[candidates]
+        return out
     uniq, inv = np.unique(col, return_inverse=True)
     sums = np.bincount(inv, weights=np.concatenate(vals), minlength=uniq.shape[0])
     pos = np.minimum(np.searchsorted(uniq, candidates), uniq.shape[0] - 1)

@@ -42,6 +42,16 @@ _CANDIDATES_PER_SOURCE = 200
 Scored = list[tuple[str, float]]
 
 
+def _sorted_set(codes: npt.NDArray[np.intp], n: int) -> npt.NDArray[np.intp]:
+    """`np.unique(codes)` for codes below `n`: for a long history (200 items x M
+    neighbours each) a mask over the catalogue is cheaper than unique's sort."""
+    if codes.shape[0] * 32 < n:
+        return np.unique(codes)
+    member = np.zeros(n, dtype=bool)
+    member[codes] = True
+    return np.flatnonzero(member)
+
+
 class LoadedIndex:
     """Item table + neighbour search + served scoring of one artifact version.
 
@@ -432,7 +442,7 @@ class LoadedIndex:
                     for r in rows.tolist()
                 )
             parts.append(rows)
-            cand = scored = np.unique(np.concatenate(parts))
+            cand = scored = _sorted_set(np.concatenate(parts), n)
             s = self.blend.score(rows, w, cand, blend).astype(np.float64)
         over = self._overlay
         if len(over):

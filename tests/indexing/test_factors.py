@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from indexing import AlsParams, FoldIn, Weighting, read_events, train_als
@@ -122,3 +123,25 @@ def test_dense_knn_scores_in_float64_sum_exactly_as_at_candidates() -> None:
     every = np.arange(sim.shape[1], dtype=np.intp)
     dense = knn_scores(sim, rows, weights, np.float64)
     assert np.array_equal(dense, knn_scores_at(sim, rows, weights, every))
+
+
+@pytest.mark.parametrize("history", [3, 400])  # few entries: unique's path; many: bincount's
+def test_knn_scores_at_sums_exactly_for_short_and_long_histories(history: int) -> None:
+    from indexing.knn import knn_scores, knn_scores_at
+
+    rng = np.random.default_rng(5)
+    n, m = 5_000, 5
+    sim = sp.csr_matrix(
+        (
+            rng.random(n * m).astype(np.float32),
+            rng.integers(0, n, size=n * m),
+            np.arange(0, n * m + 1, m),
+        ),
+        shape=(n, n),
+    )
+    sim.sum_duplicates()  # a model's row lists each neighbour once
+    rows = rng.choice(n, size=history, replace=False).astype(np.intp)
+    weights = rng.uniform(0.1, 5.0, size=history)
+    cand = np.unique(rng.integers(0, n, size=700)).astype(np.intp)
+    dense = knn_scores(sim, rows, weights, np.float64)
+    assert np.array_equal(knn_scores_at(sim, rows, weights, cand), dense[cand])
