@@ -24,6 +24,12 @@ __all__ = [
 _BLOCK = 4096
 
 
+#: A pass over the whole catalogue (a mask, a bincount) beats np.unique's sort once the
+#: entries number at least 1/CATALOGUE_PASS_SHARE of the catalogue (a long history's
+#: neighbour lists); below, the sort of the few entries is cheaper.
+CATALOGUE_PASS_SHARE = 32
+
+
 def item_similarity(user_items: sp.csr_matrix, top_m: int = 100) -> sp.csr_matrix:
     """CSR float32 (n_items, n_items): cosine co-occurrence, top `top_m` per row (ties: lower
     column first), zero diagonal.
@@ -146,7 +152,7 @@ def knn_scores_at(
     col = np.concatenate(cols)
     if col.shape[0] == 0:
         return out
-    if col.shape[0] * 32 >= sim.shape[1]:
+    if col.shape[0] * CATALOGUE_PASS_SHARE >= sim.shape[1]:
         # a long history (200 items x M neighbours): summing over the catalogue beats
         # unique's sort; bincount adds in the same order, so the sums are the same
         dense = np.bincount(col, weights=np.concatenate(vals), minlength=sim.shape[1])

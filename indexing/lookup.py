@@ -24,6 +24,7 @@ from indexing.attributes import AttributeMeans
 from indexing.blend import Blend, BlendWeights
 from indexing.errors import UnknownItemError
 from indexing.history import served_history_events
+from indexing.knn import CATALOGUE_PASS_SHARE
 from indexing.matrix import Weighting
 from indexing.neighbours import Neighbours
 from indexing.overlay import OVERLAY_MAX_ITEMS, Overlay, merge
@@ -45,7 +46,7 @@ Scored = list[tuple[str, float]]
 def _sorted_set(codes: npt.NDArray[np.intp], n: int) -> npt.NDArray[np.intp]:
     """`np.unique(codes)` for codes below `n`: for a long history (200 items x M
     neighbours each) a mask over the catalogue is cheaper than unique's sort."""
-    if codes.shape[0] * 32 < n:
+    if codes.shape[0] * CATALOGUE_PASS_SHARE < n:
         return np.unique(codes)
     member = np.zeros(n, dtype=bool)
     member[codes] = True
