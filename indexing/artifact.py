@@ -170,7 +170,7 @@ def load_index(
             raise ManifestError(f"{folder}: attribute arrays disagree: {exc}") from exc
     factors: npt.NDArray[np.float32] = arr["factors"]
     fold = FoldIn(factors, params.als.regularization, params.als.alpha, gram=arr["gram"])
-    blend = Blend(factors, fold, sim, arr["popularity"], params.blend)
+    blend = Blend(factors, fold, sim, arr["popularity"], params.blend, params.popularity_scale)
     return LoadedIndex(
         version=version,
         manifest=manifest,

@@ -6,9 +6,10 @@ in `indexing.matrix`), each candidate item c gets::
     score(c) = w_mf * mf(c) / max|mf| + w_knn * knn(c) / max knn + w_pop * pop(c)
 
 with mf(c) = u · y_c (u the fold-in vector, y_c the raw ALS item factors),
-knn(c) = Σ_j w_j sim(j, c) and pop(c) = log1p(recent buyers of c) / log1p(max). The
-maxima are over the candidates, so the three terms are on comparable [-1, 1] scales for
-every shopper. The weights were chosen on a validation split (see docs/indexing.md).
+knn(c) = Σ_j w_j sim(j, c) and pop(c) the recent buyers of c on the model's popularity
+scale (`popularity_term`): log1p(buyers) / log1p(max), or buyers / max. The maxima are
+over the candidates, so the three terms are on comparable [-1, 1] scales for every
+shopper. The weights and the scale were chosen on validation splits (docs/indexing.md).
 
 `Blend` is pure numpy over arrays the artifact carries; the worker calls `Blend.score`
 (or `LoadedIndex.recommend`) per event. The offline evaluation calls the very same method.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +30,34 @@ from indexing.factors import FoldIn
 from indexing.knn import knn_scores, knn_scores_at, knn_scores_many
 from indexing.matrix import SECONDS_PER_DAY, Weighting, event_weights
 
-__all__ = ["Blend", "BlendWeights", "recent_item_weights", "shopper_histories"]
+__all__ = [
+    "POPULARITY_SCALES",
+    "Blend",
+    "BlendWeights",
+    "PopularityScale",
+    "popularity_term",
+    "recent_item_weights",
+    "shopper_histories",
+]
+
+PopularityScale = Literal["log", "linear"]
+#: how recent buyers become the popularity term: "log" flattens the head (a best seller
+#: counts little more than a steady item), "linear" keeps it (grocery staples, where the
+#: head is what a new shopper buys next); the tuning tries both
+POPULARITY_SCALES: tuple[PopularityScale, ...] = ("log", "linear")
+
+
+def popularity_term(
+    counts: npt.NDArray[np.floating], scale: PopularityScale = "log"
+) -> npt.NDArray[np.float32]:
+    """Float32 (n,): recent buyers per item on `scale`, divided by the maximum (0 to 1)."""
+    if not counts.size:
+        return counts.astype(np.float32)
+    raw = counts.astype(np.float64)
+    # the log's maximum in the counts' own precision, as every version before the scale
+    top = float(np.log1p(counts.max())) if scale == "log" else float(raw.max())
+    term = np.log1p(raw) if scale == "log" else raw
+    return (term / top if top > 0 else term).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -48,7 +77,7 @@ class Blend:
 
     item_factors: float32 (n_items, d) raw ALS factors; fold_in: a `FoldIn` over them;
     similarity: CSR float32 (n_items, n_items) top-M item-KNN; recent_popularity: float32
-    (n_items,) distinct recent buyers.
+    (n_items,) distinct recent buyers; popularity_scale: see `popularity_term`.
     """
 
     def __init__(
@@ -58,13 +87,12 @@ class Blend:
         similarity: sp.csr_matrix,
         recent_popularity: npt.NDArray[np.float32],
         weights: BlendWeights,
+        popularity_scale: PopularityScale = "log",
     ):
         self.item_factors = item_factors
         self.fold_in = fold_in
         self.similarity = similarity
-        top = float(np.log1p(recent_popularity.max())) if recent_popularity.size else 0.0
-        pop = np.log1p(recent_popularity.astype(np.float64))
-        self.popularity = (pop / top if top > 0 else pop).astype(np.float32)
+        self.popularity = popularity_term(recent_popularity, popularity_scale)
         self.weights = weights
 
     def score(

@@ -2,12 +2,13 @@
 
 Tuning asks the same question thousands of times: with these item factors, item-item
 weights and shopper histories, what recall would `Blend.score` reach under each blend
-weighting and popularity window? Scoring every shopper through `Blend.score` per setting
-(as the final evaluation does, `experiment.served_rankings`) costs a full catalogue score
-and a Python top-k per shopper per setting. Here each block of shoppers is scored once:
+weighting, popularity window and popularity scale? Scoring every shopper through
+`Blend.score` per setting (as the final evaluation does, `experiment.served_rankings`)
+costs a full catalogue score and a Python top-k per shopper per setting. Here each block
+of shoppers is scored once:
 
 1. the three normalised signals of `Blend.score` for every item — mf / max|mf| (fold-in in
-   bulk, `FoldIn.batch`), knn / max knn, and each window's popularity;
+   bulk, `FoldIn.batch`), knn / max knn, and each window's popularity on each scale;
 2. a pool per shopper: the `pool` best items of each signal, the shopper's own train
    items left out. A setting can rank an item outside every signal's top `pool` in its
    top 10 (one that is good at everything and best at nothing), so this is an
@@ -30,7 +31,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from indexing.baselines import Ranker
-from indexing.blend import Blend, BlendWeights
+from indexing.blend import Blend, BlendWeights, PopularityScale, popularity_term
 from indexing.evaluate import DiscoveryTask
 from indexing.model import TrainedModel
 
@@ -41,11 +42,12 @@ _K = 10
 
 @dataclass(frozen=True)
 class BlendCase:
-    """One setting scored by `blend_recalls`: a popularity window (a key of its `pops`)
-    and the blend weights."""
+    """One setting scored by `blend_recalls`: a popularity window (a key of its `pops`),
+    the blend weights and the popularity scale."""
 
     window: float
     weights: BlendWeights
+    scale: PopularityScale = "log"
 
 
 def blend_recalls(
@@ -56,9 +58,10 @@ def blend_recalls(
     weights: Sequence[BlendWeights],
     users: npt.NDArray[np.int64],
     *,
+    scales: Sequence[PopularityScale] = ("log",),
     pool: int = 50,
 ) -> dict[BlendCase, float]:
-    """Mean recall@10 over `users` (test user codes of `task`) per (window, weights).
+    """Mean recall@10 over `users` (test user codes of `task`) per (window, weights, scale).
 
     model: trained on `task.train` (its rows are warm item codes of the task's id table,
     `model.item_ids`); histories: per user code, item codes and raw weights as
@@ -68,8 +71,8 @@ def blend_recalls(
     row_code, row_of = model.rows_of(task.train.item_ids)
     n = row_code.shape[0]
     blend = model.blend()
-    pop_norm = {w: _normalised_popularity(p) for w, p in pops.items()}
-    cases = [BlendCase(w, bw) for w in pops for bw in weights]
+    pop_norm = {(w, s): popularity_term(p, s) for w, p in pops.items() for s in scales}
+    cases = [BlendCase(w, bw, s) for w in pops for s in scales for bw in weights]
     totals = dict.fromkeys(cases, 0.0)
     # a block of shoppers: dense (size, n) signals, and FoldIn.batch's (size, L, d) and
     # (size, d, d) float64 stacks, each under ~32 MB
@@ -81,7 +84,7 @@ def blend_recalls(
         signals = _signals(blend, model.similarity, hist_rows, hist_w)
         banned = _banned(chunk, task, row_of, n)
         truth = _truth(chunk, task, row_of, n)
-        cand = _pool(signals, pop_norm, banned, pool)
+        cand = _pool(signals, pops, banned, pool)
         valid = np.ones(cand.shape, dtype=bool)
         valid[:, 1:] = cand[:, 1:] != cand[:, :-1]  # rows sorted: drop repeats
         valid &= ~np.take_along_axis(banned, cand, axis=1)
@@ -92,7 +95,7 @@ def blend_recalls(
         ideal = np.array([min(_K, len(task.truth.get(u, ()))) or np.inf for u in chunk.tolist()])
         for case in cases:
             bw = case.weights
-            total = (bw.pop * pop_norm[case.window][cand]).astype(np.float64)
+            total = (bw.pop * pop_norm[(case.window, case.scale)][cand]).astype(np.float64)
             if bw.mf:
                 total += bw.mf * mf
             if bw.knn:
@@ -120,13 +123,6 @@ def ranker_recall(task: DiscoveryTask, ranker: Ranker) -> float:
         ideal = np.array([min(_K, len(task.truth[u])) for u in chunk.tolist()])
         total += float((hits / ideal).sum())
     return total / int(users.shape[0])
-
-
-def _normalised_popularity(counts: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """`Blend`'s popularity term: log1p(count) / log1p(max), float32 as `Blend` holds it."""
-    top = float(np.log1p(counts.max())) if counts.size else 0.0
-    pop = np.log1p(counts.astype(np.float64))
-    return (pop / top if top > 0 else pop).astype(np.float32)
 
 
 def _padded_histories(
@@ -203,7 +199,8 @@ def _pool(
     banned: npt.NDArray[np.bool_],
     pool: int,
 ) -> npt.NDArray[np.intp]:
-    """Int (n_users, m): each user's candidate rows, sorted (repeats possible)."""
+    """Int (n_users, m): each user's candidate rows, sorted (repeats possible). pops: raw
+    recent buyers per window (each popularity scale orders the items as they do)."""
     n = banned.shape[1]
     k = min(pool, n)
     parts: list[npt.NDArray[np.intp]] = []

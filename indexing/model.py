@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -20,7 +21,7 @@ import scipy.sparse as sp
 
 from indexing.attributes import AttributeMeans
 from indexing.baselines import popularity
-from indexing.blend import Blend, BlendWeights
+from indexing.blend import POPULARITY_SCALES, Blend, BlendWeights, PopularityScale
 from indexing.categories import (
     PEERS_PER_ITEM,
     category_codes,
@@ -68,6 +69,8 @@ class ModelParams:
         default_factory=lambda: ItemItemParams("ease", top_m=200, l2=400.0)
     )
     recent_days: float = 7.0
+    #: how the recent buyers become the popularity term (`blend.popularity_term`)
+    popularity_scale: PopularityScale = "log"
     blend: BlendWeights = field(default_factory=lambda: BlendWeights(mf=1.0, knn=0.5, pop=1.0))
     #: how strongly the catalogue's category peers join the item-item weights
     #: (`indexing.categories`); 0: not at all, as without a catalogue
@@ -83,6 +86,8 @@ class ModelParams:
             )
         if self.history_items < 1:
             raise ValueError("history_items must be at least 1")
+        if self.popularity_scale not in POPULARITY_SCALES:
+            raise ValueError(f"popularity_scale must be one of {POPULARITY_SCALES}")
 
     @property
     def history_weighting(self) -> Weighting:
@@ -97,6 +102,7 @@ class ModelParams:
             "history_events": self.history_events,
             "item_item": self.item_item.as_dict(),
             "recent_days": self.recent_days,
+            "popularity_scale": self.popularity_scale,
             "blend": self.blend.as_dict(),
             "category_strength": self.category_strength,
         }
@@ -126,6 +132,8 @@ class ModelParams:
             history_events=served_history_events(data),
             item_item=ItemItemParams(**item_item),
             recent_days=float(str(data.get("recent_days", defaults.recent_days))),
+            # versions before the scale was tuned used the log scale
+            popularity_scale=cast(PopularityScale, data.get("popularity_scale", "log")),
             blend=BlendWeights(**blend),
             category_strength=float(str(data.get("category_strength", 0.0))),
         )
@@ -186,6 +194,7 @@ class TrainedModel:
             self.similarity,
             self.recent_popularity,
             self.params.blend,
+            self.params.popularity_scale,
         )
 
 

@@ -13,7 +13,8 @@ recall@10: one split alone let noise and the season of one period decide. Steps:
 2. The served blend. Its signals come from the best ALS settings (`als_finalists`), two
    matrix half-lives, the best item-item models of the best `blend_kinds` kinds, and two
    history half-lives; every combination is a *signal set*, and each signal set is scored
-   under every blend weighting and popularity window at once (`indexing.blend_search`).
+   under every blend weighting, popularity window and popularity scale at once
+   (`indexing.blend_search`).
    When a catalogue with categories is given, the strength of its category peers is
    chosen first, among `category_strengths`, for each item-item kind on its first
    signal set, and every signal set of that kind then has it.
@@ -46,7 +47,7 @@ from indexing.baselines import (
     Ranker,
     popularity,
 )
-from indexing.blend import BlendWeights
+from indexing.blend import POPULARITY_SCALES, BlendWeights, PopularityScale
 from indexing.blend_search import BlendCase, blend_recalls, ranker_recall
 from indexing.categories import with_category_peers
 from indexing.errors import EmptyDataError
@@ -106,6 +107,7 @@ class TuneGrid:
     category_strengths: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
     validation_fractions: Sequence[float] = (0.8, 0.9)
     blend_windows: int = 3
+    popularity_scales: Sequence[PopularityScale] = POPULARITY_SCALES
     blend_weights: Sequence[BlendWeights] = field(default_factory=default_blend_weights)
     als_second_round: int = 6
     ease_second_round: int = 2
@@ -383,6 +385,7 @@ def _search_blend(
                 fold.pops,
                 grid.blend_weights,
                 users,
+                scales=grid.popularity_scales,
             )
             for case, value in got.items():
                 out[case] = out.get(case, 0.0) + value / len(folds)
@@ -444,12 +447,15 @@ def _search_blend(
         history_half_life_days=s.history_half_life,
         item_item=s.item_item,
         recent_days=case.window,
+        popularity_scale=case.scale,
         blend=case.weights,
         category_strength=s.category_strength,
     )
     return chosen, {
         "blend_rounds": rounds,
-        "blend_cases_per_signal_set": len(windows) * len(grid.blend_weights),
+        "blend_cases_per_signal_set": len(windows)
+        * len(grid.popularity_scales)
+        * len(grid.blend_weights),
         "category_strengths": [
             {"item_item": p.as_dict(), "recall@10": {str(g): r for g, r in tried.items()}}
             for p, tried in strength_recall.items()

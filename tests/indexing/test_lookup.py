@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from indexing import (
     save_model,
     train_model,
 )
+from indexing.blend import PopularityScale, popularity_term
 from indexing.factors import AlsParams
 from tests.indexing.conftest import BLOCKS, ITEMS_PER_BLOCK, block_of, planted_rows
 
@@ -164,19 +166,25 @@ def test_offline_histories_read_the_latest_events_as_the_worker_keeps_them(
         assert np.allclose(hist[1], weights, rtol=1e-5)
 
 
+@pytest.mark.parametrize("scale", ["log", "linear"])
 def test_served_path_answers_what_the_evaluation_measured(
-    tmp_path_factory: pytest.TempPathFactory,
+    scale: PopularityScale, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """`LoadedIndex.recommend` on a saved model == the evaluation's ranking of that model."""
+    """`LoadedIndex.recommend` on a saved model == the evaluation's ranking of that model
+    (the popularity scale travels in the version's params)."""
     from indexing import accumulated_histories, discovery_task
     from indexing.experiment import served_rankings
 
     log, _ = read_events(planted_rows(per_user=8))
     task = discovery_task(log)
-    model = train_model(task.train, PARAMS, as_of=task.split_ts)
+    params = replace(PARAMS, popularity_scale=scale)
+    model = train_model(task.train, params, as_of=task.split_ts)
     store = tmp_path_factory.mktemp("served")
     version, _ = save_model(store, model)
     index = load_index(store, version)
+    assert (
+        index.blend.popularity.tolist() == popularity_term(model.recent_popularity, scale).tolist()
+    )
     evaluated = served_rankings(task, model)
     assert index.history_events is None  # the accumulated history
     histories = accumulated_histories(task.train, PARAMS.history_items).weights(

@@ -3,6 +3,9 @@ signal off where it does not help."""
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -15,6 +18,7 @@ from indexing import (
     read_events,
     train_model,
 )
+from indexing.blend import POPULARITY_SCALES, popularity_term
 from indexing.blend_search import BlendCase, blend_recalls
 from indexing.experiment import served_rankings
 from indexing.factors import AlsParams
@@ -62,12 +66,16 @@ def test_bulk_scoring_agrees_with_the_served_ranking(kind: str) -> None:
         BlendWeights(0.0, 0.0, 1.0),
     ]
     pops = {params.recent_days: model.recent_popularity}
-    bulk = blend_recalls(task, model, histories, pops, weights, task.users, pool=1_000)
+    bulk = blend_recalls(
+        task, model, histories, pops, weights, task.users, scales=POPULARITY_SCALES, pool=1_000
+    )
     n_warm = int(task.warm.sum())
-    for bw in weights:
-        served = served_rankings(task, model, blend=bw)
+    for scale, bw in itertools.product(POPULARITY_SCALES, weights):
+        scaled = replace(model, params=replace(params, popularity_scale=scale))
+        served = served_rankings(task, scaled, blend=bw)
         expected = evaluate_rankings(served, task.truth, n_warm, (10,))["recall@10"]
-        assert bulk[BlendCase(params.recent_days, bw)] == pytest.approx(expected, abs=1e-12)
+        case = BlendCase(params.recent_days, bw, scale)
+        assert bulk[case] == pytest.approx(expected, abs=1e-12)
 
 
 def test_bulk_fold_in_equals_one_shopper_at_a_time() -> None:
@@ -168,3 +176,26 @@ def test_a_log_too_small_for_validation_is_a_clear_error() -> None:
     log, _ = read_events(rows)
     with pytest.raises(EmptyDataError, match="validation"):
         tune(log, SMALL_GRID)
+
+
+def test_popularity_scales_log_as_before_and_linear_keeps_the_head() -> None:
+    counts = np.array([0.0, 1.0, 9.0, 99.0], dtype=np.float32)
+    log_term = popularity_term(counts, "log")
+    expected = (np.log1p(counts.astype(np.float64)) / float(np.log1p(counts.max()))).astype(
+        np.float32
+    )
+    assert log_term.tolist() == expected.tolist()  # the term of every version before
+    assert popularity_term(counts, "linear").tolist() == pytest.approx([0, 1 / 99, 9 / 99, 1])
+    # the log flattens the head: the 99-buyer item is 2x the 9-buyer one, not 11x
+    assert log_term[3] / log_term[2] == pytest.approx(2.0, rel=1e-6)
+    assert popularity_term(np.zeros(3, np.float32), "linear").tolist() == [0, 0, 0]
+    assert popularity_term(np.zeros(0, np.float32), "log").shape == (0,)
+
+
+def test_popularity_scale_is_kept_in_params_and_old_params_read_as_log() -> None:
+    params = ModelParams(popularity_scale="linear")
+    assert ModelParams.from_dict(params.as_dict()).popularity_scale == "linear"
+    legacy = {k: v for k, v in params.as_dict().items() if k != "popularity_scale"}
+    assert ModelParams.from_dict(legacy).popularity_scale == "log"
+    with pytest.raises(ValueError, match="popularity_scale"):
+        ModelParams.from_dict({**params.as_dict(), "popularity_scale": "sqrt"})

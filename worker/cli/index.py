@@ -275,7 +275,7 @@ def _describe(params: indexing.ModelParams) -> str:
     return (
         f"blend mf {b.mf:g} + item-item {b.knn:g} + popularity {b.pop:g}; "
         f"ALS {params.als.factors} factors; item-item {params.item_item.label()}; "
-        f"popularity window {params.recent_days:g} d; "
+        f"popularity window {params.recent_days:g} d ({params.popularity_scale} scale); "
         f"category peers {params.category_strength:g}"
     )
 
