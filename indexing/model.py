@@ -69,8 +69,9 @@ class ModelParams:
         default_factory=lambda: ItemItemParams("ease", top_m=200, l2=400.0)
     )
     recent_days: float = 7.0
-    #: how the recent buyers become the popularity term (`blend.popularity_term`)
-    popularity_scale: PopularityScale = "log"
+    #: how the recent buyers become the popularity term (`blend.popularity_term`); the
+    #: tuning chose linear on all three shops of docs/indexing.md
+    popularity_scale: PopularityScale = "linear"
     blend: BlendWeights = field(default_factory=lambda: BlendWeights(mf=1.0, knn=0.5, pop=1.0))
     #: how strongly the catalogue's category peers join the item-item weights
     #: (`indexing.categories`); 0: not at all, as without a catalogue
