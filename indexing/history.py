@@ -68,6 +68,12 @@ ACCUMULATED_HALF_LIVES: tuple[float | None, ...] = (None, STATE_HALF_LIFE_DAYS)
 _TYPE_ORDER = {name: code for code, name in enumerate(EVENT_TYPES)}
 
 
+def _type_rank(name: str) -> int:
+    """Where an event type's term goes in a weight's sum: `EVENT_TYPES` order, unknown
+    types last."""
+    return _TYPE_ORDER.get(name, len(_TYPE_ORDER))
+
+
 def decay_term(ts: float) -> float:
     """What one event at `ts` adds to its (item, type) decayed sum: ``2 ** ((ts -
     HISTORY_EPOCH) / STATE_HALF_LIFE_S)`` (Python's float power: the worker and the
@@ -100,9 +106,13 @@ class HistoryEntry:
     def weight(self, type_weights: Mapping[str, float], scale: float | None) -> float:
         """The item's weight: ``Σ type_weight * (count if scale is None else decayed *
         scale)``, summed in `EVENT_TYPES` order (the offline sum's order)."""
+        sums = self.sums
+        # a loyal shopper's 200 items are weighed with every event they fire: an item of
+        # one event type (most) skips the sort
+        names = sums if len(sums) < 2 else sorted(sums, key=_type_rank)
         total = 0.0
-        for name in sorted(self.sums, key=lambda t: _TYPE_ORDER.get(t, len(_TYPE_ORDER))):
-            count, decayed = self.sums[name]
+        for name in names:
+            count, decayed = sums[name]
             w = float(type_weights.get(name, 0.0))
             total += w * (count if scale is None else decayed * scale)
         return total
