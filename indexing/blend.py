@@ -48,15 +48,18 @@ POPULARITY_SCALES: tuple[PopularityScale, ...] = ("log", "linear")
 
 
 def popularity_term(
-    counts: npt.NDArray[np.floating], scale: PopularityScale = "log"
+    counts: npt.NDArray[np.floating], scale: PopularityScale
 ) -> npt.NDArray[np.float32]:
     """Float32 (n,): recent buyers per item on `scale`, divided by the maximum (0 to 1)."""
     if not counts.size:
         return counts.astype(np.float32)
-    raw = counts.astype(np.float64)
-    # the log's maximum in the counts' own precision, as every version before the scale
-    top = float(np.log1p(counts.max())) if scale == "log" else float(raw.max())
-    term = np.log1p(raw) if scale == "log" else raw
+    term = counts.astype(np.float64)
+    if scale == "log":
+        # the maximum in the counts' own precision, as every version before the scale
+        top = float(np.log1p(counts.max()))
+        term = np.log1p(term)
+    else:
+        top = float(term.max())
     return (term / top if top > 0 else term).astype(np.float32)
 
 
@@ -87,7 +90,7 @@ class Blend:
         similarity: sp.csr_matrix,
         recent_popularity: npt.NDArray[np.float32],
         weights: BlendWeights,
-        popularity_scale: PopularityScale = "log",
+        popularity_scale: PopularityScale,
     ):
         self.item_factors = item_factors
         self.fold_in = fold_in

@@ -47,7 +47,7 @@ class BlendCase:
 
     window: float
     weights: BlendWeights
-    scale: PopularityScale = "log"
+    scale: PopularityScale
 
 
 def blend_recalls(
@@ -58,7 +58,7 @@ def blend_recalls(
     weights: Sequence[BlendWeights],
     users: npt.NDArray[np.int64],
     *,
-    scales: Sequence[PopularityScale] = ("log",),
+    scales: Sequence[PopularityScale],
     pool: int = 50,
 ) -> dict[BlendCase, float]:
     """Mean recall@10 over `users` (test user codes of `task`) per (window, weights, scale).
