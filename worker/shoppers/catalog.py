@@ -148,7 +148,8 @@ class Catalog:
             dropped = ({i for i, _ in changed} | untrusted) - set(missing)
             if again := [i for i in wanted if i in dropped]:
                 found.update(self.read_many(again))
-            for item_id in found.keys() - self._cache.keys():
+            # not `found.keys() - self._cache.keys()`: that walks the whole cache
+            for item_id in [i for i in found if i not in self._cache]:
                 if len(self._cache) >= _CACHE_MAX:
                     self._cache.clear()
                 self._cache[item_id] = found[item_id]
