@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +60,15 @@ def publish_snapshot(client: StateRedis, keys: Keys, seq: int, sold_out: Iterabl
     pipe.execute()
 
 
+def _score_pairs(reply: Sequence[Any]) -> list[tuple[str, float]]:
+    """A ZRANGE WITHSCORES reply as (member, score) pairs. In a MULTI on Redis Cluster,
+    redis-py 7.x hands back the raw flat reply (member, score, member, ...) where a plain
+    client or pipeline gives pairs."""
+    if reply and not isinstance(reply[0], (list, tuple)):
+        reply = list(zip(reply[::2], reply[1::2], strict=True))
+    return [(str(member), float(score)) for member, score in reply]
+
+
 class LiveItems:
     """Reads the marks and applies them to a `LoadedIndex` (the caller serialises calls on
     one index; the index's own changes are safe for lookups running meanwhile)."""
@@ -76,7 +86,7 @@ class LiveItems:
         pipe.zrange(self._keys.live_items, 0, -1, withscores=True)
         snapshot, sold_out, marks = pipe.execute()
         index.block(sold_out)
-        return self._apply(index, marks, int(snapshot or 0))
+        return self._apply(index, _score_pairs(marks), int(snapshot or 0))
 
     def catch_up(self, index: LoadedIndex, seen: int) -> int:
         """Apply the marks after `seen`; returns the last sequence number applied."""
