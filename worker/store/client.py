@@ -21,6 +21,7 @@ from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.retry import Retry
 
 from worker.redis_urls import cluster_nodes, cluster_options, is_cluster_url
+from worker.store.command_packer import PACKER, PackedConnection
 
 __all__ = [
     "AsyncStateRedis",
@@ -50,16 +51,26 @@ def connect_state(url: str) -> StateRedis:
     may have been applied, counting its counters twice (seen in the Redis restart test).
     A cluster client still follows MOVED/ASK and waits out TRYAGAIN (the command was not
     applied); after a connection error it re-reads the slot map on its next call.
+
+    Commands are packed by `PACKER` (command_packer.py), except on a TLS cluster: there
+    `RedisCluster` picks its nodes' connection class itself.
     """
     no_retry = Retry(NoBackoff(), retries=0)
     if not is_cluster_url(url):
         return redis.Redis.from_url(
-            url, health_check_interval=30, retry=no_retry, **_CLIENT_OPTIONS
+            url,
+            health_check_interval=30,
+            retry=no_retry,
+            command_packer=PACKER,
+            **_CLIENT_OPTIONS,
         )
+    options = cluster_options(url)
+    if not options["ssl"]:
+        options["connection_class"] = PackedConnection
     return RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes(url)],  # type: ignore[no-untyped-call]
         retry=no_retry,
-        **cluster_options(url),
+        **options,
         **_CLIENT_OPTIONS,
     )
 
