@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from enum import IntEnum
 from typing import Any
 
 import pytest
@@ -9,9 +11,16 @@ import redis
 from redis.connection import Connection
 
 from worker.store.client import connect_state
-from worker.store.command_packer import PACKER, CommandPacker
+from worker.store.command_packer import PACKER
 
-pytestmark = pytest.mark.redis_kinds  # the cluster's nodes get it another way
+# On a cluster too: its nodes get the packer through `PackedConnection`, a single node
+# through redis-py's `command_packer`.
+pytestmark = pytest.mark.redis_kinds
+
+
+class Level(IntEnum):
+    LOW = 1
+
 
 ARGS: list[tuple[Any, ...]] = [
     ("GET", "k"),
@@ -25,10 +34,13 @@ ARGS: list[tuple[Any, ...]] = [
     ("SET", "k", "x" * 10_000),  # past the buffer cutoff
     ("SCRIPT LOAD", "return 1"),  # a two-word command name
     ("CLIENT SETINFO", "LIB-NAME", "pushrec"),
+    ("CLIENT\tSETINFO", "LIB-VER", "1"),  # any whitespace splits a name, as redis-py does
+    (b"GET", b"k"),  # a name in bytes
+    ("HSET", "k", "level", Level.LOW),  # an int subclass: hiredis refuses it
 ]
 
 
-@pytest.mark.parametrize("args", ARGS, ids=[a[0] + str(i) for i, a in enumerate(ARGS)])
+@pytest.mark.parametrize("args", ARGS, ids=[f"{i}-{a[0]!r}" for i, a in enumerate(ARGS)])
 def test_packs_the_bytes_redis_py_packs(args: tuple[Any, ...]) -> None:
     theirs = Connection()._command_packer.pack(*args)  # type: ignore[no-untyped-call]
     assert b"".join(PACKER.pack(*args)) == b"".join(bytes(chunk) for chunk in theirs)
@@ -36,18 +48,21 @@ def test_packs_the_bytes_redis_py_packs(args: tuple[Any, ...]) -> None:
 
 @pytest.mark.parametrize("bad", [True, None, object(), {"a": 1}])
 def test_refuses_what_redis_py_refuses_with_its_error(bad: Any) -> None:
-    with pytest.raises(redis.DataError):
+    with pytest.raises(redis.DataError) as theirs:
+        Connection()._command_packer.pack("SET", "k", bad)  # type: ignore[no-untyped-call]
+    with pytest.raises(redis.DataError, match=re.escape(str(theirs.value))):
         PACKER.pack("SET", "k", bad)
 
 
 def test_a_state_client_packs_with_it_and_round_trips(
     redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    packed: list[str] = []
+    packed: list[str | bytes] = []
+    original = PACKER.pack
 
-    def pack(*args: Any) -> list[bytes]:
+    def pack(*args: Any) -> list[bytes | memoryview]:
         packed.append(args[0])
-        return CommandPacker.pack(PACKER, *args)
+        return original(*args)
 
     monkeypatch.setattr(PACKER, "pack", pack)
     client = connect_state(redis_url)

@@ -16,6 +16,7 @@ import pytest
 from tests.indexing.conftest import ITEMS_PER_BLOCK, planted_rows
 from tests.worker.realtime import planted_catalog
 from worker.firing.index_holder import IndexHolder
+from worker.firing.live_items import _score_pairs
 from worker.service import ingest
 from worker.service.rebuild import rebuild_index
 from worker.service.runtime import Runtime
@@ -194,3 +195,13 @@ def test_only_changes_of_what_the_index_serves_are_marked(runtime: Runtime) -> N
     assert live({"item_id": "z", "title": "no attributes", "stock": 1}) == []
     marks = [runtime.redis.zscore(runtime.keys.live_items, i) for i in "xyz"]
     assert marks == [4.0, 3.0, None]  # one number per upsert call, an item's last kept
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [["a", "1", "b", "2.5"], [("a", 1.0), ("b", 2.5)], [["a", 1.0], ["b", 2.5]]],
+    ids=["flat", "tuples", "lists"],
+)
+def test_marks_are_read_in_any_shape_redis_py_gives(reply: list[Any]) -> None:
+    assert _score_pairs(reply) == [("a", 1.0), ("b", 2.5)]
+    assert _score_pairs([]) == []

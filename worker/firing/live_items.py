@@ -61,9 +61,9 @@ def publish_snapshot(client: StateRedis, keys: Keys, seq: int, sold_out: Iterabl
 
 
 def _score_pairs(reply: Sequence[Any]) -> list[tuple[str, float]]:
-    """A ZRANGE WITHSCORES reply as (member, score) pairs. In a MULTI on Redis Cluster,
-    redis-py 7.x hands back the raw flat reply (member, score, member, ...) where a plain
-    client or pipeline gives pairs."""
+    """A ZRANGE WITHSCORES reply as (member, score) pairs, in whichever shape redis-py
+    gives it in a MULTI on Redis Cluster: 7.4.1 handed back the raw flat reply (member,
+    score, member, ...) there, 8.2 gives pairs."""
     if reply and not isinstance(reply[0], (list, tuple)):
         reply = list(zip(reply[::2], reply[1::2], strict=True))
     return [(str(member), float(score)) for member, score in reply]

@@ -52,8 +52,8 @@ def connect_state(url: str) -> StateRedis:
     A cluster client still follows MOVED/ASK and waits out TRYAGAIN (the command was not
     applied); after a connection error it re-reads the slot map on its next call.
 
-    Commands are packed by `PACKER` (command_packer.py), except on a TLS cluster: there
-    `RedisCluster` picks its nodes' connection class itself.
+    Commands are packed by `PACKER` (command_packer.py), except on a TLS cluster, whose
+    nodes keep redis-py's packer: no test here runs one.
     """
     no_retry = Retry(NoBackoff(), retries=0)
     if not is_cluster_url(url):

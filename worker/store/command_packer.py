@@ -1,47 +1,58 @@
 """How the state store's connections turn a command into bytes for the wire.
 
-redis-py's packer with hiredis (`HiredisRespSerializer`) runs its `Encoder` over every
-argument in Python before handing the tuple to hiredis's C `pack_command`, which takes
-str (as UTF-8), int, float and bytes itself and writes the same bytes. At ~50 commands
-and ~300 arguments an event that Python loop was 15 % of a `track_batch`'s CPU (py-spy
-of bench/hot_path.py); an 11-argument EVALSHA packs in 2.8 us here against 24 us.
+redis-py's packer with hiredis (`HiredisRespSerializer`, redis-py 8) runs its `Encoder`
+over every argument in Python before handing the tuple to hiredis's C `pack_command`,
+which takes str (as UTF-8), int, float and bytes itself and writes the same bytes. At
+~50 commands and ~300 arguments an event that Python loop was 15 % of a `track_batch`'s
+CPU (py-spy of bench/hot_path.py); an 11-argument EVALSHA packs in 2.8 us here against
+24 us.
 
-What hiredis refuses (a bool or None argument, a bytearray, a command name of two words
-such as "SCRIPT LOAD") goes to redis-py's pure-Python packer, which packs it as redis-py
-would or raises redis-py's `DataError`.
+A command hiredis refuses (a bool or None argument, a bytearray, a subclass of int such
+as an IntEnum), and one whose name is not a single word ("SCRIPT LOAD"), goes to
+redis-py's pure-Python packer: the bytes redis-py 8 writes, or its `DataError`. Strings
+are always UTF-8 (strict), whatever a connection's `encoding`. Two inputs the callers
+never pass are not redis-py's: a memoryview (hiredis copies it, and would send a strided
+one's whole buffer) and an int of more than 4,300 digits, whose failing `repr` crashes
+hiredis 3.5 where redis-py raises.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
 import redis
+
+# Private in redis-py, and what its own connections pack with when hiredis is absent.
 from redis._parsers import Encoder
 from redis.connection import PythonRespSerializer
+
+__all__ = ["PACKER", "PackedConnection"]
 
 # redis-py's default: larger arguments go out as their own buffers
 _BUFFER_CUTOFF = 6000
 
 
-class CommandPacker:
+class _CommandPacker:
     """A `command_packer` for redis-py connections; stateless, so one serves them all."""
 
     def __init__(self) -> None:
         encoder = Encoder(encoding="utf-8", encoding_errors="strict", decode_responses=False)  # type: ignore[no-untyped-call]
-        self._fallback = PythonRespSerializer(_BUFFER_CUTOFF, encoder.encode).pack
+        fallback = PythonRespSerializer(_BUFFER_CUTOFF, encoder.encode)
+        self._fallback: Callable[..., list[bytes | memoryview]] = fallback.pack
 
-    def pack(self, *args: Any) -> list[bytes]:
+    def pack(self, *args: Any) -> list[bytes | memoryview]:
         name = args[0]
-        if isinstance(name, str) and " " not in name:
+        if isinstance(name, str) and name.split() == [name]:
             try:
                 return [hiredis.pack_command(args)]
             except TypeError:
                 pass
-        return self._fallback(*args)  # type: ignore[no-any-return, no-untyped-call]
+        return self._fallback(*args)
 
 
-PACKER = CommandPacker()
+PACKER = _CommandPacker()
 
 
 class PackedConnection(redis.Connection):
