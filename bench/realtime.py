@@ -49,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -225,10 +226,28 @@ def measure_noop_latency(case: Case, shop: Shop, layout: Any, args: argparse.Nam
     def send() -> str:
         return str(app.send_task(contract.NOOP, kwargs={}, queue=queue, ignore_result=False).id)
 
+    def finished(task_ids: Collection[str]) -> dict[str, float]:
+        """When each task finished (the worker's `date_done`), waiting up to a minute."""
+        deadline = time.monotonic() + 60
+        done: dict[str, float] = {}
+        while len(done) < len(task_ids) and time.monotonic() < deadline:
+            for task_id in [t for t in task_ids if t not in done]:
+                raw = case.rt.redis.get(f"{case.prefix}:celery-task-meta-{task_id}")
+                if raw:
+                    at = datetime.fromisoformat(json.loads(raw)["date_done"]).timestamp()
+                    done[task_id] = at
+            time.sleep(0.2)
+        return done
+
     case.start([(["activity"], concurrency, pool) for _, concurrency, pool in layout], "nooplat")
+    warm = []
     for _ in range(args.warmup):
-        send()
+        warm.append(send())
         time.sleep(0.02)
+    # the workers may still be starting: a warm-up left queued would delay the first
+    # timed tasks (their round trips fell from ~0.4 s over the first 30 on a slow machine)
+    if len(finished(warm)) < len(warm):
+        raise RuntimeError("warm-up no-op tasks did not finish")
     time.sleep(1.0)
     sent: dict[str, float] = {}
     t0 = time.perf_counter() + 0.05
@@ -238,14 +257,7 @@ def measure_noop_latency(case: Case, shop: Shop, layout: Any, args: argparse.Nam
             time.sleep(ahead)
         stamp = time.time()
         sent[send()] = stamp
-    deadline = time.monotonic() + 60
-    done: dict[str, float] = {}
-    while len(done) < total and time.monotonic() < deadline:
-        for task_id in [t for t in sent if t not in done]:
-            raw = case.rt.redis.get(f"{case.prefix}:celery-task-meta-{task_id}")
-            if raw:
-                done[task_id] = datetime.fromisoformat(json.loads(raw)["date_done"]).timestamp()
-        time.sleep(0.2)
+    done = finished(sent)
     case.stop()
     app.close()
     latencies = [1000 * (done[t] - s) for t, s in sent.items() if t in done]
