@@ -187,10 +187,13 @@ class RateLimit:
 
 
 class RateLimiter:
-    """Token buckets per route key in a (shared) store. The sends of one key that wait at
-    once share one store call, which takes as many tokens as they are (up to `lease_max`):
-    a batch of 100 sends costs about two store calls, not 100. A token taken for a send
-    that no longer needs it is spent by another within `lease_s`, or lost."""
+    """Token buckets per route key in a (shared) store. One store call takes tokens for
+    the sends of a key waiting at once, and for as many as this process sent of that key
+    in the last `lease_s` (up to `lease_max`): a batch of 100 sends costs about two store
+    calls, and so does a steady stream of single sends per `lease_s`, not one per send.
+    A leased token not spent within `lease_s` is lost: at most what this process itself
+    sent in the last two leases' time, so a process that goes quiet holds nothing back
+    for long, and one that starts sending asks for 1, 1, 2, 4... tokens as it ramps up."""
 
     def __init__(
         self,
@@ -216,6 +219,9 @@ class RateLimiter:
         # key -> when its bucket has a token again, as the store last said: until then the
         # others skip the store (no process puts tokens back)
         self._dry: LruCache[str, float] = LruCache(leases_kept)
+        # key -> (start of the current lease-long window, tokens spent in it, in the one
+        # before): how many tokens the next store call asks for beyond the waiting sends
+        self._spent: LruCache[str, tuple[float, int, int]] = LruCache(leases_kept)
         self._asking: dict[str, int] = {}  # key -> sends waiting for a token now
         self._refills: dict[str, asyncio.Future[None]] = {}  # key -> the store call made
 
@@ -226,6 +232,22 @@ class RateLimiter:
         self._leases.put(key, (lease[0] - 1, lease[1]))
         return True
 
+    def _count_spent(self, key: str) -> None:
+        now = self._clock()
+        start, spent, before = self._spent.get(key) or (now, 0, 0)
+        if now - start >= self.lease_s:  # a new window; the last one counts if just ended
+            before = spent if now - start < 2 * self.lease_s else 0
+            start, spent = now, 0
+        self._spent.put(key, (start, spent + 1, before))
+
+    def _recently_spent(self, key: str, now: float) -> int:
+        """The tokens of `key` this process spent in about the last `lease_s`: what it
+        will likely spend in the next one."""
+        start, spent, before = self._spent.get(key) or (now, 0, 0)
+        if now - start >= 2 * self.lease_s:
+            return 0
+        return spent if now - start >= self.lease_s else max(spent, before)
+
     async def acquire(self, channel: Channel, key: str) -> float:
         """0.0 once a token is taken (after waiting up to `max_wait_s` in total), else
         the seconds the caller should come back after."""
@@ -234,7 +256,10 @@ class RateLimiter:
             return 0.0
         self._asking[key] = self._asking.get(key, 0) + 1
         try:
-            return await self._acquire(key, limit)
+            wait = await self._acquire(key, limit)
+            if wait == 0.0:
+                self._count_spent(key)
+            return wait
         finally:
             self._asking[key] -= 1
             if not self._asking[key]:
@@ -268,7 +293,7 @@ class RateLimiter:
         self._refills[key] = done
         try:
             now = self._clock()
-            most = min(self.lease_max, self._asking[key])
+            most = min(self.lease_max, max(self._asking[key], self._recently_spent(key, now)))
             taken, wait = await self.store.take(
                 key, rate=limit.rate, burst=limit.burst, now=now, most=most
             )

@@ -304,3 +304,53 @@ def test_a_send_cancelled_while_waiting_for_tokens_leaves_the_others_alone() -> 
     first, cancelled, third = asyncio.run(go())
     assert first == 0.0 and third == 0.0
     assert isinstance(cancelled, asyncio.CancelledError)
+
+
+def _stream(limiter: RateLimiter, clock: Clock, sends: int, every_s: float) -> list[float]:
+    """One send at a time, `every_s` apart: the single events of a steady shop."""
+
+    async def go() -> list[float]:
+        waits = []
+        for _ in range(sends):
+            waits.append(await limiter.acquire(Channel.FCM, "k"))
+            clock.now += every_s
+        return waits
+
+    return asyncio.run(go())
+
+
+def test_a_steady_stream_of_single_sends_leases_tokens_ahead() -> None:
+    clock = Clock()
+    store = _CountingStore()
+    limiter = RateLimiter(
+        {Channel.FCM: RateLimit(rate=1000, burst=1000)}, store, max_wait_s=0, clock=clock
+    )
+    waits = _stream(limiter, clock, sends=200, every_s=0.01)  # 100/s for 2 s
+    assert waits == [0.0] * 200
+    # a store call per lease (0.25 s: 25 sends) once ramped up, not one per send
+    assert store.calls <= 20
+
+
+def test_leased_tokens_left_unspent_are_bounded_by_the_recent_sends() -> None:
+    clock = Clock()
+    store = MemoryRateLimitStore()
+    limiter = RateLimiter(
+        {Channel.FCM: RateLimit(rate=1e-9, burst=1000)}, store, max_wait_s=0, clock=clock
+    )
+    _stream(limiter, clock, sends=200, every_s=0.01)
+    tokens, _ = store._buckets["k"]
+    taken = 1000 - round(tokens)
+    assert 200 <= taken <= 200 + 50  # at most the last two leases' sends (0.5 s at 100/s)
+
+
+def test_leasing_ahead_never_lets_more_through_than_the_limit() -> None:
+    clock = Clock()
+    limiter = RateLimiter(
+        {Channel.FCM: RateLimit(rate=100, burst=10)},
+        MemoryRateLimitStore(),
+        max_wait_s=0,
+        clock=clock,
+    )
+    waits = _stream(limiter, clock, sends=400, every_s=0.005)  # 200/s for 2 s
+    assert waits.count(0.0) <= 10 + 100 * 2 + 1
+    assert waits.count(0.0) >= 100 * 2 * 0.8  # and leases lose little of it
