@@ -77,6 +77,41 @@ def test_a_cached_entry_is_never_older_than_the_last_upsert_of_any_process(
         writer.close()
 
 
+def test_a_read_after_a_feed_read_of_the_callers_own_is_as_fresh_as_that_read(
+    settings: Settings,
+) -> None:
+    """Firing reads the change feed with its shoppers (`queue_feed`): a read of cached
+    entries after it costs no command, and still sees every upsert marked before it."""
+    reader, writer = Runtime.open(settings), Runtime.open(settings)
+
+    def read_feed() -> None:
+        pipe = reader.redis.pipeline(transaction=False)
+        since = reader.catalog.queue_feed(pipe)
+        reader.catalog.apply_feed(since, *pipe.execute())
+
+    try:
+        ingest.upsert_items(writer, [{"item_id": "i1", "price": 10.0, "stock": 3}], NOW)
+        reader.catalog.get_many(["i1"])
+        read_feed()
+        commands = _commands(reader)
+        assert reader.catalog.get_many(["i1"], feed_read=True)["i1"]["price"] == "10.0"
+        assert _commands(reader) - commands == 1  # INFO only
+
+        ingest.upsert_items(writer, [{"item_id": "i1", "stock": 0, "ts": NOW + 1}], NOW)
+        read_feed()
+        assert reader.catalog.get_many(["i1"], feed_read=True)["i1"]["stock"] == "0"
+
+        # Redis lost the feed: the caller's feed read distrusts the whole cache too
+        keys = writer.keys
+        writer.redis.delete(keys.catalog_seq, keys.catalog_changed, keys.item("i1").item)
+        ingest.upsert_items(writer, [{"item_id": "i1", "price": 5.0}], NOW)
+        read_feed()
+        assert reader.catalog.get_many(["i1"], feed_read=True)["i1"]["price"] == "5.0"
+    finally:
+        reader.close()
+        writer.close()
+
+
 def test_a_catalog_cache_trusts_nothing_once_redis_lost_the_feed(settings: Settings) -> None:
     reader, writer = Runtime.open(settings), Runtime.open(settings)
     try:

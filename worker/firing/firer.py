@@ -137,13 +137,19 @@ class Firer:
 
     # --- reading the shoppers -----------------------------------------------------------
     def _read(self, firings: Sequence[_Firing], now: float) -> list[_Shopper]:
-        """Everything firing reads of each shopper, for the whole batch in one round trip."""
+        """Everything firing reads of each shopper, for the whole batch in one round trip,
+        and the catalog's change feed (so the catalog reads after it need no round trip
+        when the entries are cached)."""
+        if not firings:
+            return []
         pipe = self._client.pipeline(transaction=False)
+        feed_since = self._catalog.queue_feed(pipe)  # `_choose` reads the catalog as of now
         for f in firings:
             self._outbox.queue_state_read(f.mid, pipe)
             _READS.queue(pipe, self._keys, f.job.user_id)
             self._policy.queue_reads(pipe, f.rule, f.job.user_id, f.mid, now)
-        replies = iter(pipe.execute() if firings else [])
+        replies = iter(pipe.execute())
+        self._catalog.apply_feed(feed_since, next(replies), next(replies))
         shoppers = []
         for f in firings:
             f.before = next(replies) or ""
@@ -291,8 +297,9 @@ class Firer:
     ) -> tuple[list[list[Candidate]], dict[str, Mapping[str, str]]]:
         """Each pool's items, and the catalog entries read for them. Most candidates pass
         the filters, so the catalog is read for the head of every pool first (one round
-        trip), and again, for a head twice as long, only for pools whose head could not
-        fill the message."""
+        trip for the entries not cached, none when all are: `_read` read the change feed),
+        and again, for a head twice as long, only for pools whose head could not fill the
+        message."""
         facts: dict[str, Mapping[str, str]] = {}
         read: set[str] = set()
         heads = {  # firing -> (its pool, how many of its candidates to look at)
@@ -310,7 +317,7 @@ class Firer:
                     if i not in read
                 )
             )
-            facts.update(self._catalog.get_many(wanted) if wanted else {})
+            facts.update(self._catalog.get_many(wanted, feed_read=True) if wanted else {})
             read.update(wanted)
             for n, (pool, size) in list(heads.items()):
                 rule = firings[n].rule

@@ -6,7 +6,8 @@ of them the same few thousand items again and again. Each process keeps the entr
 read (`_CACHE_MAX`, emptied when full) and follows every upsert through a change feed: an
 upsert marks its items with a new sequence number (`keys.catalog_changed`, one entry per
 item, so bounded by the catalogue), and every read first asks for the marks past the last
-one it saw, in the same round trip as the entries it lacks, and drops the entries they
+one it saw, in the same round trip as the entries it lacks (or in one its caller makes
+anyway: firing asks with the shoppers it reads, `queue_feed`), and drops the entries they
 name. A read is therefore as fresh as a read from Redis at that moment: a cached entry is
 used only if no upsert of its item was marked before the read. A sequence number below
 the last one seen means Redis lost the feed (restarted without its data): nothing cached
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from worker.shoppers.inputs import Item
-from worker.store.client import StateRedis
+from worker.store.client import StatePipeline, StateRedis
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
 from worker.store.scripts import Scripts
@@ -119,34 +120,65 @@ class Catalog:
         follow_up.execute()
         return Upserted(changes, live)
 
-    def get_many(self, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    def queue_feed(self, pipe: StatePipeline) -> int:
+        """Queue a read of the change feed (two replies, for `apply_feed`) in a round
+        trip the caller makes anyway, so that `get_many(..., feed_read=True)` after it
+        needs none of its own: its entries are then as fresh as that round trip. Returns
+        the mark the read starts past."""
+        with self._lock:
+            seen = self._seen
+        pipe.get(self._keys.catalog_seq)
+        pipe.zrangebyscore(self._keys.catalog_changed, f"({seen}", "+inf", withscores=True)
+        return seen
+
+    def apply_feed(self, since: int, last: str | None, changed: list[tuple[str, float]]) -> None:
+        """Drop the cached entries named by the feed read past `since` (`queue_feed`)."""
+        with self._lock:
+            self._apply_feed(since, last, changed)
+
+    def _apply_feed(
+        self, since: int, last: str | None, changed: list[tuple[str, float]]
+    ) -> set[str]:
+        """The cached entries the feed read past `since` drops, dropped (all of them when
+        the feed started over). Dropping is never wrong: a read from another thread that
+        went further is only read again."""
+        dropped = {item_id for item_id, _ in changed}
+        if int(last or 0) < since:  # the feed started over
+            dropped |= set(self._cache)
+            self._cache.clear()
+            self._seen = 0
+        for item_id, seq in changed:
+            self._cache.pop(item_id, None)
+            self._seen = max(self._seen, int(seq))
+        return dropped
+
+    def get_many(
+        self, item_ids: Sequence[str], *, feed_read: bool = False
+    ) -> dict[str, dict[str, str]]:
         """The known items among `item_ids`, as fresh as a read from Redis now (module
         doc); unknown ones are absent. One round trip, two when an upsert since the last
-        read touched an entry already cached."""
+        read touched an entry already cached. `feed_read`: the caller has just applied
+        the change feed (`queue_feed`): the entries are as fresh as that, and all of them
+        cached costs no round trip."""
         wanted = list(dict.fromkeys(item_ids))
         with self._lock:
             missing = [i for i in wanted if i not in self._cache]
             pipe = self._client.pipeline(transaction=False)
-            pipe.get(self._keys.catalog_seq)
-            pipe.zrangebyscore(
-                self._keys.catalog_changed, f"({self._seen}", "+inf", withscores=True
-            )
+            since = self._seen
+            if not feed_read:
+                pipe.get(self._keys.catalog_seq)
+                pipe.zrangebyscore(self._keys.catalog_changed, f"({since}", "+inf", withscores=True)
             for item_id in missing:
                 pipe.hgetall(self._keys.item(item_id).item)
-            last, changed, *entries = pipe.execute()
-            untrusted: set[str] = set()
-            if int(last or 0) < self._seen:  # the feed started over
-                untrusted = set(self._cache)
-                self._cache.clear()
-                self._seen = 0
-            for item_id, seq in changed:
-                self._cache.pop(item_id, None)
-                self._seen = max(self._seen, int(seq))
+            entries = pipe.execute() if len(pipe) else []
+            dropped: set[str] = set()
+            if not feed_read:
+                last, changed, *entries = entries
+                dropped = self._apply_feed(since, last, changed)
             # read after the marks: as new as they are, or newer (a later mark drops it)
             found = {i: self._cache[i] for i in wanted if i in self._cache}
             found.update((i, f) for i, f in zip(missing, entries, strict=True) if f)
-            dropped = ({i for i, _ in changed} | untrusted) - set(missing)
-            if again := [i for i in wanted if i in dropped]:
+            if again := [i for i in wanted if i in dropped and i not in missing]:
                 found.update(self.read_many(again))
             # not `found.keys() - self._cache.keys()`: that walks the whole cache
             for item_id in [i for i in found if i not in self._cache]:
