@@ -8,8 +8,8 @@ The shop is bench/realtime.py's (the Online Retail index, catalog and shoppers, 
 post_purchase rule, the local FCM gateway in its own process, so its CPU is not ours).
 Events go one `track` per event, or `track_batch` calls of `--batch` events with one
 deliver call per batch, as a worker runs them. Round trips are counted at redis-py's
-connection (`send_packed_command`: one per command or pipeline), commands by the
-server's `total_commands_processed`.
+connections, sync and asyncio (`send_packed_command`: one per command or pipeline),
+commands by the server's `INFO commandstats` (those inside Lua scripts included).
 
     PYTHONPATH=. python bench/hot_path.py [--events 400] [--batch 100] [--json OUT]
 """
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import redis.asyncio.connection
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -53,7 +54,8 @@ from worker.settings import Settings  # noqa: E402
 
 
 class RoundTrips:
-    """Counts redis-py's sends (one per command or pipeline) while installed."""
+    """Counts redis-py's sends (one per command or pipeline) while installed: the state
+    store's, and the asyncio client's of delivery (rate limit, breaker)."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -62,16 +64,24 @@ class RoundTrips:
     def installed(self) -> Iterator[None]:
         cls = redis.connection.AbstractConnection
         original = cls.send_packed_command
+        acls = redis.asyncio.connection.AbstractConnection
+        aoriginal = acls.send_packed_command
 
         def counted(conn: Any, command: Any, check_health: bool = True) -> None:
             self.count += 1
             original(conn, command, check_health)
 
+        async def acounted(conn: Any, command: Any, check_health: bool = True) -> None:
+            self.count += 1
+            await aoriginal(conn, command, check_health)
+
         cls.send_packed_command = counted  # type: ignore[method-assign]
+        acls.send_packed_command = acounted  # type: ignore[method-assign]
         try:
             yield
         finally:
             cls.send_packed_command = original  # type: ignore[method-assign]
+            acls.send_packed_command = aoriginal  # type: ignore[method-assign]
 
 
 class Stage:
