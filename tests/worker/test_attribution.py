@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import time
+from typing import Any
+
+import pytest
+import redis
 
 from worker.delivery.outbox import MessageRecord
 from worker.service import ingest
@@ -71,3 +75,23 @@ def test_a_push_id_of_another_shoppers_message_credits_nothing(runtime: Runtime)
 
     track(runtime, "o4", "u4", "push_open", push_id="m4")  # its own shopper's open counts
     assert runtime.audit.stats(["r"])["r"]["opened"] == 1
+
+
+def test_attribution_reads_ride_on_the_round_trip_that_applies_the_events(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An open names its message: reading it costs the event no round trip of its own."""
+    sends = 0
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(conn: Any, command: Any, check_health: bool = True) -> None:
+        nonlocal sends
+        sends += 1
+        original(conn, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    track(runtime, "s1", "u4", "search", query="mugs")
+    search, sends = sends, 0
+    track(runtime, "o4", "u4", "push_open", push_id="m-unknown")
+    assert sends == search
+    assert runtime.metrics.snapshot()["events.applied"] == 2

@@ -60,8 +60,11 @@ def track(
     def index_activity(shoppers: list[Shopper], pipe: StatePipeline) -> None:
         rt.segment_index.write_activity(shoppers, now, pipe)
 
-    result = rt.state.apply_events(events, now, delivery_id, FollowUp(ACTIVITY, index_activity))
-    rt.metrics.add(rt.audit.attribute(result.fresh))
+    attribution = rt.audit.attribution(events)
+    result = rt.state.apply_events(
+        events, now, delivery_id, FollowUp(ACTIVITY, index_activity), also_read=attribution
+    )
+    rt.metrics.add(rt.audit.credit(attribution, result.fresh))
     checkout.redeem_purchases(rt, result.fresh)
     triggers = rt.triggers.for_events(result.fresh, now)
 

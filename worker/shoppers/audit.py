@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal, NotRequired, TypedDict
 
 from worker.shoppers.inputs import Event
@@ -127,28 +127,24 @@ class Audit:
         if pipe is None:
             target.execute()
 
-    def attribute(self, events: Sequence[Event]) -> Counter[str]:
+    def attribution(self, events: Sequence[Event]) -> Attribution:
+        """The reads that attributing `events` needs, to be made in the round trip that
+        applies them (`StateStore.apply_events`' `also_read`), then `credit`ed."""
+        return Attribution(self._keys, events)
+
+    def credit(self, attribution: Attribution, fresh: Sequence[Event]) -> Counter[str]:
         """Credit opens, clicks and conversions to the messages they came from; each
-        outcome counts once per message. One pipelined read for the whole batch.
+        outcome counts once per message. Only `fresh` events credit (the reads were made
+        for the whole batch, before it was known which events are new).
 
         A `push_id` names a message only for the shopper it was sent to: an event of
         another shopper carrying it (a device that changed hands, a forwarded link, a
         forged id) credits nothing. Returns such ignored attributions as metric counts
         (`attribution.ignored.<reason>`) for the caller to add."""
-        lookups: list[tuple[Event, str]] = []
-        pipe = self._client.pipeline(transaction=False)
-        for event in events:
-            if event.push_id is not None and event.type in {"push_open", "push_click", "purchase"}:
-                pipe.get(self._keys.message(event.push_id).record)
-                lookups.append((event, "push_id"))
-            elif event.type == "purchase" and event.item_id:
-                pipe.hget(self._keys.user(event.user_id).attribution, event.item_id)
-                lookups.append((event, "item"))
         ignored: Counter[str] = Counter()
-        if not lookups:
-            return ignored
-        for (event, how), raw in zip(lookups, pipe.execute(), strict=True):
-            if not raw:
+        new = {id(event) for event in fresh}
+        for (event, how), raw in zip(attribution.lookups, attribution.replies, strict=True):
+            if not raw or id(event) not in new:
                 continue
             if how == "push_id":
                 assert event.push_id is not None
@@ -198,3 +194,32 @@ class Audit:
                 else None,
             }
         return out
+
+
+class Attribution:
+    """What attributing a batch of events reads: per event with a `push_id` (an open, a
+    click, a purchase) its message's record, per other purchase the shopper's last
+    message about the item. `queue` puts the reads in a pipeline, `take` gets their
+    replies; `Audit.credit` acts on them."""
+
+    def __init__(self, keys: Keys, events: Sequence[Event]) -> None:
+        self._keys = keys
+        self.lookups: list[tuple[Event, Literal["push_id", "item"]]] = []
+        for event in events:
+            if event.push_id is not None and event.type in {"push_open", "push_click", "purchase"}:
+                self.lookups.append((event, "push_id"))
+            elif event.type == "purchase" and event.item_id:
+                self.lookups.append((event, "item"))
+        self.replies: list[Any] = []
+
+    def queue(self, pipe: StatePipeline) -> None:
+        for event, how in self.lookups:
+            if how == "push_id":
+                assert event.push_id is not None
+                pipe.get(self._keys.message(event.push_id).record)
+            else:
+                assert event.item_id is not None
+                pipe.hget(self._keys.user(event.user_id).attribution, event.item_id)
+
+    def take(self, replies: Iterator[Any]) -> None:
+        self.replies = [next(replies) for _ in self.lookups]

@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from indexing.history import HISTORY_EPOCH, STATE_HALF_LIFE_S, decay_term
 from worker.settings import Settings
@@ -67,6 +67,15 @@ class FollowUp:
 
     reads: ShopperReads
     write: Callable[[list[Shopper], StatePipeline], None]
+
+
+class BatchReads(Protocol):
+    """Reads made in the round trip that applies a batch (`apply_events`' `also_read`):
+    `queue` puts them in its pipeline, `take` gets their replies, in order."""
+
+    def queue(self, pipe: StatePipeline) -> None: ...
+
+    def take(self, replies: Iterator[Any]) -> None: ...
 
 
 @dataclass
@@ -118,12 +127,14 @@ class StateStore:
         now: float,
         delivery_id: str,
         follow_up: FollowUp | None = None,
+        also_read: BatchReads | None = None,
     ) -> ApplyResult:
         """Apply valid `events` (in order); duplicates of earlier event_ids change nothing.
 
         `delivery_id` identifies the message carrying the events (the Celery task id):
         a retry or redelivery of that message finishes what a crash interrupted.
         `follow_up`: writes that follow from the state the batch leaves (`FollowUp`).
+        `also_read`: reads of the caller's that ride on the batch's round trip.
         """
         if not events:
             return ApplyResult()
@@ -140,6 +151,8 @@ class StateStore:
         if follow_up is not None:
             for user_id in users:
                 follow_up.reads.queue(pipe, self._keys, user_id)
+        if also_read is not None:
+            also_read.queue(pipe)
         replies = pipe.execute()
         sent = iter(int(s) for s in replies[: len(first)])
         statuses = [
@@ -162,11 +175,13 @@ class StateStore:
             for s in statuses
         )
         self._metrics.add(counts, pipe=side_effects)
+        reads = iter(replies[len(first) :])
         if follow_up is not None:
-            reads = iter(replies[len(first) :])
             after = [follow_up.reads.parse(user_id, reads) for user_id in users]
             fresh = {e.user_id for e, s in zip(events, statuses, strict=True) if s != DUPLICATE}
             follow_up.write([s for s in after if s.user_id in fresh], side_effects)
+        if also_read is not None:
+            also_read.take(reads)
         side_effects.execute()
         return ApplyResult(statuses, list(events))
 
