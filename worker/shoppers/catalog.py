@@ -139,9 +139,9 @@ class Catalog:
     def _apply_feed(
         self, since: int, last: str | None, changed: list[tuple[str, float]]
     ) -> set[str]:
-        """The cached entries the feed read past `since` drops, dropped (all of them when
-        the feed started over). Dropping is never wrong: a read from another thread that
-        went further is only read again."""
+        """Drop the cached entries that the feed read past `since` names (all of them when
+        the feed started over) and return the items named. Dropping more than needed is
+        never wrong: an entry another thread cached after a later read is only read again."""
         dropped = {item_id for item_id, _ in changed}
         if int(last or 0) < since:  # the feed started over
             dropped |= set(self._cache)
