@@ -232,21 +232,26 @@ class RateLimiter:
         self._leases.put(key, (lease[0] - 1, lease[1]))
         return True
 
-    def _count_spent(self, key: str) -> None:
-        now = self._clock()
+    def _window(self, key: str, now: float) -> tuple[float, int, int]:
+        """`key`'s (start of the current lease-long window, tokens spent in it, in the one
+        before) as of `now`: a window older than `lease_s` is rolled over, and the one
+        before counts only if it just ended."""
         start, spent, before = self._spent.get(key) or (now, 0, 0)
-        if now - start >= self.lease_s:  # a new window; the last one counts if just ended
+        if now - start >= self.lease_s:
             before = spent if now - start < 2 * self.lease_s else 0
             start, spent = now, 0
+        return start, spent, before
+
+    def _count_spent(self, key: str) -> None:
+        now = self._clock()
+        start, spent, before = self._window(key, now)
         self._spent.put(key, (start, spent + 1, before))
 
     def _recently_spent(self, key: str, now: float) -> int:
         """The tokens of `key` this process spent in about the last `lease_s`: what it
         will likely spend in the next one."""
-        start, spent, before = self._spent.get(key) or (now, 0, 0)
-        if now - start >= 2 * self.lease_s:
-            return 0
-        return spent if now - start >= self.lease_s else max(spent, before)
+        _, spent, before = self._window(key, now)
+        return max(spent, before)
 
     async def acquire(self, channel: Channel, key: str) -> float:
         """0.0 once a token is taken (after waiting up to `max_wait_s` in total), else

@@ -127,9 +127,12 @@ class Catalog:
         the mark the read starts past."""
         with self._lock:
             seen = self._seen
-        pipe.get(self._keys.catalog_seq)
-        pipe.zrangebyscore(self._keys.catalog_changed, f"({seen}", "+inf", withscores=True)
+        self._queue_feed(pipe, seen)
         return seen
+
+    def _queue_feed(self, pipe: StatePipeline, since: int) -> None:
+        pipe.get(self._keys.catalog_seq)
+        pipe.zrangebyscore(self._keys.catalog_changed, f"({since}", "+inf", withscores=True)
 
     def apply_feed(self, since: int, last: str | None, changed: list[tuple[str, float]]) -> None:
         """Drop the cached entries named by the feed read past `since` (`queue_feed`)."""
@@ -166,8 +169,7 @@ class Catalog:
             pipe = self._client.pipeline(transaction=False)
             since = self._seen
             if not feed_read:
-                pipe.get(self._keys.catalog_seq)
-                pipe.zrangebyscore(self._keys.catalog_changed, f"({since}", "+inf", withscores=True)
+                self._queue_feed(pipe, since)
             for item_id in missing:
                 pipe.hgetall(self._keys.item(item_id).item)
             entries = pipe.execute() if len(pipe) else []
