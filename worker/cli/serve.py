@@ -38,7 +38,7 @@ def with_delivery_mode(settings: Settings, queues: list[str]) -> Settings:
     return settings.model_copy(update={"deliver_inline": settings.queue_push in queues})
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """A task allocates many short-lived objects over a large long-lived heap (modules,
     later the index's id maps): collect the young generation every 50,000 allocations
     instead of 700 (bench/hot_path.py: about 15% less CPU per event in track_batch), and
@@ -70,7 +70,7 @@ def run_worker(args: argparse.Namespace) -> int:
         else "messages sent by deliver tasks",
     )
     app = create_app(settings)
-    _tune_gc()
+    tune_gc()
     argv = [
         *(["--quiet"] if fmt == "json" else []),  # the start-up banner is not a JSON line
         "worker",

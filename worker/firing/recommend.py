@@ -14,15 +14,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from indexing import HistoryEntry, LoadedIndex, item_weights, recent_item_weights
 
 
-@dataclasses.dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
+    """One recommendable item, its score and why. A named tuple rather than a frozen
+    dataclass: a firing builds dozens per shopper, at under half the cost each."""
+
     item_id: str
     score: float
     reason: str
@@ -277,7 +279,7 @@ def choose(
     unexplained = [c.item_id for c in chosen if not c.reason]
     titles = {h: facts[h].get("title", "") for h in pool.reason_items() if h in facts}
     reasons = iter(_reasons_for(index, unexplained, pool, titles))
-    return [c if c.reason else dataclasses.replace(c, reason=next(reasons)) for c in chosen]
+    return [c if c.reason else c._replace(reason=next(reasons)) for c in chosen]
 
 
 def _merge(pool: Sequence[Candidate]) -> list[Candidate]:
