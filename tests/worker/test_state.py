@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
+import redis
 
 from tests.clock import RUN_NOW
 from tests.worker.sharded import log_entries, log_length
@@ -39,7 +40,7 @@ def ev(
 def apply(rt: Runtime, *raws: dict[str, Any], delivery: str | None = None) -> list[int]:
     events = [parse_event(r, Limits(), NOW) for r in raws]
     result = rt.state.apply_events(events, NOW, delivery or uuid.uuid4().hex)
-    rt.state.react_and_confirm(result, lambda pipe: None)
+    rt.state.react_and_confirm(result, lambda pipe: False)
     return result.statuses
 
 
@@ -133,6 +134,23 @@ def test_event_applied_before_a_crash_has_its_side_effects_redone(runtime: Runti
     assert log_length(runtime) == 1
     assert view(runtime)["profile"]["events"] == 1  # state itself was not applied twice
     assert apply(runtime, raw, delivery="delivery-1") == [DUPLICATE]
+
+
+def test_a_reminder_that_fails_to_park_leaves_its_event_pending(runtime: Runtime) -> None:
+    """The cart reminder the state Redis refuses to park (here a wrong type; out of
+    memory, or a cluster node failing apart from the shopper's, alike) fails the task
+    before the event's pending mark is cleared, so the redelivery parks it."""
+    raw = ev("e1", "add_to_cart")
+    jobs = [runtime.keys.delayed(shard).jobs for shard in runtime.keys.all_shards]
+    for key in jobs:
+        runtime.redis.set(key, "not a hash")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        ingest.track(runtime, [raw], NOW, "pushrec.track", "delivery-1")
+
+    runtime.redis.delete(*jobs)
+    ingest.track(runtime, [raw], NOW, "pushrec.track", "delivery-1")  # the redelivery
+    assert [k for k in jobs if runtime.redis.hexists(k, "cart_abandoned:u1")]
+    assert apply(runtime, raw, delivery="delivery-1") == [DUPLICATE]  # confirmed this time
 
 
 def test_bad_events_are_rejected_and_the_rest_of_the_batch_applied(runtime: Runtime) -> None:

@@ -68,8 +68,8 @@ def track(
     checkout.redeem_purchases(rt, result.fresh)
     triggers = rt.triggers.for_events(result.fresh, now)
 
-    def react(pipe: StatePipeline) -> None:
-        schedule(rt, triggers, now, pipe, delivery_id)
+    def react(pipe: StatePipeline) -> bool:
+        return schedule(rt, triggers, now, pipe, delivery_id)
 
     rt.state.react_and_confirm(result, react)
     return {"applied": result.applied, "duplicates": result.duplicates, "rejected": rejected}
@@ -84,21 +84,26 @@ def schedule(
     now: float,
     pipe: StatePipeline,
     delivery_id: str = "",
-) -> None:
+) -> bool:
     """React to triggers: fire the due ones here and now (a queue hop would cost a task
     and its wait; firing is idempotent by message id), park the rest, and big fan-outs,
     in the delayed set until due (in `pipe`, which the caller runs). `delivery_id`: the
-    task doing it, which delivers what it fires where the worker sends inline."""
+    task doing it, which delivers what it fires where the worker sends inline. Returns
+    whether it parked any: then `pipe` holds work that must land before the events'
+    pending marks are cleared (`StateStore.react_and_confirm`)."""
     inline = len(triggers) <= _INLINE_MAX
     due_now = []
+    parked = False
     for trigger in triggers:
         if inline and trigger.due <= now:
             due_now.append(trigger.fire_job())
         else:
             rt.delayed.schedule(trigger.job(), trigger.due, pipe=pipe)
+            parked = True
     if due_now:
         rt.firer().fire_many(due_now, now, delivery_id)
     rt.metrics.add({"rules.triggered": len(triggers)}, pipe=pipe)
+    return parked
 
 
 def track_one(rt: Runtime, event: Any, now: float, delivery_id: str) -> dict[str, int]:

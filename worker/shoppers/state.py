@@ -11,7 +11,8 @@ One event is applied in two steps:
 
 If a worker dies between the two steps, the redelivered task finds the event pending and
 redoes step 2 only; the interaction log may then hold the event twice, which its reader
-removes by `event_id`. A batch costs three round trips whatever its size.
+removes by `event_id`. A batch costs three round trips whatever its size, and one more
+when its reactions park delayed jobs (`StateStore.react_and_confirm`).
 """
 
 from __future__ import annotations
@@ -301,14 +302,23 @@ class StateStore:
             pipe.expireat(key, expires_at)
 
     def react_and_confirm(
-        self, result: ApplyResult, react: Callable[[StatePipeline], None]
+        self, result: ApplyResult, react: Callable[[StatePipeline], bool]
     ) -> None:
-        """Queue the reactions to `result`'s fresh events (`react` fills the pipeline),
-        then clear the events' pending marks, and run both in one round trip. The marks
-        go last: until they are cleared, a redelivery of the task redoes the reactions,
-        so a crash in between loses none of them."""
+        """Queue the reactions to `result`'s fresh events (`react` fills the pipeline and
+        says whether it parked work that must not be lost), then clear the events' pending
+        marks. Until the marks are cleared, a redelivery of the task redoes the reactions,
+        so a crash in between loses none of them.
+
+        The marks go last, and where `react` parked work (delayed jobs) in a round trip of
+        their own, after the reactions' trip succeeded: in one pipeline a command the
+        server refuses (out of memory) or a node that fails (a cluster's delayed set and
+        shopper live on different nodes) fails alone, and the marks would be cleared with
+        the job lost. Counters alone ride with the marks: a count a partial failure loses
+        is not a message."""
         pipe = self._client.pipeline(transaction=False)
-        react(pipe)
+        if react(pipe):
+            pipe.execute()
+            pipe = self._client.pipeline(transaction=False)
         pending: dict[str, list[str]] = {}
         for event in result.fresh:
             pending.setdefault(self._keys.user(event.user_id).pending_events, []).append(
@@ -316,7 +326,8 @@ class StateStore:
             )
         for key, event_ids in pending.items():
             pipe.hdel(key, *event_ids)
-        pipe.execute()
+        if len(pipe):
+            pipe.execute()
 
     def trending_items(self, now: float, hours: int, count: int) -> list[tuple[str, float]]:
         """The `count` items with most weighted activity over the last `hours` buckets
