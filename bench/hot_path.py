@@ -211,6 +211,52 @@ def _median_of(rows: list[dict[str, Any]], stage: str) -> dict[str, Any]:
     return out
 
 
+@contextmanager
+def hot_runtime(deliver_inline: bool) -> Iterator[tuple[Runtime, list[dict[str, Any]], Shop]]:
+    """The shop, its Redis and local gateway, and a warm runtime on them: (runtime, the
+    deliver calls it enqueues, shop)."""
+    with redis_server() as url, tempfile.TemporaryDirectory(prefix="pushrec-hot-") as tmp_name:
+        tmp = Path(tmp_name)
+        shop = Shop(tmp)
+        config = write_bench_config(tmp / "pushrec.toml")
+        with local_gateway(tmp / "gateways") as gateway:
+            os.environ.update(gateway["env"], PUSHREC_CONFIG=str(config))
+            settings = Settings.load(
+                redis_url=url,
+                key_prefix="hot",
+                index_store=shop.store,
+                state_dir=tmp / "state",
+                deliver_inline=deliver_inline,
+            )
+            sent: list[dict[str, Any]] = []
+            tune_gc()  # the worker's collector settings, set where it sets them: before the runtime
+            rt = Runtime.open(settings, enqueue=lambda task, kwargs: sent.append(kwargs))
+            try:
+                now = time.time()
+                for start in range(0, len(shop.items), 500):
+                    ingest.upsert_items(rt, shop.items[start : start + 500], now)
+                run_once(rt, sent, shop, 20, 1, "warm")  # index loaded, HTTP open, caches filled
+                yield rt, sent, shop
+            finally:
+                rt.close()
+
+
+def events_per_call(mode: str, batch: int) -> int:
+    """`single`: one `track` per event; `batched`: `track_batch` calls of `batch`."""
+    return {"single": 1, "batched": batch}[mode]
+
+
+def serve(rt: Runtime, sent: list[dict[str, Any]], shop: Shop, args: argparse.Namespace) -> None:
+    """`--serve`: say `ready`, then for each line `<mode> <tag>` read from stdin measure
+    `--events` events and answer with one JSON line of `run_once`'s figures (bench/ab.py
+    drives two checkouts this way)."""
+    print("ready", flush=True)
+    for line in sys.stdin:
+        mode, tag = line.split()
+        row = run_once(rt, sent, shop, args.events, events_per_call(mode, args.batch), tag)
+        print(json.dumps(row), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=400, help="events per measurement")
@@ -226,40 +272,26 @@ def main() -> None:
     parser.add_argument(
         "--commands", action="store_true", help="print each stage's commands per event by name"
     )
+    parser.add_argument(
+        "--serve", action="store_true", help="measure on request from stdin (see `serve`)"
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "hot_path.json")
     args = parser.parse_args()
-    with redis_server() as url, tempfile.TemporaryDirectory(prefix="pushrec-hot-") as tmp_name:
-        tmp = Path(tmp_name)
-        shop = Shop(tmp)
-        config = write_bench_config(tmp / "pushrec.toml")
-        with local_gateway(tmp / "gateways") as gateway:
-            os.environ.update(gateway["env"], PUSHREC_CONFIG=str(config))
-            settings = Settings.load(
-                redis_url=url,
-                key_prefix="hot",
-                index_store=shop.store,
-                state_dir=tmp / "state",
-                deliver_inline=args.deliver_inline,
-            )
-            sent: list[dict[str, Any]] = []
-            tune_gc()  # the worker's collector settings, set where it sets them: before the runtime
-            rt = Runtime.open(settings, enqueue=lambda task, kwargs: sent.append(kwargs))
-            now = time.time()
-            for start in range(0, len(shop.items), 500):
-                ingest.upsert_items(rt, shop.items[start : start + 500], now)
-            run_once(rt, sent, shop, 20, 1, "warm")  # index loaded, HTTP/2 open, caches filled
-            modes = {"single": 1, "batched": args.batch}
-            results = {mode: [] for mode in args.modes.split(",")}
-            # only the stages' work: not the set-up of each run's shoppers
-            profiler = cProfile.Profile(time.process_time) if args.cprofile else None
-            for run in range(args.runs):
-                for mode, rows in results.items():
-                    rows.append(
-                        run_once(rt, sent, shop, args.events, modes[mode], f"{mode}{run}", profiler)
-                    )
-            if profiler is not None:
-                profiler.dump_stats(args.cprofile)
-            rt.close()
+    with hot_runtime(args.deliver_inline) as (rt, sent, shop):
+        if args.serve:
+            serve(rt, sent, shop, args)
+            return
+        results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes.split(",")}
+        # only the stages' work: not the set-up of each run's shoppers
+        profiler = cProfile.Profile(time.process_time) if args.cprofile else None
+        for run in range(args.runs):
+            for mode, rows in results.items():
+                per_call = events_per_call(mode, args.batch)
+                rows.append(
+                    run_once(rt, sent, shop, args.events, per_call, f"{mode}{run}", profiler)
+                )
+        if profiler is not None:
+            profiler.dump_stats(args.cprofile)
     summary = {
         mode: {stage: _median_of(rows, stage) for stage in rows[0]}
         for mode, rows in results.items()
