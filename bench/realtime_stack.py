@@ -98,10 +98,12 @@ class Shop:
 
 
 @contextmanager
-def local_gateway(state_dir: Path) -> Iterator[dict[str, Any]]:
-    """`python -m push.testing serve` in its own process; yields its state JSON."""
+def local_gateway(state_dir: Path, keep_alive_s: float = 5.0) -> Iterator[dict[str, Any]]:
+    """`python -m push.testing serve` in its own process; yields its state JSON. Idle
+    connections are closed after `keep_alive_s`."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "push.testing", "serve", f"--state-dir={state_dir}"],
+        [sys.executable, "-m", "push.testing", "serve", f"--state-dir={state_dir}",
+         f"--keep-alive-s={keep_alive_s}"],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     try:

@@ -250,9 +250,11 @@ def serve_app(
     certfile: str | None = None,
     keyfile: str | None = None,
     host: str = "127.0.0.1",
+    keep_alive_s: float = 5.0,
 ) -> Iterator[str]:
     """Serve `app` on `host` (default 127.0.0.1) from a background thread; yield its base
-    URL.
+    URL. An idle connection is closed after `keep_alive_s` (hypercorn's 5 s, as many
+    servers; FCM's front ends keep theirs far longer).
 
     HTTP/1.1 and HTTP/2 (cleartext with prior knowledge, or TLS with ALPN when a
     certificate is given) on one port; a free port unless `port` is given (retried if
@@ -261,7 +263,7 @@ def serve_app(
     for attempt in range(5):
         chosen = port or _free_port(host)
         try:
-            stop, thread = _start(app, host, chosen, certfile, keyfile)
+            stop, thread = _start(app, host, chosen, certfile, keyfile, keep_alive_s)
             break
         except RuntimeError:
             if port or attempt == 4:
@@ -274,10 +276,16 @@ def serve_app(
 
 
 def _start(
-    app: GatewayServer, host: str, port: int, certfile: str | None, keyfile: str | None
+    app: GatewayServer,
+    host: str,
+    port: int,
+    certfile: str | None,
+    keyfile: str | None,
+    keep_alive_s: float,
 ) -> tuple[Callable[[], None], threading.Thread]:
     config = Config()
     config.bind = [f"{host}:{port}"]
+    config.keep_alive_timeout = keep_alive_s
     config.keep_alive_max_requests = 1_000_000_000
     config.accesslog = None
     config.errorlog = None

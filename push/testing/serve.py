@@ -37,10 +37,15 @@ SUBJECT = "mailto:ops@pushrec.invalid"
 
 @contextmanager
 def local_gateways(
-    state_dir: Path, *, latency_ms: float = 0.0, host: str = "127.0.0.1"
+    state_dir: Path,
+    *,
+    latency_ms: float = 0.0,
+    host: str = "127.0.0.1",
+    keep_alive_s: float = 5.0,
 ) -> Iterator[dict[str, Any]]:
     """Start the four servers on `host`, write their credentials under `state_dir`, yield
-    the state (see module doc); stop them on exit."""
+    the state (see module doc); stop them on exit. Idle connections are closed after
+    `keep_alive_s` (`serve_app`)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     fcm, apns, webpush, webhook = (
         FcmServer(),
@@ -50,7 +55,7 @@ def local_gateways(
     )
     with ExitStack() as stack:
         for server in (fcm, apns, webpush, webhook):
-            stack.enter_context(serve_app(server, host=host))
+            stack.enter_context(serve_app(server, host=host, keep_alive_s=keep_alive_s))
             server.script.latency_s = latency_ms / 1000
         account = state_dir / "fcm-service-account.json"
         account.write_text(json.dumps(fcm.service_account()))
@@ -96,12 +101,12 @@ def local_gateways(
         yield state
 
 
-def serve_forever(state_dir: Path, *, latency_ms: float = 0.0) -> int:
+def serve_forever(state_dir: Path, *, latency_ms: float = 0.0, keep_alive_s: float = 5.0) -> int:
     """Run `local_gateways` until SIGTERM or SIGINT; print the state as one JSON line."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    with local_gateways(state_dir, latency_ms=latency_ms) as state:
+    with local_gateways(state_dir, latency_ms=latency_ms, keep_alive_s=keep_alive_s) as state:
         print(json.dumps(state), flush=True)
         stop.wait()
     return 0
@@ -110,6 +115,9 @@ def serve_forever(state_dir: Path, *, latency_ms: float = 0.0) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", type=Path, required=True, help="where to write credentials")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="injected per request")
+    parser.add_argument(
+        "--keep-alive-s", type=float, default=5.0, help="idle connections closed after this"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_arguments(sub.add_parser("serve", help="run the four local gateways"))
     args = parser.parse_args(argv)
-    return serve_forever(args.state_dir, latency_ms=args.latency_ms)
+    return serve_forever(args.state_dir, latency_ms=args.latency_ms, keep_alive_s=args.keep_alive_s)
 
 
 if __name__ == "__main__":
