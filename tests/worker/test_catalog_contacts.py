@@ -291,6 +291,20 @@ def test_forget_user_erases_every_key_and_log_entry_of_that_shopper(runtime: Run
     assert ingest.erase_user(runtime, "gone")["keys_removed"] == 0
 
 
+def test_an_upsert_without_ts_redelivered_later_reports_its_changes_again(
+    runtime: Runtime,
+) -> None:
+    """An item sent without `ts` takes the task's clock, which its retry or redelivery does
+    not repeat: the changes are found again by the task's id, with the first try's time."""
+    ingest.upsert_items(runtime, [{"item_id": "i2", "price": 10.0}], NOW - 60, "task-0")
+    _, changes = ingest.upsert_items(runtime, [{"item_id": "i2", "price": 8.0}], NOW, "task-1")
+    _, again = ingest.upsert_items(runtime, [{"item_id": "i2", "price": 8.0}], NOW + 5, "task-1")
+    assert changes == again == [ItemChange("i2", "price", 10.0, 8.0, NOW)]
+    _, other = ingest.upsert_items(runtime, [{"item_id": "i2", "price": 8.0}], NOW + 9, "task-2")
+    assert other == []  # another task that changes nothing reports nothing
+    assert len(runtime.catalog.changes("i2")) == 1  # recorded once
+
+
 def test_a_redelivered_upsert_reports_its_changes_again_for_the_fan_out(runtime: Runtime) -> None:
     ts = NOW - 0.123456  # fractional epoch seconds survive the round trip exactly
     ingest.upsert_items(runtime, [{"item_id": "i1", "price": 10.0, "ts": NOW - 60}], NOW)

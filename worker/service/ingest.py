@@ -131,7 +131,7 @@ def upsert_items(
             valid.append(parse_item(raw, rt.limits, now))
         except InvalidInput as exc:
             rt.rejected.record(contract.UPSERT_ITEMS, exc.code, exc.reason, raw)
-    upserted = rt.catalog.upsert(valid, now)
+    upserted = rt.catalog.upsert(valid, now, delivery_id)
     changes = upserted.changes
     if upserted.live and rt.has_index:
         rt.index.catch_up()  # this process serves the change at once; others: live_items.py

@@ -69,10 +69,12 @@ class Catalog:
         self._seen = 0  # the last change mark the cache has applied
         self._lock = threading.Lock()  # the index follower's thread reads too
 
-    def upsert(self, items: Sequence[Item], now: float) -> Upserted:
+    def upsert(self, items: Sequence[Item], now: float, delivery_id: str = "") -> Upserted:
         """Store `items`; an upsert older (by `ts`) than the stored one is ignored. Items
         whose category, brand or sold-out state changed are marked for the processes
-        serving the index, in the same follow-up round trip."""
+        serving the index, in the same follow-up round trip. `delivery_id` (the task's):
+        its redelivery reports the price and stock changes it made again
+        (`upsert_item.lua`), so their reactions are not lost to a crash in between."""
         if not items:
             return Upserted([], [])
         pipe = self._client.pipeline(transaction=False)
@@ -80,6 +82,7 @@ class Catalog:
             args: list[str | float | int] = [
                 repr(item.ts if item.ts is not None else now),
                 self._changes_max,
+                delivery_id,
             ]
             for name, value in item.catalog_fields().items():
                 args += [name, value]
