@@ -98,12 +98,12 @@ class Shop:
 
 
 @contextmanager
-def local_gateway(state_dir: Path, keep_alive_s: float = 5.0) -> Iterator[dict[str, Any]]:
+def local_gateway(state_dir: Path, keep_alive_s: float | None = None) -> Iterator[dict[str, Any]]:
     """`python -m push.testing serve` in its own process; yields its state JSON. Idle
-    connections are closed after `keep_alive_s`."""
+    connections are closed after `keep_alive_s` (None: the servers' default)."""
+    keep_alive = [] if keep_alive_s is None else [f"--keep-alive-s={keep_alive_s}"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "push.testing", "serve", f"--state-dir={state_dir}",
-         f"--keep-alive-s={keep_alive_s}"],
+        [sys.executable, "-m", "push.testing", "serve", f"--state-dir={state_dir}", *keep_alive],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     try:

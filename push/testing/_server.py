@@ -32,7 +32,19 @@ from typing import Any
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-__all__ = ["GatewayServer", "Request", "Response", "Script", "Scripted", "serve_app"]
+__all__ = [
+    "KEEP_ALIVE_S",
+    "GatewayServer",
+    "Request",
+    "Response",
+    "Script",
+    "Scripted",
+    "serve_app",
+]
+
+KEEP_ALIVE_S = 5.0
+"""How long an idle connection stays open: hypercorn's default, as many servers' (FCM's
+front ends keep theirs far longer)."""
 
 _Receive = Callable[[], Awaitable[dict[str, Any]]]
 _Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -250,11 +262,10 @@ def serve_app(
     certfile: str | None = None,
     keyfile: str | None = None,
     host: str = "127.0.0.1",
-    keep_alive_s: float = 5.0,
+    keep_alive_s: float = KEEP_ALIVE_S,
 ) -> Iterator[str]:
     """Serve `app` on `host` (default 127.0.0.1) from a background thread; yield its base
-    URL. An idle connection is closed after `keep_alive_s` (hypercorn's 5 s, as many
-    servers; FCM's front ends keep theirs far longer).
+    URL. An idle connection is closed after `keep_alive_s`.
 
     HTTP/1.1 and HTTP/2 (cleartext with prior knowledge, or TLS with ALPN when a
     certificate is given) on one port; a free port unless `port` is given (retried if

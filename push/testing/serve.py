@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from push.gateways.vapid import VapidKey
-from push.testing._server import serve_app
+from push.testing._server import KEEP_ALIVE_S, serve_app
 from push.testing.apns import ApnsServer
 from push.testing.fcm import FcmServer
 from push.testing.webhook import WebhookReceiver
@@ -41,7 +41,7 @@ def local_gateways(
     *,
     latency_ms: float = 0.0,
     host: str = "127.0.0.1",
-    keep_alive_s: float = 5.0,
+    keep_alive_s: float = KEEP_ALIVE_S,
 ) -> Iterator[dict[str, Any]]:
     """Start the four servers on `host`, write their credentials under `state_dir`, yield
     the state (see module doc); stop them on exit. Idle connections are closed after
@@ -101,7 +101,9 @@ def local_gateways(
         yield state
 
 
-def serve_forever(state_dir: Path, *, latency_ms: float = 0.0, keep_alive_s: float = 5.0) -> int:
+def serve_forever(
+    state_dir: Path, *, latency_ms: float = 0.0, keep_alive_s: float = KEEP_ALIVE_S
+) -> int:
     """Run `local_gateways` until SIGTERM or SIGINT; print the state as one JSON line."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -116,7 +118,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", type=Path, required=True, help="where to write credentials")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="injected per request")
     parser.add_argument(
-        "--keep-alive-s", type=float, default=5.0, help="idle connections closed after this"
+        "--keep-alive-s",
+        type=float,
+        default=KEEP_ALIVE_S,
+        help="idle connections closed after this",
     )
 
 

@@ -326,8 +326,7 @@ class StateStore:
             )
         for key, event_ids in pending.items():
             pipe.hdel(key, *event_ids)
-        if len(pipe):
-            pipe.execute()
+        pipe.execute()  # an empty pipeline makes no round trip
 
     def trending_items(self, now: float, hours: int, count: int) -> list[tuple[str, float]]:
         """The `count` items with most weighted activity over the last `hours` buckets

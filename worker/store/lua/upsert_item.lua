@@ -16,12 +16,19 @@ local ts, changes_max, delivery = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local stored = tonumber(redis.call('HGET', item, 'updated_at') or '-1')
 if ts < stored then return {0, '[]', 0} end
 
-local changed = {}
-if ts == stored then
+-- the changes recorded before for which keep(change) holds, newest first
+local function recorded_before(keep)
+  local found = {}
   for _, raw in ipairs(redis.call('LRANGE', changes, 0, -1)) do
     local change = cjson.decode(raw)
-    if change.ts == ARGV[1] then table.insert(changed, change) end
+    if keep(change) then table.insert(found, change) end
   end
+  return found
+end
+
+local changed = {}
+if ts == stored then
+  changed = recorded_before(function(change) return change.ts == ARGV[1] end)
 end
 local recorded = false
 local live = 0
@@ -51,10 +58,7 @@ redis.call('HSET', item, 'updated_at', ts)
 if recorded then
   redis.call('LTRIM', changes, 0, changes_max - 1)
 elseif delivery ~= '' and #changed == 0 then
-  for _, raw in ipairs(redis.call('LRANGE', changes, 0, -1)) do
-    local change = cjson.decode(raw)
-    if change.by == delivery then table.insert(changed, change) end
-  end
+  changed = recorded_before(function(change) return change.by == delivery end)
 end
 if #changed == 0 then return {1, '[]', live} end
 return {1, cjson.encode(changed), live}
