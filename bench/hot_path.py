@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ import redis.asyncio.connection
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from function_clock import FunctionClock  # noqa: E402
 from realtime_stack import (  # noqa: E402
     RULE,
     Shop,
@@ -96,8 +97,10 @@ class Stage:
         probe: redis.Redis,
         trips: RoundTrips,
         profiler: cProfile.Profile | None = None,
+        clock: FunctionClock | None = None,
     ) -> None:
         self.name, self._probe, self._trips, self._profiler = name, probe, trips, profiler
+        self._clock = clock
         self.cpu_s = 0.0
         self.round_trips = 0
         self.commands = 0
@@ -115,7 +118,11 @@ class Stage:
         started = time.process_time()
         if self._profiler is not None:
             self._profiler.enable()
-        out = work()
+        if self._clock is not None:
+            with self._clock.timing():
+                out = work()
+        else:
+            out = work()
         if self._profiler is not None:
             self._profiler.disable()
         self.cpu_s += time.process_time() - started
@@ -153,10 +160,11 @@ def run_once(
     batch: int,
     tag: str,
     profiler: cProfile.Profile | None = None,
+    clock: FunctionClock | None = None,
 ) -> dict[str, Any]:
     """`events` purchases of fresh shoppers (each with a device and a history), in calls of
-    `batch`; returns the cost per event of each stage. `sent`: the deliver calls the
-    runtime enqueues."""
+    `batch`; returns the cost per event of each stage, and with `clock` each timed
+    function's (`functions`). `sent`: the deliver calls the runtime enqueues."""
     shoppers = shop.shoppers(tag, events, 5)
     now = time.time()
     for n, (user, past, _) in enumerate(shoppers):
@@ -170,8 +178,10 @@ def run_once(
     delivered_before = delivered(rt)
     probe = redis.Redis.from_url(rt.settings.redis_url or "")
     trips = RoundTrips()
-    track = Stage("track", probe, trips, profiler)
-    deliver = Stage("deliver", probe, trips, profiler)
+    track = Stage("track", probe, trips, profiler, clock)
+    deliver = Stage("deliver", probe, trips, profiler, clock)
+    if clock is not None:
+        clock.clear()
     calls = [shoppers[i : i + batch] for i in range(0, events, batch)]
     with trips.installed():
         for c, call in enumerate(calls):
@@ -196,6 +206,8 @@ def run_once(
         k: round(out["track"][k] + out["deliver"][k], 3)
         for k in ("cpu_ms", "round_trips", "commands")
     }
+    if clock is not None:
+        out["functions"] = clock.per(events)
     return out
 
 
@@ -209,6 +221,29 @@ def _median_of(rows: list[dict[str, Any]], stage: str) -> dict[str, Any]:
     if "by_command" in rows[-1][stage]:
         out["by_command"] = rows[-1][stage]["by_command"]
     return out
+
+
+def _median_functions(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each timed function's figures, median over the runs (0 in a run it was not in)."""
+    names = {name for r in rows for name in r["functions"]}
+    medians = {
+        name: {
+            k: statistics.median(r["functions"].get(name, {}).get(k, 0.0) for r in rows)
+            for k in ("inclusive_us", "exclusive_us", "calls", "commands")
+        }
+        for name in names
+    }
+    return dict(sorted(medians.items(), key=lambda kv: -kv[1]["inclusive_us"]))
+
+
+def print_functions(functions: dict[str, dict[str, float]]) -> None:
+    """`--functions`' table: per event, a pipeline's commands at its call site."""
+    print(f"    {'function (a pipeline: @ its caller)':50s} {'incl us':>8s} {'excl us':>8s} "
+          f"{'calls':>6s} {'commands':>8s}")  # fmt: skip
+    for name, v in functions.items():
+        commands = f"{v['commands']:8.2f}" if v["commands"] else ""
+        print(f"    {name:50s} {v['inclusive_us']:8.1f} {v['exclusive_us']:8.1f} "
+              f"{v['calls']:6.2f} {commands}")  # fmt: skip
 
 
 @contextmanager
@@ -275,6 +310,11 @@ def main() -> None:
         "--commands", action="store_true", help="print each stage's commands per event by name"
     )
     parser.add_argument(
+        "--functions",
+        action="store_true",
+        help="time each stage function and pipeline at every call (bench/function_clock.py)",
+    )
+    parser.add_argument(
         "--serve", action="store_true", help="measure on request from stdin (see `serve`)"
     )
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "hot_path.json")
@@ -286,27 +326,36 @@ def main() -> None:
         results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes.split(",")}
         # only the stages' work: not the set-up of each run's shoppers
         profiler = cProfile.Profile(time.process_time) if args.cprofile else None
-        for run in range(args.runs):
-            for mode, rows in results.items():
-                per_call = events_per_call(mode, args.batch)
-                rows.append(
-                    run_once(rt, sent, shop, args.events, per_call, f"{mode}{run}", profiler)
-                )
+        clock = FunctionClock() if args.functions else None
+        with clock.installed() if clock else nullcontext():
+            for run in range(args.runs):
+                for mode, rows in results.items():
+                    per_call = events_per_call(mode, args.batch)
+                    tag = f"{mode}{run}"
+                    rows.append(
+                        run_once(rt, sent, shop, args.events, per_call, tag, profiler, clock)
+                    )
         if profiler is not None:
             profiler.dump_stats(args.cprofile)
-    summary = {
-        mode: {stage: _median_of(rows, stage) for stage in rows[0]}
+    summary: dict[str, dict[str, Any]] = {
+        mode: {stage: _median_of(rows, stage) for stage in ("track", "deliver", "total")}
         for mode, rows in results.items()
     }
+    if args.functions:
+        for mode, rows in results.items():
+            summary[mode]["functions"] = _median_functions(rows)
     print(f"{'mode':8s} {'stage':8s} {'cpu ms/event':>12s} {'round trips':>12s} {'commands':>9s}")
     for mode, stages in summary.items():
-        for stage, v in stages.items():
+        for stage in ("track", "deliver", "total"):
+            v = stages[stage]
             print(
                 f"{mode:8s} {stage:8s} {v['cpu_ms']:12.3f} {v['round_trips']:12.2f} "
                 f"{v['commands']:9.2f}"
             )
             if args.commands and "by_command" in v:
                 print("    " + ", ".join(f"{c} {n:g}" for c, n in v["by_command"].items()))
+        if "functions" in stages:
+            print_functions(stages["functions"])
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = {"bench": "hot_path", "batch": args.batch, "events": args.events,
               "cpus": os.cpu_count(), "results": summary, "raw": results}  # fmt: skip
