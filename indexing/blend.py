@@ -158,16 +158,29 @@ class Blend:
                 h_rows, h_weights = histories[n]
                 rows[r, : h_rows.shape[0]] = h_rows
                 weights[r, : h_rows.shape[0]] = h_weights
-            # the terms are added in `score`'s order, so each row rounds as it does
+            # the terms are added in `score`'s order, so each row rounds as it does; each
+            # is scaled in place (a row whose top is 0 is all zeros already), and added
+            # without gathering `total`'s rows when every shopper has a history
+            every = len(live) == len(histories)
             if bw.mf:
                 u = self.fold_in.batch(rows, weights).astype(np.float32)
                 mf = u @ self.item_factors.T
                 top = np.abs(mf).max(axis=1, keepdims=True)
-                total[live] += bw.mf * np.divide(mf, top, out=np.zeros_like(mf), where=top > 0)
+                np.divide(mf, top, out=mf, where=top > 0)
+                mf *= bw.mf
+                if every:
+                    total += mf
+                else:
+                    total[live] += mf
             if bw.knn:
                 knn = knn_scores_many(self.similarity, rows, weights)
                 top = knn.max(axis=1, keepdims=True)
-                total[live] += bw.knn * np.divide(knn, top, out=np.zeros_like(knn), where=top > 0)
+                np.divide(knn, top, out=knn, where=top > 0)
+                knn *= bw.knn
+                if every:
+                    total += knn
+                else:
+                    total[live] += knn
         return total.astype(np.float32).astype(np.float64)
 
 
