@@ -22,6 +22,7 @@ from redis.retry import Retry
 
 from worker.redis_urls import cluster_nodes, cluster_options, is_cluster_url
 from worker.store.command_packer import PACKER, PackedConnection
+from worker.store.pinned import PinnedRedis
 
 __all__ = [
     "AsyncStateRedis",
@@ -53,11 +54,13 @@ def connect_state(url: str) -> StateRedis:
     applied); after a connection error it re-reads the slot map on its next call.
 
     Commands are packed by `PACKER` (command_packer.py), except on a TLS cluster, whose
-    nodes keep redis-py's packer: no test here runs one.
+    nodes keep redis-py's packer: no test here runs one. A single node's plain pipelines
+    run on a connection pinned to the thread (`PinnedRedis`, pinned.py); a cluster's are
+    redis-py's.
     """
     no_retry = Retry(NoBackoff(), retries=0)
     if not is_cluster_url(url):
-        return redis.Redis.from_url(
+        return PinnedRedis.from_url(
             url,
             health_check_interval=30,
             retry=no_retry,
