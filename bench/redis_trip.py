@@ -1,5 +1,6 @@
 """What one Redis round trip costs the client in CPU: the floor of a bare socket with
-hiredis's reader, and the state store's client (redis-py's pipeline), by commands per trip.
+hiredis's reader, and the state store's client (`connect_state`: a single node's pipeline
+on the thread's pinned connection), by commands per trip.
 
 A single `track` makes 12 round trips (bench/hot_path.py); this says how much of their
 CPU the system calls take, which no client can save, and how much the client adds.
