@@ -10,7 +10,7 @@ around each call of the (plain, not async) functions named, and keeps for each t
 inclusive time, the exclusive time (less the named functions it called) and the calls.
 Each timed call costs about 1 us, in the figures of the run.
 
-redis-py's `Pipeline.execute` is also kept per call site (the first caller outside
+A pipeline's `execute` is also kept per call site (the first caller outside
 redis-py and `worker/store`) with its commands: a round trip's CPU, packing, system calls
 and reply parsing included.
 """
@@ -43,12 +43,14 @@ HOT_PATH = (
     "worker.delivery.sender:MessageSender._reserve_and_claim",
     "worker.delivery.push_runtime:PushRuntime.run",
     "worker.delivery.sender:MessageSender._settle",
+    "worker.store.pinned:PinnedPipeline.execute",
     "redis.client:Pipeline.execute",
 )
-"""The stages of docs/realtime.md's "What one event costs", and redis-py's pipelines."""
+"""The stages of docs/realtime.md's "What one event costs", and the state store's pipelines
+(a single node's pinned ones, redis-py's for the rest)."""
 
-_PIPELINE = "Pipeline.execute"
-_STORE_FRAMES = ("/redis/", "/worker/store/")
+_PIPELINES = ("PinnedPipeline.execute", "Pipeline.execute")
+_STORE_FRAMES = ("/redis/", "/worker/store/", __file__)  # and the clock of a caller
 
 
 class FunctionClock:
@@ -105,7 +107,7 @@ class FunctionClock:
         def timed(*args: Any, **kwargs: Any) -> Any:
             if not self._on:
                 return fn(*args, **kwargs)
-            keys = (name, site(args[0])) if name == _PIPELINE else (name,)
+            keys = (name, site(args[0])) if name in _PIPELINES else (name,)
             self._children.append(0)
             started = clock()
             try:
