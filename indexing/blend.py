@@ -158,30 +158,33 @@ class Blend:
                 h_rows, h_weights = histories[n]
                 rows[r, : h_rows.shape[0]] = h_rows
                 weights[r, : h_rows.shape[0]] = h_weights
-            # the terms are added in `score`'s order, so each row rounds as it does; each
-            # is scaled in place (a row whose top is 0 is all zeros already), and added
-            # without gathering `total`'s rows when every shopper has a history
-            every = len(live) == len(histories)
+            # the terms are added in `score`'s order, so each row rounds as it does
             if bw.mf:
                 u = self.fold_in.batch(rows, weights).astype(np.float32)
                 mf = u @ self.item_factors.T
-                top = np.abs(mf).max(axis=1, keepdims=True)
-                np.divide(mf, top, out=mf, where=top > 0)
-                mf *= bw.mf
-                if every:
-                    total += mf
-                else:
-                    total[live] += mf
+                _add_normalised(total, live, mf, np.abs(mf).max(axis=1, keepdims=True), bw.mf)
             if bw.knn:
                 knn = knn_scores_many(self.similarity, rows, weights)
-                top = knn.max(axis=1, keepdims=True)
-                np.divide(knn, top, out=knn, where=top > 0)
-                knn *= bw.knn
-                if every:
-                    total += knn
-                else:
-                    total[live] += knn
+                _add_normalised(total, live, knn, knn.max(axis=1, keepdims=True), bw.knn)
         return total.astype(np.float32).astype(np.float64)
+
+
+def _add_normalised(
+    total: npt.NDArray[np.float64],
+    live: list[int],
+    term: npt.NDArray[np.floating],
+    top: npt.NDArray[np.floating],
+    weight: float,
+) -> None:
+    """``total[live] += weight * term / top``, row by row, scaling `term` in place (a row
+    whose top is 0 is all zeros already) and adding without gathering `total`'s rows
+    when `live` is all of them."""
+    np.divide(term, top, out=term, where=top > 0)
+    term *= weight
+    if len(live) == total.shape[0]:
+        total += term
+    else:
+        total[live] += term
 
 
 def shopper_histories(
