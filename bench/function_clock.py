@@ -8,7 +8,8 @@ where a thread comes back from a system call. This clock reads `time.thread_time
 (user and system CPU of the thread, so a socket's kernel work counts, waiting does not)
 around each call of the (plain, not async) functions named, and keeps for each the
 inclusive time, the exclusive time (less the named functions it called) and the calls.
-Each timed call costs about 1 us, in the figures of the run.
+Each timed call costs about 1 us, in the figures of the run (in its caller's exclusive
+time). Calls are timed on one thread at a time, as `bench/hot_path.py` makes them.
 
 A pipeline's `execute` is also kept per call site (the first caller outside
 redis-py and `worker/store`) with its commands: a round trip's CPU, packing, system calls
@@ -44,10 +45,10 @@ HOT_PATH = (
     "worker.delivery.push_runtime:PushRuntime.run",
     "worker.delivery.sender:MessageSender._settle",
     "worker.store.pinned:PinnedPipeline.execute",
-    "redis.client:Pipeline.execute",
 )
 """The stages of docs/realtime.md's "What one event costs", and the state store's pipelines
-(a single node's pinned ones, redis-py's for the rest)."""
+(`bench/hot_path.py` runs a single node; `redis.client:Pipeline.execute` times a
+cluster's, but names again each one the pinned pipeline hands to it)."""
 
 _PIPELINES = ("PinnedPipeline.execute", "Pipeline.execute")
 _STORE_FRAMES = ("/redis/", "/worker/store/", __file__)  # and the clock of a caller

@@ -1,6 +1,6 @@
 """What one Redis round trip costs the client in CPU: the floor of a bare socket with
-hiredis's reader, and the state store's client (`connect_state`: a single node's pipeline
-on the thread's pinned connection), by commands per trip.
+hiredis's reader, redis-py's own pipeline, and the state store's client (`connect_state`:
+a single node's pipeline on the thread's pinned connection), by commands per trip.
 
 A single `track` makes 12 round trips (bench/hot_path.py); this says how much of their
 CPU the system calls take, which no client can save, and how much the client adds.
@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import hiredis
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -72,27 +73,33 @@ def main() -> None:
     rows = []
     with redis_server() as url:
         client = connect_state(url)
+        stock = redis.Redis.from_url(url, decode_responses=True)
         client.hset("trip:h", "f", "v")
         where = urlsplit(url)
         sock = socket.create_connection((where.hostname or "127.0.0.1", where.port or 6379))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for commands in COMMANDS:
 
-            def pipeline(n: int = commands) -> list[Any]:
-                pipe = client.pipeline(transaction=False)
+            def pipeline(on: redis.Redis, n: int = commands) -> list[Any]:
+                pipe = on.pipeline(transaction=False)
                 for _ in range(n):
                     pipe.hget("trip:h", "f")
                 return pipe.execute()
 
             bare = cpu_us_per_call(bare_trip(sock, commands), args.trips, args.repeats)
-            ours = cpu_us_per_call(pipeline, args.trips, args.repeats)
+            theirs = cpu_us_per_call(lambda: pipeline(stock), args.trips, args.repeats)
+            ours = cpu_us_per_call(lambda: pipeline(client), args.trips, args.repeats)
             rows.append({"commands": commands, "bare_socket_us": round(bare, 1),
+                         "redis_py_us": round(theirs, 1),
                          "state_client_us": round(ours, 1)})  # fmt: skip
         sock.close()
+        stock.close()
         client.close()
-    print(f"{'commands/trip':>13s} {'bare socket us':>15s} {'state client us':>16s}")
+    print(f"{'commands/trip':>13s} {'bare socket us':>15s} {'redis-py us':>12s} "
+          f"{'state client us':>16s}")  # fmt: skip
     for r in rows:
-        print(f"{r['commands']:13d} {r['bare_socket_us']:15.1f} {r['state_client_us']:16.1f}")
+        print(f"{r['commands']:13d} {r['bare_socket_us']:15.1f} {r['redis_py_us']:12.1f} "
+              f"{r['state_client_us']:16.1f}")  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"bench": "redis_trip", "results": rows}, indent=2))
     print(f"wrote {args.json}")

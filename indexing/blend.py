@@ -176,10 +176,12 @@ def _add_normalised(
     top: npt.NDArray[np.floating],
     weight: float,
 ) -> None:
-    """``total[live] += weight * term / top``, row by row, scaling `term` in place (a row
-    whose top is 0 is all zeros already) and adding without gathering `total`'s rows
-    when `live` is all of them."""
-    np.divide(term, top, out=term, where=top > 0)
+    """``total[live] += weight * term / top`` for the rows whose top is above 0 (as
+    `score` adds a term only then), scaling `term` in place and adding without gathering
+    `total`'s rows when `live` is all of them."""
+    scaled = top > 0
+    np.divide(term, top, out=term, where=scaled)
+    term[~scaled[:, 0]] = 0
     term *= weight
     if len(live) == total.shape[0]:
         total += term

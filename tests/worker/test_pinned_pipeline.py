@@ -4,8 +4,11 @@ forked child does not share and that comes back after the server drops it."""
 
 from __future__ import annotations
 
+import gc
+import math
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -63,6 +66,20 @@ def _errors(pipe: Any, k: str) -> None:
 
 
 @pytest.fixture
+def pinned_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of commands of each pipeline run on a pinned connection."""
+    runs: list[int] = []
+    original = PinnedPipeline._send_and_read
+
+    def spied(self: PinnedPipeline, connection: Any, commands: Any) -> list[Any]:
+        runs.append(len(commands))
+        return original(self, connection, commands)
+
+    monkeypatch.setattr(PinnedPipeline, "_send_and_read", spied)
+    return runs
+
+
+@pytest.fixture
 def clients(redis_node_url: str) -> Iterator[tuple[redis.Redis, redis.Redis]]:
     lean = connect_state(redis_node_url)
     stock = redis.Redis.from_url(redis_node_url, decode_responses=True)
@@ -77,6 +94,7 @@ def clients(redis_node_url: str) -> Iterator[tuple[redis.Redis, redis.Redis]]:
 def _both(
     clients: tuple[redis.Redis, redis.Redis], key_prefix: str, queue: Queue, **execute: Any
 ) -> tuple[list[Any], list[Any]]:
+    """The same commands through the pinned pipeline and through redis-py's."""
     out = []
     for name, client in zip(("lean", "stock"), clients, strict=True):
         pipe = client.pipeline(transaction=False)
@@ -94,9 +112,10 @@ def test_replies_are_redis_pys(clients: tuple[redis.Redis, redis.Redis], key_pre
 
 
 def test_error_replies_stay_in_place_or_raise_the_first_as_redis_py_does(
-    clients: tuple[redis.Redis, redis.Redis], key_prefix: str
+    clients: tuple[redis.Redis, redis.Redis], key_prefix: str, pinned_reads: list[int]
 ) -> None:
     lean, stock = _both(clients, key_prefix, _errors, raise_on_error=False)
+    assert pinned_reads == [len(lean)]
     assert [type(r) for r in lean] == [type(r) for r in stock]
     assert [str(r) for r in lean] == [str(r) for r in stock]
     assert isinstance(lean[1], redis.ResponseError) and lean[3] == "v" and lean[5] == 1
@@ -111,7 +130,8 @@ def test_error_replies_stay_in_place_or_raise_the_first_as_redis_py_does(
         raised.append(str(caught.value))
     assert raised[0] == raised[1]
     assert raised[0].startswith("Command # 2 (HINCRBY")
-    assert clients[0].get(f"{key_prefix}:raise:str") == "v"  # the connection is in step
+    # the pinned connection is in step
+    assert clients[0].pipeline(transaction=False).get(f"{key_prefix}:raise:str").execute() == ["v"]
 
 
 def test_a_callback_that_raises_drops_the_connection_not_the_next_callers_reply(
@@ -191,10 +211,11 @@ def test_a_forked_child_makes_its_own_connection(
 
 
 def test_a_connection_dropped_while_in_use_fails_one_pipeline_then_comes_back(
-    clients: tuple[redis.Redis, redis.Redis], key_prefix: str
+    clients: tuple[redis.Redis, redis.Redis], key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lean, stock = clients
-    stock.client_kill_filter(_id=_client_id(lean))  # within IDLE_CHECK_S of its use
+    monkeypatch.setattr(pinned, "IDLE_CHECK_S", math.inf)  # used just now, however slow CI is
+    stock.client_kill_filter(_id=_client_id(lean))
     pipe = lean.pipeline(transaction=False)
     pipe.set(f"{key_prefix}:k", "v")
     with pytest.raises(redis.ConnectionError):
@@ -221,3 +242,58 @@ def test_close_closes_the_pinned_connections(redis_node_url: str) -> None:
     assert connection._sock is not None  # type: ignore[attr-defined]
     client.close()
     assert connection._sock is None  # type: ignore[attr-defined]
+
+
+def test_transactions_scripts_and_himport_go_to_redis_pys_pipeline(
+    clients: tuple[redis.Redis, redis.Redis], key_prefix: str, pinned_reads: list[int]
+) -> None:
+    lean = clients[0]
+    with lean.pipeline(transaction=True) as tx:
+        tx.set(f"{key_prefix}:t", 1).execute()
+    script = lean.register_script("return 1")
+    pipe = lean.pipeline(transaction=False)
+    script(keys=[], args=[], client=pipe)
+    pipe.execute()
+    pipe = lean.pipeline(transaction=False)
+    pipe.execute_command("himport set", "fs", f"{key_prefix}:h", "v")  # any case, one name
+    pipe.execute(raise_on_error=False)
+    assert pinned_reads == []
+    lean.pipeline(transaction=False).ping().execute()
+    assert pinned_reads == [1]
+
+
+def test_a_threads_connection_closes_when_it_ends_or_the_client_closes(
+    redis_node_url: str,
+) -> None:
+    client = connect_state(redis_node_url)
+    assert isinstance(client, PinnedRedis)
+    ended: list[Any] = []
+
+    def pipeline_once() -> None:
+        client.pipeline(transaction=False).ping().execute()
+        ended.append(client.pinned_connection())
+
+    thread = threading.Thread(target=pipeline_once)
+    thread.start()
+    thread.join()
+    [connection] = ended
+    del ended[:], connection  # the thread's own reference went with it
+    gc.collect()
+    assert len(client._pinned) == 0  # type: ignore[attr-defined]
+
+    go_on = threading.Event()
+    living: list[Any] = []
+
+    def pipeline_and_wait() -> None:
+        client.pipeline(transaction=False).ping().execute()
+        living.append(client.pinned_connection())
+        go_on.wait(10)
+
+    thread = threading.Thread(target=pipeline_and_wait)
+    thread.start()
+    while not living:
+        time.sleep(0.01)
+    client.close()  # from another thread than the one that made it
+    assert living[0]._sock is None
+    go_on.set()
+    thread.join()

@@ -2,27 +2,34 @@
 
 redis-py's `Pipeline.execute` borrows a connection from the pool for every pipeline,
 and the pool checks each one it hands out for data left on it or a server that closed
-it: a zero-timeout read, three system calls and an exception. A single event makes 12
-pipelines back to back, so those checks were about a tenth of its CPU:
-`bench/hot_path.py` in one process, alternating the two (6 pairs): a single event sent
-inline 0.88 of the CPU, 0.99 with the check made before every pipeline.
+it: a zero-timeout read, three system calls and an exception. A single event runs 12
+pipelines back to back, so those checks were about a tenth of its CPU (docs/realtime.md,
+"What one event costs", has the figures).
 
-A plain pipeline (no transaction, no WATCH, no `Script` objects to load first) runs here
-instead: on the calling thread's own connection of this client, made by the pool's
-factory (same address, credentials, timeouts, packer) and kept while the thread lives (a
-forked child makes its own). Nothing can be left on it (a pipeline that stops reading
-for any reason drops it), so only a server that closed it is to be feared, and that
-mostly after a pause: the check is made when the connection has been idle
-`IDLE_CHECK_S` or more, as the pool makes it (a closed one is connected again). A
+A plain pipeline (no transaction, no WATCH, no `Script` objects to load first, no
+HIMPORT) runs here instead: on the calling thread's own connection of this client, made
+by the pool's factory (same address, credentials, timeouts, packer) and closed when the
+thread ends or the client closes; a forked child makes its own. Nothing can be left on
+it (a pipeline that stops reading for any reason drops it), so only a server that
+closed it is to be feared, and that mostly after a pause: it is checked as the pool
+checks its own when idle `IDLE_CHECK_S` or more (a closed one is connected again). A
 connection that died within the last `IDLE_CHECK_S` fails its next pipeline with
 redis-py's `ConnectionError`, which the task retries (as it retries the pipeline that
 was in flight when it died), and the one after reconnects.
 
 It is sent and read with redis-py's `Connection` methods, so errors are redis-py's and
-its 30 s health check still pings a long-idle connection. Each reply goes through the
+its health check still pings a long-idle connection. Each reply goes through the
 command's response callback; a `ResponseError` reply stays in its place and the first
-is raised after all are read, as redis-py does. Everything else (commands,
-transactions, pipelines with scripts to load, HIMPORT) is redis-py's own.
+is raised after all are read, as redis-py does (a callback that raises drops the
+connection and raises, where redis-py would keep a `ResponseError` it raised in place).
+RESP3 push frames are handled by those reads as on redis-py's own pipelines, and a
+connection that the server's maintenance notices mark for reconnection is reconnected
+before its next pipeline (the pool does it when one comes back). What these skip of the
+pool's work: its operation metrics and debug logs (not enabled here), retries (the state
+store's client makes none: `client.py`) and `max_connections` (one per thread that
+pipelines). A connection that fell back from RESP3 to RESP2, whose callbacks redis-py
+picks otherwise, runs redis-py's own pipeline, as does everything else (commands,
+transactions, pipelines with scripts to load).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,11 +50,12 @@ __all__ = ["IDLE_CHECK_S", "PinnedPipeline", "PinnedRedis"]
 IDLE_CHECK_S = 1.0
 """A pinned connection idle this long is checked before use, as the pool checks its own."""
 
-# options that steer the read, not the callback (redis-py's `parse_response` pops them)
-_READ_OPTIONS = frozenset({"keys", EMPTY_RESPONSE, NEVER_DECODE})
+# options redis-py's `parse_response` pops before calling a callback ("keys" is for its
+# client-side cache)
+_NOT_FOR_CALLBACKS = frozenset({"keys", EMPTY_RESPONSE, NEVER_DECODE})
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True, eq=False)  # hashed by identity, in a WeakSet
 class _Pinned:
     connection: Any  # a redis-py `Connection` (untyped)
     used_at: float = float("-inf")
@@ -58,8 +67,14 @@ class PinnedRedis(redis.Redis):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._pinned: dict[int, _Pinned] = {}
-        self._pinned_pid = os.getpid()
+        self._forget_pinned()
+        _clients.add(self)
+
+    def _forget_pinned(self) -> None:
+        """No pinned connections: at start, and in a forked child (whose copies of the
+        parent's are left alone: redis-py closes only its own process's sockets)."""
+        self._local = threading.local()  # the thread's `_Pinned`; gone when it ends
+        self._pinned: weakref.WeakSet[_Pinned] = weakref.WeakSet()  # for `close()`
         self._pinned_lock = threading.Lock()
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> PinnedPipeline:
@@ -68,16 +83,14 @@ class PinnedRedis(redis.Redis):
     def pinned_connection(self) -> Any:
         """The calling thread's connection, connected, and checked as the pool checks its
         own when idle `IDLE_CHECK_S` or more."""
-        thread = threading.get_ident()
-        if self._pinned_pid != os.getpid():  # forked: the parent's sockets are not ours
-            with self._pinned_lock:
-                self._pinned, self._pinned_pid = {}, os.getpid()
-        pinned = self._pinned.get(thread)
+        pinned: _Pinned | None = getattr(self._local, "pinned", None)
         if pinned is None:
-            pinned = _Pinned(self.connection_pool.make_connection())
+            pinned = self._local.pinned = _Pinned(self.connection_pool.make_connection())
             with self._pinned_lock:
-                self._pinned[thread] = pinned
+                self._pinned.add(pinned)
         now = time.monotonic()
+        if pinned.connection.should_reconnect():
+            pinned.connection.disconnect()
         if pinned.connection._sock is None:
             pinned.connection.connect()
         elif now - pinned.used_at >= IDLE_CHECK_S:
@@ -87,16 +100,38 @@ class PinnedRedis(redis.Redis):
 
     def close(self) -> None:
         with self._pinned_lock:
-            pinned, self._pinned = list(self._pinned.values()), {}
+            pinned = list(self._pinned)
         for p in pinned:
             p.connection.disconnect()
         super().close()
 
 
+_clients: weakref.WeakSet[PinnedRedis] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_clients):
+        client._forget_pinned()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _is_himport(name: Any) -> bool:
+    """HIMPORT's subcommands are queued as one name ("HIMPORT SET"), in any case."""
+    return (name if isinstance(name, str) else str(name, "utf-8", "replace"))[:7].upper() == (
+        "HIMPORT"
+    )
+
+
 class PinnedPipeline(redis.client.Pipeline):
+    """A pipeline of `PinnedRedis`: a plain one runs on the thread's pinned connection."""
+
     def __init__(self, client: PinnedRedis, transaction: bool, shard_hint: Any) -> None:
         super().__init__(client.connection_pool, client.response_callbacks, transaction, shard_hint)
         self._client = client
+        # `Pipeline.transaction` is an attribute at run time, but mypy sees
+        # `Redis.transaction`, the method it shadows
         self._in_transaction = transaction
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
@@ -104,10 +139,10 @@ class PinnedPipeline(redis.client.Pipeline):
         plain = not (self._in_transaction or self.explicit_transaction or self.watching)
         if not commands or not plain or self.scripts or self.connection is not None:
             return super().execute(raise_on_error)
-        if any(args[0] == "HIMPORT" for args, _ in commands):
+        if any(_is_himport(args[0]) for args, _ in commands):
             return super().execute(raise_on_error)
         connection = self._client.pinned_connection()
-        if connection._resp2_fallback:  # RESP3 refused: redis-py picks other callbacks
+        if connection._resp2_fallback:
             return super().execute(raise_on_error)
         try:
             replies = self._send_and_read(connection, commands)
@@ -120,11 +155,11 @@ class PinnedPipeline(redis.client.Pipeline):
     def _send_and_read(
         self, connection: Any, commands: list[tuple[tuple[Any, ...], dict[str, Any]]]
     ) -> list[Any]:
-        connection.send_packed_command(connection.pack_commands([args for args, _ in commands]))
         read = connection.read_response
         callbacks: Any = self.response_callbacks
         replies: list[Any] = []
         try:
+            connection.send_packed_command(connection.pack_commands([a for a, _ in commands]))
             for args, options in commands:
                 try:
                     reply = read(disable_decoding=True) if NEVER_DECODE in options else read()
@@ -134,7 +169,7 @@ class PinnedPipeline(redis.client.Pipeline):
                 callback = callbacks.get(args[0])
                 if callback is not None:
                     if options:
-                        options = {k: v for k, v in options.items() if k not in _READ_OPTIONS}
+                        options = {k: v for k, v in options.items() if k not in _NOT_FOR_CALLBACKS}
                     reply = callback(reply, **options)
                 replies.append(reply)
         except BaseException:
