@@ -118,10 +118,7 @@ class Stage:
         started = time.process_time()
         if self._profiler is not None:
             self._profiler.enable()
-        if self._clock is not None:
-            with self._clock.timing():
-                out = work()
-        else:
+        with self._clock.timing() if self._clock else nullcontext():
             out = work()
         if self._profiler is not None:
             self._profiler.disable()
@@ -140,6 +137,9 @@ class Stage:
             "commands": round(self.commands / events, 2),
             "by_command": {name: round(n / events, 2) for name, n in self.by_command.most_common()},
         }
+
+
+STAGES = ("track", "deliver", "total")  # what `run_once` reports, the total last
 
 
 def delivered(rt: Runtime) -> int:
@@ -338,15 +338,14 @@ def main() -> None:
         if profiler is not None:
             profiler.dump_stats(args.cprofile)
     summary: dict[str, dict[str, Any]] = {
-        mode: {stage: _median_of(rows, stage) for stage in ("track", "deliver", "total")}
-        for mode, rows in results.items()
+        mode: {stage: _median_of(rows, stage) for stage in STAGES} for mode, rows in results.items()
     }
     if args.functions:
         for mode, rows in results.items():
             summary[mode]["functions"] = _median_functions(rows)
     print(f"{'mode':8s} {'stage':8s} {'cpu ms/event':>12s} {'round trips':>12s} {'commands':>9s}")
     for mode, stages in summary.items():
-        for stage in ("track", "deliver", "total"):
+        for stage in STAGES:
             v = stages[stage]
             print(
                 f"{mode:8s} {stage:8s} {v['cpu_ms']:12.3f} {v['round_trips']:12.2f} "

@@ -119,9 +119,8 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def _is_himport(name: Any) -> bool:
     """HIMPORT's subcommands are queued as one name ("HIMPORT SET"), in any case."""
-    return (name if isinstance(name, str) else str(name, "utf-8", "replace"))[:7].upper() == (
-        "HIMPORT"
-    )
+    text = name if isinstance(name, str) else str(name, "utf-8", "replace")
+    return text[:7].upper() == "HIMPORT"
 
 
 class PinnedPipeline(redis.client.Pipeline):
