@@ -50,7 +50,7 @@ from realtime_stack import (  # noqa: E402
 
 from tests.redis_server import redis_server  # noqa: E402
 from tests.worker.realtime import register  # noqa: E402
-from worker.cli.serve import tune_gc  # noqa: E402
+from worker.cli.serve import tune_gc, tune_malloc  # noqa: E402
 from worker.delivery.requests import DeliveryRequest  # noqa: E402
 from worker.service import ingest  # noqa: E402
 from worker.service.runtime import Runtime  # noqa: E402
@@ -267,6 +267,7 @@ def hot_runtime(deliver_inline: bool) -> Iterator[tuple[Runtime, list[dict[str, 
             )
             sent: list[dict[str, Any]] = []
             tune_gc()  # the worker's collector settings, set where it sets them: before the runtime
+            tune_malloc()
             rt = Runtime.open(settings, enqueue=lambda task, kwargs: sent.append(kwargs))
             try:
                 now = time.time()

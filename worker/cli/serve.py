@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import logging
 import os
+import platform
 from typing import Any
 
 from worker.cli.common import add_metrics_port, load_settings_with_redis, serve_metrics_if_asked
@@ -49,6 +51,31 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+MMAP_THRESHOLD = 32 << 20
+"""Blocks below this come from the heap (glibc's default starts at 128 KiB)."""
+TRIM_THRESHOLD = 128 << 20
+"""Free memory kept at the top of the heap before it goes back to the kernel."""
+
+
+def tune_malloc() -> bool:
+    """Keep the memory a task frees for the next task, on glibc. glibc maps each block
+    above its threshold fresh from the kernel and unmaps it when freed; freeing one raises
+    the threshold to its size, which the next block of that size still meets. So a
+    batch's score matrices (100 shoppers x the catalog in float64: 2.9 MB each on a
+    3,659-item shop) were faulted in page by page on every batch: 6,500 faults a batch, 107 us
+    of system CPU an event against 65 us of scoring (`Blend.score_many` timed alone). A
+    threshold set here stays put. A worker's resident memory stays near its peak, up to
+    `TRIM_THRESHOLD` more. Returns whether the settings took (False on other C libraries,
+    left as they are)."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, MMAP_THRESHOLD)) and bool(
+        mallopt(m_trim_threshold, TRIM_THRESHOLD)
+    )
+
+
 def run_worker(args: argparse.Namespace) -> int:
     from worker.service.app import create_app
     from worker.service.logs import keep_for_celery, log_format
@@ -71,6 +98,7 @@ def run_worker(args: argparse.Namespace) -> int:
     )
     app = create_app(settings)
     tune_gc()
+    tune_malloc()
     argv = [
         *(["--quiet"] if fmt == "json" else []),  # the start-up banner is not a JSON line
         "worker",
