@@ -101,13 +101,24 @@ def knn_scores(
     dtype: type[np.floating] = np.float32,
 ) -> npt.NDArray[Any]:
     """(n_items,) of `dtype`: ``Σ_j weights[j] * sim[rows[j], :]`` (one shopper's KNN
-    scores). In float64 it sums exactly as `knn_scores_at` does."""
-    out = np.zeros(sim.shape[1], dtype=dtype)
+    scores), summed in float64 in the order of `rows`, as `knn_scores_at` sums."""
+    col, vals = _neighbour_lists(sim, rows, weights)
+    return np.bincount(col, weights=vals, minlength=sim.shape[1]).astype(dtype, copy=False)
+
+
+def _neighbour_lists(
+    sim: sp.csr_matrix, rows: npt.NDArray[np.intp], weights: npt.NDArray[np.floating]
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float64]]:
+    """The columns of `sim`'s rows `rows`, one after another, and each entry times its
+    row's weight in float64: a bincount over them adds in the order of `rows`."""
     indptr, indices, data = sim.indptr, sim.indices, sim.data
+    cols: list[npt.NDArray[np.int32]] = [indices[:0]]
+    vals: list[npt.NDArray[np.float64]] = [np.empty(0)]
     for r, w in zip(np.asarray(rows).tolist(), np.asarray(weights).tolist(), strict=True):
         lo, hi = indptr[r], indptr[r + 1]
-        out[indices[lo:hi]] += dtype(w) * data[lo:hi].astype(dtype)
-    return out
+        cols.append(indices[lo:hi])
+        vals.append(w * data[lo:hi].astype(np.float64))
+    return np.concatenate(cols), np.concatenate(vals)
 
 
 def knn_scores_many(
@@ -139,27 +150,17 @@ def knn_scores_at(
 
     Cost follows the neighbour lists of `rows` (at most M each), not the catalog size.
     """
-    indptr, indices, data = sim.indptr, sim.indices, sim.data
-    cols: list[npt.NDArray[np.int32]] = []
-    vals: list[npt.NDArray[np.float64]] = []
-    for r, w in zip(np.asarray(rows).tolist(), np.asarray(weights).tolist(), strict=True):
-        lo, hi = indptr[r], indptr[r + 1]
-        cols.append(indices[lo:hi])
-        vals.append(w * data[lo:hi].astype(np.float64))
+    col, vals = _neighbour_lists(sim, rows, weights)
     out = np.zeros(np.asarray(candidates).shape[0], dtype=np.float64)
-    if not cols:
-        return out
-    col = np.concatenate(cols)
     if col.shape[0] == 0:
         return out
     if col.shape[0] * CATALOGUE_PASS_SHARE >= sim.shape[1]:
         # a long history (200 items x M neighbours): summing over the catalogue beats
         # unique's sort; bincount adds in the same order, so the sums are the same
-        dense = np.bincount(col, weights=np.concatenate(vals), minlength=sim.shape[1])
-        out[:] = dense[candidates]
+        out[:] = np.bincount(col, weights=vals, minlength=sim.shape[1])[candidates]
         return out
     uniq, inv = np.unique(col, return_inverse=True)
-    sums = np.bincount(inv, weights=np.concatenate(vals), minlength=uniq.shape[0])
+    sums = np.bincount(inv, weights=vals, minlength=uniq.shape[0])
     pos = np.minimum(np.searchsorted(uniq, candidates), uniq.shape[0] - 1)
     hit = uniq[pos] == candidates
     out[hit] = sums[pos[hit]]
