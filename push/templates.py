@@ -33,6 +33,7 @@ from push.messages import Device, Message
 __all__ = ["TemplateSet", "compose", "locale_chain", "normalize_locale"]
 
 _PLAIN = (str, int, float, bool, Decimal, dt.date, dt.datetime, type(None))
+_PLAIN_TYPES = frozenset(_PLAIN)
 
 
 @functools.lru_cache(maxsize=1024)  # Babel's parse costs a few µs; every message asks twice
@@ -55,6 +56,33 @@ def locale_chain(locale: str, default: str = "en") -> list[str]:
     if default not in chain:
         chain.append(default)
     return chain
+
+
+def _is_plain(value: Any) -> bool:
+    """What `_check_plain` accepts, without building the path of every value; the exact
+    types first (a message's context: a few dicts of str and float)."""
+    kind = type(value)
+    if kind in _PLAIN_TYPES:
+        return True
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str and not isinstance(key, str):
+                return False
+            if type(item) not in _PLAIN_TYPES and not _is_plain(item):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        for item in value:  # noqa: SIM110 (a generator in all() costs more)
+            if type(item) not in _PLAIN_TYPES and not _is_plain(item):
+                return False
+        return True
+    if isinstance(value, _PLAIN):
+        return True
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_is_plain(v) for v in value)
+    return False
 
 
 def _check_plain(value: Any, path: str = "context") -> None:
@@ -110,7 +138,8 @@ class TemplateSet:
         """
         if name not in self._compiled:
             raise TemplateError(f"no template named {name!r}")
-        _check_plain(dict(context))
+        if not _is_plain(context):
+            _check_plain(dict(context))  # raises, saying where
         variants = self._compiled[name]
         chosen = next((loc for loc in locale_chain(locale, self._default) if loc in variants), None)
         if chosen is None:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+from collections.abc import Iterator, Mapping
+from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -141,6 +145,50 @@ def test_template_takes_plain_data_only() -> None:
         TemplateSet(TEMPLATES).render("cart", "en", {"name": object(), "item": "x", "price": 1})
     with pytest.raises(TemplateError):
         TemplateSet(TEMPLATES).render("cart", "en", {"item": "x", "price": 1})  # undefined name
+
+
+class _Record(Mapping[str, Any]):
+    """A Mapping that is not a dict."""
+
+    def __init__(self, **fields: Any) -> None:
+        self._fields = fields
+
+    def __getitem__(self, key: str) -> Any:
+        return self._fields[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+
+class _Name(str):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("context", "where"),
+    [
+        ({"items": [{"title": "a", "price": 1.5, "when": dt.date(2026, 1, 2)}]}, None),
+        ({"n": Decimal("1.10"), "t": (1, "x", None), "ok": True, "s": _Name("x")}, None),
+        ({"rec": _Record(a=1, b=[_Record(c="d")])}, None),
+        ({"items": [{"title": "a"}, {"title": object()}]}, "context.items[1].title"),
+        ({"rec": _Record(a=[1, {2}])}, "context.rec.a[1]"),
+        ({"d": {1: "x"}}, "context.d has a non-string key"),
+        ({"b": b"bytes"}, "context.b"),
+        ({"deep": [[[[frozenset()]]]]}, "context.deep[0][0][0][0]"),
+    ],
+)
+def test_plain_data_is_checked_to_any_depth_and_the_error_says_where(
+    context: dict[str, Any], where: str | None
+) -> None:
+    ts = TemplateSet({"t": {"en": {"body": "x"}}})
+    if where is None:
+        assert ts.render("t", "en", context) == {"body": "x"}
+        return
+    with pytest.raises(TemplateError, match=re.escape(where)):
+        ts.render("t", "en", context)
 
 
 def test_coupon_round_trip_and_typos_are_caught() -> None:
