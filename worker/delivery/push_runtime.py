@@ -5,14 +5,20 @@ thread gets its own), the gateways over their HTTP clients, and a `Deliverer` wh
 circuit breaker, rate limit and APNs provider tokens live in Redis, so every process and
 host shares them. The sender runs its concurrent sends on `loop` and takes the gateway
 latencies from `timed`.
+
+The loop is uvloop's: a batch's hundred concurrent sends cost 5 % less of a batched
+event's CPU on it (bench/ab.py, 8 of 8 pairs), the loop's own work per request being
+libuv's instead of Python's. Entering and leaving it costs more (28 us against 8 for
+`run_until_complete` of nothing), which a single event pays once: even within the noise.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
+
+import uvloop
 
 from push.config import GatewayConfig, open_gateways
 from push.delivery import CircuitBreaker, Deliverer, RateLimit, RateLimiter, RetryPolicy
@@ -37,7 +43,7 @@ class PushRuntime:
         self, settings: Settings, config: GatewayConfig, router: Router | None = None
     ) -> None:
         assert settings.redis_url is not None
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()
         self._stack = AsyncExitStack()
         self._redis = connect_state_async(settings.redis_url)
         prefix = settings.key_prefix
