@@ -49,6 +49,10 @@ def _reads_and_writes(pipe: Any, k: str) -> None:
     pipe.lrange(f"{k}:l", 0, -1)
     pipe.xadd(f"{k}:x", {"f": "v"}, id="1-1")
     pipe.xrange(f"{k}:x")
+    pipe.set(f"{k}:big", "é" * 40_000)  # larger than redis-py's 6 kB send buffers
+    pipe.set(f"{k}:bytes", memoryview(b"\x00\xff" * 5_000))  # redis-py's packer's case
+    pipe.strlen(f"{k}:big")
+    pipe.strlen(f"{k}:bytes")
     pipe.eval("return {1, 'two', {3}}", 0)
     pipe.dump(f"{k}:s")  # read undecoded (NEVER_DECODE)
     pipe.delete(f"{k}:s", f"{k}:missing")
