@@ -140,6 +140,7 @@ class TemplateSet:
             raise TemplateError(f"no template named {name!r}")
         if not _is_plain(context):
             _check_plain(dict(context))  # raises, saying where
+            raise AssertionError("_is_plain and _check_plain disagree")
         variants = self._compiled[name]
         chosen = next((loc for loc in locale_chain(locale, self._default) if loc in variants), None)
         if chosen is None:

@@ -21,7 +21,7 @@ def test_equals_a_full_stable_ranking_with_ties_and_minus_infinity(seed: int) ->
     values = [
         rng.integers(0, 4, n).astype(np.float64),  # ties everywhere, at the cut too
         rng.random(n),
-        np.sort(rng.random(n)),  # the best at the end: the sample's floor is exact
+        np.sort(rng.random(n)),  # the best together at the end
         np.where(rng.random(n) < 0.3, -np.inf, rng.random(n)),  # banned rows
     ][seed % 4]
     for k in (1, 3, 40, 200, n):
@@ -54,6 +54,15 @@ def test_nan_is_never_ranked_while_k_numbers_are_left() -> None:
     assert not np.isnan(values[got]).any()
     clean = np.where(np.isnan(values), -np.inf, values)
     assert got.tolist() == _reference(clean, 50).tolist()
+
+
+def test_a_few_nan_under_a_numeric_floor_are_left_out() -> None:
+    rng = np.random.default_rng(8)
+    values = rng.random(5000)
+    values[[3, 700, 4097]] = np.nan  # none sampled (every 8th): the floor is a number
+    got = top_indices(values, 40)
+    clean = np.where(np.isnan(values), -np.inf, values)
+    assert got.tolist() == _reference(clean, 40).tolist()
 
 
 def test_nothing_for_k_zero_or_an_empty_vector() -> None:

@@ -29,7 +29,7 @@ from push.messages import (
     web_push_topic,
 )
 from push.payload import ELLIPSIS, compact_json, fit_payload, shorten
-from push.templates import TemplateSet, locale_chain
+from push.templates import TemplateSet, _check_plain, _is_plain, locale_chain
 
 
 def test_tracked_link_adds_and_replaces_the_message_id() -> None:
@@ -189,6 +189,34 @@ def test_plain_data_is_checked_to_any_depth_and_the_error_says_where(
         return
     with pytest.raises(TemplateError, match=re.escape(where)):
         ts.render("t", "en", context)
+
+
+_LEAVES = st.one_of(
+    st.text(max_size=3), st.integers(), st.floats(), st.booleans(), st.none(),
+    st.decimals(allow_nan=False), st.dates(), st.datetimes(), st.builds(_Name, st.text()),
+    st.binary(max_size=2), st.frozensets(st.integers(), max_size=1), st.builds(object),
+)  # fmt: skip
+_VALUES = st.recursive(
+    _LEAVES,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(st.one_of(st.text(max_size=2), st.integers()), inner, max_size=3),
+        st.dictionaries(st.text(max_size=2), inner, max_size=3).map(lambda d: _Record(**d)),
+    ),
+    max_leaves=8,
+)
+
+
+@given(_VALUES)
+@settings(max_examples=300, deadline=None)
+def test_the_fast_plain_check_accepts_exactly_what_the_walk_accepts(value: Any) -> None:
+    try:
+        _check_plain(value)
+    except TemplateError:
+        assert not _is_plain(value)
+    else:
+        assert _is_plain(value)
 
 
 def test_coupon_round_trip_and_typos_are_caught() -> None:

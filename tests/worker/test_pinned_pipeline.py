@@ -4,6 +4,7 @@ forked child does not share and that comes back after the server drops it."""
 
 from __future__ import annotations
 
+import enum
 import gc
 import math
 import os
@@ -20,6 +21,10 @@ from worker.store.client import connect_state
 from worker.store.pinned import PinnedPipeline, PinnedRedis
 
 Queue = Callable[[Any, str], None]
+
+
+class _Flag(enum.IntEnum):
+    ON = 1
 
 
 def _reads_and_writes(pipe: Any, k: str) -> None:
@@ -50,9 +55,11 @@ def _reads_and_writes(pipe: Any, k: str) -> None:
     pipe.xadd(f"{k}:x", {"f": "v"}, id="1-1")
     pipe.xrange(f"{k}:x")
     pipe.set(f"{k}:big", "é" * 40_000)  # larger than redis-py's 6 kB send buffers
-    pipe.set(f"{k}:bytes", memoryview(b"\x00\xff" * 5_000))  # redis-py's packer's case
+    # an IntEnum sends the command to redis-py's packer, whose large arguments come out
+    # as their own chunks (a memoryview as it is)
+    pipe.execute_command("HSET", f"{k}:hb", "flag", _Flag.ON, "blob", memoryview(b"\xff" * 9_000))
     pipe.strlen(f"{k}:big")
-    pipe.strlen(f"{k}:bytes")
+    pipe.hstrlen(f"{k}:hb", "blob")
     pipe.eval("return {1, 'two', {3}}", 0)
     pipe.dump(f"{k}:s")  # read undecoded (NEVER_DECODE)
     pipe.delete(f"{k}:s", f"{k}:missing")

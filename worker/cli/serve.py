@@ -52,28 +52,29 @@ def tune_gc() -> None:
 
 
 MMAP_THRESHOLD = 32 << 20
-"""Blocks below this come from the heap (glibc's default starts at 128 KiB)."""
+"""Blocks below this come from the heap (glibc's default starts at 128 KiB; 32 MiB is the
+most it takes on a 64-bit system)."""
 TRIM_THRESHOLD = 128 << 20
 """Free memory kept at the top of the heap before it goes back to the kernel."""
 
 
 def tune_malloc() -> bool:
-    """Keep the memory a task frees for the next task, on glibc. glibc maps each block
-    above its threshold fresh from the kernel and unmaps it when freed; freeing one raises
-    the threshold to its size, which the next block of that size still meets. So a
-    batch's score matrices (100 shoppers x the catalog in float64: 2.9 MB each on a
-    3,659-item shop) were faulted in page by page on every batch: 6,500 faults a batch, 107 us
-    of system CPU an event against 65 us of scoring (`Blend.score_many` timed alone). A
-    threshold set here stays put. A worker's resident memory stays near its peak, up to
-    `TRIM_THRESHOLD` more. Returns whether the settings took (False on other C libraries,
-    left as they are)."""
+    """Keep the memory a task frees for the next task, on glibc. By default glibc maps a
+    large block fresh and, when it is freed, raises its thresholds: later blocks of that
+    size come from the heap, but free memory at the top of the heap beyond twice that
+    size goes back to the kernel. A batch's score matrices (a few at once, each 100
+    shoppers x the catalog in float64) passed that line, so every batch faulted their
+    pages in again (figures: docs/realtime.md, "What one event costs"). Setting either
+    threshold fixes both, so both are set. A worker's resident memory stays near its
+    peak, up to `TRIM_THRESHOLD` more. Returns whether the settings took (False on other
+    C libraries, left as they are)."""
     if platform.libc_ver()[0] != "glibc":
         return False
     mallopt = ctypes.CDLL(None).mallopt
     m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(mallopt(m_mmap_threshold, MMAP_THRESHOLD)) and bool(
-        mallopt(m_trim_threshold, TRIM_THRESHOLD)
-    )
+    took_mmap = bool(mallopt(m_mmap_threshold, MMAP_THRESHOLD))
+    took_trim = bool(mallopt(m_trim_threshold, TRIM_THRESHOLD))
+    return took_mmap and took_trim
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -98,7 +99,11 @@ def run_worker(args: argparse.Namespace) -> int:
     )
     app = create_app(settings)
     tune_gc()
-    tune_malloc()
+    if not tune_malloc():
+        logging.getLogger("pushrec").warning(
+            "malloc left as it is (not glibc, or mallopt refused): batches fault their "
+            "score matrices in again each time"
+        )
     argv = [
         *(["--quiet"] if fmt == "json" else []),  # the start-up banner is not a JSON line
         "worker",

@@ -6,10 +6,9 @@ circuit breaker, rate limit and APNs provider tokens live in Redis, so every pro
 host shares them. The sender runs its concurrent sends on `loop` and takes the gateway
 latencies from `timed`.
 
-The loop is uvloop's: a batch's hundred concurrent sends cost 5 % less of a batched
-event's CPU on it (bench/ab.py, 8 of 8 pairs), the loop's own work per request being
-libuv's instead of Python's. Entering and leaving it costs more (28 us against 8 for
-`run_until_complete` of nothing), which a single event pays once: even within the noise.
+The loop is uvloop's: the loop's own work per request is C there, which a batch's
+hundred concurrent sends gain from; entering and leaving it costs more, which a single
+event pays once (figures: docs/push.md, "Which client for which channel").
 """
 
 from __future__ import annotations

@@ -26,11 +26,12 @@ redis-py would keep a `ResponseError` it raised in place).
 RESP3 push frames are handled by those reads as on redis-py's own pipelines, and a
 connection that the server's maintenance notices mark for reconnection is reconnected
 before its next pipeline (the pool does it when one comes back). What these skip of the
-pool's work: its operation metrics and debug logs (not enabled here), retries (the state
-store's client makes none: `client.py`) and `max_connections` (one per thread that
-pipelines). A connection that fell back from RESP3 to RESP2, whose callbacks redis-py
-picks otherwise, runs redis-py's own pipeline, as does everything else (commands,
-transactions, pipelines with scripts to load).
+pool's work: its operation metrics, debug logs and client-side caching (not enabled
+here; a caching connection packs differently), retries (the state store's client makes
+none: `client.py`) and `max_connections` (one per thread that pipelines). A connection
+that fell back from RESP3 to RESP2, whose callbacks redis-py picks otherwise, runs
+redis-py's own pipeline, as does everything else (commands, transactions, pipelines
+with scripts to load).
 """
 
 from __future__ import annotations
