@@ -58,47 +58,29 @@ def locale_chain(locale: str, default: str = "en") -> list[str]:
     return chain
 
 
-def _is_plain(value: Any) -> bool:
-    """What `_check_plain` accepts, without building the path of every value; the exact
-    types first (a message's context: a few dicts of str and float)."""
+def _not_plain(value: Any) -> tuple[str, str] | None:
+    """Where `value` holds something other than plain data, as (the path below it, what
+    is wrong), or None. The path is built only on the way out of a failure, and each
+    item's exact type is looked up before any call: a message's context is a few dicts
+    of str and float."""
     kind = type(value)
     if kind in _PLAIN_TYPES:
-        return True
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str and not isinstance(key, str):
-                return False
-            if type(item) not in _PLAIN_TYPES and not _is_plain(item):
-                return False
-        return True
-    if kind is list or kind is tuple:
-        for item in value:  # noqa: SIM110 (a generator in all() costs more)
-            if type(item) not in _PLAIN_TYPES and not _is_plain(item):
-                return False
-        return True
-    if isinstance(value, _PLAIN):
-        return True
-    if isinstance(value, Mapping):
-        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return all(_is_plain(v) for v in value)
-    return False
-
-
-def _check_plain(value: Any, path: str = "context") -> None:
-    if isinstance(value, _PLAIN):
-        return
-    if isinstance(value, Mapping):
+        return None
+    if kind is not dict and kind is not list and isinstance(value, _PLAIN):
+        return None  # a subclass of a plain type
+    if kind is dict or isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise TemplateError(f"{path} has a non-string key")
-            _check_plain(item, f"{path}.{key}")
-        return
-    if isinstance(value, list | tuple):
+                return "", "has a non-string key"
+            if type(item) not in _PLAIN_TYPES and (found := _not_plain(item)):
+                return f".{key}{found[0]}", found[1]
+        return None
+    if kind is list or isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            _check_plain(item, f"{path}[{i}]")
-        return
-    raise TemplateError(f"{path} is a {type(value).__name__}; templates take plain data only")
+            if type(item) not in _PLAIN_TYPES and (found := _not_plain(item)):
+                return f"[{i}]{found[0]}", found[1]
+        return None
+    return "", f"is a {type(value).__name__}; templates take plain data only"
 
 
 class TemplateSet:
@@ -138,9 +120,8 @@ class TemplateSet:
         """
         if name not in self._compiled:
             raise TemplateError(f"no template named {name!r}")
-        if not _is_plain(context):
-            _check_plain(dict(context))  # raises, saying where
-            raise AssertionError("_is_plain and _check_plain disagree")
+        if found := _not_plain(context):
+            raise TemplateError(f"context{found[0]} {found[1]}")
         variants = self._compiled[name]
         chosen = next((loc for loc in locale_chain(locale, self._default) if loc in variants), None)
         if chosen is None:
