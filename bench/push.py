@@ -5,18 +5,20 @@ The four local gateways run in a separate process (`python -m push.testing serve
 the client's CPU (`time.process_time`) is all ours. For each injected latency, number
 in flight and gateway, every variant sends `--messages` messages:
 
-* ``bare-httpx-h2``, ``bare-httpx-h1``, ``bare-aiohttp-h1``: a plain client posting in
-  a loop (httpx over h2c or HTTP/1.1, aiohttp over HTTP/1.1): what each client costs;
+* ``bare-httpx-h2``, ``bare-httpx-h1``, ``bare-aiohttp-h1``, ``bare-h1``: a plain client
+  posting in a loop (httpx over h2c or HTTP/1.1, aiohttp over HTTP/1.1, `push.h1`'s
+  `H1Client`): what each client costs;
 * ``ours``: `Deliverer(router)` + `send_many`: building, signing (Web Push: encrypting
   with a fresh key per message), sending, mapping the answer, breaker bookkeeping, over
   the client `open_gateways` gives the channel (named in the variant: APNs httpx HTTP/2,
-  the others aiohttp HTTP/1.1, chosen by these figures).
+  the others `push.h1` HTTP/1.1, chosen by these figures).
 
 Bare loops post pre-built requests (the same bytes our builders produce, so HPACK and
 the server see identical traffic) with a client warmed beforehand; ours runs through
 `open_gateways` + `Deliverer` + `send_many`, opened and warmed once like a worker.
 
-Repeated `--repeats` times, variants interleaved; medians reported. Prints a table and
+Runs on uvloop, the push runtime's loop. Repeated `--repeats` times, variants
+interleaved; medians reported. Prints a table and
 writes JSON to `--json` (default bench/out/push.json). No assertions: figures only.
 
     PYTHONPATH=. python bench/push.py [--messages 3000] [--concurrency 1 64]
@@ -47,6 +49,7 @@ from typing import Any
 import aiohttp
 import httpx
 import psutil
+import uvloop
 
 from push.config import GatewayConfig, open_gateways
 from push.delivery import Deliverer
@@ -58,6 +61,8 @@ from push.gateways.google_oauth import ServiceAccountTokens
 from push.gateways.vapid import VapidKey
 from push.gateways.webhook import build_webhook_request, decode_secret
 from push.gateways.webpush import build_webpush_request
+from push.h1 import H1Error
+from push.http import make_h1_client
 from push.messages import Channel, Device, Message, WebPushSubscription
 from push.stores import MemoryTokenCache
 
@@ -130,6 +135,27 @@ async def bare_aiohttp(requests: Prepared, concurrency: int) -> dict[str, float]
                     ok += response.status < 300
             except aiohttp.ClientError:
                 return
+
+        await _pool(min(200, len(requests)), concurrency, one)
+        ok = 0
+        start = time.process_time(), time.perf_counter()
+        await _pool(len(requests), concurrency, one)
+        return _figures(start, len(requests), ok)
+
+
+async def bare_h1(requests: Prepared, concurrency: int) -> dict[str, float]:
+    """The same with `push.h1`'s client (what our gateways send with)."""
+    async with make_h1_client(max_connections=100) as client:
+        ok = 0
+
+        async def one(index: int) -> None:
+            nonlocal ok
+            url, headers, body = requests[index % len(requests)]
+            try:
+                status, _, _ = await client.request("POST", url, headers, body)
+            except (H1Error, TimeoutError):
+                return
+            ok += status < 300
 
         await _pool(min(200, len(requests)), concurrency, one)
         ok = 0
@@ -227,20 +253,23 @@ async def run_suite(
         "apns/ours-httpx-h2": (Channel.APNS, "ours"),
         "fcm/bare-httpx-h2": (Channel.FCM, "httpx-h2"),
         "fcm/bare-aiohttp-h1": (Channel.FCM, "aiohttp"),
-        "fcm/ours-aiohttp": (Channel.FCM, "ours"),
+        "fcm/bare-h1": (Channel.FCM, "h1"),
+        "fcm/ours-h1": (Channel.FCM, "ours"),
         "webpush/bare-httpx-h2": (Channel.WEBPUSH, "httpx-h2"),
         "webpush/bare-aiohttp-h1": (Channel.WEBPUSH, "aiohttp"),
-        "webpush/ours-aiohttp": (Channel.WEBPUSH, "ours"),
+        "webpush/bare-h1": (Channel.WEBPUSH, "h1"),
+        "webpush/ours-h1": (Channel.WEBPUSH, "ours"),
         "webhook/bare-httpx-h1": (Channel.WEBHOOK, "httpx-h1"),
         "webhook/bare-aiohttp-h1": (Channel.WEBHOOK, "aiohttp"),
-        "webhook/ours-aiohttp": (Channel.WEBHOOK, "ours"),
+        "webhook/bare-h1": (Channel.WEBHOOK, "h1"),
+        "webhook/ours-h1": (Channel.WEBHOOK, "ours"),
     }
     # Yardsticks: the bare loop over the same client and protocol as ours.
     yardsticks = {
         "apns/ours-httpx-h2": "apns/bare-httpx-h2",
-        "fcm/ours-aiohttp": "fcm/bare-aiohttp-h1",
-        "webpush/ours-aiohttp": "webpush/bare-aiohttp-h1",
-        "webhook/ours-aiohttp": "webhook/bare-aiohttp-h1",
+        "fcm/ours-h1": "fcm/bare-h1",
+        "webpush/ours-h1": "webpush/bare-h1",
+        "webhook/ours-h1": "webhook/bare-h1",
     }
     if args.only:
         variants = {k: v for k, v in variants.items() if any(k.startswith(o) for o in args.only)}
@@ -266,6 +295,8 @@ async def run_suite(
                             start = time.process_time(), time.perf_counter()
                             sent = await send_many(deliverer, batch, c)
                             figures = _figures(start, n, sum(r.delivered for r in sent))
+                        elif kind == "h1":
+                            figures = await bare_h1(bare_requests(channel), c)
                         elif kind == "aiohttp":
                             figures = await bare_aiohttp(bare_requests(channel), c)
                         else:
@@ -348,7 +379,7 @@ def main() -> int:
         try:
             assert process.stdout is not None
             state = json.loads(process.stdout.readline())
-            results = asyncio.run(run_suite(state, args, psutil.Process(process.pid)))
+            results = uvloop.run(run_suite(state, args, psutil.Process(process.pid)))
         finally:
             process.terminate()
             process.wait(10)

@@ -371,7 +371,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "uptime": load},
         "source": shop.source,
         "index": shop.index,
-        "rule": {"kind": "post_purchase", "delay_s": 0, "channel": "fcm (HTTP/1.1, aiohttp)"},
+        "rule": {"kind": "post_purchase", "delay_s": 0, "channel": "fcm (HTTP/1.1, push.h1)"},
         "parameters": {k: v for k, v in vars(args).items() if k not in ("json", "profile")},
         "runs": args.runs,
         "layouts": {

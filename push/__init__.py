@@ -23,7 +23,7 @@ from push.errors import (
 )
 from push.fake import RecordingGateway
 from push.gateway import Gateway, RoutedSender, Router, Sender, send_many, send_one
-from push.http import make_client, make_session
+from push.http import make_client, make_h1_client
 from push.messages import (
     Channel,
     Device,
@@ -89,7 +89,7 @@ __all__ = [
     "fingerprint",
     "format_coupon",
     "make_client",
-    "make_session",
+    "make_h1_client",
     "new_coupon",
     "open_gateways",
     "send_many",

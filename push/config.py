@@ -21,7 +21,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import httpx
 
 from push.errors import ConfigError
@@ -33,8 +32,9 @@ from push.gateways.google_oauth import ServiceAccountTokens
 from push.gateways.vapid import VapidKey
 from push.gateways.webhook import WebhookGateway
 from push.gateways.webpush import WebPushGateway
-from push.guarded_http import WEBHOOK_TIMEOUT, guarded_session
-from push.http import make_client, make_session
+from push.guarded_http import WEBHOOK_TIMEOUTS, guarded_client
+from push.h1 import H1Client
+from push.http import make_client, make_h1_client
 from push.ssrf import DestinationGuard
 from push.stores import TokenCache
 
@@ -76,20 +76,20 @@ def build_gateways(
     config: GatewayConfig,
     *,
     apns_client: httpx.AsyncClient,
-    fcm_session: aiohttp.ClientSession,
-    webpush_session: aiohttp.ClientSession,
-    webhook_session: aiohttp.ClientSession,
+    fcm_client: H1Client,
+    webpush_client: H1Client,
+    webhook_client: H1Client,
     guard: DestinationGuard,
     token_cache: TokenCache | None = None,
 ) -> list[Gateway]:
     """The configured gateways over the given clients (see `open_gateways`);
-    `webpush_session` and `webhook_session` connect through `guard`."""
+    `webpush_client` and `webhook_client` connect through `guard`."""
     gateways: list[Gateway] = []
     if config.fcm_credentials:
         tokens = ServiceAccountTokens.from_file(config.fcm_credentials, ca_bundle=config.ca_bundle)
         gateways.append(
             FcmGateway(
-                fcm_session, tokens, project_id=config.fcm_project_id, base_url=config.fcm_url
+                fcm_client, tokens, project_id=config.fcm_project_id, base_url=config.fcm_url
             )
         )
     if config.apns_key_file and config.apns_key_id and config.apns_team_id and config.apns_topic:
@@ -106,9 +106,9 @@ def build_gateways(
         )
     if config.vapid_private_key and config.vapid_subject:
         vapid = VapidKey.from_file(config.vapid_private_key, config.vapid_subject)
-        gateways.append(WebPushGateway(webpush_session, vapid, guard=guard))
+        gateways.append(WebPushGateway(webpush_client, vapid, guard=guard))
     if config.webhook_secrets:
-        gateways.append(WebhookGateway(webhook_session, list(config.webhook_secrets), guard=guard))
+        gateways.append(WebhookGateway(webhook_client, list(config.webhook_secrets), guard=guard))
     return gateways
 
 
@@ -121,11 +121,12 @@ async def open_gateways(
     Which client for which channel (figures in docs/push.md, from bench/push.py):
 
     * APNs: an `httpx.AsyncClient`, HTTP/2 (APNs accepts nothing else).
-    * FCM: an `aiohttp.ClientSession`, HTTP/1.1 keep-alive: per send a fraction of the
-      CPU of httpx's pure-Python HTTP/2. Its URL is a setting, not input: unguarded.
-    * Web Push endpoints and webhook URLs come from input: one guarded
-      `aiohttp.ClientSession` each (`push.guarded_http`), HTTP/1.1, every connect
-      checked by the destination guard; webhooks wait longer for an answer.
+    * FCM: a `push.h1.H1Client`, HTTP/1.1 keep-alive: per send a fraction of the CPU of
+      httpx's pure-Python HTTP/2 or aiohttp's HTTP/1.1. Its URL is a setting, not
+      input: unguarded.
+    * Web Push endpoints and webhook URLs come from input: one guarded `H1Client` each
+      (`push.guarded_http`), HTTP/1.1, every connect checked by the destination guard;
+      webhooks wait longer for an answer.
 
     Each pool holds up to `config.max_connections` connections. `token_cache` shares
     APNs provider tokens between processes (in-memory when None).
@@ -136,22 +137,22 @@ async def open_gateways(
         apns_client = await stack.enter_async_context(
             make_client(ca_bundle=ca, max_connections=limit)
         )
-        fcm_session = await stack.enter_async_context(
-            make_session(ca_bundle=ca, max_connections=limit)
+        fcm_client = await stack.enter_async_context(
+            make_h1_client(ca_bundle=ca, max_connections=limit)
         )
-        webpush_session = await stack.enter_async_context(
-            guarded_session(guard, ca_bundle=ca, max_connections=limit)
+        webpush_client = await stack.enter_async_context(
+            guarded_client(guard, ca_bundle=ca, max_connections=limit)
         )
-        webhook_session = await stack.enter_async_context(
-            guarded_session(guard, ca_bundle=ca, max_connections=limit, timeout=WEBHOOK_TIMEOUT)
+        webhook_client = await stack.enter_async_context(
+            guarded_client(guard, ca_bundle=ca, max_connections=limit, timeouts=WEBHOOK_TIMEOUTS)
         )
         yield Router(
             build_gateways(
                 config,
                 apns_client=apns_client,
-                fcm_session=fcm_session,
-                webpush_session=webpush_session,
-                webhook_session=webhook_session,
+                fcm_client=fcm_client,
+                webpush_client=webpush_client,
+                webhook_client=webhook_client,
                 guard=guard,
                 token_cache=token_cache,
             )

@@ -1,17 +1,17 @@
 """HTTP plumbing shared by the gateways: the client factories, sending a built request,
 Retry-After parsing and the translation of transport errors into `DeliveryResult`s (the
-edge where httpx's and aiohttp's exceptions stop).
+edge where the clients' exceptions stop).
 
-Two client libraries, each where bench/push.py measured it cheaper or the service needs it
-(see docs/push.md, "Which client for which channel"):
+Two clients, each where bench/push.py measured it cheaper or the service needs it (see
+docs/push.md, "Which client for which channel"):
 
 * `make_client`: one `httpx.AsyncClient`, HTTP/2 (APNs accepts nothing else).
-* `make_session`: an `aiohttp.ClientSession`, HTTP/1.1 with keep-alive (FCM; Web Push
-  and webhooks through `push.guarded_http.guarded_session`): far less CPU per send
-  than httpx's HTTP/2, whose h2 stack is pure Python.
+* `make_h1_client`: a `push.h1.H1Client`, HTTP/1.1 with keep-alive (FCM; Web Push and
+  webhooks through `push.guarded_http.guarded_client`): far less CPU per send than
+  httpx's HTTP/2, whose h2 stack is pure Python, or aiohttp's HTTP/1.1.
 
 Each is created once per process (per event loop) and injected into the gateways; the
-caller owns and closes it (``await client.aclose()``, ``await session.close()``).
+caller owns and closes it (``await client.aclose()``).
 """
 
 from __future__ import annotations
@@ -23,22 +23,22 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-import aiohttp
 import httpx
-from aiohttp.abc import AbstractResolver
 
+from push.h1 import ConnectError, H1Client, H1Error, H1Timeouts
 from push.redact import install_log_redaction
 from push.result import DeliveryResult
+from push.ssrf import Resolver, system_resolver
 
 __all__ = [
-    "DEFAULT_SESSION_TIMEOUT",
+    "DEFAULT_H1_TIMEOUTS",
     "DEFAULT_TIMEOUT",
     "HttpRequest",
     "HttpResponse",
     "TransportError",
     "fetch",
     "make_client",
-    "make_session",
+    "make_h1_client",
     "parse_retry_after",
     "ssl_context",
     "transport_failure",
@@ -47,17 +47,15 @@ __all__ = [
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=10.0, write=10.0, pool=10.0)
 """Bounded everywhere: a stuck gateway costs at most ~25 s of one slot."""
 
-DEFAULT_SESSION_TIMEOUT = aiohttp.ClientTimeout(
-    total=25.0, connect=15.0, sock_connect=5.0, sock_read=10.0
-)
-"""`DEFAULT_TIMEOUT` in aiohttp's terms: ``connect`` is the wait for a pooled connection
-plus a new one's connect (httpx: pool 10 s + connect 5 s); aiohttp has no write timeout,
-``total`` bounds the whole request instead."""
+DEFAULT_H1_TIMEOUTS = H1Timeouts(pool=10.0, connect=5.0, read=10.0)
+"""`DEFAULT_TIMEOUT` for `H1Client`: ``read`` runs from the request's write to the
+answer's last byte, so it also bounds a write the server never reads."""
 
-TransportError = httpx.HTTPError | aiohttp.ClientError | TimeoutError
+TransportError = httpx.HTTPError | H1Error | TimeoutError
 """What a send raises when no HTTP answer came (see `transport_failure`)."""
 
-_DEFAULT_HEADERS = {"user-agent": "pushrec-push/0.1"}
+USER_AGENT = "pushrec-push/0.1"
+_DEFAULT_HEADERS = {"user-agent": USER_AGENT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,22 +90,16 @@ class HttpResponse:
     body: bytes
 
 
-async def fetch(session: aiohttp.ClientSession, request: HttpRequest) -> HttpResponse:
-    """Send `request` over `session` and read the whole answer; redirects are never
+async def fetch(client: H1Client, request: HttpRequest) -> HttpResponse:
+    """Send `request` over `client` and read the whole answer; redirects are never
     followed (a 3xx is the answer).
 
-    Raises `TransportError` when no answer came (aiohttp's `ClientError`, or
-    `TimeoutError` from the session's timeouts); the destination guard's refusals from
-    a guarded session come through as they are."""
-    async with session.request(
-        request.method,
-        request.url,
-        data=request.body,
-        headers=request.headers,
-        allow_redirects=False,
-    ) as response:
-        body = await response.read()
-        return HttpResponse(response.status, response.headers, body)
+    Raises `TransportError` when no answer came (`H1Error`, or `TimeoutError`); the
+    destination guard's refusals from a guarded client come through as they are."""
+    status, headers, body = await client.request(
+        request.method, request.url, request.headers, request.body
+    )
+    return HttpResponse(status, headers, body)
 
 
 def ssl_context(ca_bundle: Path | str | None = None) -> ssl.SSLContext:
@@ -146,38 +138,30 @@ def make_client(
     )
 
 
-def make_session(
+def make_h1_client(
     *,
     ca_bundle: Path | str | None = None,
     max_connections: int = 100,
-    timeout: aiohttp.ClientTimeout = DEFAULT_SESSION_TIMEOUT,
+    timeouts: H1Timeouts = DEFAULT_H1_TIMEOUTS,
     keepalive_s: float = 15.0,
-    resolver: AbstractResolver | None = None,
-) -> aiohttp.ClientSession:
-    """An `aiohttp.ClientSession` (HTTP/1.1) for `fetch`: FCM's, and the base of
-    `push.guarded_http.guarded_session`.
+    resolver: Resolver = system_resolver,
+) -> H1Client:
+    """The `H1Client` (HTTP/1.1) for `fetch`: FCM's, and the base of
+    `push.guarded_http.guarded_client`.
 
     One request per connection at a time, so the pool holds up to `max_connections`
-    connections in all and per host (FCM is one host; the worker sends a batch's
-    messages concurrently), each kept alive `keepalive_s` after its last answer (15 s,
-    aiohttp's default; a connection the server closed meanwhile is a retry result).
-    `resolver` answers the connector's name lookups when given. Proxies from the
-    environment are ignored; bodies are not decompressed. Create it inside a running
-    event loop; the caller closes it (``await session.close()``).
+    connections in all (FCM is one host; the worker sends a batch's messages
+    concurrently), each kept alive `keepalive_s` after its last answer (a connection the
+    server closed meanwhile is a retry result). `resolver` answers the name lookups.
+    No proxies, no decompression. The caller closes it (``await client.aclose()``).
     """
-    connector = aiohttp.TCPConnector(
+    return H1Client(
+        ssl_context=ssl_context(ca_bundle),
+        max_connections=max_connections,
+        keepalive_s=keepalive_s,
+        timeouts=timeouts,
         resolver=resolver,
-        ssl=ssl_context(ca_bundle),
-        limit=max_connections,
-        limit_per_host=max_connections,
-        keepalive_timeout=keepalive_s,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        trust_env=False,
-        auto_decompress=False,
-        headers=_DEFAULT_HEADERS,
+        user_agent=USER_AGENT,
     )
 
 
@@ -200,6 +184,6 @@ def transport_failure(exc: TransportError, message_id: str, channel: str) -> Del
     """A request that got no HTTP answer: always transient."""
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return DeliveryResult.retry(message_id, channel, f"{channel}:timeout")
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectError):
         return DeliveryResult.retry(message_id, channel, f"{channel}:network:connect")
     return DeliveryResult.retry(message_id, channel, f"{channel}:network:{type(exc).__name__}")

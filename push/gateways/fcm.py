@@ -2,7 +2,7 @@
 
 ``POST {base}/v1/projects/{project}/messages:send`` with ``Authorization: Bearer <OAuth2
 token>`` and ``{"message": {...}}``. One message per request, over HTTP/1.1 keep-alive
-connections (FCM accepts HTTP/1.1 and HTTP/2; HTTP/1.1 through aiohttp costs the sender
+connections (FCM accepts HTTP/1.1 and HTTP/2; HTTP/1.1 through `push.h1` costs the sender
 far less CPU than httpx's HTTP/2, see docs/push.md).
 Errors carry ``error.details[]`` entries; the `google.firebase.fcm.v1.FcmError` entry's
 ``errorCode`` decides the outcome (see `map_fcm_response`).
@@ -21,10 +21,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
-
 from push.errors import ConfigError, CredentialsError, InvalidMessageError
 from push.gateways.google_oauth import ServiceAccountTokens
+from push.h1 import H1Client, H1Error
 from push.http import HttpRequest, fetch, parse_retry_after, transport_failure
 from push.messages import Channel, Message, web_push_topic
 from push.payload import LIMITS, compact_json, fit_payload
@@ -178,17 +177,17 @@ def map_fcm_response(
 
 
 class FcmGateway:
-    """Sends to FCM over one shared `aiohttp.ClientSession` (`push.http.make_session`).
+    """Sends to FCM over one shared `push.h1.H1Client` (`push.http.make_h1_client`).
 
     `tokens` mints the OAuth token; `project_id` defaults to the service account's.
-    `base_url` is configuration, not input: the session needs no destination guard.
+    `base_url` is configuration, not input: the client needs no destination guard.
     """
 
     channel = Channel.FCM
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        client: H1Client,
         tokens: ServiceAccountTokens,
         *,
         project_id: str | None = None,
@@ -197,7 +196,7 @@ class FcmGateway:
         project = project_id or tokens.project_id
         if not project:
             raise ConfigError("FCM project id is neither set nor in the credentials")
-        self._session = session
+        self._client = client
         self._tokens = tokens
         self.project_id = project
         self.base_url = base_url
@@ -222,8 +221,8 @@ class FcmGateway:
             base_url=self.base_url,
         )
         try:
-            response = await fetch(self._session, request)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            response = await fetch(self._client, request)
+        except (H1Error, TimeoutError) as exc:
             result = transport_failure(exc, message.id, "fcm")
         else:
             result = map_fcm_response(message, response.status, response.headers, response.body)

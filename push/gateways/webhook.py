@@ -6,7 +6,7 @@ seconds of this attempt) and ``webhook-signature``: space-separated ``v1,<base64
 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>``, one per secret so keys rotate without
 downtime. Secrets are ``whsec_<base64 key>``. The URL passes the destination guard
 (`push.ssrf`) before the request, its resolved addresses again at connect time
-(`push.guarded_http.guarded_session`); redirects are refused.
+(`push.guarded_http.guarded_client`); redirects are refused.
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from push.errors import (
     ConfigError,
     DestinationLookupError,
     InvalidMessageError,
     UnsafeDestinationError,
 )
+from push.h1 import H1Client, H1Error
 from push.http import HttpRequest, fetch, parse_retry_after, transport_failure
 from push.messages import Channel, Message
 from push.payload import LIMITS, compact_json, fit_payload
@@ -165,8 +164,8 @@ def map_webhook_response(
 
 
 class WebhookGateway:
-    """Posts signed webhooks through a session made by `push.guarded_http.guarded_session`
-    with the same `guard` (and `push.guarded_http.WEBHOOK_TIMEOUT`).
+    """Posts signed webhooks through a client made by `push.guarded_http.guarded_client`
+    with the same `guard` (and `push.guarded_http.WEBHOOK_TIMEOUTS`).
 
     `secrets` are ``whsec_`` strings; the first is current, the rest are being rotated out
     (all of them sign).
@@ -176,12 +175,12 @@ class WebhookGateway:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        client: H1Client,
         secrets: Sequence[str],
         *,
         guard: DestinationGuard,
     ) -> None:
-        self._session = session
+        self._client = client
         self._keys = [decode_secret(s) for s in secrets]
         if not self._keys:
             raise ConfigError("no webhook secret configured")
@@ -198,10 +197,10 @@ class WebhookGateway:
         try:
             self._guard.check_url(url)
             request = build_webhook_request(message, secrets=self._keys, now=time.time())
-            response = await fetch(self._session, request)
+            response = await fetch(self._client, request)
         except (UnsafeDestinationError, DestinationLookupError) as exc:
             return refused_destination(exc, message.id, "webhook", url)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (H1Error, TimeoutError) as exc:
             return transport_failure(exc, message.id, "webhook")
         result = map_webhook_response(message, response.status, response.headers)
         if not result.delivered:

@@ -8,7 +8,7 @@ id, <= 32 base64url characters: a duplicate replaces the first while undelivered
 ``Content-Encoding: aes128gcm`` and the VAPID ``Authorization``. 201 means accepted;
 404/410 mean the subscription is gone. Endpoints come from browsers via shoppers: each
 passes the destination guard (`push.ssrf`) before the request and again at connect time
-(`push.guarded_http.guarded_session`; HTTP/1.1, which every push service accepts).
+(`push.guarded_http.guarded_client`; HTTP/1.1, which every push service accepts).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
 import http_ece
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from push.errors import DestinationLookupError, InvalidMessageError, UnsafeDestinationError
 from push.gateways.vapid import ORIGINS_KEPT, VapidKey, origin_of
+from push.h1 import H1Client, H1Error
 from push.http import HttpRequest, fetch, parse_retry_after, transport_failure
 from push.lru import LruCache
 from push.messages import Channel, Message, WebPushSubscription, web_push_topic
@@ -141,15 +141,13 @@ def map_webpush_response(
 
 
 class WebPushGateway:
-    """Sends Web Push messages; one `VapidKey` for every push service. `session` is made
-    by `push.guarded_http.guarded_session` with the same `guard`."""
+    """Sends Web Push messages; one `VapidKey` for every push service. `client` is made
+    by `push.guarded_http.guarded_client` with the same `guard`."""
 
     channel = Channel.WEBPUSH
 
-    def __init__(
-        self, session: aiohttp.ClientSession, vapid: VapidKey, *, guard: DestinationGuard
-    ) -> None:
-        self._session = session
+    def __init__(self, client: H1Client, vapid: VapidKey, *, guard: DestinationGuard) -> None:
+        self._client = client
         self._vapid = vapid
         self._guard = guard
         self.credential_key = vapid.credential_key
@@ -169,10 +167,10 @@ class WebPushGateway:
         try:
             self._guard.check_url(endpoint)
             request = build_webpush_request(message, vapid=self._vapid, now=time.time())
-            response = await fetch(self._session, request)
+            response = await fetch(self._client, request)
         except (UnsafeDestinationError, DestinationLookupError) as exc:
             return refused_destination(exc, message.id, "webpush", endpoint)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (H1Error, TimeoutError) as exc:
             return transport_failure(exc, message.id, "webpush")
         result = map_webpush_response(message, response.status, response.headers)
         if not result.delivered:

@@ -13,7 +13,7 @@ from push.fake import RecordingGateway
 from push.gateway import send_many
 from push.gateways.fcm import FcmGateway
 from push.gateways.google_oauth import ServiceAccountTokens
-from push.http import make_session
+from push.http import make_h1_client
 from push.messages import Channel
 from push.result import DeliveryResult, Outcome
 from push.stores import MemoryBreakerStore, MemoryRateLimitStore
@@ -210,8 +210,8 @@ def test_send_until_settled_retries_inline() -> None:
 def test_fcm_permission_denied_opens_the_breaker_end_to_end(fcm: FcmServer) -> None:
     async def go() -> list[DeliveryResult]:
         tokens = ServiceAccountTokens(fcm.service_account())
-        async with make_session() as session:
-            gateway = FcmGateway(session, tokens, project_id="not-ours", base_url=fcm.base_url)
+        async with make_h1_client() as client:
+            gateway = FcmGateway(client, tokens, project_id="not-ours", base_url=fcm.base_url)
             deliverer = Deliverer(gateway)
             return [await deliverer.send(_msg()) for _ in range(3)]
 
@@ -227,8 +227,8 @@ def test_503_then_200_through_the_policy_end_to_end(fcm: FcmServer) -> None:
 
     async def go() -> tuple[DeliveryResult, int]:
         tokens = ServiceAccountTokens(fcm.service_account())
-        async with make_session() as session:
-            deliverer = Deliverer(FcmGateway(session, tokens, base_url=fcm.base_url))
+        async with make_h1_client() as client:
+            deliverer = Deliverer(FcmGateway(client, tokens, base_url=fcm.base_url))
             return await deliverer.send_until_settled(message(Channel.FCM, token))
 
     result, attempts = asyncio.run(go())

@@ -6,13 +6,13 @@ import asyncio
 import json
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from push.errors import InvalidMessageError
 from push.gateways.fcm import FcmGateway, build_fcm_request, map_fcm_response
 from push.gateways.google_oauth import ServiceAccountTokens
-from push.http import make_session
+from push.h1 import H1Timeouts
+from push.http import make_h1_client
 from push.messages import Channel, Priority
 from push.result import DeliveryResult, Outcome
 from push.testing import FcmServer, Scripted, make_certificates, serve_app
@@ -112,8 +112,8 @@ def test_error_mapping_matrix(
 
 async def _send_all(server: FcmServer, messages: list, tokens: ServiceAccountTokens | None = None):  # type: ignore[no-untyped-def, type-arg]
     tokens = tokens or ServiceAccountTokens(server.service_account())
-    async with make_session() as session:
-        gateway = FcmGateway(session, tokens, base_url=server.base_url)
+    async with make_h1_client() as client:
+        gateway = FcmGateway(client, tokens, base_url=server.base_url)
         return [await gateway.send(m) for m in messages]
 
 
@@ -135,14 +135,14 @@ def test_https_base_speaks_http11_and_trusts_the_ca_bundle(tmp_path: Path) -> No
         tokens = ServiceAccountTokens(server.service_account(), ca_bundle=certs.ca_file)
 
         async def go(ca: Path | None) -> Outcome:
-            async with make_session(ca_bundle=ca) as session:
-                gateway = FcmGateway(session, tokens, base_url=base)
+            async with make_h1_client(ca_bundle=ca) as client:
+                gateway = FcmGateway(client, tokens, base_url=base)
                 return (await gateway.send(message(Channel.FCM, fcm_token()))).outcome
 
         assert asyncio.run(go(certs.ca_file)) is Outcome.DELIVERED
         assert asyncio.run(go(None)) is Outcome.RETRY  # unknown CA: TLS fails, transient
     [record] = [r for r in server.received if r["kind"] == "message"]
-    assert record["http_version"] == "1.1"  # aiohttp offers no ALPN: HTTP/1.1
+    assert record["http_version"] == "1.1"  # push.h1 offers no ALPN: HTTP/1.1
 
 
 def test_oauth_token_is_minted_once_and_reused(fcm: FcmServer) -> None:
@@ -188,8 +188,8 @@ def test_malformed_token_is_device_invalid_but_payload_bug_is_failure(fcm: FcmSe
 def test_wrong_project_is_credentials_failure(fcm: FcmServer) -> None:
     async def go():  # type: ignore[no-untyped-def]
         tokens = ServiceAccountTokens(fcm.service_account())
-        async with make_session() as session:
-            gateway = FcmGateway(session, tokens, project_id="other", base_url=fcm.base_url)
+        async with make_h1_client() as client:
+            gateway = FcmGateway(client, tokens, project_id="other", base_url=fcm.base_url)
             return await gateway.send(message(Channel.FCM, fcm_token()))
 
     assert asyncio.run(go()).outcome is Outcome.CREDENTIALS
@@ -209,8 +209,8 @@ def test_unreachable_gateway_is_retry() -> None:
 
     async def go():  # type: ignore[no-untyped-def]
         tokens = ServiceAccountTokens(server.service_account())
-        async with make_session() as session:
-            return await FcmGateway(session, tokens, base_url=server.base_url).send(
+        async with make_h1_client() as client:
+            return await FcmGateway(client, tokens, base_url=server.base_url).send(
                 message(Channel.FCM, fcm_token())
             )
 
@@ -222,8 +222,8 @@ def test_unreachable_gateway_is_retry() -> None:
 def test_refused_connection_is_retry(fcm: FcmServer) -> None:
     async def go() -> DeliveryResult:
         tokens = ServiceAccountTokens(fcm.service_account())  # minted by the live server
-        async with make_session() as session:
-            gateway = FcmGateway(session, tokens, base_url="http://127.0.0.1:9")
+        async with make_h1_client() as client:
+            gateway = FcmGateway(client, tokens, base_url="http://127.0.0.1:9")
             return await gateway.send(message(Channel.FCM, fcm_token()))
 
     result = asyncio.run(go())
@@ -236,8 +236,8 @@ def test_answer_slower_than_the_timeout_is_retry(fcm: FcmServer) -> None:
     async def go() -> DeliveryResult:
         tokens = ServiceAccountTokens(fcm.service_account())
         await tokens.token()  # the token endpoint is not what times out here
-        async with make_session(timeout=aiohttp.ClientTimeout(total=0.3)) as session:
-            gateway = FcmGateway(session, tokens, base_url=fcm.base_url)
+        async with make_h1_client(timeouts=H1Timeouts(read=0.3)) as client:
+            gateway = FcmGateway(client, tokens, base_url=fcm.base_url)
             return await gateway.send(message(Channel.FCM, fcm_token()))
 
     result = asyncio.run(go())
@@ -247,8 +247,8 @@ def test_answer_slower_than_the_timeout_is_retry(fcm: FcmServer) -> None:
 def test_refused_access_token_is_reminted_on_the_next_attempt(fcm: FcmServer) -> None:
     async def go() -> list[Outcome]:
         tokens = ServiceAccountTokens(fcm.service_account())
-        async with make_session() as session:
-            gateway = FcmGateway(session, tokens, base_url=fcm.base_url)
+        async with make_h1_client() as client:
+            gateway = FcmGateway(client, tokens, base_url=fcm.base_url)
             first = await gateway.send(message(Channel.FCM, fcm_token()))
             fcm.revoke_access_tokens()
             second = await gateway.send(message(Channel.FCM, fcm_token()))

@@ -22,8 +22,8 @@ from push.gateways.google_oauth import ServiceAccountTokens
 from push.gateways.vapid import VapidKey
 from push.gateways.webhook import WebhookGateway
 from push.gateways.webpush import WebPushGateway
-from push.guarded_http import guarded_session
-from push.http import make_client, make_session
+from push.guarded_http import guarded_client
+from push.http import make_client, make_h1_client
 from push.messages import Channel, Device, Message, WebPushSubscription
 from push.result import Outcome
 from push.ssrf import DestinationGuard
@@ -70,8 +70,8 @@ def case(
 
         @asynccontextmanager
         async def open_fcm() -> AsyncIterator[Gateway]:
-            async with make_session() as session:
-                yield FcmGateway(session, ServiceAccountTokens(account), base_url=fcm.base_url)
+            async with make_h1_client() as client:
+                yield FcmGateway(client, ServiceAccountTokens(account), base_url=fcm.base_url)
 
         return Case(
             open_fcm,
@@ -108,8 +108,8 @@ def case(
         @asynccontextmanager
         async def open_webpush() -> AsyncIterator[Gateway]:
             guard = DestinationGuard(["127.0.0.1"])
-            async with guarded_session(guard) as session:
-                yield WebPushGateway(session, vapid, guard=guard)
+            async with guarded_client(guard) as client:
+                yield WebPushGateway(client, vapid, guard=guard)
 
         return Case(
             open_webpush,
@@ -122,8 +122,8 @@ def case(
     @asynccontextmanager
     async def open_webhook() -> AsyncIterator[Gateway]:
         guard = DestinationGuard(["127.0.0.1"])
-        async with guarded_session(guard) as session:
-            yield WebhookGateway(session, receiver.secrets, guard=guard)
+        async with guarded_client(guard) as client:
+            yield WebhookGateway(client, receiver.secrets, guard=guard)
 
     def gone_message() -> Message:
         receiver.script.push(

@@ -1,4 +1,4 @@
-"""The guarded session checks at connect time, on the addresses the guard resolved, and
+"""The guarded client checks at connect time, on the addresses the guard resolved, and
 connects to exactly those: names are answered through the resolver seam, the server is
 a real local gateway on 127.0.0.1."""
 
@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from push.errors import DestinationLookupError, UnsafeDestinationError
-from push.guarded_http import guarded_session
+from push.guarded_http import guarded_client
 from push.ssrf import DestinationGuard
 from push.testing import WebhookReceiver
 from tests.push.helpers import resolver
@@ -24,8 +24,9 @@ def _url(base_url: str) -> str:
 
 
 async def _get(guard: DestinationGuard, url: str) -> int:
-    async with guarded_session(guard) as session, session.get(url) as response:
-        return response.status
+    async with guarded_client(guard) as client:
+        status, _, _ = await client.request("GET", url, {})
+        return status
 
 
 def test_connects_to_the_address_the_guard_resolved(receiver: WebhookReceiver) -> None:

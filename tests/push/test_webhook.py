@@ -16,7 +16,7 @@ from push.gateways.webhook import (
     sign_webhook,
     verify_webhook,
 )
-from push.guarded_http import guarded_session
+from push.guarded_http import guarded_client
 from push.messages import Channel
 from push.result import DeliveryResult, Outcome
 from push.ssrf import DestinationGuard
@@ -51,8 +51,8 @@ LOCAL = DestinationGuard(["127.0.0.1"])
 async def _send(
     receiver: WebhookReceiver, url: str, *, guard: DestinationGuard = LOCAL
 ) -> DeliveryResult:
-    async with guarded_session(guard) as session:
-        gateway = WebhookGateway(session, receiver.secrets, guard=guard)
+    async with guarded_client(guard) as client:
+        gateway = WebhookGateway(client, receiver.secrets, guard=guard)
         return await gateway.send(message(Channel.WEBHOOK, url, data={"sku": "42"}))
 
 
@@ -67,8 +67,8 @@ def test_webhook_delivered_and_verified(receiver: WebhookReceiver) -> None:
 
 def test_wrong_secret_is_rejected_by_the_receiver(receiver: WebhookReceiver) -> None:
     async def go():  # type: ignore[no-untyped-def]
-        async with guarded_session(LOCAL) as session:
-            gateway = WebhookGateway(session, [new_webhook_secret()], guard=LOCAL)
+        async with guarded_client(LOCAL) as client:
+            gateway = WebhookGateway(client, [new_webhook_secret()], guard=LOCAL)
             return await gateway.send(message(Channel.WEBHOOK, receiver.base_url + "/in"))
 
     result = asyncio.run(go())

@@ -25,7 +25,7 @@ from push.gateways.webpush import (
     encrypt,
     map_webpush_response,
 )
-from push.guarded_http import guarded_session
+from push.guarded_http import guarded_client
 from push.messages import Channel, Device, Message, WebPushSubscription
 from push.result import DeliveryResult, Outcome
 from push.ssrf import DestinationGuard
@@ -130,8 +130,8 @@ def test_status_mapping(status: int, outcome: Outcome) -> None:
 async def _send(
     messages: list[Message], vapid: VapidKey, guard: DestinationGuard = LOCAL
 ) -> list[DeliveryResult]:
-    async with guarded_session(guard) as session:
-        gateway = WebPushGateway(session, vapid, guard=guard)
+    async with guarded_client(guard) as client:
+        gateway = WebPushGateway(client, vapid, guard=guard)
         return [await gateway.send(m) for m in messages]
 
 
@@ -206,8 +206,8 @@ def test_per_origin_caches_are_bounded() -> None:
     async def go() -> tuple[int, int]:
         vapid = VapidKey.generate(SUBJECT)
         sub, _, _ = _subscriber()
-        async with guarded_session(LOCAL) as session:
-            gateway = WebPushGateway(session, vapid, guard=LOCAL)
+        async with guarded_client(LOCAL) as client:
+            gateway = WebPushGateway(client, vapid, guard=LOCAL)
             first = gateway.route_key(_message(sub))
             for n in range(ORIGINS_KEPT + 50):
                 endpoint = f"https://p{n}.push.example/x"
