@@ -42,6 +42,8 @@ __all__ = [
 ]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_ADDRESSES_TRIED = 4  # of a name's addresses, in the resolver's order
+_MAX_HEAD = 64 * 1024  # bytes of an answer's header fields
 # Left as they are in a request target: RFC 3986's reserved and unreserved characters and
 # '%' (a URL's escapes stay escapes); anything else (space, CR, LF, non-ASCII) is escaped.
 _TARGET_SAFE = "/?#[]@!$&'()*+,;=-._~:%"
@@ -67,8 +69,9 @@ class ProtocolError(H1Error):
 
 @dataclass(frozen=True, slots=True)
 class H1Timeouts:
-    """Seconds: `pool` waiting for a free connection slot, `connect` opening one (TLS
-    included), `read` from sending the request to the last byte of the answer."""
+    """Seconds: `pool` waiting for a free connection slot, `connect` looking the name up
+    and then opening a connection to each address tried (TLS included), `read` from
+    sending the request to the last byte of the answer."""
 
     pool: float = 10.0
     connect: float = 5.0
@@ -140,6 +143,7 @@ class _Connection(asyncio.Protocol):
         self._fields: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._size = 0
+        self._head_size = 0
         self._headers_done = False
 
     # asyncio.Protocol
@@ -174,10 +178,15 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._waiter is None:  # a second answer in one read: the stream is spoiled
             self.close()
-        self._fields, self._body, self._size = [], [], 0
+        self._fields, self._body, self._size, self._head_size = [], [], 0, 0
         self._headers_done = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value)
+        if self._head_size > _MAX_HEAD:
+            self._fail(ProtocolError(f"answer header fields over {_MAX_HEAD} bytes"))
+            self.close()
+            return
         self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -428,8 +437,12 @@ class H1Client:
         loop = asyncio.get_running_loop()
         failures: list[str] = []
         async with asyncio.timeout(self.timeouts.connect):
-            for resolved in await self._resolver(host, port):
-                try:
+            addresses = await self._resolver(host, port)
+        for resolved in addresses[:_ADDRESSES_TRIED]:
+            # Each address has its own time: one that swallows packets (an IPv6 route
+            # that leads nowhere) must not use up the next one's.
+            try:
+                async with asyncio.timeout(self.timeouts.connect):
                     _, connection = await loop.create_connection(
                         lambda: _Connection(origin, self._max_body, self._connections.discard),
                         resolved.address,
@@ -438,11 +451,11 @@ class H1Client:
                         ssl=tls,
                         server_hostname=host if tls else None,
                     )
-                except (OSError, ssl.SSLError) as exc:
-                    failures.append(f"{resolved.address}: {exc}")
-                    continue
-                self._connections.add(connection)
-                return connection
+            except (OSError, ssl.SSLError) as exc:  # TimeoutError is an OSError
+                failures.append(f"{resolved.address}: {str(exc) or type(exc).__name__}")
+                continue
+            self._connections.add(connection)
+            return connection
         raise ConnectError(f"cannot connect to {host}:{port} ({'; '.join(failures)})")
 
     def _release(self, connection: _Connection, *, reusable: bool) -> None:

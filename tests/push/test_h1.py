@@ -6,6 +6,7 @@ Each test runs on asyncio's loop and on uvloop's (the push runtime's)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from push.h1 import (
     ProtocolError,
     ServerDisconnectedError,
 )
+from push.ssrf import ResolvedAddress
 
 _RUNNERS = {"asyncio": asyncio.run, "uvloop": uvloop.run}
 _runner: Callable[..., object] = asyncio.run
@@ -207,16 +209,20 @@ def test_a_kept_alive_connection_the_server_closed_is_not_reused() -> None:
 
 def test_malformed_and_oversize_answers_are_protocol_errors() -> None:
     big = b"HTTP/1.1 200 OK\r\ncontent-length: 2000\r\n\r\n" + b"x" * 2000
+    fat_head = (
+        b"HTTP/1.1 200 OK\r\n" + b"x-pad: " + b"y" * 70_000 + b"\r\n" + b"content-length: 0\r\n\r\n"
+    )
 
     async def body(raw: RawServer, client: H1Client) -> object:
-        for _ in range(2):
-            with pytest.raises(ProtocolError):
+        for expected in ("malformed", "body over 1000", "header fields over"):
+            with pytest.raises(ProtocolError, match=expected):
                 await client.request("POST", _url(raw), {}, b"")
         return (await client.request("POST", _url(raw), {}, b""))[0]
 
-    raw, status = _run(_replies(b"HTTP/1.1 abc\r\n\r\n", big, OK), body, max_body=1000)
+    answers = _replies(b"HTTP/1.1 abc\r\n\r\n", big, fat_head, OK)
+    raw, status = _run(answers, body, max_body=1000)
     assert status == 200
-    assert raw.connections == 3  # neither broken connection was reused
+    assert raw.connections == 4  # no broken connection was reused
 
 
 def test_slow_answer_times_out_and_its_connection_is_not_reused() -> None:
@@ -280,6 +286,19 @@ def test_an_idle_connection_is_closed_after_keepalive() -> None:
 
     raw, open_after_idle = _run(_replies(OK), body, keepalive_s=0.1)
     assert open_after_idle == 0 and raw.connections == 2
+
+
+def test_each_address_of_a_name_is_tried_in_turn() -> None:
+    async def addresses(host: str, port: int) -> list[ResolvedAddress]:
+        assert host == "gateway.test"
+        return [ResolvedAddress(socket.AF_INET, a) for a in ("127.0.0.2", "127.0.0.1")]
+
+    async def body(raw: RawServer, client: H1Client) -> object:
+        return (await client.request("POST", f"http://gateway.test:{raw.port}/", {}, b""))[0]
+
+    raw, status = _run(_replies(OK), body, resolver=addresses)  # 127.0.0.2: refused
+    assert status == 200
+    assert raw.heads[0].split(b"\r\n")[1] == f"host: gateway.test:{raw.port}".encode()
 
 
 def test_refused_connection_is_a_connect_error() -> None:
