@@ -72,6 +72,40 @@ def test_fold_in_with_nothing_known_gives_zeros() -> None:
     assert not fold(np.array([1]), np.array([0.0])).any()
 
 
+def _direct_fold_in(
+    y: np.ndarray, reg: float, alpha: float, rows: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+    """The ALS user step solved as written, d x d, for the kept (weight > 0) entries."""
+    keep = weights > 0
+    ys, c = y[rows[keep]].astype(np.float64), 1.0 + alpha * np.log1p(weights[keep])
+    if not keep.any():
+        return np.zeros(y.shape[1])
+    a = y.astype(np.float64).T @ y + reg * np.eye(y.shape[1]) + (ys.T * (c - 1.0)) @ ys
+    return np.linalg.solve(a, ys.T @ c)
+
+
+@pytest.mark.parametrize("alpha", [2.0, 0.0])
+def test_fold_in_short_and_long_histories_solve_the_same_system(alpha: float) -> None:
+    # d = 16: histories of up to 8 items take the Woodbury path, longer ones the d x d
+    # solve; weights from 1e-9 to 1e6, zero and negative ones in the middle of a row.
+    rng = np.random.default_rng(7)
+    y = rng.normal(size=(200, 16)).astype(np.float32)
+    fold = FoldIn(y, 0.5, alpha)
+    widths = [1, 2, 5, 8, 9, 16, 30]
+    rows = np.zeros((len(widths), 30), dtype=np.intp)
+    weights = np.zeros((len(widths), 30))
+    for r, width in enumerate(widths):
+        rows[r, :width] = rng.choice(200, size=width, replace=False)
+        weights[r, :width] = 10.0 ** rng.uniform(-9, 6, size=width)
+    weights[2, 1], weights[5, 3] = 0.0, -1.0
+    bulk = fold.batch(rows, weights)
+    for r in range(len(widths)):
+        expected = _direct_fold_in(y, 0.5, alpha, rows[r], weights[r])
+        assert np.allclose(bulk[r], expected, rtol=1e-9, atol=1e-12), widths[r]
+        one = fold(rows[r, : widths[r]], weights[r, : widths[r]])
+        assert np.allclose(one, expected, rtol=1e-5, atol=1e-6), widths[r]
+
+
 def test_item_knn_neighbours_are_in_block_and_truncated() -> None:
     raw, ids = _matrix()
     sim = item_similarity(raw, top_m=5)
