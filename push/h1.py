@@ -374,10 +374,11 @@ class H1Client:
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._idle.clear()
-        for connection in self._connections:
+        closing = list(self._connections)  # each leaves the set when its socket closes
+        for connection in closing:
             connection.close()
-        if self._connections:
-            await asyncio.wait([c.lost for c in self._connections], timeout=1.0)
+        if closing:
+            await asyncio.wait([c.lost for c in closing], timeout=1.0)
 
     async def __aenter__(self) -> Self:
         return self
