@@ -108,7 +108,8 @@ class FoldIn:
     ``S = YᵀY + λI`` (precomputed once, float64 (d, d), with its inverse) and ``c_i = 1 +
     alpha * log1p(w_i)``. A history of L <= d/2 items is a rank-L change of S, solved by
     the Woodbury identity in an L x L system (O(L d² + L³)); a longer one solves the
-    d x d system (O(L d² + d³)). Both are exact; they differ by float rounding (~1e-15).
+    d x d system (O(L d² + d³)). Both are exact; their float rounding differs, within
+    what the direct solve's own error is for S's condition number.
     """
 
     def __init__(
@@ -130,8 +131,12 @@ class FoldIn:
             gram = gram_matrix(item_factors, trained_rows)
         self.gram = np.asarray(gram, dtype=np.float64)
         self._system = self.gram + regularization * np.eye(self.dim)
-        self._inverse = np.linalg.inv(self._system)  # S⁻¹, symmetric
-        self._low_rank_max = self.dim // 2  # beyond it the L x L system costs more
+        try:
+            self._inverse = np.linalg.inv(self._system)  # S⁻¹, symmetric
+            self._low_rank_max = self.dim // 2  # beyond it the L x L system costs more
+        except np.linalg.LinAlgError:  # λ = 0 over a rank-deficient gram: solve directly
+            self._inverse = np.zeros_like(self._system)
+            self._low_rank_max = 0
 
     def __call__(
         self, rows: npt.NDArray[np.intp], weights: npt.NDArray[np.floating] | None = None
@@ -224,6 +229,6 @@ class FoldIn:
         """`batch` by solving each shopper's d x d system."""
         ys = self._gather(rows, on)
         a = self._system[None] + np.einsum("nld,nl,nle->nde", ys, c, ys, optimize=True)
-        b = np.einsum("nld,nl->nd", ys, np.where(on, c + 1.0, 0.0))
+        b = np.einsum("nld,nl->nd", ys, c + 1.0)  # padding's factors are zero
         out: npt.NDArray[np.float64] = np.linalg.solve(a, b[:, :, None])[:, :, 0]
         return out

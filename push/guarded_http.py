@@ -14,6 +14,7 @@ sees host and port only, not the scheme.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from push.h1 import H1Client, H1Timeouts
@@ -22,8 +23,12 @@ from push.ssrf import DestinationGuard
 
 __all__ = ["WEBHOOK_TIMEOUTS", "guarded_client"]
 
-WEBHOOK_TIMEOUTS = H1Timeouts(pool=10.0, connect=5.0, read=25.0)
+WEBHOOK_TIMEOUTS = replace(DEFAULT_H1_TIMEOUTS, read=25.0)
 """Standard Webhooks suggests 15-30 s for the receiver to answer."""
+
+_MAX_BODY = 64 * 1024
+"""Neither a push service's nor a receiver's answer body is read beyond its status and
+headers: a hostile receiver gets no more of our memory than this."""
 
 
 def guarded_client(
@@ -46,4 +51,5 @@ def guarded_client(
         timeouts=timeouts,
         keepalive_s=4.0,
         resolver=guard.lookup,
+        max_body=_MAX_BODY,
     )

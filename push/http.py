@@ -47,9 +47,9 @@ __all__ = [
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=10.0, write=10.0, pool=10.0)
 """Bounded everywhere: a stuck gateway costs at most ~25 s of one slot."""
 
-DEFAULT_H1_TIMEOUTS = H1Timeouts(pool=10.0, connect=5.0, read=10.0)
-"""`DEFAULT_TIMEOUT` for `H1Client`: ``read`` runs from the request's write to the
-answer's last byte, so it also bounds a write the server never reads."""
+DEFAULT_H1_TIMEOUTS = H1Timeouts()
+"""`H1Timeouts`' defaults, `DEFAULT_TIMEOUT`'s values: ``read`` runs from the request's
+write to the answer's last byte, so it also bounds a write the server never reads."""
 
 TransportError = httpx.HTTPError | H1Error | TimeoutError
 """What a send raises when no HTTP answer came (see `transport_failure`)."""
@@ -145,6 +145,7 @@ def make_h1_client(
     timeouts: H1Timeouts = DEFAULT_H1_TIMEOUTS,
     keepalive_s: float = 15.0,
     resolver: Resolver = system_resolver,
+    max_body: int = 1 << 20,
 ) -> H1Client:
     """The `H1Client` (HTTP/1.1) for `fetch`: FCM's, and the base of
     `push.guarded_http.guarded_client`.
@@ -162,6 +163,7 @@ def make_h1_client(
         timeouts=timeouts,
         resolver=resolver,
         user_agent=USER_AGENT,
+        max_body=max_body,
     )
 
 

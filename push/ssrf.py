@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 RESOLVE_TIMEOUT_S = 5.0
-"""As long as a connect may take (`push.http.DEFAULT_TIMEOUT`); longer is a retry."""
+"""As long as a connect may take (`push.h1.H1Timeouts.connect`); longer is a retry."""
 
 _METADATA = {
     ipaddress.ip_address("169.254.169.254"),

@@ -106,6 +106,14 @@ def test_fold_in_short_and_long_histories_solve_the_same_system(alpha: float) ->
         assert np.allclose(one, expected, rtol=1e-5, atol=1e-6), widths[r]
 
 
+def test_fold_in_without_regularization_over_a_rank_deficient_gram_still_loads() -> None:
+    y = np.zeros((6, 4), dtype=np.float32)
+    y[:, :2] = np.random.default_rng(0).normal(size=(6, 2))  # two dimensions never used
+    fold = FoldIn(y, 0.0, 1.0)  # S is singular: no inverse, every history solved directly
+    with pytest.raises(np.linalg.LinAlgError):
+        fold(np.array([0, 1]), np.array([1.0, 2.0]))
+
+
 def test_item_knn_neighbours_are_in_block_and_truncated() -> None:
     raw, ids = _matrix()
     sim = item_similarity(raw, top_m=5)

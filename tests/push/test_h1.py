@@ -17,6 +17,7 @@ import uvloop
 from push.h1 import (
     ConnectError,
     H1Client,
+    H1Error,
     H1Timeouts,
     ProtocolError,
     ServerDisconnectedError,
@@ -88,7 +89,11 @@ async def _serve(answer: Answer) -> tuple[RawServer, asyncio.Server]:
 
 
 def _client(**kwargs: object) -> H1Client:
-    return H1Client(ssl_context=ssl.create_default_context(), **kwargs)  # type: ignore[arg-type]
+    return H1Client(
+        ssl_context=ssl.create_default_context(),
+        user_agent="pushrec-push/test",
+        **kwargs,  # type: ignore[arg-type]
+    )
 
 
 def _run(
@@ -137,7 +142,16 @@ def test_request_wire_format_and_answer() -> None:
     assert fields["host"] == f"127.0.0.1:{raw.port}"
     assert fields["content-type"] == "application/json"
     assert fields["content-length"] == "2" and raw.bodies == [b"{}"]
-    assert fields["user-agent"].startswith("pushrec-push/")
+    assert fields["user-agent"] == "pushrec-push/test"
+
+
+def test_a_user_agent_the_request_names_replaces_the_clients() -> None:
+    async def body(raw: RawServer, client: H1Client) -> object:
+        return await client.request("POST", _url(raw), {"User-Agent": "other"}, b"")
+
+    raw, _ = _run(_replies(OK), body)
+    agents = [line for line in raw.heads[0].split(b"\r\n") if line.lower().startswith(b"user-")]
+    assert agents == [b"User-Agent: other"]
 
 
 def test_target_is_escaped_and_host_is_ascii() -> None:
@@ -151,9 +165,15 @@ def test_target_is_escaped_and_host_is_ascii() -> None:
 
 def test_header_injection_is_refused_before_anything_is_sent() -> None:
     async def body(raw: RawServer, client: H1Client) -> object:
-        for headers in ({"x-a": "1\r\nx-b: 2"}, {"x-a\n": "1"}, {"x:a": "1"}):
+        for headers in ({"x-a": "1\r\nx-b: 2"}, {"x-a": "1\n"}, {"x-a": "\0"}):
             with pytest.raises(ValueError, match="forbidden character"):
                 await client.request("POST", _url(raw), headers, b"")
+        for headers in ({"x-a\n": "1"}, {"x:a": "1"}, {"Content-Length": "0"}, {"HOST": "x"}):
+            with pytest.raises(ValueError, match="cannot be sent"):
+                await client.request("POST", _url(raw), headers, b"")
+        for method in ("GET / HTTP/1.1\r\nx-smuggled: 1\r\nX:", "HEAD"):
+            with pytest.raises(ValueError, match="method"):
+                await client.request(method, _url(raw), {}, b"")
         return None
 
     raw, _ = _run(_replies(OK), body)
@@ -214,7 +234,7 @@ def test_malformed_and_oversize_answers_are_protocol_errors() -> None:
     )
 
     async def body(raw: RawServer, client: H1Client) -> object:
-        for expected in ("malformed", "body over 1000", "header fields over"):
+        for expected in ("malformed", "body over 1000", "answer head over"):
             with pytest.raises(ProtocolError, match=expected):
                 await client.request("POST", _url(raw), {}, b"")
         return (await client.request("POST", _url(raw), {}, b""))[0]
@@ -333,3 +353,76 @@ def test_an_answer_cut_short_of_its_length_or_chunks_is_a_disconnect() -> None:
 
     raw, _ = _run(_replies(cut_length, cut_chunks), body)
     assert raw.connections == 2
+
+
+def test_switching_protocols_interim_floods_and_an_endless_head_are_refused() -> None:
+    switching = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n"
+    flood = b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n" * 6 + OK
+    endless = (b"HTTP/1.1 200 OK\r\nx-pad: " + b"y" * 70_000, False)  # no end, no close
+
+    async def body(raw: RawServer, client: H1Client) -> object:
+        for expected in ("switches protocols", "interim answers", "answer head over"):
+            with pytest.raises(ProtocolError, match=expected):
+                await client.request("POST", _url(raw), {}, b"")
+        return None
+
+    raw, _ = _run(_replies(switching, flood, endless), body)
+    assert raw.connections == 3
+
+
+def test_an_interim_answer_then_a_close_is_a_disconnect_not_an_answer() -> None:
+    async def body(raw: RawServer, client: H1Client) -> object:
+        with pytest.raises(ServerDisconnectedError):
+            await client.request("POST", _url(raw), {}, b"")
+        return None
+
+    _run(_replies((b"HTTP/1.1 100 Continue\r\n\r\n", True)), body)
+
+
+def test_closing_the_client_fails_a_request_reading_until_close() -> None:
+    async def answer(head: bytes) -> Reply:
+        return b"HTTP/1.1 200 OK\r\n\r\npartial", False  # the rest would come at close
+
+    async def body(raw: RawServer, client: H1Client) -> object:
+        pending = asyncio.create_task(client.request("POST", _url(raw), {}, b""))
+        await asyncio.sleep(0.1)
+        await client.aclose()
+        with pytest.raises(H1Error):
+            await pending
+        return None
+
+    _run(answer, body)
+
+
+def test_a_name_that_does_not_resolve_is_a_connect_error() -> None:
+    async def nowhere(host: str, port: int) -> list[ResolvedAddress]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    async def go() -> None:
+        async with _client(resolver=nowhere) as client:
+            await client.request("POST", "http://gateway.test/x", {}, b"")
+
+    with pytest.raises(ConnectError, match=r"look up gateway\.test"):
+        _runner(go())
+
+
+def test_a_woken_waiter_that_is_cancelled_passes_the_slot_on() -> None:
+    async def answer(head: bytes) -> Reply:
+        await asyncio.sleep(0.05)
+        return OK, False
+
+    async def body(raw: RawServer, client: H1Client) -> object:
+        async def first() -> None:
+            await client.request("POST", _url(raw), {}, b"")
+            second.cancel()  # woken by the release just now, not yet run
+
+        one = asyncio.create_task(first())
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(client.request("POST", _url(raw), {}, b""))
+        third = asyncio.create_task(client.request("POST", _url(raw), {}, b""))
+        await one
+        status, _, _ = await third  # within the pool timeout: the slot came to it
+        return second.cancelled(), status
+
+    _, (cancelled, status) = _run(answer, body, max_connections=1, timeouts=H1Timeouts(pool=0.5))  # type: ignore[misc]
+    assert cancelled and status == 200
