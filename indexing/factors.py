@@ -180,17 +180,20 @@ class FoldIn:
         # a row whose every weight gives c_i > 1 takes the Woodbury path (as `__call__`)
         low = (counts > 0) & (counts <= self._low_rank_max) & ((c > 0) | ~on).all(axis=1)
         high = (counts > 0) & ~low
-        if low.any():
-            width = int(counts[low].max())
+        for group in (low, high):
+            if not group.any():
+                continue
+            width = int(counts[group].max())
             # the kept entries of each row first, so that `width` columns hold them all
-            order = np.argsort(~on[low], axis=1, kind="stable")[:, :width]
-            out[low] = self._low_rank(
-                np.take_along_axis(rows[low], order, axis=1),
-                np.take_along_axis(c[low], order, axis=1),
-                np.take_along_axis(on[low], order, axis=1),
-            )
-        if high.any():
-            out[high] = self._full(rows[high], c[high], on[high])
+            order = np.argsort(~on[group], axis=1, kind="stable")[:, :width]
+            kept = np.take_along_axis(on[group], order, axis=1)
+            c_kept = np.take_along_axis(c[group], order, axis=1)
+            ys = self._gather(np.take_along_axis(rows[group], order, axis=1), kept)
+            b = np.einsum("nld,nl->nd", ys, c_kept + 1.0)  # padding's factors are zero
+            if group is low:
+                out[group] = self._low_rank(ys, b, c_kept, kept)
+            else:
+                out[group] = self._full(ys, b, c_kept)
         return out
 
     def _gather(
@@ -203,14 +206,15 @@ class FoldIn:
 
     def _low_rank(
         self,
-        rows: npt.NDArray[np.intp],
+        ys: npt.NDArray[np.float64],
+        b: npt.NDArray[np.float64],
         c: npt.NDArray[np.float64],
         on: npt.NDArray[np.bool_],
     ) -> npt.NDArray[np.float64]:
-        """`batch` by the Woodbury identity (see the class doc), L x L per shopper."""
-        ys = self._gather(rows, on)
+        """`batch` by the Woodbury identity (see the class doc), L x L per shopper: `ys`
+        (n, L, d) the gathered factors, `b` (n, d) the right-hand sides, `c` (n, L) each
+        c_i - 1, `on` where an entry is not padding."""
         n, width, d = ys.shape
-        b = np.einsum("nld,nl->nd", ys, c + 1.0)
         z = (ys.reshape(n * width, d) @ self._inverse).reshape(n, width, d)  # Y S⁻¹
         v = b @ self._inverse  # S⁻¹ b (S⁻¹ symmetric)
         m = z @ ys.transpose(0, 2, 1)
@@ -221,14 +225,9 @@ class FoldIn:
         return out
 
     def _full(
-        self,
-        rows: npt.NDArray[np.intp],
-        c: npt.NDArray[np.float64],
-        on: npt.NDArray[np.bool_],
+        self, ys: npt.NDArray[np.float64], b: npt.NDArray[np.float64], c: npt.NDArray[np.float64]
     ) -> npt.NDArray[np.float64]:
-        """`batch` by solving each shopper's d x d system."""
-        ys = self._gather(rows, on)
+        """`batch` by solving each shopper's d x d system (arguments as `_low_rank`'s)."""
         a = self._system[None] + np.einsum("nld,nl,nle->nde", ys, c, ys, optimize=True)
-        b = np.einsum("nld,nl->nd", ys, c + 1.0)  # padding's factors are zero
         out: npt.NDArray[np.float64] = np.linalg.solve(a, b[:, :, None])[:, :, 0]
         return out

@@ -43,6 +43,9 @@ from push.h1_connection import (
 from push.ssrf import Resolver, canonical_host, system_resolver
 
 __all__ = [
+    "KEEPALIVE_S",
+    "MAX_BODY",
+    "NO_ANSWER",
     "ConnectError",
     "H1Client",
     "H1Error",
@@ -51,6 +54,13 @@ __all__ = [
     "ProtocolError",
     "ServerDisconnectedError",
 ]
+
+KEEPALIVE_S = 15.0
+"""How long an idle connection is kept by default."""
+MAX_BODY = 1 << 20
+"""The largest answer body taken by default, in bytes."""
+NO_ANSWER = (H1Error, TimeoutError)
+"""What `H1Client.request` raises when no complete answer came (for ``except``)."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _ADDRESSES_TRIED = 4  # of a name's addresses, in the resolver's order
@@ -160,11 +170,11 @@ class H1Client:
         *,
         ssl_context: ssl.SSLContext,
         max_connections: int = 100,
-        keepalive_s: float = 15.0,
+        keepalive_s: float = KEEPALIVE_S,
         timeouts: H1Timeouts = H1Timeouts(),
         resolver: Resolver = system_resolver,
         user_agent: str | None = None,
-        max_body: int = 1 << 20,
+        max_body: int = MAX_BODY,
     ) -> None:
         self._ssl = ssl_context
         self._max = max_connections
@@ -262,8 +272,7 @@ class H1Client:
             self._forget()
             raise
         if self._closed:  # closed while this one was connecting
-            connection.close()
-            self._forget()
+            self._discard(connection)
             raise H1Error("the client is closed")
         return connection
 
@@ -278,8 +287,7 @@ class H1Client:
             if not connection.closed and connection.idle_since > stale:
                 found = connection
             else:
-                connection.close()
-                self._forget()
+                self._discard(connection)
         if not idle:
             del self._idle[origin]  # origins come from input: keep none without connections
         return found
@@ -326,8 +334,7 @@ class H1Client:
                 self._sweeper = loop.call_later(self._keepalive_s, self._sweep)
             self._wake_one()
             return
-        connection.close()
-        self._forget()
+        self._discard(connection)
 
     def _sweep(self) -> None:
         """Close the connections idle `keepalive_s` or more (one timer for all, not one
@@ -337,8 +344,7 @@ class H1Client:
         oldest = None
         for origin, idle in list(self._idle.items()):
             while idle and (idle[0].idle_since <= stale or idle[0].closed):
-                idle.pop(0).close()  # the list runs from the longest idle
-                self._forget()
+                self._discard(idle.pop(0))  # the list runs from the longest idle
             if idle:
                 since = idle[0].idle_since
                 oldest = since if oldest is None else min(oldest, since)
@@ -359,7 +365,12 @@ class H1Client:
             return True
         return False
 
+    def _discard(self, connection: Connection) -> None:
+        connection.close()
+        self._forget()
+
     def _forget(self) -> None:
+        """A connection slot is free (its connection closed, or never opened)."""
         self._open -= 1
         self._wake_one()
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from push.h1 import ConnectError, H1Client, H1Error, H1Timeouts
+from push.h1 import KEEPALIVE_S, MAX_BODY, ConnectError, H1Client, H1Error, H1Timeouts
 from push.redact import install_log_redaction
 from push.result import DeliveryResult
 from push.ssrf import Resolver, system_resolver
@@ -143,9 +143,9 @@ def make_h1_client(
     ca_bundle: Path | str | None = None,
     max_connections: int = 100,
     timeouts: H1Timeouts = DEFAULT_H1_TIMEOUTS,
-    keepalive_s: float = 15.0,
+    keepalive_s: float = KEEPALIVE_S,
     resolver: Resolver = system_resolver,
-    max_body: int = 1 << 20,
+    max_body: int = MAX_BODY,
 ) -> H1Client:
     """The `H1Client` (HTTP/1.1) for `fetch`: FCM's, and the base of
     `push.guarded_http.guarded_client`.

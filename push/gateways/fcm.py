@@ -23,7 +23,7 @@ from typing import Any
 
 from push.errors import ConfigError, CredentialsError, InvalidMessageError
 from push.gateways.google_oauth import ServiceAccountTokens
-from push.h1 import H1Client, H1Error
+from push.h1 import NO_ANSWER, H1Client
 from push.http import HttpRequest, fetch, parse_retry_after, transport_failure
 from push.messages import Channel, Message, web_push_topic
 from push.payload import LIMITS, compact_json, fit_payload
@@ -222,7 +222,7 @@ class FcmGateway:
         )
         try:
             response = await fetch(self._client, request)
-        except (H1Error, TimeoutError) as exc:
+        except NO_ANSWER as exc:
             result = transport_failure(exc, message.id, "fcm")
         else:
             result = map_fcm_response(message, response.status, response.headers, response.body)

@@ -28,7 +28,7 @@ from push.errors import (
     InvalidMessageError,
     UnsafeDestinationError,
 )
-from push.h1 import H1Client, H1Error
+from push.h1 import NO_ANSWER, H1Client
 from push.http import HttpRequest, fetch, parse_retry_after, transport_failure
 from push.messages import Channel, Message
 from push.payload import LIMITS, compact_json, fit_payload
@@ -200,7 +200,7 @@ class WebhookGateway:
             response = await fetch(self._client, request)
         except (UnsafeDestinationError, DestinationLookupError) as exc:
             return refused_destination(exc, message.id, "webhook", url)
-        except (H1Error, TimeoutError) as exc:
+        except NO_ANSWER as exc:
             return transport_failure(exc, message.id, "webhook")
         result = map_webhook_response(message, response.status, response.headers)
         if not result.delivered:

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from push.errors import DestinationLookupError, InvalidMessageError, UnsafeDestinationError
 from push.gateways.vapid import ORIGINS_KEPT, VapidKey, origin_of
-from push.h1 import H1Client, H1Error
+from push.h1 import NO_ANSWER, H1Client
 from push.http import HttpRequest, fetch, parse_retry_after, transport_failure
 from push.lru import LruCache
 from push.messages import Channel, Message, WebPushSubscription, web_push_topic
@@ -170,7 +170,7 @@ class WebPushGateway:
             response = await fetch(self._client, request)
         except (UnsafeDestinationError, DestinationLookupError) as exc:
             return refused_destination(exc, message.id, "webpush", endpoint)
-        except (H1Error, TimeoutError) as exc:
+        except NO_ANSWER as exc:
             return transport_failure(exc, message.id, "webpush")
         result = map_webpush_response(message, response.status, response.headers)
         if not result.delivered:
