@@ -15,7 +15,7 @@ changes themselves come from one thread at a time. One per process.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -35,12 +35,23 @@ __all__ = ["FULL_SCORE_MAX_ITEMS", "LoadedIndex", "Scored"]
 #: Catalogs up to this size are scored in full by `recommend` (exactly what the offline
 #: evaluation measures); larger ones score a candidate set (see `recommend`).
 FULL_SCORE_MAX_ITEMS = 20_000
-#: `similar_many` searches this many times the largest k past it for every query's
-#: exclusions; a query that needs more is asked again alone
-_SHARED_EXCLUSION_SLACK = 2
+#: How deep an item's neighbour ranking is kept for its next query (`LoadedIndex._ranked`):
+#: a rule asks for 4 x its items (40 by default) past the shopper's exclusions
+_NEAR_DEPTH = 64
+#: Items whose ranking is kept at most (about 0.8 kB each at depth 64); emptied when full
+_NEAR_CACHE_MAX = 8192
 _CANDIDATES_PER_SOURCE = 200
 
 Scored = list[tuple[str, float]]
+
+
+class _Ranking(NamedTuple):
+    """An item's nearest built rows (-1 past the last found) and their cosine scores, best
+    first, blocked rows left out; `whole`: the search went through the whole catalog."""
+
+    rows: npt.NDArray[np.int64]
+    scores: npt.NDArray[np.float32]
+    whole: bool
 
 
 def _sorted_set(codes: npt.NDArray[np.intp], n: int) -> npt.NDArray[np.intp]:
@@ -99,6 +110,8 @@ class LoadedIndex:
         self._overlay = Overlay.empty(self.dim)
         self._blocked_ids: frozenset[str] = frozenset()  # any id, known now or added later
         self._blocked: frozenset[int] = frozenset()  # their built rows
+        # built row -> its neighbour ranking (`_ranked`), replaced whenever blocking changes
+        self._near: dict[int, _Ranking] = {}
         top = np.argsort(-blend.popularity, kind="stable")[:_CANDIDATES_PER_SOURCE]
         self._popular = top.astype(np.intp)
 
@@ -201,6 +214,9 @@ class LoadedIndex:
         self._blocked_ids = self._blocked_ids | ids
         self._blocked = self._blocked | frozenset(rows)
         self.neighbours.block(rows)
+        # once searches leave them out: a lookup holding the old rankings keeps what it
+        # finds there; one taking the new dict searches with them blocked
+        self._near = {}
 
     def unblock(self, item_ids: Iterable[str]) -> None:
         ids = frozenset(item_ids)
@@ -208,6 +224,7 @@ class LoadedIndex:
         self._blocked_ids = self._blocked_ids - ids
         self._blocked = self._blocked - frozenset(rows)
         self.neighbours.unblock(rows)
+        self._near = {}
 
     def _overlay_banned(self, over: Overlay, item_ids: Collection[str]) -> set[int]:
         """Overlay rows of `item_ids` and of blocked ids."""
@@ -244,90 +261,117 @@ class LoadedIndex:
         itself), skipping `exclude` and blocked items. An unknown id answers an empty list."""
         get = self._row.get
         over = self._overlay
-        out: list[Scored] = [[] for _ in item_ids]
-        positions: list[int] = []
-        q_rows: list[int] = []  # built rows of the queries, then -1 for overlay queries
-        o_rows: list[int] = []  # overlay rows of the overlay queries
-        for pos, item_id in enumerate(item_ids):
-            row = get(item_id)
-            if row is not None:
-                positions.append(pos)
-                q_rows.append(row)
-        for pos, item_id in enumerate(item_ids):
-            if item_id in over.row:
-                positions.append(pos)
-                o_rows.append(over.row[item_id])
+        ex = set(self.rows(exclude).tolist()) if exclude else set()
+        rows = [get(i) for i in item_ids]
+        built = [r for r in rows if r is not None]
+        near = iter(self._near_many(built, [k] * len(built), [ex] * len(built)))
+        out = [next(near) if r is not None else [] for r in rows]
+        if not len(over):
+            return out
+        # an overlay item's built neighbours: searched each time (it has no built row to
+        # cache under, and few shoppers ask for a new item's neighbours)
+        o_pos = [p for p, i in enumerate(item_ids) if i in over.row]
+        o_rows = [over.row[item_ids[p]] for p in o_pos]
+        ids = self.item_ids
+        if o_rows:
+            scores, found = self.neighbours.search(over.factors[o_rows], k, ex)
+            scores *= over.inv_norms[o_rows][:, None]
+            for p, srow, rrow in zip(o_pos, scores.tolist(), found.tolist(), strict=True):
+                out[p] = [(ids[r], s) for r, s in zip(rrow, srow, strict=True) if r >= 0][:k]
+        # then every query's overlay neighbours, merged in by score
+        positions = [p for p, r in enumerate(rows) if r is not None] + o_pos
         if not positions:
             return out
-        ex = set(self.rows(exclude).tolist()) if exclude else ()
-        # search with the raw factor and rescale the scores: scaling a query by a positive
-        # number changes neither the exact nor the HNSW ranking, and saves a copy
-        queries = self._factors[q_rows]
-        inv = self._inv_norms[q_rows]
-        if o_rows:
-            queries = np.vstack([queries, over.factors[o_rows]])
-            inv = np.concatenate([inv, over.inv_norms[o_rows]])
-            q_rows += [-1] * len(o_rows)
-        scores, rows = self.neighbours.search(queries, k + 1, ex)
-        scores *= inv[:, None]
-        ids = self.item_ids
-        for pos, own, srow, rrow in zip(
-            positions, q_rows, scores.tolist(), rows.tolist(), strict=True
-        ):
-            out[pos] = [
-                (ids[r], s) for r, s in zip(rrow, srow, strict=True) if r >= 0 and r != own
-            ][:k]
-        if len(over):
-            own_extra = [-1] * (len(q_rows) - len(o_rows)) + o_rows
-            banned = self._overlay_banned(over, exclude)
-            extra = over.search(queries * inv[:, None], k, banned, own_extra)
-            for pos, more in zip(positions, extra, strict=True):
-                out[pos] = merge(out[pos], more, k)
+        queries = np.vstack([self._factors[built], over.factors[o_rows]])
+        inv = np.concatenate([self._inv_norms[built], over.inv_norms[o_rows]])
+        banned = self._overlay_banned(over, exclude)
+        extra = over.search(queries * inv[:, None], k, banned, [-1] * len(built) + o_rows)
+        for pos, more in zip(positions, extra, strict=True):
+            out[pos] = merge(out[pos], more, k)
         return out
 
     def similar_many(
         self, queries: Sequence[tuple[Sequence[str], Collection[str]]], k: Sequence[int]
     ) -> list[list[Scored]]:
-        """`similar(item_ids, k, exclude)` for each query (item ids, exclude) with its k:
-        one search for the whole batch (the firings of a `track_batch`), the exclusions
-        applied per query, each answer as `similar` gives it. With an overlay each query
-        goes through `similar`."""
-        if len(self._overlay) or len(queries) < 2:
+        """`similar(item_ids, k, exclude)` for each query (item ids, exclude) with its k
+        (the firings of a `track_batch`): the items not cached are searched at once, the
+        exclusions applied per query, each answer as `similar` gives it. With an overlay
+        each query goes through `similar`."""
+        if len(self._overlay):
             return [
                 self.similar(list(items), k=n, exclude=ex)
                 for (items, ex), n in zip(queries, k, strict=True)
             ]
         get = self._row.get
-        own = [[get(i) for i in item_ids] for item_ids, _ in queries]
-        q_rows = [r for rows in own for r in rows if r is not None]
-        out: list[list[Scored]] = [[[] for _ in item_ids] for item_ids, _ in queries]
-        if not q_rows:
-            return out
-        banned = [set(self.rows(ex).tolist()) if ex else set() for _, ex in queries]
-        # one search for all: deep enough for every query's k and a few of its exclusions;
-        # a query whose exclusions take more of its neighbours than that is asked again
-        # alone (`similar` searches past all of them), so each answer is `similar`'s
-        most = max(k)
-        slack = min(max(len(b) for b in banned), _SHARED_EXCLUSION_SLACK * most)
-        fetch = min(most + 1 + slack, len(self.item_ids))
-        scores, rows = self.neighbours.search(self._factors[q_rows], fetch)
-        scores *= self._inv_norms[q_rows][:, None]
-        answers = zip(scores.tolist(), rows.tolist(), strict=True)
+        per_query = [[get(i) for i in item_ids] for item_ids, _ in queries]
+        built: list[int] = []
+        ks: list[int] = []
+        exs: list[set[int]] = []
+        for rows, (_, exclude), n in zip(per_query, queries, k, strict=True):
+            ex = set(self.rows(exclude).tolist()) if exclude else set()
+            for row in rows:
+                if row is not None:
+                    built.append(row)
+                    ks.append(n)
+                    exs.append(ex)
+        near = iter(self._near_many(built, ks, exs))
+        return [[next(near) if r is not None else [] for r in rows] for rows in per_query]
+
+    def _near_many(self, rows: list[int], k: list[int], exclude: list[set[int]]) -> list[Scored]:
+        """Per built row, its k nearest built items (never itself, nor the rows of its
+        `exclude`, nor blocked ones), best first, with cosine scores: the first k left of
+        the row's cached ranking (`_ranked`), or, where that runs out before the catalog
+        does, a search of its own past the exclusions."""
         ids = self.item_ids
-        for n, (query_rows, ban) in enumerate(zip(own, banned, strict=True)):
-            for pos, row in enumerate(query_rows):
-                if row is None:
-                    continue
-                srow, rrow = next(answers)
-                kept = [
-                    (ids[r], s)
-                    for r, s in zip(rrow, srow, strict=True)
-                    if r >= 0 and r != row and r not in ban
-                ][: k[n]]
-                if len(kept) < k[n] and fetch < len(self.item_ids):
-                    kept = self.similar([ids[row]], k=k[n], exclude=queries[n][1])[0]
-                out[n][pos] = kept
+        out: list[Scored] = []
+        rankings = self._ranked(rows, max(k, default=0))
+        for row, ranking, n, ex in zip(rows, rankings, k, exclude, strict=True):
+            kept = [
+                (ids[r], s)
+                for r, s in zip(ranking.rows.tolist(), ranking.scores.tolist(), strict=True)
+                if r >= 0 and r != row and r not in ex
+            ][:n]
+            if len(kept) < n and not ranking.whole:
+                kept = self._near_alone(row, n, ex)
+            out.append(kept)
         return out
+
+    def _ranked(self, rows: list[int], k: int) -> list[_Ranking]:
+        """Per built row, its nearest rows, best first, blocked rows left out: kept per row
+        until the blocked set changes, searched at once for the rows not kept yet, as deep
+        as `_NEAR_DEPTH` or twice the largest k asked.
+
+        An item's neighbours are asked for again and again (a bestseller's buyers), and
+        each search scans the catalog (flat) or walks the graph (HNSW); with HNSW the
+        ranking kept is the search's at that depth, the same for every later query."""
+        cache = self._near  # taken before searching: see `block`
+        kept = [cache.get(r) for r in rows]
+        missing = list(dict.fromkeys(r for r, got in zip(rows, kept, strict=True) if got is None))
+        if not missing:
+            return kept  # type: ignore[return-value]
+        count = self.neighbours.count
+        fetch = min(max(_NEAR_DEPTH, 2 * k) + 1, count)
+        scores, found = self.neighbours.search(self._factors[missing], fetch)
+        scores[found < 0] = -np.inf  # FAISS pads with -FLT_MAX, which scaling would overflow
+        scores *= self._inv_norms[missing][:, None]
+        fresh = {r: _Ranking(found[n], scores[n], fetch == count) for n, r in enumerate(missing)}
+        if len(cache) + len(fresh) > _NEAR_CACHE_MAX:
+            cache.clear()
+        cache.update(fresh)
+        return [got if got is not None else fresh[r] for r, got in zip(rows, kept, strict=True)]
+
+    def _near_alone(self, row: int, k: int, exclude: set[int]) -> Scored:
+        """`_near_many` for one row by a search of its own, past `exclude` (a loyal
+        shopper's purchases can outnumber the ranking kept)."""
+        scores, found = self.neighbours.search(self._factors[[row]], k + 1, exclude)
+        scores[found < 0] = -np.inf
+        scores *= self._inv_norms[row]
+        ids = self.item_ids
+        return [
+            (ids[r], s)
+            for r, s in zip(found[0].tolist(), scores[0].tolist(), strict=True)
+            if r >= 0 and r != row
+        ][:k]
 
     # --- shoppers -----------------------------------------------------------------------
     @property

@@ -303,3 +303,41 @@ def test_a_query_whose_exclusions_outrun_the_shared_search_still_gets_its_k(
     assert [i for i, _ in batch[0][0]] == nearest[12:15]
     for (items, exclude), got in zip(queries, batch, strict=True):
         assert got == index.similar(items, k=3, exclude=exclude)
+
+
+@pytest.mark.parametrize("depth", [3, 64])
+def test_neighbours_kept_from_an_earlier_query_answer_what_a_fresh_search_does(
+    index: LoadedIndex, depth: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An item's ranking is kept for its next query; each answer is still the first k
+    past that query's own exclusions and the blocked items, shallow kept rankings are
+    searched past, and a full cache starts over. On the flat index the answers equal a
+    fresh vector search (HNSW's depend on the depth searched)."""
+    monkeypatch.setattr("indexing.lookup._NEAR_DEPTH", depth)
+    monkeypatch.setattr("indexing.lookup._NEAR_CACHE_MAX", 5)
+    flat = not getattr(index.neighbours, "_hnsw", False)
+    ids = list(index.item_ids)
+    rng = np.random.default_rng(3)
+    index.block([ids[7]])
+    try:
+        for n in range(60):
+            item = ids[int(rng.integers(len(ids)))]
+            k = 1 + n % 9
+            exclude = {ids[int(i)] for i in rng.choice(len(ids), size=n % 14, replace=False)}
+            if n % 3 == 0:  # its whole neighbourhood: past any ranking kept
+                everyone = index.similar([item], k=len(ids))[0]
+                exclude = {i for i, _ in everyone[: 2 * k + 4]}
+            got = index.similar([item], k=k, exclude=exclude)[0]
+            assert got == index.similar_many([([item], exclude)], [k])[0][0]
+            names = [i for i, _ in got]
+            assert len(names) == k and item not in names and ids[7] not in names
+            assert not set(names) & exclude
+            assert [s for _, s in got] == sorted((s for _, s in got), reverse=True)
+            if flat:
+                fresh = index.search(index.vector(item), k=k + 1, exclude=exclude)[0]
+                expected = [(i, s) for i, s in fresh if i != item][:k]
+                assert names == [i for i, _ in expected]
+                assert np.allclose([s for _, s in got], [s for _, s in expected], atol=1e-5)
+    finally:
+        index.unblock([ids[7]])
+    assert ids[7] in [i for i, _ in index.similar([ids[6]], k=len(ids))[0]]
