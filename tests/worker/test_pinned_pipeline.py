@@ -308,3 +308,42 @@ def test_a_threads_connection_closes_when_it_ends_or_the_client_closes(
     assert living[0]._sock is None
     go_on.set()
     thread.join()
+
+
+def test_a_push_frame_before_a_reply_goes_to_the_parser_and_the_reply_is_read(
+    clients: tuple[redis.Redis, redis.Redis], key_prefix: str, pinned_reads: list[int]
+) -> None:
+    """RESP3 lets the server push frames (invalidations, maintenance notices) ahead of
+    a reply: the parser's handlers take them and the pipeline reads on."""
+    lean, stock = clients
+    key = f"{key_prefix}:tracked"
+    stock.set(key, "before")
+    pipe = lean.pipeline(transaction=False)
+    pipe.execute_command("CLIENT", "TRACKING", "ON")
+    pipe.get(key)
+    assert pipe.execute() == ["OK", "before"]
+    stock.set(key, "after")  # the server pushes an invalidation on lean's connection
+    time.sleep(0.1)
+    pipe = lean.pipeline(transaction=False)
+    pipe.get(key)
+    pipe.set(f"{key_prefix}:next", "x")
+    assert pipe.execute() == ["after", True]
+    assert pinned_reads == [2, 2]
+
+
+def test_a_read_timeout_is_redis_pys_and_drops_the_connection(
+    redis_node_url: str, key_prefix: str, pinned_reads: list[int]
+) -> None:
+    client = PinnedRedis.from_url(redis_node_url, socket_timeout=0.2, decode_responses=True)
+    try:
+        connection = client.pinned_connection()
+        pipe = client.pipeline(transaction=False)
+        pipe.set(f"{key_prefix}:k", "v")
+        pipe.blpop([f"{key_prefix}:empty"], timeout=2)  # answers after the read timeout
+        with pytest.raises(redis.TimeoutError, match="Timeout reading from"):
+            pipe.execute()
+        assert connection._sock is None  # the late reply is never read as the next one's
+        assert client.pipeline(transaction=False).get(f"{key_prefix}:k").execute() == ["v"]
+        assert pinned_reads == [2, 1]
+    finally:
+        client.close()

@@ -17,9 +17,10 @@ connection that died within the last `IDLE_CHECK_S` fails its next pipeline with
 redis-py's `ConnectionError`, which the task retries (as it retries the pipeline that
 was in flight when it died), and the one after reconnects.
 
-It is packed by the connection's packer into one buffer and sent and read with
-redis-py's `Connection` methods, so errors are redis-py's and its health check still
-pings a long-idle connection. Each reply goes through the command's response callback;
+It is packed by the connection's packer into one buffer and sent by redis-py's
+`Connection` (whose health check still pings a long-idle connection); the replies are
+read from the connection's hiredis reader and socket directly (`_reader_of`), with
+redis-py's errors. Each reply goes through the command's response callback;
 a `ResponseError` reply stays in its place and the first is raised after all are read,
 as redis-py does (a callback that raises drops the connection and raises, where
 redis-py would keep a `ResponseError` it raised in place).
@@ -36,16 +37,22 @@ with scripts to load).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _HiredisParser
+from redis._parsers.socket import SERVER_CLOSED_CONNECTION_ERROR
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
-from redis.exceptions import ResponseError
+from redis.exceptions import ConnectionError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.utils import is_os_level_timeout
 
 __all__ = ["IDLE_CHECK_S", "PinnedPipeline", "PinnedRedis"]
 
@@ -156,7 +163,6 @@ class PinnedPipeline(redis.client.Pipeline):
     def _send_and_read(
         self, connection: Any, commands: list[tuple[tuple[Any, ...], dict[str, Any]]]
     ) -> list[Any]:
-        read = connection.read_response
         callbacks: Any = self.response_callbacks
         replies: list[Any] = []
         try:
@@ -164,11 +170,11 @@ class PinnedPipeline(redis.client.Pipeline):
             # split it at 6 kB, ~0.25 us a command in Python that the socket does not need
             pack = connection._command_packer.pack
             connection.send_packed_command([b"".join([c for a, _ in commands for c in pack(*a)])])
+            read = _reader_of(connection)
             for args, options in commands:
-                try:
-                    reply = read(disable_decoding=True) if NEVER_DECODE in options else read()
-                except ResponseError as exc:
-                    replies.append(options.get(EMPTY_RESPONSE, exc))
+                reply = read(NEVER_DECODE in options)
+                if isinstance(reply, ResponseError):
+                    replies.append(options.get(EMPTY_RESPONSE, reply))
                     continue
                 callback = callbacks.get(args[0])
                 if callback is not None:
@@ -179,4 +185,62 @@ class PinnedPipeline(redis.client.Pipeline):
         except BaseException:
             connection.disconnect()  # the replies not read would answer the next pipeline
             raise
+        if connection.health_check_interval:
+            connection.next_health_check = time.monotonic() + connection.health_check_interval
         return replies
+
+
+def _reader_of(connection: Any) -> Callable[[bool], Any]:
+    """Reads the next reply on `connection` (undecoded when asked) as its
+    `read_response` would, but returns a `ResponseError` reply instead of raising it:
+    straight from hiredis's reader and the socket when the connection parses with
+    redis-py's hiredis parser (its `read_response` and the connection's cost ~1.5 us a
+    reply in Python), through `read_response` otherwise. Errors are redis-py's: a read
+    timeout is its `TimeoutError`, a socket error or a closed connection its
+    `ConnectionError`, and a push frame goes to the parser's handlers."""
+    if type(connection._parser) is not _HiredisParser:
+        return functools.partial(_read_response, connection)
+    parser: Any = connection._parser  # typed by the stubs narrower than it is
+    push_type = parser._hiredis_PushNotificationType
+
+    def read(undecoded: bool) -> Any:
+        reader, sock = parser._reader, connection._sock
+        if reader is None or sock is None:
+            raise ConnectionError(SERVER_CLOSED_CONNECTION_ERROR)
+        reply = reader.gets(False) if undecoded else reader.gets()
+        while reply is NOT_ENOUGH_DATA:
+            try:
+                got = sock.recv_into(parser._buffer)
+            except TimeoutError as exc:
+                if is_os_level_timeout(exc):  # ETIMEDOUT from the OS: the connection is dead
+                    raise ConnectionError(f"Error while reading from socket: {exc.args}") from exc
+                raise RedisTimeoutError(f"Timeout reading from {connection._host_error()}") from exc
+            except OSError as exc:
+                raise ConnectionError(
+                    f"Error while reading from {connection._host_error()} : {exc.args}"
+                ) from exc
+            if not got:
+                raise ConnectionError(SERVER_CLOSED_CONNECTION_ERROR)
+            reader.feed(parser._buffer, 0, got)
+            reply = reader.gets(False) if undecoded else reader.gets()
+        if push_type is not None and isinstance(reply, push_type):
+            parser.handle_push_response(reply)
+            return _read_response(connection, undecoded)  # the reply it came before
+        if isinstance(reply, ConnectionError):  # e.g. LOADING: raised, as the parser does
+            raise reply
+        if isinstance(reply, list) and reply and isinstance(reply[0], ConnectionError):
+            raise reply[0]
+        return reply
+
+    return read
+
+
+def _read_response(connection: Any, undecoded: bool) -> Any:
+    try:
+        return (
+            connection.read_response(disable_decoding=True)
+            if undecoded
+            else connection.read_response()
+        )
+    except ResponseError as exc:
+        return exc
