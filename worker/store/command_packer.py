@@ -44,12 +44,23 @@ class _CommandPacker:
 
     def pack(self, *args: Any) -> list[bytes | memoryview]:
         name = args[0]
-        if isinstance(name, str) and name.split() == [name]:
+        if name in _ONE_WORD or (isinstance(name, str) and _is_one_word(name)):
             try:
                 return [hiredis.pack_command(args)]
             except TypeError:
                 pass
         return self._fallback(*args)
+
+
+_ONE_WORD: set[str] = set()  # names met that are one word: a set lookup, not a split
+
+
+def _is_one_word(name: str) -> bool:
+    if name.split() != [name]:
+        return False
+    if len(_ONE_WORD) < 1024:  # names come from code, but bound it all the same
+        _ONE_WORD.add(name)
+    return True
 
 
 PACKER = _CommandPacker()

@@ -129,7 +129,14 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def _is_himport(name: Any) -> bool:
     """HIMPORT's subcommands are queued as one name ("HIMPORT SET"), in any case."""
     text = name if isinstance(name, str) else str(name, "utf-8", "replace")
-    return text[:7].upper() == "HIMPORT"
+    if text[:7].upper() == "HIMPORT":
+        return True
+    if len(_NOT_HIMPORT) < 1024:  # names come from code, but bound it all the same
+        _NOT_HIMPORT.add(name)
+    return False
+
+
+_NOT_HIMPORT: set[Any] = set()  # command names met that are not HIMPORT's
 
 
 class PinnedPipeline(redis.client.Pipeline):
@@ -147,7 +154,8 @@ class PinnedPipeline(redis.client.Pipeline):
         plain = not (self._in_transaction or self.explicit_transaction or self.watching)
         if not commands or not plain or self.scripts or self.connection is not None:
             return super().execute(raise_on_error)
-        if any(_is_himport(args[0]) for args, _ in commands):
+        names = {args[0] for args, _ in commands}
+        if not names <= _NOT_HIMPORT and any(_is_himport(name) for name in names):
             return super().execute(raise_on_error)
         connection = self._client.pinned_connection()
         if connection._resp2_fallback:
