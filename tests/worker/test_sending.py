@@ -22,7 +22,7 @@ from tests.worker.realtime import (
     rule,
 )
 from worker.delivery.outbox import MessageRecord
-from worker.delivery.requests import DeliveryRequest
+from worker.delivery.requests import DeliveryRequest, FreshMessage
 from worker.policy.contact import holdout_bucket
 from worker.policy.jobs import FireJob
 from worker.rules import Rule
@@ -364,9 +364,15 @@ def test_quiet_hours_do_not_hold_a_transactional_message_at_send_time(
     assert len(gateways.accepted("fcm")) == 1
 
 
+@pytest.mark.parametrize("guess", ["none", "every device", "stale"])
 def test_a_device_now_registered_to_another_shopper_is_skipped_and_taken_off_the_list(
-    shop: tuple[Runtime, list[Any]], gateways: Gateways
+    shop: tuple[Runtime, list[Any]],
+    gateways: Gateways,
+    guess: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Whether the owners are read with the re-check (the devices the firing saw, handed
+    over with a message it just stored), partly, or after it (a deliver task)."""
     rt, _ = shop
     now = time.time()
     user = shopper(rt, gateways, "own", now)  # device: the FCM target token
@@ -377,9 +383,35 @@ def test_a_device_now_registered_to_another_shopper_is_skipped_and_taken_off_the
     register(rt, "someone-else", "fcm", gateways.targets["fcm"], now + 1)
     assert shared in rt.contacts.devices(user)  # no owner was left to move it from
     mid = fire_post_purchase(rt, user, "b0-1", now + 2)
+    [(record, _)] = rt.outbox.load_many([mid])
+    assert record is not None
+    devices = {
+        "none": None,
+        "every device": (shared, device_id("fcm", kept)),
+        "stale": (shared, "a-device-removed-since"),
+    }[guess]
+    fresh = None if devices is None else {mid: FreshMessage(record, devices)}
+    owner_reads: list[set[str]] = []
+    real_owners = rt.contacts.owners
 
-    [outcome] = rt.sender().deliver_many([DeliveryRequest(mid)], now + 3)
+    def owners(ids: list[str], pipe: Any) -> None:
+        owner_reads.append(set(ids))
+        real_owners(ids, pipe)
 
+    monkeypatch.setattr(rt.contacts, "owners", owners)
+
+    [outcome] = rt.sender().deliver_many([DeliveryRequest(mid)], now + 3, "task", fresh)
+
+    # the owners the re-check's trip did not read come in a trip of their own
+    both = {shared, device_id("fcm", kept)}
+    assert (
+        owner_reads
+        == {
+            "none": [set(), both],
+            "every device": [both],
+            "stale": [set(devices or ()), {device_id("fcm", kept)}],
+        }[guess]
+    )
     assert (outcome["action"], outcome["delivered"]) == ("sent", 1)
     assert [r["message"]["token"] for r in gateways.accepted("fcm")] == [kept]
     assert set(rt.contacts.devices(user)) == {device_id("fcm", kept)}

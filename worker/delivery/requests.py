@@ -1,14 +1,16 @@
 """What a `pushrec.deliver` task asks for and what each request came to.
 
 `DeliveryRequest` is one message to deliver (its kwargs are the deliver task's contract
-inside pushrec); `DeliveryOutcome` is what `MessageSender.deliver_many` returns for it.
+inside pushrec); `DeliveryOutcome` is what `MessageSender.deliver_many` returns for it;
+`FreshMessage` what a firing hands over of a message it has just stored.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NamedTuple, TypedDict
 
+from worker.delivery.outbox import MessageRecord
 from worker.shoppers.inputs import InvalidInput
 
 
@@ -55,6 +57,16 @@ class DeliveryRequest:
         if self.only is not None:
             again["devices"] = list(self.only)
         return again
+
+
+class FreshMessage(NamedTuple):
+    """A message its firing has just stored, handed to delivery in the same task: the
+    record (not read back) and the shopper's active devices as the firing read them
+    (their owners are read with the send-time re-check; a device added since costs
+    one more round trip)."""
+
+    record: MessageRecord
+    devices: tuple[str, ...]
 
 
 DeliveryAction = Literal[

@@ -38,7 +38,7 @@ from push.messages import Channel, Priority
 from worker.contract import DELIVER
 from worker.delivery.outbox import SETTLED, MessageRecord, Outbox
 from worker.delivery.push_runtime import PushRuntime
-from worker.delivery.requests import DeliveryOutcome, DeliveryRequest
+from worker.delivery.requests import DeliveryOutcome, DeliveryRequest, FreshMessage
 from worker.policy.contact import ContactPolicy
 from worker.policy.kinds import KINDS
 from worker.rules import Rule, enabled_rules
@@ -126,13 +126,13 @@ class MessageSender:
         requests: Sequence[DeliveryRequest],
         now: float,
         owner: str = "",
-        stored: Mapping[str, MessageRecord] | None = None,
+        fresh: Mapping[str, FreshMessage] | None = None,
     ) -> list[DeliveryOutcome]:
         """Deliver each request; one round trip per stage for the whole batch (load,
-        re-check, device owners, reserve caps and claim devices, settle) and every send
-        concurrent over the thread's gateway connections. `owner` (the task id) claims
-        each device send atomically. `stored`: records the caller has just stored (queued,
-        so not loaded again)."""
+        re-check, reserve caps and claim devices, settle) and every send concurrent over
+        the thread's gateway connections. `owner` (the task id) claims each device send
+        atomically. `fresh`: messages the caller has just stored (queued, so not loaded
+        again), by id."""
         owner = owner or f"local-{id(self):x}"
         results: dict[str, DeliveryOutcome] = {}
         live: list[_Delivery] = []
@@ -140,14 +140,17 @@ class MessageSender:
         for r in requests:  # a message named twice is delivered once, as first asked
             first.setdefault(r.message_id, r)
         unique = list(first.values())
-        known = stored or {}
+        known = fresh or {}
         rest = iter(
             self._outbox.load_many([r.message_id for r in unique if r.message_id not in known])
         )
         loaded = [
-            (known[r.message_id], {"state": "queued"}) if r.message_id in known else next(rest)
+            (known[r.message_id].record, {"state": "queued"})
+            if r.message_id in known
+            else next(rest)
             for r in unique
         ]
+        guesses = {mid: m.devices for mid, m in known.items()}
         missing: list[str] = []
         for request, (record, state) in zip(unique, loaded, strict=True):
             mid = request.message_id
@@ -164,7 +167,7 @@ class MessageSender:
             self._outbox.unqueue(missing, unqueue)
             unqueue.execute()
 
-        held, first_tries = self._recheck(live, now)
+        held, first_tries = self._recheck(live, now, guesses)
         live = [d for d in live if id(d) not in {id(h) for h in held}]
         capped = self._reserve_and_claim(live, first_tries, owner, now)
         held += capped
@@ -187,32 +190,36 @@ class MessageSender:
         return list(await asyncio.gather(*(send(m, attempt) for m, attempt in messages)))
 
     def _recheck(
-        self, live: Sequence[_Delivery], now: float
+        self, live: Sequence[_Delivery], now: float, guesses: Mapping[str, Sequence[str]]
     ) -> tuple[list[_Delivery], list[_Delivery]]:
         """Set each delivery's target devices, or its result if the message must not go
         out now (returned): suppressed (rule disabled, consent withdrawn, items bought or
         sold out or pushed by another message since) or deferred (the shopper's quiet
         hours, as they are now, hold it); and the first tries, whose caps are reserved with
-        the device claims (`_reserve_and_claim`)."""
+        the device claims (`_reserve_and_claim`). `guesses`: per message id, the devices
+        its shopper is likely to have, whose owners are read with the rest."""
         pipe = self._client.pipeline(transaction=False)  # every read, one round trip
-        for d in live:
+        guessed = [guesses.get(d.record.id, ()) for d in live]
+        for d, likely in zip(live, guessed, strict=True):
             d.reads.queue(pipe, self._keys, d.record.user_id)
             for item in d.record.items:
                 pipe.hget(self._keys.item(item).item, "stock")
             self._policy.queue_pushed(pipe, d.record.user_id, d.record.created_at)
+            self._contacts.owners(list(likely), pipe)
         replies = iter(pipe.execute() if live else [])
         read = [
             (
                 d.reads.parse(d.record.user_id, replies),
                 [next(replies) for _ in d.record.items],
                 set(next(replies)),
+                {device_id: next(replies) for device_id in likely},
             )
-            for d in live
+            for d, likely in zip(live, guessed, strict=True)
         ]
-        owned = self._owned_devices(live, [shopper for shopper, _, _ in read])
+        owned = self._owned_devices(live, [(shopper, owners) for shopper, _, _, owners in read])
         held: list[_Delivery] = []
         first_tries: list[_Delivery] = []
-        for d, (shopper, stock, pushed), devices in zip(live, read, owned, strict=True):
+        for d, (shopper, stock, pushed, _), devices in zip(live, read, owned, strict=True):
             if why_not := self._why_not(d, shopper, devices, stock, pushed):
                 d.result = {"action": "suppressed", "reason": why_not}
                 held.append(d)
@@ -228,22 +235,31 @@ class MessageSender:
         return held, first_tries
 
     def _owned_devices(
-        self, live: Sequence[_Delivery], shoppers: Sequence[Shopper]
+        self, live: Sequence[_Delivery], read: Sequence[tuple[Shopper, dict[str, str | None]]]
     ) -> list[dict[str, DeviceRecord]]:
-        """Each delivery's active devices that its shopper still owns (one round trip).
-        A device another shopper registered since goes to `d.moved`: a registration
-        moves a device in one step, but the owner key of a device can expire before the
-        shopper's list does, and lists written before that step may hold stale entries."""
-        asked = [s.active_devices() for s in shoppers]
-        pipe = self._client.pipeline(transaction=False)
-        for devices in asked:
-            self._contacts.owners(list(devices), pipe)
-        owners = iter(pipe.execute() if any(asked) else [])
+        """Each delivery's active devices that its shopper still owns, from the owners
+        read with the re-check (per delivery: device id -> owner) and, for devices not
+        among them, one more round trip. A device another shopper registered since goes
+        to `d.moved`: a registration moves a device in one step, but the owner key of a
+        device can expire before the shopper's list does, and lists written before that
+        step may hold stale entries."""
+        asked = [shopper.active_devices() for shopper, _ in read]
+        unread = [
+            [i for i in devices if i not in known]
+            for devices, (_, known) in zip(asked, read, strict=True)
+        ]
+        if any(unread):
+            pipe = self._client.pipeline(transaction=False)
+            for ids in unread:
+                self._contacts.owners(ids, pipe)
+            more = iter(pipe.execute())
+            for (_, known), ids in zip(read, unread, strict=True):
+                known.update((device_id, next(more)) for device_id in ids)
         out: list[dict[str, DeviceRecord]] = []
-        for d, devices in zip(live, asked, strict=True):
+        for d, devices, (_, owners) in zip(live, asked, read, strict=True):
             mine: dict[str, DeviceRecord] = {}
             for device_id, record in devices.items():
-                owner = next(owners)
+                owner = owners[device_id]
                 if owner is None or owner == d.record.user_id:
                     mine[device_id] = record
                 else:

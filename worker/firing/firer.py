@@ -28,6 +28,7 @@ from worker.contract import FIRE
 from worker.coupons import Coupons, IssuedCoupon, Refusal
 from worker.coupons.reminders import EXTRA_CODE
 from worker.delivery.outbox import MessageRecord, Outbox, message_id
+from worker.delivery.requests import FreshMessage
 from worker.firing.compose import Composer
 from worker.firing.index_holder import IndexHolder
 from worker.firing.recommend import (
@@ -63,9 +64,9 @@ _READS = ShopperReads(FIRE_READS | {"profile", "devices", "preferences"})
 _STATS_FIELD = {"suppress": "suppressed", "defer": "deferred", "error": "failed"}
 
 # Hands the ids of freshly queued messages to delivery, naming the task that queued them,
-# with the records this call stored (`Runtime.deliver_queued`: sent in that task, or by
+# with the messages this call stored (`Runtime.deliver_queued`: sent in that task, or by
 # deliver tasks on the push queue).
-Deliver = Callable[[list[str], str, dict[str, MessageRecord]], None]
+Deliver = Callable[[list[str], str, dict[str, FreshMessage]], None]
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class _Firing:
     defer_until: float | None = None
     held: IssuedCoupon | None = None  # a reminder's code, still the shopper's
     before: str = ""  # the state of its message before this try; "" when there is none
+    devices: tuple[str, ...] = ()  # its shopper's active devices, as read
 
 
 class Firer:
@@ -341,7 +343,9 @@ class Firer:
         dry: bool = False,
     ) -> None:
         """Run the contact policy and settle what this firing does."""
-        active = [d["channel"] for d in shopper.state.active_devices().values()]
+        devices = shopper.state.active_devices()
+        f.devices = tuple(devices)
+        active = [d["channel"] for d in devices.values()]
         verdict = self._policy.decide(
             f.rule,
             f.job.user_id,
@@ -429,14 +433,14 @@ class Firer:
         repeats = [f for f in firings if f.action == "duplicate" and f.before == "queued"]
         self._resume(repeats)
         deliver: list[str] = []
-        stored: dict[str, MessageRecord] = {}
+        fresh: dict[str, FreshMessage] = {}
         writes = self._client.pipeline(transaction=False)
         for f, (new, _, stored_now) in zip(sends, created, strict=True):
             if new and f.record is not None:
                 self._outbox.mark_queued(f.record, writes)
                 deliver.append(f.mid)
                 if stored_now:
-                    stored[f.mid] = f.record
+                    fresh[f.mid] = FreshMessage(f.record, f.devices)
                 f.decision["message"] = _message_summary(f.record)
         for f in repeats:
             if f.record is not None:
@@ -457,7 +461,7 @@ class Firer:
         self._metrics.add(decided, pipe=writes)
         writes.execute()
         if deliver:
-            self._deliver(deliver, owner, stored)
+            self._deliver(deliver, owner, fresh)
 
     def _resume(self, repeats: Sequence[_Firing]) -> None:
         """Load the messages of `repeats` (still queued by an earlier try) and settle as

@@ -23,9 +23,9 @@ from worker.contract import DELIVER, Enqueue, enqueue_batched
 from worker.coupons import Coupons
 from worker.coupons.reminders import Reminders
 from worker.delivery.gateway_config import gateway_config
-from worker.delivery.outbox import MessageRecord, Outbox
+from worker.delivery.outbox import Outbox
 from worker.delivery.push_runtime import PushRuntime
-from worker.delivery.requests import DeliveryRequest
+from worker.delivery.requests import DeliveryRequest, FreshMessage
 from worker.delivery.sender import MessageSender
 from worker.firing.firer import Firer
 from worker.firing.index_holder import IndexHolder, StoredHistory
@@ -187,7 +187,7 @@ class Runtime:
         return Runs(self.redis, self.keys, self.scripts, self.segment_query())
 
     def deliver_queued(
-        self, message_ids: list[str], owner: str, stored: dict[str, MessageRecord]
+        self, message_ids: list[str], owner: str, fresh: dict[str, FreshMessage]
     ) -> None:
         """Deliver messages just queued by the task `owner`: in that task when
         `settings.deliver_inline` (a node that consumes the push queue gains no isolation
@@ -197,14 +197,14 @@ class Runtime:
         deliver task skips that device and the scheduler's sweep sends the message after
         (the fallback itself never sends twice; a failure after a gateway took a message
         is the duplicate case every delivery has). Nothing is lost, even with the queue
-        away: the message stays queued for the sweep. `stored`:
-        the records the firing stored, which an inline delivery need not read back."""
+        away: the message stays queued for the sweep. `fresh`:
+        the messages the firing stored, which an inline delivery need not read back."""
         if self.settings.deliver_inline and owner:
             requests = [DeliveryRequest(mid) for mid in message_ids]
             for attempt in range(2):
                 try:
                     self.sender().deliver_many(
-                        requests, self.settings.now(), f"{owner}:inline", stored
+                        requests, self.settings.now(), f"{owner}:inline", fresh
                     )
                     return
                 except redis.exceptions.NoScriptError as exc:
