@@ -488,6 +488,67 @@ def test_a_worker_that_consumes_the_push_queue_sends_in_the_task_that_queued(
         assert sent["message"]["data"]["pr_mid"] == decision["message_id"]
 
 
+def test_an_inline_delivery_rechecks_with_the_firings_writes_and_reads_nothing_again(
+    settings: Settings, gateways: Gateways, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-check of a message the task just stored rides on the round trip of the
+    firing's writes; what it reads there still decides (consent withdrawn in between)."""
+    queued: list[tuple[str, dict[str, Any]]] = []
+    with _immediate_shop(settings, gateways, tmp_path, queued, inline=True) as rt:
+        sender = rt.sender()
+        read_alone: list[str] = []
+        real = sender._queue_reread
+
+        def reread(record: MessageRecord, devices: Any, pipe: Any) -> None:
+            read_alone.append(record.id)
+            real(record, devices, pipe)
+
+        sent = _purchase_fired_by(rt, shopper(rt, gateways, "ahead"), "track-task-5")
+        assert rt.outbox.state(sent["message_id"])["state"] == "sent"
+
+        withdrawn = shopper(rt, gateways, "withdrawn")
+        real_queue = sender.queue_recheck
+
+        def withdraw_first(fresh: Any, pipe: Any) -> Any:
+            # before the firing's writes go out: the re-check after them reads this
+            ingest.set_preferences(
+                rt, {"user_id": withdrawn, "consent": {"marketing": {"*": False}}}, time.time()
+            )
+            monkeypatch.setattr(sender, "_queue_reread", reread)
+            return real_queue(fresh, pipe)
+
+        monkeypatch.setattr(sender, "queue_recheck", withdraw_first)
+        held = _purchase_fired_by(rt, withdrawn, "track-task-6")
+        assert held["action"] == "queued"
+        assert rt.outbox.state(held["message_id"])["state"] == "suppressed"
+        assert read_alone == [held["message_id"]]  # queued once, with the writes
+        assert queued == [] and len(gateways.accepted("fcm")) == 1
+
+
+def test_a_recheck_read_with_the_firings_writes_that_fails_hands_the_messages_on(
+    settings: Settings, gateways: Gateways, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error in the re-check's replies is delivery's: the firing's writes stand and
+    the message goes to the push queue, as any failed inline delivery's does."""
+    queued: list[tuple[str, dict[str, Any]]] = []
+    with _immediate_shop(settings, gateways, tmp_path, queued, inline=True) as rt:
+        sender = rt.sender()
+        real_queue = sender.queue_recheck
+        rt.redis.set("not-a-hash", "x")
+
+        def failing_read(fresh: Any, pipe: Any) -> Any:
+            take = real_queue(fresh, pipe)
+            pipe.hget("not-a-hash", "f")  # WRONGTYPE, among the re-check's replies
+            return take
+
+        monkeypatch.setattr(sender, "queue_recheck", failing_read)
+        decision = _purchase_fired_by(rt, shopper(rt, gateways, "failing"), "track-task-7")
+        assert decision["action"] == "queued"
+        assert queued == [("pushrec.deliver", {"message_ids": [decision["message_id"]]})]
+        assert rt.outbox.state(decision["message_id"])["state"] == "queued"
+        assert gateways.accepted("fcm") == []
+
+
 def test_a_worker_without_the_push_queue_hands_messages_to_deliver_tasks(
     settings: Settings, gateways: Gateways, tmp_path: Path
 ) -> None:

@@ -27,9 +27,9 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import redis
 
@@ -61,6 +61,12 @@ T = TypeVar("T")
 _READ_PARTS: tuple[Part, ...] = ("devices", "preferences", "purchases")
 
 
+def _reads_of(record: MessageRecord) -> ShopperReads:
+    """The send-time re-check's reads of a message's shopper: devices, preferences, and
+    what they bought since the message was made."""
+    return ShopperReads.of(*_READ_PARTS, since=record.created_at)
+
+
 def _push_device(record: DeviceRecord) -> Device:
     channel = Channel(record["channel"])
     if channel is Channel.WEBPUSH:
@@ -83,11 +89,21 @@ class _Delivery:
     unclaim: list[str] = field(default_factory=list)  # devices claimed, then held back
     result: DeliveryOutcome = field(default_factory=lambda: DeliveryOutcome())
 
-    @property
-    def reads(self) -> ShopperReads:
-        """The send-time re-check's reads: devices, preferences, and what the shopper
-        bought since the message was made."""
-        return ShopperReads.of(*_READ_PARTS, since=self.record.created_at)
+
+class _Reread(NamedTuple):
+    """What the send-time re-check reads of a message's shopper: the shopper (devices,
+    preferences, purchases since the message was made), each item's stock, the items
+    pushed to them since, and the owners read of their likely devices."""
+
+    shopper: Shopper
+    stock: list[str | None]
+    pushed: set[str]
+    owners: dict[str, str | None]
+
+
+# Reads a caller's round trip made for the re-check of fresh messages: from its replies,
+# each message's `_Reread`, by id (`MessageSender.queue_recheck`).
+ReadAhead = Callable[[], dict[str, _Reread]]
 
 
 class MessageSender:
@@ -127,12 +143,14 @@ class MessageSender:
         now: float,
         owner: str = "",
         fresh: Mapping[str, FreshMessage] | None = None,
+        read_ahead: ReadAhead | None = None,
     ) -> list[DeliveryOutcome]:
         """Deliver each request; one round trip per stage for the whole batch (load,
         re-check, reserve caps and claim devices, settle) and every send concurrent over
         the thread's gateway connections. `owner` (the task id) claims each device send
         atomically. `fresh`: messages the caller has just stored (queued, so not loaded
-        again), by id."""
+        again), by id; `read_ahead`: their re-check, read in a round trip of the caller's
+        (`queue_recheck`)."""
         owner = owner or f"local-{id(self):x}"
         results: dict[str, DeliveryOutcome] = {}
         live: list[_Delivery] = []
@@ -167,7 +185,7 @@ class MessageSender:
             self._outbox.unqueue(missing, unqueue)
             unqueue.execute()
 
-        held, first_tries = self._recheck(live, now, guesses)
+        held, first_tries = self._recheck(live, now, guesses, read_ahead() if read_ahead else {})
         live = [d for d in live if id(d) not in {id(h) for h in held}]
         capped = self._reserve_and_claim(live, first_tries, owner, now)
         held += capped
@@ -189,34 +207,76 @@ class MessageSender:
         send = self._push.deliverer.send
         return list(await asyncio.gather(*(send(m, attempt) for m, attempt in messages)))
 
+    def queue_recheck(
+        self, fresh: Mapping[str, FreshMessage], pipe: StatePipeline
+    ) -> Callable[[Iterator[Any]], ReadAhead]:
+        """Queue the send-time re-check of messages just stored into a round trip the
+        caller makes anyway (a firing's writes: the reads come after them, as a re-check
+        of its own would). Give what it returns the replies from where these begin, and
+        hand the result to `deliver_many` as `read_ahead`; the replies are parsed there."""
+        queued = [(m.record, m.devices) for m in fresh.values()]
+        for record, devices in queued:
+            self._queue_reread(record, devices, pipe)
+
+        def take(replies: Iterator[Any]) -> ReadAhead:
+            def read() -> dict[str, _Reread]:
+                got = list(replies)
+                for reply in got:  # raised as a re-check of its own would raise it
+                    if isinstance(reply, Exception):
+                        raise reply
+                ordered = iter(got)
+                return {r.id: self._parse_reread(r, d, ordered) for r, d in queued}
+
+            return read
+
+        return take
+
+    def _queue_reread(
+        self, record: MessageRecord, devices: Sequence[str], pipe: StatePipeline
+    ) -> None:
+        _reads_of(record).queue(pipe, self._keys, record.user_id)
+        for item in record.items:
+            pipe.hget(self._keys.item(item).item, "stock")
+        self._policy.queue_pushed(pipe, record.user_id, record.created_at)
+        self._contacts.owners(list(devices), pipe)
+
+    def _parse_reread(
+        self, record: MessageRecord, devices: Sequence[str], replies: Iterator[Any]
+    ) -> _Reread:
+        return _Reread(
+            _reads_of(record).parse(record.user_id, replies),
+            [next(replies) for _ in record.items],
+            set(next(replies)),
+            {device_id: next(replies) for device_id in devices},
+        )
+
     def _recheck(
-        self, live: Sequence[_Delivery], now: float, guesses: Mapping[str, Sequence[str]]
+        self,
+        live: Sequence[_Delivery],
+        now: float,
+        guesses: Mapping[str, Sequence[str]],
+        read_ahead: Mapping[str, _Reread],
     ) -> tuple[list[_Delivery], list[_Delivery]]:
         """Set each delivery's target devices, or its result if the message must not go
         out now (returned): suppressed (rule disabled, consent withdrawn, items bought or
         sold out or pushed by another message since) or deferred (the shopper's quiet
         hours, as they are now, hold it); and the first tries, whose caps are reserved with
         the device claims (`_reserve_and_claim`). `guesses`: per message id, the devices
-        its shopper is likely to have, whose owners are read with the rest."""
-        pipe = self._client.pipeline(transaction=False)  # every read, one round trip
-        guessed = [guesses.get(d.record.id, ()) for d in live]
-        for d, likely in zip(live, guessed, strict=True):
-            d.reads.queue(pipe, self._keys, d.record.user_id)
-            for item in d.record.items:
-                pipe.hget(self._keys.item(item).item, "stock")
-            self._policy.queue_pushed(pipe, d.record.user_id, d.record.created_at)
-            self._contacts.owners(list(likely), pipe)
-        replies = iter(pipe.execute() if live else [])
-        read = [
-            (
-                d.reads.parse(d.record.user_id, replies),
-                [next(replies) for _ in d.record.items],
-                set(next(replies)),
-                {device_id: next(replies) for device_id in likely},
-            )
-            for d, likely in zip(live, guessed, strict=True)
-        ]
-        owned = self._owned_devices(live, [(shopper, owners) for shopper, _, _, owners in read])
+        its shopper is likely to have, whose owners are read with the rest; `read_ahead`:
+        the reads of messages the caller's round trip made."""
+        ahead = [d for d in live if d.record.id in read_ahead]
+        now_read = [d for d in live if d.record.id not in read_ahead]
+        pipe = self._client.pipeline(transaction=False)  # every other read, one round trip
+        guessed = [guesses.get(d.record.id, ()) for d in now_read]
+        for d, likely in zip(now_read, guessed, strict=True):
+            self._queue_reread(d.record, likely, pipe)
+        replies = iter(pipe.execute() if now_read else [])
+        reread = {
+            id(d): self._parse_reread(d.record, likely, replies)
+            for d, likely in zip(now_read, guessed, strict=True)
+        } | {id(d): read_ahead[d.record.id] for d in ahead}
+        read = [reread[id(d)] for d in live]
+        owned = self._owned_devices(live, [(r.shopper, r.owners) for r in read])
         held: list[_Delivery] = []
         first_tries: list[_Delivery] = []
         for d, (shopper, stock, pushed, _), devices in zip(live, read, owned, strict=True):

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar
 
 from indexing import LoadedIndex
 from push import fingerprint
@@ -29,6 +29,7 @@ from worker.coupons import Coupons, IssuedCoupon, Refusal
 from worker.coupons.reminders import EXTRA_CODE
 from worker.delivery.outbox import MessageRecord, Outbox, message_id
 from worker.delivery.requests import FreshMessage
+from worker.delivery.sender import ReadAhead
 from worker.firing.compose import Composer
 from worker.firing.index_holder import IndexHolder
 from worker.firing.recommend import (
@@ -63,10 +64,28 @@ _READS = ShopperReads(FIRE_READS | {"profile", "devices", "preferences"})
 # The rule-stats field each action counts under (others: the action's own name).
 _STATS_FIELD = {"suppress": "suppressed", "defer": "deferred", "error": "failed"}
 
-# Hands the ids of freshly queued messages to delivery, naming the task that queued them,
-# with the messages this call stored (`Runtime.deliver_queued`: sent in that task, or by
-# deliver tasks on the push queue).
-Deliver = Callable[[list[str], str, dict[str, FreshMessage]], None]
+
+class Delivery(Protocol):
+    """Where fired messages go (`Runtime`): sent in the task that fired them, or by
+    deliver tasks on the push queue."""
+
+    def queue_recheck(
+        self, fresh: Mapping[str, FreshMessage], owner: str, pipe: StatePipeline
+    ) -> Callable[[Iterator[Any]], ReadAhead] | None:
+        """Queue the send-time re-check of messages just stored, when the task `owner`
+        sends them itself, in the round trip of the firing's writes."""
+        ...
+
+    def deliver_queued(
+        self,
+        message_ids: list[str],
+        owner: str,
+        fresh: Mapping[str, FreshMessage],
+        read_ahead: ReadAhead | None = None,
+    ) -> None:
+        """Hand freshly queued messages to delivery, naming the task that queued them,
+        with the messages this call stored and what `queue_recheck` read of them."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -117,7 +136,7 @@ class Firer:
         audit: Audit,
         delayed: DelayedJobs,
         index: IndexHolder | None,
-        deliver: Deliver,
+        delivery: Delivery,
         metrics: Metrics,
         coupons: Coupons,
     ) -> None:
@@ -132,7 +151,7 @@ class Firer:
         self._audit = audit
         self._delayed = delayed
         self._index = index
-        self._deliver = deliver
+        self._delivery = delivery
         self._metrics = metrics
         self._coupons = coupons
         self._composer = Composer(settings.all_rules, settings.currency)
@@ -459,9 +478,15 @@ class Firer:
         for (rule, name), n in stats.items():
             self._audit.count(rule, name, n, pipe=writes)
         self._metrics.add(decided, pipe=writes)
-        writes.execute()
-        if deliver:
-            self._deliver(deliver, owner, fresh)
+        own = len(writes)
+        recheck = self._delivery.queue_recheck(fresh, owner, writes) if deliver else None
+        replies = writes.execute(raise_on_error=False)
+        for reply in replies[:own]:  # the writes' errors are the task's to retry
+            if isinstance(reply, Exception):
+                raise reply
+        if deliver:  # the re-check's, delivery's to handle (parsed there)
+            read_ahead = recheck(iter(replies[own:])) if recheck is not None else None
+            self._delivery.deliver_queued(deliver, owner, fresh, read_ahead)
 
     def _resume(self, repeats: Sequence[_Firing]) -> None:
         """Load the messages of `repeats` (still queued by an earlier try) and settle as

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ from worker.delivery.gateway_config import gateway_config
 from worker.delivery.outbox import Outbox
 from worker.delivery.push_runtime import PushRuntime
 from worker.delivery.requests import DeliveryRequest, FreshMessage
-from worker.delivery.sender import MessageSender
+from worker.delivery.sender import MessageSender, ReadAhead
 from worker.firing.firer import Firer
 from worker.firing.index_holder import IndexHolder, StoredHistory
 from worker.firing.index_store import open_index_store
@@ -40,7 +41,7 @@ from worker.shoppers.contacts import Contacts
 from worker.shoppers.inputs import Limits
 from worker.shoppers.segment_index import SegmentIndex
 from worker.shoppers.state import StateStore
-from worker.store.client import StateRedis, connect_state
+from worker.store.client import StatePipeline, StateRedis, connect_state
 from worker.store.dead_letters import DeadLetters
 from worker.store.delayed import DelayedJobs
 from worker.store.errors import TRANSIENT, describe
@@ -174,8 +175,8 @@ class Runtime:
             if self._firer is None:
                 self._firer = Firer(
                     self.redis, self.keys, self.settings, self.state, self.catalog, self.policy,
-                    self.outbox, self.audit, self.delayed, index, self.deliver_queued,
-                    self.metrics, self.coupons,
+                    self.outbox, self.audit, self.delayed, index, self, self.metrics,
+                    self.coupons,
                 )  # fmt: skip
             return self._firer
 
@@ -186,8 +187,26 @@ class Runtime:
         """Campaign runs (cheap to build: no index, no gateway)."""
         return Runs(self.redis, self.keys, self.scripts, self.segment_query())
 
+    def queue_recheck(
+        self, fresh: Mapping[str, FreshMessage], owner: str, pipe: StatePipeline
+    ) -> Callable[[Iterator[Any]], ReadAhead] | None:
+        """Where the task `owner` will deliver messages it has just stored itself
+        (`deliver_queued`), queue their send-time re-check in `pipe`, the round trip of
+        the firing's writes (`MessageSender.queue_recheck`), and return what reads it."""
+        if not (self.settings.deliver_inline and owner and fresh):
+            return None
+        try:
+            sender = self.sender()
+        except Exception:  # `deliver_queued` meets it again, and queues the messages
+            return None
+        return sender.queue_recheck(fresh, pipe)
+
     def deliver_queued(
-        self, message_ids: list[str], owner: str, fresh: dict[str, FreshMessage]
+        self,
+        message_ids: list[str],
+        owner: str,
+        fresh: Mapping[str, FreshMessage],
+        read_ahead: ReadAhead | None = None,
     ) -> None:
         """Deliver messages just queued by the task `owner`: in that task when
         `settings.deliver_inline` (a node that consumes the push queue gains no isolation
@@ -198,13 +217,14 @@ class Runtime:
         (the fallback itself never sends twice; a failure after a gateway took a message
         is the duplicate case every delivery has). Nothing is lost, even with the queue
         away: the message stays queued for the sweep. `fresh`:
-        the messages the firing stored, which an inline delivery need not read back."""
+        the messages the firing stored, which an inline delivery need not read back;
+        `read_ahead`: their re-check, read with the firing's writes (`queue_recheck`)."""
         if self.settings.deliver_inline and owner:
             requests = [DeliveryRequest(mid) for mid in message_ids]
             for attempt in range(2):
                 try:
                     self.sender().deliver_many(
-                        requests, self.settings.now(), f"{owner}:inline", fresh
+                        requests, self.settings.now(), f"{owner}:inline", fresh, read_ahead
                     )
                     return
                 except redis.exceptions.NoScriptError as exc:
@@ -213,6 +233,7 @@ class Runtime:
                     # rather than leave claimed devices to the sweep
                     if attempt == 0:
                         self.scripts.load(self.redis)
+                        read_ahead = None  # read again, with the scripts back
                         continue
                     self._inline_failed(message_ids, exc)
                 except Exception as exc:
