@@ -549,6 +549,37 @@ def test_a_recheck_read_with_the_firings_writes_that_fails_hands_the_messages_on
         assert gateways.accepted("fcm") == []
 
 
+@pytest.mark.parametrize("event_type", ["purchase", "view"])
+def test_side_effects_that_fail_leave_the_event_pending_whether_a_rule_fires_or_not(
+    settings: Settings, gateways: Gateways, tmp_path: Path, event_type: str
+) -> None:
+    """An event's side effects ride on the firing's first round trip when its rule
+    fires at once (a purchase here), and go alone before the pending mark otherwise (a
+    view): either way a failed one leaves the event pending, and the task's retry
+    writes it and fires once."""
+    queued: list[tuple[str, dict[str, Any]]] = []
+    with _immediate_shop(settings, gateways, tmp_path, queued, inline=True) as rt:
+        user = shopper(rt, gateways, f"effects-{event_type}")
+        log_key = rt.keys.interaction_log(rt.keys.shard(user))
+        rt.redis.set(log_key, "not a stream")  # its XADD fails
+        now = time.time()
+        event = {"event_id": f"e-{user}", "user_id": user, "type": event_type,
+                 "item_id": "b0-1", "ts": now}  # fmt: skip
+        with pytest.raises(redis.ResponseError):
+            ingest.track_one(rt, event, now, "task-e")
+        pending = rt.keys.user(user).pending_events
+        assert rt.redis.hkeys(pending) == [event["event_id"]]
+        assert gateways.accepted("fcm") == []
+
+        rt.redis.delete(log_key)
+        assert ingest.track_one(rt, event, now, "task-e")["applied"] == 0  # resumed
+        assert rt.redis.hkeys(pending) == []
+        [entry] = rt.redis.xrange(log_key)
+        assert entry[1]["event_id"] == event["event_id"]
+        fired = 1 if event_type == "purchase" else 0
+        assert len(gateways.accepted("fcm")) == fired and queued == []
+
+
 def test_a_worker_without_the_push_queue_hands_messages_to_deliver_tasks(
     settings: Settings, gateways: Gateways, tmp_path: Path
 ) -> None:

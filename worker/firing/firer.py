@@ -157,19 +157,24 @@ class Firer:
         self._composer = Composer(settings.all_rules, settings.currency)
 
     # --- reading the shoppers -----------------------------------------------------------
-    def _read(self, firings: Sequence[_Firing], now: float) -> list[_Shopper]:
+    def _read(
+        self, firings: Sequence[_Firing], now: float, ahead: StatePipeline | None = None
+    ) -> list[_Shopper]:
         """Everything firing reads of each shopper, for the whole batch in one round trip,
         and the catalog's change feed (so the catalog reads after it need no round trip
-        when the entries are cached)."""
+        when the entries are cached). `ahead`: the caller's writes, sent first in that
+        round trip (alone when there is nothing to read)."""
+        pipe = ahead if ahead is not None else self._client.pipeline(transaction=False)
+        theirs = len(pipe)
         if not firings:
+            pipe.execute()  # an empty pipeline makes no round trip
             return []
-        pipe = self._client.pipeline(transaction=False)
         feed_since = self._catalog.queue_feed(pipe)  # `_choose` reads the catalog as of now
         for f in firings:
             self._outbox.queue_state_read(f.mid, pipe)
             _READS.queue(pipe, self._keys, f.job.user_id)
             self._policy.queue_reads(pipe, f.rule, f.job.user_id, f.mid, now)
-        replies = iter(pipe.execute())
+        replies = iter(pipe.execute()[theirs:])
         self._catalog.apply_feed(feed_since, next(replies), next(replies))
         shoppers = []
         for f in firings:
@@ -186,13 +191,21 @@ class Firer:
         return shoppers
 
     # --- firing -----------------------------------------------------------------------
-    def fire_many(self, jobs: Sequence[FireJob], now: float, owner: str = "") -> list[Decision]:
+    def fire_many(
+        self,
+        jobs: Sequence[FireJob],
+        now: float,
+        owner: str = "",
+        ahead: StatePipeline | None = None,
+    ) -> list[Decision]:
         """Fire each job's rule for its shopper, returning each one's decision. A batch
         of events or a fan-out costs one round trip per stage (read, catalog, create,
         write), not one per job, and its messages go to delivery together, named by
         `owner` (the id of the task firing them). A job that fails with an unexpected
-        error is recorded as `error` and changes nothing for the others."""
-        results, firings = self._decide_all(jobs, now)
+        error is recorded as `error` and changes nothing for the others. `ahead`: writes
+        of the caller's that must land first: sent with the first round trip (and the
+        pipeline then empty for the caller's further use)."""
+        results, firings = self._decide_all(jobs, now, ahead=ahead)
         self._write(firings, now, owner)
         return results
 
@@ -215,10 +228,15 @@ class Firer:
         return out
 
     def _decide_all(
-        self, jobs: Sequence[FireJob], now: float, *, dry: bool = False
+        self,
+        jobs: Sequence[FireJob],
+        now: float,
+        *,
+        dry: bool = False,
+        ahead: StatePipeline | None = None,
     ) -> tuple[list[Decision], list[_Firing]]:
         """Each job's decision (in order) and the firings decided: everything up to the
-        writes (`dry`: a coupon is priced, not issued)."""
+        writes (`dry`: a coupon is priced, not issued; `ahead`: see `fire_many`)."""
         results: list[Decision] = []
         firings: list[_Firing] = []
         seen: set[str] = set()
@@ -241,7 +259,7 @@ class Firer:
             firings.append(_Firing(job, rule, mid, decision))
             results.append(decision)
 
-        shoppers = self._read(firings, now)
+        shoppers = self._read(firings, now, ahead)
         firings, shoppers = _drop_unknown(firings, shoppers)
         for f in firings:
             if f.before:  # an earlier try queued its message; what it decided stands

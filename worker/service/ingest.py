@@ -62,7 +62,12 @@ def track(
 
     attribution = rt.audit.attribution(events)
     result = rt.state.apply_events(
-        events, now, delivery_id, FollowUp(ACTIVITY, index_activity), also_read=attribution
+        events,
+        now,
+        delivery_id,
+        FollowUp(ACTIVITY, index_activity),
+        also_read=attribution,
+        carry_side_effects=True,  # they ride on the first round trip of the reactions
     )
     rt.metrics.add(rt.audit.credit(attribution, result.fresh))
     checkout.redeem_purchases(rt, result.fresh)
@@ -87,23 +92,26 @@ def schedule(
 ) -> bool:
     """React to triggers: fire the due ones here and now (a queue hop would cost a task
     and its wait; firing is idempotent by message id), park the rest, and big fan-outs,
-    in the delayed set until due (in `pipe`, which the caller runs). `delivery_id`: the
-    task doing it, which delivers what it fires where the worker sends inline. Returns
-    whether it parked any: then `pipe` holds work that must land before the events'
-    pending marks are cleared (`StateStore.react_and_confirm`)."""
+    in the delayed set until due (in `pipe`, which the caller runs, and which may hold
+    writes of the caller's that must land before it goes on: the firing sends them all
+    with its first round trip). `delivery_id`: the task doing it, which delivers what it
+    fires where the worker sends inline. Returns whether `pipe` still holds such work,
+    the caller's or parked jobs: then it must land before the events' pending marks
+    are cleared (`StateStore.react_and_confirm`)."""
     inline = len(triggers) <= _INLINE_MAX
     due_now = []
-    parked = False
+    unsent = len(pipe) > 0
     for trigger in triggers:
         if inline and trigger.due <= now:
             due_now.append(trigger.fire_job())
         else:
             rt.delayed.schedule(trigger.job(), trigger.due, pipe=pipe)
-            parked = True
+            unsent = True
     if due_now:
-        rt.firer().fire_many(due_now, now, delivery_id)
+        rt.firer().fire_many(due_now, now, delivery_id, ahead=pipe)
+        unsent = False
     rt.metrics.add({"rules.triggered": len(triggers)}, pipe=pipe)
-    return parked
+    return unsent
 
 
 def track_one(rt: Runtime, event: Any, now: float, delivery_id: str) -> dict[str, int]:

@@ -81,10 +81,13 @@ class BatchReads(Protocol):
 
 @dataclass
 class ApplyResult:
-    """What `apply_events` did with each event, by position."""
+    """What `apply_events` did with each event, by position; `side_effects`: their
+    writes, queued and not yet sent, when the caller carries them (`react_and_confirm`
+    sends them)."""
 
     statuses: list[int] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    side_effects: StatePipeline | None = None
 
     @property
     def fresh(self) -> list[Event]:
@@ -129,6 +132,7 @@ class StateStore:
         delivery_id: str,
         follow_up: FollowUp | None = None,
         also_read: BatchReads | None = None,
+        carry_side_effects: bool = False,
     ) -> ApplyResult:
         """Apply valid `events` (in order); duplicates of earlier event_ids change nothing.
 
@@ -136,6 +140,9 @@ class StateStore:
         a retry or redelivery of that message finishes what a crash interrupted.
         `follow_up`: writes that follow from the state the batch leaves (`FollowUp`).
         `also_read`: reads of the caller's that ride on the batch's round trip.
+        `carry_side_effects`: leave the events' side effects (log, interest sets,
+        trending, counters, follow-up writes) queued in the result, for
+        `react_and_confirm` to send with the reactions' first round trip.
         """
         if not events:
             return ApplyResult()
@@ -183,6 +190,8 @@ class StateStore:
             follow_up.write([s for s in after if s.user_id in fresh], side_effects)
         if also_read is not None:
             also_read.take(reads)
+        if carry_side_effects:
+            return ApplyResult(statuses, list(events), side_effects)
         side_effects.execute()
         return ApplyResult(statuses, list(events))
 
@@ -304,18 +313,19 @@ class StateStore:
     def react_and_confirm(
         self, result: ApplyResult, react: Callable[[StatePipeline], bool]
     ) -> None:
-        """Queue the reactions to `result`'s fresh events (`react` fills the pipeline and
-        says whether it parked work that must not be lost), then clear the events' pending
-        marks. Until the marks are cleared, a redelivery of the task redoes the reactions,
-        so a crash in between loses none of them.
+        """Queue the reactions to `result`'s fresh events (`react` fills the pipeline,
+        which starts with the side effects the result carries, may send it with a round
+        trip of its own, and says whether it still holds work that must not be lost),
+        then clear the events' pending marks. Until the marks are cleared, a redelivery
+        of the task redoes the reactions, so a crash in between loses none of them.
 
-        The marks go last, and where `react` parked work (delayed jobs) in a round trip of
-        their own, after the reactions' trip succeeded: in one pipeline a command the
-        server refuses (out of memory) or a node that fails (a cluster's delayed set and
-        shopper live on different nodes) fails alone, and the marks would be cleared with
-        the job lost. Counters alone ride with the marks: a count a partial failure loses
-        is not a message."""
-        pipe = self._client.pipeline(transaction=False)
+        The marks go last, and where `react` left work (side effects, delayed jobs)
+        unsent, in a round trip of their own after that work's trip succeeded: in one
+        pipeline a command the server refuses (out of memory) or a node that fails (a
+        cluster's delayed set and shopper live on different nodes) fails alone, and the
+        marks would be cleared with the work lost. Counters alone ride with the marks: a
+        count a partial failure loses is not a message."""
+        pipe = result.side_effects or self._client.pipeline(transaction=False)
         if react(pipe):
             pipe.execute()
             pipe = self._client.pipeline(transaction=False)
