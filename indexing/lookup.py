@@ -99,6 +99,7 @@ class LoadedIndex:
         # a plain ndarray view of the (possibly memory-mapped) factors: np.memmap indexing
         # costs microseconds per call on the hot path; the view shares the same pages
         self._factors = np.asarray(factors)
+        self._norms = np.asarray(norms, dtype=np.float32)
         safe = np.where(norms > 0, norms, 1.0).astype(np.float32)
         self._inv_norms = (1.0 / safe).astype(np.float32)
         self.cold = cold
@@ -167,9 +168,9 @@ class LoadedIndex:
 
     def _built_vectors(self, rows_list: list[int]) -> npt.NDArray[np.float32]:
         rows = np.array(rows_list, dtype=np.intp)
-        norms = np.asarray(self.norms[rows], dtype=np.float32)
+        norms = self._norms[rows]
         norms[norms <= 0] = 1.0
-        unit: npt.NDArray[np.float32] = np.asarray(self.factors[rows], dtype=np.float32)
+        unit: npt.NDArray[np.float32] = self._factors[rows]
         return unit / norms[:, None]
 
     # --- items added after the build ----------------------------------------------------
