@@ -35,10 +35,11 @@ __all__ = ["FULL_SCORE_MAX_ITEMS", "LoadedIndex", "Scored"]
 #: Catalogs up to this size are scored in full by `recommend` (exactly what the offline
 #: evaluation measures); larger ones score a candidate set (see `recommend`).
 FULL_SCORE_MAX_ITEMS = 20_000
-#: How deep an item's neighbour ranking is kept for its next query (`LoadedIndex._ranked`):
-#: a rule asks for 4 x its items (40 by default) past the shopper's exclusions
-_NEAR_DEPTH = 64
-#: Items whose ranking is kept at most (about 0.8 kB each at depth 64); emptied when full
+#: `similar_many` searches this many times the largest k past it for the queries'
+#: exclusions; a query that needs more is asked again alone
+_SHARED_EXCLUSION_SLACK = 2
+#: Items whose neighbour ranking is kept for their next query at most (`LoadedIndex._ranked`:
+#: 12 bytes a neighbour: 0.5-1.5 kB each for a rule of 10 items); emptied when full
 _NEAR_CACHE_MAX = 8192
 _CANDIDATES_PER_SOURCE = 200
 
@@ -325,7 +326,9 @@ class LoadedIndex:
         does, a search of its own past the exclusions."""
         ids = self.item_ids
         out: list[Scored] = []
-        rankings = self._ranked(rows, max(k, default=0))
+        most = max(k, default=0)
+        slack = min(max((len(ex) for ex in exclude), default=0), _SHARED_EXCLUSION_SLACK * most)
+        rankings = self._ranked(rows, most + 1 + slack)
         for row, ranking, n, ex in zip(rows, rankings, k, exclude, strict=True):
             kept = [
                 (ids[r], s)
@@ -337,21 +340,24 @@ class LoadedIndex:
             out.append(kept)
         return out
 
-    def _ranked(self, rows: list[int], k: int) -> list[_Ranking]:
-        """Per built row, its nearest rows, best first, blocked rows left out: kept per row
-        until the blocked set changes, searched at once for the rows not kept yet, as deep
-        as `_NEAR_DEPTH` or twice the largest k asked.
+    def _ranked(self, rows: list[int], depth: int) -> list[_Ranking]:
+        """Per built row, its `depth` nearest rows (or all), best first, blocked rows left
+        out: kept per row until the blocked set changes; the rows not kept, or kept less
+        deep, searched at once, `depth` deep (a batch's largest k, the item itself and a
+        little past it for exclusions: as deep as one search for the batch went before
+        rankings were kept).
 
         An item's neighbours are asked for again and again (a bestseller's buyers), and
         each search scans the catalog (flat) or walks the graph (HNSW); with HNSW the
         ranking kept is the search's at that depth, the same for every later query."""
         cache = self._near  # taken before searching: see `block`
+        count = self.neighbours.count
+        fetch = min(depth, count)
         kept = [cache.get(r) for r in rows]
+        kept = [None if got is None or len(got.rows) < fetch else got for got in kept]
         missing = list(dict.fromkeys(r for r, got in zip(rows, kept, strict=True) if got is None))
         if not missing:
             return kept  # type: ignore[return-value]
-        count = self.neighbours.count
-        fetch = min(max(_NEAR_DEPTH, 2 * k) + 1, count)
         scores, found = self.neighbours.search(self._factors[missing], fetch)
         scores[found < 0] = -np.inf  # FAISS pads with -FLT_MAX, which scaling would overflow
         scores *= self._inv_norms[missing][:, None]

@@ -305,16 +305,16 @@ def test_a_query_whose_exclusions_outrun_the_shared_search_still_gets_its_k(
         assert got == index.similar(items, k=3, exclude=exclude)
 
 
-@pytest.mark.parametrize("depth", [3, 64])
+@pytest.mark.parametrize("cache_max", [5, 10_000])
 def test_neighbours_kept_from_an_earlier_query_answer_what_a_fresh_search_does(
-    index: LoadedIndex, depth: int, monkeypatch: pytest.MonkeyPatch
+    index: LoadedIndex, cache_max: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An item's ranking is kept for its next query; each answer is still the first k
-    past that query's own exclusions and the blocked items, shallow kept rankings are
-    searched past, and a full cache starts over. On the flat index the answers equal a
-    fresh vector search (HNSW's depend on the depth searched)."""
-    monkeypatch.setattr("indexing.lookup._NEAR_DEPTH", depth)
-    monkeypatch.setattr("indexing.lookup._NEAR_CACHE_MAX", 5)
+    past that query's own exclusions and the blocked items, a ranking kept less deep
+    than a query needs is searched again, and a full cache starts over. On the flat
+    index the answers equal a fresh vector search (HNSW's depend on the depth
+    searched)."""
+    monkeypatch.setattr("indexing.lookup._NEAR_CACHE_MAX", cache_max)
     flat = not getattr(index.neighbours, "_hnsw", False)
     ids = list(index.item_ids)
     rng = np.random.default_rng(3)
