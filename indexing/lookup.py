@@ -9,7 +9,9 @@ set (`block` / `unblock`: sold out, withdrawn), which removes items from every l
 answer, and the overlay (`add_items`: items added to the catalog after the build, see
 `indexing.overlay`), which adds them to every later answer. Both are replaced, never
 changed in place, so a lookup running in another thread sees one state or the other; the
-changes themselves come from one thread at a time. One per process.
+changes themselves come from one thread at a time. One per process. The one table that
+lookups change in place is the neighbour rankings kept per item (`_ranked`): single dict
+operations, each whole under the GIL, on a table replaced whenever blocking changes.
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ FULL_SCORE_MAX_ITEMS = 20_000
 #: `similar_many` searches this many times the largest k past it for the queries'
 #: exclusions; a query that needs more is asked again alone
 _SHARED_EXCLUSION_SLACK = 2
-#: Items whose neighbour ranking is kept for their next query at most (`LoadedIndex._ranked`:
-#: 12 bytes a neighbour: 0.5-1.5 kB each for a rule of 10 items); emptied when full
+#: Items whose neighbour ranking is kept for their next query at most (`LoadedIndex._ranked`),
+#: and how deep one is kept (12 bytes a neighbour: at most 3 kB an item; a rule of 10 items
+#: asks 41-121 deep); the table is emptied when full
 _NEAR_CACHE_MAX = 8192
+_NEAR_KEPT_MAX = 256
 _CANDIDATES_PER_SOURCE = 200
 
 Scored = list[tuple[str, float]]
@@ -171,7 +175,7 @@ class LoadedIndex:
         rows = np.array(rows_list, dtype=np.intp)
         norms = self._norms[rows]
         norms[norms <= 0] = 1.0
-        unit: npt.NDArray[np.float32] = self._factors[rows]
+        unit: npt.NDArray[np.float32] = self._factors[rows].astype(np.float32, copy=False)
         return unit / norms[:, None]
 
     # --- items added after the build ----------------------------------------------------
@@ -330,12 +334,15 @@ class LoadedIndex:
         slack = min(max((len(ex) for ex in exclude), default=0), _SHARED_EXCLUSION_SLACK * most)
         rankings = self._ranked(rows, most + 1 + slack)
         for row, ranking, n, ex in zip(rows, rankings, k, exclude, strict=True):
+            head = n + 1 + len(ex)  # enough for k, whatever of itself and `ex` it holds
             kept = [
                 (ids[r], s)
-                for r, s in zip(ranking.rows.tolist(), ranking.scores.tolist(), strict=True)
+                for r, s in zip(
+                    ranking.rows[:head].tolist(), ranking.scores[:head].tolist(), strict=True
+                )
                 if r >= 0 and r != row and r not in ex
             ][:n]
-            if len(kept) < n and not ranking.whole:
+            if len(kept) < n and not ranking.whole:  # short: only where the catalog ended
                 kept = self._near_alone(row, n, ex)
             out.append(kept)
         return out
@@ -364,7 +371,11 @@ class LoadedIndex:
         fresh = {r: _Ranking(found[n], scores[n], fetch == count) for n, r in enumerate(missing)}
         if len(cache) + len(fresh) > _NEAR_CACHE_MAX:
             cache.clear()
-        cache.update(fresh)
+        keep = min(fetch, _NEAR_KEPT_MAX)  # a deeper query searches again
+        cache.update(
+            (r, _Ranking(got.rows[:keep].copy(), got.scores[:keep].copy(), keep == count))
+            for r, got in list(fresh.items())[:_NEAR_CACHE_MAX]
+        )
         return [got if got is not None else fresh[r] for r, got in zip(rows, kept, strict=True)]
 
     def _near_alone(self, row: int, k: int, exclude: set[int]) -> Scored:

@@ -305,16 +305,17 @@ def test_a_query_whose_exclusions_outrun_the_shared_search_still_gets_its_k(
         assert got == index.similar(items, k=3, exclude=exclude)
 
 
-@pytest.mark.parametrize("cache_max", [5, 10_000])
+@pytest.mark.parametrize(("cache_max", "kept_max"), [(5, 5), (10_000, 256)])
 def test_neighbours_kept_from_an_earlier_query_answer_what_a_fresh_search_does(
-    index: LoadedIndex, cache_max: int, monkeypatch: pytest.MonkeyPatch
+    index: LoadedIndex, cache_max: int, kept_max: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An item's ranking is kept for its next query; each answer is still the first k
     past that query's own exclusions and the blocked items, a ranking kept less deep
-    than a query needs is searched again, and a full cache starts over. On the flat
-    index the answers equal a fresh vector search (HNSW's depend on the depth
-    searched)."""
+    than a query needs is searched again (kept no deeper than a bound), and a full
+    cache starts over. On the flat index the answers equal a fresh vector search
+    (HNSW's depend on the depth searched)."""
     monkeypatch.setattr("indexing.lookup._NEAR_CACHE_MAX", cache_max)
+    monkeypatch.setattr("indexing.lookup._NEAR_KEPT_MAX", kept_max)  # 5: deeper asks search
     flat = not getattr(index.neighbours, "_hnsw", False)
     ids = list(index.item_ids)
     rng = np.random.default_rng(3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
@@ -578,6 +579,32 @@ def test_side_effects_that_fail_leave_the_event_pending_whether_a_rule_fires_or_
         assert entry[1]["event_id"] == event["event_id"]
         fired = 1 if event_type == "purchase" else 0
         assert len(gateways.accepted("fcm")) == fired and queued == []
+
+
+@pytest.mark.parametrize("rule_name", ["post_purchase", "no-such-rule"])
+def test_a_firing_sends_its_callers_writes_first_even_with_nothing_to_read(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways, key_prefix: str, rule_name: str
+) -> None:
+    """`fire_many(ahead=...)` sends the caller's writes whatever it does next: with its
+    read, or alone when no job is left to read for (a rule gone); an error among them
+    raises before anything is fired."""
+    rt, _ = shop
+    user = shopper(rt, gateways, f"ahead-{rule_name}")
+    job = FireJob(rule=rule_name, user_id=user, trigger_id=f"t-{user}",
+                  trigger_ts=time.time(), items=("b0-1",), extra={})  # fmt: skip
+    ahead = rt.redis.pipeline(transaction=False)
+    ahead.set(f"{key_prefix}:ahead", "landed")
+    rt.firer().fire_many([job], time.time(), "task", ahead=ahead)
+    assert rt.redis.get(f"{key_prefix}:ahead") == "landed" and len(ahead) == 0
+
+    rt.redis.set(f"{key_prefix}:str", "x")
+    failing = rt.redis.pipeline(transaction=False)
+    failing.hset(f"{key_prefix}:str", "f", "v")  # WRONGTYPE
+    decided = len(rt.audit.decisions(user))
+    again = dataclasses.replace(job, trigger_id=f"t2-{user}")
+    with pytest.raises(redis.ResponseError):
+        rt.firer().fire_many([again], time.time(), "task", ahead=failing)
+    assert len(rt.audit.decisions(user)) == decided  # nothing fired
 
 
 def test_a_worker_without_the_push_queue_hands_messages_to_deliver_tasks(

@@ -90,7 +90,7 @@ class _Delivery:
     result: DeliveryOutcome = field(default_factory=lambda: DeliveryOutcome())
 
 
-class _Reread(NamedTuple):
+class Reread(NamedTuple):
     """What the send-time re-check reads of a message's shopper: the shopper (devices,
     preferences, purchases since the message was made), each item's stock, the items
     pushed to them since, and the owners read of their likely devices."""
@@ -102,8 +102,8 @@ class _Reread(NamedTuple):
 
 
 # Reads a caller's round trip made for the re-check of fresh messages: from its replies,
-# each message's `_Reread`, by id (`MessageSender.queue_recheck`).
-ReadAhead = Callable[[], dict[str, _Reread]]
+# each message's `Reread`, by id (`MessageSender.queue_recheck`).
+ReadAhead = Callable[[], dict[str, Reread]]
 
 
 class MessageSender:
@@ -219,7 +219,7 @@ class MessageSender:
             self._queue_reread(record, devices, pipe)
 
         def take(replies: Iterator[Any]) -> ReadAhead:
-            def read() -> dict[str, _Reread]:
+            def read() -> dict[str, Reread]:
                 got = list(replies)
                 for reply in got:  # raised as a re-check of its own would raise it
                     if isinstance(reply, Exception):
@@ -242,8 +242,8 @@ class MessageSender:
 
     def _parse_reread(
         self, record: MessageRecord, devices: Sequence[str], replies: Iterator[Any]
-    ) -> _Reread:
-        return _Reread(
+    ) -> Reread:
+        return Reread(
             _reads_of(record).parse(record.user_id, replies),
             [next(replies) for _ in record.items],
             set(next(replies)),
@@ -255,7 +255,7 @@ class MessageSender:
         live: Sequence[_Delivery],
         now: float,
         guesses: Mapping[str, Sequence[str]],
-        read_ahead: Mapping[str, _Reread],
+        read_ahead: Mapping[str, Reread],
     ) -> tuple[list[_Delivery], list[_Delivery]]:
         """Set each delivery's target devices, or its result if the message must not go
         out now (returned): suppressed (rule disabled, consent withdrawn, items bought or

@@ -203,8 +203,9 @@ class Firer:
         write), not one per job, and its messages go to delivery together, named by
         `owner` (the id of the task firing them). A job that fails with an unexpected
         error is recorded as `error` and changes nothing for the others. `ahead`: writes
-        of the caller's that must land first: sent with the first round trip (and the
-        pipeline then empty for the caller's further use)."""
+        of the caller's that must land first: always sent before anything else is done,
+        with the first round trip or alone when there is nothing to read (an error
+        among them raises); the pipeline is then empty, the caller's again."""
         results, firings = self._decide_all(jobs, now, ahead=ahead)
         self._write(firings, now, owner)
         return results

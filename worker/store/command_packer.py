@@ -28,7 +28,7 @@ import redis
 from redis._parsers import Encoder
 from redis.connection import PythonRespSerializer
 
-__all__ = ["PACKER", "PackedConnection"]
+__all__ = ["NAMES_KEPT_MAX", "PACKER", "PackedConnection"]
 
 # redis-py's default: larger arguments go out as their own buffers
 _BUFFER_CUTOFF = 6000
@@ -52,13 +52,17 @@ class _CommandPacker:
         return self._fallback(*args)
 
 
+NAMES_KEPT_MAX = 1024
+"""Command names remembered by a check at most: they come from code, but bound them all
+the same."""
+
 _ONE_WORD: set[str] = set()  # names met that are one word: a set lookup, not a split
 
 
 def _is_one_word(name: str) -> bool:
     if name.split() != [name]:
         return False
-    if len(_ONE_WORD) < 1024:  # names come from code, but bound it all the same
+    if len(_ONE_WORD) < NAMES_KEPT_MAX:
         _ONE_WORD.add(name)
     return True
 

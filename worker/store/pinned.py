@@ -54,6 +54,8 @@ from redis.exceptions import ConnectionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import is_os_level_timeout
 
+from worker.store.command_packer import NAMES_KEPT_MAX
+
 __all__ = ["IDLE_CHECK_S", "PinnedPipeline", "PinnedRedis"]
 
 IDLE_CHECK_S = 1.0
@@ -131,7 +133,7 @@ def _is_himport(name: Any) -> bool:
     text = name if isinstance(name, str) else str(name, "utf-8", "replace")
     if text[:7].upper() == "HIMPORT":
         return True
-    if len(_NOT_HIMPORT) < 1024:  # names come from code, but bound it all the same
+    if len(_NOT_HIMPORT) < NAMES_KEPT_MAX:
         _NOT_HIMPORT.add(name)
     return False
 
