@@ -168,7 +168,6 @@ class MessageSender:
             else next(rest)
             for r in unique
         ]
-        guesses = {mid: m.devices for mid, m in known.items()}
         missing: list[str] = []
         for request, (record, state) in zip(unique, loaded, strict=True):
             mid = request.message_id
@@ -185,7 +184,7 @@ class MessageSender:
             self._outbox.unqueue(missing, unqueue)
             unqueue.execute()
 
-        held, first_tries = self._recheck(live, now, guesses, read_ahead() if read_ahead else {})
+        held, first_tries = self._recheck(live, now, known, read_ahead() if read_ahead else {})
         live = [d for d in live if id(d) not in {id(h) for h in held}]
         capped = self._reserve_and_claim(live, first_tries, owner, now)
         held += capped
@@ -254,28 +253,30 @@ class MessageSender:
         self,
         live: Sequence[_Delivery],
         now: float,
-        guesses: Mapping[str, Sequence[str]],
+        fresh: Mapping[str, FreshMessage],
         read_ahead: Mapping[str, Reread],
     ) -> tuple[list[_Delivery], list[_Delivery]]:
         """Set each delivery's target devices, or its result if the message must not go
         out now (returned): suppressed (rule disabled, consent withdrawn, items bought or
         sold out or pushed by another message since) or deferred (the shopper's quiet
         hours, as they are now, hold it); and the first tries, whose caps are reserved with
-        the device claims (`_reserve_and_claim`). `guesses`: per message id, the devices
-        its shopper is likely to have, whose owners are read with the rest; `read_ahead`:
-        the reads of messages the caller's round trip made."""
-        ahead = [d for d in live if d.record.id in read_ahead]
+        the device claims (`_reserve_and_claim`). `fresh`: messages just stored, whose
+        devices' owners are read with the rest; `read_ahead`: the reads of messages the
+        caller's round trip made."""
         now_read = [d for d in live if d.record.id not in read_ahead]
+        likely = {
+            id(d): fresh[d.record.id].devices if d.record.id in fresh else () for d in now_read
+        }
         pipe = self._client.pipeline(transaction=False)  # every other read, one round trip
-        guessed = [guesses.get(d.record.id, ()) for d in now_read]
-        for d, likely in zip(now_read, guessed, strict=True):
-            self._queue_reread(d.record, likely, pipe)
+        for d in now_read:
+            self._queue_reread(d.record, likely[id(d)], pipe)
         replies = iter(pipe.execute() if now_read else [])
-        reread = {
-            id(d): self._parse_reread(d.record, likely, replies)
-            for d, likely in zip(now_read, guessed, strict=True)
-        } | {id(d): read_ahead[d.record.id] for d in ahead}
-        read = [reread[id(d)] for d in live]
+        read = [  # in `live`'s order, as `now_read` was queued
+            read_ahead[d.record.id]
+            if d.record.id in read_ahead
+            else self._parse_reread(d.record, likely[id(d)], replies)
+            for d in live
+        ]
         owned = self._owned_devices(live, [(r.shopper, r.owners) for r in read])
         held: list[_Delivery] = []
         first_tries: list[_Delivery] = []

@@ -66,15 +66,13 @@ _STATS_FIELD = {"suppress": "suppressed", "defer": "deferred", "error": "failed"
 
 
 class Delivery(Protocol):
-    """Where fired messages go (`Runtime`): sent in the task that fired them, or by
-    deliver tasks on the push queue."""
+    """Where fired messages go: sent in the task that fired them, or by deliver tasks on
+    the push queue. `worker.service.runtime.Runtime` is the one there is (documented
+    there); firing sees it through this, as it may not import the service layer."""
 
     def queue_recheck(
         self, fresh: Mapping[str, FreshMessage], owner: str, pipe: StatePipeline
-    ) -> Callable[[Iterator[Any]], ReadAhead] | None:
-        """Queue the send-time re-check of messages just stored, when the task `owner`
-        sends them itself, in the round trip of the firing's writes."""
-        ...
+    ) -> Callable[[Iterator[Any]], ReadAhead] | None: ...
 
     def deliver_queued(
         self,
@@ -82,10 +80,7 @@ class Delivery(Protocol):
         owner: str,
         fresh: Mapping[str, FreshMessage],
         read_ahead: ReadAhead | None = None,
-    ) -> None:
-        """Hand freshly queued messages to delivery, naming the task that queued them,
-        with the messages this call stored and what `queue_recheck` read of them."""
-        ...
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
