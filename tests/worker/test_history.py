@@ -73,7 +73,7 @@ def _raw(n: int, user: str, type_: str, item: str | None, ts: float) -> dict[str
 def _apply(rt: Runtime, raws: list[dict[str, Any]]) -> list[int]:
     events = [parse_event(r, Limits(), NOW) for r in raws]
     result = rt.state.apply_events(events, NOW, uuid.uuid4().hex)
-    rt.state.react_and_confirm(result, lambda pipe: False)
+    rt.state.react_and_confirm(result, lambda pipe, marks: False)
     return result.statuses
 
 

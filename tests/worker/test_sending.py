@@ -32,6 +32,7 @@ from worker.service.runtime import Runtime
 from worker.service.userview import decisions_view
 from worker.settings import Settings
 from worker.shoppers.contacts import device_id
+from worker.shoppers.state import PendingMarks
 
 
 @pytest.fixture
@@ -579,6 +580,47 @@ def test_side_effects_that_fail_leave_the_event_pending_whether_a_rule_fires_or_
         assert entry[1]["event_id"] == event["event_id"]
         fired = 1 if event_type == "purchase" else 0
         assert len(gateways.accepted("fcm")) == fired and queued == []
+
+
+@pytest.mark.parametrize("settling", ["lands", "fails"])
+def test_an_inline_delivery_clears_the_events_pending_marks_with_its_settling(
+    settings: Settings, gateways: Gateways, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    settling: str,
+) -> None:  # fmt: skip
+    """The marks of the events whose firing an inline delivery sent go in its settling's
+    round trip (the firing's writes have landed by then), not in one of their own; a
+    settling that fails leaves them to the task, which clears them after handing the
+    message to the push queue."""
+    queued: list[tuple[str, dict[str, Any]]] = []
+    with _immediate_shop(settings, gateways, tmp_path, queued, inline=True) as rt:
+        user = shopper(rt, gateways, f"marks-{settling}")
+        pending = rt.keys.user(user).pending_events
+        marked: list[list[Any]] = []  # each pipeline the marks went in: its commands then
+        real_queue = PendingMarks.queue
+
+        def queue(marks: PendingMarks, pipe: Any) -> None:
+            marked.append([args[0] for args, _ in pipe.command_stack])
+            real_queue(marks, pipe)
+
+        monkeypatch.setattr(PendingMarks, "queue", queue)
+        if settling == "fails":
+            rt.redis.set("not-a-hash", "x")
+
+            def failing(observed: Any, pipe: Any) -> None:
+                pipe.hset("not-a-hash", "f", "v")  # WRONGTYPE: the settling raises
+
+            monkeypatch.setattr(rt.metrics, "observe_latency", failing)
+        decision = _purchase_fired_by(rt, user, "track-task-m")
+        assert rt.redis.hkeys(pending) == []
+        assert len(gateways.accepted("fcm")) == 1
+        if settling == "lands":
+            [commands] = marked  # once, after the settling's own writes
+            assert "HSETNX" in commands and queued == []
+            assert rt.outbox.state(decision["message_id"])["state"] == "sent"
+        else:
+            [in_settling, alone] = marked  # the settling's try, then the task's own trip
+            assert "HSETNX" in in_settling and alone == []
+            assert queued == [("pushrec.deliver", {"message_ids": [decision["message_id"]]})]
 
 
 @pytest.mark.parametrize("rule_name", ["post_purchase", "no-such-rule"])

@@ -21,7 +21,7 @@ def apply(rt: Runtime, *events: tuple[str, str, str, float]) -> None:
     result = rt.state.apply_events(
         [parse_event(r, Limits(), NOW) for r in raws], NOW, uuid.uuid4().hex
     )
-    rt.state.react_and_confirm(result, lambda pipe: False)
+    rt.state.react_and_confirm(result, lambda pipe, marks: False)
 
 
 def test_each_part_is_read_as_asked_and_the_rest_stays_empty(runtime: Runtime) -> None:

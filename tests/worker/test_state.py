@@ -40,7 +40,7 @@ def ev(
 def apply(rt: Runtime, *raws: dict[str, Any], delivery: str | None = None) -> list[int]:
     events = [parse_event(r, Limits(), NOW) for r in raws]
     result = rt.state.apply_events(events, NOW, delivery or uuid.uuid4().hex)
-    rt.state.react_and_confirm(result, lambda pipe: False)
+    rt.state.react_and_confirm(result, lambda pipe, marks: False)
     return result.statuses
 
 

@@ -47,6 +47,7 @@ from worker.shoppers.audit import Audit
 from worker.shoppers.contacts import Contacts
 from worker.shoppers.segment_index import SegmentIndex
 from worker.shoppers.snapshot import DeviceRecord, Part, Shopper, ShopperReads
+from worker.shoppers.state import PendingMarks
 from worker.store.client import StatePipeline, StateRedis
 from worker.store.delayed import DelayedJobs, Job
 from worker.store.errors import describe, is_transient, stack
@@ -144,6 +145,7 @@ class MessageSender:
         owner: str = "",
         fresh: Mapping[str, FreshMessage] | None = None,
         read_ahead: ReadAhead | None = None,
+        marks: PendingMarks | None = None,
     ) -> list[DeliveryOutcome]:
         """Deliver each request; one round trip per stage for the whole batch (load,
         re-check, reserve caps and claim devices, settle) and every send concurrent over
@@ -197,7 +199,7 @@ class MessageSender:
         messages = [(m, d.request.attempt) for d in live for _, m in d.sends]
         outcomes = iter(self._push.run(self._send_all(messages)) if messages else [])
         per_delivery = [[next(outcomes) for _ in d.sends] for d in live]
-        self._settle(live, per_delivery, held, now, self._push.timed.take())
+        self._settle(live, per_delivery, held, now, self._push.timed.take(), marks)
         for d in [*live, *held]:
             results[d.record.id] = d.result
         return [results[r.message_id] for r in requests]
@@ -432,12 +434,13 @@ class MessageSender:
         held: Sequence[_Delivery],
         now: float,
         latencies: Sequence[tuple[str, float]],
+        marks: PendingMarks | None = None,
     ) -> None:
         """Record every attempt and act on each device's result, for the whole batch in
         one round trip, with the metrics (each send by channel and outcome, the gateway
-        latencies); then count the messages delivered for the first time. The sends
-        went out already, so a Redis error here is retried here, not by the task (which
-        would send again)."""
+        latencies) and `marks` (`deliver_many`); then count the messages delivered for
+        the first time. The sends went out already, so a Redis error here is retried
+        here, not by the task (which would send again)."""
 
         def writes() -> tuple[list[Any], list[tuple[_Delivery, int]]]:
             pipe = self._client.pipeline(transaction=False)
@@ -455,6 +458,8 @@ class MessageSender:
             )
             self._metrics.add(sends, pipe=pipe)
             self._metrics.observe_latency(latencies, pipe)
+            if marks is not None and not marks.cleared:
+                marks.queue(pipe)
             return pipe.execute(), first_sent
 
         def counts(replies: list[Any], first_sent: list[tuple[_Delivery, int]]) -> None:
@@ -470,6 +475,8 @@ class MessageSender:
                 pipe.execute()
 
         replies, first_sent = _patiently(writes)
+        if marks is not None:
+            marks.cleared = True
         _patiently(lambda: counts(replies, first_sent))
         gone = {  # devices just deactivated leave the channel segments
             d.record.user_id

@@ -49,7 +49,7 @@ from worker.settings import Settings
 from worker.shoppers.audit import Audit, Decision, FireAction, MessageSummary
 from worker.shoppers.catalog import Catalog
 from worker.shoppers.snapshot import Shopper, ShopperReads
-from worker.shoppers.state import StateStore
+from worker.shoppers.state import PendingMarks, StateStore
 from worker.store.client import StatePipeline, StateRedis
 from worker.store.delayed import DelayedJobs, Job
 from worker.store.errors import describe, stack
@@ -80,6 +80,7 @@ class Delivery(Protocol):
         owner: str,
         fresh: Mapping[str, FreshMessage],
         read_ahead: ReadAhead | None = None,
+        marks: PendingMarks | None = None,
     ) -> None: ...
 
 
@@ -192,6 +193,7 @@ class Firer:
         now: float,
         owner: str = "",
         ahead: StatePipeline | None = None,
+        marks: PendingMarks | None = None,
     ) -> list[Decision]:
         """Fire each job's rule for its shopper, returning each one's decision. A batch
         of events or a fan-out costs one round trip per stage (read, catalog, create,
@@ -200,9 +202,11 @@ class Firer:
         error is recorded as `error` and changes nothing for the others. `ahead`: writes
         of the caller's that must land first: always sent before anything else is done,
         with the first round trip or alone when there is nothing to read (an error
-        among them raises); the pipeline is then empty, the caller's again."""
+        among them raises); the pipeline is then empty, the caller's again. `marks`: the
+        pending marks of the events that triggered the jobs, for a delivery in this task
+        to clear (`PendingMarks`)."""
         results, firings = self._decide_all(jobs, now, ahead=ahead)
-        self._write(firings, now, owner)
+        self._write(firings, now, owner, marks)
         return results
 
     def dry_fire(self, jobs: Sequence[FireJob], now: float) -> list[DryFiring]:
@@ -453,7 +457,9 @@ class Firer:
         f.decision["coupon"] = issued.as_dict()
         return issued
 
-    def _write(self, firings: Sequence[_Firing], now: float, owner: str) -> None:
+    def _write(
+        self, firings: Sequence[_Firing], now: float, owner: str, marks: PendingMarks | None
+    ) -> None:
         """Create the messages (once per id), then record every decision, count it, park
         deferrals, and hand the messages to delivery (which notes their items for
         attribution, when sent or held out). A repeat whose message is still queued goes
@@ -500,7 +506,7 @@ class Firer:
                 raise reply
         if deliver:  # the re-check's, delivery's to handle (parsed there)
             read_ahead = recheck(iter(replies[own:])) if recheck is not None else None
-            self._delivery.deliver_queued(deliver, owner, fresh, read_ahead)
+            self._delivery.deliver_queued(deliver, owner, fresh, read_ahead, marks)
 
     def _resume(self, repeats: Sequence[_Firing]) -> None:
         """Load the messages of `repeats` (still queued by an earlier try) and settle as

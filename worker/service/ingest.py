@@ -21,7 +21,7 @@ from worker.shoppers.erasure import forget_user
 from worker.shoppers.inputs import Event, InvalidInput, Item, parse_event, parse_item, parse_user_id
 from worker.shoppers.segment_index import ACTIVITY
 from worker.shoppers.snapshot import Shopper
-from worker.shoppers.state import FollowUp
+from worker.shoppers.state import FollowUp, PendingMarks
 from worker.store.client import StatePipeline
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,8 @@ def track(
     checkout.redeem_purchases(rt, result.fresh)
     triggers = rt.triggers.for_events(result.fresh, now)
 
-    def react(pipe: StatePipeline) -> bool:
-        return schedule(rt, triggers, now, pipe, delivery_id)
+    def react(pipe: StatePipeline, marks: PendingMarks) -> bool:
+        return schedule(rt, triggers, now, pipe, delivery_id, marks)
 
     rt.state.react_and_confirm(result, react)
     return {"applied": result.applied, "duplicates": result.duplicates, "rejected": rejected}
@@ -89,15 +89,17 @@ def schedule(
     now: float,
     pipe: StatePipeline,
     delivery_id: str = "",
+    marks: PendingMarks | None = None,
 ) -> bool:
     """React to triggers: fire the due ones here and now (a queue hop would cost a task
     and its wait; firing is idempotent by message id), park the rest, and big fan-outs,
     in the delayed set until due (in `pipe`, which the caller runs, and which may hold
     writes of the caller's that must land before it goes on: the firing sends them all
     with its first round trip). `delivery_id`: the task doing it, which delivers what it
-    fires where the worker sends inline. Returns whether `pipe` still holds such work,
-    the caller's or parked jobs: then it must land before the events' pending marks
-    are cleared (`StateStore.react_and_confirm`)."""
+    fires where the worker sends inline; `marks`: the events' pending marks, which such
+    a delivery clears with its settling. Returns whether `pipe` still holds work that
+    must land before the marks are cleared, the caller's or parked jobs
+    (`StateStore.react_and_confirm`)."""
     inline = len(triggers) <= _INLINE_MAX
     due_now = []
     unsent = len(pipe) > 0
@@ -107,10 +109,10 @@ def schedule(
         else:
             rt.delayed.schedule(trigger.job(), trigger.due, pipe=pipe)
             unsent = True
+    rt.metrics.add({"rules.triggered": len(triggers)}, pipe=pipe)  # with the first trip
     if due_now:
-        rt.firer().fire_many(due_now, now, delivery_id, ahead=pipe)
+        rt.firer().fire_many(due_now, now, delivery_id, ahead=pipe, marks=marks)
         unsent = False
-    rt.metrics.add({"rules.triggered": len(triggers)}, pipe=pipe)
     return unsent
 
 

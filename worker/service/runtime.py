@@ -40,7 +40,7 @@ from worker.shoppers.catalog import Catalog
 from worker.shoppers.contacts import Contacts
 from worker.shoppers.inputs import Limits
 from worker.shoppers.segment_index import SegmentIndex
-from worker.shoppers.state import StateStore
+from worker.shoppers.state import PendingMarks, StateStore
 from worker.store.client import StatePipeline, StateRedis, connect_state
 from worker.store.dead_letters import DeadLetters
 from worker.store.delayed import DelayedJobs
@@ -207,6 +207,7 @@ class Runtime:
         owner: str,
         fresh: Mapping[str, FreshMessage],
         read_ahead: ReadAhead | None = None,
+        marks: PendingMarks | None = None,
     ) -> None:
         """Deliver messages just queued by the task `owner`: in that task when
         `settings.deliver_inline` (a node that consumes the push queue gains no isolation
@@ -218,13 +219,14 @@ class Runtime:
         is the duplicate case every delivery has). Nothing is lost, even with the queue
         away: the message stays queued for the sweep. `fresh`:
         the messages the firing stored, which an inline delivery need not read back;
-        `read_ahead`: their re-check, read with the firing's writes (`queue_recheck`)."""
+        `read_ahead`: their re-check, read with the firing's writes (`queue_recheck`);
+        `marks`: pending marks an inline delivery clears with its settling."""
         if self.settings.deliver_inline and owner:
             requests = [DeliveryRequest(mid) for mid in message_ids]
             for attempt in range(2):
                 try:
                     self.sender().deliver_many(
-                        requests, self.settings.now(), f"{owner}:inline", fresh, read_ahead
+                        requests, self.settings.now(), f"{owner}:inline", fresh, read_ahead, marks
                     )
                     return
                 except redis.exceptions.NoScriptError as exc:

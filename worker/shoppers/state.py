@@ -6,13 +6,17 @@ One event is applied in two steps:
    once, by `event_id`, whether the event is new. It leaves the id in a "pending" set.
    Among those keys is the shopper's accumulated item history, the model's view of them
    (`indexing.history`; the worker computes each event's decayed term for it).
-2. A pipeline appends the event to the interaction log, bumps the trending counters and
-   clears "pending". These keys live in other slots, so they cannot join the script.
+2. A pipeline appends the event to the interaction log and bumps the trending counters;
+   once they and the event's reactions have landed, "pending" is cleared. These keys
+   live in other slots, so they cannot join the script.
 
 If a worker dies between the two steps, the redelivered task finds the event pending and
 redoes step 2 only; the interaction log may then hold the event twice, which its reader
-removes by `event_id`. A batch costs three round trips whatever its size, and one more
-when its reactions park delayed jobs (`StateStore.react_and_confirm`).
+removes by `event_id`. A batch costs up to four round trips whatever its size: the catalog
+facts, the script, the side effects (with any delayed jobs its reactions park), and the
+pending marks after them. When a rule fires at once, the side effects ride on the
+firing's first round trip, and the marks on the settling of its inline delivery
+(`StateStore.react_and_confirm`).
 """
 
 from __future__ import annotations
@@ -102,6 +106,24 @@ class ApplyResult:
     @property
     def duplicates(self) -> int:
         return sum(1 for s in self.statuses if s == DUPLICATE)
+
+
+class PendingMarks:
+    """The pending marks of a batch's fresh events, which `apply_event.lua` leaves and
+    `react_and_confirm` clears once every reaction has landed. A round trip that comes
+    after them all may take the marks: `queue` them in its pipeline, and set `cleared`
+    once it has succeeded."""
+
+    def __init__(self, keys: Keys, events: Sequence[Event]) -> None:
+        self._event_ids: dict[str, list[str]] = {}  # a shopper's pending key -> its events
+        for event in events:
+            key = keys.user(event.user_id).pending_events
+            self._event_ids.setdefault(key, []).append(event.event_id)
+        self.cleared = False
+
+    def queue(self, pipe: StatePipeline) -> None:
+        for key, event_ids in self._event_ids.items():
+            pipe.hdel(key, *event_ids)
 
 
 class StateStore:
@@ -311,7 +333,7 @@ class StateStore:
             pipe.expireat(key, expires_at)
 
     def react_and_confirm(
-        self, result: ApplyResult, react: Callable[[StatePipeline], bool]
+        self, result: ApplyResult, react: Callable[[StatePipeline, PendingMarks], bool]
     ) -> None:
         """Queue the reactions to `result`'s fresh events (`react` fills the pipeline,
         which starts with the side effects the result carries, may send it with a round
@@ -319,23 +341,20 @@ class StateStore:
         then clear the events' pending marks. Until the marks are cleared, a redelivery
         of the task redoes the reactions, so a crash in between loses none of them.
 
-        The marks go last, and where `react` left work (side effects, delayed jobs)
-        unsent, in a round trip of their own after that work's trip succeeded: in one
+        The marks go last, in a round trip after every reaction's has succeeded: in one
         pipeline a command the server refuses (out of memory) or a node that fails (a
         cluster's delayed set and shopper live on different nodes) fails alone, and the
-        marks would be cleared with the work lost. Counters alone ride with the marks: a
-        count a partial failure loses is not a message."""
+        marks would be cleared with the work lost. A round trip the reactions make
+        anyway after theirs may take the marks (`react` gets them: an inline delivery's
+        settling); else they go in one of their own, with any counters `react` left.
+        A count a partial failure loses is not a message."""
         pipe = result.side_effects or self._client.pipeline(transaction=False)
-        if react(pipe):
+        marks = PendingMarks(self._keys, result.fresh)
+        if react(pipe, marks):
             pipe.execute()
             pipe = self._client.pipeline(transaction=False)
-        pending: dict[str, list[str]] = {}
-        for event in result.fresh:
-            pending.setdefault(self._keys.user(event.user_id).pending_events, []).append(
-                event.event_id
-            )
-        for key, event_ids in pending.items():
-            pipe.hdel(key, *event_ids)
+        if not marks.cleared:
+            marks.queue(pipe)
         pipe.execute()  # an empty pipeline makes no round trip
 
     def trending_items(self, now: float, hours: int, count: int) -> list[tuple[str, float]]:
