@@ -206,6 +206,9 @@ class MessageSender:
 
     async def _send_all(self, messages: list[tuple[Message, int]]) -> list[DeliveryResult]:
         send = self._push.deliverer.send
+        if len(messages) == 1:  # in this task: a task of its own costs turns of the loop
+            message, attempt = messages[0]
+            return [await send(message, attempt)]
         return list(await asyncio.gather(*(send(m, attempt) for m, attempt in messages)))
 
     def queue_recheck(
