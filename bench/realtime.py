@@ -368,7 +368,8 @@ def main() -> None:
                             result = measure(case, shop, layout, paced(args, row, run))
                         finally:
                             case.close()
-                        result["at"] = (started + time.time()) / 2  # `ratios` pairs by it
+                        result["run"] = run  # `ratios` pairs by these two
+                        result["at"] = (started + time.time()) / 2
                         row[kind].append(result)
                     last = {k: v[-1] for k, v in row.items() if v}
                     print(f"run {run + 1} {spec:36s} {json.dumps(last, default=str)[:400]}")
@@ -458,6 +459,7 @@ def summarise(row: dict[str, list[dict]]) -> dict[str, Any]:
     if noop:
         out["noop_tasks_per_s"] = med(r["tasks_per_s"] for r in noop)
         out["noop_cpu_ms_per_task"] = _median_dict([r["cpu_ms_per_task"] for r in noop])
+        # each no-op measured, in order (the default cases measure it twice a run)
         out["runs"]["noop_tasks_per_s"] = [round(r["tasks_per_s"], 1) for r in noop]
     if batched:
         out["batched_events_per_call"] = batched[0]["events_per_call"]
@@ -493,18 +495,20 @@ def _field(result: dict, name: str) -> float:
     return float(result[name])
 
 
-def _nearest(result: dict, others: list[dict]) -> dict:
-    """The one of `others` measured nearest in time to `result` (`at`, set by `main`)."""
-    return min(others, key=lambda other: abs(other["at"] - result["at"]))
+def _nearest(result: dict, others: list[dict]) -> dict | None:
+    """The one of `others` of `result`'s run measured nearest in time to it (`run` and
+    `at`, set by `main`), if any."""
+    same_run = [o for o in others if o["run"] == result["run"]]
+    return min(same_run, key=lambda o: abs(o["at"] - result["at"]), default=None)
 
 
 def ratios(row: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
     """Each of `RATIOS` per measurement on top, over the measurement below taken nearest
-    in time to it (so in the same run), and their median."""
+    in time to it in the same run, and their median."""
     out: dict[str, dict[str, Any]] = {}
     for name, (top_case, top), (bottom_case, bottom), target, lower in RATIOS:
-        below = row[bottom_case]
-        runs = [_field(t, top) / _field(_nearest(t, below), bottom) for t in row[top_case] if below]
+        pairs = [(t, _nearest(t, row[bottom_case])) for t in row[top_case]]
+        runs = [_field(t, top) / _field(b, bottom) for t, b in pairs if b is not None]
         if runs:
             median = statistics.median(runs)
             met = median <= target if lower else median >= target

@@ -588,18 +588,21 @@ def test_an_inline_delivery_clears_the_events_pending_marks_with_its_settling(
     settling: str,
 ) -> None:  # fmt: skip
     """The marks of the events whose firing an inline delivery sent go in its settling's
-    round trip (the firing's writes have landed by then), not in one of their own; a
-    settling that fails leaves them to the task, which clears them after handing the
-    message to the push queue."""
+    round trip (the firing's writes have landed by then), not in one of their own, and
+    not before; a settling that fails may clear them all the same (a pipeline's command
+    fails alone), and the task clears them again after handing the message to the push
+    queue."""
     queued: list[tuple[str, dict[str, Any]]] = []
     with _immediate_shop(settings, gateways, tmp_path, queued, inline=True) as rt:
         user = shopper(rt, gateways, f"marks-{settling}")
         pending = rt.keys.user(user).pending_events
         marked: list[list[Any]] = []  # each pipeline the marks went in: its commands then
+        still_pending: list[Any] = []  # the event's marks then
         real_queue = PendingMarks.queue
 
         def queue(marks: PendingMarks, pipe: Any) -> None:
             marked.append([args[0] for args, _ in pipe.command_stack])
+            still_pending.append(rt.redis.hkeys(pending))
             real_queue(marks, pipe)
 
         monkeypatch.setattr(PendingMarks, "queue", queue)
@@ -611,6 +614,7 @@ def test_an_inline_delivery_clears_the_events_pending_marks_with_its_settling(
 
             monkeypatch.setattr(rt.metrics, "observe_latency", failing)
         decision = _purchase_fired_by(rt, user, "track-task-m")
+        assert still_pending[0] == [f"p-{user}"]  # nothing cleared them before the settling
         assert rt.redis.hkeys(pending) == []
         assert len(gateways.accepted("fcm")) == 1
         if settling == "lands":

@@ -152,7 +152,8 @@ class MessageSender:
         the thread's gateway connections. `owner` (the task id) claims each device send
         atomically. `fresh`: messages the caller has just stored (queued, so not loaded
         again), by id; `read_ahead`: their re-check, read in a round trip of the caller's
-        (`queue_recheck`)."""
+        (`queue_recheck`); `marks`: the pending marks of the events whose firing queued
+        these messages (its writes have landed), cleared with the settling's writes."""
         owner = owner or f"local-{id(self):x}"
         results: dict[str, DeliveryOutcome] = {}
         live: list[_Delivery] = []
@@ -437,7 +438,7 @@ class MessageSender:
         held: Sequence[_Delivery],
         now: float,
         latencies: Sequence[tuple[str, float]],
-        marks: PendingMarks | None = None,
+        marks: PendingMarks | None,
     ) -> None:
         """Record every attempt and act on each device's result, for the whole batch in
         one round trip, with the metrics (each send by channel and outcome, the gateway
@@ -479,7 +480,7 @@ class MessageSender:
 
         replies, first_sent = _patiently(writes)
         if marks is not None:
-            marks.cleared = True
+            marks.landed()
         _patiently(lambda: counts(replies, first_sent))
         gone = {  # devices just deactivated leave the channel segments
             d.record.user_id

@@ -203,8 +203,9 @@ class Firer:
         of the caller's that must land first: always sent before anything else is done,
         with the first round trip or alone when there is nothing to read (an error
         among them raises); the pipeline is then empty, the caller's again. `marks`: the
-        pending marks of the events that triggered the jobs, for a delivery in this task
-        to clear (`PendingMarks`)."""
+        pending marks of the caller's fresh events, which a delivery in this task clears
+        once the writes have landed: every other reaction to those events (jobs parked
+        for later included) must be in `ahead` (`PendingMarks`)."""
         results, firings = self._decide_all(jobs, now, ahead=ahead)
         self._write(firings, now, owner, marks)
         return results

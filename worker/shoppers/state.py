@@ -15,8 +15,8 @@ redoes step 2 only; the interaction log may then hold the event twice, which its
 removes by `event_id`. A batch costs up to four round trips whatever its size: the catalog
 facts, the script, the side effects (with any delayed jobs its reactions park), and the
 pending marks after them. When a rule fires at once, the side effects ride on the
-firing's first round trip, and the marks on the settling of its inline delivery
-(`StateStore.react_and_confirm`).
+firing's first round trip, and where the worker delivers inline what the firing queued,
+the marks ride on that delivery's settling (`StateStore.react_and_confirm`).
 """
 
 from __future__ import annotations
@@ -111,19 +111,31 @@ class ApplyResult:
 class PendingMarks:
     """The pending marks of a batch's fresh events, which `apply_event.lua` leaves and
     `react_and_confirm` clears once every reaction has landed. A round trip that comes
-    after them all may take the marks: `queue` them in its pipeline, and set `cleared`
-    once it has succeeded."""
+    after them all may take the marks: `queue` them in its pipeline, and say `landed()`
+    once it has succeeded. A trip that fails may have cleared them all the same (one
+    command of a pipeline fails alone): its own work must then be recovered otherwise
+    than by the event's redelivery, as an inline delivery's is (`MessageSender._settle`)."""
 
     def __init__(self, keys: Keys, events: Sequence[Event]) -> None:
         self._event_ids: dict[str, list[str]] = {}  # a shopper's pending key -> its events
         for event in events:
             key = keys.user(event.user_id).pending_events
             self._event_ids.setdefault(key, []).append(event.event_id)
-        self.cleared = False
+        self._cleared = False
+
+    @property
+    def cleared(self) -> bool:
+        """Whether a round trip that took the marks has succeeded."""
+        return self._cleared
 
     def queue(self, pipe: StatePipeline) -> None:
+        """Queue the clearing of the marks in `pipe` (idempotent: again after a failure)."""
         for key, event_ids in self._event_ids.items():
             pipe.hdel(key, *event_ids)
+
+    def landed(self) -> None:
+        """The pipeline `queue` filled has run without an error."""
+        self._cleared = True
 
 
 class StateStore:
@@ -346,7 +358,8 @@ class StateStore:
         cluster's delayed set and shopper live on different nodes) fails alone, and the
         marks would be cleared with the work lost. A round trip the reactions make
         anyway after theirs may take the marks (`react` gets them: an inline delivery's
-        settling); else they go in one of their own, with any counters `react` left.
+        settling, whose own writes a failure hands to the push queue, not to the event's
+        redelivery); else they go in one of their own, with any counters `react` left.
         A count a partial failure loses is not a message."""
         pipe = result.side_effects or self._client.pipeline(transaction=False)
         marks = PendingMarks(self._keys, result.fresh)
