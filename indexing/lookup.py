@@ -366,16 +366,20 @@ class LoadedIndex:
         if not missing:
             return kept  # type: ignore[return-value]
         scores, found = self.neighbours.search(self._factors[missing], fetch)
-        scores[found < 0] = -np.inf  # FAISS pads with -FLT_MAX, which scaling would overflow
+        if found[:, -1].min() < 0:  # a short answer, padded at its end with -1 and
+            scores[found < 0] = -np.inf  # -FLT_MAX, which scaling would overflow
         scores *= self._inv_norms[missing][:, None]
         fresh = {r: _Ranking(found[n], scores[n], fetch == count) for n, r in enumerate(missing)}
         if len(cache) + len(fresh) > _NEAR_CACHE_MAX:
             cache.clear()
         keep = min(fetch, _NEAR_KEPT_MAX)  # a deeper query searches again
-        cache.update(
-            (r, _Ranking(got.rows[:keep].copy(), got.scores[:keep].copy(), keep == count))
-            for r, got in list(fresh.items())[:_NEAR_CACHE_MAX]
-        )
+        if len(missing) == 1 and keep == fetch:  # its arrays are the one row's: kept as is
+            cache.update(fresh)
+        else:  # copied off the batch's arrays, which a view would keep alive
+            cache.update(
+                (r, _Ranking(got.rows[:keep].copy(), got.scores[:keep].copy(), keep == count))
+                for r, got in list(fresh.items())[:_NEAR_CACHE_MAX]
+            )
         return [got if got is not None else fresh[r] for r, got in zip(rows, kept, strict=True)]
 
     def _near_alone(self, row: int, k: int, exclude: set[int]) -> Scored:
