@@ -33,6 +33,7 @@ from worker.service.userview import decisions_view
 from worker.settings import Settings
 from worker.shoppers.contacts import device_id
 from worker.shoppers.state import PendingMarks
+from worker.store.pinned import PinnedPipeline
 
 
 @pytest.fixture
@@ -625,6 +626,93 @@ def test_an_inline_delivery_clears_the_events_pending_marks_with_its_settling(
             [in_settling, alone] = marked  # the settling's try, then the task's own trip
             assert "HSETNX" in in_settling and alone == []
             assert queued == [("pushrec.deliver", {"message_ids": [decision["message_id"]]})]
+
+
+def _settle_pipelines(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[str, str]]]:
+    """From now on, each pinned pipeline run from the settling of a delivery on: its
+    commands as (name, key); the first is the one with the first-delivery HSETNX."""
+    ran: list[list[tuple[str, str]]] = []
+    real = PinnedPipeline.execute
+
+    def execute(pipe: PinnedPipeline, raise_on_error: bool = True) -> list[Any]:
+        commands = [(str(args[0]), str(args[1])) for args, _ in pipe.command_stack]
+        if ran or any(name == "HSETNX" for name, _ in commands):
+            ran.append(commands)
+        return real(pipe, raise_on_error)
+
+    monkeypatch.setattr(PinnedPipeline, "execute", execute)
+    return ran
+
+
+def test_a_first_delivery_is_counted_and_its_items_noted_in_the_settlings_round_trip(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt, _ = shop
+    user = shopper(rt, gateways, "count-ahead")
+    mid = fire_post_purchase(rt, user, "b0-1")
+    ran = _settle_pipelines(monkeypatch)
+    [outcome] = rt.sender().deliver_many([DeliveryRequest(mid)], time.time(), "task")
+    assert outcome["action"] == "sent"
+    [settling] = ran  # nothing follows it
+    stats, pushed = rt.keys.rule_stats("post_purchase"), rt.keys.user(user).pushed_items
+    keys = [key for _, key in settling]
+    assert keys.index(stats) > keys.index(rt.keys.message(mid).state)  # after the HSETNX
+    assert ("ZADD", pushed) in settling
+    assert rt.audit.stats(["post_purchase"])["post_purchase"]["delivered"] == 1
+    record = rt.outbox.get(mid)
+    assert record is not None and set(rt.redis.zrange(pushed, 0, -1)) == set(record.items)
+
+
+def test_a_message_another_delivery_took_first_is_counted_back_down(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted ahead of its first-delivery reply, a message whose first delivery was
+    another's (between this one's load and its settling) is counted back down after it:
+    the other delivery counts it."""
+    rt, _ = shop
+    user = shopper(rt, gateways, "count-back")
+    mid = fire_post_purchase(rt, user, "b0-1")
+    sender = rt.sender()
+    real_claim = sender._reserve_and_claim
+
+    def claim_then_another_delivers(*args: Any) -> Any:
+        capped = real_claim(*args)
+        rt.redis.hsetnx(rt.keys.message(mid).state, "delivered_at", "1")
+        return capped
+
+    monkeypatch.setattr(sender, "_reserve_and_claim", claim_then_another_delivers)
+    ran = _settle_pipelines(monkeypatch)
+    [outcome] = sender.deliver_many([DeliveryRequest(mid)], time.time(), "task")
+    assert outcome["action"] == "sent" and len(gateways.accepted("fcm")) == 1
+    [_, back] = ran
+    assert back == [("HINCRBY", rt.keys.rule_stats("post_purchase"))]
+    assert rt.audit.stats(["post_purchase"])["post_purchase"]["delivered"] == 0
+
+
+def test_a_settling_retried_after_its_first_try_landed_counts_the_message_once(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settling's writes land, their reply is lost (the connection drops): the
+    retry's first-delivery reply says the message was delivered already, and what the
+    first try counted stays counted once."""
+    rt, _ = shop
+    user = shopper(rt, gateways, "count-once")
+    mid = fire_post_purchase(rt, user, "b0-1")
+    real = PinnedPipeline.execute
+    lost: list[bool] = []
+
+    def execute(pipe: PinnedPipeline, raise_on_error: bool = True) -> list[Any]:
+        settling = any(args[0] == "HSETNX" for args, _ in pipe.command_stack)
+        replies = real(pipe, raise_on_error)
+        if settling and not lost:
+            lost.append(True)
+            raise redis.ConnectionError("Connection closed by server.")
+        return replies
+
+    monkeypatch.setattr(PinnedPipeline, "execute", execute)
+    [outcome] = rt.sender().deliver_many([DeliveryRequest(mid)], time.time(), "task")
+    assert lost and outcome["action"] == "sent" and len(gateways.accepted("fcm")) == 1
+    assert rt.audit.stats(["post_purchase"])["post_purchase"]["delivered"] == 1
 
 
 @pytest.mark.parametrize("rule_name", ["post_purchase", "no-such-rule"])

@@ -91,6 +91,16 @@ class _Delivery:
     result: DeliveryOutcome = field(default_factory=lambda: DeliveryOutcome())
 
 
+class _FirstSent(NamedTuple):
+    """A delivery a device took: where its first-delivery reply sits in the settling's
+    replies, and whether it was counted ahead of that reply (not delivered before, as
+    loaded)."""
+
+    delivery: _Delivery
+    at: int
+    ahead: bool
+
+
 class Reread(NamedTuple):
     """What the send-time re-check reads of a message's shopper: the shopper (devices,
     preferences, purchases since the message was made), each item's stock, the items
@@ -442,46 +452,55 @@ class MessageSender:
     ) -> None:
         """Record every attempt and act on each device's result, for the whole batch in
         one round trip, with the metrics (each send by channel and outcome, the gateway
-        latencies) and `marks` (`deliver_many`); then count the messages delivered for
-        the first time. The sends went out already, so a Redis error here is retried
-        here, not by the task (which would send again)."""
+        latencies), `marks` (`deliver_many`) and the counts of a first delivery.
 
-        def writes() -> tuple[list[Any], list[tuple[_Delivery, int]]]:
+        A message is counted delivered, and its items noted (no repeats, attribution),
+        once: on the reply of its first-delivery HSETNX. Those not delivered before as
+        loaded (nearly all) are counted in the same round trip, ahead of the reply; the
+        rare one another delivery took first meanwhile (or a retried round trip whose
+        first try landed) is counted back down after it, and one delivered before as
+        loaded is counted after the reply when it still proves first. The sends went
+        out already, so a Redis error here is retried here, not by the task (which
+        would send again)."""
+
+        def writes() -> tuple[list[Any], list[_FirstSent]]:
             pipe = self._client.pipeline(transaction=False)
             for d in held:
                 self._settle_held(d, now, pipe)
             for d in [*live, *held]:
                 self._drop_moved(d, now, pipe)
-            first_sent: list[tuple[_Delivery, int]] = []  # (delivery, its HSETNX reply)
+            first_sent: list[_FirstSent] = []
             for d, results in zip(live, outcomes, strict=True):
                 at = self._settle_one(d, results, now, pipe)
                 if at is not None:
-                    first_sent.append((d, at))
+                    first_sent.append(_FirstSent(d, at, "delivered_at" not in d.state))
             sends = Counter(
                 f"messages.{r.channel}.{r.outcome}" for results in outcomes for r in results
             )
             self._metrics.add(sends, pipe=pipe)
             self._metrics.observe_latency(latencies, pipe)
+            self._count_delivered([f.delivery for f in first_sent if f.ahead], now, pipe)
             if marks is not None and not marks.cleared:
                 marks.queue(pipe)
             return pipe.execute(), first_sent
 
-        def counts(replies: list[Any], first_sent: list[tuple[_Delivery, int]]) -> None:
+        def recount(replies: list[Any], first_sent: list[_FirstSent]) -> None:
             pipe = self._client.pipeline(transaction=False)
-            delivered: Counter[str] = Counter()  # rule -> messages: one HINCRBY a batch
-            for d, at in first_sent:
-                if replies[at]:  # the first delivery of this message: count it once
-                    delivered[d.record.rule] += 1
-                    self._note_items(d.record, now, pipe)
-            for rule, n in delivered.items():
-                self._audit.count(rule, "delivered", n, pipe=pipe)
+            late = [f.delivery for f in first_sent if replies[f.at] and not f.ahead]
+            self._count_delivered(late, now, pipe)
+            back: Counter[str] = Counter()  # counted ahead, but not the first delivery
+            for f in first_sent:
+                if f.ahead and not replies[f.at]:
+                    back[f.delivery.record.rule] += 1
+            for rule, n in back.items():
+                self._audit.count(rule, "delivered", -n, pipe=pipe)
             if len(pipe):
                 pipe.execute()
 
         replies, first_sent = _patiently(writes)
         if marks is not None:
             marks.landed()
-        _patiently(lambda: counts(replies, first_sent))
+        _patiently(lambda: recount(replies, first_sent))
         gone = {  # devices just deactivated leave the channel segments
             d.record.user_id
             for d, results in zip(live, outcomes, strict=True)
@@ -489,6 +508,18 @@ class MessageSender:
         }
         if gone:
             _patiently(lambda: self._segment_index.refresh_devices(gone, now))
+
+    def _count_delivered(
+        self, deliveries: Sequence[_Delivery], now: float, pipe: StatePipeline
+    ) -> None:
+        """Count `deliveries` delivered (one HINCRBY a rule) and note their items (in
+        `pipe`), as each message's first delivery."""
+        delivered: Counter[str] = Counter()
+        for d in deliveries:
+            delivered[d.record.rule] += 1
+            self._note_items(d.record, now, pipe)
+        for rule, n in delivered.items():
+            self._audit.count(rule, "delivered", n, pipe=pipe)
 
     def _settle_held(self, d: _Delivery, now: float, pipe: StatePipeline) -> None:
         """Queue the writes of a delivery that did not go out: held out (a holdout cell's
