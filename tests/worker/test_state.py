@@ -11,6 +11,7 @@ import redis
 
 from tests.clock import RUN_NOW
 from tests.worker.sharded import log_entries, log_length
+from worker.redis_urls import is_cluster_url
 from worker.service import ingest
 from worker.service.runtime import Runtime
 from worker.service.userview import user_view
@@ -72,6 +73,42 @@ def test_cart_purchase_and_rfm_follow_the_events(runtime: Runtime) -> None:
     assert list(state["category_affinity"]) == ["mugs"]
 
 
+def test_an_event_takes_its_items_category_and_price_from_the_catalog_as_it_applies(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The category (whatever JSON makes of its characters) goes in the recent entry,
+    the affinity and the trending counters; the catalog's price counts where the event
+    names none. A single node's script reads them itself, in the state's one round
+    trip; a cluster's caller reads them first."""
+    category = 'Küche / "Töpfe" \\ ✓'
+    ingest.upsert_items(runtime, [{"item_id": "pot", "category": category, "price": 7.5}], NOW)
+    trips: list[int] = []
+    real = type(runtime.redis.pipeline()).execute
+
+    def execute(pipe: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(len(pipe))
+        return real(pipe, *args, **kwargs)
+
+    monkeypatch.setattr(type(runtime.redis.pipeline()), "execute", execute)
+    events = [
+        parse_event(ev("e1", "purchase", item="pot", quantity=2), Limits(), NOW),
+        parse_event(ev("e2", "purchase", item="pot", price=1.25), Limits(), NOW),
+        parse_event(ev("e3", "view", item="unknown"), Limits(), NOW),
+    ]
+    result = runtime.state.apply_events(events, NOW, "d1", carry_side_effects=True)
+    assert len(trips) == (2 if is_cluster_url(str(runtime.settings.redis_url)) else 1)
+    monkeypatch.undo()
+    runtime.state.react_and_confirm(result, lambda pipe, marks: False)  # the side effects
+    state = view(runtime)
+    assert [r.get("category") for r in state["recent"]] == [None, category, category]
+    assert state["rfm"]["monetary"] == 2 * 7.5 + 1.25
+    assert list(state["category_affinity"]) == [category]
+    bucket = int((NOW - 600) // runtime.settings.trending_bucket_s)
+    keys = runtime.keys
+    trending = keys.trending_categories(bucket, keys.shard(category))
+    assert runtime.redis.zscore(trending, category) == 10.0  # two purchases
+
+
 def test_recent_items_are_capped(runtime: Runtime) -> None:
     cap = runtime.settings.recent_items_max
     apply(
@@ -123,8 +160,8 @@ def test_event_applied_before_a_crash_has_its_side_effects_redone(runtime: Runti
     # Step 1 alone, as if the worker died before the log/trending pipeline ran.
     event = parse_event(raw, Limits(), NOW)
     pipe = runtime.redis.pipeline()
-    runtime.state._queue_state_update(pipe, event, None, NOW, "delivery-1")
-    assert pipe.execute() == [APPLIED]
+    runtime.state._queue_state_update(pipe, event, ("", ""), NOW, "delivery-1")
+    assert pipe.execute() == [[APPLIED, ""]]
     assert log_length(runtime) == 0
 
     # A copy of the event in another message is a duplicate; the redelivery finishes it.

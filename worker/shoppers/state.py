@@ -12,9 +12,11 @@ One event is applied in two steps:
 
 If a worker dies between the two steps, the redelivered task finds the event pending and
 redoes step 2 only; the interaction log may then hold the event twice, which its reader
-removes by `event_id`. A batch costs up to four round trips whatever its size: the catalog
-facts, the script, the side effects (with any delayed jobs its reactions park), and the
-pending marks after them. When a rule fires at once, the side effects ride on the
+removes by `event_id`. A batch costs up to three round trips whatever its size: the
+script (which reads each event's item facts, category and price, from the catalog; a
+cluster's caller reads them in a round trip before it, the item's hash being in another
+slot), the side effects (with any delayed jobs its reactions park), and the pending
+marks after them. When a rule fires at once, the side effects ride on the
 firing's first round trip, and where the worker delivers inline what the firing queued,
 the marks ride on that delivery's settling (`StateStore.react_and_confirm`).
 """
@@ -27,6 +29,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from redis.cluster import RedisCluster
 
 from indexing.history import HISTORY_EPOCH, STATE_HALF_LIFE_S, decay_term
 from worker.settings import Settings
@@ -180,14 +184,19 @@ class StateStore:
         """
         if not events:
             return ApplyResult()
-        catalog = self._catalog_facts({e.item_id for e in events if e.item_id})
+        # a cluster's script cannot read an item's hash (another slot): read first
+        catalog = (
+            self._catalog_facts({e.item_id for e in events if e.item_id})
+            if isinstance(self._client, RedisCluster)
+            else None
+        )
         # A repeat inside the batch would find its first copy "pending" and redo its
         # side effects; it is a plain duplicate, decided here.
         first: dict[str, int] = {}
         pipe = self._client.pipeline(transaction=False)
         for position, event in enumerate(events):
             if first.setdefault(event.event_id, position) == position:
-                facts = catalog.get(event.item_id or "")
+                facts = catalog.get(event.item_id or "", ("", "")) if catalog is not None else None
                 self._queue_state_update(pipe, event, facts, now, delivery_id)
         users = sorted({e.user_id for e in events})
         if follow_up is not None:
@@ -196,18 +205,20 @@ class StateStore:
         if also_read is not None:
             also_read.queue(pipe)
         replies = pipe.execute()
-        sent = iter(int(s) for s in replies[: len(first)])
-        statuses = [
-            next(sent) if first[e.event_id] == position else DUPLICATE
+        # each script's [status, the category it applied the event with]
+        applied = iter([(int(status), str(category)) for status, category in replies[: len(first)]])
+        outcomes = [
+            next(applied) if first[e.event_id] == position else (DUPLICATE, "")
             for position, e in enumerate(events)
         ]
+        statuses = [status for status, _ in outcomes]
 
         side_effects = self._client.pipeline(transaction=False)
         self._queue_side_effects(
             side_effects,
             [
-                (event, catalog.get(event.item_id or "", ("", ""))[0])
-                for event, status in zip(events, statuses, strict=True)
+                (event, category)
+                for event, (status, category) in zip(events, outcomes, strict=True)
                 if status != DUPLICATE
             ],
             now,
@@ -230,7 +241,8 @@ class StateStore:
         return ApplyResult(statuses, list(events))
 
     def _catalog_facts(self, item_ids: set[str]) -> dict[str, tuple[str, str]]:
-        """item_id -> (category, price) from the catalog; '' where unknown."""
+        """item_id -> (category, price) from the catalog; '' where unknown (a cluster's
+        round trip before the script)."""
         ordered = sorted(item_ids)
         pipe = self._client.pipeline(transaction=False)
         for item_id in ordered:
@@ -249,9 +261,15 @@ class StateStore:
         now: float,
         delivery_id: str,
     ) -> None:
+        """Queue the state script for `event`, with its item's (category, price) read
+        already (a cluster) or None: the script reads them from the item's hash."""
         s = self._settings
+        keys = self._keys.user(event.user_id).event_state()
+        if catalog is None and event.item_id:
+            keys.append(self._keys.item(event.item_id).item)
         category, catalog_price = catalog or ("", "")
         price = event.price if event.price is not None else catalog_price
+        # the script adds the category, last, when the item has one
         recent: dict[str, object] = {"ts": event.ts, "type": event.type}
         if event.item_id:
             recent["item_id"] = event.item_id
@@ -259,13 +277,10 @@ class StateStore:
             recent["query"] = event.query
         if event.push_id:
             recent["push_id"] = event.push_id
-        if category:
-            recent["category"] = category
-        affinity = decayed_weight(INTEREST_WEIGHTS[event.type], event.ts) if category else 0.0
         self._scripts.queue(
             pipe,
             self._scripts.apply_event,
-            self._keys.user(event.user_id).event_state(),
+            keys,
             [
                 event.event_id,
                 event.type,
@@ -274,7 +289,7 @@ class StateStore:
                 event.quantity,
                 "" if price == "" else repr(float(price)),
                 category,
-                repr(affinity),
+                repr(decayed_weight(INTEREST_WEIGHTS[event.type], event.ts)),
                 repr(now),
                 s.recent_items_max,
                 s.dedup_window_s,

@@ -1,19 +1,22 @@
 -- Apply one activity event to one shopper's state, atomically and at most once.
 -- KEYS: profile, recent, cart, cart_added, purchased, purchase_counts, affinity,
 --       seen, pending, purchase_first, interests, history, history_sums
---       (all in the shopper's hash slot)
+--       (all in the shopper's hash slot), and on a single node the item's catalog hash
+--       (the event's category and, unless the event names one, its price are read
+--       from it; a cluster's caller reads them first and passes them)
 -- ARGV: event_id, type, item_id|'', ts, quantity, price|'', category|'',
---       affinity_increment, now, recent_max, dedup_window_s, dedup_max, user_ttl_s,
---       recent_entry_json
+--       affinity_increment (added to the category's affinity when there is one), now,
+--       recent_max, dedup_window_s, dedup_max, user_ttl_s,
+--       recent_entry_json (without the category: added here when there is one)
 --       delivery_id (the task id: the same for a retry or redelivery of one message)
 --       interest_window_s, cart_max (distinct items; the oldest-added go first)
 --       history_term (the event's 2^((ts - epoch) / half_life), indexing.history),
 --       history_max (items), history_epoch, history_half_life_s (to start the history
 --       of a shopper from their recent list)
--- Returns 0 duplicate, 1 applied, 2 applied earlier by this same delivery but its global
--- side effects (log, trending) were not confirmed: the caller redoes them. A copy of
--- the event in another message, racing the first, is a duplicate: only the delivery
--- that applied an event finishes it.
+-- Returns {status, category}: status 0 duplicate, 1 applied, 2 applied earlier by this
+-- same delivery but its global side effects (log, trending) were not confirmed: the
+-- caller redoes them. A copy of the event in another message, racing the first, is a
+-- duplicate: only the delivery that applied an event finishes it.
 local profile, recent, cart, cart_added, purchased, purchase_counts, affinity, seen, pending =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local purchase_first, interests = KEYS[10], KEYS[11]
@@ -21,6 +24,12 @@ local interest_window, cart_max = tonumber(ARGV[16]), tonumber(ARGV[17])
 local event_id, etype, item = ARGV[1], ARGV[2], ARGV[3]
 local ts, qty = tonumber(ARGV[4]), tonumber(ARGV[5])
 local price, category, affinity_inc = ARGV[6], ARGV[7], tonumber(ARGV[8])
+local state_keys = 13
+if #KEYS > state_keys then
+  local facts = redis.call('HMGET', KEYS[state_keys + 1], 'category', 'price')
+  category = facts[1] or ''
+  if price == '' and tonumber(facts[2]) then price = facts[2] end
+end
 local now, recent_max = tonumber(ARGV[9]), tonumber(ARGV[10])
 local window, dedup_max, ttl = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
 local history, history_sums, history_max = KEYS[12], KEYS[13], tonumber(ARGV[19])
@@ -63,8 +72,8 @@ local function drop_oldest(zset, hash, over)
 end
 
 if redis.call('ZSCORE', seen, event_id) then
-  if redis.call('HGET', pending, event_id) == ARGV[15] then return 2 end
-  return 0
+  if redis.call('HGET', pending, event_id) == ARGV[15] then return {2, category} end
+  return {0, ''}
 end
 redis.call('ZREMRANGEBYSCORE', seen, '-inf', now - window)
 redis.call('ZADD', seen, now, event_id)
@@ -102,7 +111,11 @@ if item ~= '' then
   count = count + history_add(item, etype, ARGV[4], tonumber(ARGV[18]))
   if count > history_max then drop_oldest(history, history_sums, count - history_max) end
 end
-redis.call('LPUSH', recent, ARGV[14])
+local entry = ARGV[14]
+if category ~= '' then  -- the entry's last field, as the worker's JSON would put it
+  entry = string.sub(entry, 1, -2) .. ',"category":' .. cjson.encode(category) .. '}'
+end
+redis.call('LPUSH', recent, entry)
 redis.call('LTRIM', recent, 0, recent_max - 1)
 
 if (etype == 'view' or etype == 'add_to_cart') and item ~= '' then
@@ -135,5 +148,5 @@ end
 if category ~= '' and affinity_inc ~= 0 then
   redis.call('ZINCRBY', affinity, affinity_inc, category)
 end
-for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ttl) end
-return 1
+for i = 1, state_keys do redis.call('EXPIRE', KEYS[i], ttl) end
+return {1, category}
