@@ -655,8 +655,8 @@ def test_a_first_delivery_is_counted_and_its_items_noted_in_the_settlings_round_
     assert outcome["action"] == "sent"
     [settling] = ran  # nothing follows it
     stats, pushed = rt.keys.rule_stats("post_purchase"), rt.keys.user(user).pushed_items
-    keys = [key for _, key in settling]
-    assert keys.index(stats) > keys.index(rt.keys.message(mid).state)  # after the HSETNX
+    hsetnx = settling.index(("HSETNX", rt.keys.message(mid).state))
+    assert settling.index(("HINCRBY", stats)) > hsetnx  # counted after it, in its trip
     assert ("ZADD", pushed) in settling
     assert rt.audit.stats(["post_purchase"])["post_purchase"]["delivered"] == 1
     record = rt.outbox.get(mid)
@@ -689,29 +689,70 @@ def test_a_message_another_delivery_took_first_is_counted_back_down(
     assert rt.audit.stats(["post_purchase"])["post_purchase"]["delivered"] == 0
 
 
-def test_a_settling_retried_after_its_first_try_landed_counts_the_message_once(
-    shop: tuple[Runtime, list[Any]], gateways: Gateways, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "failures",
+    [("landed",), ("landed", "landed"), ("refused",), ("refused", "refused")],
+    ids="-".join,
+)
+def test_a_settling_retried_counts_the_message_once(
+    shop: tuple[Runtime, list[Any]],
+    gateways: Gateways,
+    monkeypatch: pytest.MonkeyPatch,
+    failures: tuple[str, ...],
 ) -> None:
-    """The settling's writes land, their reply is lost (the connection drops): the
-    retry's first-delivery reply says the message was delivered already, and what the
-    first try counted stays counted once."""
+    """The settling's tries fail with the connection: after their writes landed (the
+    reply lost) or before (refused). However many landed, the message is counted
+    once: the first try counts ahead, a later one counts only a first delivery its own
+    reply proves. (A first try refused and a second landed leaves it uncounted: the third
+    try's reply cannot tell that second try from another delivery.)"""
     rt, _ = shop
     user = shopper(rt, gateways, "count-once")
     mid = fire_post_purchase(rt, user, "b0-1")
     real = PinnedPipeline.execute
-    lost: list[bool] = []
+    failing = list(failures)
 
     def execute(pipe: PinnedPipeline, raise_on_error: bool = True) -> list[Any]:
-        settling = any(args[0] == "HSETNX" for args, _ in pipe.command_stack)
-        replies = real(pipe, raise_on_error)
-        if settling and not lost:
-            lost.append(True)
-            raise redis.ConnectionError("Connection closed by server.")
-        return replies
+        if not any(args[0] == "HSETNX" for args, _ in pipe.command_stack) or not failing:
+            return real(pipe, raise_on_error)
+        if failing.pop(0) == "landed":
+            real(pipe, raise_on_error)
+        else:
+            pipe.reset()
+        raise redis.ConnectionError("Connection closed by server.")
 
     monkeypatch.setattr(PinnedPipeline, "execute", execute)
+    monkeypatch.setattr(time, "sleep", lambda s: None)  # `_patiently`'s waits
     [outcome] = rt.sender().deliver_many([DeliveryRequest(mid)], time.time(), "task")
-    assert lost and outcome["action"] == "sent" and len(gateways.accepted("fcm")) == 1
+    assert not failing and outcome["action"] == "sent" and len(gateways.accepted("fcm")) == 1
+    assert rt.audit.stats(["post_purchase"])["post_purchase"]["delivered"] == 1
+
+
+def test_a_message_loaded_as_delivered_is_counted_when_its_reply_proves_it_first(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not counted ahead (its state said delivered when loaded), a message whose
+    first-delivery reply says it is the first after all (that state gone since) is
+    counted after the reply."""
+    rt, _ = shop
+    user = shopper(rt, gateways, "count-late")
+    mid = fire_post_purchase(rt, user, "b0-1")
+    state = rt.keys.message(mid).state
+    rt.redis.hset(state, "delivered_at", "1")
+    sender = rt.sender()
+    real_claim = sender._reserve_and_claim
+
+    def claim_then_state_goes(*args: Any) -> Any:
+        capped = real_claim(*args)
+        rt.redis.hdel(state, "delivered_at")
+        return capped
+
+    monkeypatch.setattr(sender, "_reserve_and_claim", claim_then_state_goes)
+    ran = _settle_pipelines(monkeypatch)
+    [outcome] = sender.deliver_many([DeliveryRequest(mid)], time.time(), "task")
+    assert outcome["action"] == "sent"
+    [settling, late] = ran
+    assert ("HINCRBY", rt.keys.rule_stats("post_purchase")) not in settling
+    assert ("HINCRBY", rt.keys.rule_stats("post_purchase")) in late
     assert rt.audit.stats(["post_purchase"])["post_purchase"]["delivered"] == 1
 
 

@@ -107,6 +107,7 @@ def test_an_event_takes_its_items_category_and_price_from_the_catalog_as_it_appl
     keys = runtime.keys
     trending = keys.trending_categories(bucket, keys.shard(category))
     assert runtime.redis.zscore(trending, category) == 10.0  # two purchases
+    assert runtime.redis.ttl(runtime.keys.item("pot").item) == -1  # the catalog never expires
 
 
 def test_recent_items_are_capped(runtime: Runtime) -> None:

@@ -455,15 +455,17 @@ class MessageSender:
         latencies), `marks` (`deliver_many`) and the counts of a first delivery.
 
         A message is counted delivered, and its items noted (no repeats, attribution),
-        once: on the reply of its first-delivery HSETNX. Those not delivered before as
-        loaded (nearly all) are counted in the same round trip, ahead of the reply; the
-        rare one another delivery took first meanwhile (or a retried round trip whose
-        first try landed) is counted back down after it, and one delivered before as
-        loaded is counted after the reply when it still proves first. The sends went
-        out already, so a Redis error here is retried here, not by the task (which
-        would send again)."""
+        once per message, as its first-delivery HSETNX's reply says: counted ahead of
+        the reply, in the same round trip, when not delivered before as loaded (nearly
+        all), and corrected after it; counted after it otherwise. The sends went out
+        already, so a Redis error here is retried here, not by the task (which would send
+        again); only the first try counts ahead, since a failed try may have landed
+        (see `recount`)."""
+        tries: list[None] = []
 
         def writes() -> tuple[list[Any], list[_FirstSent]]:
+            tries.append(None)
+            ahead = len(tries) == 1
             pipe = self._client.pipeline(transaction=False)
             for d in held:
                 self._settle_held(d, now, pipe)
@@ -473,7 +475,7 @@ class MessageSender:
             for d, results in zip(live, outcomes, strict=True):
                 at = self._settle_one(d, results, now, pipe)
                 if at is not None:
-                    first_sent.append(_FirstSent(d, at, "delivered_at" not in d.state))
+                    first_sent.append(_FirstSent(d, at, ahead and "delivered_at" not in d.state))
             sends = Counter(
                 f"messages.{r.channel}.{r.outcome}" for results in outcomes for r in results
             )
@@ -485,6 +487,10 @@ class MessageSender:
             return pipe.execute(), first_sent
 
         def recount(replies: list[Any], first_sent: list[_FirstSent]) -> None:
+            """Count the first deliveries not counted ahead; count back down those counted
+            ahead whose reply says another delivery took the message first. After a
+            failed first try, a later try's reply of 0 may mean that try landed (counted
+            ahead: kept) or another delivery won: left as it is either way."""
             pipe = self._client.pipeline(transaction=False)
             late = [f.delivery for f in first_sent if replies[f.at] and not f.ahead]
             self._count_delivered(late, now, pipe)
