@@ -16,9 +16,10 @@ removes by `event_id`. A batch costs up to three round trips whatever its size o
 single node, four on a cluster: the script (which reads each event's item facts,
 category and price, from the catalog; a cluster's caller reads them in a round trip
 before it, the item's hash being in another slot), the side effects (with any delayed
-jobs its reactions park), and the pending marks after them. When a rule fires at once, the side effects ride on the
-firing's first round trip, and where the worker delivers inline what the firing queued,
-the marks ride on that delivery's settling (`StateStore.react_and_confirm`).
+jobs its reactions park), and the pending marks after them. When a rule fires at once,
+the side effects ride on the firing's first round trip, and where the worker delivers
+inline what the firing queued, the marks ride on that delivery's settling
+(`StateStore.react_and_confirm`).
 """
 
 from __future__ import annotations
