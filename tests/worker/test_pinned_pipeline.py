@@ -63,6 +63,7 @@ def _reads_and_writes(pipe: Any, k: str) -> None:
     pipe.eval("return {1, 'two', {3}}", 0)
     pipe.dump(f"{k}:s")  # read undecoded (NEVER_DECODE)
     pipe.delete(f"{k}:s", f"{k}:missing")
+    pipe.execute_command("hgetall", f"{k}:h")  # a name in lower case: its callback all the same
 
 
 def _errors(pipe: Any, k: str) -> None:
@@ -119,7 +120,8 @@ def test_replies_are_redis_pys(clients: tuple[redis.Redis, redis.Redis], key_pre
     lean, stock = _both(clients, key_prefix, _reads_and_writes)
     assert lean == stock
     assert lean[6] == {"a": "1", "b": "x"} and lean[11] == [("n", -2.0), ("m", 1.5)]
-    assert isinstance(lean[-2], bytes)
+    assert isinstance(lean[-3], bytes)
+    assert lean[-1] == {"a": "1", "b": "x", "f": "0.5"}
 
 
 def test_error_replies_stay_in_place_or_raise_the_first_as_redis_py_does(

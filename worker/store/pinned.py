@@ -19,7 +19,7 @@ was in flight when it died), and the one after reconnects.
 
 It is packed by the connection's packer into one buffer and sent by redis-py's
 `Connection` (whose health check still pings a long-idle connection); the replies are
-read from the connection's hiredis reader and socket directly (`_reader_of`), with
+read from the connection's hiredis reader and socket directly (`_read_hiredis`), with
 redis-py's errors. Each reply goes through the command's response callback;
 a `ResponseError` reply stays in its place and the first is raised after all are read,
 as redis-py does (a callback that raises drops the connection and raises, where
@@ -37,7 +37,6 @@ with scripts to load).
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 import time
@@ -64,6 +63,7 @@ IDLE_CHECK_S = 1.0
 # options redis-py's `parse_response` pops before calling a callback ("keys" is for its
 # client-side cache)
 _NOT_FOR_CALLBACKS = frozenset({"keys", EMPTY_RESPONSE, NEVER_DECODE})
+_SCALARS = frozenset({int, bytes, str, type(None)})  # replies that are neither errors nor pushes
 
 
 @dataclass(slots=True, weakref_slot=True, eq=False)  # hashed by identity, in a WeakSet
@@ -163,18 +163,22 @@ class PinnedPipeline(redis.client.Pipeline):
         if connection._resp2_fallback:
             return super().execute(raise_on_error)
         try:
-            replies = self._send_and_read(connection, commands)
+            replies, first_error = self._send_and_read(connection, commands)
         finally:
             self.reset()
-        if raise_on_error:
-            self.raise_first_error(commands, replies)  # type: ignore[no-untyped-call]
+        if raise_on_error and first_error >= 0:  # as `raise_first_error` does
+            error = replies[first_error]
+            self.annotate_exception(error, first_error + 1, commands[first_error][0])  # type: ignore[no-untyped-call]
+            raise error
         return replies
 
     def _send_and_read(
         self, connection: Any, commands: list[tuple[tuple[Any, ...], dict[str, Any]]]
-    ) -> list[Any]:
+    ) -> tuple[list[Any], int]:
+        """The replies, and the position of the first that is an error (-1: none)."""
         callbacks: Any = self.response_callbacks
         replies: list[Any] = []
+        first_error = -1
         try:
             # one buffer, packed by the connection's packer: `pack_commands` would also
             # split it at 6 kB, ~0.25 us a command in Python that the socket does not need
@@ -182,67 +186,86 @@ class PinnedPipeline(redis.client.Pipeline):
             connection.send_packed_command([b"".join([c for a, _ in commands for c in pack(*a)])])
             read = _reader_of(connection)
             for args, options in commands:
-                reply = read(NEVER_DECODE in options)
+                reply = read(connection, NEVER_DECODE in options)
                 if isinstance(reply, ResponseError):
-                    replies.append(options.get(EMPTY_RESPONSE, reply))
+                    reply = options.get(EMPTY_RESPONSE, reply)
+                    if first_error < 0 and isinstance(reply, ResponseError):
+                        first_error = len(replies)
+                    replies.append(reply)
                     continue
-                callback = callbacks.get(args[0])
+                callback = _callback(callbacks, args[0])
                 if callback is not None:
-                    if options:
+                    if not options or options.keys() <= _NOT_FOR_CALLBACKS:
+                        reply = callback(reply)
+                    else:
                         options = {k: v for k, v in options.items() if k not in _NOT_FOR_CALLBACKS}
-                    reply = callback(reply, **options)
+                        reply = callback(reply, **options)
                 replies.append(reply)
         except BaseException:
             connection.disconnect()  # the replies not read would answer the next pipeline
             raise
         if connection.health_check_interval:
             connection.next_health_check = time.monotonic() + connection.health_check_interval
-        return replies
+        return replies, first_error
 
 
-def _reader_of(connection: Any) -> Callable[[bool], Any]:
-    """Reads the next reply on `connection` (undecoded when asked) as its
-    `read_response` would, but returns a `ResponseError` reply instead of raising it:
+def _callback(callbacks: Any, name: Any) -> Any:
+    """`callbacks.get(name)` (a redis-py `CaseInsensitiveDict`, keyed upper case) without
+    its `upper()` call for the names met already in upper case: all of redis-py's."""
+    if name in _UPPER_NAMES:
+        return dict.get(callbacks, name)
+    if isinstance(name, str) and name.isupper() and len(_UPPER_NAMES) < NAMES_KEPT_MAX:
+        _UPPER_NAMES.add(name)
+    return callbacks.get(name)
+
+
+_UPPER_NAMES: set[str] = set()  # command names met in upper case
+
+
+def _reader_of(connection: Any) -> Callable[[Any, bool], Any]:
+    """How to read the next reply on `connection` (undecoded when asked) as its
+    `read_response` would, but returning a `ResponseError` reply instead of raising it:
     straight from hiredis's reader and the socket when the connection parses with
-    redis-py's hiredis parser (its `read_response` and the connection's cost ~1.5 us a
-    reply in Python), through `read_response` otherwise. Errors are redis-py's: a read
-    timeout is its `TimeoutError`, a socket error or a closed connection its
-    `ConnectionError`, and a push frame goes to the parser's handlers."""
-    if type(connection._parser) is not _HiredisParser:
-        return functools.partial(_read_response, connection)
+    redis-py's hiredis parser (`_read_hiredis`; its `read_response` and the connection's
+    cost ~1.5 us a reply in Python), through `read_response` otherwise."""
+    return _read_hiredis if type(connection._parser) is _HiredisParser else _read_response
+
+
+def _read_hiredis(connection: Any, undecoded: bool) -> Any:
+    """The next reply from the connection's hiredis reader and socket. Errors are
+    redis-py's: a read timeout is its `TimeoutError`, a socket error or a closed
+    connection its `ConnectionError`, and a push frame goes to the parser's handlers."""
     parser: Any = connection._parser  # typed by the stubs narrower than it is
-    push_type = parser._hiredis_PushNotificationType
-
-    def read(undecoded: bool) -> Any:
-        reader, sock = parser._reader, connection._sock
-        if reader is None or sock is None:
+    reader, sock = parser._reader, connection._sock
+    if reader is None or sock is None:
+        raise ConnectionError(SERVER_CLOSED_CONNECTION_ERROR)
+    reply = reader.gets(False) if undecoded else reader.gets()
+    while reply is NOT_ENOUGH_DATA:
+        try:
+            got = sock.recv_into(parser._buffer)
+        except TimeoutError as exc:
+            if is_os_level_timeout(exc):  # ETIMEDOUT from the OS: the connection is dead
+                raise ConnectionError(f"Error while reading from socket: {exc.args}") from exc
+            raise RedisTimeoutError(f"Timeout reading from {connection._host_error()}") from exc
+        except OSError as exc:
+            raise ConnectionError(
+                f"Error while reading from {connection._host_error()} : {exc.args}"
+            ) from exc
+        if not got:
             raise ConnectionError(SERVER_CLOSED_CONNECTION_ERROR)
+        reader.feed(parser._buffer, 0, got)
         reply = reader.gets(False) if undecoded else reader.gets()
-        while reply is NOT_ENOUGH_DATA:
-            try:
-                got = sock.recv_into(parser._buffer)
-            except TimeoutError as exc:
-                if is_os_level_timeout(exc):  # ETIMEDOUT from the OS: the connection is dead
-                    raise ConnectionError(f"Error while reading from socket: {exc.args}") from exc
-                raise RedisTimeoutError(f"Timeout reading from {connection._host_error()}") from exc
-            except OSError as exc:
-                raise ConnectionError(
-                    f"Error while reading from {connection._host_error()} : {exc.args}"
-                ) from exc
-            if not got:
-                raise ConnectionError(SERVER_CLOSED_CONNECTION_ERROR)
-            reader.feed(parser._buffer, 0, got)
-            reply = reader.gets(False) if undecoded else reader.gets()
-        if push_type is not None and isinstance(reply, push_type):
-            parser.handle_push_response(reply)
-            return _read_response(connection, undecoded)  # the reply it came before
-        if isinstance(reply, ConnectionError):  # e.g. LOADING: raised, as the parser does
-            raise reply
-        if isinstance(reply, list) and reply and isinstance(reply[0], ConnectionError):
-            raise reply[0]
+    if type(reply) in _SCALARS:  # most replies: nothing more to look at
         return reply
-
-    return read
+    push_type = parser._hiredis_PushNotificationType
+    if push_type is not None and isinstance(reply, push_type):
+        parser.handle_push_response(reply)
+        return _read_response(connection, undecoded)  # the reply it came before
+    if isinstance(reply, ConnectionError):  # e.g. LOADING: raised, as the parser does
+        raise reply
+    if isinstance(reply, list) and reply and isinstance(reply[0], ConnectionError):
+        raise reply[0]
+    return reply
 
 
 def _read_response(connection: Any, undecoded: bool) -> Any:
