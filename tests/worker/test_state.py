@@ -157,6 +157,7 @@ def test_trending_counts_recent_item_activity(runtime: Runtime) -> None:
 
 
 def test_event_applied_before_a_crash_has_its_side_effects_redone(runtime: Runtime) -> None:
+    ingest.upsert_items(runtime, [{"item_id": "sku-1", "category": "mugs"}], NOW)
     raw = ev("e1", "view")
     # Step 1 alone, as if the worker died before the log/trending pipeline ran.
     event = parse_event(raw, Limits(), NOW)
@@ -170,6 +171,10 @@ def test_event_applied_before_a_crash_has_its_side_effects_redone(runtime: Runti
     assert log_length(runtime) == 0
     assert apply(runtime, raw, delivery="delivery-1") == [RESUMED]
     assert log_length(runtime) == 1
+    # the script answers the item's category on a resume too: its trending is redone
+    bucket = int((NOW - 600) // runtime.settings.trending_bucket_s)
+    trending = runtime.keys.trending_categories(bucket, runtime.keys.shard("mugs"))
+    assert runtime.redis.zscore(trending, "mugs") == 1.0
     assert view(runtime)["profile"]["events"] == 1  # state itself was not applied twice
     assert apply(runtime, raw, delivery="delivery-1") == [DUPLICATE]
 
