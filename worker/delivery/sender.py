@@ -489,8 +489,8 @@ class MessageSender:
         def recount(replies: list[Any], first_sent: list[_FirstSent]) -> None:
             """Count the first deliveries not counted ahead; count back down those counted
             ahead whose reply says another delivery took the message first. After a
-            failed first try, a later try's reply of 0 may mean that try landed (counted
-            ahead: kept) or another delivery won: left as it is either way."""
+            failed first try, a later try's reply of 0 may mean the first try landed
+            (its count ahead stands) or another delivery won: left as it is either way."""
             pipe = self._client.pipeline(transaction=False)
             late = [f.delivery for f in first_sent if replies[f.at] and not f.ahead]
             self._count_delivered(late, now, pipe)
