@@ -63,7 +63,7 @@ def _reads_and_writes(pipe: Any, k: str) -> None:
     pipe.eval("return {1, 'two', {3}}", 0)
     pipe.dump(f"{k}:s")  # read undecoded (NEVER_DECODE)
     pipe.delete(f"{k}:s", f"{k}:missing")
-    pipe.execute_command("hgetall", f"{k}:h")  # a name in lower case: its callback all the same
+    pipe.execute_command("set", f"{k}:lower", "v")  # a lower-case name: its callback all the same
 
 
 def _errors(pipe: Any, k: str) -> None:
@@ -121,7 +121,7 @@ def test_replies_are_redis_pys(clients: tuple[redis.Redis, redis.Redis], key_pre
     assert lean == stock
     assert lean[6] == {"a": "1", "b": "x"} and lean[11] == [("n", -2.0), ("m", 1.5)]
     assert isinstance(lean[-3], bytes)
-    assert lean[-1] == {"a": "1", "b": "x", "f": "0.5"}
+    assert lean[-1] is True  # SET's "OK" through its callback
 
 
 def test_error_replies_stay_in_place_or_raise_the_first_as_redis_py_does(

@@ -644,6 +644,19 @@ def _settle_pipelines(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[str, s
     return ran
 
 
+def _after_claiming(monkeypatch: pytest.MonkeyPatch, sender: Any, meanwhile: Any) -> None:
+    """`meanwhile()` runs after `sender` claims its devices, before it sends: what
+    another process does to the message between a delivery's load and its settling."""
+    real_claim = sender._reserve_and_claim
+
+    def claim(*args: Any) -> Any:
+        capped = real_claim(*args)
+        meanwhile()
+        return capped
+
+    monkeypatch.setattr(sender, "_reserve_and_claim", claim)
+
+
 def test_a_first_delivery_is_counted_and_its_items_noted_in_the_settlings_round_trip(
     shop: tuple[Runtime, list[Any]], gateways: Gateways, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -673,14 +686,8 @@ def test_a_message_another_delivery_took_first_is_counted_back_down(
     user = shopper(rt, gateways, "count-back")
     mid = fire_post_purchase(rt, user, "b0-1")
     sender = rt.sender()
-    real_claim = sender._reserve_and_claim
-
-    def claim_then_another_delivers(*args: Any) -> Any:
-        capped = real_claim(*args)
-        rt.redis.hsetnx(rt.keys.message(mid).state, "delivered_at", "1")
-        return capped
-
-    monkeypatch.setattr(sender, "_reserve_and_claim", claim_then_another_delivers)
+    state = rt.keys.message(mid).state
+    _after_claiming(monkeypatch, sender, lambda: rt.redis.hsetnx(state, "delivered_at", "1"))
     ran = _settle_pipelines(monkeypatch)
     [outcome] = sender.deliver_many([DeliveryRequest(mid)], time.time(), "task")
     assert outcome["action"] == "sent" and len(gateways.accepted("fcm")) == 1
@@ -739,14 +746,7 @@ def test_a_message_loaded_as_delivered_is_counted_when_its_reply_proves_it_first
     state = rt.keys.message(mid).state
     rt.redis.hset(state, "delivered_at", "1")
     sender = rt.sender()
-    real_claim = sender._reserve_and_claim
-
-    def claim_then_state_goes(*args: Any) -> Any:
-        capped = real_claim(*args)
-        rt.redis.hdel(state, "delivered_at")
-        return capped
-
-    monkeypatch.setattr(sender, "_reserve_and_claim", claim_then_state_goes)
+    _after_claiming(monkeypatch, sender, lambda: rt.redis.hdel(state, "delivered_at"))
     ran = _settle_pipelines(monkeypatch)
     [outcome] = sender.deliver_many([DeliveryRequest(mid)], time.time(), "task")
     assert outcome["action"] == "sent"

@@ -49,6 +49,13 @@ def view(rt: Runtime, user: str = "u1") -> dict[str, Any]:
     return user_view(rt.redis, rt.keys, user, NOW)
 
 
+def trending_category(rt: Runtime, category: str, ts: float = NOW - 600) -> float | None:
+    """`category`'s weight in the trending bucket of `ts` (`ev`'s default time)."""
+    bucket = int(ts // rt.settings.trending_bucket_s)
+    key = rt.keys.trending_categories(bucket, rt.keys.shard(category))
+    return rt.redis.zscore(key, category)
+
+
 def test_cart_purchase_and_rfm_follow_the_events(runtime: Runtime) -> None:
     ingest.upsert_items(runtime, [{"item_id": "sku-1", "category": "mugs", "price": 4.0}], NOW)
     apply(
@@ -103,10 +110,7 @@ def test_an_event_takes_its_items_category_and_price_from_the_catalog_as_it_appl
     assert [r.get("category") for r in state["recent"]] == [None, category, category]
     assert state["rfm"]["monetary"] == 2 * 7.5 + 1.25
     assert list(state["category_affinity"]) == [category]
-    bucket = int((NOW - 600) // runtime.settings.trending_bucket_s)
-    keys = runtime.keys
-    trending = keys.trending_categories(bucket, keys.shard(category))
-    assert runtime.redis.zscore(trending, category) == 10.0  # two purchases
+    assert trending_category(runtime, category) == 10.0  # two purchases
     assert runtime.redis.ttl(runtime.keys.item("pot").item) == -1  # the catalog never expires
 
 
@@ -172,9 +176,7 @@ def test_event_applied_before_a_crash_has_its_side_effects_redone(runtime: Runti
     assert apply(runtime, raw, delivery="delivery-1") == [RESUMED]
     assert log_length(runtime) == 1
     # the script answers the item's category on a resume too: its trending is redone
-    bucket = int((NOW - 600) // runtime.settings.trending_bucket_s)
-    trending = runtime.keys.trending_categories(bucket, runtime.keys.shard("mugs"))
-    assert runtime.redis.zscore(trending, "mugs") == 1.0
+    assert trending_category(runtime, "mugs") == 1.0
     assert view(runtime)["profile"]["events"] == 1  # state itself was not applied twice
     assert apply(runtime, raw, delivery="delivery-1") == [DUPLICATE]
 

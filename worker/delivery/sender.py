@@ -461,11 +461,11 @@ class MessageSender:
         already, so a Redis error here is retried here, not by the task (which would send
         again); only the first try counts ahead, since a failed try may have landed
         (see `recount`)."""
-        tries: list[None] = []
+        first_try = True
 
         def writes() -> tuple[list[Any], list[_FirstSent]]:
-            tries.append(None)
-            ahead = len(tries) == 1
+            nonlocal first_try
+            ahead, first_try = first_try, False
             pipe = self._client.pipeline(transaction=False)
             for d in held:
                 self._settle_held(d, now, pipe)

@@ -155,6 +155,8 @@ class StateStore:
         metrics: Metrics,
     ) -> None:
         self._client = client
+        # a cluster's script cannot read an item's hash (another slot): read before it
+        self._facts_first = isinstance(client, RedisCluster)
         self._keys = keys
         self._settings = settings
         self._scripts = scripts
@@ -185,10 +187,9 @@ class StateStore:
         """
         if not events:
             return ApplyResult()
-        # a cluster's script cannot read an item's hash (another slot): read first
         catalog = (
             self._catalog_facts({e.item_id for e in events if e.item_id})
-            if isinstance(self._client, RedisCluster)
+            if self._facts_first
             else None
         )
         # A repeat inside the batch would find its first copy "pending" and redo its

@@ -211,15 +211,12 @@ class PinnedPipeline(redis.client.Pipeline):
 
 def _callback(callbacks: Any, name: Any) -> Any:
     """`callbacks.get(name)` (a redis-py `CaseInsensitiveDict`, keyed upper case) without
-    its `upper()` call for the names met already in upper case: all of redis-py's."""
-    if name in _UPPER_NAMES:
-        return dict.get(callbacks, name)
-    if isinstance(name, str) and name.isupper() and len(_UPPER_NAMES) < NAMES_KEPT_MAX:
-        _UPPER_NAMES.add(name)
-    return callbacks.get(name)
+    its `upper()` call when `name` is found as it is: every redis-py command's."""
+    callback = dict.get(callbacks, name, _NO_CALLBACK)
+    return callbacks.get(name) if callback is _NO_CALLBACK else callback
 
 
-_UPPER_NAMES: set[str] = set()  # command names met in upper case
+_NO_CALLBACK = object()
 
 
 def _reader_of(connection: Any) -> Callable[[Any, bool], Any]:
