@@ -583,6 +583,69 @@ def test_side_effects_that_fail_leave_the_event_pending_whether_a_rule_fires_or_
         assert len(gateways.accepted("fcm")) == fired and queued == []
 
 
+def _trips(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[str, str]]]:
+    """From now on, each round trip of `rt`'s pipelines: its commands as (name, key)."""
+    ran: list[list[tuple[str, str]]] = []
+    kind = type(rt.redis.pipeline(transaction=False))
+    real = kind.execute
+
+    def execute(pipe: Any, *args: Any, **kwargs: Any) -> Any:
+        ran.append([(str(a[0]), str(a[1]) if len(a) > 1 else "") for a, _ in pipe.command_stack])
+        return real(pipe, *args, **kwargs)
+
+    monkeypatch.setattr(kind, "execute", execute)
+    return ran
+
+
+def test_a_rule_due_at_once_reads_what_it_fires_on_in_the_round_trip_applying_its_event(
+    settings: Settings, gateways: Gateways, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A purchase's cross-sell is known before the purchase is applied: what firing it
+    reads (its message's state, the shopper, the policy's counters) goes after the state
+    script, in its round trip, and is not read again; the message is sent."""
+    queued: list[tuple[str, dict[str, Any]]] = []
+    with _immediate_shop(settings, gateways, tmp_path, queued, inline=True) as rt:
+        user = shopper(rt, gateways, "read-first")
+        trips = _trips(rt, monkeypatch)
+        decision = _purchase_fired_by(rt, user, "track-task-r")
+        message = rt.keys.message(decision["message_id"])
+        reads = [n for n, trip in enumerate(trips) if ("HGET", message.state) in trip]
+        # the first trip to start with a script is the state script's
+        applying = next(n for n, trip in enumerate(trips) if trip and trip[0][0] == "EVALSHA")
+        [creating] = [n for n, trip in enumerate(trips) if ("SET", message.record) in trip]
+        assert reads == [applying, creating]  # the firing's read, the create's own
+        assert decision["action"] == "queued" and len(gateways.accepted("fcm")) == 1
+
+
+def test_reads_made_for_events_that_prove_repeats_are_not_used_to_fire_them(
+    settings: Settings, gateways: Gateways, tmp_path: Path
+) -> None:
+    """A batch's rules are read for as if every event were new; an event applied before
+    (here one whose firing found no device) fires nothing again, the new one fires."""
+    queued: list[tuple[str, dict[str, Any]]] = []
+    with _immediate_shop(settings, gateways, tmp_path, queued, inline=True) as rt:
+        user = next(u for u in (f"repeat{n}" for n in range(100)) if not _held_out(u))
+        now = time.time()
+        old = {"event_id": f"old-{user}", "user_id": user, "type": "purchase",
+               "item_id": "b0-1", "ts": now}  # fmt: skip
+        ingest.track_one(rt, old, now, "task-1")
+        [before] = rt.audit.decisions(user)
+        assert before["action"] == "suppress"  # no device yet
+        register(rt, user, "fcm", gateways.targets["fcm"], now)
+        new = {
+            **old,
+            "event_id": f"new-{user}",
+            "item_id": "b0-2",
+            "ts": now + 1,
+        }  # an order of its own
+        summary = ingest.track_batch(rt, [old, new], now + 1, "task-2")
+        assert summary["duplicates"] == 1
+        decisions = rt.audit.decisions(user)
+        assert [d for d in decisions if d["message_id"] == before["message_id"]] == [before]
+        [sent] = gateways.accepted("fcm")
+        assert sent["message"]["data"]["pr_mid"] != before["message_id"]
+
+
 @pytest.mark.parametrize("settling", ["lands", "fails"])
 def test_an_inline_delivery_clears_the_events_pending_marks_with_its_settling(
     settings: Settings, gateways: Gateways, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -756,30 +819,44 @@ def test_a_message_loaded_as_delivered_is_counted_when_its_reply_proves_it_first
     assert rt.audit.stats(["post_purchase"])["post_purchase"]["delivered"] == 1
 
 
+@pytest.mark.parametrize("read_first", [False, True], ids=["read", "read-first"])
 @pytest.mark.parametrize("rule_name", ["post_purchase", "no-such-rule"])
-def test_a_firing_sends_its_callers_writes_first_even_with_nothing_to_read(
-    shop: tuple[Runtime, list[Any]], gateways: Gateways, key_prefix: str, rule_name: str
-) -> None:
+def test_a_firing_sends_its_callers_writes_whatever_it_does(
+    shop: tuple[Runtime, list[Any]], gateways: Gateways, key_prefix: str, rule_name: str,
+    read_first: bool,
+) -> None:  # fmt: skip
     """`fire_many(ahead=...)` sends the caller's writes whatever it does next: with its
-    read, or alone when no job is left to read for (a rule gone); an error among them
-    raises before anything is fired."""
+    read, or, with the reads made already (`read_first`), with the create or alone with
+    the writes when nothing is created (a rule gone); an error among them raises before
+    any decision is recorded."""
     rt, _ = shop
-    user = shopper(rt, gateways, f"ahead-{rule_name}")
+    user = shopper(rt, gateways, f"ahead-{rule_name}-{read_first}")
+
+    def fire(job: FireJob, ahead: Any) -> None:
+        now = time.time()
+        reads = rt.firer().read_first([job], now) if read_first else None
+        if reads is not None:
+            pipe = rt.redis.pipeline(transaction=False)
+            reads.queue(pipe)
+            reads.take(iter(pipe.execute()))
+        rt.firer().fire_many([job], now, "task", ahead=ahead, read=reads)
+
     job = FireJob(rule=rule_name, user_id=user, trigger_id=f"t-{user}",
                   trigger_ts=time.time(), items=("b0-1",), extra={})  # fmt: skip
     ahead = rt.redis.pipeline(transaction=False)
     ahead.set(f"{key_prefix}:ahead", "landed")
-    rt.firer().fire_many([job], time.time(), "task", ahead=ahead)
+    fire(job, ahead)
     assert rt.redis.get(f"{key_prefix}:ahead") == "landed" and len(ahead) == 0
+    sent = 1 if rule_name == "post_purchase" else 0
+    assert len(rt.audit.decisions(user)) == sent
 
     rt.redis.set(f"{key_prefix}:str", "x")
     failing = rt.redis.pipeline(transaction=False)
     failing.hset(f"{key_prefix}:str", "f", "v")  # WRONGTYPE
-    decided = len(rt.audit.decisions(user))
     again = dataclasses.replace(job, trigger_id=f"t2-{user}")
     with pytest.raises(redis.ResponseError):
-        rt.firer().fire_many([again], time.time(), "task", ahead=failing)
-    assert len(rt.audit.decisions(user)) == decided  # nothing fired
+        fire(again, failing)
+    assert len(rt.audit.decisions(user)) == sent  # nothing recorded
 
 
 def test_a_worker_without_the_push_queue_hands_messages_to_deliver_tasks(

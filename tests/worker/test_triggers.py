@@ -85,6 +85,29 @@ def test_the_lines_of_one_order_make_one_post_purchase_trigger(runtime: Runtime)
     assert by_id["u2", f"order@{NOW - 60:.0f}"].items == ("a",)
 
 
+def test_foreseen_triggers_are_those_the_applied_events_make_of_kinds_reading_nothing(
+    runtime: Runtime,
+) -> None:
+    """`foreseen` makes, without a round trip, the triggers `for_events` makes of the
+    same events for kinds that read nothing of the shopper (a purchase's cross-sell, a
+    cart), and none of kinds that do (replenish reads the purchase history)."""
+    thanks = Rule(name="thanks", kind="post_purchase", delay_s=0, title="t", body="b")
+    cart = Rule(name="cart", kind="cart_abandoned", delay_s=60, title="t", body="b")
+    again = Rule(name="again", kind="replenish", lead_s=int(DAY), title="t", body="b")
+    triggers = Triggers(runtime.redis, runtime.keys, rules(thanks, cart, again), max_age_s=3600)
+    apply(runtime, ev("p0", "purchase", "tea", NOW - 20 * DAY))
+    raws = [
+        ev("p1", "purchase", "tea", NOW - 60),
+        ev("p2", "purchase", "cup", NOW - 60),  # the same order
+        ev("c1", "add_to_cart", "pot", NOW - 30),
+        ev("old", "purchase", "tea", NOW - 7200),  # too old to trigger
+    ]
+    foreseen = triggers.foreseen([parse_event(r, Limits(), NOW) for r in raws], NOW)
+    applied = triggers.for_events(apply(runtime, *raws), NOW)
+    assert [t.rule for t in applied] == ["thanks", "again", "cart"]
+    assert foreseen == [t for t in applied if t.rule != "again"]
+
+
 def test_old_events_update_state_but_trigger_nothing(runtime: Runtime) -> None:
     cart = Rule(name="cart", kind="cart_abandoned", delay_s=60, title="t", body="b")
     triggers = Triggers(runtime.redis, runtime.keys, rules(cart), max_age_s=3600)

@@ -96,11 +96,15 @@ class Outbox:
         self._keys = keys
         self._scripts = scripts
 
-    def create_many(self, records: Sequence[MessageRecord]) -> list[Creation]:
+    def create_many(
+        self, records: Sequence[MessageRecord], ahead: StatePipeline | None = None
+    ) -> list[Creation]:
         """Store each record, in state `queued`, unless its id exists (one round trip).
         A record whose state was never written (a try that crashed in between) counts as
-        created by this call."""
-        pipe = self._client.pipeline(transaction=False)
+        created by this call. `ahead`: the caller's writes, sent first in that round trip
+        (an error among them raises)."""
+        pipe = ahead if ahead is not None else self._client.pipeline(transaction=False)
+        theirs = len(pipe)
         for record in records:
             k = self._keys.message(record.id)
             pipe.set(k.record, record.to_json(), nx=True, ex=MESSAGE_TTL_S)
@@ -108,7 +112,7 @@ class Outbox:
             pipe.hsetnx(k.state, "state", "queued")
             pipe.expire(k.state, MESSAGE_TTL_S)
             self._index(record, pipe)
-        replies = iter(pipe.execute() if records else [])
+        replies = iter(pipe.execute()[theirs:])  # an empty pipeline makes no round trip
         out = []
         for _ in records:
             stored, before, state_new = next(replies), next(replies), next(replies)

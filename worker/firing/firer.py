@@ -156,21 +156,32 @@ class Firer:
     def _read(
         self, firings: Sequence[_Firing], now: float, ahead: StatePipeline | None = None
     ) -> list[_Shopper]:
-        """Everything firing reads of each shopper, for the whole batch in one round trip,
-        and the catalog's change feed (so the catalog reads after it need no round trip
-        when the entries are cached). `ahead`: the caller's writes, sent first in that
-        round trip (alone when there is nothing to read)."""
+        """Everything firing reads of each shopper, for the whole batch in one round trip
+        (`_queue_read`). `ahead`: the caller's writes, sent first in that round trip
+        (alone when there is nothing to read)."""
         pipe = ahead if ahead is not None else self._client.pipeline(transaction=False)
         theirs = len(pipe)
         if not firings:
             pipe.execute()  # an empty pipeline makes no round trip
             return []
+        feed_since = self._queue_read(firings, now, pipe)
+        return self._parse_read(firings, feed_since, iter(pipe.execute()[theirs:]))
+
+    def _queue_read(self, firings: Sequence[_Firing], now: float, pipe: StatePipeline) -> int:
+        """Queue in `pipe` what firing reads of each shopper, and the catalog's change
+        feed (so the catalog reads after it need no round trip when the entries are
+        cached). Returns the mark the feed is read past, for `_parse_read`."""
         feed_since = self._catalog.queue_feed(pipe)  # `_choose` reads the catalog as of now
         for f in firings:
             self._outbox.queue_state_read(f.mid, pipe)
             _READS.queue(pipe, self._keys, f.job.user_id)
             self._policy.queue_reads(pipe, f.rule, f.job.user_id, f.mid, now)
-        replies = iter(pipe.execute()[theirs:])
+        return feed_since
+
+    def _parse_read(
+        self, firings: Sequence[_Firing], feed_since: int, replies: Iterator[Any]
+    ) -> list[_Shopper]:
+        """Each firing's shopper from the replies of `_queue_read`'s commands."""
         self._catalog.apply_feed(feed_since, next(replies), next(replies))
         shoppers = []
         for f in firings:
@@ -186,6 +197,14 @@ class Firer:
             shoppers.append(_Shopper(state, view, PolicyReads.from_replies(replies), known))
         return shoppers
 
+    def read_first(self, jobs: Sequence[FireJob], now: float) -> FiringReads:
+        """The reads of firing `jobs` at `now`, to be made in a round trip the caller makes
+        anyway (a `BatchReads` for `StateStore.apply_events`, whose scripts apply the
+        events that trigger the jobs) and then handed to `fire_many`, which needs no read
+        of its own when it fires those very jobs."""
+        results, firings = self._firings(jobs, now)
+        return FiringReads(self, list(jobs), now, results, firings)
+
     # --- firing -----------------------------------------------------------------------
     def fire_many(
         self,
@@ -194,20 +213,29 @@ class Firer:
         owner: str = "",
         ahead: StatePipeline | None = None,
         marks: PendingMarks | None = None,
+        read: FiringReads | None = None,
     ) -> list[Decision]:
         """Fire each job's rule for its shopper, returning each one's decision. A batch
         of events or a fan-out costs one round trip per stage (read, catalog, create,
         write), not one per job, and its messages go to delivery together, named by
         `owner` (the id of the task firing them). A job that fails with an unexpected
-        error is recorded as `error` and changes nothing for the others. `ahead`: writes
-        of the caller's that must land first: always sent before anything else is done,
-        with the first round trip or alone when there is nothing to read (an error
+        error is recorded as `error` and changes nothing for the others. `read`: the
+        reads of these jobs made already (`read_first`), used when they were made for
+        these very jobs at this `now` (else read again). `ahead`: writes of the caller's
+        that must land before the messages are handed to delivery: sent with the first
+        round trip (the read's, or with the reads made already, the create's, or the
+        writes' when nothing is to be sent), always, whatever this decides (an error
         among them raises); the pipeline is then empty, the caller's again. `marks`: the
         pending marks of the caller's fresh events, which a delivery in this task clears
         once the writes have landed: every other reaction to those events (jobs parked
         for later included) must be in `ahead` (`PendingMarks`)."""
-        results, firings = self._decide_all(jobs, now, ahead=ahead)
-        self._write(firings, now, owner, marks)
+        made = read.made_for(jobs, now) if read is not None else None
+        if made is None:
+            results, firings = self._decide_all(jobs, now, ahead=ahead)
+            ahead = None  # sent with the read
+        else:
+            results, firings = self._decide_read(*made, now)
+        self._write(firings, now, owner, marks, ahead)
         return results
 
     def dry_fire(self, jobs: Sequence[FireJob], now: float) -> list[DryFiring]:
@@ -238,6 +266,13 @@ class Firer:
     ) -> tuple[list[Decision], list[_Firing]]:
         """Each job's decision (in order) and the firings decided: everything up to the
         writes (`dry`: a coupon is priced, not issued; `ahead`: see `fire_many`)."""
+        results, firings = self._firings(jobs, now)
+        shoppers = self._read(firings, now, ahead)
+        return self._decide_read(results, firings, shoppers, now, dry)
+
+    def _firings(self, jobs: Sequence[FireJob], now: float) -> tuple[list[Decision], list[_Firing]]:
+        """Each job's decision (in order, to be filled) and the firings to decide: a job
+        of no enabled rule is dropped, one trigger twice in the batch is one message."""
         results: list[Decision] = []
         firings: list[_Firing] = []
         seen: set[str] = set()
@@ -259,8 +294,17 @@ class Firer:
             }
             firings.append(_Firing(job, rule, mid, decision))
             results.append(decision)
+        return results, firings
 
-        shoppers = self._read(firings, now, ahead)
+    def _decide_read(
+        self,
+        results: list[Decision],
+        firings: list[_Firing],
+        shoppers: list[_Shopper],
+        now: float,
+        dry: bool = False,
+    ) -> tuple[list[Decision], list[_Firing]]:
+        """Decide `firings` on what was read of their `shoppers` (`_decide_all`)."""
         firings, shoppers = _drop_unknown(firings, shoppers)
         for f in firings:
             if f.before:  # an earlier try queued its message; what it decided stands
@@ -459,14 +503,22 @@ class Firer:
         return issued
 
     def _write(
-        self, firings: Sequence[_Firing], now: float, owner: str, marks: PendingMarks | None
+        self,
+        firings: Sequence[_Firing],
+        now: float,
+        owner: str,
+        marks: PendingMarks | None,
+        ahead: StatePipeline | None,
     ) -> None:
         """Create the messages (once per id), then record every decision, count it, park
         deferrals, and hand the messages to delivery (which notes their items for
         attribution, when sent or held out). A repeat whose message is still queued goes
-        to delivery again: the try that queued it may have died before handing it on."""
+        to delivery again: the try that queued it may have died before handing it on.
+        `ahead`: the caller's writes not sent yet, first in the first round trip."""
         sends = [f for f in firings if f.record is not None]
-        created = self._outbox.create_many([f.record for f in sends if f.record is not None])
+        created = self._outbox.create_many(
+            [f.record for f in sends if f.record is not None], ahead=ahead if sends else None
+        )
         for f, (new, before, _) in zip(sends, created, strict=True):
             if not new:  # queued by a concurrent try since this one read its state
                 f.action, f.before = "duplicate", before
@@ -474,7 +526,9 @@ class Firer:
         self._resume(repeats)
         deliver: list[str] = []
         fresh: dict[str, FreshMessage] = {}
-        writes = self._client.pipeline(transaction=False)
+        writes = (
+            ahead if ahead is not None and not sends else self._client.pipeline(transaction=False)
+        )
         for f, (new, _, stored_now) in zip(sends, created, strict=True):
             if new and f.record is not None:
                 self._outbox.mark_queued(f.record, writes)
@@ -546,6 +600,49 @@ class Firer:
             self._delayed.schedule(
                 Job(f"defer:{f.mid}", FIRE, f.job.kwargs()), f.defer_until, pipe=writes
             )
+
+
+class FiringReads:
+    """What firing some jobs reads, read in a round trip of the caller's
+    (`Firer.read_first`): a `StateStore.apply_events` `BatchReads`, whose replies
+    `fire_many` uses when it fires those very jobs, once."""
+
+    def __init__(
+        self,
+        firer: Firer,
+        jobs: list[FireJob],
+        now: float,
+        results: list[Decision],
+        firings: list[_Firing],
+    ) -> None:
+        self._firer = firer
+        self._jobs = jobs
+        self._now = now
+        self._results = results
+        self._firings = firings
+        self._feed_since = 0
+        self._shoppers: list[_Shopper] | None = None
+
+    def queue(self, pipe: StatePipeline) -> None:
+        if self._firings:
+            self._feed_since = self._firer._queue_read(self._firings, self._now, pipe)
+
+    def take(self, replies: Iterator[Any]) -> None:
+        self._shoppers = (
+            self._firer._parse_read(self._firings, self._feed_since, replies)
+            if self._firings
+            else []
+        )
+
+    def made_for(
+        self, jobs: Sequence[FireJob], now: float
+    ) -> tuple[list[Decision], list[_Firing], list[_Shopper]] | None:
+        """The decisions to fill, the firings and what was read of their shoppers, if
+        it was read for `jobs` at `now` (and not used before); else None."""
+        if self._shoppers is None or now != self._now or list(jobs) != self._jobs:
+            return None
+        shoppers, self._shoppers = self._shoppers, None
+        return self._results, self._firings, shoppers
 
 
 def _message_summary(record: MessageRecord) -> MessageSummary:

@@ -37,15 +37,7 @@ class Triggers:
     def for_events(self, events: Sequence[Event], now: float) -> list[Trigger]:
         """Triggers of freshly applied events (older events update state only). What the
         rules' kinds read of the shoppers is read for the whole batch in one round trip."""
-        pairs = [
-            (rule, event, item)
-            for event in events
-            if event.ts >= now - self._max_age_s
-            for item in (event.item_id,)
-            if item is not None
-            for rule in self._by_kind
-            if event.type in KINDS[rule.kind].events
-        ]
+        pairs = self._pairs(events, now)
         # Only kinds that look at the shopper (browse, replenish) read anything.
         reads = {
             n: ShopperReads.of(*parts, items=[item])
@@ -56,21 +48,32 @@ class Triggers:
         for n, wanted in reads.items():
             wanted.queue(pipe, self._keys, pairs[n][1].user_id)
         replies = iter(pipe.execute() if reads else [])
-        out: dict[tuple[str, str, str], Trigger] = {}
-        for n, (rule, event, _) in enumerate(pairs):
-            kind = KINDS[rule.kind]
-            assert kind.on_event is not None
-            read = reads.get(n)
-            shopper = read.parse(event.user_id, replies) if read else Shopper(event.user_id)
-            trigger = kind.on_event(rule, event, shopper, now)
-            if trigger is None:
-                continue
-            trigger = replace(trigger, debounce=kind.debounce)
-            key = (trigger.rule, trigger.user_id, trigger.trigger_id)
-            if (first := out.get(key)) is not None:  # another line of the same order
-                trigger = replace(first, items=tuple(dict.fromkeys(first.items + trigger.items)))
-            out[key] = trigger
-        return list(out.values())
+        shoppers = [
+            read.parse(event.user_id, replies) if (read := reads.get(n)) else Shopper(event.user_id)
+            for n, (_, event, _) in enumerate(pairs)
+        ]
+        return _made(pairs, shoppers, now)
+
+    def foreseen(self, events: Sequence[Event], now: float) -> list[Trigger]:
+        """The triggers `for_events` will make of `events` if they all prove fresh, as
+        far as the rules' kinds read nothing of the shopper to make them (a purchase's
+        cross-sell; not a browse reminder, which looks at the shopper): known before the
+        events are applied, with no round trip, so that firing them can read what it
+        needs in the round trip that applies them. `for_events` decides."""
+        pairs = [p for p in self._pairs(events, now) if not KINDS[p[0].kind].trigger_reads]
+        return _made(pairs, [Shopper(event.user_id) for _, event, _ in pairs], now)
+
+    def _pairs(self, events: Sequence[Event], now: float) -> list[tuple[Rule, Event, str]]:
+        """(rule, event, its item) for each rule whose kind reacts to each recent event."""
+        return [
+            (rule, event, item)
+            for event in events
+            if event.ts >= now - self._max_age_s
+            for item in (event.item_id,)
+            if item is not None
+            for rule in self._by_kind
+            if event.type in KINDS[rule.kind].events
+        ]
 
     def for_item_changes(self, changes: Sequence[ItemChange], now: float) -> list[Trigger]:
         """Price drops and restocks, fanned out to shoppers who recently showed interest
@@ -92,3 +95,23 @@ class Triggers:
                 trigger = change_trigger(rule, change, str(user_id), now)
                 out.append(replace(trigger, debounce=debounce))
         return out
+
+
+def _made(
+    pairs: Sequence[tuple[Rule, Event, str]], shoppers: Sequence[Shopper], now: float
+) -> list[Trigger]:
+    """The triggers of `pairs` (with what each one's kind read of its shopper), one per
+    (rule, shopper, trigger id): the lines of one order make one trigger of their items."""
+    out: dict[tuple[str, str, str], Trigger] = {}
+    for (rule, event, _), shopper in zip(pairs, shoppers, strict=True):
+        kind = KINDS[rule.kind]
+        assert kind.on_event is not None
+        trigger = kind.on_event(rule, event, shopper, now)
+        if trigger is None:
+            continue
+        trigger = replace(trigger, debounce=kind.debounce)
+        key = (trigger.rule, trigger.user_id, trigger.trigger_id)
+        if (first := out.get(key)) is not None:  # another line of the same order
+            trigger = replace(first, items=tuple(dict.fromkeys(first.items + trigger.items)))
+        out[key] = trigger
+    return list(out.values())

@@ -12,7 +12,8 @@ from typing import Any
 
 from push import fingerprint
 from worker import contract
-from worker.policy.jobs import Trigger
+from worker.firing.firer import FiringReads
+from worker.policy.jobs import FireJob, Trigger
 from worker.service import checkout
 from worker.service.runtime import Runtime
 from worker.shoppers.catalog import ItemChange
@@ -61,12 +62,16 @@ def track(
         rt.segment_index.write_activity(shoppers, now, pipe)
 
     attribution = rt.audit.attribution(events)
+    # What firing the rules due at once reads, read with the events' scripts when those
+    # rules are known before (`Triggers.foreseen`): used if the events prove fresh.
+    foreseen, _ = _due_now(rt.triggers.foreseen(events, now), now)
+    firing_reads = [rt.firer().read_first(foreseen, now)] if foreseen else []
     result = rt.state.apply_events(
         events,
         now,
         delivery_id,
         FollowUp(ACTIVITY, index_activity),
-        also_read=attribution,
+        also_read=[attribution, *firing_reads],
         carry_side_effects=True,  # they ride on the first round trip of the reactions
     )
     rt.metrics.add(rt.audit.credit(attribution, result.fresh))
@@ -74,7 +79,8 @@ def track(
     triggers = rt.triggers.for_events(result.fresh, now)
 
     def react(pipe: StatePipeline, marks: PendingMarks) -> bool:
-        return schedule(rt, triggers, now, pipe, delivery_id, marks)
+        read = firing_reads[0] if firing_reads else None
+        return schedule(rt, triggers, now, pipe, delivery_id, marks, read)
 
     rt.state.react_and_confirm(result, react)
     return {"applied": result.applied, "duplicates": result.duplicates, "rejected": rejected}
@@ -90,6 +96,7 @@ def schedule(
     pipe: StatePipeline,
     delivery_id: str = "",
     marks: PendingMarks | None = None,
+    read: FiringReads | None = None,
 ) -> bool:
     """React to triggers: fire the due ones here and now (a queue hop would cost a task
     and its wait; firing is idempotent by message id), park the rest, and big fan-outs,
@@ -97,23 +104,28 @@ def schedule(
     writes of the caller's that must land before it goes on: the firing sends them all
     with its first round trip). `delivery_id`: the task doing it, which delivers what it
     fires where the worker sends inline; `marks`: the events' pending marks, which such
-    a delivery clears with its settling. Returns whether `pipe` still holds work that
-    must land before the marks are cleared, the caller's or parked jobs
+    a delivery clears with its settling; `read`: what firing the due ones reads, if read
+    already (`Firer.read_first`). Returns whether `pipe` still holds work that must land
+    before the marks are cleared, the caller's or parked jobs
     (`StateStore.react_and_confirm`)."""
-    inline = len(triggers) <= _INLINE_MAX
-    due_now = []
-    unsent = len(pipe) > 0
-    for trigger in triggers:
-        if inline and trigger.due <= now:
-            due_now.append(trigger.fire_job())
-        else:
-            rt.delayed.schedule(trigger.job(), trigger.due, pipe=pipe)
-            unsent = True
+    due_now, later = _due_now(triggers, now)
+    unsent = len(pipe) > 0 or bool(later)
+    for trigger in later:
+        rt.delayed.schedule(trigger.job(), trigger.due, pipe=pipe)
     rt.metrics.add({"rules.triggered": len(triggers)}, pipe=pipe)  # with the first trip
     if due_now:
-        rt.firer().fire_many(due_now, now, delivery_id, ahead=pipe, marks=marks)
-        unsent = False
+        rt.firer().fire_many(due_now, now, delivery_id, ahead=pipe, marks=marks, read=read)
+        return False
     return unsent
+
+
+def _due_now(triggers: list[Trigger], now: float) -> tuple[list[FireJob], list[Trigger]]:
+    """The jobs to fire at once, and the triggers to park until due: those due later,
+    and every one of a fan-out too big to fire inline."""
+    inline = len(triggers) <= _INLINE_MAX
+    due_now = [t.fire_job() for t in triggers if inline and t.due <= now]
+    later = [t for t in triggers if not (inline and t.due <= now)]
+    return due_now, later
 
 
 def track_one(rt: Runtime, event: Any, now: float, delivery_id: str) -> dict[str, int]:

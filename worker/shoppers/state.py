@@ -172,7 +172,7 @@ class StateStore:
         now: float,
         delivery_id: str,
         follow_up: FollowUp | None = None,
-        also_read: BatchReads | None = None,
+        also_read: Sequence[BatchReads] = (),
         carry_side_effects: bool = False,
     ) -> ApplyResult:
         """Apply valid `events` (in order); duplicates of earlier event_ids change nothing.
@@ -180,7 +180,8 @@ class StateStore:
         `delivery_id` identifies the message carrying the events (the Celery task id):
         a retry or redelivery of that message finishes what a crash interrupted.
         `follow_up`: writes that follow from the state the batch leaves (`FollowUp`).
-        `also_read`: reads of the caller's that ride on the batch's round trip.
+        `also_read`: reads of the caller's that ride on the batch's round trip, after
+        the scripts (they see the state the batch leaves), in order.
         `carry_side_effects`: leave the events' side effects (log, interest sets,
         trending, counters, follow-up writes) queued in the result, for
         `react_and_confirm` to send with the reactions' first round trip.
@@ -204,8 +205,8 @@ class StateStore:
         if follow_up is not None:
             for user_id in users:
                 follow_up.reads.queue(pipe, self._keys, user_id)
-        if also_read is not None:
-            also_read.queue(pipe)
+        for theirs in also_read:
+            theirs.queue(pipe)
         replies = pipe.execute()
         # each script's [status, the category it applied the event with]
         applied = iter([(int(status), str(category)) for status, category in replies[: len(first)]])
@@ -235,8 +236,8 @@ class StateStore:
             after = [follow_up.reads.parse(user_id, reads) for user_id in users]
             fresh = {e.user_id for e, s in zip(events, statuses, strict=True) if s != DUPLICATE}
             follow_up.write([s for s in after if s.user_id in fresh], side_effects)
-        if also_read is not None:
-            also_read.take(reads)
+        for theirs in also_read:
+            theirs.take(reads)
         if carry_side_effects:
             return ApplyResult(statuses, list(events), side_effects)
         side_effects.execute()
