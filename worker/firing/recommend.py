@@ -103,6 +103,8 @@ class Pool:
 
     def head(self, n: int) -> Pool:
         """The pool with only its `n` best candidates."""
+        if n >= len(self.candidates):
+            return self
         return dataclasses.replace(self, candidates=self.candidates[:n])
 
     def reason_items(self) -> list[str]:

@@ -109,7 +109,8 @@ def _made(
         trigger = kind.on_event(rule, event, shopper, now)
         if trigger is None:
             continue
-        trigger = replace(trigger, debounce=kind.debounce)
+        if trigger.debounce != kind.debounce:
+            trigger = replace(trigger, debounce=kind.debounce)
         key = (trigger.rule, trigger.user_id, trigger.trigger_id)
         if (first := out.get(key)) is not None:  # another line of the same order
             trigger = replace(first, items=tuple(dict.fromkeys(first.items + trigger.items)))

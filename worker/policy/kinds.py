@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 from worker.policy.jobs import Trigger
@@ -82,12 +82,14 @@ def _trigger(
     now: float,
     items: tuple[str, ...],
     extra: tuple[tuple[str, str], ...] = (),
+    trigger_id: str = "",
 ) -> Trigger:
-    """A trigger of `event` about `items`, due `rule.delay_s` from now."""
+    """A trigger of `event` about `items`, due `rule.delay_s` from now; its id the
+    event's unless given."""
     return Trigger(
         rule=rule.name,
         user_id=event.user_id,
-        trigger_id=event.event_id,
+        trigger_id=trigger_id or event.event_id,
         trigger_ts=event.ts,
         items=items,
         due=now + rule.delay_s,
@@ -113,7 +115,7 @@ def _its_order(rule: Rule, event: Event, _: Shopper, now: float) -> Trigger:
     lines of one order share its id, so they make one message, not one per line
     (`Triggers.for_events` merges a batch's lines into one trigger)."""
     assert event.item_id is not None
-    return replace(_trigger(rule, event, now, (event.item_id,)), trigger_id=order_of(event))
+    return _trigger(rule, event, now, (event.item_id,), trigger_id=order_of(event))
 
 
 # --- cart_abandoned -----------------------------------------------------------------
