@@ -211,9 +211,12 @@ class PinnedPipeline(redis.client.Pipeline):
 
 def _callback(callbacks: Any, name: Any) -> Any:
     """`callbacks.get(name)` (a redis-py `CaseInsensitiveDict`, keyed upper case) without
-    its `upper()` call when `name` is found as it is: every redis-py command's."""
+    its `upper()` call when `name` is upper case already, as every redis-py command's is:
+    found as it is, or (most commands: EVALSHA, HINCRBY, ...) not there at all."""
     callback = dict.get(callbacks, name, _NO_CALLBACK)
-    return callbacks.get(name) if callback is _NO_CALLBACK else callback
+    if callback is not _NO_CALLBACK:
+        return callback
+    return None if type(name) is str and name.isupper() else callbacks.get(name)
 
 
 _NO_CALLBACK = object()
