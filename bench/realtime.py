@@ -421,6 +421,10 @@ def main() -> None:
         for name, r in s["ratios"].items():
             print(f"{spec:36s} {name:22s} {r['median']:7.3f}  target {r['target']:8s} "
                   f"{'met' if r['met'] else 'NOT met':8s} {r['runs']}")  # fmt: skip
+    print("\nYardsticks, not targets: workers' CPU an event / the gateway's, same case:")
+    for spec, s in summary.items():
+        for name, r in s["yardsticks"].items():
+            print(f"{spec:36s} {name:22s} {r['median']:7.3f}  {r['runs']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"\nload: {load[0]} .. {load[-1]}\nwrote {args.json}")
@@ -471,6 +475,7 @@ def summarise(row: dict[str, list[dict]]) -> dict[str, Any]:
         out["noop_latency_p99_ms"] = med(r["p99_ms"] for r in noop_lat)
         out["runs"]["noop_p99_ms"] = [round(r["p99_ms"], 1) for r in noop_lat]
     out["ratios"] = ratios(row)
+    out["yardsticks"] = yardsticks(row)
     out["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     return out
 
@@ -488,11 +493,32 @@ RATIOS: tuple[tuple[str, tuple[str, str], tuple[str, str], float, bool], ...] = 
 )  # fmt: skip
 
 
+# Not the issue's measures: the workers' CPU an event over the local gateway's in the same
+# case (the same seconds, one request an event). The gateway is the same code on both
+# sides of a comparison, so the ratio follows a change of ours while the machine's speed
+# drifts faster than the no-op measured minutes apart can follow (docs/realtime.md).
+YARDSTICKS: tuple[tuple[str, str, str, str], ...] = (
+    ("single_cpu_vs_gateway", "saturation", "cpu:workers", "cpu:gateway"),
+    ("batched_cpu_vs_gateway", "saturation_batched", "cpu:workers", "cpu:gateway"),
+)
+
+
 def _field(result: dict, name: str) -> float:
-    if name == "cpu:workers":
+    if name.startswith("cpu:"):
         cpu = result.get("cpu_ms_per_event") or result.get("cpu_ms_per_task") or {}
-        return float(cpu.get("workers", float("nan")))
+        return float(cpu.get(name.removeprefix("cpu:"), float("nan")))
     return float(result[name])
+
+
+def yardsticks(row: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
+    """Each of `YARDSTICKS` per measurement, and their median."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, case, top, bottom in YARDSTICKS:
+        runs = [_field(r, top) / _field(r, bottom) for r in row[case] if _field(r, bottom) > 0]
+        if runs:
+            out[name] = {"median": round(statistics.median(runs), 3),
+                         "runs": [round(r, 3) for r in runs]}  # fmt: skip
+    return out
 
 
 def _nearest(result: dict, others: list[dict]) -> dict | None:

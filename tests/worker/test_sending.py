@@ -546,10 +546,38 @@ def test_a_recheck_read_with_the_firings_writes_that_fails_hands_the_messages_on
 
         monkeypatch.setattr(sender, "queue_recheck", failing_read)
         decision = _purchase_fired_by(rt, shopper(rt, gateways, "failing"), "track-task-7")
-        assert decision["action"] == "queued"
+        assert decision["action"] == "queued"  # the firing's writes landed all the same
         assert queued == [("pushrec.deliver", {"message_ids": [decision["message_id"]]})]
         assert rt.outbox.state(decision["message_id"])["state"] == "queued"
+        assert rt.outbox.queued_count() == 1  # for the sweep, should the deliver task be lost
         assert gateways.accepted("fcm") == []
+
+
+def test_firing_writes_that_fail_with_an_inline_deliverys_claims_are_the_tasks_to_retry(
+    settings: Settings, gateways: Gateways, tmp_path: Path
+) -> None:
+    """The firing's writes go in the round trip of the delivery's caps and claims; one
+    that fails there raises out of the task (not handed to the push queue, nothing sent),
+    and the task's retry records the decision and sends the message once."""
+    queued: list[tuple[str, dict[str, Any]]] = []
+    with _immediate_shop(settings, gateways, tmp_path, queued, inline=True) as rt:
+        user = shopper(rt, gateways, "writes-fail")
+        decisions = rt.keys.user(user).decisions
+        rt.redis.set(decisions, "not a list")  # its LPUSH fails
+        now = time.time()
+        event = {"event_id": f"p-{user}", "user_id": user, "type": "purchase",
+                 "item_id": "b0-1", "ts": now}  # fmt: skip
+        with pytest.raises(redis.ResponseError):
+            ingest.track_one(rt, event, now, "task-w")
+        assert queued == [] and gateways.accepted("fcm") == []
+
+        rt.redis.delete(decisions)
+        ingest.track_one(rt, event, now, "task-w")  # the task, retried
+        [decision] = rt.audit.decisions(user)
+        assert decision["action"] == "queued" and decision["resumed"]
+        [sent] = gateways.accepted("fcm")
+        assert sent["message"]["data"]["pr_mid"] == decision["message_id"]
+        assert queued == [] and rt.outbox.state(decision["message_id"])["state"] == "sent"
 
 
 @pytest.mark.parametrize("event_type", ["purchase", "view"])
@@ -597,23 +625,36 @@ def _trips(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[str,
     return ran
 
 
-def test_a_rule_due_at_once_reads_what_it_fires_on_in_the_round_trip_applying_its_event(
+def test_a_rule_due_at_once_fires_and_sends_on_round_trips_made_anyway(
     settings: Settings, gateways: Gateways, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A purchase's cross-sell is known before the purchase is applied: what firing it
     reads (its message's state, the shopper, the policy's counters) goes after the state
-    script, in its round trip, and is not read again; the message is sent."""
+    script, in its round trip; the send-time re-check after the create, in its round
+    trip; the firing's writes before the caps and claims, in theirs; then the settling.
+    Nothing is read twice; the message is sent once."""
     queued: list[tuple[str, dict[str, Any]]] = []
     with _immediate_shop(settings, gateways, tmp_path, queued, inline=True) as rt:
         user = shopper(rt, gateways, "read-first")
-        trips = _trips(rt, monkeypatch)
+        recorded = _trips(rt, monkeypatch)
         decision = _purchase_fired_by(rt, user, "track-task-r")
+        trips = [trip for trip in recorded if trip]
         message = rt.keys.message(decision["message_id"])
-        reads = [n for n, trip in enumerate(trips) if ("HGET", message.state) in trip]
+        shopper_keys = rt.keys.user(user)
+
+        def trip_of(command: tuple[str, str]) -> list[int]:
+            return [n for n, trip in enumerate(trips) if command in trip]
+
         # the first trip to start with a script is the state script's
-        applying = next(n for n, trip in enumerate(trips) if trip and trip[0][0] == "EVALSHA")
-        [creating] = [n for n, trip in enumerate(trips) if ("SET", message.record) in trip]
-        assert reads == [applying, creating]  # the firing's read, the create's own
+        applying = next(n for n, trip in enumerate(trips) if trip[0][0] == "EVALSHA")
+        [creating] = trip_of(("SET", message.record))
+        assert trip_of(("HGET", message.state)) == [applying, creating]  # the read, the create's
+        assert trip_of(("ZRANGEBYSCORE", shopper_keys.pushed_items)) == [applying, creating]
+        [writing] = trip_of(("LPUSH", shopper_keys.decisions))
+        assert writing == creating + 1
+        assert [name for name, _ in trips[writing][-2:]] == ["EVALSHA", "EVALSHA"]  # cap, claim
+        [settling] = trip_of(("HSETNX", message.state))[1:]  # after the create's
+        assert settling == writing + 1 == len(trips) - 1
         assert decision["action"] == "queued" and len(gateways.accepted("fcm")) == 1
 
 

@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -96,15 +96,16 @@ class Outbox:
         self._keys = keys
         self._scripts = scripts
 
-    def create_many(
-        self, records: Sequence[MessageRecord], ahead: StatePipeline | None = None
-    ) -> list[Creation]:
+    def create_many(self, records: Sequence[MessageRecord]) -> list[Creation]:
         """Store each record, in state `queued`, unless its id exists (one round trip).
         A record whose state was never written (a try that crashed in between) counts as
-        created by this call. `ahead`: the caller's writes, sent first in that round trip
-        (an error among them raises)."""
-        pipe = ahead if ahead is not None else self._client.pipeline(transaction=False)
-        theirs = len(pipe)
+        created by this call."""
+        pipe = self._client.pipeline(transaction=False)
+        self.queue_create(records, pipe)
+        return self.created(records, iter(pipe.execute()))  # empty: no round trip
+
+    def queue_create(self, records: Sequence[MessageRecord], pipe: StatePipeline) -> None:
+        """Queue `create_many`'s commands in `pipe`, a round trip of the caller's."""
         for record in records:
             k = self._keys.message(record.id)
             pipe.set(k.record, record.to_json(), nx=True, ex=MESSAGE_TTL_S)
@@ -112,7 +113,9 @@ class Outbox:
             pipe.hsetnx(k.state, "state", "queued")
             pipe.expire(k.state, MESSAGE_TTL_S)
             self._index(record, pipe)
-        replies = iter(pipe.execute()[theirs:])  # an empty pipeline makes no round trip
+
+    def created(self, records: Sequence[MessageRecord], replies: Iterator[Any]) -> list[Creation]:
+        """What `queue_create`'s commands did with each record, from their replies."""
         out = []
         for _ in records:
             stored, before, state_new = next(replies), next(replies), next(replies)

@@ -2,16 +2,19 @@
 
 `DeliveryRequest` is one message to deliver (its kwargs are the deliver task's contract
 inside pushrec); `DeliveryOutcome` is what `MessageSender.deliver_many` returns for it;
-`FreshMessage` what a firing hands over of a message it has just stored.
+`FreshMessage` what a firing hands over of a message it has just stored, and
+`FiringWrites` the firing's writes that must land before it is sent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, TypedDict
 
 from worker.delivery.outbox import MessageRecord
 from worker.shoppers.inputs import InvalidInput
+from worker.store.client import StatePipeline
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,46 @@ class FreshMessage(NamedTuple):
 
     record: MessageRecord
     devices: tuple[str, ...]
+
+
+class FiringWrites:
+    """A firing's writes (its decisions and counts, its messages' place among the queued
+    ones), which must land before a delivery in the same task sends: in the first round
+    trip that delivery makes anyway (its caps and claims: `MessageSender`), else alone
+    (`land`). Their errors, and a round trip failing with them, are the task's to retry,
+    never delivery's to hand to the push queue: kept as `failed`."""
+
+    def __init__(self, pipe: StatePipeline) -> None:
+        self._pipe = pipe
+        self.sent = False
+        self.failed: BaseException | None = None
+
+    def run_with(self, more: Callable[[StatePipeline], None]) -> list[Any]:
+        """Send the writes (unless sent already) with the commands `more` queues after
+        them, in one round trip; return the replies of those, errors among them as they
+        are. An error among the writes raises."""
+        pipe = self._pipe  # empty once run: a pipeline's `execute` resets it
+        theirs = 0 if self.sent else len(pipe)
+        self.sent = True
+        more(pipe)
+        if not len(pipe):
+            return []
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except BaseException as exc:
+            if theirs:  # the writes went with it: whether they landed is not known
+                self.failed = exc
+            raise
+        for reply in replies[:theirs]:
+            if isinstance(reply, Exception):
+                self.failed = reply
+                raise reply
+        return replies[theirs:]
+
+    def land(self) -> None:
+        """Send the writes alone, unless sent already."""
+        if not self.sent:
+            self.run_with(lambda pipe: None)
 
 
 DeliveryAction = Literal[

@@ -38,7 +38,12 @@ from push.messages import Channel, Priority
 from worker.contract import DELIVER
 from worker.delivery.outbox import SETTLED, MessageRecord, Outbox
 from worker.delivery.push_runtime import PushRuntime
-from worker.delivery.requests import DeliveryOutcome, DeliveryRequest, FreshMessage
+from worker.delivery.requests import (
+    DeliveryOutcome,
+    DeliveryRequest,
+    FiringWrites,
+    FreshMessage,
+)
 from worker.policy.contact import ContactPolicy
 from worker.policy.kinds import KINDS
 from worker.rules import Rule, enabled_rules
@@ -156,14 +161,17 @@ class MessageSender:
         fresh: Mapping[str, FreshMessage] | None = None,
         read_ahead: ReadAhead | None = None,
         marks: PendingMarks | None = None,
+        writes: FiringWrites | None = None,
     ) -> list[DeliveryOutcome]:
         """Deliver each request; one round trip per stage for the whole batch (load,
         re-check, reserve caps and claim devices, settle) and every send concurrent over
         the thread's gateway connections. `owner` (the task id) claims each device send
         atomically. `fresh`: messages the caller has just stored (queued, so not loaded
         again), by id; `read_ahead`: their re-check, read in a round trip of the caller's
-        (`queue_recheck`); `marks`: the pending marks of the events whose firing queued
-        these messages (its writes have landed), cleared with the settling's writes."""
+        (`queue_recheck`); `writes`: the writes of the firing that queued them, sent
+        with the caps and claims (a failure before leaves them unsent: the caller's to
+        `land`); `marks`: the pending marks of the events whose firing queued these
+        messages (its writes have landed by then), cleared with the settling's writes."""
         owner = owner or f"local-{id(self):x}"
         results: dict[str, DeliveryOutcome] = {}
         live: list[_Delivery] = []
@@ -199,7 +207,7 @@ class MessageSender:
 
         held, first_tries = self._recheck(live, now, known, read_ahead() if read_ahead else {})
         live = [d for d in live if id(d) not in {id(h) for h in held}]
-        capped = self._reserve_and_claim(live, first_tries, owner, now)
+        capped = self._reserve_and_claim(live, first_tries, owner, now, writes)
         held += capped
         live = [d for d in live if id(d) not in {id(c) for c in capped}]
         for d in live:
@@ -225,10 +233,11 @@ class MessageSender:
     def queue_recheck(
         self, fresh: Mapping[str, FreshMessage], pipe: StatePipeline
     ) -> Callable[[Iterator[Any]], ReadAhead]:
-        """Queue the send-time re-check of messages just stored into a round trip the
-        caller makes anyway (a firing's writes: the reads come after them, as a re-check
-        of its own would). Give what it returns the replies from where these begin, and
-        hand the result to `deliver_many` as `read_ahead`; the replies are parsed there."""
+        """Queue the send-time re-check of messages about to be stored into a round trip
+        the caller makes anyway (a firing's create: the reads come after it, and read
+        nothing the firing's writes after it change). Give what it returns the replies
+        from where these begin, and hand the result to `deliver_many` as `read_ahead`;
+        the replies are parsed there."""
         queued = [(m.record, m.devices) for m in fresh.values()]
         for record, devices in queued:
             self._queue_reread(record, devices, pipe)
@@ -386,25 +395,41 @@ class MessageSender:
         return ""
 
     def _reserve_and_claim(
-        self, live: Sequence[_Delivery], first_tries: Sequence[_Delivery], owner: str, now: float
+        self,
+        live: Sequence[_Delivery],
+        first_tries: Sequence[_Delivery],
+        owner: str,
+        now: float,
+        writes: FiringWrites | None,
     ) -> list[_Delivery]:
         """Reserve the caps of the first tries and claim every target device, in one round
-        trip; set each delivery's sends. Returns the first tries a cap now holds back
-        (suppressed: their claims are undone when they settle, never sent)."""
-        pipe = self._client.pipeline(transaction=False)
-        for d in first_tries:
-            assert d.rule is not None  # `_why_not` names a disabled rule
-            self._policy.queue_reserve(pipe, d.rule, d.record.user_id, d.record.id, now)
+        trip (after the firing's `writes`, not sent yet, which it carries first); set
+        each delivery's sends. Returns the first tries a cap now holds back (suppressed:
+        their claims are undone when they settle, never sent)."""
         wanted = [
             (d, device_id)
             for d in live
             if d.record.cell != "holdout"  # never sent: nothing to claim
             for device_id in d.targets
         ]
-        self._outbox.queue_claims(
-            pipe, [(d.record.id, device_id) for d, device_id in wanted], owner, now
-        )
-        replies = pipe.execute() if len(pipe) else []
+
+        def queue(pipe: StatePipeline) -> None:
+            for d in first_tries:
+                assert d.rule is not None  # `_why_not` names a disabled rule
+                self._policy.queue_reserve(pipe, d.rule, d.record.user_id, d.record.id, now)
+            self._outbox.queue_claims(
+                pipe, [(d.record.id, device_id) for d, device_id in wanted], owner, now
+            )
+
+        if writes is not None:
+            replies = writes.run_with(queue)
+            for reply in replies:  # as a pipeline of their own would raise it
+                if isinstance(reply, Exception):
+                    raise reply
+        else:
+            pipe = self._client.pipeline(transaction=False)
+            queue(pipe)
+            replies = pipe.execute() if len(pipe) else []
         capped: list[_Delivery] = []
         for d, limit in zip(first_tries, replies[: len(first_tries)], strict=True):
             if limit not in {"ok", "already"}:

@@ -27,8 +27,8 @@ from push.errors import PushError
 from worker.contract import FIRE
 from worker.coupons import Coupons, IssuedCoupon, Refusal
 from worker.coupons.reminders import EXTRA_CODE
-from worker.delivery.outbox import MessageRecord, Outbox, message_id
-from worker.delivery.requests import FreshMessage
+from worker.delivery.outbox import Creation, MessageRecord, Outbox, message_id
+from worker.delivery.requests import FiringWrites, FreshMessage
 from worker.delivery.sender import ReadAhead
 from worker.firing.compose import Composer
 from worker.firing.index_holder import IndexHolder
@@ -81,6 +81,7 @@ class Delivery(Protocol):
         fresh: Mapping[str, FreshMessage],
         read_ahead: ReadAhead | None = None,
         marks: PendingMarks | None = None,
+        writes: FiringWrites | None = None,
     ) -> None: ...
 
 
@@ -222,10 +223,10 @@ class Firer:
         error is recorded as `error` and changes nothing for the others. `read`: the
         reads of these jobs made already (`read_first`), used when they were made for
         these very jobs at this `now` (else read again). `ahead`: writes of the caller's
-        that must land before the messages are handed to delivery: sent with the first
-        round trip (the read's, or with the reads made already, the create's, or the
-        writes' when nothing is to be sent), always, whatever this decides (an error
-        among them raises); the pipeline is then empty, the caller's again. `marks`: the
+        that must land before the messages are handed to delivery, sent whatever this
+        decides (an error among them raises) in the first round trip made anyway: the
+        read's, or with the reads made already the create's (the writes' when nothing
+        is created); the pipeline is then empty, the caller's again. `marks`: the
         pending marks of the caller's fresh events, which a delivery in this task clears
         once the writes have landed: every other reaction to those events (jobs parked
         for later included) must be in `ahead` (`PendingMarks`)."""
@@ -514,11 +515,30 @@ class Firer:
         deferrals, and hand the messages to delivery (which notes their items for
         attribution, when sent or held out). A repeat whose message is still queued goes
         to delivery again: the try that queued it may have died before handing it on.
-        `ahead`: the caller's writes not sent yet, first in the first round trip."""
+        `ahead`: the caller's writes not sent yet, first in the first round trip.
+
+        Where the messages are delivered in this task, their send-time re-check rides on
+        the create's round trip (read for every message created, used for those this
+        very try stored), and the writes on the delivery's first round trip (its caps
+        and claims: `FiringWrites`): they land before anything is sent."""
         sends = [f for f in firings if f.record is not None]
-        created = self._outbox.create_many(
-            [f.record for f in sends if f.record is not None], ahead=ahead if sends else None
-        )
+        records = [f.record for f in sends if f.record is not None]
+        created: list[Creation] = []
+        recheck = None
+        rechecked: list[Any] = []
+        if sends:
+            pipe = ahead if ahead is not None else self._client.pipeline(transaction=False)
+            theirs = len(pipe)
+            self._outbox.queue_create(records, pipe)
+            own = len(pipe)
+            maybe = {f.mid: FreshMessage(r, f.devices) for f, r in zip(sends, records, strict=True)}
+            recheck = self._delivery.queue_recheck(maybe, owner, pipe)
+            replies = pipe.execute(raise_on_error=False)
+            for reply in replies[:own]:  # the caller's and the create's: the task's to retry
+                if isinstance(reply, Exception):
+                    raise reply
+            created = self._outbox.created(records, iter(replies[theirs:own]))
+            rechecked = replies[own:]
         for f, (new, before, _) in zip(sends, created, strict=True):
             if not new:  # queued by a concurrent try since this one read its state
                 f.action, f.before = "duplicate", before
@@ -553,15 +573,14 @@ class Firer:
         for (rule, name), n in stats.items():
             self._audit.count(rule, name, n, pipe=writes)
         self._metrics.add(decided, pipe=writes)
-        own = len(writes)
-        recheck = self._delivery.queue_recheck(fresh, owner, writes) if deliver else None
-        replies = writes.execute(raise_on_error=False)
-        for reply in replies[:own]:  # the writes' errors are the task's to retry
-            if isinstance(reply, Exception):
-                raise reply
-        if deliver:  # the re-check's, delivery's to handle (parsed there)
-            read_ahead = recheck(iter(replies[own:])) if recheck is not None else None
-            self._delivery.deliver_queued(deliver, owner, fresh, read_ahead, marks)
+        if not deliver:
+            writes.execute()  # an error among them raises: the task's to retry
+            return
+        # the re-check's replies are delivery's to handle (parsed there)
+        read_ahead = _only(recheck(iter(rechecked)), fresh) if recheck is not None else None
+        self._delivery.deliver_queued(
+            deliver, owner, fresh, read_ahead, marks, FiringWrites(writes)
+        )
 
     def _resume(self, repeats: Sequence[_Firing]) -> None:
         """Load the messages of `repeats` (still queued by an earlier try) and settle as
@@ -643,6 +662,12 @@ class FiringReads:
             return None
         shoppers, self._shoppers = self._shoppers, None
         return self._results, self._firings, shoppers
+
+
+def _only(read: ReadAhead, fresh: Mapping[str, FreshMessage]) -> ReadAhead:
+    """`read`, for the messages of `fresh` alone: a message this try did not store (one an
+    earlier try stored first) is read again by delivery, as stored."""
+    return lambda: {mid: reread for mid, reread in read().items() if mid in fresh}
 
 
 def _message_summary(record: MessageRecord) -> MessageSummary:

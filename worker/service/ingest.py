@@ -65,13 +65,13 @@ def track(
     # What firing the rules due at once reads, read with the events' scripts when those
     # rules are known before (`Triggers.foreseen`): used if the events prove fresh.
     foreseen, _ = _due_now(rt.triggers.foreseen(events, now), now)
-    firing_reads = [rt.firer().read_first(foreseen, now)] if foreseen else []
+    read_first = rt.firer().read_first(foreseen, now) if foreseen else None
     result = rt.state.apply_events(
         events,
         now,
         delivery_id,
         FollowUp(ACTIVITY, index_activity),
-        also_read=[attribution, *firing_reads],
+        also_read=[attribution] if read_first is None else [attribution, read_first],
         carry_side_effects=True,  # they ride on the first round trip of the reactions
     )
     rt.metrics.add(rt.audit.credit(attribution, result.fresh))
@@ -79,8 +79,7 @@ def track(
     triggers = rt.triggers.for_events(result.fresh, now)
 
     def react(pipe: StatePipeline, marks: PendingMarks) -> bool:
-        read = firing_reads[0] if firing_reads else None
-        return schedule(rt, triggers, now, pipe, delivery_id, marks, read)
+        return schedule(rt, triggers, now, pipe, delivery_id, marks, read_first)
 
     rt.state.react_and_confirm(result, react)
     return {"applied": result.applied, "duplicates": result.duplicates, "rejected": rejected}

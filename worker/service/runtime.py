@@ -26,7 +26,7 @@ from worker.coupons.reminders import Reminders
 from worker.delivery.gateway_config import gateway_config
 from worker.delivery.outbox import Outbox
 from worker.delivery.push_runtime import PushRuntime
-from worker.delivery.requests import DeliveryRequest, FreshMessage
+from worker.delivery.requests import DeliveryRequest, FiringWrites, FreshMessage
 from worker.delivery.sender import MessageSender, ReadAhead
 from worker.firing.firer import Firer
 from worker.firing.index_holder import IndexHolder, StoredHistory
@@ -190,9 +190,9 @@ class Runtime:
     def queue_recheck(
         self, fresh: Mapping[str, FreshMessage], owner: str, pipe: StatePipeline
     ) -> Callable[[Iterator[Any]], ReadAhead] | None:
-        """Where the task `owner` will deliver messages it has just stored itself
+        """Where the task `owner` will deliver messages it is storing itself
         (`deliver_queued`), queue their send-time re-check in `pipe`, the round trip of
-        the firing's writes (`MessageSender.queue_recheck`), and return what reads it."""
+        the firing's create (`MessageSender.queue_recheck`), and return what reads it."""
         if not (self.settings.deliver_inline and owner and fresh):
             return None
         try:
@@ -208,6 +208,7 @@ class Runtime:
         fresh: Mapping[str, FreshMessage],
         read_ahead: ReadAhead | None = None,
         marks: PendingMarks | None = None,
+        writes: FiringWrites | None = None,
     ) -> None:
         """Deliver messages just queued by the task `owner`: in that task when
         `settings.deliver_inline` (a node that consumes the push queue gains no isolation
@@ -219,28 +220,34 @@ class Runtime:
         is the duplicate case every delivery has). Nothing is lost, even with the queue
         away: the message stays queued for the sweep. `fresh`:
         the messages the firing stored, which an inline delivery need not read back;
-        `read_ahead`: their re-check, read with the firing's writes (`queue_recheck`);
-        `marks`: pending marks an inline delivery clears with its settling."""
+        `read_ahead`: their re-check, read with the firing's create (`queue_recheck`);
+        `marks`: pending marks an inline delivery clears with its settling; `writes`:
+        the firing's writes, which land before anything is sent or queued (with an
+        inline delivery's caps and claims, else alone), and whose failure raises."""
         if self.settings.deliver_inline and owner:
             requests = [DeliveryRequest(mid) for mid in message_ids]
             for attempt in range(2):
                 try:
                     self.sender().deliver_many(
-                        requests, self.settings.now(), f"{owner}:inline", fresh, read_ahead, marks
-                    )
+                        requests, self.settings.now(), f"{owner}:inline", fresh, read_ahead,
+                        marks, writes,
+                    )  # fmt: skip
+                    assert writes is None or writes.sent, "sent with the caps and claims"
                     return
-                except redis.exceptions.NoScriptError as exc:
-                    # a promoted replica or a restarted Redis without our scripts: load
-                    # them and deliver again (the same owner takes back its own claims),
-                    # rather than leave claimed devices to the sweep
-                    if attempt == 0:
+                except Exception as exc:
+                    if writes is not None and writes.failed is not None:
+                        raise  # the firing's writes: the task's to retry
+                    if isinstance(exc, redis.exceptions.NoScriptError) and attempt == 0:
+                        # a promoted replica or a restarted Redis without our scripts: load
+                        # them and deliver again (the same owner takes back its own claims),
+                        # rather than leave claimed devices to the sweep
                         self.scripts.load(self.redis)
                         read_ahead = None  # read again, with the scripts back
                         continue
                     self._inline_failed(message_ids, exc)
-                except Exception as exc:
-                    self._inline_failed(message_ids, exc)
                     break
+        if writes is not None:
+            writes.land()
         enqueue_batched(self.enqueue, DELIVER, "message_ids", message_ids)
 
     @staticmethod
