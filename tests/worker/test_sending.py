@@ -23,7 +23,7 @@ from tests.worker.realtime import (
     rule,
 )
 from worker.delivery.outbox import MessageRecord
-from worker.delivery.requests import DeliveryRequest, FreshMessage
+from worker.delivery.requests import DeliveryRequest, FiringWrites, FreshMessage
 from worker.policy.contact import holdout_bucket
 from worker.policy.jobs import FireJob
 from worker.rules import Rule
@@ -491,11 +491,11 @@ def test_a_worker_that_consumes_the_push_queue_sends_in_the_task_that_queued(
         assert sent["message"]["data"]["pr_mid"] == decision["message_id"]
 
 
-def test_an_inline_delivery_rechecks_with_the_firings_writes_and_reads_nothing_again(
+def test_an_inline_delivery_rechecks_with_the_firings_create_and_reads_nothing_again(
     settings: Settings, gateways: Gateways, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The re-check of a message the task just stored rides on the round trip of the
-    firing's writes; what it reads there still decides (consent withdrawn in between)."""
+    firing's create; what it reads there still decides (consent withdrawn in between)."""
     queued: list[tuple[str, dict[str, Any]]] = []
     with _immediate_shop(settings, gateways, tmp_path, queued, inline=True) as rt:
         sender = rt.sender()
@@ -513,7 +513,7 @@ def test_an_inline_delivery_rechecks_with_the_firings_writes_and_reads_nothing_a
         real_queue = sender.queue_recheck
 
         def withdraw_first(fresh: Any, pipe: Any) -> Any:
-            # before the firing's writes go out: the re-check after them reads this
+            # before the firing's create goes out: the re-check after it reads this
             ingest.set_preferences(
                 rt, {"user_id": withdrawn, "consent": {"marketing": {"*": False}}}, time.time()
             )
@@ -524,11 +524,11 @@ def test_an_inline_delivery_rechecks_with_the_firings_writes_and_reads_nothing_a
         held = _purchase_fired_by(rt, withdrawn, "track-task-6")
         assert held["action"] == "queued"
         assert rt.outbox.state(held["message_id"])["state"] == "suppressed"
-        assert read_alone == [held["message_id"]]  # queued once, with the writes
+        assert read_alone == [held["message_id"]]  # queued once, with the create
         assert queued == [] and len(gateways.accepted("fcm")) == 1
 
 
-def test_a_recheck_read_with_the_firings_writes_that_fails_hands_the_messages_on(
+def test_a_recheck_read_with_the_firings_create_that_fails_hands_the_messages_on(
     settings: Settings, gateways: Gateways, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An error in the re-check's replies is delivery's: the firing's writes stand and
@@ -551,6 +551,28 @@ def test_a_recheck_read_with_the_firings_writes_that_fails_hands_the_messages_on
         assert rt.outbox.state(decision["message_id"])["state"] == "queued"
         assert rt.outbox.queued_count() == 1  # for the sweep, should the deliver task be lost
         assert gateways.accepted("fcm") == []
+
+
+def test_firing_writes_stay_to_land_alone_when_what_goes_with_them_cannot_be_queued(
+    shop: tuple[Runtime, list[Any]], key_prefix: str
+) -> None:
+    """A delivery that fails while queuing its caps and claims after the firing's writes
+    (a bug, a bad rule) leaves the writes unsent and alone, for `land`."""
+    rt, _ = shop
+    pipe = rt.redis.pipeline(transaction=False)
+    pipe.set(f"{key_prefix}:write", "landed")
+    writes = FiringWrites(pipe)
+
+    def broken(more: Any) -> None:
+        more.set(f"{key_prefix}:claim", "taken")
+        raise RuntimeError("a bad rule")
+
+    with pytest.raises(RuntimeError):
+        writes.run_with(broken)
+    assert not writes.sent and rt.redis.get(f"{key_prefix}:write") is None
+    writes.land()
+    assert writes.sent and rt.redis.get(f"{key_prefix}:write") == "landed"
+    assert rt.redis.get(f"{key_prefix}:claim") is None
 
 
 def test_firing_writes_that_fail_with_an_inline_deliverys_claims_are_the_tasks_to_retry(
@@ -864,7 +886,7 @@ def test_a_message_loaded_as_delivered_is_counted_when_its_reply_proves_it_first
 @pytest.mark.parametrize("rule_name", ["post_purchase", "no-such-rule"])
 def test_a_firing_sends_its_callers_writes_whatever_it_does(
     shop: tuple[Runtime, list[Any]], gateways: Gateways, key_prefix: str, rule_name: str,
-    read_first: bool,
+    read_first: bool, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """`fire_many(ahead=...)` sends the caller's writes whatever it does next: with its
     read, or, with the reads made already (`read_first`), with the create or alone with
@@ -872,6 +894,12 @@ def test_a_firing_sends_its_callers_writes_whatever_it_does(
     any decision is recorded."""
     rt, _ = shop
     user = shopper(rt, gateways, f"ahead-{rule_name}-{read_first}")
+    if read_first:  # the reads made already are used, not made again
+
+        def read_again(*args: Any, **kwargs: Any) -> None:
+            raise AssertionError("read again")
+
+        monkeypatch.setattr(rt.firer(), "_read", read_again)
 
     def fire(job: FireJob, ahead: Any) -> None:
         now = time.time()

@@ -83,7 +83,8 @@ class MessageRecord:
 
 
 class Creation(NamedTuple):
-    """What `Outbox.create_many` did with one record."""
+    """What `Outbox.create_many` (or `queue_create` in a round trip of the caller's) did
+    with one record."""
 
     created: bool  # by this call: deliver it
     before: str  # the message's state before ('' if new)

@@ -74,10 +74,10 @@ class FreshMessage(NamedTuple):
 
 class FiringWrites:
     """A firing's writes (its decisions and counts, its messages' place among the queued
-    ones), which must land before a delivery in the same task sends: in the first round
-    trip that delivery makes anyway (its caps and claims: `MessageSender`), else alone
-    (`land`). Their errors, and a round trip failing with them, are the task's to retry,
-    never delivery's to hand to the push queue: kept as `failed`."""
+    ones), which must land before a delivery in the same task sends: first in that
+    delivery's caps-and-claims round trip (`MessageSender`), else alone (`land`). Their
+    errors, and a round trip failing with them, are the task's to retry, never
+    delivery's to hand to the push queue: kept as `failed`."""
 
     def __init__(self, pipe: StatePipeline) -> None:
         self._pipe = pipe
@@ -90,8 +90,12 @@ class FiringWrites:
         are. An error among the writes raises."""
         pipe = self._pipe  # empty once run: a pipeline's `execute` resets it
         theirs = 0 if self.sent else len(pipe)
+        try:
+            more(pipe)
+        except BaseException:
+            del pipe.command_stack[theirs:]  # the writes alone stay, for `land`
+            raise
         self.sent = True
-        more(pipe)
         if not len(pipe):
             return []
         try:

@@ -93,7 +93,9 @@ class Triggers:
             debounce = KINDS[rule.kind].debounce
             for user_id in users:
                 trigger = change_trigger(rule, change, str(user_id), now)
-                out.append(replace(trigger, debounce=debounce))
+                if trigger.debounce != debounce:
+                    trigger = replace(trigger, debounce=debounce)
+                out.append(trigger)
         return out
 
 

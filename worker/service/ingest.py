@@ -100,13 +100,13 @@ def schedule(
     """React to triggers: fire the due ones here and now (a queue hop would cost a task
     and its wait; firing is idempotent by message id), park the rest, and big fan-outs,
     in the delayed set until due (in `pipe`, which the caller runs, and which may hold
-    writes of the caller's that must land before it goes on: the firing sends them all
-    with its first round trip). `delivery_id`: the task doing it, which delivers what it
-    fires where the worker sends inline; `marks`: the events' pending marks, which such
-    a delivery clears with its settling; `read`: what firing the due ones reads, if read
-    already (`Firer.read_first`). Returns whether `pipe` still holds work that must land
-    before the marks are cleared, the caller's or parked jobs
-    (`StateStore.react_and_confirm`)."""
+    writes of the caller's that must land before it goes on: the firing sends them with
+    a round trip of its own, `Firer.fire_many`'s `ahead`). `delivery_id`: the task doing
+    it, which delivers what it fires where the worker sends inline; `marks`: the events'
+    pending marks, which such a delivery clears with its settling; `read`: what firing
+    the due ones reads, if read already (`Firer.read_first`). Returns whether `pipe`
+    still holds work that must land before the marks are cleared, the caller's or
+    parked jobs (`StateStore.react_and_confirm`)."""
     due_now, later = _due_now(triggers, now)
     unsent = len(pipe) > 0 or bool(later)
     for trigger in later:

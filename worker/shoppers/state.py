@@ -17,7 +17,8 @@ single node, four on a cluster: the script (which reads each event's item facts,
 category and price, from the catalog; a cluster's caller reads them in a round trip
 before it, the item's hash being in another slot), the side effects (with any delayed
 jobs its reactions park), and the pending marks after them. When a rule fires at once,
-the side effects ride on the firing's first round trip, and where the worker delivers
+the side effects ride on a round trip of the firing's (`Firer.fire_many`'s `ahead`:
+its read, or its create when it read with the script), and where the worker delivers
 inline what the firing queued, the marks ride on that delivery's settling
 (`StateStore.react_and_confirm`).
 """
