@@ -71,7 +71,9 @@ def _cluster_port() -> int:
 
 def _start_node(
     stack: ExitStack, folder: Path, host: str, port: int, prefix: tuple[str, ...]
-) -> None:
+) -> bool:
+    """Start a node on `port`; False if it exited at once (the port was taken since it
+    was found free: by another test process, or found twice)."""
     folder.mkdir()
     process = subprocess.Popen(
         [*prefix, find_redis_server(), "--port", str(port), "--bind", host,
@@ -90,11 +92,14 @@ def _start_node(
     deadline = time.monotonic() + 10
     while True:
         try:
-            if redis.Redis(host, port, socket_connect_timeout=0.5).ping():
-                return
+            answered = redis.Redis(host, port, socket_connect_timeout=0.5, decode_responses=True)
+            if answered.ping():  # ours, not another server on a port taken since
+                return Path(answered.config_get("dir")["dir"]).resolve() == folder.resolve()
         except redis.RedisError:
             pass
-        if process.poll() is not None or time.monotonic() > deadline:
+        if process.poll() is not None:
+            return False
+        if time.monotonic() > deadline:
             raise RuntimeError(f"cluster node on port {port} did not start")
         time.sleep(0.05)
 
@@ -109,9 +114,18 @@ def redis_cluster(host: str = "127.0.0.1", prefix: tuple[str, ...] = ()) -> Iter
             "redis-cli not found: the cluster tests need it (apt-get install redis-tools)"
         )
     with tempfile.TemporaryDirectory(prefix="pushrec-test-cluster-") as tmp, ExitStack() as stack:
-        ports = tuple(_cluster_port() for _ in range(2 * MASTERS))
-        for port in ports:
-            _start_node(stack, Path(tmp) / str(port), host, port, prefix)
+        started: list[int] = []
+        tried: set[int] = set()
+        while len(started) < 2 * MASTERS:
+            port = _cluster_port()
+            if port in tried:
+                continue
+            tried.add(port)
+            if _start_node(stack, Path(tmp) / str(port), host, port, prefix):
+                started.append(port)
+            elif len(tried) > 20 * MASTERS:
+                raise RuntimeError(f"no free port kept for a cluster node (tried {sorted(tried)})")
+        ports = tuple(started)
         subprocess.run(
             [*prefix, cli, "--cluster", "create", *(f"{host}:{p}" for p in ports),
              "--cluster-replicas", "1", "--cluster-yes"],
