@@ -633,17 +633,19 @@ def test_side_effects_that_fail_leave_the_event_pending_whether_a_rule_fires_or_
         assert len(gateways.accepted("fcm")) == fired and queued == []
 
 
-def _trips(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[str, str]]]:
-    """From now on, each round trip of `rt`'s pipelines: its commands as (name, key)."""
+def _trips(monkeypatch: pytest.MonkeyPatch, starting: str = "") -> list[list[tuple[str, str]]]:
+    """From now on, each pinned pipeline run (a single node's round trips): its commands
+    as (name, key); with `starting`, from the first holding that command on."""
     ran: list[list[tuple[str, str]]] = []
-    kind = type(rt.redis.pipeline(transaction=False))
-    real = kind.execute
+    real = PinnedPipeline.execute
 
-    def execute(pipe: Any, *args: Any, **kwargs: Any) -> Any:
-        ran.append([(str(a[0]), str(a[1]) if len(a) > 1 else "") for a, _ in pipe.command_stack])
-        return real(pipe, *args, **kwargs)
+    def execute(pipe: PinnedPipeline, raise_on_error: bool = True) -> list[Any]:
+        commands = [(str(a[0]), str(a[1]) if len(a) > 1 else "") for a, _ in pipe.command_stack]
+        if ran or not starting or any(name == starting for name, _ in commands):
+            ran.append(commands)
+        return real(pipe, raise_on_error)
 
-    monkeypatch.setattr(kind, "execute", execute)
+    monkeypatch.setattr(PinnedPipeline, "execute", execute)
     return ran
 
 
@@ -658,7 +660,7 @@ def test_a_rule_due_at_once_fires_and_sends_on_round_trips_made_anyway(
     queued: list[tuple[str, dict[str, Any]]] = []
     with _immediate_shop(settings, gateways, tmp_path, queued, inline=True) as rt:
         user = shopper(rt, gateways, "read-first")
-        recorded = _trips(rt, monkeypatch)
+        recorded = _trips(monkeypatch)
         decision = _purchase_fired_by(rt, user, "track-task-r")
         trips = [trip for trip in recorded if trip]
         message = rt.keys.message(decision["message_id"])
@@ -754,22 +756,6 @@ def test_an_inline_delivery_clears_the_events_pending_marks_with_its_settling(
             assert queued == [("pushrec.deliver", {"message_ids": [decision["message_id"]]})]
 
 
-def _settle_pipelines(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[str, str]]]:
-    """From now on, each pinned pipeline run from the settling of a delivery on: its
-    commands as (name, key); the first is the one with the first-delivery HSETNX."""
-    ran: list[list[tuple[str, str]]] = []
-    real = PinnedPipeline.execute
-
-    def execute(pipe: PinnedPipeline, raise_on_error: bool = True) -> list[Any]:
-        commands = [(str(args[0]), str(args[1])) for args, _ in pipe.command_stack]
-        if ran or any(name == "HSETNX" for name, _ in commands):
-            ran.append(commands)
-        return real(pipe, raise_on_error)
-
-    monkeypatch.setattr(PinnedPipeline, "execute", execute)
-    return ran
-
-
 def _after_claiming(monkeypatch: pytest.MonkeyPatch, sender: Any, meanwhile: Any) -> None:
     """`meanwhile()` runs after `sender` claims its devices, before it sends: what
     another process does to the message between a delivery's load and its settling."""
@@ -789,7 +775,7 @@ def test_a_first_delivery_is_counted_and_its_items_noted_in_the_settlings_round_
     rt, _ = shop
     user = shopper(rt, gateways, "count-ahead")
     mid = fire_post_purchase(rt, user, "b0-1")
-    ran = _settle_pipelines(monkeypatch)
+    ran = _trips(monkeypatch, starting="HSETNX")  # the settling's, then any after it
     [outcome] = rt.sender().deliver_many([DeliveryRequest(mid)], time.time(), "task")
     assert outcome["action"] == "sent"
     [settling] = ran  # nothing follows it
@@ -814,7 +800,7 @@ def test_a_message_another_delivery_took_first_is_counted_back_down(
     sender = rt.sender()
     state = rt.keys.message(mid).state
     _after_claiming(monkeypatch, sender, lambda: rt.redis.hsetnx(state, "delivered_at", "1"))
-    ran = _settle_pipelines(monkeypatch)
+    ran = _trips(monkeypatch, starting="HSETNX")  # the settling's, then any after it
     [outcome] = sender.deliver_many([DeliveryRequest(mid)], time.time(), "task")
     assert outcome["action"] == "sent" and len(gateways.accepted("fcm")) == 1
     [_, back] = ran
@@ -873,7 +859,7 @@ def test_a_message_loaded_as_delivered_is_counted_when_its_reply_proves_it_first
     rt.redis.hset(state, "delivered_at", "1")
     sender = rt.sender()
     _after_claiming(monkeypatch, sender, lambda: rt.redis.hdel(state, "delivered_at"))
-    ran = _settle_pipelines(monkeypatch)
+    ran = _trips(monkeypatch, starting="HSETNX")  # the settling's, then any after it
     [outcome] = sender.deliver_many([DeliveryRequest(mid)], time.time(), "task")
     assert outcome["action"] == "sent"
     [settling, late] = ran

@@ -522,23 +522,7 @@ class Firer:
         very try stored), and the writes on the delivery's first round trip (its caps
         and claims: `FiringWrites`): they land before anything is sent."""
         sends = [f for f in firings if f.record is not None]
-        records = [f.record for f in sends if f.record is not None]
-        created: list[Creation] = []
-        recheck = None
-        rechecked: list[Any] = []
-        if sends:
-            pipe = ahead if ahead is not None else self._client.pipeline(transaction=False)
-            theirs = len(pipe)
-            self._outbox.queue_create(records, pipe)
-            own = len(pipe)
-            maybe = {f.mid: FreshMessage(r, f.devices) for f, r in zip(sends, records, strict=True)}
-            recheck = self._delivery.queue_recheck(maybe, owner, pipe)
-            replies = pipe.execute(raise_on_error=False)
-            for reply in replies[:own]:  # the caller's and the create's: the task's to retry
-                if isinstance(reply, Exception):
-                    raise reply
-            created = self._outbox.created(records, iter(replies[theirs:own]))
-            rechecked = replies[own:]
+        created, read_ahead = self._create(sends, owner, ahead) if sends else ([], None)
         for f, (new, before, _) in zip(sends, created, strict=True):
             if not new:  # queued by a concurrent try since this one read its state
                 f.action, f.before = "duplicate", before
@@ -576,11 +560,36 @@ class Firer:
         if not deliver:
             writes.execute()  # an error among them raises: the task's to retry
             return
-        # the re-check's replies are delivery's to handle (parsed there)
-        read_ahead = _only(recheck(iter(rechecked)), fresh) if recheck is not None else None
         self._delivery.deliver_queued(
             deliver, owner, fresh, read_ahead, marks, FiringWrites(writes)
         )
+
+    def _create(
+        self, sends: Sequence[_Firing], owner: str, ahead: StatePipeline | None
+    ) -> tuple[list[Creation], ReadAhead | None]:
+        """Create the messages of `sends`, after the caller's `ahead` writes, in one round
+        trip (an error among either raises: the task's to retry), with their send-time
+        re-check after them where this task delivers them. Returns what the create did,
+        and the re-check of the messages this very try stored (another try's stored
+        record is read again by delivery, as stored); its replies are delivery's to
+        handle, parsed there."""
+        records = [f.record for f in sends if f.record is not None]
+        pipe = ahead if ahead is not None else self._client.pipeline(transaction=False)
+        theirs = len(pipe)
+        self._outbox.queue_create(records, pipe)
+        own = len(pipe)
+        maybe = {f.mid: FreshMessage(r, f.devices) for f, r in zip(sends, records, strict=True)}
+        recheck = self._delivery.queue_recheck(maybe, owner, pipe)
+        replies = pipe.execute(raise_on_error=False)
+        for reply in replies[:own]:
+            if isinstance(reply, Exception):
+                raise reply
+        created = self._outbox.created(records, iter(replies[theirs:own]))
+        if recheck is None:
+            return created, None
+        read = recheck(iter(replies[own:]))
+        stored = {r.id for r, c in zip(records, created, strict=True) if c.stored}
+        return created, lambda: {mid: r for mid, r in read().items() if mid in stored}
 
     def _resume(self, repeats: Sequence[_Firing]) -> None:
         """Load the messages of `repeats` (still queued by an earlier try) and settle as
@@ -621,37 +630,25 @@ class Firer:
             )
 
 
+@dataclass(eq=False)
 class FiringReads:
     """What firing some jobs reads, read in a round trip of the caller's
     (`Firer.read_first`): a `StateStore.apply_events` `BatchReads`, whose replies
     `fire_many` uses when it fires those very jobs, once."""
 
-    def __init__(
-        self,
-        firer: Firer,
-        jobs: list[FireJob],
-        now: float,
-        results: list[Decision],
-        firings: list[_Firing],
-    ) -> None:
-        self._firer = firer
-        self._jobs = jobs
-        self._now = now
-        self._results = results
-        self._firings = firings
-        self._feed_since = 0
-        self._shoppers: list[_Shopper] | None = None
+    _firer: Firer
+    _jobs: list[FireJob]
+    _now: float
+    _results: list[Decision]
+    _firings: list[_Firing]
+    _feed_since: int = 0
+    _shoppers: list[_Shopper] | None = None  # read, not used yet
 
     def queue(self, pipe: StatePipeline) -> None:
-        if self._firings:
-            self._feed_since = self._firer._queue_read(self._firings, self._now, pipe)
+        self._feed_since = self._firer._queue_read(self._firings, self._now, pipe)
 
     def take(self, replies: Iterator[Any]) -> None:
-        self._shoppers = (
-            self._firer._parse_read(self._firings, self._feed_since, replies)
-            if self._firings
-            else []
-        )
+        self._shoppers = self._firer._parse_read(self._firings, self._feed_since, replies)
 
     def made_for(
         self, jobs: Sequence[FireJob], now: float
@@ -662,12 +659,6 @@ class FiringReads:
             return None
         shoppers, self._shoppers = self._shoppers, None
         return self._results, self._firings, shoppers
-
-
-def _only(read: ReadAhead, fresh: Mapping[str, FreshMessage]) -> ReadAhead:
-    """`read`, for the messages of `fresh` alone: a message this try did not store (one an
-    earlier try stored first) is read again by delivery, as stored."""
-    return lambda: {mid: reread for mid, reread in read().items() if mid in fresh}
 
 
 def _message_summary(record: MessageRecord) -> MessageSummary:
