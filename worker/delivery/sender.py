@@ -58,6 +58,7 @@ from worker.store.delayed import DelayedJobs, Job
 from worker.store.errors import describe, is_transient, stack
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
+from worker.store.scripts import Scripts
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ class MessageSender:
         push: PushRuntime,
         metrics: Metrics,
         segment_index: SegmentIndex,
+        scripts: Scripts,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -152,6 +154,7 @@ class MessageSender:
         self._push = push
         self._metrics = metrics
         self._segment_index = segment_index
+        self._scripts = scripts
 
     def deliver_many(
         self,
@@ -528,17 +531,38 @@ class MessageSender:
             if len(pipe):
                 pipe.execute()
 
-        replies, first_sent = _patiently(writes)
+        replies, first_sent = self._patiently(writes)
         if marks is not None:
             marks.landed()
-        _patiently(lambda: recount(replies, first_sent))
+        self._patiently(lambda: recount(replies, first_sent))
         gone = {  # devices just deactivated leave the channel segments
             d.record.user_id
             for d, results in zip(live, outcomes, strict=True)
             if any(r.outcome is Outcome.DEVICE_INVALID for r in results)
         }
         if gone:
-            _patiently(lambda: self._segment_index.refresh_devices(gone, now))
+            self._patiently(lambda: self._segment_index.refresh_devices(gone, now))
+
+    def _patiently(self, run: Callable[[], T], tries: int = 3) -> T:
+        """`run` again if Redis fails transiently (`store/errors.py`): after a short wait,
+        or, when Redis lost our scripts (restarted, a replica promoted), once they are
+        loaded again. For the writes that record sends already made: a task retry
+        would send again (and a lost reply may count something twice)."""
+        lost = False
+        for attempt in range(tries):
+            try:
+                if lost:
+                    self._scripts.load(self._client)
+                    lost = False
+                return run()
+            except redis.RedisError as exc:
+                if not is_transient(exc) or attempt == tries - 1:
+                    raise
+                if isinstance(exc, redis.exceptions.NoScriptError):
+                    lost = True
+                else:
+                    time.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def _count_delivered(
         self, deliveries: Sequence[_Delivery], now: float, pipe: StatePipeline
@@ -679,17 +703,3 @@ class MessageSender:
             "retry_after": retry_after if retry else None,
         }
         return first_at
-
-
-def _patiently(run: Callable[[], T], tries: int = 3) -> T:
-    """`run` again after a short wait if Redis fails transiently (a dropped connection, a
-    failover's READONLY: `store/errors.py`): for the writes that record sends already made
-    (a lost reply may count something twice; a task retry would send twice)."""
-    for attempt in range(tries):
-        try:
-            return run()
-        except redis.RedisError as exc:
-            if not is_transient(exc) or attempt == tries - 1:
-                raise
-            time.sleep(0.2 * 2**attempt)
-    raise AssertionError("unreachable")

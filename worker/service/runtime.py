@@ -264,7 +264,7 @@ class Runtime:
                 self._pushes.append(push)
             sender = self._thread.sender = MessageSender(
                 self.redis, self.keys, self.settings, self.contacts, self.policy, self.outbox,
-                self.audit, self.delayed, push, self.metrics, self.segment_index,
+                self.audit, self.delayed, push, self.metrics, self.segment_index, self.scripts,
             )  # fmt: skip
         return sender
 
