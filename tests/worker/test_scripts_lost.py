@@ -14,7 +14,7 @@ import pytest
 from tests.worker.realtime import Gateways, gateway_shop, register
 from tests.worker.test_sending import fire_post_purchase
 from worker.delivery.requests import DeliveryRequest
-from worker.delivery.sender import MessageSender
+from worker.delivery.settle import Settler
 from worker.service.runtime import Runtime
 from worker.settings import Settings
 from worker.shoppers.contacts import device_id
@@ -45,13 +45,13 @@ def test_scripts_lost_after_the_sends_are_loaded_again_and_the_message_settles_o
     gateways.unregister("fcm", gone)
     mid = fire_post_purchase(rt, user, "b0-1")
     sender = rt.sender()
-    real = MessageSender._settle
+    real = Settler.settle
 
-    def scripts_lost_first(self: MessageSender, *args: Any, **kwargs: Any) -> None:
+    def scripts_lost_first(self: Settler, *args: Any, **kwargs: Any) -> None:
         rt.redis.script_flush()  # on a cluster: every primary
         real(self, *args, **kwargs)
 
-    monkeypatch.setattr(MessageSender, "_settle", scripts_lost_first)
+    monkeypatch.setattr(Settler, "settle", scripts_lost_first)
     monkeypatch.setattr(time, "sleep", lambda s: None)  # the settling's waits, if any
     [outcome] = sender.deliver_many([DeliveryRequest(mid)], now + 1, "task")
 
@@ -59,7 +59,7 @@ def test_scripts_lost_after_the_sends_are_loaded_again_and_the_message_settles_o
     assert [r["message"]["token"] for r in gateways.accepted("fcm")] == [live]
     assert rt.outbox.state(mid)["state"] == "sent"
     assert rt.contacts.devices(user)[device_id("fcm", gone)]["active"] is False
-    monkeypatch.setattr(MessageSender, "_settle", real)
+    monkeypatch.setattr(Settler, "settle", real)
     [again] = sender.deliver_many([DeliveryRequest(mid)], now + 2, "task")  # a retry
     assert again["action"] == "settled"
     assert len(gateways.accepted("fcm")) == 1

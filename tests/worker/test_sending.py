@@ -24,6 +24,8 @@ from tests.worker.realtime import (
 )
 from worker.delivery.outbox import MessageRecord
 from worker.delivery.requests import DeliveryRequest, FiringWrites, FreshMessage
+from worker.firing.reads import FiringReader
+from worker.firing.writes import FiringWriter
 from worker.policy.contact import holdout_bucket
 from worker.policy.jobs import FireJob
 from worker.rules import Rule
@@ -885,7 +887,7 @@ def test_a_firing_sends_its_callers_writes_whatever_it_does(
         def read_again(*args: Any, **kwargs: Any) -> None:
             raise AssertionError("read again")
 
-        monkeypatch.setattr(rt.firer(), "_read", read_again)
+        monkeypatch.setattr(FiringReader, "read", read_again)
 
     def fire(job: FireJob, ahead: Any) -> None:
         now = time.time()
@@ -983,17 +985,16 @@ def test_a_task_that_died_after_creating_its_message_records_the_decision_when_r
         now = time.time()
         job = FireJob("post_purchase", user, "order-1", now, ("b0-1",), {})
         firer = rt.firer()
-        real = firer._record
 
         def dies(*args: Any, **kwargs: Any) -> None:
             raise SystemExit("worker killed")  # after the message, before the decision
 
-        monkeypatch.setattr(firer, "_record", dies)
+        monkeypatch.setattr(FiringWriter, "_record", dies)
         with pytest.raises(SystemExit):
             firer.fire_many([job], now, "task-1")
         assert rt.audit.decisions(user) == [] and queued == []
 
-        monkeypatch.setattr(firer, "_record", real)
+        monkeypatch.undo()
         [again] = firer.fire_many([job], now + 1, "task-1")  # the task, redelivered
         assert again["action"] == "queued"
         assert [d["message_id"] for d in rt.audit.decisions(user)] == [again["message_id"]]

@@ -18,24 +18,18 @@ under the circuit breaker, rate limit and retry policy whose state lives in Redi
 sends of a batch run concurrently. Each device's result is acted on: delivered; retry
 later (parked in the delayed set, never held by a worker); device invalid (deactivated,
 for APNs only if not re-registered since the gateway's timestamp); failed. Every attempt
-is recorded on the message.
+is recorded on the message (`settle.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
-import redis
-
-from push import DeliveryResult, Device, Message, Outcome, Purpose, WebPushSubscription
+from push import DeliveryResult, Device, Message, Purpose, WebPushSubscription
 from push.messages import Channel, Priority
-from worker.contract import DELIVER
 from worker.delivery.outbox import SETTLED, MessageRecord, Outbox
 from worker.delivery.push_runtime import PushRuntime
 from worker.delivery.requests import (
@@ -44,9 +38,10 @@ from worker.delivery.requests import (
     FiringWrites,
     FreshMessage,
 )
+from worker.delivery.settle import MessageDelivery, Settler
 from worker.policy.contact import ContactPolicy
 from worker.policy.kinds import KINDS
-from worker.rules import Rule, enabled_rules
+from worker.rules import enabled_rules
 from worker.settings import Settings
 from worker.shoppers.audit import Audit
 from worker.shoppers.contacts import Contacts
@@ -54,15 +49,13 @@ from worker.shoppers.segment_index import SegmentIndex
 from worker.shoppers.snapshot import DeviceRecord, Part, Shopper, ShopperReads
 from worker.shoppers.state import PendingMarks
 from worker.store.client import StatePipeline, StateRedis
-from worker.store.delayed import DelayedJobs, Job
-from worker.store.errors import describe, is_transient, stack
+from worker.store.delayed import DelayedJobs
+from worker.store.errors import describe, stack
 from worker.store.keys import Keys
 from worker.store.metrics import Metrics
 from worker.store.scripts import Scripts
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 _READ_PARTS: tuple[Part, ...] = ("devices", "preferences", "purchases")
@@ -79,32 +72,6 @@ def _push_device(record: DeviceRecord) -> Device:
     if channel is Channel.WEBPUSH:
         return Device(channel, subscription=WebPushSubscription.from_json(record["subscription"]))
     return Device(channel, token=record["token"])
-
-
-@dataclass
-class _Delivery:
-    """One request on its way through `deliver_many`."""
-
-    request: DeliveryRequest
-    record: MessageRecord
-    state: dict[str, str]  # as loaded
-    rule: Rule | None
-    targets: dict[str, DeviceRecord] = field(default_factory=dict)  # device id -> device
-    sends: list[tuple[str, Message]] = field(default_factory=list)
-    broken: list[tuple[str, str]] = field(default_factory=list)  # (device id, why) unsendable
-    moved: list[tuple[str, float]] = field(default_factory=list)  # (device id, registered_at)
-    unclaim: list[str] = field(default_factory=list)  # devices claimed, then held back
-    result: DeliveryOutcome = field(default_factory=lambda: DeliveryOutcome())
-
-
-class _FirstSent(NamedTuple):
-    """A delivery a device took: where its first-delivery reply sits in the settling's
-    replies, and whether it was counted ahead of that reply (not delivered before, as
-    loaded)."""
-
-    delivery: _Delivery
-    at: int
-    ahead: bool
 
 
 class Reread(NamedTuple):
@@ -149,12 +116,10 @@ class MessageSender:
         self._contacts = contacts
         self._policy = policy
         self._outbox = outbox
-        self._audit = audit
-        self._delayed = delayed
         self._push = push
-        self._metrics = metrics
-        self._segment_index = segment_index
-        self._scripts = scripts
+        self._settler = Settler(
+            client, contacts, policy, outbox, audit, delayed, metrics, segment_index, scripts
+        )
 
     def deliver_many(
         self,
@@ -177,7 +142,7 @@ class MessageSender:
         messages (its writes have landed by then), cleared with the settling's writes."""
         owner = owner or f"local-{id(self):x}"
         results: dict[str, DeliveryOutcome] = {}
-        live: list[_Delivery] = []
+        live: list[MessageDelivery] = []
         first: dict[str, DeliveryRequest] = {}
         for r in requests:  # a message named twice is delivered once, as first asked
             first.setdefault(r.message_id, r)
@@ -202,7 +167,7 @@ class MessageSender:
                 results[mid] = {"action": "settled", "message_id": mid}
             else:
                 rule = self._rules.get(record.rule)
-                live.append(_Delivery(request, record, state, rule))
+                live.append(MessageDelivery(request, record, state, rule))
         if missing:  # expired, or its shopper erased: the sweeper must not resend it
             unqueue = self._client.pipeline(transaction=False)
             self._outbox.unqueue(missing, unqueue)
@@ -221,7 +186,7 @@ class MessageSender:
         messages = [(m, d.request.attempt) for d in live for _, m in d.sends]
         outcomes = iter(self._push.run(self._send_all(messages)) if messages else [])
         per_delivery = [[next(outcomes) for _ in d.sends] for d in live]
-        self._settle(live, per_delivery, held, now, self._push.timed.take(), marks)
+        self._settler.settle(live, per_delivery, held, now, self._push.timed.take(), marks)
         for d in [*live, *held]:
             results[d.record.id] = d.result
         return [results[r.message_id] for r in requests]
@@ -279,11 +244,11 @@ class MessageSender:
 
     def _recheck(
         self,
-        live: Sequence[_Delivery],
+        live: Sequence[MessageDelivery],
         now: float,
         fresh: Mapping[str, FreshMessage],
         read_ahead: Mapping[str, Reread],
-    ) -> tuple[list[_Delivery], list[_Delivery]]:
+    ) -> tuple[list[MessageDelivery], list[MessageDelivery]]:
         """Set each delivery's target devices, or its result if the message must not go
         out now (returned): suppressed (rule disabled, consent withdrawn, items bought or
         sold out or pushed by another message since) or deferred (the shopper's quiet
@@ -306,8 +271,8 @@ class MessageSender:
             for d in live
         ]
         owned = self._owned_devices(live, [(r.shopper, r.owners) for r in read])
-        held: list[_Delivery] = []
-        first_tries: list[_Delivery] = []
+        held: list[MessageDelivery] = []
+        first_tries: list[MessageDelivery] = []
         for d, (shopper, stock, pushed, _), devices in zip(live, read, owned, strict=True):
             if why_not := self._why_not(d, shopper, devices, stock, pushed):
                 d.result = {"action": "suppressed", "reason": why_not}
@@ -324,7 +289,7 @@ class MessageSender:
         return held, first_tries
 
     def _owned_devices(
-        self, live: Sequence[_Delivery], read: Sequence[tuple[Shopper, dict[str, str | None]]]
+        self, live: Sequence[MessageDelivery], read: Sequence[tuple[Shopper, dict[str, str | None]]]
     ) -> list[dict[str, DeviceRecord]]:
         """Each delivery's active devices that its shopper still owns, from the owners
         read with the re-check (per delivery: device id -> owner) and, for devices not
@@ -358,7 +323,7 @@ class MessageSender:
 
     def _why_not(
         self,
-        d: _Delivery,
+        d: MessageDelivery,
         shopper: Shopper,
         devices: dict[str, DeviceRecord],
         stock: list[str | None],
@@ -399,12 +364,12 @@ class MessageSender:
 
     def _reserve_and_claim(
         self,
-        live: Sequence[_Delivery],
-        first_tries: Sequence[_Delivery],
+        live: Sequence[MessageDelivery],
+        first_tries: Sequence[MessageDelivery],
         owner: str,
         now: float,
         writes: FiringWrites | None,
-    ) -> list[_Delivery]:
+    ) -> list[MessageDelivery]:
         """Reserve the caps of the first tries and claim every target device, in one round
         trip (after the firing's `writes`, not sent yet, which it carries first); set
         each delivery's sends. Returns the first tries a cap now holds back (suppressed:
@@ -433,7 +398,7 @@ class MessageSender:
             pipe = self._client.pipeline(transaction=False)
             queue(pipe)
             replies = pipe.execute() if len(pipe) else []
-        capped: list[_Delivery] = []
+        capped: list[MessageDelivery] = []
         for d, limit in zip(first_tries, replies[: len(first_tries)], strict=True):
             if limit not in {"ok", "already"}:
                 d.result = {"action": "suppressed", "reason": f"cap reached at send time: {limit}"}
@@ -468,238 +433,3 @@ class MessageSender:
             ttl=record.ttl_s,
             priority=Priority.HIGH if record.purpose == "transactional" else Priority.NORMAL,
         )
-
-    def _settle(
-        self,
-        live: Sequence[_Delivery],
-        outcomes: Sequence[Sequence[DeliveryResult]],
-        held: Sequence[_Delivery],
-        now: float,
-        latencies: Sequence[tuple[str, float]],
-        marks: PendingMarks | None,
-    ) -> None:
-        """Record every attempt and act on each device's result, for the whole batch in
-        one round trip, with the metrics (each send by channel and outcome, the gateway
-        latencies), `marks` (`deliver_many`) and the counts of a first delivery.
-
-        A message is counted delivered, and its items noted (no repeats, attribution),
-        once per message, as its first-delivery HSETNX's reply says: counted ahead of
-        the reply, in the same round trip, when not delivered before as loaded (nearly
-        all), and corrected after it; counted after it otherwise. The sends went out
-        already, so a Redis error here is retried here, not by the task (which would send
-        again); only the first try counts ahead, since a failed try may have landed
-        (see `recount`)."""
-        first_try = True
-
-        def writes() -> tuple[list[Any], list[_FirstSent]]:
-            nonlocal first_try
-            ahead, first_try = first_try, False
-            pipe = self._client.pipeline(transaction=False)
-            for d in held:
-                self._settle_held(d, now, pipe)
-            for d in [*live, *held]:
-                self._drop_moved(d, now, pipe)
-            first_sent: list[_FirstSent] = []
-            for d, results in zip(live, outcomes, strict=True):
-                at = self._settle_one(d, results, now, pipe)
-                if at is not None:
-                    first_sent.append(_FirstSent(d, at, ahead and "delivered_at" not in d.state))
-            sends = Counter(
-                f"messages.{r.channel}.{r.outcome}" for results in outcomes for r in results
-            )
-            self._metrics.add(sends, pipe=pipe)
-            self._metrics.observe_latency(latencies, pipe)
-            self._count_delivered([f.delivery for f in first_sent if f.ahead], now, pipe)
-            if marks is not None and not marks.cleared:
-                marks.queue(pipe)
-            return pipe.execute(), first_sent
-
-        def recount(replies: list[Any], first_sent: list[_FirstSent]) -> None:
-            """Count the first deliveries not counted ahead; count back down those counted
-            ahead whose reply says another delivery took the message first. After a
-            failed first try, a later try's reply of 0 may mean the first try landed
-            (its count ahead stands) or another delivery won: left as it is either way."""
-            pipe = self._client.pipeline(transaction=False)
-            late = [f.delivery for f in first_sent if replies[f.at] and not f.ahead]
-            self._count_delivered(late, now, pipe)
-            back: Counter[str] = Counter()  # counted ahead, but not the first delivery
-            for f in first_sent:
-                if f.ahead and not replies[f.at]:
-                    back[f.delivery.record.rule] += 1
-            for rule, n in back.items():
-                self._audit.count(rule, "delivered", -n, pipe=pipe)
-            if len(pipe):
-                pipe.execute()
-
-        replies, first_sent = self._patiently(writes)
-        if marks is not None:
-            marks.landed()
-        self._patiently(lambda: recount(replies, first_sent))
-        gone = {  # devices just deactivated leave the channel segments
-            d.record.user_id
-            for d, results in zip(live, outcomes, strict=True)
-            if any(r.outcome is Outcome.DEVICE_INVALID for r in results)
-        }
-        if gone:
-            self._patiently(lambda: self._segment_index.refresh_devices(gone, now))
-
-    def _patiently(self, run: Callable[[], T], tries: int = 3) -> T:
-        """`run` again if Redis fails transiently (`store/errors.py`): after a short wait,
-        or, when Redis lost our scripts (restarted, a replica promoted), once they are
-        loaded again. For the writes that record sends already made: a task retry
-        would send again (and a lost reply may count something twice)."""
-        lost = False
-        for attempt in range(tries):
-            try:
-                if lost:
-                    self._scripts.load(self._client)
-                    lost = False
-                return run()
-            except redis.RedisError as exc:
-                if not is_transient(exc) or attempt == tries - 1:
-                    raise
-                if isinstance(exc, redis.exceptions.NoScriptError):
-                    lost = True
-                else:
-                    time.sleep(0.2 * 2**attempt)
-        raise AssertionError("unreachable")
-
-    def _count_delivered(
-        self, deliveries: Sequence[_Delivery], now: float, pipe: StatePipeline
-    ) -> None:
-        """Count `deliveries` delivered (one HINCRBY a rule) and note their items (in
-        `pipe`), as each message's first delivery."""
-        delivered: Counter[str] = Counter()
-        for d in deliveries:
-            delivered[d.record.rule] += 1
-            self._note_items(d.record, now, pipe)
-        for rule, n in delivered.items():
-            self._audit.count(rule, "delivered", n, pipe=pipe)
-
-    def _settle_held(self, d: _Delivery, now: float, pipe: StatePipeline) -> None:
-        """Queue the writes of a delivery that did not go out: held out (a holdout cell's
-        message that passed every check), suppressed for good, or deferred (parked until
-        its quiet hours end, the same request again)."""
-        mid, why, action = d.record.id, d.result["reason"], d.result["action"]
-        if action == "held_out":
-            self._outbox.set_state(mid, "held_out", pipe, why)
-            self._audit.count(d.record.rule, "held_out", pipe=pipe)
-            self._note_items(d.record, now, pipe)
-        elif action == "deferred":
-            until = d.result["defer_until"]
-            self._delayed.schedule(Job(f"deliver:{mid}", DELIVER, d.request.kwargs()), until, pipe)
-            if d.state.get("state") != "sent":  # a deferred retry of a message sent elsewhere
-                self._outbox.set_state(mid, "deferred", pipe, why)
-            self._audit.count(d.record.rule, "deferred", pipe=pipe)
-            self._metrics.add({"delivery.deferred": 1}, pipe=pipe)
-        else:
-            self._outbox.set_state(mid, "suppressed", pipe, why)
-            self._audit.count(d.record.rule, "suppressed", pipe=pipe)
-        for device_id in d.unclaim:  # claimed by this delivery a moment ago, never sent
-            self._outbox.unclaim_device(mid, device_id, pipe)
-        attempt = {"at": now, "attempt": d.request.attempt, action: why}
-        self._outbox.add_attempts(mid, [attempt], pipe)
-
-    def _note_items(self, record: MessageRecord, now: float, pipe: StatePipeline) -> None:
-        """Note a message's items as pushed (the no-repeat step) and as its rule's, in its
-        cell, for attribution (in `pipe`): on its first delivery, or when held out."""
-        self._policy.record_items(record.user_id, record.items, now, pipe)
-        self._audit.remember_items(
-            record.user_id, record.items, record.id, record.rule, record.cell, now, pipe
-        )
-
-    def _drop_moved(self, d: _Delivery, now: float, pipe: StatePipeline) -> None:
-        """Record the devices skipped as another shopper's, and take them off this
-        shopper's list (in `pipe`)."""
-        if not d.moved:
-            return
-        for device_id, registered_at in d.moved:
-            self._contacts.drop_moved(d.record.user_id, device_id, registered_at, pipe)
-        self._outbox.add_attempts(
-            d.record.id,
-            [
-                {
-                    "at": now,
-                    "attempt": d.request.attempt,
-                    "device_id": device_id,
-                    "skipped": "registered to another shopper",
-                }
-                for device_id, _ in d.moved
-            ],
-            pipe,
-        )
-        self._metrics.add({"delivery.moved_device": len(d.moved)}, pipe=pipe)
-
-    def _settle_one(
-        self,
-        d: _Delivery,
-        results: Sequence[DeliveryResult],
-        now: float,
-        pipe: StatePipeline,
-    ) -> int | None:
-        """Queue one delivery's writes in `pipe`; returns the index of its first-delivery
-        reply if a device took the message."""
-        record, mid, attempt = d.record, d.record.id, d.request.attempt
-        if not d.sends and not d.broken:
-            # every device settled, or another live delivery is sending them
-            d.result = {"action": "nothing_to_send", "message_id": mid}
-            if not d.targets and d.state.get("state") != "sent":
-                self._outbox.set_state(mid, "failed", pipe, "no device to send to")
-                self._audit.count(record.rule, "failed", pipe=pipe)
-            return None
-        retry: list[str] = []
-        retry_after = 0.0
-        delivered = 0
-        self._outbox.add_attempts(
-            mid,
-            [
-                {"at": now, "attempt": attempt, "device_id": device_id, **result.to_dict()}
-                for (device_id, _), result in zip(d.sends, results, strict=True)
-            ]
-            + [
-                {"at": now, "attempt": attempt, "device_id": device_id, "error": why}
-                for device_id, why in d.broken
-            ],
-            pipe,
-        )
-        for device_id, _ in d.broken:
-            self._outbox.settle_device(mid, device_id, "failed", pipe)
-        for (device_id, _), result in zip(d.sends, results, strict=True):
-            if result.outcome is Outcome.DELIVERED:
-                delivered += 1
-                status = "sent"
-            elif (
-                result.outcome in {Outcome.RETRY, Outcome.CREDENTIALS}
-                and result.retry_after is not None
-            ):
-                retry.append(device_id)
-                retry_after = max(retry_after, result.retry_after)
-                status = "retry"
-            elif result.outcome is Outcome.DEVICE_INVALID:
-                since = result.invalid_since.timestamp() if result.invalid_since else None
-                self._contacts.deactivate(record.user_id, device_id, since, result.reason, pipe)
-                status = "invalid"
-            else:
-                status = "failed"
-            self._outbox.settle_device(mid, device_id, status, pipe)
-        first_at = None
-        if delivered:
-            self._outbox.set_state(mid, "sent", pipe)
-            first_at = len(pipe)
-            self._outbox.first_delivery(mid, now, pipe)
-        if retry:
-            job = Job(f"deliver:{mid}", DELIVER, d.request.retry_kwargs(retry))
-            self._delayed.schedule(job, now + retry_after, pipe=pipe)
-            if not delivered:
-                self._outbox.set_state(mid, "retrying", pipe)
-        elif not delivered and d.state.get("state") != "sent":
-            self._outbox.set_state(mid, "failed", pipe, "no device took it")
-            self._audit.count(record.rule, "failed", pipe=pipe)
-        d.result = {
-            "action": "sent" if delivered else ("retrying" if retry else "failed"),
-            "message_id": mid,
-            "delivered": delivered,
-            "retry_devices": len(retry),
-            "retry_after": retry_after if retry else None,
-        }
-        return first_at

@@ -12,7 +12,7 @@ from typing import Any
 
 from push import fingerprint
 from worker import contract
-from worker.firing.firer import FiringReads
+from worker.firing.reads import FiringReads
 from worker.policy.jobs import FireJob, Trigger
 from worker.service import checkout
 from worker.service.runtime import Runtime

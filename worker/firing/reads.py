@@ -1,0 +1,131 @@
+"""What firing reads of each shopper, for a whole batch in one round trip.
+
+For each firing: its message's delivery state (an earlier try may have queued it), the
+shopper (state, devices, preferences: `READS`) and the contact policy's counters; once
+for the batch, the catalog's change feed, so the catalog reads after it need no round
+trip when the entries are cached. `FiringReader.read` makes that round trip (after the
+caller's writes, if any); `FiringReads` queues the same reads in a round trip the caller
+makes anyway (the state script's that applies the events which trigger the jobs), for
+`Firer.fire_many` to use when it fires those very jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from worker.delivery.outbox import Outbox
+from worker.firing.job import Firing
+from worker.firing.recommend import ShopperView
+from worker.policy.contact import ContactPolicy, PolicyReads
+from worker.policy.jobs import FireJob
+from worker.policy.kinds import FIRE_READS
+from worker.shoppers.audit import Decision
+from worker.shoppers.catalog import Catalog
+from worker.shoppers.snapshot import Shopper, ShopperReads
+from worker.store.client import StatePipeline, StateRedis
+from worker.store.keys import Keys
+
+READS = ShopperReads(FIRE_READS | {"profile", "devices", "preferences"})
+
+
+@dataclass(frozen=True)
+class ReadShopper:
+    """What was read for one firing."""
+
+    state: Shopper
+    view: ShopperView
+    policy: PolicyReads
+    known: bool  # has a profile or a device: not erased, not expired
+    message_state: str  # of the firing's message before this try; "" when there is none
+
+
+class FiringReader:
+    def __init__(
+        self,
+        client: StateRedis,
+        keys: Keys,
+        catalog: Catalog,
+        outbox: Outbox,
+        policy: ContactPolicy,
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._catalog = catalog
+        self._outbox = outbox
+        self._policy = policy
+
+    def read(
+        self, firings: Sequence[Firing], now: float, ahead: StatePipeline | None = None
+    ) -> list[ReadShopper]:
+        """Each firing's reads, in one round trip. `ahead`: the caller's writes, sent
+        first in that round trip (alone when there is nothing to read)."""
+        pipe = ahead if ahead is not None else self._client.pipeline(transaction=False)
+        theirs = len(pipe)
+        if not firings:
+            pipe.execute()  # an empty pipeline makes no round trip
+            return []
+        feed_since = self.queue(firings, now, pipe)
+        return self.parse(firings, feed_since, iter(pipe.execute()[theirs:]))
+
+    def queue(self, firings: Sequence[Firing], now: float, pipe: StatePipeline) -> int:
+        """Queue the reads in `pipe`. Returns the mark the change feed is read past, for
+        `parse`."""
+        feed_since = self._catalog.queue_feed(pipe)  # firing reads the catalog as of now
+        for f in firings:
+            self._outbox.queue_state_read(f.mid, pipe)
+            READS.queue(pipe, self._keys, f.job.user_id)
+            self._policy.queue_reads(pipe, f.rule, f.job.user_id, f.mid, now)
+        return feed_since
+
+    def parse(
+        self, firings: Sequence[Firing], feed_since: int, replies: Iterator[Any]
+    ) -> list[ReadShopper]:
+        """Each firing's reads from the replies of `queue`'s commands."""
+        self._catalog.apply_feed(feed_since, next(replies), next(replies))
+        shoppers = []
+        for f in firings:
+            message_state = next(replies) or ""
+            state = READS.parse(f.job.user_id, replies)
+            view = ShopperView(
+                recent=state.recent,
+                purchased=frozenset(state.purchases),
+                cart=frozenset(state.cart_added),
+                history=state.history,
+            )
+            policy = PolicyReads.from_replies(replies)
+            known = bool(state.profile or state.devices)
+            shoppers.append(ReadShopper(state, view, policy, known, message_state))
+        return shoppers
+
+
+@dataclass(eq=False)
+class FiringReads:
+    """What firing some jobs reads, read in a round trip of the caller's
+    (`Firer.read_first`): a `StateStore.apply_events` `BatchReads`, whose replies
+    `fire_many` uses when it fires those very jobs, once."""
+
+    _reader: FiringReader
+    _jobs: list[FireJob]
+    _now: float
+    _results: list[Decision]
+    _firings: list[Firing]
+    _feed_since: int = 0
+    _shoppers: list[ReadShopper] | None = None  # read, not used yet
+
+    def queue(self, pipe: StatePipeline) -> None:
+        self._feed_since = self._reader.queue(self._firings, self._now, pipe)
+
+    def take(self, replies: Iterator[Any]) -> None:
+        self._shoppers = self._reader.parse(self._firings, self._feed_since, replies)
+
+    def made_for(
+        self, jobs: Sequence[FireJob], now: float
+    ) -> tuple[list[Decision], list[Firing], list[ReadShopper]] | None:
+        """The decisions to fill, the firings and what was read of their shoppers, if
+        it was read for `jobs` at `now` (and not used before); else None."""
+        if self._shoppers is None or now != self._now or list(jobs) != self._jobs:
+            return None
+        shoppers, self._shoppers = self._shoppers, None
+        return self._results, self._firings, shoppers
