@@ -203,3 +203,17 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
         gw = Gateways(state)
         yield gw
         gw.close()
+
+
+@pytest.fixture
+def recording_shop(
+    settings: Settings, gateways: Gateways, tmp_path: Path
+) -> Iterator[tuple[Runtime, list[tuple[str, dict[str, Any]]]]]:
+    """A runtime whose `enqueue` records instead of sending (the test runs the tasks),
+    with a published planted index."""
+    from tests.worker.realtime import gateway_shop  # realtime.py imports this module
+
+    queued: list[tuple[str, dict[str, Any]]] = []
+    enqueue = lambda task, kwargs: queued.append((task, kwargs))  # noqa: E731
+    with gateway_shop(settings, gateways, tmp_path / "index", enqueue) as rt:
+        yield rt, queued

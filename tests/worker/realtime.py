@@ -11,14 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from indexing import ModelParams, publish, read_events, save_model, train_model
 from tests.indexing.conftest import BLOCKS, ITEMS_PER_BLOCK, planted_rows
 from tests.worker.conftest import WorkerProcess
 from worker.contract import Enqueue
+from worker.policy.contact import holdout_bucket
+from worker.policy.jobs import FireJob
+from worker.rules import DEFAULT_RULES
 from worker.service import ingest
 from worker.service.runtime import Runtime
 from worker.settings import Settings
+from worker.store.pinned import PinnedPipeline
 
 
 def build_planted_index(store: Path, seed: int = 0) -> str:
@@ -249,3 +254,58 @@ def campaign_settings(config: Path) -> dict[str, object]:
         "cap_marketing_per_day": 100,
         "cap_total_per_day": 100,
     }
+
+
+def fire_post_purchase(rt: Runtime, user: str, item: str, now: float | None = None) -> str:
+    """`user` buys `item` and the post-purchase rule fires for it: the message's id."""
+    now = time.time() if now is None else now
+    ingest.track_one(
+        rt,
+        {"event_id": f"p-{user}", "user_id": user, "type": "purchase", "item_id": item, "ts": now},
+        now,
+        "d",
+    )
+    job = FireJob(
+        rule="post_purchase",
+        user_id=user,
+        trigger_id=f"p-{user}",
+        trigger_ts=now,
+        items=(item,),
+        extra={},
+    )
+    [decision] = rt.firer().fire_many([job], now)
+    assert decision["action"] in {"queued", "held_out"}, decision
+    return str(decision["message_id"])
+
+
+def shopper(
+    rt: Runtime, gateways: Gateways, prefix: str, now: float | None = None, **prefs: Any
+) -> str:
+    """A shopper with an FCM device, outside the post-purchase holdout."""
+    user = next(u for u in (f"{prefix}{n}" for n in range(100)) if not held_out(u))
+    register(rt, user, "fcm", gateways.targets["fcm"], time.time() if now is None else now, **prefs)
+    return user
+
+
+def held_out(user: str, rule: str = "post_purchase") -> bool:
+    """Whether `user` falls in the holdout of the default rule `rule`."""
+    [pct] = [r.holdout_pct for r in DEFAULT_RULES if r.name == rule]
+    return holdout_bucket(rule, user) < pct
+
+
+def pipeline_trips(
+    monkeypatch: pytest.MonkeyPatch, starting: str = ""
+) -> list[list[tuple[str, str]]]:
+    """From now on, each pinned pipeline run (a single node's round trips): its commands
+    as (name, key); with `starting`, from the first holding that command on."""
+    ran: list[list[tuple[str, str]]] = []
+    real = PinnedPipeline.execute
+
+    def execute(pipe: PinnedPipeline, raise_on_error: bool = True) -> list[Any]:
+        commands = [(str(a[0]), str(a[1]) if len(a) > 1 else "") for a, _ in pipe.command_stack]
+        if ran or not starting or any(name == starting for name, _ in commands):
+            ran.append(commands)
+        return real(pipe, raise_on_error)
+
+    monkeypatch.setattr(PinnedPipeline, "execute", execute)
+    return ran

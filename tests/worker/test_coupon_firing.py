@@ -11,8 +11,14 @@ from typing import Any
 
 import pytest
 
-from tests.worker.realtime import Gateways, gateway_shop, register, rule
-from tests.worker.test_sending import fire_post_purchase, shopper
+from tests.worker.realtime import (
+    Gateways,
+    fire_post_purchase,
+    gateway_shop,
+    register,
+    rule,
+    shopper,
+)
 from worker.coupons import CouponPool
 from worker.policy.jobs import FireJob
 from worker.rules import Rule

@@ -15,8 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from indexing import LocalStore
 from tests.worker.conftest import worker_env
-from tests.worker.realtime import Gateways, gateway_shop
-from tests.worker.test_sending import fire_post_purchase, shopper
+from tests.worker.realtime import Gateways, fire_post_purchase, gateway_shop, shopper
 from worker.contract import NOOP
 from worker.delivery.requests import DeliveryRequest
 from worker.service import ingest

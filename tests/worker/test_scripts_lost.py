@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.worker.realtime import Gateways, gateway_shop, register
-from tests.worker.test_sending import fire_post_purchase
+from tests.worker.realtime import Gateways, fire_post_purchase, gateway_shop, register
 from worker.delivery.requests import DeliveryRequest
 from worker.delivery.settle import Settler
 from worker.service.runtime import Runtime
