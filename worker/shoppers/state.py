@@ -120,7 +120,7 @@ class PendingMarks:
     after them all may take the marks: `queue` them in its pipeline, and say `landed()`
     once it has succeeded. A trip that fails may have cleared them all the same (one
     command of a pipeline fails alone): its own work must then be recovered otherwise
-    than by the event's redelivery, as an inline delivery's is (`MessageSender._settle`)."""
+    than by the event's redelivery, as an inline delivery's is (`Settler.settle`)."""
 
     def __init__(self, keys: Keys, events: Sequence[Event]) -> None:
         self._event_ids: dict[str, list[str]] = {}  # a shopper's pending key -> its events
