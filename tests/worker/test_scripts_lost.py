@@ -35,7 +35,8 @@ def test_scripts_lost_after_the_sends_are_loaded_again_and_the_message_settles_o
 ) -> None:
     """One device takes the message, the other is gone (its deactivation a script, as is
     the read of the shopper's devices that follows): the scripts vanish just after the
-    sends."""
+    sends. Only what met the lost scripts runs again: each attempt is recorded once and
+    each send counted once, at once (no wait), and a retry of the task sends nothing."""
     now = time.time()
     user = "lost-scripts"
     live, gone = f"fcm-live-{'x' * 20}", f"fcm-gone-{'x' * 20}"
@@ -50,14 +51,19 @@ def test_scripts_lost_after_the_sends_are_loaded_again_and_the_message_settles_o
         rt.redis.script_flush()  # on a cluster: every primary
         real(self, *args, **kwargs)
 
+    waits: list[float] = []
     monkeypatch.setattr(Settler, "settle", scripts_lost_first)
-    monkeypatch.setattr(time, "sleep", lambda s: None)  # the settling's waits, if any
+    monkeypatch.setattr(time, "sleep", waits.append)
     [outcome] = sender.deliver_many([DeliveryRequest(mid)], now + 1, "task")
 
-    assert outcome["action"] == "sent"
+    assert outcome["action"] == "sent" and waits == []
     assert [r["message"]["token"] for r in gateways.accepted("fcm")] == [live]
     assert rt.outbox.state(mid)["state"] == "sent"
     assert rt.contacts.devices(user)[device_id("fcm", gone)]["active"] is False
+    assert len(rt.outbox.attempts(mid)) == 2  # one a device
+    sends = {k: v for k, v in rt.metrics.snapshot().items() if k.startswith("messages.fcm.")}
+    assert sends == {"messages.fcm.delivered": 1, "messages.fcm.device_invalid": 1}
+    assert rt.audit.stats(["post_purchase"])["post_purchase"]["delivered"] == 1
     monkeypatch.setattr(Settler, "settle", real)
     [again] = sender.deliver_many([DeliveryRequest(mid)], now + 2, "task")  # a retry
     assert again["action"] == "settled"

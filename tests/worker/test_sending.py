@@ -1,4 +1,5 @@
-"""Send-time re-checks and device handling, in-process against the local gateways."""
+"""Firing and delivery in one process against the local gateways: send-time re-checks,
+device handling, a batch fired together, caps, holdout and reasons."""
 
 from __future__ import annotations
 

@@ -1,2 +1,2 @@
-"""Getting a queued message to the shopper's devices: the outbox ledger, the sender, and
-the push library's configuration and shared Redis stores."""
+"""Getting a queued message to the shopper's devices: the outbox ledger, the sender and the
+settling of its results, and the push library's configuration and shared Redis stores."""

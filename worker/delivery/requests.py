@@ -14,7 +14,7 @@ from typing import Any, Literal, NamedTuple, TypedDict
 
 from worker.delivery.outbox import MessageRecord
 from worker.shoppers.inputs import InvalidInput
-from worker.store.client import StatePipeline
+from worker.store.client import StatePipeline, unqueue_after
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class FiringWrites:
         try:
             more(pipe)
         except BaseException:
-            del pipe.command_stack[theirs:]  # the writes alone stay, for `land`
+            unqueue_after(pipe, theirs)  # the writes alone stay, for `land`
             raise
         self.sent = True
         if not len(pipe):

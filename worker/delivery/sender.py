@@ -111,7 +111,6 @@ class MessageSender:
     ) -> None:
         self._client = client
         self._keys = keys
-        self._settings = settings
         self._rules = enabled_rules(settings.all_rules)
         self._contacts = contacts
         self._policy = policy

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 import redis
+from redis.exceptions import NoScriptError
 
 from push import DeliveryResult, Message, Outcome
 from worker.contract import DELIVER
@@ -29,7 +30,7 @@ from worker.shoppers.contacts import Contacts
 from worker.shoppers.segment_index import SegmentIndex
 from worker.shoppers.snapshot import DeviceRecord
 from worker.shoppers.state import PendingMarks
-from worker.store.client import StatePipeline, StateRedis
+from worker.store.client import StatePipeline, StateRedis, queued
 from worker.store.delayed import DelayedJobs, Job
 from worker.store.errors import is_transient
 from worker.store.metrics import Metrics
@@ -66,6 +67,8 @@ class _FirstSent(NamedTuple):
 
 
 class Settler:
+    """Records what a batch of deliveries did, once their sends are made (module doc)."""
+
     def __init__(
         self,
         client: StateRedis,
@@ -132,7 +135,7 @@ class Settler:
             self._count_delivered([f.delivery for f in first_sent if f.ahead], now, pipe)
             if marks is not None and not marks.cleared:
                 marks.queue(pipe)
-            return pipe.execute(), first_sent
+            return self._execute(pipe), first_sent
 
         def recount(replies: list[Any], first_sent: list[_FirstSent]) -> None:
             """Count the first deliveries not counted ahead; count back down those counted
@@ -163,11 +166,34 @@ class Settler:
         if gone:
             self._patiently(lambda: self._segment_index.refresh_devices(gone, now))
 
+    def _execute(self, pipe: StatePipeline) -> list[Any]:
+        """Run the settling's pipeline; raise its first error as `execute` would. Its
+        commands that met lost scripts (NOSCRIPT: Redis restarted or a replica promoted;
+        a cluster's go by SHA alone) run again once the scripts are loaded, and only
+        they: the others landed, and attempt records and counts are not idempotent."""
+        commands = queued(pipe)
+        replies = pipe.execute(raise_on_error=False)
+        lost = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if lost:
+            self._scripts.load(self._client)
+            again = self._client.pipeline(transaction=False)
+            for n in lost:
+                args, options = commands[n]
+                again.execute_command(*args, **options)
+            for n, reply in zip(lost, again.execute(raise_on_error=False), strict=True):
+                replies[n] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
     def _patiently(self, run: Callable[[], T], tries: int = 3) -> T:
         """`run` again if Redis fails transiently (`store/errors.py`): after a short wait,
         or, when Redis lost our scripts (restarted, a replica promoted), once they are
         loaded again. For the writes that record sends already made: a task retry
-        would send again (and a lost reply may count something twice)."""
+        would send again (and a lost reply may count something twice). The settling's
+        own writes replay only what met lost scripts (`_execute`); a `run` that meets
+        them here (the devices' segment entries) is safe to run again whole."""
         lost = False
         for attempt in range(tries):
             try:
@@ -178,7 +204,7 @@ class Settler:
             except redis.RedisError as exc:
                 if not is_transient(exc) or attempt == tries - 1:
                     raise
-                if isinstance(exc, redis.exceptions.NoScriptError):
+                if isinstance(exc, NoScriptError):
                     lost = True
                 else:
                     time.sleep(0.2 * 2**attempt)

@@ -1,2 +1,2 @@
 """Turning a due trigger into a queued message: trigger building, recommendation, the
-firer, and the index the process serves."""
+firer (its reads, its writes, one job in flight), and the index the process serves."""

@@ -24,9 +24,9 @@ from worker.coupons import Coupons, IssuedCoupon, Refusal
 from worker.coupons.reminders import EXTRA_CODE
 from worker.delivery.outbox import MessageRecord, Outbox, message_id
 from worker.firing.compose import Composer
+from worker.firing.in_flight import Firing, isolated
 from worker.firing.index_holder import IndexHolder
-from worker.firing.job import Firing, isolated
-from worker.firing.reads import FiringReader, FiringReads, ReadShopper
+from worker.firing.reads import FiringReader, FiringReads, ShopperRead
 from worker.firing.recommend import (
     Candidate,
     Pool,
@@ -189,7 +189,7 @@ class Firer:
         self,
         results: list[Decision],
         firings: list[Firing],
-        shoppers: list[ReadShopper],
+        shoppers: list[ShopperRead],
         now: float,
         dry: bool = False,
     ) -> tuple[list[Decision], list[Firing]]:
@@ -221,7 +221,7 @@ class Firer:
     def _pools(
         self,
         firings: Sequence[Firing],
-        shoppers: Sequence[ReadShopper],
+        shoppers: Sequence[ShopperRead],
         index: LoadedIndex | None,
         now: float,
     ) -> list[Pool | None]:
@@ -236,7 +236,7 @@ class Firer:
                 live.append(self._state.trending_items(now, 24, 4 * most))
             return live[0]
 
-        def request(f: Firing, shopper: ReadShopper) -> PoolRequest | None:
+        def request(f: Firing, shopper: ShopperRead) -> PoolRequest | None:
             if f.action:  # a repeat
                 return None
             kind = KINDS[f.rule.kind]
@@ -271,9 +271,9 @@ class Firer:
     ) -> tuple[list[list[Candidate]], dict[str, Mapping[str, str]]]:
         """Each pool's items, and the catalog entries read for them. Most candidates pass
         the filters, so the catalog is read for the head of every pool first (one round
-        trip for the entries not cached, none when all are: the reads read the change feed),
-        and again, for a head twice as long, only for pools whose head could not fill the
-        message."""
+        trip for the entries not cached, none when all are: `FiringReader.queue` read the
+        change feed), and again, for a head twice as long, only for pools whose head could
+        not fill the message."""
         facts: dict[str, Mapping[str, str]] = {}
         read: set[str] = set()
         heads = {  # firing -> (its pool, how many of its candidates to look at)
@@ -308,7 +308,7 @@ class Firer:
     def _decide(
         self,
         f: Firing,
-        shopper: ReadShopper,
+        shopper: ShopperRead,
         candidates: list[Candidate],
         facts: Mapping[str, Mapping[str, str]],
         now: float,
@@ -402,8 +402,8 @@ def _lost_its_own_items(rule: Rule, pool: Pool | None, chosen: Sequence[Candidat
 
 
 def _drop_unknown(
-    firings: list[Firing], shoppers: list[ReadShopper]
-) -> tuple[list[Firing], list[ReadShopper]]:
+    firings: list[Firing], shoppers: list[ShopperRead]
+) -> tuple[list[Firing], list[ShopperRead]]:
     """Leave out, writing nothing, the firings of shoppers pushrec knows nothing of (no
     profile, no device): a job parked before its shopper was erased (or expired) must not
     bring their keys back. Such a shopper could not be reached anyway (no device)."""

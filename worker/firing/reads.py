@@ -1,7 +1,7 @@
 """What firing reads of each shopper, for a whole batch in one round trip.
 
 For each firing: its message's delivery state (an earlier try may have queued it), the
-shopper (state, devices, preferences: `READS`) and the contact policy's counters; once
+shopper (state, devices, preferences: `_READS`) and the contact policy's counters; once
 for the batch, the catalog's change feed, so the catalog reads after it need no round
 trip when the entries are cached. `FiringReader.read` makes that round trip (after the
 caller's writes, if any); `FiringReads` queues the same reads in a round trip the caller
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.delivery.outbox import Outbox
-from worker.firing.job import Firing
+from worker.firing.in_flight import Firing
 from worker.firing.recommend import ShopperView
 from worker.policy.contact import ContactPolicy, PolicyReads
 from worker.policy.jobs import FireJob
@@ -27,11 +27,11 @@ from worker.shoppers.snapshot import Shopper, ShopperReads
 from worker.store.client import StatePipeline, StateRedis
 from worker.store.keys import Keys
 
-READS = ShopperReads(FIRE_READS | {"profile", "devices", "preferences"})
+_READS = ShopperReads(FIRE_READS | {"profile", "devices", "preferences"})
 
 
 @dataclass(frozen=True)
-class ReadShopper:
+class ShopperRead:
     """What was read for one firing."""
 
     state: Shopper
@@ -42,6 +42,8 @@ class ReadShopper:
 
 
 class FiringReader:
+    """Queues and parses firing's reads; makes their round trip when the caller has none."""
+
     def __init__(
         self,
         client: StateRedis,
@@ -58,7 +60,7 @@ class FiringReader:
 
     def read(
         self, firings: Sequence[Firing], now: float, ahead: StatePipeline | None = None
-    ) -> list[ReadShopper]:
+    ) -> list[ShopperRead]:
         """Each firing's reads, in one round trip. `ahead`: the caller's writes, sent
         first in that round trip (alone when there is nothing to read)."""
         pipe = ahead if ahead is not None else self._client.pipeline(transaction=False)
@@ -75,19 +77,19 @@ class FiringReader:
         feed_since = self._catalog.queue_feed(pipe)  # firing reads the catalog as of now
         for f in firings:
             self._outbox.queue_state_read(f.mid, pipe)
-            READS.queue(pipe, self._keys, f.job.user_id)
+            _READS.queue(pipe, self._keys, f.job.user_id)
             self._policy.queue_reads(pipe, f.rule, f.job.user_id, f.mid, now)
         return feed_since
 
     def parse(
         self, firings: Sequence[Firing], feed_since: int, replies: Iterator[Any]
-    ) -> list[ReadShopper]:
+    ) -> list[ShopperRead]:
         """Each firing's reads from the replies of `queue`'s commands."""
         self._catalog.apply_feed(feed_since, next(replies), next(replies))
         shoppers = []
         for f in firings:
             message_state = next(replies) or ""
-            state = READS.parse(f.job.user_id, replies)
+            state = _READS.parse(f.job.user_id, replies)
             view = ShopperView(
                 recent=state.recent,
                 purchased=frozenset(state.purchases),
@@ -96,7 +98,7 @@ class FiringReader:
             )
             policy = PolicyReads.from_replies(replies)
             known = bool(state.profile or state.devices)
-            shoppers.append(ReadShopper(state, view, policy, known, message_state))
+            shoppers.append(ShopperRead(state, view, policy, known, message_state))
         return shoppers
 
 
@@ -112,7 +114,7 @@ class FiringReads:
     _results: list[Decision]
     _firings: list[Firing]
     _feed_since: int = 0
-    _shoppers: list[ReadShopper] | None = None  # read, not used yet
+    _shoppers: list[ShopperRead] | None = None  # read, not used yet
 
     def queue(self, pipe: StatePipeline) -> None:
         self._feed_since = self._reader.queue(self._firings, self._now, pipe)
@@ -122,7 +124,7 @@ class FiringReads:
 
     def made_for(
         self, jobs: Sequence[FireJob], now: float
-    ) -> tuple[list[Decision], list[Firing], list[ReadShopper]] | None:
+    ) -> tuple[list[Decision], list[Firing], list[ShopperRead]] | None:
         """The decisions to fill, the firings and what was read of their shoppers, if
         it was read for `jobs` at `now` (and not used before); else None."""
         if self._shoppers is None or now != self._now or list(jobs) != self._jobs:

@@ -19,7 +19,7 @@ from worker.contract import FIRE
 from worker.delivery.outbox import Creation, MessageRecord, Outbox
 from worker.delivery.requests import FiringWrites, FreshMessage
 from worker.delivery.sender import ReadAhead
-from worker.firing.job import Firing
+from worker.firing.in_flight import Firing
 from worker.shoppers.audit import Audit, MessageSummary
 from worker.shoppers.state import PendingMarks
 from worker.store.client import StatePipeline, StateRedis
@@ -51,6 +51,8 @@ class Delivery(Protocol):
 
 
 class FiringWriter:
+    """Writes what a batch of firings decided and hands their messages to delivery."""
+
     def __init__(
         self,
         client: StateRedis,

@@ -30,11 +30,14 @@ __all__ = [
     "StateRedis",
     "connect_state",
     "connect_state_async",
+    "queued",
+    "unqueue_after",
 ]
 
 StateRedis: TypeAlias = redis.Redis | RedisCluster
 StatePipeline: TypeAlias = redis.client.Pipeline | ClusterPipeline
 AsyncStateRedis: TypeAlias = aioredis.Redis | AsyncRedisCluster
+Queued: TypeAlias = tuple[tuple[Any, ...], dict[str, Any]]  # a command's args and options
 
 # Shared by both kinds of client (see connect_state).
 _CLIENT_OPTIONS: dict[str, Any] = {
@@ -88,3 +91,21 @@ def connect_state_async(url: str) -> AsyncStateRedis:
         **cluster_options(url),
         decode_responses=True,
     )
+
+
+def queued(pipe: StatePipeline) -> list[Queued]:
+    """The commands queued in `pipe` so far. A cluster pipeline keeps them in its
+    execution strategy (redis-py 8), not in the `command_stack` it still has."""
+    if isinstance(pipe, ClusterPipeline):
+        strategy: Any = pipe._execution_strategy
+        return [(c.args, c.options) for c in strategy.command_queue]
+    return list(pipe.command_stack)
+
+
+def unqueue_after(pipe: StatePipeline, kept: int) -> None:
+    """Drop the commands queued in `pipe` after its first `kept`."""
+    if isinstance(pipe, ClusterPipeline):
+        strategy: Any = pipe._execution_strategy
+        del strategy.command_queue[kept:]
+    else:
+        del pipe.command_stack[kept:]

@@ -4,7 +4,9 @@ Hot pipelines queue scripts by SHA alone (`Scripts.queue`): redis-py's own way
 (`script(..., client=pipe)`) asks Redis whether the scripts exist before every such
 pipeline, one more round trip each time. Instead the scripts are loaded when a runtime
 opens (`load`); a Redis that lost them (restarted, flushed) answers NoScriptError,
-which the task wrapper retries after loading them again (`_run` in service/tasks.py).
+which the task wrapper retries after loading them again (`_run` in service/tasks.py),
+as an inline delivery does (`Runtime.deliver_queued`) and a settling, whose sends went
+out already, does itself (`Settler`).
 """
 
 from __future__ import annotations
@@ -145,7 +147,8 @@ class Scripts:
     ) -> None:
         """Queue `script` in `pipe`; a single node's pipeline loads it first if Redis lost
         it (one more round trip). A cluster pipeline cannot: there a NoScriptError
-        reaches the caller, whose task loads the scripts and runs again."""
+        reaches the caller, whose task loads the scripts and runs again (a settling
+        loads them and runs again what met them: `Settler`)."""
         if isinstance(pipe, redis.client.Pipeline):
             script(keys=keys, args=args, client=pipe)
         else:
