@@ -425,6 +425,11 @@ def main() -> None:
     for spec, s in summary.items():
         for name, r in s["yardsticks"].items():
             print(f"{spec:36s} {name:22s} {r['median']:7.3f}  {r['runs']}")
+    print("\nBounds: the cores' busy share in each saturation case, and the rate its CPU an")
+    print("event (workers, Redis, gateway) would reach with every core busy / the no-op rate:")
+    for spec, s in summary.items():
+        for name, r in s["bounds"].items():
+            print(f"{spec:36s} {name:22s} {r['median']:7.3f}  {r['runs']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"\nload: {load[0]} .. {load[-1]}\nwrote {args.json}")
@@ -476,6 +481,7 @@ def summarise(row: dict[str, list[dict]]) -> dict[str, Any]:
         out["runs"]["noop_p99_ms"] = [round(r["p99_ms"], 1) for r in noop_lat]
     out["ratios"] = ratios(row)
     out["yardsticks"] = yardsticks(row)
+    out["bounds"] = bounds(row, os.cpu_count() or 1)
     out["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     return out
 
@@ -518,6 +524,41 @@ def yardsticks(row: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
         if runs:
             out[name] = {"median": round(statistics.median(runs), 3),
                          "runs": [round(r, 3) for r in runs]}  # fmt: skip
+    return out
+
+
+def _machine_cpu_ms(result: dict) -> float:
+    """All the CPU sampled a unit of work: the workers', Redis's and the gateway's."""
+    cpu = result.get("cpu_ms_per_event") or result.get("cpu_ms_per_task") or {}
+    return float(sum(cpu.values()))
+
+
+def bounds(row: dict[str, list[dict]], cpus: int) -> dict[str, dict[str, Any]]:
+    """Per saturation case (and the no-op): the share of the machine's cores it kept busy
+    (its CPU a unit times its rate), and, over the nearest no-op's rate, the rate its CPU
+    a unit would reach with every core busy: the most a change to our CPU alone could
+    give that ratio (the gateway's CPU shares the cores here; a real one's does not)."""
+    out: dict[str, dict[str, Any]] = {}
+    rates = {"saturation": "events_per_s", "saturation_batched": "events_per_s",
+             "noop": "tasks_per_s"}  # fmt: skip
+    for case, short in (("saturation", "single"), ("saturation_batched", "batched"),
+                        ("noop", "noop")):  # fmt: skip
+        measured = [r for r in row[case] if _machine_cpu_ms(r) > 0]
+        busy = [_machine_cpu_ms(r) * r[rates[case]] / 1000 / cpus for r in measured]
+        if busy:
+            out[f"{short}_cores_busy"] = {"median": round(statistics.median(busy), 3),
+                                          "runs": [round(b, 3) for b in busy]}  # fmt: skip
+        if case == "noop":
+            continue
+        pairs = [(r, _nearest(r, row["noop"])) for r in measured]
+        ceiling = [
+            cpus * 1000 / _machine_cpu_ms(r) / n["tasks_per_s"] for r, n in pairs if n is not None
+        ]
+        if ceiling:
+            out[f"{short}_rate_bound_vs_noop"] = {
+                "median": round(statistics.median(ceiling), 3),
+                "runs": [round(c, 3) for c in ceiling],
+            }
     return out
 
 
