@@ -47,6 +47,7 @@ from realtime_stack import (  # noqa: E402
     purchase,
     write_bench_config,
 )
+from server_clock import ServerClock  # noqa: E402
 
 from tests.redis_server import redis_server  # noqa: E402
 from tests.worker.realtime import register  # noqa: E402
@@ -98,13 +99,16 @@ class Stage:
         trips: RoundTrips,
         profiler: cProfile.Profile | None = None,
         clock: FunctionClock | None = None,
+        server: ServerClock | None = None,
     ) -> None:
         self.name, self._probe, self._trips, self._profiler = name, probe, trips, profiler
-        self._clock = clock
+        self._clock, self._server = clock, server
         self.cpu_s = 0.0
         self.round_trips = 0
         self.commands = 0
         self.by_command: Counter[str] = Counter()
+        self.server_us: Counter[str] = Counter()  # with `server`: by command and script
+        self.server_calls: Counter[str] = Counter()
 
     def _commands(self) -> Counter[str]:
         """The server's calls so far by command (Lua's included), one INFO."""
@@ -114,6 +118,8 @@ class Stage:
         )
 
     def run(self, work: Callable[[], Any]) -> Any:
+        if self._server is not None:  # its commands neither counted nor timed
+            self._server.start()
         commands, trips = self._commands(), self._trips.count
         started = time.process_time()
         if self._profiler is not None:
@@ -128,15 +134,29 @@ class Stage:
         spent["info"] -= 1  # the INFO above
         self.by_command.update(+spent)
         self.commands += spent.total()
+        if self._server is not None:
+            us, calls = self._server.take()
+            self.server_us.update(us)
+            self.server_calls.update(calls)
         return out
 
     def per(self, events: int) -> dict[str, Any]:
-        return {
+        out = {
             "cpu_ms": round(1000 * self.cpu_s / events, 3),
             "round_trips": round(self.round_trips / events, 2),
             "commands": round(self.commands / events, 2),
             "by_command": {name: round(n / events, 2) for name, n in self.by_command.most_common()},
         }
+        if self._server is not None:
+            out["server_us"] = round(self.server_us.total() / events, 1)
+            out["by_server"] = {
+                name: {
+                    "us": round(us / events, 2),
+                    "calls": round(self.server_calls[name] / events, 2),
+                }
+                for name, us in self.server_us.most_common()
+            }
+        return out
 
 
 STAGES = ("track", "deliver", "total")  # what `run_once` reports, the total last
@@ -161,10 +181,12 @@ def run_once(
     tag: str,
     profiler: cProfile.Profile | None = None,
     clock: FunctionClock | None = None,
+    slowlog: bool = False,
 ) -> dict[str, Any]:
     """`events` purchases of fresh shoppers (each with a device and a history), in calls of
     `batch`; returns the cost per event of each stage, and with `clock` each timed
-    function's (`functions`). `sent`: the deliver calls the runtime enqueues."""
+    function's (`functions`), with `slowlog` the server's time by command (`ServerClock`).
+    `sent`: the deliver calls the runtime enqueues."""
     shoppers = shop.shoppers(tag, events, 5)
     now = time.time()
     for n, (user, past, _) in enumerate(shoppers):
@@ -178,8 +200,11 @@ def run_once(
     delivered_before = delivered(rt)
     probe = redis.Redis.from_url(rt.settings.redis_url or "")
     trips = RoundTrips()
-    track = Stage("track", probe, trips, profiler, clock)
-    deliver = Stage("deliver", probe, trips, profiler, clock)
+    server = ServerClock(probe) if slowlog else None
+    if server is not None:
+        server.enable()
+    track = Stage("track", probe, trips, profiler, clock, server)
+    deliver = Stage("deliver", probe, trips, profiler, clock, server)
     if clock is not None:
         clock.clear()
     calls = [shoppers[i : i + batch] for i in range(0, events, batch)]
@@ -218,8 +243,11 @@ def _median_of(rows: list[dict[str, Any]], stage: str) -> dict[str, Any]:
         k: statistics.median(r[stage][k] for r in rows)
         for k in ("cpu_ms", "round_trips", "commands")
     }
-    if "by_command" in rows[-1][stage]:
-        out["by_command"] = rows[-1][stage]["by_command"]
+    for kept in ("by_command", "by_server"):
+        if kept in rows[-1][stage]:
+            out[kept] = rows[-1][stage][kept]
+    if "server_us" in rows[-1][stage]:
+        out["server_us"] = statistics.median(r[stage]["server_us"] for r in rows)
     return out
 
 
@@ -316,6 +344,11 @@ def main() -> None:
         help="time each stage function and pipeline at every call (bench/function_clock.py)",
     )
     parser.add_argument(
+        "--slowlog",
+        action="store_true",
+        help="the Redis server's time by command and Lua script (bench/server_clock.py)",
+    )
+    parser.add_argument(
         "--serve", action="store_true", help="measure on request from stdin (see `serve`)"
     )
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "hot_path.json")
@@ -333,9 +366,10 @@ def main() -> None:
                 for mode, rows in results.items():
                     per_call = events_per_call(mode, args.batch)
                     tag = f"{mode}{run}"
-                    rows.append(
-                        run_once(rt, sent, shop, args.events, per_call, tag, profiler, clock)
+                    measured = run_once(
+                        rt, sent, shop, args.events, per_call, tag, profiler, clock, args.slowlog
                     )
+                    rows.append(measured)
         if profiler is not None:
             profiler.dump_stats(args.cprofile)
     summary: dict[str, dict[str, Any]] = {
@@ -354,6 +388,11 @@ def main() -> None:
             )
             if args.commands and "by_command" in v:
                 print("    " + ", ".join(f"{c} {n:g}" for c, n in v["by_command"].items()))
+            if v.get("by_server"):
+                print(f"    server {v['server_us']:.1f} us/event: " + ", ".join(
+                    f"{name} {r['us']:g} us ({r['calls']:g} calls)"
+                    for name, r in list(v["by_server"].items())[:12]
+                ))  # fmt: skip
         if "functions" in stages:
             print_functions(stages["functions"])
     args.json.parent.mkdir(parents=True, exist_ok=True)
