@@ -237,8 +237,8 @@ def run_once(
 
 
 def _median_of(rows: list[dict[str, Any]], stage: str) -> dict[str, Any]:
-    """A stage's figures over the runs: medians, and the last run's commands by name
-    (the same every run)."""
+    """A stage's figures over the runs: medians, and the last run's commands by name (the
+    same every run) and, with `--slowlog`, its server time by name."""
     out = {
         k: statistics.median(r[stage][k] for r in rows)
         for k in ("cpu_ms", "round_trips", "commands")

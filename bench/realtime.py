@@ -509,11 +509,21 @@ YARDSTICKS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
+def _cpu(result: dict) -> dict[str, float]:
+    """A measurement's CPU milliseconds a unit of work, by process group (workers, redis,
+    gateway)."""
+    return result.get("cpu_ms_per_event") or result.get("cpu_ms_per_task") or {}
+
+
 def _field(result: dict, name: str) -> float:
     if name.startswith("cpu:"):
-        cpu = result.get("cpu_ms_per_event") or result.get("cpu_ms_per_task") or {}
-        return float(cpu.get(name.removeprefix("cpu:"), float("nan")))
+        return float(_cpu(result).get(name.removeprefix("cpu:"), float("nan")))
     return float(result[name])
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    """The median of `values` and each of them, rounded."""
+    return {"median": round(statistics.median(values), 3), "runs": [round(v, 3) for v in values]}
 
 
 def yardsticks(row: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
@@ -522,43 +532,29 @@ def yardsticks(row: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
     for name, case, top, bottom in YARDSTICKS:
         runs = [_field(r, top) / _field(r, bottom) for r in row[case] if _field(r, bottom) > 0]
         if runs:
-            out[name] = {"median": round(statistics.median(runs), 3),
-                         "runs": [round(r, 3) for r in runs]}  # fmt: skip
+            out[name] = _spread(runs)
     return out
-
-
-def _machine_cpu_ms(result: dict) -> float:
-    """All the CPU sampled a unit of work: the workers', Redis's and the gateway's."""
-    cpu = result.get("cpu_ms_per_event") or result.get("cpu_ms_per_task") or {}
-    return float(sum(cpu.values()))
 
 
 def bounds(row: dict[str, list[dict]], cpus: int) -> dict[str, dict[str, Any]]:
     """Per saturation case (and the no-op): the share of the machine's cores it kept busy
-    (its CPU a unit times its rate), and, over the nearest no-op's rate, the rate its CPU
-    a unit would reach with every core busy: the most a change to our CPU alone could
-    give that ratio (the gateway's CPU shares the cores here; a real one's does not)."""
+    (all its CPU a unit, workers', Redis's and the gateway's, times its rate), and, over
+    the nearest no-op's rate, the rate that CPU a unit would reach with every core busy:
+    the most a change to our CPU alone could give that ratio (the gateway's CPU shares
+    the cores here; a real one's does not)."""
     out: dict[str, dict[str, Any]] = {}
-    rates = {"saturation": "events_per_s", "saturation_batched": "events_per_s",
-             "noop": "tasks_per_s"}  # fmt: skip
-    for case, short in (("saturation", "single"), ("saturation_batched", "batched"),
-                        ("noop", "noop")):  # fmt: skip
-        measured = [r for r in row[case] if _machine_cpu_ms(r) > 0]
-        busy = [_machine_cpu_ms(r) * r[rates[case]] / 1000 / cpus for r in measured]
-        if busy:
-            out[f"{short}_cores_busy"] = {"median": round(statistics.median(busy), 3),
-                                          "runs": [round(b, 3) for b in busy]}  # fmt: skip
+    cases = (("saturation", "single", "events_per_s"),
+             ("saturation_batched", "batched", "events_per_s"),
+             ("noop", "noop", "tasks_per_s"))  # fmt: skip
+    for case, short, rate in cases:
+        measured = [(r, total) for r in row[case] if (total := sum(_cpu(r).values())) > 0]
+        if busy := [total * r[rate] / 1000 / cpus for r, total in measured]:
+            out[f"{short}_cores_busy"] = _spread(busy)
         if case == "noop":
             continue
-        pairs = [(r, _nearest(r, row["noop"])) for r in measured]
-        ceiling = [
-            cpus * 1000 / _machine_cpu_ms(r) / n["tasks_per_s"] for r, n in pairs if n is not None
-        ]
-        if ceiling:
-            out[f"{short}_rate_bound_vs_noop"] = {
-                "median": round(statistics.median(ceiling), 3),
-                "runs": [round(c, 3) for c in ceiling],
-            }
+        nearest = [(total, _nearest(r, row["noop"])) for r, total in measured]
+        if ceiling := [cpus * 1000 / total / n["tasks_per_s"] for total, n in nearest if n]:
+            out[f"{short}_rate_bound_vs_noop"] = _spread(ceiling)
     return out
 
 
@@ -579,8 +575,8 @@ def ratios(row: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
         if runs:
             median = statistics.median(runs)
             met = median <= target if lower else median >= target
-            out[name] = {"median": round(median, 3), "runs": [round(r, 3) for r in runs],
-                         "target": f"{'<=' if lower else '>='} {target}", "met": met}  # fmt: skip
+            out[name] = {**_spread(runs), "target": f"{'<=' if lower else '>='} {target}",
+                         "met": met}  # fmt: skip
     return out
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from worker.delivery.requests import FiringWrites
 from worker.service.runtime import Runtime
-from worker.store.client import queued, unqueue_after
+from worker.store.client import StatePipeline, queued, unqueue_after
 
 pytestmark = pytest.mark.redis_kinds
 
@@ -35,8 +35,8 @@ def test_firing_writes_land_alone_when_what_follows_them_cannot_be_queued(
     pipe.set(mine, "landed")
     writes = FiringWrites(pipe)
 
-    def claims_then_a_bug(p: object) -> None:
-        pipe.set(theirs, "queued")
+    def claims_then_a_bug(after_writes: StatePipeline) -> None:
+        after_writes.set(theirs, "queued")
         raise RuntimeError("a bad rule")
 
     with pytest.raises(RuntimeError):
