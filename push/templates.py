@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from decimal import Decimal
 from typing import Any
 
@@ -83,6 +83,19 @@ def _not_plain(value: Any) -> tuple[str, str] | None:
     return "", f"is a {type(value).__name__}; templates take plain data only"
 
 
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox whose templates keep their globals in a plain dict.
+
+    Jinja's own is a `ChainMap` over the environment's, which every render copies into
+    its new context key by key in Python: 11-13 us a field (a message renders two or
+    three) against 2.3 from a dict (timeit, warm). Nothing changes the environment's
+    globals once a `TemplateSet` is built, so a copy made at compile time holds the
+    same."""
+
+    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
+        return {**self.globals, **(d or {})}
+
+
 class TemplateSet:
     """Compiled templates, safe to share between tasks (rendering has no side effects)."""
 
@@ -92,7 +105,7 @@ class TemplateSet:
         *,
         default_locale: str = "en",
     ) -> None:
-        self._env = ImmutableSandboxedEnvironment(
+        self._env = _Sandbox(
             undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False
         )
         self._env.filters.update(_FILTERS)

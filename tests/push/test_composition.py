@@ -140,6 +140,16 @@ def test_sandbox_escape_attempt_fails_clearly(source: str) -> None:
         ts.render("evil", "en", {})
 
 
+def test_templates_keep_the_sandboxs_globals() -> None:
+    """The templates' globals are copied at compile time (templates.py `_Sandbox`): they
+    call the sandbox's own `range`, which refuses a huge one."""
+    small = TemplateSet({"t": {"en": {"body": "{{ range(3) | join(',') }}"}}})
+    assert small.render("t", "en", {}) == {"body": "0,1,2"}
+    huge = TemplateSet({"t": {"en": {"body": "{{ range(10**7) | length }}"}}})
+    with pytest.raises(TemplateError, match="Range too big"):
+        huge.render("t", "en", {})
+
+
 def test_template_takes_plain_data_only() -> None:
     with pytest.raises(TemplateError):
         TemplateSet(TEMPLATES).render("cart", "en", {"name": object(), "item": "x", "price": 1})
