@@ -10,6 +10,7 @@ is retried here (`_patiently`), never by the task, whose retry would send again.
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -37,6 +38,9 @@ from worker.store.metrics import Metrics
 from worker.store.scripts import Scripts
 
 T = TypeVar("T")
+
+_SETTLE_RETRY_S = 0.2
+"""The longest first wait of a settling that met a transient Redis failure (doubling)."""
 
 
 @dataclass
@@ -206,8 +210,8 @@ class Settler:
                     raise
                 if isinstance(exc, NoScriptError):
                     lost = True
-                else:
-                    time.sleep(0.2 * 2**attempt)
+                else:  # half of it at random: workers that met one failover spread out
+                    time.sleep(_SETTLE_RETRY_S * 2**attempt * random.uniform(0.5, 1.0))
         raise AssertionError("unreachable")
 
     def _count_delivered(
