@@ -30,6 +30,8 @@ from worker.rules import Rule
 from worker.service import ingest
 from worker.service.runtime import Runtime
 from worker.settings import Settings
+from worker.shoppers.segment_index import ACTIVITY
+from worker.shoppers.snapshot import ShopperReads
 from worker.shoppers.state import PendingMarks
 
 
@@ -239,6 +241,54 @@ def test_a_rule_due_at_once_fires_and_sends_on_round_trips_made_anyway(
         [settling] = trip_of(("HSETNX", message.state))[1:]  # after the create's
         assert settling == writing + 1 == len(trips) - 1
         assert decision["action"] == "queued" and len(gateways.accepted("fcm")) == 1
+
+
+def test_the_segment_index_takes_a_firing_shoppers_reads_from_the_firings(
+    settings: Settings, gateways: Gateways, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shopper whose rule fires at once is read once in the round trip that applies
+    the event: the firing's read carries the segment index's parts too (profile, cart,
+    affinity), and the index writes from it what a read of its own would give."""
+    queued: list[tuple[str, dict[str, Any]]] = []
+    with _immediate_shop(settings, gateways, tmp_path, queued, inline=True) as rt:
+        user = shopper(rt, gateways, "one-read")
+        asked: list[frozenset[str]] = []
+        real = ShopperReads.queue
+
+        def queue(reads: ShopperReads, pipe: Any, keys: Any, user_id: str) -> None:
+            if user_id == user:
+                asked.append(reads.parts)
+            real(reads, pipe, keys, user_id)
+
+        monkeypatch.setattr(ShopperReads, "queue", queue)
+        decision = _purchase_fired_by(rt, user, "track-task-s")
+        assert decision["action"] == "queued" and len(gateways.accepted("fcm")) == 1
+        firing, recheck = asked  # the apply trip's one read, and the send-time re-check's
+        assert ACTIVITY.parts <= firing and not ACTIVITY.parts <= recheck
+
+        segment = rt.keys.segment_of(user)
+        indexed = [rt.redis.zscore(segment.affinity("block0"), user),
+                   rt.redis.zscore(segment.seen, user)]  # fmt: skip
+        assert indexed[0] == 1.0 and indexed[1] is not None  # block0 is all it bought
+        monkeypatch.setattr(ShopperReads, "queue", real)
+        rt.segment_index.refresh_activity([user], float(indexed[1]))  # its own read
+        assert [rt.redis.zscore(segment.affinity("block0"), user),
+                rt.redis.zscore(segment.seen, user)] == indexed  # fmt: skip
+
+        # in a batch, the shoppers nothing fires for are read as before, beside them
+        browser = shopper(rt, gateways, "browser")
+        buyer = shopper(rt, gateways, "buyer")  # the device (one token here) is the buyer's
+        now = time.time()
+        batch = [{"event_id": f"v-{browser}", "user_id": browser, "type": "view",
+                  "item_id": "b1-2", "ts": now},
+                 {"event_id": f"p-{buyer}", "user_id": buyer, "type": "purchase",
+                  "item_id": "b1-3", "ts": now}]  # fmt: skip
+        ingest.track(rt, batch, now, "pushrec.track_batch", "track-task-b")
+        assert len(gateways.accepted("fcm")) == 2  # the buyer's cross-sell
+        for u in (browser, buyer):
+            seg = rt.keys.segment_of(u)
+            assert rt.redis.zscore(seg.affinity("block1"), u) == 1.0
+            assert rt.redis.zscore(seg.seen, u) == now
 
 
 def test_reads_made_for_events_that_prove_repeats_are_not_used_to_fire_them(

@@ -23,7 +23,7 @@ from worker.policy.jobs import FireJob
 from worker.policy.kinds import FIRE_READS
 from worker.shoppers.audit import Decision
 from worker.shoppers.catalog import Catalog
-from worker.shoppers.snapshot import Shopper, ShopperReads
+from worker.shoppers.snapshot import Part, Shopper, ShopperReads
 from worker.store.client import StatePipeline, StateRedis
 from worker.store.keys import Keys
 
@@ -71,25 +71,35 @@ class FiringReader:
         feed_since = self.queue(firings, now, pipe)
         return self.parse(firings, feed_since, iter(pipe.execute()[theirs:]))
 
-    def queue(self, firings: Sequence[Firing], now: float, pipe: StatePipeline) -> int:
-        """Queue the reads in `pipe`. Returns the mark the change feed is read past, for
-        `parse`."""
+    def queue(
+        self,
+        firings: Sequence[Firing],
+        now: float,
+        pipe: StatePipeline,
+        reads: ShopperReads = _READS,
+    ) -> int:
+        """Queue the reads in `pipe`, each shopper's `reads` (`_READS` or more). Returns the
+        mark the change feed is read past, for `parse`."""
         feed_since = self._catalog.queue_feed(pipe)  # firing reads the catalog as of now
         for f in firings:
             self._outbox.queue_state_read(f.mid, pipe)
-            _READS.queue(pipe, self._keys, f.job.user_id)
+            reads.queue(pipe, self._keys, f.job.user_id)
             self._policy.queue_reads(pipe, f.rule, f.job.user_id, f.mid, now)
         return feed_since
 
     def parse(
-        self, firings: Sequence[Firing], feed_since: int, replies: Iterator[Any]
+        self,
+        firings: Sequence[Firing],
+        feed_since: int,
+        replies: Iterator[Any],
+        reads: ShopperReads = _READS,
     ) -> list[ShopperRead]:
-        """Each firing's reads from the replies of `queue`'s commands."""
+        """Each firing's reads from the replies of `queue`'s commands (the same `reads`)."""
         self._catalog.apply_feed(feed_since, next(replies), next(replies))
         shoppers = []
         for f in firings:
             message_state = next(replies) or ""
-            state = _READS.parse(f.job.user_id, replies)
+            state = reads.parse(f.job.user_id, replies)
             view = ShopperView(
                 recent=state.recent,
                 purchased=frozenset(state.purchases),
@@ -106,21 +116,43 @@ class FiringReader:
 class FiringReads:
     """What firing some jobs reads, read in a round trip of the caller's
     (`Firer.read_first`): a `StateStore.apply_events` `BatchReads`, whose replies
-    `fire_many` uses when it fires those very jobs, once."""
+    `fire_many` uses when it fires those very jobs, once. Each shopper is read with
+    `_also`'s parts too, for a `FollowUp` that takes its shoppers from here (a
+    `ShopperSource`) instead of reading them again."""
 
     _reader: FiringReader
     _jobs: list[FireJob]
     _now: float
     _results: list[Decision]
     _firings: list[Firing]
+    _also: frozenset[Part] = frozenset()
     _feed_since: int = 0
     _shoppers: list[ShopperRead] | None = None  # read, not used yet
 
+    def __post_init__(self) -> None:
+        self._reads = ShopperReads(_READS.parts | self._also) if self._also else _READS
+        self._users = {f.job.user_id for f in self._firings}
+        self._by_user: dict[str, Shopper] = {}  # as read, for `shopper`
+
     def queue(self, pipe: StatePipeline) -> None:
-        self._feed_since = self._reader.queue(self._firings, self._now, pipe)
+        self._feed_since = self._reader.queue(self._firings, self._now, pipe, self._reads)
 
     def take(self, replies: Iterator[Any]) -> None:
-        self._shoppers = self._reader.parse(self._firings, self._feed_since, replies)
+        self._shoppers = self._reader.parse(self._firings, self._feed_since, replies, self._reads)
+        users = [f.job.user_id for f in self._firings]
+        self._by_user = {u: s.state for u, s in zip(users, self._shoppers, strict=True)}
+
+    def covers(self, user_id: str, reads: ShopperReads) -> bool:
+        """Whether a firing here reads at least `reads` of this shopper (unnarrowed)."""
+        return (
+            reads.items is None
+            and reads.since is None
+            and reads.parts <= self._reads.parts
+            and user_id in self._users
+        )
+
+    def shopper(self, user_id: str) -> Shopper:
+        return self._by_user[user_id]
 
     def made_for(
         self, jobs: Sequence[FireJob], now: float

@@ -64,13 +64,14 @@ def track(
     attribution = rt.audit.attribution(events)
     # What firing the rules due at once reads, read with the events' scripts when those
     # rules are known before (`Triggers.foreseen`): used if the events prove fresh.
+    # The segment index's reads of a shopper those rules fire for are taken from them.
     foreseen, _ = _due_now(rt.triggers.foreseen(events, now), now)
-    read_first = rt.firer().read_first(foreseen, now) if foreseen else None
+    read_first = rt.firer().read_first(foreseen, now, also=ACTIVITY) if foreseen else None
     result = rt.state.apply_events(
         events,
         now,
         delivery_id,
-        FollowUp(ACTIVITY, index_activity),
+        FollowUp(ACTIVITY, index_activity, source=read_first),
         also_read=[attribution] if read_first is None else [attribution, read_first],
         carry_side_effects=True,  # they ride on the first round trip of the reactions
     )

@@ -69,17 +69,6 @@ def decayed_weight(weight: float, ts: float) -> float:
     return weight * math.pow(2.0, (ts - _AFFINITY_EPOCH) / AFFINITY_HALF_LIFE_S)
 
 
-@dataclass(frozen=True)
-class FollowUp:
-    """Writes that follow from the state an event batch leaves: `reads` of each shopper
-    with a fresh event are read in the batch's own round trip, and `write` queues what
-    follows from them with the batch's side effects (so a failure leaves the events
-    pending, and their redelivery writes it again)."""
-
-    reads: ShopperReads
-    write: Callable[[list[Shopper], StatePipeline], None]
-
-
 class BatchReads(Protocol):
     """Reads made in the round trip that applies a batch (`apply_events`' `also_read`):
     `queue` puts them in its pipeline, `take` gets their replies, in order."""
@@ -87,6 +76,39 @@ class BatchReads(Protocol):
     def queue(self, pipe: StatePipeline) -> None: ...
 
     def take(self, replies: Iterator[Any]) -> None: ...
+
+
+class ShopperSource(BatchReads, Protocol):
+    """`BatchReads` that read whole shoppers, which a `FollowUp` may take its own from
+    instead of reading them a second time in the same round trip."""
+
+    def covers(self, user_id: str, reads: ShopperReads) -> bool:
+        """Whether it reads at least `reads` of this shopper (before `queue`)."""
+        ...
+
+    def shopper(self, user_id: str) -> Shopper:
+        """The shopper as read (after `take`), for one it `covers`."""
+        ...
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """Writes that follow from the state an event batch leaves: `reads` of each shopper
+    with a fresh event are read in the batch's own round trip, and `write` queues what
+    follows from them with the batch's side effects (so a failure leaves the events
+    pending, and their redelivery writes it again). `source`: one of the batch's
+    `also_read` whose reads of a shopper it takes where they cover its own (the firing
+    of a rule due at once reads the whole shopper in the same round trip)."""
+
+    reads: ShopperReads
+    write: Callable[[list[Shopper], StatePipeline], None]
+    source: ShopperSource | None = None
+
+
+def _covered(source: ShopperSource | None, user_id: str) -> Shopper:
+    """A follow-up's shopper that `source` read for it."""
+    assert source is not None  # only the shoppers it covers are not read here
+    return source.shopper(user_id)
 
 
 @dataclass
@@ -203,8 +225,12 @@ class StateStore:
                 facts = catalog.get(event.item_id or "", ("", "")) if catalog is not None else None
                 self._queue_state_update(pipe, event, facts, now, delivery_id)
         users = sorted({e.user_id for e in events})
+        source = follow_up.source if follow_up is not None else None
+        assert source is None or any(source is theirs for theirs in also_read)
+        own: list[str] = []  # the follow-up's shoppers that it reads itself
         if follow_up is not None:
-            for user_id in users:
+            own = [u for u in users if source is None or not source.covers(u, follow_up.reads)]
+            for user_id in own:
                 follow_up.reads.queue(pipe, self._keys, user_id)
         for theirs in also_read:
             theirs.queue(pipe)
@@ -233,12 +259,13 @@ class StateStore:
         )
         self._metrics.add(counts, pipe=side_effects)
         reads = iter(replies[len(first) :])
-        if follow_up is not None:
-            after = [follow_up.reads.parse(user_id, reads) for user_id in users]
-            fresh = {e.user_id for e, s in zip(events, statuses, strict=True) if s != DUPLICATE}
-            follow_up.write([s for s in after if s.user_id in fresh], side_effects)
+        read_here = {u: follow_up.reads.parse(u, reads) for u in own} if follow_up else {}
         for theirs in also_read:
             theirs.take(reads)
+        if follow_up is not None:
+            after = [read_here.get(u) or _covered(source, u) for u in users]
+            fresh = {e.user_id for e, s in zip(events, statuses, strict=True) if s != DUPLICATE}
+            follow_up.write([s for s in after if s.user_id in fresh], side_effects)
         if carry_side_effects:
             return ApplyResult(statuses, list(events), side_effects)
         side_effects.execute()
