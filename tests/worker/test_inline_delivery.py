@@ -243,6 +243,7 @@ def test_a_rule_due_at_once_fires_and_sends_on_round_trips_made_anyway(
         assert decision["action"] == "queued" and len(gateways.accepted("fcm")) == 1
 
 
+@pytest.mark.redis_kinds
 def test_the_segment_index_takes_a_firing_shoppers_reads_from_the_firings(
     settings: Settings, gateways: Gateways, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
