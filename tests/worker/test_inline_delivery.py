@@ -253,18 +253,17 @@ def test_the_segment_index_takes_a_firing_shoppers_reads_from_the_firings(
     queued: list[tuple[str, dict[str, Any]]] = []
     with _immediate_shop(settings, gateways, tmp_path, queued, inline=True) as rt:
         user = shopper(rt, gateways, "one-read")
-        asked: list[frozenset[str]] = []
+        asked: list[tuple[str, frozenset[str]]] = []  # (shopper, parts) of each read queued
         real = ShopperReads.queue
 
         def queue(reads: ShopperReads, pipe: Any, keys: Any, user_id: str) -> None:
-            if user_id == user:
-                asked.append(reads.parts)
+            asked.append((user_id, reads.parts))
             real(reads, pipe, keys, user_id)
 
         monkeypatch.setattr(ShopperReads, "queue", queue)
         decision = _purchase_fired_by(rt, user, "track-task-s")
         assert decision["action"] == "queued" and len(gateways.accepted("fcm")) == 1
-        firing, recheck = asked  # the apply trip's one read, and the send-time re-check's
+        firing, recheck = [parts for u, parts in asked if u == user]  # apply's, re-check's
         assert ACTIVITY.parts <= firing and not ACTIVITY.parts <= recheck
 
         segment = rt.keys.segment_of(user)
@@ -284,8 +283,13 @@ def test_the_segment_index_takes_a_firing_shoppers_reads_from_the_firings(
                   "item_id": "b1-2", "ts": now},
                  {"event_id": f"p-{buyer}", "user_id": buyer, "type": "purchase",
                   "item_id": "b1-3", "ts": now}]  # fmt: skip
+        monkeypatch.setattr(ShopperReads, "queue", queue)
+        asked.clear()
         ingest.track(rt, batch, now, "pushrec.track_batch", "track-task-b")
         assert len(gateways.accepted("fcm")) == 2  # the buyer's cross-sell
+        assert [parts for u, parts in asked if u == browser] == [ACTIVITY.parts]  # its own
+        firing, recheck = [parts for u, parts in asked if u == buyer]
+        assert ACTIVITY.parts <= firing and not ACTIVITY.parts <= recheck
         for u in (browser, buyer):
             seg = rt.keys.segment_of(u)
             assert rt.redis.zscore(seg.affinity("block1"), u) == 1.0

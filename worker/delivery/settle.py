@@ -39,8 +39,9 @@ from worker.store.scripts import Scripts
 
 T = TypeVar("T")
 
-_SETTLE_RETRY_S = 0.2
-"""The longest first wait of a settling that met a transient Redis failure (doubling)."""
+_SETTLE_FIRST_WAIT_MAX_S = 0.2
+"""The longest first wait of a settling that met a transient Redis failure (then twice
+that); at least half of it is always waited, so that no retry comes at once."""
 
 
 @dataclass
@@ -211,7 +212,7 @@ class Settler:
                 if isinstance(exc, NoScriptError):
                     lost = True
                 else:  # half of it at random: workers that met one failover spread out
-                    time.sleep(_SETTLE_RETRY_S * 2**attempt * random.uniform(0.5, 1.0))
+                    time.sleep(_SETTLE_FIRST_WAIT_MAX_S * 2**attempt * random.uniform(0.5, 1.0))
         raise AssertionError("unreachable")
 
     def _count_delivered(

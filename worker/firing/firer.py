@@ -43,7 +43,7 @@ from worker.rules import Rule, enabled_rules
 from worker.settings import Settings
 from worker.shoppers.audit import Audit, Decision
 from worker.shoppers.catalog import Catalog
-from worker.shoppers.snapshot import ShopperReads
+from worker.shoppers.snapshot import Part
 from worker.shoppers.state import PendingMarks, StateStore
 from worker.store.client import StatePipeline, StateRedis
 from worker.store.delayed import DelayedJobs
@@ -88,16 +88,15 @@ class Firer:
         self._writer = FiringWriter(client, outbox, audit, delayed, delivery, metrics)
 
     def read_first(
-        self, jobs: Sequence[FireJob], now: float, also: ShopperReads | None = None
+        self, jobs: Sequence[FireJob], now: float, extra_parts: frozenset[Part] = frozenset()
     ) -> FiringReads:
         """The reads of firing `jobs` at `now`, to be made in a round trip the caller makes
         anyway (a `BatchReads` for `StateStore.apply_events`, whose scripts apply the
         events that trigger the jobs) and then handed to `fire_many`, which needs no read
-        of its own when it fires those very jobs. `also`: more of each shopper to read,
-        for the batch's `FollowUp` to take from them (`ShopperSource`)."""
+        of its own when it fires those very jobs. `extra_parts`: more of each shopper to
+        read, for the batch's `FollowUp` to take from these reads (`ShopperSource`)."""
         results, firings = self._firings(jobs, now)
-        more = also.parts if also is not None else frozenset()
-        return FiringReads(self._reader, list(jobs), now, results, firings, more)
+        return FiringReads(self._reader, list(jobs), now, results, firings, extra_parts)
 
     # --- firing -----------------------------------------------------------------------
     def fire_many(

@@ -12,7 +12,7 @@ makes anyway (the state script's that applies the events which trigger the jobs)
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from worker.delivery.outbox import Outbox
@@ -128,11 +128,13 @@ class FiringReads:
     _also: frozenset[Part] = frozenset()
     _feed_since: int = 0
     _shoppers: list[ShopperRead] | None = None  # read, not used yet
+    _reads: ShopperReads = field(init=False)  # of each shopper: `_READS` and `_also`
+    _users: set[str] = field(init=False)  # the firings' shoppers
+    _by_user: dict[str, Shopper] = field(init=False, default_factory=dict)  # as read
 
     def __post_init__(self) -> None:
         self._reads = ShopperReads(_READS.parts | self._also) if self._also else _READS
         self._users = {f.job.user_id for f in self._firings}
-        self._by_user: dict[str, Shopper] = {}  # as read, for `shopper`
 
     def queue(self, pipe: StatePipeline) -> None:
         self._feed_since = self._reader.queue(self._firings, self._now, pipe, self._reads)
@@ -143,7 +145,8 @@ class FiringReads:
         self._by_user = {u: s.state for u, s in zip(users, self._shoppers, strict=True)}
 
     def covers(self, user_id: str, reads: ShopperReads) -> bool:
-        """Whether a firing here reads at least `reads` of this shopper (unnarrowed)."""
+        """Whether a firing here reads at least `reads` of this shopper (`reads` with no
+        `items` or `since`: these reads are of the whole parts)."""
         return (
             reads.items is None
             and reads.since is None
@@ -152,6 +155,7 @@ class FiringReads:
         )
 
     def shopper(self, user_id: str) -> Shopper:
+        """The shopper as read, after `take`; KeyError for one no firing here reads."""
         return self._by_user[user_id]
 
     def made_for(

@@ -66,7 +66,7 @@ def track(
     # rules are known before (`Triggers.foreseen`): used if the events prove fresh.
     # The segment index's reads of a shopper those rules fire for are taken from them.
     foreseen, _ = _due_now(rt.triggers.foreseen(events, now), now)
-    read_first = rt.firer().read_first(foreseen, now, also=ACTIVITY) if foreseen else None
+    read_first = rt.firer().read_first(foreseen, now, ACTIVITY.parts) if foreseen else None
     result = rt.state.apply_events(
         events,
         now,

@@ -105,12 +105,6 @@ class FollowUp:
     source: ShopperSource | None = None
 
 
-def _covered(source: ShopperSource | None, user_id: str) -> Shopper:
-    """A follow-up's shopper that `source` read for it."""
-    assert source is not None  # only the shoppers it covers are not read here
-    return source.shopper(user_id)
-
-
 @dataclass
 class ApplyResult:
     """What `apply_events` did with each event, by position; `side_effects`: their
@@ -226,7 +220,8 @@ class StateStore:
                 self._queue_state_update(pipe, event, facts, now, delivery_id)
         users = sorted({e.user_id for e in events})
         source = follow_up.source if follow_up is not None else None
-        assert source is None or any(source is theirs for theirs in also_read)
+        if source is not None and not any(source is theirs for theirs in also_read):
+            raise ValueError("a FollowUp's source must be one of the batch's also_read")
         own: list[str] = []  # the follow-up's shoppers that it reads itself
         if follow_up is not None:
             own = [u for u in users if source is None or not source.covers(u, follow_up.reads)]
@@ -263,7 +258,8 @@ class StateStore:
         for theirs in also_read:
             theirs.take(reads)
         if follow_up is not None:
-            after = [read_here.get(u) or _covered(source, u) for u in users]
+            taken = {u: source.shopper(u) for u in users if u not in read_here} if source else {}
+            after = [read_here[u] if u in read_here else taken[u] for u in users]
             fresh = {e.user_id for e, s in zip(events, statuses, strict=True) if s != DUPLICATE}
             follow_up.write([s for s in after if s.user_id in fresh], side_effects)
         if carry_side_effects:
