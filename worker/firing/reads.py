@@ -117,7 +117,7 @@ class FiringReads:
     """What firing some jobs reads, read in a round trip of the caller's
     (`Firer.read_first`): a `StateStore.apply_events` `BatchReads`, whose replies
     `fire_many` uses when it fires those very jobs, once. Each shopper is read with
-    `_also`'s parts too, for a `FollowUp` that takes its shoppers from here (a
+    `_extra_parts` too, for a `FollowUp` that takes its shoppers from here (a
     `ShopperSource`) instead of reading them again."""
 
     _reader: FiringReader
@@ -125,15 +125,16 @@ class FiringReads:
     _now: float
     _results: list[Decision]
     _firings: list[Firing]
-    _also: frozenset[Part] = frozenset()
+    _extra_parts: frozenset[Part] = frozenset()
     _feed_since: int = 0
     _shoppers: list[ShopperRead] | None = None  # read, not used yet
-    _reads: ShopperReads = field(init=False)  # of each shopper: `_READS` and `_also`
+    _reads: ShopperReads = field(init=False)  # of each shopper: `_READS`, `_extra_parts`
     _users: set[str] = field(init=False)  # the firings' shoppers
     _by_user: dict[str, Shopper] = field(init=False, default_factory=dict)  # as read
 
     def __post_init__(self) -> None:
-        self._reads = ShopperReads(_READS.parts | self._also) if self._also else _READS
+        more = self._extra_parts
+        self._reads = ShopperReads(_READS.parts | more) if more else _READS
         self._users = {f.job.user_id for f in self._firings}
 
     def queue(self, pipe: StatePipeline) -> None:
