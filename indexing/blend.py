@@ -139,11 +139,10 @@ class Blend:
         self,
         histories: Sequence[tuple[npt.NDArray[np.intp], npt.NDArray[np.floating]]],
         blend: BlendWeights | None = None,
-    ) -> npt.NDArray[np.float64]:
-        """Float64 (len(histories), n_items): `score(rows, weights, None)` of every item
+    ) -> npt.NDArray[np.float32]:
+        """Float32 (len(histories), n_items): `score(rows, weights, None)` of every item
         for each shopper (rows, weights), computed as matrix products for the batch; each
-        row as `score` gives it, rounded to float32 likewise, up to the rounding of the
-        batched products."""
+        row as `score` gives it, up to the rounding of the batched products."""
         bw = blend or self.weights
         n_items = self.popularity.shape[0]
         total = np.zeros((len(histories), n_items), dtype=np.float64)
@@ -166,7 +165,7 @@ class Blend:
             if bw.knn:
                 knn = knn_scores_many(self.similarity, rows, weights)
                 _add_normalised(total, live, knn, knn.max(axis=1, keepdims=True), bw.knn)
-        return total.astype(np.float32).astype(np.float64)
+        return total.astype(np.float32)
 
 
 def _add_normalised(

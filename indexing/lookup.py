@@ -493,9 +493,9 @@ class LoadedIndex:
         rows, w = self._known(item_ids, weights)
         banned = self._never(rows, exclude)
         n = len(self.item_ids)
-        scored: npt.NDArray[np.intp] | None
+        scored: npt.NDArray[np.intp] | None  # the rows scored (None: all, in order)
         if n <= FULL_SCORE_MAX_ITEMS:
-            cand, scored = np.arange(n, dtype=np.intp), None
+            scored = None
             s = self.blend.score(rows, w, None, blend).astype(np.float64)
         else:
             parts = [self._popular]
@@ -509,20 +509,19 @@ class LoadedIndex:
                     for r in rows.tolist()
                 )
             parts.append(rows)
-            cand = scored = _sorted_set(np.concatenate(parts), n)
-            s = self.blend.score(rows, w, cand, blend).astype(np.float64)
+            scored = _sorted_set(np.concatenate(parts), n)
+            s = self.blend.score(rows, w, scored, blend).astype(np.float64)
         over = self._overlay
         if len(over):
             everyone = np.arange(len(over), dtype=np.intp)
             s, extra = self._with_overlay(over, rows, w, scored, s, everyone, blend)
-        if banned and scored is None:
-            keep = np.ones(n, dtype=bool)
-            keep[list(banned)] = False
-            cand, s = cand[keep], s[keep]
-        elif banned:
-            keep = ~np.isin(cand, np.fromiter(banned, dtype=np.intp, count=len(banned)))
-            cand, s = cand[keep], s[keep]
-        top = self._top(cand, s, k)
+        if scored is None:
+            top = self._best(s, banned, k)
+        else:
+            if banned:
+                keep = ~np.isin(scored, np.fromiter(banned, dtype=np.intp, count=len(banned)))
+                scored, s = scored[keep], s[keep]
+            top = self._top(scored, s, k)
         if not len(over):
             return top
         ours = self._overlay_banned(over, [*item_ids, *exclude])
@@ -547,14 +546,10 @@ class LoadedIndex:
             ]
         known = [self._known(items, w) for items, w in histories]
         scores = self.blend.score_many(known)
-        out: list[Scored] = []
-        for (rows, _), m, ex, s in zip(known, k, excludes, scores, strict=True):
-            banned = self._never(rows, ex)
-            if banned:  # below every score: left out as `recommend` leaves them out
-                s[list(banned)] = -np.inf
-            top = top_indices(s, min(m, n - len(banned)))
-            out.append(list(zip(self._ids[top].tolist(), s[top].tolist(), strict=True)))
-        return out
+        return [
+            self._best(s, self._never(rows, ex), m)
+            for (rows, _), m, ex, s in zip(known, k, excludes, scores, strict=True)
+        ]
 
     def _never(self, rows: npt.NDArray[np.intp], exclude: Collection[str]) -> set[int]:
         """Built rows a shopper is never recommended: their own recent items (`rows`),
@@ -595,6 +590,15 @@ class LoadedIndex:
         if top > top_built > 0:
             values = values + weights.mf * (mf_built / top - mf_built / top_built)
         return values, weights.mf * mf_extra / top
+
+    def _best(self, s: npt.NDArray[np.floating], banned: set[int], k: int) -> Scored:
+        """The k best rows by `s` (a score for every row, overwritten at `banned`, which
+        are left out), ties to the lower row: `_top` of the rows not banned, without
+        gathering them."""
+        if banned:  # below every score
+            s[list(banned)] = -np.inf
+        top = top_indices(s, min(k, s.shape[0] - len(banned)))
+        return list(zip(self._ids[top].tolist(), s[top].tolist(), strict=True))
 
     def _top(self, cand: npt.NDArray[np.intp], s: npt.NDArray[np.float64], k: int) -> Scored:
         """The k best of `cand` (ascending rows) by score `s`, ties to the lower row."""
