@@ -426,7 +426,8 @@ def main() -> None:
         for name, r in s["yardsticks"].items():
             print(f"{spec:36s} {name:22s} {r['median']:7.3f}  {r['runs']}")
     print("\nBounds: the cores' busy share in each saturation case, and the rate its CPU an")
-    print("event (workers, Redis, gateway) would reach with every core busy / the no-op rate:")
+    print("event (workers, Redis, gateway) would reach with every core busy / the no-op rate,")
+    print("and without the local gateway's CPU (a real gateway's is not on these cores):")
     for spec, s in summary.items():
         for name, r in s["bounds"].items():
             print(f"{spec:36s} {name:22s} {r['median']:7.3f}  {r['runs']}")
@@ -540,8 +541,9 @@ def bounds(row: dict[str, list[dict]], cpus: int) -> dict[str, dict[str, Any]]:
     """Per saturation case (and the no-op): the share of the machine's cores it kept busy
     (all its CPU a unit, workers', Redis's and the gateway's, times its rate), and, over
     the nearest no-op's rate, the rate that CPU a unit would reach with every core busy:
-    the most a change to our CPU alone could give that ratio (the gateway's CPU shares
-    the cores here; a real one's does not)."""
+    the most a change to our CPU alone could give that ratio; and the same without the
+    gateway's CPU (`..._without_gateway_...`: it shares the cores here, a real one's
+    does not), an estimate of the rate a shop's own cores would allow."""
     out: dict[str, dict[str, Any]] = {}
     cases = (("saturation", "single", "events_per_s"),
              ("saturation_batched", "batched", "events_per_s"),
@@ -552,9 +554,14 @@ def bounds(row: dict[str, list[dict]], cpus: int) -> dict[str, dict[str, Any]]:
             out[f"{short}_cores_busy"] = _spread(busy)
         if case == "noop":
             continue
-        nearest = [(total, _nearest(r, row["noop"])) for r, total in measured]
-        if ceiling := [cpus * 1000 / total / n["tasks_per_s"] for total, n in nearest if n]:
-            out[f"{short}_rate_bound_vs_noop"] = _spread(ceiling)
+        nearest = [(r, total, _nearest(r, row["noop"])) for r, total in measured]
+        for name, less_gateway in (("", False), ("_without_gateway", True)):
+            if ceiling := [
+                cpus * 1000 / (total - less_gateway * _cpu(r).get("gateway", 0.0))
+                / n["tasks_per_s"]
+                for r, total, n in nearest if n
+            ]:  # fmt: skip
+                out[f"{short}_rate_bound{name}_vs_noop"] = _spread(ceiling)
     return out
 
 
