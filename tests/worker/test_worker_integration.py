@@ -192,6 +192,55 @@ def test_messages_that_cannot_become_a_call_are_recorded_and_the_rest_applied(
     assert not any("register_devic." in name for name in runtime.metrics.snapshot())
 
 
+def test_messages_with_headers_celery_cannot_read_are_recorded_and_the_worker_goes_on(
+    start_worker: Callable[..., WorkerProcess], runtime: Runtime
+) -> None:
+    """Headers of the wrong shape made Celery's consumer raise outside any handler: the
+    worker died, its unacked message came back at the head of the queue and killed the
+    next one (a `timelimit` it could not unpack, an `id` it could not hash, a task name
+    that is a list), or it reconnected to the broker forever (no `id`). Each is a
+    rejection now, and the messages behind them are applied; so is a shape no check
+    foresaw, whose reading raises in Celery's consumer."""
+    worker = start_worker()
+    settings = runtime.settings
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    task_id = {"lang": "js", "task": "pushrec.track", "id": "h"}
+    bad = [
+        {**task_id, "timelimit": "x"},
+        {**task_id, "timelimit": [1, 2, 3]},
+        {**task_id, "id": {"a": 1}},
+        {**task_id, "task": ["pushrec.track"]},
+        {"lang": "js", "task": "pushrec.track"},  # no id
+        {**task_id, "retries": "many"},
+        {**task_id, "root_id": ["r"]},
+        {**task_id, "stamped_headers": 5},  # not checked ahead: Celery's reading raises
+    ]
+    with Connection(
+        settings.redis_url, transport_options={"global_keyprefix": settings.broker_key_prefix}
+    ) as conn:
+        producer = conn.Producer()
+        for n, headers in enumerate([*bad, {**task_id, "id": "good"}]):
+            producer.publish(
+                json.dumps([[], {"event": event(f"h-{n}")}, embed]),
+                routing_key=settings.queue_activity,
+                content_type="application/json",
+                content_encoding="utf-8",
+                headers=headers,
+            )
+    wait_for(
+        lambda: len(runtime.rejected.recent(20)) == len(bad),
+        what=f"rejections: {runtime.rejected.recent(20)}\n{worker.log()[-3000:]}",
+    )
+    wait_for(lambda: counter(runtime, "events.applied") == 1, what="the good event")
+    assert {r["code"] for r in runtime.rejected.recent(20)} == {"bad_call"}
+    reasons = " ".join(r["reason"] for r in runtime.rejected.recent(20))
+    for header in ("timelimit", "id", "task", "retries", "root_id"):
+        assert f"header {header!r}" in reasons
+    assert "refused by Celery: " in reasons  # stamped_headers
+    assert worker.process.poll() is None
+    assert "Unrecoverable error" not in worker.log()
+
+
 def test_forget_user_through_the_queue_reports_what_it_removed(
     start_worker: Callable[..., WorkerProcess], client: PushrecClient, runtime: Runtime
 ) -> None:

@@ -101,6 +101,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_on_failure_or_timeout": False,
         # One message in hand per process: a slow task never hides others from idle workers.
         "worker_prefetch_multiplier": 1,
+        # Celery's consumer, with the messages it cannot read recorded and kept out of it
+        # (a message of the wrong shape ended the worker, and the next: consumer.py).
+        "worker_consumer": "worker.service.consumer:Consumer",
         # Redis has no real acks: an unacked message is redelivered after the visibility
         # timeout. Celery reads it from the broker and the result-backend options, so both
         # carry the same value, and the hard time limit stays below it (checked in Settings)

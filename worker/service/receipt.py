@@ -4,7 +4,10 @@ A message that cannot become a task call would otherwise vanish into Celery's lo
 body that is not JSON (Celery logs it and acks), kwargs or args of the wrong JSON type
 (the pool process fails "outside the body" and the message is dropped), a body Celery
 cannot unpack (celery 5.6 crashes the whole worker on it), a task name no pushrec worker
-knows, headers Celery refuses (a malformed `eta`). Each is kept in the rejected stream
+knows, headers Celery refuses (a malformed `eta`), headers of a shape Celery's consumer
+cannot read at all (`refused_headers`: a `timelimit` it can't unpack, an `id` it can't
+hash, no `id`; each killed the worker, whose unacked message then came back at the head
+of the queue for the next one). Each is kept in the rejected stream
 with a code (`not_json`, `bad_call`, `unknown_task`), counted, and then dropped, as bad
 input is. What is kept goes through the stream's redaction (`store/redaction.py`), which
 finds secrets by field name; values that have no field name (positional arguments, a
@@ -19,7 +22,8 @@ spin the consumer until Redis is back (a deliberate exception to "nothing unreco
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 from kombu.exceptions import DecodeError
@@ -32,6 +36,12 @@ log = logging.getLogger(__name__)
 
 UNKNOWN_TASK = "unknown_task"  # the task field of its records: a typo is not a metric label
 _EMBED_LISTS = ("callbacks", "errbacks", "chain")
+_ID_MAX_CHARS = 255  # a task id names keys (the redelivery count) and log lines
+# Protocol 2's headers that Celery reads, by the JSON type each must have when present
+# (null allowed); headers it does not read may be anything
+_STRING_HEADERS = ("eta", "expires", "root_id", "parent_id", "group", "shadow",
+                   "argsrepr", "kwargsrepr", "origin", "lang")  # fmt: skip
+_INT_HEADERS = ("retries", "group_index", "replaced_task_nesting")
 
 Strategy = Callable[..., Any]
 
@@ -80,6 +90,68 @@ def record_refused(app: _App, message: Any, exc: BaseException | None) -> None:
     reason = f"refused by Celery: {why}"
     kept = {"id": headers.get("id"), "task": name, "body": _withheld(message.body)}
     record(app, UNKNOWN_TASK, "bad_call", reason, kept)
+
+
+def refused_headers(message: Any) -> tuple[str, Any] | None:
+    """(reason, what to keep) for a protocol-2 message whose headers Celery's consumer
+    can't read (module doc), else None; a message without a `task` header is Celery's
+    to judge (protocol 1, or not a task message)."""
+    headers = message.headers
+    if not isinstance(headers, dict) or "task" not in headers:
+        return None
+    problem = _header_problem(headers)
+    if problem is None:
+        return None
+    task_id, name = headers.get("id"), headers["task"]
+    kept: dict[str, Any] = {
+        "id": task_id[:_ID_MAX_CHARS] if isinstance(task_id, str) else _withheld(task_id)
+    }
+    kept["task"] = name[:200] if isinstance(name, str) else _withheld(name)
+    try:
+        payload: Any = message.payload
+    except DecodeError:
+        payload = None
+    if isinstance(payload, list) and len(payload) == 3 and isinstance(payload[1], dict):
+        kept["kwargs"] = payload[1]  # well formed: kept to replay with good headers
+    else:
+        kept["body"] = _withheld(message.body)
+    return f"header {problem}", kept
+
+
+def task_of(message: Any, known: Collection[str]) -> str:
+    """The task field of a message's record: its task name if a pushrec task has it,
+    else `UNKNOWN_TASK`."""
+    headers = message.headers
+    name = headers.get("task") if isinstance(headers, dict) else None
+    return name if isinstance(name, str) and name in known else UNKNOWN_TASK
+
+
+def _header_problem(headers: dict[str, Any]) -> str | None:
+    """What is wrong with the headers Celery reads ("'id' ..."), or None."""
+    if not isinstance(headers["task"], str):
+        return f"'task' must be a string, got {_kind(headers['task'])}"
+    task_id = headers.get("id")
+    if not isinstance(task_id, str) or not 0 < len(task_id) <= _ID_MAX_CHARS:
+        return f"'id' must be a string of 1 to {_ID_MAX_CHARS} characters, got {_kind(task_id)}"
+    limits = headers.get("timelimit")
+    if limits is not None and not (
+        isinstance(limits, list) and len(limits) == 2 and all(map(_seconds_or_none, limits))
+    ):
+        return f"'timelimit' must be [soft, hard] (seconds or null), got {_kind(limits)}"
+    for name in _STRING_HEADERS:
+        if (value := headers.get(name)) is not None and not isinstance(value, str):
+            return f"{name!r} must be a string, got {_kind(value)}"
+    for name in _INT_HEADERS:
+        value = headers.get(name)
+        if value is not None and (type(value) is not int or value < 0):
+            return f"{name!r} must be a whole number of at least 0, got {_kind(value)}"
+    if (ignore := headers.get("ignore_result")) is not None and not isinstance(ignore, bool):
+        return f"'ignore_result' must be true or false, got {_kind(ignore)}"
+    return None
+
+
+def _seconds_or_none(value: Any) -> bool:
+    return value is None or (type(value) in (int, float) and math.isfinite(value) and value >= 0)
 
 
 def record(app: _App, task_name: str, code: str, reason: str, kept: Any) -> None:
@@ -134,4 +206,8 @@ def _valid_embed(embed: Any) -> bool:
 
 
 def _kind(value: Any) -> str:
-    return f"an array of {len(value)}" if isinstance(value, list) else type(value).__name__
+    if isinstance(value, list):
+        return f"an array of {len(value)}"
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    return "nothing" if value is None else type(value).__name__

@@ -1,0 +1,50 @@
+"""The worker's consumer: Celery's, with the messages it cannot read kept out of it.
+
+Celery's consumer (the worker's main process) turns each message into a request. Headers
+of a shape it does not expect raise there, outside any handler, and end the worker;
+its unacked message is then restored at the head of the queue and ends the next one.
+Such a message is recorded and acked here before Celery reads it (`receipt.py`); one
+that still raises a data error in Celery's reading is recorded and acked the same way,
+so that no message can stop every worker of a queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+from celery.worker.consumer import Consumer as CeleryConsumer
+from vine import promise
+
+from worker.service import receipt
+from worker.service.app import PushrecApp
+
+log = logging.getLogger(__name__)
+
+# What reading a message of an unexpected shape raises (not the broker's errors)
+_SHAPE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, IndexError)
+
+
+class Consumer(CeleryConsumer):
+    """`worker_consumer` of the pushrec app (`celery_config`)."""
+
+    def create_task_handler(self, promise: Any = promise) -> Any:
+        handler = super().create_task_handler(promise)
+        app = cast(PushrecApp, self.app)  # `worker_consumer` of that app only
+
+        def on_task_received(message: Any) -> Any:
+            if (refused := receipt.refused_headers(message)) is not None:
+                reason, kept = refused
+                receipt.record(app, receipt.task_of(message, app.tasks), "bad_call", reason, kept)
+                message.ack()
+                return None
+            try:
+                return handler(message)
+            except _SHAPE_ERRORS as exc:
+                log.exception("a message Celery could not read: recorded and dropped")
+                receipt.record_refused(app, message, exc)
+                if not message.acknowledged:
+                    message.ack()
+                return None
+
+        return on_task_received
