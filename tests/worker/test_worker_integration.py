@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -237,6 +238,57 @@ def test_messages_with_headers_celery_cannot_read_are_recorded_and_the_worker_go
     for header in ("timelimit", "id", "task", "retries", "root_id"):
         assert f"header {header!r}" in reasons
     assert "refused by Celery: " in reasons  # stamped_headers
+    assert worker.process.poll() is None
+    assert "Unrecoverable error" not in worker.log()
+
+
+def test_broker_messages_that_are_not_envelopes_are_recorded_and_the_worker_goes_on(
+    start_worker: Callable[..., WorkerProcess], runtime: Runtime
+) -> None:
+    """What a producer writing kombu's Redis envelope by hand can get wrong: kombu
+    decoded it in the worker's consumer, raised outside any handler and ended the
+    worker; the popped message was lost unrecorded. Each is a rejection now."""
+    settings = runtime.settings
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    body = json.dumps([[], {"event": event("env-ok")}, embed])
+    envelope = {
+        "body": base64.b64encode(body.encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"lang": "js", "task": "pushrec.track", "id": "env-ok"},
+        "properties": {
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": settings.queue_activity},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": "tag-ok",
+        },
+    }
+    props = envelope["properties"]
+    bad = [
+        "{this is not an envelope",
+        "[1, 2, 3]",
+        "[" * 100_000 + "]" * 100_000,
+        json.dumps({**envelope, "body": envelope["body"].rstrip("=") + "A"}),  # not base64
+        json.dumps({**envelope, "properties": {**props, "body_encoding": "rot13"}}),
+        json.dumps({k: v for k, v in envelope.items() if k != "properties"}),
+        json.dumps({**envelope, "properties": {k: props[k] for k in props if k != "delivery_tag"}}),
+    ]
+    queue = f"{settings.broker_key_prefix}{settings.queue_activity}"
+    for raw in [*bad, json.dumps(envelope)]:
+        runtime.redis.lpush(queue, raw)
+    worker = start_worker()
+    wait_for(
+        lambda: counter(runtime, "events.applied") == 1,
+        what=f"the good event\n{worker.log()[-3000:]}",
+    )
+    wait_for(
+        lambda: len(runtime.rejected.recent(20)) == len(bad),
+        what=f"rejections: {runtime.rejected.recent(20)}",
+    )
+    records = runtime.rejected.recent(20)
+    assert {r["task"] for r in records} == {"unknown_task"}
+    assert all("not a readable envelope" in r["reason"] for r in records)
     assert worker.process.poll() is None
     assert "Unrecoverable error" not in worker.log()
 

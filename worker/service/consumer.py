@@ -11,12 +11,13 @@ so that no message can stop every worker of a queue.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any, cast
 
 from celery.worker.consumer import Consumer as CeleryConsumer
 from vine import promise
 
-from worker.service import receipt
+from worker.service import broker, receipt
 from worker.service.app import PushrecApp
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,13 @@ _SHAPE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, IndexError)
 
 class Consumer(CeleryConsumer):
     """`worker_consumer` of the pushrec app (`celery_config`)."""
+
+    def connect(self) -> Any:
+        connection = super().connect()
+        if isinstance(transport := connection.transport, broker.Transport):
+            app = cast(PushrecApp, self.app)
+            transport.on_unreadable = partial(receipt.record_unreadable, app)
+        return connection
 
     def create_task_handler(self, promise: Any = promise) -> Any:
         handler = super().create_task_handler(promise)

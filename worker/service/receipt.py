@@ -154,6 +154,15 @@ def _seconds_or_none(value: Any) -> bool:
     return value is None or (type(value) in (int, float) and math.isfinite(value) and value >= 0)
 
 
+def record_unreadable(app: _App, exc: BaseException, text: str | None) -> None:
+    """A broker message whose envelope kombu could not decode (`broker.py`): only its
+    size and fingerprint are kept, when the error carries its text."""
+    code = "not_json" if isinstance(exc, ValueError | RecursionError) else "bad_call"
+    why = without_quoted(str(exc))[:200] or type(exc).__name__
+    kept = {"envelope": _withheld(text) if text is not None else "<not kept>"}
+    record(app, UNKNOWN_TASK, code, f"the broker message is not a readable envelope: {why}", kept)
+
+
 def record(app: _App, task_name: str, code: str, reason: str, kept: Any) -> None:
     try:
         app.runtime().rejected.record(task_name, code, reason, kept)

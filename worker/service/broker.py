@@ -1,0 +1,61 @@
+"""The worker's Redis broker transport: kombu's, with a message it cannot read recorded
+and dropped instead of ending the worker.
+
+kombu pops a message off a queue's list (BRPOP) and decodes it in the worker's consumer
+(the main process), before Celery sees it: the envelope's JSON, its `properties`, the
+body's base64. An envelope that does not decode (not JSON, not an object, no
+`properties` or `delivery_tag`, a body that is not base64, an unknown `body_encoding`,
+JSON nested past the interpreter's recursion limit) raised there, outside any handler,
+and ended the worker; the message, popped but not yet among the unacked, was lost with
+no record. Here the consumer records it (`Transport.on_unreadable`, set by
+`consumer.py`) and goes on. A message that decodes is Celery's, as before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, cast
+
+from kombu.transport import redis as kombu_redis
+
+log = logging.getLogger(__name__)
+
+# What decoding an envelope of the wrong shape raises (ValueError covers JSON, base64
+# and UTF-8 errors); not the broker's connection errors, which kombu handles
+_UNREADABLE = (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError)
+
+# (the error, the envelope's text when the error carries it)
+OnUnreadable = Callable[[BaseException, str | None], None]
+
+
+class Channel(kombu_redis.Channel):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handlers = {**self.handlers, "BRPOP": self._read_or_drop}
+
+    def _read_or_drop(self, **options: Any) -> bool:
+        """kombu's BRPOP read, with a message it cannot decode handed to the transport's
+        `on_unreadable` (it was popped: nothing is left to ack or restore)."""
+        try:
+            return bool(self._brpop_read(**options))  # type: ignore[attr-defined]
+        except _UNREADABLE as exc:
+            text = exc.doc if isinstance(exc, json.JSONDecodeError) else None
+            cast(Transport, self.connection).unreadable(exc, text)
+            return True
+
+
+class Transport(kombu_redis.Transport):
+    """`broker_transport` of a worker whose broker is Redis (`celery_config`)."""
+
+    Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_unreadable: OnUnreadable | None = None
+
+    def unreadable(self, exc: BaseException, text: str | None) -> None:
+        log.error("a broker message that is not a readable envelope: dropped", exc_info=exc)
+        if self.on_unreadable is not None:
+            self.on_unreadable(exc, text)
