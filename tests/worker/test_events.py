@@ -70,6 +70,7 @@ def test_integer_ids_are_accepted_as_strings() -> None:
         (event(quantity="2"), "invalid_field", "event.quantity"),
         (event(quantity=0), "invalid_field", "event.quantity"),
         (event(price=float("nan")), "invalid_field", "event.price"),
+        (event(price=True), "invalid_field", "not true or false"),
         (event(colour="red"), "unknown_field", "event.colour"),
         (event(v=2), "schema_version", "schema version"),
         (event(user_id="a{b}"), "invalid_field", "event.user_id"),
@@ -90,6 +91,9 @@ def test_item_upsert_keeps_only_fields_given() -> None:
     assert item.catalog_fields() == {"price": "9.5", "stock": "0"}
     with pytest.raises(InvalidInput, match=r"item\.stock"):
         parse_item({"item_id": "sku-1", "stock": -1}, LIMITS, NOW)
+    with pytest.raises(InvalidInput, match=r"item\.price"):
+        parse_item({"item_id": "sku-1", "price": False}, LIMITS, NOW)
+    assert parse_item({"item_id": "sku-1", "price": "2.5"}, LIMITS, NOW).price == 2.5
     with pytest.raises(InvalidInput, match=r"item\.url"):
         parse_item({"item_id": "sku-1", "url": "javascript:alert(1)"}, LIMITS, NOW)
 

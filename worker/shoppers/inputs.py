@@ -93,6 +93,17 @@ Id = Annotated[
     AfterValidator(_printable_id),
 ]
 ShortText = Annotated[str, StringConstraints(max_length=512)]
+
+
+def _not_a_bool(value: Any) -> Any:
+    """JSON's true and false are not numbers (pydantic's lax float takes them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+# a price per unit: a number (or a numeric string, as some producers send it)
+Price = Annotated[float, BeforeValidator(_not_a_bool), Field(ge=0, le=1e9, allow_inf_nan=False)]
 Scalar = str | int | float | bool | None
 
 
@@ -155,7 +166,7 @@ class Event(StrictModel):
     item_id: Id | None = None
     query: ShortText | None = None
     quantity: int = Field(default=1, ge=1, le=1_000_000, strict=True)
-    price: float | None = Field(default=None, ge=0, le=1e9, allow_inf_nan=False)
+    price: Price | None = None
     push_id: Id | None = None
     coupon: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
     props: dict[Annotated[str, StringConstraints(max_length=64)], Scalar] = Field(
@@ -182,7 +193,7 @@ class Item(StrictModel):
     title: ShortText | None = None
     category: Annotated[str, StringConstraints(max_length=128)] | None = None
     brand: Annotated[str, StringConstraints(max_length=128)] | None = None
-    price: float | None = Field(default=None, ge=0, le=1e9, allow_inf_nan=False)
+    price: Price | None = None
     stock: int | None = Field(default=None, ge=0, le=1_000_000_000, strict=True)
     url: Annotated[str, StringConstraints(max_length=2048)] | None = None
     image: Annotated[str, StringConstraints(max_length=2048)] | None = None
