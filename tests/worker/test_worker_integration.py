@@ -273,6 +273,8 @@ def test_broker_messages_that_are_not_envelopes_are_recorded_and_the_worker_goes
         json.dumps({**envelope, "properties": {**props, "body_encoding": "rot13"}}),
         json.dumps({k: v for k, v in envelope.items() if k != "properties"}),
         json.dumps({**envelope, "properties": {k: props[k] for k in props if k != "delivery_tag"}}),
+        json.dumps({**envelope, "properties": {**props, "delivery_tag": None}}),
+        json.dumps({**envelope, "properties": {**props, "delivery_tag": True}}),
     ]
     queue = f"{settings.broker_key_prefix}{settings.queue_activity}"
     for raw in [*bad, json.dumps(envelope)]:

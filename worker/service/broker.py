@@ -19,12 +19,15 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from kombu.transport import redis as kombu_redis
+from redis.exceptions import DataError
 
 log = logging.getLogger(__name__)
 
 # What decoding an envelope of the wrong shape raises (ValueError covers JSON, base64
-# and UTF-8 errors); not the broker's connection errors, which kombu handles
-_UNREADABLE = (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError)
+# and UTF-8 errors; DataError, redis-py refusing a `delivery_tag` of null or true as the
+# unacked hash's field); not the broker's connection errors, which kombu handles
+_UNREADABLE = (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError,
+               DataError)  # fmt: skip
 
 # (the error, the envelope's text when the error carries it)
 OnUnreadable = Callable[[BaseException, str | None], None]
