@@ -8,13 +8,15 @@ body's base64. An envelope that does not decode (not JSON, not an object, no
 JSON nested past the interpreter's recursion limit) raised there, outside any handler,
 and ended the worker; the message, popped but not yet among the unacked, was lost with
 no record. Here the consumer records it (`Transport.on_unreadable`, set by
-`consumer.py`) and goes on. A message that decodes is Celery's, as before.
+`consumer.py`) and goes on. A message that decodes is Celery's, with a delivery tag
+and a route of its own (`_own_delivery`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -58,7 +60,29 @@ class Transport(kombu_redis.Transport):
         super().__init__(*args, **kwargs)
         self.on_unreadable: OnUnreadable | None = None
 
+    def _deliver(self, message: Any, queue: str | None) -> None:
+        if queue:  # kombu refuses a message without one
+            _own_delivery(message, queue)
+        super()._deliver(message, queue)
+
     def unreadable(self, exc: BaseException, text: str | None) -> None:
         log.error("a broker message that is not a readable envelope: dropped", exc_info=exc)
         if self.on_unreadable is not None:
             self.on_unreadable(exc, text)
+
+
+def _own_delivery(message: Any, queue: str) -> None:
+    """Give a popped message a delivery tag of its own and, as its route, the queue it
+    was popped from. kombu keeps an unacked message under the envelope's tag and puts it
+    back by the envelope's route when its worker dies; a producer writing the envelope
+    by hand can give two messages one tag (the first ack then unprotects the other) or
+    a route to no queue (the restored message goes nowhere). A message that is not an
+    envelope is left as it is: reading it fails, and the channel records it."""
+    properties = message.get("properties") if isinstance(message, dict) else None
+    if not isinstance(properties, dict):
+        return
+    info = properties.get("delivery_info")
+    info = dict(info) if isinstance(info, dict) else {}
+    info.update(exchange="", routing_key=queue)  # the default exchange: straight to `queue`
+    properties["delivery_info"] = info
+    properties["delivery_tag"] = uuid.uuid4().hex
