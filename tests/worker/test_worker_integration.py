@@ -215,6 +215,7 @@ def test_messages_with_headers_celery_cannot_read_are_recorded_and_the_worker_go
         {**task_id, "retries": "many"},
         {**task_id, "root_id": ["r"]},
         {**task_id, "stamped_headers": 5},  # not checked ahead: Celery's reading raises
+        {**task_id, "compression": "bogus"},  # Celery's decode error: acked, now recorded
     ]
     with Connection(
         settings.redis_url, transport_options={"global_keyprefix": settings.broker_key_prefix}
@@ -233,11 +234,12 @@ def test_messages_with_headers_celery_cannot_read_are_recorded_and_the_worker_go
         what=f"rejections: {runtime.rejected.recent(20)}\n{worker.log()[-3000:]}",
     )
     wait_for(lambda: counter(runtime, "events.applied") == 1, what="the good event")
-    assert {r["code"] for r in runtime.rejected.recent(20)} == {"bad_call"}
+    assert {r["code"] for r in runtime.rejected.recent(20)} == {"bad_call", "not_json"}
     reasons = " ".join(r["reason"] for r in runtime.rejected.recent(20))
     for header in ("timelimit", "id", "task", "retries", "root_id"):
         assert f"header {header!r}" in reasons
     assert "refused by Celery: " in reasons  # stamped_headers
+    assert "the message body could not be decoded" in reasons  # compression
     assert worker.process.poll() is None
     assert "Unrecoverable error" not in worker.log()
 

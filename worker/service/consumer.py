@@ -36,6 +36,10 @@ class Consumer(CeleryConsumer):
             transport.on_unreadable = partial(receipt.record_unreadable, app)
         return connection
 
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        receipt.record_undecodable(cast(PushrecApp, self.app), message, exc)
+        super().on_decode_error(message, exc)  # logs it and acks
+
     def create_task_handler(self, promise: Any = promise) -> Any:
         handler = super().create_task_handler(promise)
         app = cast(PushrecApp, self.app)  # `worker_consumer` of that app only

@@ -102,11 +102,7 @@ def refused_headers(message: Any) -> tuple[str, Any] | None:
     problem = _header_problem(headers)
     if problem is None:
         return None
-    task_id, name = headers.get("id"), headers["task"]
-    kept: dict[str, Any] = {
-        "id": task_id[:_ID_MAX_CHARS] if isinstance(task_id, str) else _withheld(task_id)
-    }
-    kept["task"] = name[:200] if isinstance(name, str) else _withheld(name)
+    kept = _identity(headers)
     try:
         payload: Any = message.payload
     except DecodeError:
@@ -116,6 +112,24 @@ def refused_headers(message: Any) -> tuple[str, Any] | None:
     else:
         kept["body"] = _withheld(message.body)
     return f"header {problem}", kept
+
+
+def record_undecodable(app: _App, message: Any, exc: BaseException) -> None:
+    """A message whose body Celery could not decode (a `compression` it does not know,
+    a serializer it does not accept, on the path no strategy sees): Celery acks it."""
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    kept = {**_identity(headers), "body": _withheld(message.body)}
+    why = without_quoted(str(exc))[:200] or type(exc).__name__
+    record(app, UNKNOWN_TASK, "not_json", f"the message body could not be decoded: {why}", kept)
+
+
+def _identity(headers: dict[str, Any]) -> dict[str, Any]:
+    """What a record keeps of a message's `id` and `task` headers, whatever their type."""
+    task_id, name = headers.get("id"), headers.get("task", UNKNOWN_TASK)
+    return {
+        "id": task_id[:_ID_MAX_CHARS] if isinstance(task_id, str) else _withheld(task_id),
+        "task": name[:200] if isinstance(name, str) else _withheld(name),
+    }
 
 
 def task_of(message: Any, known: Collection[str]) -> str:
