@@ -216,6 +216,7 @@ def test_messages_with_headers_celery_cannot_read_are_recorded_and_the_worker_go
         {**task_id, "root_id": ["r"]},
         {**task_id, "stamped_headers": 5},  # not checked ahead: Celery's reading raises
         {**task_id, "compression": "bogus"},  # Celery's decode error: acked, now recorded
+        {**task_id, "expires": "2001-01-01T00:00:00+00:00"},  # discarded, as asked: recorded
     ]
     with Connection(
         settings.redis_url, transport_options={"global_keyprefix": settings.broker_key_prefix}
@@ -234,12 +235,14 @@ def test_messages_with_headers_celery_cannot_read_are_recorded_and_the_worker_go
         what=f"rejections: {runtime.rejected.recent(20)}\n{worker.log()[-3000:]}",
     )
     wait_for(lambda: counter(runtime, "events.applied") == 1, what="the good event")
-    assert {r["code"] for r in runtime.rejected.recent(20)} == {"bad_call", "not_json"}
+    assert {r["code"] for r in runtime.rejected.recent(20)} == {"bad_call", "not_json", "expired"}
     reasons = " ".join(r["reason"] for r in runtime.rejected.recent(20))
     for header in ("timelimit", "id", "task", "retries", "root_id"):
         assert f"header {header!r}" in reasons
     assert "refused by Celery: " in reasons  # stamped_headers
     assert "the message body could not be decoded" in reasons  # compression
+    [expired] = [r for r in runtime.rejected.recent(20) if r["code"] == "expired"]
+    assert expired["task"] == "pushrec.track" and "h-9" in expired["payload"]  # to replay
     assert worker.process.poll() is None
     assert "Unrecoverable error" not in worker.log()
 

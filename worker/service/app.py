@@ -11,6 +11,7 @@ from celery import Celery
 from celery.signals import (
     task_prerun,
     task_rejected,
+    task_revoked,
     task_unknown,
     worker_process_init,
     worker_process_shutdown,
@@ -180,6 +181,11 @@ def create_app(settings: Settings) -> PushrecApp:
     def _refused(sender: Any, message: Any, exc: BaseException | None, **_: object) -> None:
         if getattr(sender, "app", None) is app:
             receipt.record_refused(app, message, exc)
+
+    @task_revoked.connect(weak=False)
+    def _expired(sender: Any, request: Any, expired: bool = False, **_: object) -> None:
+        if expired and getattr(sender, "app", None) is app:  # revoked by hand: as asked
+            receipt.record_expired(app, request)
 
     @task_prerun.connect(weak=False)
     def _between_tasks(**_: object) -> None:

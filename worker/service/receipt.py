@@ -123,6 +123,20 @@ def record_undecodable(app: _App, message: Any, exc: BaseException) -> None:
     record(app, UNKNOWN_TASK, "not_json", f"the message body could not be decoded: {why}", kept)
 
 
+def record_expired(app: _App, request: Any) -> None:
+    """A call that reached a worker after its `expires`: Celery discards it (as the
+    producer asked); it is recorded with its kwargs, to replay if it still matters."""
+    task = str(request.task)[:200]  # a registered task's: it went through its strategy
+    expires = str(request.expires)[:64]
+    kept = {
+        "id": str(request.id)[:_ID_MAX_CHARS],
+        "task": task,
+        "expires": expires,
+        "kwargs": request.kwargs if isinstance(request.kwargs, dict) else {},
+    }
+    record(app, task, "expired", f"expired before a worker ran it (expires {expires})", kept)
+
+
 def _identity(headers: dict[str, Any]) -> dict[str, Any]:
     """What a record keeps of a message's `id` and `task` headers, whatever their type."""
     task_id, name = headers.get("id"), headers.get("task", UNKNOWN_TASK)
