@@ -61,7 +61,8 @@ class Transport(kombu_redis.Transport):
         self.on_unreadable: OnUnreadable | None = None
 
     def _deliver(self, message: Any, queue: str | None) -> None:
-        if queue:  # kombu refuses a message without one
+        # a broadcast (pub/sub: remote control) is not a list's message: kombu's as it is
+        if queue and not any(queue in _fanout_queues(c) for c in self.channels or ()):
             _own_delivery(message, queue)
         super()._deliver(message, queue)
 
@@ -69,6 +70,11 @@ class Transport(kombu_redis.Transport):
         log.error("a broker message that is not a readable envelope: dropped", exc_info=exc)
         if self.on_unreadable is not None:
             self.on_unreadable(exc, text)
+
+
+def _fanout_queues(channel: Any) -> set[str]:
+    """The queues `channel` consumes from a fanout exchange (kombu's Redis channel's)."""
+    return set(getattr(channel, "active_fanout_queues", ()))
 
 
 def _own_delivery(message: Any, queue: str) -> None:
