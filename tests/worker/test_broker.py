@@ -29,9 +29,10 @@ def test_messages_a_dead_consumer_held_come_back_to_their_queue_whatever_their_e
     settings: Settings,
 ) -> None:
     """Two messages with one tag, one routed to an exchange that does not exist, one to a
-    key no queue has, one with no route: all taken and never acked (a worker killed
-    before its acks), all back in the queue they came from once the channel closes, as
-    kombu restores a dead consumer's messages. With kombu's transport as it is, the
+    key no queue has, one with no route: all taken and never acked, all back in the
+    queue they came from once the channel closes (kombu restores a closing consumer's
+    unacked messages as it restores a killed worker's after the visibility timeout: by
+    the route and tag kept with them). With kombu's transport as it is, the
     shared tag kept one of the first two and the routes sent the others nowhere."""
     prefix, name = f"{settings.key_prefix}-broker:", "q-activity"
     envelopes = [
@@ -60,4 +61,32 @@ def test_messages_a_dead_consumer_held_come_back_to_their_queue_whatever_their_e
     assert sorted(back) == ["no-exchange", "no-key", "no-route", "same-1", "same-2"]
     assert redis_client.llen(f"{prefix}q-nowhere") == 0
     redis_client.delete(*redis_client.keys(f"{prefix}*"))
+    redis_client.close()
+
+
+def test_a_message_that_fails_after_it_was_taken_is_recorded_acked_and_not_restored(
+    settings: Settings,
+) -> None:
+    """Reading fails past kombu's decoding (here the consumer's callback raises, as Celery's
+    reading of a message could): the message was already among the unacked, and is acked
+    with the record, so it does not come back to fail again."""
+    prefix, name = f"{settings.key_prefix}-broker-acked:", "q-activity"
+    redis_client = redis.Redis.from_url(settings.redis_url)
+    redis_client.lpush(f"{prefix}{name}", _envelope("fails", name, "tag", None))
+    seen: list[tuple[BaseException, Any]] = []
+
+    def fail(_: Any, message: Any) -> None:
+        raise ValueError("a shape the reader did not expect")
+
+    options = {"global_keyprefix": prefix}
+    with Connection(
+        settings.redis_url, transport="worker.service.broker:Transport", transport_options=options
+    ) as connection:
+        connection.transport.on_unreadable = lambda exc, text: seen.append((exc, text))
+        with Consumer(connection, [Queue(name, routing_key=name)], callbacks=[fail]):
+            connection.drain_events(timeout=5)
+        assert [str(exc) for exc, _ in seen] == ["a shape the reader did not expect"]
+        assert redis_client.hlen(f"{prefix}unacked") == 0
+    assert redis_client.llen(f"{prefix}{name}") == 0  # nothing restored on close
+    redis_client.delete(*redis_client.keys(f"{prefix}*") or [f"{prefix}none"])
     redis_client.close()

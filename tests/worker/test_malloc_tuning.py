@@ -15,7 +15,7 @@ import numpy as np
 from worker.cli.serve import tune_malloc
 
 
-def scores() -> None:  # a batch's score matrices, as `Blend.score_many` makes them
+def scores() -> None:  # a batch's float64 score matrix and a copy, as `Blend.score_many`'s
     total = np.zeros((100, 3659))
     total += 1
     total.astype(np.float32).astype(np.float64)

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from kombu.exceptions import ContentDisallowed
+from kombu.message import Message
 
 from worker.service import receipt
 
@@ -76,3 +78,20 @@ def test_a_refused_message_whose_body_is_not_a_call_keeps_only_its_size() -> Non
     assert refused is not None
     assert refused[1]["id"] == "<withheld: int>"
     assert refused[1]["body"].startswith("<withheld: ")
+
+
+def test_a_refused_message_of_a_content_type_not_accepted_is_refused_all_the_same() -> None:
+    """Its body raises `ContentDisallowed` when read (a kombu message, as the worker gets
+    it): only a record wanted it, so it is withheld, and the headers still decide."""
+    message = Message(
+        body=b"event: {event_id: e1}",
+        content_type="application/x-yaml",
+        content_encoding="utf-8",
+        headers={"lang": "rb", "task": "pushrec.track", "id": "y1", "timelimit": "x"},
+        accept=["application/json"],
+    )
+    with pytest.raises(ContentDisallowed):
+        message.payload  # noqa: B018
+    refused = receipt.refused_headers(message)
+    assert refused is not None
+    assert "'timelimit'" in refused[0] and refused[1]["body"].startswith("<withheld: ")

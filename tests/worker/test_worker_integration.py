@@ -292,9 +292,11 @@ def test_broker_messages_that_are_not_envelopes_are_recorded_and_the_worker_goes
     wait_for(
         lambda: (
             counter(runtime, "events.applied") == 1
-            and counter(runtime, "events.duplicate") == len(retagged)
+            # a copy read while the first is still in flight resumes it instead
+            and counter(runtime, "events.duplicate") + counter(runtime, "events.resumed")
+            == len(retagged)
         ),
-        what=f"the good event and its copies\n{worker.log()[-3000:]}",
+        what="the good event and its copies",
     )
     wait_for(
         lambda: len(runtime.rejected.recent(20)) == len(bad),

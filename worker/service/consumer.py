@@ -45,12 +45,13 @@ class Consumer(CeleryConsumer):
         app = cast(PushrecApp, self.app)  # `worker_consumer` of that app only
 
         def on_task_received(message: Any) -> Any:
-            if (refused := receipt.refused_headers(message)) is not None:
-                reason, kept = refused
-                receipt.record(app, receipt.task_of(message, app.tasks), "bad_call", reason, kept)
-                message.ack()
-                return None
             try:
+                if (refused := receipt.refused_headers(message)) is not None:
+                    reason, kept = refused
+                    task = receipt.task_of(message, app.tasks)
+                    receipt.record(app, task, "bad_call", reason, kept)
+                    message.ack()
+                    return None
                 return handler(message)
             except _SHAPE_ERRORS as exc:
                 log.exception("a message Celery could not read: recorded and dropped")

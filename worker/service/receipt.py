@@ -9,8 +9,9 @@ cannot read at all (`refused_headers`: a `timelimit` it can't unpack, an `id` it
 hash, no `id`; each killed the worker, whose unacked message then came back at the head
 of the queue for the next one). Each is kept in the rejected stream
 with a code (`not_json`, `bad_call`, `unknown_task`), counted, and then dropped, as bad
-input is. What is kept goes through the stream's redaction (`store/redaction.py`), which
-finds secrets by field name; values that have no field name (positional arguments, a
+input is; so is a call Celery discards because its `expires` has passed (`expired`).
+What is kept goes through the stream's redaction (`store/redaction.py`), which finds
+secrets by field name; values that have no field name (positional arguments, a
 body that is not JSON) are never kept, only their size and fingerprint.
 
 These run in the worker's consumer (the main process), which opens its own `Runtime`
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 UNKNOWN_TASK = "unknown_task"  # the task field of its records: a typo is not a metric label
 _EMBED_LISTS = ("callbacks", "errbacks", "chain")
 _ID_MAX_CHARS = 255  # a task id names keys (the redelivery count) and log lines
+_TEXT_MAX_CHARS = 200  # of a name or an error kept in a record
 # Protocol 2's headers that Celery reads, by the JSON type each must have when present
 # (null allowed); headers it does not read may be anything
 _STRING_HEADERS = ("eta", "expires", "root_id", "parent_id", "group", "shadow",
@@ -69,11 +71,8 @@ def checked_strategy(app: _App, task_name: str, strategy: Strategy) -> Strategy:
 def record_unknown_task(app: _App, message: Any, name: str, task_id: str) -> None:
     """A message for a task name no pushrec worker knows (a typo in a producer): its
     kwargs are kept (redacted) to replay under the right name."""
-    try:
-        payload: Any = message.payload
-    except DecodeError:
-        payload = None
-    kept: dict[str, Any] = {"id": task_id, "task": str(name)[:200]}
+    payload = _payload_or_none(message)
+    kept: dict[str, Any] = {"id": task_id, "task": str(name)[:_TEXT_MAX_CHARS]}
     if isinstance(payload, list) and len(payload) == 3 and isinstance(payload[1], dict):
         kept.update(args=_withheld(payload[0]), kwargs=payload[1])
     else:
@@ -85,8 +84,8 @@ def record_refused(app: _App, message: Any, exc: BaseException | None) -> None:
     """A message Celery itself refused before any strategy ran (no task name, a malformed
     `eta` or `expires`)."""
     headers = message.headers or {}
-    name = str(headers.get("task", UNKNOWN_TASK))[:200]
-    why = without_quoted(str(exc))[:200] if exc else "not a task message"
+    name = str(headers.get("task", UNKNOWN_TASK))[:_TEXT_MAX_CHARS]
+    why = without_quoted(str(exc))[:_TEXT_MAX_CHARS] if exc else "not a task message"
     reason = f"refused by Celery: {why}"
     kept = {"id": headers.get("id"), "task": name, "body": _withheld(message.body)}
     record(app, UNKNOWN_TASK, "bad_call", reason, kept)
@@ -103,10 +102,7 @@ def refused_headers(message: Any) -> tuple[str, Any] | None:
     if problem is None:
         return None
     kept = _identity(headers)
-    try:
-        payload: Any = message.payload
-    except DecodeError:
-        payload = None
+    payload = _payload_or_none(message)
     if isinstance(payload, list) and len(payload) == 3 and isinstance(payload[1], dict):
         kept["kwargs"] = payload[1]  # well formed: kept to replay with good headers
     else:
@@ -119,14 +115,14 @@ def record_undecodable(app: _App, message: Any, exc: BaseException) -> None:
     a serializer it does not accept, on the path no strategy sees): Celery acks it."""
     headers = message.headers if isinstance(message.headers, dict) else {}
     kept = {**_identity(headers), "body": _withheld(message.body)}
-    why = without_quoted(str(exc))[:200] or type(exc).__name__
+    why = without_quoted(str(exc))[:_TEXT_MAX_CHARS] or type(exc).__name__
     record(app, UNKNOWN_TASK, "not_json", f"the message body could not be decoded: {why}", kept)
 
 
 def record_expired(app: _App, request: Any) -> None:
     """A call that reached a worker after its `expires`: Celery discards it (as the
     producer asked); it is recorded with its kwargs, to replay if it still matters."""
-    task = str(request.task)[:200]  # a registered task's: it went through its strategy
+    task = str(request.task)[:_TEXT_MAX_CHARS]  # a registered task's: it went through its strategy
     expires = str(request.expires)[:64]
     kept = {
         "id": str(request.id)[:_ID_MAX_CHARS],
@@ -137,12 +133,22 @@ def record_expired(app: _App, request: Any) -> None:
     record(app, task, "expired", f"expired before a worker ran it (expires {expires})", kept)
 
 
+def _payload_or_none(message: Any) -> Any:
+    """The message's decoded body for a record, or None when it does not decode: not
+    JSON, a content type the worker does not accept (`ContentDisallowed`), a compression
+    it does not know; only a record wants it."""
+    try:
+        return message.payload
+    except Exception:
+        return None
+
+
 def _identity(headers: dict[str, Any]) -> dict[str, Any]:
     """What a record keeps of a message's `id` and `task` headers, whatever their type."""
     task_id, name = headers.get("id"), headers.get("task", UNKNOWN_TASK)
     return {
         "id": task_id[:_ID_MAX_CHARS] if isinstance(task_id, str) else _withheld(task_id),
-        "task": name[:200] if isinstance(name, str) else _withheld(name),
+        "task": name[:_TEXT_MAX_CHARS] if isinstance(name, str) else _withheld(name),
     }
 
 
@@ -165,7 +171,7 @@ def _header_problem(headers: dict[str, Any]) -> str | None:
     if limits is not None and not (
         isinstance(limits, list) and len(limits) == 2 and all(map(_seconds_or_none, limits))
     ):
-        return f"'timelimit' must be [soft, hard] (seconds or null), got {_kind(limits)}"
+        return f"'timelimit' must be [hard, soft] (seconds or null), got {_kind(limits)}"
     for name in _STRING_HEADERS:
         if (value := headers.get(name)) is not None and not isinstance(value, str):
             return f"{name!r} must be a string, got {_kind(value)}"
@@ -186,7 +192,7 @@ def record_unreadable(app: _App, exc: BaseException, text: str | None) -> None:
     """A broker message whose envelope kombu could not decode (`broker.py`): only its
     size and fingerprint are kept, when the error carries its text."""
     code = "not_json" if isinstance(exc, ValueError | RecursionError) else "bad_call"
-    why = without_quoted(str(exc))[:200] or type(exc).__name__
+    why = without_quoted(str(exc))[:_TEXT_MAX_CHARS] or type(exc).__name__
     kept = {"envelope": _withheld(text) if text is not None else "<not kept>"}
     record(app, UNKNOWN_TASK, code, f"the broker message is not a readable envelope: {why}", kept)
 
@@ -205,7 +211,7 @@ def _unusable(message: Any) -> tuple[str, str, Any] | None:
     try:
         payload = message.payload  # decoded once here; Celery reuses the decoded body
     except DecodeError as exc:
-        reason = f"message body is not JSON: {str(exc)[:200]}"
+        reason = f"message body is not JSON: {str(exc)[:_TEXT_MAX_CHARS]}"
         return "not_json", reason, {"id": task_id, "body": _withheld(message.body)}
     if isinstance(payload, dict) and "args" in payload:  # protocol 1, as Celery tells it
         args, kwargs, embed = payload["args"], payload.get("kwargs", {}), {}
