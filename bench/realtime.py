@@ -554,12 +554,12 @@ def bounds(row: dict[str, list[dict]], cpus: int) -> dict[str, dict[str, Any]]:
             out[f"{short}_cores_busy"] = _spread(busy)
         if case == "noop":
             continue
-        nearest = [(r, total, _nearest(r, row["noop"])) for r, total in measured]
-        for name, less_gateway in (("", False), ("_without_gateway", True)):
+        nearest = [(r, _nearest(r, row["noop"])) for r, _ in measured]
+        for name, left_out in (("", ()), ("_without_gateway", ("gateway",))):
             if ceiling := [
-                cpus * 1000 / (total - less_gateway * _cpu(r).get("gateway", 0.0))
+                cpus * 1000 / sum(ms for who, ms in _cpu(r).items() if who not in left_out)
                 / n["tasks_per_s"]
-                for r, total, n in nearest if n
+                for r, n in nearest if n
             ]:  # fmt: skip
                 out[f"{short}_rate_bound{name}_vs_noop"] = _spread(ceiling)
     return out

@@ -24,11 +24,9 @@ from typing import Any, cast
 import kombu.transport as kombu_transport
 from kombu.transport import redis as kombu_redis
 
-log = logging.getLogger(__name__)
+from worker.service.receipt import SHAPE_ERRORS
 
-# What reading a message of the wrong shape raises (ValueError covers JSON, base64 and
-# UTF-8 errors); not the broker's connection errors, which kombu handles
-_UNREADABLE = (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError)
+log = logging.getLogger(__name__)
 
 # (the error, the envelope's text when the error carries it)
 OnUnreadable = Callable[[BaseException, str | None], None]
@@ -58,7 +56,7 @@ class Channel(kombu_redis.Channel):
         transport.taking = None
         try:
             return bool(self._brpop_read(**options))  # type: ignore[attr-defined]
-        except _UNREADABLE as exc:
+        except SHAPE_ERRORS as exc:
             if (tag := transport.taking) is not None and tag in self.qos._delivered:
                 self.basic_ack(tag)
             text = exc.doc if isinstance(exc, json.JSONDecodeError) else None

@@ -22,9 +22,6 @@ from worker.service.app import PushrecApp
 
 log = logging.getLogger(__name__)
 
-# What reading a message of an unexpected shape raises (not the broker's errors)
-_SHAPE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, IndexError)
-
 
 class Consumer(CeleryConsumer):
     """`worker_consumer` of the pushrec app (`celery_config`)."""
@@ -53,7 +50,7 @@ class Consumer(CeleryConsumer):
                     message.ack()
                     return None
                 return handler(message)
-            except _SHAPE_ERRORS as exc:
+            except receipt.SHAPE_ERRORS as exc:
                 log.exception("a message Celery could not read: recorded and dropped")
                 receipt.record_refused(app, message, exc)
                 if not message.acknowledged:

@@ -47,6 +47,11 @@ _INT_HEADERS = ("retries", "group_index", "replaced_task_nesting")
 
 Strategy = Callable[..., Any]
 
+#: What reading a message of an unexpected shape raises, in Celery's consumer or in
+#: kombu's decoding of an envelope (ValueError covers JSON, base64 and UTF-8 errors);
+#: not the broker's connection errors, which kombu handles
+SHAPE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError)
+
 
 class _App(Protocol):
     def runtime(self) -> Runtime: ...
@@ -83,20 +88,17 @@ def record_unknown_task(app: _App, message: Any, name: str, task_id: str) -> Non
 def record_refused(app: _App, message: Any, exc: BaseException | None) -> None:
     """A message Celery itself refused before any strategy ran (no task name, a malformed
     `eta` or `expires`)."""
-    headers = message.headers or {}
-    name = str(headers.get("task", UNKNOWN_TASK))[:_TEXT_MAX_CHARS]
     why = without_quoted(str(exc))[:_TEXT_MAX_CHARS] if exc else "not a task message"
-    reason = f"refused by Celery: {why}"
-    kept = {"id": headers.get("id"), "task": name, "body": _withheld(message.body)}
-    record(app, UNKNOWN_TASK, "bad_call", reason, kept)
+    kept = {**_identity(_headers(message)), "body": _withheld(message.body)}
+    record(app, UNKNOWN_TASK, "bad_call", f"refused by Celery: {why}", kept)
 
 
 def refused_headers(message: Any) -> tuple[str, Any] | None:
     """(reason, what to keep) for a protocol-2 message whose headers Celery's consumer
     can't read (module doc), else None; a message without a `task` header is Celery's
     to judge (protocol 1, or not a task message)."""
-    headers = message.headers
-    if not isinstance(headers, dict) or "task" not in headers:
+    headers = _headers(message)
+    if "task" not in headers:
         return None
     problem = _header_problem(headers)
     if problem is None:
@@ -113,8 +115,7 @@ def refused_headers(message: Any) -> tuple[str, Any] | None:
 def record_undecodable(app: _App, message: Any, exc: BaseException) -> None:
     """A message whose body Celery could not decode (a `compression` it does not know,
     a serializer it does not accept, on the path no strategy sees): Celery acks it."""
-    headers = message.headers if isinstance(message.headers, dict) else {}
-    kept = {**_identity(headers), "body": _withheld(message.body)}
+    kept = {**_identity(_headers(message)), "body": _withheld(message.body)}
     why = without_quoted(str(exc))[:_TEXT_MAX_CHARS] or type(exc).__name__
     record(app, UNKNOWN_TASK, "not_json", f"the message body could not be decoded: {why}", kept)
 
@@ -143,6 +144,11 @@ def _payload_or_none(message: Any) -> Any:
         return None
 
 
+def _headers(message: Any) -> dict[str, Any]:
+    """The message's headers, or none when they are not an object."""
+    return message.headers if isinstance(message.headers, dict) else {}
+
+
 def _identity(headers: dict[str, Any]) -> dict[str, Any]:
     """What a record keeps of a message's `id` and `task` headers, whatever their type."""
     task_id, name = headers.get("id"), headers.get("task", UNKNOWN_TASK)
@@ -155,8 +161,7 @@ def _identity(headers: dict[str, Any]) -> dict[str, Any]:
 def task_of(message: Any, known: Collection[str]) -> str:
     """The task field of a message's record: its task name if a pushrec task has it,
     else `UNKNOWN_TASK`."""
-    headers = message.headers
-    name = headers.get("task") if isinstance(headers, dict) else None
+    name = _headers(message).get("task")
     return name if isinstance(name, str) and name in known else UNKNOWN_TASK
 
 
