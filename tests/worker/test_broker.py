@@ -7,12 +7,9 @@ import base64
 import json
 from typing import Any
 
-import kombu.transport
-import pytest
 import redis
 from kombu import Connection, Consumer, Queue
 
-from worker.service import broker
 from worker.settings import Settings
 
 
@@ -93,17 +90,3 @@ def test_a_message_that_fails_after_it_was_taken_is_recorded_acked_and_not_resto
     assert redis_client.llen(f"{prefix}{name}") == 0  # nothing restored on close
     redis_client.delete(*redis_client.keys(f"{prefix}*") or [f"{prefix}none"])
     redis_client.close()
-
-
-def test_every_redis_url_of_a_worker_process_reads_through_this_transport(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The embedded server's unix socket included: `redis+socket://` names kombu's
-    transport in the URL itself, past Celery's `broker_transport` setting."""
-    monkeypatch.setattr(
-        kombu.transport, "TRANSPORT_ALIASES", dict(kombu.transport.TRANSPORT_ALIASES)
-    )
-    urls = ("redis://127.0.0.1:6379/0", "rediss://127.0.0.1:6380/0", "redis+socket:///tmp/r.sock")
-    assert not any(isinstance(Connection(u).transport, broker.Transport) for u in urls)
-    broker.install()
-    assert all(isinstance(Connection(u).transport, broker.Transport) for u in urls)

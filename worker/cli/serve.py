@@ -78,7 +78,6 @@ def tune_malloc() -> bool:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from worker.service import broker
     from worker.service.app import create_app
     from worker.service.logs import keep_for_celery, log_format
 
@@ -98,7 +97,6 @@ def run_worker(args: argparse.Namespace) -> int:
         if settings.deliver_inline
         else "messages sent by deliver tasks",
     )
-    broker.install()  # a message kombu cannot read is recorded, not the worker's end
     app = create_app(settings)
     tune_gc()
     if not tune_malloc():

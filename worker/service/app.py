@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 from celery.signals import (
@@ -140,6 +141,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "timezone": "UTC",
         "worker_hijack_root_logger": False,
+        # kombu's Redis transport, with a message whose envelope it cannot decode recorded
+        # and dropped instead of ending the worker (broker.py); other brokers as they are
+        "broker_transport": (
+            "worker.service.broker:Transport"
+            if urlsplit(settings.effective_broker_url).scheme in ("redis", "rediss")
+            else None
+        ),
     }
 
 

@@ -8,8 +8,7 @@ body's base64. An envelope that does not decode (not JSON, not an object, no
 the interpreter's recursion limit) raised there, outside any handler,
 and ended the worker; the message, popped but not yet among the unacked, was lost with
 no record. Here the consumer records it (`Transport.on_unreadable`, set by
-`consumer.py`) and goes on. `install`, at the worker's start-up, makes this transport
-kombu's for every Redis URL of the process. A message that decodes is Celery's, with a delivery tag
+`consumer.py`) and goes on. A message that decodes is Celery's, with a delivery tag
 and a route of its own (`_own_delivery`).
 """
 
@@ -21,7 +20,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
-import kombu.transport as kombu_transport
 from kombu.transport import redis as kombu_redis
 
 from worker.service.receipt import SHAPE_ERRORS
@@ -30,16 +28,6 @@ log = logging.getLogger(__name__)
 
 # (the error, the envelope's text when the error carries it)
 OnUnreadable = Callable[[BaseException, str | None], None]
-
-
-def install() -> None:
-    """Make `Transport` kombu's Redis transport in this process, under the names its URLs
-    give (`redis://`, `rediss://`, and `redis+socket://`, the embedded server's unix
-    socket, whose prefix names the transport itself: Celery's `broker_transport` setting
-    would not reach it). A name kombu resolved before is resolved again."""
-    for scheme in ("redis", "rediss"):
-        kombu_transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
-        kombu_transport._transport_cache.pop(scheme, None)  # type: ignore[attr-defined]
 
 
 class Channel(kombu_redis.Channel):
@@ -65,7 +53,7 @@ class Channel(kombu_redis.Channel):
 
 
 class Transport(kombu_redis.Transport):
-    """kombu's Redis transport in a worker process (`install`)."""
+    """`broker_transport` of a worker whose broker is Redis (`celery_config`)."""
 
     Channel = Channel
 
@@ -76,8 +64,7 @@ class Transport(kombu_redis.Transport):
 
     def _deliver(self, message: Any, queue: str | None) -> None:
         # a broadcast (pub/sub: remote control) is not a list's message: kombu's as it is
-        fanout = (getattr(c, "active_fanout_queues", ()) for c in self.channels or ())
-        if queue and not any(queue in queues for queues in fanout):
+        if queue and not any(queue in _fanout_queues(c) for c in self.channels or ()):
             self.taking = _own_delivery(message, queue)
         super()._deliver(message, queue)
 
@@ -85,6 +72,11 @@ class Transport(kombu_redis.Transport):
         log.error("a broker message that is not a readable envelope: dropped", exc_info=exc)
         if self.on_unreadable is not None:
             self.on_unreadable(exc, text)
+
+
+def _fanout_queues(channel: Any) -> set[str]:
+    """The queues `channel` consumes from a fanout exchange (kombu's Redis channel's)."""
+    return set(getattr(channel, "active_fanout_queues", ()))
 
 
 def _own_delivery(message: Any, queue: str) -> str | None:
